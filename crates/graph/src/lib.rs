@@ -1,0 +1,328 @@
+//! The model graph of vramlab: one description of a network that the memory planner
+//! reads symbolically and the engine runs numerically.
+//!
+//! A [`Graph`] is a list of [`Node`]s in execution order (the order PyTorch's `forward`
+//! runs them). Each node is one [`Op`] (a PyTorch layer such as `Conv2d` or a functional
+//! op such as a residual add) and names its inputs by index, so residual networks are
+//! DAGs. [`Graph::infer`] computes every node's output shape and fails with an error that
+//! names the layer. Parameters carry PyTorch's names (`features.0.weight`).
+//!
+//! ```
+//! let g = vramlab_graph::zoo::build("simple_cnn", &Default::default()).unwrap();
+//! let shaped = g.infer().unwrap();
+//! assert_eq!(shaped.num_params(), 62_006);
+//! assert_eq!(shaped.output_shape(), &vec![10]);
+//! ```
+//!
+//! Main types: [`Graph`], [`GraphBuilder`], [`Shaped`], [`Op`]; models come from
+//! [`zoo`] or from TOML [`model_file`]s, both through [`load`].
+
+pub mod model_file;
+pub mod op;
+pub mod zoo;
+
+pub use op::{fmt_shape, BatchNorm2d, Conv2d, Linear, Op, Pool2d, Shape, TensorSpec};
+
+use std::fmt;
+
+/// Index of a node in its graph.
+pub type NodeId = usize;
+
+/// One operation and the nodes it reads.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Node {
+    /// PyTorch module path (`layer1.0.conv1`); parameters are named `<name>.weight`.
+    pub name: String,
+    pub op: Op,
+    pub inputs: Vec<NodeId>,
+}
+
+use serde::Serialize;
+
+/// A model: nodes in execution order, node 0 is the input.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Graph {
+    pub name: String,
+    /// Per-sample input shape, `[C, H, W]`.
+    pub input_shape: Shape,
+    pub nodes: Vec<Node>,
+}
+
+/// What can be wrong with a graph or a model description.
+#[derive(Debug, Clone, PartialEq)]
+pub enum GraphError {
+    /// Shapes do not fit; names the layer.
+    Shape { layer: String, message: String },
+    /// The graph's structure is wrong (bad input index, ...).
+    Structure(String),
+    /// An unknown zoo model name.
+    UnknownModel(String),
+    /// A model file could not be read or parsed.
+    ModelFile { path: String, message: String },
+}
+
+impl fmt::Display for GraphError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            GraphError::Shape { layer, message } => write!(f, "layer `{layer}`: {message}"),
+            GraphError::Structure(m) => write!(f, "invalid graph: {m}"),
+            GraphError::UnknownModel(name) => write!(
+                f,
+                "unknown model `{name}`: expected one of {} or a path to a .toml model file",
+                zoo::NAMES.join(", ")
+            ),
+            GraphError::ModelFile { path, message } => write!(f, "{path}: {message}"),
+        }
+    }
+}
+
+impl std::error::Error for GraphError {}
+
+/// Builds a graph in execution order, the way a `forward` method reads.
+#[derive(Debug, Clone)]
+pub struct GraphBuilder {
+    graph: Graph,
+}
+
+impl GraphBuilder {
+    pub fn new(name: &str, input_shape: Shape) -> Self {
+        GraphBuilder {
+            graph: Graph {
+                name: name.to_string(),
+                input_shape,
+                nodes: vec![Node {
+                    name: "input".into(),
+                    op: Op::Input,
+                    inputs: vec![],
+                }],
+            },
+        }
+    }
+
+    /// The input node.
+    pub fn input(&self) -> NodeId {
+        0
+    }
+
+    /// Appends `op` reading `inputs`; returns its id.
+    pub fn add(&mut self, name: impl Into<String>, op: Op, inputs: &[NodeId]) -> NodeId {
+        self.graph.nodes.push(Node {
+            name: name.into(),
+            op,
+            inputs: inputs.to_vec(),
+        });
+        self.graph.nodes.len() - 1
+    }
+
+    /// Appends a one-input op after `x`.
+    pub fn then(&mut self, name: impl Into<String>, op: Op, x: NodeId) -> NodeId {
+        self.add(name, op, &[x])
+    }
+
+    pub fn build(self) -> Graph {
+        self.graph
+    }
+}
+
+/// A graph with every node's per-sample output shape.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Shaped {
+    pub graph: Graph,
+    /// `shapes[i]` is node i's output shape per sample.
+    pub shapes: Vec<Shape>,
+    /// For each node, the nodes that read it, in execution order.
+    pub consumers: Vec<Vec<NodeId>>,
+}
+
+/// A parameter or buffer of the model with its full PyTorch name.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct NamedTensor {
+    pub name: String,
+    pub node: NodeId,
+    pub shape: Vec<usize>,
+    pub elem_bytes: usize,
+}
+
+impl NamedTensor {
+    pub fn numel(&self) -> u128 {
+        self.shape.iter().map(|&d| d as u128).product()
+    }
+    pub fn bytes(&self) -> u128 {
+        self.numel() * self.elem_bytes as u128
+    }
+}
+
+impl Graph {
+    /// Checks the structure and infers all shapes.
+    pub fn infer(&self) -> Result<Shaped, GraphError> {
+        if self.nodes.first().map(|n| &n.op) != Some(&Op::Input) {
+            return Err(GraphError::Structure("node 0 must be the input".into()));
+        }
+        if self.input_shape.is_empty() || self.input_shape.contains(&0) {
+            return Err(GraphError::Structure(format!(
+                "input shape {} has a zero or no dimension",
+                fmt_shape(&self.input_shape)
+            )));
+        }
+        let mut shapes: Vec<Shape> = Vec::with_capacity(self.nodes.len());
+        let mut consumers = vec![Vec::new(); self.nodes.len()];
+        for (i, node) in self.nodes.iter().enumerate() {
+            if i == 0 {
+                shapes.push(self.input_shape.clone());
+                continue;
+            }
+            if matches!(node.op, Op::Input) {
+                return Err(GraphError::Structure(format!(
+                    "layer `{}`: only node 0 may be the input",
+                    node.name
+                )));
+            }
+            if node.inputs.len() != node.op.arity() {
+                return Err(GraphError::Structure(format!(
+                    "layer `{}` ({}) takes {} input(s), got {}",
+                    node.name,
+                    node.op.type_name(),
+                    node.op.arity(),
+                    node.inputs.len()
+                )));
+            }
+            for &inp in &node.inputs {
+                if inp >= i {
+                    return Err(GraphError::Structure(format!(
+                        "layer `{}` reads node {inp}, which does not come before it",
+                        node.name
+                    )));
+                }
+                consumers[inp].push(i);
+            }
+            let ins: Vec<&Shape> = node.inputs.iter().map(|&j| &shapes[j]).collect();
+            let out = node
+                .op
+                .output_shape(&ins)
+                .map_err(|m| GraphError::from((node.name.clone(), m)))?;
+            if out.iter().map(|&d| d as u128).product::<u128>() > u64::MAX as u128 {
+                return Err(GraphError::from((
+                    node.name.clone(),
+                    format!("output shape {} is too large", fmt_shape(&out)),
+                )));
+            }
+            shapes.push(out);
+        }
+        // Parameter names must be unique, as they are in a PyTorch state_dict.
+        let mut seen = std::collections::HashSet::new();
+        for n in &self.nodes {
+            if !n.op.params().is_empty() || !n.op.buffers().is_empty() {
+                if !seen.insert(n.name.as_str()) {
+                    return Err(GraphError::Structure(format!(
+                        "two layers with parameters are both named `{}`",
+                        n.name
+                    )));
+                }
+            }
+        }
+        Ok(Shaped {
+            graph: self.clone(),
+            shapes,
+            consumers,
+        })
+    }
+}
+
+impl Shaped {
+    pub fn nodes(&self) -> &[Node] {
+        &self.graph.nodes
+    }
+
+    /// The per-sample shape of the last node (the logits).
+    pub fn output_shape(&self) -> &Shape {
+        self.shapes.last().expect("a graph has at least its input")
+    }
+
+    /// Number of classes the model predicts (flat logits).
+    pub fn num_classes(&self) -> usize {
+        self.output_shape().iter().product()
+    }
+
+    /// Per-sample element count of node i's output.
+    pub fn numel(&self, i: NodeId) -> u128 {
+        self.shapes[i].iter().map(|&d| d as u128).product()
+    }
+
+    /// All parameters in `model.parameters()` order.
+    pub fn params(&self) -> Vec<NamedTensor> {
+        self.named(|op| op.params())
+    }
+
+    /// All buffers in `model.buffers()` order.
+    pub fn buffers(&self) -> Vec<NamedTensor> {
+        self.named(|op| op.buffers())
+    }
+
+    fn named(&self, f: impl Fn(&Op) -> Vec<TensorSpec>) -> Vec<NamedTensor> {
+        let mut out = Vec::new();
+        for (i, n) in self.graph.nodes.iter().enumerate() {
+            for t in f(&n.op) {
+                out.push(NamedTensor {
+                    name: format!("{}.{}", n.name, t.name),
+                    node: i,
+                    shape: t.shape,
+                    elem_bytes: t.elem_bytes,
+                });
+            }
+        }
+        out
+    }
+
+    pub fn num_params(&self) -> u128 {
+        self.params().iter().map(|p| p.numel()).sum()
+    }
+
+    /// Buffer bytes (BatchNorm running statistics).
+    pub fn buffer_bytes(&self) -> u128 {
+        self.buffers().iter().map(|b| b.bytes()).sum()
+    }
+
+    /// Multiply-accumulates of one forward pass per sample.
+    pub fn macs(&self) -> u128 {
+        (0..self.graph.nodes.len())
+            .map(|i| self.graph.nodes[i].op.macs(&self.shapes[i]))
+            .sum()
+    }
+}
+
+/// Options that change a zoo model (`--num-classes`, `--input`).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ModelOptions {
+    pub num_classes: Option<usize>,
+    pub input_shape: Option<Shape>,
+}
+
+/// A zoo name or a path to a `.toml` model file.
+pub fn load(name_or_path: &str, opts: &ModelOptions) -> Result<Graph, GraphError> {
+    let looks_like_path = name_or_path.ends_with(".toml")
+        || name_or_path.contains('/')
+        || std::path::Path::new(name_or_path).is_file();
+    let mut g = if looks_like_path {
+        model_file::load(std::path::Path::new(name_or_path))?
+    } else {
+        zoo::build(name_or_path, opts)?
+    };
+    if let Some(s) = &opts.input_shape {
+        g.input_shape = s.clone();
+    }
+    Ok(g)
+}
+
+/// Parses `3x32x32` (or `1x28x28`) into a shape.
+pub fn parse_shape(s: &str) -> Result<Shape, String> {
+    let dims: Result<Vec<usize>, _> = s
+        .split(['x', 'X', ','])
+        .map(|d| d.trim().parse::<usize>())
+        .collect();
+    match dims {
+        Ok(d) if d.len() == 3 && d.iter().all(|&v| v > 0) => Ok(d),
+        _ => Err(format!(
+            "`{s}` is not an image shape: expected CxHxW with positive sizes, e.g. 3x32x32"
+        )),
+    }
+}

@@ -1,0 +1,462 @@
+//! The layer types of the graph, with PyTorch's constructor arguments and defaults, and
+//! what each layer answers about itself: output shape, parameters, buffers and MACs.
+
+use serde::{Deserialize, Serialize};
+
+use crate::GraphError;
+
+/// A per-sample shape: `[C, H, W]` for images, `[F]` for features (no batch dimension).
+pub type Shape = Vec<usize>;
+
+/// A learnable tensor or a buffer that a layer owns, with its PyTorch name suffix.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct TensorSpec {
+    /// `weight`, `bias`, `running_mean`, ...
+    pub name: &'static str,
+    pub shape: Vec<usize>,
+    /// Bytes per element in fp32 training (int64 for `num_batches_tracked`).
+    pub elem_bytes: usize,
+}
+
+impl TensorSpec {
+    fn f32(name: &'static str, shape: Vec<usize>) -> Self {
+        TensorSpec {
+            name,
+            shape,
+            elem_bytes: 4,
+        }
+    }
+
+    pub fn numel(&self) -> u128 {
+        self.shape.iter().map(|&d| d as u128).product()
+    }
+
+    pub fn bytes(&self) -> u128 {
+        self.numel() * self.elem_bytes as u128
+    }
+}
+
+/// `torch.nn.Conv2d`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Conv2d {
+    pub in_channels: usize,
+    pub out_channels: usize,
+    pub kernel_size: (usize, usize),
+    pub stride: (usize, usize),
+    pub padding: (usize, usize),
+    pub dilation: (usize, usize),
+    pub groups: usize,
+    pub bias: bool,
+}
+
+impl Conv2d {
+    /// `Conv2d(in, out, k)` with PyTorch's defaults: stride 1, padding 0, bias.
+    pub fn new(in_channels: usize, out_channels: usize, k: usize) -> Self {
+        Conv2d {
+            in_channels,
+            out_channels,
+            kernel_size: (k, k),
+            stride: (1, 1),
+            padding: (0, 0),
+            dilation: (1, 1),
+            groups: 1,
+            bias: true,
+        }
+    }
+    pub fn stride(mut self, s: usize) -> Self {
+        self.stride = (s, s);
+        self
+    }
+    pub fn padding(mut self, p: usize) -> Self {
+        self.padding = (p, p);
+        self
+    }
+    pub fn groups(mut self, g: usize) -> Self {
+        self.groups = g;
+        self
+    }
+    pub fn no_bias(mut self) -> Self {
+        self.bias = false;
+        self
+    }
+}
+
+/// `torch.nn.BatchNorm2d`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct BatchNorm2d {
+    pub num_features: usize,
+    pub eps: f64,
+    pub momentum: f64,
+    pub affine: bool,
+    pub track_running_stats: bool,
+}
+
+impl BatchNorm2d {
+    pub fn new(num_features: usize) -> Self {
+        BatchNorm2d {
+            num_features,
+            eps: 1e-5,
+            momentum: 0.1,
+            affine: true,
+            track_running_stats: true,
+        }
+    }
+}
+
+/// `torch.nn.MaxPool2d` (and `AvgPool2d`, which shares the window arithmetic).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Pool2d {
+    pub kernel_size: (usize, usize),
+    pub stride: (usize, usize),
+    pub padding: (usize, usize),
+    pub dilation: (usize, usize),
+    pub ceil_mode: bool,
+    /// AvgPool2d only: whether zero padding counts in the average.
+    pub count_include_pad: bool,
+}
+
+impl Pool2d {
+    /// `MaxPool2d(k)` / `AvgPool2d(k)`: stride defaults to the kernel size.
+    pub fn new(k: usize) -> Self {
+        Pool2d {
+            kernel_size: (k, k),
+            stride: (k, k),
+            padding: (0, 0),
+            dilation: (1, 1),
+            ceil_mode: false,
+            count_include_pad: true,
+        }
+    }
+    pub fn stride(mut self, s: usize) -> Self {
+        self.stride = (s, s);
+        self
+    }
+    pub fn padding(mut self, p: usize) -> Self {
+        self.padding = (p, p);
+        self
+    }
+}
+
+/// `torch.nn.Linear`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Linear {
+    pub in_features: usize,
+    pub out_features: usize,
+    pub bias: bool,
+}
+
+impl Linear {
+    pub fn new(in_features: usize, out_features: usize) -> Self {
+        Linear {
+            in_features,
+            out_features,
+            bias: true,
+        }
+    }
+}
+
+/// One operation of the graph. Every op has one tensor output.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub enum Op {
+    /// The image batch.
+    Input,
+    Conv2d(Conv2d),
+    BatchNorm2d(BatchNorm2d),
+    ReLU {
+        inplace: bool,
+    },
+    ReLU6 {
+        inplace: bool,
+    },
+    MaxPool2d(Pool2d),
+    AvgPool2d(Pool2d),
+    AdaptiveAvgPool2d {
+        output_size: (usize, usize),
+    },
+    /// `torch.flatten(x, 1)` or `x.view(B, -1)`: a view, no copy.
+    Flatten,
+    Linear(Linear),
+    Dropout {
+        p: f64,
+        inplace: bool,
+    },
+    /// Residual add of two inputs: `out += identity` when `inplace`, else `a + b`.
+    Add {
+        inplace: bool,
+    },
+}
+
+impl Op {
+    /// The PyTorch class name shown in summaries.
+    pub fn type_name(&self) -> &'static str {
+        match self {
+            Op::Input => "Input",
+            Op::Conv2d(_) => "Conv2d",
+            Op::BatchNorm2d(_) => "BatchNorm2d",
+            Op::ReLU { .. } => "ReLU",
+            Op::ReLU6 { .. } => "ReLU6",
+            Op::MaxPool2d(_) => "MaxPool2d",
+            Op::AvgPool2d(_) => "AvgPool2d",
+            Op::AdaptiveAvgPool2d { .. } => "AdaptiveAvgPool2d",
+            Op::Flatten => "Flatten",
+            Op::Linear(_) => "Linear",
+            Op::Dropout { .. } => "Dropout",
+            Op::Add { .. } => "Add",
+        }
+    }
+
+    /// How many inputs the op takes.
+    pub fn arity(&self) -> usize {
+        match self {
+            Op::Input => 0,
+            Op::Add { .. } => 2,
+            _ => 1,
+        }
+    }
+
+    /// Whether the op writes its result into its input's storage.
+    pub fn is_inplace(&self) -> bool {
+        matches!(
+            self,
+            Op::ReLU { inplace: true }
+                | Op::ReLU6 { inplace: true }
+                | Op::Dropout { inplace: true, .. }
+                | Op::Add { inplace: true }
+        )
+    }
+
+    /// Learnable parameters, in PyTorch's registration order.
+    pub fn params(&self) -> Vec<TensorSpec> {
+        match self {
+            Op::Conv2d(c) => {
+                let mut v = vec![TensorSpec::f32(
+                    "weight",
+                    vec![
+                        c.out_channels,
+                        c.in_channels / c.groups.max(1),
+                        c.kernel_size.0,
+                        c.kernel_size.1,
+                    ],
+                )];
+                if c.bias {
+                    v.push(TensorSpec::f32("bias", vec![c.out_channels]));
+                }
+                v
+            }
+            Op::BatchNorm2d(b) if b.affine => vec![
+                TensorSpec::f32("weight", vec![b.num_features]),
+                TensorSpec::f32("bias", vec![b.num_features]),
+            ],
+            Op::Linear(l) => {
+                let mut v = vec![TensorSpec::f32(
+                    "weight",
+                    vec![l.out_features, l.in_features],
+                )];
+                if l.bias {
+                    v.push(TensorSpec::f32("bias", vec![l.out_features]));
+                }
+                v
+            }
+            _ => Vec::new(),
+        }
+    }
+
+    /// Buffers (state that is not learned): BatchNorm's running statistics.
+    pub fn buffers(&self) -> Vec<TensorSpec> {
+        match self {
+            Op::BatchNorm2d(b) if b.track_running_stats => vec![
+                TensorSpec::f32("running_mean", vec![b.num_features]),
+                TensorSpec::f32("running_var", vec![b.num_features]),
+                TensorSpec {
+                    name: "num_batches_tracked",
+                    shape: vec![],
+                    elem_bytes: 8,
+                },
+            ],
+            _ => Vec::new(),
+        }
+    }
+
+    /// Output shape for the given input shapes, or what is wrong (without the layer
+    /// name, which the graph adds).
+    pub fn output_shape(&self, inputs: &[&Shape]) -> Result<Shape, String> {
+        let x = inputs.first().copied();
+        match self {
+            Op::Input => Err("Input has no inputs".into()),
+            Op::Conv2d(c) => {
+                let (ch, h, w) = chw(x, "Conv2d")?;
+                if c.groups == 0 || c.in_channels % c.groups != 0 || c.out_channels % c.groups != 0
+                {
+                    return Err(format!(
+                        "groups={} must divide in_channels={} and out_channels={}",
+                        c.groups, c.in_channels, c.out_channels
+                    ));
+                }
+                if ch != c.in_channels {
+                    return Err(format!(
+                        "expected input with {} channels, got {} (input shape {})",
+                        c.in_channels,
+                        ch,
+                        fmt_shape(x.expect("chw checked it"))
+                    ));
+                }
+                if c.stride.0 == 0 || c.stride.1 == 0 {
+                    return Err("stride must be at least 1".into());
+                }
+                let ho = window_out(h, c.kernel_size.0, c.stride.0, c.padding.0, c.dilation.0, false);
+                let wo = window_out(w, c.kernel_size.1, c.stride.1, c.padding.1, c.dilation.1, false);
+                match (ho, wo) {
+                    (Some(ho), Some(wo)) => Ok(vec![c.out_channels, ho, wo]),
+                    _ => Err(format!(
+                        "kernel {}x{} (dilation {}x{}, padding {}x{}) is larger than the padded input {}x{}",
+                        c.kernel_size.0, c.kernel_size.1, c.dilation.0, c.dilation.1,
+                        c.padding.0, c.padding.1, h, w
+                    )),
+                }
+            }
+            Op::BatchNorm2d(b) => {
+                let (ch, _, _) = chw(x, "BatchNorm2d")?;
+                if ch != b.num_features {
+                    return Err(format!(
+                        "expected {} channels (num_features), got {}",
+                        b.num_features, ch
+                    ));
+                }
+                Ok(x.expect("chw checked it").clone())
+            }
+            Op::ReLU { .. } | Op::ReLU6 { .. } | Op::Dropout { .. } => {
+                Ok(x.ok_or("missing input")?.clone())
+            }
+            Op::MaxPool2d(p) | Op::AvgPool2d(p) => {
+                let (ch, h, w) = chw(x, self.type_name())?;
+                if p.stride.0 == 0 || p.stride.1 == 0 {
+                    return Err("stride must be at least 1".into());
+                }
+                if 2 * p.padding.0 > p.kernel_size.0 || 2 * p.padding.1 > p.kernel_size.1 {
+                    return Err(format!(
+                        "padding {}x{} should be at most half of the kernel size {}x{}",
+                        p.padding.0, p.padding.1, p.kernel_size.0, p.kernel_size.1
+                    ));
+                }
+                let ho = window_out(h, p.kernel_size.0, p.stride.0, p.padding.0, p.dilation.0, p.ceil_mode);
+                let wo = window_out(w, p.kernel_size.1, p.stride.1, p.padding.1, p.dilation.1, p.ceil_mode);
+                match (ho, wo) {
+                    (Some(ho), Some(wo)) if ho > 0 && wo > 0 => Ok(vec![ch, ho, wo]),
+                    _ => Err(format!(
+                        "window {}x{} does not fit the input {}x{}: output size would be zero",
+                        p.kernel_size.0, p.kernel_size.1, h, w
+                    )),
+                }
+            }
+            Op::AdaptiveAvgPool2d { output_size } => {
+                let (ch, _, _) = chw(x, "AdaptiveAvgPool2d")?;
+                if output_size.0 == 0 || output_size.1 == 0 {
+                    return Err("output_size must be at least 1x1".into());
+                }
+                Ok(vec![ch, output_size.0, output_size.1])
+            }
+            Op::Flatten => {
+                let x = x.ok_or("missing input")?;
+                Ok(vec![x.iter().product()])
+            }
+            Op::Linear(l) => {
+                let x = x.ok_or("missing input")?;
+                if x.len() != 1 {
+                    return Err(format!(
+                        "expected a flat input of {} features, got shape {} (add a Flatten first)",
+                        l.in_features,
+                        fmt_shape(x)
+                    ));
+                }
+                if x[0] != l.in_features {
+                    return Err(format!(
+                        "expected {} input features (in_features), got {}",
+                        l.in_features, x[0]
+                    ));
+                }
+                Ok(vec![l.out_features])
+            }
+            Op::Add { .. } => {
+                let (a, b) = match inputs {
+                    [a, b] => (a, b),
+                    _ => return Err(format!("Add takes 2 inputs, got {}", inputs.len())),
+                };
+                if a != b {
+                    return Err(format!(
+                        "the two branches of the residual add differ: {} vs {}",
+                        fmt_shape(a),
+                        fmt_shape(b)
+                    ));
+                }
+                Ok((*a).clone())
+            }
+        }
+    }
+
+    /// Multiply-accumulates per sample for the given output shape.
+    pub fn macs(&self, out: &Shape) -> u128 {
+        let numel: u128 = out.iter().map(|&d| d as u128).product();
+        match self {
+            Op::Conv2d(c) => {
+                numel
+                    * (c.in_channels / c.groups.max(1)) as u128
+                    * c.kernel_size.0 as u128
+                    * c.kernel_size.1 as u128
+            }
+            Op::Linear(l) => l.in_features as u128 * l.out_features as u128,
+            _ => 0,
+        }
+    }
+}
+
+fn chw<'a>(x: Option<&'a Shape>, what: &str) -> Result<(usize, usize, usize), String> {
+    match x {
+        Some(s) if s.len() == 3 => Ok((s[0], s[1], s[2])),
+        Some(s) => Err(format!(
+            "{what} expects a CxHxW input, got shape {}",
+            fmt_shape(s)
+        )),
+        None => Err("missing input".into()),
+    }
+}
+
+/// PyTorch's output size of a sliding window (convolution and pooling), including
+/// `ceil_mode`'s rule that the last window must start inside the padded input.
+pub fn window_out(
+    input: usize,
+    kernel: usize,
+    stride: usize,
+    padding: usize,
+    dilation: usize,
+    ceil_mode: bool,
+) -> Option<usize> {
+    let padded = input.checked_add(padding.checked_mul(2)?)?;
+    let span = dilation.checked_mul(kernel.checked_sub(1)?)?.checked_add(1)?;
+    if span > padded || kernel == 0 {
+        return None;
+    }
+    let room = padded - span;
+    let mut out = if ceil_mode {
+        room.div_ceil(stride) + 1
+    } else {
+        room / stride + 1
+    };
+    if ceil_mode && (out - 1) * stride >= input + padding {
+        out -= 1;
+    }
+    Some(out)
+}
+
+/// `3x32x32`, `[400]` style.
+pub fn fmt_shape(s: &[usize]) -> String {
+    s.iter()
+        .map(|d| d.to_string())
+        .collect::<Vec<_>>()
+        .join("x")
+}
+
+impl From<(String, String)> for GraphError {
+    fn from((layer, message): (String, String)) -> Self {
+        GraphError::Shape { layer, message }
+    }
+}
