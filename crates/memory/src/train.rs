@@ -1,0 +1,752 @@
+//! One training step as PyTorch runs it: the forward pass records autograd nodes with
+//! exactly the tensors `derivatives.yaml` saves; the backward pass replays PyTorch's
+//! engine (ready queue ordered by sequence number, gradient buffers, accumulation of
+//! two incoming gradients, saved tensors released after each node, `AccumulateGrad`
+//! stealing fresh gradients); then the optimizer step (`optim.rs`).
+
+use std::collections::BinaryHeap;
+
+use vramlab_graph::{Op, Shaped};
+
+use crate::optim::{self, ParamSlot};
+use crate::sim::{Sid, Sim};
+use crate::{
+    Category, MemoryReport, Mode, OptimizerImpl, OptimizerKind, Phase, PlanConfig,
+    PlanError, Precision, Profile, StepReport, DEFAULT_CUDA_CONTEXT_BYTES,
+};
+
+/// What differs between the framework profiles.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Rules {
+    pub cuda: bool,
+    /// PyTorch's `InputBuffer` adds two incoming gradients out of place when a
+    /// `TorchDispatchMode` is active (as in the reference measurements on the CPU), and
+    /// in place when it holds the only reference otherwise (plain CUDA training).
+    pub out_of_place_accumulation: bool,
+    pub implementation: OptimizerImpl,
+}
+
+/// A forward value: its storage, its autograd node (None: does not require grad) and
+/// its element size.
+#[derive(Debug, Clone, Copy)]
+struct Value {
+    sid: Sid,
+    grad_fn: Option<usize>,
+    elem: u128,
+}
+
+#[derive(Debug, Clone, Copy)]
+enum Edge {
+    Node(usize),
+    Param(usize),
+}
+
+/// How a backward node produces the gradient for one of its edges.
+#[derive(Debug, Clone, Copy)]
+enum Grad {
+    /// A new tensor of this many bytes, made by one of the node's ops.
+    Alloc(u128),
+    /// The incoming gradient itself (residual add, view).
+    Pass,
+    /// The incoming gradient reduced to a bias shape by the engine's `sum_to`.
+    SumTo(u128),
+}
+
+struct BNode {
+    seq: u64,
+    layer: String,
+    saved: Vec<Sid>,
+    edges: Vec<(Edge, Grad)>,
+    /// The node's aten ops in order, each making the gradients of the listed edges.
+    ops: Vec<(&'static str, Vec<usize>)>,
+    /// AMP: parameter gradients made in half precision, then cast to fp32 of this size.
+    casts: Vec<(usize, u128)>,
+}
+
+/// Runs the configured steps and reports them.
+pub(crate) fn run(g: &Shaped, cfg: &PlanConfig) -> Result<MemoryReport, PlanError> {
+    if cfg.batch_size == 0 {
+        return Err(PlanError::Config(
+            "batch size must be at least 1, got 0".into(),
+        ));
+    }
+    let acc = cfg.accumulation_steps.max(1);
+    if cfg.batch_size % acc as u64 != 0 {
+        return Err(PlanError::Config(format!(
+            "batch size {} is not a multiple of --accumulation-steps {}",
+            cfg.batch_size, acc
+        )));
+    }
+    if cfg.profile == Profile::Native {
+        return Err(PlanError::Config(
+            "the `native` profile needs vramlab's CPU engine, which is not built yet; use pytorch-cuda or pytorch-cpu".into(),
+        ));
+    }
+    let implementation = cfg.optimizer.implementation.unwrap_or(if cfg.profile.is_cuda() {
+        OptimizerImpl::Foreach
+    } else {
+        OptimizerImpl::ForLoop
+    });
+    if implementation == OptimizerImpl::Fused && cfg.optimizer.kind == OptimizerKind::RmsProp {
+        return Err(PlanError::Config(
+            "RMSprop has no fused implementation in PyTorch; use for-loop or foreach".into(),
+        ));
+    }
+    if cfg.optimizer.nesterov && (cfg.optimizer.momentum <= 0.0) {
+        return Err(PlanError::Config(
+            "--nesterov requires --momentum greater than 0 (as torch.optim.SGD does)".into(),
+        ));
+    }
+    if cfg.precision != Precision::Fp32 && !cfg.profile.is_cuda() {
+        return Err(PlanError::Config(format!(
+            "--precision {} is modelled for the pytorch-cuda profile only",
+            cfg.precision.name()
+        )));
+    }
+    let rules = Rules {
+        cuda: cfg.profile.is_cuda(),
+        out_of_place_accumulation: !cfg.profile.is_cuda(),
+        implementation,
+    };
+    let params = g.params();
+    if params.is_empty() && cfg.mode == Mode::Train {
+        return Err(PlanError::Config(
+            "the model has no parameters, so there is nothing to train".into(),
+        ));
+    }
+    let micro = (cfg.batch_size / acc as u64) as u128;
+    let half_model = cfg.precision == Precision::Bf16;
+    let param_elem: u128 = if half_model { 2 } else { 4 };
+    let context = if rules.cuda {
+        cfg.cuda_context_bytes.unwrap_or(DEFAULT_CUDA_CONTEXT_BYTES)
+    } else {
+        0
+    };
+    let mut sim = Sim::new(if rules.cuda { 512 } else { 1 }, context, cfg.record_timeline);
+
+    let mut slots: Vec<ParamSlot> = params
+        .iter()
+        .map(|p| {
+            let bytes = p.numel() * param_elem;
+            ParamSlot {
+                sid: sim.alloc(bytes, Some(Category::Params)),
+                bytes,
+                grad: None,
+            }
+        })
+        .collect();
+    let mut buffer_bytes = 0;
+    for b in g.buffers() {
+        let bytes = if b.elem_bytes == 4 {
+            b.numel() * param_elem
+        } else {
+            b.bytes()
+        };
+        buffer_bytes += bytes;
+        sim.alloc(bytes, Some(Category::Buffers));
+    }
+    let image_elem: u128 = if half_model { 2 } else { 4 };
+    let image_bytes = checked(micro, g.numel(0), image_elem)?;
+    let image = sim.alloc(image_bytes, Some(Category::DataBatch));
+    let mut batch_bytes = image_bytes;
+    if cfg.mode == Mode::Train {
+        batch_bytes += micro * 8;
+        sim.alloc(micro * 8, Some(Category::DataBatch));
+    }
+    let mut opt = optim::State::new(&cfg.optimizer, rules);
+    if cfg.mode == Mode::Train {
+        opt.construct(&mut sim, &slots);
+    }
+
+    let mut run = Runner {
+        g,
+        cfg,
+        rules,
+        sim,
+        micro,
+        param_elem,
+        nodes: Vec::new(),
+        seq: 0,
+        node_of_param: param_index(g),
+    };
+    let mut steps = Vec::new();
+    let n_steps = if cfg.mode == Mode::Train { 2 } else { 1 };
+    for step in 1..=n_steps {
+        run.sim.reset_peak();
+        run.sim.phase = Phase::Forward;
+        run.sim.layer = "zero_grad".into();
+        let before = run.sim.live();
+        let mut loss: Option<(Sid, Sid)> = None;
+        if cfg.mode == Mode::Inference {
+            let out = run.forward(image, image_elem, false)?;
+            run.sim.decref(out.sid);
+        } else {
+            for slot in &mut slots {
+                if let Some(gsid) = slot.grad.take() {
+                    run.sim.decref(gsid);
+                }
+            }
+            for _ in 0..acc {
+                if let Some((logits, l)) = loss.take() {
+                    run.sim.decref(logits);
+                    run.sim.decref(l);
+                }
+                let out = run.forward(image, image_elem, true)?;
+                let (root, loss_sid) = run.cross_entropy(out);
+                run.backward(root, &mut slots);
+                loss = Some((out.sid, loss_sid));
+            }
+            run.sim.phase = Phase::Optimizer;
+            run.sim.layer = "optimizer.step".into();
+            opt.step(&mut run.sim, &slots);
+        }
+        let loss_sid = loss.map(|(logits, l)| {
+            run.sim.decref(logits);
+            l
+        });
+        let after = run.sim.live();
+        if let Some(l) = loss_sid {
+            run.sim.decref(l);
+        }
+        let peak = run
+            .sim
+            .peak()
+            .cloned()
+            .expect("every step has at least one op");
+        steps.push(StepReport {
+            step,
+            peak_bytes: peak.bytes,
+            peak_phase: peak.phase,
+            peak_at: format!("{} ({})", peak.layer, peak.op),
+            peak_layer: peak.layer,
+            peak_op: peak.op.to_string(),
+            before_step: before,
+            at_peak: peak.at,
+            after_step: after,
+        });
+    }
+    Ok(MemoryReport {
+        model: g.graph.name.clone(),
+        input_shape: g.graph.input_shape.clone(),
+        batch_size: cfg.batch_size,
+        profile: cfg.profile,
+        optimizer: cfg.optimizer.describe(),
+        precision: cfg.precision,
+        mode: cfg.mode,
+        num_params: g.num_params(),
+        param_bytes: slots.iter().map(|s| s.bytes).sum(),
+        buffer_bytes,
+        batch_bytes,
+        context_bytes: context,
+        peak_bytes: steps.iter().map(|s| s.peak_bytes).max().unwrap_or(0),
+        steps,
+        timeline: run.sim.take_timeline(),
+    })
+}
+
+fn checked(a: u128, b: u128, c: u128) -> Result<u128, PlanError> {
+    a.checked_mul(b)
+        .and_then(|v| v.checked_mul(c))
+        .ok_or_else(|| PlanError::Config("sizes overflow 128-bit arithmetic".into()))
+}
+
+/// For each node, the index of its first parameter in `params()` order.
+fn param_index(g: &Shaped) -> Vec<usize> {
+    let mut first = Vec::with_capacity(g.nodes().len());
+    let mut k = 0;
+    for n in g.nodes() {
+        first.push(k);
+        k += n.op.params().len();
+    }
+    first
+}
+
+struct Runner<'a> {
+    g: &'a Shaped,
+    cfg: &'a PlanConfig,
+    rules: Rules,
+    sim: Sim,
+    micro: u128,
+    param_elem: u128,
+    nodes: Vec<BNode>,
+    seq: u64,
+    node_of_param: Vec<usize>,
+}
+
+impl Runner<'_> {
+    fn amp(&self) -> bool {
+        self.cfg.precision.is_amp()
+    }
+
+    fn record(&mut self, layer: &str, saved: Vec<Sid>, edges: Vec<(Edge, Grad)>, ops: Vec<(&'static str, Vec<usize>)>) -> usize {
+        for &s in &saved {
+            self.sim.save(s);
+        }
+        self.seq += 1;
+        self.nodes.push(BNode {
+            seq: self.seq,
+            layer: layer.to_string(),
+            saved,
+            edges,
+            ops,
+            casts: Vec::new(),
+        });
+        self.nodes.len() - 1
+    }
+
+    /// Allocates, marks the op boundary.
+    fn op(&mut self, bytes: u128, label: &'static str) -> Sid {
+        let s = self.sim.alloc(bytes, None);
+        self.sim.boundary(label);
+        s
+    }
+
+    /// The forward pass; returns the logits (held by the caller).
+    fn forward(&mut self, image: Sid, image_elem: u128, train: bool) -> Result<Value, PlanError> {
+        let g = self.g;
+        let n = g.nodes().len();
+        let b = self.micro;
+        self.sim.phase = Phase::Forward;
+        self.sim.incref(image);
+        let mut vals: Vec<Option<Value>> = vec![None; n];
+        vals[0] = Some(Value {
+            sid: image,
+            grad_fn: None,
+            elem: image_elem,
+        });
+        // AMP's autocast cache: half copies of weights, alive until autocast exits.
+        let mut amp_cache: Vec<Sid> = Vec::new();
+        for i in 1..n {
+            let node = &g.nodes()[i];
+            self.sim.layer = node.name.clone();
+            let x = vals[node.inputs[0]].expect("inputs come first");
+            let numel = g.numel(i);
+            let in_numel = g.numel(node.inputs[0]);
+            let xbytes = b * in_numel * x.elem;
+            let p0 = self.node_of_param[i];
+            let input_edge = |x: &Value| x.grad_fn.map(|f| (Edge::Node(f), Grad::Alloc(b * in_numel * x.elem)));
+            let out = match &node.op {
+                Op::Input => unreachable!("checked by infer"),
+                Op::Conv2d(_) | Op::Linear(_) => {
+                    let is_conv = matches!(node.op, Op::Conv2d(_));
+                    let specs = node.op.params();
+                    let (xin, out_elem) = if self.amp() {
+                        let xin = if x.elem == 4 {
+                            self.op(b * in_numel * 2, "aten._to_copy.default")
+                        } else {
+                            self.sim.incref(x.sid);
+                            x.sid
+                        };
+                        (xin, 2)
+                    } else {
+                        self.sim.incref(x.sid);
+                        (x.sid, x.elem)
+                    };
+                    let mut saved = vec![xin];
+                    if self.amp() {
+                        for spec in &specs {
+                            let c = self.op(spec.numel() * 2, "aten._to_copy.default");
+                            if spec.name == "weight" {
+                                saved.push(c);
+                            }
+                            amp_cache.push(c);
+                        }
+                    }
+                    let has_bias = specs.len() == 2;
+                    let label = match (is_conv, has_bias) {
+                        (true, _) => "aten.convolution.default",
+                        (false, true) => "aten.addmm.default",
+                        (false, false) => "aten.mm.default",
+                    };
+                    let out = self.op(b * numel * out_elem, label);
+                    let grad_elem = if self.amp() { 2 } else { self.param_elem };
+                    let wbytes = specs[0].numel() * grad_elem;
+                    let mut edges = Vec::new();
+                    let mut ops = Vec::new();
+                    let fp32_grads: Vec<u128> = specs.iter().map(|s| s.numel() * 4).collect();
+                    if is_conv {
+                        edges.extend(x.grad_fn.map(|f| (Edge::Node(f), Grad::Alloc(xbytes))));
+                        edges.push((Edge::Param(p0), Grad::Alloc(wbytes)));
+                        if has_bias {
+                            edges.push((Edge::Param(p0 + 1), Grad::Alloc(specs[1].numel() * grad_elem)));
+                        }
+                        ops.push(("aten.convolution_backward.default", (0..edges.len()).collect()));
+                    } else {
+                        // AddmmBackward0's edges: self (bias), mat1 (input), mat2 (weight).
+                        if has_bias {
+                            edges.push((Edge::Param(p0 + 1), Grad::SumTo(specs[1].numel() * self.param_elem)));
+                        }
+                        if let Some(f) = x.grad_fn {
+                            edges.push((Edge::Node(f), Grad::Alloc(b * in_numel * out_elem)));
+                            ops.push(("aten.mm.default", vec![edges.len() - 1]));
+                        }
+                        edges.push((Edge::Param(p0), Grad::Alloc(wbytes)));
+                        ops.push(("aten.mm.default", vec![edges.len() - 1]));
+                    }
+                    let k = self.record(&node.name, saved.clone(), edges, ops);
+                    if self.amp() {
+                        let edges = self.nodes[k].edges.clone();
+                        for (e, (edge, _)) in edges.iter().enumerate() {
+                            if let Edge::Param(p) = edge {
+                                let spec_i = p - p0;
+                                if is_conv || spec_i == 0 {
+                                    self.nodes[k].casts.push((e, fp32_grads[spec_i]));
+                                }
+                            }
+                        }
+                    }
+                    self.sim.decref(xin);
+                    Value {
+                        sid: out,
+                        grad_fn: Some(k),
+                        elem: out_elem,
+                    }
+                }
+                Op::BatchNorm2d(bn) => {
+                    let spatial: u128 = g.shapes[i][1..].iter().map(|&d| d as u128).product();
+                    if train && b * spatial == 1 {
+                        return Err(PlanError::Framework {
+                            layer: node.name.clone(),
+                            message: format!(
+                                "ValueError: Expected more than 1 value per channel when training, got input size torch.Size([{}])",
+                                std::iter::once(b.to_string())
+                                    .chain(g.shapes[i].iter().map(|d| d.to_string()))
+                                    .collect::<Vec<_>>()
+                                    .join(", ")
+                            ),
+                        });
+                    }
+                    let c = bn.num_features as u128;
+                    if !train {
+                        let out = self.op(b * numel * x.elem, "aten._native_batch_norm_legit_no_training.default");
+                        Value { sid: out, grad_fn: None, elem: x.elem }
+                    } else {
+                        let out = self.sim.alloc(b * numel * x.elem, None);
+                        let mean = self.sim.alloc(c * 4, None);
+                        let invstd = self.sim.alloc(c * 4, None);
+                        self.sim.boundary(if self.rules.cuda {
+                            "aten.cudnn_batch_norm.default"
+                        } else {
+                            "aten._batch_norm_with_update.default"
+                        });
+                        let mut edges: Vec<(Edge, Grad)> = input_edge(&x).into_iter().collect();
+                        if bn.affine {
+                            edges.push((Edge::Param(p0), Grad::Alloc(c * self.param_elem)));
+                            edges.push((Edge::Param(p0 + 1), Grad::Alloc(c * self.param_elem)));
+                        }
+                        let all = (0..edges.len()).collect();
+                        let k = self.record(
+                            &node.name,
+                            vec![x.sid, mean, invstd],
+                            edges,
+                            vec![("aten.native_batch_norm_backward.default", all)],
+                        );
+                        self.sim.decref(mean);
+                        self.sim.decref(invstd);
+                        Value { sid: out, grad_fn: Some(k), elem: x.elem }
+                    }
+                }
+                Op::ReLU { inplace } | Op::ReLU6 { inplace } => {
+                    let relu = matches!(node.op, Op::ReLU { .. });
+                    let (fwd, bwd) = match (relu, inplace) {
+                        (true, true) => ("aten.relu_.default", "aten.threshold_backward.default"),
+                        (true, false) => ("aten.relu.default", "aten.threshold_backward.default"),
+                        (false, true) => ("aten.hardtanh_.default", "aten.hardtanh_backward.default"),
+                        (false, false) => ("aten.hardtanh.default", "aten.hardtanh_backward.default"),
+                    };
+                    let out = if *inplace {
+                        self.sim.incref(x.sid);
+                        self.sim.boundary(fwd);
+                        x.sid
+                    } else {
+                        self.op(b * numel * x.elem, fwd)
+                    };
+                    // ReLU saves its result; hardtanh (ReLU6) saves its input unless in place.
+                    let keep = if relu || *inplace { out } else { x.sid };
+                    let grad_fn = match input_edge(&x) {
+                        Some(e) if train => Some(self.record(&node.name, vec![keep], vec![e], vec![(bwd, vec![0])])),
+                        _ => None,
+                    };
+                    Value { sid: out, grad_fn, elem: x.elem }
+                }
+                Op::MaxPool2d(_) => {
+                    let out = self.sim.alloc(b * numel * x.elem, None);
+                    let idx = self.sim.alloc(b * numel * 8, None);
+                    self.sim.boundary("aten.max_pool2d_with_indices.default");
+                    let grad_fn = match input_edge(&x) {
+                        Some(e) if train => Some(self.record(
+                            &node.name,
+                            vec![x.sid, idx],
+                            vec![e],
+                            vec![("aten.max_pool2d_with_indices_backward.default", vec![0])],
+                        )),
+                        _ => None,
+                    };
+                    self.sim.decref(idx);
+                    Value { sid: out, grad_fn, elem: x.elem }
+                }
+                Op::AvgPool2d(_) | Op::AdaptiveAvgPool2d { .. } => {
+                    let (fwd, bwd, saves) = match node.op {
+                        Op::AvgPool2d(_) => ("aten.avg_pool2d.default", "aten.avg_pool2d_backward.default", true),
+                        // torch turns a 1x1 adaptive pool into a mean, which saves nothing.
+                        Op::AdaptiveAvgPool2d { output_size: (1, 1) } => ("aten.mean.dim", "aten.div.Tensor", false),
+                        _ => ("aten._adaptive_avg_pool2d.default", "aten._adaptive_avg_pool2d_backward.default", true),
+                    };
+                    let out = self.op(b * numel * x.elem, fwd);
+                    let saved = if saves { vec![x.sid] } else { vec![] };
+                    let grad_fn = match input_edge(&x) {
+                        Some(e) if train => Some(self.record(&node.name, saved, vec![e], vec![(bwd, vec![0])])),
+                        _ => None,
+                    };
+                    Value { sid: out, grad_fn, elem: x.elem }
+                }
+                Op::Flatten => {
+                    self.sim.incref(x.sid);
+                    x
+                }
+                Op::Dropout { p, inplace } => {
+                    if !train || *p == 0.0 {
+                        self.sim.incref(x.sid);
+                        x
+                    } else if self.rules.cuda && !*inplace && *p < 1.0 {
+                        let out = self.sim.alloc(b * numel * x.elem, None);
+                        let mask = self.sim.alloc(b * numel, None);
+                        self.sim.boundary("aten.native_dropout.default");
+                        let grad_fn = input_edge(&x).map(|e| {
+                            self.record(&node.name, vec![mask], vec![e], vec![("aten.native_dropout_backward.default", vec![0])])
+                        });
+                        self.sim.decref(mask);
+                        Value { sid: out, grad_fn, elem: x.elem }
+                    } else {
+                        // at::dropout off the fused path: a float mask, then input * mask.
+                        let mask = self.op(b * numel * x.elem, "aten.empty_like.default");
+                        let out = if *inplace {
+                            self.sim.incref(x.sid);
+                            self.sim.boundary("aten.mul_.Tensor");
+                            x.sid
+                        } else {
+                            self.op(b * numel * x.elem, "aten.mul.Tensor")
+                        };
+                        let grad_fn = input_edge(&x).map(|e| {
+                            self.record(&node.name, vec![mask], vec![e], vec![("aten.mul.Tensor", vec![0])])
+                        });
+                        self.sim.decref(mask);
+                        Value { sid: out, grad_fn, elem: x.elem }
+                    }
+                }
+                Op::Add { inplace } => {
+                    let y = vals[node.inputs[1]].expect("inputs come first");
+                    let elem = x.elem.max(y.elem);
+                    let out = if *inplace {
+                        self.sim.incref(x.sid);
+                        self.sim.boundary("aten.add_.Tensor");
+                        x.sid
+                    } else {
+                        self.op(b * numel * elem, "aten.add.Tensor")
+                    };
+                    let edges: Vec<(Edge, Grad)> = [x.grad_fn, y.grad_fn]
+                        .into_iter()
+                        .flatten()
+                        .map(|f| (Edge::Node(f), Grad::Pass))
+                        .collect();
+                    let grad_fn = (train && !edges.is_empty()).then(|| self.record(&node.name, vec![], edges, vec![]));
+                    Value { sid: out, grad_fn, elem }
+                }
+            };
+            vals[i] = Some(out);
+            // Python drops a tensor once its last reader has run.
+            for &j in &node.inputs {
+                if g.consumers[j].last() == Some(&i) {
+                    self.sim.decref(vals[j].expect("computed").sid);
+                }
+            }
+        }
+        for c in amp_cache {
+            self.sim.decref(c);
+        }
+        let out = vals[n - 1].expect("computed");
+        if train && out.grad_fn.is_none() {
+            return Err(PlanError::Config(
+                "the model's output does not depend on any parameter, so there is nothing to train".into(),
+            ));
+        }
+        Ok(out)
+    }
+
+    /// `F.cross_entropy(logits, labels)`: log-softmax (saves its result) and NLL loss
+    /// (saves total_weight). Returns the root node and the loss.
+    fn cross_entropy(&mut self, logits: Value) -> (usize, Sid) {
+        let b = self.micro;
+        let k = self.g.num_classes() as u128;
+        self.sim.layer = "cross_entropy".into();
+        let mut input = logits;
+        let mut cast = None;
+        if logits.elem != 4 {
+            // Autocast runs log_softmax in fp32.
+            let c = self.op(b * k * 4, "aten._to_copy.default");
+            let f = self.record(
+                "cross_entropy",
+                vec![],
+                vec![(Edge::Node(logits.grad_fn.expect("checked")), Grad::Alloc(b * k * logits.elem))],
+                vec![("aten._to_copy.default", vec![0])],
+            );
+            cast = Some(c);
+            input = Value { sid: c, grad_fn: Some(f), elem: 4 };
+        }
+        let ls = self.op(b * k * 4, "aten._log_softmax.default");
+        let ls_node = self.record(
+            "cross_entropy",
+            vec![ls],
+            vec![(Edge::Node(input.grad_fn.expect("checked")), Grad::Alloc(b * k * 4))],
+            vec![("aten._log_softmax_backward_data.default", vec![0])],
+        );
+        if let Some(c) = cast {
+            self.sim.decref(c);
+        }
+        let loss = self.sim.alloc(4, None);
+        let total_weight = self.sim.alloc(4, None);
+        self.sim.boundary("aten.nll_loss_forward.default");
+        let root = self.record(
+            "cross_entropy",
+            vec![total_weight],
+            vec![(Edge::Node(ls_node), Grad::Alloc(b * k * 4))],
+            vec![("aten.nll_loss_backward.default", vec![0])],
+        );
+        self.sim.decref(total_weight);
+        self.sim.decref(ls);
+        (root, loss)
+    }
+
+    /// `loss.backward()`.
+    fn backward(&mut self, root: usize, slots: &mut [ParamSlot]) {
+        self.sim.phase = Phase::Backward;
+        self.sim.layer = "cross_entropy".into();
+        let n = self.nodes.len();
+        // Dependencies: edges from nodes reachable from the root.
+        let mut deps = vec![0u32; n];
+        let mut seen = vec![false; n];
+        let mut stack = vec![root];
+        seen[root] = true;
+        while let Some(k) = stack.pop() {
+            for (edge, _) in &self.nodes[k].edges {
+                if let Edge::Node(m) = *edge {
+                    deps[m] += 1;
+                    if !seen[m] {
+                        seen[m] = true;
+                        stack.push(m);
+                    }
+                }
+            }
+        }
+        let seed = self.op(4, "aten.ones_like.default");
+        self.sim.incref(seed);
+        let mut buffers: Vec<Option<Sid>> = vec![None; n];
+        buffers[root] = Some(seed);
+        let mut ready = BinaryHeap::new();
+        ready.push((self.nodes[root].seq, root));
+        while let Some((_, k)) = ready.pop() {
+            self.evaluate(k, &mut buffers, &mut deps, &mut ready, slots);
+        }
+        self.sim.decref(seed);
+        // Nodes the loss does not reach free their saved tensors with the graph.
+        for k in 0..n {
+            for s in std::mem::take(&mut self.nodes[k].saved) {
+                self.sim.unsave(s);
+            }
+        }
+        self.nodes.clear();
+    }
+
+    fn evaluate(
+        &mut self,
+        k: usize,
+        buffers: &mut [Option<Sid>],
+        deps: &mut [u32],
+        ready: &mut BinaryHeap<(u64, usize)>,
+        slots: &mut [ParamSlot],
+    ) {
+        let grad_in = buffers[k].take().expect("a ready node has its gradient");
+        self.sim.layer = self.nodes[k].layer.clone();
+        let edges = self.nodes[k].edges.clone();
+        let mut outputs: Vec<Option<Sid>> = vec![None; edges.len()];
+        for (e, (_, how)) in edges.iter().enumerate() {
+            if matches!(how, Grad::Pass | Grad::SumTo(_)) {
+                self.sim.incref(grad_in);
+                outputs[e] = Some(grad_in);
+            }
+        }
+        let ops = std::mem::take(&mut self.nodes[k].ops);
+        for (label, es) in &ops {
+            for &e in es {
+                // A parameter's gradient counts as one once AccumulateGrad stores it
+                // in `.grad`, as PyTorch's own trackers count it.
+                let Grad::Alloc(bytes) = edges[e].1 else { continue };
+                outputs[e] = Some(self.sim.alloc(bytes, None));
+            }
+            self.sim.boundary(label);
+        }
+        // The engine's validate_outputs: sum_to for broadcast biases, dtype casts.
+        for (e, (_, how)) in edges.iter().enumerate() {
+            if let Grad::SumTo(bytes) = *how {
+                let new = self.sim.alloc(bytes, None);
+                self.sim.boundary("aten.sum.dim_IntList");
+                self.sim.decref(outputs[e].replace(new).expect("set above"));
+            }
+        }
+        for (e, bytes) in std::mem::take(&mut self.nodes[k].casts) {
+            let new = self.sim.alloc(bytes, None);
+            self.sim.boundary("aten._to_copy.default");
+            self.sim.decref(outputs[e].replace(new).expect("param grad made"));
+        }
+        self.sim.decref(grad_in);
+        for s in std::mem::take(&mut self.nodes[k].saved) {
+            self.sim.unsave(s);
+        }
+        let mut leftovers = Vec::new();
+        let mut accumulate = Vec::new();
+        for (e, (edge, _)) in edges.iter().enumerate() {
+            let Some(sid) = outputs[e] else { continue };
+            match *edge {
+                Edge::Param(p) => accumulate.push((p, sid)),
+                Edge::Node(m) => {
+                    match buffers[m] {
+                        None => buffers[m] = Some(sid),
+                        Some(old) => {
+                            if !self.rules.out_of_place_accumulation && self.sim.refs(old) == 1 {
+                                leftovers.push(sid);
+                            } else if !self.rules.out_of_place_accumulation && self.sim.refs(sid) == 1 {
+                                self.sim.decref(old);
+                                buffers[m] = Some(sid);
+                            } else {
+                                let bytes = self.sim.bytes(old).max(self.sim.bytes(sid));
+                                let new = self.sim.alloc(bytes, None);
+                                self.sim.boundary("aten.add.Tensor");
+                                self.sim.decref(old);
+                                buffers[m] = Some(new);
+                                leftovers.push(sid);
+                            }
+                        }
+                    }
+                    deps[m] -= 1;
+                    if deps[m] == 0 {
+                        ready.push((self.nodes[m].seq, m));
+                    }
+                }
+            }
+        }
+        for s in leftovers {
+            self.sim.decref(s);
+        }
+        // AccumulateGrad runs first of all ready nodes: it steals a fresh gradient, or
+        // adds in place into an existing one (gradient accumulation).
+        for (p, sid) in accumulate {
+            match slots[p].grad {
+                None => {
+                    self.sim.recategorize(sid, Category::Grads);
+                    slots[p].grad = Some(sid);
+                }
+                Some(_) => self.sim.decref(sid),
+            }
+        }
+    }
+}
