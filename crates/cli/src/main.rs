@@ -1,1 +1,212 @@
-fn main(){}
+//! `vramlab`: the command-line program. It parses arguments, calls the graph and memory
+//! libraries, and prints their results as tables or JSON. Errors print one line and
+//! exit with code 2.
+
+mod fmt;
+mod memory_cmd;
+mod models_cmd;
+mod tour;
+
+use clap::{Args, Parser, Subcommand};
+use vramlab_graph::{parse_shape, ModelOptions, Shaped};
+use vramlab_memory::{
+    Mode, Optimizer, OptimizerImpl, OptimizerKind, PlanConfig, Precision, Profile,
+};
+
+/// A user-facing error: printed as `error: ...`, exit code 2.
+pub struct UserError(pub String);
+
+impl<E: std::fmt::Display> From<E> for UserError {
+    fn from(e: E) -> Self {
+        UserError(e.to_string())
+    }
+}
+
+pub type Result<T> = std::result::Result<T, UserError>;
+
+#[derive(Parser)]
+#[command(
+    name = "vramlab",
+    version,
+    about = "See how much GPU memory training an image model takes, where it goes, and which batch size fits, before you train.",
+    after_help = "Examples:\n  vramlab tour\n  vramlab memory resnet18 --input 3x32x32 --num-classes 10 --batch-size 64 --optimizer adam\n  vramlab summary simple_cnn\n  vramlab models"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// The lesson end to end: image formats, SimpleCNN, the four places memory goes.
+    #[command(after_help = "Example:\n  vramlab tour")]
+    Tour(tour::TourArgs),
+    /// List the built-in models.
+    #[command(after_help = "Example:\n  vramlab models --json")]
+    Models(models_cmd::ModelsArgs),
+    /// Per layer: output shape, parameters, MACs and bytes kept for backward.
+    #[command(
+        after_help = "Examples:\n  vramlab summary simple_cnn\n  vramlab summary resnet50 --batch-size 32\n  vramlab summary models/simple_cnn.toml --json"
+    )]
+    Summary(models_cmd::SummaryArgs),
+    /// Training memory by category, the peak, and where it happens.
+    #[command(
+        after_help = "Examples:\n  vramlab memory simple_cnn --batch-size 64 --optimizer adam\n  vramlab memory vgg11 --input 3x32x32 --num-classes 10 --batch-size 256 --profile pytorch-cpu\n  vramlab memory resnet50 --batch-size 32 --precision amp-bf16 --json"
+    )]
+    Memory(memory_cmd::MemoryArgs),
+}
+
+/// The model to use: a zoo name or a model file, with its input shape.
+#[derive(Args, Clone)]
+pub struct ModelArgs {
+    /// A zoo model (see `vramlab models`) or a path to a .toml model file.
+    pub model: String,
+    /// Input shape per image, CxHxW (default: the model's own, e.g. 3x224x224).
+    #[arg(long, value_name = "CxHxW")]
+    pub input: Option<String>,
+    /// Number of classes of the classifier head (zoo models).
+    #[arg(long, value_name = "N")]
+    pub num_classes: Option<usize>,
+}
+
+impl ModelArgs {
+    pub fn load(&self) -> Result<Shaped> {
+        let input_shape = self.input.as_deref().map(parse_shape).transpose()?;
+        let opts = ModelOptions {
+            num_classes: self.num_classes,
+            input_shape,
+        };
+        let graph = vramlab_graph::load(&self.model, &opts)?;
+        Ok(graph.infer()?)
+    }
+}
+
+/// Training settings shared by `memory` (and later `fit`).
+#[derive(Args, Clone)]
+pub struct PlanArgs {
+    /// Images per training step.
+    #[arg(long, short = 'b', default_value_t = 64, value_name = "N")]
+    pub batch_size: u64,
+    /// sgd, adam, adamw, rmsprop or adagrad (PyTorch's defaults).
+    #[arg(long, default_value = "adam")]
+    pub optimizer: String,
+    /// Momentum (SGD, RMSprop).
+    #[arg(long, default_value_t = 0.0)]
+    pub momentum: f64,
+    /// Nesterov momentum (SGD).
+    #[arg(long)]
+    pub nesterov: bool,
+    /// AMSGrad (Adam, AdamW): a third state tensor.
+    #[arg(long)]
+    pub amsgrad: bool,
+    /// Centered RMSprop: one more state tensor.
+    #[arg(long)]
+    pub centered: bool,
+    /// Weight decay (default: PyTorch's, 0 or 0.01 for AdamW).
+    #[arg(long)]
+    pub weight_decay: Option<f64>,
+    /// for-loop, foreach or fused (default: what PyTorch picks for the profile's device).
+    #[arg(long, value_name = "IMPL")]
+    pub optimizer_impl: Option<String>,
+    /// pytorch-cuda, pytorch-cpu or native.
+    #[arg(long, default_value = "pytorch-cuda")]
+    pub profile: String,
+    /// fp32, amp-fp16, amp-bf16 or bf16.
+    #[arg(long, default_value = "fp32")]
+    pub precision: String,
+    /// Activation checkpointing in N segments (torch.utils.checkpoint.checkpoint_sequential).
+    #[arg(long, default_value_t = 0, value_name = "N")]
+    pub checkpoint_segments: u32,
+    /// Gradient accumulation: N micro-batches of batch-size/N per optimizer step.
+    #[arg(long, default_value_t = 1, value_name = "N")]
+    pub accumulation_steps: u32,
+    /// train, or inference (model.eval() under torch.no_grad()).
+    #[arg(long, default_value = "train")]
+    pub mode: String,
+    /// Memory the CUDA context takes outside PyTorch's counters (default 512MiB).
+    #[arg(long, value_name = "SIZE")]
+    pub cuda_context: Option<String>,
+}
+
+impl PlanArgs {
+    pub fn config(&self) -> Result<PlanConfig> {
+        let mut cfg = PlanConfig::new(self.batch_size);
+        cfg.profile = Profile::parse(&self.profile)?;
+        let kind = OptimizerKind::parse(&self.optimizer)?;
+        cfg.optimizer = Optimizer {
+            kind,
+            momentum: self.momentum,
+            nesterov: self.nesterov,
+            amsgrad: self.amsgrad,
+            centered: self.centered,
+            weight_decay: self.weight_decay,
+            implementation: self
+                .optimizer_impl
+                .as_deref()
+                .map(OptimizerImpl::parse)
+                .transpose()?,
+        };
+        if self.momentum < 0.0 || !self.momentum.is_finite() {
+            return Err(UserError(format!(
+                "--momentum must be 0 or more, got {}",
+                self.momentum
+            )));
+        }
+        if self.momentum != 0.0 && !matches!(kind, OptimizerKind::Sgd | OptimizerKind::RmsProp) {
+            return Err(UserError(format!(
+                "--momentum applies to sgd and rmsprop, not {}",
+                self.optimizer
+            )));
+        }
+        if self.amsgrad && !matches!(kind, OptimizerKind::Adam | OptimizerKind::AdamW) {
+            return Err(UserError("--amsgrad applies to adam and adamw".into()));
+        }
+        if self.centered && kind != OptimizerKind::RmsProp {
+            return Err(UserError("--centered applies to rmsprop".into()));
+        }
+        if self.nesterov && kind != OptimizerKind::Sgd {
+            return Err(UserError("--nesterov applies to sgd".into()));
+        }
+        cfg.precision = Precision::parse(&self.precision)?;
+        cfg.mode = match self.mode.as_str() {
+            "train" => Mode::Train,
+            "inference" => Mode::Inference,
+            m => {
+                return Err(UserError(format!(
+                    "unknown mode `{m}`: expected train or inference"
+                )))
+            }
+        };
+        cfg.checkpoint_segments = self.checkpoint_segments;
+        if self.accumulation_steps == 0 {
+            return Err(UserError("--accumulation-steps must be at least 1".into()));
+        }
+        cfg.accumulation_steps = self.accumulation_steps;
+        cfg.cuda_context_bytes = self
+            .cuda_context
+            .as_deref()
+            .map(fmt::parse_size)
+            .transpose()?;
+        Ok(cfg)
+    }
+}
+
+fn main() {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Tour(a) => tour::run(&a),
+        Command::Models(a) => models_cmd::models(&a),
+        Command::Summary(a) => models_cmd::summary(&a),
+        Command::Memory(a) => memory_cmd::run(&a),
+    };
+    if let Err(UserError(msg)) = result {
+        eprintln!("error: {msg}");
+        std::process::exit(2);
+    }
+}
+
+/// Prints a value as pretty JSON.
+pub fn print_json<T: serde::Serialize>(v: &T) -> Result<()> {
+    println!("{}", serde_json::to_string_pretty(v)?);
+    Ok(())
+}

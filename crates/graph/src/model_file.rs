@@ -211,11 +211,12 @@ fn sequence(
             .and_then(|t| t.as_str())
             .unwrap_or("?")
             .to_string();
-        let spec: LayerSpec = toml::Value::Table(table)
-            .try_into()
-            .map_err(|e: toml::de::Error| {
-                format!("layer `{name}` ({type_name}): {}", e.message().trim())
-            })?;
+        let spec: LayerSpec =
+            toml::Value::Table(table)
+                .try_into()
+                .map_err(|e: toml::de::Error| {
+                    format!("layer `{name}` ({type_name}): {}", e.message().trim())
+                })?;
         x = layer(b, spec, &name, x)?;
     }
     Ok(x)
@@ -334,7 +335,10 @@ mod tests {
 
     #[test]
     fn the_documented_simple_cnn_file_equals_the_zoo_model() {
-        let file = parse(SIMPLE_CNN, "simple_cnn.toml").unwrap().infer().unwrap();
+        let file = parse(SIMPLE_CNN, "simple_cnn.toml")
+            .unwrap()
+            .infer()
+            .unwrap();
         let zoo = crate::zoo::build("simple_cnn", &Default::default())
             .unwrap()
             .infer()
@@ -370,9 +374,13 @@ mod tests {
 
     #[test]
     fn a_misspelt_field_names_the_layer_and_the_field() {
-        let text = "[[layers]]\ntype = \"Conv2d\"\nin_channels = 3\nout_chanels = 6\nkernel_size = 5\n";
+        let text =
+            "[[layers]]\ntype = \"Conv2d\"\nin_channels = 3\nout_chanels = 6\nkernel_size = 5\n";
         let e = parse(text, "bad.toml").unwrap_err().to_string();
-        assert!(e.starts_with("bad.toml: layer `0` (Conv2d): unknown field `out_chanels`"), "{e}");
+        assert!(
+            e.starts_with("bad.toml: layer `0` (Conv2d): unknown field `out_chanels`"),
+            "{e}"
+        );
     }
 
     #[test]

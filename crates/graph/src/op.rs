@@ -303,8 +303,22 @@ impl Op {
                 if c.stride.0 == 0 || c.stride.1 == 0 {
                     return Err("stride must be at least 1".into());
                 }
-                let ho = window_out(h, c.kernel_size.0, c.stride.0, c.padding.0, c.dilation.0, false);
-                let wo = window_out(w, c.kernel_size.1, c.stride.1, c.padding.1, c.dilation.1, false);
+                let ho = window_out(
+                    h,
+                    c.kernel_size.0,
+                    c.stride.0,
+                    c.padding.0,
+                    c.dilation.0,
+                    false,
+                );
+                let wo = window_out(
+                    w,
+                    c.kernel_size.1,
+                    c.stride.1,
+                    c.padding.1,
+                    c.dilation.1,
+                    false,
+                );
                 match (ho, wo) {
                     (Some(ho), Some(wo)) => Ok(vec![c.out_channels, ho, wo]),
                     _ => Err(format!(
@@ -338,8 +352,22 @@ impl Op {
                         p.padding.0, p.padding.1, p.kernel_size.0, p.kernel_size.1
                     ));
                 }
-                let ho = window_out(h, p.kernel_size.0, p.stride.0, p.padding.0, p.dilation.0, p.ceil_mode);
-                let wo = window_out(w, p.kernel_size.1, p.stride.1, p.padding.1, p.dilation.1, p.ceil_mode);
+                let ho = window_out(
+                    h,
+                    p.kernel_size.0,
+                    p.stride.0,
+                    p.padding.0,
+                    p.dilation.0,
+                    p.ceil_mode,
+                );
+                let wo = window_out(
+                    w,
+                    p.kernel_size.1,
+                    p.stride.1,
+                    p.padding.1,
+                    p.dilation.1,
+                    p.ceil_mode,
+                );
                 match (ho, wo) {
                     (Some(ho), Some(wo)) if ho > 0 && wo > 0 => Ok(vec![ch, ho, wo]),
                     _ => Err(format!(
@@ -431,7 +459,9 @@ pub fn window_out(
     ceil_mode: bool,
 ) -> Option<usize> {
     let padded = input.checked_add(padding.checked_mul(2)?)?;
-    let span = dilation.checked_mul(kernel.checked_sub(1)?)?.checked_add(1)?;
+    let span = dilation
+        .checked_mul(kernel.checked_sub(1)?)?
+        .checked_add(1)?;
     if span > padded || kernel == 0 {
         return None;
     }

@@ -71,7 +71,11 @@ fn lenet_like(name: &str, input: Vec<usize>, pad: usize, classes: usize) -> Grap
     let in_ch = input[0];
     let mut b = GraphBuilder::new(name, input);
     let mut x = b.input();
-    x = b.then("conv1", Op::Conv2d(Conv2d::new(in_ch, 6, 5).padding(pad)), x);
+    x = b.then(
+        "conv1",
+        Op::Conv2d(Conv2d::new(in_ch, 6, 5).padding(pad)),
+        x,
+    );
     x = b.then("relu1", Op::ReLU { inplace: false }, x);
     x = b.then("pool1", Op::MaxPool2d(Pool2d::new(2)), x);
     x = b.then("conv2", Op::Conv2d(Conv2d::new(6, 16, 5)), x);
@@ -93,7 +97,11 @@ fn alexnet(input: Vec<usize>, classes: usize) -> Graph {
     let mut b = GraphBuilder::new("alexnet", input);
     let mut x = b.input();
     let f = |i: usize| format!("features.{i}");
-    x = b.then(f(0), Op::Conv2d(Conv2d::new(in_ch, 64, 11).stride(4).padding(2)), x);
+    x = b.then(
+        f(0),
+        Op::Conv2d(Conv2d::new(in_ch, 64, 11).stride(4).padding(2)),
+        x,
+    );
     x = b.then(f(1), RELU, x);
     x = b.then(f(2), Op::MaxPool2d(Pool2d::new(3).stride(2)), x);
     x = b.then(f(3), Op::Conv2d(Conv2d::new(64, 192, 5).padding(2)), x);
@@ -106,7 +114,13 @@ fn alexnet(input: Vec<usize>, classes: usize) -> Graph {
     x = b.then(f(10), Op::Conv2d(Conv2d::new(256, 256, 3).padding(1)), x);
     x = b.then(f(11), RELU, x);
     x = b.then(f(12), Op::MaxPool2d(Pool2d::new(3).stride(2)), x);
-    x = b.then("avgpool", Op::AdaptiveAvgPool2d { output_size: (6, 6) }, x);
+    x = b.then(
+        "avgpool",
+        Op::AdaptiveAvgPool2d {
+            output_size: (6, 6),
+        },
+        x,
+    );
     x = b.then("flatten", Op::Flatten, x);
     let c = |i: usize| format!("classifier.{i}");
     x = b.then(c(0), dropout(0.5), x);
@@ -147,14 +161,24 @@ fn vgg(name: &str, input: Vec<usize>, cfg: &[usize], bn: bool, classes: usize) -
         );
         i += 1;
         if bn {
-            x = b.then(format!("features.{i}"), Op::BatchNorm2d(BatchNorm2d::new(v)), x);
+            x = b.then(
+                format!("features.{i}"),
+                Op::BatchNorm2d(BatchNorm2d::new(v)),
+                x,
+            );
             i += 1;
         }
         x = b.then(format!("features.{i}"), RELU, x);
         i += 1;
         ch = v;
     }
-    x = b.then("avgpool", Op::AdaptiveAvgPool2d { output_size: (7, 7) }, x);
+    x = b.then(
+        "avgpool",
+        Op::AdaptiveAvgPool2d {
+            output_size: (7, 7),
+        },
+        x,
+    );
     x = b.then("flatten", Op::Flatten, x);
     let c = |i: usize| format!("classifier.{i}");
     x = b.then(c(0), Op::Linear(Linear::new(512 * 7 * 7, 4096)), x);
@@ -177,15 +201,29 @@ fn bn(b: &mut GraphBuilder, name: String, ch: usize, x: NodeId) -> NodeId {
     b.then(name, Op::BatchNorm2d(BatchNorm2d::new(ch)), x)
 }
 
-fn resnet(name: &str, input: Vec<usize>, block: Block, layers: [usize; 4], classes: usize) -> Graph {
+fn resnet(
+    name: &str,
+    input: Vec<usize>,
+    block: Block,
+    layers: [usize; 4],
+    classes: usize,
+) -> Graph {
     let expansion = if block == Block::Basic { 1 } else { 4 };
     let in_ch = input[0];
     let mut b = GraphBuilder::new(name, input);
     let mut x = b.input();
-    x = b.then("conv1", Op::Conv2d(Conv2d::new(in_ch, 64, 7).stride(2).padding(3).no_bias()), x);
+    x = b.then(
+        "conv1",
+        Op::Conv2d(Conv2d::new(in_ch, 64, 7).stride(2).padding(3).no_bias()),
+        x,
+    );
     x = bn(&mut b, "bn1".into(), 64, x);
     x = b.then("relu", RELU, x);
-    x = b.then("maxpool", Op::MaxPool2d(Pool2d::new(3).stride(2).padding(1)), x);
+    x = b.then(
+        "maxpool",
+        Op::MaxPool2d(Pool2d::new(3).stride(2).padding(1)),
+        x,
+    );
     let mut inplanes = 64;
     for (li, (&n, planes)) in layers.iter().zip([64, 128, 256, 512]).enumerate() {
         for bi in 0..n {
@@ -211,17 +249,31 @@ fn resnet(name: &str, input: Vec<usize>, block: Block, layers: [usize; 4], class
                 y = bn(&mut b, format!("{p}.bn3"), out_ch, y);
             }
             let shortcut = if stride != 1 || inplanes != out_ch {
-                let d = b.then(format!("{p}.downsample.0"), conv1x1(inplanes, out_ch, stride), x);
+                let d = b.then(
+                    format!("{p}.downsample.0"),
+                    conv1x1(inplanes, out_ch, stride),
+                    x,
+                );
                 bn(&mut b, format!("{p}.downsample.1"), out_ch, d)
             } else {
                 identity
             };
-            y = b.add(format!("{p}.add"), Op::Add { inplace: true }, &[y, shortcut]);
+            y = b.add(
+                format!("{p}.add"),
+                Op::Add { inplace: true },
+                &[y, shortcut],
+            );
             x = b.then(format!("{p}.relu"), RELU, y);
             inplanes = out_ch;
         }
     }
-    x = b.then("avgpool", Op::AdaptiveAvgPool2d { output_size: (1, 1) }, x);
+    x = b.then(
+        "avgpool",
+        Op::AdaptiveAvgPool2d {
+            output_size: (1, 1),
+        },
+        x,
+    );
     x = b.then("flatten", Op::Flatten, x);
     b.then("fc", Op::Linear(Linear::new(512 * expansion, classes)), x);
     b.build()
@@ -283,11 +335,24 @@ fn mobilenet_v2(input: Vec<usize>, classes: usize) -> Graph {
                 y = conv_bn_relu6(&mut b, &format!("{p}.{li}"), inp, hidden, 1, 1, 1, y);
                 li += 1;
             }
-            y = conv_bn_relu6(&mut b, &format!("{p}.{li}"), hidden, hidden, 3, stride, hidden, y);
+            y = conv_bn_relu6(
+                &mut b,
+                &format!("{p}.{li}"),
+                hidden,
+                hidden,
+                3,
+                stride,
+                hidden,
+                y,
+            );
             y = b.then(format!("{p}.{}", li + 1), conv1x1(hidden, c, 1), y);
             y = bn(&mut b, format!("{p}.{}", li + 2), c, y);
             x = if stride == 1 && inp == c {
-                b.add(format!("features.{fi}.add"), Op::Add { inplace: false }, &[x, y])
+                b.add(
+                    format!("features.{fi}.add"),
+                    Op::Add { inplace: false },
+                    &[x, y],
+                )
             } else {
                 y
             };
@@ -296,7 +361,13 @@ fn mobilenet_v2(input: Vec<usize>, classes: usize) -> Graph {
         }
     }
     x = conv_bn_relu6(&mut b, &format!("features.{fi}"), inp, 1280, 1, 1, 1, x);
-    x = b.then("avgpool", Op::AdaptiveAvgPool2d { output_size: (1, 1) }, x);
+    x = b.then(
+        "avgpool",
+        Op::AdaptiveAvgPool2d {
+            output_size: (1, 1),
+        },
+        x,
+    );
     x = b.then("flatten", Op::Flatten, x);
     x = b.then("classifier.0", dropout(0.2), x);
     b.then("classifier.1", Op::Linear(Linear::new(1280, classes)), x);

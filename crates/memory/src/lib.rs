@@ -414,5 +414,12 @@ pub struct MemoryReport {
 
 /// Plans the memory of training (or inference) for `graph` under `cfg`.
 pub fn plan(graph: &Shaped, cfg: &PlanConfig) -> Result<MemoryReport, PlanError> {
-    train::run(graph, cfg)
+    train::run(graph, cfg).map(|(report, _)| report)
+}
+
+/// Bytes each layer keeps for backward at the end of the forward pass (step 1), per
+/// graph node. A tensor kept by two layers (a ReLU output that the next max-pool also
+/// keeps) counts for the first; the input batch and parameters are not counted.
+pub fn saved_for_backward(graph: &Shaped, cfg: &PlanConfig) -> Result<Vec<u128>, PlanError> {
+    train::run(graph, cfg).map(|(_, saved)| saved)
 }

@@ -102,7 +102,10 @@ impl State {
     /// Fused kernels update in place and keep no temporaries; SGD's first step still
     /// clones the momentum buffers.
     fn fused(&mut self, sim: &mut Sim, active: &[&ParamSlot]) {
-        if self.opt.kind == OptimizerKind::Sgd && self.opt.momentum != 0.0 && !self.sgd_buffers_exist {
+        if self.opt.kind == OptimizerKind::Sgd
+            && self.opt.momentum != 0.0
+            && !self.sgd_buffers_exist
+        {
             for s in active {
                 sim.alloc(s.bytes, Some(Category::OptimizerState));
                 sim.boundary("aten.clone.default");
@@ -150,7 +153,11 @@ impl State {
                     }
                 }
                 OptimizerKind::RmsProp => {
-                    let label = if o.centered { "aten.addcmul.default" } else { "aten.sqrt.default" };
+                    let label = if o.centered {
+                        "aten.addcmul.default"
+                    } else {
+                        "aten.sqrt.default"
+                    };
                     let avg = tmp(sim, s.bytes, label);
                     if let Some(d) = prev.replace(avg) {
                         sim.decref(d);
@@ -205,7 +212,11 @@ impl State {
                 temps = all(sim, active, None, "aten._foreach_sqrt.default");
             }
             OptimizerKind::RmsProp => {
-                let label = if o.centered { "aten._foreach_addcmul.Scalar" } else { "aten._foreach_sqrt.default" };
+                let label = if o.centered {
+                    "aten._foreach_addcmul.Scalar"
+                } else {
+                    "aten._foreach_sqrt.default"
+                };
                 temps = all(sim, active, None, label);
             }
             OptimizerKind::Adagrad => {
@@ -225,7 +236,12 @@ fn tmp(sim: &mut Sim, bytes: u128, label: &'static str) -> Sid {
 }
 
 /// One foreach op making a tensor per parameter.
-fn all(sim: &mut Sim, active: &[&ParamSlot], cat: Option<Category>, label: &'static str) -> Vec<Sid> {
+fn all(
+    sim: &mut Sim,
+    active: &[&ParamSlot],
+    cat: Option<Category>,
+    label: &'static str,
+) -> Vec<Sid> {
     let v = active.iter().map(|s| sim.alloc(s.bytes, cat)).collect();
     sim.boundary(label);
     v

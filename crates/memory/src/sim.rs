@@ -148,6 +148,12 @@ impl Sim {
         }
     }
 
+    /// The storage's fixed category (params, batch, ...), or None for activations and
+    /// temporaries.
+    pub fn fixed_category(&self, sid: Sid) -> Option<Category> {
+        self.storages[sid].fixed
+    }
+
     pub fn refs(&self, sid: Sid) -> u32 {
         self.storages[sid].refs + self.storages[sid].saved
     }

@@ -11,8 +11,8 @@ use vramlab_graph::{Op, Shaped};
 use crate::optim::{self, ParamSlot};
 use crate::sim::{Sid, Sim};
 use crate::{
-    Category, MemoryReport, Mode, OptimizerImpl, OptimizerKind, Phase, PlanConfig,
-    PlanError, Precision, Profile, StepReport, DEFAULT_CUDA_CONTEXT_BYTES,
+    Category, MemoryReport, Mode, OptimizerImpl, OptimizerKind, Phase, PlanConfig, PlanError,
+    Precision, Profile, StepReport, DEFAULT_CUDA_CONTEXT_BYTES,
 };
 
 /// What differs between the framework profiles.
@@ -54,6 +54,8 @@ enum Grad {
 
 struct BNode {
     seq: u64,
+    /// The graph node that recorded it (usize::MAX for the loss).
+    node: usize,
     layer: String,
     saved: Vec<Sid>,
     edges: Vec<(Edge, Grad)>,
@@ -64,7 +66,7 @@ struct BNode {
 }
 
 /// Runs the configured steps and reports them.
-pub(crate) fn run(g: &Shaped, cfg: &PlanConfig) -> Result<MemoryReport, PlanError> {
+pub(crate) fn run(g: &Shaped, cfg: &PlanConfig) -> Result<(MemoryReport, Vec<u128>), PlanError> {
     if cfg.batch_size == 0 {
         return Err(PlanError::Config(
             "batch size must be at least 1, got 0".into(),
@@ -82,11 +84,14 @@ pub(crate) fn run(g: &Shaped, cfg: &PlanConfig) -> Result<MemoryReport, PlanErro
             "the `native` profile needs vramlab's CPU engine, which is not built yet; use pytorch-cuda or pytorch-cpu".into(),
         ));
     }
-    let implementation = cfg.optimizer.implementation.unwrap_or(if cfg.profile.is_cuda() {
-        OptimizerImpl::Foreach
-    } else {
-        OptimizerImpl::ForLoop
-    });
+    let implementation = cfg
+        .optimizer
+        .implementation
+        .unwrap_or(if cfg.profile.is_cuda() {
+            OptimizerImpl::Foreach
+        } else {
+            OptimizerImpl::ForLoop
+        });
     if implementation == OptimizerImpl::Fused && cfg.optimizer.kind == OptimizerKind::RmsProp {
         return Err(PlanError::Config(
             "RMSprop has no fused implementation in PyTorch; use for-loop or foreach".into(),
@@ -122,7 +127,11 @@ pub(crate) fn run(g: &Shaped, cfg: &PlanConfig) -> Result<MemoryReport, PlanErro
     } else {
         0
     };
-    let mut sim = Sim::new(if rules.cuda { 512 } else { 1 }, context, cfg.record_timeline);
+    let mut sim = Sim::new(
+        if rules.cuda { 512 } else { 1 },
+        context,
+        cfg.record_timeline,
+    );
 
     let mut slots: Vec<ParamSlot> = params
         .iter()
@@ -168,8 +177,15 @@ pub(crate) fn run(g: &Shaped, cfg: &PlanConfig) -> Result<MemoryReport, PlanErro
         nodes: Vec::new(),
         seq: 0,
         node_of_param: param_index(g),
+        segments: checkpoint_segments(g, cfg.checkpoint_segments)?,
+        checkpoint: None,
+        done_checkpoints: Vec::new(),
+        segment_of_node: Default::default(),
+        attach: Vec::new(),
+        current_node: usize::MAX,
     };
     let mut steps = Vec::new();
+    let mut saved_by_node = vec![0u128; g.nodes().len()];
     let n_steps = if cfg.mode == Mode::Train { 2 } else { 1 };
     for step in 1..=n_steps {
         run.sim.reset_peak();
@@ -193,6 +209,9 @@ pub(crate) fn run(g: &Shaped, cfg: &PlanConfig) -> Result<MemoryReport, PlanErro
                 }
                 let out = run.forward(image, image_elem, true)?;
                 let (root, loss_sid) = run.cross_entropy(out);
+                if step == 1 {
+                    saved_by_node = run.saved_by_node();
+                }
                 run.backward(root, &mut slots);
                 loss = Some((out.sid, loss_sid));
             }
@@ -217,7 +236,7 @@ pub(crate) fn run(g: &Shaped, cfg: &PlanConfig) -> Result<MemoryReport, PlanErro
             step,
             peak_bytes: peak.bytes,
             peak_phase: peak.phase,
-            peak_at: format!("{} ({})", peak.layer, peak.op),
+            peak_at: format!("{} ({})", peak.layer, peak.op.trim_end_matches(".default")),
             peak_layer: peak.layer,
             peak_op: peak.op.to_string(),
             before_step: before,
@@ -225,23 +244,26 @@ pub(crate) fn run(g: &Shaped, cfg: &PlanConfig) -> Result<MemoryReport, PlanErro
             after_step: after,
         });
     }
-    Ok(MemoryReport {
-        model: g.graph.name.clone(),
-        input_shape: g.graph.input_shape.clone(),
-        batch_size: cfg.batch_size,
-        profile: cfg.profile,
-        optimizer: cfg.optimizer.describe(),
-        precision: cfg.precision,
-        mode: cfg.mode,
-        num_params: g.num_params(),
-        param_bytes: slots.iter().map(|s| s.bytes).sum(),
-        buffer_bytes,
-        batch_bytes,
-        context_bytes: context,
-        peak_bytes: steps.iter().map(|s| s.peak_bytes).max().unwrap_or(0),
-        steps,
-        timeline: run.sim.take_timeline(),
-    })
+    Ok((
+        MemoryReport {
+            model: g.graph.name.clone(),
+            input_shape: g.graph.input_shape.clone(),
+            batch_size: cfg.batch_size,
+            profile: cfg.profile,
+            optimizer: cfg.optimizer.describe(),
+            precision: cfg.precision,
+            mode: cfg.mode,
+            num_params: g.num_params(),
+            param_bytes: slots.iter().map(|s| s.bytes).sum(),
+            buffer_bytes,
+            batch_bytes,
+            context_bytes: context,
+            peak_bytes: steps.iter().map(|s| s.peak_bytes).max().unwrap_or(0),
+            steps,
+            timeline: run.sim.take_timeline(),
+        },
+        saved_by_node,
+    ))
 }
 
 fn checked(a: u128, b: u128, c: u128) -> Result<u128, PlanError> {
@@ -271,6 +293,66 @@ struct Runner<'a> {
     nodes: Vec<BNode>,
     seq: u64,
     node_of_param: Vec<usize>,
+    /// Checkpointed segments (inclusive node ranges).
+    segments: Vec<Segment>,
+    /// The checkpointed segment whose forward is running.
+    checkpoint: Option<Checkpoint>,
+    /// Segments run in this forward pass, and whether backward recomputed them.
+    done_checkpoints: Vec<(Checkpoint, bool)>,
+    segment_of_node: std::collections::HashMap<usize, usize>,
+    /// Nodes to attach recomputed saved tensors to, last first.
+    attach: Vec<usize>,
+    current_node: usize,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Segment {
+    first: usize,
+    last: usize,
+}
+
+#[derive(Debug, Clone)]
+struct Checkpoint {
+    segment: usize,
+    input: Value,
+    nodes: Vec<usize>,
+}
+
+/// Splits the graph as `checkpoint_sequential(model, n)` splits a Sequential: into
+/// pieces that one tensor connects, the first `n - 1` groups checkpointed and the rest
+/// run normally.
+fn checkpoint_segments(g: &Shaped, n: u32) -> Result<Vec<Segment>, PlanError> {
+    if n <= 1 {
+        return Ok(Vec::new());
+    }
+    let count = g.nodes().len();
+    // Node j ends a piece when nothing before or at j is read after j+1... except j.
+    let mut reach = 0;
+    let mut ends = Vec::new();
+    for j in 1..count {
+        for &c in &g.consumers[j - 1] {
+            reach = reach.max(c);
+        }
+        if reach <= j {
+            ends.push(j);
+        }
+    }
+    let pieces = ends.len();
+    let n = n as usize;
+    if pieces < n {
+        return Err(PlanError::Config(format!(
+            "--checkpoint-segments {n}: the model splits into only {pieces} sequential pieces"
+        )));
+    }
+    let size = pieces / n;
+    let mut segs = Vec::new();
+    let mut first = 1;
+    for s in 0..n - 1 {
+        let last = ends[(s + 1) * size - 1];
+        segs.push(Segment { first, last });
+        first = last + 1;
+    }
+    Ok(segs)
 }
 
 impl Runner<'_> {
@@ -278,13 +360,35 @@ impl Runner<'_> {
         self.cfg.precision.is_amp()
     }
 
-    fn record(&mut self, layer: &str, saved: Vec<Sid>, edges: Vec<(Edge, Grad)>, ops: Vec<(&'static str, Vec<usize>)>) -> usize {
+    fn record(
+        &mut self,
+        layer: &str,
+        saved: Vec<Sid>,
+        edges: Vec<(Edge, Grad)>,
+        ops: Vec<(&'static str, Vec<usize>)>,
+    ) -> usize {
+        if let Some(k) = self.attach.pop() {
+            // Recomputation: the node exists; it now keeps what it saves.
+            for &s in &saved {
+                self.sim.save(s);
+            }
+            self.nodes[k].saved = saved;
+            return k;
+        }
+        let saved = if let Some(c) = &mut self.checkpoint {
+            // Inside a checkpointed segment nothing is kept for backward.
+            c.nodes.push(self.nodes.len());
+            Vec::new()
+        } else {
+            saved
+        };
         for &s in &saved {
             self.sim.save(s);
         }
         self.seq += 1;
         self.nodes.push(BNode {
             seq: self.seq,
+            node: self.current_node,
             layer: layer.to_string(),
             saved,
             edges,
@@ -305,7 +409,6 @@ impl Runner<'_> {
     fn forward(&mut self, image: Sid, image_elem: u128, train: bool) -> Result<Value, PlanError> {
         let g = self.g;
         let n = g.nodes().len();
-        let b = self.micro;
         self.sim.phase = Phase::Forward;
         self.sim.incref(image);
         let mut vals: Vec<Option<Value>> = vec![None; n];
@@ -316,7 +419,88 @@ impl Runner<'_> {
         });
         // AMP's autocast cache: half copies of weights, alive until autocast exits.
         let mut amp_cache: Vec<Sid> = Vec::new();
+        let segments = if train {
+            self.segments.clone()
+        } else {
+            Vec::new()
+        };
         for i in 1..n {
+            let seg = segments.iter().position(|s| s.first == i);
+            if let Some(s) = seg {
+                // checkpoint() keeps the segment's input for the recomputation.
+                let input = vals[i - 1].expect("computed");
+                self.sim.incref(input.sid);
+                self.checkpoint = Some(Checkpoint {
+                    segment: s,
+                    input,
+                    nodes: Vec::new(),
+                });
+            }
+            self.forward_node(i, &mut vals, train, &mut amp_cache)?;
+            if let Some(c) = self
+                .checkpoint
+                .as_ref()
+                .filter(|c| segments[c.segment].last == i)
+            {
+                let c = c.clone();
+                for &k in &c.nodes {
+                    self.segment_of_node.insert(k, self.done_checkpoints.len());
+                }
+                self.done_checkpoints.push((c, false));
+                self.checkpoint = None;
+            }
+        }
+        for c in amp_cache {
+            self.sim.decref(c);
+        }
+        let out = vals[n - 1].expect("computed");
+        if train && out.grad_fn.is_none() {
+            return Err(PlanError::Config(
+                "the model's output does not depend on any parameter, so there is nothing to train"
+                    .into(),
+            ));
+        }
+        Ok(out)
+    }
+
+    /// Backward reached a checkpointed segment: run its forward again, attaching the
+    /// tensors it saves to the nodes recorded the first time.
+    fn recompute(&mut self, which: usize) {
+        let (c, done) = self.done_checkpoints[which].clone();
+        if done {
+            return;
+        }
+        self.done_checkpoints[which].1 = true;
+        let seg = self.segments[c.segment];
+        let mut vals: Vec<Option<Value>> = vec![None; self.g.nodes().len()];
+        vals[seg.first - 1] = Some(c.input);
+        self.sim.incref(c.input.sid);
+        self.attach = c.nodes.iter().copied().rev().collect();
+        let mut cache = Vec::new();
+        for i in seg.first..=seg.last {
+            self.forward_node(i, &mut vals, true, &mut cache)
+                .expect("the same nodes ran in the forward pass");
+        }
+        self.attach.clear();
+        for s in cache {
+            self.sim.decref(s);
+        }
+        self.sim.decref(vals[seg.last].expect("recomputed").sid);
+        // The checkpoint's hold on its input ends with the recomputation.
+        self.sim.decref(c.input.sid);
+    }
+
+    fn forward_node(
+        &mut self,
+        i: usize,
+        vals: &mut [Option<Value>],
+        train: bool,
+        amp_cache: &mut Vec<Sid>,
+    ) -> Result<(), PlanError> {
+        let g = self.g;
+        let b = self.micro;
+        self.current_node = i;
+        {
             let node = &g.nodes()[i];
             self.sim.layer = node.name.clone();
             let x = vals[node.inputs[0]].expect("inputs come first");
@@ -324,7 +508,10 @@ impl Runner<'_> {
             let in_numel = g.numel(node.inputs[0]);
             let xbytes = b * in_numel * x.elem;
             let p0 = self.node_of_param[i];
-            let input_edge = |x: &Value| x.grad_fn.map(|f| (Edge::Node(f), Grad::Alloc(b * in_numel * x.elem)));
+            let input_edge = |x: &Value| {
+                x.grad_fn
+                    .map(|f| (Edge::Node(f), Grad::Alloc(b * in_numel * x.elem)))
+            };
             let out = match &node.op {
                 Op::Input => unreachable!("checked by infer"),
                 Op::Conv2d(_) | Op::Linear(_) => {
@@ -368,13 +555,22 @@ impl Runner<'_> {
                         edges.extend(x.grad_fn.map(|f| (Edge::Node(f), Grad::Alloc(xbytes))));
                         edges.push((Edge::Param(p0), Grad::Alloc(wbytes)));
                         if has_bias {
-                            edges.push((Edge::Param(p0 + 1), Grad::Alloc(specs[1].numel() * grad_elem)));
+                            edges.push((
+                                Edge::Param(p0 + 1),
+                                Grad::Alloc(specs[1].numel() * grad_elem),
+                            ));
                         }
-                        ops.push(("aten.convolution_backward.default", (0..edges.len()).collect()));
+                        ops.push((
+                            "aten.convolution_backward.default",
+                            (0..edges.len()).collect(),
+                        ));
                     } else {
                         // AddmmBackward0's edges: self (bias), mat1 (input), mat2 (weight).
                         if has_bias {
-                            edges.push((Edge::Param(p0 + 1), Grad::SumTo(specs[1].numel() * self.param_elem)));
+                            edges.push((
+                                Edge::Param(p0 + 1),
+                                Grad::SumTo(specs[1].numel() * self.param_elem),
+                            ));
                         }
                         if let Some(f) = x.grad_fn {
                             edges.push((Edge::Node(f), Grad::Alloc(b * in_numel * out_elem)));
@@ -383,8 +579,18 @@ impl Runner<'_> {
                         edges.push((Edge::Param(p0), Grad::Alloc(wbytes)));
                         ops.push(("aten.mm.default", vec![edges.len() - 1]));
                     }
+                    if !train {
+                        self.sim.decref(xin);
+                        vals[i] = Some(Value {
+                            sid: out,
+                            grad_fn: None,
+                            elem: out_elem,
+                        });
+                        self.drop_inputs(i, vals);
+                        return Ok(());
+                    }
                     let k = self.record(&node.name, saved.clone(), edges, ops);
-                    if self.amp() {
+                    if self.amp() && self.nodes[k].casts.is_empty() {
                         let edges = self.nodes[k].edges.clone();
                         for (e, (edge, _)) in edges.iter().enumerate() {
                             if let Edge::Param(p) = edge {
@@ -418,8 +624,15 @@ impl Runner<'_> {
                     }
                     let c = bn.num_features as u128;
                     if !train {
-                        let out = self.op(b * numel * x.elem, "aten._native_batch_norm_legit_no_training.default");
-                        Value { sid: out, grad_fn: None, elem: x.elem }
+                        let out = self.op(
+                            b * numel * x.elem,
+                            "aten._native_batch_norm_legit_no_training.default",
+                        );
+                        Value {
+                            sid: out,
+                            grad_fn: None,
+                            elem: x.elem,
+                        }
                     } else {
                         let out = self.sim.alloc(b * numel * x.elem, None);
                         let mean = self.sim.alloc(c * 4, None);
@@ -443,7 +656,11 @@ impl Runner<'_> {
                         );
                         self.sim.decref(mean);
                         self.sim.decref(invstd);
-                        Value { sid: out, grad_fn: Some(k), elem: x.elem }
+                        Value {
+                            sid: out,
+                            grad_fn: Some(k),
+                            elem: x.elem,
+                        }
                     }
                 }
                 Op::ReLU { inplace } | Op::ReLU6 { inplace } => {
@@ -451,8 +668,12 @@ impl Runner<'_> {
                     let (fwd, bwd) = match (relu, inplace) {
                         (true, true) => ("aten.relu_.default", "aten.threshold_backward.default"),
                         (true, false) => ("aten.relu.default", "aten.threshold_backward.default"),
-                        (false, true) => ("aten.hardtanh_.default", "aten.hardtanh_backward.default"),
-                        (false, false) => ("aten.hardtanh.default", "aten.hardtanh_backward.default"),
+                        (false, true) => {
+                            ("aten.hardtanh_.default", "aten.hardtanh_backward.default")
+                        }
+                        (false, false) => {
+                            ("aten.hardtanh.default", "aten.hardtanh_backward.default")
+                        }
                     };
                     let out = if *inplace {
                         self.sim.incref(x.sid);
@@ -464,10 +685,16 @@ impl Runner<'_> {
                     // ReLU saves its result; hardtanh (ReLU6) saves its input unless in place.
                     let keep = if relu || *inplace { out } else { x.sid };
                     let grad_fn = match input_edge(&x) {
-                        Some(e) if train => Some(self.record(&node.name, vec![keep], vec![e], vec![(bwd, vec![0])])),
+                        Some(e) if train => {
+                            Some(self.record(&node.name, vec![keep], vec![e], vec![(bwd, vec![0])]))
+                        }
                         _ => None,
                     };
-                    Value { sid: out, grad_fn, elem: x.elem }
+                    Value {
+                        sid: out,
+                        grad_fn,
+                        elem: x.elem,
+                    }
                 }
                 Op::MaxPool2d(_) => {
                     let out = self.sim.alloc(b * numel * x.elem, None);
@@ -483,22 +710,42 @@ impl Runner<'_> {
                         _ => None,
                     };
                     self.sim.decref(idx);
-                    Value { sid: out, grad_fn, elem: x.elem }
+                    Value {
+                        sid: out,
+                        grad_fn,
+                        elem: x.elem,
+                    }
                 }
                 Op::AvgPool2d(_) | Op::AdaptiveAvgPool2d { .. } => {
                     let (fwd, bwd, saves) = match node.op {
-                        Op::AvgPool2d(_) => ("aten.avg_pool2d.default", "aten.avg_pool2d_backward.default", true),
+                        Op::AvgPool2d(_) => (
+                            "aten.avg_pool2d.default",
+                            "aten.avg_pool2d_backward.default",
+                            true,
+                        ),
                         // torch turns a 1x1 adaptive pool into a mean, which saves nothing.
-                        Op::AdaptiveAvgPool2d { output_size: (1, 1) } => ("aten.mean.dim", "aten.div.Tensor", false),
-                        _ => ("aten._adaptive_avg_pool2d.default", "aten._adaptive_avg_pool2d_backward.default", true),
+                        Op::AdaptiveAvgPool2d {
+                            output_size: (1, 1),
+                        } => ("aten.mean.dim", "aten.div.Tensor", false),
+                        _ => (
+                            "aten._adaptive_avg_pool2d.default",
+                            "aten._adaptive_avg_pool2d_backward.default",
+                            true,
+                        ),
                     };
                     let out = self.op(b * numel * x.elem, fwd);
                     let saved = if saves { vec![x.sid] } else { vec![] };
                     let grad_fn = match input_edge(&x) {
-                        Some(e) if train => Some(self.record(&node.name, saved, vec![e], vec![(bwd, vec![0])])),
+                        Some(e) if train => {
+                            Some(self.record(&node.name, saved, vec![e], vec![(bwd, vec![0])]))
+                        }
                         _ => None,
                     };
-                    Value { sid: out, grad_fn, elem: x.elem }
+                    Value {
+                        sid: out,
+                        grad_fn,
+                        elem: x.elem,
+                    }
                 }
                 Op::Flatten => {
                     self.sim.incref(x.sid);
@@ -513,10 +760,19 @@ impl Runner<'_> {
                         let mask = self.sim.alloc(b * numel, None);
                         self.sim.boundary("aten.native_dropout.default");
                         let grad_fn = input_edge(&x).map(|e| {
-                            self.record(&node.name, vec![mask], vec![e], vec![("aten.native_dropout_backward.default", vec![0])])
+                            self.record(
+                                &node.name,
+                                vec![mask],
+                                vec![e],
+                                vec![("aten.native_dropout_backward.default", vec![0])],
+                            )
                         });
                         self.sim.decref(mask);
-                        Value { sid: out, grad_fn, elem: x.elem }
+                        Value {
+                            sid: out,
+                            grad_fn,
+                            elem: x.elem,
+                        }
                     } else {
                         // at::dropout off the fused path: a float mask, then input * mask.
                         let mask = self.op(b * numel * x.elem, "aten.empty_like.default");
@@ -528,10 +784,19 @@ impl Runner<'_> {
                             self.op(b * numel * x.elem, "aten.mul.Tensor")
                         };
                         let grad_fn = input_edge(&x).map(|e| {
-                            self.record(&node.name, vec![mask], vec![e], vec![("aten.mul.Tensor", vec![0])])
+                            self.record(
+                                &node.name,
+                                vec![mask],
+                                vec![e],
+                                vec![("aten.mul.Tensor", vec![0])],
+                            )
                         });
                         self.sim.decref(mask);
-                        Value { sid: out, grad_fn, elem: x.elem }
+                        Value {
+                            sid: out,
+                            grad_fn,
+                            elem: x.elem,
+                        }
                     }
                 }
                 Op::Add { inplace } => {
@@ -549,28 +814,47 @@ impl Runner<'_> {
                         .flatten()
                         .map(|f| (Edge::Node(f), Grad::Pass))
                         .collect();
-                    let grad_fn = (train && !edges.is_empty()).then(|| self.record(&node.name, vec![], edges, vec![]));
-                    Value { sid: out, grad_fn, elem }
+                    let grad_fn = (train && !edges.is_empty())
+                        .then(|| self.record(&node.name, vec![], edges, vec![]));
+                    Value {
+                        sid: out,
+                        grad_fn,
+                        elem,
+                    }
                 }
             };
             vals[i] = Some(out);
-            // Python drops a tensor once its last reader has run.
-            for &j in &node.inputs {
-                if g.consumers[j].last() == Some(&i) {
-                    self.sim.decref(vals[j].expect("computed").sid);
+            self.drop_inputs(i, vals);
+        }
+        Ok(())
+    }
+
+    /// Python drops a tensor once its last reader has run.
+    fn drop_inputs(&mut self, i: usize, vals: &[Option<Value>]) {
+        for &j in &self.g.nodes()[i].inputs {
+            if self.g.consumers[j].last() == Some(&i) {
+                self.sim.decref(vals[j].expect("computed").sid);
+            }
+        }
+    }
+
+    /// What each graph node's backward keeps now, each storage counted once.
+    fn saved_by_node(&self) -> Vec<u128> {
+        let mut out = vec![0u128; self.g.nodes().len()];
+        let mut counted = std::collections::HashSet::new();
+        let mut order: Vec<&BNode> = self.nodes.iter().collect();
+        order.sort_by_key(|n| n.seq);
+        for node in order {
+            let Some(slot) = out.get_mut(node.node) else {
+                continue;
+            };
+            for &s in &node.saved {
+                if self.sim.fixed_category(s).is_none() && counted.insert(s) {
+                    *slot += self.sim.bytes(s);
                 }
             }
         }
-        for c in amp_cache {
-            self.sim.decref(c);
-        }
-        let out = vals[n - 1].expect("computed");
-        if train && out.grad_fn.is_none() {
-            return Err(PlanError::Config(
-                "the model's output does not depend on any parameter, so there is nothing to train".into(),
-            ));
-        }
-        Ok(out)
+        out
     }
 
     /// `F.cross_entropy(logits, labels)`: log-softmax (saves its result) and NLL loss
@@ -579,6 +863,7 @@ impl Runner<'_> {
         let b = self.micro;
         let k = self.g.num_classes() as u128;
         self.sim.layer = "cross_entropy".into();
+        self.current_node = usize::MAX;
         let mut input = logits;
         let mut cast = None;
         if logits.elem != 4 {
@@ -587,17 +872,27 @@ impl Runner<'_> {
             let f = self.record(
                 "cross_entropy",
                 vec![],
-                vec![(Edge::Node(logits.grad_fn.expect("checked")), Grad::Alloc(b * k * logits.elem))],
+                vec![(
+                    Edge::Node(logits.grad_fn.expect("checked")),
+                    Grad::Alloc(b * k * logits.elem),
+                )],
                 vec![("aten._to_copy.default", vec![0])],
             );
             cast = Some(c);
-            input = Value { sid: c, grad_fn: Some(f), elem: 4 };
+            input = Value {
+                sid: c,
+                grad_fn: Some(f),
+                elem: 4,
+            };
         }
         let ls = self.op(b * k * 4, "aten._log_softmax.default");
         let ls_node = self.record(
             "cross_entropy",
             vec![ls],
-            vec![(Edge::Node(input.grad_fn.expect("checked")), Grad::Alloc(b * k * 4))],
+            vec![(
+                Edge::Node(input.grad_fn.expect("checked")),
+                Grad::Alloc(b * k * 4),
+            )],
             vec![("aten._log_softmax_backward_data.default", vec![0])],
         );
         if let Some(c) = cast {
@@ -645,8 +940,17 @@ impl Runner<'_> {
         let mut ready = BinaryHeap::new();
         ready.push((self.nodes[root].seq, root));
         while let Some((_, k)) = ready.pop() {
+            if let Some(&c) = self.segment_of_node.get(&k) {
+                self.recompute(c);
+            }
             self.evaluate(k, &mut buffers, &mut deps, &mut ready, slots);
         }
+        for (c, done) in std::mem::take(&mut self.done_checkpoints) {
+            if !done {
+                self.sim.decref(c.input.sid);
+            }
+        }
+        self.segment_of_node.clear();
         self.sim.decref(seed);
         // Nodes the loss does not reach free their saved tensors with the graph.
         for k in 0..n {
@@ -680,7 +984,9 @@ impl Runner<'_> {
             for &e in es {
                 // A parameter's gradient counts as one once AccumulateGrad stores it
                 // in `.grad`, as PyTorch's own trackers count it.
-                let Grad::Alloc(bytes) = edges[e].1 else { continue };
+                let Grad::Alloc(bytes) = edges[e].1 else {
+                    continue;
+                };
                 outputs[e] = Some(self.sim.alloc(bytes, None));
             }
             self.sim.boundary(label);
@@ -696,7 +1002,8 @@ impl Runner<'_> {
         for (e, bytes) in std::mem::take(&mut self.nodes[k].casts) {
             let new = self.sim.alloc(bytes, None);
             self.sim.boundary("aten._to_copy.default");
-            self.sim.decref(outputs[e].replace(new).expect("param grad made"));
+            self.sim
+                .decref(outputs[e].replace(new).expect("param grad made"));
         }
         self.sim.decref(grad_in);
         for s in std::mem::take(&mut self.nodes[k].saved) {
@@ -714,7 +1021,9 @@ impl Runner<'_> {
                         Some(old) => {
                             if !self.rules.out_of_place_accumulation && self.sim.refs(old) == 1 {
                                 leftovers.push(sid);
-                            } else if !self.rules.out_of_place_accumulation && self.sim.refs(sid) == 1 {
+                            } else if !self.rules.out_of_place_accumulation
+                                && self.sim.refs(sid) == 1
+                            {
                                 self.sim.decref(old);
                                 buffers[m] = Some(sid);
                             } else {

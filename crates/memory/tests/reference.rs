@@ -2,7 +2,9 @@
 
 use serde_json::Value;
 use vramlab_graph::{zoo, ModelOptions};
-use vramlab_memory::{plan, Optimizer, OptimizerImpl, OptimizerKind, PlanConfig, PlanError, Profile};
+use vramlab_memory::{
+    plan, Optimizer, OptimizerImpl, OptimizerKind, PlanConfig, PlanError, Profile,
+};
 
 fn records() -> Vec<Value> {
     let text = include_str!("fixtures/pytorch-cpu-memory.json");
@@ -22,13 +24,19 @@ fn config(rec: &Value) -> (vramlab_graph::Shaped, PlanConfig) {
         "vgg11" => ("vgg11", Some(10)),
         other => (other, None),
     };
-    let opts = ModelOptions { num_classes: classes, input_shape: Some(input) };
+    let opts = ModelOptions {
+        num_classes: classes,
+        input_shape: Some(input),
+    };
     let g = zoo::build(name, &opts).unwrap().infer().unwrap();
     let mut cfg = PlanConfig::new(rec["batch"].as_u64().unwrap());
     cfg.profile = Profile::PytorchCpu;
     cfg.optimizer = match rec["optimizer"].as_str().unwrap() {
         "sgd" => Optimizer::new(OptimizerKind::Sgd),
-        "sgd_momentum" => Optimizer { momentum: 0.9, ..Optimizer::new(OptimizerKind::Sgd) },
+        "sgd_momentum" => Optimizer {
+            momentum: 0.9,
+            ..Optimizer::new(OptimizerKind::Sgd)
+        },
         "adam" => Optimizer::new(OptimizerKind::Adam),
         "adam_foreach" => Optimizer {
             implementation: Some(OptimizerImpl::Foreach),
@@ -53,16 +61,30 @@ fn compare(rec: &Value) -> Vec<(String, u128, u128, String, String)> {
         let phase = m["peak_phase"].as_str().unwrap().to_string();
         let figures = [
             ("peak", n(&m["tracker_peak"]), s.peak_bytes),
-            ("params+grads", n(&split["params_plus_grads"]), at.params + at.grads),
+            (
+                "params+grads",
+                n(&split["params_plus_grads"]),
+                at.params + at.grads,
+            ),
             ("buffers", n(&split["buffers"]), at.buffers),
             ("opt_state", n(&split["opt_state"]), at.optimizer_state),
             ("batch", n(&split["batch"]), at.data_batch),
-            ("act+temp", n(&split["activations_temporaries"]), at.activations + at.temporaries),
+            (
+                "act+temp",
+                n(&split["activations_temporaries"]),
+                at.activations + at.temporaries,
+            ),
             ("after", n(&m["live_after"]), s.after_step.total()),
             ("before", n(&m["live_before"]), s.before_step.total()),
         ];
         for (label, measured, planned) in figures {
-            rows.push((format!("{key} {label}"), measured, planned, phase.clone(), s.peak_phase.to_string()));
+            rows.push((
+                format!("{key} {label}"),
+                measured,
+                planned,
+                phase.clone(),
+                s.peak_phase.to_string(),
+            ));
         }
     }
     rows
@@ -88,7 +110,12 @@ fn every_reference_record_is_reproduced_to_the_byte() {
         }
     }
     assert!(checked > 400, "checked only {checked} figures");
-    assert!(failures.is_empty(), "{} mismatches:\n{}", failures.len(), failures.join("\n"));
+    assert!(
+        failures.is_empty(),
+        "{} mismatches:\n{}",
+        failures.len(),
+        failures.join("\n")
+    );
 }
 
 #[test]

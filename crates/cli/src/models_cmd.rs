@@ -1,0 +1,187 @@
+//! `vramlab models` and `vramlab summary`.
+
+use clap::Args;
+use serde::Serialize;
+use vramlab_graph::{fmt_shape, zoo, ModelOptions};
+use vramlab_memory::{saved_for_backward, PlanConfig, Profile};
+
+use crate::fmt::{bytes, thousands, Table};
+use crate::{print_json, ModelArgs, Result, UserError};
+
+#[derive(Args)]
+pub struct ModelsArgs {
+    /// Print JSON instead of a table.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Serialize)]
+struct ModelRow {
+    name: &'static str,
+    description: &'static str,
+    input_shape: [usize; 3],
+    num_classes: usize,
+    num_params: u128,
+    macs: u128,
+}
+
+pub fn models(a: &ModelsArgs) -> Result<()> {
+    let mut rows = Vec::new();
+    for &name in zoo::NAMES {
+        let (description, input_shape) = zoo::describe(name).expect("listed");
+        let g = zoo::build(name, &ModelOptions::default())?.infer()?;
+        rows.push(ModelRow {
+            name,
+            description,
+            input_shape,
+            num_classes: g.num_classes(),
+            num_params: g.num_params(),
+            macs: g.macs(),
+        });
+    }
+    if a.json {
+        return print_json(&rows);
+    }
+    let mut t = Table::new(
+        &[
+            "model",
+            "input",
+            "classes",
+            "params",
+            "MACs/image",
+            "what it is",
+        ],
+        &[false, false, true, true, true, false],
+    );
+    for r in &rows {
+        t.row(vec![
+            r.name.into(),
+            fmt_shape(&r.input_shape),
+            r.num_classes.to_string(),
+            thousands(r.num_params),
+            thousands(r.macs),
+            r.description.into(),
+        ]);
+    }
+    print!("{}", t.render());
+    println!("\nAny of them takes --input CxHxW and --num-classes N; a .toml model file works wherever a name does (docs/MODEL_FILES.md).");
+    Ok(())
+}
+
+#[derive(Args)]
+pub struct SummaryArgs {
+    #[command(flatten)]
+    model: ModelArgs,
+    /// Batch size for the bytes kept for backward.
+    #[arg(long, short = 'b', default_value_t = 1, value_name = "N")]
+    batch_size: u64,
+    /// pytorch-cuda or pytorch-cpu: what backward keeps (dropout masks differ).
+    #[arg(long, default_value = "pytorch-cuda")]
+    profile: String,
+    /// Print JSON instead of a table.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Serialize)]
+struct LayerRow {
+    name: String,
+    #[serde(rename = "type")]
+    kind: &'static str,
+    output_shape: Vec<usize>,
+    params: u128,
+    macs: u128,
+    saved_bytes: u128,
+}
+
+#[derive(Serialize)]
+struct Summary {
+    model: String,
+    input_shape: Vec<usize>,
+    batch_size: u64,
+    num_params: u128,
+    param_bytes: u128,
+    buffer_bytes: u128,
+    macs: u128,
+    saved_bytes: u128,
+    layers: Vec<LayerRow>,
+}
+
+pub fn summary(a: &SummaryArgs) -> Result<()> {
+    let g = a.model.load()?;
+    let mut cfg = PlanConfig::new(a.batch_size);
+    cfg.profile = Profile::parse(&a.profile)?;
+    if cfg.profile == Profile::Native {
+        return Err(UserError(
+            "summary supports the pytorch-cuda and pytorch-cpu profiles".into(),
+        ));
+    }
+    let saved = saved_for_backward(&g, &cfg)?;
+    let mut layers = Vec::new();
+    for (i, n) in g.nodes().iter().enumerate().skip(1) {
+        layers.push(LayerRow {
+            name: n.name.clone(),
+            kind: n.op.type_name(),
+            output_shape: g.shapes[i].clone(),
+            params: n.op.params().iter().map(|p| p.numel()).sum(),
+            macs: n.op.macs(&g.shapes[i]),
+            saved_bytes: saved[i],
+        });
+    }
+    let s = Summary {
+        model: g.graph.name.clone(),
+        input_shape: g.graph.input_shape.clone(),
+        batch_size: a.batch_size,
+        num_params: g.num_params(),
+        param_bytes: g.params().iter().map(|p| p.bytes()).sum(),
+        buffer_bytes: g.buffer_bytes(),
+        macs: g.macs(),
+        saved_bytes: saved.iter().sum(),
+        layers,
+    };
+    if a.json {
+        return print_json(&s);
+    }
+    println!(
+        "{} with input {} (batch {} for the bytes kept for backward, {})",
+        s.model,
+        fmt_shape(&s.input_shape),
+        s.batch_size,
+        cfg.profile.name()
+    );
+    let mut t = Table::new(
+        &[
+            "layer",
+            "type",
+            "output",
+            "params",
+            "MACs",
+            "kept for backward",
+        ],
+        &[false, false, false, true, true, true],
+    );
+    for l in &s.layers {
+        t.row(vec![
+            l.name.clone(),
+            l.kind.into(),
+            fmt_shape(&l.output_shape),
+            thousands(l.params),
+            thousands(l.macs),
+            if l.saved_bytes == 0 {
+                "-".into()
+            } else {
+                bytes(l.saved_bytes)
+            },
+        ]);
+    }
+    print!("{}", t.render());
+    println!(
+        "\nparameters: {} ({}), buffers: {}, MACs per image: {}, kept for backward: {}",
+        thousands(s.num_params),
+        bytes(s.param_bytes),
+        bytes(s.buffer_bytes),
+        thousands(s.macs),
+        bytes(s.saved_bytes)
+    );
+    Ok(())
+}
