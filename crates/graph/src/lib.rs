@@ -211,13 +211,12 @@ impl Graph {
         // Parameter names must be unique, as they are in a PyTorch state_dict.
         let mut seen = std::collections::HashSet::new();
         for n in &self.nodes {
-            if !n.op.params().is_empty() || !n.op.buffers().is_empty() {
-                if !seen.insert(n.name.as_str()) {
-                    return Err(GraphError::Structure(format!(
-                        "two layers with parameters are both named `{}`",
-                        n.name
-                    )));
-                }
+            let has_state = !n.op.params().is_empty() || !n.op.buffers().is_empty();
+            if has_state && !seen.insert(n.name.as_str()) {
+                return Err(GraphError::Structure(format!(
+                    "two layers with parameters are both named `{}`",
+                    n.name
+                )));
             }
         }
         Ok(Shaped {

@@ -437,7 +437,7 @@ impl Op {
     }
 }
 
-fn chw<'a>(x: Option<&'a Shape>, what: &str) -> Result<(usize, usize, usize), String> {
+fn chw(x: Option<&Shape>, what: &str) -> Result<(usize, usize, usize), String> {
     match x {
         Some(s) if s.len() == 3 => Ok((s[0], s[1], s[2])),
         Some(s) => Err(format!(

@@ -287,24 +287,17 @@ fn conv1x1(i: usize, o: usize, stride: usize) -> Op {
     Op::Conv2d(Conv2d::new(i, o, 1).stride(stride).no_bias())
 }
 
-/// torchvision's Conv2dNormActivation with ReLU6: conv (no bias), BN, ReLU6(inplace).
-fn conv_bn_relu6(
-    b: &mut GraphBuilder,
-    p: &str,
-    i: usize,
-    o: usize,
-    k: usize,
-    stride: usize,
-    groups: usize,
-    x: NodeId,
-) -> NodeId {
-    let conv = Conv2d::new(i, o, k)
-        .stride(stride)
-        .padding((k - 1) / 2)
-        .groups(groups)
-        .no_bias();
-    let x = b.then(format!("{p}.0"), Op::Conv2d(conv), x);
-    let x = bn(b, format!("{p}.1"), o, x);
+/// torchvision's Conv2dNormActivation with ReLU6: conv (no bias, "same" padding), BN,
+/// ReLU6(inplace).
+fn conv_bn_relu6(b: &mut GraphBuilder, p: &str, conv: Conv2d, x: NodeId) -> NodeId {
+    let k = conv.kernel_size.0;
+    let out = conv.out_channels;
+    let x = b.then(
+        format!("{p}.0"),
+        Op::Conv2d(conv.padding((k - 1) / 2).no_bias()),
+        x,
+    );
+    let x = bn(b, format!("{p}.1"), out, x);
     b.then(format!("{p}.2"), Op::ReLU6 { inplace: true }, x)
 }
 
@@ -312,7 +305,7 @@ fn mobilenet_v2(input: Vec<usize>, classes: usize) -> Graph {
     let in_ch = input[0];
     let mut b = GraphBuilder::new("mobilenet_v2", input);
     let mut x = b.input();
-    x = conv_bn_relu6(&mut b, "features.0", in_ch, 32, 3, 2, 1, x);
+    x = conv_bn_relu6(&mut b, "features.0", Conv2d::new(in_ch, 32, 3).stride(2), x);
     let settings = [
         (1, 16, 1, 1),
         (6, 24, 2, 2),
@@ -332,17 +325,13 @@ fn mobilenet_v2(input: Vec<usize>, classes: usize) -> Graph {
             let mut y = x;
             let mut li = 0;
             if t != 1 {
-                y = conv_bn_relu6(&mut b, &format!("{p}.{li}"), inp, hidden, 1, 1, 1, y);
+                y = conv_bn_relu6(&mut b, &format!("{p}.{li}"), Conv2d::new(inp, hidden, 1), y);
                 li += 1;
             }
             y = conv_bn_relu6(
                 &mut b,
                 &format!("{p}.{li}"),
-                hidden,
-                hidden,
-                3,
-                stride,
-                hidden,
+                Conv2d::new(hidden, hidden, 3).stride(stride).groups(hidden),
                 y,
             );
             y = b.then(format!("{p}.{}", li + 1), conv1x1(hidden, c, 1), y);
@@ -360,7 +349,12 @@ fn mobilenet_v2(input: Vec<usize>, classes: usize) -> Graph {
             fi += 1;
         }
     }
-    x = conv_bn_relu6(&mut b, &format!("features.{fi}"), inp, 1280, 1, 1, 1, x);
+    x = conv_bn_relu6(
+        &mut b,
+        &format!("features.{fi}"),
+        Conv2d::new(inp, 1280, 1),
+        x,
+    );
     x = b.then(
         "avgpool",
         Op::AdaptiveAvgPool2d {

@@ -73,7 +73,7 @@ pub(crate) fn run(g: &Shaped, cfg: &PlanConfig) -> Result<(MemoryReport, Vec<u12
         ));
     }
     let acc = cfg.accumulation_steps.max(1);
-    if cfg.batch_size % acc as u64 != 0 {
+    if !cfg.batch_size.is_multiple_of(acc as u64) {
         return Err(PlanError::Config(format!(
             "batch size {} is not a multiple of --accumulation-steps {}",
             cfg.batch_size, acc
