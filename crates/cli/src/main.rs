@@ -2,6 +2,7 @@
 //! libraries, and prints their results as tables or JSON. Errors print one line and
 //! exit with code 2.
 
+mod fit_cmd;
 mod fmt;
 mod memory_cmd;
 mod models_cmd;
@@ -54,6 +55,15 @@ enum Command {
         after_help = "Examples:\n  vramlab memory simple_cnn --batch-size 64 --optimizer adam\n  vramlab memory vgg11 --input 3x32x32 --num-classes 10 --batch-size 256 --profile pytorch-cpu\n  vramlab memory resnet50 --batch-size 32 --precision amp-bf16 --json"
     )]
     Memory(memory_cmd::MemoryArgs),
+    /// The largest batch size that fits a GPU, the doubling procedure, and what to change
+    /// when nothing fits.
+    #[command(
+        after_help = "Examples:\n  vramlab fit resnet50 --input 3x224x224 --gpu h100\n  vramlab fit simple_cnn --memory 8GiB --optimizer sgd --momentum 0.9 --target-batch 4096\n  vramlab fit vgg16 --memory 2GiB --json"
+    )]
+    Fit(fit_cmd::FitArgs),
+    /// List the GPU catalog (name and memory).
+    #[command(after_help = "Example:\n  vramlab gpus --json")]
+    Gpus(fit_cmd::GpusArgs),
 }
 
 /// The model to use: a zoo name or a model file, with its input shape.
@@ -81,12 +91,9 @@ impl ModelArgs {
     }
 }
 
-/// Training settings shared by `memory` (and later `fit`).
+/// Training settings shared by `memory` and `fit`.
 #[derive(Args, Clone)]
 pub struct PlanArgs {
-    /// Images per training step.
-    #[arg(long, short = 'b', default_value_t = 64, value_name = "N")]
-    pub batch_size: u64,
     /// sgd, adam, adamw, rmsprop or adagrad (PyTorch's defaults).
     #[arg(long, default_value = "adam")]
     pub optimizer: String,
@@ -129,8 +136,8 @@ pub struct PlanArgs {
 }
 
 impl PlanArgs {
-    pub fn config(&self) -> Result<PlanConfig> {
-        let mut cfg = PlanConfig::new(self.batch_size);
+    pub fn config(&self, batch_size: u64) -> Result<PlanConfig> {
+        let mut cfg = PlanConfig::new(batch_size);
         cfg.profile = Profile::parse(&self.profile)?;
         let kind = OptimizerKind::parse(&self.optimizer)?;
         cfg.optimizer = Optimizer {
@@ -198,6 +205,8 @@ fn main() {
         Command::Models(a) => models_cmd::models(&a),
         Command::Summary(a) => models_cmd::summary(&a),
         Command::Memory(a) => memory_cmd::run(&a),
+        Command::Fit(a) => fit_cmd::fit(&a),
+        Command::Gpus(a) => fit_cmd::gpus(&a),
     };
     if let Err(UserError(msg)) = result {
         eprintln!("error: {msg}");

@@ -11,6 +11,9 @@ use crate::{print_json, ModelArgs, PlanArgs, Result};
 pub struct MemoryArgs {
     #[command(flatten)]
     model: ModelArgs,
+    /// Images per training step.
+    #[arg(long, short = 'b', default_value_t = 64, value_name = "N")]
+    batch_size: u64,
     #[command(flatten)]
     plan: PlanArgs,
     /// Include the whole timeline (every op's live total) in the JSON.
@@ -48,7 +51,7 @@ pub fn explain(c: Category, r: &MemoryReport) -> String {
 
 pub fn run(a: &MemoryArgs) -> Result<()> {
     let g = a.model.load()?;
-    let mut cfg = a.plan.config()?;
+    let mut cfg = a.plan.config(a.batch_size)?;
     cfg.record_timeline = a.timeline;
     let r = plan(&g, &cfg)?;
     if a.json {

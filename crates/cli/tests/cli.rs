@@ -249,7 +249,7 @@ fn a_batch_of_ten_to_the_twelve_gets_a_huge_correct_answer() {
 
 #[test]
 fn every_command_has_help_with_an_example() {
-    for cmd in ["tour", "models", "summary", "memory"] {
+    for cmd in ["tour", "models", "summary", "memory", "fit", "gpus"] {
         let o = vramlab(&[cmd, "--help"]);
         assert!(o.status.success());
         assert!(
@@ -257,4 +257,65 @@ fn every_command_has_help_with_an_example() {
             "{cmd} --help has no example"
         );
     }
+}
+
+#[test]
+fn fit_reports_the_exact_largest_batch_and_the_procedure() {
+    let v = json(&[
+        "fit",
+        "resnet18",
+        "--gpu",
+        "rtx-3060",
+        "--optimizer",
+        "sgd",
+        "--json",
+    ]);
+    let b = v["max_batch_size"].as_u64().unwrap();
+    assert!(v["peak_bytes_at_max"].as_u64().unwrap() <= v["budget_bytes"].as_u64().unwrap());
+    assert!(
+        v["peak_bytes_at_max_plus_one"].as_u64().unwrap() > v["budget_bytes"].as_u64().unwrap()
+    );
+    assert_eq!(
+        v["max_power_of_two"].as_u64().unwrap(),
+        1 << (63 - b.leading_zeros())
+    );
+    assert_eq!(v["budget_bytes"], (12u64 << 30) * 8 / 10);
+    assert_eq!(v["procedure"][0]["batch_size"], 16);
+    assert!(v["lr_advice"]["linear_scaling_rule"].is_f64());
+}
+
+#[test]
+fn fit_says_when_nothing_fits_and_what_would() {
+    let o = vramlab(&["fit", "vgg16", "--input", "3x224x224", "--memory", "2GiB"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let out = stdout(&o);
+    assert!(out.contains("does not fit even at batch 1"), "{out}");
+    assert!(out.contains("mixed precision (--precision amp-bf16)"));
+    assert!(out.contains("activation checkpointing"));
+    assert!(out.contains("SGD with momentum instead"));
+    assert!(out.contains("a smaller input (--input 3x112x112)"));
+    let v = json(&[
+        "fit",
+        "vgg16",
+        "--input",
+        "3x224x224",
+        "--memory",
+        "2GiB",
+        "--json",
+    ]);
+    assert!(v["max_batch_size"].is_null());
+    assert!(v["max_power_of_two"].is_null());
+    assert!(v["peak_bytes_at_max"].is_null());
+}
+
+#[test]
+fn gpus_lists_at_least_25_cards_and_fit_rejects_unknown_ones() {
+    let v = json(&["gpus", "--json"]);
+    assert!(v.as_array().unwrap().len() >= 25);
+    assert_user_error(
+        &["fit", "simple_cnn", "--gpu", "voodoo2"],
+        "unknown GPU `voodoo2`",
+    );
+    assert_user_error(&["fit", "simple_cnn", "--memory", "lots"], "is not a size");
+    assert_user_error(&["fit", "simple_cnn"], "--gpu");
 }

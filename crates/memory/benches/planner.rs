@@ -20,6 +20,34 @@ fn median_ms(mut f: impl FnMut(), runs: usize) -> (f64, f64) {
 }
 
 fn main() {
+    let opts = ModelOptions {
+        num_classes: None,
+        input_shape: Some(vec![3, 224, 224]),
+    };
+    let (m, _) = median_ms(
+        || {
+            std::hint::black_box(zoo::build("resnet50", &opts).unwrap().infer().unwrap());
+        },
+        101,
+    );
+    let g = zoo::build("resnet50", &opts).unwrap().infer().unwrap();
+    let (p, _) = median_ms(
+        || {
+            std::hint::black_box(plan(&g, &PlanConfig::new(64)).unwrap());
+        },
+        101,
+    );
+    println!("resnet50: build+infer {m:.3} ms, plan alone {p:.3} ms");
+    let (f, f90) = median_ms(
+        || {
+            let g = zoo::build("resnet50", &opts).unwrap().infer().unwrap();
+            let card = vramlab_memory::fit::find_gpu("h100").unwrap().memory_bytes;
+            let r = vramlab_memory::fit::fit(&g, &PlanConfig::new(1), card, 0.8, None).unwrap();
+            std::hint::black_box(r);
+        },
+        51,
+    );
+    println!("fit resnet50 3x224x224 --gpu h100 (issue 5, target < 10 ms): median {f:.3} ms, p90 {f90:.3} ms");
     println!("{:<52} {:>10} {:>10}", "case", "median ms", "p90 ms");
     for (name, input, batch, profile, timeline) in [
         ("resnet50", [3, 224, 224], 64, Profile::PytorchCuda, false),

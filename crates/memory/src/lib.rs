@@ -21,6 +21,7 @@
 //!
 //! Main types: [`PlanConfig`] in, [`MemoryReport`] out, through [`plan`].
 
+pub mod fit;
 mod optim;
 pub mod sim;
 mod train;

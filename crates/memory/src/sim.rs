@@ -28,6 +28,8 @@ pub struct TimelinePoint {
     pub phase: Phase,
     pub op: &'static str,
     pub layer: String,
+    #[serde(skip)]
+    pub layer_index: usize,
     pub bytes: u128,
 }
 
@@ -37,7 +39,8 @@ pub struct PeakPoint {
     pub bytes: u128,
     pub phase: Phase,
     pub op: &'static str,
-    pub layer: String,
+    /// Index into the caller's layer names.
+    pub layer: usize,
     pub at: CategoryBytes,
 }
 
@@ -51,7 +54,8 @@ pub struct Sim {
     /// Memory outside the framework's counters (CUDA context), always counted.
     pub context_bytes: u128,
     pub phase: Phase,
-    pub layer: String,
+    /// The layer running now, as an index into the caller's names.
+    pub layer: usize,
     peak: Option<PeakPoint>,
     timeline: Option<Vec<TimelinePoint>>,
 }
@@ -67,7 +71,7 @@ impl Sim {
             round_to: round_to.max(1),
             context_bytes,
             phase: Phase::Forward,
-            layer: String::new(),
+            layer: 0,
             peak: None,
             timeline: record_timeline.then(Vec::new),
         }
@@ -195,7 +199,8 @@ impl Sim {
             t.push(TimelinePoint {
                 phase: self.phase,
                 op,
-                layer: self.layer.clone(),
+                layer: String::new(),
+                layer_index: self.layer,
                 bytes: total,
             });
         }
@@ -204,7 +209,7 @@ impl Sim {
                 bytes: total,
                 phase: self.phase,
                 op,
-                layer: self.layer.clone(),
+                layer: self.layer,
                 at: self.live(),
             });
         }

@@ -56,7 +56,8 @@ struct BNode {
     seq: u64,
     /// The graph node that recorded it (usize::MAX for the loss).
     node: usize,
-    layer: String,
+    /// Index into the layer names.
+    layer: usize,
     saved: Vec<Sid>,
     edges: Vec<(Edge, Grad)>,
     /// The node's aten ops in order, each making the gradients of the listed edges.
@@ -183,6 +184,15 @@ pub(crate) fn run(g: &Shaped, cfg: &PlanConfig) -> Result<(MemoryReport, Vec<u12
         segment_of_node: Default::default(),
         attach: Vec::new(),
         current_node: usize::MAX,
+        names: g
+            .nodes()
+            .iter()
+            .map(|n| n.name.clone())
+            .chain(["cross_entropy", "zero_grad", "optimizer.step"].map(String::from))
+            .collect(),
+        loss_layer: g.nodes().len(),
+        zero_grad_layer: g.nodes().len() + 1,
+        optimizer_layer: g.nodes().len() + 2,
     };
     let mut steps = Vec::new();
     let mut saved_by_node = vec![0u128; g.nodes().len()];
@@ -190,7 +200,7 @@ pub(crate) fn run(g: &Shaped, cfg: &PlanConfig) -> Result<(MemoryReport, Vec<u12
     for step in 1..=n_steps {
         run.sim.reset_peak();
         run.sim.phase = Phase::Forward;
-        run.sim.layer = "zero_grad".into();
+        run.sim.layer = run.zero_grad_layer;
         let before = run.sim.live();
         let mut loss: Option<(Sid, Sid)> = None;
         if cfg.mode == Mode::Inference {
@@ -216,7 +226,7 @@ pub(crate) fn run(g: &Shaped, cfg: &PlanConfig) -> Result<(MemoryReport, Vec<u12
                 loss = Some((out.sid, loss_sid));
             }
             run.sim.phase = Phase::Optimizer;
-            run.sim.layer = "optimizer.step".into();
+            run.sim.layer = run.optimizer_layer;
             opt.step(&mut run.sim, &slots);
         }
         let loss_sid = loss.map(|(logits, l)| {
@@ -236,8 +246,12 @@ pub(crate) fn run(g: &Shaped, cfg: &PlanConfig) -> Result<(MemoryReport, Vec<u12
             step,
             peak_bytes: peak.bytes,
             peak_phase: peak.phase,
-            peak_at: format!("{} ({})", peak.layer, peak.op.trim_end_matches(".default")),
-            peak_layer: peak.layer,
+            peak_at: format!(
+                "{} ({})",
+                run.names[peak.layer],
+                peak.op.trim_end_matches(".default")
+            ),
+            peak_layer: run.names[peak.layer].clone(),
             peak_op: peak.op.to_string(),
             before_step: before,
             at_peak: peak.at,
@@ -260,7 +274,12 @@ pub(crate) fn run(g: &Shaped, cfg: &PlanConfig) -> Result<(MemoryReport, Vec<u12
             context_bytes: context,
             peak_bytes: steps.iter().map(|s| s.peak_bytes).max().unwrap_or(0),
             steps,
-            timeline: run.sim.take_timeline(),
+            timeline: run.sim.take_timeline().map(|mut t| {
+                for p in &mut t {
+                    p.layer = run.names[p.layer_index].clone();
+                }
+                t
+            }),
         },
         saved_by_node,
     ))
@@ -303,6 +322,11 @@ struct Runner<'a> {
     /// Nodes to attach recomputed saved tensors to, last first.
     attach: Vec<usize>,
     current_node: usize,
+    /// Layer names: the graph's nodes, then the loss, zero_grad and the optimizer.
+    names: Vec<String>,
+    loss_layer: usize,
+    zero_grad_layer: usize,
+    optimizer_layer: usize,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -362,7 +386,7 @@ impl Runner<'_> {
 
     fn record(
         &mut self,
-        layer: &str,
+        layer: usize,
         saved: Vec<Sid>,
         edges: Vec<(Edge, Grad)>,
         ops: Vec<(&'static str, Vec<usize>)>,
@@ -389,7 +413,7 @@ impl Runner<'_> {
         self.nodes.push(BNode {
             seq: self.seq,
             node: self.current_node,
-            layer: layer.to_string(),
+            layer,
             saved,
             edges,
             ops,
@@ -502,7 +526,7 @@ impl Runner<'_> {
         self.current_node = i;
         {
             let node = &g.nodes()[i];
-            self.sim.layer = node.name.clone();
+            self.sim.layer = i;
             let x = vals[node.inputs[0]].expect("inputs come first");
             let numel = g.numel(i);
             let in_numel = g.numel(node.inputs[0]);
@@ -589,7 +613,7 @@ impl Runner<'_> {
                         self.drop_inputs(i, vals);
                         return Ok(());
                     }
-                    let k = self.record(&node.name, saved.clone(), edges, ops);
+                    let k = self.record(i, saved.clone(), edges, ops);
                     if self.amp() && self.nodes[k].casts.is_empty() {
                         let edges = self.nodes[k].edges.clone();
                         for (e, (edge, _)) in edges.iter().enumerate() {
@@ -649,7 +673,7 @@ impl Runner<'_> {
                         }
                         let all = (0..edges.len()).collect();
                         let k = self.record(
-                            &node.name,
+                            i,
                             vec![x.sid, mean, invstd],
                             edges,
                             vec![("aten.native_batch_norm_backward.default", all)],
@@ -686,7 +710,7 @@ impl Runner<'_> {
                     let keep = if relu || *inplace { out } else { x.sid };
                     let grad_fn = match input_edge(&x) {
                         Some(e) if train => {
-                            Some(self.record(&node.name, vec![keep], vec![e], vec![(bwd, vec![0])]))
+                            Some(self.record(i, vec![keep], vec![e], vec![(bwd, vec![0])]))
                         }
                         _ => None,
                     };
@@ -702,7 +726,7 @@ impl Runner<'_> {
                     self.sim.boundary("aten.max_pool2d_with_indices.default");
                     let grad_fn = match input_edge(&x) {
                         Some(e) if train => Some(self.record(
-                            &node.name,
+                            i,
                             vec![x.sid, idx],
                             vec![e],
                             vec![("aten.max_pool2d_with_indices_backward.default", vec![0])],
@@ -737,7 +761,7 @@ impl Runner<'_> {
                     let saved = if saves { vec![x.sid] } else { vec![] };
                     let grad_fn = match input_edge(&x) {
                         Some(e) if train => {
-                            Some(self.record(&node.name, saved, vec![e], vec![(bwd, vec![0])]))
+                            Some(self.record(i, saved, vec![e], vec![(bwd, vec![0])]))
                         }
                         _ => None,
                     };
@@ -761,7 +785,7 @@ impl Runner<'_> {
                         self.sim.boundary("aten.native_dropout.default");
                         let grad_fn = input_edge(&x).map(|e| {
                             self.record(
-                                &node.name,
+                                i,
                                 vec![mask],
                                 vec![e],
                                 vec![("aten.native_dropout_backward.default", vec![0])],
@@ -784,12 +808,7 @@ impl Runner<'_> {
                             self.op(b * numel * x.elem, "aten.mul.Tensor")
                         };
                         let grad_fn = input_edge(&x).map(|e| {
-                            self.record(
-                                &node.name,
-                                vec![mask],
-                                vec![e],
-                                vec![("aten.mul.Tensor", vec![0])],
-                            )
+                            self.record(i, vec![mask], vec![e], vec![("aten.mul.Tensor", vec![0])])
                         });
                         self.sim.decref(mask);
                         Value {
@@ -814,8 +833,8 @@ impl Runner<'_> {
                         .flatten()
                         .map(|f| (Edge::Node(f), Grad::Pass))
                         .collect();
-                    let grad_fn = (train && !edges.is_empty())
-                        .then(|| self.record(&node.name, vec![], edges, vec![]));
+                    let grad_fn =
+                        (train && !edges.is_empty()).then(|| self.record(i, vec![], edges, vec![]));
                     Value {
                         sid: out,
                         grad_fn,
@@ -862,7 +881,7 @@ impl Runner<'_> {
     fn cross_entropy(&mut self, logits: Value) -> (usize, Sid) {
         let b = self.micro;
         let k = self.g.num_classes() as u128;
-        self.sim.layer = "cross_entropy".into();
+        self.sim.layer = self.loss_layer;
         self.current_node = usize::MAX;
         let mut input = logits;
         let mut cast = None;
@@ -870,7 +889,7 @@ impl Runner<'_> {
             // Autocast runs log_softmax in fp32.
             let c = self.op(b * k * 4, "aten._to_copy.default");
             let f = self.record(
-                "cross_entropy",
+                self.loss_layer,
                 vec![],
                 vec![(
                     Edge::Node(logits.grad_fn.expect("checked")),
@@ -887,7 +906,7 @@ impl Runner<'_> {
         }
         let ls = self.op(b * k * 4, "aten._log_softmax.default");
         let ls_node = self.record(
-            "cross_entropy",
+            self.loss_layer,
             vec![ls],
             vec![(
                 Edge::Node(input.grad_fn.expect("checked")),
@@ -902,7 +921,7 @@ impl Runner<'_> {
         let total_weight = self.sim.alloc(4, None);
         self.sim.boundary("aten.nll_loss_forward.default");
         let root = self.record(
-            "cross_entropy",
+            self.loss_layer,
             vec![total_weight],
             vec![(Edge::Node(ls_node), Grad::Alloc(b * k * 4))],
             vec![("aten.nll_loss_backward.default", vec![0])],
@@ -915,7 +934,7 @@ impl Runner<'_> {
     /// `loss.backward()`.
     fn backward(&mut self, root: usize, slots: &mut [ParamSlot]) {
         self.sim.phase = Phase::Backward;
-        self.sim.layer = "cross_entropy".into();
+        self.sim.layer = self.loss_layer;
         let n = self.nodes.len();
         // Dependencies: edges from nodes reachable from the root.
         let mut deps = vec![0u32; n];
@@ -970,7 +989,7 @@ impl Runner<'_> {
         slots: &mut [ParamSlot],
     ) {
         let grad_in = buffers[k].take().expect("a ready node has its gradient");
-        self.sim.layer = self.nodes[k].layer.clone();
+        self.sim.layer = self.nodes[k].layer;
         let edges = self.nodes[k].edges.clone();
         let mut outputs: Vec<Option<Sid>> = vec![None; edges.len()];
         for (e, (_, how)) in edges.iter().enumerate() {

@@ -1,0 +1,229 @@
+//! `vramlab fit` and `vramlab gpus`: batch size against a card's memory.
+
+use clap::Args;
+use serde::Serialize;
+use vramlab_graph::fmt_shape;
+use vramlab_memory::fit::{self, FitReport, LrAdvice, GPUS};
+
+use crate::fmt::{bytes, parse_size, thousands, Table};
+use crate::{print_json, ModelArgs, PlanArgs, Result, UserError};
+
+#[derive(Args)]
+pub struct GpusArgs {
+    /// Print JSON instead of a table.
+    #[arg(long)]
+    json: bool,
+}
+
+pub fn gpus(a: &GpusArgs) -> Result<()> {
+    if a.json {
+        return print_json(&GPUS);
+    }
+    let mut t = Table::new(
+        &["--gpu", "card", "memory", "also"],
+        &[false, false, true, false],
+    );
+    for g in GPUS {
+        t.row(vec![
+            g.name.into(),
+            g.label.into(),
+            bytes(g.memory_bytes),
+            g.aliases.join(", "),
+        ]);
+    }
+    print!("{}", t.render());
+    println!("\nAny other card: --memory SIZE (e.g. --memory 24GiB).");
+    Ok(())
+}
+
+#[derive(Args)]
+pub struct FitArgs {
+    #[command(flatten)]
+    model: ModelArgs,
+    /// A card from `vramlab gpus`.
+    #[arg(long, conflicts_with = "memory", required_unless_present = "memory")]
+    gpu: Option<String>,
+    /// The card's memory, e.g. 24GiB or 80GB.
+    #[arg(long, value_name = "SIZE")]
+    memory: Option<String>,
+    /// Use at most this fraction of the card (the lesson's 80 %).
+    #[arg(long, default_value_t = 0.8)]
+    fraction: f64,
+    /// An effective batch to reach with gradient accumulation.
+    #[arg(long, value_name = "N")]
+    target_batch: Option<u64>,
+    /// The batch size your learning rate was tuned at.
+    #[arg(long, default_value_t = 16, value_name = "N")]
+    base_batch: u64,
+    /// The learning rate tuned at --base-batch (default: PyTorch's default for the optimizer).
+    #[arg(long, value_name = "LR")]
+    base_lr: Option<f64>,
+    #[command(flatten)]
+    plan: PlanArgs,
+    /// Print JSON instead of text.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Serialize)]
+struct FitJson {
+    model: String,
+    input_shape: Vec<usize>,
+    gpu: Option<String>,
+    profile: &'static str,
+    optimizer: String,
+    precision: &'static str,
+    #[serde(flatten)]
+    fit: FitReport,
+    lr_advice: Option<LrAdvice>,
+}
+
+pub fn fit(a: &FitArgs) -> Result<()> {
+    let g = a.model.load()?;
+    let cfg = a.plan.config(1)?;
+    let (card, label) = match (&a.gpu, &a.memory) {
+        (Some(name), _) => {
+            let gpu = fit::find_gpu(name)?;
+            (gpu.memory_bytes, Some(gpu.label.to_string()))
+        }
+        (None, Some(m)) => (parse_size(m)?, None),
+        (None, None) => return Err(UserError("give --gpu NAME or --memory SIZE".into())),
+    };
+    if card == 0 {
+        return Err(UserError("--memory must be more than 0".into()));
+    }
+    let report = fit::fit(&g, &cfg, card, a.fraction, a.target_batch)?;
+    let base_lr = a.base_lr.unwrap_or(match cfg.optimizer.kind {
+        vramlab_memory::OptimizerKind::RmsProp | vramlab_memory::OptimizerKind::Adagrad => 1e-2,
+        _ => 1e-3,
+    });
+    let lr = report
+        .max_power_of_two
+        .map(|b| fit::lr_advice(a.base_batch, base_lr, b));
+    let out = FitJson {
+        model: g.graph.name.clone(),
+        input_shape: g.graph.input_shape.clone(),
+        gpu: label,
+        profile: cfg.profile.name(),
+        optimizer: cfg.optimizer.describe(),
+        precision: cfg.precision.name(),
+        fit: report,
+        lr_advice: lr,
+    };
+    if a.json {
+        return print_json(&out);
+    }
+    print!("{}", render(&out));
+    Ok(())
+}
+
+fn render(o: &FitJson) -> String {
+    let r = &o.fit;
+    let mut s = format!(
+        "{} on {} images, training with {}, profile {}, {}\n",
+        o.model,
+        fmt_shape(&o.input_shape),
+        o.optimizer,
+        o.profile,
+        o.precision
+    );
+    s.push_str(&format!(
+        "Card: {}{}; budget {:.0} % = {} (peaks include the overhead)\n\n",
+        o.gpu
+            .as_deref()
+            .map(|l| format!("{l}, "))
+            .unwrap_or_default(),
+        bytes(r.card_bytes),
+        r.fraction * 100.0,
+        bytes(r.budget_bytes)
+    ));
+    match (r.max_batch_size, r.peak_bytes_at_max) {
+        (Some(b), Some(p)) => {
+            s.push_str(&format!(
+                "Largest batch size that fits: {} (peak {}",
+                thousands(b as u128),
+                bytes(p)
+            ));
+            if let Some(next) = r.peak_bytes_at_max_plus_one {
+                s.push_str(&format!(
+                    "; at {}: {}",
+                    thousands(b as u128 + 1),
+                    bytes(next)
+                ));
+            }
+            s.push_str(")\n");
+            if let Some(p2) = r.max_power_of_two {
+                s.push_str(&format!(
+                    "Largest power of two under it: {}\n",
+                    thousands(p2 as u128)
+                ));
+            }
+        }
+        _ => {
+            s.push_str("It does not fit even at batch 1.\n");
+        }
+    }
+    s.push_str(&format!(
+        "\nThe lesson's procedure: start at 16 and double while the peak stays under {:.0} % of the card.\n",
+        r.fraction * 100.0
+    ));
+    let mut t = Table::new(
+        &["batch", "peak", "% of card", ""],
+        &[true, true, true, false],
+    );
+    for row in &r.procedure {
+        t.row(vec![
+            thousands(row.batch_size as u128),
+            row.peak_bytes.map(bytes).unwrap_or_else(|| "-".into()),
+            row.percent_of_card
+                .map(|p| format!("{p:.1} %"))
+                .unwrap_or_else(|| "-".into()),
+            if row.fits {
+                "fits".into()
+            } else {
+                "over the budget: stop".into()
+            },
+        ]);
+    }
+    s.push_str(&t.render());
+    if !r.advice.is_empty() {
+        s.push_str("\nWhat would make batch 1 fit:\n");
+        let mut t = Table::new(&["change", "peak at batch 1", ""], &[false, true, false]);
+        for a in &r.advice {
+            t.row(vec![
+                a.change.clone(),
+                a.peak_bytes.map(bytes).unwrap_or_else(|| "-".into()),
+                if a.fits {
+                    "fits".into()
+                } else {
+                    "still over".into()
+                },
+            ]);
+        }
+        s.push_str(&t.render());
+    }
+    if let Some(acc) = &r.accumulation {
+        s.push_str(&format!(
+            "\nTo train with an effective batch of {}: micro-batches of {} with --accumulation-steps {} (peak {}).\n",
+            thousands(acc.target_batch as u128),
+            thousands(acc.micro_batch as u128),
+            acc.accumulation_steps,
+            bytes(acc.peak_bytes)
+        ));
+    }
+    if let Some(lr) = &o.lr_advice {
+        s.push_str(&format!(
+            "\nLearning rate at batch {} (tuned {} at batch {}):\n  linear scaling rule: {:.3e} (lr x {}/{}; SGD, with a few epochs of warm-up)\n  square-root scaling rule: {:.3e} (lr x sqrt({}/{}); usual for Adam)\n",
+            thousands(lr.batch as u128),
+            lr.base_lr,
+            lr.base_batch,
+            lr.linear_scaling_rule,
+            lr.batch,
+            lr.base_batch,
+            lr.square_root_scaling_rule,
+            lr.batch,
+            lr.base_batch
+        ));
+    }
+    s
+}

@@ -1,0 +1,464 @@
+//! Batch-size planning: the GPU catalog, the largest batch that fits a budget (found
+//! exactly, without assuming memory is linear in the batch), the lesson's doubling
+//! procedure, and what to change when even one image does not fit.
+
+use serde::Serialize;
+use vramlab_graph::Shaped;
+
+use crate::{plan, Optimizer, OptimizerKind, PlanConfig, PlanError, Precision};
+
+/// A GPU and its memory.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+pub struct Gpu {
+    /// Canonical name, as `--gpu` takes it.
+    pub name: &'static str,
+    pub label: &'static str,
+    /// Nominal memory in bytes (the vendor's GB, which are GiB for these cards).
+    pub memory_bytes: u128,
+    pub aliases: &'static [&'static str],
+}
+
+const GIB: u128 = 1 << 30;
+
+macro_rules! gpu {
+    ($name:expr, $label:expr, $gib:expr, [$($alias:expr),*]) => {
+        Gpu { name: $name, label: $label, memory_bytes: $gib * GIB, aliases: &[$($alias),*] }
+    };
+}
+
+/// Common training cards.
+pub const GPUS: &[Gpu] = &[
+    gpu!("t4", "NVIDIA T4 16 GB", 16, []),
+    gpu!("p100", "NVIDIA Tesla P100 16 GB", 16, []),
+    gpu!("v100-16gb", "NVIDIA V100 16 GB", 16, ["v100"]),
+    gpu!("v100-32gb", "NVIDIA V100 32 GB", 32, []),
+    gpu!("a10", "NVIDIA A10 24 GB", 24, ["a10g"]),
+    gpu!("a40", "NVIDIA A40 48 GB", 48, []),
+    gpu!("a100-40gb", "NVIDIA A100 40 GB", 40, []),
+    gpu!("a100-80gb", "NVIDIA A100 80 GB", 80, []),
+    gpu!(
+        "h100",
+        "NVIDIA H100 80 GB",
+        80,
+        ["h100-80gb", "h100-sxm", "h100-pcie"]
+    ),
+    gpu!("h100-nvl", "NVIDIA H100 NVL 94 GB", 94, []),
+    gpu!("h200", "NVIDIA H200 141 GB", 141, []),
+    gpu!("b200", "NVIDIA B200 180 GB", 180, []),
+    gpu!("l4", "NVIDIA L4 24 GB", 24, []),
+    gpu!("l40s", "NVIDIA L40S 48 GB", 48, ["l40"]),
+    gpu!("rtx-a6000", "NVIDIA RTX A6000 48 GB", 48, ["a6000"]),
+    gpu!("rtx-6000-ada", "NVIDIA RTX 6000 Ada 48 GB", 48, []),
+    gpu!(
+        "gtx-1080-ti",
+        "NVIDIA GeForce GTX 1080 Ti 11 GB",
+        11,
+        ["1080ti", "1080-ti"]
+    ),
+    gpu!(
+        "rtx-2080-ti",
+        "NVIDIA GeForce RTX 2080 Ti 11 GB",
+        11,
+        ["2080ti", "2080-ti"]
+    ),
+    gpu!("titan-rtx", "NVIDIA TITAN RTX 24 GB", 24, []),
+    gpu!("rtx-3060", "NVIDIA GeForce RTX 3060 12 GB", 12, ["3060"]),
+    gpu!("rtx-3070", "NVIDIA GeForce RTX 3070 8 GB", 8, ["3070"]),
+    gpu!("rtx-3080", "NVIDIA GeForce RTX 3080 10 GB", 10, ["3080"]),
+    gpu!("rtx-3090", "NVIDIA GeForce RTX 3090 24 GB", 24, ["3090"]),
+    gpu!("rtx-4060", "NVIDIA GeForce RTX 4060 8 GB", 8, ["4060"]),
+    gpu!(
+        "rtx-4060-ti-16gb",
+        "NVIDIA GeForce RTX 4060 Ti 16 GB",
+        16,
+        []
+    ),
+    gpu!("rtx-4070", "NVIDIA GeForce RTX 4070 12 GB", 12, ["4070"]),
+    gpu!("rtx-4080", "NVIDIA GeForce RTX 4080 16 GB", 16, ["4080"]),
+    gpu!("rtx-4090", "NVIDIA GeForce RTX 4090 24 GB", 24, ["4090"]),
+    gpu!("rtx-5090", "NVIDIA GeForce RTX 5090 32 GB", 32, ["5090"]),
+];
+
+fn normalize(s: &str) -> String {
+    s.to_ascii_lowercase()
+        .chars()
+        .filter(|c| c.is_ascii_alphanumeric())
+        .collect::<String>()
+        .trim_start_matches("nvidia")
+        .trim_start_matches("geforce")
+        .to_string()
+}
+
+/// Finds a card by name or alias (`h100`, `RTX 4090`, `rtx-4090`, `4090`).
+pub fn find_gpu(name: &str) -> Result<Gpu, String> {
+    let n = normalize(name);
+    let hit = GPUS
+        .iter()
+        .find(|g| normalize(g.name) == n || g.aliases.iter().any(|a| normalize(a) == n));
+    if let Some(g) = hit {
+        return Ok(*g);
+    }
+    let similar: Vec<&str> = GPUS
+        .iter()
+        .filter(|g| !n.is_empty() && normalize(g.name).contains(&n))
+        .map(|g| g.name)
+        .collect();
+    Err(if similar.is_empty() {
+        format!("unknown GPU `{name}`: see `vramlab gpus`, or give --memory SIZE for any card")
+    } else {
+        format!("`{name}` matches several GPUs: {}", similar.join(", "))
+    })
+}
+
+/// The predicted peak for a batch size under a template config.
+pub fn peak_at(g: &Shaped, template: &PlanConfig, batch: u64) -> Result<u128, PlanError> {
+    let mut c = template.clone();
+    c.batch_size = batch;
+    c.record_timeline = false;
+    Ok(plan(g, &c)?.peak_bytes)
+}
+
+/// One row of the lesson's procedure: start at 16, double.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct ProcedureRow {
+    pub batch_size: u64,
+    pub peak_bytes: Option<u128>,
+    pub percent_of_card: Option<f64>,
+    pub fits: bool,
+}
+
+/// A change that would make batch 1 fit, with its predicted peak.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Advice {
+    pub change: String,
+    pub peak_bytes: Option<u128>,
+    pub fits: bool,
+}
+
+/// Gradient accumulation to reach an effective batch.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct AccumulationPlan {
+    pub target_batch: u64,
+    pub micro_batch: u64,
+    pub accumulation_steps: u64,
+    pub peak_bytes: u128,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct FitReport {
+    pub card_bytes: u128,
+    pub fraction: f64,
+    pub budget_bytes: u128,
+    pub max_batch_size: Option<u64>,
+    pub max_power_of_two: Option<u64>,
+    pub peak_bytes_at_max: Option<u128>,
+    pub peak_bytes_at_max_plus_one: Option<u128>,
+    pub procedure: Vec<ProcedureRow>,
+    pub advice: Vec<Advice>,
+    pub accumulation: Option<AccumulationPlan>,
+}
+
+/// Batches beyond this are not searched (the answer is then "at least this").
+pub const MAX_BATCH: u64 = 1 << 60;
+
+/// The largest batch whose peak stays within `budget`: exact, found by bracketing an
+/// affine estimate and bisecting, so that `peak(b) <= budget < peak(b + 1)`.
+pub fn max_batch(
+    g: &Shaped,
+    template: &PlanConfig,
+    budget: u128,
+) -> Result<Option<(u64, u128)>, PlanError> {
+    let fits = |b: u64| -> Result<Option<u128>, PlanError> {
+        let p = peak_at(g, template, b)?;
+        Ok((p <= budget).then_some(p))
+    };
+    let Some(p1) = fits(1)? else { return Ok(None) };
+    // An affine estimate from two large batches, where the peak is in backward and
+    // grows with the batch; the bracket search below makes it exact.
+    let (b_lo, b_hi) = (1u64 << 20, 1u64 << 21);
+    let (q_lo, q_hi) = (peak_at(g, template, b_lo)?, peak_at(g, template, b_hi)?);
+    let slope = (q_hi.saturating_sub(q_lo)) / (b_hi - b_lo) as u128;
+    let guess = if slope == 0 {
+        MAX_BATCH
+    } else {
+        let intercept = q_lo.saturating_sub(slope * b_lo as u128);
+        (budget.saturating_sub(intercept) / slope).clamp(1, MAX_BATCH as u128) as u64
+    };
+    // Bracket [lo fits, hi does not] around the guess, widening by doubling steps.
+    let (mut lo, mut lo_peak, mut hi);
+    if let Some(p) = fits(guess)? {
+        lo = guess;
+        lo_peak = p;
+        let mut step = 1u64;
+        loop {
+            let next = lo.saturating_add(step).min(MAX_BATCH);
+            if next == lo {
+                return Ok(Some((lo, lo_peak)));
+            }
+            match fits(next)? {
+                Some(p) => {
+                    lo = next;
+                    lo_peak = p;
+                    step = step.saturating_mul(2);
+                }
+                None => {
+                    hi = next;
+                    break;
+                }
+            }
+        }
+    } else {
+        hi = guess;
+        lo = 1;
+        lo_peak = p1;
+        let mut step = 1u64;
+        loop {
+            let next = hi.saturating_sub(step).max(1);
+            if next <= 1 {
+                break;
+            }
+            match fits(next)? {
+                Some(p) => {
+                    lo = next;
+                    lo_peak = p;
+                    break;
+                }
+                None => {
+                    hi = next;
+                    step = step.saturating_mul(2);
+                }
+            }
+        }
+    }
+    while hi - lo > 1 {
+        let mid = lo + (hi - lo) / 2;
+        match fits(mid)? {
+            Some(p) => {
+                lo = mid;
+                lo_peak = p;
+            }
+            None => hi = mid,
+        }
+    }
+    Ok(Some((lo, lo_peak)))
+}
+
+/// Everything `vramlab fit` reports.
+pub fn fit(
+    g: &Shaped,
+    template: &PlanConfig,
+    card_bytes: u128,
+    fraction: f64,
+    target_batch: Option<u64>,
+) -> Result<FitReport, PlanError> {
+    if !(fraction > 0.0 && fraction <= 1.0) {
+        return Err(PlanError::Config(format!(
+            "--fraction must be in (0, 1], got {fraction}"
+        )));
+    }
+    let budget = (card_bytes as f64 * fraction).floor() as u128;
+    let best = max_batch(g, template, budget)?;
+    let max_batch_size = best.map(|(b, _)| b);
+    let max_power_of_two = max_batch_size.map(|b| 1u64 << (63 - b.leading_zeros()));
+    let peak_bytes_at_max_plus_one = match max_batch_size {
+        Some(b) if b < MAX_BATCH => Some(peak_at(g, template, b + 1)?),
+        _ => None,
+    };
+    let mut procedure = Vec::new();
+    let mut b = 16u64;
+    loop {
+        let peak = peak_at(g, template, b).ok();
+        let fits = peak.is_some_and(|p| p <= budget);
+        procedure.push(ProcedureRow {
+            batch_size: b,
+            peak_bytes: peak,
+            percent_of_card: peak.map(|p| 100.0 * p as f64 / card_bytes as f64),
+            fits,
+        });
+        if !fits || b >= MAX_BATCH {
+            break;
+        }
+        b *= 2;
+    }
+    let advice = if best.is_none() {
+        advise(g, template, budget)?
+    } else {
+        Vec::new()
+    };
+    let accumulation = match (target_batch, max_batch_size) {
+        (Some(t), Some(m)) => accumulate(g, template, t, m, budget)?,
+        _ => None,
+    };
+    Ok(FitReport {
+        card_bytes,
+        fraction,
+        budget_bytes: budget,
+        max_batch_size,
+        max_power_of_two,
+        peak_bytes_at_max: best.map(|(_, p)| p),
+        peak_bytes_at_max_plus_one,
+        procedure,
+        advice,
+        accumulation,
+    })
+}
+
+/// What would make batch 1 fit: each change alone, then all together.
+fn advise(g: &Shaped, template: &PlanConfig, budget: u128) -> Result<Vec<Advice>, PlanError> {
+    let mut out = Vec::new();
+    let mut try_cfg = |change: String, c: PlanConfig, graph: &Shaped| {
+        let peak = peak_at(graph, &c, 1).ok();
+        out.push(Advice {
+            change,
+            fits: peak.is_some_and(|p| p <= budget),
+            peak_bytes: peak,
+        });
+    };
+    let mut amp = template.clone();
+    amp.precision = Precision::AmpBf16;
+    if template.precision == Precision::Fp32 {
+        try_cfg(
+            "mixed precision (--precision amp-bf16)".into(),
+            amp.clone(),
+            g,
+        );
+    }
+    let mut ckpt = template.clone();
+    let pieces = (g.nodes().len() as f64).sqrt().round().max(2.0) as u32;
+    ckpt.checkpoint_segments = pieces;
+    try_cfg(
+        format!("activation checkpointing (--checkpoint-segments {pieces})"),
+        ckpt.clone(),
+        g,
+    );
+    let mut sgd = template.clone();
+    sgd.optimizer = Optimizer {
+        momentum: 0.9,
+        ..Optimizer::new(OptimizerKind::Sgd)
+    };
+    if template.optimizer.kind != OptimizerKind::Sgd {
+        try_cfg(
+            "SGD with momentum instead (--optimizer sgd --momentum 0.9): one state tensor, not two"
+                .into(),
+            sgd.clone(),
+            g,
+        );
+    }
+    if template.optimizer.implementation != Some(crate::OptimizerImpl::Fused)
+        && template.optimizer.kind != OptimizerKind::RmsProp
+    {
+        let mut fused = template.clone();
+        fused.optimizer.implementation = Some(crate::OptimizerImpl::Fused);
+        try_cfg(
+            "a fused optimizer (--optimizer-impl fused): no per-parameter temporaries".into(),
+            fused,
+            g,
+        );
+    }
+    let mut plain = template.clone();
+    plain.optimizer = Optimizer::new(OptimizerKind::Sgd);
+    try_cfg(
+        "plain SGD (--optimizer sgd): no optimizer state at all".into(),
+        plain,
+        g,
+    );
+    if template.precision != Precision::Bf16 {
+        let mut bf16 = template.clone();
+        bf16.precision = Precision::Bf16;
+        try_cfg(
+            "pure bf16 training (--precision bf16): half of every tensor, weights included".into(),
+            bf16,
+            g,
+        );
+    }
+    let s = &g.graph.input_shape;
+    if s.len() == 3 && s[1] >= 64 && s[2] >= 64 {
+        let mut small = g.graph.clone();
+        small.input_shape = vec![s[0], s[1] / 2, s[2] / 2];
+        if let Ok(sg) = small.infer() {
+            try_cfg(
+                format!(
+                    "a smaller input (--input {}x{}x{})",
+                    s[0],
+                    s[1] / 2,
+                    s[2] / 2
+                ),
+                template.clone(),
+                &sg,
+            );
+        }
+    }
+    let mut all = sgd;
+    all.precision = amp.precision;
+    all.checkpoint_segments = ckpt.checkpoint_segments;
+    try_cfg("all of AMP, checkpointing and SGD together".into(), all, g);
+    Ok(out)
+}
+
+/// The largest micro-batch that divides the target and whose accumulation plan fits
+/// (from the second micro-batch on, all gradients are alive too).
+fn accumulate(
+    g: &Shaped,
+    template: &PlanConfig,
+    target: u64,
+    max_fit: u64,
+    budget: u128,
+) -> Result<Option<AccumulationPlan>, PlanError> {
+    if target == 0 {
+        return Err(PlanError::Config(
+            "--target-batch must be at least 1".into(),
+        ));
+    }
+    let mut divisors = Vec::new();
+    let mut d = 1u64;
+    while d.saturating_mul(d) <= target {
+        if target % d == 0 {
+            divisors.push(d);
+            divisors.push(target / d);
+        }
+        d += 1;
+    }
+    divisors.sort_unstable_by(|a, b| b.cmp(a));
+    for micro in divisors.into_iter().filter(|&m| m <= max_fit) {
+        let steps = target / micro;
+        let Ok(steps32) = u32::try_from(steps) else {
+            continue;
+        };
+        let mut c = template.clone();
+        c.batch_size = target;
+        c.accumulation_steps = steps32;
+        let peak = plan(g, &c)?.peak_bytes;
+        if peak <= budget {
+            return Ok(Some(AccumulationPlan {
+                target_batch: target,
+                micro_batch: micro,
+                accumulation_steps: steps,
+                peak_bytes: peak,
+            }));
+        }
+    }
+    Ok(None)
+}
+
+/// Learning rates for a new batch size from one tuned at `base_batch`: the linear
+/// scaling rule (Goyal et al. 2017, for SGD with warm-up) and the square-root scaling
+/// rule (Krizhevsky 2014, Hoffer et al. 2017; common for Adam).
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct LrAdvice {
+    pub base_batch: u64,
+    pub base_lr: f64,
+    pub batch: u64,
+    pub linear_scaling_rule: f64,
+    pub square_root_scaling_rule: f64,
+}
+
+pub fn lr_advice(base_batch: u64, base_lr: f64, batch: u64) -> LrAdvice {
+    let k = batch as f64 / base_batch.max(1) as f64;
+    LrAdvice {
+        base_batch,
+        base_lr,
+        batch,
+        linear_scaling_rule: base_lr * k,
+        square_root_scaling_rule: base_lr * k.sqrt(),
+    }
+}
