@@ -412,7 +412,7 @@ fn accumulate(
     let mut divisors = Vec::new();
     let mut d = 1u64;
     while d.saturating_mul(d) <= target {
-        if target % d == 0 {
+        if target.is_multiple_of(d) {
             divisors.push(d);
             divisors.push(target / d);
         }
