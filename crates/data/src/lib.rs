@@ -1,0 +1,210 @@
+//! Image datasets for vramlab: read them (IDX for MNIST-style sets, CIFAR binary, image
+//! folders), describe them, transform them with torchvision's semantics, and serve
+//! shuffled f32 batches on worker threads.
+//!
+//! A [`Dataset`] holds every image once, as `u8` in channel-planar `C x H x W` order
+//! (the layout CIFAR stores and the engine consumes), with its labels and class names.
+//! The [`loader`] turns it into `[B, C, H, W]` f32 batches and i64 labels.
+//!
+//! ```no_run
+//! let ds = vramlab_data::open("fashion-mnist", None, &Default::default()).unwrap();
+//! assert_eq!(ds.shape, [1, 28, 28]);
+//! assert_eq!(ds.classes[ds.train.labels[0] as usize], "Ankle boot");
+//! ```
+//!
+//! Main types: [`Dataset`], [`Split`], [`open`]; [`transform::Pipeline`],
+//! [`loader::Loader`], [`stats::channel_stats`].
+
+pub mod cifar;
+pub mod classes;
+pub mod fetch;
+pub mod folder;
+pub mod idx;
+pub mod loader;
+pub mod rng;
+pub mod show;
+pub mod stats;
+pub mod transform;
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+
+/// One split of a dataset: `len` images of `C*H*W` bytes each, and their labels.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Split {
+    pub images: Vec<u8>,
+    pub labels: Vec<u16>,
+}
+
+impl Split {
+    pub fn len(&self) -> usize {
+        self.labels.len()
+    }
+    pub fn is_empty(&self) -> bool {
+        self.labels.is_empty()
+    }
+}
+
+/// A dataset: shape, class names, train and (usually) test split.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Dataset {
+    pub name: String,
+    /// `[C, H, W]`.
+    pub shape: [usize; 3],
+    pub classes: Vec<String>,
+    pub train: Split,
+    pub test: Option<Split>,
+    /// Where it was read from.
+    pub source: PathBuf,
+}
+
+impl Dataset {
+    pub fn image_bytes(&self) -> usize {
+        self.shape.iter().product()
+    }
+
+    pub fn split(&self, name: &str) -> Result<&Split, DataError> {
+        match name {
+            "train" => Ok(&self.train),
+            "test" => self
+                .test
+                .as_ref()
+                .ok_or_else(|| DataError::Config(format!("{} has no test split", self.name))),
+            other => Err(DataError::Config(format!(
+                "unknown split `{other}`: expected train or test"
+            ))),
+        }
+    }
+
+    /// Image `i` of a split, `C*H*W` bytes.
+    pub fn image<'a>(&self, split: &'a Split, i: usize) -> &'a [u8] {
+        let n = self.image_bytes();
+        &split.images[i * n..(i + 1) * n]
+    }
+
+    /// Number of images per class in a split.
+    pub fn class_counts(&self, split: &Split) -> Vec<usize> {
+        let mut counts = vec![0; self.classes.len()];
+        for &l in &split.labels {
+            counts[l as usize] += 1;
+        }
+        counts
+    }
+}
+
+/// What went wrong, naming the file where there is one.
+#[derive(Debug, Clone, PartialEq)]
+pub enum DataError {
+    /// A file is missing, unreadable or malformed.
+    File { path: PathBuf, message: String },
+    /// A setting or name is wrong.
+    Config(String),
+}
+
+impl DataError {
+    pub fn file(path: &Path, message: impl Into<String>) -> Self {
+        DataError::File {
+            path: path.to_path_buf(),
+            message: message.into(),
+        }
+    }
+}
+
+impl fmt::Display for DataError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            DataError::File { path, message } => write!(f, "{}: {message}", path.display()),
+            DataError::Config(m) => f.write_str(m),
+        }
+    }
+}
+
+impl std::error::Error for DataError {}
+
+/// Where Debian's `dataset-fashion-mnist` package puts the files.
+pub const FASHION_MNIST_SYSTEM_ROOT: &str = "/usr/share/datasets/fashion-mnist";
+
+/// Dataset names `open` knows.
+pub const NAMES: &[&str] = &[
+    "fashion-mnist",
+    "mnist",
+    "kmnist",
+    "emnist-<split>",
+    "cifar10",
+    "cifar100",
+];
+
+/// Options for reading: image folders' resizing, CIFAR-100's label set.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct OpenOptions {
+    pub folder: folder::FolderOptions,
+    /// CIFAR-100: use the 20 coarse labels instead of the 100 fine ones.
+    pub coarse_labels: bool,
+}
+
+/// Opens a dataset by name (`fashion-mnist`, `mnist`, `kmnist`, `emnist-balanced`,
+/// `cifar10`, `cifar100`) under `root`, or by path (a folder of IDX files, of CIFAR
+/// binaries, or of one subfolder per class).
+pub fn open(spec: &str, root: Option<&Path>, opts: &OpenOptions) -> Result<Dataset, DataError> {
+    let lower = spec.to_ascii_lowercase();
+    let named_root = |default: Option<&str>| -> Result<PathBuf, DataError> {
+        match (root, default) {
+            (Some(r), _) => Ok(r.to_path_buf()),
+            (None, Some(d)) if Path::new(d).is_dir() => Ok(PathBuf::from(d)),
+            _ => Err(DataError::Config(format!(
+                "`{spec}` needs --root DIR (the folder with its files); `vramlab data fetch {spec} --root DIR` downloads it"
+            ))),
+        }
+    };
+    match lower.as_str() {
+        "fashion-mnist" | "fashionmnist" => idx::open_named(
+            idx::Family::FashionMnist,
+            &named_root(Some(FASHION_MNIST_SYSTEM_ROOT))?,
+        ),
+        "mnist" => idx::open_named(idx::Family::Mnist, &named_root(None)?),
+        "kmnist" => idx::open_named(idx::Family::Kmnist, &named_root(None)?),
+        s if s.starts_with("emnist-") => {
+            let split = &s["emnist-".len()..];
+            idx::open_named(
+                idx::Family::Emnist(idx::EmnistSplit::parse(split)?),
+                &named_root(None)?,
+            )
+        }
+        "cifar10" | "cifar-10" => cifar::open(cifar::Kind::Cifar10, &named_root(None)?, false),
+        "cifar100" | "cifar-100" => cifar::open(
+            cifar::Kind::Cifar100,
+            &named_root(None)?,
+            opts.coarse_labels,
+        ),
+        _ => {
+            let path = Path::new(spec);
+            if !path.exists() {
+                return Err(DataError::Config(format!(
+                    "unknown dataset `{spec}`: expected one of {} (with --root DIR), or a path to a folder",
+                    NAMES.join(", ")
+                )));
+            }
+            open_path(path, opts)
+        }
+    }
+}
+
+/// Recognises what a folder holds.
+fn open_path(path: &Path, opts: &OpenOptions) -> Result<Dataset, DataError> {
+    if !path.is_dir() {
+        return Err(DataError::file(
+            path,
+            "expected a folder with a dataset's files",
+        ));
+    }
+    if idx::find(path, "train", idx::Kind::Images, &idx::Family::Generic).is_some() {
+        return idx::open_named(idx::Family::Generic, path);
+    }
+    if cifar::looks_like(path, cifar::Kind::Cifar10) {
+        return cifar::open(cifar::Kind::Cifar10, path, false);
+    }
+    if cifar::looks_like(path, cifar::Kind::Cifar100) {
+        return cifar::open(cifar::Kind::Cifar100, path, opts.coarse_labels);
+    }
+    folder::open(path, &opts.folder)
+}

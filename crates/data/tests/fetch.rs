@@ -1,0 +1,142 @@
+//! Downloads against a local HTTP server on 127.0.0.1: a good file, a wrong checksum,
+//! a connection cut in the middle of the file.
+
+use std::io::{Read, Write};
+use std::net::TcpListener;
+use std::path::PathBuf;
+
+use vramlab_data::fetch::{fetch, md5_file, Outcome, Resource};
+
+/// Serves `count` requests: each gets `body`, announced with `announce` bytes of
+/// Content-Length; a cut connection sends only half the body.
+fn serve(body: Vec<u8>, announce: usize, cut: bool, count: usize) -> String {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    std::thread::spawn(move || {
+        for stream in listener.incoming().take(count) {
+            let mut s = stream.unwrap();
+            let mut req = [0u8; 4096];
+            let _ = s.read(&mut req);
+            let head = format!(
+                "HTTP/1.1 200 OK\r\nContent-Length: {announce}\r\nConnection: close\r\n\r\n"
+            );
+            let _ = s.write_all(head.as_bytes());
+            let part = if cut {
+                &body[..body.len() / 2]
+            } else {
+                &body[..]
+            };
+            let _ = s.write_all(part);
+            let _ = s.flush();
+        }
+    });
+    format!("http://{addr}/")
+}
+
+fn tmp(name: &str) -> PathBuf {
+    let d = std::env::temp_dir().join(format!("vramlab-fetch-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    d
+}
+
+fn body() -> Vec<u8> {
+    (0..200_000u32).map(|i| (i * 7 % 251) as u8).collect()
+}
+
+fn md5_of(bytes: &[u8], name: &str) -> String {
+    let dir = tmp(&format!("md5-{name}"));
+    std::fs::create_dir_all(&dir).unwrap();
+    let p = dir.join("f");
+    std::fs::write(&p, bytes).unwrap();
+    let m = md5_file(&p).unwrap();
+    std::fs::remove_dir_all(&dir).ok();
+    m
+}
+
+fn listing(dir: &PathBuf) -> Vec<String> {
+    let mut v: Vec<String> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    v.sort();
+    v
+}
+
+#[test]
+fn a_good_file_is_verified_and_written_under_its_name() {
+    let b = body();
+    let url = serve(b.clone(), b.len(), false, 1);
+    let root = tmp("good");
+    let r = Resource {
+        url: format!("{url}data.bin"),
+        file: "data.bin".into(),
+        md5: md5_of(&b, "good"),
+        unpack: false,
+    };
+    let out = fetch(std::slice::from_ref(&r), &root, |_, _, _| {}).unwrap();
+    assert_eq!(
+        out[0].1,
+        Outcome::Downloaded {
+            bytes: b.len() as u64
+        }
+    );
+    assert_eq!(std::fs::read(root.join("data.bin")).unwrap(), b);
+    assert_eq!(listing(&root), vec!["data.bin"]);
+    // A second fetch finds it verified and downloads nothing (the server is gone).
+    let again = fetch(&[r], &root, |_, _, _| {}).unwrap();
+    assert_eq!(again[0].1, Outcome::AlreadyThere);
+    std::fs::remove_dir_all(&root).ok();
+}
+
+#[test]
+fn a_wrong_checksum_leaves_no_file() {
+    let b = body();
+    let url = serve(b.clone(), b.len(), false, 1);
+    let root = tmp("badsum");
+    let r = Resource {
+        url: format!("{url}data.bin"),
+        file: "data.bin".into(),
+        md5: "0".repeat(32),
+        unpack: false,
+    };
+    let e = fetch(&[r], &root, |_, _, _| {}).unwrap_err().to_string();
+    assert!(e.contains("checksum mismatch: expected MD5 000"), "{e}");
+    assert!(listing(&root).is_empty(), "{:?}", listing(&root));
+    std::fs::remove_dir_all(&root).ok();
+}
+
+#[test]
+fn a_connection_cut_mid_file_leaves_no_file() {
+    let b = body();
+    let url = serve(b.clone(), b.len(), true, 1);
+    let root = tmp("cut");
+    let r = Resource {
+        url: format!("{url}data.bin"),
+        file: "data.bin".into(),
+        md5: md5_of(&b, "cut"),
+        unpack: false,
+    };
+    let e = fetch(&[r], &root, |_, _, _| {}).unwrap_err().to_string();
+    assert!(e.contains("broke off after"), "{e}");
+    assert!(listing(&root).is_empty(), "{:?}", listing(&root));
+    std::fs::remove_dir_all(&root).ok();
+}
+
+#[test]
+fn a_refused_connection_is_a_clear_error() {
+    let port = TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let root = tmp("refused");
+    let r = Resource {
+        url: format!("http://127.0.0.1:{port}/x"),
+        file: "x".into(),
+        md5: "0".repeat(32),
+        unpack: false,
+    };
+    let e = fetch(&[r], &root, |_, _, _| {}).unwrap_err().to_string();
+    assert!(e.contains("download from http://127.0.0.1"), "{e}");
+    std::fs::remove_dir_all(&root).ok();
+}

@@ -1,0 +1,227 @@
+//! CIFAR-10/100 and image folders, on files generated in their exact formats.
+
+use std::path::{Path, PathBuf};
+
+use vramlab_data::cifar::{encode, PIXELS};
+use vramlab_data::folder::FolderOptions;
+use vramlab_data::{open, show, OpenOptions};
+
+fn tmp(name: &str) -> PathBuf {
+    let d = std::env::temp_dir().join(format!("vramlab-data-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+/// A 32x32 image whose pixel (y, x) is pure red at (0, 0), green at (0, 1), blue at (1, 0).
+fn rgb_probe() -> Vec<u8> {
+    let mut px = vec![0u8; PIXELS];
+    px[0] = 255; // R plane, (0,0)
+    px[1024 + 1] = 255; // G plane, (0,1)
+    px[2048 + 32] = 255; // B plane, (1,0)
+    px
+}
+
+fn write_cifar10(dir: &Path, per_file: usize) {
+    for i in 1..=5 {
+        let labels: Vec<Vec<u8>> = (0..per_file).map(|j| vec![((i + j) % 10) as u8]).collect();
+        let pixels: Vec<Vec<u8>> = (0..per_file).map(|_| rgb_probe()).collect();
+        std::fs::write(
+            dir.join(format!("data_batch_{i}.bin")),
+            encode(&labels, &pixels),
+        )
+        .unwrap();
+    }
+    let labels: Vec<Vec<u8>> = (0..per_file).map(|j| vec![(j % 10) as u8]).collect();
+    let pixels: Vec<Vec<u8>> = (0..per_file).map(|_| rgb_probe()).collect();
+    std::fs::write(dir.join("test_batch.bin"), encode(&labels, &pixels)).unwrap();
+}
+
+#[test]
+fn cifar10_reads_all_batches_and_keeps_the_colour_order_into_the_png() {
+    let root = tmp("c10");
+    let dir = root.join("cifar-10-batches-bin");
+    std::fs::create_dir_all(&dir).unwrap();
+    write_cifar10(&dir, 7);
+    let ds = open("cifar10", Some(&root), &Default::default()).unwrap();
+    assert_eq!(ds.shape, [3, 32, 32]);
+    assert_eq!(ds.train.len(), 35);
+    assert_eq!(ds.test.as_ref().unwrap().len(), 7);
+    assert_eq!(ds.classes[ds.train.labels[0] as usize], "automobile");
+    // End to end: the PNG that `show` writes has a red, a green and a blue pixel.
+    let img = show::sample(&ds, &ds.train, 0, 4);
+    let png = root.join("probe.png");
+    show::save_png(&img, &png).unwrap();
+    let back = image::open(&png).unwrap().to_rgb8();
+    assert_eq!(back.get_pixel(0, 0).0, [255, 0, 0]);
+    assert_eq!(back.get_pixel(4, 0).0, [0, 255, 0]);
+    assert_eq!(back.get_pixel(0, 4).0, [0, 0, 255]);
+    assert_eq!(back.get_pixel(4, 4).0, [0, 0, 0]);
+    // A path works as well as a name.
+    let by_path = open(root.to_str().unwrap(), None, &Default::default()).unwrap();
+    assert_eq!(by_path.train.len(), 35);
+    std::fs::remove_dir_all(&root).ok();
+}
+
+#[test]
+fn cifar10_with_a_truncated_batch_names_the_file() {
+    let root = tmp("c10bad");
+    write_cifar10(&root, 2);
+    let f = root.join("data_batch_3.bin");
+    let mut bytes = std::fs::read(&f).unwrap();
+    bytes.truncate(bytes.len() - 100);
+    std::fs::write(&f, bytes).unwrap();
+    let e = open("cifar10", Some(&root), &Default::default())
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains(
+            "data_batch_3.bin: size 6046 bytes is not a multiple of the 3073-byte CIFAR-10 record"
+        ),
+        "{e}"
+    );
+    std::fs::remove_dir_all(&root).ok();
+}
+
+#[test]
+fn cifar100_gives_fine_or_coarse_classes() {
+    let root = tmp("c100");
+    let labels: Vec<Vec<u8>> = (0..20)
+        .map(|j| vec![(j % 20) as u8, (j * 5 % 100) as u8])
+        .collect();
+    let pixels: Vec<Vec<u8>> = (0..20).map(|_| rgb_probe()).collect();
+    std::fs::write(root.join("train.bin"), encode(&labels, &pixels)).unwrap();
+    std::fs::write(root.join("test.bin"), encode(&labels[..4], &pixels[..4])).unwrap();
+    let fine = open("cifar100", Some(&root), &Default::default()).unwrap();
+    assert_eq!(fine.classes.len(), 100);
+    assert_eq!(fine.classes[fine.train.labels[1] as usize], "bed");
+    let coarse = open(
+        "cifar100",
+        Some(&root),
+        &OpenOptions {
+            coarse_labels: true,
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    assert_eq!(coarse.classes.len(), 20);
+    assert_eq!(coarse.classes[coarse.train.labels[1] as usize], "fish");
+    std::fs::remove_dir_all(&root).ok();
+}
+
+fn save(img: &image::RgbImage, path: &Path) {
+    img.save(path).unwrap();
+}
+
+fn folder_with_formats() -> PathBuf {
+    let root = tmp("folder");
+    for (class, colour) in [("cats", [200u8, 10, 10]), ("dogs", [10, 10, 200])] {
+        std::fs::create_dir_all(root.join(class)).unwrap();
+        let img = image::RgbImage::from_pixel(8, 6, image::Rgb(colour));
+        for ext in ["png", "jpg", "bmp", "gif", "webp"] {
+            save(&img, &root.join(class).join(format!("a.{ext}")));
+        }
+    }
+    root
+}
+
+#[test]
+fn image_folders_read_every_format_with_sorted_classes() {
+    let root = folder_with_formats();
+    let ds = open(root.to_str().unwrap(), None, &Default::default()).unwrap();
+    assert_eq!(ds.classes, vec!["cats", "dogs"]);
+    assert_eq!(ds.shape, [3, 6, 8]);
+    assert_eq!(ds.train.len(), 10);
+    // The PNG of a cat is red: planar R first.
+    let cat = ds.image(&ds.train, 4); // cats/a.png, after bmp, gif, jpg
+    assert_eq!((cat[0], cat[48], cat[96]), (200, 10, 10));
+    let opts = OpenOptions {
+        folder: FolderOptions {
+            resize: Some(vec![4]),
+            center_crop: Some([4, 4]),
+            grayscale: true,
+        },
+        ..Default::default()
+    };
+    let small = open(root.to_str().unwrap(), None, &opts).unwrap();
+    assert_eq!(small.shape, [1, 4, 4]);
+    // PIL luma of (200, 10, 10): (200*299 + 10*587 + 10*114) / 1000 = 66.8 -> 67.
+    assert_eq!(small.image(&small.train, 4)[0], 67);
+    std::fs::remove_dir_all(&root).ok();
+}
+
+#[test]
+fn bad_folders_are_clear_errors_naming_the_file() {
+    let root = folder_with_formats();
+    std::fs::write(root.join("cats/empty.png"), b"").unwrap();
+    let e = open(root.to_str().unwrap(), None, &Default::default())
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("empty.png: zero-byte file"), "{e}");
+    std::fs::remove_file(root.join("cats/empty.png")).unwrap();
+    std::fs::write(root.join("cats/notes.txt"), b"hello").unwrap();
+    let e = open(root.to_str().unwrap(), None, &Default::default())
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("notes.txt: not an image file"), "{e}");
+    std::fs::remove_file(root.join("cats/notes.txt")).unwrap();
+    std::fs::write(root.join("cats/fake.png"), b"this is not a png").unwrap();
+    let e = open(root.to_str().unwrap(), None, &Default::default())
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("fake.png: cannot decode the image"), "{e}");
+    std::fs::remove_file(root.join("cats/fake.png")).unwrap();
+    save(&image::RgbImage::new(5, 5), &root.join("dogs/big.png"));
+    let e = open(root.to_str().unwrap(), None, &Default::default())
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("big.png: is 3x5x5 but") && e.contains("need --resize"),
+        "{e}"
+    );
+    std::fs::remove_file(root.join("dogs/big.png")).unwrap();
+    std::fs::create_dir_all(root.join("birds")).unwrap();
+    let e = open(root.to_str().unwrap(), None, &Default::default())
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("birds: empty class folder"), "{e}");
+    let empty = tmp("emptyroot");
+    let e = open(empty.to_str().unwrap(), None, &Default::default())
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("no class folders"), "{e}");
+    std::fs::remove_dir_all(&root).ok();
+    std::fs::remove_dir_all(&empty).ok();
+}
+
+#[test]
+fn idx_sets_check_counts_and_labels() {
+    use vramlab_data::idx::encode as idx;
+    let root = tmp("idx");
+    std::fs::write(
+        root.join("train-images-idx3-ubyte"),
+        idx(&[3, 2, 2], &[0; 12]),
+    )
+    .unwrap();
+    std::fs::write(root.join("train-labels-idx1-ubyte"), idx(&[2], &[0, 1])).unwrap();
+    let e = open("mnist", Some(&root), &Default::default())
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("train-labels-idx1-ubyte: 2 labels, but") && e.contains("has 3 images"),
+        "{e}"
+    );
+    std::fs::write(root.join("train-labels-idx1-ubyte"), idx(&[3], &[0, 1, 12])).unwrap();
+    let e = open("mnist", Some(&root), &Default::default())
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("label 12 at index 2 is out of range: mnist has 10 classes"),
+        "{e}"
+    );
+    std::fs::write(root.join("train-labels-idx1-ubyte"), idx(&[3], &[0, 1, 9])).unwrap();
+    let ds = open("mnist", Some(&root), &Default::default()).unwrap();
+    assert_eq!(ds.classes[9], "9 - nine");
+    assert!(ds.test.is_none());
+    std::fs::remove_dir_all(&root).ok();
+}
