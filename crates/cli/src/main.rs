@@ -2,6 +2,7 @@
 //! libraries, and prints their results as tables or JSON. Errors print one line and
 //! exit with code 2.
 
+mod data_cmd;
 mod fit_cmd;
 mod fmt;
 mod memory_cmd;
@@ -61,9 +62,22 @@ enum Command {
         after_help = "Examples:\n  vramlab fit resnet50 --input 3x224x224 --gpu h100\n  vramlab fit simple_cnn --memory 8GiB --optimizer sgd --momentum 0.9 --target-batch 4096\n  vramlab fit vgg16 --memory 2GiB --json"
     )]
     Fit(fit_cmd::FitArgs),
+    /// Image datasets: info, stats, show, fetch.
+    #[command(subcommand)]
+    Data(data_cmd::DataCommand),
+    /// Benchmarks: the data loader.
+    #[command(subcommand)]
+    Bench(BenchCommand),
     /// List the GPU catalog (name and memory).
     #[command(after_help = "Example:\n  vramlab gpus --json")]
     Gpus(fit_cmd::GpusArgs),
+}
+
+#[derive(Subcommand)]
+enum BenchCommand {
+    /// One shuffled epoch of the train split through ToTensor and Normalize.
+    #[command(after_help = "Example:\n  vramlab bench loader --data fashion-mnist --batch-size 64 --json")]
+    Loader(data_cmd::LoaderBenchArgs),
 }
 
 /// The model to use: a zoo name or a model file, with its input shape.
@@ -207,6 +221,11 @@ fn main() {
         Command::Memory(a) => memory_cmd::run(&a),
         Command::Fit(a) => fit_cmd::fit(&a),
         Command::Gpus(a) => fit_cmd::gpus(&a),
+        Command::Data(data_cmd::DataCommand::Info(a)) => data_cmd::info(&a),
+        Command::Data(data_cmd::DataCommand::Stats(a)) => data_cmd::stats(&a),
+        Command::Data(data_cmd::DataCommand::Show(a)) => data_cmd::show_cmd(&a),
+        Command::Data(data_cmd::DataCommand::Fetch(a)) => data_cmd::fetch_cmd(&a),
+        Command::Bench(BenchCommand::Loader(a)) => data_cmd::bench_loader(&a),
     };
     if let Err(UserError(msg)) = result {
         eprintln!("error: {msg}");

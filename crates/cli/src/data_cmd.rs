@@ -1,0 +1,377 @@
+//! `vramlab data info|stats|show|fetch` and `vramlab bench loader`.
+
+use std::io::IsTerminal;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Instant;
+
+use clap::{Args, Subcommand};
+use serde::Serialize;
+use vramlab_data::folder::FolderOptions;
+use vramlab_data::loader::{Loader, LoaderConfig};
+use vramlab_data::transform::Pipeline;
+use vramlab_data::{fetch, show, stats, Dataset, OpenOptions};
+
+use crate::fmt::{bytes, thousands, Table};
+use crate::{print_json, Result, UserError};
+
+#[derive(Subcommand)]
+pub enum DataCommand {
+    /// Samples per split, shape, classes with counts, bytes per image and per batch.
+    #[command(after_help = "Examples:\n  vramlab data info fashion-mnist\n  vramlab data info cifar10 --root ~/data --batch-size 128 --json\n  vramlab data info ./my_photos --resize 64 --center-crop 64")]
+    Info(InfoArgs),
+    /// Per-channel mean and std in one pass: what to pass to Normalize.
+    #[command(after_help = "Example:\n  vramlab data stats fashion-mnist --split train --json")]
+    Stats(StatsArgs),
+    /// Write a sample (or a grid of K per class) as PNG, and print its class.
+    #[command(after_help = "Examples:\n  vramlab data show fashion-mnist --index 0 --out boot.png\n  vramlab data show fashion-mnist --grid 8 --out grid.png")]
+    Show(ShowArgs),
+    /// Download a dataset from its official location, verified by MD5.
+    #[command(after_help = "Example:\n  vramlab data fetch mnist --root ~/data")]
+    Fetch(FetchArgs),
+}
+
+/// Which dataset, and how to read it.
+#[derive(Args, Clone)]
+pub struct Source {
+    /// fashion-mnist, mnist, kmnist, emnist-<split>, cifar10, cifar100, or a folder.
+    pub dataset: String,
+    /// Folder with the dataset's files (fashion-mnist defaults to /usr/share/datasets/fashion-mnist).
+    #[arg(long, value_name = "DIR")]
+    pub root: Option<PathBuf>,
+    /// Image folders: Resize (N: shorter side; HxW: exact).
+    #[arg(long, value_name = "N|HxW")]
+    pub resize: Option<String>,
+    /// Image folders: CenterCrop (N or HxW).
+    #[arg(long, value_name = "N|HxW")]
+    pub center_crop: Option<String>,
+    /// Image folders: Grayscale() (one channel).
+    #[arg(long)]
+    pub grayscale: bool,
+    /// CIFAR-100: the 20 coarse classes instead of the 100 fine ones.
+    #[arg(long)]
+    pub coarse: bool,
+}
+
+fn sizes(s: &str, what: &str) -> Result<Vec<u32>> {
+    let v: std::result::Result<Vec<u32>, _> = s.split(['x', 'X']).map(|p| p.trim().parse::<u32>()).collect();
+    match v {
+        Ok(v) if (v.len() == 1 || v.len() == 2) && v.iter().all(|&d| d > 0) => Ok(v),
+        _ => Err(UserError(format!("{what} `{s}`: expected N or HxW with positive sizes"))),
+    }
+}
+
+impl Source {
+    pub fn open(&self) -> Result<Dataset> {
+        let resize = self.resize.as_deref().map(|s| sizes(s, "--resize")).transpose()?;
+        let center_crop = match self.center_crop.as_deref().map(|s| sizes(s, "--center-crop")).transpose()? {
+            Some(v) if v.len() == 1 => Some([v[0], v[0]]),
+            Some(v) => Some([v[0], v[1]]),
+            None => None,
+        };
+        let opts = OpenOptions {
+            folder: FolderOptions { resize, center_crop, grayscale: self.grayscale },
+            coarse_labels: self.coarse,
+        };
+        Ok(vramlab_data::open(&self.dataset, self.root.as_deref(), &opts)?)
+    }
+}
+
+#[derive(Args)]
+pub struct InfoArgs {
+    #[command(flatten)]
+    source: Source,
+    /// Batch size for the bytes per batch.
+    #[arg(long, short = 'b', default_value_t = 64)]
+    batch_size: u64,
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Serialize)]
+struct SplitInfo {
+    samples: usize,
+    class_counts: Vec<usize>,
+}
+
+#[derive(Serialize)]
+struct Splits {
+    train: SplitInfo,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    test: Option<SplitInfo>,
+}
+
+impl Splits {
+    fn all(&self) -> Vec<(&'static str, &SplitInfo)> {
+        std::iter::once(("train", &self.train)).chain(self.test.as_ref().map(|t| ("test", t))).collect()
+    }
+}
+
+#[derive(Serialize)]
+struct Info {
+    name: String,
+    source: String,
+    shape: [usize; 3],
+    classes: Vec<String>,
+    splits: Splits,
+    bytes_per_image_u8: u128,
+    bytes_per_image_f32: u128,
+    batch_size: u64,
+    /// f32 images plus i64 labels, as the batch sits on the device.
+    bytes_per_batch: u128,
+}
+
+pub fn info(a: &InfoArgs) -> Result<()> {
+    let ds = a.source.open()?;
+    let per = ds.image_bytes() as u128;
+    let splits = Splits {
+        train: SplitInfo { samples: ds.train.len(), class_counts: ds.class_counts(&ds.train) },
+        test: ds.test.as_ref().map(|t| SplitInfo { samples: t.len(), class_counts: ds.class_counts(t) }),
+    };
+    let b = a.batch_size as u128;
+    let info = Info {
+        name: ds.name.clone(),
+        source: ds.source.display().to_string(),
+        shape: ds.shape,
+        classes: ds.classes.clone(),
+        splits,
+        bytes_per_image_u8: per,
+        bytes_per_image_f32: per * 4,
+        batch_size: a.batch_size,
+        bytes_per_batch: b * per * 4 + b * 8,
+    };
+    if a.json {
+        return print_json(&info);
+    }
+    let [c, h, w] = info.shape;
+    println!("{} ({}): {c}x{h}x{w} images, {} classes", info.name, info.source, info.classes.len());
+    for (name, s) in info.splits.all() {
+        println!("  {name}: {} images", thousands(s.samples as u128));
+    }
+    println!(
+        "  one image: {} as uint8, {} as float32 ({}x{}x{} x 4 B)",
+        bytes(info.bytes_per_image_u8),
+        bytes(info.bytes_per_image_f32),
+        c,
+        h,
+        w
+    );
+    println!(
+        "  one batch of {}: {} (float32 images {} + int64 labels {})\n",
+        a.batch_size,
+        bytes(info.bytes_per_batch),
+        bytes(b * per * 4),
+        bytes(b * 8)
+    );
+    let mut header = vec!["label", "class"];
+    let names: Vec<&str> = info.splits.all().iter().map(|(n, _)| *n).collect();
+    header.extend(names.iter().copied());
+    let mut right = vec![true, false];
+    right.extend(names.iter().map(|_| true));
+    let mut t = Table::new(&header, &right);
+    for (i, cname) in info.classes.iter().enumerate() {
+        let mut row = vec![i.to_string(), cname.clone()];
+        for (_, s) in info.splits.all() {
+            row.push(thousands(s.class_counts[i] as u128));
+        }
+        t.row(row);
+    }
+    print!("{}", t.render());
+    Ok(())
+}
+
+#[derive(Args)]
+pub struct StatsArgs {
+    #[command(flatten)]
+    source: Source,
+    /// train or test.
+    #[arg(long, default_value = "train")]
+    split: String,
+    #[arg(long)]
+    json: bool,
+}
+
+pub fn stats(a: &StatsArgs) -> Result<()> {
+    let ds = a.source.open()?;
+    let split = ds.split(&a.split)?;
+    let s = stats::channel_stats(&ds, split);
+    if a.json {
+        return print_json(&s);
+    }
+    let f = |v: &[f64]| v.iter().map(|x| format!("{x:.4}")).collect::<Vec<_>>().join(", ");
+    println!(
+        "{} {} split, {} pixels per channel:\n  mean: {}\n  std:  {}\n\ntransforms.Normalize(mean=({},), std=({},))",
+        ds.name,
+        a.split,
+        thousands(s.pixels_per_channel as u128),
+        f(&s.mean),
+        f(&s.std),
+        f(&s.mean),
+        f(&s.std)
+    );
+    Ok(())
+}
+
+#[derive(Args)]
+pub struct ShowArgs {
+    #[command(flatten)]
+    source: Source,
+    /// The sample to show.
+    #[arg(long, conflicts_with = "grid", required_unless_present = "grid")]
+    index: Option<usize>,
+    /// K samples of every class, one labelled row per class.
+    #[arg(long, value_name = "K")]
+    grid: Option<usize>,
+    /// train or test.
+    #[arg(long, default_value = "train")]
+    split: String,
+    /// The PNG to write.
+    #[arg(long, value_name = "FILE.png")]
+    out: PathBuf,
+    /// Each pixel becomes SCALE x SCALE (nearest neighbour).
+    #[arg(long, default_value_t = 8)]
+    scale: u32,
+}
+
+pub fn show_cmd(a: &ShowArgs) -> Result<()> {
+    let ds = a.source.open()?;
+    let split = ds.split(&a.split)?;
+    if a.scale == 0 || a.scale > 64 {
+        return Err(UserError("--scale must be between 1 and 64".into()));
+    }
+    let terminal = std::io::stdout().is_terminal();
+    if let Some(k) = a.grid {
+        if k == 0 || k > 100 {
+            return Err(UserError("--grid must be between 1 and 100".into()));
+        }
+        let img = show::grid(&ds, split, k, a.scale.min(4));
+        show::save_png(&img, &a.out)?;
+        println!("{k} samples of each of {} classes -> {}", ds.classes.len(), a.out.display());
+        return Ok(());
+    }
+    let i = a.index.expect("clap requires --index or --grid");
+    if i >= split.len() {
+        return Err(UserError(format!(
+            "--index {i} is out of range: the {} split has {} images (0 to {})",
+            a.split,
+            split.len(),
+            split.len().saturating_sub(1)
+        )));
+    }
+    let label = split.labels[i] as usize;
+    let img = show::sample(&ds, split, i, a.scale);
+    show::save_png(&img, &a.out)?;
+    if terminal {
+        print!("{}", show::ansi_preview(&show::sample(&ds, split, i, 1)));
+    }
+    println!("{} {} #{i}: {} (label {label}) -> {}", ds.name, a.split, ds.classes[label], a.out.display());
+    Ok(())
+}
+
+#[derive(Args)]
+pub struct FetchArgs {
+    /// mnist, fashion-mnist, kmnist, cifar10 or cifar100.
+    name: String,
+    /// Where to put the files.
+    #[arg(long, value_name = "DIR")]
+    root: PathBuf,
+}
+
+pub fn fetch_cmd(a: &FetchArgs) -> Result<()> {
+    let res = fetch::resources(&a.name)?;
+    let mut last = 0u64;
+    let out = fetch::fetch(&res, &a.root, |r, got, total| {
+        if got >= last + (4 << 20) || Some(got) == total {
+            last = got;
+            eprint!("\r{}: {}{}", r.file, bytes(got as u128), total.map(|t| format!(" of {}", bytes(t as u128))).unwrap_or_default());
+        }
+    })?;
+    eprintln!();
+    for (path, outcome) in out {
+        match outcome {
+            fetch::Outcome::Downloaded { bytes: n } => println!("{}: downloaded {}, MD5 verified", path.display(), bytes(n as u128)),
+            fetch::Outcome::AlreadyThere => println!("{}: already there, MD5 verified", path.display()),
+        }
+    }
+    Ok(())
+}
+
+#[derive(Args)]
+pub struct LoaderBenchArgs {
+    /// The dataset (as for `data info`).
+    #[arg(long = "data")]
+    dataset: String,
+    #[arg(long, value_name = "DIR")]
+    root: Option<PathBuf>,
+    #[arg(long, short = 'b', default_value_t = 64)]
+    batch_size: usize,
+    /// Worker threads (0: on the main thread).
+    #[arg(long, default_value_t = 2)]
+    workers: usize,
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Serialize)]
+struct LoaderBench {
+    dataset: String,
+    images: usize,
+    batches: usize,
+    batch_size: usize,
+    workers: usize,
+    seconds: f64,
+    images_per_s: f64,
+}
+
+pub fn bench_loader(a: &LoaderBenchArgs) -> Result<()> {
+    let source = Source {
+        dataset: a.dataset.clone(),
+        root: a.root.clone(),
+        resize: None,
+        center_crop: None,
+        grayscale: false,
+        coarse: false,
+    };
+    let ds = Arc::new(source.open()?);
+    let c = ds.shape[0];
+    // torchvision's reference run: ToTensor + Normalize((0.5,), (0.5,)), shuffled.
+    let pipeline = Pipeline::normalize(ds.shape, vec![0.5; c], vec![0.5; c])?;
+    let cfg = LoaderConfig { batch_size: a.batch_size, shuffle: true, seed: a.seed, drop_last: false, workers: a.workers, prefetch: 4 };
+    let loader = Loader::new(Arc::clone(&ds), "train", pipeline, cfg)?;
+    let start = Instant::now();
+    let mut images = 0;
+    let mut batches = 0;
+    let mut checksum = 0.0f64;
+    for b in loader.epoch(0) {
+        images += b.labels.len();
+        batches += 1;
+        checksum += b.images[0] as f64;
+    }
+    let seconds = start.elapsed().as_secs_f64();
+    std::hint::black_box(checksum);
+    let r = LoaderBench {
+        dataset: ds.name.clone(),
+        images,
+        batches,
+        batch_size: a.batch_size,
+        workers: a.workers,
+        seconds,
+        images_per_s: images as f64 / seconds,
+    };
+    if a.json {
+        return print_json(&r);
+    }
+    println!(
+        "{}: one shuffled epoch of {} images in {} batches of {} (ToTensor + Normalize, {} workers): {:.3} s, {} images/s",
+        r.dataset,
+        thousands(images as u128),
+        batches,
+        a.batch_size,
+        a.workers,
+        seconds,
+        thousands(r.images_per_s as u128)
+    );
+    Ok(())
+}
