@@ -18,13 +18,17 @@ use crate::{print_json, Result, UserError};
 #[derive(Subcommand)]
 pub enum DataCommand {
     /// Samples per split, shape, classes with counts, bytes per image and per batch.
-    #[command(after_help = "Examples:\n  vramlab data info fashion-mnist\n  vramlab data info cifar10 --root ~/data --batch-size 128 --json\n  vramlab data info ./my_photos --resize 64 --center-crop 64")]
+    #[command(
+        after_help = "Examples:\n  vramlab data info fashion-mnist\n  vramlab data info cifar10 --root ~/data --batch-size 128 --json\n  vramlab data info ./my_photos --resize 64 --center-crop 64"
+    )]
     Info(InfoArgs),
     /// Per-channel mean and std in one pass: what to pass to Normalize.
     #[command(after_help = "Example:\n  vramlab data stats fashion-mnist --split train --json")]
     Stats(StatsArgs),
     /// Write a sample (or a grid of K per class) as PNG, and print its class.
-    #[command(after_help = "Examples:\n  vramlab data show fashion-mnist --index 0 --out boot.png\n  vramlab data show fashion-mnist --grid 8 --out grid.png")]
+    #[command(
+        after_help = "Examples:\n  vramlab data show fashion-mnist --index 0 --out boot.png\n  vramlab data show fashion-mnist --grid 8 --out grid.png"
+    )]
     Show(ShowArgs),
     /// Download a dataset from its official location, verified by MD5.
     #[command(after_help = "Example:\n  vramlab data fetch mnist --root ~/data")]
@@ -54,26 +58,48 @@ pub struct Source {
 }
 
 fn sizes(s: &str, what: &str) -> Result<Vec<u32>> {
-    let v: std::result::Result<Vec<u32>, _> = s.split(['x', 'X']).map(|p| p.trim().parse::<u32>()).collect();
+    let v: std::result::Result<Vec<u32>, _> = s
+        .split(['x', 'X'])
+        .map(|p| p.trim().parse::<u32>())
+        .collect();
     match v {
         Ok(v) if (v.len() == 1 || v.len() == 2) && v.iter().all(|&d| d > 0) => Ok(v),
-        _ => Err(UserError(format!("{what} `{s}`: expected N or HxW with positive sizes"))),
+        _ => Err(UserError(format!(
+            "{what} `{s}`: expected N or HxW with positive sizes"
+        ))),
     }
 }
 
 impl Source {
     pub fn open(&self) -> Result<Dataset> {
-        let resize = self.resize.as_deref().map(|s| sizes(s, "--resize")).transpose()?;
-        let center_crop = match self.center_crop.as_deref().map(|s| sizes(s, "--center-crop")).transpose()? {
+        let resize = self
+            .resize
+            .as_deref()
+            .map(|s| sizes(s, "--resize"))
+            .transpose()?;
+        let center_crop = match self
+            .center_crop
+            .as_deref()
+            .map(|s| sizes(s, "--center-crop"))
+            .transpose()?
+        {
             Some(v) if v.len() == 1 => Some([v[0], v[0]]),
             Some(v) => Some([v[0], v[1]]),
             None => None,
         };
         let opts = OpenOptions {
-            folder: FolderOptions { resize, center_crop, grayscale: self.grayscale },
+            folder: FolderOptions {
+                resize,
+                center_crop,
+                grayscale: self.grayscale,
+            },
             coarse_labels: self.coarse,
         };
-        Ok(vramlab_data::open(&self.dataset, self.root.as_deref(), &opts)?)
+        Ok(vramlab_data::open(
+            &self.dataset,
+            self.root.as_deref(),
+            &opts,
+        )?)
     }
 }
 
@@ -103,7 +129,9 @@ struct Splits {
 
 impl Splits {
     fn all(&self) -> Vec<(&'static str, &SplitInfo)> {
-        std::iter::once(("train", &self.train)).chain(self.test.as_ref().map(|t| ("test", t))).collect()
+        std::iter::once(("train", &self.train))
+            .chain(self.test.as_ref().map(|t| ("test", t)))
+            .collect()
     }
 }
 
@@ -125,8 +153,14 @@ pub fn info(a: &InfoArgs) -> Result<()> {
     let ds = a.source.open()?;
     let per = ds.image_bytes() as u128;
     let splits = Splits {
-        train: SplitInfo { samples: ds.train.len(), class_counts: ds.class_counts(&ds.train) },
-        test: ds.test.as_ref().map(|t| SplitInfo { samples: t.len(), class_counts: ds.class_counts(t) }),
+        train: SplitInfo {
+            samples: ds.train.len(),
+            class_counts: ds.class_counts(&ds.train),
+        },
+        test: ds.test.as_ref().map(|t| SplitInfo {
+            samples: t.len(),
+            class_counts: ds.class_counts(t),
+        }),
     };
     let b = a.batch_size as u128;
     let info = Info {
@@ -144,7 +178,12 @@ pub fn info(a: &InfoArgs) -> Result<()> {
         return print_json(&info);
     }
     let [c, h, w] = info.shape;
-    println!("{} ({}): {c}x{h}x{w} images, {} classes", info.name, info.source, info.classes.len());
+    println!(
+        "{} ({}): {c}x{h}x{w} images, {} classes",
+        info.name,
+        info.source,
+        info.classes.len()
+    );
     for (name, s) in info.splits.all() {
         println!("  {name}: {} images", thousands(s.samples as u128));
     }
@@ -198,7 +237,12 @@ pub fn stats(a: &StatsArgs) -> Result<()> {
     if a.json {
         return print_json(&s);
     }
-    let f = |v: &[f64]| v.iter().map(|x| format!("{x:.4}")).collect::<Vec<_>>().join(", ");
+    let f = |v: &[f64]| {
+        v.iter()
+            .map(|x| format!("{x:.4}"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
     println!(
         "{} {} split, {} pixels per channel:\n  mean: {}\n  std:  {}\n\ntransforms.Normalize(mean=({},), std=({},))",
         ds.name,
@@ -246,7 +290,11 @@ pub fn show_cmd(a: &ShowArgs) -> Result<()> {
         }
         let img = show::grid(&ds, split, k, a.scale.min(4));
         show::save_png(&img, &a.out)?;
-        println!("{k} samples of each of {} classes -> {}", ds.classes.len(), a.out.display());
+        println!(
+            "{k} samples of each of {} classes -> {}",
+            ds.classes.len(),
+            a.out.display()
+        );
         return Ok(());
     }
     let i = a.index.expect("clap requires --index or --grid");
@@ -264,7 +312,13 @@ pub fn show_cmd(a: &ShowArgs) -> Result<()> {
     if terminal {
         print!("{}", show::ansi_preview(&show::sample(&ds, split, i, 1)));
     }
-    println!("{} {} #{i}: {} (label {label}) -> {}", ds.name, a.split, ds.classes[label], a.out.display());
+    println!(
+        "{} {} #{i}: {} (label {label}) -> {}",
+        ds.name,
+        a.split,
+        ds.classes[label],
+        a.out.display()
+    );
     Ok(())
 }
 
@@ -283,14 +337,27 @@ pub fn fetch_cmd(a: &FetchArgs) -> Result<()> {
     let out = fetch::fetch(&res, &a.root, |r, got, total| {
         if got >= last + (4 << 20) || Some(got) == total {
             last = got;
-            eprint!("\r{}: {}{}", r.file, bytes(got as u128), total.map(|t| format!(" of {}", bytes(t as u128))).unwrap_or_default());
+            eprint!(
+                "\r{}: {}{}",
+                r.file,
+                bytes(got as u128),
+                total
+                    .map(|t| format!(" of {}", bytes(t as u128)))
+                    .unwrap_or_default()
+            );
         }
     })?;
     eprintln!();
     for (path, outcome) in out {
         match outcome {
-            fetch::Outcome::Downloaded { bytes: n } => println!("{}: downloaded {}, MD5 verified", path.display(), bytes(n as u128)),
-            fetch::Outcome::AlreadyThere => println!("{}: already there, MD5 verified", path.display()),
+            fetch::Outcome::Downloaded { bytes: n } => println!(
+                "{}: downloaded {}, MD5 verified",
+                path.display(),
+                bytes(n as u128)
+            ),
+            fetch::Outcome::AlreadyThere => {
+                println!("{}: already there, MD5 verified", path.display())
+            }
         }
     }
     Ok(())
@@ -338,7 +405,14 @@ pub fn bench_loader(a: &LoaderBenchArgs) -> Result<()> {
     let c = ds.shape[0];
     // torchvision's reference run: ToTensor + Normalize((0.5,), (0.5,)), shuffled.
     let pipeline = Pipeline::normalize(ds.shape, vec![0.5; c], vec![0.5; c])?;
-    let cfg = LoaderConfig { batch_size: a.batch_size, shuffle: true, seed: a.seed, drop_last: false, workers: a.workers, prefetch: 4 };
+    let cfg = LoaderConfig {
+        batch_size: a.batch_size,
+        shuffle: true,
+        seed: a.seed,
+        drop_last: false,
+        workers: a.workers,
+        prefetch: 4,
+    };
     let loader = Loader::new(Arc::clone(&ds), "train", pipeline, cfg)?;
     let start = Instant::now();
     let mut images = 0;

@@ -76,7 +76,9 @@ enum Command {
 #[derive(Subcommand)]
 enum BenchCommand {
     /// One shuffled epoch of the train split through ToTensor and Normalize.
-    #[command(after_help = "Example:\n  vramlab bench loader --data fashion-mnist --batch-size 64 --json")]
+    #[command(
+        after_help = "Example:\n  vramlab bench loader --data fashion-mnist --batch-size 64 --json"
+    )]
     Loader(data_cmd::LoaderBenchArgs),
 }
 

@@ -21,7 +21,7 @@ pub mod fetch;
 pub mod folder;
 pub mod idx;
 pub mod loader;
-pub mod rng;
+pub use vramlab_graph::rng;
 pub mod show;
 pub mod stats;
 pub mod transform;

@@ -19,6 +19,7 @@
 
 pub mod model_file;
 pub mod op;
+pub mod rng;
 pub mod zoo;
 
 pub use op::{fmt_shape, BatchNorm2d, Conv2d, Linear, Op, Pool2d, Shape, TensorSpec};

@@ -1,0 +1,28 @@
+//! vramlab's CPU training engine: it runs any graph the planner accepts (forward,
+//! cross-entropy, backward, optimizer step) and measures its own memory by category,
+//! so the planner's `native` profile can be checked to the byte.
+//!
+//! It keeps for backward exactly what PyTorch's autograd keeps (conv and linear inputs,
+//! ReLU results, max-pool inputs and int64 indices, BatchNorm input and statistics, a
+//! float dropout mask), so its activation memory equals PyTorch's on the CPU.
+//!
+//! ```
+//! use vramlab_engine::{Engine, OptimizerConfig};
+//! let g = vramlab_graph::zoo::build("lenet5", &Default::default()).unwrap().infer().unwrap();
+//! let mut e = Engine::new(g, OptimizerConfig::named("adam", None).unwrap(), 0, 1).unwrap();
+//! let x = e.batch(vec![0.5; 4 * 28 * 28], 4).unwrap();
+//! let r = e.train_step(&x, &[0, 1, 2, 3]).unwrap();
+//! assert!(r.loss > 0.0 && r.memory.peak.bytes > 0);
+//! ```
+//!
+//! Main types: [`Engine`], [`OptimizerConfig`], [`tensor::Tracker`].
+
+pub mod checkpoint;
+pub mod kernels;
+mod model;
+pub mod optim;
+pub mod tensor;
+
+pub use model::{Engine, EngineError, Param, StepMemory, StepResult};
+pub use optim::OptimizerConfig;
+pub use vramlab_graph::rng;

@@ -1,0 +1,1485 @@
+//! The engine: runs a shaped graph forward (recording a tape of exactly what PyTorch's
+//! autograd saves), cross-entropy, backward in reverse graph order, and the optimizer,
+//! with every buffer tracked by category.
+//!
+//! Memory schedule (the planner's `native` profile mirrors it):
+//! - forward, per node: allocate the output(s), then any scratch, free the scratch;
+//!   Python-like drops of inputs after their last reader;
+//! - loss: log-softmax `[B, K]` (kept), the logits dropped, the loss a plain number;
+//! - backward, nodes in reverse order: allocate the input gradient, then parameter
+//!   gradients, then scratch; free scratch, the incoming gradient and the node's saved
+//!   tensors; then hand gradients on (into `.grad`, or added into an existing one in
+//!   place when nobody else holds it);
+//! - optimizer: state allocated at the first step, updates in place.
+
+use std::rc::Rc;
+
+use rayon::prelude::*;
+use vramlab_graph::{Op, Shaped};
+
+use crate::kernels::{self, adaptive_window, gemm, ConvGeom};
+use crate::optim::{self, OptimizerConfig};
+use crate::rng::Rng;
+use crate::tensor::{Buf, Category, CategoryBytes, Peak, Phase, Saved, SavedIdx, Tensor, Tracker};
+
+/// A parameter with its gradient and optimizer state.
+#[derive(Debug)]
+pub struct Param {
+    pub name: String,
+    pub value: Tensor,
+    pub grad: Option<Tensor>,
+    pub state: Vec<Tensor>,
+}
+
+/// BatchNorm buffers of one layer.
+#[derive(Debug)]
+pub struct BnBuffers {
+    pub running_mean: Tensor,
+    pub running_var: Tensor,
+    pub num_batches_tracked: Rc<Buf<i64>>,
+}
+
+/// What one node keeps for backward.
+enum Tape {
+    Conv {
+        x: Saved,
+    },
+    Linear {
+        x: Saved,
+    },
+    Bn {
+        x: Saved,
+        mean: Saved,
+        invstd: Saved,
+    },
+    /// ReLU (its result) or ReLU6 (its input, or its result when in place).
+    Act {
+        v: Saved,
+    },
+    MaxPool {
+        x: Saved,
+        idx: SavedIdx,
+    },
+    Pool {
+        x: Option<Saved>,
+    },
+    Dropout {
+        mask: Saved,
+    },
+    Pass,
+}
+
+/// Memory of one measured step.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct StepMemory {
+    pub before_step: CategoryBytes,
+    pub peak: Peak,
+    pub after_step: CategoryBytes,
+}
+
+/// Result of one training step.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StepResult {
+    pub loss: f32,
+    pub correct: usize,
+    pub memory: StepMemory,
+}
+
+pub struct Engine {
+    pub graph: Shaped,
+    pub tracker: Rc<Tracker>,
+    pub params: Vec<Param>,
+    pub bn: Vec<Option<BnBuffers>>,
+    pub optimizer: OptimizerConfig,
+    pub step: u64,
+    pub rng: Rng,
+    pool: rayon::ThreadPool,
+    threads: usize,
+    first_param: Vec<usize>,
+    requires_grad: Vec<bool>,
+}
+
+/// Errors of the engine (bad input shapes, a failing BatchNorm).
+#[derive(Debug, Clone, PartialEq)]
+pub struct EngineError(pub String);
+
+impl std::fmt::Display for EngineError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for EngineError {}
+
+/// PyTorch's default initialisation of Conv2d and Linear: kaiming_uniform_(a=sqrt(5)) for
+/// the weight, i.e. U(-1/sqrt(fan_in), 1/sqrt(fan_in)), and the same bound for the bias.
+fn init_uniform(rng: &mut Rng, n: usize, fan_in: usize) -> Vec<f32> {
+    let bound = 1.0 / (fan_in as f64).sqrt();
+    (0..n)
+        .map(|_| ((rng.unit_f64() * 2.0 - 1.0) * bound) as f32)
+        .collect()
+}
+
+impl Engine {
+    pub fn new(
+        graph: Shaped,
+        optimizer: OptimizerConfig,
+        seed: u64,
+        threads: usize,
+    ) -> Result<Engine, EngineError> {
+        let threads = threads.max(1);
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(threads)
+            .build()
+            .map_err(|e| EngineError(format!("cannot start {threads} threads: {e}")))?;
+        let tracker = Tracker::new();
+        let mut rng = Rng::new(seed);
+        let mut params = Vec::new();
+        let mut bn = Vec::new();
+        let mut first_param = Vec::new();
+        let mut requires_grad = Vec::new();
+        for (i, node) in graph.nodes().iter().enumerate() {
+            first_param.push(params.len());
+            let specs = node.op.params();
+            let inputs_require = node.inputs.iter().any(|&j| requires_grad[j]);
+            requires_grad.push(!specs.is_empty() || inputs_require);
+            let fan_in = match &node.op {
+                Op::Conv2d(c) => c.in_channels / c.groups * c.kernel_size.0 * c.kernel_size.1,
+                Op::Linear(l) => l.in_features,
+                _ => 1,
+            };
+            for spec in specs {
+                let n = spec.numel() as usize;
+                let data = match (&node.op, spec.name) {
+                    (Op::BatchNorm2d(_), "weight") => vec![1.0; n],
+                    (Op::BatchNorm2d(_), _) => vec![0.0; n],
+                    _ => init_uniform(&mut rng, n, fan_in),
+                };
+                params.push(Param {
+                    name: format!("{}.{}", node.name, spec.name),
+                    value: Tensor::from_vec(&tracker, &spec.shape, data, Some(Category::Params)),
+                    grad: None,
+                    state: Vec::new(),
+                });
+            }
+            bn.push(match &node.op {
+                Op::BatchNorm2d(b) if b.track_running_stats => Some(BnBuffers {
+                    running_mean: Tensor::from_vec(
+                        &tracker,
+                        &[b.num_features],
+                        vec![0.0; b.num_features],
+                        Some(Category::Buffers),
+                    ),
+                    running_var: Tensor::from_vec(
+                        &tracker,
+                        &[b.num_features],
+                        vec![1.0; b.num_features],
+                        Some(Category::Buffers),
+                    ),
+                    num_batches_tracked: Buf::from_vec(
+                        &tracker,
+                        vec![0i64],
+                        Some(Category::Buffers),
+                    ),
+                }),
+                _ => None,
+            });
+            let _ = i;
+        }
+        let mut e = Engine {
+            graph,
+            tracker,
+            params,
+            bn,
+            optimizer,
+            step: 0,
+            rng,
+            pool,
+            threads,
+            first_param,
+            requires_grad,
+        };
+        if e.optimizer.eager_state() {
+            e.init_state();
+        }
+        Ok(e)
+    }
+
+    pub fn threads(&self) -> usize {
+        self.threads
+    }
+
+    fn init_state(&mut self) {
+        let k = self.optimizer.moments();
+        let v0 = self.optimizer.initial_state_value();
+        for p in &mut self.params {
+            if p.state.is_empty() {
+                for _ in 0..k {
+                    let n = p.value.numel();
+                    p.state.push(Tensor::from_vec(
+                        &self.tracker,
+                        &p.value.shape,
+                        vec![v0; n],
+                        Some(Category::OptimizerState),
+                    ));
+                }
+            }
+        }
+    }
+
+    /// Images as a tracked `[B, C, H, W]` batch on the "device".
+    pub fn batch(&self, images: Vec<f32>, batch: usize) -> Result<Tensor, EngineError> {
+        let s = &self.graph.shapes[0];
+        let per: usize = s.iter().product();
+        if images.len() != batch * per {
+            return Err(EngineError(format!(
+                "a batch of {batch} images of {} needs {} values, got {}",
+                vramlab_graph::fmt_shape(s),
+                batch * per,
+                images.len()
+            )));
+        }
+        let mut shape = vec![batch];
+        shape.extend_from_slice(s);
+        Ok(Tensor::from_vec(
+            &self.tracker,
+            &shape,
+            images,
+            Some(Category::DataBatch),
+        ))
+    }
+
+    fn out_shape(&self, i: usize, b: usize) -> Vec<usize> {
+        let mut s = vec![b];
+        s.extend_from_slice(&self.graph.shapes[i]);
+        s
+    }
+
+    fn scratch(&self, len: usize) -> Tensor {
+        Tensor::zeros(&self.tracker, &[len], None)
+    }
+
+    /// How many chunks a batch is split into for threads.
+    pub fn chunks(&self, b: usize) -> usize {
+        self.threads.min(b).max(1)
+    }
+
+    fn geom(&self, i: usize) -> ConvGeom {
+        let node = &self.graph.nodes()[i];
+        let Op::Conv2d(c) = &node.op else {
+            unreachable!("conv geometry of a conv")
+        };
+        let xs = &self.graph.shapes[node.inputs[0]];
+        let ys = &self.graph.shapes[i];
+        ConvGeom {
+            cin: c.in_channels,
+            h: xs[1],
+            w: xs[2],
+            cout: c.out_channels,
+            kh: c.kernel_size.0,
+            kw: c.kernel_size.1,
+            sh: c.stride.0,
+            sw: c.stride.1,
+            ph: c.padding.0,
+            pw: c.padding.1,
+            dh: c.dilation.0,
+            dw: c.dilation.1,
+            groups: c.groups,
+            ho: ys[1],
+            wo: ys[2],
+        }
+    }
+
+    /// Forward pass. With `train`, records the tape; returns the logits.
+    fn forward(
+        &mut self,
+        x: &Tensor,
+        train: bool,
+    ) -> Result<(Tensor, Vec<Option<Tape>>), EngineError> {
+        let n = self.graph.nodes().len();
+        let b = x.shape[0];
+        let mut vals: Vec<Option<Tensor>> = vec![None; n];
+        let mut tape: Vec<Option<Tape>> = (0..n).map(|_| None).collect();
+        vals[0] = Some(x.clone());
+        for i in 1..n {
+            let node = self.graph.nodes()[i].clone();
+            let xin = vals[node.inputs[0]].clone().expect("inputs run first");
+            let rg = train && self.requires_grad[node.inputs[0]];
+            let p0 = self.first_param[i];
+            let (out, t) = match &node.op {
+                Op::Input => unreachable!("node 0"),
+                Op::Conv2d(c) => {
+                    let out = self.conv_forward(i, &xin, p0, c.bias);
+                    (
+                        out,
+                        train.then(|| Tape::Conv {
+                            x: Saved::new(&xin),
+                        }),
+                    )
+                }
+                Op::Linear(l) => {
+                    let out = self.linear_forward(i, &xin, p0, l.bias);
+                    (
+                        out,
+                        train.then(|| Tape::Linear {
+                            x: Saved::new(&xin),
+                        }),
+                    )
+                }
+                Op::BatchNorm2d(bn) => self.bn_forward(i, &xin, p0, bn, train)?,
+                Op::ReLU { inplace } | Op::ReLU6 { inplace } => {
+                    let six = matches!(node.op, Op::ReLU6 { .. });
+                    let f = |v: f32| if six { v.clamp(0.0, 6.0) } else { v.max(0.0) };
+                    let out = if *inplace {
+                        xin.data_mut().iter_mut().for_each(|v| *v = f(*v));
+                        Tensor {
+                            buf: Rc::clone(&xin.buf),
+                            shape: xin.shape.clone(),
+                        }
+                    } else {
+                        let o = Tensor::zeros(&self.tracker, &xin.shape, None);
+                        o.data_mut()
+                            .iter_mut()
+                            .zip(xin.data().iter())
+                            .for_each(|(o, &v)| *o = f(v));
+                        o
+                    };
+                    // ReLU keeps its result; ReLU6 (hardtanh) its input unless in place.
+                    let keep = if six && !inplace { &xin } else { &out };
+                    let t = rg.then(|| Tape::Act {
+                        v: Saved::new(keep),
+                    });
+                    (out, t)
+                }
+                Op::MaxPool2d(p) => {
+                    let (out, idx) = self.maxpool_forward(i, &xin, p);
+                    let t = rg.then(|| Tape::MaxPool {
+                        x: Saved::new(&xin),
+                        idx: SavedIdx::new(Rc::clone(&idx)),
+                    });
+                    drop(idx);
+                    (out, t)
+                }
+                Op::AvgPool2d(p) => {
+                    let out = self.avgpool_forward(i, &xin, p);
+                    (
+                        out,
+                        rg.then(|| Tape::Pool {
+                            x: Some(Saved::new(&xin)),
+                        }),
+                    )
+                }
+                Op::AdaptiveAvgPool2d { output_size } => {
+                    let out = self.adaptive_forward(i, &xin);
+                    let keep = *output_size != (1, 1);
+                    (
+                        out,
+                        rg.then(|| Tape::Pool {
+                            x: keep.then(|| Saved::new(&xin)),
+                        }),
+                    )
+                }
+                Op::Flatten => {
+                    let out = Tensor {
+                        buf: Rc::clone(&xin.buf),
+                        shape: self.out_shape(i, b),
+                    };
+                    (out, rg.then_some(Tape::Pass))
+                }
+                Op::Dropout { p, inplace } => {
+                    if !train || *p == 0.0 {
+                        (
+                            Tensor {
+                                buf: Rc::clone(&xin.buf),
+                                shape: xin.shape.clone(),
+                            },
+                            rg.then_some(Tape::Pass),
+                        )
+                    } else {
+                        let mask = Tensor::zeros(&self.tracker, &xin.shape, None);
+                        let keep = 1.0 - *p;
+                        let scale = if keep > 0.0 { 1.0 / keep } else { 0.0 };
+                        mask.data_mut().iter_mut().for_each(|m| {
+                            *m = if self.rng.unit_f64() < keep {
+                                scale as f32
+                            } else {
+                                0.0
+                            }
+                        });
+                        let out = if *inplace {
+                            xin.data_mut()
+                                .iter_mut()
+                                .zip(mask.data().iter())
+                                .for_each(|(v, m)| *v *= m);
+                            Tensor {
+                                buf: Rc::clone(&xin.buf),
+                                shape: xin.shape.clone(),
+                            }
+                        } else {
+                            let o = Tensor::zeros(&self.tracker, &xin.shape, None);
+                            o.data_mut()
+                                .iter_mut()
+                                .zip(xin.data().iter().zip(mask.data().iter()))
+                                .for_each(|(o, (v, m))| *o = v * m);
+                            o
+                        };
+                        let t = rg.then(|| Tape::Dropout {
+                            mask: Saved::new(&mask),
+                        });
+                        (out, t)
+                    }
+                }
+                Op::Add { inplace } => {
+                    let y = vals[node.inputs[1]].clone().expect("inputs run first");
+                    let out = if *inplace {
+                        xin.data_mut()
+                            .iter_mut()
+                            .zip(y.data().iter())
+                            .for_each(|(a, b)| *a += b);
+                        Tensor {
+                            buf: Rc::clone(&xin.buf),
+                            shape: xin.shape.clone(),
+                        }
+                    } else {
+                        let o = Tensor::zeros(&self.tracker, &xin.shape, None);
+                        o.data_mut()
+                            .iter_mut()
+                            .zip(xin.data().iter().zip(y.data().iter()))
+                            .for_each(|(o, (a, b))| *o = a + b);
+                        o
+                    };
+                    let any = train
+                        && (self.requires_grad[node.inputs[0]]
+                            || self.requires_grad[node.inputs[1]]);
+                    (out, any.then_some(Tape::Pass))
+                }
+            };
+            drop(xin);
+            vals[i] = Some(out);
+            tape[i] = t;
+            for &j in &node.inputs {
+                if self.graph.consumers[j].last() == Some(&i) {
+                    vals[j] = None;
+                }
+            }
+        }
+        Ok((vals[n - 1].take().expect("last node ran"), tape))
+    }
+
+    fn conv_forward(&self, i: usize, x: &Tensor, p0: usize, bias: bool) -> Tensor {
+        let g = self.geom(i);
+        let b = x.shape[0];
+        let out = Tensor::zeros(&self.tracker, &self.out_shape(i, b), None);
+        let chunks = self.chunks(b);
+        let per_chunk = b.div_ceil(chunks);
+        let k = g.k();
+        let hw = g.hw_out();
+        let col = (!g.is_pointwise()).then(|| self.scratch(chunks * k * hw));
+        {
+            let w = self.params[p0].value.data();
+            let bvec = bias.then(|| self.params[p0 + 1].value.data());
+            let xd = x.data();
+            let mut od = out.data_mut();
+            let mut cold = col.as_ref().map(|c| c.data_mut());
+            let in_per = g.cin * g.in_plane();
+            let out_per = g.cout * hw;
+            let cog = g.cout / g.groups;
+            let col_chunks: Vec<Option<&mut [f32]>> = match cold.as_deref_mut() {
+                Some(c) => c.chunks_mut(k * hw).map(Some).collect(),
+                None => (0..chunks).map(|_| None).collect(),
+            };
+            let w = &w[..];
+            let bvec = bvec.as_deref();
+            let (od, xd): (&mut [f32], &[f32]) = (&mut od[..], &xd[..]);
+            self.pool.install(|| {
+                od.par_chunks_mut(per_chunk * out_per)
+                    .zip(xd.par_chunks(per_chunk * in_per))
+                    .zip(col_chunks.into_par_iter())
+                    .for_each(|((o, xc), mut colbuf)| {
+                        for (os, xs) in o.chunks_mut(out_per).zip(xc.chunks(in_per)) {
+                            for grp in 0..g.groups {
+                                let wg = &w[grp * cog * k..(grp + 1) * cog * k];
+                                let og = &mut os[grp * cog * hw..(grp + 1) * cog * hw];
+                                match colbuf.as_deref_mut() {
+                                    Some(cb) => {
+                                        kernels::im2col(xs, &g, grp, cb);
+                                        gemm(
+                                            cog,
+                                            k,
+                                            hw,
+                                            wg,
+                                            (k as isize, 1),
+                                            cb,
+                                            (hw as isize, 1),
+                                            og,
+                                            (hw as isize, 1),
+                                            0.0,
+                                        );
+                                    }
+                                    None => {
+                                        let xg = &xs[grp * k * hw..(grp + 1) * k * hw];
+                                        gemm(
+                                            cog,
+                                            k,
+                                            hw,
+                                            wg,
+                                            (k as isize, 1),
+                                            xg,
+                                            (hw as isize, 1),
+                                            og,
+                                            (hw as isize, 1),
+                                            0.0,
+                                        );
+                                    }
+                                }
+                            }
+                            if let Some(bv) = bvec {
+                                for (co, plane) in os.chunks_mut(hw).enumerate() {
+                                    plane.iter_mut().for_each(|v| *v += bv[co]);
+                                }
+                            }
+                        }
+                    });
+            });
+        }
+        drop(col);
+        out
+    }
+
+    fn linear_forward(&self, i: usize, x: &Tensor, p0: usize, bias: bool) -> Tensor {
+        let b = x.shape[0];
+        let (inf, outf) = (
+            self.graph.shapes[self.graph.nodes()[i].inputs[0]][0],
+            self.graph.shapes[i][0],
+        );
+        let out = Tensor::zeros(&self.tracker, &[b, outf], None);
+        {
+            let w = self.params[p0].value.data();
+            let xd = x.data();
+            let mut od = out.data_mut();
+            let rows = b.div_ceil(self.chunks(b));
+            let w = &w[..];
+            let (ods, xd): (&mut [f32], &[f32]) = (&mut od[..], &xd[..]);
+            self.pool.install(|| {
+                ods.par_chunks_mut(rows * outf)
+                    .zip(xd.par_chunks(rows * inf))
+                    .for_each(|(o, xc)| {
+                        let m = xc.len() / inf;
+                        gemm(
+                            m,
+                            inf,
+                            outf,
+                            xc,
+                            (inf as isize, 1),
+                            w,
+                            (1, inf as isize),
+                            o,
+                            (outf as isize, 1),
+                            0.0,
+                        );
+                    });
+            });
+            if bias {
+                let bv = self.params[p0 + 1].value.data();
+                for row in od.chunks_mut(outf) {
+                    row.iter_mut().zip(bv.iter()).for_each(|(o, b)| *o += b);
+                }
+            }
+        }
+        out
+    }
+
+    fn bn_forward(
+        &mut self,
+        i: usize,
+        x: &Tensor,
+        p0: usize,
+        bn: &vramlab_graph::BatchNorm2d,
+        train: bool,
+    ) -> Result<(Tensor, Option<Tape>), EngineError> {
+        let (b, c) = (x.shape[0], x.shape[1]);
+        let plane: usize = x.shape[2..].iter().product();
+        let out = Tensor::zeros(&self.tracker, &x.shape, None);
+        let (gamma, beta): (Vec<f32>, Vec<f32>) = if bn.affine {
+            (
+                self.params[p0].value.data().clone(),
+                self.params[p0 + 1].value.data().clone(),
+            )
+        } else {
+            (vec![1.0; c], vec![0.0; c])
+        };
+        if !train {
+            let bufs = self.bn[i].as_ref().ok_or_else(|| {
+                EngineError(format!(
+                    "layer `{}`: BatchNorm without running statistics cannot run in eval mode here",
+                    self.graph.nodes()[i].name
+                ))
+            })?;
+            let (rm, rv) = (bufs.running_mean.data(), bufs.running_var.data());
+            let xd = x.data();
+            let mut od = out.data_mut();
+            for s in 0..b {
+                for ch in 0..c {
+                    let inv = 1.0 / (rv[ch] + bn.eps as f32).sqrt();
+                    let base = (s * c + ch) * plane;
+                    for k in base..base + plane {
+                        od[k] = (xd[k] - rm[ch]) * inv * gamma[ch] + beta[ch];
+                    }
+                }
+            }
+            drop((rm, rv, xd, od));
+            return Ok((out, None));
+        }
+        let n = b * plane;
+        if n <= 1 {
+            return Err(EngineError(format!(
+                "layer `{}`: Expected more than 1 value per channel when training, got input size torch.Size([{}])",
+                self.graph.nodes()[i].name,
+                x.shape.iter().map(|d| d.to_string()).collect::<Vec<_>>().join(", ")
+            )));
+        }
+        let mean = Tensor::zeros(&self.tracker, &[c], None);
+        let invstd = Tensor::zeros(&self.tracker, &[c], None);
+        {
+            let xd = x.data();
+            let mut od = out.data_mut();
+            let mut md = mean.data_mut();
+            let mut id = invstd.data_mut();
+            let xs: &[f32] = &xd[..];
+            let stats: Vec<(f64, f64)> = self.pool.install(|| {
+                (0..c)
+                    .into_par_iter()
+                    .map(|ch| {
+                        let mut s = 0.0f64;
+                        for smp in 0..b {
+                            let base = (smp * c + ch) * plane;
+                            s += xs[base..base + plane]
+                                .iter()
+                                .map(|&v| v as f64)
+                                .sum::<f64>();
+                        }
+                        let m = s / n as f64;
+                        let mut q = 0.0f64;
+                        for smp in 0..b {
+                            let base = (smp * c + ch) * plane;
+                            q += xs[base..base + plane]
+                                .iter()
+                                .map(|&v| (v as f64 - m) * (v as f64 - m))
+                                .sum::<f64>();
+                        }
+                        (m, q / n as f64)
+                    })
+                    .collect()
+            });
+            for (ch, &(m, var)) in stats.iter().enumerate() {
+                md[ch] = m as f32;
+                id[ch] = (1.0 / (var + bn.eps).sqrt()) as f32;
+            }
+            for smp in 0..b {
+                for ch in 0..c {
+                    let base = (smp * c + ch) * plane;
+                    let (m, inv, g, bt) = (md[ch], id[ch], gamma[ch], beta[ch]);
+                    for k in base..base + plane {
+                        od[k] = (xd[k] - m) * inv * g + bt;
+                    }
+                }
+            }
+            if let Some(bufs) = &self.bn[i] {
+                let mom = bn.momentum as f32;
+                let mut rm = bufs.running_mean.data_mut();
+                let mut rv = bufs.running_var.data_mut();
+                for (ch, &(m, var)) in stats.iter().enumerate() {
+                    rm[ch] = (1.0 - mom) * rm[ch] + mom * m as f32;
+                    let unbiased = var * n as f64 / (n as f64 - 1.0);
+                    rv[ch] = (1.0 - mom) * rv[ch] + mom * unbiased as f32;
+                }
+                bufs.num_batches_tracked.borrow_mut()[0] += 1;
+            }
+        }
+        let t = Tape::Bn {
+            x: Saved::new(x),
+            mean: Saved::new(&mean),
+            invstd: Saved::new(&invstd),
+        };
+        Ok((out, Some(t)))
+    }
+
+    fn maxpool_forward(
+        &self,
+        i: usize,
+        x: &Tensor,
+        p: &vramlab_graph::Pool2d,
+    ) -> (Tensor, Rc<Buf<i64>>) {
+        let b = x.shape[0];
+        let os = self.out_shape(i, b);
+        let (c, h, w, ho, wo) = (x.shape[1], x.shape[2], x.shape[3], os[2], os[3]);
+        let out = Tensor::zeros(&self.tracker, &os, None);
+        let idx = Buf::<i64>::zeros(&self.tracker, b * c * ho * wo, None);
+        {
+            let xd = x.data();
+            let mut od = out.data_mut();
+            let mut id = idx.borrow_mut();
+            for pl in 0..b * c {
+                let src = &xd[pl * h * w..(pl + 1) * h * w];
+                for oy in 0..ho {
+                    for ox in 0..wo {
+                        let mut best = f32::NEG_INFINITY;
+                        let mut at = -1i64;
+                        for ky in 0..p.kernel_size.0 {
+                            let iy = (oy * p.stride.0 + ky * p.dilation.0) as isize
+                                - p.padding.0 as isize;
+                            if iy < 0 || iy as usize >= h {
+                                continue;
+                            }
+                            for kx in 0..p.kernel_size.1 {
+                                let ix = (ox * p.stride.1 + kx * p.dilation.1) as isize
+                                    - p.padding.1 as isize;
+                                if ix < 0 || ix as usize >= w {
+                                    continue;
+                                }
+                                let k = iy as usize * w + ix as usize;
+                                let v = src[k];
+                                if v > best || v.is_nan() || at < 0 {
+                                    best = v;
+                                    at = k as i64;
+                                }
+                            }
+                        }
+                        od[pl * ho * wo + oy * wo + ox] = best;
+                        id[pl * ho * wo + oy * wo + ox] = at;
+                    }
+                }
+            }
+        }
+        (out, idx)
+    }
+
+    fn avgpool_forward(&self, i: usize, x: &Tensor, p: &vramlab_graph::Pool2d) -> Tensor {
+        let b = x.shape[0];
+        let os = self.out_shape(i, b);
+        let (c, h, w, ho, wo) = (x.shape[1], x.shape[2], x.shape[3], os[2], os[3]);
+        let out = Tensor::zeros(&self.tracker, &os, None);
+        {
+            let xd = x.data();
+            let mut od = out.data_mut();
+            for pl in 0..b * c {
+                for oy in 0..ho {
+                    for ox in 0..wo {
+                        let (ys, xs) = (
+                            (oy * p.stride.0) as isize - p.padding.0 as isize,
+                            (ox * p.stride.1) as isize - p.padding.1 as isize,
+                        );
+                        let (ye, xe) = (
+                            (ys + p.kernel_size.0 as isize).min((h + p.padding.0) as isize),
+                            (xs + p.kernel_size.1 as isize).min((w + p.padding.1) as isize),
+                        );
+                        let pool_size = ((ye - ys) * (xe - xs)) as f32;
+                        let (y0, x0, y1, x1) = (
+                            ys.max(0) as usize,
+                            xs.max(0) as usize,
+                            (ye.min(h as isize)) as usize,
+                            (xe.min(w as isize)) as usize,
+                        );
+                        let mut s = 0.0;
+                        for y in y0..y1 {
+                            for xx in x0..x1 {
+                                s += xd[pl * h * w + y * w + xx];
+                            }
+                        }
+                        let div = if p.count_include_pad {
+                            pool_size
+                        } else {
+                            ((y1 - y0) * (x1 - x0)) as f32
+                        };
+                        od[pl * ho * wo + oy * wo + ox] = s / div;
+                    }
+                }
+            }
+        }
+        out
+    }
+
+    fn adaptive_forward(&self, i: usize, x: &Tensor) -> Tensor {
+        let b = x.shape[0];
+        let os = self.out_shape(i, b);
+        let (c, h, w, ho, wo) = (x.shape[1], x.shape[2], x.shape[3], os[2], os[3]);
+        let out = Tensor::zeros(&self.tracker, &os, None);
+        {
+            let xd = x.data();
+            let mut od = out.data_mut();
+            for pl in 0..b * c {
+                for oy in 0..ho {
+                    let (y0, y1) = adaptive_window(oy, h, ho);
+                    for ox in 0..wo {
+                        let (x0, x1) = adaptive_window(ox, w, wo);
+                        let mut s = 0.0;
+                        for y in y0..y1 {
+                            for xx in x0..x1 {
+                                s += xd[pl * h * w + y * w + xx];
+                            }
+                        }
+                        od[pl * ho * wo + oy * wo + ox] = s / ((y1 - y0) * (x1 - x0)) as f32;
+                    }
+                }
+            }
+        }
+        out
+    }
+}
+
+/// Log-softmax of each row.
+fn log_softmax(logits: &[f32], k: usize, out: &mut [f32]) {
+    for (row, o) in logits.chunks(k).zip(out.chunks_mut(k)) {
+        let m = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+        let s: f32 = row.iter().map(|&v| (v - m).exp()).sum();
+        let ls = m + s.ln();
+        for (o, &v) in o.iter_mut().zip(row) {
+            *o = v - ls;
+        }
+    }
+}
+
+impl Engine {
+    /// One training step: zero_grad, forward, cross-entropy, backward, optimizer. The
+    /// memory of the step is measured by category.
+    pub fn train_step(
+        &mut self,
+        images: &Tensor,
+        labels: &[i64],
+    ) -> Result<StepResult, EngineError> {
+        self.tracker.reset_peak();
+        let before = self.tracker.live();
+        let (loss, correct) = self.gradients(images, labels)?;
+        self.tracker.set_phase(Phase::Optimizer);
+        self.optimizer_step();
+        let peak = self.tracker.peak().expect("the step allocated");
+        let after = self.tracker.live();
+        Ok(StepResult {
+            loss,
+            correct,
+            memory: StepMemory {
+                before_step: before,
+                peak,
+                after_step: after,
+            },
+        })
+    }
+
+    /// zero_grad, forward, cross-entropy and backward: the gradients are in
+    /// `params[i].grad`. Returns the mean loss and the number of correct predictions.
+    pub fn gradients(
+        &mut self,
+        images: &Tensor,
+        labels: &[i64],
+    ) -> Result<(f32, usize), EngineError> {
+        let k = self.graph.num_classes();
+        if let Some(&bad) = labels.iter().find(|&&l| l < 0 || l as usize >= k) {
+            return Err(EngineError(format!(
+                "label {bad} is out of range for a model with {k} classes"
+            )));
+        }
+        let b = images.shape[0];
+        if labels.len() != b {
+            return Err(EngineError(format!(
+                "{} labels for a batch of {b} images",
+                labels.len()
+            )));
+        }
+        self.tracker.set_phase(Phase::Forward);
+        for p in &mut self.params {
+            p.grad = None;
+        }
+        let (logits, mut tape) = self.forward(images, true)?;
+        let ls = Tensor::zeros(&self.tracker, &[b, k], None);
+        log_softmax(&logits.data(), k, &mut ls.data_mut());
+        let ls = Saved::new(&ls);
+        let (mut loss, mut correct) = (0.0f64, 0);
+        {
+            let (ld, lg) = (ls.0.data(), logits.data());
+            for (r, &y) in labels.iter().enumerate() {
+                loss -= ld[r * k + y as usize] as f64;
+                let row = &lg[r * k..(r + 1) * k];
+                let arg = row
+                    .iter()
+                    .enumerate()
+                    .fold(0, |a, (j, &v)| if v > row[a] { j } else { a });
+                correct += usize::from(arg == y as usize);
+            }
+        }
+        drop(logits);
+        let loss = (loss / b as f64) as f32;
+        self.tracker.set_phase(Phase::Backward);
+        let g = Tensor::zeros(&self.tracker, &[b, k], None);
+        {
+            let mut gd = g.data_mut();
+            let ld = ls.0.data();
+            for (r, &y) in labels.iter().enumerate() {
+                for j in 0..k {
+                    gd[r * k + j] =
+                        (ld[r * k + j].exp() - if j == y as usize { 1.0 } else { 0.0 }) / b as f32;
+                }
+            }
+        }
+        drop(ls);
+        self.backward(&mut tape, g);
+        Ok((loss, correct))
+    }
+
+    /// The training-mode loss alone (no tape kept, no gradients).
+    pub fn loss(&mut self, images: &Tensor, labels: &[i64]) -> Result<f64, EngineError> {
+        let k = self.graph.num_classes();
+        let (logits, tape) = self.forward(images, true)?;
+        drop(tape);
+        let lg = logits.data();
+        let mut ls = vec![0.0f32; lg.len()];
+        log_softmax(&lg, k, &mut ls);
+        let loss: f64 = labels
+            .iter()
+            .enumerate()
+            .map(|(r, &y)| -(ls[r * k + y as usize] as f64))
+            .sum();
+        Ok(loss / labels.len() as f64)
+    }
+
+    fn backward(&mut self, tape: &mut [Option<Tape>], g_logits: Tensor) {
+        let n = self.graph.nodes().len();
+        let mut grads: Vec<Option<Tensor>> = vec![None; n];
+        grads[n - 1] = Some(g_logits);
+        for i in (1..n).rev() {
+            let Some(g) = grads[i].take() else {
+                tape[i] = None;
+                continue;
+            };
+            let node = self.graph.nodes()[i].clone();
+            let t = tape[i].take();
+            let p0 = self.first_param[i];
+            let need_in = self.requires_grad[node.inputs[0]];
+            // (input gradients by input position, parameter gradients by param index)
+            let mut ins: Vec<(usize, Tensor)> = Vec::new();
+            let mut pgs: Vec<(usize, Tensor)> = Vec::new();
+            match (&node.op, &t) {
+                (Op::Conv2d(c), Some(Tape::Conv { x })) => {
+                    let (gi, gw, gb) = self.conv_backward(i, &x.0, &g, p0, c.bias, need_in);
+                    ins.extend(gi.map(|t| (node.inputs[0], t)));
+                    pgs.push((p0, gw));
+                    pgs.extend(gb.map(|t| (p0 + 1, t)));
+                }
+                (Op::Linear(l), Some(Tape::Linear { x })) => {
+                    let (gi, gw, gb) = self.linear_backward(&x.0, &g, p0, l.bias, need_in);
+                    ins.extend(gi.map(|t| (node.inputs[0], t)));
+                    pgs.push((p0, gw));
+                    pgs.extend(gb.map(|t| (p0 + 1, t)));
+                }
+                (Op::BatchNorm2d(bn), Some(Tape::Bn { x, mean, invstd })) => {
+                    let (gi, gw, gb) =
+                        self.bn_backward(&x.0, &mean.0, &invstd.0, &g, p0, bn.affine, need_in);
+                    ins.extend(gi.map(|t| (node.inputs[0], t)));
+                    if let (Some(gw), Some(gb)) = (gw, gb) {
+                        pgs.push((p0, gw));
+                        pgs.push((p0 + 1, gb));
+                    }
+                }
+                (Op::ReLU { .. } | Op::ReLU6 { .. }, Some(Tape::Act { v })) => {
+                    let six = matches!(node.op, Op::ReLU6 { .. });
+                    let gi = Tensor::zeros(&self.tracker, &g.shape, None);
+                    gi.data_mut()
+                        .iter_mut()
+                        .zip(g.data().iter().zip(v.0.data().iter()))
+                        .for_each(|(o, (&gv, &vv))| {
+                            let pass = if six { vv > 0.0 && vv < 6.0 } else { vv > 0.0 };
+                            *o = if pass { gv } else { 0.0 };
+                        });
+                    ins.push((node.inputs[0], gi));
+                }
+                (Op::MaxPool2d(_), Some(Tape::MaxPool { x, idx })) => {
+                    let gi = Tensor::zeros(&self.tracker, &x.0.shape, None);
+                    {
+                        let plane_in: usize = x.0.shape[2..].iter().product();
+                        let plane_out: usize = g.shape[2..].iter().product();
+                        let mut gd = gi.data_mut();
+                        let (go, id) = (g.data(), idx.0.borrow());
+                        for pl in 0..x.0.shape[0] * x.0.shape[1] {
+                            for o in 0..plane_out {
+                                let at = id[pl * plane_out + o];
+                                if at >= 0 {
+                                    gd[pl * plane_in + at as usize] += go[pl * plane_out + o];
+                                }
+                            }
+                        }
+                    }
+                    ins.push((node.inputs[0], gi));
+                }
+                (Op::AvgPool2d(p), Some(Tape::Pool { x: Some(x) })) => {
+                    let gi = self.avgpool_backward(&x.0.shape, &g, p);
+                    ins.push((node.inputs[0], gi));
+                }
+                (Op::AdaptiveAvgPool2d { .. }, Some(Tape::Pool { .. })) => {
+                    let xs = self.out_shape(node.inputs[0], g.shape[0]);
+                    let gi = self.adaptive_backward(&xs, &g);
+                    ins.push((node.inputs[0], gi));
+                }
+                (Op::Dropout { .. }, Some(Tape::Dropout { mask })) => {
+                    let gi = Tensor::zeros(&self.tracker, &g.shape, None);
+                    gi.data_mut()
+                        .iter_mut()
+                        .zip(g.data().iter().zip(mask.0.data().iter()))
+                        .for_each(|(o, (a, m))| *o = a * m);
+                    ins.push((node.inputs[0], gi));
+                }
+                (Op::Flatten | Op::Dropout { .. }, Some(Tape::Pass)) => {
+                    let shape = self.out_shape(node.inputs[0], g.shape[0]);
+                    ins.push((
+                        node.inputs[0],
+                        Tensor {
+                            buf: Rc::clone(&g.buf),
+                            shape,
+                        },
+                    ));
+                }
+                (Op::Add { .. }, Some(Tape::Pass)) => {
+                    for &j in &node.inputs {
+                        if self.requires_grad[j] {
+                            ins.push((j, g.clone()));
+                        }
+                    }
+                }
+                _ => {}
+            }
+            drop(g);
+            drop(t);
+            for (j, gi) in ins {
+                if !self.requires_grad[j] {
+                    continue;
+                }
+                grads[j] = Some(match grads[j].take() {
+                    None => gi,
+                    Some(old) => accumulate(&self.tracker, old, gi),
+                });
+            }
+            for (p, gp) in pgs {
+                match &self.params[p].grad {
+                    None => self.params[p].grad = Some(gp),
+                    Some(old) => {
+                        old.data_mut()
+                            .iter_mut()
+                            .zip(gp.data().iter())
+                            .for_each(|(a, b)| *a += b);
+                    }
+                }
+            }
+        }
+    }
+
+    #[allow(clippy::type_complexity)]
+    fn conv_backward(
+        &self,
+        i: usize,
+        x: &Tensor,
+        gout: &Tensor,
+        p0: usize,
+        bias: bool,
+        need_in: bool,
+    ) -> (Option<Tensor>, Tensor, Option<Tensor>) {
+        let g = self.geom(i);
+        let b = x.shape[0];
+        let gi = need_in.then(|| Tensor::zeros(&self.tracker, &x.shape, None));
+        let wshape = self.params[p0].value.shape.clone();
+        let wsize: usize = wshape.iter().product();
+        let gw = Tensor::zeros(&self.tracker, &wshape, Some(Category::Grads));
+        let gb = bias.then(|| Tensor::zeros(&self.tracker, &[g.cout], Some(Category::Grads)));
+        let chunks = self.chunks(b);
+        let per_chunk = b.div_ceil(chunks);
+        let k = g.k();
+        let hw = g.hw_out();
+        let col = (!g.is_pointwise()).then(|| self.scratch(chunks * k * hw));
+        let partial = self.scratch(chunks * (wsize + g.cout));
+        {
+            let w = self.params[p0].value.data();
+            let xd = x.data();
+            let gd = gout.data();
+            let mut gid = gi.as_ref().map(|t| t.data_mut());
+            let mut cold = col.as_ref().map(|c| c.data_mut());
+            let mut pd = partial.data_mut();
+            let in_per = g.cin * g.in_plane();
+            let out_per = g.cout * hw;
+            let cog = g.cout / g.groups;
+            let col_chunks: Vec<Option<&mut [f32]>> = match cold.as_deref_mut() {
+                Some(c) => c.chunks_mut(k * hw).map(Some).collect(),
+                None => (0..chunks).map(|_| None).collect(),
+            };
+            let gi_chunks: Vec<Option<&mut [f32]>> = match gid.as_deref_mut() {
+                Some(d) => d.chunks_mut(per_chunk * in_per).map(Some).collect(),
+                None => (0..chunks).map(|_| None).collect(),
+            };
+            let w = &w[..];
+            let (pds, xd, gd): (&mut [f32], &[f32], &[f32]) = (&mut pd[..], &xd[..], &gd[..]);
+            self.pool.install(|| {
+                pds.par_chunks_mut(wsize + g.cout)
+                    .zip(xd.par_chunks(per_chunk * in_per))
+                    .zip(gd.par_chunks(per_chunk * out_per))
+                    .zip(col_chunks.into_par_iter())
+                    .zip(gi_chunks.into_par_iter())
+                    .for_each(|((((part, xc), gc), mut colbuf), mut gic)| {
+                        let (pw, pb) = part.split_at_mut(wsize);
+                        for (s, (xs, gs)) in xc.chunks(in_per).zip(gc.chunks(out_per)).enumerate() {
+                            for (co, plane) in gs.chunks(hw).enumerate() {
+                                pb[co] += plane.iter().sum::<f32>();
+                            }
+                            for grp in 0..g.groups {
+                                let gg = &gs[grp * cog * hw..(grp + 1) * cog * hw];
+                                let pwg = &mut pw[grp * cog * k..(grp + 1) * cog * k];
+                                let wg = &w[grp * cog * k..(grp + 1) * cog * k];
+                                match colbuf.as_deref_mut() {
+                                    Some(cb) => {
+                                        kernels::im2col(xs, &g, grp, cb);
+                                        // dW_g += dY_g [cog x hw] * col^T [hw x k]
+                                        gemm(
+                                            cog,
+                                            hw,
+                                            k,
+                                            gg,
+                                            (hw as isize, 1),
+                                            cb,
+                                            (1, hw as isize),
+                                            pwg,
+                                            (k as isize, 1),
+                                            1.0,
+                                        );
+                                        if let Some(gis) = gic.as_deref_mut() {
+                                            // col = W_g^T [k x cog] * dY_g [cog x hw]
+                                            gemm(
+                                                k,
+                                                cog,
+                                                hw,
+                                                wg,
+                                                (1, k as isize),
+                                                gg,
+                                                (hw as isize, 1),
+                                                cb,
+                                                (hw as isize, 1),
+                                                0.0,
+                                            );
+                                            kernels::col2im_add(
+                                                cb,
+                                                &g,
+                                                grp,
+                                                &mut gis[s * in_per..(s + 1) * in_per],
+                                            );
+                                        }
+                                    }
+                                    None => {
+                                        let xg = &xs[grp * k * hw..(grp + 1) * k * hw];
+                                        gemm(
+                                            cog,
+                                            hw,
+                                            k,
+                                            gg,
+                                            (hw as isize, 1),
+                                            xg,
+                                            (1, hw as isize),
+                                            pwg,
+                                            (k as isize, 1),
+                                            1.0,
+                                        );
+                                        if let Some(gis) = gic.as_deref_mut() {
+                                            let dst = &mut gis[s * in_per + grp * k * hw
+                                                ..s * in_per + (grp + 1) * k * hw];
+                                            gemm(
+                                                k,
+                                                cog,
+                                                hw,
+                                                wg,
+                                                (1, k as isize),
+                                                gg,
+                                                (hw as isize, 1),
+                                                dst,
+                                                (hw as isize, 1),
+                                                0.0,
+                                            );
+                                        }
+                                    }
+                                }
+                            }
+                        }
+                    });
+            });
+            let mut gwd = gw.data_mut();
+            for part in pd.chunks(wsize + g.cout) {
+                gwd.iter_mut()
+                    .zip(&part[..wsize])
+                    .for_each(|(a, b)| *a += b);
+            }
+            if let Some(gb) = &gb {
+                let mut gbd = gb.data_mut();
+                for part in pd.chunks(wsize + g.cout) {
+                    gbd.iter_mut()
+                        .zip(&part[wsize..])
+                        .for_each(|(a, b)| *a += b);
+                }
+            }
+        }
+        drop(col);
+        drop(partial);
+        (gi, gw, gb)
+    }
+
+    #[allow(clippy::type_complexity)]
+    fn linear_backward(
+        &self,
+        x: &Tensor,
+        gout: &Tensor,
+        p0: usize,
+        bias: bool,
+        need_in: bool,
+    ) -> (Option<Tensor>, Tensor, Option<Tensor>) {
+        let b = x.shape[0];
+        let (inf, outf) = (x.shape[1], gout.shape[1]);
+        let gi = need_in.then(|| Tensor::zeros(&self.tracker, &x.shape, None));
+        let gw = Tensor::zeros(&self.tracker, &[outf, inf], Some(Category::Grads));
+        let gb = bias.then(|| Tensor::zeros(&self.tracker, &[outf], Some(Category::Grads)));
+        {
+            let w = self.params[p0].value.data();
+            let (xd, gd) = (x.data(), gout.data());
+            let (w, xd, gd) = (&w[..], &xd[..], &gd[..]);
+            let chunks = self.chunks(b);
+            let threads = self.threads;
+            let mut gid = gi.as_ref().map(|t| t.data_mut());
+            let gis: Option<&mut [f32]> = gid.as_deref_mut().map(|v| &mut v[..]);
+            let mut gwd = gw.data_mut();
+            let gws: &mut [f32] = &mut gwd[..];
+            self.pool.install(|| {
+                if let Some(gis) = gis {
+                    let rows = b.div_ceil(chunks);
+                    gis.par_chunks_mut(rows * inf)
+                        .zip(gd.par_chunks(rows * outf))
+                        .for_each(|(o, gc)| {
+                            let m = gc.len() / outf;
+                            gemm(
+                                m,
+                                outf,
+                                inf,
+                                gc,
+                                (outf as isize, 1),
+                                w,
+                                (inf as isize, 1),
+                                o,
+                                (inf as isize, 1),
+                                0.0,
+                            );
+                        });
+                }
+                // dW [out x in] = dY^T [out x B] * X [B x in], split by output rows.
+                let rows = outf.div_ceil(threads);
+                gws.par_chunks_mut(rows * inf)
+                    .enumerate()
+                    .for_each(|(ci, o)| {
+                        let m = o.len() / inf;
+                        let gslice = &gd[ci * rows..];
+                        gemm(
+                            m,
+                            b,
+                            inf,
+                            gslice,
+                            (1, outf as isize),
+                            xd,
+                            (inf as isize, 1),
+                            o,
+                            (inf as isize, 1),
+                            0.0,
+                        );
+                    });
+            });
+            if let Some(gb) = &gb {
+                let mut gbd = gb.data_mut();
+                for row in gd.chunks(outf) {
+                    gbd.iter_mut().zip(row).for_each(|(a, b)| *a += b);
+                }
+            }
+        }
+        (gi, gw, gb)
+    }
+
+    #[allow(clippy::too_many_arguments, clippy::type_complexity)]
+    fn bn_backward(
+        &self,
+        x: &Tensor,
+        mean: &Tensor,
+        invstd: &Tensor,
+        gout: &Tensor,
+        p0: usize,
+        affine: bool,
+        need_in: bool,
+    ) -> (Option<Tensor>, Option<Tensor>, Option<Tensor>) {
+        let (b, c) = (x.shape[0], x.shape[1]);
+        let plane: usize = x.shape[2..].iter().product();
+        let n = (b * plane) as f32;
+        let gi = need_in.then(|| Tensor::zeros(&self.tracker, &x.shape, None));
+        let gw = affine.then(|| Tensor::zeros(&self.tracker, &[c], Some(Category::Grads)));
+        let gb = affine.then(|| Tensor::zeros(&self.tracker, &[c], Some(Category::Grads)));
+        let gamma: Vec<f32> = if affine {
+            self.params[p0].value.data().clone()
+        } else {
+            vec![1.0; c]
+        };
+        let (xd, gd, md, id) = (x.data(), gout.data(), mean.data(), invstd.data());
+        let sums: Vec<(f32, f32)> = (0..c)
+            .map(|ch| {
+                let (mut sg, mut sgx) = (0.0f64, 0.0f64);
+                for s in 0..b {
+                    let base = (s * c + ch) * plane;
+                    for k in base..base + plane {
+                        sg += gd[k] as f64;
+                        sgx += (gd[k] * (xd[k] - md[ch]) * id[ch]) as f64;
+                    }
+                }
+                (sg as f32, sgx as f32)
+            })
+            .collect();
+        if let (Some(gw), Some(gb)) = (&gw, &gb) {
+            let (mut w, mut bb) = (gw.data_mut(), gb.data_mut());
+            for (ch, &(sg, sgx)) in sums.iter().enumerate() {
+                w[ch] = sgx;
+                bb[ch] = sg;
+            }
+        }
+        if let Some(gi) = &gi {
+            let mut o = gi.data_mut();
+            for s in 0..b {
+                for ch in 0..c {
+                    let (sg, sgx) = sums[ch];
+                    let scale = gamma[ch] * id[ch] / n;
+                    let base = (s * c + ch) * plane;
+                    for k in base..base + plane {
+                        let xhat = (xd[k] - md[ch]) * id[ch];
+                        o[k] = scale * (n * gd[k] - sg - xhat * sgx);
+                    }
+                }
+            }
+        }
+        (gi, gw, gb)
+    }
+
+    fn avgpool_backward(&self, xs: &[usize], gout: &Tensor, p: &vramlab_graph::Pool2d) -> Tensor {
+        let gi = Tensor::zeros(&self.tracker, xs, None);
+        let (c, h, w, ho, wo) = (xs[1], xs[2], xs[3], gout.shape[2], gout.shape[3]);
+        {
+            let mut gd = gi.data_mut();
+            let go = gout.data();
+            for pl in 0..xs[0] * c {
+                for oy in 0..ho {
+                    for ox in 0..wo {
+                        let (ys, xs0) = (
+                            (oy * p.stride.0) as isize - p.padding.0 as isize,
+                            (ox * p.stride.1) as isize - p.padding.1 as isize,
+                        );
+                        let (ye, xe) = (
+                            (ys + p.kernel_size.0 as isize).min((h + p.padding.0) as isize),
+                            (xs0 + p.kernel_size.1 as isize).min((w + p.padding.1) as isize),
+                        );
+                        let pool_size = ((ye - ys) * (xe - xs0)) as f32;
+                        let (y0, x0, y1, x1) = (
+                            ys.max(0) as usize,
+                            xs0.max(0) as usize,
+                            ye.min(h as isize) as usize,
+                            xe.min(w as isize) as usize,
+                        );
+                        let div = if p.count_include_pad {
+                            pool_size
+                        } else {
+                            ((y1 - y0) * (x1 - x0)) as f32
+                        };
+                        let v = go[pl * ho * wo + oy * wo + ox] / div;
+                        for y in y0..y1 {
+                            for xx in x0..x1 {
+                                gd[pl * h * w + y * w + xx] += v;
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        gi
+    }
+
+    fn adaptive_backward(&self, xs: &[usize], gout: &Tensor) -> Tensor {
+        let gi = Tensor::zeros(&self.tracker, xs, None);
+        let (c, h, w, ho, wo) = (xs[1], xs[2], xs[3], gout.shape[2], gout.shape[3]);
+        {
+            let mut gd = gi.data_mut();
+            let go = gout.data();
+            for pl in 0..xs[0] * c {
+                for oy in 0..ho {
+                    let (y0, y1) = adaptive_window(oy, h, ho);
+                    for ox in 0..wo {
+                        let (x0, x1) = adaptive_window(ox, w, wo);
+                        let v = go[pl * ho * wo + oy * wo + ox] / ((y1 - y0) * (x1 - x0)) as f32;
+                        for y in y0..y1 {
+                            for xx in x0..x1 {
+                                gd[pl * h * w + y * w + xx] += v;
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        gi
+    }
+
+    fn optimizer_step(&mut self) {
+        self.step += 1;
+        if self
+            .params
+            .iter()
+            .any(|p| p.grad.is_some() && p.state.is_empty())
+            && self.optimizer.moments() > 0
+        {
+            self.init_state();
+        }
+        let cfg = self.optimizer.clone();
+        let step = self.step;
+        for p in &mut self.params {
+            let Some(g) = &p.grad else { continue };
+            let mut states: Vec<Vec<f32>> = p
+                .state
+                .iter()
+                .map(|s| std::mem::take(&mut *s.data_mut()))
+                .collect();
+            optim::update(&cfg, step, &mut p.value.data_mut(), &g.data(), &mut states);
+            for (s, v) in p.state.iter().zip(states) {
+                *s.data_mut() = v;
+            }
+        }
+    }
+
+    /// Logits of a batch in eval mode (no tape, BatchNorm on running statistics).
+    pub fn predict(&mut self, images: &Tensor) -> Result<Vec<f32>, EngineError> {
+        let (logits, _) = self.forward(images, false)?;
+        let v = logits.data().clone();
+        Ok(v)
+    }
+}
+
+/// Adds two gradients for the same tensor: in place into one nobody else holds, else
+/// into a new buffer.
+fn accumulate(tracker: &Rc<Tracker>, old: Tensor, new: Tensor) -> Tensor {
+    if old.unique() {
+        old.data_mut()
+            .iter_mut()
+            .zip(new.data().iter())
+            .for_each(|(a, b)| *a += b);
+        old
+    } else if new.unique() {
+        new.data_mut()
+            .iter_mut()
+            .zip(old.data().iter())
+            .for_each(|(a, b)| *a += b);
+        new
+    } else {
+        let s = Tensor::zeros(tracker, &old.shape, None);
+        s.data_mut()
+            .iter_mut()
+            .zip(old.data().iter().zip(new.data().iter()))
+            .for_each(|(o, (a, b))| *o = a + b);
+        s
+    }
+}
