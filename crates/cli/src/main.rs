@@ -149,6 +149,9 @@ pub struct PlanArgs {
     /// Memory the CUDA context takes outside PyTorch's counters (default 512MiB).
     #[arg(long, value_name = "SIZE")]
     pub cuda_context: Option<String>,
+    /// The native profile: threads of vramlab's engine (its scratch buffers scale with them).
+    #[arg(long, value_name = "N")]
+    pub threads: Option<usize>,
 }
 
 impl PlanArgs {
@@ -205,6 +208,12 @@ impl PlanArgs {
             return Err(UserError("--accumulation-steps must be at least 1".into()));
         }
         cfg.accumulation_steps = self.accumulation_steps;
+        if let Some(t) = self.threads {
+            if t == 0 {
+                return Err(UserError("--threads must be at least 1".into()));
+            }
+            cfg.threads = t;
+        }
         cfg.cuda_context_bytes = self
             .cuda_context
             .as_deref()

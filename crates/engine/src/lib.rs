@@ -11,7 +11,8 @@
 //! let g = vramlab_graph::zoo::build("lenet5", &Default::default()).unwrap().infer().unwrap();
 //! let mut e = Engine::new(g, OptimizerConfig::named("adam", None).unwrap(), 0, 1).unwrap();
 //! let x = e.batch(vec![0.5; 4 * 28 * 28], 4).unwrap();
-//! let r = e.train_step(&x, &[0, 1, 2, 3]).unwrap();
+//! let y = e.labels(vec![0, 1, 2, 3]);
+//! let r = e.train_step(&x, &y).unwrap();
 //! assert!(r.loss > 0.0 && r.memory.peak.bytes > 0);
 //! ```
 //!

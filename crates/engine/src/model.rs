@@ -249,6 +249,11 @@ impl Engine {
         ))
     }
 
+    /// Labels as a tracked int64 buffer on the "device" (part of the data batch).
+    pub fn labels(&self, labels: Vec<i64>) -> Rc<Buf<i64>> {
+        Buf::from_vec(&self.tracker, labels, Some(Category::DataBatch))
+    }
+
     fn out_shape(&self, i: usize, b: usize) -> Vec<usize> {
         let mut s = vec![b];
         s.extend_from_slice(&self.graph.shapes[i]);
@@ -845,11 +850,12 @@ impl Engine {
     pub fn train_step(
         &mut self,
         images: &Tensor,
-        labels: &[i64],
+        labels: &Buf<i64>,
     ) -> Result<StepResult, EngineError> {
+        let labels = labels.borrow().clone();
         self.tracker.reset_peak();
         let before = self.tracker.live();
-        let (loss, correct) = self.gradients(images, labels)?;
+        let (loss, correct) = self.gradients(images, &labels)?;
         self.tracker.set_phase(Phase::Optimizer);
         self.optimizer_step();
         let peak = self.tracker.peak().expect("the step allocated");
@@ -890,9 +896,11 @@ impl Engine {
             p.grad = None;
         }
         let (logits, mut tape) = self.forward(images, true)?;
-        let ls = Tensor::zeros(&self.tracker, &[b, k], None);
-        log_softmax(&logits.data(), k, &mut ls.data_mut());
-        let ls = Saved::new(&ls);
+        let ls = {
+            let t = Tensor::zeros(&self.tracker, &[b, k], None);
+            log_softmax(&logits.data(), k, &mut t.data_mut());
+            Saved::new(&t)
+        };
         let (mut loss, mut correct) = (0.0f64, 0);
         {
             let (ld, lg) = (ls.0.data(), logits.data());

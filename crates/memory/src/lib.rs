@@ -22,6 +22,7 @@
 //! Main types: [`PlanConfig`] in, [`MemoryReport`] out, through [`plan`].
 
 pub mod fit;
+mod native;
 mod optim;
 pub mod sim;
 mod train;
@@ -331,6 +332,8 @@ pub struct PlanConfig {
     pub cuda_context_bytes: Option<u128>,
     /// Keep the whole timeline (for plots); off for batch-size searches.
     pub record_timeline: bool,
+    /// Threads of vramlab's engine (the `native` profile's scratch buffers scale with them).
+    pub threads: usize,
 }
 
 /// The CUDA context's default size: an estimate, as it depends on the driver, the GPU
@@ -349,6 +352,7 @@ impl PlanConfig {
             accumulation_steps: 1,
             cuda_context_bytes: None,
             record_timeline: false,
+            threads: std::thread::available_parallelism().map_or(1, |n| n.get()),
         }
     }
 }
@@ -415,6 +419,9 @@ pub struct MemoryReport {
 
 /// Plans the memory of training (or inference) for `graph` under `cfg`.
 pub fn plan(graph: &Shaped, cfg: &PlanConfig) -> Result<MemoryReport, PlanError> {
+    if cfg.profile == Profile::Native {
+        return native::run(graph, cfg);
+    }
     train::run(graph, cfg).map(|(report, _)| report)
 }
 

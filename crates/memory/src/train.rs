@@ -82,7 +82,7 @@ pub(crate) fn run(g: &Shaped, cfg: &PlanConfig) -> Result<(MemoryReport, Vec<u12
     }
     if cfg.profile == Profile::Native {
         return Err(PlanError::Config(
-            "the `native` profile needs vramlab's CPU engine, which is not built yet; use pytorch-cuda or pytorch-cpu".into(),
+            "this report is for the pytorch-cuda and pytorch-cpu profiles".into(),
         ));
     }
     let implementation = cfg

@@ -1,0 +1,512 @@
+//! The `native` profile: vramlab's own CPU engine (`crates/engine`), step by step. The
+//! engine keeps for backward what PyTorch keeps; what differs is its schedule: backward
+//! in reverse graph order, scratch buffers for convolutions (im2col columns and
+//! per-thread weight-gradient partials, one set per batch chunk), gradients added in
+//! place when nobody else holds them, in-place optimizers with no temporaries, a loss
+//! that is a number rather than a tensor. The engine samples its peak at every
+//! allocation, so this simulation marks a boundary after every allocation too.
+
+use vramlab_graph::{Op, Shaped};
+
+use crate::sim::{Sid, Sim};
+use crate::{
+    Category, MemoryReport, Mode, OptimizerKind, Phase, PlanConfig, PlanError, Precision,
+    StepReport,
+};
+
+const F32: u128 = 4;
+
+struct Native<'a> {
+    g: &'a Shaped,
+    sim: Sim,
+    b: u128,
+    chunks: u128,
+    requires: Vec<bool>,
+    first_param: Vec<usize>,
+    grads: Vec<Option<Sid>>,
+}
+
+/// What one node keeps for backward (storages), as the engine's tape.
+type Tape = Vec<Sid>;
+
+impl Native<'_> {
+    fn alloc(&mut self, bytes: u128, cat: Option<Category>, label: &'static str) -> Sid {
+        let s = self.sim.alloc(bytes, cat);
+        self.sim.boundary(label);
+        s
+    }
+
+    fn numel(&self, i: usize) -> u128 {
+        self.g.numel(i)
+    }
+
+    fn save(&mut self, tape: &mut Tape, s: Sid) {
+        self.sim.save(s);
+        tape.push(s);
+    }
+
+    fn release(&mut self, tape: Tape) {
+        for s in tape {
+            self.sim.unsave(s);
+        }
+    }
+
+    /// (k rows of im2col, output plane) of a convolution node, and whether it is 1x1.
+    fn conv_geom(&self, i: usize) -> (u128, u128, bool) {
+        let Op::Conv2d(c) = &self.g.nodes()[i].op else {
+            unreachable!("a conv")
+        };
+        let k = (c.in_channels / c.groups * c.kernel_size.0 * c.kernel_size.1) as u128;
+        let hw = (self.g.shapes[i][1] * self.g.shapes[i][2]) as u128;
+        let pointwise = c.kernel_size == (1, 1) && c.stride == (1, 1) && c.padding == (0, 0);
+        (k, hw, pointwise)
+    }
+
+    fn forward(&mut self, image: Sid, train: bool) -> Result<(Sid, Vec<Option<Tape>>), PlanError> {
+        let g = self.g;
+        let n = g.nodes().len();
+        let b = self.b;
+        let mut vals: Vec<Option<Sid>> = vec![None; n];
+        let mut tapes: Vec<Option<Tape>> = vec![None; n];
+        self.sim.incref(image);
+        vals[0] = Some(image);
+        for i in 1..n {
+            let node = &g.nodes()[i];
+            self.sim.layer = i;
+            let x = vals[node.inputs[0]].expect("inputs first");
+            let rg = train && self.requires[node.inputs[0]];
+            let out_bytes = b * self.numel(i) * F32;
+            let mut tape: Tape = Vec::new();
+            let mut recorded = false;
+            let out = match &node.op {
+                Op::Input => unreachable!("node 0"),
+                Op::Conv2d(_) => {
+                    let out = self.alloc(out_bytes, None, "conv2d");
+                    let (k, hw, pointwise) = self.conv_geom(i);
+                    if !pointwise {
+                        let col = self.alloc(self.chunks * k * hw * F32, None, "im2col");
+                        self.sim.decref(col);
+                    }
+                    if train {
+                        self.save(&mut tape, x);
+                        recorded = true;
+                    }
+                    out
+                }
+                Op::Linear(_) => {
+                    let out = self.alloc(out_bytes, None, "linear");
+                    if train {
+                        self.save(&mut tape, x);
+                        recorded = true;
+                    }
+                    out
+                }
+                Op::BatchNorm2d(bn) => {
+                    let out = self.alloc(out_bytes, None, "batch_norm");
+                    if train {
+                        let spatial: u128 = g.shapes[i][1..].iter().map(|&d| d as u128).product();
+                        if b * spatial <= 1 {
+                            // Same check and message as the engine, which frees `out` first.
+                            self.sim.decref(out);
+                            return Err(PlanError::Framework {
+                                layer: node.name.clone(),
+                                message: format!(
+                                    "Expected more than 1 value per channel when training, got input size torch.Size([{}])",
+                                    std::iter::once(b.to_string()).chain(g.shapes[i].iter().map(|d| d.to_string())).collect::<Vec<_>>().join(", ")
+                                ),
+                            });
+                        }
+                        let c = bn.num_features as u128 * F32;
+                        let mean = self.alloc(c, None, "batch_norm");
+                        let invstd = self.alloc(c, None, "batch_norm");
+                        self.save(&mut tape, x);
+                        self.save(&mut tape, mean);
+                        self.save(&mut tape, invstd);
+                        self.sim.decref(mean);
+                        self.sim.decref(invstd);
+                        recorded = true;
+                    }
+                    out
+                }
+                Op::ReLU { inplace } | Op::ReLU6 { inplace } => {
+                    let six = matches!(node.op, Op::ReLU6 { .. });
+                    let out = if *inplace {
+                        self.sim.incref(x);
+                        x
+                    } else {
+                        self.alloc(out_bytes, None, "relu")
+                    };
+                    if rg {
+                        let keep = if six && !inplace { x } else { out };
+                        self.save(&mut tape, keep);
+                        recorded = true;
+                    }
+                    out
+                }
+                Op::MaxPool2d(_) => {
+                    let out = self.alloc(out_bytes, None, "max_pool2d");
+                    let idx = self.alloc(b * self.numel(i) * 8, None, "max_pool2d");
+                    if rg {
+                        self.save(&mut tape, x);
+                        self.save(&mut tape, idx);
+                        recorded = true;
+                    }
+                    self.sim.decref(idx);
+                    out
+                }
+                Op::AvgPool2d(_) | Op::AdaptiveAvgPool2d { .. } => {
+                    let out = self.alloc(out_bytes, None, "avg_pool2d");
+                    if rg {
+                        if !matches!(
+                            node.op,
+                            Op::AdaptiveAvgPool2d {
+                                output_size: (1, 1)
+                            }
+                        ) {
+                            self.save(&mut tape, x);
+                        }
+                        recorded = true;
+                    }
+                    out
+                }
+                Op::Flatten => {
+                    self.sim.incref(x);
+                    recorded = rg;
+                    x
+                }
+                Op::Dropout { p, inplace } => {
+                    if !train || *p == 0.0 {
+                        self.sim.incref(x);
+                        recorded = rg;
+                        x
+                    } else {
+                        let mask = self.alloc(b * self.numel(i) * F32, None, "dropout");
+                        let out = if *inplace {
+                            self.sim.incref(x);
+                            x
+                        } else {
+                            self.alloc(out_bytes, None, "dropout")
+                        };
+                        if rg {
+                            self.save(&mut tape, mask);
+                            recorded = true;
+                        }
+                        self.sim.decref(mask);
+                        out
+                    }
+                }
+                Op::Add { inplace } => {
+                    let out = if *inplace {
+                        self.sim.incref(x);
+                        x
+                    } else {
+                        self.alloc(out_bytes, None, "add")
+                    };
+                    recorded =
+                        train && (self.requires[node.inputs[0]] || self.requires[node.inputs[1]]);
+                    out
+                }
+            };
+            vals[i] = Some(out);
+            tapes[i] = recorded.then_some(tape);
+            for &j in &node.inputs {
+                if g.consumers[j].last() == Some(&i) {
+                    let s = vals[j].take().expect("alive");
+                    self.sim.decref(s);
+                }
+            }
+        }
+        Ok((vals[n - 1].take().expect("last node ran"), tapes))
+    }
+
+    /// Adds a gradient for value `j`.
+    fn give(&mut self, j: usize, gi: Sid) {
+        if !self.requires[j] {
+            self.sim.decref(gi);
+            return;
+        }
+        self.grads[j] = Some(match self.grads[j].take() {
+            None => gi,
+            Some(old) => {
+                if self.sim.refs(old) == 1 {
+                    self.sim.decref(gi);
+                    old
+                } else if self.sim.refs(gi) == 1 {
+                    self.sim.decref(old);
+                    gi
+                } else {
+                    let bytes = self.sim.bytes(old);
+                    let s = self.alloc(bytes, None, "add");
+                    self.sim.decref(old);
+                    self.sim.decref(gi);
+                    s
+                }
+            }
+        });
+    }
+
+    fn backward(
+        &mut self,
+        tapes: &mut [Option<Tape>],
+        g_logits: Sid,
+        param_grads: &mut [Option<Sid>],
+    ) {
+        let g = self.g;
+        let n = g.nodes().len();
+        let b = self.b;
+        self.grads = vec![None; n];
+        self.grads[n - 1] = Some(g_logits);
+        for i in (1..n).rev() {
+            self.sim.layer = i;
+            let Some(gs) = self.grads[i].take() else {
+                if let Some(t) = tapes[i].take() {
+                    self.release(t);
+                }
+                continue;
+            };
+            let node = &g.nodes()[i];
+            let tape = tapes[i].take();
+            let x = node.inputs[0];
+            let need_in = self.requires[x];
+            let in_bytes = b * self.numel(x) * F32;
+            let p0 = self.first_param[i];
+            let mut ins: Vec<(usize, Sid)> = Vec::new();
+            let mut pgs: Vec<(usize, Sid)> = Vec::new();
+            if tape.is_some() {
+                match &node.op {
+                    Op::Conv2d(c) => {
+                        if need_in {
+                            ins.push((x, self.alloc(in_bytes, None, "conv2d_backward")));
+                        }
+                        let w = node.op.params()[0].numel() * F32;
+                        pgs.push((p0, self.alloc(w, Some(Category::Grads), "conv2d_backward")));
+                        if c.bias {
+                            pgs.push((
+                                p0 + 1,
+                                self.alloc(
+                                    c.out_channels as u128 * F32,
+                                    Some(Category::Grads),
+                                    "conv2d_backward",
+                                ),
+                            ));
+                        }
+                        let (k, hw, pointwise) = self.conv_geom(i);
+                        let col = (!pointwise)
+                            .then(|| self.alloc(self.chunks * k * hw * F32, None, "im2col"));
+                        let part = self.alloc(
+                            self.chunks * (w / F32 + c.out_channels as u128) * F32,
+                            None,
+                            "partials",
+                        );
+                        if let Some(col) = col {
+                            self.sim.decref(col);
+                        }
+                        self.sim.decref(part);
+                    }
+                    Op::Linear(_) | Op::BatchNorm2d(_) => {
+                        if need_in {
+                            ins.push((x, self.alloc(in_bytes, None, "backward")));
+                        }
+                        for (k, spec) in node.op.params().iter().enumerate() {
+                            pgs.push((
+                                p0 + k,
+                                self.alloc(spec.numel() * F32, Some(Category::Grads), "backward"),
+                            ));
+                        }
+                    }
+                    Op::ReLU { .. }
+                    | Op::ReLU6 { .. }
+                    | Op::MaxPool2d(_)
+                    | Op::AvgPool2d(_)
+                    | Op::AdaptiveAvgPool2d { .. } => {
+                        ins.push((x, self.alloc(in_bytes, None, "backward")));
+                    }
+                    Op::Dropout { p, .. }
+                        if *p > 0.0 && !tape.as_ref().is_some_and(|t| t.is_empty()) =>
+                    {
+                        ins.push((x, self.alloc(in_bytes, None, "backward")));
+                    }
+                    Op::Flatten | Op::Dropout { .. } => {
+                        self.sim.incref(gs);
+                        ins.push((x, gs));
+                    }
+                    Op::Add { .. } => {
+                        for &j in &node.inputs {
+                            if self.requires[j] {
+                                self.sim.incref(gs);
+                                ins.push((j, gs));
+                            }
+                        }
+                    }
+                    Op::Input => {}
+                }
+            }
+            self.sim.decref(gs);
+            if let Some(t) = tape {
+                self.release(t);
+            }
+            for (j, s) in ins {
+                self.give(j, s);
+            }
+            for (p, s) in pgs {
+                match param_grads[p] {
+                    None => param_grads[p] = Some(s),
+                    Some(_) => self.sim.decref(s),
+                }
+            }
+        }
+    }
+}
+
+/// The native profile's report.
+pub(crate) fn run(g: &Shaped, cfg: &PlanConfig) -> Result<MemoryReport, PlanError> {
+    if cfg.batch_size == 0 {
+        return Err(PlanError::Config(
+            "batch size must be at least 1, got 0".into(),
+        ));
+    }
+    if cfg.precision != Precision::Fp32 || cfg.checkpoint_segments > 1 || cfg.accumulation_steps > 1
+    {
+        return Err(PlanError::Config(
+            "the native profile (vramlab's CPU engine) trains in fp32 without checkpointing or accumulation".into(),
+        ));
+    }
+    let b = cfg.batch_size as u128;
+    let threads = cfg.threads.max(1) as u128;
+    let mut requires = Vec::new();
+    let mut first_param = Vec::new();
+    let mut nparams = 0;
+    for n in g.nodes() {
+        first_param.push(nparams);
+        let ps = n.op.params();
+        nparams += ps.len();
+        let inputs_require = n.inputs.iter().any(|&j| requires[j]);
+        requires.push(!ps.is_empty() || inputs_require);
+    }
+    let mut st = Native {
+        g,
+        sim: Sim::new(1, 0, cfg.record_timeline),
+        b,
+        chunks: threads.min(b).max(1),
+        requires,
+        first_param,
+        grads: Vec::new(),
+    };
+    let mut param_bytes = Vec::new();
+    let mut buffer_bytes = 0;
+    for n in g.nodes() {
+        for p in n.op.params() {
+            st.sim.alloc(p.bytes(), Some(Category::Params));
+            param_bytes.push(p.bytes());
+        }
+        for buf in n.op.buffers() {
+            buffer_bytes += buf.bytes();
+            st.sim.alloc(buf.bytes(), Some(Category::Buffers));
+        }
+    }
+    let moments = match cfg.optimizer.kind {
+        OptimizerKind::Sgd => usize::from(cfg.optimizer.momentum != 0.0),
+        OptimizerKind::Adam | OptimizerKind::AdamW => 2 + usize::from(cfg.optimizer.amsgrad),
+        OptimizerKind::RmsProp => {
+            1 + usize::from(cfg.optimizer.momentum > 0.0) + usize::from(cfg.optimizer.centered)
+        }
+        OptimizerKind::Adagrad => 1,
+    };
+    let mut state_made = false;
+    let make_state = |sim: &mut Sim| {
+        for &bytes in &param_bytes {
+            for _ in 0..moments {
+                sim.alloc(bytes, Some(Category::OptimizerState));
+                sim.boundary("zeros");
+            }
+        }
+    };
+    if cfg.mode == Mode::Train && cfg.optimizer.kind == OptimizerKind::Adagrad {
+        make_state(&mut st.sim);
+        state_made = true;
+    }
+    let image_bytes = b * g.numel(0) * F32;
+    let image = st.sim.alloc(image_bytes, Some(Category::DataBatch));
+    let mut batch_bytes = image_bytes;
+    if cfg.mode == Mode::Train {
+        st.sim.alloc(b * 8, Some(Category::DataBatch));
+        batch_bytes += b * 8;
+    }
+    let names: Vec<String> = g
+        .nodes()
+        .iter()
+        .map(|n| n.name.clone())
+        .chain(["cross_entropy".to_string(), "optimizer.step".to_string()])
+        .collect();
+    let (loss_layer, opt_layer) = (g.nodes().len(), g.nodes().len() + 1);
+    let mut param_grads: Vec<Option<Sid>> = vec![None; nparams];
+    let mut steps = Vec::new();
+    let n_steps = if cfg.mode == Mode::Train { 2 } else { 1 };
+    let k = g.num_classes() as u128;
+    for step in 1..=n_steps {
+        st.sim.reset_peak();
+        let before = st.sim.live();
+        st.sim.phase = Phase::Forward;
+        if cfg.mode == Mode::Inference {
+            let (out, _) = st.forward(image, false)?;
+            st.sim.decref(out);
+        } else {
+            for pg in param_grads.iter_mut() {
+                if let Some(s) = pg.take() {
+                    st.sim.decref(s);
+                }
+            }
+            let (logits, mut tapes) = st.forward(image, true)?;
+            st.sim.layer = loss_layer;
+            let ls = st.alloc(b * k * F32, None, "log_softmax");
+            st.sim.save(ls);
+            st.sim.decref(ls);
+            st.sim.decref(logits);
+            st.sim.phase = Phase::Backward;
+            let gl = st.alloc(b * k * F32, None, "cross_entropy_backward");
+            st.sim.unsave(ls);
+            st.backward(&mut tapes, gl, &mut param_grads);
+            st.sim.phase = Phase::Optimizer;
+            st.sim.layer = opt_layer;
+            if !state_made && moments > 0 && param_grads.iter().any(|g| g.is_some()) {
+                make_state(&mut st.sim);
+                state_made = true;
+            }
+        }
+        let after = st.sim.live();
+        let peak = st.sim.peak().cloned().expect("a step allocates");
+        steps.push(StepReport {
+            step,
+            peak_bytes: peak.bytes,
+            peak_phase: peak.phase,
+            peak_at: format!("{} ({})", names[peak.layer], peak.op),
+            peak_layer: names[peak.layer].clone(),
+            peak_op: peak.op.to_string(),
+            before_step: before,
+            at_peak: peak.at,
+            after_step: after,
+        });
+    }
+    Ok(MemoryReport {
+        model: g.graph.name.clone(),
+        input_shape: g.graph.input_shape.clone(),
+        batch_size: cfg.batch_size,
+        profile: cfg.profile,
+        optimizer: cfg.optimizer.describe(),
+        precision: cfg.precision,
+        mode: cfg.mode,
+        num_params: g.num_params(),
+        param_bytes: param_bytes.iter().sum(),
+        buffer_bytes,
+        batch_bytes,
+        context_bytes: 0,
+        peak_bytes: steps.iter().map(|s| s.peak_bytes).max().unwrap_or(0),
+        steps,
+        timeline: st.sim.take_timeline().map(|mut t| {
+            for p in &mut t {
+                p.layer = names[p.layer_index].clone();
+            }
+            t
+        }),
+    })
+}
