@@ -8,6 +8,7 @@ mod fmt;
 mod memory_cmd;
 mod models_cmd;
 mod tour;
+mod train_cmd;
 
 use clap::{Args, Parser, Subcommand};
 use vramlab_graph::{parse_shape, ModelOptions, Shaped};
@@ -62,6 +63,19 @@ enum Command {
         after_help = "Examples:\n  vramlab fit resnet50 --input 3x224x224 --gpu h100\n  vramlab fit simple_cnn --memory 8GiB --optimizer sgd --momentum 0.9 --target-batch 4096\n  vramlab fit vgg16 --memory 2GiB --json"
     )]
     Fit(fit_cmd::FitArgs),
+    /// Train a model on a dataset with vramlab's CPU engine; shows measured vs planned memory.
+    #[command(
+        after_help = "Examples:\n  vramlab train lenet5 --data fashion-mnist --epochs 2 --batch-size 64 --optimizer adam --lr 1e-3\n  vramlab train simple_cnn --data cifar10 --root ~/data --checkpoint run.safetensors\n  vramlab train simple_cnn --data cifar10 --root ~/data --resume run.safetensors --epochs 4"
+    )]
+    Train(train_cmd::TrainArgs),
+    /// Accuracy and loss of a checkpoint on a dataset split.
+    #[command(
+        after_help = "Example:\n  vramlab eval --checkpoint run.safetensors --data fashion-mnist"
+    )]
+    Eval(train_cmd::EvalArgs),
+    /// Top-5 classes of an image with a checkpoint.
+    #[command(after_help = "Example:\n  vramlab predict --checkpoint run.safetensors boot.png")]
+    Predict(train_cmd::PredictArgs),
     /// Image datasets: info, stats, show, fetch.
     #[command(subcommand)]
     Data(data_cmd::DataCommand),
@@ -80,6 +94,11 @@ enum BenchCommand {
         after_help = "Example:\n  vramlab bench loader --data fashion-mnist --batch-size 64 --json"
     )]
     Loader(data_cmd::LoaderBenchArgs),
+    /// Training images/s of the CPU engine on random data, after warm-up.
+    #[command(
+        after_help = "Example:\n  vramlab bench train simple_cnn --batch-size 64 --threads 2 --json"
+    )]
+    Train(train_cmd::BenchTrainArgs),
 }
 
 /// The model to use: a zoo name or a model file, with its input shape.
@@ -237,6 +256,10 @@ fn main() {
         Command::Data(data_cmd::DataCommand::Show(a)) => data_cmd::show_cmd(&a),
         Command::Data(data_cmd::DataCommand::Fetch(a)) => data_cmd::fetch_cmd(&a),
         Command::Bench(BenchCommand::Loader(a)) => data_cmd::bench_loader(&a),
+        Command::Bench(BenchCommand::Train(a)) => train_cmd::bench_train(&a),
+        Command::Train(a) => train_cmd::train(&a),
+        Command::Eval(a) => train_cmd::eval(&a),
+        Command::Predict(a) => train_cmd::predict(&a),
     };
     if let Err(UserError(msg)) = result {
         eprintln!("error: {msg}");

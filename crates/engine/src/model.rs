@@ -209,6 +209,13 @@ impl Engine {
         self.threads
     }
 
+    /// Allocates the optimizer state if it does not exist yet (a resumed checkpoint).
+    pub fn ensure_state(&mut self) {
+        if self.optimizer.moments() > 0 {
+            self.init_state();
+        }
+    }
+
     fn init_state(&mut self) {
         let k = self.optimizer.moments();
         let v0 = self.optimizer.initial_state_value();
