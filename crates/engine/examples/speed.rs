@@ -14,7 +14,7 @@ fn main() {
     let per: usize = g.shapes[0].iter().product();
     let mut e = Engine::new(g, OptimizerConfig::named("adam", None).unwrap(), 0, threads).unwrap();
     let labels = e.labels((0..batch).map(|i| (i % 10) as i64).collect());
-    let mut run = |n: usize, e: &mut Engine| {
+    let run = |n: usize, e: &mut Engine| {
         let t = Instant::now();
         for _ in 0..n {
             let x = e.batch(vec![0.1; batch * per], batch).unwrap();
@@ -29,4 +29,10 @@ fn main() {
         "{model} batch {batch} threads {threads}: {:.0} images/s",
         (steps * batch) as f64 / s
     );
+    let total: f64 = e.op_seconds.values().sum();
+    let mut v: Vec<_> = e.op_seconds.iter().collect();
+    v.sort_by(|a, b| b.1.total_cmp(a.1));
+    for (k, t) in v {
+        println!("  {k:<28} {:>5.1} %", 100.0 * t / total);
+    }
 }

@@ -84,6 +84,25 @@ impl ConvGeom {
     }
 }
 
+/// The output columns `[lo, hi)` whose input column `ox * stride + offset` lies inside
+/// `0..width`.
+fn valid_range(width: usize, out: usize, stride: usize, offset: isize) -> (usize, usize) {
+    // ox * stride + offset >= 0  and  < width
+    let lo = if offset >= 0 {
+        0
+    } else {
+        ((-offset) as usize).div_ceil(stride)
+    };
+    let hi = if (width as isize) <= offset {
+        0
+    } else {
+        ((width as isize - offset) as usize)
+            .div_ceil(stride)
+            .min(out)
+    };
+    (lo.min(hi), hi)
+}
+
 /// im2col of group `g` of one sample: `col[K x HoWo]`.
 pub fn im2col(x: &[f32], g: &ConvGeom, group: usize, col: &mut [f32]) {
     let cg = g.cin / g.groups;
@@ -94,32 +113,24 @@ pub fn im2col(x: &[f32], g: &ConvGeom, group: usize, col: &mut [f32]) {
         for ky in 0..g.kh {
             for kx in 0..g.kw {
                 let out = &mut col[row * hw..(row + 1) * hw];
+                let off = (kx * g.dw) as isize - g.pw as isize;
+                let (lo, hi) = valid_range(g.w, g.wo, g.sw, off);
                 for oy in 0..g.ho {
                     let iy = (oy * g.sh + ky * g.dh) as isize - g.ph as isize;
                     let dst = &mut out[oy * g.wo..(oy + 1) * g.wo];
                     if iy < 0 || iy as usize >= g.h {
-                        dst.iter_mut().for_each(|v| *v = 0.0);
+                        dst.fill(0.0);
                         continue;
                     }
                     let src = &plane[iy as usize * g.w..(iy as usize + 1) * g.w];
-                    if g.sw == 1 && g.dw == 1 {
-                        let off = kx as isize - g.pw as isize;
-                        for (ox, d) in dst.iter_mut().enumerate() {
-                            let ix = ox as isize + off;
-                            *d = if ix >= 0 && (ix as usize) < g.w {
-                                src[ix as usize]
-                            } else {
-                                0.0
-                            };
-                        }
+                    dst[..lo].fill(0.0);
+                    dst[hi..].fill(0.0);
+                    if g.sw == 1 {
+                        let s0 = (lo as isize + off) as usize;
+                        dst[lo..hi].copy_from_slice(&src[s0..s0 + (hi - lo)]);
                     } else {
-                        for (ox, d) in dst.iter_mut().enumerate() {
-                            let ix = (ox * g.sw + kx * g.dw) as isize - g.pw as isize;
-                            *d = if ix >= 0 && (ix as usize) < g.w {
-                                src[ix as usize]
-                            } else {
-                                0.0
-                            };
+                        for (ox, d) in dst.iter_mut().enumerate().take(hi).skip(lo) {
+                            *d = src[(ox as isize * g.sw as isize + off) as usize];
                         }
                     }
                 }
@@ -139,16 +150,23 @@ pub fn col2im_add(col: &[f32], g: &ConvGeom, group: usize, dx: &mut [f32]) {
         for ky in 0..g.kh {
             for kx in 0..g.kw {
                 let src = &col[row * hw..(row + 1) * hw];
+                let off = (kx * g.dw) as isize - g.pw as isize;
+                let (lo, hi) = valid_range(g.w, g.wo, g.sw, off);
                 for oy in 0..g.ho {
                     let iy = (oy * g.sh + ky * g.dh) as isize - g.ph as isize;
                     if iy < 0 || iy as usize >= g.h {
                         continue;
                     }
                     let drow = &mut plane[iy as usize * g.w..(iy as usize + 1) * g.w];
-                    for ox in 0..g.wo {
-                        let ix = (ox * g.sw + kx * g.dw) as isize - g.pw as isize;
-                        if ix >= 0 && (ix as usize) < g.w {
-                            drow[ix as usize] += src[oy * g.wo + ox];
+                    let srow = &src[oy * g.wo..(oy + 1) * g.wo];
+                    if g.sw == 1 {
+                        let s0 = (lo as isize + off) as usize;
+                        for (d, v) in drow[s0..s0 + (hi - lo)].iter_mut().zip(&srow[lo..hi]) {
+                            *d += v;
+                        }
+                    } else {
+                        for ox in lo..hi {
+                            drow[(ox as isize * g.sw as isize + off) as usize] += srow[ox];
                         }
                     }
                 }
@@ -163,4 +181,92 @@ pub fn adaptive_window(i: usize, input: usize, output: usize) -> (usize, usize) 
     let start = (i * input) / output;
     let end = ((i + 1) * input).div_ceil(output);
     (start, end)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The plain definition, element by element.
+    fn im2col_reference(x: &[f32], g: &ConvGeom, group: usize) -> Vec<f32> {
+        let cg = g.cin / g.groups;
+        let mut col = Vec::new();
+        for ci in group * cg..(group + 1) * cg {
+            for ky in 0..g.kh {
+                for kx in 0..g.kw {
+                    for oy in 0..g.ho {
+                        for ox in 0..g.wo {
+                            let iy = (oy * g.sh + ky * g.dh) as isize - g.ph as isize;
+                            let ix = (ox * g.sw + kx * g.dw) as isize - g.pw as isize;
+                            let inside =
+                                iy >= 0 && ix >= 0 && (iy as usize) < g.h && (ix as usize) < g.w;
+                            col.push(if inside {
+                                x[ci * g.h * g.w + iy as usize * g.w + ix as usize]
+                            } else {
+                                0.0
+                            });
+                        }
+                    }
+                }
+            }
+        }
+        col
+    }
+
+    #[test]
+    fn im2col_and_col2im_match_the_definition_for_strides_paddings_dilations() {
+        for (s, p, d, groups) in [
+            (1, 0, 1, 1),
+            (1, 2, 1, 1),
+            (2, 1, 1, 2),
+            (3, 3, 2, 1),
+            (2, 0, 3, 2),
+        ] {
+            let (cin, h, w, k) = (4, 9, 11, 3);
+            let ho = (h + 2 * p - d * (k - 1) - 1) / s + 1;
+            let wo = (w + 2 * p - d * (k - 1) - 1) / s + 1;
+            let g = ConvGeom {
+                cin,
+                h,
+                w,
+                cout: 4,
+                kh: k,
+                kw: k,
+                sh: s,
+                sw: s,
+                ph: p,
+                pw: p,
+                dh: d,
+                dw: d,
+                groups,
+                ho,
+                wo,
+            };
+            let x: Vec<f32> = (0..cin * h * w).map(|i| i as f32).collect();
+            for grp in 0..groups {
+                let mut col = vec![f32::NAN; g.k() * g.hw_out()];
+                im2col(&x, &g, grp, &mut col);
+                assert_eq!(
+                    col,
+                    im2col_reference(&x, &g, grp),
+                    "s{s} p{p} d{d} g{groups}"
+                );
+                // col2im is the adjoint: <im2col(x), c> == <x, col2im(c)>.
+                let c: Vec<f32> = (0..col.len()).map(|i| (i % 7) as f32).collect();
+                let mut dx = vec![0.0; x.len()];
+                col2im_add(&c, &g, grp, &mut dx);
+                let lhs: f64 = col
+                    .iter()
+                    .zip(&c)
+                    .map(|(a, b)| (*a as f64) * (*b as f64))
+                    .sum();
+                let rhs: f64 = x
+                    .iter()
+                    .zip(&dx)
+                    .map(|(a, b)| (*a as f64) * (*b as f64))
+                    .sum();
+                assert_eq!(lhs, rhs);
+            }
+        }
+    }
 }

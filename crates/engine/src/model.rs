@@ -97,6 +97,8 @@ pub struct Engine {
     threads: usize,
     first_param: Vec<usize>,
     requires_grad: Vec<bool>,
+    /// Seconds spent per op kind ("forward Conv2d", "backward ReLU", "optimizer").
+    pub op_seconds: std::collections::BTreeMap<String, f64>,
 }
 
 /// Errors of the engine (bad input shapes, a failing BatchNorm).
@@ -198,6 +200,7 @@ impl Engine {
             threads,
             first_param,
             requires_grad,
+            op_seconds: Default::default(),
         };
         if e.optimizer.eager_state() {
             e.init_state();
@@ -318,6 +321,7 @@ impl Engine {
             let xin = vals[node.inputs[0]].clone().expect("inputs run first");
             let rg = train && self.requires_grad[node.inputs[0]];
             let p0 = self.first_param[i];
+            let t_op = std::time::Instant::now();
             let (out, t) = match &node.op {
                 Op::Input => unreachable!("node 0"),
                 Op::Conv2d(c) => {
@@ -467,6 +471,10 @@ impl Engine {
                 }
             };
             drop(xin);
+            *self
+                .op_seconds
+                .entry(format!("forward {}", node.op.type_name()))
+                .or_default() += t_op.elapsed().as_secs_f64();
             vals[i] = Some(out);
             tape[i] = t;
             for &j in &node.inputs {
@@ -731,37 +739,73 @@ impl Engine {
             let xd = x.data();
             let mut od = out.data_mut();
             let mut id = idx.borrow_mut();
-            for pl in 0..b * c {
-                let src = &xd[pl * h * w..(pl + 1) * h * w];
-                for oy in 0..ho {
-                    for ox in 0..wo {
-                        let mut best = f32::NEG_INFINITY;
-                        let mut at = -1i64;
-                        for ky in 0..p.kernel_size.0 {
-                            let iy = (oy * p.stride.0 + ky * p.dilation.0) as isize
-                                - p.padding.0 as isize;
-                            if iy < 0 || iy as usize >= h {
-                                continue;
+            let (xd, od, id): (&[f32], &mut [f32], &mut [i64]) =
+                (&xd[..], &mut od[..], &mut id[..]);
+            let simple = p.kernel_size == (2, 2)
+                && p.stride == (2, 2)
+                && p.padding == (0, 0)
+                && p.dilation == (1, 1);
+            let p = p.clone();
+            self.pool.install(|| {
+                od.par_chunks_mut(ho * wo)
+                    .zip(id.par_chunks_mut(ho * wo))
+                    .zip(xd.par_chunks(h * w))
+                    .for_each(|((o, ix), src)| {
+                        if simple {
+                            for oy in 0..ho {
+                                let (r0, r1) = (&src[2 * oy * w..], &src[(2 * oy + 1) * w..]);
+                                for ox in 0..wo {
+                                    let k = 2 * ox;
+                                    // PyTorch keeps the first maximum in scan order.
+                                    let (mut best, mut at) = (r0[k], 2 * oy * w + k);
+                                    if r0[k + 1] > best || r0[k + 1].is_nan() {
+                                        best = r0[k + 1];
+                                        at = 2 * oy * w + k + 1;
+                                    }
+                                    if r1[k] > best || r1[k].is_nan() {
+                                        best = r1[k];
+                                        at = (2 * oy + 1) * w + k;
+                                    }
+                                    if r1[k + 1] > best || r1[k + 1].is_nan() {
+                                        best = r1[k + 1];
+                                        at = (2 * oy + 1) * w + k + 1;
+                                    }
+                                    o[oy * wo + ox] = best;
+                                    ix[oy * wo + ox] = at as i64;
+                                }
                             }
-                            for kx in 0..p.kernel_size.1 {
-                                let ix = (ox * p.stride.1 + kx * p.dilation.1) as isize
-                                    - p.padding.1 as isize;
-                                if ix < 0 || ix as usize >= w {
-                                    continue;
+                            return;
+                        }
+                        for oy in 0..ho {
+                            for ox in 0..wo {
+                                let mut best = f32::NEG_INFINITY;
+                                let mut at = -1i64;
+                                for ky in 0..p.kernel_size.0 {
+                                    let iy = (oy * p.stride.0 + ky * p.dilation.0) as isize
+                                        - p.padding.0 as isize;
+                                    if iy < 0 || iy as usize >= h {
+                                        continue;
+                                    }
+                                    for kx in 0..p.kernel_size.1 {
+                                        let ixx = (ox * p.stride.1 + kx * p.dilation.1) as isize
+                                            - p.padding.1 as isize;
+                                        if ixx < 0 || ixx as usize >= w {
+                                            continue;
+                                        }
+                                        let k = iy as usize * w + ixx as usize;
+                                        let v = src[k];
+                                        if v > best || v.is_nan() || at < 0 {
+                                            best = v;
+                                            at = k as i64;
+                                        }
+                                    }
                                 }
-                                let k = iy as usize * w + ix as usize;
-                                let v = src[k];
-                                if v > best || v.is_nan() || at < 0 {
-                                    best = v;
-                                    at = k as i64;
-                                }
+                                o[oy * wo + ox] = best;
+                                ix[oy * wo + ox] = at;
                             }
                         }
-                        od[pl * ho * wo + oy * wo + ox] = best;
-                        id[pl * ho * wo + oy * wo + ox] = at;
-                    }
-                }
-            }
+                    });
+            });
         }
         (out, idx)
     }
@@ -972,6 +1016,7 @@ impl Engine {
             // (input gradients by input position, parameter gradients by param index)
             let mut ins: Vec<(usize, Tensor)> = Vec::new();
             let mut pgs: Vec<(usize, Tensor)> = Vec::new();
+            let t_op = std::time::Instant::now();
             match (&node.op, &t) {
                 (Op::Conv2d(c), Some(Tape::Conv { x })) => {
                     let (gi, gw, gb) = self.conv_backward(i, &x.0, &g, p0, c.bias, need_in);
@@ -1013,14 +1058,19 @@ impl Engine {
                         let plane_out: usize = g.shape[2..].iter().product();
                         let mut gd = gi.data_mut();
                         let (go, id) = (g.data(), idx.0.borrow());
-                        for pl in 0..x.0.shape[0] * x.0.shape[1] {
-                            for o in 0..plane_out {
-                                let at = id[pl * plane_out + o];
-                                if at >= 0 {
-                                    gd[pl * plane_in + at as usize] += go[pl * plane_out + o];
-                                }
-                            }
-                        }
+                        let (gd, go, id): (&mut [f32], &[f32], &[i64]) =
+                            (&mut gd[..], &go[..], &id[..]);
+                        self.pool.install(|| {
+                            gd.par_chunks_mut(plane_in)
+                                .zip(go.par_chunks(plane_out).zip(id.par_chunks(plane_out)))
+                                .for_each(|(gp, (gop, idp))| {
+                                    for (&at, &v) in idp.iter().zip(gop) {
+                                        if at >= 0 {
+                                            gp[at as usize] += v;
+                                        }
+                                    }
+                                })
+                        });
                     }
                     ins.push((node.inputs[0], gi));
                 }
@@ -1062,6 +1112,10 @@ impl Engine {
             }
             drop(g);
             drop(t);
+            *self
+                .op_seconds
+                .entry(format!("backward {}", node.op.type_name()))
+                .or_default() += t_op.elapsed().as_secs_f64();
             for (j, gi) in ins {
                 if !self.requires_grad[j] {
                     continue;
@@ -1441,6 +1495,12 @@ impl Engine {
     }
 
     fn optimizer_step(&mut self) {
+        let t_op = std::time::Instant::now();
+        self.optimizer_step_inner();
+        *self.op_seconds.entry("optimizer".into()).or_default() += t_op.elapsed().as_secs_f64();
+    }
+
+    fn optimizer_step_inner(&mut self) {
         self.step += 1;
         if self
             .params
