@@ -60,13 +60,17 @@ pub struct FitArgs {
     base_lr: Option<f64>,
     #[command(flatten)]
     plan: PlanArgs,
+    /// Draw memory against batch size, stacked by category, with the card and the
+    /// budget (.svg or .png).
+    #[arg(long, value_name = "FILE")]
+    plot: Option<std::path::PathBuf>,
     /// Print JSON instead of text.
     #[arg(long)]
     json: bool,
 }
 
 #[derive(Serialize)]
-struct FitJson {
+pub struct FitJson {
     model: String,
     input_shape: Vec<usize>,
     gpu: Option<String>,
@@ -110,11 +114,94 @@ pub fn fit(a: &FitArgs) -> Result<()> {
         fit: report,
         lr_advice: lr,
     };
+    if let Some(path) = &a.plot {
+        batch_chart(&g, &cfg, &out).save(path)?;
+    }
     if a.json {
         return print_json(&out);
     }
     print!("{}", render(&out));
+    if let Some(path) = &a.plot {
+        println!("\nPlot: {}", path.display());
+    }
     Ok(())
+}
+
+/// Memory against batch size, stacked by category, with the card and the budget.
+pub fn batch_chart(
+    g: &vramlab_graph::Shaped,
+    cfg: &vramlab_memory::PlanConfig,
+    o: &FitJson,
+) -> crate::plot::Chart {
+    use crate::plot::{Chart, HLine, Series, COLORS};
+    use vramlab_memory::Category;
+    let r = &o.fit;
+    let top = r
+        .max_batch_size
+        .map_or(64, |b| b.saturating_mul(2).max(32))
+        .min(fit::MAX_BATCH);
+    let mut batches: Vec<u64> = (0..=48)
+        .map(|i| ((top as f64 * i as f64 / 48.0).round() as u64).max(1))
+        .collect();
+    batches.dedup();
+    let gib = (1u64 << 30) as f64;
+    let mut series: Vec<Series> = Category::ALL
+        .iter()
+        .enumerate()
+        .map(|(i, c)| Series {
+            name: c.key().to_string(),
+            points: Vec::new(),
+            color: COLORS[i].to_string(),
+        })
+        .collect();
+    for b in batches {
+        let mut c = cfg.clone();
+        c.batch_size = b;
+        let Ok(rep) = vramlab_memory::plan(g, &c) else {
+            continue;
+        };
+        let s = rep
+            .steps
+            .iter()
+            .max_by_key(|s| s.peak_bytes)
+            .expect("a step");
+        for (i, cat) in Category::ALL.iter().enumerate() {
+            series[i]
+                .points
+                .push((b as f64, s.at_peak.get(*cat) as f64 / gib));
+        }
+    }
+    Chart {
+        title: format!(
+            "{} {}: peak memory by batch size ({}, {})",
+            o.model,
+            fmt_shape(&o.input_shape),
+            o.optimizer,
+            o.profile
+        ),
+        x_label: "batch size".into(),
+        y_label: "GiB at the peak".into(),
+        x_log: false,
+        stacked: true,
+        series,
+        hlines: vec![
+            HLine {
+                y: r.card_bytes as f64 / gib,
+                label: format!("card {}", bytes(r.card_bytes)),
+                color: "#c00000".into(),
+                dashed: false,
+            },
+            HLine {
+                y: r.budget_bytes as f64 / gib,
+                label: format!("{:.0} % budget", r.fraction * 100.0),
+                color: "#e08000".into(),
+                dashed: true,
+            },
+        ],
+        vline: r
+            .max_batch_size
+            .map(|b| (b as f64, format!("largest batch {}", thousands(b as u128)))),
+    }
 }
 
 fn render(o: &FitJson) -> String {

@@ -7,6 +7,7 @@ mod fit_cmd;
 mod fmt;
 mod memory_cmd;
 mod models_cmd;
+mod plot;
 mod tour;
 mod train_cmd;
 

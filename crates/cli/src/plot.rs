@@ -1,0 +1,368 @@
+//! Charts as SVG (written directly, with a font stack that renders CJK text) and as PNG
+//! (the same SVG rasterised by resvg with the system's fonts). Files are written through
+//! a temporary file and a rename.
+
+use std::fmt::Write as _;
+use std::path::Path;
+
+use crate::{Result, UserError};
+
+/// The fonts a chart asks for: Latin first, then common CJK families.
+pub const FONT_STACK: &str = "'DejaVu Sans', 'Noto Sans CJK SC', 'Noto Sans SC', 'WenQuanYi Micro Hei', 'Source Han Sans SC', 'PingFang SC', 'Microsoft YaHei', sans-serif";
+
+pub const COLORS: [&str; 8] = [
+    "#4c72b0", "#8172b3", "#dd8452", "#c44e52", "#55a868", "#da8bc3", "#937860", "#8c8c8c",
+];
+
+#[derive(Debug, Clone)]
+pub struct Series {
+    pub name: String,
+    pub points: Vec<(f64, f64)>,
+    pub color: String,
+}
+
+/// A horizontal reference line.
+#[derive(Debug, Clone)]
+pub struct HLine {
+    pub y: f64,
+    pub label: String,
+    pub color: String,
+    pub dashed: bool,
+}
+
+#[derive(Debug, Clone)]
+pub struct Chart {
+    pub title: String,
+    pub x_label: String,
+    pub y_label: String,
+    pub x_log: bool,
+    /// Stack the series as areas (each on top of the previous ones).
+    pub stacked: bool,
+    pub series: Vec<Series>,
+    pub hlines: Vec<HLine>,
+    pub vline: Option<(f64, String)>,
+}
+
+const W: f64 = 900.0;
+const H: f64 = 520.0;
+const L: f64 = 80.0;
+const R: f64 = 230.0;
+const T: f64 = 50.0;
+const B: f64 = 60.0;
+
+fn esc(s: &str) -> String {
+    s.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
+        .replace('"', "&quot;")
+}
+
+/// A round step for about `n` ticks over `span`.
+fn nice_step(span: f64, n: f64) -> f64 {
+    let raw = (span / n).max(f64::MIN_POSITIVE);
+    let mag = 10f64.powf(raw.log10().floor());
+    let f = raw / mag;
+    mag * if f < 1.5 {
+        1.0
+    } else if f < 3.5 {
+        2.0
+    } else if f < 7.5 {
+        5.0
+    } else {
+        10.0
+    }
+}
+
+fn fmt_tick(v: f64) -> String {
+    if v == 0.0 {
+        "0".into()
+    } else if v.abs() >= 1e4 || v.abs() < 1e-2 {
+        format!("{v:.0e}")
+    } else if v.fract() == 0.0 {
+        format!("{v:.0}")
+    } else {
+        let s = format!("{v:.3}");
+        s.trim_end_matches('0').trim_end_matches('.').to_string()
+    }
+}
+
+impl Chart {
+    /// The chart as a standalone SVG document.
+    pub fn svg(&self) -> String {
+        let mut tops: Vec<Vec<(f64, f64)>> = Vec::new();
+        for (i, s) in self.series.iter().enumerate() {
+            let pts: Vec<(f64, f64)> = if self.stacked && i > 0 {
+                s.points
+                    .iter()
+                    .zip(&tops[i - 1])
+                    .map(|(&(x, y), &(_, below))| (x, y + below))
+                    .collect()
+            } else {
+                s.points.clone()
+            };
+            tops.push(pts);
+        }
+        let all: Vec<(f64, f64)> = tops.iter().flatten().copied().collect();
+        let (mut x0, mut x1) = all
+            .iter()
+            .fold((f64::INFINITY, f64::NEG_INFINITY), |(a, b), &(x, _)| {
+                (a.min(x), b.max(x))
+            });
+        if !x0.is_finite() {
+            (x0, x1) = (0.0, 1.0);
+        }
+        if x1 <= x0 {
+            x1 = x0 + 1.0;
+        }
+        let mut y1 = all.iter().map(|p| p.1).fold(0.0f64, f64::max);
+        for h in &self.hlines {
+            y1 = y1.max(h.y);
+        }
+        y1 = if y1 <= 0.0 { 1.0 } else { y1 * 1.08 };
+        let y0 = if self.stacked {
+            0.0
+        } else {
+            all.iter()
+                .map(|p| p.1)
+                .fold(f64::INFINITY, f64::min)
+                .min(0.0)
+                .max(-1e300)
+        };
+        let lx = |x: f64| if self.x_log { x.max(1e-12).ln() } else { x };
+        let (lx0, lx1) = (lx(x0), lx(x1));
+        let px = |x: f64| L + (lx(x) - lx0) / (lx1 - lx0).max(1e-12) * (W - L - R);
+        let py = |y: f64| H - B - (y - y0) / (y1 - y0) * (H - T - B);
+        let mut s = String::new();
+        let _ = write!(
+            s,
+            r#"<svg xmlns="http://www.w3.org/2000/svg" width="{W}" height="{H}" viewBox="0 0 {W} {H}" font-family="{}" font-size="13"><rect width="100%" height="100%" fill="white"/>"#,
+            esc(FONT_STACK)
+        );
+        let _ = write!(
+            s,
+            r#"<text x="{}" y="28" font-size="17" font-weight="bold">{}</text>"#,
+            L,
+            esc(&self.title)
+        );
+        // Grid and ticks.
+        let step = nice_step(y1 - y0, 6.0);
+        let mut v = (y0 / step).ceil() * step;
+        while v <= y1 {
+            let y = py(v);
+            let _ = write!(
+                s,
+                r##"<line x1="{L}" y1="{y:.1}" x2="{:.1}" y2="{y:.1}" stroke="#e5e5e5"/><text x="{:.1}" y="{:.1}" text-anchor="end">{}</text>"##,
+                W - R,
+                L - 6.0,
+                y + 4.0,
+                fmt_tick(v)
+            );
+            v += step;
+        }
+        let xticks: Vec<f64> = if self.x_log {
+            let mut t = Vec::new();
+            let mut p = 10f64.powf(x0.max(1e-12).log10().floor());
+            while p <= x1 * 1.0001 {
+                for m in [1.0, 2.0, 5.0] {
+                    let v = p * m;
+                    if v >= x0 * 0.9999 && v <= x1 * 1.0001 {
+                        t.push(v);
+                    }
+                }
+                p *= 10.0;
+            }
+            t
+        } else {
+            let st = nice_step(x1 - x0, 8.0);
+            let mut t = Vec::new();
+            let mut v = (x0 / st).ceil() * st;
+            while v <= x1 {
+                t.push(v);
+                v += st;
+            }
+            t
+        };
+        for xt in xticks {
+            let x = px(xt);
+            let _ = write!(
+                s,
+                r##"<line x1="{x:.1}" y1="{:.1}" x2="{x:.1}" y2="{:.1}" stroke="#e5e5e5"/><text x="{x:.1}" y="{:.1}" text-anchor="middle">{}</text>"##,
+                T,
+                H - B,
+                H - B + 18.0,
+                fmt_tick(xt)
+            );
+        }
+        let _ = write!(
+            s,
+            r##"<line x1="{L}" y1="{:.1}" x2="{:.1}" y2="{:.1}" stroke="#333"/><line x1="{L}" y1="{T}" x2="{L}" y2="{:.1}" stroke="#333"/>"##,
+            H - B,
+            W - R,
+            H - B,
+            H - B
+        );
+        let _ = write!(
+            s,
+            r#"<text x="{:.1}" y="{:.1}" text-anchor="middle">{}</text>"#,
+            (L + W - R) / 2.0,
+            H - 18.0,
+            esc(&self.x_label)
+        );
+        let _ = write!(
+            s,
+            r#"<text x="18" y="{:.1}" text-anchor="middle" transform="rotate(-90 18 {:.1})">{}</text>"#,
+            (T + H - B) / 2.0,
+            (T + H - B) / 2.0,
+            esc(&self.y_label)
+        );
+        // Series.
+        for (i, (ser, pts)) in self.series.iter().zip(&tops).enumerate() {
+            if pts.is_empty() {
+                continue;
+            }
+            let line: Vec<String> = pts
+                .iter()
+                .map(|&(x, y)| format!("{:.1},{:.1}", px(x), py(y)))
+                .collect();
+            if self.stacked {
+                let below: Vec<String> = if i == 0 {
+                    vec![
+                        format!("{:.1},{:.1}", px(pts[pts.len() - 1].0), py(0.0)),
+                        format!("{:.1},{:.1}", px(pts[0].0), py(0.0)),
+                    ]
+                } else {
+                    tops[i - 1]
+                        .iter()
+                        .rev()
+                        .map(|&(x, y)| format!("{:.1},{:.1}", px(x), py(y)))
+                        .collect()
+                };
+                let _ = write!(
+                    s,
+                    r#"<polygon points="{} {}" fill="{}" fill-opacity="0.85" stroke="none"/>"#,
+                    line.join(" "),
+                    below.join(" "),
+                    ser.color
+                );
+            } else {
+                let _ = write!(
+                    s,
+                    r#"<polyline points="{}" fill="none" stroke="{}" stroke-width="2"/>"#,
+                    line.join(" "),
+                    ser.color
+                );
+                for &(x, y) in pts {
+                    let _ = write!(
+                        s,
+                        r#"<circle cx="{:.1}" cy="{:.1}" r="3" fill="{}"/>"#,
+                        px(x),
+                        py(y),
+                        ser.color
+                    );
+                }
+            }
+        }
+        for h in &self.hlines {
+            let y = py(h.y);
+            let dash = if h.dashed {
+                r#" stroke-dasharray="6 4""#
+            } else {
+                ""
+            };
+            let _ = write!(
+                s,
+                r#"<line x1="{L}" y1="{y:.1}" x2="{:.1}" y2="{y:.1}" stroke="{}" stroke-width="2"{dash}/><text x="{:.1}" y="{:.1}" fill="{}" text-anchor="end">{}</text>"#,
+                W - R,
+                h.color,
+                W - R - 4.0,
+                y - 5.0,
+                h.color,
+                esc(&h.label)
+            );
+        }
+        if let Some((xv, label)) = &self.vline {
+            let x = px(*xv);
+            let _ = write!(
+                s,
+                r##"<line x1="{x:.1}" y1="{T}" x2="{x:.1}" y2="{:.1}" stroke="#222" stroke-dasharray="3 3"/><text x="{:.1}" y="{:.1}" fill="#222" text-anchor="end">{}</text>"##,
+                H - B,
+                x - 4.0,
+                T + 14.0,
+                esc(label)
+            );
+        }
+        // Legend, top of the stack first.
+        let order: Vec<usize> = if self.stacked {
+            (0..self.series.len()).rev().collect()
+        } else {
+            (0..self.series.len()).collect()
+        };
+        for (row, &i) in order.iter().enumerate() {
+            let y = T + 10.0 + row as f64 * 20.0;
+            let _ = write!(
+                s,
+                r#"<rect x="{:.1}" y="{:.1}" width="12" height="12" fill="{}"/><text x="{:.1}" y="{:.1}">{}</text>"#,
+                W - R + 16.0,
+                y - 10.0,
+                self.series[i].color,
+                W - R + 34.0,
+                y,
+                esc(&self.series[i].name)
+            );
+        }
+        s.push_str("</svg>\n");
+        s
+    }
+
+    /// Writes `.svg` or `.png` (by extension), atomically.
+    pub fn save(&self, path: &Path) -> Result<()> {
+        let ext = path
+            .extension()
+            .map(|e| e.to_string_lossy().to_ascii_lowercase())
+            .unwrap_or_default();
+        let bytes = match ext.as_str() {
+            "svg" => self.svg().into_bytes(),
+            "png" => svg_to_png(&self.svg())?,
+            _ => {
+                return Err(UserError(format!(
+                    "{}: a plot is .svg or .png",
+                    path.display()
+                )))
+            }
+        };
+        write_atomic(path, &bytes)
+    }
+}
+
+/// Rasterises an SVG document with the system's fonts.
+pub fn svg_to_png(svg: &str) -> Result<Vec<u8>> {
+    use resvg::{tiny_skia, usvg};
+    let mut opt = usvg::Options::default();
+    opt.fontdb_mut().load_system_fonts();
+    let tree = usvg::Tree::from_str(svg, &opt)
+        .map_err(|e| UserError(format!("cannot render the chart: {e}")))?;
+    let size = tree.size().to_int_size();
+    let mut pixmap = tiny_skia::Pixmap::new(size.width(), size.height())
+        .ok_or_else(|| UserError("empty chart".into()))?;
+    resvg::render(&tree, tiny_skia::Transform::default(), &mut pixmap.as_mut());
+    pixmap
+        .encode_png()
+        .map_err(|e| UserError(format!("cannot encode the PNG: {e}")))
+}
+
+pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
+    let dir = path
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let tmp = dir.join(format!(".{name}.tmp-{}", std::process::id()));
+    let res = std::fs::write(&tmp, bytes).and_then(|_| std::fs::rename(&tmp, path));
+    if res.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    res.map_err(|e| UserError(format!("{}: cannot write: {e}", path.display())))
+}
