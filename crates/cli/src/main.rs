@@ -69,6 +69,9 @@ enum Command {
         after_help = "Examples:\n  vramlab train lenet5 --data fashion-mnist --epochs 2 --batch-size 64 --optimizer adam --lr 1e-3\n  vramlab train simple_cnn --data cifar10 --root ~/data --checkpoint run.safetensors\n  vramlab train simple_cnn --data cifar10 --root ~/data --resume run.safetensors --epochs 4"
     )]
     Train(train_cmd::TrainArgs),
+    /// Train once per batch size from the same seed: speed, loss, accuracy, noise, memory.
+    #[command(after_help = "Examples:\n  vramlab sweep lenet5 --data fashion-mnist --batch-sizes 16,64,256,1024 --epochs 1 --plot-dir sweep/\n  vramlab sweep simple_cnn --data cifar10 --root ~/data --samples 20000 --scale-lr sqrt --json")]
+    Sweep(train_cmd::SweepArgs),
     /// Accuracy and loss of a checkpoint on a dataset split.
     #[command(
         after_help = "Example:\n  vramlab eval --checkpoint run.safetensors --data fashion-mnist"
@@ -259,6 +262,7 @@ fn main() {
         Command::Bench(BenchCommand::Loader(a)) => data_cmd::bench_loader(&a),
         Command::Bench(BenchCommand::Train(a)) => train_cmd::bench_train(&a),
         Command::Train(a) => train_cmd::train(&a),
+        Command::Sweep(a) => train_cmd::sweep(&a),
         Command::Eval(a) => train_cmd::eval(&a),
         Command::Predict(a) => train_cmd::predict(&a),
     };

@@ -74,9 +74,19 @@ fn nice_step(span: f64, n: f64) -> f64 {
 }
 
 fn fmt_tick(v: f64) -> String {
+    let trim = |x: f64| {
+        let s = format!("{x:.2}");
+        s.trim_end_matches('0').trim_end_matches('.').to_string()
+    };
     if v == 0.0 {
         "0".into()
-    } else if v.abs() >= 1e4 || v.abs() < 1e-2 {
+    } else if v.abs() >= 1e9 {
+        format!("{}G", trim(v / 1e9))
+    } else if v.abs() >= 1e6 {
+        format!("{}M", trim(v / 1e6))
+    } else if v.abs() >= 1e4 {
+        format!("{}k", trim(v / 1e3))
+    } else if v.abs() < 1e-2 {
         format!("{v:.0e}")
     } else if v.fract() == 0.0 {
         format!("{v:.0}")
@@ -365,4 +375,41 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
         let _ = std::fs::remove_file(&tmp);
     }
     res.map_err(|e| UserError(format!("{}: cannot write: {e}", path.display())))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ticks_read_as_numbers_people_write() {
+        assert_eq!(fmt_tick(12_000.0), "12k");
+        assert_eq!(fmt_tick(2_500_000.0), "2.5M");
+        assert_eq!(fmt_tick(0.25), "0.25");
+        assert_eq!(fmt_tick(300.0), "300");
+        assert_eq!(nice_step(97.0, 6.0), 20.0);
+    }
+
+    #[test]
+    fn a_chart_is_valid_svg_with_its_labels_and_a_png_renders() {
+        let c = Chart {
+            title: "t <&> 显存".into(),
+            x_label: "batch".into(),
+            y_label: "GiB".into(),
+            x_log: false,
+            stacked: true,
+            series: vec![
+                Series { name: "a".into(), points: vec![(1.0, 1.0), (2.0, 2.0)], color: COLORS[0].into() },
+                Series { name: "b".into(), points: vec![(1.0, 0.5), (2.0, 0.5)], color: COLORS[1].into() },
+            ],
+            hlines: vec![HLine { y: 3.0, label: "card".into(), color: "#c00".into(), dashed: false }],
+            vline: Some((1.5, "max".into())),
+        };
+        let svg = c.svg();
+        assert!(svg.starts_with("<svg") && svg.trim_end().ends_with("</svg>"));
+        assert!(svg.contains("t &lt;&amp;&gt; 显存"));
+        assert!(svg.contains("Noto Sans CJK SC"));
+        let png = svg_to_png(&svg).unwrap();
+        assert_eq!(&png[1..4], b"PNG");
+    }
 }

@@ -863,3 +863,229 @@ pub fn bench_train(a: &BenchTrainArgs) -> Result<()> {
     );
     Ok(())
 }
+
+#[derive(Args)]
+pub struct SweepArgs {
+    /// A zoo model or a .toml model file.
+    pub model: String,
+    #[command(flatten)]
+    pub source: DataArg,
+    /// Batch sizes to train with, from the same seed.
+    #[arg(long, value_delimiter = ',', default_value = "16,64,256,1024")]
+    pub batch_sizes: Vec<usize>,
+    /// Epochs per batch size.
+    #[arg(long, default_value_t = 1, conflicts_with = "samples")]
+    pub epochs: usize,
+    /// Train on this many samples per batch size instead of whole epochs.
+    #[arg(long)]
+    pub samples: Option<usize>,
+    /// Scale the learning rate from the first batch size: linear, sqrt or none.
+    #[arg(long, default_value = "none")]
+    pub scale_lr: String,
+    #[command(flatten)]
+    pub optim: OptimArgs,
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    #[arg(long)]
+    pub threads: Option<usize>,
+    /// Write plots here: accuracy and speed against batch size, loss curves.
+    #[arg(long, value_name = "DIR")]
+    pub plot_dir: Option<PathBuf>,
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Serialize, Clone)]
+pub struct SweepRow {
+    pub batch_size: usize,
+    pub lr: f32,
+    pub steps: usize,
+    pub samples: usize,
+    pub seconds: f64,
+    pub images_per_s: f64,
+    pub final_train_loss: f64,
+    pub test_accuracy: Option<f64>,
+    /// Standard deviation of the per-step loss over the last quarter of the steps.
+    pub loss_noise: f64,
+    pub measured_peak_bytes: u128,
+    pub planned_peak_bytes: u128,
+    /// (samples seen, loss) after each step.
+    pub loss_curve: Vec<(usize, f32)>,
+}
+
+#[derive(Serialize)]
+pub struct SweepJson {
+    pub model: String,
+    pub dataset: String,
+    pub optimizer: String,
+    pub scale_lr: String,
+    pub rows: Vec<SweepRow>,
+}
+
+pub fn sweep(a: &SweepArgs) -> Result<()> {
+    if a.batch_sizes.is_empty() || a.batch_sizes.contains(&0) {
+        return Err(UserError("--batch-sizes needs positive sizes, e.g. 16,64,256,1024".into()));
+    }
+    if !["linear", "sqrt", "none"].contains(&a.scale_lr.as_str()) {
+        return Err(UserError(format!("--scale-lr `{}`: expected linear, sqrt or none", a.scale_lr)));
+    }
+    let ds = Arc::new(a.source.open()?);
+    let g = model_for(&a.model, &ds)?;
+    let threads = a.threads.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get())).max(1);
+    let (mean, std) = normalization("auto", &ds)?;
+    let base = a.batch_sizes[0] as f32;
+    let mut rows = Vec::new();
+    for &bs in &a.batch_sizes {
+        let mut opt = a.optim.engine()?;
+        let k = bs as f32 / base;
+        let factor = match a.scale_lr.as_str() {
+            "linear" => k,
+            "sqrt" => k.sqrt(),
+            _ => 1.0,
+        };
+        opt.set_lr(opt.lr() * factor);
+        let lr = opt.lr();
+        let mut e = Engine::new(g.clone(), opt, a.seed, threads)?;
+        let mut pcfg = PlanConfig::new(bs as u64);
+        pcfg.profile = Profile::Native;
+        pcfg.optimizer = a.optim.planner()?;
+        pcfg.threads = threads;
+        let planned = plan(&g, &pcfg)?.peak_bytes;
+        let pipeline = Pipeline::normalize(ds.shape, mean.clone(), std.clone())?;
+        let lcfg = LoaderConfig { batch_size: bs, shuffle: true, seed: a.seed, drop_last: false, workers: 1, prefetch: 4 };
+        let loader = Loader::new(Arc::clone(&ds), "train", pipeline, lcfg)?;
+        let budget = a.samples.unwrap_or(usize::MAX);
+        let epochs = if a.samples.is_some() { usize::MAX } else { a.epochs };
+        let (mut seen, mut steps, mut peak) = (0usize, 0usize, 0u128);
+        let mut curve = Vec::new();
+        let t0 = Instant::now();
+        'run: for epoch in 0..epochs {
+            for batch in loader.epoch(epoch as u64) {
+                let n = batch.labels.len();
+                let x = e.batch(batch.images, n)?;
+                let y = e.labels(batch.labels);
+                let r = e.train_step(&x, &y)?;
+                peak = peak.max(r.memory.peak.bytes);
+                seen += n;
+                steps += 1;
+                curve.push((seen, r.loss));
+                if !r.loss.is_finite() {
+                    break 'run;
+                }
+                if seen >= budget {
+                    break 'run;
+                }
+            }
+        }
+        let seconds = t0.elapsed().as_secs_f64();
+        let tail = &curve[curve.len() - (curve.len() / 4).max(1)..];
+        let m = tail.iter().map(|p| p.1 as f64).sum::<f64>() / tail.len() as f64;
+        let noise = (tail.iter().map(|p| (p.1 as f64 - m).powi(2)).sum::<f64>() / tail.len() as f64).sqrt();
+        let test_accuracy = if ds.test.is_some() { Some(evaluate(&mut e, &ds, "test", &mean, &std, 512)?.0) } else { None };
+        let row = SweepRow {
+            batch_size: bs,
+            lr,
+            steps,
+            samples: seen,
+            seconds,
+            images_per_s: seen as f64 / seconds,
+            final_train_loss: m,
+            test_accuracy,
+            loss_noise: noise,
+            measured_peak_bytes: peak,
+            planned_peak_bytes: planned,
+            loss_curve: curve,
+        };
+        if !a.json {
+            eprintln!(
+                "batch {bs}: {} steps, {} images/s, final loss {:.4}, test accuracy {}",
+                row.steps,
+                thousands(row.images_per_s as u128),
+                row.final_train_loss,
+                row.test_accuracy.map(|t| format!("{t:.4}")).unwrap_or_else(|| "-".into())
+            );
+        }
+        rows.push(row);
+    }
+    let out = SweepJson { model: g.graph.name.clone(), dataset: ds.name.clone(), optimizer: a.optim.optimizer.clone(), scale_lr: a.scale_lr.clone(), rows };
+    if let Some(dir) = &a.plot_dir {
+        std::fs::create_dir_all(dir).map_err(|e| UserError(format!("{}: cannot create: {e}", dir.display())))?;
+        for (name, chart) in sweep_charts(&out) {
+            chart.save(&dir.join(format!("{name}.svg")))?;
+            chart.save(&dir.join(format!("{name}.png")))?;
+        }
+    }
+    if a.json {
+        return print_json(&out);
+    }
+    let mut t = Table::new(
+        &["batch", "lr", "steps", "images/s", "final loss", "loss noise", "test acc", "measured peak", "planned peak"],
+        &[true, true, true, true, true, true, true, true, true],
+    );
+    for r in &out.rows {
+        t.row(vec![
+            r.batch_size.to_string(),
+            format!("{:.2e}", r.lr),
+            r.steps.to_string(),
+            thousands(r.images_per_s as u128),
+            format!("{:.4}", r.final_train_loss),
+            format!("{:.4}", r.loss_noise),
+            r.test_accuracy.map(|v| format!("{v:.4}")).unwrap_or_else(|| "-".into()),
+            bytes(r.measured_peak_bytes),
+            bytes(r.planned_peak_bytes),
+        ]);
+    }
+    print!("{}", t.render());
+    println!("\nLarger batches: more images/s and fewer updates per epoch; at equal epochs, lower accuracy unless the learning rate is scaled (--scale-lr linear or sqrt).");
+    if let Some(dir) = &a.plot_dir {
+        println!("Plots in {}", dir.display());
+    }
+    Ok(())
+}
+
+/// Accuracy and speed against batch size, and the loss curves.
+pub fn sweep_charts(o: &SweepJson) -> Vec<(&'static str, crate::plot::Chart)> {
+    use crate::plot::{Chart, Series, COLORS};
+    let pts = |f: &dyn Fn(&SweepRow) -> Option<f64>| -> Vec<(f64, f64)> { o.rows.iter().filter_map(|r| f(r).map(|v| (r.batch_size as f64, v))).collect() };
+    let acc = Chart {
+        title: format!("{} on {}: test accuracy by batch size", o.model, o.dataset),
+        x_label: "batch size".into(),
+        y_label: "test accuracy".into(),
+        x_log: true,
+        stacked: false,
+        series: vec![Series { name: "test accuracy".into(), points: pts(&|r| r.test_accuracy), color: COLORS[0].into() }],
+        hlines: vec![],
+        vline: None,
+    };
+    let speed = Chart {
+        title: format!("{} on {}: training speed by batch size", o.model, o.dataset),
+        x_label: "batch size".into(),
+        y_label: "images per second".into(),
+        x_log: true,
+        stacked: false,
+        series: vec![Series { name: "images/s".into(), points: pts(&|r| Some(r.images_per_s)), color: COLORS[2].into() }],
+        hlines: vec![],
+        vline: None,
+    };
+    let curves = Chart {
+        title: format!("{} on {}: training loss", o.model, o.dataset),
+        x_label: "images seen".into(),
+        y_label: "loss per step".into(),
+        x_log: false,
+        stacked: false,
+        series: o
+            .rows
+            .iter()
+            .enumerate()
+            .map(|(i, r)| {
+                // At most 200 points a curve: averages over windows keep the SVG small.
+                let w = r.loss_curve.len().div_ceil(200).max(1);
+                let points = r.loss_curve.chunks(w).map(|c| (c[c.len() - 1].0 as f64, c.iter().map(|p| p.1 as f64).sum::<f64>() / c.len() as f64)).collect();
+                Series { name: format!("batch {}", r.batch_size), points, color: COLORS[i % COLORS.len()].into() }
+            })
+            .collect(),
+        hlines: vec![],
+        vline: None,
+    };
+    vec![("accuracy_vs_batch", acc), ("speed_vs_batch", speed), ("loss_curves", curves)]
+}
