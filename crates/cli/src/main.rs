@@ -18,6 +18,7 @@ use vramlab_memory::{
 };
 
 /// A user-facing error: printed as `error: ...`, exit code 2.
+#[derive(Debug)]
 pub struct UserError(pub String);
 
 impl<E: std::fmt::Display> From<E> for UserError {
