@@ -6,6 +6,7 @@ use vramlab_graph::fmt_shape;
 use vramlab_memory::fit::{self, FitReport, LrAdvice, GPUS};
 
 use crate::fmt::{bytes, parse_size, thousands, Table};
+use crate::lang::{s, t, Lang};
 use crate::{print_json, ModelArgs, PlanArgs, Result, UserError};
 
 #[derive(Args)]
@@ -67,6 +68,9 @@ pub struct FitArgs {
     /// Print JSON instead of text.
     #[arg(long)]
     json: bool,
+    /// Language of the text: en or zh.
+    #[arg(long, value_enum, default_value = "en")]
+    lang: Lang,
 }
 
 #[derive(Serialize)]
@@ -120,9 +124,9 @@ pub fn fit(a: &FitArgs) -> Result<()> {
     if a.json {
         return print_json(&out);
     }
-    print!("{}", render(&out));
+    print!("{}", render(&out, a.lang));
     if let Some(path) = &a.plot {
-        println!("\nPlot: {}", path.display());
+        println!("\n{}", t(a.lang, "Plot: {0}", &[&path.display()]));
     }
     Ok(())
 }
@@ -204,113 +208,153 @@ pub fn batch_chart(
     }
 }
 
-fn render(o: &FitJson) -> String {
+pub fn render(o: &FitJson, lang: Lang) -> String {
     let r = &o.fit;
-    let mut s = format!(
-        "{} on {} images, training with {}, profile {}, {}\n",
-        o.model,
-        fmt_shape(&o.input_shape),
-        o.optimizer,
-        o.profile,
-        o.precision
+    let mut out = t(
+        lang,
+        "{0} on {1} images, training with {2}, profile {3}, {4}",
+        &[
+            &o.model,
+            &fmt_shape(&o.input_shape),
+            &o.optimizer,
+            &o.profile,
+            &o.precision,
+        ],
     );
-    s.push_str(&format!(
-        "Card: {}{}; budget {:.0} % = {} (peaks include the overhead)\n\n",
-        o.gpu
-            .as_deref()
-            .map(|l| format!("{l}, "))
-            .unwrap_or_default(),
-        bytes(r.card_bytes),
-        r.fraction * 100.0,
-        bytes(r.budget_bytes)
+    out.push('\n');
+    let card = o
+        .gpu
+        .as_deref()
+        .map(|l| format!("{l}, "))
+        .unwrap_or_default();
+    out.push_str(&t(
+        lang,
+        "Card: {0}{1}; budget {2} % = {3} (peaks include the overhead)",
+        &[
+            &card,
+            &bytes(r.card_bytes),
+            &format!("{:.0}", r.fraction * 100.0),
+            &bytes(r.budget_bytes),
+        ],
     ));
+    out.push_str("\n\n");
     match (r.max_batch_size, r.peak_bytes_at_max) {
         (Some(b), Some(p)) => {
-            s.push_str(&format!(
-                "Largest batch size that fits: {} (peak {}",
-                thousands(b as u128),
-                bytes(p)
-            ));
-            if let Some(next) = r.peak_bytes_at_max_plus_one {
-                s.push_str(&format!(
-                    "; at {}: {}",
-                    thousands(b as u128 + 1),
-                    bytes(next)
-                ));
-            }
-            s.push_str(")\n");
+            out.push_str(&match r.peak_bytes_at_max_plus_one {
+                Some(next) => t(
+                    lang,
+                    "Largest batch size that fits: {0} (peak {1}; at {2}: {3})",
+                    &[
+                        &thousands(b as u128),
+                        &bytes(p),
+                        &thousands(b as u128 + 1),
+                        &bytes(next),
+                    ],
+                ),
+                None => t(
+                    lang,
+                    "Largest batch size that fits: {0} (peak {1})",
+                    &[&thousands(b as u128), &bytes(p)],
+                ),
+            });
+            out.push('\n');
             if let Some(p2) = r.max_power_of_two {
-                s.push_str(&format!(
-                    "Largest power of two under it: {}\n",
-                    thousands(p2 as u128)
+                out.push_str(&t(
+                    lang,
+                    "Largest power of two under it: {0}",
+                    &[&thousands(p2 as u128)],
                 ));
+                out.push('\n');
             }
         }
         _ => {
-            s.push_str("It does not fit even at batch 1.\n");
+            out.push_str(&s(lang, "It does not fit even at batch 1."));
+            out.push('\n');
         }
     }
-    s.push_str(&format!(
-        "\nThe lesson's procedure: start at 16 and double while the peak stays under {:.0} % of the card.\n",
-        r.fraction * 100.0
-    ));
-    let mut t = Table::new(
-        &["batch", "peak", "% of card", ""],
-        &[true, true, true, false],
-    );
+    out.push('\n');
+    out.push_str(&t(lang, "The lesson's procedure: start at 16 and double while the peak stays under {0} % of the card.", &[&format!("{:.0}", r.fraction * 100.0)]));
+    out.push('\n');
+    let h = [
+        s(lang, "batch"),
+        s(lang, "peak"),
+        s(lang, "% of card"),
+        String::new(),
+    ];
+    let h: Vec<&str> = h.iter().map(String::as_str).collect();
+    let mut tb = Table::new(&h, &[true, true, true, false]);
     for row in &r.procedure {
-        t.row(vec![
+        tb.row(vec![
             thousands(row.batch_size as u128),
             row.peak_bytes.map(bytes).unwrap_or_else(|| "-".into()),
             row.percent_of_card
                 .map(|p| format!("{p:.1} %"))
                 .unwrap_or_else(|| "-".into()),
             if row.fits {
-                "fits".into()
+                s(lang, "fits")
             } else {
-                "over the budget: stop".into()
+                s(lang, "over the budget: stop")
             },
         ]);
     }
-    s.push_str(&t.render());
+    out.push_str(&tb.render());
     if !r.advice.is_empty() {
-        s.push_str("\nWhat would make batch 1 fit:\n");
-        let mut t = Table::new(&["change", "peak at batch 1", ""], &[false, true, false]);
+        out.push('\n');
+        out.push_str(&s(lang, "What would make batch 1 fit:"));
+        out.push('\n');
+        let h = [s(lang, "change"), s(lang, "peak at batch 1"), String::new()];
+        let h: Vec<&str> = h.iter().map(String::as_str).collect();
+        let mut tb = Table::new(&h, &[false, true, false]);
         for a in &r.advice {
-            t.row(vec![
-                a.change.clone(),
+            tb.row(vec![
+                t(lang, a.template, &[&a.flags]),
                 a.peak_bytes.map(bytes).unwrap_or_else(|| "-".into()),
                 if a.fits {
-                    "fits".into()
+                    s(lang, "fits")
                 } else {
-                    "still over".into()
+                    s(lang, "still over")
                 },
             ]);
         }
-        s.push_str(&t.render());
+        out.push_str(&tb.render());
     }
     if let Some(acc) = &r.accumulation {
-        s.push_str(&format!(
-            "\nTo train with an effective batch of {}: micro-batches of {} with --accumulation-steps {} (peak {}).\n",
-            thousands(acc.target_batch as u128),
-            thousands(acc.micro_batch as u128),
-            acc.accumulation_steps,
-            bytes(acc.peak_bytes)
+        out.push('\n');
+        out.push_str(&t(
+            lang,
+            "To train with an effective batch of {0}: micro-batches of {1} with --accumulation-steps {2} (peak {3}).",
+            &[&thousands(acc.target_batch as u128), &thousands(acc.micro_batch as u128), &acc.accumulation_steps, &bytes(acc.peak_bytes)],
         ));
+        out.push('\n');
     }
     if let Some(lr) = &o.lr_advice {
-        s.push_str(&format!(
-            "\nLearning rate at batch {} (tuned {} at batch {}):\n  linear scaling rule: {:.3e} (lr x {}/{}; SGD, with a few epochs of warm-up)\n  square-root scaling rule: {:.3e} (lr x sqrt({}/{}); usual for Adam)\n",
-            thousands(lr.batch as u128),
-            lr.base_lr,
-            lr.base_batch,
-            lr.linear_scaling_rule,
-            lr.batch,
-            lr.base_batch,
-            lr.square_root_scaling_rule,
-            lr.batch,
-            lr.base_batch
+        out.push('\n');
+        out.push_str(&t(
+            lang,
+            "Learning rate at batch {0} (tuned {1} at batch {2}):",
+            &[&thousands(lr.batch as u128), &lr.base_lr, &lr.base_batch],
         ));
+        out.push_str("\n  ");
+        out.push_str(&t(
+            lang,
+            "linear scaling rule: {0} (lr x {1}/{2}; SGD, with a few epochs of warm-up)",
+            &[
+                &format!("{:.3e}", lr.linear_scaling_rule),
+                &lr.batch,
+                &lr.base_batch,
+            ],
+        ));
+        out.push_str("\n  ");
+        out.push_str(&t(
+            lang,
+            "square-root scaling rule: {0} (lr x sqrt({1}/{2}); usual for Adam)",
+            &[
+                &format!("{:.3e}", lr.square_root_scaling_rule),
+                &lr.batch,
+                &lr.base_batch,
+            ],
+        ));
+        out.push('\n');
     }
-    s
+    out
 }

@@ -61,6 +61,17 @@ pub fn parse_size(s: &str) -> Result<u128, String> {
     Ok((v * mult).round() as u128)
 }
 
+/// Columns a string takes in a terminal: East Asian wide characters take two.
+pub fn display_width(s: &str) -> usize {
+    s.chars()
+        .map(|c| {
+            let u = c as u32;
+            let wide = matches!(u, 0x1100..=0x115F | 0x2E80..=0xA4CF | 0xAC00..=0xD7A3 | 0xF900..=0xFAFF | 0xFE30..=0xFE4F | 0xFF00..=0xFF60 | 0xFFE0..=0xFFE6);
+            if wide { 2 } else { 1 }
+        })
+        .sum()
+}
+
 /// A plain text table with right-aligned numeric columns.
 pub struct Table {
     header: Vec<String>,
@@ -86,14 +97,14 @@ impl Table {
         let mut width = vec![0; n];
         for r in std::iter::once(&self.header).chain(&self.rows) {
             for (i, c) in r.iter().enumerate().take(n) {
-                width[i] = width[i].max(c.chars().count());
+                width[i] = width[i].max(display_width(c));
             }
         }
         let mut out = String::new();
         let line = |r: &Vec<String>, out: &mut String| {
             let mut cells = Vec::new();
             for (i, c) in r.iter().enumerate().take(n) {
-                let pad = width[i] - c.chars().count();
+                let pad = width[i] - display_width(c);
                 let last = i + 1 == n;
                 if self.right.get(i).copied().unwrap_or(false) {
                     cells.push(format!("{}{c}", " ".repeat(pad)));

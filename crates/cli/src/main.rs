@@ -5,6 +5,7 @@
 mod data_cmd;
 mod fit_cmd;
 mod fmt;
+mod lang;
 mod memory_cmd;
 mod models_cmd;
 mod plot;
@@ -71,7 +72,9 @@ enum Command {
     )]
     Train(train_cmd::TrainArgs),
     /// Train once per batch size from the same seed: speed, loss, accuracy, noise, memory.
-    #[command(after_help = "Examples:\n  vramlab sweep lenet5 --data fashion-mnist --batch-sizes 16,64,256,1024 --epochs 1 --plot-dir sweep/\n  vramlab sweep simple_cnn --data cifar10 --root ~/data --samples 20000 --scale-lr sqrt --json")]
+    #[command(
+        after_help = "Examples:\n  vramlab sweep lenet5 --data fashion-mnist --batch-sizes 16,64,256,1024 --epochs 1 --plot-dir sweep/\n  vramlab sweep simple_cnn --data cifar10 --root ~/data --samples 20000 --scale-lr sqrt --json"
+    )]
     Sweep(train_cmd::SweepArgs),
     /// Accuracy and loss of a checkpoint on a dataset split.
     #[command(

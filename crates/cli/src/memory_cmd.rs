@@ -5,6 +5,7 @@ use vramlab_graph::fmt_shape;
 use vramlab_memory::{plan, Category, MemoryReport, Mode};
 
 use crate::fmt::{bytes, thousands, Table};
+use crate::lang::{s, t, Lang};
 use crate::{print_json, ModelArgs, PlanArgs, Result};
 
 #[derive(Args)]
@@ -22,30 +23,22 @@ pub struct MemoryArgs {
     /// Print JSON instead of a table.
     #[arg(long)]
     json: bool,
+    /// Language of the text: en or zh.
+    #[arg(long, value_enum, default_value = "en")]
+    lang: Lang,
 }
 
 /// One plain sentence per category.
-pub fn explain(c: Category, r: &MemoryReport) -> String {
+pub fn explain(c: Category, r: &MemoryReport, lang: Lang) -> String {
     match c {
-        Category::Params => format!(
-            "the weights and biases the model learns ({} params)",
-            thousands(r.num_params)
-        ),
-        Category::Buffers => "state that is not learned: BatchNorm running mean and variance".into(),
-        Category::Grads => "one gradient per parameter, made by backward, read by the optimizer".into(),
-        Category::OptimizerState => {
-            "what the optimizer remembers between steps (momentum, Adam's two moments), made at the first step()".into()
-        }
-        Category::DataBatch => "the batch of input images and its int64 labels on the device".into(),
-        Category::Activations => {
-            "what forward keeps for backward: conv and linear inputs, ReLU outputs, max-pool indices, BatchNorm statistics".into()
-        }
-        Category::Temporaries => {
-            "short-lived tensors: gradients flowing back, outputs nobody keeps, optimizer scratch".into()
-        }
-        Category::Overhead => {
-            "outside the tensors: the allocator's rounding up to 512 B blocks and the CUDA context".into()
-        }
+        Category::Params => t(lang, "the weights and biases the model learns ({0} params)", &[&thousands(r.num_params)]),
+        Category::Buffers => s(lang, "state that is not learned: BatchNorm running mean and variance"),
+        Category::Grads => s(lang, "one gradient per parameter, made by backward, read by the optimizer"),
+        Category::OptimizerState => s(lang, "what the optimizer remembers between steps (momentum, Adam's two moments), made at the first step()"),
+        Category::DataBatch => s(lang, "the batch of input images and its int64 labels on the device"),
+        Category::Activations => s(lang, "what forward keeps for backward: conv and linear inputs, ReLU outputs, max-pool indices, BatchNorm statistics"),
+        Category::Temporaries => s(lang, "short-lived tensors: gradients flowing back, outputs nobody keeps, optimizer scratch"),
+        Category::Overhead => s(lang, "outside the tensors: the allocator's rounding up to 512 B blocks and the CUDA context"),
     }
 }
 
@@ -57,74 +50,89 @@ pub fn run(a: &MemoryArgs) -> Result<()> {
     if a.json {
         return print_json(&r);
     }
-    print!("{}", render(&r));
+    print!("{}", render(&r, a.lang));
     Ok(())
 }
 
-pub fn render(r: &MemoryReport) -> String {
+pub fn phase(p: vramlab_memory::Phase, lang: Lang) -> String {
+    s(lang, &p.to_string())
+}
+
+pub fn render(r: &MemoryReport, lang: Lang) -> String {
     let mut out = String::new();
     let what = if r.mode == Mode::Inference {
-        "inference".to_string()
+        s(lang, "inference")
     } else {
-        format!("training with {}", r.optimizer)
+        t(lang, "training with {0}", &[&r.optimizer])
     };
-    out.push_str(&format!(
-        "{} on {} images, batch {}, {}, profile {}, {}\n\n",
-        r.model,
-        fmt_shape(&r.input_shape),
-        thousands(r.batch_size as u128),
-        what,
-        r.profile.name(),
-        r.precision.name()
+    out.push_str(&t(
+        lang,
+        "{0} on {1} images, batch {2}, {3}, profile {4}, {5}",
+        &[
+            &r.model,
+            &fmt_shape(&r.input_shape),
+            &thousands(r.batch_size as u128),
+            &what,
+            &r.profile.name(),
+            &r.precision.name(),
+        ],
     ));
-    let mut header = vec!["category"];
-    let names = ["step 1 peak", "step 2 peak"];
-    for s in &r.steps {
-        header.push(names[(s.step - 1) as usize]);
+    out.push_str("\n\n");
+    let names = [s(lang, "step 1 peak"), s(lang, "step 2 peak")];
+    let mut header = vec![s(lang, "category")];
+    for st in &r.steps {
+        header.push(names[(st.step - 1) as usize].clone());
     }
-    header.push("after step");
-    header.push("what it is");
+    header.push(s(lang, "after step"));
+    header.push(s(lang, "what it is"));
     let mut right = vec![false];
     right.extend(std::iter::repeat_n(true, r.steps.len() + 1));
     right.push(false);
-    let mut t = Table::new(&header, &right);
+    let header: Vec<&str> = header.iter().map(String::as_str).collect();
+    let mut tb = Table::new(&header, &right);
     for c in Category::ALL {
         let mut row = vec![c.key().to_string()];
-        for s in &r.steps {
-            row.push(bytes(s.at_peak.get(c)));
+        for st in &r.steps {
+            row.push(bytes(st.at_peak.get(c)));
         }
         row.push(bytes(r.steps.last().expect("one step").after_step.get(c)));
-        row.push(explain(c, r));
-        t.row(row);
+        row.push(explain(c, r, lang));
+        tb.row(row);
     }
-    let mut total = vec!["total".to_string()];
-    for s in &r.steps {
-        total.push(bytes(s.peak_bytes));
+    let mut total = vec![s(lang, "total")];
+    for st in &r.steps {
+        total.push(bytes(st.peak_bytes));
     }
     total.push(bytes(r.steps.last().expect("one step").after_step.total()));
     total.push(String::new());
-    t.row(total);
-    out.push_str(&t.render());
+    tb.row(total);
+    out.push_str(&tb.render());
     out.push('\n');
-    for s in &r.steps {
-        out.push_str(&format!(
-            "Peak of step {}: {} ({} B) in {}, at {}.\n",
-            s.step,
-            bytes(s.peak_bytes),
-            thousands(s.peak_bytes),
-            s.peak_phase,
-            s.peak_at
+    for st in &r.steps {
+        out.push_str(&t(
+            lang,
+            "Peak of step {0}: {1} ({2} B) in {3}, at {4}.",
+            &[
+                &st.step,
+                &bytes(st.peak_bytes),
+                &thousands(st.peak_bytes),
+                &phase(st.peak_phase, lang),
+                &st.peak_at,
+            ],
         ));
+        out.push('\n');
     }
     if r.steps.len() == 2 && r.steps[0].peak_bytes != r.steps[1].peak_bytes {
-        out.push_str("Step 1 differs from step 2: optimizer state is created during the first step(), and step 1's gradients live until step 2's zero_grad().\n");
+        out.push_str(&s(lang, "Step 1 differs from step 2: optimizer state is created during the first step(), and step 1's gradients live until step 2's zero_grad()."));
+        out.push('\n');
     }
     if r.context_bytes > 0 {
-        out.push_str(&format!(
-            "Overhead includes the CUDA context, estimated at {} (set it with --cuda-context); torch.cuda.max_memory_allocated() would report about {}.\n",
-            bytes(r.context_bytes),
-            bytes(r.peak_bytes - r.context_bytes)
+        out.push_str(&t(
+            lang,
+            "Overhead includes the CUDA context, estimated at {0} (set it with --cuda-context); torch.cuda.max_memory_allocated() would report about {1}.",
+            &[&bytes(r.context_bytes), &bytes(r.peak_bytes - r.context_bytes)],
         ));
+        out.push('\n');
     }
     out
 }

@@ -399,10 +399,23 @@ mod tests {
             x_log: false,
             stacked: true,
             series: vec![
-                Series { name: "a".into(), points: vec![(1.0, 1.0), (2.0, 2.0)], color: COLORS[0].into() },
-                Series { name: "b".into(), points: vec![(1.0, 0.5), (2.0, 0.5)], color: COLORS[1].into() },
+                Series {
+                    name: "a".into(),
+                    points: vec![(1.0, 1.0), (2.0, 2.0)],
+                    color: COLORS[0].into(),
+                },
+                Series {
+                    name: "b".into(),
+                    points: vec![(1.0, 0.5), (2.0, 0.5)],
+                    color: COLORS[1].into(),
+                },
             ],
-            hlines: vec![HLine { y: 3.0, label: "card".into(), color: "#c00".into(), dashed: false }],
+            hlines: vec![HLine {
+                y: 3.0,
+                label: "card".into(),
+                color: "#c00".into(),
+                dashed: false,
+            }],
             vline: Some((1.5, "max".into())),
         };
         let svg = c.svg();

@@ -8,6 +8,7 @@ use vramlab_graph::{zoo, ModelOptions};
 use vramlab_memory::{plan, Optimizer, OptimizerKind, PlanConfig, Profile};
 
 use crate::fmt::{bytes, thousands, Table};
+use crate::lang::{s as tr, t, Lang};
 use crate::{print_json, Result};
 
 #[derive(Args)]
@@ -15,6 +16,9 @@ pub struct TourArgs {
     /// Print the lesson's numbers and the planner's as JSON.
     #[arg(long)]
     json: bool,
+    /// Language of the text: en or zh.
+    #[arg(long, value_enum, default_value = "en")]
+    lang: Lang,
 }
 
 const MB: f64 = 1024.0 * 1024.0;
@@ -54,13 +58,34 @@ pub fn run(a: &TourArgs) -> Result<()> {
     let param_bytes = num_params * 4;
     let adam_state = 2 * param_bytes;
     let image = g.numel(0) * 4;
+    let l = a.lang;
     let lesson_lines = vec![
-        format!("Total parameters: {num_params}"),
-        format!("Parameter memory: {:.2} MB", param_bytes as f64 / MB),
-        format!("Adam optimizer state: {:.2} MB", adam_state as f64 / MB),
-        format!("One image: {:.2} KB", image as f64 / KB),
-        format!("Batch of 4: {:.2} KB", (4 * image) as f64 / KB),
-        format!("Batch of 64: {:.2} MB", (64 * image) as f64 / MB),
+        t(l, "Total parameters: {0}", &[&num_params]),
+        t(
+            l,
+            "Parameter memory: {0} MB",
+            &[&format!("{:.2}", param_bytes as f64 / MB)],
+        ),
+        t(
+            l,
+            "Adam optimizer state: {0} MB",
+            &[&format!("{:.2}", adam_state as f64 / MB)],
+        ),
+        t(
+            l,
+            "One image: {0} KB",
+            &[&format!("{:.2}", image as f64 / KB)],
+        ),
+        t(
+            l,
+            "Batch of 4: {0} KB",
+            &[&format!("{:.2}", (4 * image) as f64 / KB)],
+        ),
+        t(
+            l,
+            "Batch of 64: {0} MB",
+            &[&format!("{:.2}", (64 * image) as f64 / MB)],
+        ),
     ];
     let mut peaks = Vec::new();
     for profile in [Profile::PytorchCpu, Profile::PytorchCuda] {
@@ -110,74 +135,127 @@ pub fn run(a: &TourArgs) -> Result<()> {
     if a.json {
         return print_json(&json);
     }
-    print!("{}", render(&json));
+    print!("{}", render(&json, a.lang));
     Ok(())
 }
 
-fn render(j: &TourJson) -> String {
+fn render(j: &TourJson, l: Lang) -> String {
     let mut o = String::new();
-    o.push_str("vramlab tour: how much memory does training take, and where does it go?\n\n");
-    o.push_str("1. Image formats\n\n");
-    o.push_str("An image is a tensor of channels x height x width. Stored as uint8 it takes one\nbyte per value; as the float32 a model trains on, four.\n\n");
-    let mut t = Table::new(
-        &["format", "shape", "values", "uint8", "float32"],
-        &[false, false, true, true, true],
+    let line = |o: &mut String, text: String| {
+        o.push_str(&text);
+        o.push('\n');
+    };
+    line(
+        &mut o,
+        tr(
+            l,
+            "vramlab tour: how much memory does training take, and where does it go?",
+        ),
     );
-    for (name, c, h, w) in [
+    o.push('\n');
+    line(&mut o, tr(l, "1. Image formats"));
+    o.push('\n');
+    line(&mut o, tr(l, "An image is a tensor of channels x height x width. Stored as uint8 it takes one byte per value; as the float32 a model trains on, four."));
+    o.push('\n');
+    let h = [
+        tr(l, "format"),
+        tr(l, "shape"),
+        tr(l, "values"),
+        "uint8".into(),
+        "float32".into(),
+    ];
+    let h: Vec<&str> = h.iter().map(String::as_str).collect();
+    let mut tb = Table::new(&h, &[false, false, true, true, true]);
+    for (name, c, hh, w) in [
         ("grayscale (Fashion-MNIST)", 1u128, 28u128, 28u128),
         ("colour (CIFAR-10)", 3, 32, 32),
     ] {
-        let n = c * h * w;
-        t.row(vec![
-            name.into(),
-            format!("{c}x{h}x{w}"),
+        let n = c * hh * w;
+        tb.row(vec![
+            tr(l, name),
+            format!("{c}x{hh}x{w}"),
             thousands(n),
             format!("{} B", thousands(n)),
             format!("{} B = {:.2} KB", thousands(n * 4), (n * 4) as f64 / KB),
         ]);
     }
-    o.push_str(&t.render());
-    o.push_str("\nA float32 CIFAR image is 12 KB: 3,072 values of 4 bytes.\n\n");
-    o.push_str("2. The model: SimpleCNN\n\n");
-    o.push_str("  conv1 Conv2d(3, 6, 5) -> ReLU -> MaxPool2d(2)\n  conv2 Conv2d(6, 16, 5) -> ReLU -> MaxPool2d(2)\n  view(-1, 400) -> fc1 Linear(400, 120) -> ReLU -> fc2 Linear(120, 84) -> ReLU -> fc3 Linear(84, 10)\n\n");
-    o.push_str("  (vramlab summary simple_cnn shows every layer.)\n\n");
-    o.push_str("3. The lesson's numbers (MB = 1024*1024 B, KB = 1024 B)\n\n");
-    for l in &j.lesson_lines {
-        o.push_str(&format!("  {l}\n"));
-    }
-    o.push_str("\n4. What the lesson leaves out\n\n");
-    o.push_str(&format!(
-        "  Gradients: {:.2} MB, one per parameter, alive from backward until the next zero_grad().\n",
-        j.param_bytes as f64 / MB
-    ));
-    o.push_str(&format!(
-        "  Activations: forward keeps {} per image for backward (conv inputs, ReLU outputs,\n  max-pool inputs and int64 indices), {:.1}x the image itself.\n",
-        bytes(j.activation_bytes_per_image),
-        j.activation_bytes_per_image as f64 / j.image_bytes as f64
-    ));
-    o.push_str(
-        "  The peak: not the sum of the parts, but the highest point of the step's timeline.\n\n",
+    o.push_str(&tb.render());
+    o.push('\n');
+    line(
+        &mut o,
+        tr(
+            l,
+            "A float32 CIFAR image is 12 KB: 3,072 values of 4 bytes.",
+        ),
     );
-    let mut t = Table::new(
-        &[
-            "profile",
-            "batch",
-            "peak",
-            "in",
-            "grads",
-            "Adam state",
-            "batch data",
-            "activations",
-            "temporaries",
-        ],
+    o.push('\n');
+    line(&mut o, tr(l, "2. The model: SimpleCNN"));
+    o.push('\n');
+    o.push_str("  conv1 Conv2d(3, 6, 5) -> ReLU -> MaxPool2d(2)\n  conv2 Conv2d(6, 16, 5) -> ReLU -> MaxPool2d(2)\n  view(-1, 400) -> fc1 Linear(400, 120) -> ReLU -> fc2 Linear(120, 84) -> ReLU -> fc3 Linear(84, 10)\n\n");
+    line(
+        &mut o,
+        format!(
+            "  {}",
+            tr(l, "(vramlab summary simple_cnn shows every layer.)")
+        ),
+    );
+    o.push('\n');
+    line(
+        &mut o,
+        tr(l, "3. The lesson's numbers (MB = 1024*1024 B, KB = 1024 B)"),
+    );
+    o.push('\n');
+    for s in &j.lesson_lines {
+        line(&mut o, format!("  {s}"));
+    }
+    o.push('\n');
+    line(&mut o, tr(l, "4. What the lesson leaves out"));
+    o.push('\n');
+    line(&mut o, format!("  {}", t(l, "Gradients: {0} MB, one per parameter, alive from backward until the next zero_grad().", &[&format!("{:.2}", j.param_bytes as f64 / MB)])));
+    line(
+        &mut o,
+        format!(
+            "  {}",
+            t(
+                l,
+                "Activations: forward keeps {0} per image for backward (conv inputs, ReLU outputs, max-pool inputs and int64 indices), {1}x the image itself.",
+                &[&bytes(j.activation_bytes_per_image), &format!("{:.1}", j.activation_bytes_per_image as f64 / j.image_bytes as f64)]
+            )
+        ),
+    );
+    line(
+        &mut o,
+        format!(
+            "  {}",
+            tr(
+                l,
+                "The peak: not the sum of the parts, but the highest point of the step's timeline."
+            )
+        ),
+    );
+    o.push('\n');
+    let h = [
+        tr(l, "profile"),
+        tr(l, "batch"),
+        tr(l, "peak"),
+        tr(l, "in"),
+        tr(l, "grads"),
+        tr(l, "Adam state"),
+        tr(l, "batch data"),
+        tr(l, "activations"),
+        tr(l, "temporaries"),
+    ];
+    let h: Vec<&str> = h.iter().map(String::as_str).collect();
+    let mut tb = Table::new(
+        &h,
         &[false, true, true, false, true, true, true, true, true],
     );
     for p in &j.peaks {
-        t.row(vec![
+        tb.row(vec![
             p.profile.into(),
             p.batch_size.to_string(),
             bytes(p.peak_bytes),
-            p.peak_phase.clone(),
+            tr(l, &p.peak_phase),
             bytes(p.grads),
             bytes(p.optimizer_state),
             bytes(p.data_batch),
@@ -185,13 +263,35 @@ fn render(j: &TourJson) -> String {
             bytes(p.temporaries),
         ]);
     }
-    o.push_str(&t.render());
-    o.push_str(
-        "\n  (the higher of steps 1 and 2; step 2 holds the Adam state made during step 1)\n",
+    o.push_str(&tb.render());
+    o.push('\n');
+    line(
+        &mut o,
+        format!(
+            "  {}",
+            tr(
+                l,
+                "(the higher of steps 1 and 2; step 2 holds the Adam state made during step 1)"
+            )
+        ),
     );
-    o.push_str("\n  pytorch-cpu reproduces real PyTorch 2.15 measurements to the byte (tested against\n  shared/reference); pytorch-cuda adds the caching allocator's 512 B rounding and the\n  CUDA context (outside PyTorch's counters), shown as overhead in `vramlab memory`.\n\n");
-    o.push_str("5. Batch size\n\n");
-    o.push_str("  Memory grows with the batch through the data and the activations; parameters,\n  gradients and optimizer state do not. Start small (16), double while the peak stays\n  under about 80 % of the card, and scale the learning rate with the batch.\n\n");
-    o.push_str("Next: vramlab memory simple_cnn --batch-size 64 --optimizer adam\n      vramlab memory resnet18 --input 3x32x32 --num-classes 10 --batch-size 128\n");
+    o.push('\n');
+    line(&mut o, format!("  {}", tr(l, "pytorch-cpu reproduces real PyTorch 2.15 measurements to the byte (tested against shared/reference); pytorch-cuda adds the caching allocator's 512 B rounding and the CUDA context (outside PyTorch's counters), shown as overhead in `vramlab memory`.")));
+    o.push('\n');
+    line(&mut o, tr(l, "5. Batch size"));
+    o.push('\n');
+    line(&mut o, format!("  {}", tr(l, "Memory grows with the batch through the data and the activations; parameters, gradients and optimizer state do not. Start small (16), double while the peak stays under about 80 % of the card, and scale the learning rate with the batch.")));
+    o.push('\n');
+    line(
+        &mut o,
+        format!(
+            "{} vramlab memory simple_cnn --batch-size 64 --optimizer adam",
+            tr(l, "Next:")
+        ),
+    );
+    line(
+        &mut o,
+        "      vramlab fit resnet18 --input 3x32x32 --num-classes 10 --gpu rtx-4090".into(),
+    );
     o
 }

@@ -924,14 +924,22 @@ pub struct SweepJson {
 
 pub fn sweep(a: &SweepArgs) -> Result<()> {
     if a.batch_sizes.is_empty() || a.batch_sizes.contains(&0) {
-        return Err(UserError("--batch-sizes needs positive sizes, e.g. 16,64,256,1024".into()));
+        return Err(UserError(
+            "--batch-sizes needs positive sizes, e.g. 16,64,256,1024".into(),
+        ));
     }
     if !["linear", "sqrt", "none"].contains(&a.scale_lr.as_str()) {
-        return Err(UserError(format!("--scale-lr `{}`: expected linear, sqrt or none", a.scale_lr)));
+        return Err(UserError(format!(
+            "--scale-lr `{}`: expected linear, sqrt or none",
+            a.scale_lr
+        )));
     }
     let ds = Arc::new(a.source.open()?);
     let g = model_for(&a.model, &ds)?;
-    let threads = a.threads.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get())).max(1);
+    let threads = a
+        .threads
+        .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
+        .max(1);
     let (mean, std) = normalization("auto", &ds)?;
     let base = a.batch_sizes[0] as f32;
     let mut rows = Vec::new();
@@ -952,10 +960,21 @@ pub fn sweep(a: &SweepArgs) -> Result<()> {
         pcfg.threads = threads;
         let planned = plan(&g, &pcfg)?.peak_bytes;
         let pipeline = Pipeline::normalize(ds.shape, mean.clone(), std.clone())?;
-        let lcfg = LoaderConfig { batch_size: bs, shuffle: true, seed: a.seed, drop_last: false, workers: 1, prefetch: 4 };
+        let lcfg = LoaderConfig {
+            batch_size: bs,
+            shuffle: true,
+            seed: a.seed,
+            drop_last: false,
+            workers: 1,
+            prefetch: 4,
+        };
         let loader = Loader::new(Arc::clone(&ds), "train", pipeline, lcfg)?;
         let budget = a.samples.unwrap_or(usize::MAX);
-        let epochs = if a.samples.is_some() { usize::MAX } else { a.epochs };
+        let epochs = if a.samples.is_some() {
+            usize::MAX
+        } else {
+            a.epochs
+        };
         let (mut seen, mut steps, mut peak) = (0usize, 0usize, 0u128);
         let mut curve = Vec::new();
         let t0 = Instant::now();
@@ -980,8 +999,13 @@ pub fn sweep(a: &SweepArgs) -> Result<()> {
         let seconds = t0.elapsed().as_secs_f64();
         let tail = &curve[curve.len() - (curve.len() / 4).max(1)..];
         let m = tail.iter().map(|p| p.1 as f64).sum::<f64>() / tail.len() as f64;
-        let noise = (tail.iter().map(|p| (p.1 as f64 - m).powi(2)).sum::<f64>() / tail.len() as f64).sqrt();
-        let test_accuracy = if ds.test.is_some() { Some(evaluate(&mut e, &ds, "test", &mean, &std, 512)?.0) } else { None };
+        let noise =
+            (tail.iter().map(|p| (p.1 as f64 - m).powi(2)).sum::<f64>() / tail.len() as f64).sqrt();
+        let test_accuracy = if ds.test.is_some() {
+            Some(evaluate(&mut e, &ds, "test", &mean, &std, 512)?.0)
+        } else {
+            None
+        };
         let row = SweepRow {
             batch_size: bs,
             lr,
@@ -1002,14 +1026,23 @@ pub fn sweep(a: &SweepArgs) -> Result<()> {
                 row.steps,
                 thousands(row.images_per_s as u128),
                 row.final_train_loss,
-                row.test_accuracy.map(|t| format!("{t:.4}")).unwrap_or_else(|| "-".into())
+                row.test_accuracy
+                    .map(|t| format!("{t:.4}"))
+                    .unwrap_or_else(|| "-".into())
             );
         }
         rows.push(row);
     }
-    let out = SweepJson { model: g.graph.name.clone(), dataset: ds.name.clone(), optimizer: a.optim.optimizer.clone(), scale_lr: a.scale_lr.clone(), rows };
+    let out = SweepJson {
+        model: g.graph.name.clone(),
+        dataset: ds.name.clone(),
+        optimizer: a.optim.optimizer.clone(),
+        scale_lr: a.scale_lr.clone(),
+        rows,
+    };
     if let Some(dir) = &a.plot_dir {
-        std::fs::create_dir_all(dir).map_err(|e| UserError(format!("{}: cannot create: {e}", dir.display())))?;
+        std::fs::create_dir_all(dir)
+            .map_err(|e| UserError(format!("{}: cannot create: {e}", dir.display())))?;
         for (name, chart) in sweep_charts(&out) {
             chart.save(&dir.join(format!("{name}.svg")))?;
             chart.save(&dir.join(format!("{name}.png")))?;
@@ -1019,7 +1052,17 @@ pub fn sweep(a: &SweepArgs) -> Result<()> {
         return print_json(&out);
     }
     let mut t = Table::new(
-        &["batch", "lr", "steps", "images/s", "final loss", "loss noise", "test acc", "measured peak", "planned peak"],
+        &[
+            "batch",
+            "lr",
+            "steps",
+            "images/s",
+            "final loss",
+            "loss noise",
+            "test acc",
+            "measured peak",
+            "planned peak",
+        ],
         &[true, true, true, true, true, true, true, true, true],
     );
     for r in &out.rows {
@@ -1030,7 +1073,9 @@ pub fn sweep(a: &SweepArgs) -> Result<()> {
             thousands(r.images_per_s as u128),
             format!("{:.4}", r.final_train_loss),
             format!("{:.4}", r.loss_noise),
-            r.test_accuracy.map(|v| format!("{v:.4}")).unwrap_or_else(|| "-".into()),
+            r.test_accuracy
+                .map(|v| format!("{v:.4}"))
+                .unwrap_or_else(|| "-".into()),
             bytes(r.measured_peak_bytes),
             bytes(r.planned_peak_bytes),
         ]);
@@ -1046,14 +1091,23 @@ pub fn sweep(a: &SweepArgs) -> Result<()> {
 /// Accuracy and speed against batch size, and the loss curves.
 pub fn sweep_charts(o: &SweepJson) -> Vec<(&'static str, crate::plot::Chart)> {
     use crate::plot::{Chart, Series, COLORS};
-    let pts = |f: &dyn Fn(&SweepRow) -> Option<f64>| -> Vec<(f64, f64)> { o.rows.iter().filter_map(|r| f(r).map(|v| (r.batch_size as f64, v))).collect() };
+    let pts = |f: &dyn Fn(&SweepRow) -> Option<f64>| -> Vec<(f64, f64)> {
+        o.rows
+            .iter()
+            .filter_map(|r| f(r).map(|v| (r.batch_size as f64, v)))
+            .collect()
+    };
     let acc = Chart {
         title: format!("{} on {}: test accuracy by batch size", o.model, o.dataset),
         x_label: "batch size".into(),
         y_label: "test accuracy".into(),
         x_log: true,
         stacked: false,
-        series: vec![Series { name: "test accuracy".into(), points: pts(&|r| r.test_accuracy), color: COLORS[0].into() }],
+        series: vec![Series {
+            name: "test accuracy".into(),
+            points: pts(&|r| r.test_accuracy),
+            color: COLORS[0].into(),
+        }],
         hlines: vec![],
         vline: None,
     };
@@ -1063,7 +1117,11 @@ pub fn sweep_charts(o: &SweepJson) -> Vec<(&'static str, crate::plot::Chart)> {
         y_label: "images per second".into(),
         x_log: true,
         stacked: false,
-        series: vec![Series { name: "images/s".into(), points: pts(&|r| Some(r.images_per_s)), color: COLORS[2].into() }],
+        series: vec![Series {
+            name: "images/s".into(),
+            points: pts(&|r| Some(r.images_per_s)),
+            color: COLORS[2].into(),
+        }],
         hlines: vec![],
         vline: None,
     };
@@ -1080,12 +1138,29 @@ pub fn sweep_charts(o: &SweepJson) -> Vec<(&'static str, crate::plot::Chart)> {
             .map(|(i, r)| {
                 // At most 200 points a curve: averages over windows keep the SVG small.
                 let w = r.loss_curve.len().div_ceil(200).max(1);
-                let points = r.loss_curve.chunks(w).map(|c| (c[c.len() - 1].0 as f64, c.iter().map(|p| p.1 as f64).sum::<f64>() / c.len() as f64)).collect();
-                Series { name: format!("batch {}", r.batch_size), points, color: COLORS[i % COLORS.len()].into() }
+                let points = r
+                    .loss_curve
+                    .chunks(w)
+                    .map(|c| {
+                        (
+                            c[c.len() - 1].0 as f64,
+                            c.iter().map(|p| p.1 as f64).sum::<f64>() / c.len() as f64,
+                        )
+                    })
+                    .collect();
+                Series {
+                    name: format!("batch {}", r.batch_size),
+                    points,
+                    color: COLORS[i % COLORS.len()].into(),
+                }
             })
             .collect(),
         hlines: vec![],
         vline: None,
     };
-    vec![("accuracy_vs_batch", acc), ("speed_vs_batch", speed), ("loss_curves", curves)]
+    vec![
+        ("accuracy_vs_batch", acc),
+        ("speed_vs_batch", speed),
+        ("loss_curves", curves),
+    ]
 }

@@ -130,7 +130,13 @@ pub struct ProcedureRow {
 /// A change that would make batch 1 fit, with its predicted peak.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Advice {
+    /// The sentence, in English.
     pub change: String,
+    /// The sentence's template (`{0}` stands for `flags`), for translations.
+    #[serde(skip)]
+    pub template: &'static str,
+    /// The command-line options that make the change.
+    pub flags: String,
     pub peak_bytes: Option<u128>,
     pub fits: bool,
 }
@@ -306,10 +312,12 @@ pub fn fit(
 /// What would make batch 1 fit: each change alone, then all together.
 fn advise(g: &Shaped, template: &PlanConfig, budget: u128) -> Result<Vec<Advice>, PlanError> {
     let mut out = Vec::new();
-    let mut try_cfg = |change: String, c: PlanConfig, graph: &Shaped| {
+    let mut try_cfg = |template: &'static str, flags: String, c: PlanConfig, graph: &Shaped| {
         let peak = peak_at(graph, &c, 1).ok();
         out.push(Advice {
-            change,
+            change: template.replace("{0}", &flags),
+            template,
+            flags,
             fits: peak.is_some_and(|p| p <= budget),
             peak_bytes: peak,
         });
@@ -318,7 +326,8 @@ fn advise(g: &Shaped, template: &PlanConfig, budget: u128) -> Result<Vec<Advice>
     amp.precision = Precision::AmpBf16;
     if template.precision == Precision::Fp32 {
         try_cfg(
-            "mixed precision (--precision amp-bf16)".into(),
+            "mixed precision ({0})",
+            "--precision amp-bf16".into(),
             amp.clone(),
             g,
         );
@@ -327,7 +336,8 @@ fn advise(g: &Shaped, template: &PlanConfig, budget: u128) -> Result<Vec<Advice>
     let pieces = (g.nodes().len() as f64).sqrt().round().max(2.0) as u32;
     ckpt.checkpoint_segments = pieces;
     try_cfg(
-        format!("activation checkpointing (--checkpoint-segments {pieces})"),
+        "activation checkpointing ({0})",
+        format!("--checkpoint-segments {pieces}"),
         ckpt.clone(),
         g,
     );
@@ -338,8 +348,8 @@ fn advise(g: &Shaped, template: &PlanConfig, budget: u128) -> Result<Vec<Advice>
     };
     if template.optimizer.kind != OptimizerKind::Sgd {
         try_cfg(
-            "SGD with momentum instead (--optimizer sgd --momentum 0.9): one state tensor, not two"
-                .into(),
+            "SGD with momentum instead ({0}): one state tensor, not two",
+            "--optimizer sgd --momentum 0.9".into(),
             sgd.clone(),
             g,
         );
@@ -350,7 +360,8 @@ fn advise(g: &Shaped, template: &PlanConfig, budget: u128) -> Result<Vec<Advice>
         let mut fused = template.clone();
         fused.optimizer.implementation = Some(crate::OptimizerImpl::Fused);
         try_cfg(
-            "a fused optimizer (--optimizer-impl fused): no per-parameter temporaries".into(),
+            "a fused optimizer ({0}): no per-parameter temporaries",
+            "--optimizer-impl fused".into(),
             fused,
             g,
         );
@@ -358,7 +369,8 @@ fn advise(g: &Shaped, template: &PlanConfig, budget: u128) -> Result<Vec<Advice>
     let mut plain = template.clone();
     plain.optimizer = Optimizer::new(OptimizerKind::Sgd);
     try_cfg(
-        "plain SGD (--optimizer sgd): no optimizer state at all".into(),
+        "plain SGD ({0}): no optimizer state at all",
+        "--optimizer sgd".into(),
         plain,
         g,
     );
@@ -366,7 +378,8 @@ fn advise(g: &Shaped, template: &PlanConfig, budget: u128) -> Result<Vec<Advice>
         let mut bf16 = template.clone();
         bf16.precision = Precision::Bf16;
         try_cfg(
-            "pure bf16 training (--precision bf16): half of every tensor, weights included".into(),
+            "pure bf16 training ({0}): half of every tensor, weights included",
+            "--precision bf16".into(),
             bf16,
             g,
         );
@@ -377,12 +390,8 @@ fn advise(g: &Shaped, template: &PlanConfig, budget: u128) -> Result<Vec<Advice>
         small.input_shape = vec![s[0], s[1] / 2, s[2] / 2];
         if let Ok(sg) = small.infer() {
             try_cfg(
-                format!(
-                    "a smaller input (--input {}x{}x{})",
-                    s[0],
-                    s[1] / 2,
-                    s[2] / 2
-                ),
+                "a smaller input ({0})",
+                format!("--input {}x{}x{}", s[0], s[1] / 2, s[2] / 2),
                 template.clone(),
                 &sg,
             );
@@ -391,7 +400,12 @@ fn advise(g: &Shaped, template: &PlanConfig, budget: u128) -> Result<Vec<Advice>
     let mut all = sgd;
     all.precision = amp.precision;
     all.checkpoint_segments = ckpt.checkpoint_segments;
-    try_cfg("all of AMP, checkpointing and SGD together".into(), all, g);
+    try_cfg(
+        "all of AMP, checkpointing and SGD together",
+        String::new(),
+        all,
+        g,
+    );
     Ok(out)
 }
 

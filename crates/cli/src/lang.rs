@@ -1,0 +1,192 @@
+//! English and Chinese for every sentence `tour`, `memory`, `fit` and `report` print.
+//! Sentences are looked up by their English text; `{0}`, `{1}` ... are filled in after.
+//! Technical names (Adam, BatchNorm, --flags, torch.*) stay as they are. A sentence
+//! with no translation is a bug: debug builds (and so the tests) panic on it.
+
+use std::fmt::Display;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, Default)]
+pub enum Lang {
+    #[default]
+    En,
+    Zh,
+}
+
+static ZH: &[(&str, &str)] = &[
+    // memory
+    ("{0} on {1} images, batch {2}, {3}, profile {4}, {5}", "{0}，输入 {1} 图像，批大小 {2}，{3}，配置 {4}，{5}"),
+    ("training with {0}", "使用 {0} 训练"),
+    ("inference", "推理"),
+    ("category", "类别"),
+    ("step 1 peak", "第 1 步峰值"),
+    ("step 2 peak", "第 2 步峰值"),
+    ("after step", "步后"),
+    ("what it is", "含义"),
+    ("total", "合计"),
+    ("the weights and biases the model learns ({0} params)", "模型学习的权重和偏置（{0} 个参数）"),
+    ("state that is not learned: BatchNorm running mean and variance", "不参与学习的状态：BatchNorm 的滑动均值和方差"),
+    ("one gradient per parameter, made by backward, read by the optimizer", "每个参数一个梯度，由反向传播产生，供优化器读取"),
+    ("what the optimizer remembers between steps (momentum, Adam's two moments), made at the first step()", "优化器在各步之间保存的状态（动量、Adam 的两个矩），在第一次 step() 时创建"),
+    ("the batch of input images and its int64 labels on the device", "设备上的一批输入图像及其 int64 标签"),
+    ("what forward keeps for backward: conv and linear inputs, ReLU outputs, max-pool indices, BatchNorm statistics", "前向传播为反向传播保留的张量：卷积和全连接层的输入、ReLU 的输出、最大池化的索引、BatchNorm 的统计量"),
+    ("short-lived tensors: gradients flowing back, outputs nobody keeps, optimizer scratch", "短暂存在的张量：回传的梯度、无人保留的输出、优化器的临时缓冲"),
+    ("outside the tensors: the allocator's rounding up to 512 B blocks and the CUDA context", "张量之外的开销：分配器按 512 B 块向上取整，以及 CUDA 上下文"),
+    ("Peak of step {0}: {1} ({2} B) in {3}, at {4}.", "第 {0} 步峰值：{1}（{2} B），出现在{3}阶段，位置 {4}。"),
+    ("Step 1 differs from step 2: optimizer state is created during the first step(), and step 1's gradients live until step 2's zero_grad().", "第 1 步与第 2 步不同：优化器状态在第一次 step() 中创建，而第 1 步的梯度一直存活到第 2 步的 zero_grad()。"),
+    ("Overhead includes the CUDA context, estimated at {0} (set it with --cuda-context); torch.cuda.max_memory_allocated() would report about {1}.", "开销中包含 CUDA 上下文，估计为 {0}（可用 --cuda-context 设置）；torch.cuda.max_memory_allocated() 约会报告 {1}。"),
+    ("forward", "前向"),
+    ("backward", "反向"),
+    ("optimizer", "优化器"),
+    // fit
+    ("{0} on {1} images, training with {2}, profile {3}, {4}", "{0}，输入 {1} 图像，使用 {2} 训练，配置 {3}，{4}"),
+    ("Card: {0}{1}; budget {2} % = {3} (peaks include the overhead)", "显卡：{0}{1}；预算 {2} % = {3}（峰值包含开销）"),
+    ("Largest batch size that fits: {0} (peak {1})", "可容纳的最大批大小：{0}（峰值 {1}）"),
+    ("Largest batch size that fits: {0} (peak {1}; at {2}: {3})", "可容纳的最大批大小：{0}（峰值 {1}；批大小 {2} 时为 {3}）"),
+    ("Largest power of two under it: {0}", "不超过它的最大 2 的幂：{0}"),
+    ("It does not fit even at batch 1.", "即使批大小为 1 也放不下。"),
+    ("The lesson's procedure: start at 16 and double while the peak stays under {0} % of the card.", "课程中的做法：从 16 开始，只要峰值低于显卡的 {0} % 就翻倍。"),
+    ("batch", "批大小"),
+    ("peak", "峰值"),
+    ("% of card", "占显卡 %"),
+    ("fits", "放得下"),
+    ("over the budget: stop", "超出预算：停止"),
+    ("What would make batch 1 fit:", "怎样才能让批大小 1 放得下："),
+    ("change", "改动"),
+    ("peak at batch 1", "批大小 1 的峰值"),
+    ("still over", "仍然超出"),
+    ("mixed precision ({0})", "混合精度（{0}）"),
+    ("activation checkpointing ({0})", "激活检查点（{0}）"),
+    ("SGD with momentum instead ({0}): one state tensor, not two", "改用带动量的 SGD（{0}）：一个状态张量而不是两个"),
+    ("a fused optimizer ({0}): no per-parameter temporaries", "融合优化器（{0}）：没有逐参数的临时缓冲"),
+    ("plain SGD ({0}): no optimizer state at all", "普通 SGD（{0}）：完全没有优化器状态"),
+    ("pure bf16 training ({0}): half of every tensor, weights included", "纯 bf16 训练（{0}）：所有张量减半，包括权重"),
+    ("a smaller input ({0})", "更小的输入（{0}）"),
+    ("all of AMP, checkpointing and SGD together", "同时使用 AMP、检查点和 SGD"),
+    ("To train with an effective batch of {0}: micro-batches of {1} with --accumulation-steps {2} (peak {3}).", "要以等效批大小 {0} 训练：使用大小为 {1} 的微批，并设置 --accumulation-steps {2}（峰值 {3}）。"),
+    ("Learning rate at batch {0} (tuned {1} at batch {2}):", "批大小 {0} 时的学习率（在批大小 {2} 下调好的学习率为 {1}）："),
+    ("linear scaling rule: {0} (lr x {1}/{2}; SGD, with a few epochs of warm-up)", "线性缩放规则：{0}（lr x {1}/{2}；适用于 SGD，配合几个 epoch 的预热）"),
+    ("square-root scaling rule: {0} (lr x sqrt({1}/{2}); usual for Adam)", "平方根缩放规则：{0}（lr x sqrt({1}/{2})；Adam 常用）"),
+    ("Plot: {0}", "图表：{0}"),
+    // tour
+    ("vramlab tour: how much memory does training take, and where does it go?", "vramlab 导览：训练需要多少显存，它们都去了哪里？"),
+    ("1. Image formats", "1. 图像格式"),
+    ("An image is a tensor of channels x height x width. Stored as uint8 it takes one byte per value; as the float32 a model trains on, four.", "一张图像是一个 通道 x 高 x 宽 的张量。以 uint8 存储时每个值占 1 字节；模型训练用的 float32 占 4 字节。"),
+    ("format", "格式"),
+    ("shape", "形状"),
+    ("values", "数值个数"),
+    ("grayscale (Fashion-MNIST)", "灰度（Fashion-MNIST）"),
+    ("colour (CIFAR-10)", "彩色（CIFAR-10）"),
+    ("A float32 CIFAR image is 12 KB: 3,072 values of 4 bytes.", "一张 float32 的 CIFAR 图像占 12 KB：3,072 个值，每个 4 字节。"),
+    ("2. The model: SimpleCNN", "2. 模型：SimpleCNN"),
+    ("(vramlab summary simple_cnn shows every layer.)", "（vramlab summary simple_cnn 会列出每一层。）"),
+    ("3. The lesson's numbers (MB = 1024*1024 B, KB = 1024 B)", "3. 课程中的数字（MB = 1024*1024 B，KB = 1024 B）"),
+    ("Total parameters: {0}", "参数总数：{0}"),
+    ("Parameter memory: {0} MB", "参数内存：{0} MB"),
+    ("Adam optimizer state: {0} MB", "Adam 优化器状态：{0} MB"),
+    ("One image: {0} KB", "一张图像：{0} KB"),
+    ("Batch of 4: {0} KB", "4 张一批：{0} KB"),
+    ("Batch of 64: {0} MB", "64 张一批：{0} MB"),
+    ("4. What the lesson leaves out", "4. 课程没有讲到的部分"),
+    ("Gradients: {0} MB, one per parameter, alive from backward until the next zero_grad().", "梯度：{0} MB，每个参数一个，从反向传播一直存活到下一次 zero_grad()。"),
+    ("Activations: forward keeps {0} per image for backward (conv inputs, ReLU outputs, max-pool inputs and int64 indices), {1}x the image itself.", "激活值：前向传播为反向传播每张图像保留 {0}（卷积输入、ReLU 输出、最大池化的输入和 int64 索引），是图像本身的 {1} 倍。"),
+    ("The peak: not the sum of the parts, but the highest point of the step's timeline.", "峰值：不是各部分之和，而是一个训练步时间线上的最高点。"),
+    ("profile", "配置"),
+    ("in", "阶段"),
+    ("grads", "梯度"),
+    ("Adam state", "Adam 状态"),
+    ("batch data", "批数据"),
+    ("activations", "激活值"),
+    ("temporaries", "临时张量"),
+    ("(the higher of steps 1 and 2; step 2 holds the Adam state made during step 1)", "（取第 1 步和第 2 步中较高者；第 2 步持有第 1 步创建的 Adam 状态）"),
+    ("pytorch-cpu reproduces real PyTorch 2.15 measurements to the byte (tested against shared/reference); pytorch-cuda adds the caching allocator's 512 B rounding and the CUDA context (outside PyTorch's counters), shown as overhead in `vramlab memory`.", "pytorch-cpu 按字节复现真实 PyTorch 2.15 的测量（已用 shared/reference 测试）；pytorch-cuda 另外加入缓存分配器的 512 B 取整和 CUDA 上下文（不在 PyTorch 的计数之内），在 `vramlab memory` 中显示为开销。"),
+    ("5. Batch size", "5. 批大小"),
+    ("Memory grows with the batch through the data and the activations; parameters, gradients and optimizer state do not. Start small (16), double while the peak stays under about 80 % of the card, and scale the learning rate with the batch.", "显存随批大小增长的部分是数据和激活值；参数、梯度和优化器状态不变。从小批量（16）开始，只要峰值低于显卡的约 80 % 就翻倍，并随批大小调整学习率。"),
+    ("Next:", "下一步："),
+    // report
+    ("vramlab report", "vramlab 报告"),
+    ("Model", "模型"),
+    ("parameters", "参数"),
+    ("MACs per image", "每张图像的乘加次数"),
+    ("Dataset", "数据集"),
+    ("samples per class, first of each class", "每类样本（各类的前几张）"),
+    ("images", "图像"),
+    ("classes", "类别"),
+    ("Layers", "各层"),
+    ("layer", "层"),
+    ("type", "类型"),
+    ("output", "输出"),
+    ("kept for backward", "为反向保留"),
+    ("Memory at batch {0}", "批大小 {0} 时的显存"),
+    ("Memory during one training step", "一个训练步中的显存"),
+    ("bytes alive after each op", "每个算子之后的存活字节数"),
+    ("op", "算子"),
+    ("Batch size", "批大小"),
+    ("peak memory by batch size", "不同批大小的峰值显存"),
+    ("Batch-size sweep", "批大小扫描"),
+    ("images/s", "图像/秒"),
+    ("final loss", "最终损失"),
+    ("test accuracy", "测试准确率"),
+    ("measured peak", "实测峰值"),
+    ("planned peak", "预测峰值"),
+    ("Made by vramlab {0}.", "由 vramlab {0} 生成。"),
+];
+
+/// The sentence in `lang`, `{0}`... filled from `args`.
+pub fn t(lang: Lang, key: &str, args: &[&dyn Display]) -> String {
+    let template = match lang {
+        Lang::En => key,
+        Lang::Zh => match ZH.iter().find(|(en, _)| *en == key) {
+            Some((_, zh)) => zh,
+            None => {
+                debug_assert!(false, "no Chinese for `{key}`");
+                key
+            }
+        },
+    };
+    let mut s = template.to_string();
+    for (i, a) in args.iter().enumerate() {
+        s = s.replace(&format!("{{{i}}}"), &a.to_string());
+    }
+    s
+}
+
+/// A sentence without arguments.
+pub fn s(lang: Lang, key: &str) -> String {
+    t(lang, key, &[])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_translation_keeps_its_placeholders() {
+        for (en, zh) in ZH {
+            for i in 0..6 {
+                let p = format!("{{{i}}}");
+                assert_eq!(
+                    en.contains(&p),
+                    zh.contains(&p),
+                    "`{en}` and `{zh}` differ in {p}"
+                );
+            }
+        }
+        let mut keys: Vec<&str> = ZH.iter().map(|p| p.0).collect();
+        keys.sort();
+        let n = keys.len();
+        keys.dedup();
+        assert_eq!(keys.len(), n, "a sentence is listed twice");
+    }
+
+    #[test]
+    fn arguments_fill_the_template() {
+        assert_eq!(
+            t(Lang::Zh, "Total parameters: {0}", &[&62006]),
+            "参数总数：62006"
+        );
+        assert_eq!(
+            t(Lang::En, "Total parameters: {0}", &[&62006]),
+            "Total parameters: 62006"
+        );
+    }
+}
