@@ -75,15 +75,15 @@ pub struct FitArgs {
 
 #[derive(Serialize)]
 pub struct FitJson {
-    model: String,
-    input_shape: Vec<usize>,
-    gpu: Option<String>,
-    profile: &'static str,
-    optimizer: String,
-    precision: &'static str,
+    pub model: String,
+    pub input_shape: Vec<usize>,
+    pub gpu: Option<String>,
+    pub profile: &'static str,
+    pub optimizer: String,
+    pub precision: &'static str,
     #[serde(flatten)]
-    fit: FitReport,
-    lr_advice: Option<LrAdvice>,
+    pub fit: FitReport,
+    pub lr_advice: Option<LrAdvice>,
 }
 
 pub fn fit(a: &FitArgs) -> Result<()> {

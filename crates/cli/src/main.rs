@@ -9,6 +9,7 @@ mod lang;
 mod memory_cmd;
 mod models_cmd;
 mod plot;
+mod report_cmd;
 mod tour;
 mod train_cmd;
 
@@ -84,6 +85,11 @@ enum Command {
     /// Top-5 classes of an image with a checkpoint.
     #[command(after_help = "Example:\n  vramlab predict --checkpoint run.safetensors boot.png")]
     Predict(train_cmd::PredictArgs),
+    /// One self-contained HTML report: samples, model, memory, batch-size curve, sweep.
+    #[command(
+        after_help = "Examples:\n  vramlab report lenet5 --data fashion-mnist --gpu t4 --out report.html\n  vramlab report resnet18 --input 3x32x32 --num-classes 10 --memory 8GiB --sweep sweep.json --lang zh --out report.html"
+    )]
+    Report(report_cmd::ReportArgs),
     /// Image datasets: info, stats, show, fetch.
     #[command(subcommand)]
     Data(data_cmd::DataCommand),
@@ -267,6 +273,7 @@ fn main() {
         Command::Bench(BenchCommand::Train(a)) => train_cmd::bench_train(&a),
         Command::Train(a) => train_cmd::train(&a),
         Command::Sweep(a) => train_cmd::sweep(&a),
+        Command::Report(a) => report_cmd::report(&a),
         Command::Eval(a) => train_cmd::eval(&a),
         Command::Predict(a) => train_cmd::predict(&a),
     };

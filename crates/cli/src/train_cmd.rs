@@ -895,7 +895,7 @@ pub struct SweepArgs {
     pub json: bool,
 }
 
-#[derive(Serialize, Clone)]
+#[derive(Serialize, serde::Deserialize, Clone)]
 pub struct SweepRow {
     pub batch_size: usize,
     pub lr: f32,
@@ -913,7 +913,7 @@ pub struct SweepRow {
     pub loss_curve: Vec<(usize, f32)>,
 }
 
-#[derive(Serialize)]
+#[derive(Serialize, serde::Deserialize)]
 pub struct SweepJson {
     pub model: String,
     pub dataset: String,

@@ -100,6 +100,14 @@ pub fn grid(ds: &Dataset, split: &Split, k: usize, scale: u32) -> RgbImage {
     img
 }
 
+/// The image as PNG bytes (for inlining into a report).
+pub fn png_bytes(img: &RgbImage) -> Result<Vec<u8>, DataError> {
+    let mut out = Vec::new();
+    img.write_to(&mut std::io::Cursor::new(&mut out), image::ImageFormat::Png)
+        .map_err(|e| DataError::Config(format!("cannot encode a PNG: {e}")))?;
+    Ok(out)
+}
+
 /// Writes a PNG through a temporary file and a rename: never a half-written file.
 pub fn save_png(img: &RgbImage, path: &Path) -> Result<(), DataError> {
     let dir = path
