@@ -135,8 +135,7 @@ impl Chart {
             all.iter()
                 .map(|p| p.1)
                 .fold(f64::INFINITY, f64::min)
-                .min(0.0)
-                .max(-1e300)
+                .clamp(-1e300, 0.0)
         };
         let lx = |x: f64| if self.x_log { x.max(1e-12).ln() } else { x };
         let (lx0, lx1) = (lx(x0), lx(x1));

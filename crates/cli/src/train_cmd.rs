@@ -621,17 +621,16 @@ pub struct EvalArgs {
     json: bool,
 }
 
+/// A checkpoint's model, loaded, with the normalisation and classes it was trained with.
+struct Restored {
+    engine: Engine,
+    mean: Vec<f32>,
+    std: Vec<f32>,
+    classes: Vec<String>,
+}
+
 /// Rebuilds the model a checkpoint was saved from and loads it.
-fn engine_from(
-    path: &PathBuf,
-    threads: Option<usize>,
-) -> Result<(
-    Engine,
-    checkpoint::Checkpoint,
-    Vec<f32>,
-    Vec<f32>,
-    Vec<String>,
-)> {
+fn engine_from(path: &std::path::Path, threads: Option<usize>) -> Result<Restored> {
     let ck = checkpoint::read(path)?;
     let meta = |k: &str| {
         ck.metadata.get(k).cloned().ok_or_else(|| {
@@ -655,11 +654,21 @@ fn engine_from(
     ck.load_into(&mut e)?;
     let mean: Vec<f32> = serde_json::from_str(&meta("mean")?)?;
     let std: Vec<f32> = serde_json::from_str(&meta("std")?)?;
-    Ok((e, ck, mean, std, classes))
+    Ok(Restored {
+        engine: e,
+        mean,
+        std,
+        classes,
+    })
 }
 
 pub fn eval(a: &EvalArgs) -> Result<()> {
-    let (mut e, _, mean, std, classes) = engine_from(&a.checkpoint, a.threads)?;
+    let Restored {
+        engine: mut e,
+        mean,
+        std,
+        classes,
+    } = engine_from(&a.checkpoint, a.threads)?;
     let ds = Arc::new(a.source.open()?);
     if ds.shape.to_vec() != e.graph.shapes[0] || ds.classes.len() != classes.len() {
         return Err(UserError(format!(
@@ -714,7 +723,12 @@ pub struct PredictArgs {
 }
 
 pub fn predict(a: &PredictArgs) -> Result<()> {
-    let (mut e, _, mean, std, classes) = engine_from(&a.checkpoint, Some(1))?;
+    let Restored {
+        engine: mut e,
+        mean,
+        std,
+        classes,
+    } = engine_from(&a.checkpoint, Some(1))?;
     let s = e.graph.shapes[0].clone();
     let opts = vramlab_data::folder::FolderOptions {
         resize: Some(vec![s[1] as u32, s[2] as u32]),

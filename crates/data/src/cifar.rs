@@ -67,7 +67,7 @@ pub fn parse(
     into: &mut Split,
 ) -> Result<(), DataError> {
     let rec = kind.record_bytes();
-    if bytes.is_empty() || bytes.len() % rec != 0 {
+    if bytes.is_empty() || !bytes.len().is_multiple_of(rec) {
         return Err(DataError::file(
             path,
             format!(

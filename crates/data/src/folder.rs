@@ -21,6 +21,11 @@ pub struct FolderOptions {
     pub grayscale: bool,
 }
 
+/// Image files with their class index, and the class names.
+type Scan = (Vec<(PathBuf, u16)>, Vec<String>);
+/// One decoded image: its `[C, H, W]` and planar bytes.
+type Decoded = ([usize; 3], Vec<u8>);
+
 const EXTENSIONS: &[&str] = &["png", "jpg", "jpeg", "bmp", "gif", "webp"];
 
 fn list_dir(dir: &Path) -> Result<Vec<PathBuf>, DataError> {
@@ -37,7 +42,7 @@ fn list_dir(dir: &Path) -> Result<Vec<PathBuf>, DataError> {
 }
 
 /// The files of one split: `(path, class index)`, and the class names.
-fn scan(root: &Path) -> Result<(Vec<(PathBuf, u16)>, Vec<String>), DataError> {
+fn scan(root: &Path) -> Result<Scan, DataError> {
     let class_dirs: Vec<PathBuf> = list_dir(root)?.into_iter().filter(|p| p.is_dir()).collect();
     if class_dirs.is_empty() {
         return Err(DataError::file(
@@ -86,7 +91,7 @@ fn scan(root: &Path) -> Result<(Vec<(PathBuf, u16)>, Vec<String>), DataError> {
 }
 
 /// Decodes and preprocesses one image to planar u8 `C x H x W`.
-pub fn decode(path: &Path, opts: &FolderOptions) -> Result<([usize; 3], Vec<u8>), DataError> {
+pub fn decode(path: &Path, opts: &FolderOptions) -> Result<Decoded, DataError> {
     let bytes =
         std::fs::read(path).map_err(|e| DataError::file(path, format!("cannot read: {e}")))?;
     if bytes.is_empty() {
@@ -155,7 +160,7 @@ fn load_split(
         .map(|n| n.get())
         .unwrap_or(1);
     let chunk = files.len().div_ceil(threads).max(1);
-    let decoded: Vec<Result<Vec<([usize; 3], Vec<u8>)>, DataError>> = std::thread::scope(|s| {
+    let decoded: Vec<Result<Vec<Decoded>, DataError>> = std::thread::scope(|s| {
         let handles: Vec<_> = files
             .chunks(chunk)
             .map(|part| s.spawn(move || part.iter().map(|(p, _)| decode(p, opts)).collect()))
@@ -196,27 +201,27 @@ pub fn open(root: &Path, opts: &FolderOptions) -> Result<Dataset, DataError> {
         .iter()
         .map(|d| root.join(d))
         .find(|d| d.is_dir());
-    let (train, shape, classes, test) = if train_dir.is_dir() && test_dir.is_some() {
-        let (train, shape, classes) = load_split(&train_dir, opts)?;
-        let test_dir = test_dir.expect("checked");
-        let (test, tshape, tclasses) = load_split(&test_dir, opts)?;
-        if tclasses != classes {
-            return Err(DataError::file(
-                &test_dir,
-                "its class folders differ from train/'s",
-            ));
-        }
-        if tshape != shape {
-            return Err(DataError::file(
-                &test_dir,
-                "its images differ in size from train/'s; use --resize",
-            ));
-        }
-        (train, shape, classes, Some(test))
-    } else {
-        let (train, shape, classes) = load_split(root, opts)?;
-        (train, shape, classes, None)
-    };
+    let (train, shape, classes, test) =
+        if let (true, Some(test_dir)) = (train_dir.is_dir(), test_dir) {
+            let (train, shape, classes) = load_split(&train_dir, opts)?;
+            let (test, tshape, tclasses) = load_split(&test_dir, opts)?;
+            if tclasses != classes {
+                return Err(DataError::file(
+                    &test_dir,
+                    "its class folders differ from train/'s",
+                ));
+            }
+            if tshape != shape {
+                return Err(DataError::file(
+                    &test_dir,
+                    "its images differ in size from train/'s; use --resize",
+                ));
+            }
+            (train, shape, classes, Some(test))
+        } else {
+            let (train, shape, classes) = load_split(root, opts)?;
+            (train, shape, classes, None)
+        };
     Ok(Dataset {
         name: root
             .file_name()

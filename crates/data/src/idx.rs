@@ -229,11 +229,10 @@ pub fn find(root: &Path, split: &str, kind: Kind, family: &Family) -> Option<Pat
     None
 }
 
-fn load_split(
-    root: &Path,
-    split: &str,
-    family: &Family,
-) -> Result<Option<(Split, [usize; 3], Vec<PathBuf>)>, DataError> {
+/// A split, its image shape and the two files it came from.
+type Loaded = (Split, [usize; 3], Vec<PathBuf>);
+
+fn load_split(root: &Path, split: &str, family: &Family) -> Result<Option<Loaded>, DataError> {
     let images_path = match find(root, split, Kind::Images, family) {
         Some(p) => p,
         None if split == "test" => return Ok(None),

@@ -107,7 +107,7 @@ pub fn save(
         );
     }
     let mut h = serde_json::to_vec(&Value::Object(header)).expect("serialisable");
-    while h.len() % 8 != 0 {
+    while !h.len().is_multiple_of(8) {
         h.push(b' ');
     }
     let mut file = Vec::with_capacity(8 + h.len() + body.len());
