@@ -319,3 +319,39 @@ fn gpus_lists_at_least_25_cards_and_fit_rejects_unknown_ones() {
     assert_user_error(&["fit", "simple_cnn", "--memory", "lots"], "is not a size");
     assert_user_error(&["fit", "simple_cnn"], "--gpu");
 }
+
+#[test]
+fn tour_memory_and_fit_speak_chinese() {
+    let o = vramlab(&["tour", "--lang", "zh"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let out = stdout(&o);
+    assert!(out.contains("参数总数：62006"), "{out}");
+    assert!(out.contains("Adam 优化器状态：0.47 MB"));
+    assert!(out.contains("64 张一批：0.75 MB"));
+    let o = vramlab(&["memory", "resnet18", "--batch-size", "8", "--lang", "zh"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(stdout(&o).contains("第 2 步峰值"));
+    assert!(stdout(&o).contains("CUDA 上下文"));
+    let o = vramlab(&["fit", "vgg16", "--memory", "2GiB", "--lang", "zh"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(stdout(&o).contains("即使批大小为 1 也放不下"));
+    assert!(stdout(&o).contains("混合精度（--precision amp-bf16）"));
+    let o = vramlab(&[
+        "fit",
+        "resnet18",
+        "--gpu",
+        "t4",
+        "--target-batch",
+        "4096",
+        "--lang",
+        "zh",
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let out = stdout(&o);
+    assert!(
+        out.contains("可容纳的最大批大小")
+            && out.contains("线性缩放规则")
+            && out.contains("等效批大小 4,096"),
+        "{out}"
+    );
+}

@@ -225,3 +225,44 @@ fn idx_sets_check_counts_and_labels() {
     assert!(ds.test.is_none());
     std::fs::remove_dir_all(&root).ok();
 }
+
+#[test]
+fn emnist_images_are_transposed_back_as_torchvision_does() {
+    use vramlab_data::idx::encode as idx;
+    let root = tmp("emnist");
+    // One 2x3 image stored transposed: rows [1 2 3] [4 5 6] read back as 3x2 [1 4] [2 5] [3 6].
+    std::fs::write(
+        root.join("emnist-balanced-train-images-idx3-ubyte"),
+        idx(&[1, 2, 3], &[1, 2, 3, 4, 5, 6]),
+    )
+    .unwrap();
+    std::fs::write(
+        root.join("emnist-balanced-train-labels-idx1-ubyte"),
+        idx(&[1], &[36]),
+    )
+    .unwrap();
+    let ds = open("emnist-balanced", Some(&root), &Default::default()).unwrap();
+    assert_eq!(ds.shape, [1, 3, 2]);
+    assert_eq!(ds.image(&ds.train, 0), &[1, 4, 2, 5, 3, 6]);
+    assert_eq!(ds.classes.len(), 47);
+    assert_eq!(ds.classes[36], "a");
+    assert!(open("emnist-nonsense", Some(&root), &Default::default())
+        .unwrap_err()
+        .to_string()
+        .contains("unknown EMNIST split"));
+    std::fs::remove_dir_all(&root).ok();
+}
+
+#[test]
+fn the_terminal_preview_uses_true_colour_half_blocks() {
+    let img = image::RgbImage::from_fn(2, 3, |x, y| image::Rgb([x as u8 * 100, y as u8 * 50, 7]));
+    let s = show::ansi_preview(&img);
+    // 3 pixel rows make 2 text rows of 2 cells; each cell is an upper half block.
+    assert_eq!(s.lines().count(), 2);
+    assert_eq!(s.matches('\u{2580}').count(), 4);
+    assert!(
+        s.starts_with("\x1b[38;2;0;0;7m\x1b[48;2;0;50;7m\u{2580}"),
+        "{s:?}"
+    );
+    assert!(s.contains("\x1b[0m\n"));
+}
