@@ -122,6 +122,22 @@ fn init_uniform(rng: &mut Rng, n: usize, fan_in: usize) -> Vec<f32> {
         .collect()
 }
 
+/// Training frees and reallocates the same large buffers every step. glibc returns
+/// buffers over its mmap threshold to the kernel at once, so each step would pay page
+/// faults, page zeroing and TLB shootdowns again; keep them in the heap instead.
+fn keep_freed_memory() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        #[cfg(all(target_os = "linux", target_env = "gnu"))]
+        // SAFETY: mallopt only sets allocator parameters; called once, before the
+        // engine allocates its buffers.
+        unsafe {
+            libc::mallopt(libc::M_MMAP_THRESHOLD, 32 << 20);
+            libc::mallopt(libc::M_TRIM_THRESHOLD, 1 << 30);
+        }
+    });
+}
+
 impl Engine {
     pub fn new(
         graph: Shaped,
@@ -129,6 +145,7 @@ impl Engine {
         seed: u64,
         threads: usize,
     ) -> Result<Engine, EngineError> {
+        keep_freed_memory();
         let threads = threads.max(1);
         let pool = rayon::ThreadPoolBuilder::new()
             .num_threads(threads)
