@@ -176,6 +176,203 @@ pub fn col2im_add(col: &[f32], g: &ConvGeom, group: usize, dx: &mut [f32]) {
     }
 }
 
+/// Columns of a direct-convolution output tile (one AVX-512 register).
+pub const LANES: usize = 16;
+/// Output channels of a direct-convolution tile (eight accumulator registers).
+pub const CO_BLOCK: usize = 8;
+
+/// Whether this CPU runs the direct convolution (AVX-512).
+pub fn direct_available() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        std::arch::is_x86_feature_detected!("avx512f")
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        false
+    }
+}
+
+/// Whether a convolution of this shape takes the direct path (when the CPU has it):
+/// stride 1, no dilation, one group, few channels, where im2col plus a matrix product
+/// spends most of its time copying.
+pub fn direct_shape(g: &ConvGeom) -> bool {
+    g.sh == 1
+        && g.sw == 1
+        && g.dh == 1
+        && g.dw == 1
+        && g.groups == 1
+        && g.cout <= 64
+        && g.cin <= 64
+        && !g.is_pointwise()
+        && g.ph < g.kh
+        && g.pw < g.kw
+}
+
+/// Width of a zero-padded row for a direct convolution with `wo` output columns.
+pub fn direct_row(wo: usize, kw: usize) -> usize {
+    wo.div_ceil(LANES) * LANES + kw - 1
+}
+
+/// Floats of the blocked weights of a direct convolution.
+pub fn direct_weight_len(cout: usize, cin: usize, kh: usize, kw: usize) -> usize {
+    cout.div_ceil(CO_BLOCK) * CO_BLOCK * cin * kh * kw
+}
+
+/// Re-lays weights `w[co][ci][ky][kx]` out as `[co/8][ci][ky][kx][8]` (channels past
+/// `cout` zero); with `flip`, as the weights of the input gradient instead:
+/// `w'[ci][co][kh-1-ky][kw-1-kx]`, blocked over `ci`.
+pub fn direct_weights(
+    w: &[f32],
+    cout: usize,
+    cin: usize,
+    kh: usize,
+    kw: usize,
+    flip: bool,
+    out: &mut [f32],
+) {
+    let (o, i) = if flip { (cin, cout) } else { (cout, cin) };
+    out.fill(0.0);
+    let kk = i * kh * kw;
+    for a in 0..o {
+        for b in 0..i {
+            for ky in 0..kh {
+                for kx in 0..kw {
+                    let v = if flip {
+                        w[((b * cin + a) * kh + kh - 1 - ky) * kw + kw - 1 - kx]
+                    } else {
+                        w[((a * cin + b) * kh + ky) * kw + kx]
+                    };
+                    let j = (b * kh + ky) * kw + kx;
+                    out[((a / CO_BLOCK) * kk + j) * CO_BLOCK + a % CO_BLOCK] = v;
+                }
+            }
+        }
+    }
+}
+
+/// Copies `c` planes of `h x w` into planes of `hp x wp` at (top, left), zero around.
+#[allow(clippy::too_many_arguments)]
+pub fn pad_planes(
+    src: &[f32],
+    c: usize,
+    h: usize,
+    w: usize,
+    top: usize,
+    left: usize,
+    hp: usize,
+    wp: usize,
+    dst: &mut [f32],
+) {
+    dst[..c * hp * wp].fill(0.0);
+    for ch in 0..c {
+        for y in 0..h {
+            let d0 = ch * hp * wp + (y + top) * wp + left;
+            dst[d0..d0 + w].copy_from_slice(&src[ch * h * w + y * w..ch * h * w + (y + 1) * w]);
+        }
+    }
+}
+
+/// Direct stride-1 convolution of one sample: `out[co][oy][ox] = sum over ci, ky, kx of
+/// w[co][ci][ky][kx] * xp[ci][oy+ky][ox+kx]`, over a zero-padded input `xp` (`cin` planes
+/// of `hp x wp`, `wp >= direct_row(wo, kw)`) and blocked weights from
+/// [`direct_weights`]. Assigns `out` (`cout x ho x wo`). Call only where
+/// [`direct_available`] is true.
+#[allow(clippy::too_many_arguments)]
+pub fn conv_direct(
+    xp: &[f32],
+    cin: usize,
+    hp: usize,
+    wp: usize,
+    wb: &[f32],
+    cout: usize,
+    kh: usize,
+    kw: usize,
+    out: &mut [f32],
+    ho: usize,
+    wo: usize,
+) {
+    assert!(direct_available(), "conv_direct needs AVX-512");
+    assert!(
+        wp >= direct_row(wo, kw) && hp >= ho + kh - 1 && xp.len() >= cin * hp * wp,
+        "padded input too small"
+    );
+    assert!(
+        wb.len() >= direct_weight_len(cout, cin, kh, kw) && out.len() >= cout * ho * wo,
+        "buffers too small"
+    );
+    #[cfg(target_arch = "x86_64")]
+    // SAFETY: AVX-512 is present (asserted); the asserts above bound every load and store:
+    // rows are read at most `direct_row(wo, kw)` floats wide inside `wp`, stores are masked
+    // to `wo` columns and `cout` channels.
+    unsafe {
+        direct_avx512(
+            xp.as_ptr(),
+            cin,
+            hp,
+            wp,
+            wb.as_ptr(),
+            cout,
+            kh,
+            kw,
+            out.as_mut_ptr(),
+            ho,
+            wo,
+        )
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+#[allow(clippy::too_many_arguments)]
+unsafe fn direct_avx512(
+    xp: *const f32,
+    cin: usize,
+    hp: usize,
+    wp: usize,
+    wb: *const f32,
+    cout: usize,
+    kh: usize,
+    kw: usize,
+    out: *mut f32,
+    ho: usize,
+    wo: usize,
+) {
+    use std::arch::x86_64::*;
+    let kk = cin * kh * kw;
+    for blk in 0..cout.div_ceil(CO_BLOCK) {
+        let wblk = wb.add(blk * kk * CO_BLOCK);
+        let cb = CO_BLOCK.min(cout - blk * CO_BLOCK);
+        for oy in 0..ho {
+            let mut ox0 = 0;
+            while ox0 < wo {
+                let mut acc = [_mm512_setzero_ps(); CO_BLOCK];
+                let mut j = 0;
+                for ci in 0..cin {
+                    for ky in 0..kh {
+                        let row = xp.add((ci * hp + oy + ky) * wp + ox0);
+                        for kx in 0..kw {
+                            let xv = _mm512_loadu_ps(row.add(kx));
+                            let w8 = wblk.add(j * CO_BLOCK);
+                            for (c, a) in acc.iter_mut().enumerate() {
+                                *a = _mm512_fmadd_ps(_mm512_set1_ps(*w8.add(c)), xv, *a);
+                            }
+                            j += 1;
+                        }
+                    }
+                }
+                let n = LANES.min(wo - ox0);
+                let mask: __mmask16 = if n == LANES { 0xffff } else { (1u16 << n) - 1 };
+                for (c, a) in acc.iter().enumerate().take(cb) {
+                    let dst = out.add((blk * CO_BLOCK + c) * ho * wo + oy * wo + ox0);
+                    _mm512_mask_storeu_ps(dst, mask, *a);
+                }
+                ox0 += LANES;
+            }
+        }
+    }
+}
+
 /// Window `[start, end)` of adaptive pooling output index `i` (PyTorch's rule).
 pub fn adaptive_window(i: usize, input: usize, output: usize) -> (usize, usize) {
     let start = (i * input) / output;
@@ -186,6 +383,101 @@ pub fn adaptive_window(i: usize, input: usize, output: usize) -> (usize, usize) 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_direct_convolution_and_its_flipped_form_equal_the_definition() {
+        if !direct_available() {
+            eprintln!("skipped: no AVX-512 on this CPU");
+            return;
+        }
+        for (cin, h, w, cout, k, p) in [
+            (3, 32, 32, 6, 5, 0),
+            (6, 14, 14, 16, 5, 0),
+            (2, 7, 9, 11, 3, 1),
+            (1, 28, 28, 6, 5, 2),
+            (9, 5, 37, 17, 3, 1),
+        ] {
+            let (ho, wo) = (h + 2 * p - k + 1, w + 2 * p - k + 1);
+            let g = ConvGeom {
+                cin,
+                h,
+                w,
+                cout,
+                kh: k,
+                kw: k,
+                sh: 1,
+                sw: 1,
+                ph: p,
+                pw: p,
+                dh: 1,
+                dw: 1,
+                groups: 1,
+                ho,
+                wo,
+            };
+            let x: Vec<f32> = (0..cin * h * w)
+                .map(|i| ((i * 37 % 101) as f32 - 50.0) / 25.0)
+                .collect();
+            let wt: Vec<f32> = (0..cout * g.k())
+                .map(|i| ((i * 53 % 97) as f32 - 48.0) / 40.0)
+                .collect();
+            let mut col = vec![0.0; g.k() * g.hw_out()];
+            im2col(&x, &g, 0, &mut col);
+            let mut expect = vec![0.0; cout * g.hw_out()];
+            gemm(
+                cout,
+                g.k(),
+                g.hw_out(),
+                &wt,
+                (g.k() as isize, 1),
+                &col,
+                (g.hw_out() as isize, 1),
+                &mut expect,
+                (g.hw_out() as isize, 1),
+                0.0,
+            );
+            let (hp, wp) = (h + 2 * p, direct_row(wo, k));
+            let mut xp = vec![f32::NAN; cin * hp * wp];
+            pad_planes(&x, cin, h, w, p, p, hp, wp, &mut xp);
+            let mut wb = vec![f32::NAN; direct_weight_len(cout, cin, k, k)];
+            direct_weights(&wt, cout, cin, k, k, false, &mut wb);
+            let mut out = vec![f32::NAN; cout * ho * wo];
+            conv_direct(&xp, cin, hp, wp, &wb, cout, k, k, &mut out, ho, wo);
+            for (a, b) in out.iter().zip(&expect) {
+                assert!((a - b).abs() < 1e-3 * (1.0 + b.abs()), "{a} vs {b}");
+            }
+            // The input gradient: W^T * dY then col2im, against the flipped direct form.
+            let dy: Vec<f32> = (0..cout * ho * wo)
+                .map(|i| ((i * 29 % 89) as f32 - 44.0) / 30.0)
+                .collect();
+            let mut colg = vec![0.0; g.k() * g.hw_out()];
+            gemm(
+                g.k(),
+                cout,
+                g.hw_out(),
+                &wt,
+                (1, g.k() as isize),
+                &dy,
+                (g.hw_out() as isize, 1),
+                &mut colg,
+                (g.hw_out() as isize, 1),
+                0.0,
+            );
+            let mut dx = vec![0.0; cin * h * w];
+            col2im_add(&colg, &g, 0, &mut dx);
+            let q = k - 1 - p;
+            let (hq, wq) = (ho + 2 * q, direct_row(w, k));
+            let mut dyp = vec![f32::NAN; cout * hq * wq];
+            pad_planes(&dy, cout, ho, wo, q, q, hq, wq, &mut dyp);
+            let mut wf = vec![f32::NAN; direct_weight_len(cin, cout, k, k)];
+            direct_weights(&wt, cout, cin, k, k, true, &mut wf);
+            let mut dx2 = vec![f32::NAN; cin * h * w];
+            conv_direct(&dyp, cout, hq, wq, &wf, cin, k, k, &mut dx2, h, w);
+            for (a, b) in dx2.iter().zip(&dx) {
+                assert!((a - b).abs() < 1e-3 * (1.0 + b.abs()), "dx {a} vs {b}");
+            }
+        }
+    }
 
     /// The plain definition, element by element.
     fn im2col_reference(x: &[f32], g: &ConvGeom, group: usize) -> Vec<f32> {

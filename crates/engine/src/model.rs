@@ -18,6 +18,7 @@ use rayon::prelude::*;
 use vramlab_graph::{Op, Shaped};
 
 use crate::kernels::{self, adaptive_window, gemm, ConvGeom};
+
 use crate::optim::{self, OptimizerConfig};
 use crate::rng::Rng;
 use crate::tensor::{Buf, Category, CategoryBytes, Peak, Phase, Saved, SavedIdx, Tensor, Tracker};
@@ -505,6 +506,9 @@ impl Engine {
 
     fn conv_forward(&self, i: usize, x: &Tensor, p0: usize, bias: bool) -> Tensor {
         let g = self.geom(i);
+        if kernels::direct_available() && kernels::direct_shape(&g) {
+            return self.conv_forward_direct(&g, x, p0, bias, self.out_shape(i, x.shape[0]));
+        }
         let b = x.shape[0];
         let out = Tensor::zeros(&self.tracker, &self.out_shape(i, b), None);
         let chunks = self.chunks(b);
@@ -580,6 +584,111 @@ impl Engine {
             });
         }
         drop(col);
+        out
+    }
+
+    /// dX of a stride-1 convolution as a direct convolution: the output gradient padded
+    /// by `k - 1 - p` on each side, with the weights transposed and flipped.
+    fn conv_input_grad_direct(&self, g: &ConvGeom, gout: &Tensor, p0: usize, gi: &Tensor) {
+        let b = gout.shape[0];
+        let chunks = self.chunks(b);
+        let per_chunk = b.div_ceil(chunks);
+        let (qh, qw) = (g.kh - 1 - g.ph, g.kw - 1 - g.pw);
+        let (hq, wq) = (g.ho + 2 * qh, kernels::direct_row(g.w, g.kw));
+        let wf = self.scratch(kernels::direct_weight_len(g.cin, g.cout, g.kh, g.kw));
+        let gpad = self.scratch(chunks * g.cout * hq * wq);
+        {
+            kernels::direct_weights(
+                &self.params[p0].value.data(),
+                g.cout,
+                g.cin,
+                g.kh,
+                g.kw,
+                true,
+                &mut wf.data_mut(),
+            );
+            let (wfd, gd) = (wf.data(), gout.data());
+            let (mut gid, mut gpd) = (gi.data_mut(), gpad.data_mut());
+            let (wfd, gd, gid, gpd): (&[f32], &[f32], &mut [f32], &mut [f32]) =
+                (&wfd[..], &gd[..], &mut gid[..], &mut gpd[..]);
+            let (in_per, out_per, pad_per) =
+                (g.cin * g.in_plane(), g.cout * g.hw_out(), g.cout * hq * wq);
+            let g = *g;
+            self.pool.install(|| {
+                gid.par_chunks_mut(per_chunk * in_per)
+                    .zip(gd.par_chunks(per_chunk * out_per))
+                    .zip(gpd.par_chunks_mut(pad_per))
+                    .for_each(|((dx, gc), gp)| {
+                        for (dxs, gs) in dx.chunks_mut(in_per).zip(gc.chunks(out_per)) {
+                            kernels::pad_planes(gs, g.cout, g.ho, g.wo, qh, qw, hq, wq, gp);
+                            kernels::conv_direct(
+                                gp, g.cout, hq, wq, wfd, g.cin, g.kh, g.kw, dxs, g.h, g.w,
+                            );
+                        }
+                    });
+            });
+        }
+    }
+
+    /// The direct convolution: blocked weights, then one zero-padded input per chunk.
+    fn conv_forward_direct(
+        &self,
+        g: &ConvGeom,
+        x: &Tensor,
+        p0: usize,
+        bias: bool,
+        shape: Vec<usize>,
+    ) -> Tensor {
+        let b = x.shape[0];
+        let out = Tensor::zeros(&self.tracker, &shape, None);
+        let chunks = self.chunks(b);
+        let per_chunk = b.div_ceil(chunks);
+        let (hp, wp) = (g.h + 2 * g.ph, kernels::direct_row(g.wo, g.kw));
+        let wb = self.scratch(kernels::direct_weight_len(g.cout, g.cin, g.kh, g.kw));
+        let xpad = self.scratch(chunks * g.cin * hp * wp);
+        {
+            kernels::direct_weights(
+                &self.params[p0].value.data(),
+                g.cout,
+                g.cin,
+                g.kh,
+                g.kw,
+                false,
+                &mut wb.data_mut(),
+            );
+            let bvec = bias.then(|| self.params[p0 + 1].value.data().clone());
+            let (wbd, xd) = (wb.data(), x.data());
+            let (mut od, mut xpd) = (out.data_mut(), xpad.data_mut());
+            let (wbd, xd, od, xpd): (&[f32], &[f32], &mut [f32], &mut [f32]) =
+                (&wbd[..], &xd[..], &mut od[..], &mut xpd[..]);
+            let (in_per, out_per, pad_per, hw) = (
+                g.cin * g.in_plane(),
+                g.cout * g.hw_out(),
+                g.cin * hp * wp,
+                g.hw_out(),
+            );
+            let g = *g;
+            self.pool.install(|| {
+                od.par_chunks_mut(per_chunk * out_per)
+                    .zip(xd.par_chunks(per_chunk * in_per))
+                    .zip(xpd.par_chunks_mut(pad_per))
+                    .for_each(|((o, xc), xp)| {
+                        for (os, xs) in o.chunks_mut(out_per).zip(xc.chunks(in_per)) {
+                            kernels::pad_planes(xs, g.cin, g.h, g.w, g.ph, g.pw, hp, wp, xp);
+                            kernels::conv_direct(
+                                xp, g.cin, hp, wp, wbd, g.cout, g.kh, g.kw, os, g.ho, g.wo,
+                            );
+                            if let Some(bv) = &bvec {
+                                for (co, plane) in os.chunks_mut(hw).enumerate() {
+                                    plane.iter_mut().for_each(|v| *v += bv[co]);
+                                }
+                            }
+                        }
+                    });
+            });
+        }
+        drop(wb);
+        drop(xpad);
         out
     }
 
@@ -1168,6 +1277,9 @@ impl Engine {
     ) -> (Option<Tensor>, Tensor, Option<Tensor>) {
         let g = self.geom(i);
         let b = x.shape[0];
+        // The input gradient of a small stride-1 convolution is itself a direct
+        // convolution (of the padded output gradient with flipped weights), done below.
+        let direct_in = need_in && kernels::direct_available() && kernels::direct_shape(&g);
         let gi = need_in.then(|| Tensor::zeros(&self.tracker, &x.shape, None));
         let wshape = self.params[p0].value.shape.clone();
         let wsize: usize = wshape.iter().product();
@@ -1193,7 +1305,8 @@ impl Engine {
                 Some(c) => c.chunks_mut(k * hw).map(Some).collect(),
                 None => (0..chunks).map(|_| None).collect(),
             };
-            let gi_chunks: Vec<Option<&mut [f32]>> = match gid.as_deref_mut() {
+            let gi_chunks: Vec<Option<&mut [f32]>> = match gid.as_deref_mut().filter(|_| !direct_in)
+            {
                 Some(d) => d.chunks_mut(per_chunk * in_per).map(Some).collect(),
                 None => (0..chunks).map(|_| None).collect(),
             };
@@ -1306,6 +1419,9 @@ impl Engine {
         }
         drop(col);
         drop(partial);
+        if let (true, Some(gi)) = (direct_in, &gi) {
+            self.conv_input_grad_direct(&g, gout, p0, gi);
+        }
         (gi, gw, gb)
     }
 

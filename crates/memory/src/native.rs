@@ -15,6 +15,14 @@ use crate::{
 };
 
 const F32: u128 = 4;
+/// The engine's direct convolution tile: 16 columns by 8 output channels.
+const DIRECT_LANES: usize = 16;
+const DIRECT_CO_BLOCK: usize = 8;
+
+/// A padded row of the direct convolution (`kernels::direct_row` in the engine).
+fn direct_row(wo: usize, kw: usize) -> usize {
+    wo.div_ceil(DIRECT_LANES) * DIRECT_LANES + kw - 1
+}
 
 struct Native<'a> {
     g: &'a Shaped,
@@ -24,6 +32,8 @@ struct Native<'a> {
     requires: Vec<bool>,
     first_param: Vec<usize>,
     grads: Vec<Option<Sid>>,
+    /// The CPU has AVX-512, so the engine takes its direct convolution where it can.
+    avx512: bool,
 }
 
 /// What one node keeps for backward (storages), as the engine's tape.
@@ -49,6 +59,29 @@ impl Native<'_> {
         for s in tape {
             self.sim.unsave(s);
         }
+    }
+
+    /// Whether the engine runs this convolution directly (AVX-512, stride 1, no
+    /// dilation, one group, at most 64 channels in and out, padding under the kernel):
+    /// `kernels::direct_available` and `kernels::direct_shape` in the engine.
+    fn direct(&self, i: usize) -> bool {
+        let Op::Conv2d(c) = &self.g.nodes()[i].op else {
+            return false;
+        };
+        self.avx512
+            && c.stride == (1, 1)
+            && c.dilation == (1, 1)
+            && c.groups == 1
+            && c.out_channels <= 64
+            && c.in_channels <= 64
+            && c.kernel_size != (1, 1)
+            && c.padding.0 < c.kernel_size.0
+            && c.padding.1 < c.kernel_size.1
+    }
+
+    /// Bytes of the direct convolution's blocked weights (8-channel blocks).
+    fn direct_weights(&self, out_ch: usize, in_ch: usize, kh: usize, kw: usize) -> u128 {
+        (out_ch.div_ceil(DIRECT_CO_BLOCK) * DIRECT_CO_BLOCK * in_ch * kh * kw) as u128 * F32
     }
 
     /// (k rows of im2col, output plane) of a convolution node, and whether it is 1x1.
@@ -80,10 +113,30 @@ impl Native<'_> {
             let mut recorded = false;
             let out = match &node.op {
                 Op::Input => unreachable!("node 0"),
-                Op::Conv2d(_) => {
+                Op::Conv2d(c) => {
                     let out = self.alloc(out_bytes, None, "conv2d");
                     let (k, hw, pointwise) = self.conv_geom(i);
-                    if !pointwise {
+                    if self.direct(i) {
+                        let (h, _) = (g.shapes[node.inputs[0]][1], g.shapes[node.inputs[0]][2]);
+                        let (hp, wp) = (
+                            h + 2 * c.padding.0,
+                            direct_row(g.shapes[i][2], c.kernel_size.1),
+                        );
+                        let wb = self.direct_weights(
+                            c.out_channels,
+                            c.in_channels,
+                            c.kernel_size.0,
+                            c.kernel_size.1,
+                        );
+                        let wb = self.alloc(wb, None, "direct_weights");
+                        let xpad = self.alloc(
+                            self.chunks * (c.in_channels * hp * wp) as u128 * F32,
+                            None,
+                            "pad",
+                        );
+                        self.sim.decref(wb);
+                        self.sim.decref(xpad);
+                    } else if !pointwise {
                         let col = self.alloc(self.chunks * k * hw * F32, None, "im2col");
                         self.sim.decref(col);
                     }
@@ -358,6 +411,17 @@ impl Native<'_> {
     }
 }
 
+fn avx512() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        std::arch::is_x86_feature_detected!("avx512f")
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        false
+    }
+}
+
 /// The native profile's report.
 pub(crate) fn run(g: &Shaped, cfg: &PlanConfig) -> Result<MemoryReport, PlanError> {
     if cfg.batch_size == 0 {
@@ -391,6 +455,7 @@ pub(crate) fn run(g: &Shaped, cfg: &PlanConfig) -> Result<MemoryReport, PlanErro
         requires,
         first_param,
         grads: Vec::new(),
+        avx512: avx512(),
     };
     let mut param_bytes = Vec::new();
     let mut buffer_bytes = 0;
