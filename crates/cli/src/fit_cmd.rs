@@ -119,7 +119,7 @@ pub fn fit(a: &FitArgs) -> Result<()> {
         lr_advice: lr,
     };
     if let Some(path) = &a.plot {
-        batch_chart(&g, &cfg, &out).save(path)?;
+        batch_chart(&g, &cfg, &out, a.lang).save(path)?;
     }
     if a.json {
         return print_json(&out);
@@ -136,6 +136,7 @@ pub fn batch_chart(
     g: &vramlab_graph::Shaped,
     cfg: &vramlab_memory::PlanConfig,
     o: &FitJson,
+    lang: Lang,
 ) -> crate::plot::Chart {
     use crate::plot::{Chart, HLine, Series, COLORS};
     use vramlab_memory::Category;
@@ -176,35 +177,45 @@ pub fn batch_chart(
         }
     }
     Chart {
-        title: format!(
-            "{} {}: peak memory by batch size ({}, {})",
-            o.model,
-            fmt_shape(&o.input_shape),
-            o.optimizer,
-            o.profile
+        title: t(
+            lang,
+            "{0} {1}: peak memory by batch size ({2}, {3})",
+            &[
+                &o.model,
+                &fmt_shape(&o.input_shape),
+                &o.optimizer,
+                &o.profile,
+            ],
         ),
-        x_label: "batch size".into(),
-        y_label: "GiB at the peak".into(),
+        x_label: s(lang, "batch size"),
+        y_label: s(lang, "GiB at the peak"),
         x_log: false,
         stacked: true,
         series,
         hlines: vec![
             HLine {
                 y: r.card_bytes as f64 / gib,
-                label: format!("card {}", bytes(r.card_bytes)),
+                label: t(lang, "card {0}", &[&bytes(r.card_bytes)]),
                 color: "#c00000".into(),
                 dashed: false,
             },
             HLine {
                 y: r.budget_bytes as f64 / gib,
-                label: format!("{:.0} % budget", r.fraction * 100.0),
+                label: t(
+                    lang,
+                    "{0} % budget",
+                    &[&format!("{:.0}", r.fraction * 100.0)],
+                ),
                 color: "#e08000".into(),
                 dashed: true,
             },
         ],
-        vline: r
-            .max_batch_size
-            .map(|b| (b as f64, format!("largest batch {}", thousands(b as u128)))),
+        vline: r.max_batch_size.map(|b| {
+            (
+                b as f64,
+                t(lang, "largest batch {0}", &[&thousands(b as u128)]),
+            )
+        }),
     }
 }
 

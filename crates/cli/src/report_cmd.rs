@@ -303,7 +303,7 @@ pub fn report(a: &ReportArgs) -> Result<()> {
             "<pre>{}</pre>",
             esc(&crate::fit_cmd::render(&fj, l))
         ));
-        body.push_str(&batch_chart(&g, &fcfg, &fj).svg());
+        body.push_str(&batch_chart(&g, &fcfg, &fj, l).svg());
     }
     if let Some(path) = &a.sweep {
         let text = std::fs::read_to_string(path)
@@ -340,7 +340,7 @@ pub fn report(a: &ReportArgs) -> Result<()> {
             })
             .collect();
         body.push_str(&table(&head, &rows));
-        for (_, c) in sweep_charts(&sw) {
+        for (_, c) in sweep_charts(&sw, l) {
             body.push_str(&c.svg());
         }
     }

@@ -1057,7 +1057,7 @@ pub fn sweep(a: &SweepArgs) -> Result<()> {
     if let Some(dir) = &a.plot_dir {
         std::fs::create_dir_all(dir)
             .map_err(|e| UserError(format!("{}: cannot create: {e}", dir.display())))?;
-        for (name, chart) in sweep_charts(&out) {
+        for (name, chart) in sweep_charts(&out, crate::lang::Lang::En) {
             chart.save(&dir.join(format!("{name}.svg")))?;
             chart.save(&dir.join(format!("{name}.png")))?;
         }
@@ -1103,7 +1103,11 @@ pub fn sweep(a: &SweepArgs) -> Result<()> {
 }
 
 /// Accuracy and speed against batch size, and the loss curves.
-pub fn sweep_charts(o: &SweepJson) -> Vec<(&'static str, crate::plot::Chart)> {
+pub fn sweep_charts(
+    o: &SweepJson,
+    lang: crate::lang::Lang,
+) -> Vec<(&'static str, crate::plot::Chart)> {
+    use crate::lang::{s, t};
     use crate::plot::{Chart, Series, COLORS};
     let pts = |f: &dyn Fn(&SweepRow) -> Option<f64>| -> Vec<(f64, f64)> {
         o.rows
@@ -1112,13 +1116,17 @@ pub fn sweep_charts(o: &SweepJson) -> Vec<(&'static str, crate::plot::Chart)> {
             .collect()
     };
     let acc = Chart {
-        title: format!("{} on {}: test accuracy by batch size", o.model, o.dataset),
-        x_label: "batch size".into(),
-        y_label: "test accuracy".into(),
+        title: t(
+            lang,
+            "{0} on {1}: test accuracy by batch size",
+            &[&o.model, &o.dataset],
+        ),
+        x_label: s(lang, "batch size"),
+        y_label: s(lang, "test accuracy"),
         x_log: true,
         stacked: false,
         series: vec![Series {
-            name: "test accuracy".into(),
+            name: s(lang, "test accuracy"),
             points: pts(&|r| r.test_accuracy),
             color: COLORS[0].into(),
         }],
@@ -1126,13 +1134,17 @@ pub fn sweep_charts(o: &SweepJson) -> Vec<(&'static str, crate::plot::Chart)> {
         vline: None,
     };
     let speed = Chart {
-        title: format!("{} on {}: training speed by batch size", o.model, o.dataset),
-        x_label: "batch size".into(),
-        y_label: "images per second".into(),
+        title: t(
+            lang,
+            "{0} on {1}: training speed by batch size",
+            &[&o.model, &o.dataset],
+        ),
+        x_label: s(lang, "batch size"),
+        y_label: s(lang, "images per second"),
         x_log: true,
         stacked: false,
         series: vec![Series {
-            name: "images/s".into(),
+            name: s(lang, "images/s"),
             points: pts(&|r| Some(r.images_per_s)),
             color: COLORS[2].into(),
         }],
@@ -1140,9 +1152,9 @@ pub fn sweep_charts(o: &SweepJson) -> Vec<(&'static str, crate::plot::Chart)> {
         vline: None,
     };
     let curves = Chart {
-        title: format!("{} on {}: training loss", o.model, o.dataset),
-        x_label: "images seen".into(),
-        y_label: "loss per step".into(),
+        title: t(lang, "{0} on {1}: training loss", &[&o.model, &o.dataset]),
+        x_label: s(lang, "images seen"),
+        y_label: s(lang, "loss per step"),
         x_log: false,
         stacked: false,
         series: o
@@ -1163,7 +1175,7 @@ pub fn sweep_charts(o: &SweepJson) -> Vec<(&'static str, crate::plot::Chart)> {
                     })
                     .collect();
                 Series {
-                    name: format!("batch {}", r.batch_size),
+                    name: t(lang, "batch {0}", &[&r.batch_size]),
                     points,
                     color: COLORS[i % COLORS.len()].into(),
                 }

@@ -178,7 +178,17 @@ pub fn max_batch(
         let p = peak_at(g, template, b)?;
         Ok((p <= budget).then_some(p))
     };
-    let Some(p1) = fits(1)? else { return Ok(None) };
+    // Batch 1 is impossible where BatchNorm would see one value per channel (as in
+    // PyTorch); the smallest batch is then 2.
+    let (b_min, p_min) = match peak_at(g, template, 1) {
+        Ok(p) => (1u64, p),
+        Err(PlanError::Framework { .. }) => (2u64, peak_at(g, template, 2)?),
+        Err(e) => return Err(e),
+    };
+    if p_min > budget {
+        return Ok(None);
+    }
+    let p1 = p_min;
     // An affine estimate from two large batches, where the peak is in backward and
     // grows with the batch; the bracket search below makes it exact.
     let (b_lo, b_hi) = (1u64 << 20, 1u64 << 21);
@@ -188,7 +198,7 @@ pub fn max_batch(
         MAX_BATCH
     } else {
         let intercept = q_lo.saturating_sub(slope * b_lo as u128);
-        (budget.saturating_sub(intercept) / slope).clamp(1, MAX_BATCH as u128) as u64
+        (budget.saturating_sub(intercept) / slope).clamp(b_min as u128, MAX_BATCH as u128) as u64
     };
     // Bracket [lo fits, hi does not] around the guess, widening by doubling steps.
     let (mut lo, mut lo_peak, mut hi);
@@ -215,12 +225,12 @@ pub fn max_batch(
         }
     } else {
         hi = guess;
-        lo = 1;
+        lo = b_min;
         lo_peak = p1;
         let mut step = 1u64;
         loop {
-            let next = hi.saturating_sub(step).max(1);
-            if next <= 1 {
+            let next = hi.saturating_sub(step).max(b_min);
+            if next <= b_min {
                 break;
             }
             match fits(next)? {

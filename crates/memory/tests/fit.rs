@@ -158,3 +158,16 @@ fn learning_rate_rules_scale_linearly_and_by_square_root() {
     assert!((a.linear_scaling_rule - 1.6e-2).abs() < 1e-12);
     assert!((a.square_root_scaling_rule - 4e-3).abs() < 1e-12);
 }
+
+#[test]
+fn a_model_whose_batch_1_fails_in_batchnorm_searches_from_batch_2() {
+    // resnet18 at 32x32: BatchNorm sees 1x512x1x1 at batch 1, which PyTorch refuses.
+    let g = model("resnet18", &[3, 32, 32]);
+    let c = cfg(OptimizerKind::Sgd);
+    let budget = 4u128 << 30;
+    let (b, p) = max_batch(&g, &c, budget).unwrap().unwrap();
+    assert!(b > 2 && p <= budget);
+    assert!(peak_at(&g, &c, b + 1).unwrap() > budget);
+    let r = fit(&g, &c, 5 << 30, 0.8, None).unwrap();
+    assert!(r.max_batch_size.is_some());
+}
