@@ -138,6 +138,10 @@ pub struct TrainArgs {
     /// Normalize with the training split's own mean and std (`auto`), none, or `MEAN,STD`.
     #[arg(long, default_value = "auto")]
     pub normalize: String,
+    /// Augment training images as torchvision's CIFAR recipe does: RandomCrop(size,
+    /// padding=4) and RandomHorizontalFlip() before ToTensor and Normalize.
+    #[arg(long)]
+    pub augment: bool,
     /// Save a checkpoint here after each epoch (and on Ctrl-C).
     #[arg(long, value_name = "FILE")]
     pub checkpoint: Option<PathBuf>,
@@ -214,6 +218,26 @@ fn normalization(spec: &str, ds: &Dataset) -> Result<(Vec<f32>, Vec<f32>)> {
             }
         }
     })
+}
+
+/// ToTensor and Normalize, after RandomCrop(padding=4) and RandomHorizontalFlip with
+/// `augment`.
+fn train_pipeline(ds: &Dataset, mean: &[f32], std: &[f32], augment: bool) -> Result<Pipeline> {
+    use vramlab_data::transform::Transform;
+    let mut t = Vec::new();
+    if augment {
+        t.push(Transform::RandomCrop {
+            size: (ds.shape[1], ds.shape[2]),
+            padding: 4,
+        });
+        t.push(Transform::RandomHorizontalFlip { p: 0.5 });
+    }
+    t.push(Transform::ToTensor);
+    t.push(Transform::Normalize {
+        mean: mean.to_vec(),
+        std: std.to_vec(),
+    });
+    Ok(Pipeline::new(t, ds.shape)?)
 }
 
 #[derive(Serialize, Clone)]
@@ -387,7 +411,7 @@ pub fn train(a: &TrainArgs) -> Result<()> {
     pcfg.optimizer = a.optim.planner()?;
     pcfg.threads = threads;
     let planned = plan(&g, &pcfg)?;
-    let pipeline = Pipeline::normalize(ds.shape, mean.clone(), std.clone())?;
+    let pipeline = train_pipeline(&ds, &mean, &std, a.augment)?;
     let lcfg = LoaderConfig {
         batch_size: a.batch_size,
         shuffle: true,

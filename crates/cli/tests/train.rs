@@ -361,3 +361,36 @@ fn bench_train_reports_images_per_second() {
     assert!(v["images_per_s"].as_f64().unwrap() > 0.0);
     assert_eq!(v["batch_size"], 8);
 }
+
+#[test]
+fn augment_applies_random_crops_and_flips_to_training_images() {
+    let root = tmp("augment");
+    cifar(&root, 32);
+    let r = root.to_str().unwrap();
+    let run = |extra: &[&str]| {
+        let mut args = vec![
+            "train",
+            "simple_cnn",
+            "--data",
+            "cifar10",
+            "--root",
+            r,
+            "--epochs",
+            "1",
+            "--batch-size",
+            "8",
+            "--seed",
+            "5",
+            "--json",
+        ];
+        args.extend(extra);
+        json(&vramlab(&args))["epochs"][0]["train_loss"]
+            .as_f64()
+            .unwrap()
+    };
+    let plain = run(&[]);
+    let augmented = run(&["--augment"]);
+    assert_ne!(plain, augmented);
+    assert_eq!(augmented, run(&["--augment"]), "augmentation is seeded");
+    std::fs::remove_dir_all(&root).ok();
+}
