@@ -158,7 +158,7 @@ impl Engine {
         let mut bn = Vec::new();
         let mut first_param = Vec::new();
         let mut requires_grad = Vec::new();
-        for (i, node) in graph.nodes().iter().enumerate() {
+        for node in graph.nodes() {
             first_param.push(params.len());
             let specs = node.op.params();
             let inputs_require = node.inputs.iter().any(|&j| requires_grad[j]);
@@ -204,7 +204,6 @@ impl Engine {
                 }),
                 _ => None,
             });
-            let _ = i;
         }
         let mut e = Engine {
             graph,

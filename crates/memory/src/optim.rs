@@ -8,11 +8,9 @@ use crate::sim::{Sid, Sim};
 use crate::train::Rules;
 use crate::{Category, Optimizer, OptimizerImpl, OptimizerKind};
 
-/// A parameter and its gradient (None until backward makes one).
+/// A parameter's size and its gradient (None until backward makes one).
 #[derive(Debug, Clone)]
 pub(crate) struct ParamSlot {
-    #[allow(dead_code)]
-    pub sid: Sid,
     pub bytes: u128,
     pub grad: Option<Sid>,
 }

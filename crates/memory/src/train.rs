@@ -138,11 +138,8 @@ pub(crate) fn run(g: &Shaped, cfg: &PlanConfig) -> Result<(MemoryReport, Vec<u12
         .iter()
         .map(|p| {
             let bytes = p.numel() * param_elem;
-            ParamSlot {
-                sid: sim.alloc(bytes, Some(Category::Params)),
-                bytes,
-                grad: None,
-            }
+            sim.alloc(bytes, Some(Category::Params));
+            ParamSlot { bytes, grad: None }
         })
         .collect();
     let mut buffer_bytes = 0;
