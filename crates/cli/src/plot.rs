@@ -360,20 +360,8 @@ pub fn svg_to_png(svg: &str) -> Result<Vec<u8>> {
 }
 
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
-    let dir = path
-        .parent()
-        .filter(|p| !p.as_os_str().is_empty())
-        .unwrap_or(Path::new("."));
-    let name = path
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    let tmp = dir.join(format!(".{name}.tmp-{}", std::process::id()));
-    let res = std::fs::write(&tmp, bytes).and_then(|_| std::fs::rename(&tmp, path));
-    if res.is_err() {
-        let _ = std::fs::remove_file(&tmp);
-    }
-    res.map_err(|e| UserError(format!("{}: cannot write: {e}", path.display())))
+    vramlab_graph::io::write_atomic(path, bytes)
+        .map_err(|e| UserError(format!("{}: cannot write: {e}", path.display())))
 }
 
 #[cfg(test)]

@@ -110,29 +110,9 @@ pub fn png_bytes(img: &RgbImage) -> Result<Vec<u8>, DataError> {
 
 /// Writes a PNG through a temporary file and a rename: never a half-written file.
 pub fn save_png(img: &RgbImage, path: &Path) -> Result<(), DataError> {
-    let dir = path
-        .parent()
-        .filter(|p| !p.as_os_str().is_empty())
-        .unwrap_or(Path::new("."));
-    let name = path
-        .file_name()
-        .ok_or_else(|| DataError::file(path, "not a file name"))?;
-    let tmp = dir.join(format!(
-        ".{}.tmp-{}",
-        name.to_string_lossy(),
-        std::process::id()
-    ));
-    let res = img
-        .save_with_format(&tmp, image::ImageFormat::Png)
+    let bytes = png_bytes(img)?;
+    vramlab_graph::io::write_atomic(path, &bytes)
         .map_err(|e| DataError::file(path, format!("cannot write the PNG: {e}")))
-        .and_then(|_| {
-            std::fs::rename(&tmp, path)
-                .map_err(|e| DataError::file(path, format!("cannot write: {e}")))
-        });
-    if res.is_err() {
-        let _ = std::fs::remove_file(&tmp);
-    }
-    res
 }
 
 /// The image in ANSI true colour: each character cell shows two pixels (upper half

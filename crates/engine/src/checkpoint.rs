@@ -114,28 +114,12 @@ pub fn save(
     file.extend_from_slice(&(h.len() as u64).to_le_bytes());
     file.extend_from_slice(&h);
     file.extend_from_slice(&body);
-    let dir = path
-        .parent()
-        .filter(|p| !p.as_os_str().is_empty())
-        .unwrap_or(Path::new("."));
-    let tmp = dir.join(format!(
-        ".{}.tmp-{}",
-        path.file_name()
-            .map(|n| n.to_string_lossy().into_owned())
-            .unwrap_or_default(),
-        std::process::id()
-    ));
-    let err = |e: std::io::Error| {
+    vramlab_graph::io::write_atomic(path, &file).map_err(|e| {
         CheckpointError(format!(
             "{}: cannot write the checkpoint: {e}",
             path.display()
         ))
-    };
-    let res = std::fs::write(&tmp, &file).and_then(|_| std::fs::rename(&tmp, path));
-    if res.is_err() {
-        let _ = std::fs::remove_file(&tmp);
-    }
-    res.map_err(err)
+    })
 }
 
 /// A parsed checkpoint file.

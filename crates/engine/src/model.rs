@@ -946,32 +946,13 @@ impl Engine {
             for pl in 0..b * c {
                 for oy in 0..ho {
                     for ox in 0..wo {
-                        let (ys, xs) = (
-                            (oy * p.stride.0) as isize - p.padding.0 as isize,
-                            (ox * p.stride.1) as isize - p.padding.1 as isize,
-                        );
-                        let (ye, xe) = (
-                            (ys + p.kernel_size.0 as isize).min((h + p.padding.0) as isize),
-                            (xs + p.kernel_size.1 as isize).min((w + p.padding.1) as isize),
-                        );
-                        let pool_size = ((ye - ys) * (xe - xs)) as f32;
-                        let (y0, x0, y1, x1) = (
-                            ys.max(0) as usize,
-                            xs.max(0) as usize,
-                            (ye.min(h as isize)) as usize,
-                            (xe.min(w as isize)) as usize,
-                        );
+                        let (y0, y1, x0, x1, div) = avg_window(p, oy, ox, h, w);
                         let mut s = 0.0;
                         for y in y0..y1 {
                             for xx in x0..x1 {
                                 s += xd[pl * h * w + y * w + xx];
                             }
                         }
-                        let div = if p.count_include_pad {
-                            pool_size
-                        } else {
-                            ((y1 - y0) * (x1 - x0)) as f32
-                        };
                         od[pl * ho * wo + oy * wo + ox] = s / div;
                     }
                 }
@@ -1006,6 +987,30 @@ impl Engine {
         }
         out
     }
+}
+
+/// The input rows `y0..y1` and columns `x0..x1` that average-pool output (oy, ox)
+/// reads, and its divisor (the window with padding, or without it when
+/// `count_include_pad` is off): PyTorch's rule, clipped at `input + padding`.
+fn avg_window(
+    p: &vramlab_graph::Pool2d,
+    oy: usize,
+    ox: usize,
+    h: usize,
+    w: usize,
+) -> (usize, usize, usize, usize, f32) {
+    let ys = (oy * p.stride.0) as isize - p.padding.0 as isize;
+    let xs = (ox * p.stride.1) as isize - p.padding.1 as isize;
+    let ye = (ys + p.kernel_size.0 as isize).min((h + p.padding.0) as isize);
+    let xe = (xs + p.kernel_size.1 as isize).min((w + p.padding.1) as isize);
+    let (y0, x0) = (ys.max(0) as usize, xs.max(0) as usize);
+    let (y1, x1) = (ye.min(h as isize) as usize, xe.min(w as isize) as usize);
+    let div = if p.count_include_pad {
+        ((ye - ys) * (xe - xs)) as f32
+    } else {
+        ((y1 - y0) * (x1 - x0)) as f32
+    };
+    (y0, y1, x0, x1, div)
 }
 
 /// Log-softmax of each row.
@@ -1569,26 +1574,7 @@ impl Engine {
             for pl in 0..xs[0] * c {
                 for oy in 0..ho {
                     for ox in 0..wo {
-                        let (ys, xs0) = (
-                            (oy * p.stride.0) as isize - p.padding.0 as isize,
-                            (ox * p.stride.1) as isize - p.padding.1 as isize,
-                        );
-                        let (ye, xe) = (
-                            (ys + p.kernel_size.0 as isize).min((h + p.padding.0) as isize),
-                            (xs0 + p.kernel_size.1 as isize).min((w + p.padding.1) as isize),
-                        );
-                        let pool_size = ((ye - ys) * (xe - xs0)) as f32;
-                        let (y0, x0, y1, x1) = (
-                            ys.max(0) as usize,
-                            xs0.max(0) as usize,
-                            ye.min(h as isize) as usize,
-                            xe.min(w as isize) as usize,
-                        );
-                        let div = if p.count_include_pad {
-                            pool_size
-                        } else {
-                            ((y1 - y0) * (x1 - x0)) as f32
-                        };
+                        let (y0, y1, x0, x1, div) = avg_window(p, oy, ox, h, w);
                         let v = go[pl * ho * wo + oy * wo + ox] / div;
                         for y in y0..y1 {
                             for xx in x0..x1 {
