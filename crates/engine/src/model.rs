@@ -540,38 +540,25 @@ impl Engine {
                             for grp in 0..g.groups {
                                 let wg = &w[grp * cog * k..(grp + 1) * cog * k];
                                 let og = &mut os[grp * cog * hw..(grp + 1) * cog * hw];
-                                match colbuf.as_deref_mut() {
+                                let col: &[f32] = match colbuf.as_deref_mut() {
                                     Some(cb) => {
                                         kernels::im2col(xs, &g, grp, cb);
-                                        gemm(
-                                            cog,
-                                            k,
-                                            hw,
-                                            wg,
-                                            (k as isize, 1),
-                                            cb,
-                                            (hw as isize, 1),
-                                            og,
-                                            (hw as isize, 1),
-                                            0.0,
-                                        );
+                                        cb
                                     }
-                                    None => {
-                                        let xg = &xs[grp * k * hw..(grp + 1) * k * hw];
-                                        gemm(
-                                            cog,
-                                            k,
-                                            hw,
-                                            wg,
-                                            (k as isize, 1),
-                                            xg,
-                                            (hw as isize, 1),
-                                            og,
-                                            (hw as isize, 1),
-                                            0.0,
-                                        );
-                                    }
-                                }
+                                    None => &xs[grp * k * hw..(grp + 1) * k * hw],
+                                };
+                                gemm(
+                                    cog,
+                                    k,
+                                    hw,
+                                    wg,
+                                    (k as isize, 1),
+                                    col,
+                                    (hw as isize, 1),
+                                    og,
+                                    (hw as isize, 1),
+                                    0.0,
+                                );
                             }
                             if let Some(bv) = bvec {
                                 for (co, plane) in os.chunks_mut(hw).enumerate() {
@@ -1332,24 +1319,33 @@ impl Engine {
                                 let gg = &gs[grp * cog * hw..(grp + 1) * cog * hw];
                                 let pwg = &mut pw[grp * cog * k..(grp + 1) * cog * k];
                                 let wg = &w[grp * cog * k..(grp + 1) * cog * k];
-                                match colbuf.as_deref_mut() {
+                                // The column matrix: im2col of the sample, or the
+                                // input itself for a 1x1 stride-1 convolution.
+                                let col: &[f32] = match colbuf.as_deref_mut() {
                                     Some(cb) => {
                                         kernels::im2col(xs, &g, grp, cb);
-                                        // dW_g += dY_g [cog x hw] * col^T [hw x k]
-                                        gemm(
-                                            cog,
-                                            hw,
-                                            k,
-                                            gg,
-                                            (hw as isize, 1),
-                                            cb,
-                                            (1, hw as isize),
-                                            pwg,
-                                            (k as isize, 1),
-                                            1.0,
-                                        );
-                                        if let Some(gis) = gic.as_deref_mut() {
-                                            // col = W_g^T [k x cog] * dY_g [cog x hw]
+                                        cb
+                                    }
+                                    None => &xs[grp * k * hw..(grp + 1) * k * hw],
+                                };
+                                // dW_g += dY_g [cog x hw] * col^T [hw x k]
+                                gemm(
+                                    cog,
+                                    hw,
+                                    k,
+                                    gg,
+                                    (hw as isize, 1),
+                                    col,
+                                    (1, hw as isize),
+                                    pwg,
+                                    (k as isize, 1),
+                                    1.0,
+                                );
+                                if let Some(gis) = gic.as_deref_mut() {
+                                    let dx = &mut gis[s * in_per..(s + 1) * in_per];
+                                    match colbuf.as_deref_mut() {
+                                        Some(cb) => {
+                                            // col = W_g^T [k x cog] * dY_g [cog x hw], then back to the image
                                             gemm(
                                                 k,
                                                 cog,
@@ -1362,31 +1358,10 @@ impl Engine {
                                                 (hw as isize, 1),
                                                 0.0,
                                             );
-                                            kernels::col2im_add(
-                                                cb,
-                                                &g,
-                                                grp,
-                                                &mut gis[s * in_per..(s + 1) * in_per],
-                                            );
+                                            kernels::col2im_add(cb, &g, grp, dx);
                                         }
-                                    }
-                                    None => {
-                                        let xg = &xs[grp * k * hw..(grp + 1) * k * hw];
-                                        gemm(
-                                            cog,
-                                            hw,
-                                            k,
-                                            gg,
-                                            (hw as isize, 1),
-                                            xg,
-                                            (1, hw as isize),
-                                            pwg,
-                                            (k as isize, 1),
-                                            1.0,
-                                        );
-                                        if let Some(gis) = gic.as_deref_mut() {
-                                            let dst = &mut gis[s * in_per + grp * k * hw
-                                                ..s * in_per + (grp + 1) * k * hw];
+                                        None => {
+                                            let dst = &mut dx[grp * k * hw..(grp + 1) * k * hw];
                                             gemm(
                                                 k,
                                                 cog,
