@@ -237,7 +237,7 @@ fn ctrl_c_saves_and_exits_cleanly() {
     let root = tmp("sigint");
     cifar(&root, 400);
     let ck = root.join("int.safetensors");
-    let child = Command::new(env!("CARGO_BIN_EXE_vramlab"))
+    let mut child = Command::new(env!("CARGO_BIN_EXE_vramlab"))
         .args([
             "train",
             "simple_cnn",
@@ -255,19 +255,21 @@ fn ctrl_c_saves_and_exits_cleanly() {
         .stderr(std::process::Stdio::piped())
         .spawn()
         .unwrap();
-    std::thread::sleep(std::time::Duration::from_millis(1500));
+    // The "training ..." line comes after the Ctrl-C handler is installed.
+    let mut err = std::io::BufReader::new(child.stderr.take().unwrap());
+    let mut first = String::new();
+    std::io::BufRead::read_line(&mut err, &mut first).unwrap();
+    assert!(first.starts_with("training simple_cnn"), "{first}");
+    std::thread::sleep(std::time::Duration::from_millis(300));
     Command::new("kill")
         .args(["-INT", &child.id().to_string()])
         .status()
         .unwrap();
-    let out = child.wait_with_output().unwrap();
-    assert_eq!(
-        out.status.code(),
-        Some(130),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert!(String::from_utf8_lossy(&out.stderr).contains("interrupted: saved to"));
+    let mut rest = String::new();
+    std::io::Read::read_to_string(&mut err, &mut rest).unwrap();
+    let status = child.wait().unwrap();
+    assert_eq!(status.code(), Some(130), "{rest}");
+    assert!(rest.contains("interrupted: saved to"), "{rest}");
     let resumed = vramlab(&[
         "eval",
         "--checkpoint",
