@@ -12,12 +12,9 @@ use serde::Serialize;
 use vramlab_data::loader::{Loader, LoaderConfig};
 use vramlab_data::transform::Pipeline;
 use vramlab_data::Dataset;
-use vramlab_engine::tensor::CategoryBytes as MeasuredBytes;
 use vramlab_engine::{checkpoint, Engine, OptimizerConfig, StepMemory};
 use vramlab_graph::{fmt_shape, ModelOptions, Shaped};
-use vramlab_memory::{
-    plan, CategoryBytes, Optimizer, OptimizerKind, PlanConfig, Profile, StepReport,
-};
+use vramlab_memory::{plan, Optimizer, OptimizerKind, PlanConfig, Profile, StepReport};
 
 use crate::data_cmd::Source;
 use crate::fmt::{bytes, thousands, Table};
@@ -273,26 +270,9 @@ struct TrainJson {
     stopped: Option<String>,
 }
 
-fn cats(m: &MeasuredBytes) -> CategoryBytes {
-    CategoryBytes {
-        params: m.params,
-        buffers: m.buffers,
-        grads: m.grads,
-        optimizer_state: m.optimizer_state,
-        data_batch: m.data_batch,
-        activations: m.activations,
-        temporaries: m.temporaries,
-        overhead: m.overhead,
-    }
-}
-
 /// The engine's measurement as the planner's step object.
 fn measured_step(step: u32, m: &StepMemory) -> StepReport {
-    let phase = match m.peak.phase {
-        vramlab_engine::tensor::Phase::Forward => vramlab_memory::Phase::Forward,
-        vramlab_engine::tensor::Phase::Backward => vramlab_memory::Phase::Backward,
-        vramlab_engine::tensor::Phase::Optimizer => vramlab_memory::Phase::Optimizer,
-    };
+    let phase = m.peak.phase;
     StepReport {
         step,
         peak_bytes: m.peak.bytes,
@@ -300,9 +280,9 @@ fn measured_step(step: u32, m: &StepMemory) -> StepReport {
         peak_at: format!("{phase} (measured by the engine's allocator)"),
         peak_layer: String::new(),
         peak_op: String::new(),
-        before_step: cats(&m.before_step),
-        at_peak: cats(&m.peak.at),
-        after_step: cats(&m.after_step),
+        before_step: m.before_step,
+        at_peak: m.peak.at,
+        after_step: m.after_step,
     }
 }
 

@@ -6,53 +6,7 @@
 use std::cell::{Cell, Ref, RefCell, RefMut};
 use std::rc::Rc;
 
-/// Where memory goes (the planner's categories).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Category {
-    Params = 0,
-    Buffers = 1,
-    Grads = 2,
-    OptimizerState = 3,
-    DataBatch = 4,
-    Activations = 5,
-    Temporaries = 6,
-    Overhead = 7,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Phase {
-    Forward,
-    Backward,
-    Optimizer,
-}
-
-/// Bytes by category at one moment.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
-pub struct CategoryBytes {
-    pub params: u128,
-    pub buffers: u128,
-    pub grads: u128,
-    pub optimizer_state: u128,
-    pub data_batch: u128,
-    pub activations: u128,
-    pub temporaries: u128,
-    pub overhead: u128,
-}
-
-impl CategoryBytes {
-    pub fn total(&self) -> u128 {
-        self.params
-            + self.buffers
-            + self.grads
-            + self.optimizer_state
-            + self.data_batch
-            + self.activations
-            + self.temporaries
-            + self.overhead
-    }
-}
+pub use vramlab_graph::categories::{Category, CategoryBytes, Phase};
 
 /// The highest point seen.
 #[derive(Debug, Clone, PartialEq, serde::Serialize)]

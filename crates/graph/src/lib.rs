@@ -17,6 +17,7 @@
 //! Main types: [`Graph`], [`GraphBuilder`], [`Shaped`], [`Op`]; models come from
 //! [`zoo`] or from TOML [`model_file`]s, both through [`load`].
 
+pub mod categories;
 pub mod io;
 pub mod model_file;
 pub mod op;
