@@ -9,10 +9,7 @@
 use vramlab_graph::{Op, Shaped};
 
 use crate::sim::{Sid, Sim};
-use crate::{
-    Category, MemoryReport, Mode, OptimizerKind, Phase, PlanConfig, PlanError, Precision,
-    StepReport,
-};
+use crate::{Category, MemoryReport, Mode, OptimizerKind, Phase, PlanConfig, PlanError, Precision};
 
 const F32: u128 = 4;
 /// The engine's direct convolution tile: 16 columns by 8 output channels.
@@ -539,18 +536,7 @@ pub(crate) fn run(g: &Shaped, cfg: &PlanConfig) -> Result<MemoryReport, PlanErro
             }
         }
         let after = st.sim.live();
-        let peak = st.sim.peak().cloned().expect("a step allocates");
-        steps.push(StepReport {
-            step,
-            peak_bytes: peak.bytes,
-            peak_phase: peak.phase,
-            peak_at: format!("{} ({})", names[peak.layer], peak.op),
-            peak_layer: names[peak.layer].clone(),
-            peak_op: peak.op.to_string(),
-            before_step: before,
-            at_peak: peak.at,
-            after_step: after,
-        });
+        steps.push(st.sim.step_report(step, &names, before, after));
     }
     Ok(MemoryReport {
         model: g.graph.name.clone(),
@@ -567,11 +553,6 @@ pub(crate) fn run(g: &Shaped, cfg: &PlanConfig) -> Result<MemoryReport, PlanErro
         context_bytes: 0,
         peak_bytes: steps.iter().map(|s| s.peak_bytes).max().unwrap_or(0),
         steps,
-        timeline: st.sim.take_timeline().map(|mut t| {
-            for p in &mut t {
-                p.layer = names[p.layer_index].clone();
-            }
-            t
-        }),
+        timeline: st.sim.take_timeline(&names),
     })
 }

@@ -224,7 +224,39 @@ impl Sim {
         self.peak.as_ref()
     }
 
-    pub fn take_timeline(&mut self) -> Option<Vec<TimelinePoint>> {
-        self.timeline.take()
+    /// The timeline with each point's layer named from `names`.
+    pub fn take_timeline(&mut self, names: &[String]) -> Option<Vec<TimelinePoint>> {
+        self.timeline.take().map(|mut t| {
+            for p in &mut t {
+                p.layer = names[p.layer_index].clone();
+            }
+            t
+        })
+    }
+
+    /// The step's report from its peak, with layers named from `names`.
+    pub fn step_report(
+        &self,
+        step: u32,
+        names: &[String],
+        before: CategoryBytes,
+        after: CategoryBytes,
+    ) -> crate::StepReport {
+        let peak = self.peak.as_ref().expect("every step has at least one op");
+        crate::StepReport {
+            step,
+            peak_bytes: peak.bytes,
+            peak_phase: peak.phase,
+            peak_at: format!(
+                "{} ({})",
+                names[peak.layer],
+                peak.op.trim_end_matches(".default")
+            ),
+            peak_layer: names[peak.layer].clone(),
+            peak_op: peak.op.to_string(),
+            before_step: before,
+            at_peak: peak.at,
+            after_step: after,
+        }
     }
 }

@@ -12,7 +12,7 @@ use crate::optim::{self, ParamSlot};
 use crate::sim::{Sid, Sim};
 use crate::{
     Category, MemoryReport, Mode, OptimizerImpl, OptimizerKind, Phase, PlanConfig, PlanError,
-    Precision, Profile, StepReport, DEFAULT_CUDA_CONTEXT_BYTES,
+    Precision, Profile, DEFAULT_CUDA_CONTEXT_BYTES,
 };
 
 /// What differs between the framework profiles.
@@ -234,26 +234,7 @@ pub(crate) fn run(g: &Shaped, cfg: &PlanConfig) -> Result<(MemoryReport, Vec<u12
         if let Some(l) = loss_sid {
             run.sim.decref(l);
         }
-        let peak = run
-            .sim
-            .peak()
-            .cloned()
-            .expect("every step has at least one op");
-        steps.push(StepReport {
-            step,
-            peak_bytes: peak.bytes,
-            peak_phase: peak.phase,
-            peak_at: format!(
-                "{} ({})",
-                run.names[peak.layer],
-                peak.op.trim_end_matches(".default")
-            ),
-            peak_layer: run.names[peak.layer].clone(),
-            peak_op: peak.op.to_string(),
-            before_step: before,
-            at_peak: peak.at,
-            after_step: after,
-        });
+        steps.push(run.sim.step_report(step, &run.names, before, after));
     }
     Ok((
         MemoryReport {
@@ -271,12 +252,7 @@ pub(crate) fn run(g: &Shaped, cfg: &PlanConfig) -> Result<(MemoryReport, Vec<u12
             context_bytes: context,
             peak_bytes: steps.iter().map(|s| s.peak_bytes).max().unwrap_or(0),
             steps,
-            timeline: run.sim.take_timeline().map(|mut t| {
-                for p in &mut t {
-                    p.layer = run.names[p.layer_index].clone();
-                }
-                t
-            }),
+            timeline: run.sim.take_timeline(&run.names),
         },
         saved_by_node,
     ))
