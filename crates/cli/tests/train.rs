@@ -42,6 +42,27 @@ fn cifar(root: &Path, per_file: usize) {
     std::fs::write(root.join("test_batch.bin"), make(per_file, 0)).unwrap();
 }
 
+/// `vramlab train simple_cnn` for one epoch, batch 8, on the generated CIFAR-10 at
+/// `root`, saving the checkpoint `ck`.
+fn train_checkpoint(root: &Path, ck: &Path) -> serde_json::Value {
+    let (r, c) = (root.to_str().unwrap(), ck.to_str().unwrap());
+    json(&vramlab(&[
+        "train",
+        "simple_cnn",
+        "--data",
+        "cifar10",
+        "--root",
+        r,
+        "--epochs",
+        "1",
+        "--batch-size",
+        "8",
+        "--checkpoint",
+        c,
+        "--json",
+    ]))
+}
+
 fn json(o: &Output) -> serde_json::Value {
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     serde_json::from_slice(&o.stdout).unwrap()
@@ -139,22 +160,7 @@ fn predict_gives_the_top_5_classes() {
     let root = tmp("predict");
     cifar(&root, 32);
     let ck = root.join("p.safetensors");
-    let r = root.to_str().unwrap();
-    json(&vramlab(&[
-        "train",
-        "simple_cnn",
-        "--data",
-        "cifar10",
-        "--root",
-        r,
-        "--epochs",
-        "1",
-        "--batch-size",
-        "8",
-        "--checkpoint",
-        ck.to_str().unwrap(),
-        "--json",
-    ]));
+    train_checkpoint(&root, &ck);
     let img = root.join("green.png");
     let mut px = image::RgbImage::from_pixel(32, 32, image::Rgb([20, 20, 20]));
     px.pixels_mut().for_each(|p| p.0[1] = 200);
@@ -182,21 +188,7 @@ fn a_nan_loss_stops_training_and_keeps_the_last_good_checkpoint() {
     cifar(&root, 16);
     let ck = root.join("good.safetensors");
     let (r, c) = (root.to_str().unwrap(), ck.to_str().unwrap());
-    json(&vramlab(&[
-        "train",
-        "simple_cnn",
-        "--data",
-        "cifar10",
-        "--root",
-        r,
-        "--epochs",
-        "1",
-        "--batch-size",
-        "8",
-        "--checkpoint",
-        c,
-        "--json",
-    ]));
+    train_checkpoint(&root, &ck);
     let good = std::fs::read(&ck).unwrap();
     let o = vramlab(&[
         "train",
@@ -297,21 +289,7 @@ fn a_checkpoint_of_another_model_is_a_clear_error() {
     cifar(&root, 16);
     let ck = root.join("a.safetensors");
     let r = root.to_str().unwrap();
-    json(&vramlab(&[
-        "train",
-        "simple_cnn",
-        "--data",
-        "cifar10",
-        "--root",
-        r,
-        "--epochs",
-        "1",
-        "--batch-size",
-        "8",
-        "--checkpoint",
-        ck.to_str().unwrap(),
-        "--json",
-    ]));
+    train_checkpoint(&root, &ck);
     let model = root.join("wider.toml");
     let zoo = std::fs::read_to_string(concat!(
         env!("CARGO_MANIFEST_DIR"),
