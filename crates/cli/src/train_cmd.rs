@@ -839,6 +839,7 @@ pub fn bench_train(a: &BenchTrainArgs) -> Result<()> {
     for _ in 0..5 {
         step(&mut e)?;
     }
+    e.op_seconds.clear();
     let t0 = Instant::now();
     let mut steps = 0;
     while steps < 3 || t0.elapsed().as_secs_f64() < a.seconds {
@@ -855,6 +856,8 @@ pub fn bench_train(a: &BenchTrainArgs) -> Result<()> {
         seconds: f64,
         images_per_s: f64,
         ms_per_step: f64,
+        /// Share of the timed steps spent in each op kind, largest first.
+        op_share: Vec<(String, f64)>,
     }
     let r = BenchJson {
         model: g.graph.name.clone(),
@@ -864,6 +867,16 @@ pub fn bench_train(a: &BenchTrainArgs) -> Result<()> {
         seconds,
         images_per_s: (steps * a.batch_size) as f64 / seconds,
         ms_per_step: seconds * 1e3 / steps as f64,
+        op_share: {
+            let total: f64 = e.op_seconds.values().sum::<f64>().max(1e-12);
+            let mut v: Vec<(String, f64)> = e
+                .op_seconds
+                .iter()
+                .map(|(k, t)| (k.clone(), t / total))
+                .collect();
+            v.sort_by(|a, b| b.1.total_cmp(&a.1));
+            v
+        },
     };
     if a.json {
         return print_json(&r);
@@ -879,6 +892,9 @@ pub fn bench_train(a: &BenchTrainArgs) -> Result<()> {
         steps,
         seconds
     );
+    for (op, share) in r.op_share.iter().filter(|(_, s)| *s >= 0.005) {
+        println!("  {op:<28} {:>5.1} %", share * 100.0);
+    }
     Ok(())
 }
 

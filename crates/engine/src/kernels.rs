@@ -373,6 +373,149 @@ unsafe fn direct_avx512(
     }
 }
 
+/// 2x2 max-pooling with stride 2 of one plane (`src` is `h x w`, outputs `ho x wo`):
+/// the maximum and its flat index in the plane. PyTorch keeps the first maximum in scan
+/// order, and NaN wins. Uses AVX-512 where the CPU has it.
+pub fn maxpool2x2_plane(
+    src: &[f32],
+    w: usize,
+    ho: usize,
+    wo: usize,
+    out: &mut [f32],
+    idx: &mut [i64],
+) {
+    assert!(
+        src.len() >= 2 * ho * w && 2 * wo <= w && out.len() >= ho * wo && idx.len() >= ho * wo,
+        "plane sizes"
+    );
+    #[cfg(target_arch = "x86_64")]
+    if direct_available() {
+        // SAFETY: AVX-512 is present; the assert bounds every row read (2*wo <= w floats
+        // of rows 2*oy and 2*oy+1 < 2*ho) and every write (ho*wo outputs), and the loads
+        // and stores below are masked to those bounds.
+        unsafe { maxpool2x2_avx512(src, w, ho, wo, out, idx) };
+        return;
+    }
+    maxpool2x2_scalar(src, w, ho, wo, out, idx)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+unsafe fn maxpool2x2_avx512(
+    src: &[f32],
+    w: usize,
+    ho: usize,
+    wo: usize,
+    out: &mut [f32],
+    idx: &mut [i64],
+) {
+    use std::arch::x86_64::*;
+    let even = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
+    let odd = _mm512_setr_epi32(1, 3, 5, 7, 9, 11, 13, 15, 17, 19, 21, 23, 25, 27, 29, 31);
+    let lane = _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
+    let (one, two, three) = (
+        _mm512_set1_epi32(1),
+        _mm512_set1_epi32(2),
+        _mm512_set1_epi32(3),
+    );
+    for oy in 0..ho {
+        let (p0, p1) = (
+            src.as_ptr().add(2 * oy * w),
+            src.as_ptr().add((2 * oy + 1) * w),
+        );
+        let mut ox0 = 0;
+        while ox0 < wo {
+            let n = (wo - ox0).min(16);
+            // 2n floats of each row, as two masked halves of 16.
+            let m_lo: __mmask16 = if 2 * n >= 16 {
+                0xffff
+            } else {
+                ((1u32 << (2 * n)) - 1) as u16
+            };
+            let m_hi: __mmask16 = if 2 * n > 16 {
+                ((1u32 << (2 * n - 16)) - 1) as u16
+            } else {
+                0
+            };
+            let r0 = (
+                _mm512_maskz_loadu_ps(m_lo, p0.add(2 * ox0)),
+                _mm512_maskz_loadu_ps(m_hi, p0.add(2 * ox0 + 16)),
+            );
+            let r1 = (
+                _mm512_maskz_loadu_ps(m_lo, p1.add(2 * ox0)),
+                _mm512_maskz_loadu_ps(m_hi, p1.add(2 * ox0 + 16)),
+            );
+            let a0 = _mm512_permutex2var_ps(r0.0, even, r0.1);
+            let a1 = _mm512_permutex2var_ps(r0.0, odd, r0.1);
+            let b0 = _mm512_permutex2var_ps(r1.0, even, r1.1);
+            let b1 = _mm512_permutex2var_ps(r1.0, odd, r1.1);
+            let mut best = a0;
+            let mut at = _mm512_setzero_si512();
+            for (v, k) in [(a1, one), (b0, two), (b1, three)] {
+                let take = _mm512_cmp_ps_mask::<_CMP_GT_OQ>(v, best)
+                    | _mm512_cmp_ps_mask::<_CMP_UNORD_Q>(v, v);
+                best = _mm512_mask_blend_ps(take, best, v);
+                at = _mm512_mask_blend_epi32(take, at, k);
+            }
+            let m: __mmask16 = if n == 16 {
+                0xffff
+            } else {
+                ((1u32 << n) - 1) as u16
+            };
+            _mm512_mask_storeu_ps(out.as_mut_ptr().add(oy * wo + ox0), m, best);
+            // Flat index: 2*oy*w + 2*(ox0+lane) + (at & 1) + (at >> 1) * w.
+            let col = _mm512_slli_epi32::<1>(_mm512_add_epi32(lane, _mm512_set1_epi32(ox0 as i32)));
+            let off = _mm512_add_epi32(
+                _mm512_and_si512(at, one),
+                _mm512_mullo_epi32(_mm512_srli_epi32::<1>(at), _mm512_set1_epi32(w as i32)),
+            );
+            let flat = _mm512_add_epi32(
+                _mm512_add_epi32(col, off),
+                _mm512_set1_epi32((2 * oy * w) as i32),
+            );
+            let lo = _mm512_cvtepi32_epi64(_mm512_castsi512_si256(flat));
+            let hi = _mm512_cvtepi32_epi64(_mm512_extracti64x4_epi64::<1>(flat));
+            let dst = idx.as_mut_ptr().add(oy * wo + ox0);
+            _mm512_mask_storeu_epi64(dst, (m & 0xff) as u8, lo);
+            _mm512_mask_storeu_epi64(dst.add(8), (m >> 8) as u8, hi);
+            ox0 += 16;
+        }
+    }
+}
+
+fn maxpool2x2_scalar(
+    src: &[f32],
+    w: usize,
+    ho: usize,
+    wo: usize,
+    out: &mut [f32],
+    idx: &mut [i64],
+) {
+    for oy in 0..ho {
+        let r0 = &src[2 * oy * w..2 * oy * w + 2 * wo];
+        let r1 = &src[(2 * oy + 1) * w..(2 * oy + 1) * w + 2 * wo];
+        let orow = &mut out[oy * wo..(oy + 1) * wo];
+        let irow = &mut idx[oy * wo..(oy + 1) * wo];
+        let pairs = r0.chunks_exact(2).zip(r1.chunks_exact(2));
+        for (ox, ((a, b), (ov, iv))) in pairs.zip(orow.iter_mut().zip(irow.iter_mut())).enumerate()
+        {
+            let base = (2 * oy * w + 2 * ox) as i64;
+            let w64 = w as i64;
+            let (mut best, mut at) = (a[0], base);
+            for (v, k) in [(a[1], base + 1), (b[0], base + w64), (b[1], base + w64 + 1)] {
+                // Arithmetic selects: data-dependent branches mispredict half the time on
+                // real activations.
+                let take = ((v > best) | v.is_nan()) as u32;
+                let m = take.wrapping_neg();
+                best = f32::from_bits((v.to_bits() & m) | (best.to_bits() & !m));
+                at += (take as i64) * (k - at);
+            }
+            *ov = best;
+            *iv = at;
+        }
+    }
+}
+
 /// Window `[start, end)` of adaptive pooling output index `i` (PyTorch's rule).
 pub fn adaptive_window(i: usize, input: usize, output: usize) -> (usize, usize) {
     let start = (i * input) / output;
@@ -383,6 +526,26 @@ pub fn adaptive_window(i: usize, input: usize, output: usize) -> (usize, usize) 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_vector_2x2_max_pool_equals_the_scalar_one_with_ties_and_nans() {
+        for (h, w) in [(28, 28), (10, 10), (4, 40), (2, 2), (7, 9)] {
+            let (ho, wo) = (h / 2, w / 2);
+            let mut src: Vec<f32> = (0..h * w).map(|i| ((i * 7919) % 13) as f32 - 6.0).collect();
+            src[3] = f32::NAN;
+            if src.len() > 40 {
+                src[40] = src[41];
+            }
+            let (mut o1, mut i1) = (vec![0.0; ho * wo], vec![0i64; ho * wo]);
+            let (mut o2, mut i2) = (vec![0.0; ho * wo], vec![0i64; ho * wo]);
+            maxpool2x2_plane(&src, w, ho, wo, &mut o1, &mut i1);
+            maxpool2x2_scalar(&src, w, ho, wo, &mut o2, &mut i2);
+            assert_eq!(i1, i2, "{h}x{w}");
+            for (a, b) in o1.iter().zip(&o2) {
+                assert!(a == b || (a.is_nan() && b.is_nan()), "{h}x{w}: {a} vs {b}");
+            }
+        }
+    }
 
     #[test]
     fn the_direct_convolution_and_its_flipped_form_equal_the_definition() {

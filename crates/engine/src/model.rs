@@ -858,62 +858,50 @@ impl Engine {
                 && p.padding == (0, 0)
                 && p.dilation == (1, 1);
             let p = p.clone();
+            // One contiguous run of planes per thread: a task per plane costs more than it does.
+            let per = (b * c).div_ceil(self.threads);
             self.pool.install(|| {
-                od.par_chunks_mut(ho * wo)
-                    .zip(id.par_chunks_mut(ho * wo))
-                    .zip(xd.par_chunks(h * w))
-                    .for_each(|((o, ix), src)| {
-                        if simple {
-                            for oy in 0..ho {
-                                let (r0, r1) = (&src[2 * oy * w..], &src[(2 * oy + 1) * w..]);
-                                for ox in 0..wo {
-                                    let k = 2 * ox;
-                                    // PyTorch keeps the first maximum in scan order.
-                                    let (mut best, mut at) = (r0[k], 2 * oy * w + k);
-                                    if r0[k + 1] > best || r0[k + 1].is_nan() {
-                                        best = r0[k + 1];
-                                        at = 2 * oy * w + k + 1;
-                                    }
-                                    if r1[k] > best || r1[k].is_nan() {
-                                        best = r1[k];
-                                        at = (2 * oy + 1) * w + k;
-                                    }
-                                    if r1[k + 1] > best || r1[k + 1].is_nan() {
-                                        best = r1[k + 1];
-                                        at = (2 * oy + 1) * w + k + 1;
-                                    }
-                                    o[oy * wo + ox] = best;
-                                    ix[oy * wo + ox] = at as i64;
-                                }
+                od.par_chunks_mut(per * ho * wo)
+                    .zip(id.par_chunks_mut(per * ho * wo))
+                    .zip(xd.par_chunks(per * h * w))
+                    .for_each(|((ob, ixb), srcb)| {
+                        for ((o, ix), src) in ob
+                            .chunks_mut(ho * wo)
+                            .zip(ixb.chunks_mut(ho * wo))
+                            .zip(srcb.chunks(h * w))
+                        {
+                            if simple {
+                                kernels::maxpool2x2_plane(src, w, ho, wo, o, ix);
+                                continue;
                             }
-                            return;
-                        }
-                        for oy in 0..ho {
-                            for ox in 0..wo {
-                                let mut best = f32::NEG_INFINITY;
-                                let mut at = -1i64;
-                                for ky in 0..p.kernel_size.0 {
-                                    let iy = (oy * p.stride.0 + ky * p.dilation.0) as isize
-                                        - p.padding.0 as isize;
-                                    if iy < 0 || iy as usize >= h {
-                                        continue;
-                                    }
-                                    for kx in 0..p.kernel_size.1 {
-                                        let ixx = (ox * p.stride.1 + kx * p.dilation.1) as isize
-                                            - p.padding.1 as isize;
-                                        if ixx < 0 || ixx as usize >= w {
+                            for oy in 0..ho {
+                                for ox in 0..wo {
+                                    let mut best = f32::NEG_INFINITY;
+                                    let mut at = -1i64;
+                                    for ky in 0..p.kernel_size.0 {
+                                        let iy = (oy * p.stride.0 + ky * p.dilation.0) as isize
+                                            - p.padding.0 as isize;
+                                        if iy < 0 || iy as usize >= h {
                                             continue;
                                         }
-                                        let k = iy as usize * w + ixx as usize;
-                                        let v = src[k];
-                                        if v > best || v.is_nan() || at < 0 {
-                                            best = v;
-                                            at = k as i64;
+                                        for kx in 0..p.kernel_size.1 {
+                                            let ixx = (ox * p.stride.1 + kx * p.dilation.1)
+                                                as isize
+                                                - p.padding.1 as isize;
+                                            if ixx < 0 || ixx as usize >= w {
+                                                continue;
+                                            }
+                                            let k = iy as usize * w + ixx as usize;
+                                            let v = src[k];
+                                            if v > best || v.is_nan() || at < 0 {
+                                                best = v;
+                                                at = k as i64;
+                                            }
                                         }
                                     }
+                                    o[oy * wo + ox] = best;
+                                    ix[oy * wo + ox] = at;
                                 }
-                                o[oy * wo + ox] = best;
-                                ix[oy * wo + ox] = at;
                             }
                         }
                     });
