@@ -140,6 +140,26 @@ pub fn im2col(x: &[f32], g: &ConvGeom, group: usize, col: &mut [f32]) {
     }
 }
 
+/// The column matrix `[K x HoWo]` of group `group` of one sample: im2col into `scratch`,
+/// or, for a 1x1 stride-1 convolution (no scratch), the input's own planes.
+pub fn columns<'a>(
+    x: &'a [f32],
+    g: &ConvGeom,
+    group: usize,
+    scratch: Option<&'a mut [f32]>,
+) -> &'a [f32] {
+    match scratch {
+        Some(cb) => {
+            im2col(x, g, group, cb);
+            cb
+        }
+        None => {
+            let (k, hw) = (g.k(), g.hw_out());
+            &x[group * k * hw..(group + 1) * k * hw]
+        }
+    }
+}
+
 /// Adds `col[K x HoWo]` of group `g` back into the input gradient of one sample.
 pub fn col2im_add(col: &[f32], g: &ConvGeom, group: usize, dx: &mut [f32]) {
     let cg = g.cin / g.groups;

@@ -540,13 +540,7 @@ impl Engine {
                             for grp in 0..g.groups {
                                 let wg = &w[grp * cog * k..(grp + 1) * cog * k];
                                 let og = &mut os[grp * cog * hw..(grp + 1) * cog * hw];
-                                let col: &[f32] = match colbuf.as_deref_mut() {
-                                    Some(cb) => {
-                                        kernels::im2col(xs, &g, grp, cb);
-                                        cb
-                                    }
-                                    None => &xs[grp * k * hw..(grp + 1) * k * hw],
-                                };
+                                let col = kernels::columns(xs, &g, grp, colbuf.as_deref_mut());
                                 gemm(
                                     cog,
                                     k,
@@ -1307,15 +1301,7 @@ impl Engine {
                                 let gg = &gs[grp * cog * hw..(grp + 1) * cog * hw];
                                 let pwg = &mut pw[grp * cog * k..(grp + 1) * cog * k];
                                 let wg = &w[grp * cog * k..(grp + 1) * cog * k];
-                                // The column matrix: im2col of the sample, or the
-                                // input itself for a 1x1 stride-1 convolution.
-                                let col: &[f32] = match colbuf.as_deref_mut() {
-                                    Some(cb) => {
-                                        kernels::im2col(xs, &g, grp, cb);
-                                        cb
-                                    }
-                                    None => &xs[grp * k * hw..(grp + 1) * k * hw],
-                                };
+                                let col = kernels::columns(xs, &g, grp, colbuf.as_deref_mut());
                                 // dW_g += dY_g [cog x hw] * col^T [hw x k]
                                 gemm(
                                     cog,
