@@ -173,6 +173,13 @@ impl DataArg {
     }
 }
 
+/// `--threads`, or every core.
+fn threads_or_all(threads: Option<usize>) -> usize {
+    threads
+        .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
+        .max(1)
+}
+
 /// Builds the model for a dataset: input and number of classes follow the data.
 pub fn model_for(name: &str, ds: &Dataset) -> Result<Shaped> {
     let opts = ModelOptions {
@@ -356,10 +363,7 @@ pub fn train(a: &TrainArgs) -> Result<()> {
     }
     let ds = Arc::new(a.source.open()?);
     let g = model_for(&a.model, &ds)?;
-    let threads = a
-        .threads
-        .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
-        .max(1);
+    let threads = threads_or_all(a.threads);
     let opt = a.optim.engine()?;
     let (mean, std) = normalization(&a.normalize, &ds)?;
     let mut e = Engine::new(g.clone(), opt, a.seed, threads)?;
@@ -652,8 +656,7 @@ fn engine_from(path: &std::path::Path, threads: Option<usize>) -> Result<Restore
     };
     let g = vramlab_graph::load(&meta("model")?, &opts)?.infer()?;
     let opt: OptimizerConfig = serde_json::from_str(&meta("optimizer")?)?;
-    let threads =
-        threads.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
+    let threads = threads_or_all(threads);
     let mut e = Engine::new(g, opt, 0, threads)?;
     ck.load_into(&mut e)?;
     let mean: Vec<f32> = serde_json::from_str(&meta("mean")?)?;
@@ -818,10 +821,7 @@ pub fn bench_train(a: &BenchTrainArgs) -> Result<()> {
         },
     )?
     .infer()?;
-    let threads = a
-        .threads
-        .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
-        .max(1);
+    let threads = threads_or_all(a.threads);
     let mut e = Engine::new(g.clone(), a.optim.engine()?, 0, threads)?;
     let per: usize = g.shapes[0].iter().product();
     let k = g.num_classes();
@@ -970,10 +970,7 @@ pub fn sweep(a: &SweepArgs) -> Result<()> {
     }
     let ds = Arc::new(a.source.open()?);
     let g = model_for(&a.model, &ds)?;
-    let threads = a
-        .threads
-        .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
-        .max(1);
+    let threads = threads_or_all(a.threads);
     let (mean, std) = normalization("auto", &ds)?;
     let base = a.batch_sizes[0] as f32;
     let mut rows = Vec::new();

@@ -1317,38 +1317,29 @@ impl Engine {
                                 );
                                 if let Some(gis) = gic.as_deref_mut() {
                                     let dx = &mut gis[s * in_per..(s + 1) * in_per];
-                                    match colbuf.as_deref_mut() {
-                                        Some(cb) => {
-                                            // col = W_g^T [k x cog] * dY_g [cog x hw], then back to the image
-                                            gemm(
-                                                k,
-                                                cog,
-                                                hw,
-                                                wg,
-                                                (1, k as isize),
-                                                gg,
-                                                (hw as isize, 1),
-                                                cb,
-                                                (hw as isize, 1),
-                                                0.0,
-                                            );
-                                            kernels::col2im_add(cb, &g, grp, dx);
-                                        }
-                                        None => {
-                                            let dst = &mut dx[grp * k * hw..(grp + 1) * k * hw];
-                                            gemm(
-                                                k,
-                                                cog,
-                                                hw,
-                                                wg,
-                                                (1, k as isize),
-                                                gg,
-                                                (hw as isize, 1),
-                                                dst,
-                                                (hw as isize, 1),
-                                                0.0,
-                                            );
-                                        }
+                                    // W_g^T [k x cog] * dY_g [cog x hw]: into the column
+                                    // scratch (then back to the image), or straight into dX
+                                    // for a 1x1 stride-1 convolution.
+                                    {
+                                        let dst: &mut [f32] = match colbuf.as_deref_mut() {
+                                            Some(cb) => cb,
+                                            None => &mut dx[grp * k * hw..(grp + 1) * k * hw],
+                                        };
+                                        gemm(
+                                            k,
+                                            cog,
+                                            hw,
+                                            wg,
+                                            (1, k as isize),
+                                            gg,
+                                            (hw as isize, 1),
+                                            dst,
+                                            (hw as isize, 1),
+                                            0.0,
+                                        );
+                                    }
+                                    if let Some(cb) = colbuf.as_deref_mut() {
+                                        kernels::col2im_add(cb, &g, grp, dx);
                                     }
                                 }
                             }
