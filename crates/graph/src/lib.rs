@@ -24,7 +24,9 @@ pub mod op;
 pub mod rng;
 pub mod zoo;
 
-pub use op::{fmt_shape, BatchNorm2d, Conv2d, Linear, Op, Pool2d, Shape, TensorSpec};
+pub use op::{
+    fmt_shape, BatchNorm2d, Conv2d, Linear, Op, Pool2d, Shape, TensorSpec, MAX_TENSOR_ELEMENTS,
+};
 
 use std::fmt;
 
@@ -148,10 +150,10 @@ pub struct NamedTensor {
 
 impl NamedTensor {
     pub fn numel(&self) -> u128 {
-        self.shape.iter().map(|&d| d as u128).product()
+        op::numel(&self.shape)
     }
     pub fn bytes(&self) -> u128 {
-        self.numel() * self.elem_bytes as u128
+        self.numel().saturating_mul(self.elem_bytes as u128)
     }
 }
 
@@ -164,6 +166,12 @@ impl Graph {
         if self.input_shape.is_empty() || self.input_shape.contains(&0) {
             return Err(GraphError::Structure(format!(
                 "input shape {} has a zero or no dimension",
+                fmt_shape(&self.input_shape)
+            )));
+        }
+        if op::numel(&self.input_shape) > MAX_TENSOR_ELEMENTS {
+            return Err(GraphError::Structure(format!(
+                "input shape {} has more than {MAX_TENSOR_ELEMENTS} elements per image",
                 fmt_shape(&self.input_shape)
             )));
         }
@@ -203,11 +211,30 @@ impl Graph {
                 .op
                 .output_shape(&ins)
                 .map_err(|m| GraphError::from((node.name.clone(), m)))?;
-            if out.iter().map(|&d| d as u128).product::<u128>() > u64::MAX as u128 {
+            let too_big = |what: String, shape: &[usize]| {
+                GraphError::from((
+                    node.name.clone(),
+                    format!(
+                        "{what} {} has {} elements, more than the {MAX_TENSOR_ELEMENTS} \
+                         a tensor may have",
+                        fmt_shape(shape),
+                        op::numel(shape)
+                    ),
+                ))
+            };
+            if out.contains(&0) {
                 return Err(GraphError::from((
                     node.name.clone(),
-                    format!("output shape {} is too large", fmt_shape(&out)),
+                    format!("output shape {} has a zero dimension", fmt_shape(&out)),
                 )));
+            }
+            if op::numel(&out) > MAX_TENSOR_ELEMENTS {
+                return Err(too_big("output shape (per image)".into(), &out));
+            }
+            for t in node.op.params().iter().chain(&node.op.buffers()) {
+                if t.numel() > MAX_TENSOR_ELEMENTS {
+                    return Err(too_big(format!("`{}` of shape", t.name), &t.shape));
+                }
             }
             shapes.push(out);
         }
@@ -242,12 +269,13 @@ impl Shaped {
 
     /// Number of classes the model predicts (flat logits).
     pub fn num_classes(&self) -> usize {
-        self.output_shape().iter().product()
+        // infer caps every tensor at MAX_TENSOR_ELEMENTS, so this does not saturate.
+        usize::try_from(op::numel(self.output_shape())).unwrap_or(usize::MAX)
     }
 
     /// Per-sample element count of node i's output.
     pub fn numel(&self, i: NodeId) -> u128 {
-        self.shapes[i].iter().map(|&d| d as u128).product()
+        op::numel(&self.shapes[i])
     }
 
     /// All parameters in `model.parameters()` order.

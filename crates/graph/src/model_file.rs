@@ -18,21 +18,70 @@ use serde::Deserialize;
 use crate::op::{BatchNorm2d, Conv2d, Linear, Op, Pool2d};
 use crate::{Graph, GraphBuilder, GraphError, NodeId};
 
-/// `3` or `[3, 5]`, as PyTorch accepts for kernel sizes, strides and paddings.
-#[derive(Debug, Clone, Copy, Deserialize)]
-#[serde(untagged)]
+/// `3` or `[3, 5]`, as PyTorch accepts for kernel sizes, strides and paddings. Kept as
+/// written (TOML integers are signed) so that a negative value is refused with the
+/// field's name rather than a serde message.
+#[derive(Debug, Clone, Copy)]
 enum Pair {
-    One(usize),
-    Two([usize; 2]),
+    One(i64),
+    Two([i64; 2]),
+}
+
+impl<'de> Deserialize<'de> for Pair {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> serde::de::Visitor<'de> for V {
+            type Value = Pair;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("an integer or a pair of integers [h, w]")
+            }
+            fn visit_i64<E: serde::de::Error>(self, v: i64) -> Result<Pair, E> {
+                Ok(Pair::One(v))
+            }
+            fn visit_u64<E: serde::de::Error>(self, v: u64) -> Result<Pair, E> {
+                i64::try_from(v)
+                    .map(Pair::One)
+                    .map_err(|_| E::custom(format!("{v} is too large")))
+            }
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<Pair, A::Error> {
+                let mut two = [0i64; 2];
+                for (i, slot) in two.iter_mut().enumerate() {
+                    *slot = seq
+                        .next_element()?
+                        .ok_or_else(|| serde::de::Error::invalid_length(i, &self))?;
+                }
+                if seq.next_element::<serde::de::IgnoredAny>()?.is_some() {
+                    return Err(serde::de::Error::invalid_length(3, &self));
+                }
+                Ok(Pair::Two(two))
+            }
+        }
+        d.deserialize_any(V)
+    }
 }
 
 impl Pair {
-    fn get(self) -> (usize, usize) {
-        match self {
+    /// Both sizes as `usize`, refusing negative ones with `negative`'s words.
+    fn get(self, field: &str) -> Result<(usize, usize), String> {
+        let (a, b) = match self {
             Pair::One(v) => (v, v),
             Pair::Two([a, b]) => (a, b),
-        }
+        };
+        Ok((count(field, a)?, count(field, b)?))
     }
+}
+
+/// A size field as `usize`: negative values are refused here, zero by the layer's own
+/// checks ([`Op::validate`]), which know PyTorch's rule for each field.
+fn count(field: &str, v: i64) -> Result<usize, String> {
+    if v < 0 {
+        return Err(if field == "padding" {
+            format!("negative padding is not supported, got {v}")
+        } else {
+            format!("{field} must be a positive integer, got {v}")
+        });
+    }
+    usize::try_from(v).map_err(|_| format!("{field} = {v} is too large"))
 }
 
 fn one() -> Pair {
@@ -44,7 +93,7 @@ fn zero() -> Pair {
 fn yes() -> bool {
     true
 }
-fn one_usize() -> usize {
+fn one_int() -> i64 {
     1
 }
 fn half() -> f64 {
@@ -62,8 +111,8 @@ fn bn_momentum() -> f64 {
 #[serde(tag = "type", deny_unknown_fields)]
 enum LayerSpec {
     Conv2d {
-        in_channels: usize,
-        out_channels: usize,
+        in_channels: i64,
+        out_channels: i64,
         kernel_size: Pair,
         #[serde(default = "one")]
         stride: Pair,
@@ -71,13 +120,13 @@ enum LayerSpec {
         padding: Pair,
         #[serde(default = "one")]
         dilation: Pair,
-        #[serde(default = "one_usize")]
-        groups: usize,
+        #[serde(default = "one_int")]
+        groups: i64,
         #[serde(default = "yes")]
         bias: bool,
     },
     BatchNorm2d {
-        num_features: usize,
+        num_features: i64,
         #[serde(default = "bn_eps")]
         eps: f64,
         #[serde(default = "bn_momentum")]
@@ -120,8 +169,8 @@ enum LayerSpec {
     },
     Flatten {},
     Linear {
-        in_features: usize,
-        out_features: usize,
+        in_features: i64,
+        out_features: i64,
         #[serde(default = "yes")]
         bias: bool,
     },
@@ -146,32 +195,69 @@ enum LayerSpec {
 #[serde(deny_unknown_fields)]
 struct FileSpec {
     name: Option<String>,
-    input: Option<Vec<usize>>,
+    input: Option<Vec<i64>>,
     layers: Vec<toml::Table>,
 }
 
-/// Reads a model file from disk.
+/// A model file larger than this is refused before it is read whole (the largest zoo
+/// model written out is a few KiB).
+pub const MAX_FILE_BYTES: u64 = 4 << 20;
+
+/// How deep `Residual` blocks may nest (torchvision's deepest is 2).
+pub const MAX_NESTING: usize = 16;
+
+/// Reads a model file from disk (at most [`MAX_FILE_BYTES`], and only a regular file, so
+/// that a FIFO or a device never blocks or fills memory).
 pub fn load(path: &Path) -> Result<Graph, GraphError> {
-    let text = std::fs::read_to_string(path).map_err(|e| GraphError::ModelFile {
+    use std::io::Read;
+    let err = |message: String| GraphError::ModelFile {
         path: path.display().to_string(),
-        message: format!("cannot read the model file: {e}"),
-    })?;
+        message,
+    };
+    let meta =
+        std::fs::metadata(path).map_err(|e| err(format!("cannot read the model file: {e}")))?;
+    if !meta.is_file() {
+        return Err(err("not a regular file: expected a .toml model file".into()));
+    }
+    let file =
+        std::fs::File::open(path).map_err(|e| err(format!("cannot read the model file: {e}")))?;
+    let mut bytes = Vec::new();
+    file.take(MAX_FILE_BYTES + 1)
+        .read_to_end(&mut bytes)
+        .map_err(|e| err(format!("cannot read the model file: {e}")))?;
+    if bytes.len() as u64 > MAX_FILE_BYTES {
+        return Err(err(format!(
+            "the model file is larger than {} MiB: not a model description",
+            MAX_FILE_BYTES >> 20
+        )));
+    }
+    let text = String::from_utf8(bytes)
+        .map_err(|_| err("the model file is not UTF-8 text (TOML is)".into()))?;
     parse(&text, &path.display().to_string())
 }
 
-/// Parses a model file's text; `origin` names it in errors.
+/// Parses a model file's text; `origin` names it in errors. Every layer argument is
+/// checked as PyTorch checks it, and every shape is inferred, so a graph that parses
+/// is one the planner and the engine can take once [`Graph::infer`](crate::Graph::infer)
+/// accepts its shapes.
 pub fn parse(text: &str, origin: &str) -> Result<Graph, GraphError> {
     let err = |message: String| GraphError::ModelFile {
         path: origin.to_string(),
         message,
     };
     let spec: FileSpec = toml::from_str(text).map_err(|e| err(e.to_string().trim().to_string()))?;
-    let input = spec.input.unwrap_or_else(|| vec![3, 32, 32]);
-    if input.len() != 3 || input.contains(&0) {
-        return Err(err(format!(
-            "`input` must be [C, H, W] with positive sizes, got {input:?}"
-        )));
-    }
+    let input = match spec.input {
+        None => vec![3, 32, 32],
+        Some(dims) if dims.len() == 3 && dims.iter().all(|&d| d > 0) => dims
+            .iter()
+            .map(|&d| usize::try_from(d).expect("positive i64 fits usize on 64-bit targets"))
+            .collect(),
+        Some(dims) => {
+            return Err(err(format!(
+                "`input` must be [C, H, W] with positive sizes, got {dims:?}"
+            )))
+        }
+    };
     if spec.layers.is_empty() {
         return Err(err("the model has no [[layers]]".into()));
     }
@@ -183,7 +269,8 @@ pub fn parse(text: &str, origin: &str) -> Result<Graph, GraphError> {
     });
     let mut b = GraphBuilder::new(&name, input);
     let x = b.input();
-    sequence(&mut b, &spec.layers, "", x).map_err(err)?;
+    sequence(&mut b, &spec.layers, "", x, 0).map_err(err)?;
+    // Shapes are inferred by the caller, after `--input` may have replaced `input`.
     Ok(b.build())
 }
 
@@ -194,7 +281,13 @@ fn sequence(
     layers: &[toml::Table],
     prefix: &str,
     mut x: NodeId,
+    depth: usize,
 ) -> Result<NodeId, String> {
+    if depth > MAX_NESTING {
+        return Err(format!(
+            "layer `{prefix}`: Residual blocks nest more than {MAX_NESTING} deep"
+        ));
+    }
     for (i, table) in layers.iter().enumerate() {
         let mut table = table.clone();
         let name = match table.remove("name") {
@@ -217,12 +310,34 @@ fn sequence(
                 .map_err(|e: toml::de::Error| {
                     format!("layer `{name}` ({type_name}): {}", e.message().trim())
                 })?;
-        x = layer(b, spec, &name, x)?;
+        x = match spec {
+            LayerSpec::Residual {
+                body,
+                shortcut,
+                inplace,
+            } => {
+                if body.is_empty() {
+                    return Err(format!("layer `{name}` (Residual): `body` has no layers"));
+                }
+                let y = sequence(b, &body, &format!("{name}.body."), x, depth + 1)?;
+                let s = if shortcut.is_empty() {
+                    x
+                } else {
+                    sequence(b, &shortcut, &format!("{name}.shortcut."), x, depth + 1)?
+                };
+                b.add(name, Op::Add { inplace }, &[y, s])
+            }
+            spec => {
+                let op = op_of(spec).map_err(|m| format!("layer `{name}` ({type_name}): {m}"))?;
+                b.then(name, op, x)
+            }
+        };
     }
     Ok(x)
 }
 
-fn layer(b: &mut GraphBuilder, spec: LayerSpec, name: &str, x: NodeId) -> Result<NodeId, String> {
+/// The op of one (non-Residual) layer, its arguments checked as PyTorch checks them.
+fn op_of(spec: LayerSpec) -> Result<Op, String> {
     let op = match spec {
         LayerSpec::Conv2d {
             in_channels,
@@ -234,13 +349,13 @@ fn layer(b: &mut GraphBuilder, spec: LayerSpec, name: &str, x: NodeId) -> Result
             groups,
             bias,
         } => Op::Conv2d(Conv2d {
-            in_channels,
-            out_channels,
-            kernel_size: kernel_size.get(),
-            stride: stride.get(),
-            padding: padding.get(),
-            dilation: dilation.get(),
-            groups,
+            in_channels: count("in_channels", in_channels)?,
+            out_channels: count("out_channels", out_channels)?,
+            kernel_size: kernel_size.get("kernel_size")?,
+            stride: stride.get("stride")?,
+            padding: padding.get("padding")?,
+            dilation: dilation.get("dilation")?,
+            groups: count("groups", groups)?,
             bias,
         }),
         LayerSpec::BatchNorm2d {
@@ -250,7 +365,7 @@ fn layer(b: &mut GraphBuilder, spec: LayerSpec, name: &str, x: NodeId) -> Result
             affine,
             track_running_stats,
         } => Op::BatchNorm2d(BatchNorm2d {
-            num_features,
+            num_features: count("num_features", num_features)?,
             eps,
             momentum,
             affine,
@@ -265,10 +380,10 @@ fn layer(b: &mut GraphBuilder, spec: LayerSpec, name: &str, x: NodeId) -> Result
             dilation,
             ceil_mode,
         } => Op::MaxPool2d(Pool2d {
-            kernel_size: kernel_size.get(),
-            stride: stride.unwrap_or(kernel_size).get(),
-            padding: padding.get(),
-            dilation: dilation.get(),
+            kernel_size: kernel_size.get("kernel_size")?,
+            stride: stride.unwrap_or(kernel_size).get("stride")?,
+            padding: padding.get("padding")?,
+            dilation: dilation.get("dilation")?,
             ceil_mode,
             count_include_pad: true,
         }),
@@ -279,15 +394,15 @@ fn layer(b: &mut GraphBuilder, spec: LayerSpec, name: &str, x: NodeId) -> Result
             ceil_mode,
             count_include_pad,
         } => Op::AvgPool2d(Pool2d {
-            kernel_size: kernel_size.get(),
-            stride: stride.unwrap_or(kernel_size).get(),
-            padding: padding.get(),
+            kernel_size: kernel_size.get("kernel_size")?,
+            stride: stride.unwrap_or(kernel_size).get("stride")?,
+            padding: padding.get("padding")?,
             dilation: (1, 1),
             ceil_mode,
             count_include_pad,
         }),
         LayerSpec::AdaptiveAvgPool2d { output_size } => Op::AdaptiveAvgPool2d {
-            output_size: output_size.get(),
+            output_size: output_size.get("output_size")?,
         },
         LayerSpec::Flatten {} => Op::Flatten,
         LayerSpec::Linear {
@@ -295,36 +410,15 @@ fn layer(b: &mut GraphBuilder, spec: LayerSpec, name: &str, x: NodeId) -> Result
             out_features,
             bias,
         } => Op::Linear(Linear {
-            in_features,
-            out_features,
+            in_features: count("in_features", in_features)?,
+            out_features: count("out_features", out_features)?,
             bias,
         }),
-        LayerSpec::Dropout { p, inplace } => {
-            if !(0.0..=1.0).contains(&p) {
-                return Err(format!(
-                    "layer `{name}` (Dropout): p must be between 0 and 1, got {p}"
-                ));
-            }
-            Op::Dropout { p, inplace }
-        }
-        LayerSpec::Residual {
-            body,
-            shortcut,
-            inplace,
-        } => {
-            if body.is_empty() {
-                return Err(format!("layer `{name}` (Residual): `body` has no layers"));
-            }
-            let y = sequence(b, &body, &format!("{name}.body."), x)?;
-            let s = if shortcut.is_empty() {
-                x
-            } else {
-                sequence(b, &shortcut, &format!("{name}.shortcut."), x)?
-            };
-            return Ok(b.add(name, Op::Add { inplace }, &[y, s]));
-        }
+        LayerSpec::Dropout { p, inplace } => Op::Dropout { p, inplace },
+        LayerSpec::Residual { .. } => return Err("a Residual block is not one layer".into()),
     };
-    Ok(b.then(name, op, x))
+    op.validate()?;
+    Ok(op)
 }
 
 #[cfg(test)]
@@ -394,5 +488,236 @@ mod tests {
     fn broken_toml_is_an_error_with_the_file_name() {
         let e = parse("layers = [", "broken.toml").unwrap_err().to_string();
         assert!(e.starts_with("broken.toml: "), "{e}");
+    }
+
+    /// Parses a one-layer file after `input` and infers its shapes: the message of the
+    /// first error, as a user sees it.
+    fn error_of(input: &str, layer: &str) -> String {
+        let text = format!("input = {input}\n[[layers]]\n{layer}\n");
+        match parse(&text, "m.toml").and_then(|g| g.infer().map(|_| ())) {
+            Ok(()) => panic!("accepted: {text}"),
+            Err(e) => e.to_string(),
+        }
+    }
+
+    #[test]
+    fn conv2d_arguments_are_checked_as_pytorch_does() {
+        let conv = |extra: &str| {
+            error_of(
+                "[3, 8, 8]",
+                &format!("type = \"Conv2d\"\nin_channels = 3\nkernel_size = 3\n{extra}"),
+            )
+        };
+        assert_eq!(
+            conv("out_channels = 0"),
+            "m.toml: layer `0` (Conv2d): out_channels must be a positive integer, got 0"
+        );
+        assert_eq!(
+            conv("out_channels = -4"),
+            "m.toml: layer `0` (Conv2d): out_channels must be a positive integer, got -4"
+        );
+        assert_eq!(
+            conv("out_channels = 4\ngroups = 2"),
+            "m.toml: layer `0` (Conv2d): in_channels must be divisible by groups (in_channels=3, groups=2)"
+        );
+        assert_eq!(
+            conv("out_channels = 4\ngroups = 0"),
+            "m.toml: layer `0` (Conv2d): groups must be a positive integer"
+        );
+        assert_eq!(
+            conv("out_channels = 4\npadding = -1"),
+            "m.toml: layer `0` (Conv2d): negative padding is not supported, got -1"
+        );
+        assert_eq!(
+            conv("out_channels = 4\nstride = [1, 0]"),
+            "m.toml: layer `0` (Conv2d): non-positive stride is not supported, got stride 1x0"
+        );
+        assert_eq!(
+            conv("out_channels = 4\ndilation = 0"),
+            "m.toml: layer `0` (Conv2d): dilation should be greater than zero, but got dilationH: 0 dilationW: 0"
+        );
+        let e = conv("out_channels = 4\nstride = \"two\"");
+        assert!(
+            e.contains("layer `0` (Conv2d)") && e.contains("an integer or a pair of integers"),
+            "{e}"
+        );
+        let e = conv("out_channels = 4\nstride = [1, 2, 3]");
+        assert!(e.contains("an integer or a pair of integers"), "{e}");
+        let e = error_of(
+            "[3, 8, 8]",
+            "type = \"Conv2d\"\nin_channels = 3\nout_channels = 4\nkernel_size = 0",
+        );
+        assert!(
+            e.ends_with("kernel size should be greater than zero, but got kH: 0 kW: 0"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn linear_and_batchnorm_and_dropout_arguments_are_checked() {
+        assert_eq!(
+            error_of(
+                "[1, 4, 4]",
+                "type = \"Linear\"\nin_features = 16\nout_features = 0"
+            ),
+            "m.toml: layer `0` (Linear): out_features must be a positive integer, got 0"
+        );
+        for (field, value, message) in [
+            (
+                "momentum",
+                "nan",
+                "momentum must be a number between 0 and 1, got NaN",
+            ),
+            (
+                "momentum",
+                "1.5",
+                "momentum must be a number between 0 and 1, got 1.5",
+            ),
+            (
+                "momentum",
+                "inf",
+                "momentum must be a number between 0 and 1, got inf",
+            ),
+            ("eps", "0.0", "eps must be a positive finite number, got 0"),
+            (
+                "eps",
+                "-1e-5",
+                "eps must be a positive finite number, got -0.00001",
+            ),
+            (
+                "eps",
+                "nan",
+                "eps must be a positive finite number, got NaN",
+            ),
+        ] {
+            let e = error_of(
+                "[1, 4, 4]",
+                &format!("type = \"BatchNorm2d\"\nnum_features = 1\n{field} = {value}"),
+            );
+            assert_eq!(e, format!("m.toml: layer `0` (BatchNorm2d): {message}"));
+        }
+        for p in ["nan", "1.5", "-0.1"] {
+            let e = error_of("[1, 4, 4]", &format!("type = \"Dropout\"\np = {p}"));
+            assert!(
+                e.contains("dropout probability has to be between 0 and 1, but got"),
+                "{e}"
+            );
+        }
+    }
+
+    #[test]
+    fn pool_arguments_are_checked_as_aten_does() {
+        let e = error_of(
+            "[1, 8, 8]",
+            "type = \"MaxPool2d\"\nkernel_size = 3\npadding = 2",
+        );
+        assert_eq!(
+            e,
+            "m.toml: layer `0` (MaxPool2d): pad should be smaller than or equal to half of kernel size, but got padH = 2, padW = 2, kH = 3, kW = 3"
+        );
+        let e = error_of(
+            "[1, 8, 8]",
+            "type = \"AvgPool2d\"\nkernel_size = 2\nstride = 0",
+        );
+        assert!(e.contains("non-positive stride is not supported"), "{e}");
+        let e = error_of(
+            "[1, 8, 8]",
+            "type = \"AdaptiveAvgPool2d\"\noutput_size = [0, 1]",
+        );
+        assert!(
+            e.contains("output_size must be at least 1x1, got 0x1"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn a_huge_linear_is_an_error_naming_the_layer_not_an_abort() {
+        let text = "input = [1, 28, 28]\n[[layers]]\ntype = \"Flatten\"\n[[layers]]\n\
+                    type = \"Linear\"\nname = \"fc\"\nin_features = 784\n\
+                    out_features = 9223372036854775807\n";
+        let e = parse(text, "m.toml")
+            .unwrap()
+            .infer()
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.starts_with("layer `fc`: output shape (per image) 9223372036854775807 has"),
+            "{e}"
+        );
+        assert!(
+            e.contains("more than the 1099511627776 a tensor may have"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn an_input_whose_size_would_wrap_is_refused() {
+        let text = "input = [1, 16, 1152921504606846977]\n[[layers]]\ntype = \"Flatten\"\n";
+        let e = parse(text, "m.toml")
+            .unwrap()
+            .infer()
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("more than 1099511627776 elements"), "{e}");
+        // The same input given as the shape of a Flatten's input, bypassing the input
+        // check: the op itself refuses, where it used to wrap to 16.
+        let x = vec![16usize, (1 << 60) + 1, 1];
+        let e = Op::Flatten.output_shape(&[&x]).unwrap_err();
+        assert!(e.contains("more than the 1099511627776"), "{e}");
+    }
+
+    #[test]
+    fn absurd_window_arguments_are_errors_never_overflows() {
+        let max = i64::MAX;
+        for (k, s, p, d) in [
+            (1, max, max, 1),
+            (max, 1, 0, max),
+            (3, 1, max, 1),
+            (2, max, 1, max),
+        ] {
+            for ty in ["Conv2d\"\nin_channels = 1\nout_channels = 1", "MaxPool2d"] {
+                let layer = format!(
+                    "type = \"{ty}\"\nkernel_size = {k}\nstride = {s}\npadding = {p}\ndilation = {d}"
+                );
+                let text = format!("input = [1, 8, 8]\n[[layers]]\n{layer}\n");
+                // Either outcome is fine; neither may panic, and a success is a real shape.
+                if let Ok(g) = parse(&text, "m.toml").and_then(|g| g.infer()) {
+                    assert!(g.numel(1) <= crate::MAX_TENSOR_ELEMENTS);
+                }
+            }
+        }
+        assert_eq!(
+            crate::op::window_out(usize::MAX, usize::MAX, usize::MAX, usize::MAX, 2, true),
+            Some(2)
+        );
+        assert_eq!(crate::op::window_out(5, 0, 1, 0, 1, false), None);
+    }
+
+    #[test]
+    fn residual_blocks_may_not_nest_without_end() {
+        let mut text = String::from("input = [1, 4, 4]\n");
+        let mut key = String::from("layers");
+        for _ in 0..(MAX_NESTING + 3) {
+            text.push_str(&format!("[[{key}]]\ntype = \"Residual\"\n"));
+            key.push_str(".body");
+        }
+        text.push_str(&format!("[[{key}]]\ntype = \"ReLU\"\n"));
+        let e = parse(&text, "deep.toml").unwrap_err().to_string();
+        assert!(e.contains("nest more than 16 deep"), "{e}");
+    }
+
+    #[test]
+    fn only_regular_files_of_a_sane_size_are_read() {
+        let dir = std::env::temp_dir().join(format!("vramlab-mf-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let e = load(&dir).unwrap_err().to_string();
+        assert!(e.contains("not a regular file"), "{e}");
+        let big = dir.join("big.toml");
+        let mut text = "# padding\n".repeat((MAX_FILE_BYTES / 10) as usize + 1);
+        text.push_str(SIMPLE_CNN);
+        std::fs::write(&big, text).unwrap();
+        let e = load(&big).unwrap_err().to_string();
+        assert!(e.contains("larger than 4 MiB"), "{e}");
+        std::fs::remove_dir_all(&dir).ok();
     }
 }

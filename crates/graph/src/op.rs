@@ -27,12 +27,14 @@ impl TensorSpec {
         }
     }
 
+    /// Element count (saturating at `u128::MAX`; the graph refuses anything above
+    /// [`MAX_TENSOR_ELEMENTS`]).
     pub fn numel(&self) -> u128 {
-        self.shape.iter().map(|&d| d as u128).product()
+        numel(&self.shape)
     }
 
     pub fn bytes(&self) -> u128 {
-        self.numel() * self.elem_bytes as u128
+        self.numel().saturating_mul(self.elem_bytes as u128)
     }
 }
 
@@ -277,21 +279,99 @@ impl Op {
         }
     }
 
+    /// Checks the layer's own arguments as PyTorch's constructor and its kernels do
+    /// (with PyTorch's words where it has them), before any shape is known.
+    pub fn validate(&self) -> Result<(), String> {
+        let positive = |what: &str, v: usize| {
+            if v == 0 {
+                Err(format!("{what} must be a positive integer, got 0"))
+            } else {
+                Ok(())
+            }
+        };
+        match self {
+            Op::Conv2d(c) => {
+                positive("in_channels", c.in_channels)?;
+                positive("out_channels", c.out_channels)?;
+                if c.groups == 0 {
+                    return Err("groups must be a positive integer".into());
+                }
+                if c.in_channels % c.groups != 0 {
+                    return Err(format!(
+                        "in_channels must be divisible by groups (in_channels={}, groups={})",
+                        c.in_channels, c.groups
+                    ));
+                }
+                if c.out_channels % c.groups != 0 {
+                    return Err(format!(
+                        "out_channels must be divisible by groups (out_channels={}, groups={})",
+                        c.out_channels, c.groups
+                    ));
+                }
+                window_args(c.kernel_size, c.stride, c.dilation)
+            }
+            Op::BatchNorm2d(b) => {
+                positive("num_features", b.num_features)?;
+                if !(b.eps.is_finite() && b.eps > 0.0) {
+                    return Err(format!(
+                        "eps must be a positive finite number, got {}",
+                        b.eps
+                    ));
+                }
+                if !(b.momentum.is_finite() && (0.0..=1.0).contains(&b.momentum)) {
+                    return Err(format!(
+                        "momentum must be a number between 0 and 1, got {}",
+                        b.momentum
+                    ));
+                }
+                Ok(())
+            }
+            Op::MaxPool2d(p) | Op::AvgPool2d(p) => {
+                window_args(p.kernel_size, p.stride, p.dilation)?;
+                if p.padding.0 > p.kernel_size.0 / 2 || p.padding.1 > p.kernel_size.1 / 2 {
+                    return Err(format!(
+                        "pad should be smaller than or equal to half of kernel size, but got \
+                         padH = {}, padW = {}, kH = {}, kW = {}",
+                        p.padding.0, p.padding.1, p.kernel_size.0, p.kernel_size.1
+                    ));
+                }
+                Ok(())
+            }
+            Op::AdaptiveAvgPool2d { output_size } => {
+                if output_size.0 == 0 || output_size.1 == 0 {
+                    return Err(format!(
+                        "output_size must be at least 1x1, got {}x{}",
+                        output_size.0, output_size.1
+                    ));
+                }
+                Ok(())
+            }
+            Op::Linear(l) => {
+                positive("in_features", l.in_features)?;
+                positive("out_features", l.out_features)
+            }
+            Op::Dropout { p, .. } => {
+                if !(0.0..=1.0).contains(p) {
+                    return Err(format!(
+                        "dropout probability has to be between 0 and 1, but got {p}"
+                    ));
+                }
+                Ok(())
+            }
+            Op::Input | Op::ReLU { .. } | Op::ReLU6 { .. } | Op::Flatten | Op::Add { .. } => Ok(()),
+        }
+    }
+
     /// Output shape for the given input shapes, or what is wrong (without the layer
-    /// name, which the graph adds).
+    /// name, which the graph adds). Arguments are checked first ([`Op::validate`]); the
+    /// arithmetic is checked, so absurd sizes are an error, never a wrapped number.
     pub fn output_shape(&self, inputs: &[&Shape]) -> Result<Shape, String> {
+        self.validate()?;
         let x = inputs.first().copied();
         match self {
             Op::Input => Err("Input has no inputs".into()),
             Op::Conv2d(c) => {
                 let (ch, h, w) = chw(x, "Conv2d")?;
-                if c.groups == 0 || c.in_channels % c.groups != 0 || c.out_channels % c.groups != 0
-                {
-                    return Err(format!(
-                        "groups={} must divide in_channels={} and out_channels={}",
-                        c.groups, c.in_channels, c.out_channels
-                    ));
-                }
                 if ch != c.in_channels {
                     return Err(format!(
                         "expected input with {} channels, got {} (input shape {})",
@@ -300,8 +380,19 @@ impl Op {
                         fmt_shape(x.expect("chw checked it"))
                     ));
                 }
-                if c.stride.0 == 0 || c.stride.1 == 0 {
-                    return Err("stride must be at least 1".into());
+                // The convolution reads a zero-padded copy of its input (im2col, or the
+                // engine's padded plane): that copy must be a tensor that can exist.
+                let padded = |n: usize, p: usize| n as u128 + 2 * p as u128;
+                let padded_numel = (ch as u128)
+                    .checked_mul(padded(h, c.padding.0))
+                    .and_then(|v| v.checked_mul(padded(w, c.padding.1)))
+                    .unwrap_or(u128::MAX);
+                if padded_numel > MAX_TENSOR_ELEMENTS {
+                    return Err(format!(
+                        "padding {}x{} makes a padded input of {} elements per image, more than \
+                         the {} a tensor may have",
+                        c.padding.0, c.padding.1, padded_numel, MAX_TENSOR_ELEMENTS
+                    ));
                 }
                 let ho = window_out(
                     h,
@@ -343,15 +434,6 @@ impl Op {
             }
             Op::MaxPool2d(p) | Op::AvgPool2d(p) => {
                 let (ch, h, w) = chw(x, self.type_name())?;
-                if p.stride.0 == 0 || p.stride.1 == 0 {
-                    return Err("stride must be at least 1".into());
-                }
-                if 2 * p.padding.0 > p.kernel_size.0 || 2 * p.padding.1 > p.kernel_size.1 {
-                    return Err(format!(
-                        "padding {}x{} should be at most half of the kernel size {}x{}",
-                        p.padding.0, p.padding.1, p.kernel_size.0, p.kernel_size.1
-                    ));
-                }
                 let ho = window_out(
                     h,
                     p.kernel_size.0,
@@ -378,14 +460,19 @@ impl Op {
             }
             Op::AdaptiveAvgPool2d { output_size } => {
                 let (ch, _, _) = chw(x, "AdaptiveAvgPool2d")?;
-                if output_size.0 == 0 || output_size.1 == 0 {
-                    return Err("output_size must be at least 1x1".into());
-                }
                 Ok(vec![ch, output_size.0, output_size.1])
             }
             Op::Flatten => {
                 let x = x.ok_or("missing input")?;
-                Ok(vec![x.iter().product()])
+                let n = numel(x);
+                if n > MAX_TENSOR_ELEMENTS {
+                    return Err(format!(
+                        "flattening {} gives {n} features, more than the {} a tensor may have",
+                        fmt_shape(x),
+                        MAX_TENSOR_ELEMENTS
+                    ));
+                }
+                Ok(vec![usize::try_from(n).map_err(|_| "too many features")?])
             }
             Op::Linear(l) => {
                 let x = x.ok_or("missing input")?;
@@ -423,15 +510,13 @@ impl Op {
 
     /// Multiply-accumulates per sample for the given output shape.
     pub fn macs(&self, out: &Shape) -> u128 {
-        let numel: u128 = out.iter().map(|&d| d as u128).product();
+        let numel = numel(out);
         match self {
-            Op::Conv2d(c) => {
-                numel
-                    * (c.in_channels / c.groups.max(1)) as u128
-                    * c.kernel_size.0 as u128
-                    * c.kernel_size.1 as u128
-            }
-            Op::Linear(l) => l.in_features as u128 * l.out_features as u128,
+            Op::Conv2d(c) => numel
+                .saturating_mul((c.in_channels / c.groups.max(1)) as u128)
+                .saturating_mul(c.kernel_size.0 as u128)
+                .saturating_mul(c.kernel_size.1 as u128),
+            Op::Linear(l) => (l.in_features as u128).saturating_mul(l.out_features as u128),
             _ => 0,
         }
     }
@@ -448,8 +533,52 @@ fn chw(x: Option<&Shape>, what: &str) -> Result<(usize, usize, usize), String> {
     }
 }
 
+/// Checks a sliding window's kernel, stride and dilation as ATen does.
+fn window_args(
+    kernel: (usize, usize),
+    stride: (usize, usize),
+    dilation: (usize, usize),
+) -> Result<(), String> {
+    if kernel.0 == 0 || kernel.1 == 0 {
+        return Err(format!(
+            "kernel size should be greater than zero, but got kH: {} kW: {}",
+            kernel.0, kernel.1
+        ));
+    }
+    if stride.0 == 0 || stride.1 == 0 {
+        return Err(format!(
+            "non-positive stride is not supported, got stride {}x{}",
+            stride.0, stride.1
+        ));
+    }
+    if dilation.0 == 0 || dilation.1 == 0 {
+        return Err(format!(
+            "dilation should be greater than zero, but got dilationH: {} dilationW: {}",
+            dilation.0, dilation.1
+        ));
+    }
+    Ok(())
+}
+
+/// The largest number of elements one tensor may have per image (2^40, 4 TiB of
+/// float32): far above anything a GPU holds, and small enough that every byte count the
+/// planner derives from it (times a batch of up to 2^64, times 8 bytes, summed over the
+/// graph) stays exact in `u128`.
+pub const MAX_TENSOR_ELEMENTS: u128 = 1 << 40;
+
+/// Element count of a shape, exact (a shape of up to 4 dimensions below 2^64 each
+/// cannot overflow `u128` once each step is checked against the cap).
+pub fn numel(shape: &[usize]) -> u128 {
+    shape
+        .iter()
+        .try_fold(1u128, |acc, &d| acc.checked_mul(d as u128))
+        .unwrap_or(u128::MAX)
+}
+
 /// PyTorch's output size of a sliding window (convolution and pooling), including
-/// `ceil_mode`'s rule that the last window must start inside the padded input.
+/// `ceil_mode`'s rule that the last window must start inside the padded input. `None`
+/// when the window does not fit, or for arguments no layer accepts (zero kernel or
+/// stride); computed in `u128`, so no argument can overflow it.
 pub fn window_out(
     input: usize,
     kernel: usize,
@@ -458,11 +587,19 @@ pub fn window_out(
     dilation: usize,
     ceil_mode: bool,
 ) -> Option<usize> {
-    let padded = input.checked_add(padding.checked_mul(2)?)?;
-    let span = dilation
-        .checked_mul(kernel.checked_sub(1)?)?
-        .checked_add(1)?;
-    if span > padded || kernel == 0 {
+    if kernel == 0 || stride == 0 {
+        return None;
+    }
+    let (input, kernel, stride, padding, dilation) = (
+        input as u128,
+        kernel as u128,
+        stride as u128,
+        padding as u128,
+        dilation as u128,
+    );
+    let padded = input + 2 * padding;
+    let span = dilation * (kernel - 1) + 1;
+    if span > padded {
         return None;
     }
     let room = padded - span;
@@ -474,7 +611,7 @@ pub fn window_out(
     if ceil_mode && (out - 1) * stride >= input + padding {
         out -= 1;
     }
-    Some(out)
+    usize::try_from(out).ok()
 }
 
 /// `3x32x32`, `[400]` style.
