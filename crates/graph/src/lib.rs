@@ -71,11 +71,22 @@ impl fmt::Display for GraphError {
         match self {
             GraphError::Shape { layer, message } => write!(f, "layer `{layer}`: {message}"),
             GraphError::Structure(m) => write!(f, "invalid graph: {m}"),
-            GraphError::UnknownModel(name) => write!(
-                f,
-                "unknown model `{name}`: expected one of {} or a path to a .toml model file",
-                zoo::NAMES.join(", ")
-            ),
+            GraphError::UnknownModel(name) => {
+                write!(f, "unknown model `{name}`")?;
+                if let Some(close) = zoo::suggest(name) {
+                    write!(f, ": did you mean {close}?")?;
+                } else {
+                    write!(
+                        f,
+                        ": expected one of {} or a path to a .toml model file",
+                        zoo::NAMES.join(", ")
+                    )?;
+                }
+                if std::path::Path::new(name).is_file() {
+                    write!(f, " (to read the file `{name}`, write ./{name})")?;
+                }
+                Ok(())
+            }
             GraphError::ModelFile { path, message } => write!(f, "{path}: {message}"),
         }
     }
@@ -327,12 +338,20 @@ pub struct ModelOptions {
     pub input_shape: Option<Shape>,
 }
 
-/// A zoo name or a path to a `.toml` model file.
-pub fn load(name_or_path: &str, opts: &ModelOptions) -> Result<Graph, GraphError> {
-    let looks_like_path = name_or_path.ends_with(".toml")
+/// Whether a model argument names a file rather than a zoo model: it contains a path
+/// separator or ends in `.toml`. Nothing else is read from disk, so a file called
+/// `resnet18` in the working directory never shadows the zoo's ResNet-18 (write
+/// `./resnet18` to read that file).
+pub fn names_a_file(name_or_path: &str) -> bool {
+    name_or_path.ends_with(".toml")
         || name_or_path.contains('/')
-        || std::path::Path::new(name_or_path).is_file();
-    let mut g = if looks_like_path {
+        || name_or_path.contains(std::path::MAIN_SEPARATOR)
+}
+
+/// A zoo name or a path to a model file: zoo names win unless the argument looks like
+/// a path ([`names_a_file`]).
+pub fn load(name_or_path: &str, opts: &ModelOptions) -> Result<Graph, GraphError> {
+    let mut g = if names_a_file(name_or_path) {
         model_file::load(std::path::Path::new(name_or_path))?
     } else {
         zoo::build(name_or_path, opts)?
@@ -354,5 +373,33 @@ pub fn parse_shape(s: &str) -> Result<Shape, String> {
         _ => Err(format!(
             "`{s}` is not an image shape: expected CxHxW with positive sizes, e.g. 3x32x32"
         )),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_file_named_like_a_zoo_model_does_not_shadow_it() {
+        let dir = std::env::temp_dir().join(format!("vramlab-shadow-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("resnet18");
+        std::fs::write(&file, "[[layers]]\ntype = \"ReLU\"\n").unwrap();
+        // The bare name is the zoo model, whatever the working directory holds...
+        let prev = std::env::current_dir().unwrap();
+        std::env::set_current_dir(&dir).unwrap();
+        let zoo = load("resnet18", &ModelOptions::default());
+        let local = load("./resnet18", &ModelOptions::default());
+        let unknown = load("resnet18x", &ModelOptions::default()).map(|_| ());
+        std::env::set_current_dir(prev).unwrap();
+        assert_eq!(zoo.unwrap().infer().unwrap().num_params(), 11_689_512);
+        // ...and a path reads the file.
+        assert_eq!(local.unwrap().nodes.len(), 2);
+        let e = unknown.unwrap_err().to_string();
+        assert_eq!(e, "unknown model `resnet18x`: did you mean resnet18?");
+        assert!(names_a_file("models/simple_cnn.toml") && names_a_file("net.toml"));
+        assert!(!names_a_file("resnet18"));
+        std::fs::remove_dir_all(&dir).ok();
     }
 }

@@ -18,6 +18,43 @@ pub const NAMES: &[&str] = &[
     "mobilenet_v2",
 ];
 
+/// The zoo name closest to a mistyped one, ignoring case and `-` vs `_`
+/// (`ResNet-18` -> `resnet18`), within a small edit distance.
+pub fn suggest(name: &str) -> Option<&'static str> {
+    // Compare without case and separators, so that only real typos cost an edit.
+    let key = |s: &str| -> Vec<char> {
+        s.chars()
+            .filter(|c| !matches!(c, '-' | '_' | ' ' | '.'))
+            .map(|c| c.to_ascii_lowercase())
+            .collect()
+    };
+    let typed = key(name);
+    if typed.is_empty() || typed.len() > 64 {
+        return None;
+    }
+    let allowed = if typed.len() <= 4 { 1 } else { 2 };
+    NAMES
+        .iter()
+        .map(|&n| (edit_distance(&typed, &key(n)), n))
+        .filter(|&(d, _)| d <= allowed)
+        .min_by_key(|&(d, _)| d)
+        .map(|(_, n)| n)
+}
+
+/// Levenshtein distance (insertions, deletions, substitutions).
+fn edit_distance(a: &[char], b: &[char]) -> usize {
+    let mut prev: Vec<usize> = (0..=b.len()).collect();
+    for (i, ca) in a.iter().enumerate() {
+        let mut cur = vec![i + 1; b.len() + 1];
+        for (j, cb) in b.iter().enumerate() {
+            let sub = prev[j] + usize::from(ca != cb);
+            cur[j + 1] = sub.min(prev[j + 1] + 1).min(cur[j] + 1);
+        }
+        prev = cur;
+    }
+    prev[b.len()]
+}
+
 /// One line on each zoo model and its default input.
 pub fn describe(name: &str) -> Option<(&'static str, [usize; 3])> {
     Some(match name {
@@ -446,6 +483,22 @@ mod tests {
         assert_eq!(
             err.to_string(),
             "layer `fc1`: expected 400 input features (in_features), got 2704"
+        );
+    }
+
+    #[test]
+    fn mistyped_names_suggest_the_zoo_model() {
+        assert_eq!(suggest("resnet-18"), Some("resnet18"));
+        assert_eq!(suggest("ResNet18"), Some("resnet18"));
+        assert_eq!(suggest("mobilenet-v2"), Some("mobilenet_v2"));
+        assert_eq!(suggest("VGG-16"), Some("vgg16"));
+        assert_eq!(suggest("resnt50"), Some("resnet50"));
+        assert_eq!(suggest("lenet"), Some("lenet5"));
+        assert_eq!(suggest("transformer"), None);
+        let e = build("resnet-18", &ModelOptions::default()).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "unknown model `resnet-18`: did you mean resnet18?"
         );
     }
 }
