@@ -1,17 +1,25 @@
 //! Checkpoints in the safetensors format: parameters, BatchNorm buffers and optimizer
-//! state as named tensors, the rest (model, epoch, RNG state, ...) as string metadata.
-//! Written through a temporary file and a rename, so a crash never leaves a torn file.
+//! state as named tensors, the rest (model, position, optimizer, RNG state, ...) as
+//! string metadata. The header is built and validated by the `safetensors` crate;
+//! vramlab streams the tensor data itself, so neither saving nor loading holds a second
+//! copy of the model in memory.
 //!
-//! Layout: 8-byte little-endian header length, a JSON header mapping each tensor name
-//! to `{dtype, shape, data_offsets}` (plus `__metadata__`), then the raw little-endian
-//! data.
+//! Saving is atomic: the file is written as `.NAME.tmp-PID` in the target's folder,
+//! synced, renamed over the target, and the folder synced. The temporary file is removed
+//! on any error, and stale ones left by a killed save (their process is gone) are removed
+//! by the next save or [`check_writable`].
 
+use std::cell::RefCell;
 use std::collections::BTreeMap;
-use std::path::Path;
+use std::fs::File;
+use std::io::{BufWriter, Read, Seek, SeekFrom, Write};
+use std::path::{Path, PathBuf};
 
-use serde_json::{json, Value};
+use safetensors::tensor::{Metadata, TensorInfo};
+use safetensors::Dtype;
 
 use crate::model::Engine;
+use crate::optim::OptimizerConfig;
 use crate::rng::Rng;
 
 /// What went wrong reading or writing a checkpoint (names the file).
@@ -26,19 +34,60 @@ impl std::fmt::Display for CheckpointError {
 
 impl std::error::Error for CheckpointError {}
 
-enum Data {
-    F32(Vec<f32>),
-    I64(Vec<i64>),
+/// The largest JSON header read (the `safetensors` crate's own limit).
+const MAX_HEADER_BYTES: u64 = 100_000_000;
+
+/// One tensor to save, borrowed from the engine.
+enum Source<'a> {
+    F32(&'a crate::tensor::Tensor),
+    I64(&'a crate::tensor::Buf<i64>),
 }
 
-fn tensors(e: &Engine) -> Vec<(String, Vec<usize>, Data)> {
+impl Source<'_> {
+    fn dtype(&self) -> Dtype {
+        match self {
+            Source::F32(_) => Dtype::F32,
+            Source::I64(_) => Dtype::I64,
+        }
+    }
+
+    fn byte_len(&self) -> Option<usize> {
+        match self {
+            Source::F32(t) => t.data().len().checked_mul(4),
+            Source::I64(b) => b.len().checked_mul(8),
+        }
+    }
+
+    /// Writes the little-endian bytes through a small buffer (no copy of the tensor).
+    fn write_to(&self, w: &mut impl Write) -> std::io::Result<()> {
+        let mut chunk = Vec::with_capacity(64 * 1024);
+        match self {
+            Source::F32(t) => {
+                for part in t.data().chunks(16 * 1024) {
+                    chunk.clear();
+                    part.iter()
+                        .for_each(|v| chunk.extend_from_slice(&v.to_le_bytes()));
+                    w.write_all(&chunk)?;
+                }
+            }
+            Source::I64(b) => {
+                for part in b.borrow().chunks(8 * 1024) {
+                    chunk.clear();
+                    part.iter()
+                        .for_each(|v| chunk.extend_from_slice(&v.to_le_bytes()));
+                    w.write_all(&chunk)?;
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Every tensor of the engine, by its state_dict name.
+fn tensors(e: &Engine) -> Vec<(String, Vec<usize>, Source<'_>)> {
     let mut out = Vec::new();
     for p in &e.params {
-        out.push((
-            p.name.clone(),
-            p.value.shape.clone(),
-            Data::F32(p.value.data().clone()),
-        ));
+        out.push((p.name.clone(), p.value.shape.clone(), Source::F32(&p.value)));
     }
     for (i, bn) in e.bn.iter().enumerate() {
         if let Some(b) = bn {
@@ -46,17 +95,17 @@ fn tensors(e: &Engine) -> Vec<(String, Vec<usize>, Data)> {
             out.push((
                 format!("{name}.running_mean"),
                 b.running_mean.shape.clone(),
-                Data::F32(b.running_mean.data().clone()),
+                Source::F32(&b.running_mean),
             ));
             out.push((
                 format!("{name}.running_var"),
                 b.running_var.shape.clone(),
-                Data::F32(b.running_var.data().clone()),
+                Source::F32(&b.running_var),
             ));
             out.push((
                 format!("{name}.num_batches_tracked"),
                 vec![],
-                Data::I64(b.num_batches_tracked.borrow().clone()),
+                Source::I64(&b.num_batches_tracked),
             ));
         }
     }
@@ -65,11 +114,108 @@ fn tensors(e: &Engine) -> Vec<(String, Vec<usize>, Data)> {
             out.push((
                 format!("optimizer.{}.{k}", p.name),
                 s.shape.clone(),
-                Data::F32(s.data().clone()),
+                Source::F32(s),
             ));
         }
     }
     out
+}
+
+/// The folder a file is written in (`.` for a bare name).
+fn folder_of(path: &Path) -> &Path {
+    path.parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."))
+}
+
+fn temp_prefix(path: &Path) -> String {
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    format!(".{name}.tmp-")
+}
+
+/// Whether a process with this id still runs (then its temporary file is left alone).
+fn process_alive(pid: u32) -> bool {
+    if pid == std::process::id() {
+        return true;
+    }
+    #[cfg(unix)]
+    {
+        let Ok(pid) = libc::pid_t::try_from(pid) else {
+            return false;
+        };
+        // SAFETY: signal 0 only checks that the process exists; nothing is sent.
+        let r = unsafe { libc::kill(pid, 0) };
+        r == 0 || std::io::Error::last_os_error().raw_os_error() != Some(libc::ESRCH)
+    }
+    #[cfg(not(unix))]
+    {
+        true
+    }
+}
+
+/// Removes `.NAME.tmp-PID` files of this target left by saves that were killed.
+fn remove_stale_temps(path: &Path) {
+    let prefix = temp_prefix(path);
+    let Ok(entries) = std::fs::read_dir(folder_of(path)) else {
+        return;
+    };
+    // Bounded: a folder is listed once, and only names of this target are looked at.
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        let Some(pid) = name
+            .to_str()
+            .and_then(|n| n.strip_prefix(&prefix))
+            .and_then(|p| p.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        if !process_alive(pid) {
+            let _ = std::fs::remove_file(entry.path());
+        }
+    }
+}
+
+fn temp_path(path: &Path) -> PathBuf {
+    folder_of(path).join(format!("{}{}", temp_prefix(path), std::process::id()))
+}
+
+fn write_error(path: &Path, e: impl std::fmt::Display) -> CheckpointError {
+    CheckpointError(format!(
+        "{}: cannot write the checkpoint: {e}",
+        path.display()
+    ))
+}
+
+/// Checks, before any work, that a checkpoint can be written at `path`: creates the
+/// temporary file a save would create in its folder, then removes it.
+pub fn check_writable(path: &Path) -> Result<(), CheckpointError> {
+    if path.is_dir() {
+        return Err(write_error(path, "it is a folder"));
+    }
+    if path.file_name().is_none() {
+        return Err(write_error(path, "it names no file"));
+    }
+    remove_stale_temps(path);
+    let tmp = temp_path(path);
+    File::create_new(&tmp).map_err(|e| write_error(path, e))?;
+    std::fs::remove_file(&tmp).map_err(|e| write_error(path, e))
+}
+
+/// Writes the file to `tmp`: length, header, tensor data; then syncs it to disk.
+fn write_file(tmp: &Path, header: &[u8], sources: &[Source<'_>]) -> std::io::Result<()> {
+    let file = File::create_new(tmp)?;
+    let mut w = BufWriter::with_capacity(1 << 20, &file);
+    w.write_all(&(header.len() as u64).to_le_bytes())?;
+    w.write_all(header)?;
+    for s in sources {
+        s.write_to(&mut w)?;
+    }
+    w.flush()?;
+    drop(w);
+    file.sync_all()
 }
 
 /// Saves the engine's state with `metadata` (strings) to `path`, atomically.
@@ -84,165 +230,324 @@ pub fn save(
         "optimizer".into(),
         serde_json::to_string(&e.optimizer).expect("serialisable"),
     );
-    let mut header = serde_json::Map::new();
-    header.insert("__metadata__".into(), json!(metadata));
-    let mut body: Vec<u8> = Vec::new();
-    for (name, shape, data) in tensors(e) {
-        let start = body.len();
-        let dtype = match &data {
-            Data::F32(v) => {
-                v.iter()
-                    .for_each(|x| body.extend_from_slice(&x.to_le_bytes()));
-                "F32"
-            }
-            Data::I64(v) => {
-                v.iter()
-                    .for_each(|x| body.extend_from_slice(&x.to_le_bytes()));
-                "I64"
-            }
-        };
-        header.insert(
+    let mut infos = Vec::new();
+    let mut sources = Vec::new();
+    let mut offset = 0usize;
+    for (name, shape, source) in tensors(e) {
+        let end = source
+            .byte_len()
+            .and_then(|n| offset.checked_add(n))
+            .ok_or_else(|| write_error(path, format!("`{name}` is too large")))?;
+        infos.push((
             name,
-            json!({"dtype": dtype, "shape": shape, "data_offsets": [start, body.len()]}),
-        );
+            TensorInfo {
+                dtype: source.dtype(),
+                shape,
+                data_offsets: (offset, end),
+            },
+        ));
+        sources.push(source);
+        offset = end;
     }
-    let mut h = serde_json::to_vec(&Value::Object(header)).expect("serialisable");
-    while !h.len().is_multiple_of(8) {
-        h.push(b' ');
+    let header = Metadata::new(Some(metadata.into_iter().collect()), infos)
+        .map_err(|e| write_error(path, e))?;
+    let mut header = serde_json::to_vec(&header).map_err(|e| write_error(path, e))?;
+    // safetensors aligns the data to 8 bytes by padding the header with spaces.
+    header.resize(header.len().next_multiple_of(8), b' ');
+    remove_stale_temps(path);
+    let tmp = temp_path(path);
+    let res = write_file(&tmp, &header, &sources).and_then(|()| std::fs::rename(&tmp, path));
+    if let Err(err) = res {
+        let _ = std::fs::remove_file(&tmp);
+        return Err(write_error(path, err));
     }
-    let mut file = Vec::with_capacity(8 + h.len() + body.len());
-    file.extend_from_slice(&(h.len() as u64).to_le_bytes());
-    file.extend_from_slice(&h);
-    file.extend_from_slice(&body);
-    vramlab_graph::io::write_atomic(path, &file).map_err(|e| {
-        CheckpointError(format!(
-            "{}: cannot write the checkpoint: {e}",
-            path.display()
-        ))
-    })
+    // The rename itself reaches the disk with the folder.
+    #[cfg(unix)]
+    File::open(folder_of(path))
+        .and_then(|d| d.sync_all())
+        .map_err(|e| write_error(path, e))?;
+    Ok(())
 }
 
-/// A parsed checkpoint file.
+/// A source the reader can read and seek (a file, or bytes in memory).
+trait ReadSeek: Read + Seek {}
+impl<T: Read + Seek> ReadSeek for T {}
+
+/// A parsed checkpoint: its metadata and validated header; tensor data is read from the
+/// file on demand.
 pub struct Checkpoint {
     pub metadata: BTreeMap<String, String>,
-    header: serde_json::Map<String, Value>,
-    body: Vec<u8>,
+    header: Metadata,
+    /// Where the data starts in the file.
+    data_start: u64,
+    source: RefCell<Box<dyn ReadSeek>>,
     path: String,
 }
 
 /// Reads and checks the file's structure (not yet against a model).
 pub fn read(path: &Path) -> Result<Checkpoint, CheckpointError> {
     let p = path.display().to_string();
-    let bytes =
-        std::fs::read(path).map_err(|e| CheckpointError(format!("{p}: cannot read: {e}")))?;
-    let bad = |m: &str| CheckpointError(format!("{p}: not a safetensors checkpoint: {m}"));
-    if bytes.len() < 8 {
-        return Err(bad("shorter than its 8-byte header length"));
+    let file = File::open(path).map_err(|e| CheckpointError(format!("{p}: cannot read: {e}")))?;
+    let meta = file
+        .metadata()
+        .map_err(|e| CheckpointError(format!("{p}: cannot read: {e}")))?;
+    if !meta.is_file() {
+        return Err(CheckpointError(format!(
+            "{p}: cannot read: not a regular file"
+        )));
     }
-    let n = u64::from_le_bytes(bytes[..8].try_into().expect("8 bytes")) as usize;
-    if n > bytes.len() - 8 {
-        return Err(bad("the header is longer than the file"));
+    read_from(file, meta.len(), &p)
+}
+
+/// Reads a checkpoint from `len` bytes of `source`; `name` names it in errors.
+pub fn read_from(
+    mut source: impl Read + Seek + 'static,
+    len: u64,
+    name: &str,
+) -> Result<Checkpoint, CheckpointError> {
+    let bad = |m: &dyn std::fmt::Display| {
+        CheckpointError(format!("{name}: not a safetensors checkpoint: {m}"))
+    };
+    let io = |e: std::io::Error| CheckpointError(format!("{name}: cannot read: {e}"));
+    if len < 8 {
+        return Err(bad(&"shorter than its 8-byte header length"));
     }
-    let header: Value = serde_json::from_slice(&bytes[8..8 + n])
-        .map_err(|e| bad(&format!("header is not JSON ({e})")))?;
-    let Value::Object(mut header) = header else {
-        return Err(bad("header is not a JSON object"));
-    };
-    let metadata: BTreeMap<String, String> = match header.remove("__metadata__") {
-        Some(m) => {
-            serde_json::from_value(m).map_err(|_| bad("__metadata__ is not a map of strings"))?
-        }
-        None => BTreeMap::new(),
-    };
+    let mut n = [0u8; 8];
+    source.read_exact(&mut n).map_err(io)?;
+    let n = u64::from_le_bytes(n);
+    if n > MAX_HEADER_BYTES {
+        return Err(bad(&format!(
+            "a header of {n} bytes is larger than the {MAX_HEADER_BYTES} allowed"
+        )));
+    }
+    if n > len - 8 {
+        return Err(bad(&format!(
+            "the header says {n} bytes but the file has {len} in all"
+        )));
+    }
+    let mut header = vec![0u8; n as usize];
+    source.read_exact(&mut header).map_err(io)?;
+    let header: Metadata = serde_json::from_slice(&header).map_err(|e| bad(&e))?;
+    let data_len = header.data_len() as u64;
+    let data_start = 8 + n;
+    if data_start.checked_add(data_len) != Some(len) {
+        return Err(bad(&format!(
+            "the header describes {data_len} bytes of tensors but the file has {}",
+            len - data_start
+        )));
+    }
+    let metadata = header
+        .metadata()
+        .as_ref()
+        .map(|m| m.iter().map(|(k, v)| (k.clone(), v.clone())).collect())
+        .unwrap_or_default();
     Ok(Checkpoint {
         metadata,
         header,
-        body: bytes[8 + n..].to_vec(),
-        path: p,
+        data_start,
+        source: RefCell::new(Box::new(source)),
+        path: name.to_string(),
     })
 }
 
+/// Bytes read at a time when converting tensor data.
+const READ_CHUNK: usize = 64 * 1024;
+
 impl Checkpoint {
-    fn tensor(&self, name: &str, shape: &[usize], dtype: &str) -> Result<&[u8], CheckpointError> {
-        let p = &self.path;
-        let t = self.header.get(name).ok_or_else(|| {
-            CheckpointError(format!(
-                "{p}: has no tensor `{name}`: it was saved from another model"
-            ))
-        })?;
-        let got_shape: Vec<usize> = serde_json::from_value(t["shape"].clone()).unwrap_or_default();
-        if got_shape != shape {
-            return Err(CheckpointError(format!(
-                "{p}: `{name}` has shape {got_shape:?} in the checkpoint but {shape:?} in the model"
-            )));
-        }
-        if t["dtype"] != dtype {
-            return Err(CheckpointError(format!(
-                "{p}: `{name}` is {} in the checkpoint, expected {dtype}",
-                t["dtype"]
-            )));
-        }
-        let off: Vec<usize> = serde_json::from_value(t["data_offsets"].clone()).unwrap_or_default();
-        let width = if dtype == "I64" { 8 } else { 4 };
-        match off.as_slice() {
-            [a, b]
-                if a <= b
-                    && *b <= self.body.len()
-                    && b - a == shape.iter().product::<usize>() * width =>
-            {
-                Ok(&self.body[*a..*b])
-            }
-            _ => Err(CheckpointError(format!(
-                "{p}: `{name}` has bad data offsets"
-            ))),
-        }
+    /// Names of the tensors in the file, in file order.
+    pub fn tensor_names(&self) -> Vec<String> {
+        self.header.offset_keys()
     }
 
-    /// Loads every tensor into the engine, checking names and shapes first; restores the
-    /// optimizer step and the RNG.
-    pub fn load_into(&self, e: &mut Engine) -> Result<(), CheckpointError> {
-        let f32s = |b: &[u8]| {
-            b.chunks_exact(4)
-                .map(|c| f32::from_le_bytes(c.try_into().expect("4")))
-                .collect::<Vec<_>>()
+    /// The optimizer the checkpoint was trained with (`None`: not recorded).
+    pub fn optimizer(&self) -> Result<Option<OptimizerConfig>, CheckpointError> {
+        let Some(text) = self.metadata.get("optimizer") else {
+            return Ok(None);
         };
+        let c: OptimizerConfig = serde_json::from_str(text).map_err(|e| {
+            CheckpointError(format!(
+                "{}: the `optimizer` in its metadata is not one vramlab knows: {e}",
+                self.path
+            ))
+        })?;
+        c.validate().map_err(|m| {
+            CheckpointError(format!(
+                "{}: the `optimizer` in its metadata is invalid: {m}",
+                self.path
+            ))
+        })?;
+        Ok(Some(c))
+    }
+
+    fn err(&self, m: impl std::fmt::Display) -> CheckpointError {
+        CheckpointError(format!("{}: {m}", self.path))
+    }
+
+    /// Checks a tensor's presence, shape and type, and reads its raw bytes through
+    /// `each` in chunks.
+    fn read_tensor(
+        &self,
+        name: &str,
+        shape: &[usize],
+        dtype: Dtype,
+        mut each: impl FnMut(&[u8]),
+    ) -> Result<(), CheckpointError> {
+        let t = self.header.info(name).ok_or_else(|| {
+            self.err(format!(
+                "has no tensor `{name}`: it was saved from another model"
+            ))
+        })?;
+        if t.shape != shape {
+            return Err(self.err(format!(
+                "`{name}` has shape {:?} in the checkpoint but {shape:?} in the model",
+                t.shape
+            )));
+        }
+        if t.dtype != dtype {
+            return Err(self.err(format!(
+                "`{name}` is {:?} in the checkpoint, expected {dtype:?}",
+                t.dtype
+            )));
+        }
+        let (a, b) = t.data_offsets;
+        let mut src = self.source.borrow_mut();
+        src.seek(SeekFrom::Start(self.data_start + a as u64))
+            .map_err(|e| self.err(format!("cannot read `{name}`: {e}")))?;
+        let mut left = b - a;
+        let mut buf = vec![0u8; READ_CHUNK.min(left)];
+        while left > 0 {
+            let k = READ_CHUNK.min(left);
+            src.read_exact(&mut buf[..k])
+                .map_err(|e| self.err(format!("cannot read `{name}`: {e}")))?;
+            each(&buf[..k]);
+            left -= k;
+        }
+        Ok(())
+    }
+
+    /// A float tensor of this shape, checked to be finite.
+    pub fn read_f32(&self, name: &str, shape: &[usize]) -> Result<Vec<f32>, CheckpointError> {
+        let numel = shape
+            .iter()
+            .try_fold(1usize, |a, &d| a.checked_mul(d))
+            .ok_or_else(|| self.err(format!("`{name}` is too large")))?;
+        let mut v = Vec::with_capacity(numel);
+        self.read_tensor(name, shape, Dtype::F32, |bytes| {
+            v.extend(
+                bytes
+                    .chunks_exact(4)
+                    .map(|c| f32::from_le_bytes(c.try_into().expect("4 bytes"))),
+            )
+        })?;
+        if let Some(i) = v.iter().position(|x| !x.is_finite()) {
+            return Err(self.err(format!(
+                "`{name}` holds a non-finite value ({}) at index {i}: the run it was saved \
+                 from diverged or the file is damaged",
+                v[i]
+            )));
+        }
+        Ok(v)
+    }
+
+    fn read_i64_scalar(&self, name: &str) -> Result<i64, CheckpointError> {
+        let mut v = Vec::with_capacity(8);
+        self.read_tensor(name, &[], Dtype::I64, |b| v.extend_from_slice(b))?;
+        let v = i64::from_le_bytes(v.try_into().expect("8 bytes for a scalar"));
+        if v < 0 {
+            return Err(self.err(format!("`{name}` is negative ({v})")));
+        }
+        Ok(v)
+    }
+
+    fn meta_number<T: std::str::FromStr>(&self, key: &str) -> Result<Option<T>, CheckpointError> {
+        self.metadata
+            .get(key)
+            .map(|s| {
+                s.parse().map_err(|_| {
+                    self.err(format!("`{key}` in its metadata is not a number: `{s}`"))
+                })
+            })
+            .transpose()
+    }
+
+    /// Loads every tensor into the engine, checking names, shapes, finiteness and the
+    /// optimizer state's count first (nothing changes on an error); restores the optimizer
+    /// step and the RNG. Every tensor of the file must belong to the model.
+    pub fn load_into(&self, e: &mut Engine) -> Result<(), CheckpointError> {
+        let step: u64 = self.meta_number("step")?.unwrap_or(0);
+        let rng: Option<u64> = self.meta_number("rng_state")?;
+        let mut expected = std::collections::BTreeSet::new();
         let mut staged: Vec<(usize, Vec<f32>)> = Vec::new();
         for (i, p) in e.params.iter().enumerate() {
-            staged.push((i, f32s(self.tensor(&p.name, &p.value.shape, "F32")?)));
+            staged.push((i, self.read_f32(&p.name, &p.value.shape)?));
+            expected.insert(p.name.clone());
         }
         let mut bn_staged = Vec::new();
         for (i, bn) in e.bn.iter().enumerate() {
             if let Some(b) = bn {
                 let name = &e.graph.nodes()[i].name;
-                let m = f32s(self.tensor(
-                    &format!("{name}.running_mean"),
-                    &b.running_mean.shape,
-                    "F32",
-                )?);
-                let v = f32s(self.tensor(
-                    &format!("{name}.running_var"),
-                    &b.running_var.shape,
-                    "F32",
-                )?);
-                let t = self.tensor(&format!("{name}.num_batches_tracked"), &[], "I64")?;
-                bn_staged.push((i, m, v, i64::from_le_bytes(t.try_into().expect("8 bytes"))));
+                let keys = [
+                    format!("{name}.running_mean"),
+                    format!("{name}.running_var"),
+                    format!("{name}.num_batches_tracked"),
+                ];
+                let m = self.read_f32(&keys[0], &b.running_mean.shape)?;
+                let v = self.read_f32(&keys[1], &b.running_var.shape)?;
+                if let Some(bad) = v.iter().find(|&&x| x < 0.0) {
+                    return Err(
+                        self.err(format!("`{}` holds a negative variance ({bad})", keys[1]))
+                    );
+                }
+                let t = self.read_i64_scalar(&keys[2])?;
+                expected.extend(keys);
+                bn_staged.push((i, m, v, t));
             }
         }
         let moments = e.optimizer.moments();
-        let has_state = self.header.keys().any(|k| k.starts_with("optimizer."));
+        let stored: Vec<String> = self
+            .tensor_names()
+            .into_iter()
+            .filter(|k| k.starts_with("optimizer."))
+            .collect();
+        let has_state = !stored.is_empty();
+        if !has_state && moments > 0 && step > 0 && !e.optimizer.eager_state() {
+            return Err(self.err(format!(
+                "has no optimizer state after {step} steps, but {} keeps {moments} tensor(s) \
+                 per parameter",
+                e.optimizer.name()
+            )));
+        }
         let mut state_staged = Vec::new();
         if has_state {
+            if stored.len() != moments * e.params.len() {
+                return Err(self.err(format!(
+                    "holds {} optimizer state tensors, but {} keeps {moments} for each of the \
+                     model's {} parameters ({} in all)",
+                    stored.len(),
+                    e.optimizer.name(),
+                    e.params.len(),
+                    moments * e.params.len()
+                )));
+            }
             for p in &e.params {
                 let mut st = Vec::new();
                 for k in 0..moments {
-                    st.push(f32s(self.tensor(
-                        &format!("optimizer.{}.{k}", p.name),
-                        &p.value.shape,
-                        "F32",
-                    )?));
+                    let key = format!("optimizer.{}.{k}", p.name);
+                    st.push(self.read_f32(&key, &p.value.shape)?);
+                    expected.insert(key);
                 }
                 state_staged.push(st);
             }
+        }
+        if let Some(extra) = self
+            .tensor_names()
+            .into_iter()
+            .find(|k| !expected.contains(k))
+        {
+            return Err(self.err(format!(
+                "holds a tensor `{extra}` the model does not have: it was saved from another \
+                 model"
+            )));
         }
         for (i, v) in staged {
             *e.params[i].value.data_mut() = v;
@@ -261,16 +566,8 @@ impl Checkpoint {
                 }
             }
         }
-        e.step = self
-            .metadata
-            .get("step")
-            .and_then(|s| s.parse().ok())
-            .unwrap_or(0);
-        if let Some(r) = self
-            .metadata
-            .get("rng_state")
-            .and_then(|s| s.parse::<u64>().ok())
-        {
+        e.step = step;
+        if let Some(r) = rng {
             e.rng = Rng::from_state(r);
         }
         Ok(())

@@ -139,6 +139,54 @@ fn keep_freed_memory() {
     });
 }
 
+/// Refuses a graph the kernels cannot run: a zero-sized tensor (a layer with 0 output
+/// channels or features, or 0 classes) or one whose element count overflows. The graph
+/// crate refuses these when it infers shapes; a hand-built [`Shaped`] is checked here so
+/// the engine never panics on one.
+fn check_sizes(g: &Shaped) -> Result<(), EngineError> {
+    if g.shapes.len() != g.nodes().len() || g.nodes().is_empty() {
+        return Err(EngineError(format!(
+            "{}: {} shapes for {} layers",
+            g.graph.name,
+            g.shapes.len(),
+            g.nodes().len()
+        )));
+    }
+    let count = |shape: &[usize]| shape.iter().try_fold(1usize, |a, &d| a.checked_mul(d));
+    for (node, shape) in g.nodes().iter().zip(&g.shapes) {
+        let specs = node.op.params();
+        let tensors = std::iter::once(("output".to_string(), shape.clone())).chain(
+            specs
+                .iter()
+                .map(|t| (format!("`{}`", t.name), t.shape.clone())),
+        );
+        for (what, shape) in tensors {
+            match count(&shape) {
+                Some(0) => return Err(EngineError(format!(
+                    "layer `{}`: its {what} of shape {} is empty; every size must be at least 1",
+                    node.name,
+                    vramlab_graph::fmt_shape(&shape)
+                ))),
+                None => {
+                    return Err(EngineError(format!(
+                        "layer `{}`: its {what} of shape {} is too large",
+                        node.name,
+                        vramlab_graph::fmt_shape(&shape)
+                    )))
+                }
+                Some(_) => {}
+            }
+        }
+        if node.inputs.iter().any(|&j| j >= g.shapes.len()) {
+            return Err(EngineError(format!(
+                "layer `{}` reads a layer that does not exist",
+                node.name
+            )));
+        }
+    }
+    Ok(())
+}
+
 impl Engine {
     pub fn new(
         graph: Shaped,
@@ -147,6 +195,7 @@ impl Engine {
         threads: usize,
     ) -> Result<Engine, EngineError> {
         keep_freed_memory();
+        check_sizes(&graph)?;
         let threads = threads.max(1);
         let pool = rayon::ThreadPoolBuilder::new()
             .num_threads(threads)
@@ -258,11 +307,16 @@ impl Engine {
     pub fn batch(&self, images: Vec<f32>, batch: usize) -> Result<Tensor, EngineError> {
         let s = &self.graph.shapes[0];
         let per: usize = s.iter().product();
-        if images.len() != batch * per {
+        let want = batch.checked_mul(per).ok_or_else(|| {
+            EngineError(format!(
+                "a batch of {batch} images of {} does not fit in memory",
+                vramlab_graph::fmt_shape(s)
+            ))
+        })?;
+        if images.len() != want {
             return Err(EngineError(format!(
-                "a batch of {batch} images of {} needs {} values, got {}",
+                "a batch of {batch} images of {} needs {want} values, got {}",
                 vramlab_graph::fmt_shape(s),
-                batch * per,
                 images.len()
             )));
         }
@@ -362,7 +416,17 @@ impl Engine {
                 Op::BatchNorm2d(bn) => self.bn_forward(i, &xin, p0, bn, train)?,
                 Op::ReLU { inplace } | Op::ReLU6 { inplace } => {
                     let six = matches!(node.op, Op::ReLU6 { .. });
-                    let f = |v: f32| if six { v.clamp(0.0, 6.0) } else { v.max(0.0) };
+                    // NaN stays NaN, as in PyTorch (f32::max would turn it into 0 and
+                    // hide a diverged run).
+                    let f = |v: f32| {
+                        if six {
+                            v.clamp(0.0, 6.0)
+                        } else if v < 0.0 {
+                            0.0
+                        } else {
+                            v
+                        }
+                    };
                     let out = if *inplace {
                         xin.data_mut().iter_mut().for_each(|v| *v = f(*v));
                         Tensor {
@@ -1145,7 +1209,14 @@ impl Engine {
                         .iter_mut()
                         .zip(g.data().iter().zip(v.0.data().iter()))
                         .for_each(|(o, (&gv, &vv))| {
-                            let pass = if six { vv > 0.0 && vv < 6.0 } else { vv > 0.0 };
+                            // PyTorch's threshold_backward and hardtanh_backward zero
+                            // the gradient where `v <= 0` (or `v >= 6`): a NaN passes it.
+                            let stop = if six {
+                                vv <= 0.0 || vv >= 6.0
+                            } else {
+                                vv <= 0.0
+                            };
+                            let pass = !stop;
                             *o = if pass { gv } else { 0.0 };
                         });
                     ins.push((node.inputs[0], gi));

@@ -119,6 +119,98 @@ impl OptimizerConfig {
         }
     }
 
+    /// The name `--optimizer` takes for it.
+    pub fn name(&self) -> &'static str {
+        match self {
+            OptimizerConfig::Sgd { .. } => "sgd",
+            OptimizerConfig::Adam {
+                decoupled: false, ..
+            } => "adam",
+            OptimizerConfig::Adam { .. } => "adamw",
+            OptimizerConfig::RmsProp { .. } => "rmsprop",
+            OptimizerConfig::Adagrad { .. } => "adagrad",
+        }
+    }
+
+    /// Checks every hyper-parameter as torch.optim's constructors do (finite, in range);
+    /// the message names the hyper-parameter.
+    pub fn validate(&self) -> Result<(), String> {
+        fn at_least_zero(what: &str, v: f32) -> Result<(), String> {
+            if v.is_finite() && v >= 0.0 {
+                Ok(())
+            } else {
+                Err(format!("{what} must be a finite number >= 0, got {v}"))
+            }
+        }
+        fn positive(what: &str, v: f32) -> Result<(), String> {
+            if v.is_finite() && v > 0.0 {
+                Ok(())
+            } else {
+                Err(format!("{what} must be a finite number > 0, got {v}"))
+            }
+        }
+        fn below_one(what: &str, v: f32) -> Result<(), String> {
+            if v.is_finite() && (0.0..1.0).contains(&v) {
+                Ok(())
+            } else {
+                Err(format!("{what} must be in [0, 1), got {v}"))
+            }
+        }
+        positive("lr", self.lr())?;
+        match *self {
+            OptimizerConfig::Sgd {
+                momentum,
+                dampening,
+                nesterov,
+                weight_decay,
+                ..
+            } => {
+                at_least_zero("momentum", momentum)?;
+                at_least_zero("weight_decay", weight_decay)?;
+                at_least_zero("dampening", dampening)?;
+                if nesterov && (momentum <= 0.0 || dampening != 0.0) {
+                    return Err("Nesterov momentum requires a momentum and zero dampening".into());
+                }
+            }
+            OptimizerConfig::Adam {
+                betas: (b1, b2),
+                eps,
+                weight_decay,
+                ..
+            } => {
+                below_one("betas[0]", b1)?;
+                below_one("betas[1]", b2)?;
+                positive("eps", eps)?;
+                at_least_zero("weight_decay", weight_decay)?;
+            }
+            OptimizerConfig::RmsProp {
+                alpha,
+                eps,
+                weight_decay,
+                momentum,
+                ..
+            } => {
+                below_one("alpha", alpha)?;
+                positive("eps", eps)?;
+                at_least_zero("weight_decay", weight_decay)?;
+                at_least_zero("momentum", momentum)?;
+            }
+            OptimizerConfig::Adagrad {
+                lr_decay,
+                weight_decay,
+                initial_accumulator_value,
+                eps,
+                ..
+            } => {
+                at_least_zero("lr_decay", lr_decay)?;
+                at_least_zero("weight_decay", weight_decay)?;
+                at_least_zero("initial_accumulator_value", initial_accumulator_value)?;
+                positive("eps", eps)?;
+            }
+        }
+        Ok(())
+    }
+
     pub fn eager_state(&self) -> bool {
         matches!(self, OptimizerConfig::Adagrad { .. })
     }
