@@ -288,7 +288,7 @@ pub fn show_cmd(a: &ShowArgs) -> Result<()> {
         if k == 0 || k > 100 {
             return Err(UserError("--grid must be between 1 and 100".into()));
         }
-        let img = show::grid(&ds, split, k, a.scale.min(4));
+        let img = show::grid(&ds, split, k, a.scale.min(4))?;
         show::save_png(&img, &a.out)?;
         println!(
             "{k} samples of each of {} classes -> {}",
@@ -307,10 +307,12 @@ pub fn show_cmd(a: &ShowArgs) -> Result<()> {
         )));
     }
     let label = split.labels[i] as usize;
-    let img = show::sample(&ds, split, i, a.scale);
+    let img = show::sample(&ds, split, i, a.scale)?;
     show::save_png(&img, &a.out)?;
-    if terminal {
-        print!("{}", show::ansi_preview(&show::sample(&ds, split, i, 1)));
+    // A preview wider or taller than a terminal would only scroll.
+    let [_, h, w] = ds.shape;
+    if terminal && w <= 200 && h <= 200 {
+        print!("{}", show::ansi_preview(&show::sample(&ds, split, i, 1)?));
     }
     println!(
         "{} {} #{i}: {} (label {label}) -> {}",
@@ -329,12 +331,50 @@ pub struct FetchArgs {
     /// Where to put the files.
     #[arg(long, value_name = "DIR")]
     root: PathBuf,
+    /// Download the same files from this base URL instead of the official one (a local
+    /// mirror); each is still checked against the official MD5.
+    #[arg(long, value_name = "URL")]
+    mirror: Option<String>,
+    /// Give up a server that does not connect, answer or send more data for this long.
+    #[arg(long, value_name = "SECONDS", default_value_t = 60)]
+    timeout: u64,
 }
 
 pub fn fetch_cmd(a: &FetchArgs) -> Result<()> {
-    let res = fetch::resources(&a.name)?;
+    let mut res = fetch::resources(&a.name)?;
+    if let Some(base) = &a.mirror {
+        if !(base.starts_with("http://") || base.starts_with("https://")) {
+            return Err(UserError(format!(
+                "--mirror `{base}`: expected an http:// or https:// URL"
+            )));
+        }
+        let base = base.trim_end_matches('/');
+        for r in &mut res {
+            r.url = format!("{base}/{}", r.file);
+        }
+    }
+    if a.timeout == 0 || a.timeout > 3600 {
+        return Err(UserError(format!(
+            "--timeout {}: expected 1 to 3600 seconds",
+            a.timeout
+        )));
+    }
+    let t = std::time::Duration::from_secs(a.timeout);
+    let opts = fetch::FetchOptions {
+        connect_timeout: t,
+        response_timeout: t,
+        stall_timeout: t,
+        ..Default::default()
+    };
+    // Ctrl-C ends the program at once: remove the partial files first.
+    ctrlc::set_handler(|| {
+        fetch::remove_partial_files();
+        eprintln!("\ninterrupted: the partial download was removed");
+        std::process::exit(130);
+    })
+    .map_err(|e| UserError(format!("cannot install the Ctrl-C handler: {e}")))?;
     let mut last = 0u64;
-    let out = fetch::fetch(&res, &a.root, |r, got, total| {
+    let out = fetch::fetch(&res, &a.root, &opts, |r, got, total| {
         if got >= last + (4 << 20) || Some(got) == total {
             last = got;
             eprint!(
@@ -421,9 +461,10 @@ pub fn bench_loader(a: &LoaderBenchArgs) -> Result<()> {
     for b in loader.epoch(0) {
         images += b.labels.len();
         batches += 1;
-        checksum += b.images[0] as f64;
+        checksum += b.images.first().copied().unwrap_or(0.0) as f64;
     }
-    let seconds = start.elapsed().as_secs_f64();
+    // A clock that did not move still gives a finite rate.
+    let seconds = start.elapsed().as_secs_f64().max(1e-9);
     std::hint::black_box(checksum);
     let r = LoaderBench {
         dataset: ds.name.clone(),

@@ -122,7 +122,7 @@ pub fn report(a: &ReportArgs) -> Result<()> {
             coarse: false,
         };
         let ds = src.open()?;
-        let img = vramlab_data::show::grid(&ds, &ds.train, 6, 3);
+        let img = vramlab_data::show::grid(&ds, &ds.train, 6, 3)?;
         let png = vramlab_data::show::png_bytes(&img)?;
         body.push_str(&format!(
             "<h2>{}: {}</h2><p>{} {} · {} · {} {}</p><p>{}</p><img alt=\"samples\" src=\"data:image/png;base64,{}\">",

@@ -8,6 +8,7 @@
 
 use std::path::{Path, PathBuf};
 
+use crate::limits::{read_regular, MAX_CIFAR_FILE_BYTES};
 use crate::{classes, DataError, Dataset, Split};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -112,8 +113,7 @@ fn load(kind: Kind, dir: &Path, split: &str, coarse: bool) -> Result<Split, Data
     };
     for f in kind.files(split) {
         let path = dir.join(&f);
-        let bytes = std::fs::read(&path)
-            .map_err(|e| DataError::file(&path, format!("cannot read: {e}")))?;
+        let bytes = read_regular(&path, MAX_CIFAR_FILE_BYTES, "a CIFAR binary file")?;
         parse(&bytes, &path, kind, coarse, &mut s)?;
     }
     Ok(s)

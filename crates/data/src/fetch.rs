@@ -1,10 +1,15 @@
 //! Downloads datasets from their official locations, with MD5 verification (the
 //! checksums torchvision publishes) and atomic writes: a file appears under its real
-//! name only once it is complete and verified. An interrupted or corrupt download
-//! leaves nothing that looks valid.
+//! name only once it is complete and verified. A failed, stalled, oversized or
+//! interrupted download leaves nothing behind.
+//!
+//! Every network step has a timeout ([`FetchOptions`]), every body a cap (the known size
+//! of the resource with a margin), and every temporary file a guard that removes it on
+//! any error; [`remove_partial_files`] removes those in progress for a Ctrl-C handler.
 
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
+use std::sync::Mutex;
 use std::time::Duration;
 
 use md5::{Digest, Md5};
@@ -17,51 +22,61 @@ pub struct Resource {
     pub url: String,
     pub file: String,
     pub md5: String,
+    /// The most bytes accepted: the file's known size with a margin. A larger body is
+    /// refused (and removed) as soon as it passes this.
+    pub max_bytes: u64,
     /// A `.tar.gz` to unpack into the root after verification.
     pub unpack: bool,
 }
 
-fn res(base: &str, file: &str, md5: &str) -> Resource {
+/// The cap of a file of `size` bytes: an eighth more and 1 MiB, in case a mirror
+/// recompressed it (the MD5 still has to match).
+pub fn cap_for(size: u64) -> u64 {
+    size.saturating_add(size / 8).saturating_add(1 << 20)
+}
+
+fn res(base: &str, file: &str, md5: &str, size: u64) -> Resource {
     Resource {
         url: format!("{base}{file}"),
         file: file.into(),
         md5: md5.into(),
+        max_bytes: cap_for(size),
         unpack: file.ends_with(".tar.gz"),
     }
 }
 
-/// The official files of a dataset.
+/// The official files of a dataset, with their MD5 and size.
 pub fn resources(name: &str) -> Result<Vec<Resource>, DataError> {
     Ok(match name {
         "mnist" => {
             let b = "https://ossci-datasets.s3.amazonaws.com/mnist/";
             vec![
-                res(b, "train-images-idx3-ubyte.gz", "f68b3c2dcbeaaa9fbdd348bbdeb94873"),
-                res(b, "train-labels-idx1-ubyte.gz", "d53e105ee54ea40749a09fcbcd1e9432"),
-                res(b, "t10k-images-idx3-ubyte.gz", "9fb629c4189551a2d022fa330f9573f3"),
-                res(b, "t10k-labels-idx1-ubyte.gz", "ec29112dd5afa0611ce80d1b7f02629c"),
+                res(b, "train-images-idx3-ubyte.gz", "f68b3c2dcbeaaa9fbdd348bbdeb94873", 9_912_422),
+                res(b, "train-labels-idx1-ubyte.gz", "d53e105ee54ea40749a09fcbcd1e9432", 28_881),
+                res(b, "t10k-images-idx3-ubyte.gz", "9fb629c4189551a2d022fa330f9573f3", 1_648_877),
+                res(b, "t10k-labels-idx1-ubyte.gz", "ec29112dd5afa0611ce80d1b7f02629c", 4_542),
             ]
         }
         "fashion-mnist" => {
             let b = "http://fashion-mnist.s3-website.eu-central-1.amazonaws.com/";
             vec![
-                res(b, "train-images-idx3-ubyte.gz", "8d4fb7e6c68d591d4c3dfef9ec88bf0d"),
-                res(b, "train-labels-idx1-ubyte.gz", "25c81989df183df01b3e8a0aad5dffbe"),
-                res(b, "t10k-images-idx3-ubyte.gz", "bef4ecab320f06d8554ea6380940ec79"),
-                res(b, "t10k-labels-idx1-ubyte.gz", "bb300cfdad3c16e7a12a480ee83cd310"),
+                res(b, "train-images-idx3-ubyte.gz", "8d4fb7e6c68d591d4c3dfef9ec88bf0d", 26_421_880),
+                res(b, "train-labels-idx1-ubyte.gz", "25c81989df183df01b3e8a0aad5dffbe", 29_515),
+                res(b, "t10k-images-idx3-ubyte.gz", "bef4ecab320f06d8554ea6380940ec79", 4_422_102),
+                res(b, "t10k-labels-idx1-ubyte.gz", "bb300cfdad3c16e7a12a480ee83cd310", 5_148),
             ]
         }
         "kmnist" => {
             let b = "http://codh.rois.ac.jp/kmnist/dataset/kmnist/";
             vec![
-                res(b, "train-images-idx3-ubyte.gz", "bdb82020997e1d708af4cf47b453dcf7"),
-                res(b, "train-labels-idx1-ubyte.gz", "e144d726b3acfaa3e44228e80efcd344"),
-                res(b, "t10k-images-idx3-ubyte.gz", "5c965bf0a639b31b8f53240b1b52f4d7"),
-                res(b, "t10k-labels-idx1-ubyte.gz", "7320c461ea6c1c855c0b718fb2a4b134"),
+                res(b, "train-images-idx3-ubyte.gz", "bdb82020997e1d708af4cf47b453dcf7", 18_165_135),
+                res(b, "train-labels-idx1-ubyte.gz", "e144d726b3acfaa3e44228e80efcd344", 29_497),
+                res(b, "t10k-images-idx3-ubyte.gz", "5c965bf0a639b31b8f53240b1b52f4d7", 3_041_136),
+                res(b, "t10k-labels-idx1-ubyte.gz", "7320c461ea6c1c855c0b718fb2a4b134", 5_120),
             ]
         }
-        "cifar10" => vec![res("https://www.cs.toronto.edu/~kriz/", "cifar-10-binary.tar.gz", "c32a1d4ab5d03f1284b67883e8d87530")],
-        "cifar100" => vec![res("https://www.cs.toronto.edu/~kriz/", "cifar-100-binary.tar.gz", "03b5dce01913d631647c71ecec9e9cb8")],
+        "cifar10" => vec![res("https://www.cs.toronto.edu/~kriz/", "cifar-10-binary.tar.gz", "c32a1d4ab5d03f1284b67883e8d87530", 170_052_171)],
+        "cifar100" => vec![res("https://www.cs.toronto.edu/~kriz/", "cifar-100-binary.tar.gz", "03b5dce01913d631647c71ecec9e9cb8", 168_513_733)],
         _ => {
             return Err(DataError::Config(format!(
                 "cannot fetch `{name}`: vramlab downloads mnist, fashion-mnist, kmnist, cifar10 and cifar100"
@@ -70,12 +85,114 @@ pub fn resources(name: &str) -> Result<Vec<Resource>, DataError> {
     })
 }
 
-/// MD5 of a file, hex.
+/// Timeouts of a download. A server that never answers, a TLS handshake that stalls, a
+/// body that stops or trickles: each ends in an error within these bounds.
+#[derive(Debug, Clone, PartialEq)]
+pub struct FetchOptions {
+    /// Resolving the name and connecting, TLS handshake included.
+    pub connect_timeout: Duration,
+    /// Sending the request and receiving the response headers.
+    pub response_timeout: Duration,
+    /// The longest wait for the next bytes of the body.
+    pub stall_timeout: Duration,
+    /// Bytes per second below which the whole body is given up: it must arrive within
+    /// `response_timeout + max_bytes / min_rate`.
+    pub min_rate: u64,
+}
+
+impl Default for FetchOptions {
+    fn default() -> Self {
+        FetchOptions {
+            connect_timeout: Duration::from_secs(30),
+            response_timeout: Duration::from_secs(60),
+            stall_timeout: Duration::from_secs(60),
+            min_rate: 32 << 10,
+        }
+    }
+}
+
+impl FetchOptions {
+    fn body_timeout(&self, max_bytes: u64) -> Duration {
+        let secs = max_bytes / self.min_rate.max(1);
+        self.response_timeout
+            .saturating_add(Duration::from_secs(secs))
+    }
+}
+
+/// Temporary files and folders of the downloads in progress, and whether they were
+/// cancelled (then no new one is made).
+static PARTIAL: Mutex<(Vec<PathBuf>, bool)> = Mutex::new((Vec::new(), false));
+
+fn partial() -> std::sync::MutexGuard<'static, (Vec<PathBuf>, bool)> {
+    PARTIAL.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// Removes the temporary files of the downloads in progress and stops new ones from
+/// starting: for a Ctrl-C handler, which exits afterwards.
+pub fn remove_partial_files() {
+    let mut g = partial();
+    g.1 = true;
+    for p in g.0.drain(..) {
+        remove_path(&p);
+    }
+}
+
+fn remove_path(p: &Path) {
+    if p.is_dir() {
+        let _ = std::fs::remove_dir_all(p);
+    } else {
+        let _ = std::fs::remove_file(p);
+    }
+}
+
+/// A temporary file or folder, removed when dropped (on any error, or after the rename
+/// that publishes it, when nothing is left to remove).
+struct Partial(PathBuf);
+
+impl Partial {
+    /// Registers `path` and makes it with `make`, unless the downloads were cancelled.
+    fn create<T>(
+        path: PathBuf,
+        make: impl FnOnce(&Path) -> std::io::Result<T>,
+    ) -> Result<(Partial, T), DataError> {
+        let mut g = partial();
+        if g.1 {
+            return Err(DataError::file(&path, "interrupted"));
+        }
+        g.0.push(path.clone());
+        let guard = Partial(path);
+        let made =
+            make(&guard.0).map_err(|e| DataError::file(&guard.0, format!("cannot write: {e}")));
+        drop(g);
+        made.map(|t| (guard, t))
+    }
+}
+
+impl Drop for Partial {
+    fn drop(&mut self) {
+        let mut g = partial();
+        remove_path(&self.0);
+        g.0.retain(|p| p != &self.0);
+    }
+}
+
+/// MD5 of a regular file of at most `max` bytes, hex.
 pub fn md5_file(path: &Path) -> Result<String, DataError> {
-    let mut f = std::fs::File::open(path)
-        .map_err(|e| DataError::file(path, format!("cannot read: {e}")))?;
+    md5_bounded(path, u64::MAX)
+}
+
+fn md5_bounded(path: &Path, max: u64) -> Result<String, DataError> {
+    let (f, len) = crate::limits::open_regular(path)?;
+    if len > max {
+        return Err(DataError::file(
+            path,
+            format!("{len} bytes, more than the {max} expected"),
+        ));
+    }
     let mut h = Md5::new();
     let mut buf = vec![0u8; 1 << 16];
+    // Bounded by the size seen when it was opened, should the file grow meanwhile.
+    let mut f = f.take(len);
     loop {
         let n = f
             .read(&mut buf)
@@ -103,27 +220,31 @@ pub enum Outcome {
 pub fn fetch(
     resources: &[Resource],
     root: &Path,
+    opts: &FetchOptions,
     mut progress: impl FnMut(&Resource, u64, Option<u64>),
 ) -> Result<Vec<(PathBuf, Outcome)>, DataError> {
     std::fs::create_dir_all(root)
         .map_err(|e| DataError::file(root, format!("cannot create the folder: {e}")))?;
     let agent: ureq::Agent = ureq::Agent::config_builder()
-        .timeout_connect(Some(Duration::from_secs(30)))
-        .timeout_recv_body(Some(Duration::from_secs(600)))
+        .timeout_resolve(Some(opts.connect_timeout))
+        .timeout_connect(Some(opts.connect_timeout))
+        .timeout_send_request(Some(opts.response_timeout))
+        .timeout_recv_response(Some(opts.response_timeout))
+        .timeout_per_read(Some(opts.stall_timeout))
         .http_status_as_error(false)
         .build()
         .into();
     let mut out = Vec::new();
     for r in resources {
         let path = root.join(&r.file);
-        if path.is_file() && md5_file(&path)? == r.md5 {
+        if path.is_file() && md5_bounded(&path, r.max_bytes).ok().as_deref() == Some(&r.md5) {
             if r.unpack {
                 unpack(&path, root)?;
             }
             out.push((path, Outcome::AlreadyThere));
             continue;
         }
-        let bytes = download(&agent, r, &path, &mut progress)?;
+        let bytes = download(&agent, r, &path, opts, &mut progress)?;
         if r.unpack {
             unpack(&path, root)?;
         }
@@ -132,106 +253,140 @@ pub fn fetch(
     Ok(out)
 }
 
+/// A network error in words: which timeout ran out, or ureq's message.
+fn network_error(e: &ureq::Error, opts: &FetchOptions) -> String {
+    use ureq::Timeout as T;
+    match e {
+        ureq::Error::Timeout(t) => {
+            let (what, d) = match t {
+                T::Resolve | T::Connect => {
+                    ("connecting (TLS handshake included)", opts.connect_timeout)
+                }
+                T::SendRequest | T::RecvResponse => {
+                    ("waiting for the server to answer", opts.response_timeout)
+                }
+                T::PerRead => ("waiting for more data", opts.stall_timeout),
+                _ => ("receiving the file", Duration::ZERO),
+            };
+            if d.is_zero() {
+                format!("timed out {what} (below {} bytes/s)", opts.min_rate)
+            } else {
+                format!("timed out {what}: nothing for {} s", d.as_secs_f64())
+            }
+        }
+        e => e.to_string(),
+    }
+}
+
 fn download(
     agent: &ureq::Agent,
     r: &Resource,
     path: &Path,
+    opts: &FetchOptions,
     progress: &mut impl FnMut(&Resource, u64, Option<u64>),
 ) -> Result<u64, DataError> {
+    let failed = |m: String| DataError::file(path, format!("download from {} failed: {m}", r.url));
+    let mut resp = agent
+        .get(&r.url)
+        .config()
+        .timeout_recv_body(Some(opts.body_timeout(r.max_bytes)))
+        .build()
+        .call()
+        .map_err(|e| failed(network_error(&e, opts)))?;
+    let status = resp.status();
+    if !status.is_success() {
+        return Err(failed(format!("HTTP {status}")));
+    }
+    let expected: Option<u64> = resp
+        .headers()
+        .get("content-length")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse().ok());
+    if let Some(t) = expected.filter(|&t| t > r.max_bytes) {
+        return Err(failed(format!(
+            "the server announces {t} bytes, more than the {} expected of {}",
+            r.max_bytes, r.file
+        )));
+    }
     let tmp = path.with_file_name(format!(".{}.part-{}", r.file, std::process::id()));
-    let result = (|| {
-        let mut resp = agent
-            .get(&r.url)
-            .call()
-            .map_err(|e| DataError::file(path, format!("download from {} failed: {e}", r.url)))?;
-        let status = resp.status();
-        if !status.is_success() {
-            return Err(DataError::file(
-                path,
-                format!("download from {} failed: HTTP {status}", r.url),
-            ));
-        }
-        let expected: Option<u64> = resp
-            .headers()
-            .get("content-length")
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.parse().ok());
-        let mut body = resp.body_mut().as_reader();
-        let mut file = std::fs::File::create(&tmp)
-            .map_err(|e| DataError::file(&tmp, format!("cannot write: {e}")))?;
-        let mut h = Md5::new();
-        let mut buf = vec![0u8; 1 << 16];
-        let mut got = 0u64;
-        loop {
-            let n = match body.read(&mut buf) {
-                Ok(0) => break,
-                Ok(n) => n,
-                Err(e) => {
-                    return Err(DataError::file(
-                        path,
-                        format!(
-                            "download from {} broke off after {got} bytes{}: {e}",
-                            r.url,
-                            expected.map(|t| format!(" of {t}")).unwrap_or_default()
-                        ),
-                    ))
-                }
-            };
-            file.write_all(&buf[..n])
-                .map_err(|e| DataError::file(&tmp, format!("cannot write: {e}")))?;
-            h.update(&buf[..n]);
-            got += n as u64;
-            progress(r, got, expected);
-        }
-        if let Some(t) = expected {
-            if got != t {
+    // Removes the temporary file on every return below, the rename's included.
+    let (_guard, mut file) = Partial::create(tmp.clone(), |p| std::fs::File::create(p))?;
+    let mut body = resp.body_mut().as_reader();
+    let mut h = Md5::new();
+    let mut buf = vec![0u8; 1 << 16];
+    let mut got = 0u64;
+    loop {
+        let n = match body.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => n,
+            Err(e) => {
+                let why = match e.get_ref().and_then(|i| i.downcast_ref::<ureq::Error>()) {
+                    Some(u) => network_error(u, opts),
+                    None => e.to_string(),
+                };
                 return Err(DataError::file(
                     path,
-                    format!("download from {} broke off after {got} of {t} bytes", r.url),
+                    format!(
+                        "download from {} broke off after {got} bytes{}: {why}",
+                        r.url,
+                        expected.map(|t| format!(" of {t}")).unwrap_or_default()
+                    ),
                 ));
             }
-        }
-        file.sync_all()
-            .map_err(|e| DataError::file(&tmp, format!("cannot write: {e}")))?;
-        let sum = hex(&h.finalize());
-        if sum != r.md5 {
-            return Err(DataError::file(path, format!(
-                "checksum mismatch: expected MD5 {}, got {sum}; the download is corrupt and was removed",
-                r.md5
+        };
+        got += n as u64;
+        if got > r.max_bytes {
+            return Err(failed(format!(
+                "the server sent more than the {} bytes expected of {}; nothing was kept",
+                r.max_bytes, r.file
             )));
         }
-        std::fs::rename(&tmp, path)
-            .map_err(|e| DataError::file(path, format!("cannot write: {e}")))?;
-        Ok(got)
-    })();
-    if result.is_err() {
-        let _ = std::fs::remove_file(&tmp);
+        file.write_all(&buf[..n])
+            .map_err(|e| DataError::file(&tmp, format!("cannot write: {e}")))?;
+        h.update(&buf[..n]);
+        progress(r, got, expected);
     }
-    result
+    if let Some(t) = expected {
+        if got != t {
+            return Err(DataError::file(
+                path,
+                format!("download from {} broke off after {got} of {t} bytes", r.url),
+            ));
+        }
+    }
+    file.sync_all()
+        .map_err(|e| DataError::file(&tmp, format!("cannot write: {e}")))?;
+    let sum = hex(&h.finalize());
+    if sum != r.md5 {
+        return Err(DataError::file(path, format!(
+            "checksum mismatch: expected MD5 {}, got {sum}; the download is corrupt and was removed",
+            r.md5
+        )));
+    }
+    std::fs::rename(&tmp, path).map_err(|e| DataError::file(path, format!("cannot write: {e}")))?;
+    Ok(got)
 }
 
 /// Unpacks a verified `.tar.gz` into `root` (into a temporary folder first, then each
 /// top-level entry renamed into place).
 fn unpack(archive: &Path, root: &Path) -> Result<(), DataError> {
     let tmp = root.join(format!(".unpack-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&tmp);
-    let result = (|| {
-        let f = std::fs::File::open(archive)
-            .map_err(|e| DataError::file(archive, format!("cannot read: {e}")))?;
-        tar::Archive::new(flate2::read::GzDecoder::new(f))
-            .unpack(&tmp)
-            .map_err(|e| DataError::file(archive, format!("cannot unpack: {e}")))?;
-        for entry in std::fs::read_dir(&tmp).map_err(|e| DataError::file(&tmp, e.to_string()))? {
-            let entry = entry.map_err(|e| DataError::file(&tmp, e.to_string()))?;
-            let dest = root.join(entry.file_name());
-            if dest.exists() {
-                let _ = std::fs::remove_dir_all(&dest);
-            }
-            std::fs::rename(entry.path(), &dest)
-                .map_err(|e| DataError::file(&dest, format!("cannot write: {e}")))?;
+    remove_path(&tmp);
+    // Removes the temporary folder on every return, and on Ctrl-C.
+    let (_guard, ()) = Partial::create(tmp.clone(), |p| std::fs::create_dir(p))?;
+    let f = std::fs::File::open(archive)
+        .map_err(|e| DataError::file(archive, format!("cannot read: {e}")))?;
+    tar::Archive::new(flate2::read::GzDecoder::new(f))
+        .unpack(&tmp)
+        .map_err(|e| DataError::file(archive, format!("cannot unpack: {e}")))?;
+    for entry in std::fs::read_dir(&tmp).map_err(|e| DataError::file(&tmp, e.to_string()))? {
+        let entry = entry.map_err(|e| DataError::file(&tmp, e.to_string()))?;
+        let dest = root.join(entry.file_name());
+        if dest.exists() {
+            remove_path(&dest);
         }
-        Ok(())
-    })();
-    let _ = std::fs::remove_dir_all(&tmp);
-    result
+        std::fs::rename(entry.path(), &dest)
+            .map_err(|e| DataError::file(&dest, format!("cannot write: {e}")))?;
+    }
+    Ok(())
 }

@@ -5,8 +5,14 @@
 
 use std::path::{Path, PathBuf};
 
+use std::sync::atomic::{AtomicU64, Ordering};
+
 use image::imageops::FilterType;
 
+use crate::limits::{
+    check_image_size, not_regular, read_regular, MAX_DECODE_ALLOC, MAX_IMAGE_FILE_BYTES,
+    MAX_IMAGE_SIDE, MAX_SPLIT_BYTES,
+};
 use crate::{DataError, Dataset, Split};
 
 /// torchvision-style preprocessing applied while reading.
@@ -43,6 +49,7 @@ fn list_dir(dir: &Path) -> Result<Vec<PathBuf>, DataError> {
 
 /// The files of one split: `(path, class index)`, and the class names.
 fn scan(root: &Path) -> Result<Scan, DataError> {
+    // Other entries of the root (a README, a FIFO) are not read.
     let class_dirs: Vec<PathBuf> = list_dir(root)?.into_iter().filter(|p| p.is_dir()).collect();
     if class_dirs.is_empty() {
         return Err(DataError::file(
@@ -64,8 +71,15 @@ fn scan(root: &Path) -> Result<Scan, DataError> {
         );
         let mut n = 0;
         for f in list_dir(d)? {
-            if f.is_dir() {
+            // Metadata first (following symlinks): a FIFO named `1.png` would block the
+            // read forever, a device would never end.
+            let meta = std::fs::metadata(&f)
+                .map_err(|e| DataError::file(&f, format!("cannot read: {e}")))?;
+            if meta.is_dir() {
                 continue;
+            }
+            if !meta.is_file() {
+                return Err(DataError::file(&f, not_regular(&meta)));
             }
             let ext = f
                 .extension()
@@ -90,32 +104,82 @@ fn scan(root: &Path) -> Result<Scan, DataError> {
     Ok((files, classes))
 }
 
+/// Checks the options before any image is read: sizes of at least 1 and within
+/// [`MAX_IMAGE_SIDE`].
+fn check_options(opts: &FolderOptions) -> Result<(), DataError> {
+    if let Some(r) = &opts.resize {
+        if r.is_empty() || r.len() > 2 {
+            return Err(DataError::Config("--resize takes N or HxW".into()));
+        }
+        if let [h, w] = r.as_slice() {
+            check_image_size(
+                *w as u64,
+                *h as u64,
+                &format!("--resize {h}x{w} gives images of"),
+            )
+            .map_err(DataError::Config)?;
+        }
+        if let Some(&s) = r.iter().find(|&&s| s == 0 || s as u64 > MAX_IMAGE_SIDE) {
+            return Err(DataError::Config(format!(
+                "--resize {s}: a size must be between 1 and {MAX_IMAGE_SIDE}"
+            )));
+        }
+    }
+    if let Some([h, w]) = opts.center_crop {
+        check_image_size(
+            w as u64,
+            h as u64,
+            &format!("--center-crop {h}x{w} gives images of"),
+        )
+        .map_err(DataError::Config)?;
+    }
+    Ok(())
+}
+
+/// The decoder's limits: a huge or hostile image is an error, not an abort.
+fn decoder_limits() -> image::Limits {
+    let mut limits = image::Limits::default();
+    limits.max_image_width = Some(MAX_IMAGE_SIDE as u32);
+    limits.max_image_height = Some(MAX_IMAGE_SIDE as u32);
+    limits.max_alloc = Some(MAX_DECODE_ALLOC);
+    limits
+}
+
 /// Decodes and preprocesses one image to planar u8 `C x H x W`.
 pub fn decode(path: &Path, opts: &FolderOptions) -> Result<Decoded, DataError> {
-    let bytes =
-        std::fs::read(path).map_err(|e| DataError::file(path, format!("cannot read: {e}")))?;
+    check_options(opts)?;
+    let bytes = read_regular(path, MAX_IMAGE_FILE_BYTES, "an image file")?;
     if bytes.is_empty() {
         return Err(DataError::file(path, "zero-byte file: not an image"));
     }
-    let mut img = image::load_from_memory(&bytes)
-        .map_err(|e| DataError::file(path, format!("cannot decode the image: {e}")))?;
+    let cannot =
+        |e: &dyn std::fmt::Display| DataError::file(path, format!("cannot decode the image: {e}"));
+    let mut reader = image::ImageReader::new(std::io::Cursor::new(&bytes))
+        .with_guessed_format()
+        .map_err(|e| cannot(&e))?;
+    reader.limits(decoder_limits());
+    let mut img = reader.decode().map_err(|e| cannot(&e))?;
+    check_image_size(img.width() as u64, img.height() as u64, "the image is")
+        .map_err(|m| DataError::file(path, m))?;
     if let Some(r) = &opts.resize {
-        let (w, h) = (img.width(), img.height());
+        let (w, h) = (img.width() as u64, img.height() as u64);
+        // torchvision's Resize(int): the shorter side becomes N, the longer
+        // int(N * long / short).
         let (nw, nh) = match r.as_slice() {
-            [s] => {
-                if w <= h {
-                    (*s, ((*s as u64 * h as u64) / w.max(1) as u64) as u32)
-                } else {
-                    (((*s as u64 * w as u64) / h.max(1) as u64) as u32, *s)
-                }
-            }
-            [hh, ww] => (*ww, *hh),
+            [s] if w <= h => (*s as u64, *s as u64 * h / w),
+            [s] => (*s as u64 * w / h, *s as u64),
+            [hh, ww] => (*ww as u64, *hh as u64),
             _ => return Err(DataError::Config("--resize takes N or HxW".into())),
         };
-        if nw == 0 || nh == 0 {
-            return Err(DataError::Config("--resize must be at least 1".into()));
-        }
-        img = img.resize_exact(nw, nh, FilterType::Triangle);
+        let what = format!(
+            "--resize {} makes this {w}x{h} image",
+            r.iter()
+                .map(|v| v.to_string())
+                .collect::<Vec<_>>()
+                .join("x")
+        );
+        check_image_size(nw, nh, &what).map_err(|m| DataError::file(path, m))?;
+        img = img.resize_exact(nw as u32, nh as u32, FilterType::Triangle);
     }
     if let Some([ch, cw]) = opts.center_crop {
         let (w, h) = (img.width(), img.height());
@@ -151,6 +215,16 @@ pub fn decode(path: &Path, opts: &FolderOptions) -> Result<Decoded, DataError> {
     Ok(([3, h, w], out))
 }
 
+fn too_large(root: &Path) -> DataError {
+    DataError::file(
+        root,
+        format!(
+            "the images decode to more than {} GiB, the limit of a split held in memory; use --resize",
+            MAX_SPLIT_BYTES >> 30
+        ),
+    )
+}
+
 fn load_split(
     root: &Path,
     opts: &FolderOptions,
@@ -160,10 +234,26 @@ fn load_split(
         .map(|n| n.get())
         .unwrap_or(1);
     let chunk = files.len().div_ceil(threads).max(1);
+    // Every decoded byte is kept: stop all decoders once the split passes the cap.
+    let used = AtomicU64::new(0);
+    let decode_counted = |p: &Path| -> Result<Decoded, DataError> {
+        if used.load(Ordering::Relaxed) > MAX_SPLIT_BYTES {
+            return Err(too_large(root));
+        }
+        let d = decode(p, opts)?;
+        let total = used.fetch_add(d.1.len() as u64, Ordering::Relaxed) + d.1.len() as u64;
+        if total > MAX_SPLIT_BYTES {
+            return Err(too_large(root));
+        }
+        Ok(d)
+    };
     let decoded: Vec<Result<Vec<Decoded>, DataError>> = std::thread::scope(|s| {
         let handles: Vec<_> = files
             .chunks(chunk)
-            .map(|part| s.spawn(move || part.iter().map(|(p, _)| decode(p, opts)).collect()))
+            .map(|part| {
+                let decode_counted = &decode_counted;
+                s.spawn(move || part.iter().map(|(p, _)| decode_counted(p)).collect())
+            })
             .collect();
         handles
             .into_iter()
@@ -196,6 +286,7 @@ fn load_split(
 }
 
 pub fn open(root: &Path, opts: &FolderOptions) -> Result<Dataset, DataError> {
+    check_options(opts)?;
     let train_dir = root.join("train");
     let test_dir = ["test", "val"]
         .iter()

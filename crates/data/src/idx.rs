@@ -4,9 +4,10 @@
 //! Format: a 4-byte magic `00 00 TT NN` (TT = 0x08 for unsigned bytes, NN = number of
 //! dimensions), NN big-endian u32 sizes, then the data, row-major.
 
-use std::io::Read;
+use std::io::{BufRead, Read};
 use std::path::{Path, PathBuf};
 
+use crate::limits::{open_regular, MAX_IDX_BYTES};
 use crate::{classes, DataError, Dataset, Split};
 
 /// A parsed IDX file of unsigned bytes.
@@ -16,89 +17,178 @@ pub struct Idx {
     pub data: Vec<u8>,
 }
 
+/// Trailing bytes after the data are counted up to this many for the error.
+const TRAILING_COUNTED: u64 = 1 << 16;
+
+/// The most a deflate stream can expand (1032:1) plus gzip's framing: a gzip file of
+/// `n` bytes never holds more than `n * 1032` bytes of data.
+const DEFLATE_MAX_RATIO: u64 = 1032;
+
 /// Parses IDX bytes (already decompressed); `path` names the file in errors.
 pub fn parse(bytes: &[u8], path: &Path) -> Result<Idx, DataError> {
+    parse_from(bytes, path, Bound::Exact(bytes.len() as u64), |e| {
+        DataError::file(path, format!("cannot read: {e}"))
+    })
+}
+
+/// What is known of a stream's size before it is read.
+#[derive(Debug, Clone, Copy)]
+enum Bound {
+    /// The whole file has this many bytes.
+    Exact(u64),
+    /// The file is a gzip of this many bytes.
+    Gzip(u64),
+}
+
+/// The dimensions of an IDX header and the exact number of data bytes they describe,
+/// read from the start of a stream.
+fn read_header(
+    r: &mut impl Read,
+    path: &Path,
+    io_err: &impl Fn(std::io::Error) -> DataError,
+) -> Result<(Vec<usize>, u64), DataError> {
     let err = |m: String| DataError::file(path, m);
-    if bytes.len() < 4 {
+    let mut magic = [0u8; 4];
+    let got = read_up_to(r, &mut magic).map_err(io_err)?;
+    if got < 4 {
         return Err(err(format!(
-            "truncated IDX file: {} bytes, too short for the 4-byte magic number",
-            bytes.len()
+            "truncated IDX file: {got} bytes, too short for the 4-byte magic number"
         )));
     }
-    if bytes[0] != 0 || bytes[1] != 0 {
+    if magic[0] != 0 || magic[1] != 0 {
         return Err(err(format!(
             "wrong magic number {:02x} {:02x} {:02x} {:02x}: an IDX file starts with 00 00",
-            bytes[0], bytes[1], bytes[2], bytes[3]
+            magic[0], magic[1], magic[2], magic[3]
         )));
     }
-    if bytes[2] != 0x08 {
+    if magic[2] != 0x08 {
         return Err(err(format!(
             "IDX data type 0x{:02x} is not supported: expected 0x08 (unsigned byte)",
-            bytes[2]
+            magic[2]
         )));
     }
-    let ndims = bytes[3] as usize;
+    let ndims = magic[3] as usize;
     if ndims == 0 {
         return Err(err("IDX file with zero dimensions".into()));
     }
-    let header = 4 + 4 * ndims;
-    if bytes.len() < header {
+    let mut sizes = vec![0u8; 4 * ndims];
+    let got = read_up_to(r, &mut sizes).map_err(io_err)?;
+    if got < sizes.len() {
         return Err(err(format!(
-            "truncated IDX header: {ndims} dimensions need {header} bytes, the file has {}",
-            bytes.len()
+            "truncated IDX header: {ndims} dimensions need {} bytes, the file has {}",
+            4 + 4 * ndims,
+            4 + got
         )));
     }
-    let dims: Vec<usize> = (0..ndims)
-        .map(|i| {
-            let b = &bytes[4 + 4 * i..8 + 4 * i];
-            u32::from_be_bytes([b[0], b[1], b[2], b[3]]) as usize
-        })
+    let dims: Vec<usize> = sizes
+        .chunks_exact(4)
+        .map(|b| u32::from_be_bytes([b[0], b[1], b[2], b[3]]) as usize)
         .collect();
+    // 255 factors below 2^32 overflow u128 as well: multiply checked.
     let total = dims
         .iter()
-        .try_fold(1usize, |acc, &d| acc.checked_mul(d))
-        .filter(|&t| t <= isize::MAX as usize)
-        .ok_or_else(|| {
-            err(format!(
-                "dimensions {dims:?} overflow: their product is too large"
-            ))
-        })?;
-    let data = &bytes[header..];
-    if data.len() < total {
+        .try_fold(1u128, |acc, &d| acc.checked_mul(d as u128));
+    match total {
+        Some(t) if t <= MAX_IDX_BYTES as u128 => Ok((dims, t as u64)),
+        _ => Err(err(format!(
+            "dimensions {dims:?} describe {} bytes of data, more than the {MAX_IDX_BYTES}-byte limit of an IDX file",
+            total.map_or_else(|| "over 2^128".to_string(), |t| t.to_string())
+        ))),
+    }
+}
+
+/// Reads until `buf` is full or the stream ends; returns the bytes read.
+fn read_up_to(r: &mut impl Read, buf: &mut [u8]) -> std::io::Result<usize> {
+    let mut got = 0;
+    while got < buf.len() {
+        match r.read(&mut buf[got..]) {
+            Ok(0) => break,
+            Ok(n) => got += n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(got)
+}
+
+/// Parses an IDX stream: the header first, then exactly the data it describes, never
+/// more than the limit. A header that claims more data than the file's size can hold
+/// (or its gzip can inflate to) is refused before anything is allocated.
+fn parse_from(
+    mut r: impl Read,
+    path: &Path,
+    bound: Bound,
+    io_err: impl Fn(std::io::Error) -> DataError,
+) -> Result<Idx, DataError> {
+    let err = |m: String| DataError::file(path, m);
+    let (dims, total) = read_header(&mut r, path, &io_err)?;
+    let header = 4 + 4 * dims.len() as u64;
+    match bound {
+        Bound::Exact(len) if total > len.saturating_sub(header) => {
+            return Err(err(format!(
+                "truncated: dimensions {dims:?} need {total} bytes of data, the file has {}",
+                len.saturating_sub(header)
+            )));
+        }
+        Bound::Gzip(len) if total > len.saturating_mul(DEFLATE_MAX_RATIO) => {
+            return Err(err(format!(
+                "truncated: dimensions {dims:?} need {total} bytes of data, more than a gzip file of {len} bytes can hold"
+            )));
+        }
+        _ => {}
+    }
+    let mut data = Vec::new();
+    data.try_reserve_exact(total as usize)
+        .map_err(|e| err(format!("cannot allocate {total} bytes: {e}")))?;
+    (&mut r)
+        .take(total)
+        .read_to_end(&mut data)
+        .map_err(&io_err)?;
+    if (data.len() as u64) < total {
         return Err(err(format!(
             "truncated: dimensions {dims:?} need {total} bytes of data, the file has {}",
             data.len()
         )));
     }
-    if data.len() > total {
+    let extra =
+        std::io::copy(&mut r.take(TRAILING_COUNTED + 1), &mut std::io::sink()).map_err(&io_err)?;
+    if extra > TRAILING_COUNTED {
         return Err(err(format!(
-            "{} unexpected bytes after the {total} bytes of data that dimensions {dims:?} describe",
-            data.len() - total
+            "more than {TRAILING_COUNTED} unexpected bytes after the {total} bytes of data that dimensions {dims:?} describe"
         )));
     }
-    Ok(Idx {
-        dims,
-        data: data.to_vec(),
-    })
-}
-
-/// Reads a file, gunzipping it when it starts with the gzip magic.
-pub fn read_maybe_gz(path: &Path) -> Result<Vec<u8>, DataError> {
-    let raw =
-        std::fs::read(path).map_err(|e| DataError::file(path, format!("cannot read: {e}")))?;
-    if raw.len() >= 2 && raw[0] == 0x1f && raw[1] == 0x8b {
-        let mut out = Vec::with_capacity(raw.len() * 4);
-        flate2::read::MultiGzDecoder::new(&raw[..])
-            .read_to_end(&mut out)
-            .map_err(|e| DataError::file(path, format!("corrupt gzip data: {e}")))?;
-        Ok(out)
-    } else {
-        Ok(raw)
+    if extra > 0 {
+        return Err(err(format!(
+            "{extra} unexpected bytes after the {total} bytes of data that dimensions {dims:?} describe"
+        )));
     }
+    Ok(Idx { dims, data })
 }
 
+/// Reads an IDX file, gunzipping it when it starts with the gzip magic. The header is
+/// read first from the stream and the data is read to exactly the size it gives, so a
+/// small file that inflates to gigabytes is refused before it is inflated.
 pub fn read(path: &Path) -> Result<Idx, DataError> {
-    parse(&read_maybe_gz(path)?, path)
+    let (f, len) = open_regular(path)?;
+    let mut file = std::io::BufReader::new(f);
+    let gz = {
+        let head = file
+            .fill_buf()
+            .map_err(|e| DataError::file(path, format!("cannot read: {e}")))?;
+        head.len() >= 2 && head[0] == 0x1f && head[1] == 0x8b
+    };
+    if gz {
+        parse_from(
+            flate2::bufread::MultiGzDecoder::new(file),
+            path,
+            Bound::Gzip(len),
+            |e| DataError::file(path, format!("corrupt gzip data: {e}")),
+        )
+    } else {
+        parse_from(file, path, Bound::Exact(len), |e| {
+            DataError::file(path, format!("cannot read: {e}"))
+        })
+    }
 }
 
 /// The EMNIST splits torchvision knows.
@@ -277,6 +367,21 @@ fn load_split(root: &Path, split: &str, family: &Family) -> Result<Option<Loaded
         ));
     }
     let (n, h, w) = (images.dims[0], images.dims[1], images.dims[2]);
+    if n == 0 {
+        return Err(DataError::file(
+            &images_path,
+            format!(
+                "no images: the {split} split is empty (dimensions {:?})",
+                images.dims
+            ),
+        ));
+    }
+    if h == 0 || w == 0 {
+        return Err(DataError::file(
+            &images_path,
+            format!("images of {h}x{w} pixels: height and width must be at least 1"),
+        ));
+    }
     if labels.dims[0] != n {
         return Err(DataError::file(
             &labels_path,
@@ -290,19 +395,15 @@ fn load_split(root: &Path, split: &str, family: &Family) -> Result<Option<Loaded
     let mut data = images.data;
     if matches!(family, Family::Emnist(_)) {
         // EMNIST stores images transposed; torchvision transposes them back.
-        let mut t = vec![0u8; data.len()];
-        for i in 0..n {
-            let (src, dst) = (
-                &data[i * h * w..(i + 1) * h * w],
-                &mut t[i * h * w..(i + 1) * h * w],
-            );
+        let mut stored = vec![0u8; h * w];
+        for img in data.chunks_exact_mut(h * w) {
+            stored.copy_from_slice(img);
             for y in 0..h {
                 for x in 0..w {
-                    dst[x * h + y] = src[y * w + x];
+                    img[x * h + y] = stored[y * w + x];
                 }
             }
         }
-        data = t;
     }
     let shape = if matches!(family, Family::Emnist(_)) {
         [1, w, h]
@@ -434,7 +535,36 @@ mod tests {
             &[],
         );
         let e = parse(&bytes, &p()).unwrap_err().to_string();
-        assert!(e.contains("overflow"), "{e}");
+        assert_eq!(
+            e,
+            "x.idx: dimensions [4294967295, 4294967295, 4294967295] describe 79228162458924105385300197375 bytes of data, more than the 1073741824-byte limit of an IDX file"
+        );
+        // 255 dimensions overflow even u128.
+        let mut bytes = vec![0, 0, 8, 255];
+        bytes.resize(4 + 4 * 255, 0xff);
+        let e = parse(&bytes, &p()).unwrap_err().to_string();
+        assert!(e.contains("describe over 2^128 bytes of data"), "{e}");
+    }
+
+    #[test]
+    fn a_header_claiming_more_than_the_file_holds_is_refused_before_reading() {
+        // 200 MB claimed (under the cap), 10 bytes present.
+        let bytes = encode(&[200, 1000, 1000], &[0; 10]);
+        let e = parse(&bytes, &p()).unwrap_err().to_string();
+        assert_eq!(
+            e,
+            "x.idx: truncated: dimensions [200, 1000, 1000] need 200000000 bytes of data, the file has 10"
+        );
+    }
+
+    #[test]
+    fn trailing_bytes_are_counted_up_to_a_bound() {
+        let bytes = encode(&[1], &vec![0u8; 200_000]);
+        let e = parse(&bytes, &p()).unwrap_err().to_string();
+        assert!(
+            e.contains("more than 65536 unexpected bytes after the 1 bytes of data"),
+            "{e}"
+        );
     }
 
     #[test]

@@ -20,6 +20,7 @@ pub mod classes;
 pub mod fetch;
 pub mod folder;
 pub mod idx;
+pub mod limits;
 pub mod loader;
 pub use vramlab_graph::rng;
 pub mod show;
@@ -63,17 +64,48 @@ impl Dataset {
         self.shape.iter().product()
     }
 
+    /// A split by name, refused when it has no images or its images no pixels (a
+    /// reader refuses both; this keeps every user of a split from dividing by zero).
     pub fn split(&self, name: &str) -> Result<&Split, DataError> {
-        match name {
-            "train" => Ok(&self.train),
+        let split = match name {
+            "train" => &self.train,
             "test" => self
                 .test
                 .as_ref()
-                .ok_or_else(|| DataError::Config(format!("{} has no test split", self.name))),
-            other => Err(DataError::Config(format!(
-                "unknown split `{other}`: expected train or test"
-            ))),
+                .ok_or_else(|| DataError::Config(format!("{} has no test split", self.name)))?,
+            other => {
+                return Err(DataError::Config(format!(
+                    "unknown split `{other}`: expected train or test"
+                )))
+            }
+        };
+        let [c, h, w] = self.shape;
+        if c == 0 || h == 0 || w == 0 {
+            return Err(DataError::file(
+                &self.source,
+                format!("images of {c}x{h}x{w}: every dimension must be at least 1"),
+            ));
         }
+        if split.is_empty() {
+            return Err(DataError::file(
+                &self.source,
+                format!("the {name} split of {} has no images", self.name),
+            ));
+        }
+        let expected = [split.len(), c, h, w]
+            .iter()
+            .try_fold(1u128, |acc, &d| acc.checked_mul(d as u128));
+        if expected != Some(split.images.len() as u128) {
+            return Err(DataError::file(
+                &self.source,
+                format!(
+                    "the {name} split has {} bytes of images, not what {} images of {c}x{h}x{w} need",
+                    split.images.len(),
+                    split.len()
+                ),
+            ));
+        }
+        Ok(split)
     }
 
     /// Image `i` of a split, `C*H*W` bytes.
@@ -207,4 +239,56 @@ fn open_path(path: &Path, opts: &OpenOptions) -> Result<Dataset, DataError> {
         return cifar::open(cifar::Kind::Cifar100, path, opts.coarse_labels);
     }
     folder::open(path, &opts.folder)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn dataset(shape: [usize; 3], n: usize) -> Dataset {
+        let per: usize = shape.iter().product();
+        Dataset {
+            name: "tiny".into(),
+            shape,
+            classes: vec!["a".into()],
+            train: Split {
+                images: vec![0; n * per],
+                labels: vec![0; n],
+            },
+            test: None,
+            source: "tiny-dir".into(),
+        }
+    }
+
+    #[test]
+    fn a_split_without_images_or_pixels_is_refused_where_it_is_used() {
+        let e = dataset([1, 0, 0], 5)
+            .split("train")
+            .unwrap_err()
+            .to_string();
+        assert_eq!(
+            e,
+            "tiny-dir: images of 1x0x0: every dimension must be at least 1"
+        );
+        let e = dataset([1, 2, 2], 0)
+            .split("train")
+            .unwrap_err()
+            .to_string();
+        assert_eq!(e, "tiny-dir: the train split of tiny has no images");
+        let mut torn = dataset([1, 2, 2], 3);
+        torn.train.images.pop();
+        let e = torn.split("train").unwrap_err().to_string();
+        assert!(
+            e.contains("has 11 bytes of images, not what 3 images of 1x2x2 need"),
+            "{e}"
+        );
+        assert_eq!(dataset([1, 2, 2], 3).split("train").unwrap().len(), 3);
+    }
+
+    #[test]
+    fn stats_of_images_without_pixels_are_zeros_not_a_panic() {
+        let ds = dataset([1, 0, 0], 5);
+        let s = stats::channel_stats(&ds, &ds.train);
+        assert_eq!((s.mean[0], s.std[0], s.pixels_per_channel), (0.0, 0.0, 0));
+    }
 }

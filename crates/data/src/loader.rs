@@ -70,7 +70,13 @@ impl Loader {
         pipeline: Pipeline,
         cfg: LoaderConfig,
     ) -> Result<Self, DataError> {
-        data.split(split)?;
+        let samples = data.split(split)?.len();
+        if u32::try_from(samples).is_err() {
+            return Err(DataError::Config(format!(
+                "the {split} split has {samples} images; the loader serves at most {}",
+                u32::MAX
+            )));
+        }
         if cfg.batch_size == 0 {
             return Err(DataError::Config("batch size must be at least 1".into()));
         }

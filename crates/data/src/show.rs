@@ -6,15 +6,44 @@ use std::path::Path;
 
 use image::{Rgb, RgbImage};
 
+use crate::limits::check_image_size;
 use crate::{DataError, Dataset, Split};
 
-/// Image `i` of a split as RGB, each pixel a `scale x scale` square.
-pub fn sample(ds: &Dataset, split: &Split, i: usize, scale: u32) -> RgbImage {
+/// Largest side of one cell of a [`grid`]: larger images are shrunk to fit.
+pub const MAX_GRID_CELL: u32 = 256;
+
+/// Image `i` of a split as RGB, each pixel a `scale x scale` square; an error when `i`
+/// is out of range or the result would pass [`check_image_size`]'s limits.
+pub fn sample(ds: &Dataset, split: &Split, i: usize, scale: u32) -> Result<RgbImage, DataError> {
+    let [_, h, w] = ds.shape;
+    if i >= split.len() {
+        return Err(DataError::Config(format!(
+            "image {i} is out of range: the split has {} images",
+            split.len()
+        )));
+    }
+    let scale = scale.max(1) as u64;
+    let (out_w, out_h) = (
+        (w as u64).saturating_mul(scale),
+        (h as u64).saturating_mul(scale),
+    );
+    check_image_size(
+        out_w,
+        out_h,
+        &format!("a {w}x{h} image at --scale {scale} would be"),
+    )
+    .map_err(DataError::Config)?;
+    Ok(scaled(ds, split, i, out_w as u32, out_h as u32))
+}
+
+/// Image `i` (in range, of a size within the limits) at `out_w x out_h`, nearest
+/// neighbour.
+fn scaled(ds: &Dataset, split: &Split, i: usize, out_w: u32, out_h: u32) -> RgbImage {
     let [c, h, w] = ds.shape;
     let px = ds.image(split, i);
-    let scale = scale.max(1);
-    RgbImage::from_fn(w as u32 * scale, h as u32 * scale, |x, y| {
-        let (sx, sy) = ((x / scale) as usize, (y / scale) as usize);
+    RgbImage::from_fn(out_w, out_h, |x, y| {
+        let sx = (x as u64 * w as u64 / out_w as u64) as usize;
+        let sy = (y as u64 * h as u64 / out_h as u64) as usize;
         let at = |ch: usize| px[ch * h * w + sy * w + sx];
         if c >= 3 {
             Rgb([at(0), at(1), at(2)])
@@ -22,6 +51,21 @@ pub fn sample(ds: &Dataset, split: &Split, i: usize, scale: u32) -> RgbImage {
             Rgb([at(0); 3])
         }
     })
+}
+
+/// The size of a grid cell: the image at `scale`, or shrunk (keeping its aspect) to fit
+/// [`MAX_GRID_CELL`].
+fn cell_size(w: u64, h: u64, scale: u64) -> (u32, u32) {
+    let cell = MAX_GRID_CELL as u64;
+    let (sw, sh) = (w.saturating_mul(scale), h.saturating_mul(scale));
+    let (cw, ch) = if sw <= cell && sh <= cell {
+        (sw, sh)
+    } else if w >= h {
+        (cell, (h * cell / w).max(1))
+    } else {
+        ((w * cell / h).max(1), cell)
+    };
+    (cw as u32, ch as u32)
 }
 
 /// Draws text with the 8x8 public-domain font, each dot `size` pixels.
@@ -52,29 +96,48 @@ fn draw_text(img: &mut RgbImage, text: &str, x0: u32, y0: u32, size: u32, color:
     }
 }
 
-/// `k` samples of each class (the first ones in the split), one labelled row per class.
-pub fn grid(ds: &Dataset, split: &Split, k: usize, scale: u32) -> RgbImage {
+/// `k` samples of each class (the first ones in the split), one labelled row per class;
+/// an error when the grid would pass [`check_image_size`]'s limits.
+pub fn grid(ds: &Dataset, split: &Split, k: usize, scale: u32) -> Result<RgbImage, DataError> {
     let [_, h, w] = ds.shape;
-    let (cw, ch) = (w as u32 * scale, h as u32 * scale);
-    let text = 2u32;
-    let label_w = ds
+    if h == 0 || w == 0 {
+        return Err(DataError::Config(format!(
+            "images of {h}x{w} pixels: nothing to show"
+        )));
+    }
+    let (cw, ch) = cell_size(w as u64, h as u64, scale.max(1) as u64);
+    let text = 2u64;
+    let longest = ds
         .classes
         .iter()
-        .map(|c| c.chars().count() as u32)
+        .map(|c| c.chars().count())
         .max()
-        .unwrap_or(1)
-        * 8
-        * text
-        + 16;
-    let gap = 4u32;
-    let width = label_w + k as u32 * (cw + gap);
-    let row_h = ch.max(8 * text) + gap;
-    let mut img =
-        RgbImage::from_pixel(width, row_h * ds.classes.len() as u32, Rgb([255, 255, 255]));
+        .unwrap_or(1) as u64;
+    let label_w = longest.saturating_mul(8 * text).saturating_add(16);
+    let gap = 4u64;
+    let width = (k as u64)
+        .saturating_mul(cw as u64 + gap)
+        .saturating_add(label_w);
+    let row_h = (ch as u64).max(8 * text) + gap;
+    let height = row_h.saturating_mul(ds.classes.len() as u64);
+    check_image_size(
+        width,
+        height,
+        &format!(
+            "a grid of {k} samples of each of {} classes would be",
+            ds.classes.len()
+        ),
+    )
+    .map_err(DataError::Config)?;
+    // Within the limits every coordinate below fits a u32.
+    let (label_w, gap, row_h) = (label_w as u32, gap as u32, row_h as u32);
+    let mut img = RgbImage::from_pixel(width as u32, height as u32, Rgb([255, 255, 255]));
     let mut picked = vec![Vec::new(); ds.classes.len()];
     for (i, &l) in split.labels.iter().enumerate() {
-        if picked[l as usize].len() < k {
-            picked[l as usize].push(i);
+        if let Some(p) = picked.get_mut(l as usize) {
+            if p.len() < k {
+                p.push(i);
+            }
         }
     }
     for (row, (name, samples)) in ds.classes.iter().zip(&picked).enumerate() {
@@ -83,12 +146,12 @@ pub fn grid(ds: &Dataset, split: &Split, k: usize, scale: u32) -> RgbImage {
             &mut img,
             name,
             8,
-            y + (ch.saturating_sub(8 * text)) / 2,
-            text,
+            y + (ch.saturating_sub(8 * text as u32)) / 2,
+            text as u32,
             Rgb([0, 0, 0]),
         );
         for (j, &i) in samples.iter().enumerate() {
-            let s = sample(ds, split, i, scale);
+            let s = scaled(ds, split, i, cw, ch);
             image::imageops::replace(
                 &mut img,
                 &s,
@@ -97,7 +160,7 @@ pub fn grid(ds: &Dataset, split: &Split, k: usize, scale: u32) -> RgbImage {
             );
         }
     }
-    img
+    Ok(img)
 }
 
 /// The image as PNG bytes (for inlining into a report).

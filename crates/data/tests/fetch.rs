@@ -1,11 +1,13 @@
 //! Downloads against a local HTTP server on 127.0.0.1: a good file, a wrong checksum,
-//! a connection cut in the middle of the file.
+//! a connection cut in the middle of the file, an endless body, a server that never
+//! answers or stops sending. Each failure leaves no file and ends in bounded time.
 
 use std::io::{Read, Write};
 use std::net::TcpListener;
 use std::path::PathBuf;
+use std::time::{Duration, Instant};
 
-use vramlab_data::fetch::{fetch, md5_file, Outcome, Resource};
+use vramlab_data::fetch::{fetch, md5_file, FetchOptions, Outcome, Resource};
 
 /// Serves `count` requests: each gets `body`, announced with `announce` bytes of
 /// Content-Length; a cut connection sends only half the body.
@@ -31,6 +33,38 @@ fn serve(body: Vec<u8>, announce: usize, cut: bool, count: usize) -> String {
         }
     });
     format!("http://{addr}/")
+}
+
+/// Short timeouts, so that the tests of a silent server end quickly.
+fn opts() -> FetchOptions {
+    FetchOptions {
+        connect_timeout: Duration::from_secs(2),
+        response_timeout: Duration::from_millis(500),
+        stall_timeout: Duration::from_millis(500),
+        min_rate: 100,
+    }
+}
+
+/// A server that accepts one connection and runs `answer` on it.
+fn serve_with(answer: impl FnOnce(std::net::TcpStream) + Send + 'static) -> String {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    std::thread::spawn(move || {
+        if let Some(Ok(s)) = listener.incoming().next() {
+            answer(s);
+        }
+    });
+    format!("http://{addr}/")
+}
+
+fn resource(url: &str, max_bytes: u64) -> Resource {
+    Resource {
+        url: format!("{url}data.bin"),
+        file: "data.bin".into(),
+        md5: "0".repeat(32),
+        max_bytes,
+        unpack: false,
+    }
 }
 
 fn tmp(name: &str) -> PathBuf {
@@ -71,9 +105,10 @@ fn a_good_file_is_verified_and_written_under_its_name() {
         url: format!("{url}data.bin"),
         file: "data.bin".into(),
         md5: md5_of(&b, "good"),
+        max_bytes: 1 << 20,
         unpack: false,
     };
-    let out = fetch(std::slice::from_ref(&r), &root, |_, _, _| {}).unwrap();
+    let out = fetch(std::slice::from_ref(&r), &root, &opts(), |_, _, _| {}).unwrap();
     assert_eq!(
         out[0].1,
         Outcome::Downloaded {
@@ -83,7 +118,7 @@ fn a_good_file_is_verified_and_written_under_its_name() {
     assert_eq!(std::fs::read(root.join("data.bin")).unwrap(), b);
     assert_eq!(listing(&root), vec!["data.bin"]);
     // A second fetch finds it verified and downloads nothing (the server is gone).
-    let again = fetch(&[r], &root, |_, _, _| {}).unwrap();
+    let again = fetch(&[r], &root, &opts(), |_, _, _| {}).unwrap();
     assert_eq!(again[0].1, Outcome::AlreadyThere);
     std::fs::remove_dir_all(&root).ok();
 }
@@ -97,9 +132,12 @@ fn a_wrong_checksum_leaves_no_file() {
         url: format!("{url}data.bin"),
         file: "data.bin".into(),
         md5: "0".repeat(32),
+        max_bytes: 1 << 20,
         unpack: false,
     };
-    let e = fetch(&[r], &root, |_, _, _| {}).unwrap_err().to_string();
+    let e = fetch(&[r], &root, &opts(), |_, _, _| {})
+        .unwrap_err()
+        .to_string();
     assert!(e.contains("checksum mismatch: expected MD5 000"), "{e}");
     assert!(listing(&root).is_empty(), "{:?}", listing(&root));
     std::fs::remove_dir_all(&root).ok();
@@ -114,9 +152,12 @@ fn a_connection_cut_mid_file_leaves_no_file() {
         url: format!("{url}data.bin"),
         file: "data.bin".into(),
         md5: md5_of(&b, "cut"),
+        max_bytes: 1 << 20,
         unpack: false,
     };
-    let e = fetch(&[r], &root, |_, _, _| {}).unwrap_err().to_string();
+    let e = fetch(&[r], &root, &opts(), |_, _, _| {})
+        .unwrap_err()
+        .to_string();
     assert!(e.contains("broke off after"), "{e}");
     assert!(listing(&root).is_empty(), "{:?}", listing(&root));
     std::fs::remove_dir_all(&root).ok();
@@ -134,9 +175,108 @@ fn a_refused_connection_is_a_clear_error() {
         url: format!("http://127.0.0.1:{port}/x"),
         file: "x".into(),
         md5: "0".repeat(32),
+        max_bytes: 1 << 20,
         unpack: false,
     };
-    let e = fetch(&[r], &root, |_, _, _| {}).unwrap_err().to_string();
+    let e = fetch(&[r], &root, &opts(), |_, _, _| {})
+        .unwrap_err()
+        .to_string();
     assert!(e.contains("download from http://127.0.0.1"), "{e}");
+    std::fs::remove_dir_all(&root).ok();
+}
+
+#[test]
+fn an_endless_body_is_cut_at_the_cap_and_leaves_no_file() {
+    let url = serve_with(|mut s| {
+        let mut req = [0u8; 4096];
+        let _ = s.read(&mut req);
+        let _ = s.write_all(b"HTTP/1.1 200 OK\r\nConnection: close\r\n\r\n");
+        let chunk = vec![7u8; 1 << 16];
+        // Endless: until the client hangs up.
+        while s.write_all(&chunk).is_ok() {}
+    });
+    let root = tmp("endless");
+    let start = Instant::now();
+    let e = fetch(&[resource(&url, 1 << 20)], &root, &opts(), |_, _, _| {})
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("the server sent more than the 1048576 bytes expected of data.bin"),
+        "{e}"
+    );
+    assert!(start.elapsed() < Duration::from_secs(20));
+    assert!(listing(&root).is_empty(), "{:?}", listing(&root));
+    std::fs::remove_dir_all(&root).ok();
+}
+
+#[test]
+fn a_body_announced_larger_than_the_cap_is_refused_before_writing() {
+    let url = serve_with(|mut s| {
+        let mut req = [0u8; 4096];
+        let _ = s.read(&mut req);
+        let _ = s.write_all(
+            b"HTTP/1.1 200 OK\r\nContent-Length: 4294967296\r\nConnection: close\r\n\r\nabc",
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    });
+    let root = tmp("announced");
+    let e = fetch(&[resource(&url, 1000)], &root, &opts(), |_, _, _| {})
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("the server announces 4294967296 bytes, more than the 1000 expected"),
+        "{e}"
+    );
+    assert!(listing(&root).is_empty(), "{:?}", listing(&root));
+    std::fs::remove_dir_all(&root).ok();
+}
+
+#[test]
+fn a_server_that_accepts_and_never_answers_times_out() {
+    let (tx, rx) = std::sync::mpsc::channel::<()>();
+    let url = serve_with(move |s| {
+        // Holds the connection open, silent, until the test ends.
+        let _ = rx.recv_timeout(Duration::from_secs(60));
+        drop(s);
+    });
+    let root = tmp("silent");
+    let start = Instant::now();
+    let e = fetch(&[resource(&url, 1000)], &root, &opts(), |_, _, _| {})
+        .unwrap_err()
+        .to_string();
+    let took = start.elapsed();
+    drop(tx);
+    assert!(
+        e.contains("timed out waiting for the server to answer: nothing for 0.5 s"),
+        "{e}"
+    );
+    assert!(took < Duration::from_secs(10), "{took:?}");
+    assert!(listing(&root).is_empty(), "{:?}", listing(&root));
+    std::fs::remove_dir_all(&root).ok();
+}
+
+#[test]
+fn a_body_that_stops_coming_times_out_and_leaves_no_file() {
+    let (tx, rx) = std::sync::mpsc::channel::<()>();
+    let url = serve_with(move |mut s| {
+        let mut req = [0u8; 4096];
+        let _ = s.read(&mut req);
+        let _ = s.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 1000\r\n\r\nfirst bytes");
+        let _ = s.flush();
+        let _ = rx.recv_timeout(Duration::from_secs(60));
+    });
+    let root = tmp("stall");
+    let start = Instant::now();
+    let e = fetch(&[resource(&url, 1000)], &root, &opts(), |_, _, _| {})
+        .unwrap_err()
+        .to_string();
+    let took = start.elapsed();
+    drop(tx);
+    assert!(
+        e.contains("broke off after 11 bytes of 1000: timed out waiting for more data"),
+        "{e}"
+    );
+    assert!(took < Duration::from_secs(10), "{took:?}");
+    assert!(listing(&root).is_empty(), "{:?}", listing(&root));
     std::fs::remove_dir_all(&root).ok();
 }

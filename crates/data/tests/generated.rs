@@ -49,7 +49,7 @@ fn cifar10_reads_all_batches_and_keeps_the_colour_order_into_the_png() {
     assert_eq!(ds.test.as_ref().unwrap().len(), 7);
     assert_eq!(ds.classes[ds.train.labels[0] as usize], "automobile");
     // End to end: the PNG that `show` writes has a red, a green and a blue pixel.
-    let img = show::sample(&ds, &ds.train, 0, 4);
+    let img = show::sample(&ds, &ds.train, 0, 4).unwrap();
     let png = root.join("probe.png");
     show::save_png(&img, &png).unwrap();
     let back = image::open(&png).unwrap().to_rgb8();
@@ -265,4 +265,188 @@ fn the_terminal_preview_uses_true_colour_half_blocks() {
         "{s:?}"
     );
     assert!(s.contains("\x1b[0m\n"));
+}
+
+/// Runs `f` on another thread and fails (instead of hanging) if it takes over `secs`.
+fn within<T: Send + 'static>(secs: u64, f: impl FnOnce() -> T + Send + 'static) -> T {
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = tx.send(f());
+    });
+    rx.recv_timeout(std::time::Duration::from_secs(secs))
+        .expect("finished in time instead of hanging")
+}
+
+#[test]
+fn idx_sets_of_empty_images_or_no_images_are_refused_naming_the_file() {
+    use vramlab_data::idx::encode as idx;
+    let root = tmp("idx-zero");
+    std::fs::write(root.join("train-images-idx3-ubyte"), idx(&[5, 0, 0], &[])).unwrap();
+    std::fs::write(root.join("train-labels-idx1-ubyte"), idx(&[5], &[0; 5])).unwrap();
+    let e = open(root.to_str().unwrap(), None, &Default::default())
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.ends_with(
+            "train-images-idx3-ubyte: images of 0x0 pixels: height and width must be at least 1"
+        ),
+        "{e}"
+    );
+    std::fs::write(root.join("train-images-idx3-ubyte"), idx(&[0, 28, 28], &[])).unwrap();
+    std::fs::write(root.join("train-labels-idx1-ubyte"), idx(&[0], &[])).unwrap();
+    let e = open(root.to_str().unwrap(), None, &Default::default())
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.ends_with(
+            "train-images-idx3-ubyte: no images: the train split is empty (dimensions [0, 28, 28])"
+        ),
+        "{e}"
+    );
+    std::fs::remove_dir_all(&root).ok();
+}
+
+#[cfg(unix)]
+fn mkfifo(path: &Path) -> bool {
+    std::process::Command::new("mkfifo")
+        .arg(path)
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
+#[cfg(unix)]
+#[test]
+fn a_fifo_named_like_a_data_file_is_refused_without_blocking() {
+    let root = folder_with_formats();
+    if !mkfifo(&root.join("cats/1.png")) {
+        eprintln!("skipped: no mkfifo");
+        return;
+    }
+    let r = root.clone();
+    let e = within(20, move || {
+        open(r.to_str().unwrap(), None, &Default::default())
+            .unwrap_err()
+            .to_string()
+    });
+    assert!(
+        e.ends_with(
+            "cats/1.png: not a regular file (a FIFO, socket or device): only regular files are read"
+        ),
+        "{e}"
+    );
+    // A CIFAR batch that is a FIFO, too.
+    let c10 = tmp("c10fifo");
+    write_cifar10(&c10, 1);
+    std::fs::remove_file(c10.join("data_batch_2.bin")).unwrap();
+    assert!(mkfifo(&c10.join("data_batch_2.bin")));
+    let c = c10.clone();
+    let e = within(20, move || {
+        open("cifar10", Some(&c), &Default::default())
+            .unwrap_err()
+            .to_string()
+    });
+    assert!(e.contains("data_batch_2.bin: not a regular file"), "{e}");
+    std::fs::remove_dir_all(&root).ok();
+    std::fs::remove_dir_all(&c10).ok();
+}
+
+#[test]
+fn a_resize_beyond_the_limit_is_an_error_not_an_abort() {
+    let root = folder_with_formats();
+    let opts = |resize: Vec<u32>| OpenOptions {
+        folder: FolderOptions {
+            resize: Some(resize),
+            ..Default::default()
+        },
+        ..Default::default()
+    };
+    let e = open(root.to_str().unwrap(), None, &opts(vec![u32::MAX]))
+        .unwrap_err()
+        .to_string();
+    assert_eq!(e, "--resize 4294967295: a size must be between 1 and 65536");
+    let e = open(root.to_str().unwrap(), None, &opts(vec![60000, 60000]))
+        .unwrap_err()
+        .to_string();
+    assert_eq!(
+        e,
+        "--resize 60000x60000 gives images of 60000x60000 pixels, larger than the limit of 65536 pixels a side and 64 megapixels"
+    );
+    // The shorter side of 6x8 images to 60000 makes the longer 80000: refused per image.
+    let e = open(root.to_str().unwrap(), None, &opts(vec![60000]))
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains(
+            ": --resize 60000 makes this 8x6 image 80000x60000 pixels, larger than the limit"
+        ),
+        "{e}"
+    );
+    std::fs::remove_dir_all(&root).ok();
+}
+
+#[test]
+fn a_grid_of_large_photos_is_made_of_bounded_thumbnails() {
+    let root = tmp("photos");
+    for class in ["a", "b"] {
+        std::fs::create_dir_all(root.join(class)).unwrap();
+        let img = image::RgbImage::from_pixel(4000, 3000, image::Rgb([30, 60, 90]));
+        save(&img, &root.join(class).join("photo.png"));
+    }
+    let ds = open(root.to_str().unwrap(), None, &Default::default()).unwrap();
+    assert_eq!(ds.shape, [3, 3000, 4000]);
+    // What `report --data` draws: 6 per class at scale 3 would be 72000 pixels wide.
+    let g = show::grid(&ds, &ds.train, 6, 3).unwrap();
+    // Label column 16 + 8*2 = 32 wide; cells 256x192 with a 4-pixel gap.
+    assert_eq!((g.width(), g.height()), (32 + 6 * 260, 2 * 196));
+    assert_eq!(g.get_pixel(32, 0).0, [30, 60, 90]);
+    // One sample at scale 8 is 32000x24000: refused.
+    let e = show::sample(&ds, &ds.train, 0, 8).unwrap_err().to_string();
+    assert_eq!(
+        e,
+        "a 4000x3000 image at --scale 8 would be 32000x24000 pixels, larger than the limit of 65536 pixels a side and 64 megapixels"
+    );
+    std::fs::remove_dir_all(&root).ok();
+}
+
+#[test]
+fn a_long_thin_idx_image_at_a_large_scale_is_refused() {
+    use vramlab_data::idx::encode as idx;
+    let root = tmp("thin");
+    std::fs::write(
+        root.join("train-images-idx3-ubyte"),
+        idx(&[1, 1, 4_000_000], &vec![9u8; 4_000_000]),
+    )
+    .unwrap();
+    std::fs::write(root.join("train-labels-idx1-ubyte"), idx(&[1], &[0])).unwrap();
+    let ds = open(root.to_str().unwrap(), None, &Default::default()).unwrap();
+    let e = show::sample(&ds, &ds.train, 0, 64).unwrap_err().to_string();
+    assert_eq!(
+        e,
+        "a 4000000x1 image at --scale 64 would be 256000000x64 pixels, larger than the limit of 65536 pixels a side and 64 megapixels"
+    );
+    // The grid shrinks it into one cell: 256x1.
+    let g = show::grid(&ds, &ds.train, 1, 4).unwrap();
+    assert_eq!((g.width(), g.height()), (16 + 16 + 260, 20));
+    std::fs::remove_dir_all(&root).ok();
+}
+
+#[test]
+fn an_image_claiming_huge_dimensions_is_an_error_naming_the_file() {
+    let root = folder_with_formats();
+    // A valid 1x1 PNG whose header then claims 100000x100000.
+    let mut png = Vec::new();
+    image::RgbImage::new(1, 1)
+        .write_to(&mut std::io::Cursor::new(&mut png), image::ImageFormat::Png)
+        .unwrap();
+    png[16..20].copy_from_slice(&100_000u32.to_be_bytes());
+    png[20..24].copy_from_slice(&100_000u32.to_be_bytes());
+    let mut crc = flate2::Crc::new();
+    crc.update(&png[12..29]);
+    png[29..33].copy_from_slice(&crc.sum().to_be_bytes());
+    std::fs::write(root.join("cats/huge.png"), &png).unwrap();
+    let e = open(root.to_str().unwrap(), None, &Default::default())
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("huge.png: cannot decode the image"), "{e}");
+    std::fs::remove_dir_all(&root).ok();
 }
