@@ -15,9 +15,7 @@ mod train_cmd;
 
 use clap::{Args, Parser, Subcommand};
 use vramlab_graph::{parse_shape, ModelOptions, Shaped};
-use vramlab_memory::{
-    Mode, Optimizer, OptimizerImpl, OptimizerKind, PlanConfig, Precision, Profile,
-};
+use vramlab_memory::{Mode, OptimizerImpl, PlanConfig, Precision, Profile};
 
 /// A user-facing error: printed as `error: ...`, exit code 2.
 #[derive(Debug)]
@@ -93,7 +91,7 @@ enum Command {
     /// Image datasets: info, stats, show, fetch.
     #[command(subcommand)]
     Data(data_cmd::DataCommand),
-    /// Benchmarks: the data loader.
+    /// Benchmarks: the data loader and the training engine.
     #[command(subcommand)]
     Bench(BenchCommand),
     /// List the GPU catalog (name and memory).
@@ -191,41 +189,20 @@ impl PlanArgs {
     pub fn config(&self, batch_size: u64) -> Result<PlanConfig> {
         let mut cfg = PlanConfig::new(batch_size);
         cfg.profile = Profile::parse(&self.profile)?;
-        let kind = OptimizerKind::parse(&self.optimizer)?;
-        cfg.optimizer = Optimizer {
-            kind,
-            momentum: self.momentum,
-            nesterov: self.nesterov,
-            amsgrad: self.amsgrad,
-            centered: self.centered,
-            weight_decay: self.weight_decay,
-            implementation: self
-                .optimizer_impl
-                .as_deref()
-                .map(OptimizerImpl::parse)
-                .transpose()?,
-        };
-        if self.momentum < 0.0 || !self.momentum.is_finite() {
-            return Err(UserError(format!(
-                "--momentum must be 0 or more, got {}",
-                self.momentum
-            )));
-        }
-        if self.momentum != 0.0 && !matches!(kind, OptimizerKind::Sgd | OptimizerKind::RmsProp) {
-            return Err(UserError(format!(
-                "--momentum applies to sgd and rmsprop, not {}",
-                self.optimizer
-            )));
-        }
-        if self.amsgrad && !matches!(kind, OptimizerKind::Adam | OptimizerKind::AdamW) {
-            return Err(UserError("--amsgrad applies to adam and adamw".into()));
-        }
-        if self.centered && kind != OptimizerKind::RmsProp {
-            return Err(UserError("--centered applies to rmsprop".into()));
-        }
-        if self.nesterov && kind != OptimizerKind::Sgd {
-            return Err(UserError("--nesterov applies to sgd".into()));
-        }
+        // One validation for every command that takes optimizer options.
+        cfg.optimizer = train_cmd::planner_optimizer(
+            &self.optimizer,
+            self.momentum,
+            self.nesterov,
+            self.amsgrad,
+            self.centered,
+            self.weight_decay,
+        )?;
+        cfg.optimizer.implementation = self
+            .optimizer_impl
+            .as_deref()
+            .map(OptimizerImpl::parse)
+            .transpose()?;
         cfg.precision = Precision::parse(&self.precision)?;
         cfg.mode = match self.mode.as_str() {
             "train" => Mode::Train,
@@ -256,7 +233,20 @@ impl PlanArgs {
     }
 }
 
+/// A closed stdout (`vramlab models --json | head -c 600`) ends the program quietly, as
+/// in other Unix tools: Rust ignores SIGPIPE, so every print would otherwise fail with
+/// "Broken pipe" and panic.
+fn restore_default_sigpipe() {
+    #[cfg(unix)]
+    // SAFETY: called first thing in main, before any thread exists; SIG_DFL is a valid
+    // disposition for SIGPIPE.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+    }
+}
+
 fn main() {
+    restore_default_sigpipe();
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Tour(a) => tour::run(&a),
@@ -287,4 +277,74 @@ fn main() {
 pub fn print_json<T: serde::Serialize>(v: &T) -> Result<()> {
     println!("{}", serde_json::to_string_pretty(v)?);
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Cli;
+    use clap::CommandFactory;
+
+    /// Every leaf command, with its path (`bench train`).
+    fn leaves(cmd: &clap::Command, path: String, out: &mut Vec<(String, clap::Command)>) {
+        let subs: Vec<_> = cmd.get_subcommands().collect();
+        if subs.is_empty() {
+            out.push((path.clone(), cmd.clone()));
+        }
+        for s in subs {
+            let p = format!("{path} {}", s.get_name()).trim().to_string();
+            leaves(s, p, out);
+        }
+    }
+
+    #[test]
+    fn every_option_of_every_command_has_a_description() {
+        let mut all = Vec::new();
+        leaves(&Cli::command(), String::new(), &mut all);
+        let mut missing = Vec::new();
+        for (path, cmd) in &all {
+            for arg in cmd.get_arguments() {
+                let id = arg.get_id().as_str();
+                if id == "help" || id == "version" {
+                    continue;
+                }
+                if arg.get_help().is_none() {
+                    missing.push(format!("{path} {id}"));
+                }
+            }
+        }
+        assert!(missing.is_empty(), "options without help: {missing:?}");
+        assert!(all.len() >= 17, "{}", all.len());
+    }
+
+    #[test]
+    fn every_command_has_an_example_in_its_help() {
+        let mut all = Vec::new();
+        leaves(&Cli::command(), String::new(), &mut all);
+        for (path, cmd) in &all {
+            let after = cmd
+                .get_after_help()
+                .map(|s| s.to_string())
+                .unwrap_or_default();
+            assert!(
+                after.contains(&format!("vramlab {path}")),
+                "`vramlab {path} --help` shows no example: {after:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn every_command_that_prints_results_takes_json() {
+        let mut all = Vec::new();
+        leaves(&Cli::command(), String::new(), &mut all);
+        for (path, cmd) in &all {
+            // show writes images, tour is the lesson as prose, report writes HTML.
+            if ["tour", "data show", "report"].contains(&path.as_str()) {
+                continue;
+            }
+            assert!(
+                cmd.get_arguments().any(|a| a.get_id() == "json"),
+                "`vramlab {path}` has no --json"
+            );
+        }
+    }
 }

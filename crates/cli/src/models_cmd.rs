@@ -72,9 +72,10 @@ pub fn models(a: &ModelsArgs) -> Result<()> {
 pub struct SummaryArgs {
     #[command(flatten)]
     model: ModelArgs,
-    /// Batch size for the bytes kept for backward.
-    #[arg(long, short = 'b', default_value_t = 1, value_name = "N")]
-    batch_size: u64,
+    /// Batch size for the bytes kept for backward (default 1, or 2 where BatchNorm in
+    /// training needs more than one value per channel, as PyTorch does).
+    #[arg(long, short = 'b', value_name = "N")]
+    batch_size: Option<u64>,
     /// pytorch-cuda or pytorch-cpu: what backward keeps (dropout masks differ).
     #[arg(long, default_value = "pytorch-cuda")]
     profile: String,
@@ -99,6 +100,9 @@ struct Summary {
     model: String,
     input_shape: Vec<usize>,
     batch_size: u64,
+    /// Why the batch is not the one asked for (BatchNorm needs 2), if so.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    batch_note: Option<String>,
     num_params: u128,
     param_bytes: u128,
     buffer_bytes: u128,
@@ -109,14 +113,34 @@ struct Summary {
 
 pub fn summary(a: &SummaryArgs) -> Result<()> {
     let g = a.model.load()?;
-    let mut cfg = PlanConfig::new(a.batch_size);
-    cfg.profile = Profile::parse(&a.profile)?;
-    if cfg.profile == Profile::Native {
+    let profile = Profile::parse(&a.profile)?;
+    if profile == Profile::Native {
         return Err(UserError(
             "summary supports the pytorch-cuda and pytorch-cpu profiles".into(),
         ));
     }
-    let saved = saved_for_backward(&g, &cfg)?;
+    if a.batch_size == Some(0) {
+        return Err(UserError("--batch-size must be at least 1".into()));
+    }
+    let config = |b: u64| {
+        let mut cfg = PlanConfig::new(b);
+        cfg.profile = profile;
+        cfg
+    };
+    // Without -b, batch 1 is the natural unit; where PyTorch's BatchNorm refuses it (one
+    // value per channel in training), batch 2 is what a user would run, and we say so.
+    let (cfg, saved, note) = match (a.batch_size, saved_for_backward(&g, &config(1))) {
+        (Some(b), _) => (config(b), saved_for_backward(&g, &config(b))?, None),
+        (None, Ok(saved)) => (config(1), saved, None),
+        (None, Err(vramlab_memory::PlanError::Framework { layer, .. })) => (
+            config(2),
+            saved_for_backward(&g, &config(2))?,
+            Some(format!(
+                "batch 2, since at batch 1 layer `{layer}` would see one value per channel and PyTorch's BatchNorm refuses that in training; -b N to choose"
+            )),
+        ),
+        (None, Err(e)) => return Err(e.into()),
+    };
     let mut layers = Vec::new();
     for (i, n) in g.nodes().iter().enumerate().skip(1) {
         layers.push(LayerRow {
@@ -131,7 +155,8 @@ pub fn summary(a: &SummaryArgs) -> Result<()> {
     let s = Summary {
         model: g.graph.name.clone(),
         input_shape: g.graph.input_shape.clone(),
-        batch_size: a.batch_size,
+        batch_size: cfg.batch_size,
+        batch_note: note.clone(),
         num_params: g.num_params(),
         param_bytes: g.params().iter().map(|p| p.bytes()).sum(),
         buffer_bytes: g.buffer_bytes(),
@@ -149,6 +174,9 @@ pub fn summary(a: &SummaryArgs) -> Result<()> {
         s.batch_size,
         cfg.profile.name()
     );
+    if let Some(n) = &note {
+        println!("({n})");
+    }
     let mut t = Table::new(
         &[
             "layer",

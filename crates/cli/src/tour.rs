@@ -202,7 +202,7 @@ fn render(j: &TourJson, l: Lang) -> String {
     o.push('\n');
     line(
         &mut o,
-        tr(l, "3. The lesson's numbers (MB = 1024*1024 B, KB = 1024 B)"),
+        tr(l, "3. The lesson's numbers, as it prints them: its MB is 1024*1024 B (a MiB) and its KB 1024 B (a KiB); the rest of vramlab writes MiB and KiB"),
     );
     o.push('\n');
     for s in &j.lesson_lines {

@@ -1,0 +1,102 @@
+//! Hostile and careless use of the binary as a whole: closed pipes, help, wide tables.
+
+use std::process::{Command, Stdio};
+
+fn vramlab() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_vramlab"))
+}
+
+#[test]
+fn a_closed_stdout_ends_the_program_quietly() {
+    // `vramlab models --json | head -c 0`: the reader is gone before the first write.
+    for args in [
+        &["models", "--json"][..],
+        &["summary", "resnet50"][..],
+        &["memory", "resnet18", "--json"][..],
+        &["gpus"][..],
+    ] {
+        let mut child = vramlab()
+            .args(args)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn vramlab");
+        drop(child.stdout.take());
+        let out = child.wait_with_output().expect("wait");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(stderr.is_empty(), "{args:?}: {stderr}");
+        // Killed by SIGPIPE (as `cat` is) or done before noticing: never exit 101.
+        assert_ne!(out.status.code(), Some(101), "{args:?}");
+    }
+}
+
+#[test]
+fn summary_of_a_batchnorm_model_at_a_small_input_works_at_its_default_batch() {
+    let out = vramlab()
+        .args([
+            "summary",
+            "resnet18",
+            "--input",
+            "3x32x32",
+            "--num-classes",
+            "10",
+        ])
+        .output()
+        .expect("run");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        stdout.contains("batch 2 for the bytes kept for backward"),
+        "{stdout}"
+    );
+    assert!(stdout.contains("layer4.0.bn1"), "{stdout}");
+    assert!(stdout.contains("11,181,642"), "{stdout}");
+    // An explicit batch 1 is PyTorch's error, named.
+    let out = vramlab()
+        .args(["summary", "resnet18", "--input", "3x32x32", "-b", "1"])
+        .output()
+        .expect("run");
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("Expected more than 1 value per channel"));
+}
+
+#[test]
+fn the_memory_table_fits_an_80_column_terminal() {
+    for lang in ["en", "zh"] {
+        let out = vramlab()
+            .args(["memory", "resnet50", "--lang", lang])
+            .env("COLUMNS", "80")
+            .output()
+            .expect("run");
+        assert!(out.status.success());
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        let table: Vec<&str> = stdout
+            .lines()
+            .skip(2)
+            .take_while(|l| !l.is_empty())
+            .collect();
+        assert!(table.len() > 9, "{stdout}");
+        for l in table {
+            let w: usize = l
+                .chars()
+                .map(|c| if (c as u32) >= 0x2E80 { 2 } else { 1 })
+                .sum();
+            assert!(w <= 80, "{lang}: {w} columns: {l}");
+        }
+    }
+}
+
+#[test]
+fn bench_help_names_both_benchmarks() {
+    let out = vramlab().args(["bench", "--help"]).output().expect("run");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        stdout.contains("loader") && stdout.contains("train"),
+        "{stdout}"
+    );
+    assert!(stdout.contains("training engine"), "{stdout}");
+}
