@@ -187,3 +187,303 @@ fn planned_data_batch_equals_the_loaders_batch() {
     }
     std::fs::remove_dir_all(&root).ok();
 }
+
+fn idx_set(dir: &Path, dims: &[usize], labels: usize) {
+    use vramlab_data::idx::encode;
+    let n: usize = dims.iter().product();
+    std::fs::write(
+        dir.join("train-images-idx3-ubyte"),
+        encode(dims, &vec![7u8; n]),
+    )
+    .unwrap();
+    std::fs::write(
+        dir.join("train-labels-idx1-ubyte"),
+        encode(&[labels], &vec![0u8; labels]),
+    )
+    .unwrap();
+}
+
+fn fails_with(args: &[&str], expected: &str) {
+    let o = vramlab(args);
+    let e = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(2), "{args:?}: {e}");
+    assert!(e.contains(expected), "{args:?}: {e}");
+    assert_eq!(e.lines().count(), 1, "one line: {e}");
+}
+
+#[test]
+fn idx_sets_of_0x0_images_or_no_images_are_clear_errors_in_every_command() {
+    let zero = tmp("zero");
+    idx_set(&zero, &[5, 0, 0], 5);
+    let empty = tmp("empty");
+    idx_set(&empty, &[0, 28, 28], 0);
+    for (dir, msg) in [
+        (
+            &zero,
+            "train-images-idx3-ubyte: images of 0x0 pixels: height and width must be at least 1",
+        ),
+        (
+            &empty,
+            "train-images-idx3-ubyte: no images: the train split is empty",
+        ),
+    ] {
+        let d = dir.to_str().unwrap();
+        fails_with(&["data", "stats", d], msg);
+        fails_with(&["data", "info", d], msg);
+        fails_with(&["bench", "loader", "--data", d], msg);
+        fails_with(
+            &[
+                "sweep",
+                "lenet5",
+                "--data",
+                d,
+                "--epochs",
+                "1",
+                "--batch-sizes",
+                "2",
+            ],
+            msg,
+        );
+    }
+    std::fs::remove_dir_all(&zero).ok();
+    std::fs::remove_dir_all(&empty).ok();
+}
+
+#[test]
+fn sizes_beyond_the_limits_are_errors_not_aborts() {
+    let dir = tmp("folder");
+    for class in ["a", "b"] {
+        std::fs::create_dir_all(dir.join(class)).unwrap();
+        image::RgbImage::new(8, 6)
+            .save(dir.join(class).join("x.png"))
+            .unwrap();
+    }
+    let d = dir.to_str().unwrap();
+    fails_with(
+        &["data", "info", d, "--resize", "4294967295"],
+        "--resize 4294967295: a size must be between 1 and 65536",
+    );
+    let thin = tmp("thin");
+    idx_set(&thin, &[1, 1, 4_000_000], 1);
+    let out = thin.join("x.png");
+    fails_with(
+        &[
+            "data",
+            "show",
+            thin.to_str().unwrap(),
+            "--index",
+            "0",
+            "--scale",
+            "64",
+            "--out",
+            out.to_str().unwrap(),
+        ],
+        "a 4000000x1 image at --scale 64 would be 256000000x64 pixels, larger than the limit",
+    );
+    assert!(!out.exists());
+    std::fs::remove_dir_all(&dir).ok();
+    std::fs::remove_dir_all(&thin).ok();
+}
+
+#[test]
+fn a_report_on_a_folder_of_large_photos_shows_thumbnails() {
+    let dir = tmp("photos");
+    for class in ["a", "b"] {
+        std::fs::create_dir_all(dir.join(class)).unwrap();
+        image::RgbImage::from_pixel(4000, 3000, image::Rgb([1, 2, 3]))
+            .save(dir.join(class).join("photo.jpg"))
+            .unwrap();
+    }
+    let out = dir.join("r.html");
+    let o = vramlab(&[
+        "report",
+        "lenet5",
+        "--data",
+        dir.to_str().unwrap(),
+        "--memory",
+        "8GiB",
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let html = std::fs::read_to_string(&out).unwrap();
+    assert!(
+        html.contains("3×3000×4000") || html.contains("3x3000x4000"),
+        "shape in the report"
+    );
+    std::fs::remove_dir_all(&dir).ok();
+}
+
+#[cfg(unix)]
+#[test]
+fn a_fifo_named_like_an_image_is_refused_without_hanging() {
+    let dir = tmp("fifo");
+    std::fs::create_dir_all(dir.join("a")).unwrap();
+    image::RgbImage::new(2, 2)
+        .save(dir.join("a/0.png"))
+        .unwrap();
+    let fifo = dir.join("a/1.png");
+    if !Command::new("mkfifo")
+        .arg(&fifo)
+        .status()
+        .is_ok_and(|s| s.success())
+    {
+        eprintln!("skipped: no mkfifo");
+        return;
+    }
+    let mut child = Command::new(env!("CARGO_BIN_EXE_vramlab"))
+        .args(["data", "info", dir.to_str().unwrap()])
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let status = wait_for(&mut child, 20).expect("no hang");
+    assert_eq!(status.code(), Some(2));
+    let mut e = String::new();
+    std::io::Read::read_to_string(child.stderr.as_mut().unwrap(), &mut e).unwrap();
+    assert!(
+        e.contains("1.png: not a regular file (a FIFO, socket or device)"),
+        "{e}"
+    );
+    std::fs::remove_dir_all(&dir).ok();
+}
+
+/// Waits up to `secs` for a child; kills it and returns None if it is still running.
+fn wait_for(child: &mut std::process::Child, secs: u64) -> Option<std::process::ExitStatus> {
+    let end = std::time::Instant::now() + std::time::Duration::from_secs(secs);
+    while std::time::Instant::now() < end {
+        if let Some(s) = child.try_wait().unwrap() {
+            return Some(s);
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    None
+}
+
+/// A local server on 127.0.0.1 for one request: `answer` gets the connection.
+fn serve(answer: impl FnOnce(std::net::TcpStream) + Send + 'static) -> String {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    std::thread::spawn(move || {
+        if let Some(Ok(s)) = listener.incoming().next() {
+            answer(s);
+        }
+    });
+    format!("http://{addr}/")
+}
+
+fn read_request(s: &mut std::net::TcpStream) {
+    let mut req = [0u8; 4096];
+    let _ = std::io::Read::read(s, &mut req);
+}
+
+fn listing(dir: &Path) -> Vec<String> {
+    std::fs::read_dir(dir)
+        .map(|r| {
+            r.map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+#[test]
+fn fetch_cuts_an_endless_body_and_leaves_nothing() {
+    use std::io::Write;
+    let url = serve(|mut s| {
+        read_request(&mut s);
+        let _ = s.write_all(b"HTTP/1.1 200 OK\r\nConnection: close\r\n\r\n");
+        let chunk = vec![0u8; 1 << 16];
+        while s.write_all(&chunk).is_ok() {}
+    });
+    let root = tmp("endless");
+    let start = std::time::Instant::now();
+    fails_with(
+        &[
+            "data",
+            "fetch",
+            "mnist",
+            "--root",
+            root.to_str().unwrap(),
+            "--mirror",
+            &url,
+        ],
+        "bytes expected of train-images-idx3-ubyte.gz; nothing was kept",
+    );
+    assert!(start.elapsed() < std::time::Duration::from_secs(30));
+    assert!(listing(&root).is_empty(), "{:?}", listing(&root));
+    std::fs::remove_dir_all(&root).ok();
+}
+
+#[test]
+fn fetch_gives_up_a_silent_server_after_the_timeout() {
+    let (tx, rx) = std::sync::mpsc::channel::<()>();
+    let url = serve(move |s| {
+        let _ = rx.recv_timeout(std::time::Duration::from_secs(60));
+        drop(s);
+    });
+    let root = tmp("silent");
+    let start = std::time::Instant::now();
+    fails_with(
+        &[
+            "data",
+            "fetch",
+            "mnist",
+            "--root",
+            root.to_str().unwrap(),
+            "--mirror",
+            &url,
+            "--timeout",
+            "1",
+        ],
+        "timed out waiting for the server to answer: nothing for 1 s",
+    );
+    assert!(start.elapsed() < std::time::Duration::from_secs(15));
+    drop(tx);
+    assert!(listing(&root).is_empty(), "{:?}", listing(&root));
+    std::fs::remove_dir_all(&root).ok();
+}
+
+#[cfg(unix)]
+#[test]
+fn ctrl_c_during_fetch_removes_the_partial_file() {
+    use std::io::Write;
+    let (tx, rx) = std::sync::mpsc::channel::<()>();
+    let url = serve(move |mut s| {
+        read_request(&mut s);
+        let _ = s.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 9912422\r\n\r\n");
+        let _ = s.write_all(&[0u8; 50_000]);
+        let _ = s.flush();
+        let _ = rx.recv_timeout(std::time::Duration::from_secs(60));
+    });
+    let root = tmp("ctrlc");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_vramlab"))
+        .args([
+            "data",
+            "fetch",
+            "mnist",
+            "--root",
+            root.to_str().unwrap(),
+            "--mirror",
+            &url,
+        ])
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    // Wait for the partial file, then interrupt.
+    let end = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while !listing(&root).iter().any(|f| f.contains(".part-")) {
+        assert!(std::time::Instant::now() < end, "no partial file appeared");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    let killed = Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(killed.success());
+    let status = wait_for(&mut child, 20).expect("exits after Ctrl-C");
+    drop(tx);
+    assert_eq!(status.code(), Some(130));
+    assert!(listing(&root).is_empty(), "{:?}", listing(&root));
+    std::fs::remove_dir_all(&root).ok();
+}
