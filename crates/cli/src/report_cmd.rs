@@ -24,6 +24,7 @@ pub struct ReportArgs {
     /// A dataset to show samples of (as for `data info`).
     #[arg(long = "data")]
     dataset: Option<String>,
+    /// Folder with the dataset's files (as for `data info`).
     #[arg(long, value_name = "DIR")]
     root: Option<PathBuf>,
     /// A card from `vramlab gpus` for the batch-size curve.
@@ -32,6 +33,7 @@ pub struct ReportArgs {
     /// Or the card's memory, e.g. 24GiB.
     #[arg(long, value_name = "SIZE")]
     memory: Option<String>,
+    /// Share of the card the batch-size curve may use (the lesson's 80 %).
     #[arg(long, default_value_t = 0.8)]
     fraction: f64,
     /// Batch size for the memory breakdown.
@@ -94,6 +96,7 @@ fn table(head: &[String], rows: &[Vec<String>]) -> String {
 }
 
 pub fn report(a: &ReportArgs) -> Result<()> {
+    crate::plot::check_output(&a.out, "--out")?;
     let l = a.lang;
     let g = a.model.load()?;
     let cfg = a.plan.config(a.batch_size)?;
@@ -292,6 +295,7 @@ pub fn report(a: &ReportArgs) -> Result<()> {
             model: g.graph.name.clone(),
             input_shape: g.graph.input_shape.clone(),
             gpu: label,
+            memory_as_given: a.memory.clone(),
             profile: cfg.profile.name(),
             optimizer: cfg.optimizer.describe(),
             precision: cfg.precision.name(),

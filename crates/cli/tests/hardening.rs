@@ -100,3 +100,27 @@ fn bench_help_names_both_benchmarks() {
     );
     assert!(stdout.contains("training engine"), "{stdout}");
 }
+
+#[test]
+fn an_unwritable_report_path_is_refused_before_any_work() {
+    let dir = std::env::temp_dir().join(format!("vramlab-out-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    for (out, why) in [
+        (dir.join("missing/r.html"), "No such file"),
+        (dir.clone(), "it is a folder"),
+    ] {
+        let t = std::time::Instant::now();
+        let o = vramlab()
+            .args(["report", "resnet50", "--gpu", "h100", "--out"])
+            .arg(&out)
+            .output()
+            .expect("run");
+        let stderr = String::from_utf8_lossy(&o.stderr);
+        assert_eq!(o.status.code(), Some(2), "{stderr}");
+        assert!(stderr.contains("--out") && stderr.contains(why), "{stderr}");
+        assert_eq!(stderr.lines().count(), 1, "{stderr}");
+        assert!(t.elapsed().as_secs() < 5);
+    }
+    assert_eq!(std::fs::read_dir(&dir).expect("dir").count(), 0);
+    std::fs::remove_dir_all(&dir).ok();
+}
