@@ -24,27 +24,132 @@ static INTERRUPTED: AtomicBool = AtomicBool::new(false);
 
 #[derive(Args, Clone)]
 pub struct OptimArgs {
-    /// sgd, adam, adamw, rmsprop or adagrad.
-    #[arg(long, default_value = "adam")]
-    pub optimizer: String,
-    /// Learning rate (default: PyTorch's for the optimizer).
+    /// sgd, adam, adamw, rmsprop or adagrad (default adam; with --resume, the
+    /// checkpoint's).
+    #[arg(long)]
+    pub optimizer: Option<String>,
+    /// Learning rate (default: PyTorch's for the optimizer; with --resume, the
+    /// checkpoint's).
     #[arg(long)]
     pub lr: Option<f32>,
-    #[arg(long, default_value_t = 0.0)]
-    pub momentum: f32,
+    /// Momentum (SGD, RMSprop), 0 or more.
+    #[arg(long)]
+    pub momentum: Option<f32>,
+    /// Nesterov momentum (SGD, needs --momentum).
     #[arg(long)]
     pub nesterov: bool,
+    /// AMSGrad (Adam, AdamW): a third state tensor.
     #[arg(long)]
     pub amsgrad: bool,
+    /// Centered RMSprop: one more state tensor.
     #[arg(long)]
     pub centered: bool,
+    /// Weight decay, 0 or more (default: PyTorch's, 0 or 0.01 for AdamW).
     #[arg(long)]
     pub weight_decay: Option<f32>,
 }
 
+/// The planner's optimizer from command-line options, checked as one: the `memory`,
+/// `fit`, `train`, `sweep` and `bench train` commands all refuse the same options with
+/// the same words.
+pub fn planner_optimizer(
+    name: &str,
+    momentum: f64,
+    nesterov: bool,
+    amsgrad: bool,
+    centered: bool,
+    weight_decay: Option<f64>,
+) -> Result<Optimizer> {
+    let kind = OptimizerKind::parse(name)?;
+    if momentum < 0.0 || !momentum.is_finite() {
+        return Err(UserError(format!(
+            "--momentum must be 0 or more, got {momentum}"
+        )));
+    }
+    if momentum != 0.0 && !matches!(kind, OptimizerKind::Sgd | OptimizerKind::RmsProp) {
+        return Err(UserError(format!(
+            "--momentum applies to sgd and rmsprop, not {name}"
+        )));
+    }
+    if amsgrad && !matches!(kind, OptimizerKind::Adam | OptimizerKind::AdamW) {
+        return Err(UserError("--amsgrad applies to adam and adamw".into()));
+    }
+    if centered && kind != OptimizerKind::RmsProp {
+        return Err(UserError("--centered applies to rmsprop".into()));
+    }
+    if nesterov && kind != OptimizerKind::Sgd {
+        return Err(UserError("--nesterov applies to sgd".into()));
+    }
+    if nesterov && momentum <= 0.0 {
+        return Err(UserError(
+            "--nesterov requires --momentum greater than 0".into(),
+        ));
+    }
+    if let Some(w) = weight_decay {
+        if w < 0.0 || !w.is_finite() {
+            return Err(UserError(format!(
+                "--weight-decay must be 0 or more, got {w}"
+            )));
+        }
+    }
+    Ok(Optimizer {
+        kind,
+        momentum,
+        nesterov,
+        amsgrad,
+        centered,
+        weight_decay,
+        implementation: None,
+    })
+}
+
+/// The planner's optimizer for the engine's (a resumed checkpoint's).
+fn planner_optimizer_of(c: &OptimizerConfig) -> Result<Optimizer> {
+    let (momentum, nesterov, amsgrad, centered, weight_decay) = match *c {
+        OptimizerConfig::Sgd {
+            momentum,
+            nesterov,
+            weight_decay,
+            ..
+        } => (momentum, nesterov, false, false, weight_decay),
+        OptimizerConfig::Adam {
+            amsgrad,
+            weight_decay,
+            ..
+        } => (0.0, false, amsgrad, false, weight_decay),
+        OptimizerConfig::RmsProp {
+            momentum,
+            centered,
+            weight_decay,
+            ..
+        } => (momentum, false, false, centered, weight_decay),
+        OptimizerConfig::Adagrad { weight_decay, .. } => (0.0, false, false, false, weight_decay),
+    };
+    planner_optimizer(
+        c.name(),
+        momentum as f64,
+        nesterov,
+        amsgrad,
+        centered,
+        Some(weight_decay as f64),
+    )
+}
+
 impl OptimArgs {
+    /// `--optimizer`, or adam.
+    pub fn name(&self) -> &str {
+        self.optimizer.as_deref().unwrap_or("adam")
+    }
+
     pub fn engine(&self) -> Result<OptimizerConfig> {
-        let mut c = OptimizerConfig::named(&self.optimizer, self.lr)?;
+        self.planner()?;
+        if let Some(lr) = self.lr {
+            if lr <= 0.0 || !lr.is_finite() {
+                return Err(UserError(format!("--lr must be positive, got {lr}")));
+            }
+        }
+        let mut c = OptimizerConfig::named(self.name(), self.lr)?;
+        let m = self.momentum.unwrap_or(0.0);
         match &mut c {
             OptimizerConfig::Sgd {
                 momentum,
@@ -52,15 +157,10 @@ impl OptimArgs {
                 weight_decay,
                 ..
             } => {
-                *momentum = self.momentum;
+                *momentum = m;
                 *nesterov = self.nesterov;
                 if let Some(w) = self.weight_decay {
                     *weight_decay = w;
-                }
-                if self.nesterov && self.momentum <= 0.0 {
-                    return Err(UserError(
-                        "--nesterov requires --momentum greater than 0".into(),
-                    ));
                 }
             }
             OptimizerConfig::Adam {
@@ -79,7 +179,7 @@ impl OptimArgs {
                 weight_decay,
                 ..
             } => {
-                *momentum = self.momentum;
+                *momentum = m;
                 *centered = self.centered;
                 if let Some(w) = self.weight_decay {
                     *weight_decay = w;
@@ -91,25 +191,118 @@ impl OptimArgs {
                 }
             }
         }
-        if c.lr() <= 0.0 || !c.lr().is_finite() {
-            return Err(UserError(format!("--lr must be positive, got {}", c.lr())));
-        }
+        c.validate().map_err(UserError)?;
         Ok(c)
     }
 
     /// The same optimizer for the planner.
     pub fn planner(&self) -> Result<Optimizer> {
-        let kind = OptimizerKind::parse(&self.optimizer)?;
-        Ok(Optimizer {
-            kind,
-            momentum: self.momentum as f64,
-            nesterov: self.nesterov,
-            amsgrad: self.amsgrad,
-            centered: self.centered,
-            weight_decay: self.weight_decay.map(f64::from),
-            implementation: None,
-        })
+        planner_optimizer(
+            self.name(),
+            self.momentum.unwrap_or(0.0) as f64,
+            self.nesterov,
+            self.amsgrad,
+            self.centered,
+            self.weight_decay.map(f64::from),
+        )
     }
+
+    /// The optimizer to continue a checkpoint with: the checkpoint's own, with `--lr`
+    /// and `--weight-decay` applied when given; any other option given must agree with
+    /// it, since its state tensors were made by that optimizer.
+    fn resumed(&self, stored: &OptimizerConfig, ck: &std::path::Path) -> Result<OptimizerConfig> {
+        let given = self.optimizer.is_some()
+            || self.momentum.is_some()
+            || self.nesterov
+            || self.amsgrad
+            || self.centered;
+        if given {
+            let mut wanted = self.engine()?;
+            wanted.set_lr(stored.lr());
+            let mut same = stored.clone();
+            if let Some(w) = self.weight_decay {
+                set_weight_decay(&mut same, w);
+            }
+            let mut wanted_cmp = wanted.clone();
+            if self.weight_decay.is_none() {
+                set_weight_decay(&mut wanted_cmp, weight_decay_of(stored));
+            }
+            if wanted_cmp != same {
+                return Err(UserError(format!(
+                    "{}: the checkpoint was trained with {}; --resume continues with it, so \
+                     drop the optimizer options or give the same ones (only --lr and \
+                     --weight-decay may change)",
+                    ck.display(),
+                    describe_optimizer(stored)
+                )));
+            }
+        }
+        let mut c = stored.clone();
+        if let Some(lr) = self.lr {
+            if lr <= 0.0 || !lr.is_finite() {
+                return Err(UserError(format!("--lr must be positive, got {lr}")));
+            }
+            c.set_lr(lr);
+        }
+        if let Some(w) = self.weight_decay {
+            planner_optimizer(c.name(), 0.0, false, false, false, Some(w as f64))?;
+            set_weight_decay(&mut c, w);
+        }
+        Ok(c)
+    }
+}
+
+fn weight_decay_of(c: &OptimizerConfig) -> f32 {
+    match *c {
+        OptimizerConfig::Sgd { weight_decay, .. }
+        | OptimizerConfig::Adam { weight_decay, .. }
+        | OptimizerConfig::RmsProp { weight_decay, .. }
+        | OptimizerConfig::Adagrad { weight_decay, .. } => weight_decay,
+    }
+}
+
+fn set_weight_decay(c: &mut OptimizerConfig, w: f32) {
+    match c {
+        OptimizerConfig::Sgd { weight_decay, .. }
+        | OptimizerConfig::Adam { weight_decay, .. }
+        | OptimizerConfig::RmsProp { weight_decay, .. }
+        | OptimizerConfig::Adagrad { weight_decay, .. } => *weight_decay = w,
+    }
+}
+
+/// `adam (lr 0.001, weight decay 0)`, with the options that change its state.
+fn describe_optimizer(c: &OptimizerConfig) -> String {
+    let mut extra = String::new();
+    match *c {
+        OptimizerConfig::Sgd {
+            momentum, nesterov, ..
+        } => {
+            if momentum != 0.0 {
+                extra += &format!(", momentum {momentum}");
+            }
+            if nesterov {
+                extra += ", nesterov";
+            }
+        }
+        OptimizerConfig::Adam { amsgrad: true, .. } => extra += ", amsgrad",
+        OptimizerConfig::RmsProp {
+            momentum, centered, ..
+        } => {
+            if momentum != 0.0 {
+                extra += &format!(", momentum {momentum}");
+            }
+            if centered {
+                extra += ", centered";
+            }
+        }
+        _ => {}
+    }
+    format!(
+        "{} (lr {}, weight decay {}{extra})",
+        c.name(),
+        c.lr(),
+        weight_decay_of(c)
+    )
 }
 
 #[derive(Args)]
@@ -118,18 +311,23 @@ pub struct TrainArgs {
     pub model: String,
     #[command(flatten)]
     pub source: DataArg,
+    /// Epochs in all (with --resume, counting the checkpoint's).
     #[arg(long, default_value_t = 1)]
     pub epochs: usize,
+    /// Images per optimizer step.
     #[arg(long, short = 'b', default_value_t = 64)]
     pub batch_size: usize,
     #[command(flatten)]
     pub optim: OptimArgs,
+    /// Seed of the initial weights, the shuffling and the augmentation (with --resume,
+    /// the checkpoint's is used).
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
-    /// Threads (default: every core).
+    /// Threads (default: every core; at most 4 per core).
     #[arg(long)]
     pub threads: Option<usize>,
-    /// Stop after this many steps in all.
+    /// Stop after this many steps in all (at least 1); the checkpoint records the step
+    /// within the epoch, and --resume continues from it.
     #[arg(long)]
     pub max_steps: Option<usize>,
     /// Normalize with the training split's own mean and std (`auto`), none, or `MEAN,STD`.
@@ -139,12 +337,14 @@ pub struct TrainArgs {
     /// padding=4) and RandomHorizontalFlip() before ToTensor and Normalize.
     #[arg(long)]
     pub augment: bool,
-    /// Save a checkpoint here after each epoch (and on Ctrl-C).
+    /// Save a checkpoint here after each epoch, at --max-steps and on Ctrl-C (checked
+    /// for writing before training starts).
     #[arg(long, value_name = "FILE")]
     pub checkpoint: Option<PathBuf>,
-    /// Continue from a checkpoint.
+    /// Continue from a checkpoint: its weights, optimizer and state, epoch and step.
     #[arg(long, value_name = "FILE")]
     pub resume: Option<PathBuf>,
+    /// Print the result as JSON.
     #[arg(long)]
     pub json: bool,
 }
@@ -155,6 +355,7 @@ pub struct DataArg {
     /// fashion-mnist, mnist, cifar10, ... or a folder.
     #[arg(long = "data")]
     pub dataset: String,
+    /// Folder the dataset's files are in (default: the dataset cache).
     #[arg(long, value_name = "DIR")]
     pub root: Option<PathBuf>,
 }
@@ -171,22 +372,201 @@ impl DataArg {
         }
         .open()
     }
+
+    /// Opens the dataset and checks it has training images.
+    fn open_for_training(&self) -> Result<Dataset> {
+        let ds = self.open()?;
+        if ds.train.is_empty() {
+            return Err(UserError(format!(
+                "{}: the training split has no images",
+                ds.name
+            )));
+        }
+        Ok(ds)
+    }
 }
 
-/// `--threads`, or every core.
-fn threads_or_all(threads: Option<usize>) -> usize {
-    threads
-        .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
-        .max(1)
+/// The most threads `--threads` takes: 4 per core, and never more than 1024.
+fn max_threads() -> usize {
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    cores.saturating_mul(4).min(1024)
+}
+
+/// `--threads` (checked), or every core.
+fn threads_or_all(threads: Option<usize>) -> Result<usize> {
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    match threads {
+        None => Ok(cores.min(1024)),
+        Some(0) => Err(UserError("--threads must be at least 1, got 0".into())),
+        Some(t) if t > max_threads() => Err(UserError(format!(
+            "--threads {t}: at most {} on this machine ({cores} cores, 4 threads per core)",
+            max_threads()
+        ))),
+        Some(t) => Ok(t),
+    }
+}
+
+/// `--max-steps` and `--samples`: when given, at least 1.
+fn at_least_one(option: &str, v: Option<usize>) -> Result<()> {
+    if v == Some(0) {
+        return Err(UserError(format!("{option} must be at least 1, got 0")));
+    }
+    Ok(())
+}
+
+/// The memory this machine can give now (`MemAvailable` of /proc/meminfo), if known.
+fn available_memory() -> Option<u128> {
+    use std::io::Read;
+    let mut text = String::new();
+    std::fs::File::open("/proc/meminfo")
+        .ok()?
+        .take(64 * 1024)
+        .read_to_string(&mut text)
+        .ok()?;
+    let line = text.lines().find(|l| l.starts_with("MemAvailable:"))?;
+    let kib: u128 = line.split_whitespace().nth(1)?.parse().ok()?;
+    kib.checked_mul(1024)
+}
+
+/// Refuses, before anything is allocated, a step whose planned peak (the planner's
+/// `native` profile, which the engine matches to the byte) exceeds the memory free now,
+/// or the address space where that is unknown.
+fn check_fits_in_memory(planned_peak: u128, what: &str) -> Result<()> {
+    let (limit, source) = match available_memory() {
+        Some(m) => (m, "available on this machine (MemAvailable)"),
+        None => (isize::MAX as u128, "a process can address"),
+    };
+    if planned_peak > limit {
+        return Err(UserError(format!(
+            "{what} needs {} at its peak (the planner's native profile), more than the {} \
+             {source}; use a smaller batch",
+            bytes(planned_peak),
+            bytes(limit)
+        )));
+    }
+    Ok(())
+}
+
+/// The planner's peak for the engine's step, checked against free memory.
+fn planned_step(
+    g: &Shaped,
+    batch: usize,
+    optimizer: Optimizer,
+    threads: usize,
+    what: &str,
+) -> Result<vramlab_memory::MemoryReport> {
+    let mut pcfg = PlanConfig::new(batch as u64);
+    pcfg.profile = Profile::Native;
+    pcfg.optimizer = optimizer;
+    pcfg.threads = threads;
+    let planned = plan(g, &pcfg)?;
+    check_fits_in_memory(planned.peak_bytes, what)?;
+    Ok(planned)
+}
+
+/// Where a model comes from, as a checkpoint records it: a zoo name, or a model file's
+/// whole text (so that loading a checkpoint never opens a path its metadata names).
+enum ModelSource {
+    Zoo(String),
+    File { name: String, text: String },
+}
+
+/// A model file is at most this large (a model file is a short list of layers).
+const MAX_MODEL_FILE_BYTES: u64 = 1 << 20;
+
+impl ModelSource {
+    fn of(name: &str) -> Result<ModelSource> {
+        if vramlab_graph::zoo::describe(name).is_some() {
+            return Ok(ModelSource::Zoo(name.to_string()));
+        }
+        let path = std::path::Path::new(name);
+        if !path.is_file() {
+            // Not a zoo name nor a file: the graph crate says which models exist.
+            vramlab_graph::load(name, &ModelOptions::default())?;
+            return Err(UserError(format!("{name}: not a model file")));
+        }
+        let mut text = String::new();
+        std::io::Read::read_to_string(
+            &mut std::io::Read::take(
+                std::fs::File::open(path)
+                    .map_err(|e| UserError(format!("{name}: cannot read the model file: {e}")))?,
+                MAX_MODEL_FILE_BYTES + 1,
+            ),
+            &mut text,
+        )
+        .map_err(|e| UserError(format!("{name}: cannot read the model file: {e}")))?;
+        if text.len() as u64 > MAX_MODEL_FILE_BYTES {
+            return Err(UserError(format!(
+                "{name}: a model file is at most {} bytes",
+                MAX_MODEL_FILE_BYTES
+            )));
+        }
+        Ok(ModelSource::File {
+            name: name.to_string(),
+            text,
+        })
+    }
+
+    /// The model from a checkpoint's metadata: a zoo name, or the embedded model file.
+    fn from_checkpoint(meta: &BTreeMap<String, String>, ck: &std::path::Path) -> Result<Self> {
+        let name = meta.get("model").ok_or_else(|| {
+            UserError(format!(
+                "{}: not a vramlab checkpoint (no `model` in its metadata)",
+                ck.display()
+            ))
+        })?;
+        if let Some(text) = meta.get("model_file") {
+            return Ok(ModelSource::File {
+                name: name.clone(),
+                text: text.clone(),
+            });
+        }
+        if vramlab_graph::zoo::describe(name).is_none() {
+            return Err(UserError(format!(
+                "{}: its metadata names the model {name:?}, which is not a zoo model, and it \
+                 carries no model file (the file was changed, or saved by an older vramlab)",
+                ck.display()
+            )));
+        }
+        Ok(ModelSource::Zoo(name.clone()))
+    }
+
+    fn build(&self, opts: &ModelOptions, origin: &str) -> Result<Shaped> {
+        let mut g = match self {
+            ModelSource::Zoo(name) => vramlab_graph::zoo::build(name, opts)?,
+            ModelSource::File { text, .. } => vramlab_graph::model_file::parse(text, origin)
+                .map_err(|e| UserError(format!("{e}")))?,
+        };
+        if let Some(s) = &opts.input_shape {
+            g.input_shape = s.clone();
+        }
+        Ok(g.infer()?)
+    }
+
+    fn record(&self, m: &mut BTreeMap<String, String>) {
+        match self {
+            ModelSource::Zoo(name) => {
+                m.insert("model".into(), name.clone());
+            }
+            ModelSource::File { name, text } => {
+                m.insert("model".into(), name.clone());
+                m.insert("model_file".into(), text.clone());
+            }
+        }
+    }
 }
 
 /// Builds the model for a dataset: input and number of classes follow the data.
 pub fn model_for(name: &str, ds: &Dataset) -> Result<Shaped> {
+    model_source_for(&ModelSource::of(name)?, name, ds)
+}
+
+fn model_source_for(src: &ModelSource, name: &str, ds: &Dataset) -> Result<Shaped> {
     let opts = ModelOptions {
         num_classes: Some(ds.classes.len()),
         input_shape: Some(ds.shape.to_vec()),
     };
-    let g = vramlab_graph::load(name, &opts)?.infer()?;
+    let g = src.build(&opts, name)?;
     if g.num_classes() != ds.classes.len() {
         return Err(UserError(format!(
             "{name} predicts {} classes but {} has {}",
@@ -198,9 +578,31 @@ pub fn model_for(name: &str, ds: &Dataset) -> Result<Shaped> {
     Ok(g)
 }
 
+/// Checks a normalisation: one finite mean and one finite std > 0 per channel.
+fn check_normalization(mean: &[f32], std: &[f32], channels: usize, what: &str) -> Result<()> {
+    if mean.len() != channels || std.len() != channels {
+        return Err(UserError(format!(
+            "{what}: {} means and {} stds for {channels} channels",
+            mean.len(),
+            std.len()
+        )));
+    }
+    if let Some(m) = mean.iter().find(|m| !m.is_finite()) {
+        return Err(UserError(format!(
+            "{what}: the mean must be finite, got {m}"
+        )));
+    }
+    if let Some(s) = std.iter().find(|s| !(s.is_finite() && **s > 0.0)) {
+        return Err(UserError(format!(
+            "{what}: the std must be finite and greater than 0, got {s}"
+        )));
+    }
+    Ok(())
+}
+
 fn normalization(spec: &str, ds: &Dataset) -> Result<(Vec<f32>, Vec<f32>)> {
     let c = ds.shape[0];
-    Ok(match spec {
+    let (mean, std) = match spec {
         "auto" => {
             let s = vramlab_data::stats::channel_stats(ds, &ds.train);
             (
@@ -213,7 +615,7 @@ fn normalization(spec: &str, ds: &Dataset) -> Result<(Vec<f32>, Vec<f32>)> {
             let v: std::result::Result<Vec<f32>, _> =
                 other.split(',').map(|x| x.trim().parse::<f32>()).collect();
             match v {
-                Ok(v) if v.len() == 2 && v[1] > 0.0 => (vec![v[0]; c], vec![v[1]; c]),
+                Ok(v) if v.len() == 2 => (vec![v[0]; c], vec![v[1]; c]),
                 _ => {
                     return Err(UserError(format!(
                         "--normalize `{other}`: expected auto, none or MEAN,STD"
@@ -221,7 +623,9 @@ fn normalization(spec: &str, ds: &Dataset) -> Result<(Vec<f32>, Vec<f32>)> {
                 }
             }
         }
-    })
+    };
+    check_normalization(&mean, &std, c, &format!("--normalize `{spec}`"))?;
+    Ok((mean, std))
 }
 
 /// ToTensor and Normalize, after RandomCrop(padding=4) and RandomHorizontalFlip with
@@ -247,6 +651,8 @@ fn train_pipeline(ds: &Dataset, mean: &[f32], std: &[f32], augment: bool) -> Res
 #[derive(Serialize, Clone)]
 struct EpochRow {
     epoch: usize,
+    /// Steps taken in this epoch by this run (fewer on a resumed or stopped epoch).
+    steps: usize,
     train_loss: f64,
     train_accuracy: f64,
     test_accuracy: Option<f64>,
@@ -272,6 +678,8 @@ struct TrainJson {
     num_params: u128,
     batch_size: usize,
     threads: usize,
+    /// The optimizer trained with, e.g. `adam (lr 0.001, weight decay 0)`.
+    optimizer: String,
     epochs: Vec<EpochRow>,
     memory: MemoryPair,
     stopped: Option<String>,
@@ -293,28 +701,38 @@ fn measured_step(step: u32, m: &StepMemory) -> StepReport {
     }
 }
 
-fn metadata(
-    a: &TrainArgs,
-    ds: &Dataset,
-    mean: &[f32],
-    std: &[f32],
-    epoch: usize,
-    batch_in_epoch: usize,
-) -> BTreeMap<String, String> {
+/// What a checkpoint records besides the tensors and the engine's own (step, RNG,
+/// optimizer).
+struct RunInfo<'a> {
+    model: &'a ModelSource,
+    ds: &'a Dataset,
+    mean: &'a [f32],
+    std: &'a [f32],
+    seed: u64,
+    batch_size: usize,
+}
+
+/// The checkpoint's metadata at a position: `batch_in_epoch` batches of `epoch` (from
+/// 0) are done.
+fn metadata(r: &RunInfo, epoch: usize, batch_in_epoch: usize) -> BTreeMap<String, String> {
     let mut m = BTreeMap::new();
-    m.insert("format".into(), "vramlab checkpoint 1".into());
-    m.insert("model".into(), a.model.clone());
-    m.insert("input_shape".into(), fmt_shape(&ds.shape));
+    m.insert("format".into(), "vramlab checkpoint 2".into());
+    r.model.record(&mut m);
+    m.insert("input_shape".into(), fmt_shape(&r.ds.shape));
     m.insert(
         "classes".into(),
-        serde_json::to_string(&ds.classes).expect("strings"),
+        serde_json::to_string(&r.ds.classes).expect("strings"),
     );
-    m.insert("mean".into(), serde_json::to_string(mean).expect("floats"));
-    m.insert("std".into(), serde_json::to_string(std).expect("floats"));
+    m.insert(
+        "mean".into(),
+        serde_json::to_string(r.mean).expect("floats"),
+    );
+    m.insert("std".into(), serde_json::to_string(r.std).expect("floats"));
     m.insert("epoch".into(), epoch.to_string());
     m.insert("batch_in_epoch".into(), batch_in_epoch.to_string());
-    m.insert("seed".into(), a.seed.to_string());
-    m.insert("dataset".into(), ds.name.clone());
+    m.insert("batch_size".into(), r.batch_size.to_string());
+    m.insert("seed".into(), r.seed.to_string());
+    m.insert("dataset".into(), r.ds.name.clone());
     m
 }
 
@@ -357,54 +775,159 @@ fn evaluate(
     Ok((correct as f64 / n.max(1) as f64, loss / n.max(1) as f64))
 }
 
+/// Where a resumed run starts, and with what.
+struct Resume {
+    epoch: usize,
+    batch_in_epoch: usize,
+    seed: u64,
+}
+
+/// Reads a checkpoint to resume: checks it against the data and the run, and returns
+/// the optimizer to continue with.
+fn read_resume(
+    a: &TrainArgs,
+    r: &std::path::Path,
+    ds: &Dataset,
+) -> Result<(checkpoint::Checkpoint, OptimizerConfig, Resume)> {
+    let ck = checkpoint::read(r)?;
+    if ck.metadata.get("input_shape").map(String::as_str) != Some(fmt_shape(&ds.shape).as_str()) {
+        return Err(UserError(format!(
+            "{}: the checkpoint was trained on other images than {}",
+            r.display(),
+            ds.name
+        )));
+    }
+    let number = |k: &str| -> Result<Option<u64>> {
+        ck.metadata
+            .get(k)
+            .map(|s| {
+                s.parse::<u64>().map_err(|_| {
+                    UserError(format!(
+                        "{}: `{k}` in its metadata is not a number: {s:?}",
+                        r.display()
+                    ))
+                })
+            })
+            .transpose()
+    };
+    let epoch = number("epoch")?.unwrap_or(0);
+    let batch_in_epoch = number("batch_in_epoch")?.unwrap_or(0);
+    let seed = number("seed")?.unwrap_or(a.seed);
+    let too_big = |k: &str| {
+        UserError(format!(
+            "{}: `{k}` in its metadata is too large",
+            r.display()
+        ))
+    };
+    let epoch = usize::try_from(epoch).map_err(|_| too_big("epoch"))?;
+    let batch_in_epoch = usize::try_from(batch_in_epoch).map_err(|_| too_big("batch_in_epoch"))?;
+    if batch_in_epoch > 0 {
+        let saved_batch = number("batch_size")?;
+        if saved_batch != Some(a.batch_size as u64) {
+            return Err(UserError(
+                format!(
+                    "{}: the checkpoint stopped {batch_in_epoch} batches into epoch {} with batch \
+                 size {}; resume it with --batch-size {0}",
+                    r.display(),
+                    epoch + 1,
+                    saved_batch.map_or("unknown".into(), |b| b.to_string())
+                )
+                .replace("--batch-size unknown", "the batch size it was trained with"),
+            ));
+        }
+    }
+    let opt = match ck.optimizer()? {
+        Some(stored) => a.optim.resumed(&stored, r)?,
+        None => a.optim.engine()?,
+    };
+    Ok((
+        ck,
+        opt,
+        Resume {
+            epoch,
+            batch_in_epoch,
+            seed,
+        },
+    ))
+}
+
 pub fn train(a: &TrainArgs) -> Result<()> {
     if a.batch_size == 0 {
         return Err(UserError("batch size must be at least 1, got 0".into()));
     }
-    let ds = Arc::new(a.source.open()?);
-    let g = model_for(&a.model, &ds)?;
-    let threads = threads_or_all(a.threads);
-    let opt = a.optim.engine()?;
-    let (mean, std) = normalization(&a.normalize, &ds)?;
-    let mut e = Engine::new(g.clone(), opt, a.seed, threads)?;
-    let (mut start_epoch, mut skip) = (0usize, 0usize);
-    if let Some(r) = &a.resume {
-        let ck = checkpoint::read(r)?;
-        if ck.metadata.get("input_shape").map(String::as_str) != Some(fmt_shape(&ds.shape).as_str())
-        {
-            return Err(UserError(format!(
-                "{}: the checkpoint was trained on other images than {}",
-                r.display(),
-                ds.name
-            )));
-        }
-        ck.load_into(&mut e)?;
-        start_epoch = ck
-            .metadata
-            .get("epoch")
-            .and_then(|s| s.parse().ok())
-            .unwrap_or(0);
-        skip = ck
-            .metadata
-            .get("batch_in_epoch")
-            .and_then(|s| s.parse().ok())
-            .unwrap_or(0);
+    if a.epochs == 0 {
+        return Err(UserError("--epochs must be at least 1, got 0".into()));
     }
-    let mut pcfg = PlanConfig::new(a.batch_size as u64);
-    pcfg.profile = Profile::Native;
-    pcfg.optimizer = a.optim.planner()?;
-    pcfg.threads = threads;
-    let planned = plan(&g, &pcfg)?;
+    at_least_one("--max-steps", a.max_steps)?;
+    let threads = threads_or_all(a.threads)?;
+    a.optim.engine()?;
+    if let Some(c) = &a.checkpoint {
+        checkpoint::check_writable(c)?;
+    }
+    let ds = Arc::new(a.source.open_for_training()?);
+    let model = ModelSource::of(&a.model)?;
+    let g = model_source_for(&model, &a.model, &ds)?;
+    let (mean, std) = normalization(&a.normalize, &ds)?;
+    let resume = a
+        .resume
+        .as_ref()
+        .map(|r| read_resume(a, r, &ds))
+        .transpose()?;
+    let opt = match &resume {
+        Some((_, opt, _)) => opt.clone(),
+        None => a.optim.engine()?,
+    };
+    let (start_epoch, mut skip, seed) = match &resume {
+        Some((_, _, r)) => (r.epoch, r.batch_in_epoch, r.seed),
+        None => (0, 0, a.seed),
+    };
+    if start_epoch >= a.epochs {
+        return Err(UserError(format!(
+            "{}: the checkpoint has finished {start_epoch} epoch(s); --epochs {} leaves \
+             nothing to train (give --epochs {})",
+            a.resume.as_ref().expect("resumed").display(),
+            a.epochs,
+            start_epoch + 1
+        )));
+    }
+    let batch = a.batch_size.min(ds.train.len());
+    let planned = planned_step(
+        &g,
+        batch,
+        planner_optimizer_of(&opt)?,
+        threads,
+        &format!("training {} at batch {batch}", g.graph.name),
+    )?;
+    let described = describe_optimizer(&opt);
+    let mut e = Engine::new(g.clone(), opt, seed, threads)?;
+    if let Some((ck, _, _)) = &resume {
+        ck.load_into(&mut e)?;
+    }
     let pipeline = train_pipeline(&ds, &mean, &std, a.augment)?;
     let lcfg = LoaderConfig {
         batch_size: a.batch_size,
         shuffle: true,
-        seed: a.seed,
+        seed,
         drop_last: false,
         workers: 1,
         prefetch: 4,
     };
     let loader = Loader::new(Arc::clone(&ds), "train", pipeline, lcfg)?;
+    let batches = loader.num_batches();
+    if skip >= batches {
+        return Err(UserError(format!(
+            "{}: the checkpoint stopped after batch {skip} of an epoch that has {batches}",
+            a.resume.as_ref().expect("resumed").display()
+        )));
+    }
+    let info = RunInfo {
+        model: &model,
+        ds: &ds,
+        mean: &mean,
+        std: &std,
+        seed,
+        batch_size: a.batch_size,
+    };
     let _ = ctrlc::set_handler(|| INTERRUPTED.store(true, Ordering::SeqCst));
     let show_bar = !a.json && std::io::IsTerminal::is_terminal(&std::io::stderr());
     let mut measured = Vec::new();
@@ -420,15 +943,24 @@ pub fn train(a: &TrainArgs) -> Result<()> {
             thousands(ds.train.len() as u128),
             fmt_shape(&ds.shape),
             a.batch_size,
-            a.optim.optimizer,
+            described,
             threads,
             bytes(planned.peak_bytes)
         );
+        if a.batch_size > ds.train.len() {
+            eprintln!(
+                "note: batch {} is larger than the {} training images: each epoch is one step \
+                 of {}",
+                a.batch_size,
+                ds.train.len(),
+                ds.train.len()
+            );
+        }
     }
     'epochs: for epoch in start_epoch..a.epochs {
         let t0 = Instant::now();
         let bar = if show_bar {
-            let b = indicatif::ProgressBar::new(loader.num_batches() as u64);
+            let b = indicatif::ProgressBar::new(batches as u64);
             b.set_style(
                 indicatif::ProgressStyle::with_template(
                     "epoch {prefix} {bar:30} {pos}/{len} {msg} eta {eta}",
@@ -440,8 +972,10 @@ pub fn train(a: &TrainArgs) -> Result<()> {
         } else {
             indicatif::ProgressBar::hidden()
         };
-        let (mut loss_sum, mut correct, mut seen) = (0.0f64, 0usize, 0usize);
+        let (mut loss_sum, mut correct, mut seen, mut steps) = (0.0f64, 0usize, 0usize, 0usize);
         let skip_now = std::mem::take(&mut skip);
+        // Batches of this epoch done, counting those of the resumed checkpoint.
+        let mut position = skip_now;
         bar.set_position(skip_now as u64);
         for (bi, batch) in loader.epoch(epoch as u64).enumerate().skip(skip_now) {
             let n = batch.labels.len();
@@ -461,12 +995,14 @@ pub fn train(a: &TrainArgs) -> Result<()> {
                 ));
                 break 'epochs;
             }
+            position = bi + 1;
             if measured.len() < 2 {
                 measured.push(measured_step(measured.len() as u32 + 1, &r.memory));
             }
             loss_sum += r.loss as f64 * n as f64;
             correct += r.correct;
             seen += n;
+            steps += 1;
             steps_done += 1;
             if show_bar && bi % 10 == 0 {
                 let s = t0.elapsed().as_secs_f64();
@@ -481,7 +1017,7 @@ pub fn train(a: &TrainArgs) -> Result<()> {
             if INTERRUPTED.load(Ordering::SeqCst) {
                 bar.finish_and_clear();
                 if let Some(c) = &a.checkpoint {
-                    checkpoint::save(&e, c, metadata(a, &ds, &mean, &std, epoch, bi + 1))?;
+                    checkpoint::save(&e, c, metadata(&info, epoch, position))?;
                     stopped = Some(format!(
                         "interrupted: saved to {} (resume with --resume)",
                         c.display()
@@ -498,18 +1034,29 @@ pub fn train(a: &TrainArgs) -> Result<()> {
         }
         bar.finish_and_clear();
         let seconds = t0.elapsed().as_secs_f64();
-        let test_accuracy = if ds.test.is_some() {
-            Some(evaluate(&mut e, &ds, "test", &mean, &std, 256.max(a.batch_size))?.0)
+        let test_accuracy = if ds.test.as_ref().is_some_and(|t| !t.is_empty()) {
+            Some(
+                evaluate(
+                    &mut e,
+                    &ds,
+                    "test",
+                    &mean,
+                    &std,
+                    256.max(a.batch_size).min(4096),
+                )?
+                .0,
+            )
         } else {
             None
         };
         let row = EpochRow {
             epoch: epoch + 1,
+            steps,
             train_loss: loss_sum / seen.max(1) as f64,
             train_accuracy: correct as f64 / seen.max(1) as f64,
             test_accuracy,
             seconds,
-            images_per_s: seen as f64 / seconds,
+            images_per_s: seen as f64 / seconds.max(1e-9),
         };
         if !a.json {
             eprintln!(
@@ -524,7 +1071,14 @@ pub fn train(a: &TrainArgs) -> Result<()> {
         }
         rows.push(row);
         if let Some(c) = &a.checkpoint {
-            checkpoint::save(&e, c, metadata(a, &ds, &mean, &std, epoch + 1, 0))?;
+            // A stop inside the epoch records the batch reached, so --resume goes on
+            // from there; a finished epoch records the next one.
+            let meta = if position >= batches {
+                metadata(&info, epoch + 1, 0)
+            } else {
+                metadata(&info, epoch, position)
+            };
+            checkpoint::save(&e, c, meta)?;
         }
         if stopped.is_some() {
             break;
@@ -536,6 +1090,7 @@ pub fn train(a: &TrainArgs) -> Result<()> {
         num_params: g.num_params(),
         batch_size: a.batch_size,
         threads,
+        optimizer: described,
         epochs: rows,
         memory: MemoryPair {
             measured: Steps { steps: measured },
@@ -614,6 +1169,7 @@ fn render_memory(o: &TrainJson) -> String {
 
 #[derive(Args)]
 pub struct EvalArgs {
+    /// A checkpoint saved by `vramlab train --checkpoint`.
     #[arg(long, value_name = "FILE")]
     checkpoint: PathBuf,
     #[command(flatten)]
@@ -621,10 +1177,13 @@ pub struct EvalArgs {
     /// train or test.
     #[arg(long, default_value = "test")]
     split: String,
+    /// Images per forward pass (does not change the result, only speed and memory).
     #[arg(long, short = 'b', default_value_t = 256)]
     batch_size: usize,
+    /// Threads (default: every core; at most 4 per core).
     #[arg(long)]
     threads: Option<usize>,
+    /// Print the result as JSON.
     #[arg(long)]
     json: bool,
 }
@@ -637,8 +1196,9 @@ struct Restored {
     classes: Vec<String>,
 }
 
-/// Rebuilds the model a checkpoint was saved from and loads it.
-fn engine_from(path: &std::path::Path, threads: Option<usize>) -> Result<Restored> {
+/// Rebuilds the model a checkpoint was saved from (a zoo name, or the model file it
+/// carries: never a path its metadata names) and loads it.
+fn engine_from(path: &std::path::Path, threads: usize) -> Result<Restored> {
     let ck = checkpoint::read(path)?;
     let meta = |k: &str| {
         ck.metadata.get(k).cloned().ok_or_else(|| {
@@ -648,19 +1208,48 @@ fn engine_from(path: &std::path::Path, threads: Option<usize>) -> Result<Restore
             ))
         })
     };
-    let classes: Vec<String> = serde_json::from_str(&meta("classes")?)?;
-    let shape = vramlab_graph::parse_shape(&meta("input_shape")?)?;
+    let bad = |k: &str, e: &dyn std::fmt::Display| {
+        UserError(format!(
+            "{}: `{k}` in its metadata is not valid: {e}",
+            path.display()
+        ))
+    };
+    let classes: Vec<String> =
+        serde_json::from_str(&meta("classes")?).map_err(|e| bad("classes", &e))?;
+    if classes.is_empty() {
+        return Err(bad("classes", &"no classes"));
+    }
+    let shape =
+        vramlab_graph::parse_shape(&meta("input_shape")?).map_err(|e| bad("input_shape", &e))?;
     let opts = ModelOptions {
         num_classes: Some(classes.len()),
-        input_shape: Some(shape),
+        input_shape: Some(shape.clone()),
     };
-    let g = vramlab_graph::load(&meta("model")?, &opts)?.infer()?;
-    let opt: OptimizerConfig = serde_json::from_str(&meta("optimizer")?)?;
-    let threads = threads_or_all(threads);
+    let source = ModelSource::from_checkpoint(&ck.metadata, path)?;
+    let g = source.build(&opts, &format!("{} (its model file)", path.display()))?;
+    if g.num_classes() != classes.len() {
+        return Err(bad(
+            "classes",
+            &format!(
+                "{} classes for a model with {}",
+                classes.len(),
+                g.num_classes()
+            ),
+        ));
+    }
+    let opt = ck
+        .optimizer()?
+        .unwrap_or_else(|| OptimizerConfig::named("sgd", None).expect("a known optimizer"));
     let mut e = Engine::new(g, opt, 0, threads)?;
     ck.load_into(&mut e)?;
-    let mean: Vec<f32> = serde_json::from_str(&meta("mean")?)?;
-    let std: Vec<f32> = serde_json::from_str(&meta("std")?)?;
+    let mean: Vec<f32> = serde_json::from_str(&meta("mean")?).map_err(|e| bad("mean", &e))?;
+    let std: Vec<f32> = serde_json::from_str(&meta("std")?).map_err(|e| bad("std", &e))?;
+    check_normalization(
+        &mean,
+        &std,
+        shape[0],
+        &format!("{}: its normalisation", path.display()),
+    )?;
     Ok(Restored {
         engine: e,
         mean,
@@ -670,12 +1259,16 @@ fn engine_from(path: &std::path::Path, threads: Option<usize>) -> Result<Restore
 }
 
 pub fn eval(a: &EvalArgs) -> Result<()> {
+    if a.batch_size == 0 {
+        return Err(UserError("batch size must be at least 1, got 0".into()));
+    }
+    let threads = threads_or_all(a.threads)?;
     let Restored {
         engine: mut e,
         mean,
         std,
         classes,
-    } = engine_from(&a.checkpoint, a.threads)?;
+    } = engine_from(&a.checkpoint, threads)?;
     let ds = Arc::new(a.source.open()?);
     if ds.shape.to_vec() != e.graph.shapes[0] || ds.classes.len() != classes.len() {
         return Err(UserError(format!(
@@ -688,8 +1281,24 @@ pub fn eval(a: &EvalArgs) -> Result<()> {
             ds.classes.len()
         )));
     }
+    let samples = ds.split(&a.split)?.len();
+    if samples == 0 {
+        return Err(UserError(format!(
+            "{}: the {} split has no images",
+            ds.name, a.split
+        )));
+    }
     let t0 = Instant::now();
-    let (acc, loss) = evaluate(&mut e, &ds, &a.split, &mean, &std, a.batch_size.max(1))?;
+    let (acc, loss) = evaluate(&mut e, &ds, &a.split, &mean, &std, a.batch_size.min(4096))?;
+    if !loss.is_finite() {
+        return Err(UserError(format!(
+            "{}: the loss on {} {} is {loss}: the model's outputs overflow, so no accuracy is \
+             reported",
+            a.checkpoint.display(),
+            ds.name,
+            a.split
+        )));
+    }
     #[derive(Serialize)]
     struct EvalJson {
         split: String,
@@ -700,7 +1309,7 @@ pub fn eval(a: &EvalArgs) -> Result<()> {
     }
     let r = EvalJson {
         split: a.split.clone(),
-        samples: ds.split(&a.split)?.len(),
+        samples,
         accuracy: acc,
         loss,
         seconds: t0.elapsed().as_secs_f64(),
@@ -721,10 +1330,12 @@ pub fn eval(a: &EvalArgs) -> Result<()> {
 
 #[derive(Args)]
 pub struct PredictArgs {
+    /// A checkpoint saved by `vramlab train --checkpoint`.
     #[arg(long, value_name = "FILE")]
     checkpoint: PathBuf,
     /// An image file (PNG, JPEG, BMP, GIF, WebP); resized to the model's input.
     image: PathBuf,
+    /// Print the result as JSON.
     #[arg(long)]
     json: bool,
 }
@@ -735,7 +1346,7 @@ pub fn predict(a: &PredictArgs) -> Result<()> {
         mean,
         std,
         classes,
-    } = engine_from(&a.checkpoint, Some(1))?;
+    } = engine_from(&a.checkpoint, 1)?;
     let s = e.graph.shapes[0].clone();
     let opts = vramlab_data::folder::FolderOptions {
         resize: Some(vec![s[1] as u32, s[2] as u32]),
@@ -748,6 +1359,13 @@ pub fn predict(a: &PredictArgs) -> Result<()> {
     p.apply(&px, &mut vramlab_data::rng::Rng::new(0), &mut x);
     let t = e.batch(x, 1)?;
     let logits = e.predict(&t)?;
+    if let Some(v) = logits.iter().find(|v| !v.is_finite()) {
+        return Err(UserError(format!(
+            "{}: the model's output for {} is {v}: it overflows, so no class is predicted",
+            a.checkpoint.display(),
+            a.image.display()
+        )));
+    }
     let m = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max);
     let z: f32 = logits.iter().map(|v| (v - m).exp()).sum();
     let mut probs: Vec<(usize, f32)> = logits
@@ -785,21 +1403,28 @@ pub fn predict(a: &PredictArgs) -> Result<()> {
     Ok(())
 }
 
+/// The longest `bench train --seconds`.
+const MAX_BENCH_SECONDS: f64 = 3600.0;
+
 #[derive(Args)]
 pub struct BenchTrainArgs {
     /// A zoo model or a .toml file.
     model: String,
+    /// Input shape per image (default: the model's own).
     #[arg(long, value_name = "CxHxW")]
     input: Option<String>,
+    /// Images per training step.
     #[arg(long, short = 'b', default_value_t = 64)]
     batch_size: usize,
+    /// Threads (default: every core; at most 4 per core).
     #[arg(long)]
     threads: Option<usize>,
     #[command(flatten)]
     optim: OptimArgs,
-    /// Time at least this long after 5 warm-up steps.
+    /// Time at least this long after 5 warm-up steps (more than 0, at most 3600).
     #[arg(long, default_value_t = 3.0)]
     seconds: f64,
+    /// Print the result as JSON.
     #[arg(long)]
     json: bool,
 }
@@ -808,6 +1433,14 @@ pub fn bench_train(a: &BenchTrainArgs) -> Result<()> {
     if a.batch_size == 0 {
         return Err(UserError("batch size must be at least 1, got 0".into()));
     }
+    if !(a.seconds.is_finite() && a.seconds > 0.0 && a.seconds <= MAX_BENCH_SECONDS) {
+        return Err(UserError(format!(
+            "--seconds must be more than 0 and at most {MAX_BENCH_SECONDS}, got {}",
+            a.seconds
+        )));
+    }
+    let threads = threads_or_all(a.threads)?;
+    let opt = a.optim.engine()?;
     let input = a
         .input
         .as_deref()
@@ -821,14 +1454,29 @@ pub fn bench_train(a: &BenchTrainArgs) -> Result<()> {
         },
     )?
     .infer()?;
-    let threads = threads_or_all(a.threads);
-    let mut e = Engine::new(g.clone(), a.optim.engine()?, 0, threads)?;
-    let per: usize = g.shapes[0].iter().product();
+    let per = g.shapes[0]
+        .iter()
+        .try_fold(1usize, |acc, &d| acc.checked_mul(d));
+    let values = per.and_then(|p| p.checked_mul(a.batch_size));
+    let what = format!("a step of {} at batch {}", g.graph.name, a.batch_size);
+    let Some(values) = values.filter(|v| v.checked_mul(4).is_some()) else {
+        return Err(UserError(format!(
+            "{what}: a batch of {} images of {} does not fit in memory",
+            a.batch_size,
+            fmt_shape(&g.shapes[0])
+        )));
+    };
+    planned_step(
+        &g,
+        a.batch_size,
+        planner_optimizer_of(&opt)?,
+        threads,
+        &what,
+    )?;
+    let mut e = Engine::new(g.clone(), opt, 0, threads)?;
     let k = g.num_classes();
     let mut rng = vramlab_data::rng::Rng::new(1);
-    let images: Vec<f32> = (0..a.batch_size * per)
-        .map(|_| rng.unit_f64() as f32 - 0.5)
-        .collect();
+    let images: Vec<f32> = (0..values).map(|_| rng.unit_f64() as f32 - 0.5).collect();
     let labels: Vec<i64> = (0..a.batch_size).map(|i| (i % k) as i64).collect();
     let step = |e: &mut Engine| -> Result<()> {
         let x = e.batch(images.clone(), a.batch_size)?;
@@ -841,7 +1489,8 @@ pub fn bench_train(a: &BenchTrainArgs) -> Result<()> {
     }
     e.op_seconds.clear();
     let t0 = Instant::now();
-    let mut steps = 0;
+    let mut steps = 0usize;
+    // Bounded: --seconds is finite and capped.
     while steps < 3 || t0.elapsed().as_secs_f64() < a.seconds {
         step(&mut e)?;
         steps += 1;
@@ -865,7 +1514,7 @@ pub fn bench_train(a: &BenchTrainArgs) -> Result<()> {
         threads,
         steps,
         seconds,
-        images_per_s: (steps * a.batch_size) as f64 / seconds,
+        images_per_s: steps as f64 * a.batch_size as f64 / seconds,
         ms_per_step: seconds * 1e3 / steps as f64,
         op_share: {
             let total: f64 = e.op_seconds.values().sum::<f64>().max(1e-12);
@@ -886,7 +1535,7 @@ pub fn bench_train(a: &BenchTrainArgs) -> Result<()> {
         r.model,
         r.batch_size,
         threads,
-        a.optim.optimizer,
+        a.optim.name(),
         thousands(r.images_per_s as u128),
         r.ms_per_step,
         steps,
@@ -904,10 +1553,11 @@ pub struct SweepArgs {
     pub model: String,
     #[command(flatten)]
     pub source: DataArg,
-    /// Batch sizes to train with, from the same seed.
+    /// Batch sizes to train with, from the same seed (each at most the number of
+    /// training images).
     #[arg(long, value_delimiter = ',', default_value = "16,64,256,1024")]
     pub batch_sizes: Vec<usize>,
-    /// Epochs per batch size.
+    /// Epochs per batch size (at least 1).
     #[arg(long, default_value_t = 1, conflicts_with = "samples")]
     pub epochs: usize,
     /// Train on this many samples per batch size instead of whole epochs.
@@ -918,13 +1568,17 @@ pub struct SweepArgs {
     pub scale_lr: String,
     #[command(flatten)]
     pub optim: OptimArgs,
+    /// Seed of the initial weights and the shuffling.
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
+    /// Threads (default: every core; at most 4 per core).
     #[arg(long)]
     pub threads: Option<usize>,
-    /// Write plots here: accuracy and speed against batch size, loss curves.
+    /// Write plots here: accuracy and speed against batch size, loss curves (checked for
+    /// writing before training starts).
     #[arg(long, value_name = "DIR")]
     pub plot_dir: Option<PathBuf>,
+    /// Print the result as JSON.
     #[arg(long)]
     pub json: bool,
 }
@@ -956,6 +1610,91 @@ pub struct SweepJson {
     pub rows: Vec<SweepRow>,
 }
 
+/// Checks that files can be written in `dir` (creating it): a probe file is created and
+/// removed.
+fn check_writable_dir(dir: &std::path::Path, option: &str) -> Result<()> {
+    let fail = |e: &dyn std::fmt::Display| {
+        UserError(format!(
+            "{option} {}: cannot write plots there: {e}",
+            dir.display()
+        ))
+    };
+    std::fs::create_dir_all(dir).map_err(|e| fail(&e))?;
+    let probe = dir.join(format!(".vramlab-probe-{}", std::process::id()));
+    std::fs::File::create_new(&probe).map_err(|e| fail(&e))?;
+    std::fs::remove_file(&probe).map_err(|e| fail(&e))
+}
+
+/// The sweep's conclusion, read from its own rows (sorted by batch size): which batch
+/// was fastest, how the number of updates and the accuracy changed.
+pub fn sweep_conclusion(rows: &[SweepRow], scale_lr: &str) -> String {
+    let mut rows: Vec<&SweepRow> = rows.iter().collect();
+    rows.sort_by_key(|r| r.batch_size);
+    let (Some(first), Some(last)) = (rows.first(), rows.last()) else {
+        return String::new();
+    };
+    if rows.len() < 2 {
+        return format!("One batch size ({}): nothing to compare.", first.batch_size);
+    }
+    let speed = |r: &SweepRow| thousands(r.images_per_s.max(0.0) as u128);
+    let fastest = rows
+        .iter()
+        .copied()
+        .max_by(|a, b| a.images_per_s.total_cmp(&b.images_per_s))
+        .expect("two rows or more");
+    let rising = rows
+        .windows(2)
+        .all(|w| w[1].images_per_s >= w[0].images_per_s);
+    let falling = rows
+        .windows(2)
+        .all(|w| w[1].images_per_s <= w[0].images_per_s);
+    let mut out = if rising {
+        format!(
+            "Larger batches trained faster here: {} images/s at batch {} up to {} at batch {}.",
+            speed(first),
+            first.batch_size,
+            speed(last),
+            last.batch_size
+        )
+    } else if falling {
+        format!(
+            "Larger batches trained slower here: {} images/s at batch {} down to {} at batch {}.",
+            speed(first),
+            first.batch_size,
+            speed(last),
+            last.batch_size
+        )
+    } else {
+        format!(
+            "Speed peaked at batch {} ({} images/s); batch {} ran at {} images/s and batch {} at {}.",
+            fastest.batch_size,
+            speed(fastest),
+            first.batch_size,
+            speed(first),
+            last.batch_size,
+            speed(last)
+        )
+    };
+    out += &format!(
+        " Updates: {} steps at batch {}, {} at batch {}.",
+        first.steps, first.batch_size, last.steps, last.batch_size
+    );
+    if let (Some(a0), Some(a1)) = (first.test_accuracy, last.test_accuracy) {
+        let (b0, b1) = (first.batch_size, last.batch_size);
+        out += &if a1 == a0 {
+            format!(" Test accuracy was {a0:.4} at both batch {b0} and batch {b1}")
+        } else {
+            let trend = if a1 < a0 { "fell" } else { "rose" };
+            format!(" Test accuracy {trend} from {a0:.4} at batch {b0} to {a1:.4} at batch {b1}")
+        };
+        if a1 < a0 && scale_lr == "none" {
+            out += " (the learning rate was not scaled: try --scale-lr linear or sqrt)";
+        }
+        out += ".";
+    }
+    out
+}
+
 pub fn sweep(a: &SweepArgs) -> Result<()> {
     if a.batch_sizes.is_empty() || a.batch_sizes.contains(&0) {
         return Err(UserError(
@@ -968,12 +1707,29 @@ pub fn sweep(a: &SweepArgs) -> Result<()> {
             a.scale_lr
         )));
     }
-    let ds = Arc::new(a.source.open()?);
+    if a.samples.is_none() && a.epochs == 0 {
+        return Err(UserError("--epochs must be at least 1, got 0".into()));
+    }
+    at_least_one("--samples", a.samples)?;
+    let threads = threads_or_all(a.threads)?;
+    a.optim.engine()?;
+    if let Some(dir) = &a.plot_dir {
+        check_writable_dir(dir, "--plot-dir")?;
+    }
+    let ds = Arc::new(a.source.open_for_training()?);
+    if let Some(&big) = a.batch_sizes.iter().find(|&&b| b > ds.train.len()) {
+        return Err(UserError(format!(
+            "--batch-sizes: batch {big} is larger than the {} training images of {}; every \
+             batch size must be at most {}",
+            ds.train.len(),
+            ds.name,
+            ds.train.len()
+        )));
+    }
     let g = model_for(&a.model, &ds)?;
-    let threads = threads_or_all(a.threads);
     let (mean, std) = normalization("auto", &ds)?;
     let base = a.batch_sizes[0] as f32;
-    let mut rows = Vec::new();
+    let mut plans = Vec::new();
     for &bs in &a.batch_sizes {
         let mut opt = a.optim.engine()?;
         let k = bs as f32 / base;
@@ -983,13 +1739,22 @@ pub fn sweep(a: &SweepArgs) -> Result<()> {
             _ => 1.0,
         };
         opt.set_lr(opt.lr() * factor);
+        opt.validate()
+            .map_err(|m| UserError(format!("--scale-lr {} at batch {bs}: {m}", a.scale_lr)))?;
+        let planned = planned_step(
+            &g,
+            bs,
+            a.optim.planner()?,
+            threads,
+            &format!("training {} at batch {bs}", g.graph.name),
+        )?
+        .peak_bytes;
+        plans.push((bs, opt, planned));
+    }
+    let mut rows = Vec::new();
+    for (bs, opt, planned) in plans {
         let lr = opt.lr();
         let mut e = Engine::new(g.clone(), opt, a.seed, threads)?;
-        let mut pcfg = PlanConfig::new(bs as u64);
-        pcfg.profile = Profile::Native;
-        pcfg.optimizer = a.optim.planner()?;
-        pcfg.threads = threads;
-        let planned = plan(&g, &pcfg)?.peak_bytes;
         let pipeline = Pipeline::normalize(ds.shape, mean.clone(), std.clone())?;
         let lcfg = LoaderConfig {
             batch_size: bs,
@@ -1001,6 +1766,8 @@ pub fn sweep(a: &SweepArgs) -> Result<()> {
         };
         let loader = Loader::new(Arc::clone(&ds), "train", pipeline, lcfg)?;
         let budget = a.samples.unwrap_or(usize::MAX);
+        // Bounded: the training split is not empty, so every epoch sees at least one
+        // sample and `--samples` is reached.
         let epochs = if a.samples.is_some() {
             usize::MAX
         } else {
@@ -1020,19 +1787,26 @@ pub fn sweep(a: &SweepArgs) -> Result<()> {
                 steps += 1;
                 curve.push((seen, r.loss));
                 if !r.loss.is_finite() {
-                    break 'run;
+                    return Err(UserError(format!(
+                        "batch {bs}: the loss became {} at step {steps} (lr {lr:e}); the sweep \
+                         stopped",
+                        r.loss
+                    )));
                 }
                 if seen >= budget {
                     break 'run;
                 }
             }
         }
-        let seconds = t0.elapsed().as_secs_f64();
+        let seconds = t0.elapsed().as_secs_f64().max(1e-9);
+        if curve.is_empty() {
+            return Err(UserError(format!("batch {bs}: no step was trained")));
+        }
         let tail = &curve[curve.len() - (curve.len() / 4).max(1)..];
         let m = tail.iter().map(|p| p.1 as f64).sum::<f64>() / tail.len() as f64;
         let noise =
             (tail.iter().map(|p| (p.1 as f64 - m).powi(2)).sum::<f64>() / tail.len() as f64).sqrt();
-        let test_accuracy = if ds.test.is_some() {
+        let test_accuracy = if ds.test.as_ref().is_some_and(|t| !t.is_empty()) {
             Some(evaluate(&mut e, &ds, "test", &mean, &std, 512)?.0)
         } else {
             None
@@ -1067,7 +1841,7 @@ pub fn sweep(a: &SweepArgs) -> Result<()> {
     let out = SweepJson {
         model: g.graph.name.clone(),
         dataset: ds.name.clone(),
-        optimizer: a.optim.optimizer.clone(),
+        optimizer: a.optim.name().to_string(),
         scale_lr: a.scale_lr.clone(),
         rows,
     };
@@ -1112,7 +1886,7 @@ pub fn sweep(a: &SweepArgs) -> Result<()> {
         ]);
     }
     print!("{}", t.render());
-    println!("\nLarger batches: more images/s and fewer updates per epoch; at equal epochs, lower accuracy unless the learning rate is scaled (--scale-lr linear or sqrt).");
+    println!("\n{}", sweep_conclusion(&out.rows, &out.scale_lr));
     if let Some(dir) = &a.plot_dir {
         println!("Plots in {}", dir.display());
     }
@@ -1206,4 +1980,56 @@ pub fn sweep_charts(
         ("speed_vs_batch", speed),
         ("loss_curves", curves),
     ]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn row(batch_size: usize, images_per_s: f64, steps: usize, acc: f64) -> SweepRow {
+        SweepRow {
+            batch_size,
+            lr: 1e-3,
+            steps,
+            samples: 0,
+            seconds: 1.0,
+            images_per_s,
+            final_train_loss: 0.5,
+            test_accuracy: Some(acc),
+            loss_noise: 0.0,
+            measured_peak_bytes: 0,
+            planned_peak_bytes: 0,
+            loss_curve: Vec::new(),
+        }
+    }
+
+    /// The conclusion follows the table: batch 1024 slower than 64 is not "larger
+    /// batches: more images/s".
+    #[test]
+    fn sweep_conclusion_reads_the_measured_rows() {
+        let rows = [
+            row(64, 9000.0, 938, 0.88),
+            row(16, 5000.0, 3750, 0.90),
+            row(1024, 7000.0, 59, 0.80),
+            row(256, 8000.0, 235, 0.85),
+        ];
+        let c = sweep_conclusion(&rows, "none");
+        assert_eq!(
+            c,
+            "Speed peaked at batch 64 (9,000 images/s); batch 16 ran at 5,000 images/s and \
+             batch 1024 at 7,000. Updates: 3750 steps at batch 16, 59 at batch 1024. Test \
+             accuracy fell from 0.9000 at batch 16 to 0.8000 at batch 1024 (the learning rate \
+             was not scaled: try --scale-lr linear or sqrt)."
+        );
+        let rising = [row(16, 100.0, 10, 0.5), row(64, 200.0, 3, 0.6)];
+        assert!(sweep_conclusion(&rising, "linear")
+            .starts_with("Larger batches trained faster here: 100 images/s at batch 16 up to 200"));
+        let falling = [row(16, 300.0, 10, 0.5), row(64, 200.0, 3, 0.5)];
+        let c = sweep_conclusion(&falling, "none");
+        assert!(c.starts_with("Larger batches trained slower here"), "{c}");
+        assert!(
+            c.ends_with("Test accuracy was 0.5000 at both batch 16 and batch 64."),
+            "{c}"
+        );
+    }
 }
