@@ -387,6 +387,27 @@ fn listing(dir: &Path) -> Vec<String> {
         .unwrap_or_default()
 }
 
+/// `vramlab data fetch mnist` from the mirror `url` (with `extra` options) fails with
+/// `expected` within `secs` seconds and leaves nothing in its folder.
+fn fetch_fails_cleanly(url: &str, extra: &[&str], expected: &str, secs: u64) {
+    let root = tmp("fetch");
+    let mut args = vec![
+        "data",
+        "fetch",
+        "mnist",
+        "--root",
+        root.to_str().unwrap(),
+        "--mirror",
+        url,
+    ];
+    args.extend(extra);
+    let start = std::time::Instant::now();
+    fails_with(&args, expected);
+    assert!(start.elapsed() < std::time::Duration::from_secs(secs));
+    assert!(listing(&root).is_empty(), "{:?}", listing(&root));
+    std::fs::remove_dir_all(&root).ok();
+}
+
 #[test]
 fn fetch_cuts_an_endless_body_and_leaves_nothing() {
     use std::io::Write;
@@ -396,52 +417,27 @@ fn fetch_cuts_an_endless_body_and_leaves_nothing() {
         let chunk = vec![0u8; 1 << 16];
         while s.write_all(&chunk).is_ok() {}
     });
-    let root = tmp("endless");
-    let start = std::time::Instant::now();
-    fails_with(
-        &[
-            "data",
-            "fetch",
-            "mnist",
-            "--root",
-            root.to_str().unwrap(),
-            "--mirror",
-            &url,
-        ],
+    fetch_fails_cleanly(
+        &url,
+        &[],
         "bytes expected of train-images-idx3-ubyte.gz; nothing was kept",
+        30,
     );
-    assert!(start.elapsed() < std::time::Duration::from_secs(30));
-    assert!(listing(&root).is_empty(), "{:?}", listing(&root));
-    std::fs::remove_dir_all(&root).ok();
 }
 
 #[test]
 fn fetch_gives_up_a_silent_server_after_the_timeout() {
-    let (tx, rx) = std::sync::mpsc::channel::<()>();
+    let (_tx, rx) = std::sync::mpsc::channel::<()>();
     let url = serve(move |s| {
         let _ = rx.recv_timeout(std::time::Duration::from_secs(60));
         drop(s);
     });
-    let root = tmp("silent");
-    let start = std::time::Instant::now();
-    fails_with(
-        &[
-            "data",
-            "fetch",
-            "mnist",
-            "--root",
-            root.to_str().unwrap(),
-            "--mirror",
-            &url,
-            "--timeout",
-            "1",
-        ],
+    fetch_fails_cleanly(
+        &url,
+        &["--timeout", "1"],
         "timed out waiting for the server to answer: nothing for 1 s",
+        15,
     );
-    assert!(start.elapsed() < std::time::Duration::from_secs(15));
-    drop(tx);
-    assert!(listing(&root).is_empty(), "{:?}", listing(&root));
-    std::fs::remove_dir_all(&root).ok();
 }
 
 #[cfg(unix)]

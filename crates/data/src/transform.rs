@@ -7,6 +7,7 @@
 //! one pass per image: each output pixel reads its source pixel (or the zero padding)
 //! and applies the per-channel scale and shift.
 
+use crate::limits::MAX_IMAGE_SIDE;
 use crate::rng::Rng;
 use crate::DataError;
 
@@ -54,10 +55,15 @@ impl Pipeline {
                             "RandomCrop must come before ToTensor".into(),
                         ));
                     }
+                    if *padding as u64 > MAX_IMAGE_SIDE {
+                        return Err(DataError::Config(format!(
+                            "RandomCrop padding={padding} is larger than {MAX_IMAGE_SIDE}"
+                        )));
+                    }
                     if size.0 == 0
                         || size.1 == 0
-                        || size.0 > shape[1] + 2 * padding
-                        || size.1 > shape[2] + 2 * padding
+                        || size.0 > shape[1].saturating_add(2 * padding)
+                        || size.1 > shape[2].saturating_add(2 * padding)
                     {
                         return Err(DataError::Config(format!(
                             "RandomCrop({}x{}, padding={padding}) does not fit {}x{} images",
@@ -72,6 +78,11 @@ impl Pipeline {
                         return Err(DataError::Config(
                             "RandomHorizontalFlip must come before ToTensor".into(),
                         ));
+                    }
+                    if !(0.0..=1.0).contains(p) {
+                        return Err(DataError::Config(format!(
+                            "RandomHorizontalFlip p={p}: expected a probability from 0 to 1"
+                        )));
                     }
                     flip = Some(*p);
                 }
@@ -93,7 +104,14 @@ impl Pipeline {
                         )));
                     }
                     if std.iter().any(|&s| s <= 0.0 || !s.is_finite()) {
-                        return Err(DataError::Config("Normalize std must be positive".into()));
+                        return Err(DataError::Config(format!(
+                            "Normalize std {std:?}: each must be a positive finite number"
+                        )));
+                    }
+                    if mean.iter().any(|m| !m.is_finite()) {
+                        return Err(DataError::Config(format!(
+                            "Normalize mean {mean:?}: each must be a finite number"
+                        )));
                     }
                     for ch in 0..c {
                         scale[ch] /= std[ch];
@@ -260,5 +278,39 @@ mod tests {
         assert!(e.to_string().contains("before ToTensor"));
         let e = Pipeline::normalize([3, 2, 2], vec![0.5], vec![0.5]).unwrap_err();
         assert!(e.to_string().contains("1 means and 1 stds for 3-channel"));
+    }
+
+    #[test]
+    fn non_finite_or_out_of_range_parameters_are_refused() {
+        let e = Pipeline::normalize([1, 2, 2], vec![f32::NAN], vec![1.0]).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "Normalize mean [NaN]: each must be a finite number"
+        );
+        let e = Pipeline::normalize([1, 2, 2], vec![0.0], vec![f32::INFINITY]).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "Normalize std [inf]: each must be a positive finite number"
+        );
+        let flip = |p| {
+            Pipeline::new(
+                vec![Transform::RandomHorizontalFlip { p }, Transform::ToTensor],
+                [1, 2, 2],
+            )
+        };
+        assert!(flip(f64::NAN).is_err());
+        assert!(flip(1.5).is_err());
+        let e = Pipeline::new(
+            vec![
+                Transform::RandomCrop {
+                    size: (2, 2),
+                    padding: usize::MAX,
+                },
+                Transform::ToTensor,
+            ],
+            [1, 2, 2],
+        )
+        .unwrap_err();
+        assert!(e.to_string().contains("is larger than 65536"), "{e}");
     }
 }

@@ -185,6 +185,35 @@ fn a_refused_connection_is_a_clear_error() {
     std::fs::remove_dir_all(&root).ok();
 }
 
+/// Fetches from `url` with a cap of `max_bytes`: it must fail within 10 s and leave
+/// nothing behind. Returns the error.
+fn fails_cleanly(url: &str, max_bytes: u64, name: &str) -> String {
+    let root = tmp(name);
+    let start = Instant::now();
+    let e = fetch(&[resource(url, max_bytes)], &root, &opts(), |_, _, _| {})
+        .unwrap_err()
+        .to_string();
+    let took = start.elapsed();
+    assert!(took < Duration::from_secs(10), "{took:?}: {e}");
+    assert!(listing(&root).is_empty(), "{:?}", listing(&root));
+    std::fs::remove_dir_all(&root).ok();
+    e
+}
+
+/// Answers the request with `head` (and what follows it), then holds the connection
+/// open, silent, until `until` is dropped.
+fn answer_then_stall(head: &'static [u8], until: std::sync::mpsc::Receiver<()>) -> String {
+    serve_with(move |mut s| {
+        if !head.is_empty() {
+            let mut req = [0u8; 4096];
+            let _ = s.read(&mut req);
+            let _ = s.write_all(head);
+            let _ = s.flush();
+        }
+        let _ = until.recv_timeout(Duration::from_secs(60));
+    })
+}
+
 #[test]
 fn an_endless_body_is_cut_at_the_cap_and_leaves_no_file() {
     let url = serve_with(|mut s| {
@@ -195,88 +224,48 @@ fn an_endless_body_is_cut_at_the_cap_and_leaves_no_file() {
         // Endless: until the client hangs up.
         while s.write_all(&chunk).is_ok() {}
     });
-    let root = tmp("endless");
-    let start = Instant::now();
-    let e = fetch(&[resource(&url, 1 << 20)], &root, &opts(), |_, _, _| {})
-        .unwrap_err()
-        .to_string();
+    let e = fails_cleanly(&url, 1 << 20, "endless");
     assert!(
         e.contains("the server sent more than the 1048576 bytes expected of data.bin"),
         "{e}"
     );
-    assert!(start.elapsed() < Duration::from_secs(20));
-    assert!(listing(&root).is_empty(), "{:?}", listing(&root));
-    std::fs::remove_dir_all(&root).ok();
 }
 
 #[test]
 fn a_body_announced_larger_than_the_cap_is_refused_before_writing() {
-    let url = serve_with(|mut s| {
-        let mut req = [0u8; 4096];
-        let _ = s.read(&mut req);
-        let _ = s.write_all(
-            b"HTTP/1.1 200 OK\r\nContent-Length: 4294967296\r\nConnection: close\r\n\r\nabc",
-        );
-        std::thread::sleep(Duration::from_millis(200));
-    });
-    let root = tmp("announced");
-    let e = fetch(&[resource(&url, 1000)], &root, &opts(), |_, _, _| {})
-        .unwrap_err()
-        .to_string();
+    let (_tx, rx) = std::sync::mpsc::channel::<()>();
+    let url = answer_then_stall(
+        b"HTTP/1.1 200 OK\r\nContent-Length: 4294967296\r\n\r\nabc",
+        rx,
+    );
+    let e = fails_cleanly(&url, 1000, "announced");
     assert!(
         e.contains("the server announces 4294967296 bytes, more than the 1000 expected"),
         "{e}"
     );
-    assert!(listing(&root).is_empty(), "{:?}", listing(&root));
-    std::fs::remove_dir_all(&root).ok();
 }
 
 #[test]
 fn a_server_that_accepts_and_never_answers_times_out() {
-    let (tx, rx) = std::sync::mpsc::channel::<()>();
-    let url = serve_with(move |s| {
-        // Holds the connection open, silent, until the test ends.
-        let _ = rx.recv_timeout(Duration::from_secs(60));
-        drop(s);
-    });
-    let root = tmp("silent");
-    let start = Instant::now();
-    let e = fetch(&[resource(&url, 1000)], &root, &opts(), |_, _, _| {})
-        .unwrap_err()
-        .to_string();
-    let took = start.elapsed();
-    drop(tx);
+    let (_tx, rx) = std::sync::mpsc::channel::<()>();
+    let url = answer_then_stall(b"", rx);
+    let e = fails_cleanly(&url, 1000, "silent");
     assert!(
         e.contains("timed out waiting for the server to answer: nothing for 0.5 s"),
         "{e}"
     );
-    assert!(took < Duration::from_secs(10), "{took:?}");
-    assert!(listing(&root).is_empty(), "{:?}", listing(&root));
-    std::fs::remove_dir_all(&root).ok();
 }
 
 #[test]
 fn a_body_that_stops_coming_times_out_and_leaves_no_file() {
-    let (tx, rx) = std::sync::mpsc::channel::<()>();
-    let url = serve_with(move |mut s| {
-        let mut req = [0u8; 4096];
-        let _ = s.read(&mut req);
-        let _ = s.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 1000\r\n\r\nfirst bytes");
-        let _ = s.flush();
-        let _ = rx.recv_timeout(Duration::from_secs(60));
-    });
-    let root = tmp("stall");
-    let start = Instant::now();
-    let e = fetch(&[resource(&url, 1000)], &root, &opts(), |_, _, _| {})
-        .unwrap_err()
-        .to_string();
-    let took = start.elapsed();
-    drop(tx);
+    let (_tx, rx) = std::sync::mpsc::channel::<()>();
+    let url = answer_then_stall(
+        b"HTTP/1.1 200 OK\r\nContent-Length: 1000\r\n\r\nfirst bytes",
+        rx,
+    );
+    let e = fails_cleanly(&url, 1000, "stall");
     assert!(
         e.contains("broke off after 11 bytes of 1000: timed out waiting for more data"),
         "{e}"
     );
-    assert!(took < Duration::from_secs(10), "{took:?}");
-    assert!(listing(&root).is_empty(), "{:?}", listing(&root));
-    std::fs::remove_dir_all(&root).ok();
 }
