@@ -5,7 +5,7 @@
 use serde::Serialize;
 use vramlab_graph::Shaped;
 
-use crate::{plan, Optimizer, OptimizerKind, PlanConfig, PlanError, Precision};
+use crate::{plan, Mode, Optimizer, OptimizerKind, Phase, PlanConfig, PlanError, Precision};
 
 /// A GPU and its memory.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize)]
@@ -104,9 +104,16 @@ pub fn find_gpu(name: &str) -> Result<Gpu, String> {
         .map(|g| g.name)
         .collect();
     Err(if similar.is_empty() {
-        format!("unknown GPU `{name}`: see `vramlab gpus`, or give --memory SIZE for any card")
+        format!(
+            "unknown GPU `{name}`: see `vramlab gpus`, or give any card's memory with \
+             --memory SIZE (e.g. --memory 24GiB)"
+        )
     } else {
-        format!("`{name}` matches several GPUs: {}", similar.join(", "))
+        format!(
+            "`{name}` matches several GPUs: {}; name one, or give the card's memory with \
+             --memory SIZE",
+            similar.join(", ")
+        )
     })
 }
 
@@ -127,7 +134,39 @@ pub struct ProcedureRow {
     pub fits: bool,
 }
 
-/// A change that would make batch 1 fit, with its predicted peak.
+/// Where a step's highest point is.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct PeakPoint {
+    pub peak_bytes: u128,
+    pub phase: Phase,
+    /// `layer (aten op)`.
+    pub at: String,
+    /// Weights, buffers, gradients and optimizer state at the peak: what no change to
+    /// activations can shrink.
+    pub state_bytes: u128,
+}
+
+/// The highest point of the plan at `batch` (over its steps).
+pub fn peak_point(g: &Shaped, template: &PlanConfig, batch: u64) -> Result<PeakPoint, PlanError> {
+    let mut c = template.clone();
+    c.batch_size = batch;
+    c.record_timeline = false;
+    let r = plan(g, &c)?;
+    let step = r
+        .steps
+        .iter()
+        .max_by_key(|s| s.peak_bytes)
+        .ok_or_else(|| PlanError::Config("the plan has no step".into()))?;
+    let a = &step.at_peak;
+    Ok(PeakPoint {
+        peak_bytes: r.peak_bytes,
+        phase: step.peak_phase,
+        at: step.peak_at.clone(),
+        state_bytes: a.params + a.buffers + a.grads + a.optimizer_state,
+    })
+}
+
+/// A change that would make the smallest batch fit, with its predicted peak.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Advice {
     /// The sentence, in English.
@@ -139,6 +178,34 @@ pub struct Advice {
     pub flags: String,
     pub peak_bytes: Option<u128>,
     pub fits: bool,
+    /// Where this change's peak is (`None` when the plan fails).
+    pub peak: Option<PeakPoint>,
+    /// The change saves less than 1 % of the peak as given.
+    pub changes_nothing: bool,
+}
+
+/// Why "all together" has a higher peak than the best single change: the change whose
+/// removal from the combination lowers the peak most.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct CombinationNote {
+    /// The best single change (its `change` sentence) and its peak.
+    pub best_alone: String,
+    pub best_alone_bytes: u128,
+    pub together_bytes: u128,
+    /// Flags of the change that costs memory in the combination, and the peak without it.
+    pub costly_flags: String,
+    pub without_costly_bytes: u128,
+}
+
+/// Everything the "what would make it fit" table shows.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct AdviceReport {
+    /// 1, or 2 where BatchNorm makes batch 1 impossible.
+    pub batch: u64,
+    /// The plan as given, at that batch.
+    pub baseline: Option<PeakPoint>,
+    pub changes: Vec<Advice>,
+    pub combination: Option<CombinationNote>,
 }
 
 /// Gradient accumulation to reach an effective batch.
@@ -160,9 +227,47 @@ pub struct FitReport {
     pub peak_bytes_at_max: Option<u128>,
     pub peak_bytes_at_max_plus_one: Option<u128>,
     pub procedure: Vec<ProcedureRow>,
-    pub advice: Vec<Advice>,
+    /// Training or inference: inference has no optimizer and no backward.
+    pub mode: Mode,
+    /// Filled when nothing fits.
+    pub advice: Option<AdviceReport>,
     pub accumulation: Option<AccumulationPlan>,
+    /// The number of training images, when known.
+    pub dataset_size: Option<u64>,
+    /// The largest batch is more than the dataset: any batch up to the whole dataset
+    /// fits, and no larger one can be drawn from it.
+    pub max_batch_exceeds_dataset: bool,
+    /// The power of two to train with: the largest one under both the largest batch and
+    /// the dataset size.
+    pub recommended_batch: Option<u64>,
 }
+
+/// What `fit` is asked: a card, the share of it to use, and optionally an effective
+/// batch to reach by accumulation and the dataset's size.
+#[derive(Debug, Clone, PartialEq)]
+pub struct FitRequest {
+    pub card_bytes: u128,
+    /// Use at most this fraction of the card, in (0, 1].
+    pub fraction: f64,
+    pub target_batch: Option<u64>,
+    pub dataset_size: Option<u64>,
+}
+
+impl FitRequest {
+    /// The lesson's defaults: 80 % of the card, no accumulation, dataset unknown.
+    pub fn new(card_bytes: u128) -> Self {
+        FitRequest {
+            card_bytes,
+            fraction: 0.8,
+            target_batch: None,
+            dataset_size: None,
+        }
+    }
+}
+
+/// The largest effective batch `--target-batch` takes (2^40): its divisors are found by
+/// trial division up to its square root, a million steps at most.
+pub const MAX_TARGET_BATCH: u64 = 1 << 40;
 
 /// Batches beyond this are not searched (the answer is then "at least this").
 pub const MAX_BATCH: u64 = 1 << 60;
@@ -197,7 +302,7 @@ pub fn max_batch(
     let guess = if slope == 0 {
         MAX_BATCH
     } else {
-        let intercept = q_lo.saturating_sub(slope * b_lo as u128);
+        let intercept = q_lo.saturating_sub(slope.saturating_mul(b_lo as u128));
         (budget.saturating_sub(intercept) / slope).clamp(b_min as u128, MAX_BATCH as u128) as u64
     };
     // Bracket [lo fits, hi does not] around the guess, widening by doubling steps.
@@ -259,7 +364,7 @@ pub fn max_batch(
     Ok(Some((lo, lo_peak)))
 }
 
-/// Everything `vramlab fit` reports.
+/// Everything `vramlab fit` reports (see [`fit_with`] for the dataset size).
 pub fn fit(
     g: &Shaped,
     template: &PlanConfig,
@@ -267,19 +372,56 @@ pub fn fit(
     fraction: f64,
     target_batch: Option<u64>,
 ) -> Result<FitReport, PlanError> {
+    fit_with(
+        g,
+        template,
+        &FitRequest {
+            card_bytes,
+            fraction,
+            target_batch,
+            dataset_size: None,
+        },
+    )
+}
+
+/// Everything `vramlab fit` reports, for a request.
+pub fn fit_with(
+    g: &Shaped,
+    template: &PlanConfig,
+    req: &FitRequest,
+) -> Result<FitReport, PlanError> {
+    let (card_bytes, fraction) = (req.card_bytes, req.fraction);
     if !(fraction > 0.0 && fraction <= 1.0) {
         return Err(PlanError::Config(format!(
             "--fraction must be in (0, 1], got {fraction}"
         )));
     }
+    if card_bytes == 0 {
+        return Err(PlanError::Config(
+            "the card's memory must be more than 0 bytes".into(),
+        ));
+    }
+    if let Some(t) = req.target_batch {
+        if !(1..=MAX_TARGET_BATCH).contains(&t) {
+            return Err(PlanError::Config(format!(
+                "--target-batch must be between 1 and {MAX_TARGET_BATCH}, got {t}"
+            )));
+        }
+    }
+    if req.dataset_size == Some(0) {
+        return Err(PlanError::Config(
+            "the dataset has no images: nothing to batch".into(),
+        ));
+    }
     let budget = (card_bytes as f64 * fraction).floor() as u128;
     let best = max_batch(g, template, budget)?;
     let max_batch_size = best.map(|(b, _)| b);
-    let max_power_of_two = max_batch_size.map(|b| 1u64 << (63 - b.leading_zeros()));
+    let max_power_of_two = max_batch_size.map(power_of_two_under);
     let peak_bytes_at_max_plus_one = match max_batch_size {
         Some(b) if b < MAX_BATCH => Some(peak_at(g, template, b + 1)?),
         _ => None,
     };
+    // Doubling from 16 up to MAX_BATCH: at most 57 rows.
     let mut procedure = Vec::new();
     let mut b = 16u64;
     loop {
@@ -291,20 +433,26 @@ pub fn fit(
             percent_of_card: peak.map(|p| 100.0 * p as f64 / card_bytes as f64),
             fits,
         });
-        if !fits || b >= MAX_BATCH {
-            break;
+        match b.checked_mul(2) {
+            Some(next) if fits && next <= MAX_BATCH => b = next,
+            _ => break,
         }
-        b *= 2;
     }
     let advice = if best.is_none() {
-        advise(g, template, budget)?
+        Some(advise(g, template, budget)?)
     } else {
-        Vec::new()
+        None
     };
-    let accumulation = match (target_batch, max_batch_size) {
+    let accumulation = match (req.target_batch, max_batch_size) {
         (Some(t), Some(m)) => accumulate(g, template, t, m, budget)?,
         _ => None,
     };
+    let max_batch_exceeds_dataset = matches!(
+        (max_batch_size, req.dataset_size),
+        (Some(b), Some(n)) if b > n
+    );
+    let recommended_batch =
+        max_batch_size.map(|b| power_of_two_under(req.dataset_size.map_or(b, |n| b.min(n))));
     Ok(FitReport {
         card_bytes,
         fraction,
@@ -314,24 +462,53 @@ pub fn fit(
         peak_bytes_at_max: best.map(|(_, p)| p),
         peak_bytes_at_max_plus_one,
         procedure,
+        mode: template.mode,
         advice,
         accumulation,
+        dataset_size: req.dataset_size,
+        max_batch_exceeds_dataset,
+        recommended_batch,
     })
 }
 
-/// What would make batch 1 fit: each change alone, then all together.
-fn advise(g: &Shaped, template: &PlanConfig, budget: u128) -> Result<Vec<Advice>, PlanError> {
+/// The largest power of two that is at most `n` (`n` >= 1).
+fn power_of_two_under(n: u64) -> u64 {
+    1u64 << (63 - n.max(1).leading_zeros())
+}
+
+/// The smallest batch the plan accepts: 1, or 2 where BatchNorm in training would see
+/// one value per channel (PyTorch refuses that).
+fn smallest_batch(g: &Shaped, template: &PlanConfig) -> u64 {
+    match peak_at(g, template, 1) {
+        Err(PlanError::Framework { .. }) => 2,
+        _ => 1,
+    }
+}
+
+/// What would make the smallest batch fit: each change alone, then all together, with
+/// where each peak is, so that a change that saves nothing can be explained.
+fn advise(g: &Shaped, template: &PlanConfig, budget: u128) -> Result<AdviceReport, PlanError> {
+    let batch = smallest_batch(g, template);
+    let baseline = peak_point(g, template, batch).ok();
+    let base_bytes = baseline.as_ref().map(|p| p.peak_bytes);
     let mut out = Vec::new();
     let mut try_cfg = |template: &'static str, flags: String, c: PlanConfig, graph: &Shaped| {
-        let peak = peak_at(graph, &c, 1).ok();
+        let peak = peak_point(graph, &c, batch).ok();
+        let bytes = peak.as_ref().map(|p| p.peak_bytes);
         out.push(Advice {
             change: template.replace("{0}", &flags),
             template,
             flags,
-            fits: peak.is_some_and(|p| p <= budget),
-            peak_bytes: peak,
+            fits: bytes.is_some_and(|p| p <= budget),
+            peak_bytes: bytes,
+            changes_nothing: match (bytes, base_bytes) {
+                (Some(p), Some(b)) => p.saturating_mul(100) >= b.saturating_mul(99),
+                _ => false,
+            },
+            peak,
         });
     };
+    let training = template.mode == Mode::Train;
     let mut amp = template.clone();
     amp.precision = Precision::AmpBf16;
     if template.precision == Precision::Fp32 {
@@ -345,18 +522,20 @@ fn advise(g: &Shaped, template: &PlanConfig, budget: u128) -> Result<Vec<Advice>
     let mut ckpt = template.clone();
     let pieces = (g.nodes().len() as f64).sqrt().round().max(2.0) as u32;
     ckpt.checkpoint_segments = pieces;
-    try_cfg(
-        "activation checkpointing ({0})",
-        format!("--checkpoint-segments {pieces}"),
-        ckpt.clone(),
-        g,
-    );
+    if training {
+        try_cfg(
+            "activation checkpointing ({0})",
+            format!("--checkpoint-segments {pieces}"),
+            ckpt.clone(),
+            g,
+        );
+    }
     let mut sgd = template.clone();
     sgd.optimizer = Optimizer {
         momentum: 0.9,
         ..Optimizer::new(OptimizerKind::Sgd)
     };
-    if template.optimizer.kind != OptimizerKind::Sgd {
+    if training && template.optimizer.kind != OptimizerKind::Sgd {
         try_cfg(
             "SGD with momentum instead ({0}): one state tensor, not two",
             "--optimizer sgd --momentum 0.9".into(),
@@ -364,7 +543,8 @@ fn advise(g: &Shaped, template: &PlanConfig, budget: u128) -> Result<Vec<Advice>
             g,
         );
     }
-    if template.optimizer.implementation != Some(crate::OptimizerImpl::Fused)
+    if training
+        && template.optimizer.implementation != Some(crate::OptimizerImpl::Fused)
         && template.optimizer.kind != OptimizerKind::RmsProp
     {
         let mut fused = template.clone();
@@ -376,14 +556,16 @@ fn advise(g: &Shaped, template: &PlanConfig, budget: u128) -> Result<Vec<Advice>
             g,
         );
     }
-    let mut plain = template.clone();
-    plain.optimizer = Optimizer::new(OptimizerKind::Sgd);
-    try_cfg(
-        "plain SGD ({0}): no optimizer state at all",
-        "--optimizer sgd".into(),
-        plain,
-        g,
-    );
+    if training {
+        let mut plain = template.clone();
+        plain.optimizer = Optimizer::new(OptimizerKind::Sgd);
+        try_cfg(
+            "plain SGD ({0}): no optimizer state at all",
+            "--optimizer sgd".into(),
+            plain,
+            g,
+        );
+    }
     if template.precision != Precision::Bf16 {
         let mut bf16 = template.clone();
         bf16.precision = Precision::Bf16;
@@ -407,16 +589,78 @@ fn advise(g: &Shaped, template: &PlanConfig, budget: u128) -> Result<Vec<Advice>
             );
         }
     }
-    let mut all = sgd;
-    all.precision = amp.precision;
-    all.checkpoint_segments = ckpt.checkpoint_segments;
-    try_cfg(
-        "all of AMP, checkpointing and SGD together",
-        String::new(),
-        all,
-        g,
-    );
-    Ok(out)
+    let mut combination = None;
+    if training {
+        let mut all = sgd.clone();
+        all.precision = amp.precision;
+        all.checkpoint_segments = ckpt.checkpoint_segments;
+        try_cfg(
+            "all of AMP, checkpointing and SGD together",
+            String::new(),
+            all.clone(),
+            g,
+        );
+        combination = explain_combination(g, &out, batch, &all, template)?;
+    }
+    Ok(AdviceReport {
+        batch,
+        baseline,
+        changes: out,
+        combination,
+    })
+}
+
+/// Where "all together" peaks higher than the best single change, finds which part of
+/// the combination costs memory: the one whose removal lowers the peak most.
+fn explain_combination(
+    g: &Shaped,
+    rows: &[Advice],
+    batch: u64,
+    all: &PlanConfig,
+    template: &PlanConfig,
+) -> Result<Option<CombinationNote>, PlanError> {
+    let Some((last, singles)) = rows.split_last() else {
+        return Ok(None);
+    };
+    let Some(together) = last.peak_bytes else {
+        return Ok(None);
+    };
+    let Some(best) = singles
+        .iter()
+        .filter(|a| a.peak_bytes.is_some())
+        .min_by_key(|a| a.peak_bytes)
+    else {
+        return Ok(None);
+    };
+    let best_bytes = best.peak_bytes.expect("filtered");
+    if together <= best_bytes {
+        return Ok(None);
+    }
+    let mut without_amp = all.clone();
+    without_amp.precision = template.precision;
+    let mut without_ckpt = all.clone();
+    without_ckpt.checkpoint_segments = template.checkpoint_segments;
+    let mut without_sgd = all.clone();
+    without_sgd.optimizer = template.optimizer.clone();
+    let mut costly: Option<(String, u128)> = None;
+    for (flags, c) in [
+        ("--precision amp-bf16", without_amp),
+        ("--checkpoint-segments", without_ckpt),
+        ("--optimizer sgd --momentum 0.9", without_sgd),
+    ] {
+        if let Ok(p) = peak_at(g, &c, batch) {
+            if p < together && costly.as_ref().is_none_or(|(_, q)| p < *q) {
+                costly = Some((flags.to_string(), p));
+            }
+        }
+    }
+    Ok(costly.map(|(costly_flags, without)| CombinationNote {
+        best_alone: best.change.clone(),
+        best_alone_bytes: best_bytes,
+        together_bytes: together,
+        costly_flags,
+        without_costly_bytes: without,
+    }))
 }
 
 /// The largest micro-batch that divides the target and whose accumulation plan fits
@@ -428,20 +672,22 @@ fn accumulate(
     max_fit: u64,
     budget: u128,
 ) -> Result<Option<AccumulationPlan>, PlanError> {
-    if target == 0 {
-        return Err(PlanError::Config(
-            "--target-batch must be at least 1".into(),
-        ));
+    if !(1..=MAX_TARGET_BATCH).contains(&target) {
+        return Err(PlanError::Config(format!(
+            "--target-batch must be between 1 and {MAX_TARGET_BATCH}, got {target}"
+        )));
     }
+    // Trial division up to the square root: at most 2^20 steps for a target of 2^40.
     let mut divisors = Vec::new();
     let mut d = 1u64;
-    while d.saturating_mul(d) <= target {
+    while d.checked_mul(d).is_some_and(|sq| sq <= target) {
         if target.is_multiple_of(d) {
             divisors.push(d);
             divisors.push(target / d);
         }
         d += 1;
     }
+    divisors.dedup();
     divisors.sort_unstable_by(|a, b| b.cmp(a));
     for micro in divisors.into_iter().filter(|&m| m <= max_fit) {
         let steps = target / micro;
@@ -476,13 +722,26 @@ pub struct LrAdvice {
     pub square_root_scaling_rule: f64,
 }
 
-pub fn lr_advice(base_batch: u64, base_lr: f64, batch: u64) -> LrAdvice {
-    let k = batch as f64 / base_batch.max(1) as f64;
-    LrAdvice {
+/// The two rules' learning rates at `batch`; the base batch and learning rate must be
+/// usable (at least 1; finite and more than 0).
+pub fn lr_advice(base_batch: u64, base_lr: f64, batch: u64) -> Result<LrAdvice, PlanError> {
+    if base_batch == 0 {
+        return Err(PlanError::Config("--base-batch must be at least 1".into()));
+    }
+    if !(base_lr.is_finite() && base_lr > 0.0) {
+        return Err(PlanError::Config(format!(
+            "--base-lr must be a finite number more than 0, got {base_lr}"
+        )));
+    }
+    if batch == 0 {
+        return Err(PlanError::Config("the batch must be at least 1".into()));
+    }
+    let k = batch as f64 / base_batch as f64;
+    Ok(LrAdvice {
         base_batch,
         base_lr,
         batch,
         linear_scaling_rule: base_lr * k,
         square_root_scaling_rule: base_lr * k.sqrt(),
-    }
+    })
 }
