@@ -1610,19 +1610,16 @@ pub struct SweepJson {
     pub rows: Vec<SweepRow>,
 }
 
-/// Checks that files can be written in `dir` (creating it): a probe file is created and
-/// removed.
-fn check_writable_dir(dir: &std::path::Path, option: &str) -> Result<()> {
+/// Checks that the plots can be written in `dir` (creating it), before any training.
+fn check_plot_dir(dir: &std::path::Path) -> Result<()> {
     let fail = |e: &dyn std::fmt::Display| {
         UserError(format!(
-            "{option} {}: cannot write plots there: {e}",
+            "--plot-dir {}: cannot write plots there: {e}",
             dir.display()
         ))
     };
     std::fs::create_dir_all(dir).map_err(|e| fail(&e))?;
-    let probe = dir.join(format!(".vramlab-probe-{}", std::process::id()));
-    std::fs::File::create_new(&probe).map_err(|e| fail(&e))?;
-    std::fs::remove_file(&probe).map_err(|e| fail(&e))
+    vramlab_graph::io::check_writable(&dir.join("speed_vs_batch.png")).map_err(|e| fail(&e))
 }
 
 /// The sweep's conclusion, read from its own rows (sorted by batch size): which batch
@@ -1714,7 +1711,7 @@ pub fn sweep(a: &SweepArgs) -> Result<()> {
     let threads = threads_or_all(a.threads)?;
     a.optim.engine()?;
     if let Some(dir) = &a.plot_dir {
-        check_writable_dir(dir, "--plot-dir")?;
+        check_plot_dir(dir)?;
     }
     let ds = Arc::new(a.source.open_for_training()?);
     if let Some(&big) = a.batch_sizes.iter().find(|&&b| b > ds.train.len()) {

@@ -755,6 +755,18 @@ fn sweep_with_zero_epochs_or_a_batch_larger_than_the_data_is_an_error_not_a_pani
         v.extend_from_slice(extra);
         refused(&v)
     };
+    // train takes it and says what happens: one step of the whole set per epoch.
+    let mut args = train_args(r, &["--max-steps", "1"]);
+    args[7] = "1000"; // --batch-size
+    let o = vramlab(&args);
+    assert!(o.status.success());
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        err.contains(
+            "note: batch 1000 is larger than the 80 training images: each epoch is one step of 80"
+        ),
+        "{err}"
+    );
     let err = sweep(&["--epochs", "0", "--batch-sizes", "8"]);
     assert!(err.contains("--epochs must be at least 1, got 0"), "{err}");
     let err = sweep(&["--batch-sizes", "8,1024", "--samples", "16"]);

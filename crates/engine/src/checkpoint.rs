@@ -192,16 +192,8 @@ fn write_error(path: &Path, e: impl std::fmt::Display) -> CheckpointError {
 /// Checks, before any work, that a checkpoint can be written at `path`: creates the
 /// temporary file a save would create in its folder, then removes it.
 pub fn check_writable(path: &Path) -> Result<(), CheckpointError> {
-    if path.is_dir() {
-        return Err(write_error(path, "it is a folder"));
-    }
-    if path.file_name().is_none() {
-        return Err(write_error(path, "it names no file"));
-    }
     remove_stale_temps(path);
-    let tmp = temp_path(path);
-    File::create_new(&tmp).map_err(|e| write_error(path, e))?;
-    std::fs::remove_file(&tmp).map_err(|e| write_error(path, e))
+    vramlab_graph::io::check_writable(path).map_err(|e| write_error(path, e))
 }
 
 /// Writes the file to `tmp`: length, header, tensor data; then syncs it to disk.
