@@ -263,6 +263,10 @@ fn sizes_beyond_the_limits_are_errors_not_aborts() {
         &["data", "info", d, "--resize", "4294967295"],
         "--resize 4294967295: a size must be between 1 and 65536",
     );
+    fails_with(
+        &["bench", "loader", "--data", d, "--workers", "100000"],
+        "100000 loader workers with 4 batches each ahead: at most 256 of each",
+    );
     let thin = tmp("thin");
     idx_set(&thin, &[1, 1, 4_000_000], 1);
     let out = thin.join("x.png");

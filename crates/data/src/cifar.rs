@@ -8,7 +8,7 @@
 
 use std::path::{Path, PathBuf};
 
-use crate::limits::{read_regular, MAX_CIFAR_FILE_BYTES};
+use crate::limits::{is_present, read_regular, MAX_CIFAR_FILE_BYTES};
 use crate::{classes, DataError, Dataset, Split};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -56,7 +56,7 @@ fn dir_of(root: &Path, kind: Kind) -> PathBuf {
 
 /// Whether the folder holds this CIFAR version's first training file.
 pub fn looks_like(root: &Path, kind: Kind) -> bool {
-    dir_of(root, kind).join(&kind.files("train")[0]).is_file()
+    is_present(&dir_of(root, kind).join(&kind.files("train")[0]))
 }
 
 /// Parses one binary file's records into a split; `coarse` picks CIFAR-100's coarse label.
@@ -123,7 +123,7 @@ pub fn open(kind: Kind, root: &Path, coarse: bool) -> Result<Dataset, DataError>
     let dir = dir_of(root, kind);
     let train = load(kind, &dir, "train", coarse)?;
     let test_file = dir.join(&kind.files("test")[0]);
-    let test = if test_file.is_file() {
+    let test = if is_present(&test_file) {
         Some(load(kind, &dir, "test", coarse)?)
     } else {
         None

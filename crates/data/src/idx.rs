@@ -7,7 +7,7 @@
 use std::io::{BufRead, Read};
 use std::path::{Path, PathBuf};
 
-use crate::limits::{open_regular, MAX_IDX_BYTES};
+use crate::limits::{is_present, open_regular, MAX_IDX_BYTES};
 use crate::{classes, DataError, Dataset, Split};
 
 /// A parsed IDX file of unsigned bytes.
@@ -310,7 +310,7 @@ pub fn find(root: &Path, split: &str, kind: Kind, family: &Family) -> Option<Pat
         for stem in &stems {
             for ext in ["", ".gz"] {
                 let p = d.join(format!("{stem}{ext}"));
-                if p.is_file() {
+                if is_present(&p) {
                     return Some(p);
                 }
             }

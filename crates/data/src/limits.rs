@@ -54,6 +54,12 @@ pub fn open_regular(path: &Path) -> Result<(File, u64), DataError> {
     Ok((f, meta.len()))
 }
 
+/// Whether something other than a folder is at `path` (following symlinks): a data file
+/// to read, or to refuse by name if it is not a regular file.
+pub fn is_present(path: &Path) -> bool {
+    std::fs::metadata(path).is_ok_and(|m| !m.is_dir())
+}
+
 /// What a non-regular file is, for the error.
 pub(crate) fn not_regular(meta: &std::fs::Metadata) -> String {
     let what = if meta.is_dir() {

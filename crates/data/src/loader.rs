@@ -14,6 +14,9 @@ use crate::rng::Rng;
 use crate::transform::Pipeline;
 use crate::{DataError, Dataset};
 
+/// Most worker threads (and batches each may have ready): more only cost memory.
+pub const MAX_WORKERS: usize = 256;
+
 #[derive(Debug, Clone, PartialEq)]
 pub struct LoaderConfig {
     pub batch_size: usize,
@@ -75,6 +78,12 @@ impl Loader {
             return Err(DataError::Config(format!(
                 "the {split} split has {samples} images; the loader serves at most {}",
                 u32::MAX
+            )));
+        }
+        if cfg.workers > MAX_WORKERS || cfg.prefetch > MAX_WORKERS {
+            return Err(DataError::Config(format!(
+                "{} loader workers with {} batches each ahead: at most {MAX_WORKERS} of each",
+                cfg.workers, cfg.prefetch
             )));
         }
         if cfg.batch_size == 0 {
@@ -301,6 +310,20 @@ mod tests {
         );
         assert_eq!(l.num_batches(), 2);
         assert_eq!(l.epoch(0).count(), 2);
+    }
+
+    #[test]
+    fn thousands_of_workers_are_refused() {
+        let p = Pipeline::normalize([1, 2, 2], vec![0.0], vec![1.0]).unwrap();
+        let cfg = LoaderConfig {
+            workers: 100_000,
+            ..Default::default()
+        };
+        let e = Loader::new(tiny(10), "train", p, cfg).err().unwrap();
+        assert_eq!(
+            e.to_string(),
+            "100000 loader workers with 2 batches each ahead: at most 256 of each"
+        );
     }
 
     #[test]

@@ -450,3 +450,25 @@ fn an_image_claiming_huge_dimensions_is_an_error_naming_the_file() {
     assert!(e.contains("huge.png: cannot decode the image"), "{e}");
     std::fs::remove_dir_all(&root).ok();
 }
+
+#[cfg(unix)]
+#[test]
+fn a_fifo_in_place_of_an_idx_file_is_named_not_skipped() {
+    use vramlab_data::idx::encode as idx;
+    let root = tmp("idx-fifo");
+    std::fs::write(root.join("train-labels-idx1-ubyte"), idx(&[1], &[0])).unwrap();
+    if !mkfifo(&root.join("train-images-idx3-ubyte")) {
+        return;
+    }
+    let r = root.clone();
+    let e = within(20, move || {
+        open("mnist", Some(&r), &Default::default())
+            .unwrap_err()
+            .to_string()
+    });
+    assert!(
+        e.ends_with("train-images-idx3-ubyte: not a regular file (a FIFO, socket or device): only regular files are read"),
+        "{e}"
+    );
+    std::fs::remove_dir_all(&root).ok();
+}
