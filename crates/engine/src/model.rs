@@ -97,6 +97,10 @@ pub struct Engine {
     pool: rayon::ThreadPool,
     threads: usize,
     first_param: Vec<usize>,
+    /// The most f32 values one sample needs in any one buffer (a layer's output or a
+    /// convolution's column matrix): a batch is refused when this times the batch size
+    /// cannot be allocated.
+    max_per_sample: usize,
     requires_grad: Vec<bool>,
     /// Seconds spent per op kind ("forward Conv2d", "backward ReLU", "optimizer").
     pub op_seconds: std::collections::BTreeMap<String, f64>,
@@ -143,7 +147,7 @@ fn keep_freed_memory() {
 /// channels or features, or 0 classes) or one whose element count overflows. The graph
 /// crate refuses these when it infers shapes; a hand-built [`Shaped`] is checked here so
 /// the engine never panics on one.
-fn check_sizes(g: &Shaped) -> Result<(), EngineError> {
+fn check_sizes(g: &Shaped) -> Result<usize, EngineError> {
     if g.shapes.len() != g.nodes().len() || g.nodes().is_empty() {
         return Err(EngineError(format!(
             "{}: {} shapes for {} layers",
@@ -153,7 +157,23 @@ fn check_sizes(g: &Shaped) -> Result<(), EngineError> {
         )));
     }
     let count = |shape: &[usize]| shape.iter().try_fold(1usize, |a, &d| a.checked_mul(d));
+    let mut max_per_sample = 1usize;
     for (node, shape) in g.nodes().iter().zip(&g.shapes) {
+        if let Op::Conv2d(c) = &node.op {
+            // The column matrix of one sample: (in_channels * kh * kw) x (ho * wo).
+            let cols = [c.in_channels, c.kernel_size.0, c.kernel_size.1]
+                .iter()
+                .chain(shape.get(1..).unwrap_or(&[]))
+                .try_fold(1usize, |a, &d| a.checked_mul(d))
+                .ok_or_else(|| {
+                    EngineError(format!(
+                        "layer `{}`: its column matrix is too large",
+                        node.name
+                    ))
+                })?;
+            max_per_sample = max_per_sample.max(cols);
+        }
+        max_per_sample = max_per_sample.max(count(shape).unwrap_or(usize::MAX));
         let specs = node.op.params();
         let tensors = std::iter::once(("output".to_string(), shape.clone())).chain(
             specs
@@ -162,11 +182,13 @@ fn check_sizes(g: &Shaped) -> Result<(), EngineError> {
         );
         for (what, shape) in tensors {
             match count(&shape) {
-                Some(0) => return Err(EngineError(format!(
+                Some(0) => {
+                    return Err(EngineError(format!(
                     "layer `{}`: its {what} of shape {} is empty; every size must be at least 1",
                     node.name,
                     vramlab_graph::fmt_shape(&shape)
-                ))),
+                )))
+                }
                 None => {
                     return Err(EngineError(format!(
                         "layer `{}`: its {what} of shape {} is too large",
@@ -184,7 +206,7 @@ fn check_sizes(g: &Shaped) -> Result<(), EngineError> {
             )));
         }
     }
-    Ok(())
+    Ok(max_per_sample)
 }
 
 impl Engine {
@@ -195,7 +217,7 @@ impl Engine {
         threads: usize,
     ) -> Result<Engine, EngineError> {
         keep_freed_memory();
-        check_sizes(&graph)?;
+        let max_per_sample = check_sizes(&graph)?;
         let threads = threads.max(1);
         let pool = rayon::ThreadPoolBuilder::new()
             .num_threads(threads)
@@ -266,6 +288,7 @@ impl Engine {
             threads,
             first_param,
             requires_grad,
+            max_per_sample,
             op_seconds: Default::default(),
         };
         if e.optimizer.eager_state() {
@@ -307,12 +330,22 @@ impl Engine {
     pub fn batch(&self, images: Vec<f32>, batch: usize) -> Result<Tensor, EngineError> {
         let s = &self.graph.shapes[0];
         let per: usize = s.iter().product();
-        let want = batch.checked_mul(per).ok_or_else(|| {
-            EngineError(format!(
-                "a batch of {batch} images of {} does not fit in memory",
-                vramlab_graph::fmt_shape(s)
-            ))
-        })?;
+        // Every buffer of the step is at most `max_per_sample` values a sample, of at
+        // most 8 bytes (int64 indices): refuse a batch whose sizes would overflow.
+        let want = batch
+            .checked_mul(per)
+            .filter(|_| {
+                batch
+                    .checked_mul(self.max_per_sample)
+                    .and_then(|v| v.checked_mul(8))
+                    .is_some_and(|b| b <= isize::MAX as usize)
+            })
+            .ok_or_else(|| {
+                EngineError(format!(
+                    "a batch of {batch} images of {} does not fit in memory",
+                    vramlab_graph::fmt_shape(s)
+                ))
+            })?;
         if images.len() != want {
             return Err(EngineError(format!(
                 "a batch of {batch} images of {} needs {want} values, got {}",

@@ -79,6 +79,10 @@ fn a_batch_whose_size_overflows_is_an_error() {
     let e = Engine::new(lenet(), sgd(), 0, 1).unwrap();
     let m = e.batch(Vec::new(), usize::MAX / 2).err().unwrap().0;
     assert!(m.contains("does not fit in memory"), "{m}");
+    // The input fits the address space but conv1's output (6 channels for 1) does not:
+    // refused before a layer's size wraps.
+    let m = e.batch(Vec::new(), usize::MAX / 784 / 4).err().unwrap().0;
+    assert!(m.contains("does not fit in memory"), "{m}");
 }
 
 #[test]
