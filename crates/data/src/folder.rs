@@ -145,16 +145,22 @@ fn decoder_limits() -> image::Limits {
     limits
 }
 
-/// Decodes and preprocesses one image to planar u8 `C x H x W`.
+/// Decodes and preprocesses one image file to planar u8 `C x H x W`.
 pub fn decode(path: &Path, opts: &FolderOptions) -> Result<Decoded, DataError> {
     check_options(opts)?;
     let bytes = read_regular(path, MAX_IMAGE_FILE_BYTES, "an image file")?;
+    decode_bytes(&bytes, path, opts)
+}
+
+/// Decodes and preprocesses the bytes of an image file; `path` names it in errors.
+pub fn decode_bytes(bytes: &[u8], path: &Path, opts: &FolderOptions) -> Result<Decoded, DataError> {
+    check_options(opts)?;
     if bytes.is_empty() {
         return Err(DataError::file(path, "zero-byte file: not an image"));
     }
     let cannot =
         |e: &dyn std::fmt::Display| DataError::file(path, format!("cannot decode the image: {e}"));
-    let mut reader = image::ImageReader::new(std::io::Cursor::new(&bytes))
+    let mut reader = image::ImageReader::new(std::io::Cursor::new(bytes))
         .with_guessed_format()
         .map_err(|e| cannot(&e))?;
     reader.limits(decoder_limits());

@@ -31,6 +31,16 @@ pub fn parse(bytes: &[u8], path: &Path) -> Result<Idx, DataError> {
     })
 }
 
+/// Parses a gzip-compressed IDX file held in memory, as [`read`] does a file.
+pub fn parse_gzip(bytes: &[u8], path: &Path) -> Result<Idx, DataError> {
+    parse_from(
+        flate2::bufread::MultiGzDecoder::new(bytes),
+        path,
+        Bound::Gzip(bytes.len() as u64),
+        |e| DataError::file(path, format!("corrupt gzip data: {e}")),
+    )
+}
+
 /// What is known of a stream's size before it is read.
 #[derive(Debug, Clone, Copy)]
 enum Bound {
@@ -555,6 +565,20 @@ mod tests {
             e,
             "x.idx: truncated: dimensions [200, 1000, 1000] need 200000000 bytes of data, the file has 10"
         );
+    }
+
+    #[test]
+    fn a_gzip_in_memory_reads_as_a_file_does() {
+        use std::io::Write;
+        let raw = encode(&[2, 2], &[1, 2, 3, 4]);
+        let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+        gz.write_all(&raw).unwrap();
+        let idx = parse_gzip(&gz.finish().unwrap(), &p()).unwrap();
+        assert_eq!((idx.dims, idx.data), (vec![2, 2], vec![1, 2, 3, 4]));
+        let e = parse_gzip(&[0x1f, 0x8b, 0, 0, 0], &p())
+            .unwrap_err()
+            .to_string();
+        assert!(e.starts_with("x.idx: corrupt gzip data: "), "{e}");
     }
 
     #[test]

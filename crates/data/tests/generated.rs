@@ -472,3 +472,56 @@ fn a_fifo_in_place_of_an_idx_file_is_named_not_skipped() {
     );
     std::fs::remove_dir_all(&root).ok();
 }
+
+/// A small fuzz run without a fuzzer: valid files of every format with random bytes
+/// changed never panic the readers (errors are fine).
+#[test]
+fn mutated_files_of_every_format_are_parsed_or_refused_never_a_panic() {
+    use vramlab_data::folder::decode_bytes;
+    use vramlab_data::idx::{encode as idx, parse, parse_gzip};
+    use vramlab_data::rng::Rng;
+    let img = image::RgbImage::from_fn(9, 7, |x, y| image::Rgb([x as u8 * 20, y as u8 * 30, 99]));
+    let mut files: Vec<(&str, Vec<u8>)> = Vec::new();
+    for (name, fmt) in [
+        ("a.png", image::ImageFormat::Png),
+        ("a.jpg", image::ImageFormat::Jpeg),
+        ("a.gif", image::ImageFormat::Gif),
+        ("a.bmp", image::ImageFormat::Bmp),
+        ("a.webp", image::ImageFormat::WebP),
+    ] {
+        let mut b = Vec::new();
+        img.write_to(&mut std::io::Cursor::new(&mut b), fmt)
+            .unwrap();
+        files.push((name, b));
+    }
+    let raw = idx(&[2, 3, 4], &[5; 24]);
+    let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+    std::io::Write::write_all(&mut gz, &raw).unwrap();
+    files.push(("a.idx", raw));
+    files.push(("a.idx.gz", gz.finish().unwrap()));
+    let opts = FolderOptions {
+        resize: Some(vec![5]),
+        center_crop: Some([4, 4]),
+        grayscale: false,
+    };
+    let mut rng = Rng::new(17);
+    for (name, good) in &files {
+        let path = Path::new(name);
+        for _ in 0..300 {
+            let mut b = good.clone();
+            for _ in 0..1 + rng.below(4) {
+                let at = rng.below(b.len() as u64) as usize;
+                b[at] = rng.below(256) as u8;
+            }
+            if rng.below(4) == 0 {
+                b.truncate(rng.below(b.len() as u64) as usize);
+            }
+            if name.contains(".idx") {
+                let _ = parse(&b, path);
+                let _ = parse_gzip(&b, path);
+            } else if let Ok(([c, h, w], px)) = decode_bytes(&b, path, &opts) {
+                assert_eq!(px.len(), c * h * w);
+            }
+        }
+    }
+}
