@@ -534,6 +534,23 @@ fn resume_uses_the_checkpoints_optimizer_and_refuses_another() {
     std::fs::remove_dir_all(&root).ok();
 }
 
+/// `eval` of the checkpoint on the data at `root`, and `predict` of `image`.
+fn eval_and_predict<'a>(ck: &'a Path, root: &'a str, image: &'a Path) -> [Vec<&'a str>; 2] {
+    let ck = ck.to_str().unwrap();
+    [
+        vec![
+            "eval",
+            "--checkpoint",
+            ck,
+            "--data",
+            "cifar10",
+            "--root",
+            root,
+        ],
+        vec!["predict", "--checkpoint", ck, image.to_str().unwrap()],
+    ]
+}
+
 /// Rewrites a checkpoint's metadata (the tensors stay).
 fn edit_metadata(ck: &Path, edit: impl FnOnce(&mut serde_json::Map<String, serde_json::Value>)) {
     let bytes = std::fs::read(ck).unwrap();
@@ -585,23 +602,7 @@ fn a_checkpoint_never_opens_the_model_path_in_its_metadata() {
         m.remove("model_file");
         m.insert("model".into(), secret.to_str().unwrap().into());
     });
-    for args in [
-        vec![
-            "eval",
-            "--checkpoint",
-            ck.to_str().unwrap(),
-            "--data",
-            "cifar10",
-            "--root",
-            r,
-        ],
-        vec![
-            "predict",
-            "--checkpoint",
-            ck.to_str().unwrap(),
-            secret.to_str().unwrap(),
-        ],
-    ] {
+    for args in eval_and_predict(&ck, r, &secret) {
         let err = refused(&args);
         assert!(!err.contains("do not print me"), "{err}");
         assert!(err.contains("which is not a zoo model"), "{err}");
@@ -658,23 +659,7 @@ fn nan_weights_and_nan_normalisation_are_refused_never_reported() {
     image::RgbImage::from_pixel(32, 32, image::Rgb([20, 200, 20]))
         .save(&img)
         .unwrap();
-    for args in [
-        vec![
-            "eval",
-            "--checkpoint",
-            ck.to_str().unwrap(),
-            "--data",
-            "cifar10",
-            "--root",
-            r,
-        ],
-        vec![
-            "predict",
-            "--checkpoint",
-            ck.to_str().unwrap(),
-            img.to_str().unwrap(),
-        ],
-    ] {
+    for args in eval_and_predict(&ck, r, &img) {
         let err = refused(&args);
         assert!(
             err.contains("`fc3.bias` holds a non-finite value (NaN)"),
