@@ -3,9 +3,10 @@
 use clap::Args;
 use serde::Serialize;
 use vramlab_graph::fmt_shape;
-use vramlab_memory::fit::{self, FitReport, LrAdvice, GPUS};
+use vramlab_memory::fit::{self, AdviceReport, FitReport, FitRequest, LrAdvice, GPUS};
+use vramlab_memory::{Mode, Phase};
 
-use crate::fmt::{bytes, parse_size, thousands, Table};
+use crate::fmt::{bytes, is_decimal_size, parse_size, size_as_read, thousands, Table};
 use crate::lang::{s, t, Lang};
 use crate::{print_json, ModelArgs, PlanArgs, Result, UserError};
 
@@ -41,10 +42,12 @@ pub fn gpus(a: &GpusArgs) -> Result<()> {
 pub struct FitArgs {
     #[command(flatten)]
     model: ModelArgs,
-    /// A card from `vramlab gpus`.
+    /// A card from `vramlab gpus`, or several separated by commas to compare them
+    /// (t4,a100-40gb,h100).
     #[arg(long, conflicts_with = "memory", required_unless_present = "memory")]
     gpu: Option<String>,
-    /// The card's memory, e.g. 24GiB or 80GB.
+    /// The card's memory with its unit: 24GiB (binary, as cards are measured) or 80GB
+    /// (decimal, 10^9 B).
     #[arg(long, value_name = "SIZE")]
     memory: Option<String>,
     /// Use at most this fraction of the card (the lesson's 80 %).
@@ -53,6 +56,9 @@ pub struct FitArgs {
     /// An effective batch to reach with gradient accumulation.
     #[arg(long, value_name = "N")]
     target_batch: Option<u64>,
+    /// The number of training images: a batch larger than the dataset is pointed out.
+    #[arg(long, value_name = "N")]
+    dataset_size: Option<u64>,
     /// The batch size your learning rate was tuned at.
     #[arg(long, default_value_t = 16, value_name = "N")]
     base_batch: u64,
@@ -78,6 +84,9 @@ pub struct FitJson {
     pub model: String,
     pub input_shape: Vec<usize>,
     pub gpu: Option<String>,
+    /// `--memory` as the user wrote it (`12GB`), to show what it was read as.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub memory_as_given: Option<String>,
     pub profile: &'static str,
     pub optimizer: String,
     pub precision: &'static str,
@@ -86,38 +95,88 @@ pub struct FitJson {
     pub lr_advice: Option<LrAdvice>,
 }
 
+/// The cards to fit on: each `--gpu` name, or the one `--memory` size.
+fn cards(a: &FitArgs) -> Result<Vec<(u128, Option<String>)>> {
+    match (&a.gpu, &a.memory) {
+        (Some(names), _) => {
+            let mut out = Vec::new();
+            for name in names.split(',').map(str::trim) {
+                if name.is_empty() {
+                    return Err(UserError(format!(
+                        "--gpu `{names}`: an empty name in the list (write e.g. t4,h100)"
+                    )));
+                }
+                let gpu = fit::find_gpu(name)?;
+                out.push((gpu.memory_bytes, Some(gpu.label.to_string())));
+            }
+            if out.len() > GPUS.len() {
+                return Err(UserError(format!(
+                    "--gpu lists {} cards: at most {} (each card once)",
+                    out.len(),
+                    GPUS.len()
+                )));
+            }
+            Ok(out)
+        }
+        (None, Some(m)) => {
+            let bytes = parse_size(m).map_err(|e| UserError(format!("--memory: {e}")))?;
+            if bytes == 0 {
+                return Err(UserError("--memory must be more than 0 B".into()));
+            }
+            Ok(vec![(bytes, None)])
+        }
+        (None, None) => Err(UserError("give --gpu NAME or --memory SIZE".into())),
+    }
+}
+
 pub fn fit(a: &FitArgs) -> Result<()> {
     let g = a.model.load()?;
     let cfg = a.plan.config(1)?;
-    let (card, label) = match (&a.gpu, &a.memory) {
-        (Some(name), _) => {
-            let gpu = fit::find_gpu(name)?;
-            (gpu.memory_bytes, Some(gpu.label.to_string()))
-        }
-        (None, Some(m)) => (parse_size(m)?, None),
-        (None, None) => return Err(UserError("give --gpu NAME or --memory SIZE".into())),
-    };
-    if card == 0 {
-        return Err(UserError("--memory must be more than 0".into()));
-    }
-    let report = fit::fit(&g, &cfg, card, a.fraction, a.target_batch)?;
+    let cards = cards(a)?;
     let base_lr = a.base_lr.unwrap_or(match cfg.optimizer.kind {
         vramlab_memory::OptimizerKind::RmsProp | vramlab_memory::OptimizerKind::Adagrad => 1e-2,
         _ => 1e-3,
     });
-    let lr = report
-        .max_power_of_two
-        .map(|b| fit::lr_advice(a.base_batch, base_lr, b));
-    let out = FitJson {
-        model: g.graph.name.clone(),
-        input_shape: g.graph.input_shape.clone(),
-        gpu: label,
-        profile: cfg.profile.name(),
-        optimizer: cfg.optimizer.describe(),
-        precision: cfg.precision.name(),
-        fit: report,
-        lr_advice: lr,
-    };
+    // Checked before the search, whether or not a batch fits.
+    fit::lr_advice(a.base_batch, base_lr, a.base_batch)?;
+    if cards.len() > 1 && a.plot.is_some() {
+        return Err(UserError(
+            "--plot draws one card: give one --gpu, or leave --plot out to compare cards".into(),
+        ));
+    }
+    let mut outs = Vec::new();
+    for (card, label) in cards {
+        let req = FitRequest {
+            card_bytes: card,
+            fraction: a.fraction,
+            target_batch: a.target_batch,
+            dataset_size: a.dataset_size,
+        };
+        let report = fit::fit_with(&g, &cfg, &req)?;
+        let lr = report
+            .recommended_batch
+            .map(|b| fit::lr_advice(a.base_batch, base_lr, b))
+            .transpose()?;
+        outs.push(FitJson {
+            model: g.graph.name.clone(),
+            input_shape: g.graph.input_shape.clone(),
+            gpu: label,
+            memory_as_given: a.memory.clone(),
+            profile: cfg.profile.name(),
+            optimizer: cfg.optimizer.describe(),
+            precision: cfg.precision.name(),
+            fit: report,
+            lr_advice: lr,
+        });
+    }
+    if outs.len() > 1 {
+        if a.json {
+            return print_json(&outs);
+        }
+        print!("{}", render_cards(&outs, a.lang));
+        return Ok(());
+    }
+    let out = outs.pop().expect("at least one card");
     if let Some(path) = &a.plot {
         batch_chart(&g, &cfg, &out, a.lang).save(path)?;
     }
@@ -129,6 +188,56 @@ pub fn fit(a: &FitArgs) -> Result<()> {
         println!("\n{}", t(a.lang, "Plot: {0}", &[&path.display()]));
     }
     Ok(())
+}
+
+/// One row per card: the largest batch on each.
+pub fn render_cards(outs: &[FitJson], lang: Lang) -> String {
+    let mut out = headline(&outs[0], lang);
+    out.push('\n');
+    out.push_str(&t(
+        lang,
+        "Largest batch on each card, within {0} % of its memory:",
+        &[&format!("{:.0}", outs[0].fit.fraction * 100.0)],
+    ));
+    out.push('\n');
+    let h = [
+        s(lang, "card"),
+        s(lang, "memory"),
+        s(lang, "budget"),
+        s(lang, "largest batch"),
+        s(lang, "power of two"),
+        s(lang, "peak at the largest batch"),
+    ];
+    let h: Vec<&str> = h.iter().map(String::as_str).collect();
+    let mut tb = Table::new(&h, &[false, true, true, true, true, true]);
+    let none = || "-".to_string();
+    for o in outs {
+        let r = &o.fit;
+        tb.row(vec![
+            o.gpu.clone().unwrap_or_default(),
+            bytes(r.card_bytes),
+            bytes(r.budget_bytes),
+            r.max_batch_size
+                .map(|b| thousands(b as u128))
+                .unwrap_or_else(|| s(lang, "none")),
+            r.max_power_of_two
+                .map(|b| thousands(b as u128))
+                .unwrap_or_else(none),
+            r.peak_bytes_at_max.map(bytes).unwrap_or_else(none),
+        ]);
+    }
+    out.push_str(&tb.render());
+    if let Some(n) = outs[0].fit.dataset_size {
+        if outs.iter().any(|o| o.fit.max_batch_exceeds_dataset) {
+            out.push_str(&t(
+                lang,
+                "A largest batch above the dataset's {0} images means the whole dataset fits in one batch.",
+                &[&thousands(n as u128)],
+            ));
+            out.push('\n');
+        }
+    }
+    out
 }
 
 /// Memory against batch size, stacked by category, with the card and the budget.
@@ -219,36 +328,63 @@ pub fn batch_chart(
     }
 }
 
+/// The first line: model, input, and what is simulated.
+fn headline(o: &FitJson, lang: Lang) -> String {
+    match o.fit.mode {
+        Mode::Train => t(
+            lang,
+            "{0} on {1} images, training with {2}, profile {3}, {4}",
+            &[
+                &o.model,
+                &fmt_shape(&o.input_shape),
+                &o.optimizer,
+                &o.profile,
+                &o.precision,
+            ],
+        ),
+        Mode::Inference => t(
+            lang,
+            "{0} on {1} images, inference (model.eval() under torch.no_grad(), no optimizer), profile {2}, {3}",
+            &[&o.model, &fmt_shape(&o.input_shape), &o.profile, &o.precision],
+        ),
+    }
+}
+
 pub fn render(o: &FitJson, lang: Lang) -> String {
     let r = &o.fit;
-    let mut out = t(
-        lang,
-        "{0} on {1} images, training with {2}, profile {3}, {4}",
-        &[
-            &o.model,
-            &fmt_shape(&o.input_shape),
-            &o.optimizer,
-            &o.profile,
-            &o.precision,
-        ],
-    );
+    let mut out = headline(o, lang);
     out.push('\n');
     let card = o
         .gpu
         .as_deref()
         .map(|l| format!("{l}, "))
         .unwrap_or_default();
+    // What the card's size was read as, in bytes and GiB, so that a decimal `12GB`
+    // and a 12 GiB card are told apart.
+    let size = match &o.memory_as_given {
+        Some(given) if o.gpu.is_none() => size_as_read(given, r.card_bytes),
+        _ => format!("{} = {} B", bytes(r.card_bytes), thousands(r.card_bytes)),
+    };
     out.push_str(&t(
         lang,
         "Card: {0}{1}; budget {2} % = {3} (peaks include the overhead)",
         &[
             &card,
-            &bytes(r.card_bytes),
+            &size,
             &format!("{:.0}", r.fraction * 100.0),
             &bytes(r.budget_bytes),
         ],
     ));
-    out.push_str("\n\n");
+    out.push('\n');
+    if let Some(given) = o.memory_as_given.as_deref().filter(|g| is_decimal_size(g)) {
+        out.push_str(&t(
+            lang,
+            "Note: {0} is in decimal units (1 GB = 10^9 B); cards are measured in binary units (1 GiB = 2^30 B), so a card sold as 12 GB has 12GiB.",
+            &[&given.trim()],
+        ));
+        out.push('\n');
+    }
+    out.push('\n');
     match (r.max_batch_size, r.peak_bytes_at_max) {
         (Some(b), Some(p)) => {
             out.push_str(&match r.peak_bytes_at_max_plus_one {
@@ -277,9 +413,34 @@ pub fn render(o: &FitJson, lang: Lang) -> String {
                 ));
                 out.push('\n');
             }
+            if let (true, Some(n)) = (r.max_batch_exceeds_dataset, r.dataset_size) {
+                out.push_str(&t(
+                    lang,
+                    "That is more than the dataset's {0} images: the whole dataset fits in one batch (one step an epoch, as in full-batch training); no batch above {0} can be drawn from it.",
+                    &[&thousands(n as u128)],
+                ));
+                out.push('\n');
+                if let Some(rb) = r.recommended_batch {
+                    out.push_str(&t(
+                        lang,
+                        "Largest power of two within the dataset: {0}",
+                        &[&thousands(rb as u128)],
+                    ));
+                    out.push('\n');
+                }
+            }
         }
         _ => {
-            out.push_str(&s(lang, "It does not fit even at batch 1."));
+            let batch = r.advice.as_ref().map_or(1, |a| a.batch);
+            out.push_str(&if batch == 1 {
+                s(lang, "It does not fit even at batch 1.")
+            } else {
+                t(
+                    lang,
+                    "It does not fit even at batch {0}, the smallest BatchNorm allows in training.",
+                    &[&batch],
+                )
+            });
             out.push('\n');
         }
     }
@@ -290,7 +451,7 @@ pub fn render(o: &FitJson, lang: Lang) -> String {
         s(lang, "batch"),
         s(lang, "peak"),
         s(lang, "% of card"),
-        String::new(),
+        s(lang, "result"),
     ];
     let h: Vec<&str> = h.iter().map(String::as_str).collect();
     let mut tb = Table::new(&h, &[true, true, true, false]);
@@ -309,25 +470,9 @@ pub fn render(o: &FitJson, lang: Lang) -> String {
         ]);
     }
     out.push_str(&tb.render());
-    if !r.advice.is_empty() {
+    if let Some(adv) = &r.advice {
         out.push('\n');
-        out.push_str(&s(lang, "What would make batch 1 fit:"));
-        out.push('\n');
-        let h = [s(lang, "change"), s(lang, "peak at batch 1"), String::new()];
-        let h: Vec<&str> = h.iter().map(String::as_str).collect();
-        let mut tb = Table::new(&h, &[false, true, false]);
-        for a in &r.advice {
-            tb.row(vec![
-                t(lang, a.template, &[&a.flags]),
-                a.peak_bytes.map(bytes).unwrap_or_else(|| "-".into()),
-                if a.fits {
-                    s(lang, "fits")
-                } else {
-                    s(lang, "still over")
-                },
-            ]);
-        }
-        out.push_str(&tb.render());
+        out.push_str(&render_advice(adv, o, lang));
     }
     if let Some(acc) = &r.accumulation {
         out.push('\n');
@@ -363,6 +508,130 @@ pub fn render(o: &FitJson, lang: Lang) -> String {
                 &format!("{:.3e}", lr.square_root_scaling_rule),
                 &lr.batch,
                 &lr.base_batch,
+            ],
+        ));
+        out.push('\n');
+    }
+    out
+}
+
+fn phase_name(p: Phase, lang: Lang) -> String {
+    s(
+        lang,
+        match p {
+            Phase::Forward => "the forward pass",
+            Phase::Backward => "backward",
+            Phase::Optimizer => "the optimizer step",
+        },
+    )
+}
+
+/// The "what would make it fit" table: the plan as given first, each change alone,
+/// then all together; then why some rows change nothing and why all together can be
+/// worse than one change.
+fn render_advice(adv: &AdviceReport, o: &FitJson, lang: Lang) -> String {
+    let mut out = t(
+        lang,
+        "What would make batch {0} fit (each change alone, then all together; budget {1}):",
+        &[&adv.batch, &bytes(o.fit.budget_bytes)],
+    );
+    out.push('\n');
+    let h = [
+        s(lang, "change"),
+        t(lang, "peak at batch {0}", &[&adv.batch]),
+        s(lang, "vs as given"),
+        s(lang, "result"),
+    ];
+    let h: Vec<&str> = h.iter().map(String::as_str).collect();
+    let mut tb = Table::new(&h, &[false, true, true, false]);
+    let base = adv.baseline.as_ref().map(|b| b.peak_bytes);
+    let verdict = |fits: bool| {
+        if fits {
+            s(lang, "fits")
+        } else {
+            s(lang, "still over")
+        }
+    };
+    tb.row(vec![
+        match o.fit.mode {
+            Mode::Train => t(lang, "as given: {0}, {1}", &[&o.optimizer, &o.precision]),
+            Mode::Inference => t(lang, "as given: inference, {0}", &[&o.precision]),
+        },
+        base.map(bytes).unwrap_or_else(|| "-".into()),
+        "-".into(),
+        s(lang, "over the budget"),
+    ]);
+    for a in &adv.changes {
+        let vs = match (a.peak_bytes, base) {
+            _ if a.changes_nothing => s(lang, "no change"),
+            (Some(p), Some(b)) if b > 0 => {
+                format!("{:+.1} %", (p as f64 - b as f64) / b as f64 * 100.0)
+            }
+            _ => "-".into(),
+        };
+        let change = if a.flags.is_empty() {
+            s(lang, a.template)
+        } else {
+            t(lang, a.template, &[&a.flags])
+        };
+        tb.row(vec![
+            change,
+            a.peak_bytes.map(bytes).unwrap_or_else(|| "-".into()),
+            vs,
+            verdict(a.fits),
+        ]);
+    }
+    out.push_str(&tb.render());
+    let unchanged: Vec<&str> = adv
+        .changes
+        .iter()
+        .filter(|a| a.changes_nothing)
+        .map(|a| a.flags.as_str())
+        .collect();
+    if let (false, Some(b)) = (unchanged.is_empty(), &adv.baseline) {
+        out.push_str(&t(
+            lang,
+            "\"no change\" ({0}): these save less than 1 % because the peak is in {1}, at {2}, where the weights, gradients and optimizer state alone take {3} of the {4}; they shrink what is not alive there (activations, the input).",
+            &[
+                &unchanged.join("; "),
+                &phase_name(b.phase, lang),
+                &b.at,
+                &bytes(b.state_bytes),
+                &bytes(b.peak_bytes),
+            ],
+        ));
+        out.push('\n');
+    }
+    if let Some(c) = &adv.combination {
+        let why = match c.costly_flags.as_str() {
+            "--precision amp-bf16" => s(
+                lang,
+                "mixed precision keeps a bf16 copy of the weights for forward and backward, which at a small batch costs more than the smaller activations save",
+            ),
+            "--checkpoint-segments" => s(
+                lang,
+                "checkpointing runs each segment's forward again in backward, so its outputs are alive again at the peak",
+            ),
+            _ => s(lang, "it moves the peak to where it adds memory"),
+        };
+        let best = adv
+            .changes
+            .iter()
+            .find(|a| a.change == c.best_alone)
+            .map_or_else(
+                || c.best_alone.clone(),
+                |a| t(lang, a.template, &[&a.flags]),
+            );
+        out.push_str(&t(
+            lang,
+            "All together ({0}) is worse than {1} alone ({2}): changes interact, and here {3} adds memory ({4} without it): {5}.",
+            &[
+                &bytes(c.together_bytes),
+                &best,
+                &bytes(c.best_alone_bytes),
+                &c.costly_flags,
+                &bytes(c.without_costly_bytes),
+                &why,
             ],
         ));
         out.push('\n');

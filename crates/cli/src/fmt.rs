@@ -28,37 +28,91 @@ pub fn thousands(n: u128) -> String {
     out
 }
 
-/// Parses `24GiB`, `80GB`, `512MiB`, `1.5 GiB`, `1000000` (bytes). GB, MB and KB are
-/// decimal (10^9); GiB, MiB and KiB binary (2^30), as on spec sheets.
+/// The units a size may have: decimal (powers of 1000, as cards and disks are sold)
+/// and binary (powers of 1024, as vramlab prints).
+const SIZE_UNITS: &[(&str, u128)] = &[
+    ("b", 1),
+    ("kb", 1_000),
+    ("mb", 1_000_000),
+    ("gb", 1_000_000_000),
+    ("tb", 1_000_000_000_000),
+    ("kib", 1 << 10),
+    ("mib", 1 << 20),
+    ("gib", 1 << 30),
+    ("tib", 1 << 40),
+];
+
+const SIZE_HELP: &str = "a number with a unit: B, KB, MB, GB, TB (powers of 1000) or KiB, MiB, \
+                         GiB, TiB (powers of 1024), e.g. 24GiB";
+
+/// Parses `24GiB`, `80GB`, `512MiB`, `1.5 GiB`. A unit is required (a bare `6` is not
+/// 6 bytes by accident): GB, MB, KB and TB are decimal (10^9), GiB, MiB, KiB and TiB
+/// binary (2^30). The result is whole bytes, at most 2^80.
 pub fn parse_size(s: &str) -> Result<u128, String> {
     let t = s.trim();
     let split = t
         .find(|c: char| !(c.is_ascii_digit() || c == '.'))
         .unwrap_or(t.len());
     let (num, unit) = t.split_at(split);
-    let mult: f64 = match unit.trim().to_ascii_lowercase().as_str() {
-        "" | "b" => 1.0,
-        "kb" | "k" => 1e3,
-        "mb" | "m" => 1e6,
-        "gb" | "g" => 1e9,
-        "tb" | "t" => 1e12,
-        "kib" => 1024.0,
-        "mib" => 1024.0 * 1024.0,
-        "gib" => 1024.0 * 1024.0 * 1024.0,
-        "tib" => 1024.0f64.powi(4),
-        _ => {
-            return Err(format!(
-                "`{s}` is not a size: expected a number with B, KB, MB, GB, KiB, MiB or GiB, e.g. 24GiB"
-            ))
-        }
-    };
-    let v: f64 = num
-        .parse()
-        .map_err(|_| format!("`{s}` is not a size: expected e.g. 24GiB or 80GB"))?;
-    if !v.is_finite() || v < 0.0 || v * mult > 1e30 {
-        return Err(format!("`{s}` is not a usable size"));
+    let unit = unit.trim().to_ascii_lowercase();
+    if unit.is_empty() {
+        return Err(format!("`{s}` is not a size: it needs a unit, {SIZE_HELP}"));
     }
-    Ok((v * mult).round() as u128)
+    let Some(&(_, mult)) = SIZE_UNITS.iter().find(|(u, _)| *u == unit) else {
+        return Err(format!("`{s}` is not a size: expected {SIZE_HELP}"));
+    };
+    // Digits with at most one point: exact decimal arithmetic, no float rounding.
+    let (int, frac) = num.split_once('.').unwrap_or((num, ""));
+    let digits_ok = |d: &str| d.chars().all(|c| c.is_ascii_digit());
+    if int.is_empty() && frac.is_empty() || !digits_ok(int) || !digits_ok(frac) {
+        return Err(format!("`{s}` is not a size: expected {SIZE_HELP}"));
+    }
+    let too_big = || format!("`{s}` is too large a size (at most 2^80 bytes)");
+    if int.len() > 30 || frac.len() > 30 {
+        return Err(too_big());
+    }
+    let int_v: u128 = if int.is_empty() {
+        0
+    } else {
+        int.parse().map_err(|_| too_big())?
+    };
+    let frac_v: u128 = if frac.is_empty() {
+        0
+    } else {
+        frac.parse().map_err(|_| too_big())?
+    };
+    let scale = 10u128.pow(frac.len() as u32);
+    let whole = int_v.checked_mul(mult).ok_or_else(too_big)?;
+    let part = frac_v.checked_mul(mult).ok_or_else(too_big)?;
+    if part % scale != 0 {
+        return Err(format!("`{s}` is not a whole number of bytes"));
+    }
+    let total = whole.checked_add(part / scale).ok_or_else(too_big)?;
+    if total > 1 << 80 {
+        return Err(too_big());
+    }
+    Ok(total)
+}
+
+/// What a size was read as: `12GB = 12,000,000,000 B = 11.18 GiB`.
+pub fn size_as_read(given: &str, b: u128) -> String {
+    let given = given.trim();
+    let mut out = format!("{given} = {} B", thousands(b));
+    if b >= 1024 {
+        out.push_str(&format!(" = {}", bytes(b)));
+    }
+    out
+}
+
+/// Whether a size was given in decimal units (GB = 10^9 B), which differ from the
+/// binary units cards are measured in.
+pub fn is_decimal_size(given: &str) -> bool {
+    let unit = given
+        .trim()
+        .trim_start_matches(|c: char| c.is_ascii_digit() || c == '.')
+        .trim()
+        .to_ascii_lowercase();
+    matches!(unit.as_str(), "kb" | "mb" | "gb" | "tb")
 }
 
 /// Columns a string takes in a terminal: East Asian wide characters take two.
@@ -137,9 +191,47 @@ mod tests {
         assert_eq!(parse_size("24GiB").unwrap(), 24 << 30);
         assert_eq!(parse_size("80GB").unwrap(), 80_000_000_000);
         assert_eq!(parse_size("1.5 MiB").unwrap(), 1_572_864);
-        assert_eq!(parse_size("512").unwrap(), 512);
+        assert_eq!(parse_size("512B").unwrap(), 512);
+        assert_eq!(parse_size("2tib").unwrap(), 2 << 40);
+        assert_eq!(parse_size(".5KB").unwrap(), 500);
         assert!(parse_size("lots").is_err());
         assert!(parse_size("12 parsecs").is_err());
+    }
+
+    #[test]
+    fn a_size_without_a_unit_is_refused_naming_the_units() {
+        let e = parse_size("6").unwrap_err();
+        assert_eq!(
+            e,
+            "`6` is not a size: it needs a unit, a number with a unit: B, KB, MB, GB, TB \
+             (powers of 1000) or KiB, MiB, GiB, TiB (powers of 1024), e.g. 24GiB"
+        );
+        // Single letters are ambiguous between the two systems.
+        assert!(parse_size("12G")
+            .unwrap_err()
+            .contains("KiB, MiB, GiB, TiB"));
+        assert!(parse_size("1.2.3GB").is_err());
+        assert!(parse_size(".GB").is_err());
+        assert!(parse_size("0.1B")
+            .unwrap_err()
+            .contains("whole number of bytes"));
+        assert!(parse_size("99999999999999999999999999TiB")
+            .unwrap_err()
+            .contains("too large"));
+        assert!(parse_size("1e9GB").is_err());
+    }
+
+    #[test]
+    fn a_size_says_what_it_was_read_as() {
+        assert_eq!(
+            size_as_read("12GB", parse_size("12GB").unwrap()),
+            "12GB = 12,000,000,000 B = 11.18 GiB"
+        );
+        assert_eq!(
+            size_as_read("12GiB", 12 << 30),
+            "12GiB = 12,884,901,888 B = 12.00 GiB"
+        );
+        assert!(is_decimal_size("12 GB") && !is_decimal_size("12GiB"));
     }
 
     #[test]

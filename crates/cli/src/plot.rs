@@ -73,6 +73,67 @@ fn nice_step(span: f64, n: f64) -> f64 {
     }
 }
 
+/// Most ticks an axis gets, whatever its data.
+const MAX_TICKS: usize = 60;
+
+/// Round ticks over `[lo, hi]`, about `n` of them and never more than [`MAX_TICKS`]. Where
+/// the range is below the spacing of doubles at its magnitude (x = 2^53 and 2^53 + 2),
+/// or empty, the ends themselves are the ticks.
+fn linear_ticks(lo: f64, hi: f64, n: f64) -> Vec<f64> {
+    if !(lo.is_finite() && hi.is_finite()) || hi < lo {
+        return Vec::new();
+    }
+    let ends = || if hi > lo { vec![lo, hi] } else { vec![lo] };
+    let step = nice_step(hi - lo, n);
+    let first = (lo / step).ceil();
+    let mut out: Vec<f64> = Vec::new();
+    for i in 0..MAX_TICKS {
+        let v = (first + i as f64) * step;
+        if !v.is_finite() || v > hi {
+            break;
+        }
+        if out.last().is_some_and(|&prev| v <= prev) {
+            // The step vanished in rounding: the ticks would repeat.
+            return ends();
+        }
+        out.push(v);
+    }
+    if out.len() < 2 {
+        return ends();
+    }
+    out
+}
+
+/// 1, 2, 5 times each power of ten within `[lo, hi]` (`lo` > 0), decade by decade: at
+/// most one loop turn per decade a double has.
+fn log_ticks(lo: f64, hi: f64) -> Vec<f64> {
+    let mut t = Vec::new();
+    if !(lo.is_finite() && hi.is_finite()) || hi < lo {
+        return t;
+    }
+    let lo = lo.max(1e-12);
+    let mut p = 10f64.powf(lo.log10().floor());
+    for _ in 0..700 {
+        if !(p.is_finite() && p <= hi * 1.0001) {
+            break;
+        }
+        for m in [1.0, 2.0, 5.0] {
+            let v = p * m;
+            if v >= lo * 0.9999 && v <= hi * 1.0001 {
+                t.push(v);
+            }
+        }
+        p *= 10.0;
+    }
+    if t.len() > MAX_TICKS {
+        // Many decades: powers of ten only, thinned to fit.
+        t.retain(|v| (v.log10() - v.log10().round()).abs() < 1e-9);
+        let every = t.len().div_ceil(MAX_TICKS);
+        t = t.into_iter().step_by(every).collect();
+    }
+    t
+}
+
 fn fmt_tick(v: f64) -> String {
     let trim = |x: f64| {
         let s = format!("{x:.2}");
@@ -112,6 +173,12 @@ impl Chart {
             };
             tops.push(pts);
         }
+        // Points that are not finite (a NaN loss, an infinite rate) are left out of the
+        // axes and the drawing.
+        for pts in &mut tops {
+            pts.retain(|&(x, y)| x.is_finite() && y.is_finite());
+        }
+        let hlines: Vec<&HLine> = self.hlines.iter().filter(|h| h.y.is_finite()).collect();
         let all: Vec<(f64, f64)> = tops.iter().flatten().copied().collect();
         let (mut x0, mut x1) = all
             .iter()
@@ -122,13 +189,18 @@ impl Chart {
             (x0, x1) = (0.0, 1.0);
         }
         if x1 <= x0 {
-            x1 = x0 + 1.0;
+            // One x value: a unit-wide axis around it (at least one double wide).
+            x1 = (x0 + 1.0).max(x0 + x0.abs() * f64::EPSILON * 4.0);
         }
         let mut y1 = all.iter().map(|p| p.1).fold(0.0f64, f64::max);
-        for h in &self.hlines {
+        for h in &hlines {
             y1 = y1.max(h.y);
         }
-        y1 = if y1 <= 0.0 { 1.0 } else { y1 * 1.08 };
+        y1 = if y1 <= 0.0 {
+            1.0
+        } else {
+            (y1 * 1.08).min(f64::MAX)
+        };
         let y0 = if self.stacked {
             0.0
         } else {
@@ -154,9 +226,7 @@ impl Chart {
             esc(&self.title)
         );
         // Grid and ticks.
-        let step = nice_step(y1 - y0, 6.0);
-        let mut v = (y0 / step).ceil() * step;
-        while v <= y1 {
+        for v in linear_ticks(y0, y1, 6.0) {
             let y = py(v);
             let _ = write!(
                 s,
@@ -166,30 +236,11 @@ impl Chart {
                 y + 4.0,
                 fmt_tick(v)
             );
-            v += step;
         }
         let xticks: Vec<f64> = if self.x_log {
-            let mut t = Vec::new();
-            let mut p = 10f64.powf(x0.max(1e-12).log10().floor());
-            while p <= x1 * 1.0001 {
-                for m in [1.0, 2.0, 5.0] {
-                    let v = p * m;
-                    if v >= x0 * 0.9999 && v <= x1 * 1.0001 {
-                        t.push(v);
-                    }
-                }
-                p *= 10.0;
-            }
-            t
+            log_ticks(x0, x1)
         } else {
-            let st = nice_step(x1 - x0, 8.0);
-            let mut t = Vec::new();
-            let mut v = (x0 / st).ceil() * st;
-            while v <= x1 {
-                t.push(v);
-                v += st;
-            }
-            t
+            linear_ticks(x0, x1, 8.0)
         };
         for xt in xticks {
             let x = px(xt);
@@ -271,7 +322,7 @@ impl Chart {
                 }
             }
         }
-        for h in &self.hlines {
+        for h in &hlines {
             let y = py(h.y);
             let dash = if h.dashed {
                 r#" stroke-dasharray="6 4""#
@@ -289,7 +340,7 @@ impl Chart {
                 esc(&h.label)
             );
         }
-        if let Some((xv, label)) = &self.vline {
+        if let Some((xv, label)) = self.vline.as_ref().filter(|(x, _)| x.is_finite()) {
             let x = px(*xv);
             let _ = write!(
                 s,
@@ -364,6 +415,16 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
         .map_err(|e| UserError(format!("{}: cannot write: {e}", path.display())))
 }
 
+/// Refuses, before any work, an output path `option` names that could not be written.
+pub fn check_output(path: &Path, option: &str) -> Result<()> {
+    vramlab_graph::io::check_writable(path).map_err(|e| {
+        UserError(format!(
+            "{option} {}: cannot write there: {e}",
+            path.display()
+        ))
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -411,5 +472,63 @@ mod tests {
         assert!(svg.contains("Noto Sans CJK SC"));
         let png = svg_to_png(&svg).unwrap();
         assert_eq!(&png[1..4], b"PNG");
+    }
+
+    fn chart_with_x(xs: &[f64]) -> Chart {
+        Chart {
+            title: "t".into(),
+            x_label: "x".into(),
+            y_label: "y".into(),
+            x_log: false,
+            stacked: false,
+            series: vec![Series {
+                name: "a".into(),
+                points: xs.iter().map(|&x| (x, 1.0)).collect(),
+                color: COLORS[0].into(),
+            }],
+            hlines: vec![],
+            vline: None,
+        }
+    }
+
+    #[test]
+    fn ticks_end_when_the_step_is_below_the_spacing_of_doubles() {
+        let big = 9_007_199_254_740_992.0; // 2^53
+        let svg = chart_with_x(&[big, big + 2.0]).svg();
+        assert!(svg.trim_end().ends_with("</svg>"));
+        assert_eq!(linear_ticks(big, big + 2.0, 8.0), vec![big, big + 2.0]);
+        // One x value, a huge one, and an empty range.
+        assert!(chart_with_x(&[1e300]).svg().ends_with("</svg>\n"));
+        assert_eq!(linear_ticks(5.0, 5.0, 8.0), vec![5.0]);
+        assert!(linear_ticks(1.0, f64::INFINITY, 8.0).is_empty());
+        assert!(linear_ticks(0.0, f64::MAX, 8.0).len() <= MAX_TICKS);
+        // Ordinary ranges keep their round ticks.
+        assert_eq!(
+            linear_ticks(0.0, 100.0, 6.0),
+            vec![0.0, 20.0, 40.0, 60.0, 80.0, 100.0]
+        );
+    }
+
+    #[test]
+    fn charts_of_non_finite_or_vast_data_are_drawn_in_bounded_time() {
+        let mut c = chart_with_x(&[1.0, f64::INFINITY, f64::NAN, 2.0]);
+        c.series[0].points.push((3.0, f64::INFINITY));
+        c.hlines.push(HLine {
+            y: f64::NAN,
+            label: "nan".into(),
+            color: "#000".into(),
+            dashed: false,
+        });
+        c.vline = Some((f64::INFINITY, "inf".into()));
+        let svg = c.svg();
+        assert!(!svg.contains("NaN") && !svg.contains("inf\""), "{svg}");
+        let mut c = chart_with_x(&[1e-300, 1e300]);
+        c.x_log = true;
+        assert!(c.svg().ends_with("</svg>\n"));
+        assert!(log_ticks(1e-300, 1e300).len() <= MAX_TICKS);
+        assert_eq!(
+            log_ticks(1.0, 100.0),
+            vec![1.0, 2.0, 5.0, 10.0, 20.0, 50.0, 100.0]
+        );
     }
 }

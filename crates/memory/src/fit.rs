@@ -184,11 +184,11 @@ pub struct Advice {
     pub changes_nothing: bool,
 }
 
-/// Why "all together" has a higher peak than the best single change: the change whose
-/// removal from the combination lowers the peak most.
+/// Why "all together" has a higher peak than the best of its parts alone: the part
+/// whose removal from the combination lowers the peak most.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct CombinationNote {
-    /// The best single change (its `change` sentence) and its peak.
+    /// The best of the combination's parts alone (its `change` sentence) and its peak.
     pub best_alone: String,
     pub best_alone_bytes: u128,
     pub together_bytes: u128,
@@ -610,8 +610,8 @@ fn advise(g: &Shaped, template: &PlanConfig, budget: u128) -> Result<AdviceRepor
     })
 }
 
-/// Where "all together" peaks higher than the best single change, finds which part of
-/// the combination costs memory: the one whose removal lowers the peak most.
+/// Where "all together" peaks higher than the best of its parts alone, finds which part
+/// costs memory in the combination: the one whose removal lowers the peak most.
 fn explain_combination(
     g: &Shaped,
     rows: &[Advice],
@@ -625,9 +625,16 @@ fn explain_combination(
     let Some(together) = last.peak_bytes else {
         return Ok(None);
     };
+    // Compared with the parts of the combination alone (AMP, checkpointing, SGD with
+    // momentum), not with changes it does not contain.
+    let parts = [
+        "--precision amp-bf16",
+        "--checkpoint-segments",
+        "--optimizer sgd --momentum",
+    ];
     let Some(best) = singles
         .iter()
-        .filter(|a| a.peak_bytes.is_some())
+        .filter(|a| a.peak_bytes.is_some() && parts.iter().any(|p| a.flags.starts_with(p)))
         .min_by_key(|a| a.peak_bytes)
     else {
         return Ok(None);
