@@ -146,7 +146,15 @@ impl Table {
         self.rows.push(cells);
     }
 
+    /// The table fitted to the terminal's width (or `$COLUMNS`, else 120 columns).
     pub fn render(&self) -> String {
+        self.render_within(terminal_width())
+    }
+
+    /// The table within `max_width` columns: a left-aligned last column (the prose
+    /// "what it is" kind) wraps onto indented continuation lines instead of making the
+    /// terminal wrap the whole row.
+    pub fn render_within(&self, max_width: usize) -> String {
         let n = self.header.len();
         let mut width = vec![0; n];
         for r in std::iter::once(&self.header).chain(&self.rows) {
@@ -154,22 +162,43 @@ impl Table {
                 width[i] = width[i].max(display_width(c));
             }
         }
+        let last_is_prose = n > 1 && !self.right.get(n - 1).copied().unwrap_or(false);
+        let indent: usize = width[..n.saturating_sub(1)].iter().map(|w| w + 2).sum();
+        // Wrap only where a readable column (at least 24 wide) remains.
+        let wrap_at =
+            (last_is_prose && indent + width[n - 1] > max_width && max_width >= indent + 24)
+                .then(|| max_width - indent);
+        if let Some(w) = wrap_at {
+            width[n - 1] = w;
+        }
         let mut out = String::new();
         let line = |r: &Vec<String>, out: &mut String| {
             let mut cells = Vec::new();
+            let mut rest = Vec::new();
             for (i, c) in r.iter().enumerate().take(n) {
-                let pad = width[i] - display_width(c);
                 let last = i + 1 == n;
+                let mut c = c.clone();
+                if let (true, Some(w)) = (last, wrap_at) {
+                    let mut parts = wrap_words(&c, w);
+                    c = parts.remove(0);
+                    rest = parts;
+                }
+                let pad = width[i].saturating_sub(display_width(&c));
                 if self.right.get(i).copied().unwrap_or(false) {
                     cells.push(format!("{}{c}", " ".repeat(pad)));
                 } else if last {
-                    cells.push(c.clone());
+                    cells.push(c);
                 } else {
                     cells.push(format!("{c}{}", " ".repeat(pad)));
                 }
             }
             out.push_str(cells.join("  ").trim_end());
             out.push('\n');
+            for part in rest {
+                out.push_str(&" ".repeat(indent));
+                out.push_str(&part);
+                out.push('\n');
+            }
         };
         line(&self.header, &mut out);
         let rule: Vec<String> = width.iter().map(|&w| "-".repeat(w)).collect();
@@ -180,6 +209,73 @@ impl Table {
         }
         out
     }
+}
+
+/// Columns to fit printed tables in: the terminal's, else `$COLUMNS`, else 120.
+pub fn terminal_width() -> usize {
+    #[cfg(unix)]
+    {
+        // SAFETY: TIOCGWINSZ writes a `winsize` into the struct we own; a failing call
+        // (stdout not a terminal) leaves it zeroed and we fall through.
+        let mut ws: libc::winsize = unsafe { std::mem::zeroed() };
+        let ok = unsafe { libc::ioctl(libc::STDOUT_FILENO, libc::TIOCGWINSZ, &mut ws) } == 0;
+        if ok && ws.ws_col >= 40 {
+            return ws.ws_col as usize;
+        }
+    }
+    std::env::var("COLUMNS")
+        .ok()
+        .and_then(|c| c.parse::<usize>().ok())
+        .filter(|&c| (40..=10_000).contains(&c))
+        .unwrap_or(120)
+}
+
+/// `text` in lines of at most `width` columns, broken at spaces (CJK text, which has
+/// none, breaks between characters); always at least one line.
+pub fn wrap_words(text: &str, width: usize) -> Vec<String> {
+    let width = width.max(1);
+    let mut lines = Vec::new();
+    let mut cur = String::new();
+    let mut cur_w = 0;
+    let push_piece = |piece: &str, lines: &mut Vec<String>, cur: &mut String, cur_w: &mut usize| {
+        let pw = display_width(piece);
+        let sep = usize::from(!cur.is_empty());
+        if *cur_w + sep + pw > width && !cur.is_empty() {
+            lines.push(std::mem::take(cur));
+            *cur_w = 0;
+        }
+        if !cur.is_empty() && sep == 1 {
+            cur.push(' ');
+            *cur_w += 1;
+        }
+        cur.push_str(piece);
+        *cur_w += pw;
+    };
+    for word in text.split(' ').filter(|w| !w.is_empty()) {
+        if display_width(word) <= width {
+            push_piece(word, &mut lines, &mut cur, &mut cur_w);
+        } else {
+            // A word longer than the line (or CJK prose): break between characters.
+            if !cur.is_empty() {
+                cur.push(' ');
+                cur_w += 1;
+            }
+            for ch in word.chars() {
+                let mut b = [0u8; 4];
+                let piece: &str = ch.encode_utf8(&mut b);
+                if cur_w + display_width(piece) > width && !cur.is_empty() {
+                    lines.push(std::mem::take(&mut cur));
+                    cur_w = 0;
+                }
+                cur.push_str(piece);
+                cur_w += display_width(piece);
+            }
+        }
+    }
+    if !cur.is_empty() || lines.is_empty() {
+        lines.push(cur);
+    }
+    lines
 }
 
 #[cfg(test)]
@@ -232,6 +328,33 @@ mod tests {
             "12GiB = 12,884,901,888 B = 12.00 GiB"
         );
         assert!(is_decimal_size("12 GB") && !is_decimal_size("12GiB"));
+    }
+
+    #[test]
+    fn a_long_prose_column_wraps_within_the_width() {
+        let mut t = Table::new(&["category", "bytes", "what it is"], &[false, true, false]);
+        let prose = "what forward keeps for backward: conv and linear inputs, ReLU outputs, max-pool indices, BatchNorm statistics";
+        t.row(vec!["activations".into(), "1.00 MiB".into(), prose.into()]);
+        let out = t.render_within(80);
+        assert!(out.lines().all(|l| display_width(l) <= 80), "{out}");
+        assert!(out.lines().count() >= 4, "{out}");
+        let words: Vec<&str> = out.split_whitespace().collect();
+        assert!(
+            words.ends_with(&["max-pool", "indices,", "BatchNorm", "statistics"]),
+            "{out}"
+        );
+        // Wide enough: one line a row, as before.
+        assert_eq!(t.render_within(400).lines().count(), 3);
+    }
+
+    #[test]
+    fn chinese_prose_wraps_between_characters() {
+        let lines = wrap_words("不参与学习的状态：BatchNorm 的滑动均值和方差", 10);
+        assert!(lines.iter().all(|l| display_width(l) <= 10), "{lines:?}");
+        assert_eq!(
+            lines.concat().replace(' ', ""),
+            "不参与学习的状态：BatchNorm的滑动均值和方差"
+        );
     }
 
     #[test]
