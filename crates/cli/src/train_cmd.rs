@@ -712,9 +712,20 @@ struct RunInfo<'a> {
     batch_size: usize,
 }
 
-/// The checkpoint's metadata at a position: `batch_in_epoch` batches of `epoch` (from
-/// 0) are done.
-fn metadata(r: &RunInfo, epoch: usize, batch_in_epoch: usize) -> BTreeMap<String, String> {
+/// The checkpoint's metadata at a position: `position` batches of `epoch` (from 0),
+/// which has `batches`, are done. A stop inside the epoch records the batch reached, so
+/// --resume goes on from there; a finished epoch records the start of the next one.
+fn metadata(
+    r: &RunInfo,
+    epoch: usize,
+    position: usize,
+    batches: usize,
+) -> BTreeMap<String, String> {
+    let (epoch, batch_in_epoch) = if position >= batches {
+        (epoch + 1, 0)
+    } else {
+        (epoch, position)
+    };
     let mut m = BTreeMap::new();
     m.insert("format".into(), "vramlab checkpoint 2".into());
     r.model.record(&mut m);
@@ -1017,7 +1028,7 @@ pub fn train(a: &TrainArgs) -> Result<()> {
             if INTERRUPTED.load(Ordering::SeqCst) {
                 bar.finish_and_clear();
                 if let Some(c) = &a.checkpoint {
-                    checkpoint::save(&e, c, metadata(&info, epoch, position))?;
+                    checkpoint::save(&e, c, metadata(&info, epoch, position, batches))?;
                     stopped = Some(format!(
                         "interrupted: saved to {} (resume with --resume)",
                         c.display()
@@ -1071,14 +1082,7 @@ pub fn train(a: &TrainArgs) -> Result<()> {
         }
         rows.push(row);
         if let Some(c) = &a.checkpoint {
-            // A stop inside the epoch records the batch reached, so --resume goes on
-            // from there; a finished epoch records the next one.
-            let meta = if position >= batches {
-                metadata(&info, epoch + 1, 0)
-            } else {
-                metadata(&info, epoch, position)
-            };
-            checkpoint::save(&e, c, meta)?;
+            checkpoint::save(&e, c, metadata(&info, epoch, position, batches))?;
         }
         if stopped.is_some() {
             break;
