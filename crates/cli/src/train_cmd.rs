@@ -1244,6 +1244,15 @@ fn engine_from(path: &std::path::Path, threads: usize) -> Result<Restored> {
     let opt = ck
         .optimizer()?
         .unwrap_or_else(|| OptimizerConfig::named("sgd", None).expect("a known optimizer"));
+    // The weights and the optimizer state are allocated before they are read: a model
+    // (say, an embedded model file) too large for this machine is refused first.
+    planned_step(
+        &g,
+        1,
+        planner_optimizer_of(&opt)?,
+        threads,
+        &format!("{}: its model {}", path.display(), g.graph.name),
+    )?;
     let mut e = Engine::new(g, opt, 0, threads)?;
     ck.load_into(&mut e)?;
     let mean: Vec<f32> = serde_json::from_str(&meta("mean")?).map_err(|e| bad("mean", &e))?;

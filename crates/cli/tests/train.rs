@@ -608,6 +608,22 @@ fn a_checkpoint_never_opens_the_model_path_in_its_metadata() {
         assert!(err.contains("which is not a zoo model"), "{err}");
         assert_eq!(err.lines().count(), 1, "{err}");
     }
+    // An embedded model too large for this machine (3.7 TB of weights) is refused with
+    // the planner's number before anything is allocated.
+    edit_metadata(&ck, |m| {
+        m.insert(
+            "model_file".into(),
+            "input = [3, 32, 32]\n[[layers]]\ntype = \"Flatten\"\n[[layers]]\ntype = \"Linear\"\n\
+             in_features = 3072\nout_features = 300000000\n[[layers]]\ntype = \"Linear\"\n\
+             in_features = 300000000\nout_features = 10\n"
+                .into(),
+        );
+    });
+    let err = refused(&eval_and_predict(&ck, r, &secret)[0]);
+    assert!(
+        err.contains("at its peak (the planner's native profile), more than the"),
+        "{err}"
+    );
     // A model file text that does not parse is one error naming the checkpoint.
     edit_metadata(&ck, |m| {
         m.insert("model_file".into(), "layers = 3".into());
