@@ -90,7 +90,7 @@ static ZH: &[(&str, &str)] = &[
     ("mixed precision keeps a bf16 copy of the weights for forward and backward, which at a small batch costs more than the smaller activations save", "混合精度在前向和反向中保留一份 bf16 权重副本，批大小很小时它的开销超过激活变小所省下的"),
     ("checkpointing runs each segment's forward again in backward, so its outputs are alive again at the peak", "激活检查点在反向时重新运行每段的前向，因此这些输出在峰值处再次存在"),
     ("it moves the peak to where it adds memory", "它把峰值移到了会增加内存的位置"),
-    ("All together ({0}) is worse than the best single change, {1} ({2}): changes interact, and here {3} adds memory ({4} without it): {5}.", "全部一起（{0}）比最好的单项改动 {1}（{2}）更差：改动之间会相互影响，这里 {3} 增加了内存（去掉它为 {4}）：{5}。"),
+    ("All together ({0}) is worse than {1} alone ({2}): changes interact, and here {3} adds memory ({4} without it): {5}.", "全部一起（{0}）比单独使用 {1}（{2}）更差：改动之间会相互影响，这里 {3} 增加了内存（去掉它为 {4}）：{5}。"),
     ("To train with an effective batch of {0}: micro-batches of {1} with --accumulation-steps {2} (peak {3}).", "要以等效批大小 {0} 训练：使用大小为 {1} 的微批，并设置 --accumulation-steps {2}（峰值 {3}）。"),
     ("Learning rate at batch {0} (tuned {1} at batch {2}):", "批大小 {0} 时的学习率（在批大小 {2} 下调好的学习率为 {1}）："),
     ("linear scaling rule: {0} (lr x {1}/{2}; SGD, with a few epochs of warm-up)", "线性缩放规则：{0}（lr x {1}/{2}；适用于 SGD，配合几个 epoch 的预热）"),

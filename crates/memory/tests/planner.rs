@@ -214,7 +214,7 @@ fn micro_batches_after_the_second_repeat_its_memory_exactly() {
                 r.peak_bytes,
                 r.steps
                     .iter()
-                    .map(|s| s.after_step.clone())
+                    .map(|s| s.after_step)
                     .collect::<Vec<_>>(),
             )
         };
