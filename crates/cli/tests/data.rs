@@ -282,7 +282,7 @@ fn sizes_beyond_the_limits_are_errors_not_aborts() {
             "--out",
             out.to_str().unwrap(),
         ],
-        "a 4000000x1 image at --scale 64 would be 256000000x64 pixels, larger than the limit",
+        "a 1x4000000 image at --scale 64 would be 64x256000000 pixels (height x width), larger than the limit",
     );
     assert!(!out.exists());
     std::fs::remove_dir_all(&dir).ok();

@@ -178,7 +178,7 @@ pub fn decode_bytes(bytes: &[u8], path: &Path, opts: &FolderOptions) -> Result<D
             _ => return Err(DataError::Config("--resize takes N or HxW".into())),
         };
         let what = format!(
-            "--resize {} makes this {w}x{h} image",
+            "--resize {} makes this {h}x{w} image",
             r.iter()
                 .map(|v| v.to_string())
                 .collect::<Vec<_>>()

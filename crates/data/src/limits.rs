@@ -96,15 +96,16 @@ pub fn read_regular(path: &Path, max: u64, what: &str) -> Result<Vec<u8>, DataEr
 }
 
 /// Checks an image size against [`MAX_IMAGE_SIDE`] and [`MAX_IMAGE_PIXELS`]; `what`
-/// says which image in the error ("--resize 64 gives ...").
+/// says which image in the error ("--resize 64 gives ..."), which gives the size as
+/// height x width, as torchvision's options and vramlab's shapes do.
 pub fn check_image_size(width: u64, height: u64, what: &str) -> Result<(), String> {
     if width == 0 || height == 0 {
-        return Err(format!("{what} {width}x{height} pixels: a side is zero"));
+        return Err(format!("{what} {height}x{width} pixels: a side is zero"));
     }
     let pixels = width as u128 * height as u128;
     if width > MAX_IMAGE_SIDE || height > MAX_IMAGE_SIDE || pixels > MAX_IMAGE_PIXELS as u128 {
         return Err(format!(
-            "{what} {width}x{height} pixels, larger than the limit of {MAX_IMAGE_SIDE} pixels a side and {} megapixels",
+            "{what} {height}x{width} pixels (height x width), larger than the limit of {MAX_IMAGE_SIDE} pixels a side and {} megapixels",
             MAX_IMAGE_PIXELS >> 20
         ));
     }
@@ -120,7 +121,7 @@ mod tests {
         assert!(check_image_size(4000, 3000, "x").is_ok());
         let e = check_image_size(u32::MAX as u64, u32::MAX as u64, "the image is").unwrap_err();
         assert!(
-            e.starts_with("the image is 4294967295x4294967295 pixels, larger than the limit"),
+            e.starts_with("the image is 4294967295x4294967295 pixels (height x width), larger than the limit"),
             "{e}"
         );
         assert!(check_image_size(0, 5, "x").unwrap_err().contains("zero"));

@@ -30,7 +30,7 @@ pub fn sample(ds: &Dataset, split: &Split, i: usize, scale: u32) -> Result<RgbIm
     check_image_size(
         out_w,
         out_h,
-        &format!("a {w}x{h} image at --scale {scale} would be"),
+        &format!("a {h}x{w} image at --scale {scale} would be"),
     )
     .map_err(DataError::Config)?;
     Ok(scaled(ds, split, i, out_w as u32, out_h as u32))
