@@ -342,6 +342,9 @@ pub fn read_from(
     })
 }
 
+/// The most optimizer steps a checkpoint may record (the engine counts on with `+ 1`).
+const MAX_STEP: u64 = 1 << 53;
+
 /// Bytes read at a time when converting tensor data.
 const READ_CHUNK: usize = 64 * 1024;
 
@@ -467,6 +470,11 @@ impl Checkpoint {
     /// step and the RNG. Every tensor of the file must belong to the model.
     pub fn load_into(&self, e: &mut Engine) -> Result<(), CheckpointError> {
         let step: u64 = self.meta_number("step")?.unwrap_or(0);
+        if step > MAX_STEP {
+            return Err(self.err(format!(
+                "`step` in its metadata is {step}, more than the {MAX_STEP} a run can take"
+            )));
+        }
         let rng: Option<u64> = self.meta_number("rng_state")?;
         let mut expected = std::collections::BTreeSet::new();
         let mut staged: Vec<(usize, Vec<f32>)> = Vec::new();

@@ -259,8 +259,10 @@ pub fn update(cfg: &OptimizerConfig, step: u64, p: &mut [f32], g: &[f32], state:
             amsgrad,
             decoupled,
         } => {
-            let bc1 = 1.0 - (b1 as f64).powi(step as i32);
-            let bc2 = 1.0 - (b2 as f64).powi(step as i32);
+            // Past 2^31 steps beta^step is 0 in f64 anyway; the cast must not wrap.
+            let t = i32::try_from(step).unwrap_or(i32::MAX);
+            let bc1 = 1.0 - (b1 as f64).powi(t);
+            let bc2 = 1.0 - (b2 as f64).powi(t);
             let step_size = (lr as f64 / bc1) as f32;
             let bc2_sqrt = bc2.sqrt() as f32;
             let (m, rest) = state.split_at_mut(1);
@@ -326,7 +328,7 @@ pub fn update(cfg: &OptimizerConfig, step: u64, p: &mut [f32], g: &[f32], state:
             eps,
             ..
         } => {
-            let clr = lr / (1.0 + (step - 1) as f32 * lr_decay);
+            let clr = lr / (1.0 + step.saturating_sub(1) as f32 * lr_decay);
             for i in 0..p.len() {
                 let gi = g[i] + weight_decay * p[i];
                 let s = &mut state[0][i];

@@ -345,3 +345,40 @@ fn damaged_bytes_never_panic() {
     }
     std::fs::remove_dir_all(&dir).ok();
 }
+
+#[test]
+fn metadata_numbers_out_of_range_are_refused() {
+    let dir = tmp("meta");
+    let mut e = engine("adam");
+    step(&mut e);
+    let f = dir.join("m.safetensors");
+    for (key, value, want) in [
+        (
+            "step",
+            "18446744073709551615",
+            "`step` in its metadata is 18446744073709551615",
+        ),
+        ("step", "-1", "`step` in its metadata is not a number"),
+        (
+            "rng_state",
+            "x",
+            "`rng_state` in its metadata is not a number",
+        ),
+    ] {
+        // save() writes its own step and RNG: replace them in the header afterwards.
+        checkpoint::save(&e, &f, BTreeMap::new()).unwrap();
+        let bytes = std::fs::read(&f).unwrap();
+        let n = u64::from_le_bytes(bytes[..8].try_into().unwrap()) as usize;
+        let mut header: serde_json::Value = serde_json::from_slice(&bytes[8..8 + n]).unwrap();
+        header["__metadata__"][key] = value.into();
+        let mut h = serde_json::to_vec(&header).unwrap();
+        h.resize(h.len().next_multiple_of(8), b' ');
+        let mut out = (h.len() as u64).to_le_bytes().to_vec();
+        out.extend_from_slice(&h);
+        out.extend_from_slice(&bytes[8 + n..]);
+        std::fs::write(&f, out).unwrap();
+        let m = err(checkpoint::read(&f).unwrap().load_into(&mut engine("adam")));
+        assert!(m.contains(want), "{m}");
+    }
+    std::fs::remove_dir_all(&dir).ok();
+}
