@@ -436,12 +436,7 @@ fn fetch_gives_up_a_silent_server_after_the_timeout() {
         let _ = rx.recv_timeout(std::time::Duration::from_secs(60));
         drop(s);
     });
-    fetch_fails_cleanly(
-        &url,
-        &["--timeout", "1"],
-        "timed out waiting for the server to answer: nothing for 1 s",
-        15,
-    );
+    fetch_fails_cleanly(&url, &["--timeout", "1"], "nothing for 1 s", 15);
 }
 
 #[cfg(unix)]

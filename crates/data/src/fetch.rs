@@ -256,24 +256,25 @@ pub fn fetch(
 /// A network error in words: which timeout ran out, or ureq's message.
 fn network_error(e: &ureq::Error, opts: &FetchOptions) -> String {
     use ureq::Timeout as T;
+    let secs = |d: Duration| d.as_secs_f64();
     match e {
-        ureq::Error::Timeout(t) => {
-            let (what, d) = match t {
-                T::Resolve | T::Connect => {
-                    ("connecting (TLS handshake included)", opts.connect_timeout)
-                }
-                T::SendRequest | T::RecvResponse => {
-                    ("waiting for the server to answer", opts.response_timeout)
-                }
-                T::PerRead => ("waiting for more data", opts.stall_timeout),
-                _ => ("receiving the file", Duration::ZERO),
-            };
-            if d.is_zero() {
-                format!("timed out {what} (below {} bytes/s)", opts.min_rate)
-            } else {
-                format!("timed out {what}: nothing for {} s", d.as_secs_f64())
-            }
-        }
+        ureq::Error::Timeout(T::Resolve | T::Connect) => format!(
+            "timed out connecting (TLS handshake included) after {} s",
+            secs(opts.connect_timeout)
+        ),
+        ureq::Error::Timeout(T::SendRequest | T::RecvResponse) => format!(
+            "timed out waiting for the server to answer: nothing for {} s",
+            secs(opts.response_timeout)
+        ),
+        // Every read: the TLS handshake's, the headers' and the body's.
+        ureq::Error::Timeout(T::PerRead) => format!(
+            "timed out: the server sent nothing for {} s",
+            secs(opts.stall_timeout)
+        ),
+        ureq::Error::Timeout(_) => format!(
+            "timed out receiving the file (slower than {} bytes/s)",
+            opts.min_rate
+        ),
         e => e.to_string(),
     }
 }

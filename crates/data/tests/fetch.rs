@@ -39,7 +39,7 @@ fn serve(body: Vec<u8>, announce: usize, cut: bool, count: usize) -> String {
 fn opts() -> FetchOptions {
     FetchOptions {
         connect_timeout: Duration::from_secs(2),
-        response_timeout: Duration::from_millis(500),
+        response_timeout: Duration::from_millis(400),
         stall_timeout: Duration::from_millis(500),
         min_rate: 100,
     }
@@ -251,7 +251,7 @@ fn a_server_that_accepts_and_never_answers_times_out() {
     let url = answer_then_stall(b"", rx);
     let e = fails_cleanly(&url, 1000, "silent");
     assert!(
-        e.contains("timed out waiting for the server to answer: nothing for 0.5 s"),
+        e.contains("timed out waiting for the server to answer: nothing for 0.4 s"),
         "{e}"
     );
 }
@@ -265,7 +265,20 @@ fn a_body_that_stops_coming_times_out_and_leaves_no_file() {
     );
     let e = fails_cleanly(&url, 1000, "stall");
     assert!(
-        e.contains("broke off after 11 bytes of 1000: timed out waiting for more data"),
+        e.contains(
+            "broke off after 11 bytes of 1000: timed out: the server sent nothing for 0.5 s"
+        ),
+        "{e}"
+    );
+}
+
+#[test]
+fn a_tls_handshake_that_stalls_times_out() {
+    let (_tx, rx) = std::sync::mpsc::channel::<()>();
+    let url = answer_then_stall(b"", rx).replace("http://", "https://");
+    let e = fails_cleanly(&url, 1000, "tls");
+    assert!(
+        e.contains("failed: timed out: the server sent nothing for 0.5 s"),
         "{e}"
     );
 }
