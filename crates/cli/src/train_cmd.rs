@@ -835,16 +835,15 @@ fn read_resume(
     if batch_in_epoch > 0 {
         let saved_batch = number("batch_size")?;
         if saved_batch != Some(a.batch_size as u64) {
-            return Err(UserError(
-                format!(
-                    "{}: the checkpoint stopped {batch_in_epoch} batches into epoch {} with batch \
-                 size {}; resume it with --batch-size {0}",
-                    r.display(),
-                    epoch + 1,
-                    saved_batch.map_or("unknown".into(), |b| b.to_string())
-                )
-                .replace("--batch-size unknown", "the batch size it was trained with"),
-            ));
+            let how = match saved_batch {
+                Some(b) => format!("batch size {b}; resume it with --batch-size {b}"),
+                None => "another batch size; resume it with the one it was trained with".into(),
+            };
+            return Err(UserError(format!(
+                "{}: the checkpoint stopped {batch_in_epoch} batches into epoch {} with {how}",
+                r.display(),
+                epoch + 1
+            )));
         }
     }
     let opt = match ck.optimizer()? {

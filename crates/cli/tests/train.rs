@@ -460,6 +460,27 @@ fn max_steps_then_resume_continues_from_the_exact_step() {
     let (a, b) = (eval_json(&whole, r), eval_json(&part, r));
     assert_eq!(a["loss"], b["loss"], "3 + 7 steps end where 10 steps end");
     assert_eq!(a["accuracy"], b["accuracy"]);
+    // The position counts batches of 8: another batch size cannot continue it.
+    let mid = root.join("mid.safetensors");
+    json(&vramlab(&train_args(
+        r,
+        &[
+            "--max-steps",
+            "2",
+            "--checkpoint",
+            mid.to_str().unwrap(),
+            "--json",
+        ],
+    )));
+    let mut args = train_args(r, &["--resume", mid.to_str().unwrap()]);
+    args[7] = "16"; // --batch-size
+    let err = refused(&args);
+    assert!(
+        err.contains(
+            "stopped 2 batches into epoch 1 with batch size 8; resume it with --batch-size 8"
+        ),
+        "{err}"
+    );
     // Finished: another resume with --epochs 1 has nothing to do, and says so.
     let err = refused(&train_args(
         r,
