@@ -81,6 +81,12 @@ pub fn build(name: &str, opts: &ModelOptions) -> Result<Graph, GraphError> {
         .input_shape
         .clone()
         .unwrap_or_else(|| default_input.to_vec());
+    if input.len() != 3 || input.contains(&0) {
+        return Err(GraphError::Structure(format!(
+            "a zoo model's input is CxHxW with positive sizes, got {}",
+            crate::fmt_shape(&input)
+        )));
+    }
     let classes = |default: usize| opts.num_classes.unwrap_or(default);
     if opts.num_classes == Some(0) {
         return Err(GraphError::Structure(
@@ -484,6 +490,27 @@ mod tests {
             err.to_string(),
             "layer `fc1`: expected 400 input features (in_features), got 2704"
         );
+    }
+
+    #[test]
+    fn an_input_that_is_not_chw_is_an_error_not_a_panic() {
+        for shape in [vec![], vec![3, 32], vec![0, 32, 32], vec![1, 2, 3, 4]] {
+            let opts = ModelOptions {
+                num_classes: None,
+                input_shape: Some(shape),
+            };
+            for name in NAMES {
+                assert!(build(name, &opts).is_err(), "{name}");
+            }
+        }
+        // Huge but well-formed: refused by shape inference, naming a layer.
+        let opts = ModelOptions {
+            num_classes: None,
+            input_shape: Some(vec![usize::MAX, usize::MAX, usize::MAX]),
+        };
+        for name in NAMES {
+            assert!(build(name, &opts).unwrap().infer().is_err(), "{name}");
+        }
     }
 
     #[test]
