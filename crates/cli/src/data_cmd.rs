@@ -110,6 +110,7 @@ pub struct InfoArgs {
     /// Batch size for the bytes per batch.
     #[arg(long, short = 'b', default_value_t = 64)]
     batch_size: u64,
+    /// Print the description as JSON.
     #[arg(long)]
     json: bool,
 }
@@ -150,6 +151,9 @@ struct Info {
 }
 
 pub fn info(a: &InfoArgs) -> Result<()> {
+    if a.batch_size == 0 {
+        return Err(UserError("--batch-size must be at least 1".into()));
+    }
     let ds = a.source.open()?;
     let per = ds.image_bytes() as u128;
     let splits = Splits {
@@ -226,6 +230,7 @@ pub struct StatsArgs {
     /// train or test.
     #[arg(long, default_value = "train")]
     split: String,
+    /// Print the statistics as JSON.
     #[arg(long)]
     json: bool,
 }
@@ -408,15 +413,19 @@ pub struct LoaderBenchArgs {
     /// The dataset (as for `data info`).
     #[arg(long = "data")]
     dataset: String,
+    /// Folder with the dataset's files (as for `data info`).
     #[arg(long, value_name = "DIR")]
     root: Option<PathBuf>,
+    /// Images per batch.
     #[arg(long, short = 'b', default_value_t = 64)]
     batch_size: usize,
     /// Worker threads (0: on the main thread).
     #[arg(long, default_value_t = 2)]
     workers: usize,
+    /// Seed of the shuffle.
     #[arg(long, default_value_t = 0)]
     seed: u64,
+    /// Print the measurement as JSON.
     #[arg(long)]
     json: bool,
 }

@@ -482,3 +482,33 @@ fn ctrl_c_during_fetch_removes_the_partial_file() {
     assert!(listing(&root).is_empty(), "{:?}", listing(&root));
     std::fs::remove_dir_all(&root).ok();
 }
+
+#[test]
+fn every_option_of_the_data_commands_is_described() {
+    for cmd in [
+        &["data", "info"][..],
+        &["data", "stats"],
+        &["data", "show"],
+        &["data", "fetch"],
+        &["bench", "loader"],
+    ] {
+        let mut args = cmd.to_vec();
+        args.push("--help");
+        let o = vramlab(&args);
+        assert!(o.status.success());
+        let help = String::from_utf8_lossy(&o.stdout).into_owned();
+        let lines: Vec<&str> = help.lines().collect();
+        for (i, l) in lines.iter().enumerate() {
+            let t = l.trim_start();
+            if !t.starts_with('-') {
+                continue;
+            }
+            // The description follows the option after two spaces, or on the next
+            // line (indented, not another option) when the option is long.
+            let same_line = t.contains("  ");
+            let next = lines.get(i + 1).map(|n| n.trim_start()).unwrap_or("");
+            let next_line = !next.is_empty() && !next.starts_with('-');
+            assert!(same_line || next_line, "{cmd:?}: `{t}` has no description");
+        }
+    }
+}
