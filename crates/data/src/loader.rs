@@ -86,6 +86,13 @@ impl Loader {
                 cfg.workers, cfg.prefetch
             )));
         }
+        if pipeline.in_shape() != data.shape {
+            return Err(DataError::Config(format!(
+                "the transforms were made for {:?} images, the dataset's are {:?}",
+                pipeline.in_shape(),
+                data.shape
+            )));
+        }
         if cfg.batch_size == 0 {
             return Err(DataError::Config("batch size must be at least 1".into()));
         }
@@ -323,6 +330,18 @@ mod tests {
         assert_eq!(
             e.to_string(),
             "100000 loader workers with 2 batches each ahead: at most 256 of each"
+        );
+    }
+
+    #[test]
+    fn transforms_for_another_shape_are_refused() {
+        let p = Pipeline::normalize([1, 3, 3], vec![0.0], vec![1.0]).unwrap();
+        let e = Loader::new(tiny(10), "train", p, Default::default())
+            .err()
+            .unwrap();
+        assert_eq!(
+            e.to_string(),
+            "the transforms were made for [1, 3, 3] images, the dataset's are [1, 2, 2]"
         );
     }
 

@@ -148,6 +148,11 @@ impl Pipeline {
         self.out_shape
     }
 
+    /// The shape of the images it was made for.
+    pub fn in_shape(&self) -> [usize; 3] {
+        self.in_shape
+    }
+
     /// Applies the pipeline to one planar u8 image, writing `out_shape` floats.
     pub fn apply(&self, src: &[u8], rng: &mut Rng, out: &mut [f32]) {
         let [c, h, w] = self.in_shape;
