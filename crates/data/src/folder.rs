@@ -32,6 +32,9 @@ type Scan = (Vec<(PathBuf, u16)>, Vec<String>);
 /// One decoded image: its `[C, H, W]` and planar bytes.
 type Decoded = ([usize; 3], Vec<u8>);
 
+/// Most images decoded at once.
+const MAX_DECODE_THREADS: usize = 8;
+
 const EXTENSIONS: &[&str] = &["png", "jpg", "jpeg", "bmp", "gif", "webp"];
 
 fn list_dir(dir: &Path) -> Result<Vec<PathBuf>, DataError> {
@@ -236,9 +239,12 @@ fn load_split(
     opts: &FolderOptions,
 ) -> Result<(Split, [usize; 3], Vec<String>), DataError> {
     let (files, classes) = scan(root)?;
+    // Each decoder may hold an image file and its decoding at their limits at once:
+    // at most 8 of them bound that memory whatever the number of cores.
     let threads = std::thread::available_parallelism()
         .map(|n| n.get())
-        .unwrap_or(1);
+        .unwrap_or(1)
+        .min(MAX_DECODE_THREADS);
     let chunk = files.len().div_ceil(threads).max(1);
     // Every decoded byte is kept: stop all decoders once the split passes the cap.
     let used = AtomicU64::new(0);

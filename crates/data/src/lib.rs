@@ -14,6 +14,10 @@
 //!
 //! Main types: [`Dataset`], [`Split`], [`open`]; [`transform::Pipeline`],
 //! [`loader::Loader`], [`stats::channel_stats`].
+//!
+//! Every reader is bounded ([`limits`]): sizes are checked from the header to the
+//! allocation, only regular files are opened, images have decoding limits, and an empty
+//! split or an image with a zero side is an error naming the file.
 
 pub mod cifar;
 pub mod classes;
