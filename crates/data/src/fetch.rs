@@ -155,16 +155,15 @@ impl Partial {
         path: PathBuf,
         make: impl FnOnce(&Path) -> std::io::Result<T>,
     ) -> Result<(Partial, T), DataError> {
+        // Made and registered under the lock: a Ctrl-C handler either removes it or
+        // comes first and stops it from being made.
         let mut g = partial();
         if g.1 {
             return Err(DataError::file(&path, "interrupted"));
         }
+        let made = make(&path).map_err(|e| DataError::file(&path, format!("cannot write: {e}")))?;
         g.0.push(path.clone());
-        let guard = Partial(path);
-        let made =
-            make(&guard.0).map_err(|e| DataError::file(&guard.0, format!("cannot write: {e}")));
-        drop(g);
-        made.map(|t| (guard, t))
+        Ok((Partial(path), made))
     }
 }
 
