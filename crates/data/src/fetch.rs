@@ -252,6 +252,31 @@ pub fn fetch(
     Ok(out)
 }
 
+/// Removes the partial files of `file` left by downloads that were killed (SIGKILL, a
+/// power cut): those whose process is gone. Linux only, where /proc tells.
+fn remove_stale_parts(path: &Path, file: &str) {
+    if !cfg!(target_os = "linux") || !Path::new("/proc/self").exists() {
+        return;
+    }
+    let (Some(dir), prefix) = (path.parent(), format!(".{file}.part-")) else {
+        return;
+    };
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    for e in entries.flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        let pid = name
+            .strip_prefix(&prefix)
+            .and_then(|p| p.parse::<u32>().ok());
+        if let Some(pid) = pid {
+            if pid != std::process::id() && !Path::new(&format!("/proc/{pid}")).exists() {
+                let _ = std::fs::remove_file(e.path());
+            }
+        }
+    }
+}
+
 /// A network error in words: which timeout ran out, or ureq's message.
 fn network_error(e: &ureq::Error, opts: &FetchOptions) -> String {
     use ureq::Timeout as T;
@@ -308,6 +333,7 @@ fn download(
             r.max_bytes, r.file
         )));
     }
+    remove_stale_parts(path, &r.file);
     let tmp = path.with_file_name(format!(".{}.part-{}", r.file, std::process::id()));
     // Removes the temporary file on every return below, the rename's included.
     let (_guard, mut file) = Partial::create(tmp.clone(), |p| std::fs::File::create(p))?;

@@ -123,6 +123,29 @@ fn a_good_file_is_verified_and_written_under_its_name() {
     std::fs::remove_dir_all(&root).ok();
 }
 
+#[cfg(target_os = "linux")]
+#[test]
+fn partial_files_of_killed_downloads_are_removed() {
+    let b = body();
+    let url = serve(b.clone(), b.len(), false, 1);
+    let root = tmp("stale");
+    std::fs::create_dir_all(&root).unwrap();
+    // Left by a process that no longer runs (above any pid_max), and by one that runs
+    // (init): only the first is removed.
+    std::fs::write(root.join(".data.bin.part-4294967295"), b"old").unwrap();
+    std::fs::write(root.join(".data.bin.part-1"), b"busy").unwrap();
+    let r = Resource {
+        url: format!("{url}data.bin"),
+        file: "data.bin".into(),
+        md5: md5_of(&b, "stale"),
+        max_bytes: 1 << 20,
+        unpack: false,
+    };
+    fetch(&[r], &root, &opts(), |_, _, _| {}).unwrap();
+    assert_eq!(listing(&root), vec![".data.bin.part-1", "data.bin"]);
+    std::fs::remove_dir_all(&root).ok();
+}
+
 #[test]
 fn a_wrong_checksum_leaves_no_file() {
     let b = body();
