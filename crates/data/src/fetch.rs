@@ -252,26 +252,24 @@ pub fn fetch(
     Ok(out)
 }
 
-/// Removes the partial files of `file` left by downloads that were killed (SIGKILL, a
-/// power cut): those whose process is gone. Linux only, where /proc tells.
-fn remove_stale_parts(path: &Path, file: &str) {
+/// Removes the temporary files or folders named `{prefix}{pid}` in `dir` left by
+/// downloads that were killed (SIGKILL, a power cut): those whose process is gone.
+/// Linux only, where /proc tells.
+fn remove_stale(dir: &Path, prefix: &str) {
     if !cfg!(target_os = "linux") || !Path::new("/proc/self").exists() {
         return;
     }
-    let (Some(dir), prefix) = (path.parent(), format!(".{file}.part-")) else {
-        return;
-    };
     let Ok(entries) = std::fs::read_dir(dir) else {
         return;
     };
     for e in entries.flatten() {
         let name = e.file_name().to_string_lossy().into_owned();
         let pid = name
-            .strip_prefix(&prefix)
+            .strip_prefix(prefix)
             .and_then(|p| p.parse::<u32>().ok());
         if let Some(pid) = pid {
             if pid != std::process::id() && !Path::new(&format!("/proc/{pid}")).exists() {
-                let _ = std::fs::remove_file(e.path());
+                remove_path(&e.path());
             }
         }
     }
@@ -333,7 +331,9 @@ fn download(
             r.max_bytes, r.file
         )));
     }
-    remove_stale_parts(path, &r.file);
+    if let Some(dir) = path.parent() {
+        remove_stale(dir, &format!(".{}.part-", r.file));
+    }
     let tmp = path.with_file_name(format!(".{}.part-{}", r.file, std::process::id()));
     // Removes the temporary file on every return below, the rename's included.
     let (_guard, mut file) = Partial::create(tmp.clone(), |p| std::fs::File::create(p))?;
@@ -396,6 +396,7 @@ fn download(
 /// Unpacks a verified `.tar.gz` into `root` (into a temporary folder first, then each
 /// top-level entry renamed into place).
 fn unpack(archive: &Path, root: &Path) -> Result<(), DataError> {
+    remove_stale(root, ".unpack-");
     let tmp = root.join(format!(".unpack-{}", std::process::id()));
     remove_path(&tmp);
     // Removes the temporary folder on every return, and on Ctrl-C.

@@ -305,3 +305,37 @@ fn a_tls_handshake_that_stalls_times_out() {
         "{e}"
     );
 }
+
+#[cfg(target_os = "linux")]
+#[test]
+fn an_archive_is_unpacked_and_leaves_no_temporary_folder() {
+    // A .tar.gz with one folder holding one file.
+    let mut tar = tar::Builder::new(Vec::new());
+    let content = b"records";
+    let mut header = tar::Header::new_gnu();
+    header.set_size(content.len() as u64);
+    header.set_mode(0o644);
+    header.set_cksum();
+    tar.append_data(&mut header, "set/data_batch_1.bin", &content[..])
+        .unwrap();
+    let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+    gz.write_all(&tar.into_inner().unwrap()).unwrap();
+    let archive = gz.finish().unwrap();
+    let url = serve(archive.clone(), archive.len(), false, 1);
+    let root = tmp("unpack");
+    std::fs::create_dir_all(root.join(".unpack-4294967295/set")).unwrap();
+    let r = Resource {
+        url: format!("{url}set.tar.gz"),
+        file: "set.tar.gz".into(),
+        md5: md5_of(&archive, "unpack"),
+        max_bytes: 1 << 20,
+        unpack: true,
+    };
+    fetch(&[r], &root, &opts(), |_, _, _| {}).unwrap();
+    assert_eq!(listing(&root), vec!["set", "set.tar.gz"]);
+    assert_eq!(
+        std::fs::read(root.join("set/data_batch_1.bin")).unwrap(),
+        content
+    );
+    std::fs::remove_dir_all(&root).ok();
+}
