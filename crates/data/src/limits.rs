@@ -121,7 +121,9 @@ mod tests {
         assert!(check_image_size(4000, 3000, "x").is_ok());
         let e = check_image_size(u32::MAX as u64, u32::MAX as u64, "the image is").unwrap_err();
         assert!(
-            e.starts_with("the image is 4294967295x4294967295 pixels (height x width), larger than the limit"),
+            e.starts_with(
+                "the image is 4294967295x4294967295 pixels (height x width), larger than the limit"
+            ),
             "{e}"
         );
         assert!(check_image_size(0, 5, "x").unwrap_err().contains("zero"));
