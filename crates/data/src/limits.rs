@@ -25,12 +25,12 @@ pub const MAX_IMAGE_FILE_BYTES: u64 = 256 << 20;
 /// Largest side of an image, decoded, resized or written (PNG previews and grids).
 pub const MAX_IMAGE_SIDE: u64 = 1 << 16;
 
-/// Largest number of pixels of one image, decoded, resized or written: 64 megapixels
-/// (a 4000x3000 photo is 12).
-pub const MAX_IMAGE_PIXELS: u64 = 1 << 26;
+/// Largest number of pixels of one image, decoded, resized or written: 128 megapixels
+/// (a 4000x3000 photo is 12, a phone's 12000x9000 one 108).
+pub const MAX_IMAGE_PIXELS: u64 = 1 << 27;
 
 /// Most memory the image decoder may allocate for one image.
-pub const MAX_DECODE_ALLOC: u64 = 512 << 20;
+pub const MAX_DECODE_ALLOC: u64 = 1 << 30;
 
 /// Largest split of an image folder, in decoded u8 bytes (all of it is kept in memory).
 pub const MAX_SPLIT_BYTES: u64 = 16 << 30;
@@ -127,7 +127,7 @@ mod tests {
             "{e}"
         );
         assert!(check_image_size(0, 5, "x").unwrap_err().contains("zero"));
-        assert!(check_image_size(1 << 16, 1 << 11, "x").is_err());
+        assert!(check_image_size(1 << 16, 1 << 12, "x").is_err());
     }
 
     #[cfg(unix)]

@@ -369,7 +369,7 @@ fn a_resize_beyond_the_limit_is_an_error_not_an_abort() {
         .to_string();
     assert_eq!(
         e,
-        "--resize 60000x60000 gives images of 60000x60000 pixels (height x width), larger than the limit of 65536 pixels a side and 64 megapixels"
+        "--resize 60000x60000 gives images of 60000x60000 pixels (height x width), larger than the limit of 65536 pixels a side and 128 megapixels"
     );
     // The shorter side of 6x8 images to 60000 makes the longer 80000: refused per image.
     let e = open(root.to_str().unwrap(), None, &opts(vec![60000]))
@@ -403,7 +403,7 @@ fn a_grid_of_large_photos_is_made_of_bounded_thumbnails() {
     let e = show::sample(&ds, &ds.train, 0, 8).unwrap_err().to_string();
     assert_eq!(
         e,
-        "a 3000x4000 image at --scale 8 would be 24000x32000 pixels (height x width), larger than the limit of 65536 pixels a side and 64 megapixels"
+        "a 3000x4000 image at --scale 8 would be 24000x32000 pixels (height x width), larger than the limit of 65536 pixels a side and 128 megapixels"
     );
     std::fs::remove_dir_all(&root).ok();
 }
@@ -422,7 +422,7 @@ fn a_long_thin_idx_image_at_a_large_scale_is_refused() {
     let e = show::sample(&ds, &ds.train, 0, 64).unwrap_err().to_string();
     assert_eq!(
         e,
-        "a 1x4000000 image at --scale 64 would be 64x256000000 pixels (height x width), larger than the limit of 65536 pixels a side and 64 megapixels"
+        "a 1x4000000 image at --scale 64 would be 64x256000000 pixels (height x width), larger than the limit of 65536 pixels a side and 128 megapixels"
     );
     // The grid shrinks it into one cell: 256x1.
     let g = show::grid(&ds, &ds.train, 1, 4).unwrap();
