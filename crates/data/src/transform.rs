@@ -7,7 +7,7 @@
 //! one pass per image: each output pixel reads its source pixel (or the zero padding)
 //! and applies the per-channel scale and shift.
 
-use crate::limits::MAX_IMAGE_SIDE;
+use crate::limits::{check_image_size, MAX_IMAGE_SIDE};
 use crate::rng::Rng;
 use crate::DataError;
 
@@ -70,6 +70,12 @@ impl Pipeline {
                             size.0, size.1, shape[1], shape[2]
                         )));
                     }
+                    check_image_size(
+                        size.1 as u64,
+                        size.0 as u64,
+                        &format!("RandomCrop({}x{}) gives images of", size.0, size.1),
+                    )
+                    .map_err(DataError::Config)?;
                     crop = Some((*size, *padding));
                     out_shape = [c, size.0, size.1];
                 }
@@ -317,5 +323,21 @@ mod tests {
         )
         .unwrap_err();
         assert!(e.to_string().contains("is larger than 65536"), "{e}");
+        let e = Pipeline::new(
+            vec![
+                Transform::RandomCrop {
+                    size: (60_000, 60_000),
+                    padding: 65_536,
+                },
+                Transform::ToTensor,
+            ],
+            [1, 2, 2],
+        )
+        .unwrap_err();
+        assert!(
+            e.to_string()
+                .starts_with("RandomCrop(60000x60000) gives images of 60000x60000 pixels"),
+            "{e}"
+        );
     }
 }
