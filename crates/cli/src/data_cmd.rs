@@ -283,16 +283,19 @@ pub struct ShowArgs {
 }
 
 pub fn show_cmd(a: &ShowArgs) -> Result<()> {
-    let ds = a.source.open()?;
-    let split = ds.split(&a.split)?;
+    // Options and the output first, before a dataset is read.
     if a.scale == 0 || a.scale > 64 {
         return Err(UserError("--scale must be between 1 and 64".into()));
     }
+    if a.grid.is_some_and(|k| k == 0 || k > 100) {
+        return Err(UserError("--grid must be between 1 and 100".into()));
+    }
+    vramlab_graph::io::check_writable(&a.out)
+        .map_err(|e| UserError(format!("--out {}: cannot write: {e}", a.out.display())))?;
+    let ds = a.source.open()?;
+    let split = ds.split(&a.split)?;
     let terminal = std::io::stdout().is_terminal();
     if let Some(k) = a.grid {
-        if k == 0 || k > 100 {
-            return Err(UserError("--grid must be between 1 and 100".into()));
-        }
         let img = show::grid(&ds, split, k, a.scale.min(4))?;
         show::save_png(&img, &a.out)?;
         println!(

@@ -245,6 +245,19 @@ fn idx_sets_of_0x0_images_or_no_images_are_clear_errors_in_every_command() {
             msg,
         );
     }
+    // The output is checked before the dataset is read.
+    fails_with(
+        &[
+            "data",
+            "show",
+            zero.to_str().unwrap(),
+            "--index",
+            "0",
+            "--out",
+            "/nonexistent-dir/x.png",
+        ],
+        "--out /nonexistent-dir/x.png: cannot write",
+    );
     std::fs::remove_dir_all(&zero).ok();
     std::fs::remove_dir_all(&empty).ok();
 }
