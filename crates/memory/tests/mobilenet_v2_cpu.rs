@@ -1,5 +1,6 @@
 //! mobilenet_v2 under the pytorch-cpu profile against real PyTorch 2.15 on the CPU
-//! (fixtures/mobilenet_v2_cpu.json, made by tools/measure_mobilenet_v2_cpu.sh).
+//! (fixtures/mobilenet_v2_cpu.json, made by tools/measure_mobilenet_v2_cpu.sh), with a
+//! small ReLU6 model (fixtures/relu6_models.py, relu6net.toml), plain and checkpointed.
 //!
 //! ReLU6 is `hardtanh_` in place there. `hardtanh_` has no derivatives.yaml entry of its
 //! own, so autograd uses `hardtanh`'s formula, `hardtanh_backward(grad, self, ...)`; as it
@@ -8,7 +9,7 @@
 //! (batch 16) below these records.
 
 use serde_json::Value;
-use vramlab_graph::{zoo, ModelOptions};
+use vramlab_graph::{model_file, zoo, ModelOptions};
 use vramlab_memory::{plan, Optimizer, OptimizerKind, PlanConfig, Profile};
 
 fn records() -> Vec<Value> {
@@ -16,21 +17,40 @@ fn records() -> Vec<Value> {
     serde_json::from_str(text).expect("fixture is JSON")
 }
 
+/// Records of fixtures/relu6_models.py name the model file with the same layers.
+fn model_file(name: &str) -> &'static str {
+    match name {
+        "relu6net.toml" => include_str!("fixtures/relu6net.toml"),
+        other => panic!("no model file {other}"),
+    }
+}
+
 fn config(rec: &Value) -> (vramlab_graph::Shaped, PlanConfig) {
-    assert_eq!(rec["model"], "mobilenet_v2");
     let input: Vec<usize> = rec["input_shape"]
         .as_array()
         .unwrap()
         .iter()
         .map(|v| v.as_u64().unwrap() as usize)
         .collect();
-    let opts = ModelOptions {
-        num_classes: Some(rec["num_classes"].as_u64().unwrap() as usize),
-        input_shape: Some(input),
+    let g = match rec["vramlab_model"].as_str() {
+        Some(file) => {
+            let g = model_file::parse(model_file(file), file).unwrap();
+            assert_eq!(g.input_shape, input);
+            g.infer().unwrap()
+        }
+        None => {
+            assert_eq!(rec["model"], "mobilenet_v2");
+            let opts = ModelOptions {
+                num_classes: Some(rec["num_classes"].as_u64().unwrap() as usize),
+                input_shape: Some(input),
+            };
+            zoo::build("mobilenet_v2", &opts).unwrap().infer().unwrap()
+        }
     };
-    let g = zoo::build("mobilenet_v2", &opts).unwrap().infer().unwrap();
+    assert_eq!(g.num_classes() as u64, rec["num_classes"].as_u64().unwrap());
     let mut cfg = PlanConfig::new(rec["batch"].as_u64().unwrap());
     cfg.profile = Profile::PytorchCpu;
+    cfg.checkpoint_segments = rec["checkpoint_segments"].as_u64().unwrap_or(0) as u32;
     cfg.optimizer = match rec["optimizer"].as_str().unwrap() {
         "sgd" => Optimizer::new(OptimizerKind::Sgd),
         "sgd_momentum" => Optimizer {
@@ -46,12 +66,12 @@ fn config(rec: &Value) -> (vramlab_graph::Shaped, PlanConfig) {
 #[test]
 fn mobilenet_v2_matches_real_pytorch_cpu_to_the_byte() {
     let recs = records();
-    assert!(recs.len() >= 9, "only {} records", recs.len());
+    assert!(recs.len() >= 13, "only {} records", recs.len());
     let mut failures = Vec::new();
     for rec in &recs {
         let name = format!(
-            "{:?} b{} {}",
-            rec["input_shape"], rec["batch"], rec["optimizer"]
+            "{} {:?} b{} {}",
+            rec["model"], rec["input_shape"], rec["batch"], rec["optimizer"]
         );
         let (g, cfg) = config(rec);
         let report = plan(&g, &cfg).unwrap();
