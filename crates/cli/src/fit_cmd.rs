@@ -6,7 +6,9 @@ use vramlab_graph::fmt_shape;
 use vramlab_memory::fit::{self, AdviceReport, FitReport, FitRequest, LrAdvice, GPUS};
 use vramlab_memory::{Mode, Phase};
 
-use crate::fmt::{bytes, is_decimal_size, parse_size, size_as_read, thousands, Table};
+use crate::fmt::{
+    bytes, is_decimal_size, parse_size, size_as_read, terminal_width, thousands, wrap_words, Table,
+};
 use crate::lang::{s, t, Lang};
 use crate::{print_json, ModelArgs, PlanArgs, Result, UserError};
 
@@ -328,6 +330,14 @@ pub fn batch_chart(
     }
 }
 
+/// A sentence as a paragraph that fits the terminal (at most 100 columns), ending in a
+/// newline.
+fn paragraph(text: &str) -> String {
+    let mut out = wrap_words(text, terminal_width().clamp(60, 100)).join("\n");
+    out.push('\n');
+    out
+}
+
 /// The first line: model, input, and what is simulated.
 fn headline(o: &FitJson, lang: Lang) -> String {
     match o.fit.mode {
@@ -377,12 +387,11 @@ pub fn render(o: &FitJson, lang: Lang) -> String {
     ));
     out.push('\n');
     if let Some(given) = o.memory_as_given.as_deref().filter(|g| is_decimal_size(g)) {
-        out.push_str(&t(
+        out.push_str(&paragraph(&t(
             lang,
             "Note: {0} is in decimal units (1 GB = 10^9 B); cards are measured in binary units (1 GiB = 2^30 B), so a card sold as 12 GB has 12GiB.",
             &[&given.trim()],
-        ));
-        out.push('\n');
+        )));
     }
     out.push('\n');
     match (r.max_batch_size, r.peak_bytes_at_max) {
@@ -414,12 +423,11 @@ pub fn render(o: &FitJson, lang: Lang) -> String {
                 out.push('\n');
             }
             if let (true, Some(n)) = (r.max_batch_exceeds_dataset, r.dataset_size) {
-                out.push_str(&t(
+                out.push_str(&paragraph(&t(
                     lang,
                     "That is more than the dataset's {0} images: the whole dataset fits in one batch (one step an epoch, as in full-batch training); no batch above {0} can be drawn from it.",
                     &[&thousands(n as u128)],
-                ));
-                out.push('\n');
+                )));
                 if let Some(rb) = r.recommended_batch {
                     out.push_str(&t(
                         lang,
@@ -536,14 +544,15 @@ fn render_advice(adv: &AdviceReport, o: &FitJson, lang: Lang) -> String {
         &[&adv.batch, &bytes(o.fit.budget_bytes)],
     );
     out.push('\n');
+    // The sentence last, where the table wraps it to the terminal.
     let h = [
-        s(lang, "change"),
         t(lang, "peak at batch {0}", &[&adv.batch]),
         s(lang, "vs as given"),
         s(lang, "result"),
+        s(lang, "change"),
     ];
     let h: Vec<&str> = h.iter().map(String::as_str).collect();
-    let mut tb = Table::new(&h, &[false, true, true, false]);
+    let mut tb = Table::new(&h, &[true, true, false, false]);
     let base = adv.baseline.as_ref().map(|b| b.peak_bytes);
     let verdict = |fits: bool| {
         if fits {
@@ -553,13 +562,13 @@ fn render_advice(adv: &AdviceReport, o: &FitJson, lang: Lang) -> String {
         }
     };
     tb.row(vec![
+        base.map(bytes).unwrap_or_else(|| "-".into()),
+        "-".into(),
+        s(lang, "over the budget"),
         match o.fit.mode {
             Mode::Train => t(lang, "as given: {0}, {1}", &[&o.optimizer, &o.precision]),
             Mode::Inference => t(lang, "as given: inference, {0}", &[&o.precision]),
         },
-        base.map(bytes).unwrap_or_else(|| "-".into()),
-        "-".into(),
-        s(lang, "over the budget"),
     ]);
     for a in &adv.changes {
         let vs = match (a.peak_bytes, base) {
@@ -575,10 +584,10 @@ fn render_advice(adv: &AdviceReport, o: &FitJson, lang: Lang) -> String {
             t(lang, a.template, &[&a.flags])
         };
         tb.row(vec![
-            change,
             a.peak_bytes.map(bytes).unwrap_or_else(|| "-".into()),
             vs,
             verdict(a.fits),
+            change,
         ]);
     }
     out.push_str(&tb.render());
@@ -589,7 +598,7 @@ fn render_advice(adv: &AdviceReport, o: &FitJson, lang: Lang) -> String {
         .map(|a| a.flags.as_str())
         .collect();
     if let (false, Some(b)) = (unchanged.is_empty(), &adv.baseline) {
-        out.push_str(&t(
+        out.push_str(&paragraph(&t(
             lang,
             "\"no change\" ({0}): these save less than 1 % because the peak is in {1}, at {2}, where the weights, gradients and optimizer state alone take {3} of the {4}; they shrink what is not alive there (activations, the input).",
             &[
@@ -599,8 +608,7 @@ fn render_advice(adv: &AdviceReport, o: &FitJson, lang: Lang) -> String {
                 &bytes(b.state_bytes),
                 &bytes(b.peak_bytes),
             ],
-        ));
-        out.push('\n');
+        )));
     }
     if let Some(c) = &adv.combination {
         let why = match c.costly_flags.as_str() {
@@ -618,11 +626,8 @@ fn render_advice(adv: &AdviceReport, o: &FitJson, lang: Lang) -> String {
             .changes
             .iter()
             .find(|a| a.change == c.best_alone)
-            .map_or_else(
-                || c.best_alone.clone(),
-                |a| t(lang, a.template, &[&a.flags]),
-            );
-        out.push_str(&t(
+            .map_or_else(|| c.best_alone.clone(), |a| a.flags.clone());
+        out.push_str(&paragraph(&t(
             lang,
             "All together ({0}) is worse than {1} alone ({2}): changes interact, and here {3} adds memory ({4} without it): {5}.",
             &[
@@ -633,8 +638,7 @@ fn render_advice(adv: &AdviceReport, o: &FitJson, lang: Lang) -> String {
                 &bytes(c.without_costly_bytes),
                 &why,
             ],
-        ));
-        out.push('\n');
+        )));
     }
     out
 }
