@@ -341,11 +341,14 @@ pub struct FetchArgs {
     root: PathBuf,
     /// Download the same files from this base URL instead of the official one (a local
     /// mirror); each is still checked against the official MD5.
-    #[arg(long, value_name = "URL")]
+    #[arg(long, value_name = "URL", env = "VRAMLAB_MIRROR")]
     mirror: Option<String>,
     /// Give up a server that does not connect, answer or send more data for this long.
     #[arg(long, value_name = "SECONDS", default_value_t = 60)]
     timeout: u64,
+    /// Print what was downloaded or found as JSON.
+    #[arg(long)]
+    json: bool,
 }
 
 pub fn fetch_cmd(a: &FetchArgs) -> Result<()> {
@@ -396,6 +399,26 @@ pub fn fetch_cmd(a: &FetchArgs) -> Result<()> {
         }
     })?;
     eprintln!();
+    if a.json {
+        #[derive(Serialize)]
+        struct Fetched {
+            path: PathBuf,
+            downloaded_bytes: Option<u64>,
+            md5_verified: bool,
+        }
+        let rows: Vec<Fetched> = out
+            .iter()
+            .map(|(path, outcome)| Fetched {
+                path: path.clone(),
+                downloaded_bytes: match outcome {
+                    fetch::Outcome::Downloaded { bytes: n } => Some(*n),
+                    fetch::Outcome::AlreadyThere => None,
+                },
+                md5_verified: true,
+            })
+            .collect();
+        return print_json(&rows);
+    }
     for (path, outcome) in out {
         match outcome {
             fetch::Outcome::Downloaded { bytes: n } => println!(
