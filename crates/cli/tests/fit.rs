@@ -329,3 +329,52 @@ fn zoo_names_win_over_files_and_typos_get_a_suggestion() {
     );
     std::fs::remove_dir_all(&dir).ok();
 }
+
+#[test]
+fn a_sweep_chart_whose_x_step_is_below_the_spacing_of_doubles_is_drawn() {
+    // Batch sizes 2^53 and 2^53 + 2: a tick step of 0.2 vanishes when added to 2^53,
+    // which used to loop for ever.
+    let dir = scratch("ticks");
+    let row = |b: u64| {
+        format!(
+            r#"{{"batch_size":{b},"lr":0.01,"steps":1,"samples":1,"seconds":1.0,"images_per_s":10.0,"final_train_loss":1.0,"test_accuracy":0.5,"loss_noise":0.0,"measured_peak_bytes":1000,"planned_peak_bytes":1000,"loss_curve":[[{b},1.0],[{},0.5]]}}"#,
+            b + 2
+        )
+    };
+    let sweep = dir.join("sweep.json");
+    std::fs::write(
+        &sweep,
+        format!(
+            r#"{{"model":"lenet5","dataset":"fashion-mnist","optimizer":"SGD()","scale_lr":"none","rows":[{},{}]}}"#,
+            row(1 << 53),
+            row((1 << 53) + 2)
+        ),
+    )
+    .unwrap();
+    let out = dir.join("r.html");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_vramlab"))
+        .args(["report", "lenet5", "--sweep"])
+        .arg(&sweep)
+        .arg("--out")
+        .arg(&out)
+        .current_dir(root())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let start = Instant::now();
+    let status = loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            break s;
+        }
+        if start.elapsed() > Duration::from_secs(60) {
+            child.kill().unwrap();
+            panic!("the report did not finish in 60 s");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert!(status.success());
+    let html = std::fs::read_to_string(&out).unwrap();
+    assert!(html.contains("</svg>"));
+    std::fs::remove_dir_all(&dir).ok();
+}
