@@ -246,7 +246,45 @@ pub struct PlanConfig {
     pub record_timeline: bool,
     /// Threads of vramlab's engine (the `native` profile's scratch buffers scale with them).
     pub threads: usize,
+    /// pytorch-cuda: run every malloc and free through the caching-allocator simulator
+    /// (`cuda_alloc`), for a third step, and report reserved memory and the device total.
+    pub simulate_allocator: bool,
+    /// `PYTORCH_CUDA_ALLOC_CONF` for that simulation.
+    pub alloc_conf: cuda_alloc::AllocConf,
+    /// What the allocator may take from the device in all (the card's usable memory less
+    /// the context); `None`: no limit. A request past it is the out-of-memory error.
+    pub device_limit_bytes: Option<u128>,
+    /// `torch.cuda.set_per_process_memory_fraction`'s maximum, if one is set.
+    pub allowed_memory_bytes: Option<u128>,
+    /// cuBLAS workspace (`CUBLAS_WORKSPACE_CONFIG`): 8.125 MiB by default, 32 MiB on
+    /// Hopper and newer ([`cublas_workspace_bytes`]).
+    pub cublas_workspace_bytes: u128,
+    /// Bound on cuDNN convolution workspace; `None`: [`DEFAULT_CUDNN_WORKSPACE_BYTES`].
+    pub cudnn_workspace_bytes: Option<u128>,
 }
+
+/// cuBLAS's default workspace before Hopper: `:4096:2:16:8`, 2 x 4 MiB + 8 x 16 KiB
+/// (ATen's `parseChosenWorkspaceSize`).
+pub const CUBLAS_WORKSPACE_DEFAULT_BYTES: u128 = 2 * 4096 * 1024 + 8 * 16 * 1024;
+/// cuBLAS's default workspace on Hopper (sm_90) and newer: `:4096:8`, 32 MiB.
+pub const CUBLAS_WORKSPACE_HOPPER_BYTES: u128 = 8 * 4096 * 1024;
+
+/// The cuBLAS workspace PyTorch takes on a card of this compute capability major.
+pub fn cublas_workspace_bytes(compute_major: u32) -> u128 {
+    if compute_major >= 9 {
+        CUBLAS_WORKSPACE_HOPPER_BYTES
+    } else {
+        CUBLAS_WORKSPACE_DEFAULT_BYTES
+    }
+}
+
+/// Bound on the cuDNN convolution workspace: an estimate. cuDNN's heuristics (with
+/// `torch.backends.cudnn.benchmark=False`) mostly pick implicit-GEMM algorithms whose
+/// workspace is a few MiB; PyTorch asks the caching allocator for it around each
+/// convolution and skips algorithms whose workspace cannot be allocated. 64 MiB covers
+/// the usual choices; `--cudnn-workspace` sets it (`CUDNN_CONV_WSCAP_DBG` caps it in
+/// PyTorch).
+pub const DEFAULT_CUDNN_WORKSPACE_BYTES: u128 = 64 << 20;
 
 /// The CUDA context's default size: an estimate, as it depends on the driver, the GPU
 /// and lazy module loading; `--cuda-context` overrides it.
@@ -265,6 +303,12 @@ impl PlanConfig {
             cuda_context_bytes: None,
             record_timeline: false,
             threads: std::thread::available_parallelism().map_or(1, |n| n.get()),
+            simulate_allocator: true,
+            alloc_conf: cuda_alloc::AllocConf::default(),
+            device_limit_bytes: None,
+            allowed_memory_bytes: None,
+            cublas_workspace_bytes: CUBLAS_WORKSPACE_DEFAULT_BYTES,
+            cudnn_workspace_bytes: None,
         }
     }
 }
@@ -325,8 +369,71 @@ pub struct MemoryReport {
     /// The highest peak over the simulated steps, overhead included.
     pub peak_bytes: u128,
     pub steps: Vec<StepReport>,
+    /// pytorch-cuda: what the caching allocator reserves and what nvidia-smi shows.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub device: Option<DeviceReport>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub timeline: Option<Vec<sim::TimelinePoint>>,
+}
+
+/// The GPU's view of a plan: the caching allocator's counters per step (steps 1 and 2,
+/// and a third for the steady state) and the total a process shows in nvidia-smi.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct DeviceReport {
+    /// `PYTORCH_CUDA_ALLOC_CONF` as simulated: `default`, or the settings.
+    pub alloc_conf: String,
+    pub steps: Vec<DeviceStep>,
+    /// Highest `max_memory_allocated()` over the steps (modelled).
+    pub allocated_peak_bytes: u128,
+    /// Highest `max_memory_reserved()` over the steps (modelled).
+    pub reserved_peak_bytes: u128,
+    /// The CUDA context: an estimate (driver, card, CUDA version, lazy loading).
+    pub cuda_context_bytes: u128,
+    /// cuBLAS workspace, taken from the caching allocator at the first matmul: modelled,
+    /// and already inside allocated and reserved (0 when the model has no matmul).
+    pub cublas_workspace_bytes: u128,
+    /// Bound on the cuDNN convolution workspace, added on top: an estimate (0 when the
+    /// model has no convolution).
+    pub cudnn_workspace_bytes: u128,
+    /// What nvidia-smi shows at most: context + reserved peak + cuDNN bound.
+    pub device_total_bytes: u128,
+    /// The limit the allocator ran under, if one was set.
+    pub device_limit_bytes: Option<u128>,
+    /// The first request the allocator could not serve under that limit.
+    pub out_of_memory: Option<DeviceOom>,
+}
+
+/// One step as `torch.cuda.reset_peak_memory_stats()` before it would show it.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct DeviceStep {
+    pub step: u32,
+    /// `max_memory_allocated()`: blocks handed out, rounded as the allocator rounds.
+    pub allocated_peak_bytes: u128,
+    /// `max_memory_reserved()`: segments held.
+    pub reserved_peak_bytes: u128,
+    /// Reserved when allocated peaked.
+    pub reserved_at_allocated_peak_bytes: u128,
+    /// Share of that reserved memory in cached, unused blocks (0 to 1).
+    pub fragmentation: f64,
+    /// Segments held at the end of the step.
+    pub segments: u64,
+    /// cudaMalloc retried after freeing every cached block, counted since the start.
+    pub alloc_retries: u64,
+    /// Context + reserved peak + cuDNN bound.
+    pub device_total_bytes: u128,
+}
+
+/// A request the simulated allocator could not serve.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct DeviceOom {
+    pub step: u32,
+    pub phase: Phase,
+    pub layer: String,
+    pub requested_bytes: u128,
+    /// "Tried to allocate" in PyTorch's message: the segment asked of the device.
+    pub tried_to_allocate_bytes: u128,
+    pub allocated_bytes: u128,
+    pub reserved_bytes: u128,
 }
 
 /// Plans the memory of training (or inference) for `graph` under `cfg`.

@@ -553,6 +553,7 @@ pub(crate) fn run(g: &Shaped, cfg: &PlanConfig) -> Result<MemoryReport, PlanErro
         context_bytes: 0,
         peak_bytes: steps.iter().map(|s| s.peak_bytes).max().unwrap_or(0),
         steps,
+        device: None,
         timeline: st.sim.take_timeline(&names),
     })
 }

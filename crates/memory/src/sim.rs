@@ -5,6 +5,7 @@
 //! allocate, add and drop references, mark tensors saved for backward, and call
 //! [`Sim::boundary`] after each aten-level op.
 
+use crate::cuda_alloc::{AllocStats, BlockId, CachingAllocator, OutOfMemory};
 use crate::{Category, CategoryBytes, Phase};
 
 /// Index of a storage in the simulator.
@@ -58,6 +59,28 @@ pub struct Sim {
     pub layer: usize,
     peak: Option<PeakPoint>,
     timeline: Option<Vec<TimelinePoint>>,
+    /// While false, boundaries are not added to the timeline (the allocator's third step).
+    pub timeline_on: bool,
+    /// The CUDA caching allocator, fed every malloc and free (pytorch-cuda).
+    device: Option<Device>,
+}
+
+/// The caching allocator and which block serves each storage.
+struct Device {
+    alloc: CachingAllocator,
+    block_of: Vec<Option<BlockId>>,
+    cublas_workspace: bool,
+    oom: Option<OomAt>,
+}
+
+/// The first request the caching allocator could not serve, and where it came.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct OomAt {
+    pub error: OutOfMemory,
+    pub phase: Phase,
+    /// Index into the caller's layer names.
+    #[serde(skip)]
+    pub layer: usize,
 }
 
 impl Sim {
@@ -74,7 +97,69 @@ impl Sim {
             layer: 0,
             peak: None,
             timeline: record_timeline.then(Vec::new),
+            timeline_on: true,
+            device: None,
         }
+    }
+
+    /// Feeds every allocation and free from now on to `alloc`.
+    pub fn attach_allocator(&mut self, alloc: CachingAllocator) {
+        self.device = Some(Device {
+            alloc,
+            block_of: vec![None; self.storages.len()],
+            cublas_workspace: false,
+            oom: None,
+        });
+    }
+
+    fn device_malloc(&mut self, bytes: u128) -> Option<BlockId> {
+        let (phase, layer) = (self.phase, self.layer);
+        let d = self.device.as_mut()?;
+        if bytes == 0 {
+            // A zero-byte storage has no block (`allocate` skips malloc for size 0).
+            return None;
+        }
+        match d.alloc.malloc(bytes) {
+            Ok(b) => Some(b),
+            Err(error) => {
+                d.oom.get_or_insert(OomAt {
+                    error,
+                    phase,
+                    layer,
+                });
+                None
+            }
+        }
+    }
+
+    fn device_free(&mut self, sid: Sid) {
+        if let Some(d) = &mut self.device {
+            if let Some(b) = d.block_of[sid].take() {
+                d.alloc.free(b);
+            }
+        }
+    }
+
+    /// The cuBLAS workspace, which the first matmul takes from the caching allocator
+    /// (`getNewWorkspace` in ATen's CublasHandlePool.cpp) and keeps: counted by
+    /// PyTorch's allocator, not by any tensor category.
+    pub fn cublas_workspace(&mut self, bytes: u128) {
+        if self.device.as_ref().is_some_and(|d| !d.cublas_workspace) {
+            self.device_malloc(bytes);
+            if let Some(d) = &mut self.device {
+                d.cublas_workspace = true;
+            }
+        }
+    }
+
+    /// The allocator's statistics, if one is attached.
+    pub fn device_stats(&self) -> Option<AllocStats> {
+        self.device.as_ref().map(|d| d.alloc.stats())
+    }
+
+    /// The first failed request, if any.
+    pub fn device_oom(&self) -> Option<&OomAt> {
+        self.device.as_ref().and_then(|d| d.oom.as_ref())
     }
 
     /// Allocates a storage with one reference. `None` as category: an activation or a
@@ -93,6 +178,12 @@ impl Sim {
             saved: 0,
             alive: true,
         });
+        if self.device.is_some() {
+            let block = self.device_malloc(bytes);
+            if let Some(d) = &mut self.device {
+                d.block_of.push(block);
+            }
+        }
         self.add_live(self.storages.len() - 1, true);
         self.storages.len() - 1
     }
@@ -130,6 +221,7 @@ impl Sim {
         if s.refs == 0 && s.saved == 0 {
             self.add_live(sid, false);
             self.storages[sid].alive = false;
+            self.device_free(sid);
         }
     }
 
@@ -147,6 +239,7 @@ impl Sim {
         s.saved -= 1;
         if s.refs == 0 && s.saved == 0 {
             s.alive = false;
+            self.device_free(sid);
         } else {
             self.add_live(sid, true);
         }
@@ -195,7 +288,8 @@ impl Sim {
     /// An op finished: sample the live total.
     pub fn boundary(&mut self, op: &'static str) {
         let total = self.total();
-        if let Some(t) = &mut self.timeline {
+        let on = self.timeline_on;
+        if let Some(t) = self.timeline.as_mut().filter(|_| on) {
             t.push(TimelinePoint {
                 phase: self.phase,
                 op,
@@ -218,6 +312,9 @@ impl Sim {
     /// Starts a new step's peak.
     pub fn reset_peak(&mut self) {
         self.peak = None;
+        if let Some(d) = &mut self.device {
+            d.alloc.reset_peak_stats();
+        }
     }
 
     pub fn peak(&self) -> Option<&PeakPoint> {

@@ -8,11 +8,13 @@ use std::collections::BinaryHeap;
 
 use vramlab_graph::{Op, Shaped};
 
+use crate::cuda_alloc::{AllocStats, CachingAllocator};
 use crate::optim::{self, ParamSlot};
 use crate::sim::{Sid, Sim};
 use crate::{
-    Category, MemoryReport, Mode, OptimizerImpl, OptimizerKind, Phase, PlanConfig, PlanError,
-    Precision, Profile, DEFAULT_CUDA_CONTEXT_BYTES,
+    Category, DeviceOom, DeviceReport, DeviceStep, MemoryReport, Mode, OptimizerImpl,
+    OptimizerKind, Phase, PlanConfig, PlanError, Precision, Profile, DEFAULT_CUDA_CONTEXT_BYTES,
+    DEFAULT_CUDNN_WORKSPACE_BYTES,
 };
 
 /// What differs between the framework profiles.
@@ -133,6 +135,14 @@ pub(crate) fn run(g: &Shaped, cfg: &PlanConfig) -> Result<(MemoryReport, Vec<u12
         context,
         cfg.record_timeline,
     );
+    let simulate_allocator = rules.cuda && cfg.simulate_allocator;
+    if simulate_allocator {
+        sim.attach_allocator(CachingAllocator::new(
+            cfg.alloc_conf.clone(),
+            cfg.device_limit_bytes,
+            cfg.allowed_memory_bytes,
+        ));
+    }
 
     let mut slots: Vec<ParamSlot> = params
         .iter()
@@ -193,8 +203,14 @@ pub(crate) fn run(g: &Shaped, cfg: &PlanConfig) -> Result<(MemoryReport, Vec<u12
     };
     let mut steps = Vec::new();
     let mut saved_by_node = vec![0u128; g.nodes().len()];
-    let n_steps = if cfg.mode == Mode::Train { 2 } else { 1 };
+    let reported_steps = if cfg.mode == Mode::Train { 2 } else { 1 };
+    // The allocator runs one more step: its cache carries over, and the step after the
+    // reported ones shows the steady state.
+    let n_steps = reported_steps + u32::from(simulate_allocator);
+    let mut device_steps = Vec::new();
+    let mut oom_step = None;
     for step in 1..=n_steps {
+        run.sim.timeline_on = step <= reported_steps;
         run.sim.reset_peak();
         run.sim.phase = Phase::Forward;
         run.sim.layer = run.zero_grad_layer;
@@ -238,8 +254,17 @@ pub(crate) fn run(g: &Shaped, cfg: &PlanConfig) -> Result<(MemoryReport, Vec<u12
         if let Some(l) = loss_sid {
             run.sim.decref(l);
         }
-        steps.push(run.sim.step_report(step, &run.names, before, after));
+        if let Some(st) = run.sim.device_stats() {
+            device_steps.push(st);
+            if oom_step.is_none() && run.sim.device_oom().is_some() {
+                oom_step = Some(step);
+            }
+        }
+        if step <= reported_steps {
+            steps.push(run.sim.step_report(step, &run.names, before, after));
+        }
     }
+    let device = simulate_allocator.then(|| device_report(g, cfg, &run, &device_steps, oom_step));
     Ok((
         MemoryReport {
             model: g.graph.name.clone(),
@@ -256,10 +281,85 @@ pub(crate) fn run(g: &Shaped, cfg: &PlanConfig) -> Result<(MemoryReport, Vec<u12
             context_bytes: context,
             peak_bytes: steps.iter().map(|s| s.peak_bytes).max().unwrap_or(0),
             steps,
+            device,
             timeline: run.sim.take_timeline(&run.names),
         },
         saved_by_node,
     ))
+}
+
+/// The allocator's counters per step, with the workspaces and the context around them.
+fn device_report(
+    g: &Shaped,
+    cfg: &PlanConfig,
+    run: &Runner,
+    stats: &[AllocStats],
+    oom_step: Option<u32>,
+) -> DeviceReport {
+    let has = |f: fn(&Op) -> bool| g.nodes().iter().any(|n| f(&n.op));
+    let cudnn = if has(|op| matches!(op, Op::Conv2d(_))) {
+        cfg.cudnn_workspace_bytes
+            .unwrap_or(DEFAULT_CUDNN_WORKSPACE_BYTES)
+    } else {
+        0
+    };
+    let cublas = if has(|op| matches!(op, Op::Linear(_))) {
+        cfg.cublas_workspace_bytes
+    } else {
+        0
+    };
+    let context = run.sim.context_bytes;
+    let steps: Vec<DeviceStep> = stats
+        .iter()
+        .enumerate()
+        .map(|(i, s)| {
+            let reserved = s.reserved_at_allocated_peak;
+            let cached = reserved.saturating_sub(s.allocated_bytes.peak);
+            DeviceStep {
+                step: i as u32 + 1,
+                allocated_peak_bytes: s.allocated_bytes.peak,
+                reserved_peak_bytes: s.reserved_bytes.peak,
+                reserved_at_allocated_peak_bytes: reserved,
+                fragmentation: if reserved == 0 {
+                    0.0
+                } else {
+                    cached as f64 / reserved as f64
+                },
+                segments: s.segments,
+                alloc_retries: s.num_alloc_retries,
+                device_total_bytes: context + s.reserved_bytes.peak + cudnn,
+            }
+        })
+        .collect();
+    let reserved_peak = steps
+        .iter()
+        .map(|s| s.reserved_peak_bytes)
+        .max()
+        .unwrap_or(0);
+    DeviceReport {
+        alloc_conf: cfg.alloc_conf.describe(),
+        allocated_peak_bytes: steps
+            .iter()
+            .map(|s| s.allocated_peak_bytes)
+            .max()
+            .unwrap_or(0),
+        reserved_peak_bytes: reserved_peak,
+        cuda_context_bytes: context,
+        cublas_workspace_bytes: cublas,
+        cudnn_workspace_bytes: cudnn,
+        device_total_bytes: context + reserved_peak + cudnn,
+        device_limit_bytes: cfg.device_limit_bytes,
+        out_of_memory: run.sim.device_oom().map(|o| DeviceOom {
+            step: oom_step.unwrap_or(1),
+            phase: o.phase,
+            layer: run.names[o.layer].clone(),
+            requested_bytes: o.error.requested,
+            tried_to_allocate_bytes: o.error.tried_to_allocate,
+            allocated_bytes: o.error.allocated,
+            reserved_bytes: o.error.reserved,
+        }),
+        steps,
+    }
 }
 
 fn checked(a: u128, b: u128, c: u128) -> Result<u128, PlanError> {
@@ -547,6 +647,9 @@ impl Runner<'_> {
                         (false, false) => "aten.mm.default",
                     };
                     let out = self.op(b * numel * out_elem, label);
+                    if !is_conv {
+                        self.sim.cublas_workspace(self.cfg.cublas_workspace_bytes);
+                    }
                     let grad_elem = if self.amp() { 2 } else { self.param_elem };
                     let wbytes = specs[0].numel() * grad_elem;
                     let mut edges = Vec::new();

@@ -1,0 +1,127 @@
+//! The caching-allocator simulation inside a plan (pytorch-cuda): reserved memory,
+//! fragmentation, the device total, and the out-of-memory boundary.
+
+use vramlab_graph::{zoo, ModelOptions, Shaped};
+use vramlab_memory::cuda_alloc::AllocConf;
+use vramlab_memory::{plan, Mode, PlanConfig, Profile};
+
+fn model(name: &str) -> Shaped {
+    let (_, input) = zoo::describe(name).expect("a zoo model");
+    let opts = ModelOptions {
+        num_classes: None,
+        input_shape: Some(input.to_vec()),
+    };
+    zoo::build(name, &opts).unwrap().infer().unwrap()
+}
+
+#[test]
+fn reserved_is_at_least_allocated_on_every_zoo_model() {
+    for name in zoo::NAMES {
+        let g = model(name);
+        for mode in [Mode::Train, Mode::Inference] {
+            let mut cfg = PlanConfig::new(4);
+            cfg.mode = mode;
+            let r = plan(&g, &cfg).unwrap();
+            let d = r
+                .device
+                .as_ref()
+                .expect("pytorch-cuda simulates the allocator");
+            // Train: steps 1, 2 and the steady-state step 3; inference: 1 and 2.
+            assert_eq!(d.steps.len(), r.steps.len() + 1, "{name}");
+            for s in &d.steps {
+                assert!(s.allocated_peak_bytes > 0, "{name}");
+                assert!(
+                    s.reserved_peak_bytes >= s.allocated_peak_bytes,
+                    "{name} step {}",
+                    s.step
+                );
+                assert!(
+                    s.reserved_at_allocated_peak_bytes >= s.allocated_peak_bytes,
+                    "{name}"
+                );
+                assert!((0.0..1.0).contains(&s.fragmentation), "{name}");
+                // Every block is a multiple of 512 B; segments of 2 MiB.
+                assert_eq!(s.allocated_peak_bytes % 512, 0, "{name}");
+                assert_eq!(s.reserved_peak_bytes % (2 << 20), 0, "{name}");
+            }
+            // The allocator counts at every malloc; the planner samples between ops, so
+            // PyTorch's max_memory_allocated is at least the planner's peak.
+            let planner = r.peak_bytes - r.context_bytes;
+            assert!(
+                d.allocated_peak_bytes >= planner,
+                "{name}: {} < {planner}",
+                d.allocated_peak_bytes
+            );
+            assert_eq!(
+                d.device_total_bytes,
+                d.cuda_context_bytes + d.reserved_peak_bytes + d.cudnn_workspace_bytes
+            );
+            assert!(d.out_of_memory.is_none());
+        }
+    }
+}
+
+#[test]
+fn steady_state_repeats_and_the_cache_is_reused() {
+    let g = model("resnet18");
+    let r = plan(&g, &PlanConfig::new(32)).unwrap();
+    let d = r.device.unwrap();
+    // Steps 2 and 3 allocate the same tensors; step 3 finds every segment it needs in
+    // the cache that steps 1 and 2 left, so it reserves nothing more.
+    let (s2, s3) = (&d.steps[1], &d.steps[2]);
+    assert_eq!(s2.allocated_peak_bytes, s3.allocated_peak_bytes);
+    assert_eq!(s2.reserved_peak_bytes, s3.reserved_peak_bytes);
+    assert_eq!(s2.segments, s3.segments);
+    assert_eq!(s3.reserved_at_allocated_peak_bytes, s3.reserved_peak_bytes);
+    assert!(s3.fragmentation >= s2.fragmentation);
+    // resnet18 has a Linear: the cuBLAS workspace is part of the allocator's count.
+    assert_eq!(d.cublas_workspace_bytes, 8_519_680);
+    assert_eq!(d.cudnn_workspace_bytes, 64 << 20);
+}
+
+#[test]
+fn the_cpu_profile_has_no_device_report() {
+    let g = model("simple_cnn");
+    let mut cfg = PlanConfig::new(8);
+    cfg.profile = Profile::PytorchCpu;
+    assert!(plan(&g, &cfg).unwrap().device.is_none());
+}
+
+#[test]
+fn a_device_limit_below_the_reserved_peak_is_an_out_of_memory_error() {
+    let g = model("resnet18");
+    let free = plan(&g, &PlanConfig::new(32)).unwrap().device.unwrap();
+    let mut cfg = PlanConfig::new(32);
+    cfg.device_limit_bytes = Some(free.reserved_peak_bytes);
+    // Exactly the reserved peak: every request is served.
+    assert!(plan(&g, &cfg)
+        .unwrap()
+        .device
+        .unwrap()
+        .out_of_memory
+        .is_none());
+    // Below what must be allocated at once: a request fails.
+    cfg.device_limit_bytes = Some(free.allocated_peak_bytes - (1 << 20));
+    let oom = plan(&g, &cfg)
+        .unwrap()
+        .device
+        .unwrap()
+        .out_of_memory
+        .unwrap();
+    assert!(oom.requested_bytes > 0);
+    assert!(oom.reserved_bytes <= free.allocated_peak_bytes);
+}
+
+#[test]
+fn expandable_segments_reserve_less_than_separate_segments() {
+    let g = model("resnet50");
+    let mut cfg = PlanConfig::new(16);
+    let plain = plan(&g, &cfg).unwrap().device.unwrap();
+    cfg.alloc_conf = AllocConf::parse("expandable_segments:True").unwrap();
+    let exp = plan(&g, &cfg).unwrap().device.unwrap();
+    assert_eq!(exp.alloc_conf, "expandable_segments:True");
+    assert!(exp.reserved_peak_bytes <= plain.reserved_peak_bytes);
+    assert!(exp.reserved_peak_bytes >= exp.allocated_peak_bytes);
+    // Allocated differs only by blocks handed out whole versus split exactly.
+    assert!(exp.allocated_peak_bytes <= plain.allocated_peak_bytes);
+}

@@ -1,0 +1,1168 @@
+//! ONNX models for vramlab: reads a `.onnx` file exported from PyTorch (the TorchScript
+//! exporter, `dynamo=False`, and the dynamo exporter, `dynamo=True`, opsets 13 to 20) and
+//! maps its nodes back to the layers of [`vramlab_graph`].
+//!
+//! The reader ([`proto`]) is a small hand-written decoder of the protobuf wire format that
+//! never reads weight bytes: an initializer's dims and dtype are enough, so a model saved
+//! with external data loads without its `.data` file, and one with its weights inline
+//! costs a seek per tensor.
+//!
+//! What ONNX cannot say is returned as [`Loaded::notes`]: in-place ops (ONNX has none;
+//! torchvision's convention is assumed unless [`Options::inplace`] says otherwise), and
+//! BatchNorm layers that an exporter folded into the convolutions before them (restored
+//! by default, see [`Options::restore_bn`]).
+
+pub mod proto;
+
+use std::collections::HashMap;
+use std::fmt;
+use std::path::Path;
+
+use proto::{Dim, Values};
+use vramlab_graph::{BatchNorm2d, Conv2d, Graph, Linear, Node, NodeId, Op, Pool2d, Shape};
+
+/// The ONNX ops vramlab maps, as the error for any other lists them.
+pub const SUPPORTED_OPS: &[&str] = &[
+    "Add",
+    "AveragePool",
+    "BatchNormalization",
+    "Cast",
+    "Clip",
+    "Concat",
+    "Constant",
+    "Conv",
+    "Dropout",
+    "Flatten",
+    "Gather",
+    "Gemm",
+    "GlobalAveragePool",
+    "Identity",
+    "MatMul",
+    "MaxPool",
+    "ReduceMean",
+    "Relu",
+    "Reshape",
+    "Shape",
+    "Squeeze",
+    "Unsqueeze",
+];
+
+/// The largest file read (protobuf's own limit is 2 GiB; weights are skipped, not read).
+pub const MAX_FILE_BYTES: u64 = 1 << 36;
+
+/// Which ops ran in place; ONNX cannot say.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Inplace {
+    /// torchvision's convention: `ReLU(inplace=True)`, and `out += identity` when a ReLU
+    /// is all that reads the sum.
+    #[default]
+    Torchvision,
+    /// Nothing in place (`F.relu`, `x + y`).
+    None,
+}
+
+impl Inplace {
+    pub fn parse(s: &str) -> Result<Self, String> {
+        match s {
+            "torchvision" => Ok(Inplace::Torchvision),
+            "none" => Ok(Inplace::None),
+            _ => Err(format!(
+                "unknown --onnx-inplace `{s}`: expected torchvision or none"
+            )),
+        }
+    }
+}
+
+/// How to read what an ONNX file cannot say.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Options {
+    pub inplace: Inplace,
+    /// A convolution whose bias the exporter made by folding a BatchNorm into it
+    /// (`conv1.weight_bias`, `onnx::Conv_194`) is planned as the model had it:
+    /// `Conv2d(bias=False)` then `BatchNorm2d`.
+    pub restore_bn: bool,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Options {
+            inplace: Inplace::Torchvision,
+            restore_bn: true,
+        }
+    }
+}
+
+/// A model read from ONNX, with what vramlab assumed.
+#[derive(Debug, Clone)]
+pub struct Loaded {
+    pub graph: Graph,
+    /// One sentence each: what the file could not say and what was assumed.
+    pub notes: Vec<String>,
+    /// The default ONNX opset the file imports.
+    pub opset: i64,
+}
+
+/// Why a file could not be used: one line naming the file (and the node).
+#[derive(Debug, Clone, PartialEq)]
+pub struct OnnxError(pub String);
+
+impl fmt::Display for OnnxError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for OnnxError {}
+
+/// Reads `path` and maps it to a graph.
+pub fn load(path: &Path, opts: &Options) -> Result<Loaded, OnnxError> {
+    let file = path.display().to_string();
+    let f = std::fs::File::open(path).map_err(|e| OnnxError(format!("{file}: {e}")))?;
+    let mut src = proto::FileSource::new(f).map_err(|e| OnnxError(format!("{file}: {e}")))?;
+    let len = src.len();
+    if len > MAX_FILE_BYTES {
+        return Err(OnnxError(format!(
+            "{file}: {len} bytes, more than the {MAX_FILE_BYTES} an ONNX file may have"
+        )));
+    }
+    let model = proto::decode_model(&mut src, len)
+        .map_err(|e| OnnxError(format!("{file}: not a readable ONNX model: {}", e.0)))?;
+    let name = path
+        .file_stem()
+        .map(|s| s.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "model".into());
+    from_model(&model, &file, &name, opts)
+}
+
+/// Maps a decoded model to a graph. `file` names it in errors; `name` is the graph's name.
+pub fn from_model(
+    m: &proto::Model,
+    file: &str,
+    name: &str,
+    opts: &Options,
+) -> Result<Loaded, OnnxError> {
+    let opset = m
+        .opset_import
+        .iter()
+        .find(|(d, _)| d.is_empty() || d == "ai.onnx")
+        .map(|&(_, v)| v)
+        .ok_or_else(|| OnnxError(format!("{file}: imports no default ONNX opset")))?;
+    let mut cx = Cx {
+        file,
+        opset,
+        opts,
+        vals: HashMap::new(),
+        uses: HashMap::new(),
+        graph: Graph {
+            name: name.to_string(),
+            input_shape: Vec::new(),
+            nodes: vec![Node {
+                name: "input".into(),
+                op: Op::Input,
+                inputs: vec![],
+            }],
+        },
+        notes: Notes::default(),
+        pending_matmul: HashMap::new(),
+        names: HashMap::new(),
+    };
+    cx.run(&m.graph, name)?;
+    let Cx { graph, notes, .. } = cx;
+    Ok(Loaded {
+        graph,
+        notes: notes.sentences(opts, opset),
+        opset,
+    })
+}
+
+/// What a tensor name stands for while the nodes are read.
+#[derive(Debug, Clone)]
+enum Val {
+    /// An activation: the output of a graph node.
+    Act(NodeId),
+    /// An initializer or constant: dims and (when small) values.
+    Const {
+        name: String,
+        dims: Vec<i64>,
+        values: Option<Values>,
+    },
+    /// An integer vector computed from shapes; `None` is the batch size.
+    Ints(Vec<Option<i64>>),
+    /// Anything else the model computes off the activation path (buffer updates,
+    /// masks); reading it into an activation is unsupported.
+    Other,
+}
+
+#[derive(Default)]
+struct Notes {
+    relu_inplace: usize,
+    add_inplace: usize,
+    add_total: usize,
+    folded_bn: usize,
+    folded_bn_channels: u128,
+    bn_training: usize,
+    bn_eval: usize,
+    dropout_training: usize,
+    dropout_eval: usize,
+    linear_no_bias: usize,
+    linear_no_bias_features: u128,
+    batch: Option<String>,
+    fixed_batch: Option<i64>,
+}
+
+impl Notes {
+    fn sentences(&self, opts: &Options, opset: i64) -> Vec<String> {
+        let mut v = Vec::new();
+        match (&self.batch, self.fixed_batch) {
+            (Some(p), _) => v.push(format!(
+                "opset {opset}; the batch dimension `{p}` is symbolic: planned with --batch-size"
+            )),
+            (None, Some(n)) => v.push(format!(
+                "opset {opset}; the file fixes the batch at {n}: planned with --batch-size instead"
+            )),
+            _ => {}
+        }
+        if self.folded_bn > 0 {
+            if opts.restore_bn {
+                v.push(format!(
+                    "{} convolutions carry a bias the exporter made by folding a BatchNorm into \
+                     them: planned as Conv2d(bias=False) + BatchNorm2d, as torchvision builds \
+                     them ({} parameters more than the file holds); --onnx-bn folded plans the \
+                     file as it is",
+                    self.folded_bn, self.folded_bn_channels
+                ));
+            } else {
+                v.push(format!(
+                    "{} convolutions carry a bias folded from a BatchNorm: planned as exported, \
+                     without those BatchNorm layers ({} parameters and their running statistics \
+                     fewer than the model trains); export with dynamo=True, optimize=False or \
+                     training=TrainingMode.TRAINING to keep them",
+                    self.folded_bn, self.folded_bn_channels
+                ));
+            }
+        }
+        if self.bn_eval > 0 {
+            v.push(format!(
+                "{} BatchNormalization nodes were exported in inference form (training_mode 0): \
+                 planned as training BatchNorm2d",
+                self.bn_eval
+            ));
+        }
+        if self.bn_training + self.dropout_training == 0 {
+            v.push(
+                "no BatchNormalization or Dropout node says the file was exported in training \
+                 mode: if it is an eval export, the exporter dropped the model's Dropout layers \
+                 (and auxiliary heads) and they are not planned"
+                    .into(),
+            );
+        }
+        if self.dropout_eval > 0 {
+            v.push(format!(
+                "{} Dropout nodes were exported for inference: planned as training Dropout",
+                self.dropout_eval
+            ));
+        }
+        if self.linear_no_bias > 0 {
+            v.push(format!(
+                "{} Linear layers have no bias in the file ({} parameters): if the model has \
+                 them, the exporter dropped them (the dynamo exporter's optimiser removes \
+                 all-zero biases, and torchvision initialises some to zero); export with \
+                 optimize=False to keep them",
+                self.linear_no_bias, self.linear_no_bias_features
+            ));
+        }
+        if self.relu_inplace > 0 || self.add_inplace > 0 {
+            v.push(format!(
+                "ONNX has no in-place ops: assumed torchvision's ReLU(inplace=True) ({} ReLU) \
+                 and `out += identity` ({} of {} adds); --onnx-inplace none if the model uses \
+                 F.relu and `x + y`",
+                self.relu_inplace, self.add_inplace, self.add_total
+            ));
+        }
+        v
+    }
+}
+
+struct Cx<'a> {
+    file: &'a str,
+    opset: i64,
+    opts: &'a Options,
+    vals: HashMap<String, Val>,
+    /// The op types of the nodes that read each tensor name (`output` for a graph output).
+    uses: HashMap<String, Vec<String>>,
+    graph: Graph,
+    notes: Notes,
+    /// MatMul outputs mapped to a bias-less Linear, which an Add of a vector may complete.
+    pending_matmul: HashMap<String, NodeId>,
+    /// Layer names given so far (parameter names must be unique).
+    names: HashMap<String, usize>,
+}
+
+fn ints_of(v: &Values) -> Vec<i64> {
+    match v {
+        Values::Ints(v) => v.clone(),
+        Values::Floats(v) => v.iter().map(|&f| f as i64).collect(),
+    }
+}
+
+fn floats_of(v: &Values) -> Vec<f64> {
+    match v {
+        Values::Ints(v) => v.iter().map(|&i| i as f64).collect(),
+        Values::Floats(v) => v.clone(),
+    }
+}
+
+/// A module path from a TorchScript node name: `/layer1/layer1.0/relu/Relu` ->
+/// `layer1.0.relu`; dynamo names (`node_relu_2`) are kept.
+fn module_path(node_name: &str) -> Option<String> {
+    if !node_name.starts_with('/') {
+        return None;
+    }
+    let comps: Vec<&str> = node_name.split('/').filter(|c| !c.is_empty()).collect();
+    if comps.len() < 2 {
+        return None;
+    }
+    let mut path: Vec<String> = Vec::new();
+    for c in &comps[..comps.len() - 1] {
+        match path.last_mut() {
+            Some(last) if c.starts_with(&format!("{last}.")) => *last = c.to_string(),
+            _ => path.push(c.to_string()),
+        }
+    }
+    Some(path.join("."))
+}
+
+impl Cx<'_> {
+    fn push(&mut self, name: String, op: Op, inputs: &[NodeId]) -> NodeId {
+        self.graph.nodes.push(Node {
+            name,
+            op,
+            inputs: inputs.to_vec(),
+        });
+        self.graph.nodes.len() - 1
+    }
+
+    fn readers(&self, tensor: &str) -> usize {
+        self.uses.get(tensor).map_or(0, Vec::len)
+    }
+
+    fn fail(&self, n: &proto::Node, msg: impl fmt::Display) -> OnnxError {
+        OnnxError(format!(
+            "{}: node `{}` ({} opset {}): {msg}",
+            self.file, n.name, n.op_type, self.opset
+        ))
+    }
+
+    fn unsupported(&self, n: &proto::Node, why: &str) -> OnnxError {
+        OnnxError(format!(
+            "{}: node `{}`: op {}{} (opset {}) {why}; supported ops: {}",
+            self.file,
+            n.name,
+            if n.domain.is_empty() || n.domain == "ai.onnx" {
+                String::new()
+            } else {
+                format!("{}::", n.domain)
+            },
+            n.op_type,
+            self.opset,
+            SUPPORTED_OPS.join(", ")
+        ))
+    }
+
+    fn run(&mut self, g: &proto::Graph, name: &str) -> Result<(), OnnxError> {
+        for n in &g.nodes {
+            // Shape and CastLike read only an activation's shape or dtype.
+            if matches!(n.op_type.as_str(), "Shape" | "CastLike" | "Size") {
+                continue;
+            }
+            for i in &n.inputs {
+                self.uses
+                    .entry(i.clone())
+                    .or_default()
+                    .push(n.op_type.clone());
+            }
+        }
+        for o in &g.outputs {
+            self.uses
+                .entry(o.name.clone())
+                .or_default()
+                .push("output".into());
+        }
+        for t in &g.initializers {
+            self.vals.insert(
+                t.name.clone(),
+                Val::Const {
+                    name: t.name.clone(),
+                    dims: t.dims.clone(),
+                    values: t.values.clone(),
+                },
+            );
+        }
+        // The image input: the one graph input that is not an initializer.
+        let inputs: Vec<&proto::ValueInfo> = g
+            .inputs
+            .iter()
+            .filter(|v| !self.vals.contains_key(&v.name))
+            .collect();
+        let input = match inputs.as_slice() {
+            [one] => *one,
+            _ => {
+                return Err(OnnxError(format!(
+                    "{}: expected one image input, the graph has {} ({})",
+                    self.file,
+                    inputs.len(),
+                    inputs
+                        .iter()
+                        .map(|v| v.name.as_str())
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                )))
+            }
+        };
+        let dims = input.shape.clone().unwrap_or_default();
+        let chw: Option<Shape> = match dims.as_slice() {
+            [_, c, h, w] => [c, h, w]
+                .iter()
+                .map(|d| match d {
+                    Dim::Value(v) if *v > 0 => usize::try_from(*v).ok(),
+                    _ => None,
+                })
+                .collect(),
+            _ => None,
+        };
+        let Some(chw) = chw else {
+            return Err(OnnxError(format!(
+                "{}: input `{}` has shape {}, expected [batch, C, H, W] with fixed C, H, W",
+                self.file,
+                input.name,
+                fmt_dims(&dims)
+            )));
+        };
+        match &dims[0] {
+            Dim::Param(p) => self.notes.batch = Some(p.clone()),
+            Dim::Value(v) => self.notes.fixed_batch = Some(*v),
+            Dim::Unknown => self.notes.batch = Some("?".into()),
+        }
+        let _ = name;
+        self.graph.input_shape = chw;
+        self.vals.insert(input.name.clone(), Val::Act(0));
+
+        for n in &g.nodes {
+            self.node(n)?;
+        }
+        // The model's output must be the last layer (the logits).
+        let out = g
+            .outputs
+            .iter()
+            .find_map(|o| match self.vals.get(&o.name) {
+                Some(Val::Act(id)) => Some(*id),
+                _ => None,
+            })
+            .ok_or_else(|| {
+                OnnxError(format!(
+                    "{}: no graph output is computed from the input image",
+                    self.file
+                ))
+            })?;
+        let last = self.graph.nodes.len() - 1;
+        if out != last || last == 0 {
+            return Err(OnnxError(format!(
+                "{}: the graph's output is not its last layer; vramlab plans models whose \
+                 forward ends in the logits",
+                self.file
+            )));
+        }
+        Ok(())
+    }
+
+    fn act(&self, n: &proto::Node, i: usize) -> Result<NodeId, OnnxError> {
+        match n.inputs.get(i).and_then(|s| self.vals.get(s)) {
+            Some(Val::Act(id)) => Ok(*id),
+            _ => Err(self.fail(n, format!("input {i} is not computed from the image"))),
+        }
+    }
+
+    /// A constant input: (name, dims, values).
+    fn konst(
+        &self,
+        n: &proto::Node,
+        i: usize,
+    ) -> Result<Option<(String, Vec<i64>, Option<Values>)>, OnnxError> {
+        let Some(s) = n.inputs.get(i).filter(|s| !s.is_empty()) else {
+            return Ok(None);
+        };
+        match self.vals.get(s) {
+            Some(Val::Const { name, dims, values }) => {
+                Ok(Some((name.clone(), dims.clone(), values.clone())))
+            }
+            Some(Val::Ints(v)) if v.iter().all(|x| x.is_some()) => Ok(Some((
+                s.clone(),
+                vec![v.len() as i64],
+                Some(Values::Ints(v.iter().map(|x| x.unwrap_or(0)).collect())),
+            ))),
+            _ => Err(self.fail(n, format!("input {i} (`{s}`) must be a constant or weight"))),
+        }
+    }
+
+    /// A parameter input: the initializer's name, or None when the input is absent or
+    /// computed (dynamo writes a bias-less conv's bias as an expanded zero).
+    fn param(&self, n: &proto::Node, i: usize) -> Option<String> {
+        let s = n.inputs.get(i).filter(|s| !s.is_empty())?;
+        match self.vals.get(s) {
+            Some(Val::Const { name, .. }) if !name.is_empty() => Some(name.clone()),
+            _ => None,
+        }
+    }
+
+    fn weight_dims(
+        &self,
+        n: &proto::Node,
+        i: usize,
+        rank: usize,
+    ) -> Result<(String, Vec<usize>), OnnxError> {
+        let (name, dims, _) = self
+            .konst(n, i)?
+            .ok_or_else(|| self.fail(n, format!("missing input {i}")))?;
+        if dims.len() != rank || dims.iter().any(|&d| d <= 0) {
+            return Err(self.fail(
+                n,
+                format!("weight `{name}` has dims {dims:?}, expected {rank} positive sizes"),
+            ));
+        }
+        let dims = dims
+            .iter()
+            .map(|&d| usize::try_from(d).map_err(|_| self.fail(n, "dimension too large")))
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok((name, dims))
+    }
+
+    /// A layer name, unique: the PyTorch module path where the file keeps it.
+    fn layer_name(&mut self, n: &proto::Node, weight: Option<&str>) -> String {
+        let from_weight = weight
+            .and_then(|w| w.strip_suffix(".weight"))
+            .map(str::to_string);
+        let base = from_weight
+            .or_else(|| module_path(&n.name))
+            .filter(|s| !s.is_empty())
+            .unwrap_or_else(|| {
+                if n.name.is_empty() {
+                    n.op_type.to_lowercase()
+                } else {
+                    n.name.clone()
+                }
+            });
+        let count = self.names.entry(base.clone()).or_insert(0);
+        *count += 1;
+        if *count == 1 {
+            base
+        } else {
+            format!("{base}_{}", *count - 1)
+        }
+    }
+
+    fn int_attr(&self, n: &proto::Node, a: &str, default: i64) -> i64 {
+        n.attr(a).and_then(|a| a.i).unwrap_or(default)
+    }
+
+    fn pair_attr(
+        &self,
+        n: &proto::Node,
+        a: &str,
+        default: usize,
+    ) -> Result<(usize, usize), OnnxError> {
+        match n.attr(a) {
+            None => Ok((default, default)),
+            Some(at) => match at.ints.as_slice() {
+                [h, w] if *h >= 0 && *w >= 0 => Ok((*h as usize, *w as usize)),
+                v => Err(self.fail(n, format!("`{a}` is {v:?}, expected 2 values"))),
+            },
+        }
+    }
+
+    fn pads(&self, n: &proto::Node) -> Result<(usize, usize), OnnxError> {
+        if let Some(p) = n.attr("auto_pad").and_then(|a| a.s.as_deref()) {
+            if p != "NOTSET" && p != "VALID" {
+                return Err(self.fail(n, format!("auto_pad {p} is not supported")));
+            }
+        }
+        match n.attr("pads").map(|a| a.ints.as_slice()) {
+            None => Ok((0, 0)),
+            Some([t, l, b, r]) if t == b && l == r && *t >= 0 && *l >= 0 => {
+                Ok((*t as usize, *l as usize))
+            }
+            Some(v) => Err(self.fail(
+                n,
+                format!("pads {v:?}: only symmetric 2-D padding maps to a PyTorch layer"),
+            )),
+        }
+    }
+
+    fn set_out(&mut self, n: &proto::Node, v: Val) {
+        if let Some(o) = n.outputs.first() {
+            self.vals.insert(o.clone(), v);
+        }
+        for o in n.outputs.iter().skip(1) {
+            self.vals.insert(o.clone(), Val::Other);
+        }
+    }
+
+    fn add_op(&mut self, n: &proto::Node, name: String, op: Op, inputs: &[NodeId]) -> NodeId {
+        let id = self.push(name, op, inputs);
+        self.set_out(n, Val::Act(id));
+        id
+    }
+
+    fn node(&mut self, n: &proto::Node) -> Result<(), OnnxError> {
+        if !(n.domain.is_empty() || n.domain == "ai.onnx") {
+            return Err(self.unsupported(n, "is not in the default ONNX domain"));
+        }
+        let has_act = n
+            .inputs
+            .iter()
+            .any(|i| matches!(self.vals.get(i), Some(Val::Act(_))));
+        match n.op_type.as_str() {
+            "Constant" => {
+                let t = n.attr("value").and_then(|a| a.t.clone());
+                let v = if let Some(t) = t {
+                    // Unnamed: a Constant node is never a parameter.
+                    Val::Const {
+                        name: String::new(),
+                        dims: t.dims,
+                        values: t.values,
+                    }
+                } else if let Some(a) = n.attr("value_ints") {
+                    Val::Ints(a.ints.iter().map(|&i| Some(i)).collect())
+                } else if let Some(i) = n.attr("value_int").and_then(|a| a.i) {
+                    Val::Const {
+                        name: String::new(),
+                        dims: vec![],
+                        values: Some(Values::Ints(vec![i])),
+                    }
+                } else if let Some(f) = n.attr("value_float").and_then(|a| a.f) {
+                    Val::Const {
+                        name: String::new(),
+                        dims: vec![],
+                        values: Some(Values::Floats(vec![f as f64])),
+                    }
+                } else {
+                    Val::Other
+                };
+                self.set_out(n, v);
+                return Ok(());
+            }
+            "Shape" if has_act => {
+                let x = self.act(n, 0)?;
+                let shape = self.shape_of(x);
+                let mut v: Vec<Option<i64>> = vec![None];
+                v.extend(shape.iter().map(|&d| Some(d as i64)));
+                // start and end (opset 15), negative from the end, clamped.
+                let len = v.len() as i64;
+                let clamp = |i: i64| (if i < 0 { i + len } else { i }).clamp(0, len) as usize;
+                let start = clamp(self.int_attr(n, "start", 0));
+                let end = clamp(self.int_attr(n, "end", len));
+                let v = if start < end {
+                    v[start..end].to_vec()
+                } else {
+                    Vec::new()
+                };
+                self.set_out(n, Val::Ints(v));
+                return Ok(());
+            }
+            // Casts keep what their first input is; CastLike's second input only lends
+            // its dtype.
+            "Identity" | "Cast" | "CastLike" => {
+                let v = n.inputs.first().and_then(|i| self.vals.get(i)).cloned();
+                self.set_out(n, v.unwrap_or(Val::Other));
+                return Ok(());
+            }
+            "Gather" | "Unsqueeze" | "Squeeze" | "Concat" | "Reshape" if !has_act => {
+                let v = self.int_arith(n);
+                self.set_out(n, v);
+                return Ok(());
+            }
+            _ if !has_act => {
+                // Computed from weights and constants only (buffer updates, a zero bias,
+                // shape arithmetic): nothing the image goes through, and no parameter
+                // (parameters are initializers).
+                self.set_out(n, Val::Other);
+                return Ok(());
+            }
+            _ => {}
+        }
+        self.layer(n)
+    }
+
+    /// Shape arithmetic: Gather, Unsqueeze, Squeeze, Concat, Slice on integer vectors.
+    fn int_arith(&self, n: &proto::Node) -> Val {
+        let get = |i: usize| -> Option<Vec<Option<i64>>> {
+            match n.inputs.get(i).and_then(|s| self.vals.get(s)) {
+                Some(Val::Ints(v)) => Some(v.clone()),
+                Some(Val::Const {
+                    values: Some(v), ..
+                }) => Some(ints_of(v).into_iter().map(Some).collect()),
+                _ => None,
+            }
+        };
+        let out = match n.op_type.as_str() {
+            "Gather" => get(0).zip(get(1)).and_then(|(data, idx)| {
+                idx.iter()
+                    .map(|i| {
+                        let i = (*i)?;
+                        let i = if i < 0 { i + data.len() as i64 } else { i };
+                        usize::try_from(i).ok().and_then(|i| data.get(i).copied())
+                    })
+                    .collect::<Option<Vec<_>>>()
+            }),
+            "Unsqueeze" | "Squeeze" | "Reshape" => get(0),
+            "Concat" => {
+                let mut all = Vec::new();
+                for i in 0..n.inputs.len().min(proto::MAX_DIMS) {
+                    match get(i) {
+                        Some(v) => all.extend(v),
+                        None => return Val::Other,
+                    }
+                }
+                (n.inputs.len() <= proto::MAX_DIMS).then_some(all)
+            }
+            _ => None,
+        };
+        out.filter(|v| v.len() <= proto::MAX_DIMS)
+            .map(Val::Ints)
+            .unwrap_or(Val::Other)
+    }
+
+    fn shape_of(&self, id: NodeId) -> Shape {
+        // Infer the graph built so far; the graph is small and this runs only for Shape
+        // and Reshape nodes.
+        let sub = Graph {
+            name: String::new(),
+            input_shape: self.graph.input_shape.clone(),
+            nodes: self.graph.nodes[..=id].to_vec(),
+        };
+        sub.infer()
+            .map(|s| s.shapes[id].clone())
+            .unwrap_or_default()
+    }
+
+    fn layer(&mut self, n: &proto::Node) -> Result<(), OnnxError> {
+        let op = n.op_type.as_str();
+        match op {
+            "Conv" => {
+                let x = self.act(n, 0)?;
+                let (wname, w) = self.weight_dims(n, 1, 4)?;
+                let bias = self.param(n, 2);
+                let group = self.int_attr(n, "group", 1);
+                let group = usize::try_from(group)
+                    .ok()
+                    .filter(|&g| g > 0)
+                    .ok_or_else(|| self.fail(n, format!("group {group}")))?;
+                let conv = Conv2d {
+                    in_channels: w[1]
+                        .checked_mul(group)
+                        .ok_or_else(|| self.fail(n, "channels overflow"))?,
+                    out_channels: w[0],
+                    kernel_size: (w[2], w[3]),
+                    stride: self.pair_attr(n, "strides", 1)?,
+                    padding: self.pads(n)?,
+                    dilation: self.pair_attr(n, "dilations", 1)?,
+                    groups: group,
+                    bias: bias.is_some(),
+                };
+                // A bias that the exporter made by folding a BatchNorm: its name is not
+                // `<module>.bias` next to `<module>.weight`.
+                let folded = match &bias {
+                    Some(bname) => match wname.strip_suffix(".weight") {
+                        Some(p) => *bname != format!("{p}.bias"),
+                        None => true,
+                    },
+                    None => false,
+                };
+                let weight_name = if wname.ends_with(".weight") {
+                    Some(wname.as_str())
+                } else {
+                    None
+                };
+                let lname = self.layer_name(n, weight_name);
+                if folded {
+                    self.notes.folded_bn += 1;
+                    self.notes.folded_bn_channels += conv.out_channels as u128;
+                }
+                if folded && self.opts.restore_bn {
+                    let ch = conv.out_channels;
+                    let c = self.push(
+                        lname.clone(),
+                        Op::Conv2d(Conv2d {
+                            bias: false,
+                            ..conv
+                        }),
+                        &[x],
+                    );
+                    let bn_name = self.layer_name(n, Some(&format!("{lname}.bn.weight")));
+                    self.add_op(n, bn_name, Op::BatchNorm2d(BatchNorm2d::new(ch)), &[c]);
+                } else {
+                    self.add_op(n, lname, Op::Conv2d(conv), &[x]);
+                }
+            }
+            "BatchNormalization" => {
+                let x = self.act(n, 0)?;
+                let (sname, s) = self.weight_dims(n, 1, 1)?;
+                let eps = n.attr("epsilon").and_then(|a| a.f).unwrap_or(1e-5) as f64;
+                let m = n.attr("momentum").and_then(|a| a.f).unwrap_or(0.9) as f64;
+                let momentum = ((1.0 - m) * 1e6).round() / 1e6;
+                let training = self.int_attr(n, "training_mode", 0) != 0 || n.outputs.len() > 1;
+                if training {
+                    self.notes.bn_training += 1;
+                } else {
+                    self.notes.bn_eval += 1;
+                }
+                let bn = BatchNorm2d {
+                    num_features: s[0],
+                    eps: (eps * 1e9).round() / 1e9,
+                    momentum,
+                    affine: true,
+                    track_running_stats: true,
+                };
+                let name = self.layer_name(n, Some(&sname));
+                self.add_op(n, name, Op::BatchNorm2d(bn), &[x]);
+            }
+            "Relu" | "Clip" => {
+                let x = self.act(n, 0)?;
+                let six = if op == "Clip" {
+                    let (lo, hi) = self.clip_bounds(n)?;
+                    match (lo, hi) {
+                        (Some(l), Some(h)) if l == 0.0 && h == 6.0 => true,
+                        (Some(l), None) if l == 0.0 => false,
+                        _ => {
+                            return Err(self.unsupported(
+                                n,
+                                &format!(
+                                    "with bounds ({}, {}) is not supported (Clip(0, 6) is ReLU6, \
+                                     Clip(0) is ReLU)",
+                                    lo.map_or("none".into(), |v| v.to_string()),
+                                    hi.map_or("none".into(), |v| v.to_string())
+                                ),
+                            ))
+                        }
+                    }
+                } else {
+                    false
+                };
+                let input_name = n.inputs[0].clone();
+                let inplace = self.opts.inplace == Inplace::Torchvision
+                    && x != 0
+                    && self.readers(&input_name) == 1;
+                if inplace {
+                    self.notes.relu_inplace += 1;
+                }
+                let name = self.layer_name(n, None);
+                let op = if six {
+                    Op::ReLU6 { inplace }
+                } else {
+                    Op::ReLU { inplace }
+                };
+                self.add_op(n, name, op, &[x]);
+            }
+            "MaxPool" | "AveragePool" => {
+                let x = self.act(n, 0)?;
+                let k = self.pair_attr(n, "kernel_shape", 0)?;
+                if n.outputs.len() > 1 && self.readers(&n.outputs[1]) > 0 {
+                    return Err(
+                        self.unsupported(n, "with its indices output read is not supported")
+                    );
+                }
+                let p = Pool2d {
+                    kernel_size: k,
+                    stride: self.pair_attr(n, "strides", 1)?,
+                    padding: self.pads(n)?,
+                    dilation: self.pair_attr(n, "dilations", 1)?,
+                    ceil_mode: self.int_attr(n, "ceil_mode", 0) != 0,
+                    // MaxPool2d keeps PyTorch's default; AvgPool2d says it in the file.
+                    count_include_pad: op == "MaxPool"
+                        || self.int_attr(n, "count_include_pad", 0) != 0,
+                };
+                let name = self.layer_name(n, None);
+                let shape = self.shape_of(x);
+                let op = if op == "MaxPool" {
+                    Op::MaxPool2d(p)
+                } else if p.kernel_size == (1, 1)
+                    && p.stride == (1, 1)
+                    && p.padding == (0, 0)
+                    && shape.len() == 3
+                {
+                    // An identity pool: what exporters make of AdaptiveAvgPool2d(output)
+                    // on a map of that size (VGG's 7x7 at 224x224).
+                    Op::AdaptiveAvgPool2d {
+                        output_size: (shape[1], shape[2]),
+                    }
+                } else {
+                    Op::AvgPool2d(p)
+                };
+                self.add_op(n, name, op, &[x]);
+            }
+            "GlobalAveragePool" => {
+                let x = self.act(n, 0)?;
+                let name = self.layer_name(n, None);
+                self.add_op(
+                    n,
+                    name,
+                    Op::AdaptiveAvgPool2d {
+                        output_size: (1, 1),
+                    },
+                    &[x],
+                );
+            }
+            "ReduceMean" => {
+                let x = self.act(n, 0)?;
+                let axes: Vec<i64> = if self.opset >= 18 {
+                    match self.konst(n, 1)? {
+                        Some((_, _, Some(v))) => ints_of(&v),
+                        _ => Vec::new(),
+                    }
+                } else {
+                    n.attr("axes").map(|a| a.ints.clone()).unwrap_or_default()
+                };
+                let mut axes: Vec<i64> = axes
+                    .iter()
+                    .map(|&a| if a < 0 { a + 4 } else { a })
+                    .collect();
+                axes.sort_unstable();
+                if axes != [2, 3] || self.shape_of(x).len() != 3 {
+                    return Err(self.unsupported(
+                        n,
+                        &format!("over axes {axes:?} is not supported (only the spatial mean over axes [2, 3])"),
+                    ));
+                }
+                let keep = self.int_attr(n, "keepdims", 1) != 0;
+                let name = self.layer_name(n, None);
+                let p = self.push(
+                    name.clone(),
+                    Op::AdaptiveAvgPool2d {
+                        output_size: (1, 1),
+                    },
+                    &[x],
+                );
+                if keep {
+                    self.set_out(n, Val::Act(p));
+                } else {
+                    self.add_op(n, format!("{name}.flatten"), Op::Flatten, &[p]);
+                }
+            }
+            "Flatten" | "Reshape" | "Squeeze" => {
+                let x = self.act(n, 0)?;
+                let shape = self.shape_of(x);
+                let numel: i64 = shape.iter().map(|&d| d as i64).product();
+                let flat = match op {
+                    "Flatten" => {
+                        let axis = self.int_attr(n, "axis", 1);
+                        if axis != 1 {
+                            return Err(self.unsupported(
+                                n,
+                                &format!("with axis {axis} is not supported (only axis 1)"),
+                            ));
+                        }
+                        true
+                    }
+                    "Squeeze" => {
+                        // x.squeeze(-1).squeeze(-1) of a [C, 1, 1] map: a flatten.
+                        shape.len() == 3 && shape[1] == 1 && shape[2] == 1
+                            || shape.len() == 2 && shape[1] == 1
+                    }
+                    _ => {
+                        let target: Option<Vec<Option<i64>>> =
+                            match n.inputs.get(1).and_then(|s| self.vals.get(s)) {
+                                Some(Val::Ints(v)) => Some(v.clone()),
+                                Some(Val::Const {
+                                    values: Some(v), ..
+                                }) => Some(ints_of(v).into_iter().map(Some).collect()),
+                                _ => None,
+                            };
+                        match target.as_deref() {
+                            // [B, -1], [-1, F], [B, F], [0, -1]
+                            Some([b, f]) => {
+                                let b_ok = matches!(b, None | Some(-1) | Some(0));
+                                let f_ok = *f == Some(numel) || (*f == Some(-1) && *b != Some(-1));
+                                b_ok && f_ok
+                            }
+                            Some(t) if t.len() == shape.len() + 1 => {
+                                // A reshape to its own shape.
+                                t[1..]
+                                    .iter()
+                                    .zip(&shape)
+                                    .all(|(a, &b)| *a == Some(b as i64))
+                            }
+                            _ => false,
+                        }
+                    }
+                };
+                if !flat {
+                    return Err(self.unsupported(
+                        n,
+                        &format!(
+                            "to this shape is not supported: only a flatten of the image \
+                             features to [batch, {numel}] maps to a layer"
+                        ),
+                    ));
+                }
+                if shape.len() == 1 {
+                    self.set_out(n, Val::Act(x));
+                } else {
+                    let name = self.layer_name(n, None);
+                    self.add_op(n, name, Op::Flatten, &[x]);
+                }
+            }
+            "Gemm" => {
+                let x = self.act(n, 0)?;
+                if self.int_attr(n, "transA", 0) != 0 {
+                    return Err(self.unsupported(n, "with transA is not supported"));
+                }
+                let (wname, w) = self.weight_dims(n, 1, 2)?;
+                let trans_b = self.int_attr(n, "transB", 0) != 0;
+                let (out_f, in_f) = if trans_b { (w[0], w[1]) } else { (w[1], w[0]) };
+                let bias = self.param(n, 2).is_some();
+                let name = self.layer_name(n, Some(&wname));
+                let id = self.add_op(
+                    n,
+                    name,
+                    Op::Linear(Linear {
+                        in_features: in_f,
+                        out_features: out_f,
+                        bias,
+                    }),
+                    &[x],
+                );
+                if let (false, Some(o)) = (bias, n.outputs.first()) {
+                    self.pending_matmul.insert(o.clone(), id);
+                    self.notes.linear_no_bias += 1;
+                    self.notes.linear_no_bias_features += out_f as u128;
+                }
+            }
+            "MatMul" => {
+                let x = self.act(n, 0)?;
+                let (wname, w) = self.weight_dims(n, 1, 2)?;
+                let name = self.layer_name(n, Some(&wname));
+                let id = self.add_op(
+                    n,
+                    name,
+                    Op::Linear(Linear {
+                        in_features: w[0],
+                        out_features: w[1],
+                        bias: false,
+                    }),
+                    &[x],
+                );
+                if let Some(o) = n.outputs.first() {
+                    self.pending_matmul.insert(o.clone(), id);
+                    self.notes.linear_no_bias += 1;
+                    self.notes.linear_no_bias_features += w[1] as u128;
+                }
+            }
+            "Add" => {
+                let acts: Vec<Option<NodeId>> = n
+                    .inputs
+                    .iter()
+                    .map(|i| match self.vals.get(i) {
+                        Some(Val::Act(id)) => Some(*id),
+                        _ => None,
+                    })
+                    .collect();
+                match acts.as_slice() {
+                    [Some(a), Some(b)] => {
+                        self.notes.add_total += 1;
+                        let first = n.inputs[0].clone();
+                        let out = n.outputs.first().cloned().unwrap_or_default();
+                        let inplace = self.opts.inplace == Inplace::Torchvision
+                            && *a != 0
+                            && self.readers(&first) == 1
+                            && self.uses.get(&out).map(Vec::as_slice)
+                                == Some(&["Relu".to_string()][..]);
+                        if inplace {
+                            self.notes.add_inplace += 1;
+                        }
+                        let name = self.layer_name(n, None);
+                        self.add_op(n, name, Op::Add { inplace }, &[*a, *b]);
+                    }
+                    [Some(a), None] | [None, Some(a)] => {
+                        // MatMul + Add of a vector: the Linear's bias.
+                        let src = if acts[0].is_some() {
+                            &n.inputs[0]
+                        } else {
+                            &n.inputs[1]
+                        };
+                        let lin = self.pending_matmul.get(src).copied().filter(|&id| id == *a);
+                        let Some(id) = lin else {
+                            return Err(self.unsupported(
+                                n,
+                                "of a constant to an activation is not supported (only a \
+                                 MatMul's bias)",
+                            ));
+                        };
+                        if let Op::Linear(l) = &mut self.graph.nodes[id].op {
+                            l.bias = true;
+                            self.notes.linear_no_bias -= 1;
+                            self.notes.linear_no_bias_features -= l.out_features as u128;
+                        }
+                        self.set_out(n, Val::Act(id));
+                    }
+                    _ => return Err(self.unsupported(n, "with these inputs is not supported")),
+                }
+            }
+            "Dropout" => {
+                let x = self.act(n, 0)?;
+                let ratio = if self.opset >= 12 {
+                    match self.konst(n, 1)? {
+                        Some((_, _, Some(v))) => floats_of(&v).first().copied().unwrap_or(0.5),
+                        Some(_) => return Err(self.fail(n, "the ratio is not a readable constant")),
+                        None => 0.5,
+                    }
+                } else {
+                    n.attr("ratio")
+                        .and_then(|a| a.f)
+                        .map(f64::from)
+                        .unwrap_or(0.5)
+                };
+                let training = match self.konst(n, 2)? {
+                    Some((_, _, Some(v))) => ints_of(&v).first().copied().unwrap_or(0) != 0,
+                    _ => false,
+                };
+                if training {
+                    self.notes.dropout_training += 1;
+                } else {
+                    self.notes.dropout_eval += 1;
+                }
+                let p = (ratio * 1e6).round() / 1e6;
+                let name = self.layer_name(n, None);
+                self.add_op(n, name, Op::Dropout { p, inplace: false }, &[x]);
+            }
+            _ => return Err(self.unsupported(n, "is not supported")),
+        }
+        Ok(())
+    }
+
+    fn clip_bounds(&self, n: &proto::Node) -> Result<(Option<f64>, Option<f64>), OnnxError> {
+        if self.opset < 11 {
+            let lo = n.attr("min").and_then(|a| a.f).map(f64::from);
+            let hi = n.attr("max").and_then(|a| a.f).map(f64::from);
+            return Ok((lo, hi));
+        }
+        let bound = |i: usize| -> Result<Option<f64>, OnnxError> {
+            match self.konst(n, i)? {
+                None => Ok(None),
+                Some((_, _, Some(v))) => Ok(floats_of(&v).first().copied()),
+                Some(_) => Err(self.fail(n, format!("bound {i} is not a readable constant"))),
+            }
+        };
+        Ok((bound(1)?, bound(2)?))
+    }
+}
+
+fn fmt_dims(d: &[Dim]) -> String {
+    let parts: Vec<String> = d
+        .iter()
+        .map(|d| match d {
+            Dim::Value(v) => v.to_string(),
+            Dim::Param(p) => p.clone(),
+            Dim::Unknown => "?".into(),
+        })
+        .collect();
+    format!("[{}]", parts.join(", "))
+}

@@ -1,0 +1,171 @@
+"""Regenerates the ONNX fixtures of crates/onnx/tests/fixtures/ (run with torch, torchvision,
+onnx and onnxscript installed; the tests themselves need none of them):
+
+    python tools/export_onnx_fixtures.py crates/onnx/tests/fixtures
+
+Each model is exported by both PyTorch exporters (TorchScript, `dynamo=False`; dynamo,
+`dynamo=True`), in training mode and in eval mode, with a symbolic batch dimension. The
+weights are then stripped: every initializer of more than 16 elements keeps its name, dims
+and dtype but points at an external file `weights.data` that is not written, as a model
+saved with external data whose .data file was left behind. `params.json` records
+PyTorch's own parameter and buffer counts of each model.
+"""
+
+import json
+import os
+import sys
+
+import onnx
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+import torchvision
+
+
+class SimpleCNN(nn.Module):
+    """The lesson's SimpleCNN (../shared/reference/README.md)."""
+
+    def __init__(self, in_ch=3, pad=0, flatten=False):
+        super().__init__()
+        self.conv1 = nn.Conv2d(in_ch, 6, 5, padding=pad)
+        self.conv2 = nn.Conv2d(6, 16, 5)
+        self.fc1 = nn.Linear(400, 120)
+        self.fc2 = nn.Linear(120, 84)
+        self.fc3 = nn.Linear(84, 10)
+        self.flatten = flatten
+
+    def forward(self, x):
+        x = F.max_pool2d(F.relu(self.conv1(x)), 2)
+        x = F.max_pool2d(F.relu(self.conv2(x)), 2)
+        x = torch.flatten(x, 1) if self.flatten else x.view(-1, 400)
+        x = F.relu(self.fc1(x))
+        x = F.relu(self.fc2(x))
+        return self.fc3(x)
+
+
+class TinyRes(nn.Module):
+    """Not in the zoo: BatchNorm, a residual block, Dropout; torchvision's conventions
+    (in-place ReLU, `out += identity`). Its twin is tests/fixtures/tinyres.toml."""
+
+    def __init__(self):
+        super().__init__()
+        self.stem = nn.Conv2d(3, 16, 3, padding=1, bias=False)
+        self.bn = nn.BatchNorm2d(16)
+        self.relu = nn.ReLU(inplace=True)
+        self.conv1 = nn.Conv2d(16, 16, 3, padding=1, bias=False)
+        self.bn1 = nn.BatchNorm2d(16)
+        self.conv2 = nn.Conv2d(16, 16, 3, padding=1, bias=False)
+        self.bn2 = nn.BatchNorm2d(16)
+        self.pool = nn.MaxPool2d(2)
+        self.avgpool = nn.AdaptiveAvgPool2d((1, 1))
+        self.drop = nn.Dropout(0.25)
+        self.fc = nn.Linear(16, 10)
+
+    def forward(self, x):
+        x = self.relu(self.bn(self.stem(x)))
+        x = self.pool(x)
+        identity = x
+        out = self.relu(self.bn1(self.conv1(x)))
+        out = self.bn2(self.conv2(out))
+        out += identity
+        out = self.relu(out)
+        x = torch.flatten(self.avgpool(out), 1)
+        return self.fc(self.drop(x))
+
+
+def models():
+    tv = torchvision.models
+    return {
+        "simple_cnn": (SimpleCNN(), (3, 32, 32)),
+        "lenet5": (SimpleCNN(in_ch=1, pad=2, flatten=True), (1, 28, 28)),
+        "resnet18": (tv.resnet18(weights=None, num_classes=10), (3, 32, 32)),
+        "mobilenet_v2": (tv.mobilenet_v2(weights=None), (3, 224, 224)),
+        "vgg11_bn": (tv.vgg11_bn(weights=None), (3, 224, 224)),
+        "tinyres": (TinyRes(), (3, 32, 32)),
+    }
+
+
+def strip_weights(path):
+    """Initializers of more than 16 elements lose their bytes, keep dims and dtype."""
+    m = onnx.load(path, load_external_data=False)
+    offset = 0
+    for t in m.graph.initializer:
+        n = 1
+        for d in t.dims:
+            n *= d
+        if n <= 16:
+            continue
+        size = n * 4
+        t.ClearField("raw_data")
+        t.ClearField("float_data")
+        t.ClearField("int64_data")
+        t.ClearField("external_data")
+        t.data_location = onnx.TensorProto.EXTERNAL
+        for k, v in (("location", "weights.data"), ("offset", str(offset)), ("length", str(size))):
+            e = t.external_data.add()
+            e.key = k
+            e.value = v
+        offset += size
+    # Stack traces and per-node metadata are most of a dynamo export's bytes.
+    for n in m.graph.node:
+        n.ClearField("doc_string")
+        n.ClearField("metadata_props")
+    m.ClearField("metadata_props")
+    onnx.save(m, path)
+    for f in os.listdir(os.path.dirname(path) or "."):
+        if f.endswith(".data"):
+            os.remove(os.path.join(os.path.dirname(path) or ".", f))
+
+
+def export(model, shape, path, dynamo, train, optimize=True):
+    x = torch.randn(2, *shape)
+    model.train(train)
+    if dynamo:
+        batch = torch.export.Dim("batch", min=2, max=4096)
+        prog = torch.onnx.export(
+            model, (x,), dynamo=True, opset_version=20 if train else 18,
+            input_names=["input"], dynamic_shapes=({0: batch},), optimize=optimize,
+        )
+        prog.save(path, external_data=True)
+    else:
+        torch.onnx.export(
+            model, (x,), path, dynamo=False, opset_version=17 if train else 13,
+            input_names=["input"], output_names=["logits"],
+            dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}},
+            training=torch.onnx.TrainingMode.TRAINING if train else torch.onnx.TrainingMode.EVAL,
+            do_constant_folding=not train,
+        )
+    strip_weights(path)
+
+
+def main():
+    out = sys.argv[1] if len(sys.argv) > 1 else "crates/onnx/tests/fixtures"
+    os.makedirs(out, exist_ok=True)
+    counts = {}
+    for name, (model, shape) in models().items():
+        counts[name] = {
+            "params": sum(p.numel() for p in model.parameters()),
+            "buffers": sum(b.numel() for b in model.buffers()),
+            "input": list(shape),
+        }
+        # The dynamo exporter's default optimisation folds BatchNorm into the convolutions
+        # even in training mode; `optimize=False` keeps it.
+        for dynamo, train, optimize in (
+            (False, True, True), (False, False, True),
+            (True, True, True), (True, False, True), (True, True, False),
+        ):
+            tag = ("dynamo" if dynamo else "torchscript") + ("_train" if train else "_eval")
+            if not optimize:
+                tag += "_noopt"
+            path = os.path.join(out, f"{name}_{tag}.onnx")
+            try:
+                export(model, shape, path, dynamo, train, optimize)
+                print("wrote", path, os.path.getsize(path))
+            except Exception as e:  # report and go on: the tests list what exists
+                print("FAILED", path, type(e).__name__, str(e)[:300])
+    with open(os.path.join(out, "params.json"), "w") as f:
+        json.dump(counts, f, indent=1, sort_keys=True)
+
+
+if __name__ == "__main__":
+    main()
