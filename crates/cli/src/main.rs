@@ -183,6 +183,14 @@ pub struct PlanArgs {
     /// The native profile: threads of vramlab's engine (its scratch buffers scale with them).
     #[arg(long, value_name = "N")]
     pub threads: Option<usize>,
+    /// PYTORCH_CUDA_ALLOC_CONF for the simulated caching allocator, e.g.
+    /// expandable_segments:True or max_split_size_mb:128 (pytorch-cuda).
+    #[arg(long, value_name = "CONF")]
+    pub alloc_conf: Option<String>,
+    /// Bound on cuDNN's convolution workspace, added to the device total (default 64MiB,
+    /// an estimate).
+    #[arg(long, value_name = "SIZE")]
+    pub cudnn_workspace: Option<String>,
 }
 
 impl PlanArgs {
@@ -226,6 +234,14 @@ impl PlanArgs {
         }
         cfg.cuda_context_bytes = self
             .cuda_context
+            .as_deref()
+            .map(fmt::parse_size)
+            .transpose()?;
+        if let Some(c) = &self.alloc_conf {
+            cfg.alloc_conf = vramlab_memory::cuda_alloc::AllocConf::parse(c).map_err(UserError)?;
+        }
+        cfg.cudnn_workspace_bytes = self
+            .cudnn_workspace
             .as_deref()
             .map(fmt::parse_size)
             .transpose()?;

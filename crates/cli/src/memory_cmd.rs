@@ -2,7 +2,7 @@
 
 use clap::Args;
 use vramlab_graph::fmt_shape;
-use vramlab_memory::{plan, Category, MemoryReport, Mode};
+use vramlab_memory::{plan, Category, DeviceReport, MemoryReport, Mode};
 
 use crate::fmt::{bytes, thousands, Table};
 use crate::lang::{s, t, Lang};
@@ -126,11 +126,90 @@ pub fn render(r: &MemoryReport, lang: Lang) -> String {
         out.push_str(&s(lang, "Step 1 differs from step 2: optimizer state is created during the first step(), and step 1's gradients live until step 2's zero_grad()."));
         out.push('\n');
     }
-    if r.context_bytes > 0 {
+    if r.context_bytes > 0 && r.device.is_some() {
+        out.push_str(&t(
+            lang,
+            "Overhead includes the CUDA context, estimated at {0} (set it with --cuda-context).",
+            &[&bytes(r.context_bytes)],
+        ));
+        out.push('\n');
+    } else if r.context_bytes > 0 {
         out.push_str(&t(
             lang,
             "Overhead includes the CUDA context, estimated at {0} (set it with --cuda-context); torch.cuda.max_memory_allocated() would report about {1}.",
             &[&bytes(r.context_bytes), &bytes(r.peak_bytes - r.context_bytes)],
+        ));
+        out.push('\n');
+    }
+    if let Some(d) = &r.device {
+        out.push('\n');
+        out.push_str(&render_device(d, r.steps.len(), lang));
+    }
+    out
+}
+
+/// Allocated, reserved and the nvidia-smi total per step, each marked modelled or
+/// estimated.
+pub fn render_device(d: &DeviceReport, reported_steps: usize, lang: Lang) -> String {
+    let mut out = t(
+        lang,
+        "On the GPU, with the caching allocator simulated (PYTORCH_CUDA_ALLOC_CONF: {0}):",
+        &[&d.alloc_conf],
+    );
+    out.push('\n');
+    let header = [
+        s(lang, "step"),
+        s(lang, "allocated peak"),
+        s(lang, "reserved peak"),
+        s(lang, "fragmentation at peak"),
+        s(lang, "nvidia-smi total"),
+    ];
+    let header: Vec<&str> = header.iter().map(String::as_str).collect();
+    let mut tb = Table::new(&header, &[false, true, true, true, true]);
+    for st in &d.steps {
+        let name = if st.step as usize > reported_steps {
+            t(lang, "{0} (steady state)", &[&st.step])
+        } else {
+            st.step.to_string()
+        };
+        tb.row(vec![
+            name,
+            bytes(st.allocated_peak_bytes),
+            bytes(st.reserved_peak_bytes),
+            format!("{:.1} %", 100.0 * st.fragmentation),
+            bytes(st.device_total_bytes),
+        ]);
+    }
+    out.push_str(&tb.render());
+    out.push('\n');
+    for line in [
+        t(
+            lang,
+            "allocated: modelled, as torch.cuda.max_memory_allocated() counts it; the cuBLAS workspace ({0}) is included.",
+            &[&bytes(d.cublas_workspace_bytes)],
+        ),
+        s(lang, "reserved: modelled, as torch.cuda.max_memory_reserved() counts it: segments of 2 MiB, 20 MiB, or the request rounded up to 2 MiB."),
+        t(
+            lang,
+            "nvidia-smi total: estimated: the CUDA context ({0}) + reserved + a cuDNN workspace of up to {1}.",
+            &[&bytes(d.cuda_context_bytes), &bytes(d.cudnn_workspace_bytes)],
+        ),
+        s(lang, "Estimates: the CUDA context depends on the driver, the card and the CUDA version (--cuda-context); the cuDNN workspace on the algorithm cuDNN picks (--cudnn-workspace)."),
+    ] {
+        out.push_str(&line);
+        out.push('\n');
+    }
+    if let (Some(o), Some(limit)) = (&d.out_of_memory, d.device_limit_bytes) {
+        out.push_str(&t(
+            lang,
+            "CUDA out of memory under a limit of {0}: step {1}, {2}, at {3}; tried to allocate {4}.",
+            &[
+                &bytes(limit),
+                &o.step,
+                &phase(o.phase, lang),
+                &o.layer,
+                &bytes(o.tried_to_allocate_bytes),
+            ],
         ));
         out.push('\n');
     }

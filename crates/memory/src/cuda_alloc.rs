@@ -982,7 +982,7 @@ impl CachingAllocator {
         } else {
             K_LARGE_BUFFER
         };
-        let device = self.device_limit.unwrap_or(1 << 50);
+        let device = self.device_limit.unwrap_or(1 << 100);
         let va = (device + device / 8).div_ceil(page).max(1) * page;
         let base = self.next_address.div_ceil(page) * page;
         self.next_address = base + va;

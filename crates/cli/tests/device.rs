@@ -1,0 +1,107 @@
+//! `memory` and `fit` with the simulated CUDA caching allocator: allocated, reserved and
+//! the nvidia-smi total, each marked modelled or estimated.
+
+use std::process::{Command, Output};
+
+fn vramlab(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_vramlab"))
+        .args(args)
+        .current_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/../.."))
+        .output()
+        .expect("the binary runs")
+}
+
+fn stdout(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+fn json(args: &[&str]) -> serde_json::Value {
+    let o = vramlab(args);
+    assert!(o.status.success(), "{}", stderr(&o));
+    serde_json::from_slice(&o.stdout).expect("valid JSON")
+}
+
+fn n(v: &serde_json::Value) -> u128 {
+    v.as_u64()
+        .map(u128::from)
+        .or_else(|| v.as_f64().map(|f| f as u128))
+        .expect("a number")
+}
+
+#[test]
+fn memory_shows_allocated_reserved_and_the_nvidia_smi_total_with_what_each_rests_on() {
+    let o = vramlab(&["memory", "resnet18", "--batch-size", "16"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let out = stdout(&o);
+    for needle in [
+        "caching allocator simulated (PYTORCH_CUDA_ALLOC_CONF: default)",
+        "allocated peak",
+        "reserved peak",
+        "nvidia-smi total",
+        "3 (steady state)",
+        "allocated: modelled",
+        "reserved: modelled",
+        "nvidia-smi total: estimated",
+        "the cuBLAS workspace (8.12 MiB) is included",
+        "Estimates: the CUDA context depends on the driver",
+    ] {
+        assert!(out.contains(needle), "missing `{needle}` in\n{out}");
+    }
+    // The CPU profile has no allocator to simulate.
+    let o = vramlab(&["memory", "simple_cnn", "--profile", "pytorch-cpu"]);
+    assert!(!stdout(&o).contains("nvidia-smi"));
+}
+
+#[test]
+fn memory_json_carries_the_device_section() {
+    let r = json(&["memory", "resnet18", "--batch-size", "16", "--json"]);
+    let d = &r["device"];
+    assert_eq!(d["alloc_conf"], "default");
+    assert_eq!(d["steps"].as_array().unwrap().len(), 3);
+    assert_eq!(n(&d["cublas_workspace_bytes"]), 8_519_680);
+    assert_eq!(n(&d["cudnn_workspace_bytes"]), 64 << 20);
+    assert_eq!(n(&d["cuda_context_bytes"]), 512 << 20);
+    let reserved = n(&d["reserved_peak_bytes"]);
+    assert!(reserved >= n(&d["allocated_peak_bytes"]));
+    assert_eq!(
+        n(&d["device_total_bytes"]),
+        (512 << 20) + reserved + (64 << 20)
+    );
+    let r = json(&[
+        "memory",
+        "resnet18",
+        "--batch-size",
+        "16",
+        "--json",
+        "--alloc-conf",
+        "expandable_segments:True",
+        "--cudnn-workspace",
+        "16MiB",
+    ]);
+    assert_eq!(r["device"]["alloc_conf"], "expandable_segments:True");
+    assert_eq!(n(&r["device"]["cudnn_workspace_bytes"]), 16 << 20);
+    assert!(n(&r["device"]["reserved_peak_bytes"]) <= reserved);
+}
+
+#[test]
+fn a_bad_alloc_conf_is_one_clear_message() {
+    for (conf, needle) in [
+        (
+            "max_split_size_mb:4",
+            "`max_split_size_mb` must be at least 20",
+        ),
+        ("expandable_segments:1", "takes True or False"),
+        ("garbage_collection_threshold:2", "must be in (0, 1)"),
+        ("foo:bar", "unknown option `foo`"),
+    ] {
+        let o = vramlab(&["memory", "simple_cnn", "--alloc-conf", conf]);
+        assert_eq!(o.status.code(), Some(2), "{conf}: {}", stderr(&o));
+        assert!(stderr(&o).contains("--alloc-conf"), "{}", stderr(&o));
+        assert!(stderr(&o).contains(needle), "{}", stderr(&o));
+        assert!(o.stdout.is_empty());
+    }
+}
