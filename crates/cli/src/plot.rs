@@ -399,6 +399,16 @@ pub fn svg_to_png(svg: &str) -> Result<Vec<u8>> {
     use resvg::{tiny_skia, usvg};
     let mut opt = usvg::Options::default();
     opt.fontdb_mut().load_system_fonts();
+    let missing = missing_glyphs(svg, opt.fontdb_mut());
+    if !missing.is_empty() {
+        // The PNG would show boxes where these characters are; say so (SVG viewers use
+        // the reader's fonts, so an .svg is unaffected).
+        eprintln!(
+            "warning: no installed font can draw {} of the chart's Chinese characters (such as {}): the PNG shows boxes for them. Install a CJK font (apt-get install fonts-noto-cjk or fonts-wqy-microhei), or write .svg",
+            missing.len(),
+            missing[0]
+        );
+    }
     let tree = usvg::Tree::from_str(svg, &opt)
         .map_err(|e| UserError(format!("cannot render the chart: {e}")))?;
     let size = tree.size().to_int_size();
@@ -408,6 +418,27 @@ pub fn svg_to_png(svg: &str) -> Result<Vec<u8>> {
     pixmap
         .encode_png()
         .map_err(|e| UserError(format!("cannot encode the PNG: {e}")))
+}
+
+/// The wide (CJK) characters of `svg` that no font in `db` can draw.
+fn missing_glyphs(svg: &str, db: &resvg::usvg::fontdb::Database) -> Vec<char> {
+    let mut wanted: Vec<char> = svg
+        .chars()
+        .filter(|c| crate::fmt::display_width(&c.to_string()) == 2)
+        .collect();
+    wanted.sort_unstable();
+    wanted.dedup();
+    for face in db.faces() {
+        if wanted.is_empty() {
+            break;
+        }
+        db.with_face_data(face.id, |data, index| {
+            if let Ok(f) = ttf_parser::Face::parse(data, index) {
+                wanted.retain(|&c| f.glyph_index(c).is_none());
+            }
+        });
+    }
+    wanted
 }
 
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
@@ -436,6 +467,21 @@ mod tests {
         assert_eq!(fmt_tick(0.25), "0.25");
         assert_eq!(fmt_tick(300.0), "300");
         assert_eq!(nice_step(97.0, 6.0), 20.0);
+    }
+
+    #[test]
+    fn cjk_characters_no_font_can_draw_are_named() {
+        let empty = resvg::usvg::fontdb::Database::new();
+        let svg = "<svg><text>峰值 peak 显存 峰</text></svg>";
+        assert_eq!(
+            missing_glyphs(svg, &empty),
+            vec!['值', '显', '存', '峰']
+                .into_iter()
+                .collect::<std::collections::BTreeSet<_>>()
+                .into_iter()
+                .collect::<Vec<_>>()
+        );
+        assert!(missing_glyphs("<svg><text>peak</text></svg>", &empty).is_empty());
     }
 
     #[test]

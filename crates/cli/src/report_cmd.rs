@@ -115,6 +115,8 @@ pub fn report(a: &ReportArgs) -> Result<()> {
         thousands(g.macs()),
         esc(&s(l, "MACs per image"))
     ));
+    // The training set's size, so the batch-size advice can say when a batch is larger.
+    let mut dataset_size = None;
     if let Some(d) = &a.dataset {
         let src = crate::data_cmd::Source {
             dataset: d.clone(),
@@ -125,6 +127,7 @@ pub fn report(a: &ReportArgs) -> Result<()> {
             coarse: false,
         };
         let ds = src.open()?;
+        dataset_size = Some(ds.train.len() as u64);
         let img = vramlab_data::show::grid(&ds, &ds.train, 6, 3)?;
         let png = vramlab_data::show::png_bytes(&img)?;
         body.push_str(&format!(
@@ -290,7 +293,12 @@ pub fn report(a: &ReportArgs) -> Result<()> {
     if let Some((card_bytes, label)) = card {
         let mut fcfg = cfg.clone();
         fcfg.record_timeline = false;
-        let fit = vramlab_memory::fit::fit(&g, &fcfg, card_bytes, a.fraction, None)?;
+        let request = vramlab_memory::fit::FitRequest {
+            fraction: a.fraction,
+            dataset_size,
+            ..vramlab_memory::fit::FitRequest::new(card_bytes)
+        };
+        let fit = vramlab_memory::fit::fit_with(&g, &fcfg, &request)?;
         let fj = FitJson {
             model: g.graph.name.clone(),
             input_shape: g.graph.input_shape.clone(),

@@ -20,6 +20,10 @@ fn json(args: &[&str]) -> serde_json::Value {
 
 fn fashion() -> bool {
     let ok = Path::new("/usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz").is_file();
+    assert!(
+        ok || std::env::var_os("CI").is_none(),
+        "CI must install dataset-fashion-mnist (.ci/run does)"
+    );
     if !ok {
         eprintln!(
             "skipped: Fashion-MNIST is not installed (apt-get install -y dataset-fashion-mnist)"

@@ -254,24 +254,9 @@ pub fn fetch(
 
 /// Removes the temporary files or folders named `{prefix}{pid}` in `dir` left by
 /// downloads that were killed (SIGKILL, a power cut): those whose process is gone.
-/// Linux only, where /proc tells.
 fn remove_stale(dir: &Path, prefix: &str) {
-    if !cfg!(target_os = "linux") || !Path::new("/proc/self").exists() {
-        return;
-    }
-    let Ok(entries) = std::fs::read_dir(dir) else {
-        return;
-    };
-    for e in entries.flatten() {
-        let name = e.file_name().to_string_lossy().into_owned();
-        let pid = name
-            .strip_prefix(prefix)
-            .and_then(|p| p.parse::<u32>().ok());
-        if let Some(pid) = pid {
-            if pid != std::process::id() && !Path::new(&format!("/proc/{pid}")).exists() {
-                remove_path(&e.path());
-            }
-        }
+    for p in vramlab_graph::io::stale_entries(dir, prefix) {
+        remove_path(&p);
     }
 }
 

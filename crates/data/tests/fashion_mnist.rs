@@ -6,6 +6,10 @@ fn present() -> bool {
     let here = std::path::Path::new(FASHION_MNIST_SYSTEM_ROOT)
         .join("train-images-idx3-ubyte.gz")
         .is_file();
+    assert!(
+        here || std::env::var_os("CI").is_none(),
+        "CI must install dataset-fashion-mnist (.ci/run does)"
+    );
     if !here {
         eprintln!("skipped: {FASHION_MNIST_SYSTEM_ROOT} not found (apt-get install -y dataset-fashion-mnist)");
     }

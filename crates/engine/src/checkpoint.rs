@@ -14,6 +14,7 @@ use std::collections::BTreeMap;
 use std::fs::File;
 use std::io::{BufWriter, Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
+use vramlab_graph::io;
 
 use safetensors::tensor::{Metadata, TensorInfo};
 use safetensors::Dtype;
@@ -121,67 +122,6 @@ fn tensors(e: &Engine) -> Vec<(String, Vec<usize>, Source<'_>)> {
     out
 }
 
-/// The folder a file is written in (`.` for a bare name).
-fn folder_of(path: &Path) -> &Path {
-    path.parent()
-        .filter(|p| !p.as_os_str().is_empty())
-        .unwrap_or(Path::new("."))
-}
-
-fn temp_prefix(path: &Path) -> String {
-    let name = path
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    format!(".{name}.tmp-")
-}
-
-/// Whether a process with this id still runs (then its temporary file is left alone).
-fn process_alive(pid: u32) -> bool {
-    if pid == std::process::id() {
-        return true;
-    }
-    #[cfg(unix)]
-    {
-        let Ok(pid) = libc::pid_t::try_from(pid) else {
-            return false;
-        };
-        // SAFETY: signal 0 only checks that the process exists; nothing is sent.
-        let r = unsafe { libc::kill(pid, 0) };
-        r == 0 || std::io::Error::last_os_error().raw_os_error() != Some(libc::ESRCH)
-    }
-    #[cfg(not(unix))]
-    {
-        true
-    }
-}
-
-/// Removes `.NAME.tmp-PID` files of this target left by saves that were killed.
-fn remove_stale_temps(path: &Path) {
-    let prefix = temp_prefix(path);
-    let Ok(entries) = std::fs::read_dir(folder_of(path)) else {
-        return;
-    };
-    // Bounded: a folder is listed once, and only names of this target are looked at.
-    for entry in entries.flatten() {
-        let name = entry.file_name();
-        let Some(pid) = name
-            .to_str()
-            .and_then(|n| n.strip_prefix(&prefix))
-            .and_then(|p| p.parse::<u32>().ok())
-        else {
-            continue;
-        };
-        if !process_alive(pid) {
-            let _ = std::fs::remove_file(entry.path());
-        }
-    }
-}
-
-fn temp_path(path: &Path) -> PathBuf {
-    folder_of(path).join(format!("{}{}", temp_prefix(path), std::process::id()))
-}
-
 fn write_error(path: &Path, e: impl std::fmt::Display) -> CheckpointError {
     CheckpointError(format!(
         "{}: cannot write the checkpoint: {e}",
@@ -192,7 +132,6 @@ fn write_error(path: &Path, e: impl std::fmt::Display) -> CheckpointError {
 /// Checks, before any work, that a checkpoint can be written at `path`: creates the
 /// temporary file a save would create in its folder, then removes it.
 pub fn check_writable(path: &Path) -> Result<(), CheckpointError> {
-    remove_stale_temps(path);
     vramlab_graph::io::check_writable(path).map_err(|e| write_error(path, e))
 }
 
@@ -246,8 +185,8 @@ pub fn save(
     let mut header = serde_json::to_vec(&header).map_err(|e| write_error(path, e))?;
     // safetensors aligns the data to 8 bytes by padding the header with spaces.
     header.resize(header.len().next_multiple_of(8), b' ');
-    remove_stale_temps(path);
-    let tmp = temp_path(path);
+    io::remove_stale_temps(path);
+    let tmp = io::temp_path(path).map_err(|e| write_error(path, e))?;
     let res = write_file(&tmp, &header, &sources).and_then(|()| std::fs::rename(&tmp, path));
     if let Err(err) = res {
         let _ = std::fs::remove_file(&tmp);
@@ -255,7 +194,7 @@ pub fn save(
     }
     // The rename itself reaches the disk with the folder.
     #[cfg(unix)]
-    File::open(folder_of(path))
+    File::open(io::folder_of(path))
         .and_then(|d| d.sync_all())
         .map_err(|e| write_error(path, e))?;
     Ok(())
