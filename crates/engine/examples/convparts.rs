@@ -1,10 +1,13 @@
 //! Splits a convolution's time into im2col and gemm (simple_cnn conv1 and conv2 shapes).
 use std::time::Instant;
+use vramlab_engine::isa;
 use vramlab_engine::kernels::{
     conv_direct, direct_row, direct_weight_len, direct_weights, gemm, im2col, pad_planes, ConvGeom,
 };
 
 fn main() {
+    let tier = isa::active();
+    println!("tier {tier} (VRAMLAB_ISA forces it down)");
     for (cin, h, cout) in [(3usize, 32usize, 6usize), (6, 14, 16)] {
         let g = ConvGeom {
             cin,
@@ -66,22 +69,27 @@ fn main() {
             );
         }
         let tt = t.elapsed().as_secs_f64() / n as f64;
+        println!("cin {cin} cout {cout} {h}x{h}: im2col {:.1} us, gemm {:.1} us ({:.1} GFLOP/s), transposed gemm {:.1} us ({:.1} GFLOP/s)", ti * 1e6, tg * 1e6, 2.0 * (cout * k * hw) as f64 / tg / 1e9, tt * 1e6, 2.0 * (cout * k * hw) as f64 / tt / 1e9);
+        if tier.direct_tile().is_none() {
+            continue;
+        }
         let (hp, wp) = (h, direct_row(g.wo, 5));
         let mut xp = vec![0f32; cin * hp * wp];
-        let mut wb = vec![0f32; direct_weight_len(cout, cin, 5, 5)];
-        direct_weights(&w, cout, cin, 5, 5, false, &mut wb);
+        let mut wb = vec![0f32; direct_weight_len(tier, cout, cin, 5, 5)];
+        direct_weights(tier, &w, cout, cin, 5, 5, false, &mut wb);
         let t = Instant::now();
         for _ in 0..n {
             pad_planes(&x, cin, h, h, 0, 0, hp, wp, &mut xp);
-            conv_direct(&xp, cin, hp, wp, &wb, cout, 5, 5, &mut out, g.ho, g.wo);
+            conv_direct(
+                tier, &xp, cin, hp, wp, &wb, cout, 5, 5, &mut out, g.ho, g.wo,
+            );
         }
         let td = t.elapsed().as_secs_f64() / n as f64;
         let macs = (cout * k * hw) as f64;
         println!(
-            "  direct with AVX-512 (padding copy included): {:.1} us ({:.1} GFLOP/s)",
+            "  direct on {tier} (padding copy included): {:.1} us ({:.1} GFLOP/s)",
             td * 1e6,
             2.0 * macs / td / 1e9
         );
-        println!("cin {cin} cout {cout} {h}x{h}: im2col {:.1} us, gemm {:.1} us ({:.1} GFLOP/s), transposed gemm {:.1} us ({:.1} GFLOP/s)", ti * 1e6, tg * 1e6, 2.0 * macs / tg / 1e9, tt * 1e6, 2.0 * macs / tt / 1e9);
     }
 }

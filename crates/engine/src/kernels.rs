@@ -105,6 +105,13 @@ fn valid_range(width: usize, out: usize, stride: usize, offset: isize) -> (usize
 
 /// im2col of group `g` of one sample: `col[K x HoWo]`.
 pub fn im2col(x: &[f32], g: &ConvGeom, group: usize, col: &mut [f32]) {
+    im2col_ld(x, g, group, col, g.hw_out());
+}
+
+/// im2col of group `g` of one sample into rows `ld` floats apart: row `r` of the
+/// `[K x HoWo]` matrix at `col[r * ld..r * ld + HoWo]` (the samples of a batched column
+/// matrix sit side by side, each at its own offset).
+pub fn im2col_ld(x: &[f32], g: &ConvGeom, group: usize, col: &mut [f32], ld: usize) {
     let cg = g.cin / g.groups;
     let hw = g.hw_out();
     let mut row = 0;
@@ -112,7 +119,7 @@ pub fn im2col(x: &[f32], g: &ConvGeom, group: usize, col: &mut [f32]) {
         let plane = &x[ci * g.h * g.w..(ci + 1) * g.h * g.w];
         for ky in 0..g.kh {
             for kx in 0..g.kw {
-                let out = &mut col[row * hw..(row + 1) * hw];
+                let out = &mut col[row * ld..row * ld + hw];
                 let off = (kx * g.dw) as isize - g.pw as isize;
                 let (lo, hi) = valid_range(g.w, g.wo, g.sw, off);
                 for oy in 0..g.ho {
@@ -160,8 +167,29 @@ pub fn columns<'a>(
     }
 }
 
+/// Columns a batched matrix product aims for: below this many output positions per
+/// sample, a convolution's samples are put side by side in one column matrix, so the
+/// weights are packed once per group of samples instead of once per sample.
+pub const BATCH_COLUMNS: usize = 256;
+
+/// Samples per matrix product of a convolution (one group, not direct) whose batch
+/// chunks hold `per_chunk` samples: 1 (one product per sample, the column matrix of one
+/// sample) unless a sample has fewer than [`BATCH_COLUMNS`] output positions. The
+/// native profile computes the same number (`conv_batch` there).
+pub fn conv_batch(g: &ConvGeom, per_chunk: usize) -> usize {
+    if g.groups != 1 {
+        return 1;
+    }
+    (BATCH_COLUMNS / g.hw_out().max(1)).clamp(1, per_chunk.max(1))
+}
+
 /// Adds `col[K x HoWo]` of group `g` back into the input gradient of one sample.
 pub fn col2im_add(col: &[f32], g: &ConvGeom, group: usize, dx: &mut [f32]) {
+    col2im_add_ld(col, g, group, dx, g.hw_out());
+}
+
+/// [`col2im_add`] from rows `ld` floats apart (see [`im2col_ld`]).
+pub fn col2im_add_ld(col: &[f32], g: &ConvGeom, group: usize, dx: &mut [f32], ld: usize) {
     let cg = g.cin / g.groups;
     let hw = g.hw_out();
     let mut row = 0;
@@ -169,7 +197,7 @@ pub fn col2im_add(col: &[f32], g: &ConvGeom, group: usize, dx: &mut [f32]) {
         let plane = &mut dx[ci * g.h * g.w..(ci + 1) * g.h * g.w];
         for ky in 0..g.kh {
             for kx in 0..g.kw {
-                let src = &col[row * hw..(row + 1) * hw];
+                let src = &col[row * ld..row * ld + hw];
                 let off = (kx * g.dw) as isize - g.pw as isize;
                 let (lo, hi) = valid_range(g.w, g.wo, g.sw, off);
                 for oy in 0..g.ho {
@@ -196,21 +224,28 @@ pub fn col2im_add(col: &[f32], g: &ConvGeom, group: usize, dx: &mut [f32]) {
     }
 }
 
-/// Columns of a direct-convolution output tile (one AVX-512 register).
-pub const LANES: usize = 16;
-/// Output channels of a direct-convolution tile (eight accumulator registers).
-pub const CO_BLOCK: usize = 8;
+pub use vramlab_isa::Tier;
 
-/// Whether this CPU runs the direct convolution (AVX-512).
+/// Columns of a direct-convolution output tile, the same for every tier that has one
+/// (one AVX-512 register, two AVX2 registers).
+pub const LANES: usize = 16;
+
+/// The tier's direct convolution tile, `(columns, output channels)`, if it has one.
+fn tile(tier: Tier) -> Option<(usize, usize)> {
+    let t = tier.direct_tile()?;
+    debug_assert_eq!(t.0, LANES);
+    tier.supported().then_some(t)
+}
+
+/// Output channels of the direct convolution's tile on `tier` (the weights' blocking);
+/// 1 where the tier has none.
+pub fn co_block(tier: Tier) -> usize {
+    tile(tier).map_or(1, |t| t.1)
+}
+
+/// Whether this process's tier ([`vramlab_isa::active`]) runs the direct convolution.
 pub fn direct_available() -> bool {
-    #[cfg(target_arch = "x86_64")]
-    {
-        std::arch::is_x86_feature_detected!("avx512f")
-    }
-    #[cfg(not(target_arch = "x86_64"))]
-    {
-        false
-    }
+    tile(vramlab_isa::active()).is_some()
 }
 
 /// Whether a convolution of this shape takes the direct path (when the CPU has it):
@@ -234,15 +269,19 @@ pub fn direct_row(wo: usize, kw: usize) -> usize {
     wo.div_ceil(LANES) * LANES + kw - 1
 }
 
-/// Floats of the blocked weights of a direct convolution.
-pub fn direct_weight_len(cout: usize, cin: usize, kh: usize, kw: usize) -> usize {
-    cout.div_ceil(CO_BLOCK) * CO_BLOCK * cin * kh * kw
+/// Floats of the blocked weights of a direct convolution on `tier`.
+pub fn direct_weight_len(tier: Tier, cout: usize, cin: usize, kh: usize, kw: usize) -> usize {
+    let cb = co_block(tier);
+    cout.div_ceil(cb) * cb * cin * kh * kw
 }
 
-/// Re-lays weights `w[co][ci][ky][kx]` out as `[co/8][ci][ky][kx][8]` (channels past
-/// `cout` zero); with `flip`, as the weights of the input gradient instead:
-/// `w'[ci][co][kh-1-ky][kw-1-kx]`, blocked over `ci`.
+/// Re-lays weights `w[co][ci][ky][kx]` out as `[co/B][ci][ky][kx][B]` for the tile's
+/// `B` output channels on `tier` (channels past `cout` zero); with `flip`, as the
+/// weights of the input gradient instead: `w'[ci][co][kh-1-ky][kw-1-kx]`, blocked over
+/// `ci`.
+#[allow(clippy::too_many_arguments)]
 pub fn direct_weights(
+    tier: Tier,
     w: &[f32],
     cout: usize,
     cin: usize,
@@ -251,6 +290,7 @@ pub fn direct_weights(
     flip: bool,
     out: &mut [f32],
 ) {
+    let cb = co_block(tier);
     let (o, i) = if flip { (cin, cout) } else { (cout, cin) };
     out.fill(0.0);
     let kk = i * kh * kw;
@@ -264,7 +304,7 @@ pub fn direct_weights(
                         w[((a * cin + b) * kh + ky) * kw + kx]
                     };
                     let j = (b * kh + ky) * kw + kx;
-                    out[((a / CO_BLOCK) * kk + j) * CO_BLOCK + a % CO_BLOCK] = v;
+                    out[((a / cb) * kk + j) * cb + a % cb] = v;
                 }
             }
         }
@@ -293,13 +333,14 @@ pub fn pad_planes(
     }
 }
 
-/// Direct stride-1 convolution of one sample: `out[co][oy][ox] = sum over ci, ky, kx of
-/// w[co][ci][ky][kx] * xp[ci][oy+ky][ox+kx]`, over a zero-padded input `xp` (`cin` planes
-/// of `hp x wp`, `wp >= direct_row(wo, kw)`) and blocked weights from
-/// [`direct_weights`]. Assigns `out` (`cout x ho x wo`). Call only where
-/// [`direct_available`] is true.
+/// Direct stride-1 convolution of one sample on `tier`: `out[co][oy][ox] = sum over ci,
+/// ky, kx of w[co][ci][ky][kx] * xp[ci][oy+ky][ox+kx]`, over a zero-padded input `xp`
+/// (`cin` planes of `hp x wp`, `wp >= direct_row(wo, kw)`) and blocked weights from
+/// [`direct_weights`] for the same tier. Assigns `out` (`cout x ho x wo`). Panics when
+/// the tier has no direct convolution or this CPU lacks it.
 #[allow(clippy::too_many_arguments)]
 pub fn conv_direct(
+    tier: Tier,
     xp: &[f32],
     cin: usize,
     hp: usize,
@@ -312,33 +353,29 @@ pub fn conv_direct(
     ho: usize,
     wo: usize,
 ) {
-    assert!(direct_available(), "conv_direct needs AVX-512");
+    assert!(
+        tile(tier).is_some(),
+        "conv_direct: no direct convolution on {tier}"
+    );
     assert!(
         wp >= direct_row(wo, kw) && hp >= ho + kh - 1 && xp.len() >= cin * hp * wp,
         "padded input too small"
     );
     assert!(
-        wb.len() >= direct_weight_len(cout, cin, kh, kw) && out.len() >= cout * ho * wo,
+        wb.len() >= direct_weight_len(tier, cout, cin, kh, kw) && out.len() >= cout * ho * wo,
         "buffers too small"
     );
     #[cfg(target_arch = "x86_64")]
-    // SAFETY: AVX-512 is present (asserted); the asserts above bound every load and store:
-    // rows are read at most `direct_row(wo, kw)` floats wide inside `wp`, stores are masked
-    // to `wo` columns and `cout` channels.
+    // SAFETY: the tier is supported by this CPU (`tile` checks); the asserts above bound
+    // every load and store: rows are read at most `direct_row(wo, kw)` floats wide inside
+    // `wp`, stores are limited to `wo` columns and `cout` channels.
     unsafe {
-        direct_avx512(
-            xp.as_ptr(),
-            cin,
-            hp,
-            wp,
-            wb.as_ptr(),
-            cout,
-            kh,
-            kw,
-            out.as_mut_ptr(),
-            ho,
-            wo,
-        )
+        let (xp, wb, out) = (xp.as_ptr(), wb.as_ptr(), out.as_mut_ptr());
+        match tier {
+            Tier::Avx512 => direct_avx512(xp, cin, hp, wp, wb, cout, kh, kw, out, ho, wo),
+            Tier::Avx2 => direct_avx2(xp, cin, hp, wp, wb, cout, kh, kw, out, ho, wo),
+            Tier::Scalar | Tier::Neon => unreachable!("no direct tile"),
+        }
     }
 }
 
@@ -359,21 +396,22 @@ unsafe fn direct_avx512(
     wo: usize,
 ) {
     use std::arch::x86_64::*;
+    const CB: usize = 8;
     let kk = cin * kh * kw;
-    for blk in 0..cout.div_ceil(CO_BLOCK) {
-        let wblk = wb.add(blk * kk * CO_BLOCK);
-        let cb = CO_BLOCK.min(cout - blk * CO_BLOCK);
+    for blk in 0..cout.div_ceil(CB) {
+        let wblk = wb.add(blk * kk * CB);
+        let cb = CB.min(cout - blk * CB);
         for oy in 0..ho {
             let mut ox0 = 0;
             while ox0 < wo {
-                let mut acc = [_mm512_setzero_ps(); CO_BLOCK];
+                let mut acc = [_mm512_setzero_ps(); CB];
                 let mut j = 0;
                 for ci in 0..cin {
                     for ky in 0..kh {
                         let row = xp.add((ci * hp + oy + ky) * wp + ox0);
                         for kx in 0..kw {
                             let xv = _mm512_loadu_ps(row.add(kx));
-                            let w8 = wblk.add(j * CO_BLOCK);
+                            let w8 = wblk.add(j * CB);
                             for (c, a) in acc.iter_mut().enumerate() {
                                 *a = _mm512_fmadd_ps(_mm512_set1_ps(*w8.add(c)), xv, *a);
                             }
@@ -384,8 +422,90 @@ unsafe fn direct_avx512(
                 let n = LANES.min(wo - ox0);
                 let mask: __mmask16 = if n == LANES { 0xffff } else { (1u16 << n) - 1 };
                 for (c, a) in acc.iter().enumerate().take(cb) {
-                    let dst = out.add((blk * CO_BLOCK + c) * ho * wo + oy * wo + ox0);
+                    let dst = out.add((blk * CB + c) * ho * wo + oy * wo + ox0);
                     _mm512_mask_storeu_ps(dst, mask, *a);
+                }
+                ox0 += LANES;
+            }
+        }
+    }
+}
+
+/// The AVX2+FMA direct convolution: a tile of 16 columns (two ymm) by 6 output channels,
+/// twelve accumulators, each weight broadcast once and used for both halves.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+#[allow(clippy::too_many_arguments)]
+unsafe fn direct_avx2(
+    xp: *const f32,
+    cin: usize,
+    hp: usize,
+    wp: usize,
+    wb: *const f32,
+    cout: usize,
+    kh: usize,
+    kw: usize,
+    out: *mut f32,
+    ho: usize,
+    wo: usize,
+) {
+    use std::arch::x86_64::*;
+    const CB: usize = 6;
+    let kk = cin * kh * kw;
+    let lane = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
+    for blk in 0..cout.div_ceil(CB) {
+        let wblk = wb.add(blk * kk * CB);
+        let cb = CB.min(cout - blk * CB);
+        for oy in 0..ho {
+            let mut ox0 = 0;
+            while ox0 < wo {
+                let n = LANES.min(wo - ox0);
+                let base = out.add((blk * CB) * ho * wo + oy * wo + ox0);
+                if n <= 8 {
+                    // A narrow tail: one register of columns.
+                    let mut acc = [_mm256_setzero_ps(); CB];
+                    let mut wj = wblk;
+                    for ci in 0..cin {
+                        for ky in 0..kh {
+                            let row = xp.add((ci * hp + oy + ky) * wp + ox0);
+                            for kx in 0..kw {
+                                let x0 = _mm256_loadu_ps(row.add(kx));
+                                for (c, a) in acc.iter_mut().enumerate() {
+                                    *a = _mm256_fmadd_ps(_mm256_broadcast_ss(&*wj.add(c)), x0, *a);
+                                }
+                                wj = wj.add(CB);
+                            }
+                        }
+                    }
+                    let m = _mm256_cmpgt_epi32(_mm256_set1_epi32(n as i32), lane);
+                    for (c, a) in acc.iter().enumerate().take(cb) {
+                        _mm256_maskstore_ps(base.add(c * ho * wo), m, *a);
+                    }
+                } else {
+                    let mut lo = [_mm256_setzero_ps(); CB];
+                    let mut hi = [_mm256_setzero_ps(); CB];
+                    let mut wj = wblk;
+                    for ci in 0..cin {
+                        for ky in 0..kh {
+                            let row = xp.add((ci * hp + oy + ky) * wp + ox0);
+                            for kx in 0..kw {
+                                let x0 = _mm256_loadu_ps(row.add(kx));
+                                let x1 = _mm256_loadu_ps(row.add(kx + 8));
+                                for c in 0..CB {
+                                    let wv = _mm256_broadcast_ss(&*wj.add(c));
+                                    lo[c] = _mm256_fmadd_ps(wv, x0, lo[c]);
+                                    hi[c] = _mm256_fmadd_ps(wv, x1, hi[c]);
+                                }
+                                wj = wj.add(CB);
+                            }
+                        }
+                    }
+                    let m = _mm256_cmpgt_epi32(_mm256_set1_epi32(n as i32 - 8), lane);
+                    for c in 0..cb {
+                        let dst = base.add(c * ho * wo);
+                        _mm256_storeu_ps(dst, lo[c]);
+                        _mm256_maskstore_ps(dst.add(8), m, hi[c]);
+                    }
                 }
                 ox0 += LANES;
             }
@@ -395,8 +515,9 @@ unsafe fn direct_avx512(
 
 /// 2x2 max-pooling with stride 2 of one plane (`src` is `h x w`, outputs `ho x wo`):
 /// the maximum and its flat index in the plane. PyTorch keeps the first maximum in scan
-/// order, and NaN wins. Uses AVX-512 where the CPU has it.
+/// order, and NaN wins. Runs `tier`'s vector code where it has one (AVX-512, AVX2).
 pub fn maxpool2x2_plane(
+    tier: Tier,
     src: &[f32],
     w: usize,
     ho: usize,
@@ -408,14 +529,19 @@ pub fn maxpool2x2_plane(
         src.len() >= 2 * ho * w && 2 * wo <= w && out.len() >= ho * wo && idx.len() >= ho * wo,
         "plane sizes"
     );
+    assert!(tier.supported(), "maxpool2x2_plane: this CPU has no {tier}");
+    // The vector code computes flat indices in 32 bits.
+    let small = 2 * ho * w <= i32::MAX as usize;
     #[cfg(target_arch = "x86_64")]
-    if direct_available() {
-        // SAFETY: AVX-512 is present; the assert bounds every row read (2*wo <= w floats
-        // of rows 2*oy and 2*oy+1 < 2*ho) and every write (ho*wo outputs), and the loads
-        // and stores below are masked to those bounds.
-        unsafe { maxpool2x2_avx512(src, w, ho, wo, out, idx) };
-        return;
+    match tier {
+        // SAFETY: the tier is present (asserted); the assert bounds every row read
+        // (2*wo <= w floats of rows 2*oy and 2*oy+1 < 2*ho) and every write (ho*wo
+        // outputs), and the loads and stores below stay inside those bounds.
+        Tier::Avx512 if small => return unsafe { maxpool2x2_avx512(src, w, ho, wo, out, idx) },
+        Tier::Avx2 if small => return unsafe { maxpool2x2_avx2(src, w, ho, wo, out, idx) },
+        _ => {}
     }
+    let _ = small;
     maxpool2x2_scalar(src, w, ho, wo, out, idx)
 }
 
@@ -503,6 +629,87 @@ unsafe fn maxpool2x2_avx512(
     }
 }
 
+/// 16 floats at `p` as their even and odd columns, in order.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+#[inline]
+unsafe fn split_even_odd(p: *const f32) -> (std::arch::x86_64::__m256, std::arch::x86_64::__m256) {
+    use std::arch::x86_64::*;
+    let (l, h) = (_mm256_loadu_ps(p), _mm256_loadu_ps(p.add(8)));
+    // [l0 l2 h0 h2 | l4 l6 h4 h6] -> [l0 l2 l4 l6 h0 h2 h4 h6]
+    let e = _mm256_shuffle_ps::<0b10_00_10_00>(l, h);
+    let o = _mm256_shuffle_ps::<0b11_01_11_01>(l, h);
+    (
+        _mm256_castpd_ps(_mm256_permute4x64_pd::<0b11_01_10_00>(_mm256_castps_pd(e))),
+        _mm256_castpd_ps(_mm256_permute4x64_pd::<0b11_01_10_00>(_mm256_castps_pd(o))),
+    )
+}
+
+/// The AVX2 2x2 max-pool: eight outputs at a time (two rows of 16 floats, split into
+/// even and odd columns), compares and blends; the last `wo % 8` outputs of a row in
+/// scalar code.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn maxpool2x2_avx2(
+    src: &[f32],
+    w: usize,
+    ho: usize,
+    wo: usize,
+    out: &mut [f32],
+    idx: &mut [i64],
+) {
+    use std::arch::x86_64::*;
+    let lane2 = _mm256_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14);
+    let one = _mm256_set1_epi32(1);
+    let wv = _mm256_set1_epi32(w as i32);
+    let ks = [one, _mm256_set1_epi32(2), _mm256_set1_epi32(3)];
+    for oy in 0..ho {
+        let (p0, p1) = (
+            src.as_ptr().add(2 * oy * w),
+            src.as_ptr().add((2 * oy + 1) * w),
+        );
+        let row0 = _mm256_set1_epi32((2 * oy * w) as i32);
+        let mut ox0 = 0;
+        while ox0 + 8 <= wo {
+            let (a0, a1) = split_even_odd(p0.add(2 * ox0));
+            let (b0, b1) = split_even_odd(p1.add(2 * ox0));
+            let mut best = a0;
+            let mut at = _mm256_setzero_si256();
+            for (v, k) in [a1, b0, b1].into_iter().zip(ks) {
+                let take = _mm256_or_ps(
+                    _mm256_cmp_ps::<_CMP_GT_OQ>(v, best),
+                    _mm256_cmp_ps::<_CMP_UNORD_Q>(v, v),
+                );
+                best = _mm256_blendv_ps(best, v, take);
+                at = _mm256_castps_si256(_mm256_blendv_ps(
+                    _mm256_castsi256_ps(at),
+                    _mm256_castsi256_ps(k),
+                    take,
+                ));
+            }
+            _mm256_storeu_ps(out.as_mut_ptr().add(oy * wo + ox0), best);
+            // Flat index: 2*oy*w + 2*ox0 + 2*lane + (at & 1) + (at >> 1) * w.
+            let flat = _mm256_add_epi32(
+                _mm256_add_epi32(row0, _mm256_set1_epi32(2 * ox0 as i32)),
+                _mm256_add_epi32(
+                    _mm256_add_epi32(lane2, _mm256_and_si256(at, one)),
+                    _mm256_mullo_epi32(_mm256_srli_epi32::<1>(at), wv),
+                ),
+            );
+            let dst = idx.as_mut_ptr().add(oy * wo + ox0) as *mut __m256i;
+            _mm256_storeu_si256(dst, _mm256_cvtepi32_epi64(_mm256_castsi256_si128(flat)));
+            _mm256_storeu_si256(
+                dst.add(1),
+                _mm256_cvtepi32_epi64(_mm256_extracti128_si256::<1>(flat)),
+            );
+            ox0 += 8;
+        }
+        if ox0 < wo {
+            maxpool2x2_row(src, w, oy, ox0..wo, out, idx);
+        }
+    }
+}
+
 fn maxpool2x2_scalar(
     src: &[f32],
     w: usize,
@@ -512,27 +719,39 @@ fn maxpool2x2_scalar(
     idx: &mut [i64],
 ) {
     for oy in 0..ho {
-        let r0 = &src[2 * oy * w..2 * oy * w + 2 * wo];
-        let r1 = &src[(2 * oy + 1) * w..(2 * oy + 1) * w + 2 * wo];
-        let orow = &mut out[oy * wo..(oy + 1) * wo];
-        let irow = &mut idx[oy * wo..(oy + 1) * wo];
-        let pairs = r0.chunks_exact(2).zip(r1.chunks_exact(2));
-        for (ox, ((a, b), (ov, iv))) in pairs.zip(orow.iter_mut().zip(irow.iter_mut())).enumerate()
-        {
-            let base = (2 * oy * w + 2 * ox) as i64;
-            let w64 = w as i64;
-            let (mut best, mut at) = (a[0], base);
-            for (v, k) in [(a[1], base + 1), (b[0], base + w64), (b[1], base + w64 + 1)] {
-                // Arithmetic selects: data-dependent branches mispredict half the time on
-                // real activations.
-                let take = ((v > best) | v.is_nan()) as u32;
-                let m = take.wrapping_neg();
-                best = f32::from_bits((v.to_bits() & m) | (best.to_bits() & !m));
-                at += (take as i64) * (k - at);
-            }
-            *ov = best;
-            *iv = at;
+        maxpool2x2_row(src, w, oy, 0..wo, out, idx);
+    }
+}
+
+/// Outputs `cols` of output row `oy`; `cols.end` is the output width `wo`.
+fn maxpool2x2_row(
+    src: &[f32],
+    w: usize,
+    oy: usize,
+    cols: std::ops::Range<usize>,
+    out: &mut [f32],
+    idx: &mut [i64],
+) {
+    let wo = cols.end;
+    let r0 = &src[2 * oy * w..2 * oy * w + 2 * wo];
+    let r1 = &src[(2 * oy + 1) * w..(2 * oy + 1) * w + 2 * wo];
+    let orow = &mut out[oy * wo..(oy + 1) * wo];
+    let irow = &mut idx[oy * wo..(oy + 1) * wo];
+    let w64 = w as i64;
+    for ox in cols {
+        let (a, b) = (&r0[2 * ox..2 * ox + 2], &r1[2 * ox..2 * ox + 2]);
+        let base = (2 * oy * w + 2 * ox) as i64;
+        let (mut best, mut at) = (a[0], base);
+        for (v, k) in [(a[1], base + 1), (b[0], base + w64), (b[1], base + w64 + 1)] {
+            // Arithmetic selects: data-dependent branches mispredict half the time on
+            // real activations.
+            let take = ((v > best) | v.is_nan()) as u32;
+            let m = take.wrapping_neg();
+            best = f32::from_bits((v.to_bits() & m) | (best.to_bits() & !m));
+            at += (take as i64) * (k - at);
         }
+        orow[ox] = best;
+        irow[ox] = at;
     }
 }
 
@@ -547,38 +766,98 @@ pub fn adaptive_window(i: usize, input: usize, output: usize) -> (usize, usize) 
 mod tests {
     use super::*;
 
-    #[test]
-    fn the_vector_2x2_max_pool_equals_the_scalar_one_with_ties_and_nans() {
-        for (h, w) in [(28, 28), (10, 10), (4, 40), (2, 2), (7, 9)] {
-            let (ho, wo) = (h / 2, w / 2);
-            let mut src: Vec<f32> = (0..h * w).map(|i| ((i * 7919) % 13) as f32 - 6.0).collect();
-            src[3] = f32::NAN;
-            if src.len() > 40 {
-                src[40] = src[41];
+    /// The tiers this CPU runs, and a check that a tier the CPU has was covered: a test
+    /// over tiers cannot pass on a tier it skipped.
+    fn tiers() -> Vec<Tier> {
+        let t = vramlab_isa::available();
+        #[cfg(target_arch = "x86_64")]
+        {
+            if std::arch::is_x86_feature_detected!("avx2")
+                && std::arch::is_x86_feature_detected!("fma")
+            {
+                assert!(t.contains(&Tier::Avx2), "AVX2+FMA present but not tested");
             }
-            let (mut o1, mut i1) = (vec![0.0; ho * wo], vec![0i64; ho * wo]);
-            let (mut o2, mut i2) = (vec![0.0; ho * wo], vec![0i64; ho * wo]);
-            maxpool2x2_plane(&src, w, ho, wo, &mut o1, &mut i1);
-            maxpool2x2_scalar(&src, w, ho, wo, &mut o2, &mut i2);
-            assert_eq!(i1, i2, "{h}x{w}");
-            for (a, b) in o1.iter().zip(&o2) {
-                assert!(a == b || (a.is_nan() && b.is_nan()), "{h}x{w}: {a} vs {b}");
+            if std::arch::is_x86_feature_detected!("avx512f") {
+                assert!(t.contains(&Tier::Avx512), "AVX-512 present but not tested");
             }
         }
+        #[cfg(target_arch = "aarch64")]
+        assert!(t.contains(&Tier::Neon), "NEON present but not tested");
+        t
     }
 
     #[test]
-    fn the_direct_convolution_and_its_flipped_form_equal_the_definition() {
-        if !direct_available() {
-            eprintln!("skipped: no AVX-512 on this CPU");
-            return;
+    fn every_tiers_2x2_max_pool_equals_the_scalar_one_with_ties_and_nans() {
+        let mut covered = Vec::new();
+        for tier in tiers() {
+            for (h, w) in [
+                (28, 28),
+                (10, 10),
+                (4, 40),
+                (2, 2),
+                (7, 9),
+                (32, 33),
+                (6, 70),
+            ] {
+                let (ho, wo) = (h / 2, w / 2);
+                let mut src: Vec<f32> =
+                    (0..h * w).map(|i| ((i * 7919) % 13) as f32 - 6.0).collect();
+                src[3] = f32::NAN;
+                if src.len() > 40 {
+                    src[40] = src[41];
+                    src[2 * w + 5] = f32::NAN;
+                    src[3 * w + 5] = f32::NAN;
+                    src[w + 17.min(w - 1)] = 100.0;
+                }
+                let (mut o1, mut i1) = (vec![0.0; ho * wo], vec![0i64; ho * wo]);
+                let (mut o2, mut i2) = (vec![0.0; ho * wo], vec![0i64; ho * wo]);
+                maxpool2x2_plane(tier, &src, w, ho, wo, &mut o1, &mut i1);
+                maxpool2x2_scalar(&src, w, ho, wo, &mut o2, &mut i2);
+                assert_eq!(i1, i2, "{tier} {h}x{w}");
+                for (a, b) in o1.iter().zip(&o2) {
+                    assert!(
+                        a == b || (a.is_nan() && b.is_nan()),
+                        "{tier} {h}x{w}: {a} vs {b}"
+                    );
+                }
+            }
+            covered.push(tier.name());
         }
+        eprintln!("2x2 max-pool tiers covered: {}", covered.join(", "));
+    }
+
+    #[test]
+    fn every_tiers_direct_convolution_and_its_flipped_form_equal_the_scalar_definition() {
+        let mut covered = Vec::new();
+        for tier in tiers().into_iter().filter(|t| t.direct_tile().is_some()) {
+            direct_against_im2col(tier);
+            covered.push(tier.name());
+        }
+        eprintln!(
+            "direct convolution tiers covered: {}",
+            if covered.is_empty() {
+                "none (this CPU has no tier with one)".to_string()
+            } else {
+                covered.join(", ")
+            }
+        );
+        #[cfg(target_arch = "x86_64")]
+        if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma")
+        {
+            assert!(covered.contains(&"avx2"));
+        }
+    }
+
+    fn direct_against_im2col(tier: Tier) {
         for (cin, h, w, cout, k, p) in [
             (3, 32, 32, 6, 5, 0),
             (6, 14, 14, 16, 5, 0),
             (2, 7, 9, 11, 3, 1),
             (1, 28, 28, 6, 5, 2),
             (9, 5, 37, 17, 3, 1),
+            (16, 8, 8, 64, 3, 1),
+            (5, 6, 40, 7, 3, 2),
+            (4, 3, 3, 13, 2, 0),
         ] {
             let (ho, wo) = (h + 2 * p - k + 1, w + 2 * p - k + 1);
             let g = ConvGeom {
@@ -622,12 +901,15 @@ mod tests {
             let (hp, wp) = (h + 2 * p, direct_row(wo, k));
             let mut xp = vec![f32::NAN; cin * hp * wp];
             pad_planes(&x, cin, h, w, p, p, hp, wp, &mut xp);
-            let mut wb = vec![f32::NAN; direct_weight_len(cout, cin, k, k)];
-            direct_weights(&wt, cout, cin, k, k, false, &mut wb);
-            let mut out = vec![f32::NAN; cout * ho * wo];
-            conv_direct(&xp, cin, hp, wp, &wb, cout, k, k, &mut out, ho, wo);
+            let mut wb = vec![f32::NAN; direct_weight_len(tier, cout, cin, k, k)];
+            direct_weights(tier, &wt, cout, cin, k, k, false, &mut wb);
+            // One extra float past the output: it must stay untouched.
+            let mut out = vec![f32::NAN; cout * ho * wo + 1];
+            out[cout * ho * wo] = 7.0;
+            conv_direct(tier, &xp, cin, hp, wp, &wb, cout, k, k, &mut out, ho, wo);
+            assert_eq!(out[cout * ho * wo], 7.0, "{tier}: wrote past the output");
             for (a, b) in out.iter().zip(&expect) {
-                assert!((a - b).abs() < 1e-3 * (1.0 + b.abs()), "{a} vs {b}");
+                assert!((a - b).abs() < 1e-3 * (1.0 + b.abs()), "{tier}: {a} vs {b}");
             }
             // The input gradient: W^T * dY then col2im, against the flipped direct form.
             let dy: Vec<f32> = (0..cout * ho * wo)
@@ -652,12 +934,15 @@ mod tests {
             let (hq, wq) = (ho + 2 * q, direct_row(w, k));
             let mut dyp = vec![f32::NAN; cout * hq * wq];
             pad_planes(&dy, cout, ho, wo, q, q, hq, wq, &mut dyp);
-            let mut wf = vec![f32::NAN; direct_weight_len(cin, cout, k, k)];
-            direct_weights(&wt, cout, cin, k, k, true, &mut wf);
+            let mut wf = vec![f32::NAN; direct_weight_len(tier, cin, cout, k, k)];
+            direct_weights(tier, &wt, cout, cin, k, k, true, &mut wf);
             let mut dx2 = vec![f32::NAN; cin * h * w];
-            conv_direct(&dyp, cout, hq, wq, &wf, cin, k, k, &mut dx2, h, w);
+            conv_direct(tier, &dyp, cout, hq, wq, &wf, cin, k, k, &mut dx2, h, w);
             for (a, b) in dx2.iter().zip(&dx) {
-                assert!((a - b).abs() < 1e-3 * (1.0 + b.abs()), "dx {a} vs {b}");
+                assert!(
+                    (a - b).abs() < 1e-3 * (1.0 + b.abs()),
+                    "{tier} dx {a} vs {b}"
+                );
             }
         }
     }

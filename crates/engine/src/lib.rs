@@ -27,3 +27,4 @@ pub mod tensor;
 pub use model::{Engine, EngineError, Param, StepMemory, StepResult};
 pub use optim::OptimizerConfig;
 pub use vramlab_graph::rng;
+pub use vramlab_isa as isa;

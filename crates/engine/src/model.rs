@@ -17,7 +17,7 @@ use std::rc::Rc;
 use rayon::prelude::*;
 use vramlab_graph::{Op, Shaped};
 
-use crate::kernels::{self, adaptive_window, gemm, ConvGeom};
+use crate::kernels::{self, adaptive_window, gemm, ConvGeom, Tier};
 
 use crate::optim::{self, OptimizerConfig};
 use crate::rng::Rng;
@@ -102,6 +102,9 @@ pub struct Engine {
     /// cannot be allocated.
     max_per_sample: usize,
     requires_grad: Vec<bool>,
+    /// The instruction-set tier the kernels run ([`vramlab_isa::active`], the one the
+    /// native profile plans for).
+    tier: Tier,
     /// Seconds spent per op kind ("forward Conv2d", "backward ReLU", "optimizer").
     pub op_seconds: std::collections::BTreeMap<String, f64>,
 }
@@ -289,12 +292,23 @@ impl Engine {
             first_param,
             requires_grad,
             max_per_sample,
+            tier: vramlab_isa::active(),
             op_seconds: Default::default(),
         };
         if e.optimizer.eager_state() {
             e.init_state();
         }
         Ok(e)
+    }
+
+    /// The instruction-set tier this engine's kernels run.
+    pub fn tier(&self) -> Tier {
+        self.tier
+    }
+
+    /// Whether convolution `g` runs the direct kernel on this engine's tier.
+    fn direct(&self, g: &ConvGeom) -> bool {
+        self.tier.direct_tile().is_some() && kernels::direct_shape(g)
     }
 
     pub fn threads(&self) -> usize {
@@ -602,10 +616,14 @@ impl Engine {
 
     fn conv_forward(&self, i: usize, x: &Tensor, p0: usize, bias: bool) -> Tensor {
         let g = self.geom(i);
-        if kernels::direct_available() && kernels::direct_shape(&g) {
+        if self.direct(&g) {
             return self.conv_forward_direct(&g, x, p0, bias, self.out_shape(i, x.shape[0]));
         }
         let b = x.shape[0];
+        let sb = kernels::conv_batch(&g, b.div_ceil(self.chunks(b)));
+        if sb > 1 {
+            return self.conv_forward_batched(&g, x, p0, bias, self.out_shape(i, b), sb);
+        }
         let out = Tensor::zeros(&self.tracker, &self.out_shape(i, b), None);
         let chunks = self.chunks(b);
         let per_chunk = b.div_ceil(chunks);
@@ -664,6 +682,240 @@ impl Engine {
         out
     }
 
+    /// A convolution whose samples have few output positions: the column matrices of
+    /// up to `sb` samples side by side, one matrix product per group of samples (the
+    /// weights packed once per group, not once per sample), the product then copied to
+    /// the samples' planes (straight into them where a sample has one position).
+    fn conv_forward_batched(
+        &self,
+        g: &ConvGeom,
+        x: &Tensor,
+        p0: usize,
+        bias: bool,
+        shape: Vec<usize>,
+        sb: usize,
+    ) -> Tensor {
+        let b = x.shape[0];
+        let out = Tensor::zeros(&self.tracker, &shape, None);
+        let chunks = self.chunks(b);
+        let per_chunk = b.div_ceil(chunks);
+        let (k, hw, cout) = (g.k(), g.hw_out(), g.cout);
+        let ld = sb * hw;
+        let col = self.scratch(chunks * k * ld);
+        let osc = (hw > 1).then(|| self.scratch(chunks * cout * ld));
+        {
+            let w = self.params[p0].value.data();
+            let bvec = bias.then(|| self.params[p0 + 1].value.data().clone());
+            let (xd, mut od, mut cold) = (x.data(), out.data_mut(), col.data_mut());
+            let mut oscd = osc.as_ref().map(|t| t.data_mut());
+            let osc_chunks: Vec<Option<&mut [f32]>> = match oscd.as_deref_mut() {
+                Some(o) => o.chunks_mut(cout * ld).map(Some).collect(),
+                None => (0..chunks).map(|_| None).collect(),
+            };
+            let (w, xd, od, cold): (&[f32], &[f32], &mut [f32], &mut [f32]) =
+                (&w[..], &xd[..], &mut od[..], &mut cold[..]);
+            let (in_per, out_per) = (g.cin * g.in_plane(), cout * hw);
+            let (g, bvec) = (*g, bvec.as_deref());
+            self.pool.install(|| {
+                od.par_chunks_mut(per_chunk * out_per)
+                    .zip(xd.par_chunks(per_chunk * in_per))
+                    .zip(cold.par_chunks_mut(k * ld))
+                    .zip(osc_chunks.into_par_iter())
+                    .for_each(|(((o, xc), cb), mut oc)| {
+                        for (os, xs) in o.chunks_mut(sb * out_per).zip(xc.chunks(sb * in_per)) {
+                            let n = xs.len() / in_per;
+                            let ldn = n * hw;
+                            for (s, x1) in xs.chunks(in_per).enumerate() {
+                                kernels::im2col_ld(x1, &g, 0, &mut cb[s * hw..], ldn);
+                            }
+                            match oc.as_deref_mut() {
+                                // One position per sample: C[co][s] is out[s][co].
+                                None => gemm(
+                                    cout,
+                                    k,
+                                    n,
+                                    w,
+                                    (k as isize, 1),
+                                    cb,
+                                    (ldn as isize, 1),
+                                    os,
+                                    (1, cout as isize),
+                                    0.0,
+                                ),
+                                Some(oc) => {
+                                    gemm(
+                                        cout,
+                                        k,
+                                        ldn,
+                                        w,
+                                        (k as isize, 1),
+                                        cb,
+                                        (ldn as isize, 1),
+                                        oc,
+                                        (ldn as isize, 1),
+                                        0.0,
+                                    );
+                                    for (s, o1) in os.chunks_mut(out_per).enumerate() {
+                                        for (co, plane) in o1.chunks_mut(hw).enumerate() {
+                                            let at = co * ldn + s * hw;
+                                            plane.copy_from_slice(&oc[at..at + hw]);
+                                        }
+                                    }
+                                }
+                            }
+                            if let Some(bv) = bvec {
+                                for o1 in os.chunks_mut(out_per) {
+                                    for (co, plane) in o1.chunks_mut(hw).enumerate() {
+                                        plane.iter_mut().for_each(|v| *v += bv[co]);
+                                    }
+                                }
+                            }
+                        }
+                    });
+            });
+        }
+        drop(col);
+        drop(osc);
+        out
+    }
+
+    /// The weight (and bias, and with `dx_here` input) gradients of a convolution whose
+    /// samples have few output positions, `sb` samples per matrix product (see
+    /// [`Engine::conv_forward_batched`]): the output gradients of a group of samples
+    /// gathered as one `[cout x n*HoWo]` matrix (read in place where a sample has one
+    /// position).
+    #[allow(clippy::type_complexity, clippy::too_many_arguments)]
+    fn conv_backward_batched(
+        &self,
+        g: &ConvGeom,
+        x: &Tensor,
+        gout: &Tensor,
+        p0: usize,
+        bias: bool,
+        need_in: bool,
+        dx_here: bool,
+        sb: usize,
+    ) -> (Option<Tensor>, Tensor, Option<Tensor>) {
+        let b = x.shape[0];
+        let gi = need_in.then(|| Tensor::zeros(&self.tracker, &x.shape, None));
+        let wshape = self.params[p0].value.shape.clone();
+        let wsize: usize = wshape.iter().product();
+        let gw = Tensor::zeros(&self.tracker, &wshape, Some(Category::Grads));
+        let gb = bias.then(|| Tensor::zeros(&self.tracker, &[g.cout], Some(Category::Grads)));
+        let chunks = self.chunks(b);
+        let per_chunk = b.div_ceil(chunks);
+        let (k, hw, cout) = (g.k(), g.hw_out(), g.cout);
+        let ld = sb * hw;
+        let col = self.scratch(chunks * k * ld);
+        let partial = self.scratch(chunks * (wsize + cout));
+        let gsc = (hw > 1).then(|| self.scratch(chunks * cout * ld));
+        {
+            let w = self.params[p0].value.data();
+            let (xd, gd) = (x.data(), gout.data());
+            let mut gid = gi.as_ref().filter(|_| dx_here).map(|t| t.data_mut());
+            let (mut cold, mut pd) = (col.data_mut(), partial.data_mut());
+            let mut gscd = gsc.as_ref().map(|t| t.data_mut());
+            let (in_per, out_per) = (g.cin * g.in_plane(), cout * hw);
+            let gi_chunks: Vec<Option<&mut [f32]>> = match gid.as_deref_mut() {
+                Some(d) => d.chunks_mut(per_chunk * in_per).map(Some).collect(),
+                None => (0..chunks).map(|_| None).collect(),
+            };
+            let gsc_chunks: Vec<Option<&mut [f32]>> = match gscd.as_deref_mut() {
+                Some(o) => o.chunks_mut(cout * ld).map(Some).collect(),
+                None => (0..chunks).map(|_| None).collect(),
+            };
+            let (w, xd, gd, cold, pds): (&[f32], &[f32], &[f32], &mut [f32], &mut [f32]) =
+                (&w[..], &xd[..], &gd[..], &mut cold[..], &mut pd[..]);
+            let g = *g;
+            self.pool.install(|| {
+                pds.par_chunks_mut(wsize + cout)
+                    .zip(xd.par_chunks(per_chunk * in_per))
+                    .zip(gd.par_chunks(per_chunk * out_per))
+                    .zip(cold.par_chunks_mut(k * ld))
+                    .zip(gsc_chunks.into_par_iter().zip(gi_chunks.into_par_iter()))
+                    .for_each(|((((part, xc), gc), cb), (mut gs_buf, mut gic))| {
+                        let (pw, pb) = part.split_at_mut(wsize);
+                        let groups = xc.chunks(sb * in_per).zip(gc.chunks(sb * out_per));
+                        for (t, (xs, gs)) in groups.enumerate() {
+                            let n = xs.len() / in_per;
+                            let ldn = n * hw;
+                            for g1 in gs.chunks(out_per) {
+                                for (co, plane) in g1.chunks(hw).enumerate() {
+                                    pb[co] += plane.iter().sum::<f32>();
+                                }
+                            }
+                            for (s, x1) in xs.chunks(in_per).enumerate() {
+                                kernels::im2col_ld(x1, &g, 0, &mut cb[s * hw..], ldn);
+                            }
+                            // dY of the group as [cout x n*hw].
+                            let (dy, dys): (&[f32], (isize, isize)) = match gs_buf.as_deref_mut() {
+                                None => (gs, (1, cout as isize)),
+                                Some(buf) => {
+                                    for (s, g1) in gs.chunks(out_per).enumerate() {
+                                        for (co, plane) in g1.chunks(hw).enumerate() {
+                                            let at = co * ldn + s * hw;
+                                            buf[at..at + hw].copy_from_slice(plane);
+                                        }
+                                    }
+                                    (&buf[..cout * ldn], (ldn as isize, 1))
+                                }
+                            };
+                            // dW += dY [cout x n*hw] * col^T [n*hw x k]
+                            gemm(
+                                cout,
+                                ldn,
+                                k,
+                                dy,
+                                dys,
+                                cb,
+                                (1, ldn as isize),
+                                pw,
+                                (k as isize, 1),
+                                1.0,
+                            );
+                            if let Some(gis) = gic.as_deref_mut() {
+                                // col = W^T [k x cout] * dY, then back to each image.
+                                gemm(
+                                    k,
+                                    cout,
+                                    ldn,
+                                    w,
+                                    (1, k as isize),
+                                    dy,
+                                    dys,
+                                    cb,
+                                    (ldn as isize, 1),
+                                    0.0,
+                                );
+                                let dx = &mut gis[t * sb * in_per..];
+                                for (s, dx1) in dx.chunks_mut(in_per).take(n).enumerate() {
+                                    kernels::col2im_add_ld(&cb[s * hw..], &g, 0, dx1, ldn);
+                                }
+                            }
+                        }
+                    });
+            });
+            let mut gwd = gw.data_mut();
+            for part in pd.chunks(wsize + cout) {
+                gwd.iter_mut()
+                    .zip(&part[..wsize])
+                    .for_each(|(a, b)| *a += b);
+            }
+            if let Some(gb) = &gb {
+                let mut gbd = gb.data_mut();
+                for part in pd.chunks(wsize + cout) {
+                    gbd.iter_mut()
+                        .zip(&part[wsize..])
+                        .for_each(|(a, b)| *a += b);
+                }
+            }
+        }
+        drop(col);
+        drop(partial);
+        drop(gsc);
+        (gi, gw, gb)
+    }
+
     /// dX of a stride-1 convolution as a direct convolution: the output gradient padded
     /// by `k - 1 - p` on each side, with the weights transposed and flipped.
     fn conv_input_grad_direct(&self, g: &ConvGeom, gout: &Tensor, p0: usize, gi: &Tensor) {
@@ -672,10 +924,13 @@ impl Engine {
         let per_chunk = b.div_ceil(chunks);
         let (qh, qw) = (g.kh - 1 - g.ph, g.kw - 1 - g.pw);
         let (hq, wq) = (g.ho + 2 * qh, kernels::direct_row(g.w, g.kw));
-        let wf = self.scratch(kernels::direct_weight_len(g.cin, g.cout, g.kh, g.kw));
+        let wf = self.scratch(kernels::direct_weight_len(
+            self.tier, g.cin, g.cout, g.kh, g.kw,
+        ));
         let gpad = self.scratch(chunks * g.cout * hq * wq);
         {
             kernels::direct_weights(
+                self.tier,
                 &self.params[p0].value.data(),
                 g.cout,
                 g.cin,
@@ -690,7 +945,7 @@ impl Engine {
                 (&wfd[..], &gd[..], &mut gid[..], &mut gpd[..]);
             let (in_per, out_per, pad_per) =
                 (g.cin * g.in_plane(), g.cout * g.hw_out(), g.cout * hq * wq);
-            let g = *g;
+            let (g, tier) = (*g, self.tier);
             self.pool.install(|| {
                 gid.par_chunks_mut(per_chunk * in_per)
                     .zip(gd.par_chunks(per_chunk * out_per))
@@ -699,7 +954,7 @@ impl Engine {
                         for (dxs, gs) in dx.chunks_mut(in_per).zip(gc.chunks(out_per)) {
                             kernels::pad_planes(gs, g.cout, g.ho, g.wo, qh, qw, hq, wq, gp);
                             kernels::conv_direct(
-                                gp, g.cout, hq, wq, wfd, g.cin, g.kh, g.kw, dxs, g.h, g.w,
+                                tier, gp, g.cout, hq, wq, wfd, g.cin, g.kh, g.kw, dxs, g.h, g.w,
                             );
                         }
                     });
@@ -721,10 +976,13 @@ impl Engine {
         let chunks = self.chunks(b);
         let per_chunk = b.div_ceil(chunks);
         let (hp, wp) = (g.h + 2 * g.ph, kernels::direct_row(g.wo, g.kw));
-        let wb = self.scratch(kernels::direct_weight_len(g.cout, g.cin, g.kh, g.kw));
+        let wb = self.scratch(kernels::direct_weight_len(
+            self.tier, g.cout, g.cin, g.kh, g.kw,
+        ));
         let xpad = self.scratch(chunks * g.cin * hp * wp);
         {
             kernels::direct_weights(
+                self.tier,
                 &self.params[p0].value.data(),
                 g.cout,
                 g.cin,
@@ -744,7 +1002,7 @@ impl Engine {
                 g.cin * hp * wp,
                 g.hw_out(),
             );
-            let g = *g;
+            let (g, tier) = (*g, self.tier);
             self.pool.install(|| {
                 od.par_chunks_mut(per_chunk * out_per)
                     .zip(xd.par_chunks(per_chunk * in_per))
@@ -753,7 +1011,7 @@ impl Engine {
                         for (os, xs) in o.chunks_mut(out_per).zip(xc.chunks(in_per)) {
                             kernels::pad_planes(xs, g.cin, g.h, g.w, g.ph, g.pw, hp, wp, xp);
                             kernels::conv_direct(
-                                xp, g.cin, hp, wp, wbd, g.cout, g.kh, g.kw, os, g.ho, g.wo,
+                                tier, xp, g.cin, hp, wp, wbd, g.cout, g.kh, g.kw, os, g.ho, g.wo,
                             );
                             if let Some(bv) = &bvec {
                                 for (co, plane) in os.chunks_mut(hw).enumerate() {
@@ -898,14 +1156,24 @@ impl Engine {
                 md[ch] = m as f32;
                 id[ch] = (1.0 / (var + bn.eps).sqrt()) as f32;
             }
-            for smp in 0..b {
-                for ch in 0..c {
-                    let base = (smp * c + ch) * plane;
-                    let (m, inv, g, bt) = (md[ch], id[ch], gamma[ch], beta[ch]);
-                    for k in base..base + plane {
-                        od[k] = (xd[k] - m) * inv * g + bt;
-                    }
-                }
+            {
+                let (md, id, gamma, beta): (&[f32], &[f32], &[f32], &[f32]) =
+                    (&md[..], &id[..], &gamma[..], &beta[..]);
+                let od: &mut [f32] = &mut od[..];
+                // One sample's planes per task, on all threads.
+                self.pool.install(|| {
+                    od.par_chunks_mut(c * plane)
+                        .zip(xs.par_chunks(c * plane))
+                        .for_each(|(os, xsmp)| {
+                            for ch in 0..c {
+                                let (m, inv, g, bt) = (md[ch], id[ch], gamma[ch], beta[ch]);
+                                let r = ch * plane..(ch + 1) * plane;
+                                for (o, &v) in os[r.clone()].iter_mut().zip(&xsmp[r]) {
+                                    *o = (v - m) * inv * g + bt;
+                                }
+                            }
+                        });
+                });
             }
             if let Some(bufs) = &self.bn[i] {
                 let mom = bn.momentum as f32;
@@ -948,7 +1216,7 @@ impl Engine {
                 && p.stride == (2, 2)
                 && p.padding == (0, 0)
                 && p.dilation == (1, 1);
-            let p = p.clone();
+            let (p, tier) = (p.clone(), self.tier);
             // One contiguous run of planes per thread: a task per plane costs more than it does.
             let per = (b * c).div_ceil(self.threads);
             self.pool.install(|| {
@@ -962,7 +1230,7 @@ impl Engine {
                             .zip(srcb.chunks(h * w))
                         {
                             if simple {
-                                kernels::maxpool2x2_plane(src, w, ho, wo, o, ix);
+                                kernels::maxpool2x2_plane(tier, src, w, ho, wo, o, ix);
                                 continue;
                             }
                             for oy in 0..ho {
@@ -1356,7 +1624,16 @@ impl Engine {
         let b = x.shape[0];
         // The input gradient of a small stride-1 convolution is itself a direct
         // convolution (of the padded output gradient with flipped weights), done below.
-        let direct_in = need_in && kernels::direct_available() && kernels::direct_shape(&g);
+        let direct_in = need_in && self.direct(&g);
+        let sb = kernels::conv_batch(&g, b.div_ceil(self.chunks(b)));
+        if sb > 1 {
+            let (gi, gw, gb) =
+                self.conv_backward_batched(&g, x, gout, p0, bias, need_in, !direct_in, sb);
+            if let (true, Some(gi)) = (direct_in, &gi) {
+                self.conv_input_grad_direct(&g, gout, p0, gi);
+            }
+            return (gi, gw, gb);
+        }
         let gi = need_in.then(|| Tensor::zeros(&self.tracker, &x.shape, None));
         let wshape = self.params[p0].value.shape.clone();
         let wsize: usize = wshape.iter().product();
@@ -1571,20 +1848,26 @@ impl Engine {
         } else {
             vec![1.0; c]
         };
-        let (xd, gd, md, id) = (x.data(), gout.data(), mean.data(), invstd.data());
-        let sums: Vec<(f32, f32)> = (0..c)
-            .map(|ch| {
-                let (mut sg, mut sgx) = (0.0f64, 0.0f64);
-                for s in 0..b {
-                    let base = (s * c + ch) * plane;
-                    for k in base..base + plane {
-                        sg += gd[k] as f64;
-                        sgx += (gd[k] * (xd[k] - md[ch]) * id[ch]) as f64;
+        let (xg, gg, mg, ig) = (x.data(), gout.data(), mean.data(), invstd.data());
+        let (xd, gd, md, id): (&[f32], &[f32], &[f32], &[f32]) =
+            (&xg[..], &gg[..], &mg[..], &ig[..]);
+        // Per channel on all threads (each channel's sums in the same order as before).
+        let sums: Vec<(f32, f32)> = self.pool.install(|| {
+            (0..c)
+                .into_par_iter()
+                .map(|ch| {
+                    let (mut sg, mut sgx) = (0.0f64, 0.0f64);
+                    for s in 0..b {
+                        let base = (s * c + ch) * plane;
+                        for k in base..base + plane {
+                            sg += gd[k] as f64;
+                            sgx += (gd[k] * (xd[k] - md[ch]) * id[ch]) as f64;
+                        }
                     }
-                }
-                (sg as f32, sgx as f32)
-            })
-            .collect();
+                    (sg as f32, sgx as f32)
+                })
+                .collect()
+        });
         if let (Some(gw), Some(gb)) = (&gw, &gb) {
             let (mut w, mut bb) = (gw.data_mut(), gb.data_mut());
             for (ch, &(sg, sgx)) in sums.iter().enumerate() {
@@ -1593,18 +1876,27 @@ impl Engine {
             }
         }
         if let Some(gi) = &gi {
-            let mut o = gi.data_mut();
-            for s in 0..b {
-                for ch in 0..c {
-                    let (sg, sgx) = sums[ch];
-                    let scale = gamma[ch] * id[ch] / n;
-                    let base = (s * c + ch) * plane;
-                    for k in base..base + plane {
-                        let xhat = (xd[k] - md[ch]) * id[ch];
-                        o[k] = scale * (n * gd[k] - sg - xhat * sgx);
-                    }
-                }
-            }
+            let mut og = gi.data_mut();
+            let o: &mut [f32] = &mut og[..];
+            let (sums, gamma) = (&sums[..], &gamma[..]);
+            // One sample's planes per task, on all threads.
+            self.pool.install(|| {
+                o.par_chunks_mut(c * plane)
+                    .zip(xd.par_chunks(c * plane).zip(gd.par_chunks(c * plane)))
+                    .for_each(|(os, (xs, gs))| {
+                        for ch in 0..c {
+                            let (sg, sgx) = sums[ch];
+                            let scale = gamma[ch] * id[ch] / n;
+                            let r = ch * plane..(ch + 1) * plane;
+                            for ((o, &xv), &gv) in
+                                os[r.clone()].iter_mut().zip(&xs[r.clone()]).zip(&gs[r])
+                            {
+                                let xhat = (xv - md[ch]) * id[ch];
+                                *o = scale * (n * gv - sg - xhat * sgx);
+                            }
+                        }
+                    });
+            });
         }
         (gi, gw, gb)
     }

@@ -12,13 +12,14 @@ use crate::sim::{Sid, Sim};
 use crate::{Category, MemoryReport, Mode, OptimizerKind, Phase, PlanConfig, PlanError, Precision};
 
 const F32: u128 = 4;
-/// The engine's direct convolution tile: 16 columns by 8 output channels.
-const DIRECT_LANES: usize = 16;
-const DIRECT_CO_BLOCK: usize = 8;
 
-/// A padded row of the direct convolution (`kernels::direct_row` in the engine).
-fn direct_row(wo: usize, kw: usize) -> usize {
-    wo.div_ceil(DIRECT_LANES) * DIRECT_LANES + kw - 1
+/// A padded row of the direct convolution (`kernels::direct_row` in the engine) for a
+/// tile `lanes` columns wide.
+/// `kernels::BATCH_COLUMNS` in the engine.
+const BATCH_COLUMNS: u128 = 256;
+
+fn direct_row(lanes: usize, wo: usize, kw: usize) -> usize {
+    wo.div_ceil(lanes) * lanes + kw - 1
 }
 
 struct Native<'a> {
@@ -29,8 +30,10 @@ struct Native<'a> {
     requires: Vec<bool>,
     first_param: Vec<usize>,
     grads: Vec<Option<Sid>>,
-    /// The CPU has AVX-512, so the engine takes its direct convolution where it can.
-    avx512: bool,
+    /// The engine's direct convolution tile `(columns, output channels)` on the
+    /// instruction-set tier it runs (`vramlab_isa::active`, the same place the engine
+    /// asks), if that tier has one.
+    direct_tile: Option<(usize, usize)>,
 }
 
 /// What one node keeps for backward (storages), as the engine's tape.
@@ -58,14 +61,15 @@ impl Native<'_> {
         }
     }
 
-    /// Whether the engine runs this convolution directly (AVX-512, stride 1, no
-    /// dilation, one group, at most 64 channels in and out, padding under the kernel):
-    /// `kernels::direct_available` and `kernels::direct_shape` in the engine.
+    /// Whether the engine runs this convolution directly (a tier with a direct tile,
+    /// stride 1, no dilation, one group, at most 64 channels in and out, not 1x1,
+    /// padding under the kernel): `Engine::direct` and `kernels::direct_shape` in the
+    /// engine.
     fn direct(&self, i: usize) -> bool {
         let Op::Conv2d(c) = &self.g.nodes()[i].op else {
             return false;
         };
-        self.avx512
+        self.direct_tile.is_some()
             && c.stride == (1, 1)
             && c.dilation == (1, 1)
             && c.groups == 1
@@ -76,9 +80,16 @@ impl Native<'_> {
             && c.padding.1 < c.kernel_size.1
     }
 
-    /// Bytes of the direct convolution's blocked weights (8-channel blocks).
+    /// Columns of the direct convolution's tile.
+    fn lanes(&self) -> usize {
+        self.direct_tile.map_or(1, |t| t.0)
+    }
+
+    /// Bytes of the direct convolution's blocked weights (blocks of the tile's output
+    /// channels).
     fn direct_weights(&self, out_ch: usize, in_ch: usize, kh: usize, kw: usize) -> u128 {
-        (out_ch.div_ceil(DIRECT_CO_BLOCK) * DIRECT_CO_BLOCK * in_ch * kh * kw) as u128 * F32
+        let cb = self.direct_tile.map_or(1, |t| t.1);
+        (out_ch.div_ceil(cb) * cb * in_ch * kh * kw) as u128 * F32
     }
 
     /// (k rows of im2col, output plane) of a convolution node, and whether it is 1x1.
@@ -90,6 +101,21 @@ impl Native<'_> {
         let hw = (self.g.shapes[i][1] * self.g.shapes[i][2]) as u128;
         let pointwise = c.kernel_size == (1, 1) && c.stride == (1, 1) && c.padding == (0, 0);
         (k, hw, pointwise)
+    }
+
+    /// Samples per matrix product of a (non-direct) convolution: `kernels::conv_batch`
+    /// in the engine. Below `BATCH_COLUMNS` output positions per sample, one group, the
+    /// samples of a batch chunk go side by side in one column matrix.
+    fn conv_batch(&self, i: usize) -> u128 {
+        let Op::Conv2d(c) = &self.g.nodes()[i].op else {
+            return 1;
+        };
+        if c.groups != 1 {
+            return 1;
+        }
+        let (_, hw, _) = self.conv_geom(i);
+        let per_chunk = self.b.div_ceil(self.chunks).max(1);
+        (BATCH_COLUMNS / hw.max(1)).clamp(1, per_chunk)
     }
 
     fn forward(&mut self, image: Sid, train: bool) -> Result<(Sid, Vec<Option<Tape>>), PlanError> {
@@ -117,7 +143,7 @@ impl Native<'_> {
                         let (h, _) = (g.shapes[node.inputs[0]][1], g.shapes[node.inputs[0]][2]);
                         let (hp, wp) = (
                             h + 2 * c.padding.0,
-                            direct_row(g.shapes[i][2], c.kernel_size.1),
+                            direct_row(self.lanes(), g.shapes[i][2], c.kernel_size.1),
                         );
                         let wb = self.direct_weights(
                             c.out_channels,
@@ -133,6 +159,23 @@ impl Native<'_> {
                         );
                         self.sim.decref(wb);
                         self.sim.decref(xpad);
+                    } else if self.conv_batch(i) > 1 {
+                        // Column matrices of several samples side by side, and where a
+                        // sample has more than one position, the product before it is
+                        // copied to the samples' planes.
+                        let ld = self.conv_batch(i) * hw;
+                        let col = self.alloc(self.chunks * k * ld * F32, None, "im2col");
+                        let osc = (hw > 1).then(|| {
+                            self.alloc(
+                                self.chunks * c.out_channels as u128 * ld * F32,
+                                None,
+                                "product",
+                            )
+                        });
+                        self.sim.decref(col);
+                        if let Some(o) = osc {
+                            self.sim.decref(o);
+                        }
                     } else if !pointwise {
                         let col = self.alloc(self.chunks * k * hw * F32, None, "im2col");
                         self.sim.decref(col);
@@ -341,17 +384,46 @@ impl Native<'_> {
                             ));
                         }
                         let (k, hw, pointwise) = self.conv_geom(i);
-                        let col = (!pointwise)
-                            .then(|| self.alloc(self.chunks * k * hw * F32, None, "im2col"));
+                        let sb = self.conv_batch(i);
+                        let col = (!pointwise || sb > 1)
+                            .then(|| self.alloc(self.chunks * k * sb * hw * F32, None, "im2col"));
                         let part = self.alloc(
                             self.chunks * (w / F32 + c.out_channels as u128) * F32,
                             None,
                             "partials",
                         );
+                        // The output gradients of a group of samples, gathered.
+                        let gsc = (sb > 1 && hw > 1).then(|| {
+                            self.alloc(
+                                self.chunks * c.out_channels as u128 * sb * hw * F32,
+                                None,
+                                "gathered",
+                            )
+                        });
                         if let Some(col) = col {
                             self.sim.decref(col);
                         }
                         self.sim.decref(part);
+                        if let Some(gsc) = gsc {
+                            self.sim.decref(gsc);
+                        }
+                        if need_in && self.direct(i) {
+                            // The input gradient as a direct convolution: flipped blocked
+                            // weights, then one padded output gradient per chunk.
+                            let (kh, kw) = c.kernel_size;
+                            let (ho, w_in) = (g.shapes[i][1], g.shapes[x][2]);
+                            let hq = ho + 2 * (kh - 1 - c.padding.0);
+                            let wq = direct_row(self.lanes(), w_in, kw);
+                            let wf = self.direct_weights(c.in_channels, c.out_channels, kh, kw);
+                            let wf = self.alloc(wf, None, "direct_weights");
+                            let gpad = self.alloc(
+                                self.chunks * (c.out_channels * hq * wq) as u128 * F32,
+                                None,
+                                "pad",
+                            );
+                            self.sim.decref(wf);
+                            self.sim.decref(gpad);
+                        }
                     }
                     Op::Linear(_) | Op::BatchNorm2d(_) => {
                         if need_in {
@@ -408,17 +480,6 @@ impl Native<'_> {
     }
 }
 
-fn avx512() -> bool {
-    #[cfg(target_arch = "x86_64")]
-    {
-        std::arch::is_x86_feature_detected!("avx512f")
-    }
-    #[cfg(not(target_arch = "x86_64"))]
-    {
-        false
-    }
-}
-
 /// The native profile's report.
 pub(crate) fn run(g: &Shaped, cfg: &PlanConfig) -> Result<MemoryReport, PlanError> {
     if cfg.batch_size == 0 {
@@ -452,7 +513,9 @@ pub(crate) fn run(g: &Shaped, cfg: &PlanConfig) -> Result<MemoryReport, PlanErro
         requires,
         first_param,
         grads: Vec::new(),
-        avx512: avx512(),
+        direct_tile: vramlab_isa::active()
+            .direct_tile()
+            .filter(|_| vramlab_isa::active().supported()),
     };
     let mut param_bytes = Vec::new();
     let mut buffer_bytes = 0;
