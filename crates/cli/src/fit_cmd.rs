@@ -20,23 +20,51 @@ pub struct GpusArgs {
 }
 
 pub fn gpus(a: &GpusArgs) -> Result<()> {
+    // Each card with the total a process sees (nvidia-smi) and where that figure comes from.
+    #[derive(Serialize)]
+    struct GpuRow {
+        #[serde(flatten)]
+        gpu: fit::Gpu,
+        usable_bytes: u128,
+        usable_source: &'static str,
+        compute_capability_major: Option<u32>,
+    }
+    let rows: Vec<GpuRow> = GPUS
+        .iter()
+        .map(|g| {
+            let c = vramlab_memory::cards::card_memory(g.name);
+            GpuRow {
+                gpu: *g,
+                usable_bytes: c.map_or(g.memory_bytes, |c| c.total_bytes(g.memory_bytes)),
+                usable_source: c.map_or("nominal", |c| c.source),
+                compute_capability_major: c.map(|c| c.compute_major),
+            }
+        })
+        .collect();
     if a.json {
-        return print_json(&GPUS);
+        return print_json(&rows);
     }
     let mut t = Table::new(
-        &["--gpu", "card", "memory", "also"],
-        &[false, false, true, false],
+        &["--gpu", "card", "memory", "nvidia-smi total", "also"],
+        &[false, false, true, true, false],
     );
-    for g in GPUS {
+    for r in &rows {
+        let measured = !r.usable_source.starts_with("nominal");
         t.row(vec![
-            g.name.into(),
-            g.label.into(),
-            bytes(g.memory_bytes),
-            g.aliases.join(", "),
+            r.gpu.name.into(),
+            r.gpu.label.into(),
+            bytes(r.gpu.memory_bytes),
+            if measured {
+                bytes(r.usable_bytes)
+            } else {
+                format!("{} (nominal)", bytes(r.usable_bytes))
+            },
+            r.gpu.aliases.join(", "),
         ]);
     }
     print!("{}", t.render());
-    println!("\nAny other card: --memory SIZE (e.g. --memory 24GiB).");
+    println!("\nnvidia-smi total: what a process sees, from published nvidia-smi output (sources: gpus --json); nominal where none is known.");
+    println!("Any other card: --memory SIZE (e.g. --memory 24GiB).");
     Ok(())
 }
 

@@ -105,3 +105,25 @@ fn a_bad_alloc_conf_is_one_clear_message() {
         assert!(o.stdout.is_empty());
     }
 }
+
+#[test]
+fn gpus_show_the_total_a_process_sees_and_its_source() {
+    let v = json(&["gpus", "--json"]);
+    let h100 = v
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|g| g["name"] == "h100")
+        .unwrap();
+    assert_eq!(n(&h100["usable_bytes"]), 81_559 << 20);
+    assert!(h100["usable_source"]
+        .as_str()
+        .unwrap()
+        .contains("nvidia-smi"));
+    assert_eq!(h100["compute_capability_major"], 9);
+    let o = vramlab(&["gpus"]);
+    let out = stdout(&o);
+    assert!(out.contains("nvidia-smi total"), "{out}");
+    assert!(out.contains("79.65 GiB"), "{out}");
+    assert!(out.contains("16.00 GiB (nominal)"), "{out}");
+}

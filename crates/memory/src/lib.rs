@@ -21,6 +21,7 @@
 //!
 //! Main types: [`PlanConfig`] in, [`MemoryReport`] out, through [`plan`].
 
+pub mod cards;
 pub mod cuda_alloc;
 pub mod fit;
 mod native;
