@@ -73,6 +73,19 @@ class TinyRes(nn.Module):
         return self.fc(self.drop(x))
 
 
+class LeakyNet(nn.Module):
+    """A model with an op vramlab does not map (LeakyRelu), for the error test."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(3, 4, 3)
+        self.act = nn.LeakyReLU(0.1)
+        self.fc = nn.Linear(4 * 6 * 6, 2)
+
+    def forward(self, x):
+        return self.fc(torch.flatten(self.act(self.conv(x)), 1))
+
+
 def models():
     tv = torchvision.models
     return {
@@ -163,6 +176,7 @@ def main():
                 print("wrote", path, os.path.getsize(path))
             except Exception as e:  # report and go on: the tests list what exists
                 print("FAILED", path, type(e).__name__, str(e)[:300])
+    export(LeakyNet(), (3, 8, 8), os.path.join(out, "unsupported_leakyrelu.onnx"), False, True)
     with open(os.path.join(out, "params.json"), "w") as f:
         json.dump(counts, f, indent=1, sort_keys=True)
 

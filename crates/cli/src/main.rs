@@ -116,7 +116,8 @@ enum BenchCommand {
 /// The model to use: a zoo name or a model file, with its input shape.
 #[derive(Args, Clone)]
 pub struct ModelArgs {
-    /// A zoo model (see `vramlab models`) or a path to a .toml model file.
+    /// A zoo model (see `vramlab models`), a path to a .toml model file, or a .onnx file
+    /// exported from PyTorch.
     pub model: String,
     /// Input shape per image, CxHxW (default: the model's own, e.g. 3x224x224).
     #[arg(long, value_name = "CxHxW")]
@@ -124,6 +125,14 @@ pub struct ModelArgs {
     /// Number of classes of the classifier head (zoo models).
     #[arg(long, value_name = "N")]
     pub num_classes: Option<usize>,
+    /// ONNX models: which ops ran in place, which ONNX cannot say: torchvision
+    /// (ReLU(inplace=True), `out += identity` before a ReLU) or none (F.relu, `x + y`).
+    #[arg(long, value_name = "STYLE", default_value = "torchvision")]
+    pub onnx_inplace: String,
+    /// ONNX models: a BatchNorm the exporter folded into a convolution is planned as
+    /// Conv2d(bias=False) + BatchNorm2d (restore) or as the file has it (folded).
+    #[arg(long, value_name = "HOW", default_value = "restore")]
+    pub onnx_bn: String,
 }
 
 impl ModelArgs {
@@ -133,9 +142,48 @@ impl ModelArgs {
             num_classes: self.num_classes,
             input_shape,
         };
-        let graph = vramlab_graph::load(&self.model, &opts)?;
+        let onnx = onnx_options(&self.onnx_inplace, &self.onnx_bn)?;
+        let graph = load_graph(&self.model, &opts, &onnx)?;
         Ok(graph.infer()?)
     }
+}
+
+/// The ONNX reading options from their command-line words.
+pub fn onnx_options(inplace: &str, bn: &str) -> Result<vramlab_onnx::Options> {
+    let restore_bn = match bn {
+        "restore" => true,
+        "folded" => false,
+        b => {
+            return Err(UserError(format!(
+                "unknown --onnx-bn `{b}`: expected restore or folded"
+            )))
+        }
+    };
+    Ok(vramlab_onnx::Options {
+        inplace: vramlab_onnx::Inplace::parse(inplace)?,
+        restore_bn,
+    })
+}
+
+/// A zoo name, a .toml model file or a .onnx file. What an ONNX file could not say and
+/// vramlab assumed is printed to stderr, one `note:` line each.
+pub fn load_graph(
+    name: &str,
+    opts: &ModelOptions,
+    onnx: &vramlab_onnx::Options,
+) -> Result<vramlab_graph::Graph> {
+    if !name.to_ascii_lowercase().ends_with(".onnx") {
+        return Ok(vramlab_graph::load(name, opts)?);
+    }
+    let loaded = vramlab_onnx::load(std::path::Path::new(name), onnx)?;
+    for n in &loaded.notes {
+        eprintln!("note: {n}");
+    }
+    let mut g = loaded.graph;
+    if let Some(s) = &opts.input_shape {
+        g.input_shape = s.clone();
+    }
+    Ok(g)
 }
 
 /// Training settings shared by `memory` and `fit`.

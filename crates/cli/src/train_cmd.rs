@@ -480,6 +480,12 @@ impl ModelSource {
             return Ok(ModelSource::Zoo(name.to_string()));
         }
         let path = std::path::Path::new(name);
+        if name.to_ascii_lowercase().ends_with(".onnx") {
+            return Err(UserError(format!(
+                "{name}: an ONNX model can be planned (summary, memory, fit, report) but not \
+                 trained: vramlab's engine trains zoo models and .toml model files"
+            )));
+        }
         if !path.is_file() {
             // Not a zoo name nor a file: the graph crate says which models exist.
             vramlab_graph::load(name, &ModelOptions::default())?;
@@ -1458,12 +1464,13 @@ pub fn bench_train(a: &BenchTrainArgs) -> Result<()> {
         .as_deref()
         .map(vramlab_graph::parse_shape)
         .transpose()?;
-    let g = vramlab_graph::load(
+    let g = crate::load_graph(
         &a.model,
         &ModelOptions {
             num_classes: None,
             input_shape: input,
         },
+        &vramlab_onnx::Options::default(),
     )?
     .infer()?;
     let per = g.shapes[0]
