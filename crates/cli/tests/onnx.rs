@@ -21,15 +21,10 @@ fn vramlab(args: &[&str]) -> Output {
 
 /// `memory --json` without the model's name.
 fn plan(model: &str, extra: &[&str], profile: &str) -> serde_json::Value {
-    let mut args = vec![
-        "memory",
-        model,
-        "--json",
-        "--batch-size",
-        "32",
-        "--profile",
-        profile,
-    ];
+    let mut args = vec!["memory", model, "--json", "--profile", profile];
+    if !extra.contains(&"--batch-size") {
+        args.extend_from_slice(&["--batch-size", "32"]);
+    }
     args.extend_from_slice(extra);
     let out = vramlab(&args);
     assert!(
@@ -266,4 +261,19 @@ fn an_unsupported_op_is_refused_naming_node_op_and_opset() {
         String::from_utf8(out.stderr).unwrap(),
         "error: unknown --onnx-inplace `maybe`: expected torchvision or none\n"
     );
+}
+
+#[test]
+fn an_eval_export_of_resnet18_plans_what_pytorch_measured() {
+    // ../shared/reference/pytorch-cpu-memory.json, resnet18_c10_32, batch 64, Adam (CPU
+    // default): step 1's tracker_peak 198,611,004 B, step 2's 203,224,384 B, measured on
+    // PyTorch 2.15.0. The file is the dynamo exporter's eval export, BatchNorm folded into
+    // the convolutions and restored.
+    let v = plan(
+        &fixture("resnet18_dynamo_eval.onnx"),
+        &["--batch-size", "64", "--optimizer", "adam"],
+        "pytorch-cpu",
+    );
+    assert_eq!(v["steps"][0]["peak_bytes"], 198_611_004);
+    assert_eq!(v["steps"][1]["peak_bytes"], 203_224_384);
 }

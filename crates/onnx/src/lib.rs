@@ -119,7 +119,7 @@ pub fn load(path: &Path, opts: &Options) -> Result<Loaded, OnnxError> {
     let file = path.display().to_string();
     let f = std::fs::File::open(path).map_err(|e| OnnxError(format!("{file}: {e}")))?;
     let mut src = proto::FileSource::new(f).map_err(|e| OnnxError(format!("{file}: {e}")))?;
-    let len = src.len();
+    let len = src.file_len();
     if len > MAX_FILE_BYTES {
         return Err(OnnxError(format!(
             "{file}: {len} bytes, more than the {MAX_FILE_BYTES} an ONNX file may have"
@@ -162,6 +162,7 @@ pub fn from_model(
                 inputs: vec![],
             }],
         },
+        shapes: Vec::new(),
         notes: Notes::default(),
         pending_matmul: HashMap::new(),
         names: HashMap::new(),
@@ -291,12 +292,17 @@ struct Cx<'a> {
     /// The op types of the nodes that read each tensor name (`output` for a graph output).
     uses: HashMap<String, Vec<String>>,
     graph: Graph,
+    /// Each node's per-image output shape (empty where it does not infer).
+    shapes: Vec<Shape>,
     notes: Notes,
     /// MatMul outputs mapped to a bias-less Linear, which an Add of a vector may complete.
     pending_matmul: HashMap<String, NodeId>,
     /// Layer names given so far (parameter names must be unique).
     names: HashMap<String, usize>,
 }
+
+/// A constant input: its name, dims and (when small) values.
+type ConstInput = (String, Vec<i64>, Option<Values>);
 
 fn ints_of(v: &Values) -> Vec<i64> {
     match v {
@@ -334,6 +340,11 @@ fn module_path(node_name: &str) -> Option<String> {
 
 impl Cx<'_> {
     fn push(&mut self, name: String, op: Op, inputs: &[NodeId]) -> NodeId {
+        // Shapes as the nodes come, for Shape and Reshape (an error here is reported by
+        // the graph's own inference at the end).
+        let ins: Vec<&Shape> = inputs.iter().filter_map(|&i| self.shapes.get(i)).collect();
+        let out = op.output_shape(&ins).unwrap_or_default();
+        self.shapes.push(out);
         self.graph.nodes.push(Node {
             name,
             op,
@@ -444,6 +455,7 @@ impl Cx<'_> {
             Dim::Unknown => self.notes.batch = Some("?".into()),
         }
         let _ = name;
+        self.shapes = vec![chw.clone()];
         self.graph.input_shape = chw;
         self.vals.insert(input.name.clone(), Val::Act(0));
 
@@ -483,11 +495,7 @@ impl Cx<'_> {
     }
 
     /// A constant input: (name, dims, values).
-    fn konst(
-        &self,
-        n: &proto::Node,
-        i: usize,
-    ) -> Result<Option<(String, Vec<i64>, Option<Values>)>, OnnxError> {
+    fn konst(&self, n: &proto::Node, i: usize) -> Result<Option<ConstInput>, OnnxError> {
         let Some(s) = n.inputs.get(i).filter(|s| !s.is_empty()) else {
             return Ok(None);
         };
@@ -732,16 +740,7 @@ impl Cx<'_> {
     }
 
     fn shape_of(&self, id: NodeId) -> Shape {
-        // Infer the graph built so far; the graph is small and this runs only for Shape
-        // and Reshape nodes.
-        let sub = Graph {
-            name: String::new(),
-            input_shape: self.graph.input_shape.clone(),
-            nodes: self.graph.nodes[..=id].to_vec(),
-        };
-        sub.infer()
-            .map(|s| s.shapes[id].clone())
-            .unwrap_or_default()
+        self.shapes.get(id).cloned().unwrap_or_default()
     }
 
     fn layer(&mut self, n: &proto::Node) -> Result<(), OnnxError> {
@@ -831,7 +830,7 @@ impl Cx<'_> {
                     let (lo, hi) = self.clip_bounds(n)?;
                     match (lo, hi) {
                         (Some(l), Some(h)) if l == 0.0 && h == 6.0 => true,
-                        (Some(l), None) if l == 0.0 => false,
+                        (Some(0.0), None) => false,
                         _ => {
                             return Err(self.unsupported(
                                 n,
@@ -1088,7 +1087,10 @@ impl Cx<'_> {
                         } else {
                             &n.inputs[1]
                         };
-                        let lin = self.pending_matmul.get(src).copied().filter(|&id| id == *a);
+                        let lin = self
+                            .pending_matmul
+                            .remove(src.as_str())
+                            .filter(|&id| id == *a);
                         let Some(id) = lin else {
                             return Err(self.unsupported(
                                 n,

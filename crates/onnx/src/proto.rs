@@ -179,7 +179,8 @@ impl FileSource {
             len,
         })
     }
-    pub fn len(&self) -> u64 {
+    /// The file's size in bytes.
+    pub fn file_len(&self) -> u64 {
         self.len
     }
 }
@@ -218,11 +219,30 @@ const I64: u8 = 1;
 const LEN: u8 = 2;
 const I32: u8 = 5;
 
+/// How many bytes of names, attributes and shapes a model may decode to (weights are
+/// skipped and do not count): far above any real graph's, and a bound on memory.
+pub const MAX_DECODED_BYTES: u64 = 256 << 20;
+
 struct Reader<'s, S: Source> {
     src: &'s mut S,
+    /// Decoded bytes left ([`MAX_DECODED_BYTES`]).
+    budget: u64,
 }
 
 impl<S: Source> Reader<'_, S> {
+    /// Charges `n` decoded bytes against the budget.
+    fn charge(&mut self, n: u64) -> R<()> {
+        match self.budget.checked_sub(n) {
+            Some(left) => {
+                self.budget = left;
+                Ok(())
+            }
+            None => err(format!(
+                "the graph decodes to more than {MAX_DECODED_BYTES} bytes of names and attributes"
+            )),
+        }
+    }
+
     fn byte(&mut self) -> R<u8> {
         let mut b = [0u8; 1];
         self.src.read_exact_into(&mut b)?;
@@ -300,6 +320,8 @@ impl<S: Source> Reader<'_, S> {
         if n > max {
             return err(format!("{what} is {n} bytes, more than the {max} allowed"));
         }
+        // Every decoded string or value also costs its container's bookkeeping.
+        self.charge(n + 32)?;
         let mut buf = vec![0u8; n as usize];
         self.src.read_exact_into(&mut buf)?;
         Ok(buf)
@@ -347,12 +369,14 @@ impl<S: Source> Reader<'_, S> {
         match wire {
             VARINT => {
                 let v = self.varint()?;
+                self.charge(8)?;
                 push(out, v)
             }
             LEN => {
                 let e = self.len_end(end)?;
                 while self.src.pos() < e {
                     let v = self.varint()?;
+                    self.charge(8)?;
                     push(out, v)?;
                 }
                 if self.src.pos() != e {
@@ -372,18 +396,20 @@ impl<S: Source> Reader<'_, S> {
                     return err(format!("{what} has more than {max} values"));
                 }
                 let v = self.fixed32(end)?;
+                self.charge(4)?;
                 out.push(f32::from_bits(v));
                 Ok(())
             }
             LEN => {
                 let e = self.len_end(end)?;
                 let n = e - self.src.pos();
-                if n % 4 != 0 {
+                if !n.is_multiple_of(4) {
                     return err(format!("{what}: packed floats of {n} bytes"));
                 }
                 if out.len() as u64 + n / 4 > max as u64 {
                     return err(format!("{what} has more than {max} values"));
                 }
+                self.charge(n)?;
                 while self.src.pos() < e {
                     let v = self.fixed32(e)?;
                     out.push(f32::from_bits(v));
@@ -452,6 +478,7 @@ impl<S: Source> Reader<'_, S> {
                         return err(format!("more than {MAX_NODES} nodes"));
                     }
                     let e = self.len_end(end)?;
+                    self.charge(256)?;
                     g.nodes.push(self.node(e)?);
                 }
                 5 => {
@@ -460,11 +487,13 @@ impl<S: Source> Reader<'_, S> {
                         return err(format!("more than {MAX_TENSORS} initializers"));
                     }
                     let e = self.len_end(end)?;
+                    self.charge(256)?;
                     g.initializers.push(self.tensor(e)?);
                 }
                 11..=13 => {
                     self.expect(w, LEN, "value info")?;
                     let e = self.len_end(end)?;
+                    self.charge(128)?;
                     let v = self.value_info(e)?;
                     let list = match f {
                         11 => &mut g.inputs,
@@ -517,6 +546,7 @@ impl<S: Source> Reader<'_, S> {
                         return err(format!("a node has more than {MAX_ATTRIBUTES} attributes"));
                     }
                     let e = self.len_end(end)?;
+                    self.charge(256)?;
                     n.attributes.push(self.attribute(e)?);
                 }
                 _ => self.skip_field(w, end)?,
@@ -718,6 +748,7 @@ impl<S: Source> Reader<'_, S> {
                 return err(format!("a shape has more than {MAX_DIMS} dimensions"));
             }
             let e = self.len_end(end)?;
+            self.charge(32)?;
             let mut d = Dim::Unknown;
             while let Some((f, w)) = self.key(e)? {
                 match (f, w) {
@@ -734,7 +765,10 @@ impl<S: Source> Reader<'_, S> {
 
 /// Decodes a `ModelProto` of `len` bytes from `src`.
 pub fn decode_model<S: Source>(src: &mut S, len: u64) -> Result<Model, DecodeError> {
-    let mut r = Reader { src };
+    let mut r = Reader {
+        src,
+        budget: MAX_DECODED_BYTES,
+    };
     r.model(len).map_err(|e| {
         let at = r.src.pos();
         DecodeError(format!("{} (at byte {at})", e.0))
