@@ -80,9 +80,10 @@ pub struct FitArgs {
     /// (decimal, 10^9 B).
     #[arg(long, value_name = "SIZE")]
     memory: Option<String>,
-    /// Use at most this fraction of the card (the lesson's 80 %).
-    #[arg(long, default_value_t = 0.8)]
-    fraction: f64,
+    /// Use at most this fraction of the card (the lesson's 80 %); when given, also
+    /// torch.cuda.set_per_process_memory_fraction for the simulated allocator.
+    #[arg(long, value_name = "F")]
+    fraction: Option<f64>,
     /// An effective batch to reach with gradient accumulation.
     #[arg(long, value_name = "N")]
     target_batch: Option<u64>,
@@ -123,6 +124,55 @@ pub struct FitJson {
     #[serde(flatten)]
     pub fit: FitReport,
     pub lr_advice: Option<LrAdvice>,
+}
+
+/// `fit`'s JSON for one card: the planner's answer and the allocator's.
+#[derive(Serialize)]
+struct FitWithDevice<'a> {
+    #[serde(flatten)]
+    fit: &'a FitJson,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    device: &'a Option<crate::device_fit_text::DeviceAnswer>,
+}
+
+/// The allocator's answer on one card (pytorch-cuda only), with the default settings'
+/// answer beside it when `--alloc-conf` changes them.
+fn device_answer(
+    g: &vramlab_graph::Shaped,
+    cfg: &vramlab_memory::PlanConfig,
+    card_bytes: u128,
+    label: Option<&str>,
+    fraction: Option<f64>,
+) -> Result<Option<crate::device_fit_text::DeviceAnswer>> {
+    use vramlab_memory::device_fit::{device_fit, DeviceBudget};
+    if !cfg.profile.is_cuda() {
+        return Ok(None);
+    }
+    let gpu = label.and_then(|l| GPUS.iter().find(|g| g.label == l));
+    let card = gpu.and_then(|g| vramlab_memory::cards::card_memory(g.name));
+    let mut template = cfg.clone();
+    let budget = DeviceBudget {
+        card_total_bytes: card.map_or(card_bytes, |c| c.total_bytes(card_bytes)),
+        card_total_source: match card {
+            Some(c) => c.source.to_string(),
+            None => "--memory, as given".to_string(),
+        },
+        fraction: fraction.unwrap_or(1.0),
+    };
+    if let Some(c) = card {
+        template.cublas_workspace_bytes = c.cublas_workspace_bytes();
+    }
+    let answer = device_fit(g, &template, &budget)?;
+    let default_conf = if template.alloc_conf != Default::default() {
+        template.alloc_conf = Default::default();
+        Some(device_fit(g, &template, &budget)?)
+    } else {
+        None
+    };
+    Ok(Some(crate::device_fit_text::DeviceAnswer {
+        fit: answer,
+        default_conf,
+    }))
 }
 
 /// The cards to fit on: each `--gpu` name, or the one `--memory` size.
@@ -175,14 +225,20 @@ pub fn fit(a: &FitArgs) -> Result<()> {
         ));
     }
     let mut outs = Vec::new();
+    let mut devices = Vec::new();
     for (card, label) in cards {
+        devices.push(device_answer(&g, &cfg, card, label.as_deref(), a.fraction)?);
         let req = FitRequest {
             card_bytes: card,
-            fraction: a.fraction,
+            fraction: a.fraction.unwrap_or(0.8),
             target_batch: a.target_batch,
             dataset_size: a.dataset_size,
         };
-        let report = fit::fit_with(&g, &cfg, &req)?;
+        let planner_only = vramlab_memory::PlanConfig {
+            simulate_allocator: false,
+            ..cfg.clone()
+        };
+        let report = fit::fit_with(&g, &planner_only, &req)?;
         let lr = report
             .recommended_batch
             .map(|b| fit::lr_advice(a.base_batch, base_lr, b))
@@ -201,19 +257,35 @@ pub fn fit(a: &FitArgs) -> Result<()> {
     }
     if outs.len() > 1 {
         if a.json {
-            return print_json(&outs);
+            let rows: Vec<FitWithDevice> = outs
+                .iter()
+                .zip(&devices)
+                .map(|(fit, device)| FitWithDevice { fit, device })
+                .collect();
+            return print_json(&rows);
         }
         print!("{}", render_cards(&outs, a.lang));
+        print!(
+            "{}",
+            crate::device_fit_text::render_cards(&outs, &devices, a.lang)
+        );
         return Ok(());
     }
     let out = outs.pop().expect("at least one card");
+    let device = devices.pop().expect("one per card");
     if let Some(path) = &a.plot {
         batch_chart(&g, &cfg, &out, a.lang).save(path)?;
     }
     if a.json {
-        return print_json(&out);
+        return print_json(&FitWithDevice {
+            fit: &out,
+            device: &device,
+        });
     }
     print!("{}", render(&out, a.lang));
+    if let Some(d) = &device {
+        print!("\n{}", crate::device_fit_text::render(d, a.lang));
+    }
     if let Some(path) = &a.plot {
         println!("\n{}", t(a.lang, "Plot: {0}", &[&path.display()]));
     }

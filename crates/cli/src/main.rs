@@ -3,6 +3,7 @@
 //! exit with code 2.
 
 mod data_cmd;
+mod device_fit_text;
 mod fit_cmd;
 mod fmt;
 mod lang;

@@ -127,3 +127,62 @@ fn gpus_show_the_total_a_process_sees_and_its_source() {
     assert!(out.contains("79.65 GiB"), "{out}");
     assert!(out.contains("16.00 GiB (nominal)"), "{out}");
 }
+
+#[test]
+fn fit_decides_by_what_the_allocator_serves_and_shows_what_expandable_segments_buy() {
+    let v = json(&[
+        "fit",
+        "resnet50",
+        "--input",
+        "3x224x224",
+        "--gpu",
+        "h100",
+        "--json",
+    ]);
+    let d = &v["device"];
+    assert_eq!(n(&d["card_total_bytes"]), 81_559 << 20);
+    let b = n(&d["max_batch_size"]);
+    assert!(b > 0);
+    assert!(n(&d["reserved_peak_bytes"]) <= n(&d["allocator_limit_bytes"]));
+    assert!(
+        d["out_of_memory_above"]["tried_to_allocate_bytes"]
+            .as_u64()
+            .unwrap()
+            > 0
+    );
+    let o = vramlab(&[
+        "fit",
+        "resnet50",
+        "--input",
+        "3x224x224",
+        "--gpu",
+        "h100",
+        "--alloc-conf",
+        "expandable_segments:True",
+    ]);
+    let out = stdout(&o);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(out.contains("Largest batch that runs"), "{out}");
+    assert!(
+        out.contains("expandable_segments:True gives batch"),
+        "{out}"
+    );
+    assert!(out.contains("the default settings give"), "{out}");
+    assert!(out.contains("Estimates: the CUDA context"), "{out}");
+    assert!(out.lines().all(|l| l.chars().count() <= 120), "{out}");
+    // The CPU profile has no allocator to simulate.
+    let v = json(&[
+        "fit",
+        "simple_cnn",
+        "--memory",
+        "1GiB",
+        "--profile",
+        "pytorch-cpu",
+        "--json",
+    ]);
+    assert!(v.get("device").is_none());
+    // Chinese has every sentence.
+    let o = vramlab(&["fit", "resnet18", "--gpu", "t4,h100", "--lang", "zh"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(stdout(&o).contains("能运行的最大批大小"));
+}

@@ -122,6 +122,8 @@ pub fn peak_at(g: &Shaped, template: &PlanConfig, batch: u64) -> Result<u128, Pl
     let mut c = template.clone();
     c.batch_size = batch;
     c.record_timeline = false;
+    // The planner's peak alone; the allocator's answer is `device_fit`'s.
+    c.simulate_allocator = false;
     Ok(plan(g, &c)?.peak_bytes)
 }
 

@@ -23,6 +23,7 @@
 
 pub mod cards;
 pub mod cuda_alloc;
+pub mod device_fit;
 pub mod fit;
 mod native;
 mod optim;

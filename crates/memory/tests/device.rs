@@ -125,3 +125,54 @@ fn expandable_segments_reserve_less_than_separate_segments() {
     // Allocated differs only by blocks handed out whole versus split exactly.
     assert!(exp.allocated_peak_bytes <= plain.allocated_peak_bytes);
 }
+
+#[test]
+fn device_fit_returns_a_batch_that_runs_and_one_more_does_not() {
+    use vramlab_memory::device_fit::{device_fit, DeviceBudget};
+    let g = model("resnet18");
+    let budget = DeviceBudget {
+        card_total_bytes: 4 << 30,
+        card_total_source: "test".into(),
+        fraction: 1.0,
+    };
+    let template = PlanConfig::new(1);
+    let d = device_fit(&g, &template, &budget).unwrap();
+    let b = d.max_batch_size.expect("resnet18 trains in 4 GiB");
+    assert_eq!(
+        d.allocator_limit_bytes,
+        (4 << 30) - (512 << 20) - (64 << 20)
+    );
+    let run = |batch: u64| {
+        let mut c = template.clone();
+        c.batch_size = batch;
+        c.device_limit_bytes = Some(d.allocator_limit_bytes);
+        plan(&g, &c).unwrap().device.unwrap()
+    };
+    let at = run(b);
+    assert!(at.out_of_memory.is_none());
+    assert_eq!(Some(at.reserved_peak_bytes), d.reserved_peak_bytes);
+    assert!(at.reserved_peak_bytes <= d.allocator_limit_bytes);
+    assert!(run(b + 1).out_of_memory.is_some());
+    assert!(d.out_of_memory_above.is_some());
+    // The planner's peak alone would allow at least as much: the allocator's answer is
+    // never above it.
+    let planner =
+        vramlab_memory::fit::max_batch(&g, &template, d.allocator_limit_bytes + (512 << 20))
+            .unwrap()
+            .unwrap()
+            .0;
+    assert!(b <= planner, "{b} > {planner}");
+    // A per-process fraction caps what the allocator may reserve.
+    let half = device_fit(
+        &g,
+        &template,
+        &DeviceBudget {
+            fraction: 0.5,
+            ..budget
+        },
+    )
+    .unwrap();
+    assert_eq!(half.allowed_memory_bytes, Some(2 << 30));
+    assert!(half.max_batch_size.unwrap() < b);
+    assert!(half.reserved_peak_bytes.unwrap() <= 2 << 30);
+}
