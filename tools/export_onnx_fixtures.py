@@ -177,6 +177,14 @@ def main():
             except Exception as e:  # report and go on: the tests list what exists
                 print("FAILED", path, type(e).__name__, str(e)[:300])
     export(LeakyNet(), (3, 8, 8), os.path.join(out, "unsupported_leakyrelu.onnx"), False, True)
+    # The README's example, exactly: an untrained ResNet-18 exported in eval mode with the
+    # dynamo exporter's defaults (its optimiser folds each BatchNorm into the convolution
+    # and drops the all-zero folded bias).
+    fresh = os.path.join(out, "resnet18_dynamo_eval_fresh.onnx")
+    m = torchvision.models.resnet18(num_classes=10).eval()
+    torch.onnx.export(m, (torch.randn(2, 3, 32, 32),), fresh, dynamo=True,
+                      dynamic_shapes=({0: torch.export.Dim("batch")},))
+    strip_weights(fresh)
     with open(os.path.join(out, "params.json"), "w") as f:
         json.dump(counts, f, indent=1, sort_keys=True)
 

@@ -199,8 +199,12 @@ struct Notes {
     relu_inplace: usize,
     add_inplace: usize,
     add_total: usize,
+    /// Convolutions with a folded BatchNorm: with the bias folding made...
     folded_bn: usize,
-    folded_bn_channels: u128,
+    /// ...and without one (an untrained model's all-zero bias, dropped by the optimiser).
+    folded_bn_zero_bias: usize,
+    /// Parameters the restored BatchNorm layers add to the file's.
+    folded_bn_params: u128,
     bn_training: usize,
     bn_eval: usize,
     dropout_training: usize,
@@ -223,22 +227,33 @@ impl Notes {
             )),
             _ => {}
         }
-        if self.folded_bn > 0 {
+        let folded = self.folded_bn + self.folded_bn_zero_bias;
+        if folded > 0 {
+            let how = match (self.folded_bn, self.folded_bn_zero_bias) {
+                (_, 0) => "carry a bias the exporter made by folding a BatchNorm into them".into(),
+                (0, _) => "have no bias and no BatchNorm after them: the exporter folded a \
+                           BatchNorm into each and dropped the all-zero bias (an untrained \
+                           model's)"
+                    .to_string(),
+                (b, z) => format!(
+                    "had a BatchNorm folded into them by the exporter ({b} carry the folded \
+                     bias, {z} lost it as all zeros)"
+                ),
+            };
             if opts.restore_bn {
                 v.push(format!(
-                    "{} convolutions carry a bias the exporter made by folding a BatchNorm into \
-                     them: planned as Conv2d(bias=False) + BatchNorm2d, as torchvision builds \
-                     them ({} parameters more than the file holds); --onnx-bn folded plans the \
-                     file as it is",
-                    self.folded_bn, self.folded_bn_channels
+                    "{folded} convolutions {how}: planned as Conv2d(bias=False) + BatchNorm2d, \
+                     as torchvision builds them ({} parameters more than the file holds); \
+                     --onnx-bn folded plans the file as it is",
+                    self.folded_bn_params
                 ));
             } else {
                 v.push(format!(
-                    "{} convolutions carry a bias folded from a BatchNorm: planned as exported, \
-                     without those BatchNorm layers ({} parameters and their running statistics \
-                     fewer than the model trains); export with dynamo=True, optimize=False or \
+                    "{folded} convolutions {how}: planned as exported, without those BatchNorm \
+                     layers ({} parameters and their running statistics fewer than the model \
+                     trains); export with dynamo=True, optimize=False or \
                      training=TrainingMode.TRAINING to keep them",
-                    self.folded_bn, self.folded_bn_channels
+                    self.folded_bn_params
                 ));
             }
         }
@@ -768,13 +783,20 @@ impl Cx<'_> {
                     bias: bias.is_some(),
                 };
                 // A bias that the exporter made by folding a BatchNorm: its name is not
-                // `<module>.bias` next to `<module>.weight`.
+                // `<module>.bias` next to `<module>.weight`. Without a bias, a convolution
+                // that no BatchNorm reads had one folded into it whose bias was all zeros
+                // (PyTorch convolutions drop their bias only before a norm layer).
+                let feeds_bn = n
+                    .outputs
+                    .first()
+                    .and_then(|o| self.uses.get(o))
+                    .is_some_and(|r| r.iter().any(|op| op == "BatchNormalization"));
                 let folded = match &bias {
                     Some(bname) => match wname.strip_suffix(".weight") {
                         Some(p) => *bname != format!("{p}.bias"),
                         None => true,
                     },
-                    None => false,
+                    None => !feeds_bn,
                 };
                 let weight_name = if wname.ends_with(".weight") {
                     Some(wname.as_str())
@@ -783,8 +805,14 @@ impl Cx<'_> {
                 };
                 let lname = self.layer_name(n, weight_name);
                 if folded {
-                    self.notes.folded_bn += 1;
-                    self.notes.folded_bn_channels += conv.out_channels as u128;
+                    let ch = conv.out_channels as u128;
+                    if conv.bias {
+                        self.notes.folded_bn += 1;
+                        self.notes.folded_bn_params += ch;
+                    } else {
+                        self.notes.folded_bn_zero_bias += 1;
+                        self.notes.folded_bn_params += 2 * ch;
+                    }
                 }
                 if folded && self.opts.restore_bn {
                     let ch = conv.out_channels;
@@ -1167,4 +1195,251 @@ fn fmt_dims(d: &[Dim]) -> String {
         })
         .collect();
     format!("[{}]", parts.join(", "))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proto::{Attribute, Model, Node as PNode, Tensor, ValueInfo};
+
+    fn node(op: &str, name: &str, inputs: &[&str], outputs: &[&str]) -> PNode {
+        PNode {
+            name: name.into(),
+            op_type: op.into(),
+            inputs: inputs.iter().map(|s| s.to_string()).collect(),
+            outputs: outputs.iter().map(|s| s.to_string()).collect(),
+            ..Default::default()
+        }
+    }
+
+    fn ints(name: &str, v: &[i64]) -> Attribute {
+        Attribute {
+            name: name.into(),
+            ints: v.to_vec(),
+            ..Default::default()
+        }
+    }
+
+    fn int(name: &str, v: i64) -> Attribute {
+        Attribute {
+            name: name.into(),
+            i: Some(v),
+            ..Default::default()
+        }
+    }
+
+    fn weight(name: &str, dims: &[i64]) -> Tensor {
+        Tensor {
+            name: name.into(),
+            dims: dims.to_vec(),
+            data_type: proto::FLOAT,
+            values: None,
+            external_location: Some("w.data".into()),
+        }
+    }
+
+    fn konst(name: &str, v: Values, dims: &[i64]) -> Tensor {
+        Tensor {
+            name: name.into(),
+            dims: dims.to_vec(),
+            data_type: match v {
+                Values::Ints(_) => proto::INT64,
+                Values::Floats(_) => proto::FLOAT,
+            },
+            values: Some(v),
+            external_location: None,
+        }
+    }
+
+    fn model(opset: i64, nodes: Vec<PNode>, inits: Vec<Tensor>, out: &str) -> Model {
+        let input = ValueInfo {
+            name: "x".into(),
+            elem_type: proto::FLOAT,
+            shape: Some(vec![
+                Dim::Param("N".into()),
+                Dim::Value(3),
+                Dim::Value(8),
+                Dim::Value(8),
+            ]),
+        };
+        Model {
+            opset_import: vec![(String::new(), opset)],
+            graph: proto::Graph {
+                nodes,
+                initializers: inits,
+                inputs: vec![input],
+                outputs: vec![ValueInfo {
+                    name: out.into(),
+                    ..Default::default()
+                }],
+                value_info: vec![],
+            },
+            ..Default::default()
+        }
+    }
+
+    fn ops(m: &Model, opts: &Options) -> Vec<Op> {
+        let l = from_model(m, "t.onnx", "t", opts).unwrap();
+        l.graph.infer().unwrap();
+        l.graph.nodes.into_iter().skip(1).map(|n| n.op).collect()
+    }
+
+    #[test]
+    fn clip_matmul_add_reduce_mean_and_a_computed_flatten_map_to_layers() {
+        let mut conv = node("Conv", "/c/Conv", &["x", "c.weight", "c.bias"], &["c"]);
+        conv.attributes = vec![ints("pads", &[1, 1, 1, 1])];
+        let mut mean = node("ReduceMean", "mean", &["r6", "axes"], &["m"]);
+        mean.attributes = vec![int("keepdims", 1)];
+        let mut shape = node("Shape", "shape", &["m"], &["s"]);
+        shape.attributes = vec![int("end", 1)];
+        let nodes = vec![
+            conv,
+            node("Clip", "clip", &["c", "lo", "hi"], &["r6"]),
+            mean,
+            shape,
+            node("Concat", "cat", &["s", "minus1"], &["target"]),
+            node("Reshape", "view", &["m", "target"], &["flat"]),
+            node("MatMul", "mm", &["flat", "fc.weight"], &["mm"]),
+            node("Add", "bias", &["mm", "fc.bias"], &["y"]),
+        ];
+        let inits = vec![
+            weight("c.weight", &[4, 3, 3, 3]),
+            weight("c.bias", &[4]),
+            konst("lo", Values::Floats(vec![0.0]), &[]),
+            konst("hi", Values::Floats(vec![6.0]), &[]),
+            konst("axes", Values::Ints(vec![-1, -2]), &[2]),
+            konst("minus1", Values::Ints(vec![-1]), &[1]),
+            weight("fc.weight", &[4, 5]),
+            weight("fc.bias", &[5]),
+        ];
+        let m = model(18, nodes, inits, "y");
+        let got = ops(&m, &Options::default());
+        assert_eq!(
+            got,
+            vec![
+                Op::Conv2d(Conv2d::new(3, 4, 3).padding(1)),
+                // The conv's output is read once: torchvision's in-place ReLU6.
+                Op::ReLU6 { inplace: true },
+                Op::AdaptiveAvgPool2d {
+                    output_size: (1, 1)
+                },
+                Op::Flatten,
+                Op::Linear(Linear::new(4, 5)),
+            ]
+        );
+        let l = from_model(&m, "t.onnx", "t", &Options::default()).unwrap();
+        assert_eq!(l.graph.nodes[1].name, "c");
+        assert_eq!(l.graph.nodes[5].name, "fc");
+        assert!(!l
+            .notes
+            .iter()
+            .any(|n| n.contains("Linear layers have no bias")));
+        // Nothing in place on request.
+        let none = Options {
+            inplace: Inplace::None,
+            restore_bn: true,
+        };
+        assert_eq!(ops(&m, &none)[1], Op::ReLU6 { inplace: false });
+    }
+
+    #[test]
+    fn a_conv_without_bias_nor_batchnorm_after_it_had_one_folded() {
+        // What the dynamo exporter makes of an untrained Conv2d(bias=False) + BatchNorm2d:
+        // the folded bias is all zeros, and its optimiser drops it.
+        let nodes = vec![
+            node("Conv", "node_Conv_1", &["x", "conv1.weight"], &["c"]),
+            node("Relu", "node_relu", &["c"], &["r"]),
+            node("GlobalAveragePool", "gap", &["r"], &["g"]),
+            node("Flatten", "flat", &["g"], &["f"]),
+            node("Gemm", "fc", &["f", "fc.weight", "fc.bias"], &["y"]),
+        ];
+        let mut gemm_t = nodes;
+        gemm_t[4].attributes = vec![int("transB", 1)];
+        let inits = vec![
+            weight("conv1.weight", &[8, 3, 3, 3]),
+            weight("fc.weight", &[2, 8]),
+            weight("fc.bias", &[2]),
+        ];
+        let m = model(20, gemm_t, inits, "y");
+        let l = from_model(&m, "m.onnx", "m", &Options::default()).unwrap();
+        let s = l.graph.infer().unwrap();
+        assert_eq!(s.num_params(), 8 * 27 + 2 * 8 + 2 * 8 + 2);
+        assert_eq!(s.nodes()[2].name, "conv1.bn");
+        assert!(
+            l.notes.iter().any(|n| n.starts_with(
+                "1 convolutions have no bias and no BatchNorm after them: the exporter folded a \
+             BatchNorm into each and dropped the all-zero bias (an untrained model's): planned \
+             as Conv2d(bias=False) + BatchNorm2d, as torchvision builds them (16 parameters \
+             more than the file holds)"
+            )),
+            "{:?}",
+            l.notes
+        );
+        let folded = Options {
+            inplace: Inplace::Torchvision,
+            restore_bn: false,
+        };
+        let l = from_model(&m, "m.onnx", "m", &folded).unwrap();
+        assert_eq!(l.graph.infer().unwrap().num_params(), 8 * 27 + 2 * 8 + 2);
+    }
+
+    #[test]
+    fn errors_name_the_file_node_op_and_opset() {
+        let mut bad_clip = model(
+            17,
+            vec![node("Clip", "clip0", &["x", "lo", "hi"], &["y"])],
+            vec![
+                konst("lo", Values::Floats(vec![-1.0]), &[]),
+                konst("hi", Values::Floats(vec![1.0]), &[]),
+            ],
+            "y",
+        );
+        let e = from_model(&bad_clip, "m.onnx", "m", &Options::default()).unwrap_err();
+        assert!(
+            e.0.starts_with(
+                "m.onnx: node `clip0`: op Clip (opset 17) with bounds (-1, 1) is not supported \
+                 (Clip(0, 6) is ReLU6, Clip(0) is ReLU); supported ops: Add, "
+            ),
+            "{e}"
+        );
+        // A custom domain is named.
+        bad_clip.graph.nodes[0].domain = "com.microsoft".into();
+        let e = from_model(&bad_clip, "m.onnx", "m", &Options::default()).unwrap_err();
+        assert!(
+            e.0.contains("op com.microsoft::Clip (opset 17) is not in the default ONNX domain"),
+            "{e}"
+        );
+        // Asymmetric padding has no PyTorch layer.
+        let mut conv = node("Conv", "/c/Conv", &["x", "w"], &["y"]);
+        conv.attributes = vec![ints("pads", &[0, 0, 1, 1])];
+        let m = model(13, vec![conv], vec![weight("w", &[4, 3, 3, 3])], "y");
+        let e = from_model(&m, "m.onnx", "m", &Options::default()).unwrap_err();
+        assert_eq!(
+            e.0,
+            "m.onnx: node `/c/Conv` (Conv opset 13): pads [0, 0, 1, 1]: only symmetric 2-D \
+             padding maps to a PyTorch layer"
+        );
+        // The input must be an image batch.
+        let mut m = model(13, vec![node("Relu", "r", &["x"], &["y"])], vec![], "y");
+        m.graph.inputs[0].shape = Some(vec![Dim::Param("N".into()), Dim::Value(10)]);
+        let e = from_model(&m, "m.onnx", "m", &Options::default()).unwrap_err();
+        assert_eq!(
+            e.0,
+            "m.onnx: input `x` has shape [N, 10], expected [batch, C, H, W] with fixed C, H, W"
+        );
+    }
+
+    #[test]
+    fn module_paths_come_from_torchscript_scopes() {
+        assert_eq!(
+            module_path("/layer1/layer1.0/relu/Relu").as_deref(),
+            Some("layer1.0.relu")
+        );
+        assert_eq!(
+            module_path("/layer2/layer2.0/downsample/downsample.0/Conv").as_deref(),
+            Some("layer2.0.downsample.0")
+        );
+        assert_eq!(module_path("/Relu"), None);
+        assert_eq!(module_path("node_relu_2"), None);
+    }
 }
