@@ -73,6 +73,21 @@ class TinyRes(nn.Module):
         return self.fc(self.drop(x))
 
 
+class TinyResMean(TinyRes):
+    """TinyRes with `x.mean((2, 3))` for its pooling (ReduceMean in ONNX): the same layers
+    to vramlab, the same twin."""
+
+    def forward(self, x):
+        x = self.relu(self.bn(self.stem(x)))
+        x = self.pool(x)
+        identity = x
+        out = self.relu(self.bn1(self.conv1(x)))
+        out = self.bn2(self.conv2(out))
+        out += identity
+        out = self.relu(out)
+        return self.fc(self.drop(out.mean((2, 3))))
+
+
 class LeakyNet(nn.Module):
     """A model with an op vramlab does not map (LeakyRelu), for the error test."""
 
@@ -130,19 +145,19 @@ def strip_weights(path):
             os.remove(os.path.join(os.path.dirname(path) or ".", f))
 
 
-def export(model, shape, path, dynamo, train, optimize=True):
+def export(model, shape, path, dynamo, train, optimize=True, opset=None):
     x = torch.randn(2, *shape)
     model.train(train)
     if dynamo:
         batch = torch.export.Dim("batch", min=2, max=4096)
         prog = torch.onnx.export(
-            model, (x,), dynamo=True, opset_version=20 if train else 18,
+            model, (x,), dynamo=True, opset_version=opset or (20 if train else 18),
             input_names=["input"], dynamic_shapes=({0: batch},), optimize=optimize,
         )
         prog.save(path, external_data=True)
     else:
         torch.onnx.export(
-            model, (x,), path, dynamo=False, opset_version=17 if train else 13,
+            model, (x,), path, dynamo=False, opset_version=opset or (17 if train else 13),
             input_names=["input"], output_names=["logits"],
             dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}},
             training=torch.onnx.TrainingMode.TRAINING if train else torch.onnx.TrainingMode.EVAL,
@@ -176,6 +191,14 @@ def main():
                 print("wrote", path, os.path.getsize(path))
             except Exception as e:  # report and go on: the tests list what exists
                 print("FAILED", path, type(e).__name__, str(e)[:300])
+    # Every opset of both exporters, in training mode (TorchScript 13 to 20, dynamo 18 to
+    # 20 with optimize=False), on a model whose pooling is a ReduceMean.
+    for opset in range(13, 21):
+        export(TinyResMean(), (3, 32, 32), os.path.join(out, f"tinyres_mean_torchscript_opset{opset}.onnx"),
+               False, True, opset=opset)
+    for opset in range(18, 21):
+        export(TinyResMean(), (3, 32, 32), os.path.join(out, f"tinyres_mean_dynamo_opset{opset}.onnx"),
+               True, True, optimize=False, opset=opset)
     export(LeakyNet(), (3, 8, 8), os.path.join(out, "unsupported_leakyrelu.onnx"), False, True)
     # The README's example, exactly: an untrained ResNet-18 exported in eval mode with the
     # dynamo exporter's defaults (its optimiser folds each BatchNorm into the convolution

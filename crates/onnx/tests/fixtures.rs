@@ -182,3 +182,34 @@ fn tinyres_matches_its_model_file_twin() {
         assert_eq!(structure(&s), structure(&twin), "{export}: {notes:?}");
     }
 }
+
+#[test]
+fn every_opset_of_both_exporters_gives_the_same_model() {
+    // TorchScript at opsets 13 to 20 and dynamo (optimize=False) at 18 to 20, in training
+    // mode; TinyRes pooled with `x.mean((2, 3))` (ReduceMean, axes an attribute before
+    // opset 18 and an input from 18) is the same layers as tests/fixtures/tinyres.toml.
+    let twin = vramlab_graph::model_file::load(
+        &PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/tinyres.toml"),
+    )
+    .unwrap()
+    .infer()
+    .unwrap();
+    let files = (13..=20)
+        .map(|o| (format!("tinyres_mean_torchscript_opset{o}"), o))
+        .chain((18..=20).map(|o| (format!("tinyres_mean_dynamo_opset{o}"), o)));
+    for (name, opset) in files {
+        let l = load(&fixture(&name), &Options::default()).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(l.opset, opset, "{name}");
+        let s = l.graph.infer().unwrap();
+        assert_eq!(s.num_params(), 5_306, "{name}");
+        assert_eq!(structure(&s), structure(&twin), "{name}: {:?}", l.notes);
+        // The training mode is read from BatchNormalization (TorchScript) or Dropout.
+        assert!(
+            !l.notes
+                .iter()
+                .any(|n| n.contains("exported in training mode")),
+            "{name}: {:?}",
+            l.notes
+        );
+    }
+}
