@@ -513,6 +513,147 @@ unsafe fn direct_avx2(
     }
 }
 
+/// Whether `tier` computes the weight gradient of a direct-shaped convolution directly
+/// (over a padded input, no im2col and no matrix packing): [`Tier::direct_wgrad`].
+pub fn direct_wgrad(tier: Tier) -> bool {
+    tier.direct_wgrad() && tier.supported()
+}
+
+/// Adds the weight gradient of one sample of a stride-1 convolution to `pw`:
+/// `pw[co][ci][ky][kx] += sum over oy, ox of dy[co][oy][ox] * xp[ci][oy+ky][ox+kx]`,
+/// over the zero-padded input `xp` of the forward pass (`cin` planes of `hp x wp`,
+/// `wp >= direct_row(wo, kw)`). Panics where [`direct_wgrad`] is false for `tier`.
+#[allow(clippy::too_many_arguments)]
+pub fn conv_wgrad_direct(
+    tier: Tier,
+    xp: &[f32],
+    cin: usize,
+    hp: usize,
+    wp: usize,
+    dy: &[f32],
+    cout: usize,
+    ho: usize,
+    wo: usize,
+    kh: usize,
+    kw: usize,
+    pw: &mut [f32],
+) {
+    assert!(direct_wgrad(tier), "conv_wgrad_direct: not on {tier}");
+    assert!(
+        wp >= direct_row(wo, kw) && hp >= ho + kh - 1 && xp.len() >= cin * hp * wp,
+        "padded input too small"
+    );
+    assert!(
+        dy.len() >= cout * ho * wo && pw.len() >= cout * cin * kh * kw && kw >= 1 && cout >= 1,
+        "buffers too small"
+    );
+    #[cfg(target_arch = "x86_64")]
+    // SAFETY: AVX2 and FMA are present (`direct_wgrad` checks the tier is supported, and
+    // both x86 tiers that have it include AVX2+FMA). Reads of `xp` stay inside each
+    // padded row: at most column kw-1 + round8(wo) - 1 < direct_row(wo, kw) <= wp; reads
+    // of `dy` are masked past `wo`; writes go to `pw[..cout*cin*kh*kw]` (asserted).
+    unsafe {
+        let (xp, dy, pw) = (xp.as_ptr(), dy.as_ptr(), pw.as_mut_ptr());
+        if kw % 5 == 0 {
+            wgrad_avx2::<2, 5>(xp, cin, hp, wp, dy, cout, ho, wo, kh, kw, pw)
+        } else {
+            wgrad_avx2::<3, 3>(xp, cin, hp, wp, dy, cout, ho, wo, kh, kw, pw)
+        }
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+#[inline]
+unsafe fn hsum256(v: std::arch::x86_64::__m256) -> f32 {
+    use std::arch::x86_64::*;
+    let s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps::<1>(v));
+    let s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+    _mm_cvtss_f32(_mm_add_ss(s, _mm_shuffle_ps::<1>(s, s)))
+}
+
+/// The AVX2+FMA weight gradient: `CO` output channels by `KX` kernel columns of
+/// accumulators (eight output columns each), streamed over the whole output plane, then
+/// summed across lanes once.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+#[allow(clippy::too_many_arguments)]
+unsafe fn wgrad_avx2<const CO: usize, const KX: usize>(
+    xp: *const f32,
+    cin: usize,
+    hp: usize,
+    wp: usize,
+    dy: *const f32,
+    cout: usize,
+    ho: usize,
+    wo: usize,
+    kh: usize,
+    kw: usize,
+    pw: *mut f32,
+) {
+    use std::arch::x86_64::*;
+    let lane = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
+    let full = wo / 8 * 8;
+    let rem = wo - full;
+    let mrem = _mm256_cmpgt_epi32(_mm256_set1_epi32(rem as i32), lane);
+    let kk = kh * kw;
+    let mut co0 = 0;
+    while co0 < cout {
+        let cb = CO.min(cout - co0);
+        // Channels past `cout` read the last one again; their sums are dropped.
+        let mut dyp = [dy; CO];
+        for (c, d) in dyp.iter_mut().enumerate() {
+            *d = dy.add((co0 + c.min(cb - 1)) * ho * wo);
+        }
+        for ci in 0..cin {
+            for ky in 0..kh {
+                let mut kx0 = 0;
+                while kx0 < kw {
+                    let kb = KX.min(kw - kx0);
+                    let mut acc = [[_mm256_setzero_ps(); KX]; CO];
+                    for oy in 0..ho {
+                        let xrow = xp.add((ci * hp + oy + ky) * wp + kx0);
+                        let mut ox = 0;
+                        while ox < full {
+                            let mut d = [_mm256_setzero_ps(); CO];
+                            for c in 0..CO {
+                                d[c] = _mm256_loadu_ps(dyp[c].add(oy * wo + ox));
+                            }
+                            for j in 0..KX {
+                                let xv = _mm256_loadu_ps(xrow.add(ox + j.min(kb - 1)));
+                                for c in 0..CO {
+                                    acc[c][j] = _mm256_fmadd_ps(d[c], xv, acc[c][j]);
+                                }
+                            }
+                            ox += 8;
+                        }
+                        if rem > 0 {
+                            let mut d = [_mm256_setzero_ps(); CO];
+                            for c in 0..CO {
+                                d[c] = _mm256_maskload_ps(dyp[c].add(oy * wo + ox), mrem);
+                            }
+                            for j in 0..KX {
+                                let xv = _mm256_loadu_ps(xrow.add(ox + j.min(kb - 1)));
+                                for c in 0..CO {
+                                    acc[c][j] = _mm256_fmadd_ps(d[c], xv, acc[c][j]);
+                                }
+                            }
+                        }
+                    }
+                    for (c, row) in acc.iter().enumerate().take(cb) {
+                        let dst = pw.add((co0 + c) * cin * kk + ci * kk + ky * kw + kx0);
+                        for (j, a) in row.iter().enumerate().take(kb) {
+                            *dst.add(j) += hsum256(*a);
+                        }
+                    }
+                    kx0 += KX;
+                }
+            }
+        }
+        co0 += CO;
+    }
+}
+
 /// 2x2 max-pooling with stride 2 of one plane (`src` is `h x w`, outputs `ho x wo`):
 /// the maximum and its flat index in the plane. PyTorch keeps the first maximum in scan
 /// order, and NaN wins. Runs `tier`'s vector code where it has one (AVX-512, AVX2).
@@ -828,9 +969,9 @@ mod tests {
 
     #[test]
     fn every_tiers_direct_convolution_and_its_flipped_form_equal_the_scalar_definition() {
-        let mut covered = Vec::new();
+        let (mut covered, mut wgrad) = (Vec::new(), Vec::new());
         for tier in tiers().into_iter().filter(|t| t.direct_tile().is_some()) {
-            direct_against_im2col(tier);
+            direct_against_im2col(tier, &mut wgrad);
             covered.push(tier.name());
         }
         eprintln!(
@@ -844,11 +985,17 @@ mod tests {
         #[cfg(target_arch = "x86_64")]
         if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma")
         {
-            assert!(covered.contains(&"avx2"));
+            assert!(covered.contains(&"avx2") && wgrad.contains(&"avx2"));
         }
+        #[cfg(target_arch = "x86_64")]
+        if std::arch::is_x86_feature_detected!("avx512f") {
+            assert!(covered.contains(&"avx512") && wgrad.contains(&"avx512"));
+        }
+        wgrad.dedup();
+        eprintln!("direct weight gradient tiers covered: {}", wgrad.join(", "));
     }
 
-    fn direct_against_im2col(tier: Tier) {
+    fn direct_against_im2col(tier: Tier, wgrad_covered: &mut Vec<&'static str>) {
         for (cin, h, w, cout, k, p) in [
             (3, 32, 32, 6, 5, 0),
             (6, 14, 14, 16, 5, 0),
@@ -943,6 +1090,40 @@ mod tests {
                     (a - b).abs() < 1e-3 * (1.0 + b.abs()),
                     "{tier} dx {a} vs {b}"
                 );
+            }
+            // The weight gradient: dY * col^T, against the direct sum over the padded
+            // input (added to what the buffer held).
+            if direct_wgrad(tier) {
+                let mut dw = vec![0.5; cout * g.k()];
+                gemm(
+                    cout,
+                    g.hw_out(),
+                    g.k(),
+                    &dy,
+                    (g.hw_out() as isize, 1),
+                    &col,
+                    (1, g.hw_out() as isize),
+                    &mut dw,
+                    (g.k() as isize, 1),
+                    1.0,
+                );
+                let mut dw2 = vec![0.5; cout * g.k() + 1];
+                dw2[cout * g.k()] = 7.0;
+                let mut xp0 = vec![f32::NAN; cin * hp * wp];
+                pad_planes(&x, cin, h, w, p, p, hp, wp, &mut xp0);
+                conv_wgrad_direct(tier, &xp0, cin, hp, wp, &dy, cout, ho, wo, k, k, &mut dw2);
+                assert_eq!(
+                    dw2[cout * g.k()],
+                    7.0,
+                    "{tier}: wrote past the weight gradient"
+                );
+                for (a, b) in dw2.iter().zip(&dw) {
+                    assert!(
+                        (a - b).abs() < 1e-3 * (1.0 + b.abs()),
+                        "{tier} dw {a} vs {b}"
+                    );
+                }
+                wgrad_covered.push(tier.name());
             }
         }
     }

@@ -916,6 +916,84 @@ impl Engine {
         (gi, gw, gb)
     }
 
+    /// The gradients of a direct-shaped convolution on a tier with a direct weight
+    /// gradient: each sample padded as in the forward pass, the weight gradient summed
+    /// straight from it (no im2col, no matrix packing), then the input gradient (if
+    /// needed) as a direct convolution.
+    #[allow(clippy::type_complexity)]
+    fn conv_backward_direct(
+        &self,
+        g: &ConvGeom,
+        x: &Tensor,
+        gout: &Tensor,
+        p0: usize,
+        bias: bool,
+        need_in: bool,
+    ) -> (Option<Tensor>, Tensor, Option<Tensor>) {
+        let b = x.shape[0];
+        let gi = need_in.then(|| Tensor::zeros(&self.tracker, &x.shape, None));
+        let wshape = self.params[p0].value.shape.clone();
+        let wsize: usize = wshape.iter().product();
+        let gw = Tensor::zeros(&self.tracker, &wshape, Some(Category::Grads));
+        let gb = bias.then(|| Tensor::zeros(&self.tracker, &[g.cout], Some(Category::Grads)));
+        let chunks = self.chunks(b);
+        let per_chunk = b.div_ceil(chunks);
+        let (hp, wp) = (g.h + 2 * g.ph, kernels::direct_row(g.wo, g.kw));
+        let xpad = self.scratch(chunks * g.cin * hp * wp);
+        let partial = self.scratch(chunks * (wsize + g.cout));
+        {
+            let (xd, gd) = (x.data(), gout.data());
+            let (mut xpd, mut pd) = (xpad.data_mut(), partial.data_mut());
+            let (in_per, out_per, pad_per, hw) = (
+                g.cin * g.in_plane(),
+                g.cout * g.hw_out(),
+                g.cin * hp * wp,
+                g.hw_out(),
+            );
+            let (xd, gd, xpd, pds): (&[f32], &[f32], &mut [f32], &mut [f32]) =
+                (&xd[..], &gd[..], &mut xpd[..], &mut pd[..]);
+            let (g, tier) = (*g, self.tier);
+            self.pool.install(|| {
+                pds.par_chunks_mut(wsize + g.cout)
+                    .zip(xd.par_chunks(per_chunk * in_per))
+                    .zip(gd.par_chunks(per_chunk * out_per))
+                    .zip(xpd.par_chunks_mut(pad_per))
+                    .for_each(|(((part, xc), gc), xp)| {
+                        let (pw, pb) = part.split_at_mut(wsize);
+                        for (xs, gs) in xc.chunks(in_per).zip(gc.chunks(out_per)) {
+                            for (co, plane) in gs.chunks(hw).enumerate() {
+                                pb[co] += plane.iter().sum::<f32>();
+                            }
+                            kernels::pad_planes(xs, g.cin, g.h, g.w, g.ph, g.pw, hp, wp, xp);
+                            kernels::conv_wgrad_direct(
+                                tier, xp, g.cin, hp, wp, gs, g.cout, g.ho, g.wo, g.kh, g.kw, pw,
+                            );
+                        }
+                    });
+            });
+            let mut gwd = gw.data_mut();
+            for part in pd.chunks(wsize + g.cout) {
+                gwd.iter_mut()
+                    .zip(&part[..wsize])
+                    .for_each(|(a, b)| *a += b);
+            }
+            if let Some(gb) = &gb {
+                let mut gbd = gb.data_mut();
+                for part in pd.chunks(wsize + g.cout) {
+                    gbd.iter_mut()
+                        .zip(&part[wsize..])
+                        .for_each(|(a, b)| *a += b);
+                }
+            }
+        }
+        drop(xpad);
+        drop(partial);
+        if let Some(gi) = &gi {
+            self.conv_input_grad_direct(g, gout, p0, gi);
+        }
+        (gi, gw, gb)
+    }
+
     /// dX of a stride-1 convolution as a direct convolution: the output gradient padded
     /// by `k - 1 - p` on each side, with the weights transposed and flipped.
     fn conv_input_grad_direct(&self, g: &ConvGeom, gout: &Tensor, p0: usize, gi: &Tensor) {
@@ -1624,6 +1702,9 @@ impl Engine {
         let b = x.shape[0];
         // The input gradient of a small stride-1 convolution is itself a direct
         // convolution (of the padded output gradient with flipped weights), done below.
+        if self.direct(&g) && kernels::direct_wgrad(self.tier) {
+            return self.conv_backward_direct(&g, x, gout, p0, bias, need_in);
+        }
         let direct_in = need_in && self.direct(&g);
         let sb = kernels::conv_batch(&g, b.div_ceil(self.chunks(b)));
         if sb > 1 {
@@ -1966,6 +2047,7 @@ impl Engine {
         }
         let cfg = self.optimizer.clone();
         let step = self.step;
+        let threads = self.threads;
         for p in &mut self.params {
             let Some(g) = &p.grad else { continue };
             let mut states: Vec<Vec<f32>> = p
@@ -1973,7 +2055,28 @@ impl Engine {
                 .iter()
                 .map(|s| std::mem::take(&mut *s.data_mut()))
                 .collect();
-            optim::update(&cfg, step, &mut p.value.data_mut(), &g.data(), &mut states);
+            {
+                let (mut pv, gv) = (p.value.data_mut(), g.data());
+                // Ranges of at least 16K values, one per thread at most.
+                let chunk = pv.len().div_ceil(threads).max(1 << 14);
+                let mut its: Vec<_> = states.iter_mut().map(|s| s.chunks_mut(chunk)).collect();
+                let mut tasks = Vec::new();
+                for (pc, gc) in pv.chunks_mut(chunk).zip(gv.chunks(chunk)) {
+                    let sc: Vec<&mut [f32]> = its.iter_mut().filter_map(|it| it.next()).collect();
+                    tasks.push((pc, gc, sc));
+                }
+                if tasks.len() == 1 {
+                    let (pc, gc, mut sc) = tasks.pop().expect("one range");
+                    optim::update_slices(&cfg, step, pc, gc, &mut sc);
+                } else {
+                    let cfg = &cfg;
+                    self.pool.install(|| {
+                        tasks.into_par_iter().for_each(|(pc, gc, mut sc)| {
+                            optim::update_slices(cfg, step, pc, gc, &mut sc)
+                        })
+                    });
+                }
+            }
             for (s, v) in p.state.iter().zip(states) {
                 *s.data_mut() = v;
             }

@@ -229,6 +229,20 @@ impl OptimizerConfig {
 /// One parameter's update. `step` counts from 1. SGD's momentum buffer is initialised
 /// from the gradient at the first step, as PyTorch clones it.
 pub fn update(cfg: &OptimizerConfig, step: u64, p: &mut [f32], g: &[f32], state: &mut [Vec<f32>]) {
+    let mut st: Vec<&mut [f32]> = state.iter_mut().map(|s| &mut s[..]).collect();
+    update_slices(cfg, step, p, g, &mut st);
+}
+
+/// [`update`] on slices: every update is element by element, so a parameter split
+/// into ranges (with the same ranges of its states) updates range by range, on any
+/// thread, to the same values.
+pub fn update_slices(
+    cfg: &OptimizerConfig,
+    step: u64,
+    p: &mut [f32],
+    g: &[f32],
+    state: &mut [&mut [f32]],
+) {
     match *cfg {
         OptimizerConfig::Sgd {
             lr,

@@ -4,12 +4,12 @@
 //! forces the tier down, never up: a request above what the CPU has is clamped to the
 //! CPU's tier with a one-line note on stderr, an unknown name is ignored with a note.
 //!
-//! | tier | where | direct convolution tile | 2x2 max-pool |
-//! |---|---|---|---|
-//! | scalar | every CPU | none (im2col + sgemm) | scalar selects |
-//! | avx2 | x86_64 with AVX2 and FMA | 16 columns x 6 channels (12 ymm) | 8 lanes |
-//! | avx512 | x86_64 with AVX-512F | 16 columns x 8 channels (8 zmm) | 16 lanes |
-//! | neon | aarch64 (always present) | none yet (im2col + sgemm) | scalar selects |
+//! | tier | where | direct convolution tile | direct weight gradient | 2x2 max-pool |
+//! |---|---|---|---|---|
+//! | scalar | every CPU | none (im2col + sgemm) | no (im2col + sgemm) | scalar selects |
+//! | avx2 | x86_64 with AVX2 and FMA | 16 columns x 6 channels (12 ymm) | yes | 8 lanes |
+//! | avx512 | x86_64 with AVX-512F | 16 columns x 8 channels (8 zmm) | yes (AVX2 code) | 16 lanes |
+//! | neon | aarch64 (always present) | none yet (im2col + sgemm) | no | scalar selects |
 
 use std::fmt;
 use std::sync::OnceLock;
@@ -69,6 +69,16 @@ impl Tier {
             Tier::Avx2 => Some((16, 6)),
             Tier::Scalar | Tier::Neon => None,
         }
+    }
+}
+
+impl Tier {
+    /// Whether this tier computes a direct-shaped convolution's weight gradient
+    /// directly, over the padded input (no im2col, no matrix packing): the AVX2+FMA
+    /// kernel, which AVX-512 CPUs run too. Where false, im2col and a matrix product;
+    /// the native profile counts the padded input or the column matrix accordingly.
+    pub fn direct_wgrad(self) -> bool {
+        matches!(self, Tier::Avx2 | Tier::Avx512)
     }
 }
 

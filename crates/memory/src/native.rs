@@ -34,6 +34,9 @@ struct Native<'a> {
     /// instruction-set tier it runs (`vramlab_isa::active`, the same place the engine
     /// asks), if that tier has one.
     direct_tile: Option<(usize, usize)>,
+    /// The tier computes a direct convolution's weight gradient from the padded input
+    /// (`kernels::direct_wgrad`), with no column matrix.
+    direct_wgrad: bool,
 }
 
 /// What one node keeps for backward (storages), as the engine's tape.
@@ -385,15 +388,35 @@ impl Native<'_> {
                         }
                         let (k, hw, pointwise) = self.conv_geom(i);
                         let sb = self.conv_batch(i);
-                        let col = (!pointwise || sb > 1)
+                        let wgrad_direct = self.direct(i) && self.direct_wgrad;
+                        if wgrad_direct {
+                            // One padded input per chunk, as in the forward pass.
+                            let hp = g.shapes[x][1] + 2 * c.padding.0;
+                            let wp = direct_row(self.lanes(), g.shapes[i][2], c.kernel_size.1);
+                            let xpad = self.alloc(
+                                self.chunks * (c.in_channels * hp * wp) as u128 * F32,
+                                None,
+                                "pad",
+                            );
+                            let part = self.alloc(
+                                self.chunks * (w / F32 + c.out_channels as u128) * F32,
+                                None,
+                                "partials",
+                            );
+                            self.sim.decref(xpad);
+                            self.sim.decref(part);
+                        }
+                        let col = (!wgrad_direct && (!pointwise || sb > 1))
                             .then(|| self.alloc(self.chunks * k * sb * hw * F32, None, "im2col"));
-                        let part = self.alloc(
-                            self.chunks * (w / F32 + c.out_channels as u128) * F32,
-                            None,
-                            "partials",
-                        );
+                        let part = (!wgrad_direct).then(|| {
+                            self.alloc(
+                                self.chunks * (w / F32 + c.out_channels as u128) * F32,
+                                None,
+                                "partials",
+                            )
+                        });
                         // The output gradients of a group of samples, gathered.
-                        let gsc = (sb > 1 && hw > 1).then(|| {
+                        let gsc = (!wgrad_direct && sb > 1 && hw > 1).then(|| {
                             self.alloc(
                                 self.chunks * c.out_channels as u128 * sb * hw * F32,
                                 None,
@@ -403,7 +426,9 @@ impl Native<'_> {
                         if let Some(col) = col {
                             self.sim.decref(col);
                         }
-                        self.sim.decref(part);
+                        if let Some(part) = part {
+                            self.sim.decref(part);
+                        }
                         if let Some(gsc) = gsc {
                             self.sim.decref(gsc);
                         }
@@ -516,6 +541,7 @@ pub(crate) fn run(g: &Shaped, cfg: &PlanConfig) -> Result<MemoryReport, PlanErro
         direct_tile: vramlab_isa::active()
             .direct_tile()
             .filter(|_| vramlab_isa::active().supported()),
+        direct_wgrad: vramlab_isa::active().direct_wgrad() && vramlab_isa::active().supported(),
     };
     let mut param_bytes = Vec::new();
     let mut buffer_bytes = 0;
