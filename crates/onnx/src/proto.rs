@@ -841,6 +841,17 @@ mod tests {
         for cut in 0..model.len() {
             assert!(decode_bytes(&model[..cut]).is_err(), "{cut}");
         }
+        // From a file, the weight bytes are seeked over, and the model is the same.
+        let path = std::env::temp_dir().join(format!("vramlab-proto-{}.onnx", std::process::id()));
+        std::fs::write(&path, &model).unwrap();
+        let mut src = FileSource::new(std::fs::File::open(&path).unwrap()).unwrap();
+        let len = src.file_len();
+        assert_eq!(decode_model(&mut src, len).unwrap(), m);
+        std::fs::write(&path, &model[..model.len() - 1]).unwrap();
+        let mut src = FileSource::new(std::fs::File::open(&path).unwrap()).unwrap();
+        let len = src.file_len();
+        assert!(decode_model(&mut src, len).is_err());
+        std::fs::remove_file(&path).ok();
     }
 
     #[test]
