@@ -61,10 +61,9 @@ pub fn remove_stale_temps(path: &Path) {
     }
 }
 
-/// Writes `bytes` to `path` atomically: a temporary file in the same folder, synced to
-/// disk, then renamed over `path`; on error the temporary file is removed.
-pub fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
-    use std::io::Write;
+/// The temporary file a write to `path` will go through, once `path` is known not to be
+/// a folder and the temporary files of killed writes to it are gone.
+fn prepare_write(path: &Path) -> std::io::Result<PathBuf> {
     if path.is_dir() {
         return Err(std::io::Error::new(
             std::io::ErrorKind::IsADirectory,
@@ -72,7 +71,14 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
         ));
     }
     remove_stale_temps(path);
-    let tmp = temp_path(path)?;
+    temp_path(path)
+}
+
+/// Writes `bytes` to `path` atomically: a temporary file in the same folder, synced to
+/// disk, then renamed over `path`; on error the temporary file is removed.
+pub fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    use std::io::Write;
+    let tmp = prepare_write(path)?;
     let res = std::fs::File::create(&tmp)
         .and_then(|mut f| f.write_all(bytes).and_then(|_| f.sync_all()))
         .and_then(|_| std::fs::rename(&tmp, path));
@@ -85,14 +91,7 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
 /// Checks, before long work, that [`write_atomic`] could write `path`: not a folder,
 /// and its folder takes a new file (one is created and removed).
 pub fn check_writable(path: &Path) -> std::io::Result<()> {
-    if path.is_dir() {
-        return Err(std::io::Error::new(
-            std::io::ErrorKind::IsADirectory,
-            "it is a folder",
-        ));
-    }
-    remove_stale_temps(path);
-    let tmp = temp_path(path)?;
+    let tmp = prepare_write(path)?;
     std::fs::File::create(&tmp)?;
     std::fs::remove_file(&tmp)
 }
