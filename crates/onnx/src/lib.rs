@@ -1419,6 +1419,25 @@ mod tests {
             "m.onnx: node `/c/Conv` (Conv opset 13): pads [0, 0, 1, 1]: only symmetric 2-D \
              padding maps to a PyTorch layer"
         );
+        // A fixed batch is said, and replaced by --batch-size.
+        let mut m = model(13, vec![node("Relu", "r", &["x"], &["y"])], vec![], "y");
+        m.graph.inputs[0].shape.as_mut().unwrap()[0] = Dim::Value(1);
+        let l = from_model(&m, "m.onnx", "m", &Options::default()).unwrap();
+        assert_eq!(
+            l.notes[0],
+            "opset 13; the file fixes the batch at 1: planned with --batch-size instead"
+        );
+        // One image input.
+        let mut two = m.clone();
+        two.graph.inputs.push(ValueInfo {
+            name: "mask".into(),
+            ..Default::default()
+        });
+        let e = from_model(&two, "m.onnx", "m", &Options::default()).unwrap_err();
+        assert_eq!(
+            e.0,
+            "m.onnx: expected one image input, the graph has 2 (x, mask)"
+        );
         // The input must be an image batch.
         let mut m = model(13, vec![node("Relu", "r", &["x"], &["y"])], vec![], "y");
         m.graph.inputs[0].shape = Some(vec![Dim::Param("N".into()), Dim::Value(10)]);
