@@ -2,14 +2,15 @@
 //! allocator serves within the card's usable memory, less the CUDA context and the
 //! cuDNN workspace bound (and under `set_per_process_memory_fraction` if asked).
 //!
-//! The planner's peak bounds the search from above (an allocation past the limit fails
-//! whatever the cache holds, and the allocator counts at least the planner's bytes), so
-//! only the last few candidates run the allocator.
+//! The planner's affine estimate (two plans at large batches) gives a first batch: under
+//! a limit the allocator frees its cache and retries before it fails, so the answer sits
+//! just under it. Runs under the limit then bracket and bisect to the exact answer, so
+//! that about four allocator runs decide it.
 
 use serde::Serialize;
 use vramlab_graph::Shaped;
 
-use crate::fit::max_batch;
+use crate::fit::MAX_BATCH;
 use crate::{
     plan, DeviceOom, PlanConfig, PlanError, DEFAULT_CUDA_CONTEXT_BYTES,
     DEFAULT_CUDNN_WORKSPACE_BYTES,
@@ -102,66 +103,110 @@ pub fn device_fit(
     let mut fast = template.clone();
     fast.simulate_allocator = false;
     let cap = allowed.map_or(limit, |a| a.min(limit));
-    let Some((upper, _)) = max_batch(g, &fast, cap.saturating_add(context))? else {
-        return Ok(answer);
+    let planner = |b: u64| crate::fit::peak_at(g, &fast, b);
+    // Batch 1 is impossible where BatchNorm would see one value per channel.
+    let smallest = match planner(1) {
+        Err(PlanError::Framework { .. }) => 2,
+        Err(e) => return Err(e),
+        Ok(_) => 1,
+    };
+    // The planner's peak is affine in the batch past the smallest ones: two large
+    // batches give its slope, as in `max_batch`.
+    let (b_lo, b_hi) = (1u64 << 20, 1u64 << 21);
+    let (q_lo, q_hi) = (planner(b_lo)?, planner(b_hi)?);
+    let slope = q_hi.saturating_sub(q_lo) / (b_hi - b_lo) as u128;
+    // Bytes the allocator must hold at batch b, by the planner (context excluded).
+    let base = q_lo
+        .saturating_sub(slope.saturating_mul(b_lo as u128))
+        .saturating_sub(context);
+    let batch_for = |bytes: u128| -> u64 {
+        if slope == 0 {
+            MAX_BATCH
+        } else {
+            (bytes.saturating_sub(base) / slope).clamp(smallest as u128, MAX_BATCH as u128) as u64
+        }
     };
     let mut sims = 0u32;
-    let mut run = |b: u64| -> Result<Option<crate::DeviceReport>, PlanError> {
+    let mut run = |b: u64, limited: bool| -> Result<crate::DeviceReport, PlanError> {
         sims += 1;
         let mut c = template.clone();
         c.batch_size = b;
         c.record_timeline = false;
         c.simulate_allocator = true;
-        c.device_limit_bytes = Some(limit);
-        c.allowed_memory_bytes = allowed;
-        Ok(plan(g, &c)?.device)
+        if limited {
+            c.device_limit_bytes = Some(limit);
+            c.allowed_memory_bytes = allowed;
+        }
+        Ok(plan(g, &c)?
+            .device
+            .expect("pytorch-cuda simulates the allocator"))
     };
+    // Under a limit the allocator frees its cache and retries before failing, so the
+    // answer sits just under the planner's: start half a percent below it.
+    let first = batch_for(cap);
+    let b = first.saturating_sub((first / 200).max(1)).max(smallest);
+    // Then exact: runs under the limit, galloping to a bracket [fits, fails], then
+    // bisecting (the answer assumes that a batch that runs, runs with fewer images).
     let fits = |d: &crate::DeviceReport| d.out_of_memory.is_none();
-    // Galloping down from the bound to a batch that runs, then bisecting.
-    let smallest = if matches!(
-        crate::fit::peak_at(g, &fast, 1),
-        Err(PlanError::Framework { .. })
-    ) {
-        2
-    } else {
-        1
-    };
-    let (mut lo, mut hi) = (None::<(u64, crate::DeviceReport)>, upper.saturating_add(1));
+    let mut lo: Option<(u64, crate::DeviceReport)> = None;
+    let mut hi: Option<(u64, crate::DeviceReport)> = None;
+    let d = run(b, true)?;
     let mut step = 1u64;
-    let mut b = upper;
-    loop {
-        let d = run(b)?.expect("pytorch-cuda simulates the allocator");
-        if fits(&d) {
-            lo = Some((b, d));
-            break;
-        }
-        hi = b;
-        if b <= smallest {
-            break;
-        }
-        b = b.saturating_sub(step).max(smallest);
-        step = step.saturating_mul(2);
-    }
-    if let Some((mut lo_b, mut lo_d)) = lo {
-        while hi - lo_b > 1 {
-            let mid = lo_b + (hi - lo_b) / 2;
-            let d = run(mid)?.expect("pytorch-cuda simulates the allocator");
+    if fits(&d) {
+        lo = Some((b, d));
+        loop {
+            let (lb, _) = lo.as_ref().expect("set");
+            let next = lb.saturating_add(step).min(MAX_BATCH);
+            if next == *lb {
+                break;
+            }
+            let d = run(next, true)?;
             if fits(&d) {
-                lo_b = mid;
-                lo_d = d;
+                lo = Some((next, d));
+                step = step.saturating_mul(2);
             } else {
-                hi = mid;
+                hi = Some((next, d));
+                break;
             }
         }
-        answer.max_batch_size = Some(lo_b);
-        answer.allocated_peak_bytes = Some(lo_d.allocated_peak_bytes);
-        answer.reserved_peak_bytes = Some(lo_d.reserved_peak_bytes);
-        answer.device_total_bytes = Some(lo_d.device_total_bytes);
+    } else {
+        hi = Some((b, d));
+        loop {
+            let (hb, _) = hi.as_ref().expect("set");
+            if *hb <= smallest {
+                break;
+            }
+            let next = hb.saturating_sub(step).max(smallest);
+            let d = run(next, true)?;
+            if fits(&d) {
+                lo = Some((next, d));
+                break;
+            }
+            hi = Some((next, d));
+            step = step.saturating_mul(2);
+        }
     }
-    // What fails one batch above (the planner's bound + 1 fails by construction when
-    // the allocator reached it; it is simulated to name the failing request).
-    let above = answer.max_batch_size.map_or(smallest, |b| b + 1);
-    answer.out_of_memory_above = run(above)?.and_then(|d| d.out_of_memory);
+    if let (Some((mut lb, mut ld)), Some((mut hb, mut hd))) = (lo.take(), hi.take()) {
+        while hb - lb > 1 {
+            let mid = lb + (hb - lb) / 2;
+            let d = run(mid, true)?;
+            if fits(&d) {
+                (lb, ld) = (mid, d);
+            } else {
+                (hb, hd) = (mid, d);
+            }
+        }
+        lo = Some((lb, ld));
+        hi = Some((hb, hd));
+    }
+    if let Some((lb, ld)) = &lo {
+        answer.max_batch_size = Some(*lb);
+        answer.allocated_peak_bytes = Some(ld.allocated_peak_bytes);
+        answer.reserved_peak_bytes = Some(ld.reserved_peak_bytes);
+        answer.device_total_bytes = Some(ld.device_total_bytes);
+    }
+    // The failing request one batch above the answer (or at the smallest batch).
+    answer.out_of_memory_above = hi.and_then(|(_, d)| d.out_of_memory);
     answer.simulations = sims;
     Ok(answer)
 }

@@ -115,8 +115,10 @@ impl Sim {
     fn device_malloc(&mut self, bytes: u128) -> Option<BlockId> {
         let (phase, layer) = (self.phase, self.layer);
         let d = self.device.as_mut()?;
-        if bytes == 0 {
-            // A zero-byte storage has no block (`allocate` skips malloc for size 0).
+        // A zero-byte storage has no block (`allocate` skips malloc for size 0). After
+        // "CUDA out of memory" the step is over in PyTorch: the planner goes on for its
+        // own figures, but the allocator is not asked again.
+        if bytes == 0 || d.oom.is_some() {
             return None;
         }
         match d.alloc.malloc(bytes) {
