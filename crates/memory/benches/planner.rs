@@ -48,6 +48,20 @@ fn main() {
         51,
     );
     println!("fit resnet50 3x224x224 --gpu h100 (issue 5, target < 10 ms): median {f:.3} ms, p90 {f90:.3} ms");
+    let (d, d90) = median_ms(
+        || {
+            let g = zoo::build("resnet50", &opts).unwrap().infer().unwrap();
+            let budget = vramlab_memory::device_fit::DeviceBudget {
+                card_total_bytes: 81_559 << 20,
+                card_total_source: String::new(),
+                fraction: 1.0,
+            };
+            let r = vramlab_memory::device_fit::device_fit(&g, &PlanConfig::new(1), &budget);
+            std::hint::black_box(r.unwrap());
+        },
+        51,
+    );
+    println!("  + the allocator's answer (issue 10, device_fit on h100): median {d:.3} ms, p90 {d90:.3} ms");
     println!("{:<52} {:>10} {:>10}", "case", "median ms", "p90 ms");
     for (name, input, batch, profile, timeline) in [
         ("resnet50", [3, 224, 224], 64, Profile::PytorchCuda, false),

@@ -104,11 +104,12 @@ pub fn device_fit(
     fast.simulate_allocator = false;
     let cap = allowed.map_or(limit, |a| a.min(limit));
     let planner = |b: u64| crate::fit::peak_at(g, &fast, b);
-    // Batch 1 is impossible where BatchNorm would see one value per channel.
-    let smallest = match planner(1) {
-        Err(PlanError::Framework { .. }) => 2,
-        Err(e) => return Err(e),
-        Ok(_) => 1,
+    // Batch 1 is impossible where BatchNorm would see one value per channel; asked only
+    // when the search comes down to 1.
+    let smallest_batch = || match planner(1) {
+        Err(PlanError::Framework { .. }) => Ok(2),
+        Err(e) => Err(e),
+        Ok(_) => Ok(1),
     };
     // The planner's peak is affine in the batch past the smallest ones: two large
     // batches give its slope, as in `max_batch`.
@@ -123,7 +124,7 @@ pub fn device_fit(
         if slope == 0 {
             MAX_BATCH
         } else {
-            (bytes.saturating_sub(base) / slope).clamp(smallest as u128, MAX_BATCH as u128) as u64
+            (bytes.saturating_sub(base) / slope).clamp(1, MAX_BATCH as u128) as u64
         }
     };
     let mut sims = 0u32;
@@ -144,7 +145,9 @@ pub fn device_fit(
     // Under a limit the allocator frees its cache and retries before failing, so the
     // answer sits just under the planner's: start half a percent below it.
     let first = batch_for(cap);
-    let b = first.saturating_sub((first / 200).max(1)).max(smallest);
+    let mut b = first.saturating_sub((first / 200).max(1)).max(1);
+    let smallest = if b <= 2 { smallest_batch()? } else { 1 };
+    b = b.max(smallest);
     // Then exact: runs under the limit, galloping to a bracket [fits, fails], then
     // bisecting (the answer assumes that a batch that runs, runs with fewer images).
     let fits = |d: &crate::DeviceReport| d.out_of_memory.is_none();
@@ -171,12 +174,22 @@ pub fn device_fit(
         }
     } else {
         hi = Some((b, d));
+        let mut floor = smallest;
         loop {
             let (hb, _) = hi.as_ref().expect("set");
-            if *hb <= smallest {
+            if *hb <= 2 && floor == 1 {
+                floor = smallest_batch()?;
+            }
+            if *hb <= floor {
                 break;
             }
-            let next = hb.saturating_sub(step).max(smallest);
+            let next = hb.saturating_sub(step).max(floor);
+            let next = if next <= 2 && floor == 1 {
+                floor = smallest_batch()?;
+                next.max(floor)
+            } else {
+                next
+            };
             let d = run(next, true)?;
             if fits(&d) {
                 lo = Some((next, d));
@@ -186,7 +199,9 @@ pub fn device_fit(
             step = step.saturating_mul(2);
         }
     }
-    if let (Some((mut lb, mut ld)), Some((mut hb, mut hd))) = (lo.take(), hi.take()) {
+    if lo.is_some() && hi.is_some() {
+        let (mut lb, mut ld) = lo.take().expect("checked");
+        let (mut hb, mut hd) = hi.take().expect("checked");
         while hb - lb > 1 {
             let mid = lb + (hb - lb) / 2;
             let d = run(mid, true)?;

@@ -263,6 +263,11 @@ pub(crate) fn run(g: &Shaped, cfg: &PlanConfig) -> Result<(MemoryReport, Vec<u12
         if step <= reported_steps {
             steps.push(run.sim.step_report(step, &run.names, before, after));
         }
+        if oom_step.is_some() {
+            // PyTorch raised "CUDA out of memory": the run is over (only a device limit
+            // makes that happen, as `fit` sets one).
+            break;
+        }
     }
     let device = simulate_allocator.then(|| device_report(g, cfg, &run, &device_steps, oom_step));
     Ok((

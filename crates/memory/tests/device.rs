@@ -176,3 +176,22 @@ fn device_fit_returns_a_batch_that_runs_and_one_more_does_not() {
     assert!(half.max_batch_size.unwrap() < b);
     assert!(half.reserved_peak_bytes.unwrap() <= 2 << 30);
 }
+
+#[test]
+fn device_fit_names_the_failing_request_when_nothing_runs() {
+    use vramlab_memory::device_fit::{device_fit, DeviceBudget};
+    let g = model("vgg16");
+    let budget = DeviceBudget {
+        card_total_bytes: 2 << 30,
+        card_total_source: "test".into(),
+        fraction: 1.0,
+    };
+    let d = device_fit(&g, &PlanConfig::new(1), &budget).unwrap();
+    assert_eq!(d.max_batch_size, None);
+    // vgg16's 528 MB of weights, gradients and Adam's two moments do not fit in 1.44 GiB.
+    let oom = d
+        .out_of_memory_above
+        .expect("the failing request at batch 1");
+    assert_eq!(oom.step, 1);
+    assert_eq!(oom.layer, "optimizer.step");
+}
