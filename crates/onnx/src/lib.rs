@@ -977,7 +977,7 @@ impl Cx<'_> {
             "Flatten" | "Reshape" | "Squeeze" => {
                 let x = self.act(n, 0)?;
                 let shape = self.shape_of(x);
-                let numel: i64 = shape.iter().map(|&d| d as i64).product();
+                let numel = i64::try_from(vramlab_graph::op::numel(&shape)).unwrap_or(i64::MAX);
                 let flat = match op {
                     "Flatten" => {
                         let axis = self.int_attr(n, "axis", 1);
@@ -1446,6 +1446,22 @@ mod tests {
             e.0,
             "m.onnx: input `x` has shape [N, 10], expected [batch, C, H, W] with fixed C, H, W"
         );
+    }
+
+    #[test]
+    fn absurd_sizes_are_errors_not_overflows() {
+        let nodes = vec![
+            node("Conv", "c", &["x", "w", "b"], &["c"]),
+            node("Reshape", "view", &["c", "target"], &["y"]),
+        ];
+        let inits = vec![
+            weight("w", &[1 << 62, 3, 1, 1]),
+            weight("b", &[1 << 62]),
+            konst("target", Values::Ints(vec![-1, 1 << 62]), &[2]),
+        ];
+        let m = model(17, nodes, inits, "y");
+        let r = from_model(&m, "m.onnx", "m", &Options::default()).map(|l| l.graph.infer());
+        assert!(!matches!(r, Ok(Ok(_))));
     }
 
     #[test]
