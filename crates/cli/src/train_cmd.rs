@@ -546,7 +546,8 @@ impl ModelSource {
         if let Some(s) = &opts.input_shape {
             g.input_shape = s.clone();
         }
-        Ok(g.infer()?)
+        // The layer an error names is in this model: say which model, and from where.
+        g.infer().map_err(|e| UserError(format!("{origin}: {e}")))
     }
 
     fn record(&self, m: &mut BTreeMap<String, String>) {
@@ -602,6 +603,20 @@ fn check_normalization(mean: &[f32], std: &[f32], channels: usize, what: &str) -
         return Err(UserError(format!(
             "{what}: the std must be finite and greater than 0, got {s}"
         )));
+    }
+    // Pixels are 0 to 1 after ToTensor: both ends must stay finite in float32 once
+    // normalised, or the first step's loss is inf or NaN.
+    for (m, s) in mean.iter().zip(std) {
+        if let Some(v) = [0.0f32, 1.0]
+            .into_iter()
+            .find(|v| !((v - m) / s).is_finite())
+        {
+            return Err(UserError(format!(
+                "{what}: mean {m:?} and std {s:?} normalise the pixel value {v} to {}, beyond \
+                 float32: give a std of at least about 1e-37",
+                (v - m) / s
+            )));
+        }
     }
     Ok(())
 }
@@ -836,10 +851,28 @@ fn read_resume(
             r.display()
         ))
     };
+    // Every finished epoch and every batch of the current one took an optimizer step:
+    // neither count can exceed the steps the checkpoint records (at most 2^53).
+    let steps = number("step")?.unwrap_or(1 << 53).min(1 << 53);
+    for (k, v) in [("epoch", epoch), ("batch_in_epoch", batch_in_epoch)] {
+        if v > steps {
+            return Err(UserError(format!(
+                "{}: `{k}` in its metadata is {v}, more than the {steps} optimizer steps it \
+                 records: the file is damaged",
+                r.display()
+            )));
+        }
+    }
     let epoch = usize::try_from(epoch).map_err(|_| too_big("epoch"))?;
     let batch_in_epoch = usize::try_from(batch_in_epoch).map_err(|_| too_big("batch_in_epoch"))?;
     if batch_in_epoch > 0 {
         let saved_batch = number("batch_size")?;
+        if saved_batch == Some(0) {
+            return Err(UserError(format!(
+                "{}: `batch_size` in its metadata is 0: the file is damaged",
+                r.display()
+            )));
+        }
         if saved_batch != Some(a.batch_size as u64) {
             let how = match saved_batch {
                 Some(b) => format!("batch size {b}; resume it with --batch-size {b}"),
@@ -1129,6 +1162,10 @@ pub fn train(a: &TrainArgs) -> Result<()> {
 }
 
 fn render_memory(o: &TrainJson) -> String {
+    if o.memory.measured.steps.is_empty() {
+        // No step finished (the first one's loss was NaN): nothing was measured.
+        return String::new();
+    }
     let mut s = String::from(
         "\nMemory, measured by the engine's allocator vs the planner's native profile:\n",
     );
@@ -1235,7 +1272,11 @@ fn engine_from(path: &std::path::Path, threads: usize) -> Result<Restored> {
         input_shape: Some(shape.clone()),
     };
     let source = ModelSource::from_checkpoint(&ck.metadata, path)?;
-    let g = source.build(&opts, &format!("{} (its model file)", path.display()))?;
+    let model_name = ck.metadata.get("model").map_or("?", String::as_str);
+    let g = source.build(
+        &opts,
+        &format!("{}: its model {model_name:?}", path.display()),
+    )?;
     if g.num_classes() != classes.len() {
         return Err(bad(
             "classes",

@@ -13,7 +13,7 @@ use std::cell::RefCell;
 use std::collections::BTreeMap;
 use std::fs::File;
 use std::io::{BufWriter, Read, Seek, SeekFrom, Write};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use vramlab_graph::io;
 
 use safetensors::tensor::{Metadata, TensorInfo};
@@ -185,16 +185,19 @@ pub fn save(
     let mut header = serde_json::to_vec(&header).map_err(|e| write_error(path, e))?;
     // safetensors aligns the data to 8 bytes by padding the header with spaces.
     header.resize(header.len().next_multiple_of(8), b' ');
-    io::remove_stale_temps(path);
-    let tmp = io::temp_path(path).map_err(|e| write_error(path, e))?;
-    let res = write_file(&tmp, &header, &sources).and_then(|()| std::fs::rename(&tmp, path));
+    // A device, FIFO or folder at `path` is refused, a link is written through: the
+    // rename never replaces anything but a regular file.
+    let target = io::write_target(path).map_err(|e| write_error(path, e))?;
+    io::remove_stale_temps(&target);
+    let tmp = io::temp_path(&target).map_err(|e| write_error(path, e))?;
+    let res = write_file(&tmp, &header, &sources).and_then(|()| std::fs::rename(&tmp, &target));
     if let Err(err) = res {
         let _ = std::fs::remove_file(&tmp);
         return Err(write_error(path, err));
     }
     // The rename itself reaches the disk with the folder.
     #[cfg(unix)]
-    File::open(io::folder_of(path))
+    File::open(io::folder_of(&target))
         .and_then(|d| d.sync_all())
         .map_err(|e| write_error(path, e))?;
     Ok(())
@@ -218,14 +221,23 @@ pub struct Checkpoint {
 /// Reads and checks the file's structure (not yet against a model).
 pub fn read(path: &Path) -> Result<Checkpoint, CheckpointError> {
     let p = path.display().to_string();
+    let not_regular = || {
+        CheckpointError(format!(
+            "{p}: cannot read: not a regular file (a folder, device, FIFO or socket)"
+        ))
+    };
+    // Checked before opening: opening a FIFO blocks until a writer comes.
+    let before =
+        std::fs::metadata(path).map_err(|e| CheckpointError(format!("{p}: cannot read: {e}")))?;
+    if !before.is_file() {
+        return Err(not_regular());
+    }
     let file = File::open(path).map_err(|e| CheckpointError(format!("{p}: cannot read: {e}")))?;
     let meta = file
         .metadata()
         .map_err(|e| CheckpointError(format!("{p}: cannot read: {e}")))?;
     if !meta.is_file() {
-        return Err(CheckpointError(format!(
-            "{p}: cannot read: not a regular file"
-        )));
+        return Err(not_regular());
     }
     read_from(file, meta.len(), &p)
 }
@@ -279,6 +291,24 @@ pub fn read_from(
         source: RefCell::new(Box::new(source)),
         path: name.to_string(),
     })
+}
+
+/// The optimizer state tensors that are sums or averages of squared gradients, by their
+/// index, with PyTorch's names: never negative, or the step takes a square root of a
+/// negative number and the weights become NaN.
+fn squared_state(o: &OptimizerConfig) -> Vec<(usize, &'static str)> {
+    match o {
+        OptimizerConfig::Sgd { .. } => vec![],
+        OptimizerConfig::Adam { amsgrad, .. } => {
+            let mut v = vec![(1, "exp_avg_sq")];
+            if *amsgrad {
+                v.push((2, "max_exp_avg_sq"));
+            }
+            v
+        }
+        OptimizerConfig::RmsProp { .. } => vec![(0, "square_avg")],
+        OptimizerConfig::Adagrad { .. } => vec![(0, "sum")],
+    }
 }
 
 /// The most optimizer steps a checkpoint may record (the engine counts on with `+ 1`).
@@ -468,11 +498,25 @@ impl Checkpoint {
                     moments * e.params.len()
                 )));
             }
+            let squares = squared_state(&e.optimizer);
             for p in &e.params {
                 let mut st = Vec::new();
                 for k in 0..moments {
                     let key = format!("optimizer.{}.{k}", p.name);
-                    st.push(self.read_f32(&key, &p.value.shape)?);
+                    let v = self.read_f32(&key, &p.value.shape)?;
+                    if let Some((what, i)) = squares
+                        .iter()
+                        .find(|(k2, _)| *k2 == k)
+                        .and_then(|(_, what)| Some((what, v.iter().position(|&x| x < 0.0)?)))
+                    {
+                        return Err(self.err(format!(
+                            "`{key}` ({} {what}, a running sum of squares) holds a negative \
+                             value ({}) at index {i}: the file is damaged",
+                            e.optimizer.name(),
+                            v[i]
+                        )));
+                    }
+                    st.push(v);
                     expected.insert(key);
                 }
                 state_staged.push(st);

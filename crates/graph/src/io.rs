@@ -61,27 +61,59 @@ pub fn remove_stale_temps(path: &Path) {
     }
 }
 
-/// The temporary file a write to `path` will go through, once `path` is known not to be
-/// a folder and the temporary files of killed writes to it are gone.
-fn prepare_write(path: &Path) -> std::io::Result<PathBuf> {
-    if path.is_dir() {
-        return Err(std::io::Error::new(
-            std::io::ErrorKind::IsADirectory,
-            "it is a folder",
+/// The file a write to `path` replaces: `path` itself when nothing is there or a regular
+/// file is, the regular file a symbolic link leads to (the link is kept). A folder, a
+/// device, a FIFO or a socket is refused: the rename of an atomic write would replace
+/// the node itself (`--checkpoint /dev/null` run as root replaced /dev/null with a file).
+pub fn write_target(path: &Path) -> std::io::Result<PathBuf> {
+    use std::io::{Error, ErrorKind};
+    let link = match std::fs::symlink_metadata(path) {
+        Err(e) if e.kind() == ErrorKind::NotFound => return Ok(path.to_path_buf()),
+        Err(e) => return Err(e),
+        Ok(m) => m,
+    };
+    let target = if link.file_type().is_symlink() {
+        std::fs::canonicalize(path).map_err(|e| {
+            if e.kind() == ErrorKind::NotFound {
+                Error::new(ErrorKind::NotFound, "it is a symbolic link to nothing")
+            } else {
+                e
+            }
+        })?
+    } else {
+        path.to_path_buf()
+    };
+    let meta = std::fs::metadata(&target)?;
+    if meta.is_dir() {
+        return Err(Error::new(ErrorKind::IsADirectory, "it is a folder"));
+    }
+    if !meta.is_file() {
+        return Err(Error::new(
+            ErrorKind::InvalidInput,
+            "not a regular file (a device, FIFO or socket): only a regular file is replaced",
         ));
     }
-    remove_stale_temps(path);
-    temp_path(path)
+    Ok(target)
+}
+
+/// The file a write to `path` replaces ([`write_target`]) and the temporary file it
+/// goes through, once the temporary files of killed writes to it are gone.
+fn prepare_write(path: &Path) -> std::io::Result<(PathBuf, PathBuf)> {
+    let target = write_target(path)?;
+    remove_stale_temps(&target);
+    let tmp = temp_path(&target)?;
+    Ok((target, tmp))
 }
 
 /// Writes `bytes` to `path` atomically: a temporary file in the same folder, synced to
-/// disk, then renamed over `path`; on error the temporary file is removed.
+/// disk, then renamed over `path` (or the file its link leads to); on error the
+/// temporary file is removed.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     use std::io::Write;
-    let tmp = prepare_write(path)?;
+    let (target, tmp) = prepare_write(path)?;
     let res = std::fs::File::create(&tmp)
         .and_then(|mut f| f.write_all(bytes).and_then(|_| f.sync_all()))
-        .and_then(|_| std::fs::rename(&tmp, path));
+        .and_then(|_| std::fs::rename(&tmp, &target));
     if res.is_err() {
         let _ = std::fs::remove_file(&tmp);
     }
@@ -91,7 +123,7 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
 /// Checks, before long work, that [`write_atomic`] could write `path`: not a folder,
 /// and its folder takes a new file (one is created and removed).
 pub fn check_writable(path: &Path) -> std::io::Result<()> {
-    let tmp = prepare_write(path)?;
+    let (_, tmp) = prepare_write(path)?;
     std::fs::File::create(&tmp)?;
     std::fs::remove_file(&tmp)
 }
@@ -99,6 +131,45 @@ pub fn check_writable(path: &Path) -> std::io::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[cfg(unix)]
+    #[test]
+    fn a_device_fifo_or_link_is_never_replaced_by_the_rename() {
+        let dir = std::env::temp_dir().join(format!("vramlab-io-node-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        // A FIFO stands for /dev/null: a write must not turn it into a regular file.
+        let fifo = dir.join("fifo");
+        let made = std::process::Command::new("mkfifo").arg(&fifo).status();
+        if made.is_ok_and(|s| s.success()) {
+            let e = write_atomic(&fifo, b"x").unwrap_err().to_string();
+            assert!(e.contains("not a regular file"), "{e}");
+            assert!(check_writable(&fifo).is_err());
+            use std::os::unix::fs::FileTypeExt;
+            let ft = std::fs::symlink_metadata(&fifo).unwrap().file_type();
+            assert!(ft.is_fifo(), "the FIFO was replaced: {ft:?}");
+        }
+        let e = check_writable(Path::new("/dev/null"))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("not a regular file"), "{e}");
+        // A link to a regular file writes that file and stays a link.
+        let real = dir.join("real.bin");
+        std::fs::write(&real, b"old").unwrap();
+        let link = dir.join("link.bin");
+        std::os::unix::fs::symlink(&real, &link).unwrap();
+        write_atomic(&link, b"new").unwrap();
+        assert!(std::fs::symlink_metadata(&link)
+            .unwrap()
+            .file_type()
+            .is_symlink());
+        assert_eq!(std::fs::read(&real).unwrap(), b"new");
+        // A link to nothing is refused by name.
+        let dangling = dir.join("dangling.bin");
+        std::os::unix::fs::symlink(dir.join("missing"), &dangling).unwrap();
+        let e = write_atomic(&dangling, b"x").unwrap_err().to_string();
+        assert!(e.contains("symbolic link to nothing"), "{e}");
+        std::fs::remove_dir_all(&dir).ok();
+    }
 
     #[test]
     fn writes_whole_files_and_leaves_nothing_on_failure() {
