@@ -42,19 +42,27 @@ fn mutated_fixtures_never_panic() {
     let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures");
     let mut rng = Rng(0x9e37_79b9_7f4a_7c15);
     let mut decoded = 0;
+    // VRAMLAB_MUTATIONS=100000 for a longer run than CI's.
+    let rounds: usize = std::env::var("VRAMLAB_MUTATIONS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(400);
     for name in [
         "simple_cnn_torchscript_train",
         "lenet5_dynamo_train_noopt",
         "tinyres_torchscript_train",
         "tinyres_dynamo_train_noopt",
         "unsupported_leakyrelu",
+        "resnet18_dynamo_eval_fresh",
+        "tinyres_mean_torchscript_opset13",
+        "mobilenet_v2_torchscript_eval",
     ] {
         let original = std::fs::read(dir.join(format!("{name}.onnx"))).unwrap();
         check(&original);
         for cut in (0..original.len()).step_by(7) {
             check(&original[..cut]);
         }
-        for _ in 0..400 {
+        for _ in 0..rounds {
             let mut b = original.clone();
             for _ in 0..1 + rng.below(4) {
                 let i = rng.below(b.len());
