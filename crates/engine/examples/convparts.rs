@@ -2,7 +2,8 @@
 use std::time::Instant;
 use vramlab_engine::isa;
 use vramlab_engine::kernels::{
-    conv_direct, direct_row, direct_weight_len, direct_weights, gemm, im2col, pad_planes, ConvGeom,
+    conv_direct, conv_wgrad_direct, direct_row, direct_weight_len, direct_weights, direct_wgrad,
+    gemm, im2col, pad_planes, ConvGeom,
 };
 
 fn main() {
@@ -91,5 +92,20 @@ fn main() {
             td * 1e6,
             2.0 * macs / td / 1e9
         );
+        if direct_wgrad(tier) {
+            let dy = vec![0.25f32; cout * hw];
+            let mut pw = vec![0f32; cout * k];
+            let t = Instant::now();
+            for _ in 0..n {
+                pad_planes(&x, cin, h, h, 0, 0, hp, wp, &mut xp);
+                conv_wgrad_direct(tier, &xp, cin, hp, wp, &dy, cout, g.ho, g.wo, 5, 5, &mut pw);
+            }
+            let tw = t.elapsed().as_secs_f64() / n as f64;
+            println!(
+                "  weight gradient on {tier} (padding copy included): {:.1} us ({:.1} GFLOP/s)",
+                tw * 1e6,
+                2.0 * macs / tw / 1e9
+            );
+        }
     }
 }

@@ -654,6 +654,239 @@ unsafe fn wgrad_avx2<const CO: usize, const KX: usize>(
     }
 }
 
+/// Whether a convolution is depthwise (one input and one output channel per group):
+/// the engine runs it plane by plane with the `depthwise_*` kernels, no im2col and no
+/// matrix product, and no scratch besides the weight-gradient partials.
+pub fn is_depthwise(g: &ConvGeom) -> bool {
+    g.groups > 1 && g.groups == g.cin && g.groups == g.cout
+}
+
+/// For kernel row `ky` and column `kx`: each output row `oy` whose input row is inside
+/// the plane, with that input row, and the output columns `[lo, hi)` whose input
+/// columns are inside it (the first at `lo * sw + off`).
+#[inline(always)]
+fn dw_taps(g: &ConvGeom, ky: usize, kx: usize) -> (isize, usize, usize) {
+    let off = (kx * g.dw) as isize - g.pw as isize;
+    let (lo, hi) = valid_range(g.w, g.wo, g.sw, off);
+    let _ = ky;
+    (off, lo, hi)
+}
+
+#[inline(always)]
+fn dw_row(g: &ConvGeom, oy: usize, ky: usize) -> Option<usize> {
+    let iy = (oy * g.sh + ky * g.dh) as isize - g.ph as isize;
+    (iy >= 0 && (iy as usize) < g.h).then_some(iy as usize)
+}
+
+/// A dot product with eight partial sums (so that it vectorises).
+#[inline(always)]
+fn dot8(a: &[f32], b: &[f32]) -> f32 {
+    let mut acc = [0f32; 8];
+    let (ca, cb) = (a.chunks_exact(8), b.chunks_exact(8));
+    let (ra, rb) = (ca.remainder(), cb.remainder());
+    for (x, y) in ca.zip(cb) {
+        for i in 0..8 {
+            acc[i] += x[i] * y[i];
+        }
+    }
+    let mut s: f32 = acc.iter().sum();
+    for (x, y) in ra.iter().zip(rb) {
+        s += x * y;
+    }
+    s
+}
+
+#[inline(always)]
+fn dw_forward_plane(x: &[f32], w: &[f32], g: &ConvGeom, out: &mut [f32]) {
+    out[..g.ho * g.wo].fill(0.0);
+    for ky in 0..g.kh {
+        for kx in 0..g.kw {
+            let wv = w[ky * g.kw + kx];
+            let (off, lo, hi) = dw_taps(g, ky, kx);
+            if lo >= hi {
+                continue;
+            }
+            for oy in 0..g.ho {
+                let Some(iy) = dw_row(g, oy, ky) else {
+                    continue;
+                };
+                let xrow = &x[iy * g.w..(iy + 1) * g.w];
+                let orow = &mut out[oy * g.wo..(oy + 1) * g.wo];
+                if g.sw == 1 {
+                    let s0 = (lo as isize + off) as usize;
+                    for (o, xv) in orow[lo..hi].iter_mut().zip(&xrow[s0..s0 + (hi - lo)]) {
+                        *o += wv * xv;
+                    }
+                } else {
+                    for (ox, o) in orow.iter_mut().enumerate().take(hi).skip(lo) {
+                        *o += wv * xrow[(ox as isize * g.sw as isize + off) as usize];
+                    }
+                }
+            }
+        }
+    }
+}
+
+#[inline(always)]
+fn dw_backward_plane(
+    x: &[f32],
+    w: &[f32],
+    dy: &[f32],
+    g: &ConvGeom,
+    gw: &mut [f32],
+    dx: Option<&mut [f32]>,
+) {
+    for ky in 0..g.kh {
+        for kx in 0..g.kw {
+            let (off, lo, hi) = dw_taps(g, ky, kx);
+            if lo >= hi {
+                continue;
+            }
+            let mut s = 0.0f32;
+            for oy in 0..g.ho {
+                let Some(iy) = dw_row(g, oy, ky) else {
+                    continue;
+                };
+                let xrow = &x[iy * g.w..(iy + 1) * g.w];
+                let drow = &dy[oy * g.wo + lo..oy * g.wo + hi];
+                if g.sw == 1 {
+                    let s0 = (lo as isize + off) as usize;
+                    s += dot8(drow, &xrow[s0..s0 + (hi - lo)]);
+                } else {
+                    for (i, d) in drow.iter().enumerate() {
+                        s += d * xrow[((lo + i) as isize * g.sw as isize + off) as usize];
+                    }
+                }
+            }
+            gw[ky * g.kw + kx] += s;
+        }
+    }
+    let Some(dx) = dx else { return };
+    for ky in 0..g.kh {
+        for kx in 0..g.kw {
+            let wv = w[ky * g.kw + kx];
+            let (off, lo, hi) = dw_taps(g, ky, kx);
+            if lo >= hi {
+                continue;
+            }
+            for oy in 0..g.ho {
+                let Some(iy) = dw_row(g, oy, ky) else {
+                    continue;
+                };
+                let xrow = &mut dx[iy * g.w..(iy + 1) * g.w];
+                let drow = &dy[oy * g.wo + lo..oy * g.wo + hi];
+                if g.sw == 1 {
+                    let s0 = (lo as isize + off) as usize;
+                    for (d, gv) in xrow[s0..s0 + (hi - lo)].iter_mut().zip(drow) {
+                        *d += wv * gv;
+                    }
+                } else {
+                    for (i, gv) in drow.iter().enumerate() {
+                        xrow[((lo + i) as isize * g.sw as isize + off) as usize] += wv * gv;
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// A depthwise convolution of one sample ([`is_depthwise`]): assigns `out`
+/// (`cout x ho x wo`) from `x` (`cin x h x w`) and the weights `[c][kh][kw]`. The
+/// same code on every tier, compiled for AVX2+FMA where the tier has it.
+pub fn depthwise_forward(tier: Tier, x: &[f32], w: &[f32], g: &ConvGeom, out: &mut [f32]) {
+    assert!(is_depthwise(g), "not a depthwise convolution");
+    let (ip, op, kk) = (g.h * g.w, g.ho * g.wo, g.kh * g.kw);
+    assert!(
+        x.len() >= g.cin * ip && w.len() >= g.cin * kk && out.len() >= g.cout * op,
+        "depthwise buffers"
+    );
+    #[cfg(target_arch = "x86_64")]
+    if matches!(tier, Tier::Avx2 | Tier::Avx512) && tier.supported() {
+        // SAFETY: the tier has AVX2 and FMA; the code is the safe slice code below.
+        unsafe { dw_forward_avx2(x, w, g, out) };
+        return;
+    }
+    let _ = tier;
+    for c in 0..g.cin {
+        dw_forward_plane(&x[c * ip..], &w[c * kk..], g, &mut out[c * op..]);
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn dw_forward_avx2(x: &[f32], w: &[f32], g: &ConvGeom, out: &mut [f32]) {
+    let (ip, op, kk) = (g.h * g.w, g.ho * g.wo, g.kh * g.kw);
+    for c in 0..g.cin {
+        dw_forward_plane(&x[c * ip..], &w[c * kk..], g, &mut out[c * op..]);
+    }
+}
+
+/// The gradients of a depthwise convolution for one sample: adds the weight gradient
+/// to `gw` (`[c][kh][kw]`) and, if given, the input gradient to `dx`.
+pub fn depthwise_backward(
+    tier: Tier,
+    x: &[f32],
+    w: &[f32],
+    dy: &[f32],
+    g: &ConvGeom,
+    gw: &mut [f32],
+    dx: Option<&mut [f32]>,
+) {
+    assert!(is_depthwise(g), "not a depthwise convolution");
+    let (ip, op, kk) = (g.h * g.w, g.ho * g.wo, g.kh * g.kw);
+    assert!(
+        x.len() >= g.cin * ip
+            && w.len() >= g.cin * kk
+            && dy.len() >= g.cout * op
+            && gw.len() >= g.cin * kk
+            && dx.as_ref().map_or(true, |d| d.len() >= g.cin * ip),
+        "depthwise buffers"
+    );
+    #[cfg(target_arch = "x86_64")]
+    if matches!(tier, Tier::Avx2 | Tier::Avx512) && tier.supported() {
+        // SAFETY: the tier has AVX2 and FMA; the code is the safe slice code below.
+        unsafe { dw_backward_avx2(x, w, dy, g, gw, dx) };
+        return;
+    }
+    let _ = tier;
+    dw_backward_all(x, w, dy, g, gw, dx)
+}
+
+#[inline(always)]
+fn dw_backward_all(
+    x: &[f32],
+    w: &[f32],
+    dy: &[f32],
+    g: &ConvGeom,
+    gw: &mut [f32],
+    mut dx: Option<&mut [f32]>,
+) {
+    let (ip, op, kk) = (g.h * g.w, g.ho * g.wo, g.kh * g.kw);
+    for c in 0..g.cin {
+        dw_backward_plane(
+            &x[c * ip..],
+            &w[c * kk..],
+            &dy[c * op..],
+            g,
+            &mut gw[c * kk..],
+            dx.as_deref_mut().map(|d| &mut d[c * ip..]),
+        );
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn dw_backward_avx2(
+    x: &[f32],
+    w: &[f32],
+    dy: &[f32],
+    g: &ConvGeom,
+    gw: &mut [f32],
+    dx: Option<&mut [f32]>,
+) {
+    dw_backward_all(x, w, dy, g, gw, dx)
+}
+
 /// 2x2 max-pooling with stride 2 of one plane (`src` is `h x w`, outputs `ho x wo`):
 /// the maximum and its flat index in the plane. PyTorch keeps the first maximum in scan
 /// order, and NaN wins. Runs `tier`'s vector code where it has one (AVX-512, AVX2).
@@ -1126,6 +1359,117 @@ mod tests {
                 wgrad_covered.push(tier.name());
             }
         }
+    }
+
+    #[test]
+    fn every_tiers_depthwise_convolution_equals_im2col_per_group() {
+        let mut covered = Vec::new();
+        for tier in tiers() {
+            for (c, h, w, k, s, p, d) in [
+                (4, 9, 11, 3, 1, 1, 1),
+                (3, 16, 16, 3, 2, 1, 1),
+                (5, 7, 13, 3, 2, 0, 1),
+                (2, 10, 10, 5, 1, 2, 2),
+                (6, 2, 2, 3, 1, 1, 1),
+                (3, 33, 20, 3, 1, 1, 1),
+            ] {
+                let ho = (h + 2 * p - d * (k - 1) - 1) / s + 1;
+                let wo = (w + 2 * p - d * (k - 1) - 1) / s + 1;
+                let g = ConvGeom {
+                    cin: c,
+                    h,
+                    w,
+                    cout: c,
+                    kh: k,
+                    kw: k,
+                    sh: s,
+                    sw: s,
+                    ph: p,
+                    pw: p,
+                    dh: d,
+                    dw: d,
+                    groups: c,
+                    ho,
+                    wo,
+                };
+                let x: Vec<f32> = (0..c * h * w)
+                    .map(|i| ((i * 37 % 101) as f32 - 50.0) / 25.0)
+                    .collect();
+                let wt: Vec<f32> = (0..c * k * k)
+                    .map(|i| ((i * 53 % 97) as f32 - 48.0) / 40.0)
+                    .collect();
+                let dy: Vec<f32> = (0..c * ho * wo)
+                    .map(|i| ((i * 29 % 89) as f32 - 44.0) / 30.0)
+                    .collect();
+                let (hw, kk) = (ho * wo, k * k);
+                let (mut out, mut gw_ref, mut dx_ref) =
+                    (vec![0.0; c * hw], vec![0.25; c * kk], vec![0.5; c * h * w]);
+                let mut col = vec![0.0; kk * hw];
+                for grp in 0..c {
+                    im2col(&x, &g, grp, &mut col);
+                    let wg = &wt[grp * kk..(grp + 1) * kk];
+                    gemm(
+                        1,
+                        kk,
+                        hw,
+                        wg,
+                        (kk as isize, 1),
+                        &col,
+                        (hw as isize, 1),
+                        &mut out[grp * hw..(grp + 1) * hw],
+                        (hw as isize, 1),
+                        0.0,
+                    );
+                    let dg = &dy[grp * hw..(grp + 1) * hw];
+                    gemm(
+                        1,
+                        hw,
+                        kk,
+                        dg,
+                        (hw as isize, 1),
+                        &col,
+                        (1, hw as isize),
+                        &mut gw_ref[grp * kk..(grp + 1) * kk],
+                        (kk as isize, 1),
+                        1.0,
+                    );
+                    gemm(
+                        kk,
+                        1,
+                        hw,
+                        wg,
+                        (1, kk as isize),
+                        dg,
+                        (hw as isize, 1),
+                        &mut col,
+                        (hw as isize, 1),
+                        0.0,
+                    );
+                    col2im_add(&col, &g, grp, &mut dx_ref);
+                }
+                let mut out2 = vec![f32::NAN; c * hw];
+                depthwise_forward(tier, &x, &wt, &g, &mut out2);
+                let (mut gw2, mut dx2) = (vec![0.25; c * kk], vec![0.5; c * h * w]);
+                depthwise_backward(tier, &x, &wt, &dy, &g, &mut gw2, Some(&mut dx2));
+                for (what, a, b) in [
+                    ("out", &out2, &out),
+                    ("dw", &gw2, &gw_ref),
+                    ("dx", &dx2, &dx_ref),
+                ] {
+                    for (u, v) in a.iter().zip(b.iter()) {
+                        assert!(
+                            (u - v).abs() < 1e-4 * (1.0 + v.abs()),
+                            "{tier} {what} c{c} {h}x{w} k{k} s{s} p{p} d{d}: {u} vs {v}"
+                        );
+                    }
+                }
+            }
+            covered.push(tier.name());
+        }
+        eprintln!(
+            "depthwise convolution tiers covered: {}",
+            covered.join(", ")
+        );
     }
 
     /// The plain definition, element by element.

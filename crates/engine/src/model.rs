@@ -620,6 +620,9 @@ impl Engine {
             return self.conv_forward_direct(&g, x, p0, bias, self.out_shape(i, x.shape[0]));
         }
         let b = x.shape[0];
+        if kernels::is_depthwise(&g) {
+            return self.conv_forward_depthwise(&g, x, p0, bias, self.out_shape(i, b));
+        }
         let sb = kernels::conv_batch(&g, b.div_ceil(self.chunks(b)));
         if sb > 1 {
             return self.conv_forward_batched(&g, x, p0, bias, self.out_shape(i, b), sb);
@@ -991,6 +994,114 @@ impl Engine {
         if let Some(gi) = &gi {
             self.conv_input_grad_direct(g, gout, p0, gi);
         }
+        (gi, gw, gb)
+    }
+
+    /// A depthwise convolution: plane by plane, no im2col, no scratch.
+    fn conv_forward_depthwise(
+        &self,
+        g: &ConvGeom,
+        x: &Tensor,
+        p0: usize,
+        bias: bool,
+        shape: Vec<usize>,
+    ) -> Tensor {
+        let b = x.shape[0];
+        let out = Tensor::zeros(&self.tracker, &shape, None);
+        let per_chunk = b.div_ceil(self.chunks(b));
+        {
+            let w = self.params[p0].value.data();
+            let bvec = bias.then(|| self.params[p0 + 1].value.data().clone());
+            let (xd, mut od) = (x.data(), out.data_mut());
+            let (w, xd, od): (&[f32], &[f32], &mut [f32]) = (&w[..], &xd[..], &mut od[..]);
+            let (in_per, out_per, hw) = (g.cin * g.in_plane(), g.cout * g.hw_out(), g.hw_out());
+            let (g, tier, bvec) = (*g, self.tier, bvec.as_deref());
+            self.pool.install(|| {
+                od.par_chunks_mut(per_chunk * out_per)
+                    .zip(xd.par_chunks(per_chunk * in_per))
+                    .for_each(|(o, xc)| {
+                        for (os, xs) in o.chunks_mut(out_per).zip(xc.chunks(in_per)) {
+                            kernels::depthwise_forward(tier, xs, w, &g, os);
+                            if let Some(bv) = bvec {
+                                for (co, plane) in os.chunks_mut(hw).enumerate() {
+                                    plane.iter_mut().for_each(|v| *v += bv[co]);
+                                }
+                            }
+                        }
+                    });
+            });
+        }
+        out
+    }
+
+    /// The gradients of a depthwise convolution, plane by plane; the weight gradient
+    /// summed per chunk of samples in the partials scratch.
+    #[allow(clippy::type_complexity)]
+    fn conv_backward_depthwise(
+        &self,
+        g: &ConvGeom,
+        x: &Tensor,
+        gout: &Tensor,
+        p0: usize,
+        bias: bool,
+        need_in: bool,
+    ) -> (Option<Tensor>, Tensor, Option<Tensor>) {
+        let b = x.shape[0];
+        let gi = need_in.then(|| Tensor::zeros(&self.tracker, &x.shape, None));
+        let wshape = self.params[p0].value.shape.clone();
+        let wsize: usize = wshape.iter().product();
+        let gw = Tensor::zeros(&self.tracker, &wshape, Some(Category::Grads));
+        let gb = bias.then(|| Tensor::zeros(&self.tracker, &[g.cout], Some(Category::Grads)));
+        let chunks = self.chunks(b);
+        let per_chunk = b.div_ceil(chunks);
+        let partial = self.scratch(chunks * (wsize + g.cout));
+        {
+            let w = self.params[p0].value.data();
+            let (xd, gd) = (x.data(), gout.data());
+            let mut gid = gi.as_ref().map(|t| t.data_mut());
+            let mut pd = partial.data_mut();
+            let (in_per, out_per, hw) = (g.cin * g.in_plane(), g.cout * g.hw_out(), g.hw_out());
+            let gi_chunks: Vec<Option<&mut [f32]>> = match gid.as_deref_mut() {
+                Some(d) => d.chunks_mut(per_chunk * in_per).map(Some).collect(),
+                None => (0..chunks).map(|_| None).collect(),
+            };
+            let (w, xd, gd, pds): (&[f32], &[f32], &[f32], &mut [f32]) =
+                (&w[..], &xd[..], &gd[..], &mut pd[..]);
+            let (g, tier) = (*g, self.tier);
+            self.pool.install(|| {
+                pds.par_chunks_mut(wsize + g.cout)
+                    .zip(xd.par_chunks(per_chunk * in_per))
+                    .zip(gd.par_chunks(per_chunk * out_per))
+                    .zip(gi_chunks.into_par_iter())
+                    .for_each(|(((part, xc), gc), mut gic)| {
+                        let (pw, pb) = part.split_at_mut(wsize);
+                        for (s, (xs, gs)) in xc.chunks(in_per).zip(gc.chunks(out_per)).enumerate() {
+                            for (co, plane) in gs.chunks(hw).enumerate() {
+                                pb[co] += plane.iter().sum::<f32>();
+                            }
+                            let dx = gic
+                                .as_deref_mut()
+                                .map(|d| &mut d[s * in_per..(s + 1) * in_per]);
+                            kernels::depthwise_backward(tier, xs, w, gs, &g, pw, dx);
+                        }
+                    });
+            });
+            let mut gwd = gw.data_mut();
+            for part in pd.chunks(wsize + g.cout) {
+                gwd.iter_mut()
+                    .zip(&part[..wsize])
+                    .for_each(|(a, b)| *a += b);
+            }
+            if let Some(gb) = &gb {
+                let mut gbd = gb.data_mut();
+                for part in pd.chunks(wsize + g.cout) {
+                    gbd.iter_mut()
+                        .zip(&part[wsize..])
+                        .for_each(|(a, b)| *a += b);
+                }
+            }
+        }
+        drop(partial);
         (gi, gw, gb)
     }
 
@@ -1702,6 +1813,9 @@ impl Engine {
         let b = x.shape[0];
         // The input gradient of a small stride-1 convolution is itself a direct
         // convolution (of the padded output gradient with flipped weights), done below.
+        if kernels::is_depthwise(&g) {
+            return self.conv_backward_depthwise(&g, x, gout, p0, bias, need_in);
+        }
         if self.direct(&g) && kernels::direct_wgrad(self.tier) {
             return self.conv_backward_direct(&g, x, gout, p0, bias, need_in);
         }

@@ -121,6 +121,15 @@ impl Native<'_> {
         (BATCH_COLUMNS / hw.max(1)).clamp(1, per_chunk)
     }
 
+    /// A depthwise convolution (`kernels::is_depthwise` in the engine): one input and
+    /// one output channel per group, run plane by plane without im2col.
+    fn depthwise(&self, i: usize) -> bool {
+        let Op::Conv2d(c) = &self.g.nodes()[i].op else {
+            return false;
+        };
+        c.groups > 1 && c.groups == c.in_channels && c.groups == c.out_channels
+    }
+
     fn forward(&mut self, image: Sid, train: bool) -> Result<(Sid, Vec<Option<Tape>>), PlanError> {
         let g = self.g;
         let n = g.nodes().len();
@@ -162,6 +171,8 @@ impl Native<'_> {
                         );
                         self.sim.decref(wb);
                         self.sim.decref(xpad);
+                    } else if self.depthwise(i) {
+                        // Plane by plane, no scratch.
                     } else if self.conv_batch(i) > 1 {
                         // Column matrices of several samples side by side, and where a
                         // sample has more than one position, the product before it is
@@ -389,6 +400,8 @@ impl Native<'_> {
                         let (k, hw, pointwise) = self.conv_geom(i);
                         let sb = self.conv_batch(i);
                         let wgrad_direct = self.direct(i) && self.direct_wgrad;
+                        // A depthwise convolution keeps only the partials (no columns).
+                        let dw = self.depthwise(i);
                         if wgrad_direct {
                             // One padded input per chunk, as in the forward pass.
                             let hp = g.shapes[x][1] + 2 * c.padding.0;
@@ -406,7 +419,7 @@ impl Native<'_> {
                             self.sim.decref(xpad);
                             self.sim.decref(part);
                         }
-                        let col = (!wgrad_direct && (!pointwise || sb > 1))
+                        let col = (!wgrad_direct && !dw && (!pointwise || sb > 1))
                             .then(|| self.alloc(self.chunks * k * sb * hw * F32, None, "im2col"));
                         let part = (!wgrad_direct).then(|| {
                             self.alloc(
