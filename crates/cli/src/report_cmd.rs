@@ -318,14 +318,16 @@ pub fn report(a: &ReportArgs) -> Result<()> {
         body.push_str(&batch_chart(&g, &fcfg, &fj, l).svg());
     }
     if let Some(path) = &a.sweep {
-        let text = std::fs::read_to_string(path)
-            .map_err(|e| UserError(format!("{}: cannot read: {e}", path.display())))?;
-        let sw: SweepJson = serde_json::from_str(&text).map_err(|e| {
+        // Only a regular file, read to a cap: /dev/zero or a FIFO never ended.
+        let raw = vramlab_data::limits::read_regular(path, MAX_SWEEP_JSON_BYTES, "a sweep JSON")?;
+        let not_sweep = |e: &dyn std::fmt::Display| {
             UserError(format!(
                 "{}: not the JSON of `vramlab sweep --json`: {e}",
                 path.display()
             ))
-        })?;
+        };
+        let sw: SweepJson = serde_json::from_slice(&raw).map_err(|e| not_sweep(&e))?;
+        sw.check().map_err(|e| not_sweep(&e))?;
         body.push_str(&format!("<h2>{}</h2>", esc(&s(l, "Batch-size sweep"))));
         let head = [
             s(l, "batch"),
@@ -372,5 +374,9 @@ pub fn report(a: &ReportArgs) -> Result<()> {
     println!("{}", a.out.display());
     Ok(())
 }
+
+/// The largest `--sweep` file read: a sweep of 64 batch sizes with a point per step
+/// of a long run is a few MiB.
+const MAX_SWEEP_JSON_BYTES: u64 = 64 << 20;
 
 const STYLE: &str = "body{font-family:'DejaVu Sans','Noto Sans CJK SC','Noto Sans SC','WenQuanYi Micro Hei','Source Han Sans SC','PingFang SC','Microsoft YaHei',sans-serif;max-width:1100px;margin:2em auto;padding:0 1em;color:#222}table{border-collapse:collapse;margin:1em 0;font-size:13px}td,th{border-bottom:1px solid #ddd;padding:3px 8px;text-align:left}th{background:#f4f4f4}pre{background:#f8f8f8;padding:1em;overflow-x:auto;font-size:12px}svg{max-width:100%;height:auto;display:block;margin:1em 0}img{image-rendering:pixelated;max-width:100%}footer{color:#888;margin-top:3em;font-size:12px}";

@@ -1670,6 +1670,82 @@ pub struct SweepJson {
     pub rows: Vec<SweepRow>,
 }
 
+/// The most batch sizes one sweep trains (and a sweep JSON may hold).
+pub const MAX_SWEEP_ROWS: usize = 64;
+
+impl SweepJson {
+    /// Checks what a sweep would have written: batch sizes positive and distinct, rates,
+    /// losses and accuracies finite and in range, curves ordered. `report --sweep` reads
+    /// files that anyone may have edited.
+    pub fn check(&self) -> std::result::Result<(), String> {
+        if self.rows.is_empty() {
+            return Err("`rows` is empty: a sweep has a row per batch size".into());
+        }
+        if self.rows.len() > MAX_SWEEP_ROWS {
+            return Err(format!(
+                "{} rows: a sweep has at most {MAX_SWEEP_ROWS} batch sizes",
+                self.rows.len()
+            ));
+        }
+        let mut seen = std::collections::BTreeSet::new();
+        for (i, r) in self.rows.iter().enumerate() {
+            let at = |field: &str, what: &str| format!("rows[{i}].{field}: {what}");
+            if r.batch_size == 0 {
+                return Err(at("batch_size", "expected 1 or more, got 0"));
+            }
+            if !seen.insert(r.batch_size) {
+                return Err(at(
+                    "batch_size",
+                    &format!("batch {} appears twice", r.batch_size),
+                ));
+            }
+            let finite_non_negative = [
+                ("seconds", r.seconds),
+                ("images_per_s", r.images_per_s),
+                ("final_train_loss", r.final_train_loss),
+                ("loss_noise", r.loss_noise),
+            ];
+            for (field, v) in finite_non_negative {
+                if !(v.is_finite() && v >= 0.0) {
+                    return Err(at(
+                        field,
+                        &format!("expected a finite number of 0 or more, got {v}"),
+                    ));
+                }
+            }
+            if !(r.lr.is_finite() && r.lr > 0.0) {
+                return Err(at(
+                    "lr",
+                    &format!("expected a finite number more than 0, got {}", r.lr),
+                ));
+            }
+            if let Some(a) = r.test_accuracy {
+                if !(0.0..=1.0).contains(&a) {
+                    return Err(at("test_accuracy", &format!("expected 0 to 1, got {a}")));
+                }
+            }
+            for (j, &(x, y)) in r.loss_curve.iter().enumerate() {
+                if !(y.is_finite() && y >= 0.0) {
+                    return Err(at(
+                        &format!("loss_curve[{j}]"),
+                        &format!("the loss must be a finite number of 0 or more, got {y}"),
+                    ));
+                }
+                if j > 0 && x <= r.loss_curve[j - 1].0 {
+                    return Err(at(
+                        &format!("loss_curve[{j}]"),
+                        &format!(
+                            "samples seen must increase, got {x} after {}",
+                            r.loss_curve[j - 1].0
+                        ),
+                    ));
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
 /// Checks that the plots can be written in `dir` (creating it), before any training.
 fn check_plot_dir(dir: &std::path::Path) -> Result<()> {
     let fail = |e: &dyn std::fmt::Display| {
@@ -1757,6 +1833,24 @@ pub fn sweep(a: &SweepArgs) -> Result<()> {
         return Err(UserError(
             "--batch-sizes needs positive sizes, e.g. 16,64,256,1024".into(),
         ));
+    }
+    if a.batch_sizes.len() > MAX_SWEEP_ROWS {
+        return Err(UserError(format!(
+            "--batch-sizes: {} sizes, at most {MAX_SWEEP_ROWS} per sweep",
+            a.batch_sizes.len()
+        )));
+    }
+    if let Some((i, b)) = a
+        .batch_sizes
+        .iter()
+        .enumerate()
+        .find(|(i, b)| a.batch_sizes[..*i].contains(b))
+    {
+        return Err(UserError(format!(
+            "--batch-sizes: batch {b} is given twice (at positions {} and {})",
+            a.batch_sizes.iter().position(|x| x == b).expect("found") + 1,
+            i + 1
+        )));
     }
     if !["linear", "sqrt", "none"].contains(&a.scale_lr.as_str()) {
         return Err(UserError(format!(

@@ -349,3 +349,128 @@ fn a_loss_that_is_nan_at_the_first_step_prints_no_empty_table() {
     assert!(out.trim().is_empty(), "a header without rows: {out}");
     std::fs::remove_dir_all(&dir).ok();
 }
+
+/// One row of a sweep JSON as `vramlab sweep --json` writes it.
+fn sweep_row(batch: u64, accuracy: f64, curve: &str) -> String {
+    format!(
+        r#"{{"batch_size":{batch},"lr":0.001,"steps":5,"samples":20,"seconds":0.2,"images_per_s":100.0,"final_train_loss":2.3,"test_accuracy":{accuracy},"loss_noise":0.0,"measured_peak_bytes":1000,"planned_peak_bytes":1000,"loss_curve":{curve}}}"#
+    )
+}
+
+fn sweep_json(rows: &[String]) -> String {
+    format!(
+        r#"{{"model":"lenet5","dataset":"idx","optimizer":"adam","scale_lr":"none","rows":[{}]}}"#,
+        rows.join(",")
+    )
+}
+
+#[test]
+fn report_reads_a_sweep_json_only_from_a_regular_file_and_checks_its_numbers() {
+    let dir = scratch("sweepjson");
+    let out = dir.join("r.html");
+    let report = |sweep: &Path| {
+        run(
+            vramlab()
+                .args(["report", "lenet5", "--memory", "8GiB", "--sweep"])
+                .arg(sweep)
+                .arg("--out")
+                .arg(&out),
+            60,
+        )
+    };
+    // /dev/zero and a FIFO were read for ever.
+    let o = report(Path::new("/dev/zero"));
+    refused(&o, &["/dev/zero", "not a regular file"]);
+    #[cfg(unix)]
+    {
+        let fifo = dir.join("fifo.json");
+        if mkfifo(&fifo) {
+            refused(&report(&fifo), &["fifo.json", "not a regular file"]);
+        }
+    }
+    // Each of these made a report with exit 0.
+    let good = "[[4,2.3],[8,2.2]]";
+    let cases = [
+        (
+            sweep_json(&[sweep_row(4, 2.0, good)]),
+            "rows[0].test_accuracy: expected 0 to 1, got 2",
+        ),
+        (
+            sweep_json(&[sweep_row(0, 0.5, good)]),
+            "rows[0].batch_size: expected 1 or more, got 0",
+        ),
+        (
+            sweep_json(&[sweep_row(4, 0.5, good), sweep_row(4, 0.5, good)]),
+            "rows[1].batch_size: batch 4 appears twice",
+        ),
+        (sweep_json(&[]), "`rows` is empty"),
+        (
+            sweep_json(&[sweep_row(4, 0.5, "[[8,2.3],[4,2.2]]")]),
+            "rows[0].loss_curve[1]: samples seen must increase, got 4 after 8",
+        ),
+        (
+            sweep_json(&[sweep_row(4, 0.5, "[[4,1e300]]")]),
+            "rows[0].loss_curve[0]: the loss must be a finite number",
+        ),
+        (
+            sweep_json(&[sweep_row(4, 0.5, good).replace("100.0", "-5.0")]),
+            "rows[0].images_per_s: expected a finite number of 0 or more, got -5",
+        ),
+        (
+            sweep_json(
+                &(1..=65)
+                    .map(|b| sweep_row(b, 0.5, good))
+                    .collect::<Vec<_>>(),
+            ),
+            "65 rows: a sweep has at most 64 batch sizes",
+        ),
+    ];
+    for (i, (text, needle)) in cases.iter().enumerate() {
+        let f = dir.join(format!("s{i}.json"));
+        std::fs::write(&f, text).unwrap();
+        let o = report(&f);
+        refused(&o, &[&format!("s{i}.json"), needle]);
+        assert!(!out.exists(), "case {i} wrote the report");
+    }
+    // The sweep's own output still reads.
+    let f = dir.join("ok.json");
+    std::fs::write(
+        &f,
+        sweep_json(&[sweep_row(4, 0.5, good), sweep_row(8, 0.25, good)]),
+    )
+    .unwrap();
+    let o = report(&f);
+    assert!(o.status.success(), "{}", stderr(&o));
+    std::fs::remove_dir_all(&dir).ok();
+}
+
+#[test]
+fn a_sweep_refuses_a_batch_size_given_twice_or_too_many() {
+    let dir = scratch("sweepdup");
+    let data = tiny_idx(&dir);
+    let o = run(
+        vramlab()
+            .args(["sweep", "lenet5", "--batch-sizes", "4,8,4", "--data"])
+            .arg(&data),
+        60,
+    );
+    refused(
+        &o,
+        &["--batch-sizes: batch 4 is given twice (at positions 1 and 3)"],
+    );
+    let many: Vec<String> = (1..=65).map(|b| b.to_string()).collect();
+    let o = run(
+        vramlab()
+            .args([
+                "sweep",
+                "lenet5",
+                "--batch-sizes",
+                &many.join(","),
+                "--data",
+            ])
+            .arg(&data),
+        60,
+    );
+    refused(&o, &["--batch-sizes: 65 sizes, at most 64"]);
+    std::fs::remove_dir_all(&dir).ok();
+}
