@@ -113,6 +113,18 @@ def models():
     }
 
 
+def rest_of_the_zoo():
+    """The zoo's other torchvision classifiers: training exports only (both exporters)."""
+    tv = torchvision.models
+    return {
+        "alexnet": (tv.alexnet(weights=None), (3, 224, 224)),
+        "vgg11": (tv.vgg11(weights=None), (3, 224, 224)),
+        "vgg16": (tv.vgg16(weights=None), (3, 224, 224)),
+        "resnet34": (tv.resnet34(weights=None), (3, 224, 224)),
+        "resnet50": (tv.resnet50(weights=None), (3, 224, 224)),
+    }
+
+
 def strip_weights(path):
     """Initializers of more than 16 elements lose their bytes, keep dims and dtype."""
     m = onnx.load(path, load_external_data=False)
@@ -191,6 +203,16 @@ def main():
                 print("wrote", path, os.path.getsize(path))
             except Exception as e:  # report and go on: the tests list what exists
                 print("FAILED", path, type(e).__name__, str(e)[:300])
+    for name, (model, shape) in rest_of_the_zoo().items():
+        counts[name] = {
+            "params": sum(p.numel() for p in model.parameters()),
+            "buffers": sum(b.numel() for b in model.buffers()),
+            "input": list(shape),
+        }
+        for dynamo, tag in ((False, "torchscript_train"), (True, "dynamo_train_noopt")):
+            path = os.path.join(out, f"{name}_{tag}.onnx")
+            export(model, shape, path, dynamo, True, optimize=False)
+            print("wrote", path, os.path.getsize(path))
     # Every opset of both exporters, in training mode (TorchScript 13 to 20, dynamo 18 to
     # 20 with optimize=False), on a model whose pooling is a ReduceMean.
     for opset in range(13, 21):

@@ -66,6 +66,11 @@ fn training_exports_plan_like_the_zoo_model_to_the_byte() {
         ),
         ("mobilenet_v2", &[], &[]),
         ("vgg11_bn", &[], &[]),
+        ("alexnet", &[], &[]),
+        ("vgg11", &[], &[]),
+        ("vgg16", &[], &[]),
+        ("resnet34", &[], &[]),
+        ("resnet50", &[], &[]),
         ("simple_cnn", &[], &["--onnx-inplace", "none"]),
         ("lenet5", &[], &["--onnx-inplace", "none"]),
     ];

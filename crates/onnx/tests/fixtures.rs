@@ -213,3 +213,24 @@ fn every_opset_of_both_exporters_gives_the_same_model() {
         );
     }
 }
+
+#[test]
+fn the_rest_of_the_zoo_exports_like_torchvision() {
+    // alexnet, vgg11, vgg16, resnet34, resnet50: training exports of both exporters
+    // (dynamo with optimize=False) give PyTorch's parameter count and the zoo's layers.
+    let counts = params_json();
+    for model in ["alexnet", "vgg11", "vgg16", "resnet34", "resnet50"] {
+        let zoo = zoo_model(model);
+        let want = counts[model]["params"].as_u64().unwrap() as u128;
+        assert_eq!(zoo.num_params(), want, "{model}");
+        for export in ["torchscript_train", "dynamo_train_noopt"] {
+            let (s, notes) = shaped(&format!("{model}_{export}"), &Options::default());
+            assert_eq!(s.num_params(), want, "{model} {export}");
+            assert_eq!(
+                structure(&s),
+                structure(&zoo),
+                "{model} {export}: {notes:?}"
+            );
+        }
+    }
+}
