@@ -22,6 +22,7 @@ pub mod io;
 pub mod model_file;
 pub mod op;
 pub mod rng;
+pub mod text;
 pub mod zoo;
 
 pub use op::{

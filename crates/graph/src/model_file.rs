@@ -245,7 +245,10 @@ pub fn parse(text: &str, origin: &str) -> Result<Graph, GraphError> {
         path: origin.to_string(),
         message,
     };
-    let spec: FileSpec = toml::from_str(text).map_err(|e| err(e.to_string().trim().to_string()))?;
+    let spec: FileSpec = toml::from_str(text).map_err(|e| err(toml_error(&e, text)))?;
+    if let Some(name) = &spec.name {
+        crate::text::check_printable(name, "`name`").map_err(err)?;
+    }
     let input = match spec.input {
         None => vec![3, 32, 32],
         Some(dims) if dims.len() == 3 && dims.iter().all(|&d| d > 0) => dims
@@ -274,6 +277,35 @@ pub fn parse(text: &str, origin: &str) -> Result<Graph, GraphError> {
     Ok(b.build())
 }
 
+/// A TOML error on one line, `line L, column C: message`: the parser's own text quotes
+/// the offending line, which in a hostile file is megabytes long or holds control
+/// characters.
+fn toml_error(e: &toml::de::Error, text: &str) -> String {
+    let message: String = e
+        .message()
+        .trim()
+        .lines()
+        .collect::<Vec<_>>()
+        .join("; ")
+        .chars()
+        .map(|c| if c.is_control() { '?' } else { c })
+        .take(300)
+        .collect();
+    match e.span() {
+        Some(span) => {
+            let mut start = span.start.min(text.len());
+            while !text.is_char_boundary(start) {
+                start -= 1;
+            }
+            let before = &text[..start];
+            let line = before.matches('\n').count() + 1;
+            let column = before.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1;
+            format!("line {line}, column {column}: {message}")
+        }
+        None => message,
+    }
+}
+
 /// Adds a list of layers after `x`, naming unnamed ones by their index as
 /// `nn.Sequential` does; returns the last node.
 fn sequence(
@@ -291,7 +323,17 @@ fn sequence(
     for (i, table) in layers.iter().enumerate() {
         let mut table = table.clone();
         let name = match table.remove("name") {
-            Some(toml::Value::String(s)) => format!("{prefix}{s}"),
+            Some(toml::Value::String(s)) => {
+                // The name reaches the terminal and the checkpoint's tensor names.
+                crate::text::check_printable(&s, &format!("layer {prefix}{i}: `name`"))?;
+                if s.split('.').any(str::is_empty) {
+                    return Err(format!(
+                        "layer {prefix}{i}: `name` {s:?} has an empty part: a name is one or \
+                         more words joined by dots, as `features.0`"
+                    ));
+                }
+                format!("{prefix}{s}")
+            }
             Some(other) => {
                 return Err(format!(
                     "layer {prefix}{i}: `name` must be a string, got {other:?}"
@@ -441,6 +483,65 @@ mod tests {
         assert_eq!(file.shapes, zoo.shapes);
         let names = |s: &crate::Shaped| s.params().into_iter().map(|p| p.name).collect::<Vec<_>>();
         assert_eq!(names(&file), names(&zoo));
+    }
+
+    #[test]
+    fn a_toml_error_is_one_line_however_long_the_line() {
+        // The parser's text quoted the whole offending line: 200 KB of brackets.
+        let text = format!(
+            "input = [1, 28, 28]\nx = {}{}\n",
+            "[".repeat(100_000),
+            "]".repeat(100_000)
+        );
+        let e = parse(&text, "deep.toml").unwrap_err().to_string();
+        assert!(!e.contains('\n'), "{e}");
+        assert!(e.len() < 400, "{} bytes", e.len());
+        assert!(e.starts_with("deep.toml: line 2, column "), "{e}");
+        let e = parse("name = \"x\"\nlayers = [1]\n", "m.toml")
+            .unwrap_err()
+            .to_string();
+        assert_eq!(
+            e,
+            "m.toml: line 2, column 11: invalid type: integer `1`, expected a map"
+        );
+    }
+
+    #[test]
+    fn names_that_drive_the_terminal_or_are_empty_are_refused() {
+        // `name` is given as TOML text: "\u001B" is TOML's escape of ESC.
+        let layer = |name: &str| {
+            format!(
+                "input = [1, 4, 4]\n[[layers]]\ntype = \"Flatten\"\nname = {name}\n\
+                 [[layers]]\ntype = \"Linear\"\nin_features = 16\nout_features = 2\n"
+            )
+        };
+        let e = parse(&layer(r#""\u001B[2Jred""#), "m.toml")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains(r#"layer 0: `name` "\u{1b}[2Jred" contains the character U+001B"#),
+            "{e}"
+        );
+        let e = parse(&layer(r#""a\u202Eb""#), "m.toml")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("U+202E"), "{e}");
+        for empty in [r#""""#, r#""a..b""#, r#"".a""#, r#""a.""#] {
+            let e = parse(&layer(empty), "m.toml").unwrap_err().to_string();
+            assert!(e.contains("has an empty part"), "{empty}: {e}");
+        }
+        let e = parse(
+            "name = \"\\u0007\"\n[[layers]]\ntype = \"Flatten\"\n",
+            "m.toml",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            e.contains(r#"`name` "\u{7}" contains the character U+0007"#),
+            "{e}"
+        );
+        assert!(parse(&layer(r#""features.0""#), "m.toml").is_ok());
+        assert!(parse(&layer(r#""卷积""#), "m.toml").is_ok());
     }
 
     #[test]
