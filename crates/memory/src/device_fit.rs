@@ -121,11 +121,10 @@ pub fn device_fit(
         .saturating_sub(slope.saturating_mul(b_lo as u128))
         .saturating_sub(context);
     let batch_for = |bytes: u128| -> u64 {
-        if slope == 0 {
-            MAX_BATCH
-        } else {
-            (bytes.saturating_sub(base) / slope).clamp(1, MAX_BATCH as u128) as u64
-        }
+        bytes
+            .saturating_sub(base)
+            .checked_div(slope)
+            .map_or(MAX_BATCH, |b| b.clamp(1, MAX_BATCH as u128) as u64)
     };
     let mut sims = 0u32;
     let mut run = |b: u64, limited: bool| -> Result<crate::DeviceReport, PlanError> {
