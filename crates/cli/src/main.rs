@@ -289,11 +289,9 @@ impl PlanArgs {
         if let Some(c) = &self.alloc_conf {
             cfg.alloc_conf = vramlab_memory::cuda_alloc::AllocConf::parse(c).map_err(UserError)?;
         }
-        cfg.cudnn_workspace_bytes = self
-            .cudnn_workspace
-            .as_deref()
-            .map(fmt::parse_size)
-            .transpose()?;
+        let workspace =
+            |w: &str| fmt::parse_size(w).map_err(|e| UserError(format!("--cudnn-workspace: {e}")));
+        cfg.cudnn_workspace_bytes = self.cudnn_workspace.as_deref().map(workspace).transpose()?;
         Ok(cfg)
     }
 }

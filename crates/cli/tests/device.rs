@@ -186,3 +186,18 @@ fn fit_decides_by_what_the_allocator_serves_and_shows_what_expandable_segments_b
     assert!(o.status.success(), "{}", stderr(&o));
     assert!(stdout(&o).contains("能运行的最大批大小"));
 }
+
+#[test]
+fn bad_device_options_name_themselves() {
+    let o = vramlab(&["memory", "simple_cnn", "--cudnn-workspace", "lots"]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(stderr(&o).contains("--cudnn-workspace"), "{}", stderr(&o));
+    let o = vramlab(&["fit", "simple_cnn", "--gpu", "t4", "--fraction", "0"]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(
+        stderr(&o).contains("--fraction must be in (0, 1]"),
+        "{}",
+        stderr(&o)
+    );
+    assert!(o.stdout.is_empty());
+}
