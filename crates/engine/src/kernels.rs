@@ -661,21 +661,73 @@ pub fn is_depthwise(g: &ConvGeom) -> bool {
     g.groups > 1 && g.groups == g.cin && g.groups == g.cout
 }
 
-/// For kernel row `ky` and column `kx`: each output row `oy` whose input row is inside
-/// the plane, with that input row, and the output columns `[lo, hi)` whose input
-/// columns are inside it (the first at `lo * sw + off`).
-#[inline(always)]
-fn dw_taps(g: &ConvGeom, ky: usize, kx: usize) -> (isize, usize, usize) {
-    let off = (kx * g.dw) as isize - g.pw as isize;
-    let (lo, hi) = valid_range(g.w, g.wo, g.sw, off);
-    let _ = ky;
-    (off, lo, hi)
+/// A depthwise convolution's per-plane layout: the zero-padded input split into `sw`
+/// column phases (phase `q` holds padded columns `q, q + sw, ...`), each `hp x wq`, and
+/// a flat output of rows `sh * wq` apart. Output `(oy, ox)` is flat index
+/// `oy * sh * wq + ox`, and its tap `(ky, kx)` reads phase `(kx * dw) % sw` at that index
+/// plus `ky * dh * wq + (kx * dw) / sw`: every tap is one long vector operation over the
+/// plane, whatever the stride, padding and dilation.
+#[derive(Clone, Copy)]
+struct DwLayout {
+    hp: usize,
+    wq: usize,
+    /// Flat outputs computed (the last row's columns past `wo` skipped).
+    len: usize,
+}
+
+impl DwLayout {
+    fn new(g: &ConvGeom) -> DwLayout {
+        let (hp, wp) = (g.h + 2 * g.ph, g.w + 2 * g.pw);
+        let wq = wp.div_ceil(g.sw);
+        DwLayout {
+            hp,
+            wq,
+            len: (g.ho - 1) * g.sh * wq + g.wo,
+        }
+    }
+    fn phases(&self, g: &ConvGeom) -> usize {
+        g.sw * self.hp * self.wq
+    }
+    fn flat(&self, g: &ConvGeom) -> usize {
+        g.ho * g.sh * self.wq
+    }
+    /// Phase plane start plus offset of tap (ky, kx).
+    fn tap(&self, g: &ConvGeom, ky: usize, kx: usize) -> usize {
+        let q = (kx * g.dw) % g.sw;
+        q * self.hp * self.wq + ky * g.dh * self.wq + (kx * g.dw) / g.sw
+    }
+}
+
+/// Floats of scratch per batch chunk a depthwise convolution uses: the phases and the
+/// flat output forward; in backward also the phases of the input gradient. The native
+/// profile computes the same (`depthwise_scratch` there).
+pub fn depthwise_scratch(g: &ConvGeom, backward: bool) -> usize {
+    let l = DwLayout::new(g);
+    l.phases(g) * if backward { 2 } else { 1 } + l.flat(g)
 }
 
 #[inline(always)]
-fn dw_row(g: &ConvGeom, oy: usize, ky: usize) -> Option<usize> {
-    let iy = (oy * g.sh + ky * g.dh) as isize - g.ph as isize;
-    (iy >= 0 && (iy as usize) < g.h).then_some(iy as usize)
+fn dw_fill_phases(x: &[f32], g: &ConvGeom, l: &DwLayout, ph: &mut [f32]) {
+    ph[..l.phases(g)].fill(0.0);
+    for iy in 0..g.h {
+        let row = &x[iy * g.w..(iy + 1) * g.w];
+        if g.sw == 1 {
+            let d0 = (iy + g.ph) * l.wq + g.pw;
+            ph[d0..d0 + g.w].copy_from_slice(row);
+        } else {
+            for (ix, &v) in row.iter().enumerate() {
+                let c = ix + g.pw;
+                ph[((c % g.sw) * l.hp + iy + g.ph) * l.wq + c / g.sw] = v;
+            }
+        }
+    }
+}
+
+#[inline(always)]
+fn axpy(y: &mut [f32], a: f32, x: &[f32]) {
+    for (u, v) in y.iter_mut().zip(x) {
+        *u += a * v;
+    }
 }
 
 /// A dot product with eight partial sums (so that it vectorises).
@@ -697,33 +749,21 @@ fn dot8(a: &[f32], b: &[f32]) -> f32 {
 }
 
 #[inline(always)]
-fn dw_forward_plane(x: &[f32], w: &[f32], g: &ConvGeom, out: &mut [f32]) {
-    out[..g.ho * g.wo].fill(0.0);
+fn dw_forward_plane(x: &[f32], w: &[f32], g: &ConvGeom, scratch: &mut [f32], out: &mut [f32]) {
+    let l = DwLayout::new(g);
+    let (ph, y) = scratch.split_at_mut(l.phases(g));
+    dw_fill_phases(x, g, &l, ph);
+    let y = &mut y[..l.len];
+    y.fill(0.0);
     for ky in 0..g.kh {
         for kx in 0..g.kw {
-            let wv = w[ky * g.kw + kx];
-            let (off, lo, hi) = dw_taps(g, ky, kx);
-            if lo >= hi {
-                continue;
-            }
-            for oy in 0..g.ho {
-                let Some(iy) = dw_row(g, oy, ky) else {
-                    continue;
-                };
-                let xrow = &x[iy * g.w..(iy + 1) * g.w];
-                let orow = &mut out[oy * g.wo..(oy + 1) * g.wo];
-                if g.sw == 1 {
-                    let s0 = (lo as isize + off) as usize;
-                    for (o, xv) in orow[lo..hi].iter_mut().zip(&xrow[s0..s0 + (hi - lo)]) {
-                        *o += wv * xv;
-                    }
-                } else {
-                    for (ox, o) in orow.iter_mut().enumerate().take(hi).skip(lo) {
-                        *o += wv * xrow[(ox as isize * g.sw as isize + off) as usize];
-                    }
-                }
-            }
+            let t = l.tap(g, ky, kx);
+            axpy(y, w[ky * g.kw + kx], &ph[t..t + l.len]);
         }
+    }
+    for oy in 0..g.ho {
+        let at = oy * g.sh * l.wq;
+        out[oy * g.wo..(oy + 1) * g.wo].copy_from_slice(&y[at..at + g.wo]);
     }
 }
 
@@ -733,102 +773,114 @@ fn dw_backward_plane(
     w: &[f32],
     dy: &[f32],
     g: &ConvGeom,
+    scratch: &mut [f32],
     gw: &mut [f32],
     dx: Option<&mut [f32]>,
 ) {
+    let l = DwLayout::new(g);
+    let np = l.phases(g);
+    let (ph, rest) = scratch.split_at_mut(np);
+    let (dph, gf) = rest.split_at_mut(np);
+    dw_fill_phases(x, g, &l, ph);
+    // The output gradient in the flat layout, zero past `wo` in each row.
+    let gf = &mut gf[..l.len];
+    gf.fill(0.0);
+    for oy in 0..g.ho {
+        let at = oy * g.sh * l.wq;
+        gf[at..at + g.wo].copy_from_slice(&dy[oy * g.wo..(oy + 1) * g.wo]);
+    }
     for ky in 0..g.kh {
         for kx in 0..g.kw {
-            let (off, lo, hi) = dw_taps(g, ky, kx);
-            if lo >= hi {
-                continue;
-            }
-            let mut s = 0.0f32;
-            for oy in 0..g.ho {
-                let Some(iy) = dw_row(g, oy, ky) else {
-                    continue;
-                };
-                let xrow = &x[iy * g.w..(iy + 1) * g.w];
-                let drow = &dy[oy * g.wo + lo..oy * g.wo + hi];
-                if g.sw == 1 {
-                    let s0 = (lo as isize + off) as usize;
-                    s += dot8(drow, &xrow[s0..s0 + (hi - lo)]);
-                } else {
-                    for (i, d) in drow.iter().enumerate() {
-                        s += d * xrow[((lo + i) as isize * g.sw as isize + off) as usize];
-                    }
-                }
-            }
-            gw[ky * g.kw + kx] += s;
+            let t = l.tap(g, ky, kx);
+            gw[ky * g.kw + kx] += dot8(gf, &ph[t..t + l.len]);
         }
     }
     let Some(dx) = dx else { return };
+    dph.fill(0.0);
     for ky in 0..g.kh {
         for kx in 0..g.kw {
-            let wv = w[ky * g.kw + kx];
-            let (off, lo, hi) = dw_taps(g, ky, kx);
-            if lo >= hi {
-                continue;
+            let t = l.tap(g, ky, kx);
+            axpy(&mut dph[t..t + l.len], w[ky * g.kw + kx], gf);
+        }
+    }
+    for iy in 0..g.h {
+        let row = &mut dx[iy * g.w..(iy + 1) * g.w];
+        if g.sw == 1 {
+            let s0 = (iy + g.ph) * l.wq + g.pw;
+            for (d, v) in row.iter_mut().zip(&dph[s0..s0 + g.w]) {
+                *d += v;
             }
-            for oy in 0..g.ho {
-                let Some(iy) = dw_row(g, oy, ky) else {
-                    continue;
-                };
-                let xrow = &mut dx[iy * g.w..(iy + 1) * g.w];
-                let drow = &dy[oy * g.wo + lo..oy * g.wo + hi];
-                if g.sw == 1 {
-                    let s0 = (lo as isize + off) as usize;
-                    for (d, gv) in xrow[s0..s0 + (hi - lo)].iter_mut().zip(drow) {
-                        *d += wv * gv;
-                    }
-                } else {
-                    for (i, gv) in drow.iter().enumerate() {
-                        xrow[((lo + i) as isize * g.sw as isize + off) as usize] += wv * gv;
-                    }
-                }
+        } else {
+            for (ix, d) in row.iter_mut().enumerate() {
+                let c = ix + g.pw;
+                *d += dph[((c % g.sw) * l.hp + iy + g.ph) * l.wq + c / g.sw];
             }
         }
     }
 }
 
 /// A depthwise convolution of one sample ([`is_depthwise`]): assigns `out`
-/// (`cout x ho x wo`) from `x` (`cin x h x w`) and the weights `[c][kh][kw]`. The
-/// same code on every tier, compiled for AVX2+FMA where the tier has it.
-pub fn depthwise_forward(tier: Tier, x: &[f32], w: &[f32], g: &ConvGeom, out: &mut [f32]) {
+/// (`cout x ho x wo`) from `x` (`cin x h x w`) and the weights `[c][kh][kw]`, with
+/// `scratch` of [`depthwise_scratch`]`(g, false)` floats. The same code on every tier,
+/// compiled for AVX2+FMA where the tier has it.
+pub fn depthwise_forward(
+    tier: Tier,
+    x: &[f32],
+    w: &[f32],
+    g: &ConvGeom,
+    scratch: &mut [f32],
+    out: &mut [f32],
+) {
     assert!(is_depthwise(g), "not a depthwise convolution");
     let (ip, op, kk) = (g.h * g.w, g.ho * g.wo, g.kh * g.kw);
     assert!(
-        x.len() >= g.cin * ip && w.len() >= g.cin * kk && out.len() >= g.cout * op,
+        x.len() >= g.cin * ip
+            && w.len() >= g.cin * kk
+            && out.len() >= g.cout * op
+            && scratch.len() >= depthwise_scratch(g, false),
         "depthwise buffers"
     );
     #[cfg(target_arch = "x86_64")]
     if matches!(tier, Tier::Avx2 | Tier::Avx512) && tier.supported() {
         // SAFETY: the tier has AVX2 and FMA; the code is the safe slice code below.
-        unsafe { dw_forward_avx2(x, w, g, out) };
+        unsafe { dw_forward_avx2(x, w, g, scratch, out) };
         return;
     }
     let _ = tier;
+    dw_forward_all(x, w, g, scratch, out)
+}
+
+#[inline(always)]
+fn dw_forward_all(x: &[f32], w: &[f32], g: &ConvGeom, scratch: &mut [f32], out: &mut [f32]) {
+    let (ip, op, kk) = (g.h * g.w, g.ho * g.wo, g.kh * g.kw);
     for c in 0..g.cin {
-        dw_forward_plane(&x[c * ip..], &w[c * kk..], g, &mut out[c * op..]);
+        dw_forward_plane(&x[c * ip..], &w[c * kk..], g, scratch, &mut out[c * op..]);
     }
 }
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
-unsafe fn dw_forward_avx2(x: &[f32], w: &[f32], g: &ConvGeom, out: &mut [f32]) {
-    let (ip, op, kk) = (g.h * g.w, g.ho * g.wo, g.kh * g.kw);
-    for c in 0..g.cin {
-        dw_forward_plane(&x[c * ip..], &w[c * kk..], g, &mut out[c * op..]);
-    }
+unsafe fn dw_forward_avx2(
+    x: &[f32],
+    w: &[f32],
+    g: &ConvGeom,
+    scratch: &mut [f32],
+    out: &mut [f32],
+) {
+    dw_forward_all(x, w, g, scratch, out)
 }
 
 /// The gradients of a depthwise convolution for one sample: adds the weight gradient
-/// to `gw` (`[c][kh][kw]`) and, if given, the input gradient to `dx`.
+/// to `gw` (`[c][kh][kw]`) and, if given, the input gradient to `dx`; `scratch` holds
+/// [`depthwise_scratch`]`(g, true)` floats.
+#[allow(clippy::too_many_arguments)]
 pub fn depthwise_backward(
     tier: Tier,
     x: &[f32],
     w: &[f32],
     dy: &[f32],
     g: &ConvGeom,
+    scratch: &mut [f32],
     gw: &mut [f32],
     dx: Option<&mut [f32]>,
 ) {
@@ -839,17 +891,18 @@ pub fn depthwise_backward(
             && w.len() >= g.cin * kk
             && dy.len() >= g.cout * op
             && gw.len() >= g.cin * kk
+            && scratch.len() >= depthwise_scratch(g, true)
             && dx.as_ref().map_or(true, |d| d.len() >= g.cin * ip),
         "depthwise buffers"
     );
     #[cfg(target_arch = "x86_64")]
     if matches!(tier, Tier::Avx2 | Tier::Avx512) && tier.supported() {
         // SAFETY: the tier has AVX2 and FMA; the code is the safe slice code below.
-        unsafe { dw_backward_avx2(x, w, dy, g, gw, dx) };
+        unsafe { dw_backward_avx2(x, w, dy, g, scratch, gw, dx) };
         return;
     }
     let _ = tier;
-    dw_backward_all(x, w, dy, g, gw, dx)
+    dw_backward_all(x, w, dy, g, scratch, gw, dx)
 }
 
 #[inline(always)]
@@ -858,6 +911,7 @@ fn dw_backward_all(
     w: &[f32],
     dy: &[f32],
     g: &ConvGeom,
+    scratch: &mut [f32],
     gw: &mut [f32],
     mut dx: Option<&mut [f32]>,
 ) {
@@ -868,6 +922,7 @@ fn dw_backward_all(
             &w[c * kk..],
             &dy[c * op..],
             g,
+            scratch,
             &mut gw[c * kk..],
             dx.as_deref_mut().map(|d| &mut d[c * ip..]),
         );
@@ -881,10 +936,11 @@ unsafe fn dw_backward_avx2(
     w: &[f32],
     dy: &[f32],
     g: &ConvGeom,
+    scratch: &mut [f32],
     gw: &mut [f32],
     dx: Option<&mut [f32]>,
 ) {
-    dw_backward_all(x, w, dy, g, gw, dx)
+    dw_backward_all(x, w, dy, g, scratch, gw, dx)
 }
 
 /// 2x2 max-pooling with stride 2 of one plane (`src` is `h x w`, outputs `ho x wo`):
@@ -1127,6 +1183,56 @@ fn maxpool2x2_row(
         orow[ox] = best;
         irow[ox] = at;
     }
+}
+
+/// The sum of `xs` in f64, in eight interleaved partial sums (so that it vectorises).
+pub fn sum_f64(xs: &[f32]) -> f64 {
+    let mut acc = [0f64; 8];
+    let c = xs.chunks_exact(8);
+    let r = c.remainder();
+    for v in c {
+        for i in 0..8 {
+            acc[i] += v[i] as f64;
+        }
+    }
+    acc.iter().sum::<f64>() + r.iter().map(|&v| v as f64).sum::<f64>()
+}
+
+/// The sum of `(x - m)^2` over `xs` in f64, as [`sum_f64`].
+pub fn sq_dev_f64(xs: &[f32], m: f64) -> f64 {
+    let mut acc = [0f64; 8];
+    let c = xs.chunks_exact(8);
+    let r = c.remainder();
+    for v in c {
+        for i in 0..8 {
+            let d = v[i] as f64 - m;
+            acc[i] += d * d;
+        }
+    }
+    acc.iter().sum::<f64>()
+        + r.iter()
+            .map(|&v| (v as f64 - m) * (v as f64 - m))
+            .sum::<f64>()
+}
+
+/// BatchNorm backward's two sums over one plane, in f64: of the output gradient `g`,
+/// and of `g * (x - mean) * invstd` (each product in f32, as before).
+pub fn bn_grad_sums(g: &[f32], x: &[f32], mean: f32, invstd: f32) -> (f64, f64) {
+    let (mut a, mut b) = ([0f64; 8], [0f64; 8]);
+    let (cg, cx) = (g.chunks_exact(8), x.chunks_exact(8));
+    let (rg, rx) = (cg.remainder(), cx.remainder());
+    for (gv, xv) in cg.zip(cx) {
+        for i in 0..8 {
+            a[i] += gv[i] as f64;
+            b[i] += (gv[i] * (xv[i] - mean) * invstd) as f64;
+        }
+    }
+    let (mut sa, mut sb) = (a.iter().sum::<f64>(), b.iter().sum::<f64>());
+    for (&gv, &xv) in rg.iter().zip(rx) {
+        sa += gv as f64;
+        sb += (gv * (xv - mean) * invstd) as f64;
+    }
+    (sa, sb)
 }
 
 /// Window `[start, end)` of adaptive pooling output index `i` (PyTorch's rule).
@@ -1372,6 +1478,8 @@ mod tests {
                 (2, 10, 10, 5, 1, 2, 2),
                 (6, 2, 2, 3, 1, 1, 1),
                 (3, 33, 20, 3, 1, 1, 1),
+                (2, 9, 12, 3, 3, 2, 1),
+                (2, 8, 11, 2, 2, 0, 3),
             ] {
                 let ho = (h + 2 * p - d * (k - 1) - 1) / s + 1;
                 let wo = (w + 2 * p - d * (k - 1) - 1) / s + 1;
@@ -1448,9 +1556,15 @@ mod tests {
                     col2im_add(&col, &g, grp, &mut dx_ref);
                 }
                 let mut out2 = vec![f32::NAN; c * hw];
-                depthwise_forward(tier, &x, &wt, &g, &mut out2);
+                let mut scr = vec![f32::NAN; depthwise_scratch(&g, false)];
+                depthwise_forward(tier, &x, &wt, &g, &mut scr, &mut out2);
                 let (mut gw2, mut dx2) = (vec![0.25; c * kk], vec![0.5; c * h * w]);
-                depthwise_backward(tier, &x, &wt, &dy, &g, &mut gw2, Some(&mut dx2));
+                let mut scr = vec![f32::NAN; depthwise_scratch(&g, true)];
+                depthwise_backward(tier, &x, &wt, &dy, &g, &mut scr, &mut gw2, Some(&mut dx2));
+                // Without the input gradient, the same weight gradient.
+                let mut gw3 = vec![0.25; c * kk];
+                depthwise_backward(tier, &x, &wt, &dy, &g, &mut scr, &mut gw3, None);
+                assert_eq!(gw3, gw2);
                 for (what, a, b) in [
                     ("out", &out2, &out),
                     ("dw", &gw2, &gw_ref),

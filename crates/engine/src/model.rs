@@ -1008,20 +1008,25 @@ impl Engine {
     ) -> Tensor {
         let b = x.shape[0];
         let out = Tensor::zeros(&self.tracker, &shape, None);
-        let per_chunk = b.div_ceil(self.chunks(b));
+        let chunks = self.chunks(b);
+        let per_chunk = b.div_ceil(chunks);
+        let per_scr = kernels::depthwise_scratch(g, false);
+        let scr = self.scratch(chunks * per_scr);
         {
             let w = self.params[p0].value.data();
             let bvec = bias.then(|| self.params[p0 + 1].value.data().clone());
-            let (xd, mut od) = (x.data(), out.data_mut());
-            let (w, xd, od): (&[f32], &[f32], &mut [f32]) = (&w[..], &xd[..], &mut od[..]);
+            let (xd, mut od, mut sd) = (x.data(), out.data_mut(), scr.data_mut());
+            let (w, xd, od, sd): (&[f32], &[f32], &mut [f32], &mut [f32]) =
+                (&w[..], &xd[..], &mut od[..], &mut sd[..]);
             let (in_per, out_per, hw) = (g.cin * g.in_plane(), g.cout * g.hw_out(), g.hw_out());
             let (g, tier, bvec) = (*g, self.tier, bvec.as_deref());
             self.pool.install(|| {
                 od.par_chunks_mut(per_chunk * out_per)
                     .zip(xd.par_chunks(per_chunk * in_per))
-                    .for_each(|(o, xc)| {
+                    .zip(sd.par_chunks_mut(per_scr))
+                    .for_each(|((o, xc), sc)| {
                         for (os, xs) in o.chunks_mut(out_per).zip(xc.chunks(in_per)) {
-                            kernels::depthwise_forward(tier, xs, w, &g, os);
+                            kernels::depthwise_forward(tier, xs, w, &g, sc, os);
                             if let Some(bv) = bvec {
                                 for (co, plane) in os.chunks_mut(hw).enumerate() {
                                     plane.iter_mut().for_each(|v| *v += bv[co]);
@@ -1031,6 +1036,7 @@ impl Engine {
                     });
             });
         }
+        drop(scr);
         out
     }
 
@@ -1055,11 +1061,15 @@ impl Engine {
         let chunks = self.chunks(b);
         let per_chunk = b.div_ceil(chunks);
         let partial = self.scratch(chunks * (wsize + g.cout));
+        let per_scr = kernels::depthwise_scratch(g, true);
+        let scr = self.scratch(chunks * per_scr);
         {
             let w = self.params[p0].value.data();
             let (xd, gd) = (x.data(), gout.data());
             let mut gid = gi.as_ref().map(|t| t.data_mut());
             let mut pd = partial.data_mut();
+            let mut sdg = scr.data_mut();
+            let sd: &mut [f32] = &mut sdg[..];
             let (in_per, out_per, hw) = (g.cin * g.in_plane(), g.cout * g.hw_out(), g.hw_out());
             let gi_chunks: Vec<Option<&mut [f32]>> = match gid.as_deref_mut() {
                 Some(d) => d.chunks_mut(per_chunk * in_per).map(Some).collect(),
@@ -1072,8 +1082,8 @@ impl Engine {
                 pds.par_chunks_mut(wsize + g.cout)
                     .zip(xd.par_chunks(per_chunk * in_per))
                     .zip(gd.par_chunks(per_chunk * out_per))
-                    .zip(gi_chunks.into_par_iter())
-                    .for_each(|(((part, xc), gc), mut gic)| {
+                    .zip(gi_chunks.into_par_iter().zip(sd.par_chunks_mut(per_scr)))
+                    .for_each(|(((part, xc), gc), (mut gic, sc))| {
                         let (pw, pb) = part.split_at_mut(wsize);
                         for (s, (xs, gs)) in xc.chunks(in_per).zip(gc.chunks(out_per)).enumerate() {
                             for (co, plane) in gs.chunks(hw).enumerate() {
@@ -1082,7 +1092,7 @@ impl Engine {
                             let dx = gic
                                 .as_deref_mut()
                                 .map(|d| &mut d[s * in_per..(s + 1) * in_per]);
-                            kernels::depthwise_backward(tier, xs, w, gs, &g, pw, dx);
+                            kernels::depthwise_backward(tier, xs, w, gs, &g, sc, pw, dx);
                         }
                     });
             });
@@ -1102,6 +1112,7 @@ impl Engine {
             }
         }
         drop(partial);
+        drop(scr);
         (gi, gw, gb)
     }
 
@@ -1323,19 +1334,13 @@ impl Engine {
                         let mut s = 0.0f64;
                         for smp in 0..b {
                             let base = (smp * c + ch) * plane;
-                            s += xs[base..base + plane]
-                                .iter()
-                                .map(|&v| v as f64)
-                                .sum::<f64>();
+                            s += kernels::sum_f64(&xs[base..base + plane]);
                         }
                         let m = s / n as f64;
                         let mut q = 0.0f64;
                         for smp in 0..b {
                             let base = (smp * c + ch) * plane;
-                            q += xs[base..base + plane]
-                                .iter()
-                                .map(|&v| (v as f64 - m) * (v as f64 - m))
-                                .sum::<f64>();
+                            q += kernels::sq_dev_f64(&xs[base..base + plane], m);
                         }
                         (m, q / n as f64)
                     })
@@ -2053,11 +2058,10 @@ impl Engine {
                 .map(|ch| {
                     let (mut sg, mut sgx) = (0.0f64, 0.0f64);
                     for s in 0..b {
-                        let base = (s * c + ch) * plane;
-                        for k in base..base + plane {
-                            sg += gd[k] as f64;
-                            sgx += (gd[k] * (xd[k] - md[ch]) * id[ch]) as f64;
-                        }
+                        let r = (s * c + ch) * plane..(s * c + ch + 1) * plane;
+                        let (a, bb) = kernels::bn_grad_sums(&gd[r.clone()], &xd[r], md[ch], id[ch]);
+                        sg += a;
+                        sgx += bb;
                     }
                     (sg as f32, sgx as f32)
                 })

@@ -130,6 +130,23 @@ impl Native<'_> {
         c.groups > 1 && c.groups == c.in_channels && c.groups == c.out_channels
     }
 
+    /// Floats per chunk of a depthwise convolution's scratch
+    /// (`kernels::depthwise_scratch` in the engine): the padded input plane split into
+    /// `stride_w` column phases of `hp x ceil(wp / stride_w)`, twice in backward (its
+    /// gradient), and a flat output of `ho * stride_h * ceil(wp / stride_w)`.
+    fn depthwise_scratch(&self, i: usize, backward: bool) -> u128 {
+        let Op::Conv2d(c) = &self.g.nodes()[i].op else {
+            return 0;
+        };
+        let x = self.g.nodes()[i].inputs[0];
+        let (h, w) = (self.g.shapes[x][1] as u128, self.g.shapes[x][2] as u128);
+        let (sh, sw) = (c.stride.0 as u128, c.stride.1 as u128);
+        let hp = h + 2 * c.padding.0 as u128;
+        let wq = (w + 2 * c.padding.1 as u128).div_ceil(sw);
+        let ho = self.g.shapes[i][1] as u128;
+        sw * hp * wq * if backward { 2 } else { 1 } + ho * sh * wq
+    }
+
     fn forward(&mut self, image: Sid, train: bool) -> Result<(Sid, Vec<Option<Tape>>), PlanError> {
         let g = self.g;
         let n = g.nodes().len();
@@ -172,7 +189,13 @@ impl Native<'_> {
                         self.sim.decref(wb);
                         self.sim.decref(xpad);
                     } else if self.depthwise(i) {
-                        // Plane by plane, no scratch.
+                        // Plane by plane: per chunk, one plane's phases and flat output.
+                        let s = self.alloc(
+                            self.chunks * self.depthwise_scratch(i, false) * F32,
+                            None,
+                            "depthwise",
+                        );
+                        self.sim.decref(s);
                     } else if self.conv_batch(i) > 1 {
                         // Column matrices of several samples side by side, and where a
                         // sample has more than one position, the product before it is
@@ -439,8 +462,20 @@ impl Native<'_> {
                         if let Some(col) = col {
                             self.sim.decref(col);
                         }
+                        // A depthwise convolution's planes (input phases, their gradient,
+                        // the flat output gradient), after the partials.
+                        let dws = dw.then(|| {
+                            self.alloc(
+                                self.chunks * self.depthwise_scratch(i, true) * F32,
+                                None,
+                                "depthwise",
+                            )
+                        });
                         if let Some(part) = part {
                             self.sim.decref(part);
+                        }
+                        if let Some(d) = dws {
+                            self.sim.decref(d);
                         }
                         if let Some(gsc) = gsc {
                             self.sim.decref(gsc);
