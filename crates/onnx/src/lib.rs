@@ -211,6 +211,8 @@ struct Notes {
     dropout_eval: usize,
     linear_no_bias: usize,
     linear_no_bias_features: u128,
+    /// Initializers that more than one layer reads as a parameter.
+    shared_params: usize,
     batch: Option<String>,
     fixed_batch: Option<i64>,
 }
@@ -285,6 +287,15 @@ impl Notes {
                  all-zero biases, and torchvision initialises some to zero); export with \
                  optimize=False to keep them",
                 self.linear_no_bias, self.linear_no_bias_features
+            ));
+        }
+        if self.shared_params > 0 {
+            v.push(format!(
+                "{} weights are read by more than one layer: planned as one parameter per \
+                 layer (the dynamo exporter's optimiser merges identical initializers, such as \
+                 an untrained model's equal biases; a model that really ties weights has fewer \
+                 parameters)",
+                self.shared_params
             ));
         }
         if self.relu_inplace > 0 || self.add_inplace > 0 {
@@ -424,6 +435,24 @@ impl Cx<'_> {
                 },
             );
         }
+        // Parameters shared between layers (merged initializers, or tied weights).
+        let mut param_uses: HashMap<&str, usize> = HashMap::new();
+        for n in &g.nodes {
+            let params = match n.op_type.as_str() {
+                "Conv" | "Gemm" => 1..3,
+                "MatMul" => 1..2,
+                "BatchNormalization" => 1..5,
+                _ => continue,
+            };
+            for i in params {
+                if let Some(name) = n.inputs.get(i) {
+                    if matches!(self.vals.get(name), Some(Val::Const { .. })) {
+                        *param_uses.entry(name.as_str()).or_default() += 1;
+                    }
+                }
+            }
+        }
+        self.notes.shared_params = param_uses.values().filter(|&&c| c > 1).count();
         // The image input: the one graph input that is not an initializer.
         let inputs: Vec<&proto::ValueInfo> = g
             .inputs
@@ -1446,6 +1475,35 @@ mod tests {
             e.0,
             "m.onnx: input `x` has shape [N, 10], expected [batch, C, H, W] with fixed C, H, W"
         );
+    }
+
+    #[test]
+    fn a_weight_read_by_two_layers_is_said() {
+        let nodes = vec![
+            node("Conv", "c1", &["x", "w", "b"], &["c1"]),
+            node("Conv", "c2", &["c1", "w2", "b"], &["y"]),
+        ];
+        let inits = vec![
+            weight("w", &[3, 3, 1, 1]),
+            weight("w2", &[3, 3, 1, 1]),
+            weight("b", &[3]),
+        ];
+        let m = model(20, nodes, inits, "y");
+        // As the file has it (the shared bias's name also marks a folded BatchNorm).
+        let as_is = Options {
+            inplace: Inplace::Torchvision,
+            restore_bn: false,
+        };
+        let l = from_model(&m, "m.onnx", "m", &as_is).unwrap();
+        assert!(
+            l.notes
+                .iter()
+                .any(|n| n.starts_with("1 weights are read by more than one layer")),
+            "{:?}",
+            l.notes
+        );
+        // Two layers, two parameters each.
+        assert_eq!(l.graph.infer().unwrap().num_params(), 2 * (9 + 3));
     }
 
     #[test]
