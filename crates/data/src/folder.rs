@@ -66,12 +66,16 @@ fn scan(root: &Path) -> Result<Scan, DataError> {
     let mut files = Vec::new();
     let mut classes = Vec::new();
     for (ci, d) in class_dirs.iter().enumerate() {
-        classes.push(
-            d.file_name()
-                .expect("a listed entry has a name")
-                .to_string_lossy()
-                .into_owned(),
-        );
+        let class = d
+            .file_name()
+            .expect("a listed entry has a name")
+            .to_string_lossy()
+            .into_owned();
+        // A class name is printed: a folder named with a terminal escape must not drive
+        // the terminal (the error names the root, and the name escaped).
+        vramlab_graph::text::check_printable(&class, "class folder")
+            .map_err(|m| DataError::file(root, m))?;
+        classes.push(class);
         let mut n = 0;
         for f in list_dir(d)? {
             // Metadata first (following symlinks): a FIFO named `1.png` would block the

@@ -81,6 +81,13 @@ fn read_header(
     if ndims == 0 {
         return Err(err("IDX file with zero dimensions".into()));
     }
+    if ndims > 3 {
+        // Read no further: 255 sizes listed in an error made a 3 KB line.
+        return Err(err(format!(
+            "IDX file with {ndims} dimensions: expected 3 (count, height, width) for images \
+             or 1 (count) for labels"
+        )));
+    }
     let mut sizes = vec![0u8; 4 * ndims];
     let got = read_up_to(r, &mut sizes).map_err(io_err)?;
     if got < sizes.len() {
@@ -509,6 +516,18 @@ mod tests {
     }
 
     #[test]
+    fn a_header_of_many_dimensions_is_refused_in_one_short_line() {
+        let mut bytes = vec![0, 0, 8, 255];
+        bytes.extend(std::iter::repeat_n(0xff, 1020));
+        let e = parse(&bytes, &p()).unwrap_err().to_string();
+        assert_eq!(
+            e,
+            "x.idx: IDX file with 255 dimensions: expected 3 (count, height, width) for \
+             images or 1 (count) for labels"
+        );
+    }
+
+    #[test]
     fn rejects_a_wrong_magic_number() {
         let e = parse(&[0x1f, 0x8b, 8, 1, 0, 0, 0, 0], &p())
             .unwrap_err()
@@ -549,11 +568,11 @@ mod tests {
             e,
             "x.idx: dimensions [4294967295, 4294967295, 4294967295] describe 79228162458924105385300197375 bytes of data, more than the 1073741824-byte limit of an IDX file"
         );
-        // 255 dimensions overflow even u128.
+        // 255 dimensions (whose product overflows even u128) are refused by their count.
         let mut bytes = vec![0, 0, 8, 255];
         bytes.resize(4 + 4 * 255, 0xff);
         let e = parse(&bytes, &p()).unwrap_err().to_string();
-        assert!(e.contains("describe over 2^128 bytes of data"), "{e}");
+        assert!(e.contains("IDX file with 255 dimensions"), "{e}");
     }
 
     #[test]

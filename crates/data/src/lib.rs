@@ -195,6 +195,38 @@ pub fn open(spec: &str, root: Option<&Path>, opts: &OpenOptions) -> Result<Datas
             ))),
         }
     };
+    // Options that apply to one kind of dataset are refused for the others, not ignored.
+    let images_only = |what: &str| -> Result<(), DataError> {
+        let f = &opts.folder;
+        if f.resize.is_some() || f.center_crop.is_some() || f.grayscale {
+            return Err(DataError::Config(format!(
+                "--resize, --center-crop and --grayscale apply to image folders; `{spec}` is \
+                 {what}, whose images are read as stored"
+            )));
+        }
+        Ok(())
+    };
+    let not_cifar100 = |what: &str| -> Result<(), DataError> {
+        if opts.coarse_labels {
+            return Err(DataError::Config(format!(
+                "--coarse applies to CIFAR-100 (its 20 superclasses); `{spec}` is {what}"
+            )));
+        }
+        Ok(())
+    };
+    let kind = match lower.as_str() {
+        "fashion-mnist" | "fashionmnist" | "mnist" | "kmnist" => Some("an IDX dataset"),
+        s if s.starts_with("emnist-") => Some("an IDX dataset"),
+        "cifar10" | "cifar-10" => Some("CIFAR-10"),
+        "cifar100" | "cifar-100" => Some("CIFAR-100"),
+        _ => None,
+    };
+    if let Some(what) = kind {
+        images_only(what)?;
+        if what != "CIFAR-100" {
+            not_cifar100(what)?;
+        }
+    }
     match lower.as_str() {
         "fashion-mnist" | "fashionmnist" => idx::open_named(
             idx::Family::FashionMnist,
@@ -223,13 +255,20 @@ pub fn open(spec: &str, root: Option<&Path>, opts: &OpenOptions) -> Result<Datas
                     NAMES.join(", ")
                 )));
             }
-            open_path(path, opts)
+            open_path(path, opts, &images_only, &not_cifar100)
         }
     }
 }
 
 /// Recognises what a folder holds.
-fn open_path(path: &Path, opts: &OpenOptions) -> Result<Dataset, DataError> {
+/// `images_only` and `not_cifar100` refuse the options that do not apply to what the
+/// folder turns out to hold.
+fn open_path(
+    path: &Path,
+    opts: &OpenOptions,
+    images_only: &dyn Fn(&str) -> Result<(), DataError>,
+    not_cifar100: &dyn Fn(&str) -> Result<(), DataError>,
+) -> Result<Dataset, DataError> {
     if !path.is_dir() {
         return Err(DataError::file(
             path,
@@ -237,14 +276,20 @@ fn open_path(path: &Path, opts: &OpenOptions) -> Result<Dataset, DataError> {
         ));
     }
     if idx::find(path, "train", idx::Kind::Images, &idx::Family::Generic).is_some() {
+        images_only("a folder of IDX files")?;
+        not_cifar100("a folder of IDX files")?;
         return idx::open_named(idx::Family::Generic, path);
     }
     if cifar::looks_like(path, cifar::Kind::Cifar10) {
+        images_only("a folder of CIFAR-10 files")?;
+        not_cifar100("a folder of CIFAR-10 files")?;
         return cifar::open(cifar::Kind::Cifar10, path, false);
     }
     if cifar::looks_like(path, cifar::Kind::Cifar100) {
+        images_only("a folder of CIFAR-100 files")?;
         return cifar::open(cifar::Kind::Cifar100, path, opts.coarse_labels);
     }
+    not_cifar100("an image folder")?;
     folder::open(path, &opts.folder)
 }
 
