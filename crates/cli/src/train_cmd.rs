@@ -1265,6 +1265,10 @@ fn engine_from(path: &std::path::Path, threads: usize) -> Result<Restored> {
     if classes.is_empty() {
         return Err(bad("classes", &"no classes"));
     }
+    // predict prints them: a class named with a terminal escape must not drive it.
+    for c in &classes {
+        vramlab_graph::text::check_printable(c, "a class").map_err(|e| bad("classes", &e))?;
+    }
     let shape =
         vramlab_graph::parse_shape(&meta("input_shape")?).map_err(|e| bad("input_shape", &e))?;
     let opts = ModelOptions {

@@ -474,3 +474,29 @@ fn a_sweep_refuses_a_batch_size_given_twice_or_too_many() {
     refused(&o, &["--batch-sizes: 65 sizes, at most 64"]);
     std::fs::remove_dir_all(&dir).ok();
 }
+
+#[test]
+fn a_checkpoint_class_named_with_a_terminal_escape_is_refused() {
+    // predict printed "\x1b[2J\x1b[31mPWNED": the terminal was cleared.
+    let dir = scratch("ckclass");
+    let data = tiny_idx(&dir);
+    let ck = checkpoint(&dir, &data);
+    let classes: Vec<String> = (0..10).map(|i| format!("\u{1b}[2Jc{i}")).collect();
+    let bad = with_meta(
+        &ck,
+        &dir.join("esc.st"),
+        "classes",
+        &serde_json::to_string(&classes).unwrap(),
+    );
+    let o = run(
+        vramlab()
+            .args(["eval", "--checkpoint"])
+            .arg(&bad)
+            .arg("--data")
+            .arg(&data),
+        60,
+    );
+    refused(&o, &["esc.st: `classes` in its metadata", "U+001B"]);
+    assert!(!stderr(&o).contains('\u{1b}'), "{:?}", stderr(&o));
+    std::fs::remove_dir_all(&dir).ok();
+}
