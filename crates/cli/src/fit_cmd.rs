@@ -143,6 +143,7 @@ fn device_answer(
     card_bytes: u128,
     label: Option<&str>,
     fraction: Option<f64>,
+    cublas_given: Option<&str>,
 ) -> Result<Option<crate::device_fit_text::DeviceAnswer>> {
     use vramlab_memory::device_fit::{device_fit, DeviceBudget};
     if !cfg.profile.is_cuda() {
@@ -159,7 +160,8 @@ fn device_answer(
         },
         fraction: fraction.unwrap_or(1.0),
     };
-    if let Some(c) = card {
+    // The card's generation decides cuBLAS's workspace, unless --cublas-workspace says.
+    if let (Some(c), None) = (card, cublas_given) {
         template.cublas_workspace_bytes = c.cublas_workspace_bytes();
     }
     let answer = device_fit(g, &template, &budget)?;
@@ -227,7 +229,14 @@ pub fn fit(a: &FitArgs) -> Result<()> {
     let mut outs = Vec::new();
     let mut devices = Vec::new();
     for (card, label) in cards {
-        devices.push(device_answer(&g, &cfg, card, label.as_deref(), a.fraction)?);
+        devices.push(device_answer(
+            &g,
+            &cfg,
+            card,
+            label.as_deref(),
+            a.fraction,
+            a.plan.cublas_workspace.as_deref(),
+        )?);
         let req = FitRequest {
             card_bytes: card,
             fraction: a.fraction.unwrap_or(0.8),

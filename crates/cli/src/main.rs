@@ -240,6 +240,10 @@ pub struct PlanArgs {
     /// an estimate).
     #[arg(long, value_name = "SIZE")]
     pub cudnn_workspace: Option<String>,
+    /// cuBLAS workspace the first matmul takes from the caching allocator (default
+    /// 8.125MiB; 32MiB on Hopper and newer, which `fit --gpu` picks by itself).
+    #[arg(long, value_name = "SIZE")]
+    pub cublas_workspace: Option<String>,
 }
 
 impl PlanArgs {
@@ -292,6 +296,10 @@ impl PlanArgs {
         let workspace =
             |w: &str| fmt::parse_size(w).map_err(|e| UserError(format!("--cudnn-workspace: {e}")));
         cfg.cudnn_workspace_bytes = self.cudnn_workspace.as_deref().map(workspace).transpose()?;
+        if let Some(w) = &self.cublas_workspace {
+            cfg.cublas_workspace_bytes =
+                fmt::parse_size(w).map_err(|e| UserError(format!("--cublas-workspace: {e}")))?;
+        }
         Ok(cfg)
     }
 }

@@ -201,3 +201,26 @@ fn bad_device_options_name_themselves() {
     );
     assert!(o.stdout.is_empty());
 }
+
+#[test]
+fn the_cublas_workspace_follows_the_card_or_the_option() {
+    let r = json(&[
+        "memory",
+        "resnet18",
+        "--batch-size",
+        "8",
+        "--json",
+        "--cublas-workspace",
+        "32MiB",
+    ]);
+    assert_eq!(n(&r["device"]["cublas_workspace_bytes"]), 32 << 20);
+    let base = json(&["memory", "resnet18", "--batch-size", "8", "--json"]);
+    // The workspace is one allocation the whole run keeps: 32 MiB against 8.125 MiB, less
+    // what the smaller one's 20 MiB segment wastes where a block is handed out whole.
+    let (big, small) = (
+        n(&r["device"]["allocated_peak_bytes"]),
+        n(&base["device"]["allocated_peak_bytes"]),
+    );
+    assert!(big > small + (16 << 20), "{big} {small}");
+    assert!(big - small <= (32 << 20) - 8_519_680, "{big} {small}");
+}
