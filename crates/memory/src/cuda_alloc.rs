@@ -379,7 +379,8 @@ pub struct AllocStats {
     pub reserved_bytes: Stat,
     /// Reserved bytes at the moment allocated bytes reached their peak.
     pub reserved_at_allocated_peak: u128,
-    /// Segments from cudaMalloc (or mapped ranges of expandable segments) now held.
+    /// Segments from cudaMalloc now held (`segment`; expandable segments' pages do not
+    /// count, as in PyTorch).
     pub segments: u64,
     /// `num_alloc_retries`: cudaMalloc retried after freeing every cached block.
     pub num_alloc_retries: u64,
@@ -1049,8 +1050,8 @@ impl CachingAllocator {
         }
         self.insert_free(id);
         self.total_allocated_memory += mapped;
+        // map_block raises reserved bytes, not the segment count (a segment is a cudaMalloc).
         self.stats.reserved_bytes.add(mapped);
-        self.stats.segments += 1;
         self.stats.num_device_alloc += 1;
         true
     }
@@ -1128,7 +1129,6 @@ impl CachingAllocator {
         self.pool(small).unmapped.insert((p, id));
         self.total_allocated_memory -= len;
         self.stats.reserved_bytes.sub(len);
-        self.stats.segments = self.stats.segments.saturating_sub(1);
         self.stats.num_device_free += 1;
     }
 }
