@@ -294,6 +294,10 @@ fn download(
     progress: &mut impl FnMut(&Resource, u64, Option<u64>),
 ) -> Result<u64, DataError> {
     let failed = |m: String| DataError::file(path, format!("download from {} failed: {m}", r.url));
+    // Before the network: the final rename must not replace a folder, device or FIFO
+    // standing where the file goes.
+    vramlab_graph::io::write_target(path)
+        .map_err(|e| DataError::file(path, format!("cannot write: {e}")))?;
     let mut resp = agent
         .get(&r.url)
         .config()

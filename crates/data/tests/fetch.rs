@@ -339,3 +339,42 @@ fn an_archive_is_unpacked_and_leaves_no_temporary_folder() {
     );
     std::fs::remove_dir_all(&root).ok();
 }
+
+#[cfg(unix)]
+#[test]
+fn a_fifo_where_the_file_goes_is_refused_before_the_download_and_kept() {
+    // The download's rename replaced it (and would replace a device node, as root).
+    use std::os::unix::fs::FileTypeExt;
+    let b = body();
+    let url = serve(b.clone(), b.len(), false, 1);
+    let root = tmp("fifo");
+    std::fs::create_dir_all(&root).unwrap();
+    let fifo = root.join("data.bin");
+    let made = std::process::Command::new("mkfifo")
+        .arg(&fifo)
+        .status()
+        .is_ok_and(|s| s.success());
+    if !made {
+        return;
+    }
+    let r = Resource {
+        url: format!("{url}data.bin"),
+        file: "data.bin".into(),
+        md5: md5_of(&b, "fifo"),
+        max_bytes: 1 << 20,
+        unpack: false,
+    };
+    let e = fetch(&[r], &root, &opts(), |_, _, _| {})
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("data.bin: cannot write: not a regular file"),
+        "{e}"
+    );
+    assert!(std::fs::symlink_metadata(&fifo)
+        .unwrap()
+        .file_type()
+        .is_fifo());
+    assert_eq!(listing(&root), vec!["data.bin"]);
+    std::fs::remove_dir_all(&root).ok();
+}
