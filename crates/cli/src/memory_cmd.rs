@@ -166,11 +166,14 @@ pub fn render_device(d: &DeviceReport, reported_steps: usize, lang: Lang) -> Str
     ];
     let header: Vec<&str> = header.iter().map(String::as_str).collect();
     let mut tb = Table::new(&header, &[false, true, true, true, true]);
-    for st in &d.steps {
-        let name = if st.step as usize > reported_steps {
-            t(lang, "{0} (steady state)", &[&st.step])
-        } else {
-            st.step.to_string()
+    for (i, st) in d.steps.iter().enumerate() {
+        // The extra step shows whether the cache has settled: no more reserved than the
+        // step before it.
+        let settled = i > 0 && st.reserved_peak_bytes <= d.steps[i - 1].reserved_peak_bytes;
+        let name = match (st.step as usize > reported_steps, settled) {
+            (true, true) => t(lang, "{0} (steady state)", &[&st.step]),
+            (true, false) => t(lang, "{0} (cache still growing)", &[&st.step]),
+            _ => st.step.to_string(),
         };
         tb.row(vec![
             name,

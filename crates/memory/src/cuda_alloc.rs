@@ -1134,8 +1134,105 @@ impl CachingAllocator {
 }
 
 #[cfg(test)]
+impl CachingAllocator {
+    /// Every live block: allocated bytes, reserved bytes and the pools agree, and no two
+    /// neighbouring free blocks of the same kind were left unmerged.
+    fn check_invariants(&self) {
+        let live: Vec<usize> = (0..self.blocks.len())
+            .filter(|i| !self.unused_slots.contains(i))
+            .collect();
+        let allocated: u128 = live
+            .iter()
+            .filter(|i| self.blocks[**i].allocated)
+            .map(|i| self.blocks[*i].size)
+            .sum();
+        assert_eq!(allocated, self.stats.allocated_bytes.current);
+        let mapped: u128 = live
+            .iter()
+            .filter(|i| self.blocks[**i].mapped)
+            .map(|i| self.blocks[*i].size)
+            .sum();
+        assert_eq!(mapped, self.stats.reserved_bytes.current);
+        assert_eq!(mapped, self.total_allocated_memory);
+        let free = live
+            .iter()
+            .filter(|i| !self.blocks[**i].allocated && self.blocks[**i].mapped)
+            .count();
+        assert_eq!(free, self.small.blocks.len() + self.large.blocks.len());
+        for &i in &live {
+            let b = &self.blocks[i];
+            if let Some(n) = b.next {
+                let nb = &self.blocks[n];
+                assert_eq!(nb.prev, Some(i));
+                assert_eq!(b.ptr + b.size, nb.ptr, "neighbours are contiguous");
+                assert!(
+                    b.allocated || nb.allocated || b.mapped != nb.mapped,
+                    "two free neighbours left unmerged"
+                );
+            }
+        }
+    }
+}
+
+#[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A random trace of mallocs and frees of every size class, checked after each call.
+    fn random_trace(conf: AllocConf, limit: Option<u128>) {
+        let mut a = CachingAllocator::new(conf, limit, None);
+        let mut seed = 0x2545_f491_4f6c_dd1d_u64;
+        let mut next = move || {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            seed
+        };
+        let mut live = Vec::new();
+        for _ in 0..3000 {
+            if next() % 5 < 3 || live.is_empty() {
+                let size = match next() % 4 {
+                    0 => next() % 4096 + 1,
+                    1 => next() % (1 << 20) + 1,
+                    2 => next() % (10 << 20) + 1,
+                    _ => next() % (64 << 20) + 1,
+                } as u128;
+                if let Ok(b) = a.malloc(size) {
+                    live.push(b);
+                }
+            } else {
+                let i = (next() % live.len() as u64) as usize;
+                a.free(live.swap_remove(i));
+            }
+            a.check_invariants();
+        }
+        for b in live {
+            a.free(b);
+        }
+        a.check_invariants();
+        a.release_cached_blocks();
+        a.check_invariants();
+        assert_eq!(a.stats().reserved_bytes.current, 0);
+    }
+
+    #[test]
+    fn random_traces_keep_the_books_and_merge_every_free_neighbour() {
+        random_trace(AllocConf::default(), None);
+        random_trace(AllocConf::default(), Some(512 << 20));
+        random_trace(AllocConf::parse("expandable_segments:True").unwrap(), None);
+        random_trace(
+            AllocConf::parse("expandable_segments:True").unwrap(),
+            Some(512 << 20),
+        );
+        random_trace(
+            AllocConf::parse("max_split_size_mb:20").unwrap(),
+            Some(512 << 20),
+        );
+        random_trace(
+            AllocConf::parse("roundup_power2_divisions:4").unwrap(),
+            None,
+        );
+    }
 
     const M: u128 = MIB;
 
