@@ -242,9 +242,17 @@ pub fn stats(a: &StatsArgs) -> Result<()> {
     if a.json {
         return print_json(&s);
     }
+    // Four decimals, or three significant digits where four decimals would print a
+    // small std as 0.0000 (a Normalize that divides by zero).
     let f = |v: &[f64]| {
         v.iter()
-            .map(|x| format!("{x:.4}"))
+            .map(|&x| {
+                if x != 0.0 && x.abs() < 1e-3 {
+                    format!("{x:.3e}")
+                } else {
+                    format!("{x:.4}")
+                }
+            })
             .collect::<Vec<_>>()
             .join(", ")
     };
@@ -258,6 +266,21 @@ pub fn stats(a: &StatsArgs) -> Result<()> {
         f(&s.mean),
         f(&s.std)
     );
+    let constant: Vec<String> = s
+        .std
+        .iter()
+        .enumerate()
+        .filter(|(_, &v)| v == 0.0)
+        .map(|(c, _)| c.to_string())
+        .collect();
+    if !constant.is_empty() {
+        println!(
+            "\nnote: channel {} is the same in every pixel (std 0): torchvision's Normalize \
+             refuses a std of 0 (a division by zero); `vramlab train --normalize auto` uses \
+             1e-6 there",
+            constant.join(", ")
+        );
+    }
     Ok(())
 }
 

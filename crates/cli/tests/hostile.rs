@@ -500,3 +500,36 @@ fn a_checkpoint_class_named_with_a_terminal_escape_is_refused() {
     assert!(!stderr(&o).contains('\u{1b}'), "{:?}", stderr(&o));
     std::fs::remove_dir_all(&dir).ok();
 }
+
+#[test]
+fn stats_of_a_constant_channel_say_that_normalize_would_divide_by_zero() {
+    // It printed `transforms.Normalize(mean=(0.0275,), std=(0.0000,))` and nothing else.
+    let dir = scratch("conststats");
+    let d = dir.join("const");
+    std::fs::create_dir_all(&d).unwrap();
+    std::fs::write(d.join("train-images-idx3-ubyte"), idx(&[4, 2, 2], &[7; 16])).unwrap();
+    std::fs::write(d.join("train-labels-idx1-ubyte"), idx(&[4], &[0, 1, 0, 1])).unwrap();
+    let o = run(vramlab().args(["data", "stats"]).arg(&d), 60);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert!(out.contains("std=(0.0000,)"), "{out}");
+    assert!(
+        out.contains("note: channel 0 is the same in every pixel (std 0)"),
+        "{out}"
+    );
+    // A std that is small but not zero is printed with its digits, not as 0.0000.
+    std::fs::write(
+        d.join("train-images-idx3-ubyte"),
+        idx(&[4, 100, 100], &{
+            let mut v = vec![7u8; 40_000];
+            v[0] = 8;
+            v
+        }),
+    )
+    .unwrap();
+    let o = run(vramlab().args(["data", "stats"]).arg(&d), 60);
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert!(out.contains("std:  1.961e-5"), "{out}");
+    assert!(!out.contains("note:"), "{out}");
+    std::fs::remove_dir_all(&dir).ok();
+}
