@@ -1295,10 +1295,12 @@ fn engine_from(path: &std::path::Path, threads: usize) -> Result<Restored> {
         .optimizer()?
         .unwrap_or_else(|| OptimizerConfig::named("sgd", None).expect("a known optimizer"));
     // The weights and the optimizer state are allocated before they are read: a model
-    // (say, an embedded model file) too large for this machine is refused first.
+    // (say, an embedded model file) too large for this machine is refused first. A
+    // training step of 2 images, not 1: at 1 the planner refuses a BatchNorm over 1x1
+    // maps as PyTorch's training mode does, which eval and predict are not in.
     planned_step(
         &g,
-        1,
+        2,
         planner_optimizer_of(&opt)?,
         threads,
         &format!("{}: its model {}", path.display(), g.graph.name),

@@ -533,3 +533,52 @@ fn stats_of_a_constant_channel_say_that_normalize_would_divide_by_zero() {
     assert!(!out.contains("note:"), "{out}");
     std::fs::remove_dir_all(&dir).ok();
 }
+
+#[test]
+fn a_model_with_batchnorm_over_1x1_maps_evaluates_and_predicts_after_training() {
+    // Training at batch 4 worked; eval and predict refused the checkpoint with PyTorch's
+    // training-mode error for a batch of 1 ("Expected more than 1 value per channel").
+    let dir = scratch("bn1x1");
+    let data = tiny_idx(&dir);
+    let model = dir.join("bnhead.toml");
+    std::fs::write(
+        &model,
+        "input = [1, 28, 28]\nlayers = [\n  { type = \"Conv2d\", in_channels = 1, out_channels = 10, kernel_size = 28 },\n  { type = \"BatchNorm2d\", num_features = 10 },\n  { type = \"Flatten\" },\n]\n",
+    )
+    .unwrap();
+    let ck = dir.join("bn.st");
+    let o = run(
+        vramlab()
+            .arg("train")
+            .arg(&model)
+            .args(["-b", "4", "--data"])
+            .arg(&data)
+            .arg("--checkpoint")
+            .arg(&ck),
+        120,
+    );
+    assert!(o.status.success(), "{}", stderr(&o));
+    let o = run(
+        vramlab()
+            .args(["eval", "--checkpoint"])
+            .arg(&ck)
+            .arg("--data")
+            .arg(&data),
+        60,
+    );
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(String::from_utf8_lossy(&o.stdout).contains("20 images: accuracy"));
+    let png = dir.join("x.png");
+    image::GrayImage::from_pixel(28, 28, image::Luma([50]))
+        .save(&png)
+        .unwrap();
+    let o = run(
+        vramlab()
+            .args(["predict", "--checkpoint"])
+            .arg(&ck)
+            .arg(&png),
+        60,
+    );
+    assert!(o.status.success(), "{}", stderr(&o));
+    std::fs::remove_dir_all(&dir).ok();
+}
