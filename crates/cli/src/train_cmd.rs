@@ -464,6 +464,32 @@ fn planned_step(
     Ok(planned)
 }
 
+/// The last batch of an epoch of `n` images is smaller: a BatchNorm that it leaves one
+/// value per channel fails there as in PyTorch, after an epoch of work; say so before.
+fn check_last_batch(
+    g: &Shaped,
+    n: usize,
+    batch: usize,
+    optimizer: Optimizer,
+    threads: usize,
+) -> Result<()> {
+    let last = n % batch.max(1);
+    if last == 0 {
+        return Ok(());
+    }
+    let mut pcfg = PlanConfig::new(last as u64);
+    pcfg.profile = Profile::Native;
+    pcfg.optimizer = optimizer;
+    pcfg.threads = threads;
+    match plan(g, &pcfg) {
+        Ok(_) => Ok(()),
+        Err(err) => Err(UserError(format!(
+            "the last batch of each epoch holds {last} of the {n} training images (batch \
+             {batch}), where {err}; choose a batch size that leaves more"
+        ))),
+    }
+}
+
 /// Where a model comes from, as a checkpoint records it: a zoo name, or a model file's
 /// whole text (so that loading a checkpoint never opens a path its metadata names).
 enum ModelSource {
@@ -947,6 +973,13 @@ pub fn train(a: &TrainArgs) -> Result<()> {
         threads,
         &format!("training {} at batch {batch}", g.graph.name),
     )?;
+    check_last_batch(
+        &g,
+        ds.train.len(),
+        batch,
+        planner_optimizer_of(&opt)?,
+        threads,
+    )?;
     let described = describe_optimizer(&opt);
     let mut e = Engine::new(g.clone(), opt, seed, threads)?;
     if let Some((ck, _, _)) = &resume {
@@ -1276,11 +1309,11 @@ fn engine_from(path: &std::path::Path, threads: usize) -> Result<Restored> {
         input_shape: Some(shape.clone()),
     };
     let source = ModelSource::from_checkpoint(&ck.metadata, path)?;
-    let model_name = ck.metadata.get("model").map_or("?", String::as_str);
-    let g = source.build(
-        &opts,
-        &format!("{}: its model {model_name:?}", path.display()),
-    )?;
+    let origin = match &source {
+        ModelSource::File { .. } => format!("{} (its model file)", path.display()),
+        ModelSource::Zoo(name) => format!("{}: its model {name:?}", path.display()),
+    };
+    let g = source.build(&opts, &origin)?;
     if g.num_classes() != classes.len() {
         return Err(bad(
             "classes",
@@ -1906,6 +1939,7 @@ pub fn sweep(a: &SweepArgs) -> Result<()> {
             &format!("training {} at batch {bs}", g.graph.name),
         )?
         .peak_bytes;
+        check_last_batch(&g, ds.train.len(), bs, a.optim.planner()?, threads)?;
         plans.push((bs, opt, planned));
     }
     let mut rows = Vec::new();

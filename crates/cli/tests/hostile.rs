@@ -582,3 +582,86 @@ fn a_model_with_batchnorm_over_1x1_maps_evaluates_and_predicts_after_training() 
     assert!(o.status.success(), "{}", stderr(&o));
     std::fs::remove_dir_all(&dir).ok();
 }
+
+#[test]
+fn a_last_batch_that_batchnorm_cannot_take_is_refused_before_the_epoch() {
+    // 21 images at batch 4 leave 1 for the last step: PyTorch's BatchNorm error came
+    // after the whole epoch had trained.
+    let dir = scratch("lastbatch");
+    let data = tiny_idx(&dir);
+    let mut x = 7u8;
+    let px: Vec<u8> = (0..21 * 784)
+        .map(|_| {
+            x = x.wrapping_mul(31).wrapping_add(11);
+            x
+        })
+        .collect();
+    std::fs::write(
+        data.join("train-images-idx3-ubyte"),
+        idx(&[21, 28, 28], &px),
+    )
+    .unwrap();
+    let labels: Vec<u8> = (0..21).map(|i| (i % 10) as u8).collect();
+    std::fs::write(data.join("train-labels-idx1-ubyte"), idx(&[21], &labels)).unwrap();
+    let model = dir.join("bnhead.toml");
+    std::fs::write(
+        &model,
+        "input = [1, 28, 28]\nlayers = [\n  { type = \"Conv2d\", in_channels = 1, out_channels = 10, kernel_size = 28 },\n  { type = \"BatchNorm2d\", num_features = 10 },\n  { type = \"Flatten\" },\n]\n",
+    )
+    .unwrap();
+    let o = run(
+        vramlab()
+            .arg("train")
+            .arg(&model)
+            .args(["-b", "4", "--data"])
+            .arg(&data),
+        120,
+    );
+    refused(
+        &o,
+        &[
+            "the last batch of each epoch holds 1 of the 21 training images (batch 4)",
+            "Expected more than 1 value per channel",
+        ],
+    );
+    assert!(!stderr(&o).contains("epoch 1:"), "{}", stderr(&o));
+    let o = run(
+        vramlab()
+            .arg("train")
+            .arg(&model)
+            .args(["-b", "5", "--data"])
+            .arg(&data),
+        120,
+    );
+    refused(&o, &["holds 1 of the 21"]);
+    let o = run(
+        vramlab()
+            .arg("train")
+            .arg(&model)
+            .args(["-b", "2", "--data"])
+            .arg(&data),
+        120,
+    );
+    refused(&o, &["holds 1 of the 21"]);
+    let o = run(
+        vramlab()
+            .arg("train")
+            .arg(&model)
+            .args(["-b", "3", "--data"])
+            .arg(&data),
+        120,
+    );
+    assert!(o.status.success(), "{}", stderr(&o));
+    // A sweep checks every batch size before it trains the first.
+    let o = run(
+        vramlab()
+            .arg("sweep")
+            .arg(&model)
+            .args(["--batch-sizes", "3,4", "--data"])
+            .arg(&data),
+        120,
+    );
+    refused(&o, &["holds 1 of the 21 training images (batch 4)"]);
+    assert!(!stderr(&o).contains("batch 3:"), "{}", stderr(&o));
+    std::fs::remove_dir_all(&dir).ok();
+}
