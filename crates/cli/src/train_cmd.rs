@@ -1794,8 +1794,25 @@ fn check_plot_dir(dir: &std::path::Path) -> Result<()> {
         ))
     };
     std::fs::create_dir_all(dir).map_err(|e| fail(&e))?;
-    vramlab_graph::io::check_writable(&dir.join("speed_vs_batch.png")).map_err(|e| fail(&e))
+    // Every file the sweep will write: one that is a folder or a FIFO is found now,
+    // not after the training.
+    for name in SWEEP_PLOTS {
+        for ext in ["svg", "png"] {
+            let file = dir.join(format!("{name}.{ext}"));
+            vramlab_graph::io::check_writable(&file).map_err(|e| {
+                UserError(format!(
+                    "--plot-dir {}: cannot write {}: {e}",
+                    dir.display(),
+                    file.display()
+                ))
+            })?;
+        }
+    }
+    Ok(())
 }
+
+/// The plots a sweep writes, by file name without extension (see [`sweep_charts`]).
+const SWEEP_PLOTS: [&str; 3] = ["accuracy_vs_batch", "speed_vs_batch", "loss_curves"];
 
 /// The sweep's conclusion, read from its own rows (sorted by batch size): which batch
 /// was fastest, how the number of updates and the accuracy changed.
@@ -2167,9 +2184,9 @@ pub fn sweep_charts(
         vline: None,
     };
     vec![
-        ("accuracy_vs_batch", acc),
-        ("speed_vs_batch", speed),
-        ("loss_curves", curves),
+        (SWEEP_PLOTS[0], acc),
+        (SWEEP_PLOTS[1], speed),
+        (SWEEP_PLOTS[2], curves),
     ]
 }
 

@@ -665,3 +665,32 @@ fn a_last_batch_that_batchnorm_cannot_take_is_refused_before_the_epoch() {
     assert!(!stderr(&o).contains("batch 3:"), "{}", stderr(&o));
     std::fs::remove_dir_all(&dir).ok();
 }
+
+#[test]
+fn every_plot_a_sweep_writes_is_checked_before_it_trains() {
+    // Only speed_vs_batch.png was checked: a folder named loss_curves.svg failed the
+    // sweep after all its training.
+    let dir = scratch("plotdir");
+    let data = tiny_idx(&dir);
+    let plots = dir.join("plots");
+    std::fs::create_dir_all(plots.join("loss_curves.svg")).unwrap();
+    let o = run(
+        vramlab()
+            .args([
+                "sweep",
+                "lenet5",
+                "--batch-sizes",
+                "4",
+                "--samples",
+                "8",
+                "--data",
+            ])
+            .arg(&data)
+            .arg("--plot-dir")
+            .arg(&plots),
+        120,
+    );
+    refused(&o, &["--plot-dir", "loss_curves.svg", "it is a folder"]);
+    assert!(!stderr(&o).contains("batch 4:"), "{}", stderr(&o));
+    std::fs::remove_dir_all(&dir).ok();
+}
