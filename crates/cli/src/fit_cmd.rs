@@ -19,6 +19,32 @@ pub struct GpusArgs {
     json: bool,
 }
 
+/// The total a budget rests on for a catalog card, and which figure that is: the
+/// nvidia-smi total a process sees where one is published, else the nominal size.
+pub fn card_budget_total(gpu: &fit::Gpu) -> (u128, String) {
+    match vramlab_memory::cards::card_memory(gpu.name) {
+        Some(c) if c.is_measured() => (
+            c.total_bytes(gpu.memory_bytes),
+            format!(
+                "the total nvidia-smi shows; nominal {}",
+                bytes(gpu.memory_bytes)
+            ),
+        ),
+        _ => (
+            gpu.memory_bytes,
+            "nominal size: no published nvidia-smi total".to_string(),
+        ),
+    }
+}
+
+/// A card to fit on: a catalog card (`--gpu`) or a size (`--memory`).
+struct CardChoice {
+    gpu: Option<fit::Gpu>,
+    total_bytes: u128,
+    /// Which figure `total_bytes` is, for a catalog card.
+    basis: Option<String>,
+}
+
 pub fn gpus(a: &GpusArgs) -> Result<()> {
     // Each card with the total a process sees (nvidia-smi) and where that figure comes from.
     #[derive(Serialize)]
@@ -115,6 +141,10 @@ pub struct FitJson {
     pub model: String,
     pub input_shape: Vec<usize>,
     pub gpu: Option<String>,
+    /// Which figure the card's total is (nvidia-smi's or the nominal size), for a
+    /// catalog card.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub card_total_basis: Option<String>,
     /// `--memory` as the user wrote it (`12GB`), to show what it was read as.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub memory_as_given: Option<String>,
@@ -141,7 +171,7 @@ fn device_answer(
     g: &vramlab_graph::Shaped,
     cfg: &vramlab_memory::PlanConfig,
     card_bytes: u128,
-    label: Option<&str>,
+    gpu: Option<&fit::Gpu>,
     fraction: Option<f64>,
     cublas_given: Option<&str>,
 ) -> Result<Option<crate::device_fit_text::DeviceAnswer>> {
@@ -149,7 +179,6 @@ fn device_answer(
     if !cfg.profile.is_cuda() {
         return Ok(None);
     }
-    let gpu = label.and_then(|l| GPUS.iter().find(|g| g.label == l));
     let card = gpu.and_then(|g| vramlab_memory::cards::card_memory(g.name));
     let mut template = cfg.clone();
     let budget = DeviceBudget {
@@ -178,7 +207,7 @@ fn device_answer(
 }
 
 /// The cards to fit on: each `--gpu` name, or the one `--memory` size.
-fn cards(a: &FitArgs) -> Result<Vec<(u128, Option<String>)>> {
+fn cards(a: &FitArgs) -> Result<Vec<CardChoice>> {
     match (&a.gpu, &a.memory) {
         (Some(names), _) => {
             let mut out = Vec::new();
@@ -189,7 +218,12 @@ fn cards(a: &FitArgs) -> Result<Vec<(u128, Option<String>)>> {
                     )));
                 }
                 let gpu = fit::find_gpu(name)?;
-                out.push((gpu.memory_bytes, Some(gpu.label.to_string())));
+                let (total_bytes, basis) = card_budget_total(&gpu);
+                out.push(CardChoice {
+                    gpu: Some(gpu),
+                    total_bytes,
+                    basis: Some(basis),
+                });
             }
             if out.len() > GPUS.len() {
                 return Err(UserError(format!(
@@ -205,7 +239,11 @@ fn cards(a: &FitArgs) -> Result<Vec<(u128, Option<String>)>> {
             if bytes == 0 {
                 return Err(UserError("--memory must be more than 0 B".into()));
             }
-            Ok(vec![(bytes, None)])
+            Ok(vec![CardChoice {
+                gpu: None,
+                total_bytes: bytes,
+                basis: None,
+            }])
         }
         (None, None) => Err(UserError("give --gpu NAME or --memory SIZE".into())),
     }
@@ -228,12 +266,13 @@ pub fn fit(a: &FitArgs) -> Result<()> {
     }
     let mut outs = Vec::new();
     let mut devices = Vec::new();
-    for (card, label) in cards {
+    for choice in cards {
+        let card = choice.total_bytes;
         devices.push(device_answer(
             &g,
             &cfg,
             card,
-            label.as_deref(),
+            choice.gpu.as_ref(),
             a.fraction,
             a.plan.cublas_workspace.as_deref(),
         )?);
@@ -255,7 +294,8 @@ pub fn fit(a: &FitArgs) -> Result<()> {
         outs.push(FitJson {
             model: g.graph.name.clone(),
             input_shape: g.graph.input_shape.clone(),
-            gpu: label,
+            gpu: choice.gpu.map(|g| g.label.to_string()),
+            card_total_basis: choice.basis,
             memory_as_given: a.memory.clone(),
             profile: cfg.profile.name(),
             optimizer: cfg.optimizer.describe(),
@@ -313,7 +353,7 @@ pub fn render_cards(outs: &[FitJson], lang: Lang) -> String {
     out.push('\n');
     let h = [
         s(lang, "card"),
-        s(lang, "memory"),
+        s(lang, "card total"),
         s(lang, "budget"),
         s(lang, "largest batch"),
         s(lang, "power of two"),
@@ -324,9 +364,18 @@ pub fn render_cards(outs: &[FitJson], lang: Lang) -> String {
     let none = || "-".to_string();
     for o in outs {
         let r = &o.fit;
+        // The card's name, and its total marked where it is the nominal size.
+        let nominal = o
+            .card_total_basis
+            .as_deref()
+            .is_some_and(|b| b.starts_with("nominal"));
         tb.row(vec![
             o.gpu.clone().unwrap_or_default(),
-            bytes(r.card_bytes),
+            if nominal {
+                format!("{} {}", bytes(r.card_bytes), s(lang, "(nominal)"))
+            } else {
+                bytes(r.card_bytes)
+            },
             bytes(r.budget_bytes),
             r.max_batch_size
                 .map(|b| thousands(b as u128))
@@ -476,7 +525,10 @@ pub fn render(o: &FitJson, lang: Lang) -> String {
     let card = o
         .gpu
         .as_deref()
-        .map(|l| format!("{l}, "))
+        .map(|l| match &o.card_total_basis {
+            Some(basis) => format!("{l} ({basis}), "),
+            None => format!("{l}, "),
+        })
         .unwrap_or_default();
     // What the card's size was read as, in bytes and GiB, so that a decimal `12GB`
     // and a 12 GiB card are told apart.
@@ -484,7 +536,7 @@ pub fn render(o: &FitJson, lang: Lang) -> String {
         Some(given) if o.gpu.is_none() => size_as_read(given, r.card_bytes),
         _ => format!("{} = {} B", bytes(r.card_bytes), thousands(r.card_bytes)),
     };
-    out.push_str(&t(
+    out.push_str(&paragraph(&t(
         lang,
         "Card: {0}{1}; budget {2} % = {3} (peaks include the overhead)",
         &[
@@ -493,8 +545,7 @@ pub fn render(o: &FitJson, lang: Lang) -> String {
             &format!("{:.0}", r.fraction * 100.0),
             &bytes(r.budget_bytes),
         ],
-    ));
-    out.push('\n');
+    )));
     if let Some(given) = o.memory_as_given.as_deref().filter(|g| is_decimal_size(g)) {
         out.push_str(&paragraph(&t(
             lang,

@@ -23,6 +23,8 @@ static ZH: &[(&str, &str)] = &[
     ("after step", "步后"),
     ("what it is", "含义"),
     ("total", "合计"),
+    ("(nominal)", "（标称）"),
+    ("card total", "显卡总显存"),
     ("the weights and biases the model learns ({0} params)", "模型学习的权重和偏置（{0} 个参数）"),
     ("state that is not learned: BatchNorm running mean and variance", "不参与学习的状态：BatchNorm 的滑动均值和方差"),
     ("one gradient per parameter, made by backward, read by the optimizer", "每个参数一个梯度，由反向传播产生，供优化器读取"),

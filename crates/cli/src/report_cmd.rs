@@ -283,14 +283,15 @@ pub fn report(a: &ReportArgs) -> Result<()> {
     }
     // Batch-size curve.
     let card = match (&a.gpu, &a.memory) {
-        (Some(name), _) => Some((
-            vramlab_memory::fit::find_gpu(name)?.memory_bytes,
-            Some(name.clone()),
-        )),
-        (None, Some(m)) => Some((parse_size(m)?, None)),
+        (Some(name), _) => {
+            let gpu = vramlab_memory::fit::find_gpu(name)?;
+            let (total, basis) = crate::fit_cmd::card_budget_total(&gpu);
+            Some((total, Some(gpu.label.to_string()), Some(basis)))
+        }
+        (None, Some(m)) => Some((parse_size(m)?, None, None)),
         _ => None,
     };
-    if let Some((card_bytes, label)) = card {
+    if let Some((card_bytes, label, card_total_basis)) = card {
         let mut fcfg = cfg.clone();
         fcfg.record_timeline = false;
         let request = vramlab_memory::fit::FitRequest {
@@ -303,6 +304,7 @@ pub fn report(a: &ReportArgs) -> Result<()> {
             model: g.graph.name.clone(),
             input_shape: g.graph.input_shape.clone(),
             gpu: label,
+            card_total_basis,
             memory_as_given: a.memory.clone(),
             profile: cfg.profile.name(),
             optimizer: cfg.optimizer.describe(),
