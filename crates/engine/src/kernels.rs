@@ -1059,13 +1059,27 @@ unsafe fn maxpool2x2_avx512(
     }
 }
 
-/// 16 floats at `p` as their even and odd columns, in order.
+/// 16 floats at `p` as their even and odd columns, in order; with `n < 8`, only the
+/// first `2n` floats are read (the rest are zero).
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
 #[inline]
-unsafe fn split_even_odd(p: *const f32) -> (std::arch::x86_64::__m256, std::arch::x86_64::__m256) {
+unsafe fn split_even_odd(
+    p: *const f32,
+    n: usize,
+) -> (std::arch::x86_64::__m256, std::arch::x86_64::__m256) {
     use std::arch::x86_64::*;
-    let (l, h) = (_mm256_loadu_ps(p), _mm256_loadu_ps(p.add(8)));
+    let (l, h) = if n >= 8 {
+        (_mm256_loadu_ps(p), _mm256_loadu_ps(p.add(8)))
+    } else {
+        let lane = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
+        let m_lo = _mm256_cmpgt_epi32(_mm256_set1_epi32((2 * n).min(8) as i32), lane);
+        let m_hi = _mm256_cmpgt_epi32(_mm256_set1_epi32(2 * n as i32 - 8), lane);
+        (
+            _mm256_maskload_ps(p, m_lo),
+            _mm256_maskload_ps(p.add(8), m_hi),
+        )
+    };
     // [l0 l2 h0 h2 | l4 l6 h4 h6] -> [l0 l2 l4 l6 h0 h2 h4 h6]
     let e = _mm256_shuffle_ps::<0b10_00_10_00>(l, h);
     let o = _mm256_shuffle_ps::<0b11_01_11_01>(l, h);
@@ -1076,8 +1090,8 @@ unsafe fn split_even_odd(p: *const f32) -> (std::arch::x86_64::__m256, std::arch
 }
 
 /// The AVX2 2x2 max-pool: eight outputs at a time (two rows of 16 floats, split into
-/// even and odd columns), compares and blends; the last `wo % 8` outputs of a row in
-/// scalar code.
+/// even and odd columns), compares and blends; the last `wo % 8` outputs of a row with
+/// masked loads and stores.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
 unsafe fn maxpool2x2_avx2(
@@ -1100,9 +1114,10 @@ unsafe fn maxpool2x2_avx2(
         );
         let row0 = _mm256_set1_epi32((2 * oy * w) as i32);
         let mut ox0 = 0;
-        while ox0 + 8 <= wo {
-            let (a0, a1) = split_even_odd(p0.add(2 * ox0));
-            let (b0, b1) = split_even_odd(p1.add(2 * ox0));
+        while ox0 < wo {
+            let n = (wo - ox0).min(8);
+            let (a0, a1) = split_even_odd(p0.add(2 * ox0), n);
+            let (b0, b1) = split_even_odd(p1.add(2 * ox0), n);
             let mut best = a0;
             let mut at = _mm256_setzero_si256();
             for (v, k) in [a1, b0, b1].into_iter().zip(ks) {
@@ -1117,7 +1132,9 @@ unsafe fn maxpool2x2_avx2(
                     take,
                 ));
             }
-            _mm256_storeu_ps(out.as_mut_ptr().add(oy * wo + ox0), best);
+            let lane = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
+            let m = _mm256_cmpgt_epi32(_mm256_set1_epi32(n as i32), lane);
+            _mm256_maskstore_ps(out.as_mut_ptr().add(oy * wo + ox0), m, best);
             // Flat index: 2*oy*w + 2*ox0 + 2*lane + (at & 1) + (at >> 1) * w.
             let flat = _mm256_add_epi32(
                 _mm256_add_epi32(row0, _mm256_set1_epi32(2 * ox0 as i32)),
@@ -1126,16 +1143,21 @@ unsafe fn maxpool2x2_avx2(
                     _mm256_mullo_epi32(_mm256_srli_epi32::<1>(at), wv),
                 ),
             );
-            let dst = idx.as_mut_ptr().add(oy * wo + ox0) as *mut __m256i;
-            _mm256_storeu_si256(dst, _mm256_cvtepi32_epi64(_mm256_castsi256_si128(flat)));
-            _mm256_storeu_si256(
-                dst.add(1),
+            let dst = idx.as_mut_ptr().add(oy * wo + ox0) as *mut i64;
+            let l4 = _mm256_setr_epi64x(0, 1, 2, 3);
+            let m_lo = _mm256_cmpgt_epi64(_mm256_set1_epi64x(n as i64), l4);
+            let m_hi = _mm256_cmpgt_epi64(_mm256_set1_epi64x(n as i64 - 4), l4);
+            _mm256_maskstore_epi64(
+                dst,
+                m_lo,
+                _mm256_cvtepi32_epi64(_mm256_castsi256_si128(flat)),
+            );
+            _mm256_maskstore_epi64(
+                dst.add(4),
+                m_hi,
                 _mm256_cvtepi32_epi64(_mm256_extracti128_si256::<1>(flat)),
             );
             ox0 += 8;
-        }
-        if ox0 < wo {
-            maxpool2x2_row(src, w, oy, ox0..wo, out, idx);
         }
     }
 }
