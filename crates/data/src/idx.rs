@@ -344,14 +344,21 @@ fn load_split(root: &Path, split: &str, family: &Family) -> Result<Option<Loaded
         Some(p) => p,
         None if split == "test" => return Ok(None),
         None => {
-            return Err(DataError::file(
-                root,
+            // The folder itself, raw/, <Name>/raw/ and gzip/ are searched (see `find`).
+            let message = if root.is_dir() {
                 format!(
-                    "no {} training images here (looked for train-images-idx3-ubyte[.gz] in {0}, raw/ and {1}/raw/)",
+                    "no {} training images here (looked for train-images-idx3-ubyte[.gz] in \
+                     this folder, raw/, {}/raw/ and gzip/)",
                     family.name(),
                     family.torchvision_dir()
-                ),
-            ))
+                )
+            } else {
+                format!(
+                    "not a folder: --root names the folder with {}'s files",
+                    family.name()
+                )
+            };
+            return Err(DataError::file(root, message));
         }
     };
     let labels_path = find(root, split, Kind::Labels, family).ok_or_else(|| {
@@ -525,6 +532,31 @@ mod tests {
             "x.idx: IDX file with 255 dimensions: expected 3 (count, height, width) for \
              images or 1 (count) for labels"
         );
+    }
+
+    #[test]
+    fn a_missing_training_file_is_named_with_where_it_was_looked_for() {
+        // It said "looked for ... in fashion-mnist": the dataset's name, not a folder.
+        let dir = std::env::temp_dir().join(format!("vramlab-idx-missing-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let e = open_named(Family::FashionMnist, &dir)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.ends_with(
+                "no fashion-mnist training images here (looked for train-images-idx3-ubyte[.gz] \
+                 in this folder, raw/, FashionMNIST/raw/ and gzip/)"
+            ),
+            "{e}"
+        );
+        let file = dir.join("f");
+        std::fs::write(&file, b"x").unwrap();
+        let e = open_named(Family::Mnist, &file).unwrap_err().to_string();
+        assert!(
+            e.ends_with("f: not a folder: --root names the folder with mnist's files"),
+            "{e}"
+        );
+        std::fs::remove_dir_all(&dir).ok();
     }
 
     #[test]
