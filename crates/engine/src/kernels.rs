@@ -554,7 +554,7 @@ pub fn conv_wgrad_direct(
     // of `dy` are masked past `wo`; writes go to `pw[..cout*cin*kh*kw]` (asserted).
     unsafe {
         let (xp, dy, pw) = (xp.as_ptr(), dy.as_ptr(), pw.as_mut_ptr());
-        if kw % 5 == 0 {
+        if kw == 5 {
             wgrad_avx2::<2, 5>(xp, cin, hp, wp, dy, cout, ho, wo, kh, kw, pw)
         } else {
             wgrad_avx2::<3, 3>(xp, cin, hp, wp, dy, cout, ho, wo, kh, kw, pw)
@@ -577,7 +577,7 @@ unsafe fn hsum256(v: std::arch::x86_64::__m256) -> f32 {
 /// summed across lanes once.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
-#[allow(clippy::too_many_arguments)]
+#[allow(clippy::too_many_arguments, clippy::needless_range_loop)]
 unsafe fn wgrad_avx2<const CO: usize, const KX: usize>(
     xp: *const f32,
     cin: usize,
@@ -886,13 +886,18 @@ pub fn depthwise_backward(
 ) {
     assert!(is_depthwise(g), "not a depthwise convolution");
     let (ip, op, kk) = (g.h * g.w, g.ho * g.wo, g.kh * g.kw);
+    // (`Option::is_none_or` is newer than the crate's minimum Rust.)
+    let dx_fits = match &dx {
+        Some(d) => d.len() >= g.cin * ip,
+        None => true,
+    };
     assert!(
         x.len() >= g.cin * ip
             && w.len() >= g.cin * kk
             && dy.len() >= g.cout * op
             && gw.len() >= g.cin * kk
             && scratch.len() >= depthwise_scratch(g, true)
-            && dx.as_ref().map_or(true, |d| d.len() >= g.cin * ip),
+            && dx_fits,
         "depthwise buffers"
     );
     #[cfg(target_arch = "x86_64")]
@@ -1143,7 +1148,7 @@ unsafe fn maxpool2x2_avx2(
                     _mm256_mullo_epi32(_mm256_srli_epi32::<1>(at), wv),
                 ),
             );
-            let dst = idx.as_mut_ptr().add(oy * wo + ox0) as *mut i64;
+            let dst = idx.as_mut_ptr().add(oy * wo + ox0);
             let l4 = _mm256_setr_epi64x(0, 1, 2, 3);
             let m_lo = _mm256_cmpgt_epi64(_mm256_set1_epi64x(n as i64), l4);
             let m_hi = _mm256_cmpgt_epi64(_mm256_set1_epi64x(n as i64 - 4), l4);
