@@ -212,10 +212,7 @@ fn micro_batches_after_the_second_repeat_its_memory_exactly() {
             let r = plan(&g, &cfg).unwrap();
             (
                 r.peak_bytes,
-                r.steps
-                    .iter()
-                    .map(|s| s.after_step)
-                    .collect::<Vec<_>>(),
+                r.steps.iter().map(|s| s.after_step).collect::<Vec<_>>(),
             )
         };
         let three = at(3);
