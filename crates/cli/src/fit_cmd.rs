@@ -264,6 +264,9 @@ pub fn fit(a: &FitArgs) -> Result<()> {
             "--plot draws one card: give one --gpu, or leave --plot out to compare cards".into(),
         ));
     }
+    if let Some(path) = &a.plot {
+        crate::plot::check_plot_path(path, "--plot")?;
+    }
     let mut outs = Vec::new();
     let mut devices = Vec::new();
     for choice in cards {

@@ -145,7 +145,14 @@ impl ModelArgs {
         };
         let onnx = onnx_options(&self.onnx_inplace, &self.onnx_bn)?;
         let graph = load_graph(&self.model, &opts, &onnx)?;
-        Ok(graph.infer()?)
+        // A shape error in a file the user wrote names that file.
+        graph.infer().map_err(|e| {
+            if vramlab_graph::names_a_file(&self.model) || self.model.ends_with(".onnx") {
+                UserError(format!("{}: {e}", self.model))
+            } else {
+                e.into()
+            }
+        })
     }
 }
 
@@ -316,8 +323,28 @@ fn restore_default_sigpipe() {
     }
 }
 
+/// A print to stdout that fails for another reason than a closed pipe (`> /dev/full`,
+/// a disk that filled up) is one error line with exit code 2, not a panic.
+fn report_failed_output_as_an_error() {
+    let default_hook = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        let payload = info.payload();
+        let msg = payload
+            .downcast_ref::<String>()
+            .map(String::as_str)
+            .or_else(|| payload.downcast_ref::<&str>().copied())
+            .unwrap_or_default();
+        if let Some(why) = msg.strip_prefix("failed printing to stdout: ") {
+            eprintln!("error: cannot write the output: {why}");
+            std::process::exit(2);
+        }
+        default_hook(info);
+    }));
+}
+
 fn main() {
     restore_default_sigpipe();
+    report_failed_output_as_an_error();
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Tour(a) => tour::run(&a),

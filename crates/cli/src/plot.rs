@@ -446,6 +446,22 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
         .map_err(|e| UserError(format!("{}: cannot write: {e}", path.display())))
 }
 
+/// Refuses, before any work, a chart path that is neither .svg nor .png or could not be
+/// written.
+pub fn check_plot_path(path: &Path, option: &str) -> Result<()> {
+    let ext = path
+        .extension()
+        .map(|e| e.to_string_lossy().to_ascii_lowercase())
+        .unwrap_or_default();
+    if ext != "svg" && ext != "png" {
+        return Err(UserError(format!(
+            "{option} {}: a plot is .svg or .png",
+            path.display()
+        )));
+    }
+    check_output(path, option)
+}
+
 /// Refuses, before any work, an output path `option` names that could not be written.
 pub fn check_output(path: &Path, option: &str) -> Result<()> {
     vramlab_graph::io::check_writable(path).map_err(|e| {

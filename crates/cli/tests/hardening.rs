@@ -124,3 +124,61 @@ fn an_unwritable_report_path_is_refused_before_any_work() {
     assert_eq!(std::fs::read_dir(&dir).expect("dir").count(), 0);
     std::fs::remove_dir_all(&dir).ok();
 }
+
+#[test]
+fn a_full_disk_on_stdout_is_one_error_line_not_a_panic() {
+    let Ok(full) = std::fs::OpenOptions::new().write(true).open("/dev/full") else {
+        return; // not Linux
+    };
+    let o = vramlab()
+        .args(["models", "--json"])
+        .stdout(full)
+        .output()
+        .expect("run");
+    let stderr = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(2), "{stderr}");
+    assert_eq!(
+        stderr.trim(),
+        "error: cannot write the output: No space left on device (os error 28)"
+    );
+}
+
+#[test]
+fn a_shape_error_in_a_model_file_names_the_file() {
+    let dir = std::env::temp_dir().join(format!("vramlab-shape-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    let f = dir.join("m.toml");
+    std::fs::write(
+        &f,
+        "name = \"m\"\ninput = [1, 28, 28]\nlayers = [\n  { type = \"Conv2d\", in_channels = 3, out_channels = 4, kernel_size = 3 },\n]\n",
+    )
+    .expect("write");
+    let o = vramlab().arg("memory").arg(&f).output().expect("run");
+    let stderr = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(
+        stderr.starts_with(&format!("error: {}: layer `0`", f.display())),
+        "{stderr}"
+    );
+    std::fs::remove_dir_all(&dir).ok();
+}
+
+#[test]
+fn a_plot_path_that_cannot_be_written_is_refused_before_the_search() {
+    for (plot, why) in [
+        ("/nonexistent-dir/fit.svg", "No such file"),
+        ("fit.txt", "a plot is .svg or .png"),
+    ] {
+        let o = vramlab()
+            .args(["fit", "resnet50", "--gpu", "h100", "--plot", plot])
+            .output()
+            .expect("run");
+        let stderr = String::from_utf8_lossy(&o.stderr);
+        assert_eq!(o.status.code(), Some(2), "{stderr}");
+        assert!(
+            stderr.contains("--plot") && stderr.contains(why),
+            "{stderr}"
+        );
+        assert!(o.stdout.is_empty());
+    }
+}
