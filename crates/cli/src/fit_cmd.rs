@@ -131,9 +131,9 @@ pub struct FitArgs {
     /// Print JSON instead of text.
     #[arg(long)]
     json: bool,
-    /// Language of the text: en or zh.
-    #[arg(long, value_enum, default_value = "en")]
-    lang: Lang,
+    /// The global --lang, set by `main`.
+    #[arg(skip)]
+    pub lang: Lang,
 }
 
 #[derive(Serialize)]

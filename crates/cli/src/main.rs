@@ -40,6 +40,16 @@ pub type Result<T> = std::result::Result<T, UserError>;
 struct Cli {
     #[command(subcommand)]
     command: Command,
+    /// Language of the output: en or zh (tour, memory, fit and report are translated;
+    /// the other commands print English and say so).
+    #[arg(
+        long,
+        value_enum,
+        global = true,
+        default_value = "en",
+        env = "VRAMLAB_LANG"
+    )]
+    lang: lang::Lang,
 }
 
 #[derive(Subcommand)]
@@ -346,12 +356,29 @@ fn main() {
     restore_default_sigpipe();
     report_failed_output_as_an_error();
     let cli = Cli::parse();
+    let lang = cli.lang;
+    let translated = matches!(
+        cli.command,
+        Command::Tour(_) | Command::Memory(_) | Command::Fit(_) | Command::Report(_)
+    );
+    if lang == lang::Lang::Zh && !translated {
+        eprintln!("note: this command prints English only; --lang zh translates tour, memory, fit and report (此命令仅输出英文)");
+    }
     let result = match cli.command {
-        Command::Tour(a) => tour::run(&a),
+        Command::Tour(mut a) => {
+            a.lang = lang;
+            tour::run(&a)
+        }
         Command::Models(a) => models_cmd::models(&a),
         Command::Summary(a) => models_cmd::summary(&a),
-        Command::Memory(a) => memory_cmd::run(&a),
-        Command::Fit(a) => fit_cmd::fit(&a),
+        Command::Memory(mut a) => {
+            a.lang = lang;
+            memory_cmd::run(&a)
+        }
+        Command::Fit(mut a) => {
+            a.lang = lang;
+            fit_cmd::fit(&a)
+        }
         Command::Gpus(a) => fit_cmd::gpus(&a),
         Command::Data(data_cmd::DataCommand::Info(a)) => data_cmd::info(&a),
         Command::Data(data_cmd::DataCommand::Stats(a)) => data_cmd::stats(&a),
@@ -361,7 +388,10 @@ fn main() {
         Command::Bench(BenchCommand::Train(a)) => train_cmd::bench_train(&a),
         Command::Train(a) => train_cmd::train(&a),
         Command::Sweep(a) => train_cmd::sweep(&a),
-        Command::Report(a) => report_cmd::report(&a),
+        Command::Report(mut a) => {
+            a.lang = lang;
+            report_cmd::report(&a)
+        }
         Command::Eval(a) => train_cmd::eval(&a),
         Command::Predict(a) => train_cmd::predict(&a),
     };

@@ -23,9 +23,9 @@ pub struct MemoryArgs {
     /// Print JSON instead of a table.
     #[arg(long)]
     json: bool,
-    /// Language of the text: en or zh.
-    #[arg(long, value_enum, default_value = "en")]
-    lang: Lang,
+    /// The global --lang, set by `main`.
+    #[arg(skip)]
+    pub lang: Lang,
 }
 
 /// One plain sentence per category.

@@ -44,9 +44,9 @@ pub struct ReportArgs {
     /// The JSON of a `vramlab sweep ... --json` run, to include its curves.
     #[arg(long, value_name = "FILE")]
     sweep: Option<PathBuf>,
-    /// Language of the report: en or zh.
-    #[arg(long, value_enum, default_value = "en")]
-    lang: Lang,
+    /// The global --lang, set by `main`.
+    #[arg(skip)]
+    pub lang: Lang,
     /// The HTML file to write.
     #[arg(long, value_name = "FILE.html")]
     out: PathBuf,

@@ -16,9 +16,9 @@ pub struct TourArgs {
     /// Print the lesson's numbers and the planner's as JSON.
     #[arg(long)]
     json: bool,
-    /// Language of the text: en or zh.
-    #[arg(long, value_enum, default_value = "en")]
-    lang: Lang,
+    /// The global --lang, set by `main`.
+    #[arg(skip)]
+    pub lang: Lang,
 }
 
 const MB: f64 = 1024.0 * 1024.0;

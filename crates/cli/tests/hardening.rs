@@ -182,3 +182,37 @@ fn a_plot_path_that_cannot_be_written_is_refused_before_the_search() {
         assert!(o.stdout.is_empty());
     }
 }
+
+#[test]
+fn every_command_takes_lang_and_an_untranslated_one_says_so() {
+    // Before the option or after the command, on the command line or from VRAMLAB_LANG.
+    let o = vramlab()
+        .args(["--lang", "zh", "memory", "simple_cnn"])
+        .output()
+        .expect("run");
+    assert!(String::from_utf8_lossy(&o.stdout).contains("批大小 64"));
+    let o = vramlab()
+        .args(["fit", "simple_cnn", "--memory", "1GiB"])
+        .env("VRAMLAB_LANG", "zh")
+        .output()
+        .expect("run");
+    assert!(String::from_utf8_lossy(&o.stdout).contains("使用 Adam() 训练"));
+    for args in [
+        &["models", "--lang", "zh"][..],
+        &["gpus", "--lang", "zh"][..],
+    ] {
+        let o = vramlab().args(args).output().expect("run");
+        assert!(o.status.success(), "{args:?}");
+        let stderr = String::from_utf8_lossy(&o.stderr);
+        assert!(stderr.contains("prints English only"), "{args:?}: {stderr}");
+    }
+    let o = vramlab()
+        .args(["tour", "--lang", "zh"])
+        .output()
+        .expect("run");
+    assert!(
+        o.stderr.is_empty(),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+}
