@@ -54,7 +54,17 @@ pub fn parse_size(s: &str) -> Result<u128, String> {
         .find(|c: char| !(c.is_ascii_digit() || c == '.'))
         .unwrap_or(t.len());
     let (num, unit) = t.split_at(split);
-    let unit = unit.trim().to_ascii_lowercase();
+    // `Gb`, `Mb`: bits, as network speeds are written (all lower case, `gb`, is read as
+    // the bytes it casually means); memory is counted in bytes.
+    let raw_unit = unit.trim();
+    if raw_unit.ends_with('b') && raw_unit.chars().any(|c| c.is_ascii_uppercase()) {
+        return Err(format!(
+            "`{s}` reads as bits ({raw_unit}); memory is counted in bytes: write {}B or {}iB",
+            &raw_unit[..raw_unit.len() - 1].to_ascii_uppercase(),
+            &raw_unit[..raw_unit.len() - 1].to_ascii_uppercase(),
+        ));
+    }
+    let unit = raw_unit.to_ascii_lowercase();
     if unit.is_empty() {
         return Err(format!("`{s}` is not a size: it needs a unit, {SIZE_HELP}"));
     }
@@ -328,6 +338,19 @@ mod tests {
             "12GiB = 12,884,901,888 B = 12.00 GiB"
         );
         assert!(is_decimal_size("12 GB") && !is_decimal_size("12GiB"));
+    }
+
+    #[test]
+    fn a_size_in_bits_is_refused() {
+        let e = parse_size("8Gb").unwrap_err();
+        assert!(
+            e.contains("reads as bits") && e.contains("8Gb") && e.contains("write GB or GiB"),
+            "{e}"
+        );
+        assert!(parse_size("8Mb").is_err());
+        assert_eq!(parse_size("8GB").unwrap(), 8_000_000_000);
+        assert_eq!(parse_size("8gib").unwrap(), 8 << 30);
+        assert_eq!(parse_size("12gb").unwrap(), 12_000_000_000);
     }
 
     #[test]

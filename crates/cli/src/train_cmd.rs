@@ -652,10 +652,22 @@ fn normalization(spec: &str, ds: &Dataset) -> Result<(Vec<f32>, Vec<f32>)> {
     let (mean, std) = match spec {
         "auto" => {
             let s = vramlab_data::stats::channel_stats(ds, &ds.train);
-            (
-                s.mean.iter().map(|&v| v as f32).collect(),
-                s.std.iter().map(|&v| (v as f32).max(1e-6)).collect(),
-            )
+            // A constant channel has std 0, where Normalize would divide by zero: its
+            // values all equal the mean, so std 1 gives the same zeros, and says so.
+            let std = s
+                .std
+                .iter()
+                .enumerate()
+                .map(|(i, &v)| {
+                    if (v as f32) < 1e-6 {
+                        eprintln!("note: channel {i} of the training images is constant (std 0): it is normalised with std 1 instead of dividing by zero");
+                        1.0
+                    } else {
+                        v as f32
+                    }
+                })
+                .collect();
+            (s.mean.iter().map(|&v| v as f32).collect(), std)
         }
         "none" => (vec![0.0; c], vec![1.0; c]),
         other => {
