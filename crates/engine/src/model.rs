@@ -782,6 +782,34 @@ impl Engine {
         out
     }
 
+    /// The gradient tensors a convolution's backward fills, made in the order every
+    /// variant makes them (input, weight, bias: the native profile counts that order),
+    /// and how its batch splits into chunks.
+    fn conv_grads(
+        &self,
+        g: &ConvGeom,
+        x: &Tensor,
+        p0: usize,
+        bias: bool,
+        need_in: bool,
+    ) -> ConvGrads {
+        let gi = need_in.then(|| Tensor::zeros(&self.tracker, &x.shape, None));
+        let wshape = self.params[p0].value.shape.clone();
+        let wsize: usize = wshape.iter().product();
+        let gw = Tensor::zeros(&self.tracker, &wshape, Some(Category::Grads));
+        let gb = bias.then(|| Tensor::zeros(&self.tracker, &[g.cout], Some(Category::Grads)));
+        let chunks = self.chunks(x.shape[0]);
+        let per_chunk = x.shape[0].div_ceil(chunks);
+        ConvGrads {
+            gi,
+            gw,
+            gb,
+            wsize,
+            chunks,
+            per_chunk,
+        }
+    }
+
     /// The weight (and bias, and with `dx_here` input) gradients of a convolution whose
     /// samples have few output positions, `sb` samples per matrix product (see
     /// [`Engine::conv_forward_batched`]): the output gradients of a group of samples
@@ -799,14 +827,14 @@ impl Engine {
         dx_here: bool,
         sb: usize,
     ) -> (Option<Tensor>, Tensor, Option<Tensor>) {
-        let b = x.shape[0];
-        let gi = need_in.then(|| Tensor::zeros(&self.tracker, &x.shape, None));
-        let wshape = self.params[p0].value.shape.clone();
-        let wsize: usize = wshape.iter().product();
-        let gw = Tensor::zeros(&self.tracker, &wshape, Some(Category::Grads));
-        let gb = bias.then(|| Tensor::zeros(&self.tracker, &[g.cout], Some(Category::Grads)));
-        let chunks = self.chunks(b);
-        let per_chunk = b.div_ceil(chunks);
+        let ConvGrads {
+            gi,
+            gw,
+            gb,
+            wsize,
+            chunks,
+            per_chunk,
+        } = self.conv_grads(g, x, p0, bias, need_in);
         let (k, hw, cout) = (g.k(), g.hw_out(), g.cout);
         let ld = sb * hw;
         let col = self.scratch(chunks * k * ld);
@@ -933,14 +961,14 @@ impl Engine {
         bias: bool,
         need_in: bool,
     ) -> (Option<Tensor>, Tensor, Option<Tensor>) {
-        let b = x.shape[0];
-        let gi = need_in.then(|| Tensor::zeros(&self.tracker, &x.shape, None));
-        let wshape = self.params[p0].value.shape.clone();
-        let wsize: usize = wshape.iter().product();
-        let gw = Tensor::zeros(&self.tracker, &wshape, Some(Category::Grads));
-        let gb = bias.then(|| Tensor::zeros(&self.tracker, &[g.cout], Some(Category::Grads)));
-        let chunks = self.chunks(b);
-        let per_chunk = b.div_ceil(chunks);
+        let ConvGrads {
+            gi,
+            gw,
+            gb,
+            wsize,
+            chunks,
+            per_chunk,
+        } = self.conv_grads(g, x, p0, bias, need_in);
         let (hp, wp) = (g.h + 2 * g.ph, kernels::direct_row(g.wo, g.kw));
         let xpad = self.scratch(chunks * g.cin * hp * wp);
         let partial = self.scratch(chunks * (wsize + g.cout));
@@ -1052,14 +1080,14 @@ impl Engine {
         bias: bool,
         need_in: bool,
     ) -> (Option<Tensor>, Tensor, Option<Tensor>) {
-        let b = x.shape[0];
-        let gi = need_in.then(|| Tensor::zeros(&self.tracker, &x.shape, None));
-        let wshape = self.params[p0].value.shape.clone();
-        let wsize: usize = wshape.iter().product();
-        let gw = Tensor::zeros(&self.tracker, &wshape, Some(Category::Grads));
-        let gb = bias.then(|| Tensor::zeros(&self.tracker, &[g.cout], Some(Category::Grads)));
-        let chunks = self.chunks(b);
-        let per_chunk = b.div_ceil(chunks);
+        let ConvGrads {
+            gi,
+            gw,
+            gb,
+            wsize,
+            chunks,
+            per_chunk,
+        } = self.conv_grads(g, x, p0, bias, need_in);
         let partial = self.scratch(chunks * (wsize + g.cout));
         let per_scr = kernels::depthwise_scratch(g, true);
         let scr = self.scratch(chunks * per_scr);
@@ -1834,13 +1862,14 @@ impl Engine {
             }
             return (gi, gw, gb);
         }
-        let gi = need_in.then(|| Tensor::zeros(&self.tracker, &x.shape, None));
-        let wshape = self.params[p0].value.shape.clone();
-        let wsize: usize = wshape.iter().product();
-        let gw = Tensor::zeros(&self.tracker, &wshape, Some(Category::Grads));
-        let gb = bias.then(|| Tensor::zeros(&self.tracker, &[g.cout], Some(Category::Grads)));
-        let chunks = self.chunks(b);
-        let per_chunk = b.div_ceil(chunks);
+        let ConvGrads {
+            gi,
+            gw,
+            gb,
+            wsize,
+            chunks,
+            per_chunk,
+        } = self.conv_grads(&g, x, p0, bias, need_in);
         let k = g.k();
         let hw = g.hw_out();
         let col = (!g.is_pointwise()).then(|| self.scratch(chunks * k * hw));
@@ -2232,4 +2261,14 @@ fn accumulate(tracker: &Rc<Tracker>, old: Tensor, new: Tensor) -> Tensor {
             .for_each(|(o, (a, b))| *o = a + b);
         s
     }
+}
+
+/// A convolution's gradient tensors and its batch's chunking, from [`Engine::conv_grads`].
+struct ConvGrads {
+    gi: Option<Tensor>,
+    gw: Tensor,
+    gb: Option<Tensor>,
+    wsize: usize,
+    chunks: usize,
+    per_chunk: usize,
 }
