@@ -212,7 +212,16 @@ impl Op {
         match self {
             Op::Input => 0,
             Op::Add { .. } => 2,
-            _ => 1,
+            Op::Conv2d(_)
+            | Op::BatchNorm2d(_)
+            | Op::ReLU { .. }
+            | Op::ReLU6 { .. }
+            | Op::MaxPool2d(_)
+            | Op::AvgPool2d(_)
+            | Op::AdaptiveAvgPool2d { .. }
+            | Op::Flatten
+            | Op::Linear(_)
+            | Op::Dropout { .. } => 1,
         }
     }
 
@@ -259,7 +268,16 @@ impl Op {
                 }
                 v
             }
-            _ => Vec::new(),
+            Op::BatchNorm2d(_)
+            | Op::Input
+            | Op::ReLU { .. }
+            | Op::ReLU6 { .. }
+            | Op::MaxPool2d(_)
+            | Op::AvgPool2d(_)
+            | Op::AdaptiveAvgPool2d { .. }
+            | Op::Flatten
+            | Op::Dropout { .. }
+            | Op::Add { .. } => Vec::new(),
         }
     }
 
@@ -275,7 +293,18 @@ impl Op {
                     elem_bytes: 8,
                 },
             ],
-            _ => Vec::new(),
+            Op::BatchNorm2d(_)
+            | Op::Input
+            | Op::Conv2d(_)
+            | Op::ReLU { .. }
+            | Op::ReLU6 { .. }
+            | Op::MaxPool2d(_)
+            | Op::AvgPool2d(_)
+            | Op::AdaptiveAvgPool2d { .. }
+            | Op::Flatten
+            | Op::Linear(_)
+            | Op::Dropout { .. }
+            | Op::Add { .. } => Vec::new(),
         }
     }
 
