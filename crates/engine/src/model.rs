@@ -237,11 +237,7 @@ impl Engine {
             let specs = node.op.params();
             let inputs_require = node.inputs.iter().any(|&j| requires_grad[j]);
             requires_grad.push(!specs.is_empty() || inputs_require);
-            let fan_in = match &node.op {
-                Op::Conv2d(c) => c.in_channels / c.groups * c.kernel_size.0 * c.kernel_size.1,
-                Op::Linear(l) => l.in_features,
-                _ => 1,
-            };
+            let fan_in = node.op.fan_in();
             for spec in specs {
                 let n = spec.numel() as usize;
                 let data = match (&node.op, spec.name) {

@@ -546,7 +546,36 @@ impl Op {
                 .saturating_mul(c.kernel_size.0 as u128)
                 .saturating_mul(c.kernel_size.1 as u128),
             Op::Linear(l) => (l.in_features as u128).saturating_mul(l.out_features as u128),
-            _ => 0,
+            Op::Input
+            | Op::BatchNorm2d(_)
+            | Op::ReLU { .. }
+            | Op::ReLU6 { .. }
+            | Op::MaxPool2d(_)
+            | Op::AvgPool2d(_)
+            | Op::AdaptiveAvgPool2d { .. }
+            | Op::Flatten
+            | Op::Dropout { .. }
+            | Op::Add { .. } => 0,
+        }
+    }
+
+    /// The fan-in of PyTorch's default initialisation (`kaiming_uniform_(a=sqrt(5))` and
+    /// the bias bound `1/sqrt(fan_in)`): inputs per output of a weight; 1 where the layer
+    /// has no such weight.
+    pub fn fan_in(&self) -> usize {
+        match self {
+            Op::Conv2d(c) => c.in_channels / c.groups.max(1) * c.kernel_size.0 * c.kernel_size.1,
+            Op::Linear(l) => l.in_features,
+            Op::Input
+            | Op::BatchNorm2d(_)
+            | Op::ReLU { .. }
+            | Op::ReLU6 { .. }
+            | Op::MaxPool2d(_)
+            | Op::AvgPool2d(_)
+            | Op::AdaptiveAvgPool2d { .. }
+            | Op::Flatten
+            | Op::Dropout { .. }
+            | Op::Add { .. } => 1,
         }
     }
 }
