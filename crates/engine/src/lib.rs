@@ -20,6 +20,7 @@
 
 pub mod checkpoint;
 pub mod kernels;
+mod layers;
 mod model;
 pub mod optim;
 pub mod tensor;

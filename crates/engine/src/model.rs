@@ -19,6 +19,7 @@ use vramlab_graph::{Op, Shaped};
 
 use crate::kernels::{self, adaptive_window, gemm, ConvGeom, Tier};
 
+use crate::layers::{self, Ctx};
 use crate::optim::{self, OptimizerConfig};
 use crate::rng::Rng;
 use crate::tensor::{Buf, Category, CategoryBytes, Peak, Phase, Saved, SavedIdx, Tensor, Tracker};
@@ -53,10 +54,22 @@ enum Tape {
         mean: Saved,
         invstd: Saved,
     },
-    /// ReLU (its result) or ReLU6 (its input, or its result when in place).
+    /// An activation: its result, its input, or a copy of its input
+    /// ([`vramlab_graph::Activation::grad_from_result`]).
     Act {
         v: Saved,
     },
+    /// Both factors of a multiply.
+    Mul {
+        a: Saved,
+        b: Saved,
+    },
+    /// StochasticDepth's per-sample scale.
+    Noise {
+        noise: Saved,
+    },
+    /// Nothing kept, but a gradient to compute (concatenation, slices, shuffles).
+    Nothing,
     MaxPool {
         x: Saved,
         idx: SavedIdx,
@@ -297,6 +310,13 @@ impl Engine {
         Ok(e)
     }
 
+    /// What the layer kernels of [`crate::layers`] may use.
+    fn ctx(&self) -> Ctx<'_> {
+        Ctx {
+            tracker: &self.tracker,
+        }
+    }
+
     /// The instruction-set tier this engine's kernels run.
     pub fn tier(&self) -> Tier {
         self.tier
@@ -457,37 +477,19 @@ impl Engine {
                     )
                 }
                 Op::BatchNorm2d(bn) => self.bn_forward(i, &xin, p0, bn, train)?,
-                Op::ReLU { inplace } | Op::ReLU6 { inplace } => {
-                    let six = matches!(node.op, Op::ReLU6 { .. });
-                    // NaN stays NaN, as in PyTorch (f32::max would turn it into 0 and
-                    // hide a diverged run).
-                    let f = |v: f32| {
-                        if six {
-                            v.clamp(0.0, 6.0)
-                        } else if v < 0.0 {
-                            0.0
-                        } else {
-                            v
-                        }
-                    };
-                    let out = if *inplace {
-                        xin.data_mut().iter_mut().for_each(|v| *v = f(*v));
-                        Tensor {
-                            buf: Rc::clone(&xin.buf),
-                            shape: xin.shape.clone(),
-                        }
-                    } else {
-                        let o = Tensor::zeros(&self.tracker, &xin.shape, None);
-                        o.data_mut()
-                            .iter_mut()
-                            .zip(xin.data().iter())
-                            .for_each(|(o, &v)| *o = f(v));
-                        o
-                    };
-                    // ReLU keeps its result; ReLU6 (hardtanh) its input unless in place.
-                    let keep = if six && !inplace { &xin } else { &out };
+                Op::Act { kind, inplace } => {
+                    let ctx = self.ctx();
+                    // The result is kept where the gradient can be computed from it, else
+                    // the input (in place: a copy of it first, as PyTorch does).
+                    let from_result = kind.grad_from_result();
+                    let copy = (rg && *inplace && !from_result).then(|| layers::clone(&ctx, &xin));
+                    let out = layers::act_forward(&ctx, *kind, &xin, *inplace);
                     let t = rg.then(|| Tape::Act {
-                        v: Saved::new(keep),
+                        v: Saved::new(match &copy {
+                            Some(c) => c,
+                            None if from_result => &out,
+                            None => &xin,
+                        }),
                     });
                     (out, t)
                 }
@@ -565,6 +567,62 @@ impl Engine {
                         };
                         let t = rg.then(|| Tape::Dropout {
                             mask: Saved::new(&mask),
+                        });
+                        (out, t)
+                    }
+                }
+                Op::Mul => {
+                    let y = vals[node.inputs[1]].clone().expect("inputs run first");
+                    let out = layers::mul_forward(&self.ctx(), &xin, &y);
+                    let t = (train && self.requires_grad[i]).then(|| Tape::Mul {
+                        a: Saved::new(&xin),
+                        b: Saved::new(&y),
+                    });
+                    (out, t)
+                }
+                Op::Concat => {
+                    let xs: Vec<Tensor> = node
+                        .inputs
+                        .iter()
+                        .map(|&j| vals[j].clone().expect("inputs run first"))
+                        .collect();
+                    let out = layers::concat_forward(&self.ctx(), &xs);
+                    (
+                        out,
+                        (train && self.requires_grad[i]).then_some(Tape::Nothing),
+                    )
+                }
+                Op::Narrow { start, len } => {
+                    let out = layers::narrow_forward(&self.ctx(), &xin, *start, *len);
+                    (out, rg.then_some(Tape::Nothing))
+                }
+                Op::ChannelShuffle { groups } => {
+                    let out = layers::shuffle(&self.ctx(), &xin, *groups, false);
+                    (out, rg.then_some(Tape::Nothing))
+                }
+                Op::StochasticDepth { p, row } => {
+                    if !train || *p == 0.0 {
+                        (
+                            Tensor {
+                                buf: Rc::clone(&xin.buf),
+                                shape: xin.shape.clone(),
+                            },
+                            rg.then_some(Tape::Pass),
+                        )
+                    } else {
+                        let survive = 1.0 - *p;
+                        let n = if *row { b } else { 1 };
+                        let noise = Tensor::zeros(&self.tracker, &[n], None);
+                        noise.data_mut().iter_mut().for_each(|v| {
+                            *v = if survive > 0.0 && self.rng.unit_f64() < survive {
+                                (1.0 / survive) as f32
+                            } else {
+                                0.0
+                            }
+                        });
+                        let out = layers::scale_by(&self.ctx(), &xin, &noise);
+                        let t = rg.then(|| Tape::Noise {
+                            noise: Saved::new(&noise),
                         });
                         (out, t)
                     }
@@ -1721,23 +1779,46 @@ impl Engine {
                         pgs.push((p0 + 1, gb));
                     }
                 }
-                (Op::ReLU { .. } | Op::ReLU6 { .. }, Some(Tape::Act { v })) => {
-                    let six = matches!(node.op, Op::ReLU6 { .. });
-                    let gi = Tensor::zeros(&self.tracker, &g.shape, None);
-                    gi.data_mut()
-                        .iter_mut()
-                        .zip(g.data().iter().zip(v.0.data().iter()))
-                        .for_each(|(o, (&gv, &vv))| {
-                            // PyTorch's threshold_backward and hardtanh_backward zero
-                            // the gradient where `v <= 0` (or `v >= 6`): a NaN passes it.
-                            let stop = if six {
-                                vv <= 0.0 || vv >= 6.0
-                            } else {
-                                vv <= 0.0
-                            };
-                            let pass = !stop;
-                            *o = if pass { gv } else { 0.0 };
-                        });
+                (Op::Act { kind, .. }, Some(Tape::Act { v })) => {
+                    let gi = layers::act_backward(&self.ctx(), *kind, &g, &v.0);
+                    ins.push((node.inputs[0], gi));
+                }
+                (Op::Mul, Some(Tape::Mul { a, b })) => {
+                    let ctx = self.ctx();
+                    if self.requires_grad[node.inputs[0]] {
+                        ins.push((
+                            node.inputs[0],
+                            layers::mul_backward(&ctx, &g, &a.0.shape, &b.0),
+                        ));
+                    }
+                    if self.requires_grad[node.inputs[1]] {
+                        ins.push((
+                            node.inputs[1],
+                            layers::mul_backward(&ctx, &g, &b.0.shape, &a.0),
+                        ));
+                    }
+                }
+                (Op::Concat, Some(Tape::Nothing)) => {
+                    let mut start = 0;
+                    for &j in &node.inputs {
+                        let shape = self.out_shape(j, g.shape[0]);
+                        if self.requires_grad[j] {
+                            ins.push((j, layers::concat_backward(&self.ctx(), &g, &shape, start)));
+                        }
+                        start += shape[1];
+                    }
+                }
+                (Op::Narrow { start, .. }, Some(Tape::Nothing)) => {
+                    let shape = self.out_shape(node.inputs[0], g.shape[0]);
+                    let gi = layers::narrow_backward(&self.ctx(), &g, &shape, *start);
+                    ins.push((node.inputs[0], gi));
+                }
+                (Op::ChannelShuffle { groups }, Some(Tape::Nothing)) => {
+                    let gi = layers::shuffle(&self.ctx(), &g, *groups, true);
+                    ins.push((node.inputs[0], gi));
+                }
+                (Op::StochasticDepth { .. }, Some(Tape::Noise { noise })) => {
+                    let gi = layers::scale_by(&self.ctx(), &g, &noise.0);
                     ins.push((node.inputs[0], gi));
                 }
                 (Op::MaxPool2d(_), Some(Tape::MaxPool { x, idx })) => {
@@ -1780,7 +1861,10 @@ impl Engine {
                         .for_each(|(o, (a, m))| *o = a * m);
                     ins.push((node.inputs[0], gi));
                 }
-                (Op::Flatten | Op::Dropout { .. }, Some(Tape::Pass)) => {
+                (
+                    Op::Flatten | Op::Dropout { .. } | Op::StochasticDepth { .. },
+                    Some(Tape::Pass),
+                ) => {
                     let shape = self.out_shape(node.inputs[0], g.shape[0]);
                     ins.push((
                         node.inputs[0],

@@ -120,9 +120,9 @@ fn relu_and_relu6_in_place_or_not() {
     for (a, b) in [(false, true), (true, false)] {
         let mut ops = vec![
             Op::Conv2d(Conv2d::new(1, 3, 3)),
-            Op::ReLU { inplace: a },
+            Op::relu(a),
             Op::Conv2d(Conv2d::new(3, 2, 1)),
-            Op::ReLU6 { inplace: b },
+            Op::relu6(b),
         ];
         ops.extend(head(2 * 4 * 4));
         check(chain("relu", vec![1, 6, 6], ops), 3, 30);

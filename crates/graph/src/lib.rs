@@ -17,6 +17,7 @@
 //! Main types: [`Graph`], [`GraphBuilder`], [`Shaped`], [`Op`]; models come from
 //! [`zoo`] or from TOML [`model_file`]s, both through [`load`].
 
+pub mod act;
 pub mod categories;
 pub mod io;
 pub mod model_file;
@@ -25,6 +26,7 @@ pub mod rng;
 pub mod text;
 pub mod zoo;
 
+pub use act::Activation;
 pub use op::{
     fmt_shape, BatchNorm2d, Conv2d, Linear, Op, Pool2d, Shape, TensorSpec, MAX_TENSOR_ELEMENTS,
 };
@@ -200,12 +202,17 @@ impl Graph {
                     node.name
                 )));
             }
-            if node.inputs.len() != node.op.arity() {
+            let (least, most) = node.op.arity();
+            if node.inputs.len() < least || node.inputs.len() > most {
+                let takes = if least == most {
+                    least.to_string()
+                } else {
+                    format!("at least {least}")
+                };
                 return Err(GraphError::Structure(format!(
-                    "layer `{}` ({}) takes {} input(s), got {}",
+                    "layer `{}` ({}) takes {takes} input(s), got {}",
                     node.name,
                     node.op.type_name(),
-                    node.op.arity(),
                     node.inputs.len()
                 )));
             }

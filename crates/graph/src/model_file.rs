@@ -413,8 +413,8 @@ fn op_of(spec: LayerSpec) -> Result<Op, String> {
             affine,
             track_running_stats,
         }),
-        LayerSpec::ReLU { inplace } => Op::ReLU { inplace },
-        LayerSpec::ReLU6 { inplace } => Op::ReLU6 { inplace },
+        LayerSpec::ReLU { inplace } => Op::relu(inplace),
+        LayerSpec::ReLU6 { inplace } => Op::relu6(inplace),
         LayerSpec::MaxPool2d {
             kernel_size,
             stride,

@@ -3,6 +3,7 @@
 
 use serde::{Deserialize, Serialize};
 
+use crate::act::Activation;
 use crate::GraphError;
 
 /// A per-sample shape: `[C, H, W]` for images, `[F]` for features (no batch dimension).
@@ -164,10 +165,9 @@ pub enum Op {
     Input,
     Conv2d(Conv2d),
     BatchNorm2d(BatchNorm2d),
-    ReLU {
-        inplace: bool,
-    },
-    ReLU6 {
+    /// An elementwise activation ([`Activation`]: ReLU, ReLU6, SiLU, GELU, ...).
+    Act {
+        kind: Activation,
         inplace: bool,
     },
     MaxPool2d(Pool2d),
@@ -186,6 +186,26 @@ pub enum Op {
     Add {
         inplace: bool,
     },
+    /// `a * b` with broadcasting (squeeze-and-excitation's `scale * input`): either
+    /// input may have size 1 where the other does not.
+    Mul,
+    /// `torch.cat(inputs, dim=1)`: channels of every input, in order.
+    Concat,
+    /// torchvision's `StochasticDepth(p, mode)`: in training, `input * noise` with noise
+    /// of shape `[B, 1, 1, 1]` (row) or `[1, 1, 1, 1]` (batch), Bernoulli(1 - p) / (1 - p).
+    StochasticDepth {
+        p: f64,
+        row: bool,
+    },
+    /// Channels `start..start+len` of the input: one part of `x.chunk(n, dim=1)`, a view.
+    Narrow {
+        start: usize,
+        len: usize,
+    },
+    /// torchvision's `channel_shuffle(x, groups)`: view, transpose, contiguous copy.
+    ChannelShuffle {
+        groups: usize,
+    },
 }
 
 impl Op {
@@ -195,8 +215,7 @@ impl Op {
             Op::Input => "Input",
             Op::Conv2d(_) => "Conv2d",
             Op::BatchNorm2d(_) => "BatchNorm2d",
-            Op::ReLU { .. } => "ReLU",
-            Op::ReLU6 { .. } => "ReLU6",
+            Op::Act { kind, .. } => kind.class_name(),
             Op::MaxPool2d(_) => "MaxPool2d",
             Op::AvgPool2d(_) => "AvgPool2d",
             Op::AdaptiveAvgPool2d { .. } => "AdaptiveAvgPool2d",
@@ -204,24 +223,53 @@ impl Op {
             Op::Linear(_) => "Linear",
             Op::Dropout { .. } => "Dropout",
             Op::Add { .. } => "Add",
+            Op::Mul => "Mul",
+            Op::Concat => "Concat",
+            Op::StochasticDepth { .. } => "StochasticDepth",
+            Op::Narrow { .. } => "Narrow",
+            Op::ChannelShuffle { .. } => "ChannelShuffle",
         }
     }
 
-    /// How many inputs the op takes.
-    pub fn arity(&self) -> usize {
+    /// `nn.ReLU(inplace)`.
+    pub const fn relu(inplace: bool) -> Op {
+        Op::Act {
+            kind: Activation::Relu,
+            inplace,
+        }
+    }
+
+    /// `nn.ReLU6(inplace)`.
+    pub const fn relu6(inplace: bool) -> Op {
+        Op::Act {
+            kind: Activation::Relu6,
+            inplace,
+        }
+    }
+
+    /// An activation module.
+    pub const fn act(kind: Activation, inplace: bool) -> Op {
+        Op::Act { kind, inplace }
+    }
+
+    /// How many inputs the op takes: the least and the most.
+    pub fn arity(&self) -> (usize, usize) {
         match self {
-            Op::Input => 0,
-            Op::Add { .. } => 2,
+            Op::Input => (0, 0),
+            Op::Add { .. } | Op::Mul => (2, 2),
+            Op::Concat => (1, usize::MAX),
             Op::Conv2d(_)
             | Op::BatchNorm2d(_)
-            | Op::ReLU { .. }
-            | Op::ReLU6 { .. }
+            | Op::Act { .. }
+            | Op::StochasticDepth { .. }
+            | Op::Narrow { .. }
+            | Op::ChannelShuffle { .. }
             | Op::MaxPool2d(_)
             | Op::AvgPool2d(_)
             | Op::AdaptiveAvgPool2d { .. }
             | Op::Flatten
             | Op::Linear(_)
-            | Op::Dropout { .. } => 1,
+            | Op::Dropout { .. } => (1, 1),
         }
     }
 
@@ -229,8 +277,7 @@ impl Op {
     pub fn is_inplace(&self) -> bool {
         matches!(
             self,
-            Op::ReLU { inplace: true }
-                | Op::ReLU6 { inplace: true }
+            Op::Act { inplace: true, .. }
                 | Op::Dropout { inplace: true, .. }
                 | Op::Add { inplace: true }
         )
@@ -270,8 +317,12 @@ impl Op {
             }
             Op::BatchNorm2d(_)
             | Op::Input
-            | Op::ReLU { .. }
-            | Op::ReLU6 { .. }
+            | Op::Act { .. }
+            | Op::Mul
+            | Op::Concat
+            | Op::StochasticDepth { .. }
+            | Op::Narrow { .. }
+            | Op::ChannelShuffle { .. }
             | Op::MaxPool2d(_)
             | Op::AvgPool2d(_)
             | Op::AdaptiveAvgPool2d { .. }
@@ -296,8 +347,12 @@ impl Op {
             Op::BatchNorm2d(_)
             | Op::Input
             | Op::Conv2d(_)
-            | Op::ReLU { .. }
-            | Op::ReLU6 { .. }
+            | Op::Act { .. }
+            | Op::Mul
+            | Op::Concat
+            | Op::StochasticDepth { .. }
+            | Op::Narrow { .. }
+            | Op::ChannelShuffle { .. }
             | Op::MaxPool2d(_)
             | Op::AvgPool2d(_)
             | Op::AdaptiveAvgPool2d { .. }
@@ -387,7 +442,27 @@ impl Op {
                 }
                 Ok(())
             }
-            Op::Input | Op::ReLU { .. } | Op::ReLU6 { .. } | Op::Flatten | Op::Add { .. } => Ok(()),
+            Op::Act { kind, inplace } => {
+                if *inplace && !kind.has_inplace() {
+                    return Err(format!(
+                        "{} takes no `inplace` argument (PyTorch's {} has none)",
+                        kind.class_name(),
+                        kind.class_name()
+                    ));
+                }
+                Ok(())
+            }
+            Op::StochasticDepth { p, .. } => {
+                if !(0.0..=1.0).contains(p) {
+                    return Err(format!(
+                        "drop probability has to be between 0 and 1, but got {p}"
+                    ));
+                }
+                Ok(())
+            }
+            Op::Narrow { len, .. } => positive("len", *len),
+            Op::ChannelShuffle { groups } => positive("groups", *groups),
+            Op::Input | Op::Flatten | Op::Add { .. } | Op::Mul | Op::Concat => Ok(()),
         }
     }
 
@@ -458,8 +533,58 @@ impl Op {
                 }
                 Ok(x.expect("chw checked it").clone())
             }
-            Op::ReLU { .. } | Op::ReLU6 { .. } | Op::Dropout { .. } => {
+            Op::Act { .. } | Op::Dropout { .. } | Op::StochasticDepth { .. } => {
                 Ok(x.ok_or("missing input")?.clone())
+            }
+            Op::Mul => match inputs {
+                [a, b] => broadcast(a, b),
+                _ => Err(format!("Mul takes 2 inputs, got {}", inputs.len())),
+            },
+            Op::Concat => {
+                let first = x.ok_or("missing input")?;
+                let mut channels: u128 = 0;
+                for (k, s) in inputs.iter().enumerate() {
+                    if s.len() != first.len() || s.is_empty() {
+                        return Err(format!(
+                            "Tensors must have same number of dimensions: got {} and {}",
+                            first.len() + 1,
+                            s.len() + 1
+                        ));
+                    }
+                    for d in 1..s.len() {
+                        if s[d] != first[d] {
+                            return Err(format!(
+                                "Sizes of tensors must match except in dimension 1. Expected \
+                                 size {} but got size {} for tensor number {k} in the list.",
+                                first[d], s[d]
+                            ));
+                        }
+                    }
+                    channels += s[0] as u128;
+                }
+                let mut out = first.clone();
+                out[0] = usize::try_from(channels).map_err(|_| "too many channels")?;
+                Ok(out)
+            }
+            Op::Narrow { start, len } => {
+                let x = x.ok_or("missing input")?;
+                let end = (*start as u128) + (*len as u128);
+                if x.is_empty() || end > x[0] as u128 {
+                    return Err(format!(
+                        "channels {start}..{end} are outside the input's {} channels",
+                        x.first().copied().unwrap_or(0)
+                    ));
+                }
+                let mut out = x.clone();
+                out[0] = *len;
+                Ok(out)
+            }
+            Op::ChannelShuffle { groups } => {
+                let (ch, _, _) = chw(x, "ChannelShuffle")?;
+                if ch % groups != 0 {
+                    return Err(format!("{ch} channels do not split into {groups} groups"));
+                }
+                Ok(x.expect("chw checked it").clone())
             }
             Op::MaxPool2d(p) | Op::AvgPool2d(p) => {
                 let (ch, h, w) = chw(x, self.type_name())?;
@@ -548,8 +673,12 @@ impl Op {
             Op::Linear(l) => (l.in_features as u128).saturating_mul(l.out_features as u128),
             Op::Input
             | Op::BatchNorm2d(_)
-            | Op::ReLU { .. }
-            | Op::ReLU6 { .. }
+            | Op::Act { .. }
+            | Op::Mul
+            | Op::Concat
+            | Op::StochasticDepth { .. }
+            | Op::Narrow { .. }
+            | Op::ChannelShuffle { .. }
             | Op::MaxPool2d(_)
             | Op::AvgPool2d(_)
             | Op::AdaptiveAvgPool2d { .. }
@@ -568,8 +697,12 @@ impl Op {
             Op::Linear(l) => l.in_features,
             Op::Input
             | Op::BatchNorm2d(_)
-            | Op::ReLU { .. }
-            | Op::ReLU6 { .. }
+            | Op::Act { .. }
+            | Op::Mul
+            | Op::Concat
+            | Op::StochasticDepth { .. }
+            | Op::Narrow { .. }
+            | Op::ChannelShuffle { .. }
             | Op::MaxPool2d(_)
             | Op::AvgPool2d(_)
             | Op::AdaptiveAvgPool2d { .. }
@@ -578,6 +711,32 @@ impl Op {
             | Op::Add { .. } => 1,
         }
     }
+}
+
+/// NumPy/PyTorch broadcasting of two per-sample shapes of the same rank (the batch
+/// dimension is shared), with PyTorch's words when they do not broadcast.
+fn broadcast(a: &Shape, b: &Shape) -> Result<Shape, String> {
+    if a.len() != b.len() {
+        return Err(format!(
+            "cannot multiply shapes {} and {}: they differ in rank",
+            fmt_shape(a),
+            fmt_shape(b)
+        ));
+    }
+    a.iter()
+        .zip(b)
+        .enumerate()
+        .map(|(d, (&x, &y))| match (x, y) {
+            _ if x == y => Ok(x),
+            (1, y) => Ok(y),
+            (x, 1) => Ok(x),
+            _ => Err(format!(
+                "The size of tensor a ({x}) must match the size of tensor b ({y}) at \
+                 non-singleton dimension {}",
+                d + 1
+            )),
+        })
+        .collect()
 }
 
 fn chw(x: Option<&Shape>, what: &str) -> Result<(usize, usize, usize), String> {

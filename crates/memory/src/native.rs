@@ -258,18 +258,29 @@ impl Native<'_> {
                     }
                     out
                 }
-                Op::ReLU { inplace } | Op::ReLU6 { inplace } => {
-                    let six = matches!(node.op, Op::ReLU6 { .. });
+                Op::Act { kind, inplace } => {
+                    // The engine keeps the result where the gradient can be computed
+                    // from it, else the input (in place: a clone of it, as PyTorch).
+                    let from_result = kind.grad_from_result();
+                    let clone = (rg && *inplace && !from_result)
+                        .then(|| self.alloc(out_bytes, None, "clone"));
                     let out = if *inplace {
                         self.sim.incref(x);
                         x
                     } else {
-                        self.alloc(out_bytes, None, "relu")
+                        self.alloc(out_bytes, None, "act")
                     };
                     if rg {
-                        let keep = if six && !inplace { x } else { out };
+                        let keep = match clone {
+                            Some(c) => c,
+                            None if from_result => out,
+                            None => x,
+                        };
                         self.save(&mut tape, keep);
                         recorded = true;
+                    }
+                    if let Some(c) = clone {
+                        self.sim.decref(c);
                     }
                     out
                 }
@@ -335,6 +346,37 @@ impl Native<'_> {
                     recorded =
                         train && (self.requires[node.inputs[0]] || self.requires[node.inputs[1]]);
                     out
+                }
+                Op::Mul => {
+                    let out = self.alloc(out_bytes, None, "mul");
+                    if train && self.requires[i] {
+                        for &j in &node.inputs {
+                            let v = vals[j].expect("inputs first");
+                            self.save(&mut tape, v);
+                        }
+                        recorded = true;
+                    }
+                    out
+                }
+                Op::Concat | Op::Narrow { .. } | Op::ChannelShuffle { .. } => {
+                    recorded = train && self.requires[i];
+                    self.alloc(out_bytes, None, "copy")
+                }
+                Op::StochasticDepth { p, row } => {
+                    if !train || *p == 0.0 {
+                        self.sim.incref(x);
+                        recorded = rg;
+                        x
+                    } else {
+                        let noise = self.alloc(if *row { b } else { 1 } * F32, None, "noise");
+                        let out = self.alloc(out_bytes, None, "mul");
+                        if rg {
+                            self.save(&mut tape, noise);
+                            recorded = true;
+                        }
+                        self.sim.decref(noise);
+                        out
+                    }
                 }
             };
             vals[i] = Some(out);
@@ -509,8 +551,9 @@ impl Native<'_> {
                             ));
                         }
                     }
-                    Op::ReLU { .. }
-                    | Op::ReLU6 { .. }
+                    Op::Act { .. }
+                    | Op::ChannelShuffle { .. }
+                    | Op::Narrow { .. }
                     | Op::MaxPool2d(_)
                     | Op::AvgPool2d(_)
                     | Op::AdaptiveAvgPool2d { .. } => {
@@ -521,7 +564,18 @@ impl Native<'_> {
                     {
                         ins.push((x, self.alloc(in_bytes, None, "backward")));
                     }
-                    Op::Flatten | Op::Dropout { .. } => {
+                    Op::StochasticDepth { .. } if !tape.as_ref().is_some_and(|t| t.is_empty()) => {
+                        ins.push((x, self.alloc(in_bytes, None, "backward")));
+                    }
+                    Op::Mul | Op::Concat => {
+                        for &j in &node.inputs {
+                            if self.requires[j] {
+                                let bytes = b * self.numel(j) * F32;
+                                ins.push((j, self.alloc(bytes, None, "backward")));
+                            }
+                        }
+                    }
+                    Op::Flatten | Op::Dropout { .. } | Op::StochasticDepth { .. } => {
                         self.sim.incref(gs);
                         ins.push((x, gs));
                     }

@@ -6,6 +6,7 @@
 
 use std::collections::BinaryHeap;
 
+use vramlab_graph::act::Saves;
 use vramlab_graph::{Op, Shaped};
 
 use crate::cuda_alloc::{AllocStats, CachingAllocator};
@@ -52,6 +53,12 @@ enum Grad {
     Pass,
     /// The incoming gradient reduced to a bias shape by the engine's `sum_to`.
     SumTo(u128),
+    /// A new tensor at the output's size (first), summed down to the input's (second)
+    /// by the engine's `validate_outputs` (a broadcast input of a multiply).
+    AllocSumTo(u128, u128),
+    /// A view into the incoming gradient of this many bytes (a slice of a concatenation's
+    /// gradient): it keeps the whole incoming gradient alive.
+    View(u128),
 }
 
 struct BNode {
@@ -772,23 +779,18 @@ impl Runner<'_> {
                         }
                     }
                 }
-                Op::ReLU { inplace } | Op::ReLU6 { inplace } => {
-                    let relu = matches!(node.op, Op::ReLU { .. });
-                    let (fwd, bwd) = match (relu, inplace) {
-                        (true, true) => ("aten.relu_.default", "aten.threshold_backward.default"),
-                        (true, false) => ("aten.relu.default", "aten.threshold_backward.default"),
-                        (false, true) => {
-                            ("aten.hardtanh_.default", "aten.hardtanh_backward.default")
-                        }
-                        (false, false) => {
-                            ("aten.hardtanh.default", "aten.hardtanh_backward.default")
-                        }
+                Op::Act { kind, inplace } => {
+                    let rec = kind.record();
+                    let fwd = match (inplace, rec.forward_inplace) {
+                        (true, Some(f)) => f,
+                        _ => rec.forward,
                     };
-                    // hardtanh_ has no derivatives.yaml entry of its own: autograd uses
-                    // hardtanh's formula, which reads `self`, so when the input requires
-                    // grad it first clones the input (`original_self`) and saves the clone.
-                    let original = (!relu && *inplace && train && x.grad_fn.is_some())
-                        .then(|| self.op(b * in_numel * x.elem, "aten.clone.default"));
+                    // An in-place op whose formula reads `self` (hardtanh_, silu_, ...):
+                    // autograd first clones the input (`original_self`) and saves the
+                    // clone, when the input requires grad.
+                    let original =
+                        (*inplace && rec.saves == Saves::Input && train && x.grad_fn.is_some())
+                            .then(|| self.op(b * in_numel * x.elem, "aten.clone.default"));
                     let out = if *inplace {
                         self.sim.incref(x.sid);
                         self.sim.boundary(fwd);
@@ -796,22 +798,138 @@ impl Runner<'_> {
                     } else {
                         self.op(b * numel * x.elem, fwd)
                     };
-                    // ReLU saves its result (in place: the same storage); hardtanh (ReLU6)
-                    // its input, in place the clone of it.
-                    let keep = match original {
-                        Some(c) => c,
-                        None if relu => out,
-                        None => x.sid,
+                    let keep = match (original, rec.saves) {
+                        (Some(c), _) => c,
+                        (None, Saves::Result) => out,
+                        (None, Saves::Input) => x.sid,
                     };
                     let grad_fn = match input_edge(&x) {
                         Some(e) if train => {
-                            Some(self.record(i, vec![keep], vec![e], vec![(bwd, vec![0])]))
+                            Some(self.record(i, vec![keep], vec![e], vec![(rec.backward, vec![0])]))
                         }
                         _ => None,
                     };
                     if let Some(c) = original {
                         self.sim.decref(c);
                     }
+                    Value {
+                        sid: out,
+                        grad_fn,
+                        elem: x.elem,
+                    }
+                }
+                Op::Mul => {
+                    let y = vals[node.inputs[1]].expect("inputs come first");
+                    let elem = x.elem.max(y.elem);
+                    let out = self.op(b * numel * elem, "aten.mul.Tensor");
+                    // MulBackward0: self's gradient is grad * other (saves other), other's
+                    // is grad * self (saves self); each is made at the output's size and
+                    // summed down to a broadcast input's size by the engine's
+                    // validate_outputs.
+                    let full = b * numel * elem;
+                    let mut edges = Vec::new();
+                    let mut saved = Vec::new();
+                    for (v, other, j) in [(x, y, node.inputs[0]), (y, x, node.inputs[1])] {
+                        if let Some(f) = v.grad_fn {
+                            let own = b * g.numel(j) * v.elem;
+                            let how = if own == full {
+                                Grad::Alloc(full)
+                            } else {
+                                Grad::AllocSumTo(full, own)
+                            };
+                            edges.push((Edge::Node(f), how));
+                            saved.push(other.sid);
+                        }
+                    }
+                    let ops = (0..edges.len())
+                        .map(|e| ("aten.mul.Tensor", vec![e]))
+                        .collect();
+                    let grad_fn =
+                        (train && !edges.is_empty()).then(|| self.record(i, saved, edges, ops));
+                    Value {
+                        sid: out,
+                        grad_fn,
+                        elem,
+                    }
+                }
+                Op::Concat => {
+                    let ins: Vec<(Value, usize)> = node
+                        .inputs
+                        .iter()
+                        .map(|&j| (vals[j].expect("inputs come first"), j))
+                        .collect();
+                    let elem = ins.iter().map(|(v, _)| v.elem).max().unwrap_or(4);
+                    let out = self.op(b * numel * elem, "aten.cat.default");
+                    // CatBackward0 keeps only sizes; each input's gradient is a slice (a
+                    // view) of the incoming one.
+                    let edges: Vec<(Edge, Grad)> = ins
+                        .iter()
+                        .filter_map(|(v, j)| {
+                            v.grad_fn
+                                .map(|f| (Edge::Node(f), Grad::View(b * g.numel(*j) * v.elem)))
+                        })
+                        .collect();
+                    let grad_fn =
+                        (train && !edges.is_empty()).then(|| self.record(i, vec![], edges, vec![]));
+                    Value {
+                        sid: out,
+                        grad_fn,
+                        elem,
+                    }
+                }
+                Op::StochasticDepth { p, row } => {
+                    if !train || *p == 0.0 {
+                        self.sim.incref(x.sid);
+                        x
+                    } else {
+                        // noise = empty([B,1,1,1] or [1,1,1,1]).bernoulli_(1-p).div_(1-p),
+                        // then input * noise (MulBackward0 keeps the noise).
+                        let noise_elems = if *row { b } else { 1 };
+                        let noise = self.op(noise_elems * x.elem, "aten.empty.memory_format");
+                        let out = self.op(b * numel * x.elem, "aten.mul.Tensor");
+                        let grad_fn = input_edge(&x).map(|e| {
+                            self.record(i, vec![noise], vec![e], vec![("aten.mul.Tensor", vec![0])])
+                        });
+                        self.sim.decref(noise);
+                        Value {
+                            sid: out,
+                            grad_fn,
+                            elem: x.elem,
+                        }
+                    }
+                }
+                Op::Narrow { .. } => {
+                    // A view forward; backward writes the slice's gradient into zeros of
+                    // the input's size (split_backward). Modelled, not measured.
+                    self.sim.incref(x.sid);
+                    let grad_fn = match input_edge(&x) {
+                        Some(e) if train => Some(self.record(
+                            i,
+                            vec![],
+                            vec![e],
+                            vec![("aten.new_zeros.default", vec![0])],
+                        )),
+                        _ => None,
+                    };
+                    Value {
+                        sid: x.sid,
+                        grad_fn,
+                        elem: x.elem,
+                    }
+                }
+                Op::ChannelShuffle { .. } => {
+                    // view, transpose, contiguous (a copy), view; backward reshapes the
+                    // transposed gradient, which copies it once.
+                    let out = self.op(b * numel * x.elem, "aten.clone.default");
+                    let grad_fn = match input_edge(&x) {
+                        Some(e) if train => Some(self.record(
+                            i,
+                            vec![],
+                            vec![e],
+                            vec![("aten.clone.default", vec![0])],
+                        )),
+                        _ => None,
+                    };
                     Value {
                         sid: out,
                         grad_fn,
@@ -1052,8 +1170,10 @@ impl Runner<'_> {
         }
         let seed = self.op(4, "aten.ones_like.default");
         self.sim.incref(seed);
-        let mut buffers: Vec<Option<Sid>> = vec![None; n];
-        buffers[root] = Some(seed);
+        // Each node's incoming gradient: its storage and its own size (a slice of a
+        // concatenation's gradient is smaller than the storage it keeps alive).
+        let mut buffers: Vec<Option<(Sid, u128)>> = vec![None; n];
+        buffers[root] = Some((seed, 4));
         let mut ready = BinaryHeap::new();
         ready.push((self.nodes[root].seq, root));
         while let Some((_, k)) = ready.pop() {
@@ -1081,17 +1201,17 @@ impl Runner<'_> {
     fn evaluate(
         &mut self,
         k: usize,
-        buffers: &mut [Option<Sid>],
+        buffers: &mut [Option<(Sid, u128)>],
         deps: &mut [u32],
         ready: &mut BinaryHeap<(u64, usize)>,
         slots: &mut [ParamSlot],
     ) {
-        let grad_in = buffers[k].take().expect("a ready node has its gradient");
+        let (grad_in, _) = buffers[k].take().expect("a ready node has its gradient");
         self.sim.layer = self.nodes[k].layer;
         let edges = self.nodes[k].edges.clone();
         let mut outputs: Vec<Option<Sid>> = vec![None; edges.len()];
         for (e, (_, how)) in edges.iter().enumerate() {
-            if matches!(how, Grad::Pass | Grad::SumTo(_)) {
+            if matches!(how, Grad::Pass | Grad::SumTo(_) | Grad::View(_)) {
                 self.sim.incref(grad_in);
                 outputs[e] = Some(grad_in);
             }
@@ -1101,7 +1221,7 @@ impl Runner<'_> {
             for &e in es {
                 // A parameter's gradient counts as one once AccumulateGrad stores it
                 // in `.grad`, as PyTorch's own trackers count it.
-                let Grad::Alloc(bytes) = edges[e].1 else {
+                let (Grad::Alloc(bytes) | Grad::AllocSumTo(bytes, _)) = edges[e].1 else {
                     continue;
                 };
                 outputs[e] = Some(self.sim.alloc(bytes, None));
@@ -1110,7 +1230,7 @@ impl Runner<'_> {
         }
         // The engine's validate_outputs: sum_to for broadcast biases, dtype casts.
         for (e, (_, how)) in edges.iter().enumerate() {
-            if let Grad::SumTo(bytes) = *how {
+            if let Grad::SumTo(bytes) | Grad::AllocSumTo(_, bytes) = *how {
                 let new = self.sim.alloc(bytes, None);
                 self.sim.boundary("aten.sum.dim_IntList");
                 self.sim.decref(outputs[e].replace(new).expect("set above"));
@@ -1128,27 +1248,36 @@ impl Runner<'_> {
         }
         let mut leftovers = Vec::new();
         let mut accumulate = Vec::new();
-        for (e, (edge, _)) in edges.iter().enumerate() {
+        for (e, (edge, how)) in edges.iter().enumerate() {
             let Some(sid) = outputs[e] else { continue };
+            let size = match *how {
+                Grad::View(bytes) => bytes,
+                _ => self.sim.bytes(sid),
+            };
             match *edge {
                 Edge::Param(p) => accumulate.push((p, sid)),
                 Edge::Node(m) => {
                     match buffers[m] {
-                        None => buffers[m] = Some(sid),
-                        Some(old) => {
-                            if !self.rules.out_of_place_accumulation && self.sim.refs(old) == 1 {
+                        None => buffers[m] = Some((sid, size)),
+                        Some((old, old_size)) => {
+                            let dense = |s: Sid, size: u128| self.sim.bytes(s) == size;
+                            if !self.rules.out_of_place_accumulation
+                                && self.sim.refs(old) == 1
+                                && dense(old, old_size)
+                            {
                                 leftovers.push(sid);
                             } else if !self.rules.out_of_place_accumulation
                                 && self.sim.refs(sid) == 1
+                                && dense(sid, size)
                             {
                                 self.sim.decref(old);
-                                buffers[m] = Some(sid);
+                                buffers[m] = Some((sid, size));
                             } else {
-                                let bytes = self.sim.bytes(old).max(self.sim.bytes(sid));
+                                let bytes = old_size.max(size);
                                 let new = self.sim.alloc(bytes, None);
                                 self.sim.boundary("aten.add.Tensor");
                                 self.sim.decref(old);
-                                buffers[m] = Some(new);
+                                buffers[m] = Some((new, bytes));
                                 leftovers.push(sid);
                             }
                         }

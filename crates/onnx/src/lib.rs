@@ -912,9 +912,9 @@ impl Cx<'_> {
                 }
                 let name = self.layer_name(n, None);
                 let op = if six {
-                    Op::ReLU6 { inplace }
+                    Op::relu6(inplace)
                 } else {
-                    Op::ReLU { inplace }
+                    Op::relu(inplace)
                 };
                 self.add_op(n, name, op, &[x]);
             }
@@ -1348,7 +1348,7 @@ mod tests {
             vec![
                 Op::Conv2d(Conv2d::new(3, 4, 3).padding(1)),
                 // The conv's output is read once: torchvision's in-place ReLU6.
-                Op::ReLU6 { inplace: true },
+                Op::relu6(true),
                 Op::AdaptiveAvgPool2d {
                     output_size: (1, 1)
                 },
@@ -1368,7 +1368,7 @@ mod tests {
             inplace: Inplace::None,
             restore_bn: true,
         };
-        assert_eq!(ops(&m, &none)[1], Op::ReLU6 { inplace: false });
+        assert_eq!(ops(&m, &none)[1], Op::relu6(false));
     }
 
     #[test]

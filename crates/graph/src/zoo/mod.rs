@@ -2,21 +2,147 @@
 //! them, with the same parameter names and counts.
 
 use crate::op::{BatchNorm2d, Conv2d, Linear, Op, Pool2d};
+use crate::Activation;
 use crate::{Graph, GraphBuilder, GraphError, ModelOptions, NodeId};
 
-/// Zoo model names, as `vramlab models` lists them.
-pub const NAMES: &[&str] = &[
-    "simple_cnn",
-    "lenet5",
-    "alexnet",
-    "vgg11",
-    "vgg11_bn",
-    "vgg16",
-    "resnet18",
-    "resnet34",
-    "resnet50",
-    "mobilenet_v2",
+mod dense;
+mod mobile;
+mod regnet;
+
+/// One zoo model: its name, a line about it, its default input and number of classes.
+struct Entry {
+    name: &'static str,
+    about: &'static str,
+    input: [usize; 3],
+    classes: usize,
+}
+
+const fn e(name: &'static str, about: &'static str, side: usize) -> Entry {
+    Entry {
+        name,
+        about,
+        input: [3, side, side],
+        classes: 1000,
+    }
+}
+
+/// Every zoo model; the torchvision ones under torchvision's builder names, with the
+/// input size of their published weights' transforms.
+const ENTRIES: &[Entry] = &[
+    Entry {
+        name: "simple_cnn",
+        about: "the lesson's SimpleCNN: 2 conv + 3 linear",
+        input: [3, 32, 32],
+        classes: 10,
+    },
+    Entry {
+        name: "lenet5",
+        about: "LeNet-5 for 28x28 grayscale (conv1 padded)",
+        input: [1, 28, 28],
+        classes: 10,
+    },
+    e("alexnet", "torchvision AlexNet", 224),
+    e("vgg11", "torchvision VGG-11", 224),
+    e("vgg11_bn", "torchvision VGG-11 with BatchNorm", 224),
+    e("vgg13", "torchvision VGG-13", 224),
+    e("vgg13_bn", "torchvision VGG-13 with BatchNorm", 224),
+    e("vgg16", "torchvision VGG-16", 224),
+    e("vgg16_bn", "torchvision VGG-16 with BatchNorm", 224),
+    e("vgg19", "torchvision VGG-19", 224),
+    e("vgg19_bn", "torchvision VGG-19 with BatchNorm", 224),
+    e("resnet18", "torchvision ResNet-18", 224),
+    e("resnet34", "torchvision ResNet-34", 224),
+    e("resnet50", "torchvision ResNet-50 (bottleneck v1.5)", 224),
+    e("resnet101", "torchvision ResNet-101", 224),
+    e("resnet152", "torchvision ResNet-152", 224),
+    e("resnext50_32x4d", "torchvision ResNeXt-50 32x4d", 224),
+    e("resnext101_32x8d", "torchvision ResNeXt-101 32x8d", 224),
+    e("resnext101_64x4d", "torchvision ResNeXt-101 64x4d", 224),
+    e("wide_resnet50_2", "torchvision Wide ResNet-50-2", 224),
+    e("wide_resnet101_2", "torchvision Wide ResNet-101-2", 224),
+    e("mobilenet_v2", "torchvision MobileNetV2", 224),
+    e(
+        "mobilenet_v3_large",
+        "torchvision MobileNetV3-Large (Hardswish, SE)",
+        224,
+    ),
+    e(
+        "mobilenet_v3_small",
+        "torchvision MobileNetV3-Small (Hardswish, SE)",
+        224,
+    ),
+    e("mnasnet0_5", "torchvision MNASNet 0.5", 224),
+    e("mnasnet0_75", "torchvision MNASNet 0.75", 224),
+    e("mnasnet1_0", "torchvision MNASNet 1.0", 224),
+    e("mnasnet1_3", "torchvision MNASNet 1.3", 224),
+    e(
+        "efficientnet_b0",
+        "torchvision EfficientNet-B0 (SiLU, SE, stochastic depth)",
+        224,
+    ),
+    e("efficientnet_b1", "torchvision EfficientNet-B1", 240),
+    e("efficientnet_b2", "torchvision EfficientNet-B2", 288),
+    e("efficientnet_b3", "torchvision EfficientNet-B3", 300),
+    e("efficientnet_b4", "torchvision EfficientNet-B4", 380),
+    e("efficientnet_b5", "torchvision EfficientNet-B5", 456),
+    e("efficientnet_b6", "torchvision EfficientNet-B6", 528),
+    e("efficientnet_b7", "torchvision EfficientNet-B7", 600),
+    e(
+        "efficientnet_v2_s",
+        "torchvision EfficientNetV2-S (fused MBConv)",
+        384,
+    ),
+    e("efficientnet_v2_m", "torchvision EfficientNetV2-M", 480),
+    e("efficientnet_v2_l", "torchvision EfficientNetV2-L", 480),
+    e(
+        "densenet121",
+        "torchvision DenseNet-121 (concatenation)",
+        224,
+    ),
+    e("densenet161", "torchvision DenseNet-161", 224),
+    e("densenet169", "torchvision DenseNet-169", 224),
+    e("densenet201", "torchvision DenseNet-201", 224),
+    e(
+        "squeezenet1_0",
+        "torchvision SqueezeNet 1.0 (Fire modules)",
+        224,
+    ),
+    e("squeezenet1_1", "torchvision SqueezeNet 1.1", 224),
+    e(
+        "shufflenet_v2_x0_5",
+        "torchvision ShuffleNetV2 x0.5 (chunk, channel shuffle)",
+        224,
+    ),
+    e("shufflenet_v2_x1_0", "torchvision ShuffleNetV2 x1.0", 224),
+    e("shufflenet_v2_x1_5", "torchvision ShuffleNetV2 x1.5", 224),
+    e("shufflenet_v2_x2_0", "torchvision ShuffleNetV2 x2.0", 224),
+    e("regnet_x_400mf", "torchvision RegNetX-400MF", 224),
+    e("regnet_x_800mf", "torchvision RegNetX-800MF", 224),
+    e("regnet_x_1_6gf", "torchvision RegNetX-1.6GF", 224),
+    e("regnet_x_3_2gf", "torchvision RegNetX-3.2GF", 224),
+    e("regnet_x_8gf", "torchvision RegNetX-8GF", 224),
+    e("regnet_x_16gf", "torchvision RegNetX-16GF", 224),
+    e("regnet_x_32gf", "torchvision RegNetX-32GF", 224),
+    e("regnet_y_400mf", "torchvision RegNetY-400MF (SE)", 224),
+    e("regnet_y_800mf", "torchvision RegNetY-800MF", 224),
+    e("regnet_y_1_6gf", "torchvision RegNetY-1.6GF", 224),
+    e("regnet_y_3_2gf", "torchvision RegNetY-3.2GF", 224),
+    e("regnet_y_8gf", "torchvision RegNetY-8GF", 224),
+    e("regnet_y_16gf", "torchvision RegNetY-16GF", 224),
+    e("regnet_y_32gf", "torchvision RegNetY-32GF", 224),
+    e("regnet_y_128gf", "torchvision RegNetY-128GF", 224),
 ];
+
+/// Zoo model names, as `vramlab models` lists them.
+pub const NAMES: &[&str] = &{
+    let mut names = [""; ENTRIES.len()];
+    let mut i = 0;
+    while i < ENTRIES.len() {
+        names[i] = ENTRIES[i].name;
+        i += 1;
+    }
+    names
+};
 
 /// The zoo name closest to a mistyped one, ignoring case and `-` vs `_`
 /// (`ResNet-18` -> `resnet18`), within a small edit distance.
@@ -57,54 +183,76 @@ fn edit_distance(a: &[char], b: &[char]) -> usize {
 
 /// One line on each zoo model and its default input.
 pub fn describe(name: &str) -> Option<(&'static str, [usize; 3])> {
-    Some(match name {
-        "simple_cnn" => ("the lesson's SimpleCNN: 2 conv + 3 linear", [3, 32, 32]),
-        "lenet5" => ("LeNet-5 for 28x28 grayscale (conv1 padded)", [1, 28, 28]),
-        "alexnet" => ("torchvision AlexNet", [3, 224, 224]),
-        "vgg11" => ("torchvision VGG-11", [3, 224, 224]),
-        "vgg11_bn" => ("torchvision VGG-11 with BatchNorm", [3, 224, 224]),
-        "vgg16" => ("torchvision VGG-16", [3, 224, 224]),
-        "resnet18" => ("torchvision ResNet-18", [3, 224, 224]),
-        "resnet34" => ("torchvision ResNet-34", [3, 224, 224]),
-        "resnet50" => ("torchvision ResNet-50 (bottleneck v1.5)", [3, 224, 224]),
-        "mobilenet_v2" => ("torchvision MobileNetV2", [3, 224, 224]),
-        _ => return None,
-    })
+    ENTRIES
+        .iter()
+        .find(|e| e.name == name)
+        .map(|e| (e.about, e.input))
 }
 
 /// Builds a zoo model. The default number of classes is 10 for the small models and
 /// 1000 (ImageNet) for the torchvision ones, as in their constructors.
 pub fn build(name: &str, opts: &ModelOptions) -> Result<Graph, GraphError> {
-    let (_, default_input) =
-        describe(name).ok_or_else(|| GraphError::UnknownModel(name.to_string()))?;
+    let entry = ENTRIES
+        .iter()
+        .find(|e| e.name == name)
+        .ok_or_else(|| GraphError::UnknownModel(name.to_string()))?;
     let input = opts
         .input_shape
         .clone()
-        .unwrap_or_else(|| default_input.to_vec());
+        .unwrap_or_else(|| entry.input.to_vec());
     if input.len() != 3 || input.contains(&0) {
         return Err(GraphError::Structure(format!(
             "a zoo model's input is CxHxW with positive sizes, got {}",
             crate::fmt_shape(&input)
         )));
     }
-    let classes = |default: usize| opts.num_classes.unwrap_or(default);
     if opts.num_classes == Some(0) {
         return Err(GraphError::Structure(
             "--num-classes must be at least 1".into(),
         ));
     }
+    let classes = opts.num_classes.unwrap_or(entry.classes);
+    let family = |prefix: &str| name.strip_prefix(prefix);
     Ok(match name {
-        "simple_cnn" => lenet_like(name, input, 0, classes(10)),
-        "lenet5" => lenet_like(name, input, 2, classes(10)),
-        "alexnet" => alexnet(input, classes(1000)),
-        "vgg11" => vgg(name, input, VGG11, false, classes(1000)),
-        "vgg11_bn" => vgg(name, input, VGG11, true, classes(1000)),
-        "vgg16" => vgg(name, input, VGG16, false, classes(1000)),
-        "resnet18" => resnet(name, input, Block::Basic, [2, 2, 2, 2], classes(1000)),
-        "resnet34" => resnet(name, input, Block::Basic, [3, 4, 6, 3], classes(1000)),
-        "resnet50" => resnet(name, input, Block::Bottleneck, [3, 4, 6, 3], classes(1000)),
-        "mobilenet_v2" => mobilenet_v2(input, classes(1000)),
-        _ => unreachable!("describe() knows every name"),
+        "simple_cnn" => lenet_like(name, input, 0, classes),
+        "lenet5" => lenet_like(name, input, 2, classes),
+        "alexnet" => alexnet(input, classes),
+        "mobilenet_v2" => mobilenet_v2(input, classes),
+        _ if name.starts_with("vgg") => {
+            let cfg = match name.trim_end_matches("_bn") {
+                "vgg11" => VGG11,
+                "vgg13" => VGG13,
+                "vgg16" => VGG16,
+                _ => VGG19,
+            };
+            vgg(name, input, cfg, name.ends_with("_bn"), classes)
+        }
+        _ if name.starts_with("res") || name.starts_with("wide") => {
+            let (block, layers, groups, width) = match name {
+                "resnet18" => (Block::Basic, [2, 2, 2, 2], 1, 64),
+                "resnet34" => (Block::Basic, [3, 4, 6, 3], 1, 64),
+                "resnet50" => (Block::Bottleneck, [3, 4, 6, 3], 1, 64),
+                "resnet101" => (Block::Bottleneck, [3, 4, 23, 3], 1, 64),
+                "resnet152" => (Block::Bottleneck, [3, 8, 36, 3], 1, 64),
+                "resnext50_32x4d" => (Block::Bottleneck, [3, 4, 6, 3], 32, 4),
+                "resnext101_32x8d" => (Block::Bottleneck, [3, 4, 23, 3], 32, 8),
+                "resnext101_64x4d" => (Block::Bottleneck, [3, 4, 23, 3], 64, 4),
+                "wide_resnet50_2" => (Block::Bottleneck, [3, 4, 6, 3], 1, 128),
+                _ => (Block::Bottleneck, [3, 4, 23, 3], 1, 128),
+            };
+            resnet(name, input, block, layers, groups, width, classes)
+        }
+        _ if family("mobilenet_v3_").is_some() => {
+            mobile::mobilenet_v3(name, input, name.ends_with("small"), classes)
+        }
+        _ if family("mnasnet").is_some() => mobile::mnasnet(name, input, classes),
+        _ if family("efficientnet_v2_").is_some() => mobile::efficientnet_v2(name, input, classes),
+        _ if family("efficientnet_b").is_some() => mobile::efficientnet(name, input, classes),
+        _ if family("densenet").is_some() => dense::densenet(name, input, classes),
+        _ if family("squeezenet").is_some() => dense::squeezenet(name, input, classes),
+        _ if family("shufflenet_v2_").is_some() => dense::shufflenet_v2(name, input, classes),
+        _ if family("regnet_").is_some() => regnet::regnet(name, input, classes),
+        _ => unreachable!("every entry has a builder"),
     })
 }
 
@@ -119,21 +267,21 @@ fn lenet_like(name: &str, input: Vec<usize>, pad: usize, classes: usize) -> Grap
         Op::Conv2d(Conv2d::new(in_ch, 6, 5).padding(pad)),
         x,
     );
-    x = b.then("relu1", Op::ReLU { inplace: false }, x);
+    x = b.then("relu1", Op::relu(false), x);
     x = b.then("pool1", Op::MaxPool2d(Pool2d::new(2)), x);
     x = b.then("conv2", Op::Conv2d(Conv2d::new(6, 16, 5)), x);
-    x = b.then("relu2", Op::ReLU { inplace: false }, x);
+    x = b.then("relu2", Op::relu(false), x);
     x = b.then("pool2", Op::MaxPool2d(Pool2d::new(2)), x);
     x = b.then("flatten", Op::Flatten, x);
     x = b.then("fc1", Op::Linear(Linear::new(400, 120)), x);
-    x = b.then("relu3", Op::ReLU { inplace: false }, x);
+    x = b.then("relu3", Op::relu(false), x);
     x = b.then("fc2", Op::Linear(Linear::new(120, 84)), x);
-    x = b.then("relu4", Op::ReLU { inplace: false }, x);
+    x = b.then("relu4", Op::relu(false), x);
     b.then("fc3", Op::Linear(Linear::new(84, classes)), x);
     b.build()
 }
 
-const RELU: Op = Op::ReLU { inplace: true };
+const RELU: Op = Op::relu(true);
 
 fn alexnet(input: Vec<usize>, classes: usize) -> Graph {
     let in_ch = input[0];
@@ -176,14 +324,20 @@ fn alexnet(input: Vec<usize>, classes: usize) -> Graph {
     b.build()
 }
 
-fn dropout(p: f64) -> Op {
+pub(crate) fn dropout(p: f64) -> Op {
     Op::Dropout { p, inplace: false }
 }
 
 /// 0 stands for a max-pool ('M' in torchvision's cfgs).
 const VGG11: &[usize] = &[64, 0, 128, 0, 256, 256, 0, 512, 512, 0, 512, 512, 0];
+const VGG13: &[usize] = &[
+    64, 64, 0, 128, 128, 0, 256, 256, 0, 512, 512, 0, 512, 512, 0,
+];
 const VGG16: &[usize] = &[
     64, 64, 0, 128, 128, 0, 256, 256, 256, 0, 512, 512, 512, 0, 512, 512, 512, 0,
+];
+const VGG19: &[usize] = &[
+    64, 64, 0, 128, 128, 0, 256, 256, 256, 256, 0, 512, 512, 512, 512, 0, 512, 512, 512, 512, 0,
 ];
 
 fn vgg(name: &str, input: Vec<usize>, cfg: &[usize], bn: bool, classes: usize) -> Graph {
@@ -240,15 +394,19 @@ enum Block {
     Bottleneck,
 }
 
-fn bn(b: &mut GraphBuilder, name: String, ch: usize, x: NodeId) -> NodeId {
+pub(crate) fn bn(b: &mut GraphBuilder, name: String, ch: usize, x: NodeId) -> NodeId {
     b.then(name, Op::BatchNorm2d(BatchNorm2d::new(ch)), x)
 }
 
+/// torchvision's ResNet, ResNeXt (`groups` x `width` per group) and Wide ResNet
+/// (`width` 128): the bottleneck's middle width is `planes * width / 64 * groups`.
 fn resnet(
     name: &str,
     input: Vec<usize>,
     block: Block,
     layers: [usize; 4],
+    groups: usize,
+    width: usize,
     classes: usize,
 ) -> Graph {
     let expansion = if block == Block::Basic { 1 } else { 4 };
@@ -282,13 +440,19 @@ fn resnet(
                 y = b.then(format!("{p}.conv2"), conv3x3(planes, planes, 1), y);
                 y = bn(&mut b, format!("{p}.bn2"), planes, y);
             } else {
-                y = b.then(format!("{p}.conv1"), conv1x1(inplanes, planes, 1), x);
-                y = bn(&mut b, format!("{p}.bn1"), planes, y);
+                let mid = planes * width / 64 * groups;
+                y = b.then(format!("{p}.conv1"), conv1x1(inplanes, mid, 1), x);
+                y = bn(&mut b, format!("{p}.bn1"), mid, y);
                 y = b.then(format!("{p}.relu"), RELU, y);
-                y = b.then(format!("{p}.conv2"), conv3x3(planes, planes, stride), y);
-                y = bn(&mut b, format!("{p}.bn2"), planes, y);
+                let conv2 = Conv2d::new(mid, mid, 3)
+                    .stride(stride)
+                    .padding(1)
+                    .groups(groups)
+                    .no_bias();
+                y = b.then(format!("{p}.conv2"), Op::Conv2d(conv2), y);
+                y = bn(&mut b, format!("{p}.bn2"), mid, y);
                 y = b.then(format!("{p}.relu"), RELU, y);
-                y = b.then(format!("{p}.conv3"), conv1x1(planes, out_ch, 1), y);
+                y = b.then(format!("{p}.conv3"), conv1x1(mid, out_ch, 1), y);
                 y = bn(&mut b, format!("{p}.bn3"), out_ch, y);
             }
             let shortcut = if stride != 1 || inplanes != out_ch {
@@ -326,8 +490,105 @@ fn conv3x3(i: usize, o: usize, stride: usize) -> Op {
     Op::Conv2d(Conv2d::new(i, o, 3).stride(stride).padding(1).no_bias())
 }
 
-fn conv1x1(i: usize, o: usize, stride: usize) -> Op {
+pub(crate) fn conv1x1(i: usize, o: usize, stride: usize) -> Op {
     Op::Conv2d(Conv2d::new(i, o, 1).stride(stride).no_bias())
+}
+
+/// BatchNorm2d's `eps` and `momentum` as a model family sets them.
+#[derive(Clone, Copy)]
+pub(crate) struct Norm {
+    pub eps: f64,
+    pub momentum: f64,
+}
+
+/// PyTorch's BatchNorm2d defaults.
+pub(crate) const BN: Norm = Norm {
+    eps: 1e-5,
+    momentum: 0.1,
+};
+
+/// torchvision's Conv2dNormActivation: the convolution ("same" padding, no bias) as
+/// `{p}.0`, BatchNorm2d as `{p}.1`, the activation in place as `{p}.2` (none for a
+/// projection).
+pub(crate) fn conv_norm_act(
+    b: &mut GraphBuilder,
+    p: &str,
+    conv: Conv2d,
+    norm: Norm,
+    act: Option<Activation>,
+    x: NodeId,
+) -> NodeId {
+    let k = conv.kernel_size.0;
+    let out = conv.out_channels;
+    let x = b.then(
+        format!("{p}.0"),
+        Op::Conv2d(conv.padding((k - 1) / 2).no_bias()),
+        x,
+    );
+    let mut bnl = BatchNorm2d::new(out);
+    bnl.eps = norm.eps;
+    bnl.momentum = norm.momentum;
+    let x = b.then(format!("{p}.1"), Op::BatchNorm2d(bnl), x);
+    match act {
+        Some(kind) => b.then(format!("{p}.2"), Op::act(kind, true), x),
+        None => x,
+    }
+}
+
+/// torchvision's SqueezeExcitation `{p}`: average pool, `fc1` (1x1 conv with bias),
+/// `activation`, `fc2`, `scale_activation`, then `scale * input`.
+pub(crate) fn squeeze_excitation(
+    b: &mut GraphBuilder,
+    p: &str,
+    channels: usize,
+    squeeze: usize,
+    activation: Op,
+    scale_activation: Op,
+    x: NodeId,
+) -> NodeId {
+    let mut s = b.then(
+        format!("{p}.avgpool"),
+        Op::AdaptiveAvgPool2d {
+            output_size: (1, 1),
+        },
+        x,
+    );
+    s = b.then(
+        format!("{p}.fc1"),
+        Op::Conv2d(Conv2d::new(channels, squeeze, 1)),
+        s,
+    );
+    s = b.then(format!("{p}.activation"), activation, s);
+    s = b.then(
+        format!("{p}.fc2"),
+        Op::Conv2d(Conv2d::new(squeeze, channels, 1)),
+        s,
+    );
+    s = b.then(format!("{p}.scale_activation"), scale_activation, s);
+    b.add(format!("{p}.mul"), Op::Mul, &[s, x])
+}
+
+/// torchvision's `_make_divisible(v, divisor)`: the nearest multiple of `divisor`, at
+/// least `divisor`, never more than 10 % below `v`.
+pub(crate) fn make_divisible(v: f64, divisor: usize) -> usize {
+    let d = divisor as f64;
+    let mut new = (((v + d / 2.0) as usize) / divisor * divisor).max(divisor);
+    if (new as f64) < 0.9 * v {
+        new += divisor;
+    }
+    new
+}
+
+/// `AdaptiveAvgPool2d(1)` (or `x.mean([2, 3])`) then `flatten`.
+pub(crate) fn pool_flatten(b: &mut GraphBuilder, x: NodeId) -> NodeId {
+    let x = b.then(
+        "avgpool",
+        Op::AdaptiveAvgPool2d {
+            output_size: (1, 1),
+        },
+        x,
+    );
+    b.then("flatten", Op::Flatten, x)
 }
 
 /// torchvision's Conv2dNormActivation with ReLU6: conv (no bias, "same" padding), BN,
@@ -341,7 +602,7 @@ fn conv_bn_relu6(b: &mut GraphBuilder, p: &str, conv: Conv2d, x: NodeId) -> Node
         x,
     );
     let x = bn(b, format!("{p}.1"), out, x);
-    b.then(format!("{p}.2"), Op::ReLU6 { inplace: true }, x)
+    b.then(format!("{p}.2"), Op::relu6(true), x)
 }
 
 fn mobilenet_v2(input: Vec<usize>, classes: usize) -> Graph {
