@@ -1,0 +1,117 @@
+//! The pytorch-cpu profile against real PyTorch 2.15 on modern torchvision classifiers
+//! (fixtures/pytorch-cpu-memory-modern.json, a copy of
+//! ../shared/reference/pytorch-cpu-memory-modern.json measured with
+//! ../shared/oracle/measure.py): step 1 and step 2 peak, phase, and every category at
+//! the peak, to the byte.
+
+use serde_json::Value;
+use vramlab_graph::{zoo, ModelOptions};
+use vramlab_memory::{plan, Optimizer, OptimizerImpl, OptimizerKind, PlanConfig, Profile};
+
+fn records() -> Vec<Value> {
+    let text = include_str!("fixtures/pytorch-cpu-memory-modern.json");
+    serde_json::from_str(text).expect("fixture is JSON")
+}
+
+fn config(rec: &Value) -> (vramlab_graph::Shaped, PlanConfig) {
+    let input: Vec<usize> = rec["input_shape"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_u64().unwrap() as usize)
+        .collect();
+    let opts = ModelOptions {
+        num_classes: Some(rec["num_classes"].as_u64().unwrap() as usize),
+        input_shape: Some(input),
+    };
+    let g = zoo::build(rec["model"].as_str().unwrap(), &opts)
+        .unwrap()
+        .infer()
+        .unwrap();
+    let mut cfg = PlanConfig::new(rec["batch"].as_u64().unwrap());
+    cfg.profile = Profile::PytorchCpu;
+    cfg.optimizer = match rec["optimizer"].as_str().unwrap() {
+        "sgd_momentum" => Optimizer {
+            momentum: 0.9,
+            ..Optimizer::new(OptimizerKind::Sgd)
+        },
+        "adam" => Optimizer::new(OptimizerKind::Adam),
+        "adamw_foreach_wd" => Optimizer {
+            implementation: Some(OptimizerImpl::Foreach),
+            weight_decay: Some(0.05),
+            ..Optimizer::new(OptimizerKind::AdamW)
+        },
+        o => panic!("unknown optimizer {o}"),
+    };
+    (g, cfg)
+}
+
+/// Every mismatch of the records of `model`, and how many figures were compared.
+fn mismatches(model: &str) -> (Vec<String>, usize) {
+    let mut failures = Vec::new();
+    let mut checked = 0;
+    for rec in records().iter().filter(|r| r["model"] == model) {
+        let name = format!("{} b{} {}", rec["model"], rec["batch"], rec["optimizer"]);
+        let (g, cfg) = config(rec);
+        let report = plan(&g, &cfg).unwrap();
+        let n = |v: &Value| v.as_u64().unwrap() as u128;
+        assert_eq!(report.param_bytes, n(&rec["param_bytes"]), "{name}");
+        for (i, key) in ["step1", "step2"].iter().enumerate() {
+            let m = &rec[*key];
+            let s = &report.steps[i];
+            let split = &m["peak_split"];
+            let at = &s.at_peak;
+            let figures = [
+                ("peak", n(&m["tracker_peak"]), s.peak_bytes),
+                (
+                    "params+grads",
+                    n(&split["params_plus_grads"]),
+                    at.params + at.grads,
+                ),
+                ("buffers", n(&split["buffers"]), at.buffers),
+                ("opt_state", n(&split["opt_state"]), at.optimizer_state),
+                ("batch", n(&split["batch"]), at.data_batch),
+                (
+                    "act+temp",
+                    n(&split["activations_temporaries"]),
+                    at.activations + at.temporaries,
+                ),
+                ("after", n(&m["live_after"]), s.after_step.total()),
+                ("before", n(&m["live_before"]), s.before_step.total()),
+            ];
+            let (mphase, pphase) = (m["peak_phase"].as_str().unwrap(), s.peak_phase.to_string());
+            for (label, measured, planned) in figures {
+                checked += 1;
+                if measured != planned || mphase != pphase {
+                    failures.push(format!(
+                        "{name} {key} {label}: measured {measured} ({mphase}), planned {planned} \
+                         ({pphase}), diff {}",
+                        planned as i128 - measured as i128
+                    ));
+                }
+            }
+        }
+    }
+    (failures, checked)
+}
+
+fn exact(model: &str) {
+    let (failures, checked) = mismatches(model);
+    assert!(checked >= 96, "{model}: checked only {checked} figures");
+    assert!(
+        failures.is_empty(),
+        "{} mismatches:\n{}",
+        failures.len(),
+        failures.join("\n")
+    );
+}
+
+#[test]
+fn efficientnet_b0_is_exact() {
+    exact("efficientnet_b0");
+}
+
+#[test]
+fn densenet121_is_exact() {
+    exact("densenet121");
+}
