@@ -16,6 +16,7 @@ use std::path::Path;
 use serde::Deserialize;
 
 use crate::op::{BatchNorm2d, Conv2d, Linear, Op, Pool2d};
+use crate::Activation;
 use crate::{Graph, GraphBuilder, GraphError, NodeId};
 
 /// `3` or `[3, 5]`, as PyTorch accepts for kernel sizes, strides and paddings. Kept as
@@ -105,6 +106,26 @@ fn bn_eps() -> f64 {
 fn bn_momentum() -> f64 {
     0.1
 }
+fn relu_name() -> String {
+    "ReLU".into()
+}
+fn sigmoid_name() -> String {
+    "Sigmoid".into()
+}
+
+/// An activation named in a block's arguments (`activation = "SiLU"`), not in place.
+fn activation_named(field: &str, name: &str) -> Result<Op, String> {
+    Activation::ALL
+        .iter()
+        .find(|a| a.class_name() == name && **a != Activation::GeluTanh)
+        .map(|&a| Op::act(a, false))
+        .ok_or_else(|| {
+            format!(
+                "`{field}` must be one of ReLU, ReLU6, SiLU, Sigmoid, Hardswish, Hardsigmoid, \
+                 GELU, Tanh, got {name:?}"
+            )
+        })
+}
 
 /// One layer of a file; fields and defaults are PyTorch's constructor arguments.
 #[derive(Debug, Deserialize)]
@@ -143,6 +164,54 @@ enum LayerSpec {
     ReLU6 {
         #[serde(default)]
         inplace: bool,
+    },
+    SiLU {
+        #[serde(default)]
+        inplace: bool,
+    },
+    Sigmoid {},
+    Hardswish {
+        #[serde(default)]
+        inplace: bool,
+    },
+    Hardsigmoid {
+        #[serde(default)]
+        inplace: bool,
+    },
+    /// `approximate = "none"` (default) or `"tanh"`.
+    GELU {
+        #[serde(default)]
+        approximate: Option<String>,
+    },
+    Tanh {},
+    /// torchvision's `StochasticDepth(p, mode)`, mode `"row"` or `"batch"`.
+    StochasticDepth {
+        p: f64,
+        mode: String,
+    },
+    /// torchvision's `channel_shuffle(x, groups)`.
+    ChannelShuffle {
+        groups: i64,
+    },
+    /// `x.narrow(1, start, length)`: a slice of the channels.
+    Narrow {
+        start: i64,
+        length: i64,
+    },
+    /// torchvision's `SqueezeExcitation`: `scale * x` with the scale from an average
+    /// pool, `fc1`, `activation`, `fc2`, `scale_activation`.
+    SqueezeExcitation {
+        input_channels: i64,
+        squeeze_channels: i64,
+        #[serde(default = "relu_name")]
+        activation: String,
+        #[serde(default = "sigmoid_name")]
+        scale_activation: String,
+    },
+    /// `torch.cat([branch(x) for branch in branches], dim=1)`; a branch without
+    /// layers is `x` itself.
+    Concat {
+        branches: Vec<toml::Table>,
     },
     MaxPool2d {
         kernel_size: Pair,
@@ -369,6 +438,78 @@ fn sequence(
                 };
                 b.add(name, Op::Add { inplace }, &[y, s])
             }
+            LayerSpec::Concat { branches } => {
+                if branches.is_empty() {
+                    return Err(format!("layer `{name}` (Concat): `branches` is empty"));
+                }
+                let mut outs = Vec::with_capacity(branches.len());
+                for (k, branch) in branches.iter().enumerate() {
+                    let mut branch = branch.clone();
+                    let bname = match branch.remove("name") {
+                        Some(toml::Value::String(s)) => {
+                            crate::text::check_printable(
+                                &s,
+                                &format!("layer `{name}` branch {k}"),
+                            )?;
+                            s
+                        }
+                        Some(_) => {
+                            return Err(format!(
+                                "layer `{name}` (Concat): branch {k}: `name` must be a string"
+                            ))
+                        }
+                        None => k.to_string(),
+                    };
+                    let layers = match branch.remove("layers") {
+                        None => Vec::new(),
+                        Some(toml::Value::Array(items)) => items
+                            .into_iter()
+                            .map(|v| match v {
+                                toml::Value::Table(t) => Ok(t),
+                                _ => Err(format!(
+                                    "layer `{name}` (Concat): branch {k}: `layers` must hold tables"
+                                )),
+                            })
+                            .collect::<Result<Vec<_>, _>>()?,
+                        Some(_) => {
+                            return Err(format!(
+                                "layer `{name}` (Concat): branch {k}: `layers` must be a list of \
+                                 [[...layers]] tables"
+                            ))
+                        }
+                    };
+                    if let Some(extra) = branch.keys().next() {
+                        return Err(format!(
+                            "layer `{name}` (Concat): branch {k}: unknown field `{extra}`, expected \
+                             `name` or `layers`"
+                        ));
+                    }
+                    outs.push(sequence(
+                        b,
+                        &layers,
+                        &format!("{name}.{bname}."),
+                        x,
+                        depth + 1,
+                    )?);
+                }
+                b.add(name, Op::Concat, &outs)
+            }
+            LayerSpec::SqueezeExcitation {
+                input_channels,
+                squeeze_channels,
+                activation,
+                scale_activation,
+            } => {
+                let at = |m: String| format!("layer `{name}` (SqueezeExcitation): {m}");
+                let c = count("input_channels", input_channels).map_err(at)?;
+                let s = count("squeeze_channels", squeeze_channels).map_err(at)?;
+                let act = activation_named("activation", &activation).map_err(at)?;
+                let scale = activation_named("scale_activation", &scale_activation).map_err(at)?;
+                for v in [c, s] {
+                    Op::Conv2d(Conv2d::new(v, v, 1)).validate().map_err(at)?;
+                }
+                crate::zoo::squeeze_excitation(b, &name, c, s, act, scale, x)
+            }
             spec => {
                 let op = op_of(spec).map_err(|m| format!("layer `{name}` ({type_name}): {m}"))?;
                 b.then(name, op, x)
@@ -457,7 +598,43 @@ fn op_of(spec: LayerSpec) -> Result<Op, String> {
             bias,
         }),
         LayerSpec::Dropout { p, inplace } => Op::Dropout { p, inplace },
-        LayerSpec::Residual { .. } => return Err("a Residual block is not one layer".into()),
+        LayerSpec::SiLU { inplace } => Op::act(Activation::Silu, inplace),
+        LayerSpec::Sigmoid {} => Op::act(Activation::Sigmoid, false),
+        LayerSpec::Hardswish { inplace } => Op::act(Activation::Hardswish, inplace),
+        LayerSpec::Hardsigmoid { inplace } => Op::act(Activation::Hardsigmoid, inplace),
+        LayerSpec::GELU { approximate } => match approximate.as_deref() {
+            None | Some("none") => Op::act(Activation::Gelu, false),
+            Some("tanh") => Op::act(Activation::GeluTanh, false),
+            Some(other) => {
+                return Err(format!(
+                    "approximate argument must be either none or tanh, got {other:?}"
+                ))
+            }
+        },
+        LayerSpec::Tanh {} => Op::act(Activation::Tanh, false),
+        LayerSpec::StochasticDepth { p, mode } => Op::StochasticDepth {
+            p,
+            row: match mode.as_str() {
+                "row" => true,
+                "batch" => false,
+                other => {
+                    return Err(format!(
+                        "mode has to be either 'batch' or 'row', but got {other}"
+                    ))
+                }
+            },
+        },
+        LayerSpec::ChannelShuffle { groups } => Op::ChannelShuffle {
+            groups: count("groups", groups)?,
+        },
+        LayerSpec::Narrow { start, length } => Op::Narrow {
+            start: usize::try_from(start)
+                .map_err(|_| format!("start must be at least 0, got {start}"))?,
+            len: count("length", length)?,
+        },
+        LayerSpec::Residual { .. }
+        | LayerSpec::Concat { .. }
+        | LayerSpec::SqueezeExcitation { .. } => return Err("a block is not one layer".into()),
     };
     op.validate()?;
     Ok(op)
@@ -820,5 +997,88 @@ mod tests {
         let e = load(&big).unwrap_err().to_string();
         assert!(e.contains("larger than 4 MiB"), "{e}");
         std::fs::remove_dir_all(&dir).ok();
+    }
+
+    #[test]
+    fn the_modern_examples_parse_with_their_parameter_counts() {
+        for (text, name, params) in [
+            (
+                include_str!("../../../models/mbconv_tiny.toml"),
+                "mbconv_tiny",
+                4126,
+            ),
+            (
+                include_str!("../../../models/dense_tiny.toml"),
+                "dense_tiny",
+                1626,
+            ),
+            (
+                include_str!("../../../models/shuffle_tiny.toml"),
+                "shuffle_tiny",
+                1402,
+            ),
+        ] {
+            let g = parse(text, name).unwrap().infer().unwrap();
+            assert_eq!(g.num_params(), params, "{name}");
+            assert_eq!(g.output_shape(), &vec![10], "{name}");
+        }
+        let g = parse(include_str!("../../../models/mbconv_tiny.toml"), "m")
+            .unwrap()
+            .infer()
+            .unwrap();
+        let names: Vec<String> = g.params().into_iter().map(|p| p.name).collect();
+        assert!(
+            names.contains(&"mbconv.body.6.fc1.weight".to_string()),
+            "{names:?}"
+        );
+        let g = parse(include_str!("../../../models/dense_tiny.toml"), "d")
+            .unwrap()
+            .infer()
+            .unwrap();
+        let names: Vec<String> = g.params().into_iter().map(|p| p.name).collect();
+        assert!(
+            names.contains(&"dense1.layer.2.weight".to_string()),
+            "{names:?}"
+        );
+    }
+
+    #[test]
+    fn modern_layer_arguments_are_checked_as_pytorch_does() {
+        let one = |layer: &str| {
+            let text = format!("input = [4, 8, 8]\n[[layers]]\n{layer}\n");
+            parse(&text, "m.toml")
+                .and_then(|g| g.infer().map(|_| ()))
+                .unwrap_err()
+                .to_string()
+        };
+        assert!(one("type = \"GELU\"\napproximate = \"fast\"")
+            .contains("approximate argument must be either none or tanh"));
+        assert!(one("type = \"StochasticDepth\"\np = 0.1\nmode = \"col\"")
+            .contains("mode has to be either 'batch' or 'row'"));
+        assert!(one("type = \"StochasticDepth\"\np = 1.5\nmode = \"row\"")
+            .contains("drop probability has to be between 0 and 1"));
+        assert!(one("type = \"Sigmoid\"\ninplace = true").contains("unknown field `inplace`"));
+        assert!(one("type = \"ChannelShuffle\"\ngroups = 3").contains("do not split into 3 groups"));
+        assert!(one("type = \"Narrow\"\nstart = 2\nlength = 3")
+            .contains("channels 2..5 are outside the input's 4 channels"));
+        assert!(one(
+            "type = \"SqueezeExcitation\"\ninput_channels = 4\nsqueeze_channels = 2\nactivation = \"Swish\""
+        )
+        .contains("`activation` must be one of"));
+        assert!(one("type = \"Concat\"\nbranches = []").contains("`branches` is empty"));
+        assert!(one("type = \"Concat\"\n[[layers.branches]]\nlayer = []")
+            .contains("unknown field `layer`"));
+        // Branches whose heights differ cannot be concatenated: PyTorch's words.
+        let text = "input = [4, 8, 8]\n[[layers]]\ntype = \"Concat\"\n[[layers.branches]]\n\
+                    [[layers.branches]]\n[[layers.branches.layers]]\ntype = \"MaxPool2d\"\nkernel_size = 2\n";
+        let e = parse(text, "m.toml")
+            .unwrap()
+            .infer()
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("Sizes of tensors must match except in dimension 1"),
+            "{e}"
+        );
     }
 }
