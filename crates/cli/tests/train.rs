@@ -863,3 +863,48 @@ fn bench_train_refuses_what_cannot_fit_or_never_ends() {
     let err = refused(&["bench", "train", "simple_cnn", "--threads", "100000"]);
     assert!(err.contains("--threads 100000: at most"), "{err}");
 }
+
+/// The example model files of the modern families (SiLU, squeeze-and-excitation,
+/// stochastic depth; channel slices, concatenation, shuffles, Hardswish) train, learn,
+/// and measure what the native profile plans.
+#[test]
+fn the_modern_example_model_files_learn_and_measure_their_plan() {
+    let root = tmp("modern-files");
+    cifar(&root, 64);
+    let r = root.to_str().unwrap();
+    for file in ["mbconv_tiny.toml", "shuffle_tiny.toml"] {
+        let path = format!("{}/../../models/{file}", env!("CARGO_MANIFEST_DIR"));
+        let v = json(&vramlab(&[
+            "train",
+            &path,
+            "--data",
+            "cifar10",
+            "--root",
+            r,
+            "--epochs",
+            "2",
+            "--batch-size",
+            "16",
+            "--seed",
+            "3",
+            "--threads",
+            "2",
+            "--json",
+        ]));
+        let epochs = v["epochs"].as_array().unwrap();
+        assert!(
+            epochs[1]["test_accuracy"].as_f64().unwrap() > 0.6,
+            "{file}: {}",
+            v["epochs"]
+        );
+        let (m, p) = (
+            &v["memory"]["measured"]["steps"],
+            &v["memory"]["planned"]["steps"],
+        );
+        for s in 0..2 {
+            assert_eq!(m[s]["peak_bytes"], p[s]["peak_bytes"], "{file}");
+            assert_eq!(m[s]["at_peak"], p[s]["at_peak"], "{file}");
+            assert_eq!(m[s]["after_step"], p[s]["after_step"], "{file}");
+        }
+    }
+}
