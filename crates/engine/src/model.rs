@@ -233,6 +233,14 @@ impl Engine {
         threads: usize,
     ) -> Result<Engine, EngineError> {
         keep_freed_memory();
+        if let Some(n) = graph.nodes().iter().find(|n| !n.op.in_engine()) {
+            return Err(EngineError(format!(
+                "layer `{}`: the CPU engine does not run {} yet (`vramlab memory` plans it for \
+                 PyTorch; training it needs PyTorch for now)",
+                n.name,
+                n.op.type_name()
+            )));
+        }
         let max_per_sample = check_sizes(&graph)?;
         let threads = threads.max(1);
         let pool = rayon::ThreadPoolBuilder::new()
@@ -570,6 +578,14 @@ impl Engine {
                         });
                         (out, t)
                     }
+                }
+                Op::Param { .. }
+                | Op::LayerNorm(_)
+                | Op::MultiheadAttention { .. }
+                | Op::Select { .. }
+                | Op::Tokens
+                | Op::Permute { .. } => {
+                    unreachable!("Engine::new refuses ops the engine does not run")
                 }
                 Op::Mul => {
                     let y = vals[node.inputs[1]].clone().expect("inputs run first");

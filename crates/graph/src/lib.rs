@@ -28,7 +28,8 @@ pub mod zoo;
 
 pub use act::Activation;
 pub use op::{
-    fmt_shape, BatchNorm2d, Conv2d, Linear, Op, Pool2d, Shape, TensorSpec, MAX_TENSOR_ELEMENTS,
+    fmt_shape, BatchNorm2d, Conv2d, LayerNorm, Linear, Op, Pool2d, Shape, TensorSpec,
+    MAX_TENSOR_ELEMENTS,
 };
 
 use std::fmt;
@@ -311,8 +312,13 @@ impl Shaped {
         let mut out = Vec::new();
         for (i, n) in self.graph.nodes.iter().enumerate() {
             for t in f(&n.op) {
+                // A parameter used as a value is named by its node alone.
+                let name = match n.op {
+                    Op::Param { .. } => n.name.clone(),
+                    _ => format!("{}.{}", n.name, t.name),
+                };
                 out.push(NamedTensor {
-                    name: format!("{}.{}", n.name, t.name),
+                    name,
                     node: i,
                     shape: t.shape,
                     elem_bytes: t.elem_bytes,

@@ -206,6 +206,60 @@ pub enum Op {
     ChannelShuffle {
         groups: usize,
     },
+    /// A learnable tensor used as a value (ViT's `class_token` and `pos_embedding`,
+    /// ConvNeXt's `layer_scale`): no input; the node's name is the parameter's full
+    /// name. `shape` is PyTorch's; with `batch_dim` its leading 1 is the batch
+    /// dimension it broadcasts over, and the per-sample shape is the rest.
+    Param {
+        shape: Vec<usize>,
+        batch_dim: bool,
+    },
+    /// `nn.LayerNorm(normalized_shape)` over the last dimension.
+    LayerNorm(LayerNorm),
+    /// `nn.MultiheadAttention(embed_dim, num_heads, batch_first=True)` as
+    /// self-attention (`attn(x, x, x, need_weights=False)`), dropout 0, as torchvision's
+    /// ViT runs it: tokens `[T, E]` in and out.
+    MultiheadAttention {
+        embed_dim: usize,
+        num_heads: usize,
+    },
+    /// `x[:, index]`: one position of the first per-sample dimension, which goes
+    /// (ViT's class token before the head): a view.
+    Select {
+        index: usize,
+    },
+    /// `x.reshape(C, H * W).permute(1, 0)`: an image's positions as tokens `[H*W, C]`
+    /// (ViT's `_process_input`), a view.
+    Tokens,
+    /// `x.permute(dims)` of the per-sample dimensions (ConvNeXt's channels-last
+    /// blocks): a view.
+    Permute {
+        dims: Vec<usize>,
+    },
+}
+
+/// `torch.nn.LayerNorm` over the last dimension.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct LayerNorm {
+    pub normalized_shape: usize,
+    pub eps: f64,
+    pub elementwise_affine: bool,
+    pub bias: bool,
+}
+
+impl LayerNorm {
+    pub fn new(normalized_shape: usize) -> Self {
+        LayerNorm {
+            normalized_shape,
+            eps: 1e-5,
+            elementwise_affine: true,
+            bias: true,
+        }
+    }
+    pub fn eps(mut self, eps: f64) -> Self {
+        self.eps = eps;
+        self
+    }
 }
 
 impl Op {
@@ -228,6 +282,12 @@ impl Op {
             Op::StochasticDepth { .. } => "StochasticDepth",
             Op::Narrow { .. } => "Narrow",
             Op::ChannelShuffle { .. } => "ChannelShuffle",
+            Op::Param { .. } => "Parameter",
+            Op::LayerNorm(_) => "LayerNorm",
+            Op::MultiheadAttention { .. } => "MultiheadAttention",
+            Op::Select { .. } => "Select",
+            Op::Tokens => "Tokens",
+            Op::Permute { .. } => "Permute",
         }
     }
 
@@ -255,7 +315,7 @@ impl Op {
     /// How many inputs the op takes: the least and the most.
     pub fn arity(&self) -> (usize, usize) {
         match self {
-            Op::Input => (0, 0),
+            Op::Input | Op::Param { .. } => (0, 0),
             Op::Add { .. } | Op::Mul => (2, 2),
             Op::Concat => (1, usize::MAX),
             Op::Conv2d(_)
@@ -264,12 +324,45 @@ impl Op {
             | Op::StochasticDepth { .. }
             | Op::Narrow { .. }
             | Op::ChannelShuffle { .. }
+            | Op::LayerNorm(_)
+            | Op::MultiheadAttention { .. }
+            | Op::Select { .. }
+            | Op::Tokens
+            | Op::Permute { .. }
             | Op::MaxPool2d(_)
             | Op::AvgPool2d(_)
             | Op::AdaptiveAvgPool2d { .. }
             | Op::Flatten
             | Op::Linear(_)
             | Op::Dropout { .. } => (1, 1),
+        }
+    }
+
+    /// Whether vramlab's CPU engine runs this op (and so the native profile plans it).
+    pub fn in_engine(&self) -> bool {
+        match self {
+            Op::Param { .. }
+            | Op::LayerNorm(_)
+            | Op::MultiheadAttention { .. }
+            | Op::Select { .. }
+            | Op::Tokens
+            | Op::Permute { .. } => false,
+            Op::Input
+            | Op::Conv2d(_)
+            | Op::BatchNorm2d(_)
+            | Op::Act { .. }
+            | Op::MaxPool2d(_)
+            | Op::AvgPool2d(_)
+            | Op::AdaptiveAvgPool2d { .. }
+            | Op::Flatten
+            | Op::Linear(_)
+            | Op::Dropout { .. }
+            | Op::Add { .. }
+            | Op::Mul
+            | Op::Concat
+            | Op::StochasticDepth { .. }
+            | Op::Narrow { .. }
+            | Op::ChannelShuffle { .. } => true,
         }
     }
 
@@ -315,7 +408,27 @@ impl Op {
                 }
                 v
             }
+            Op::Param { shape, .. } => vec![TensorSpec::f32("param", shape.clone())],
+            Op::LayerNorm(l) => {
+                let mut v = Vec::new();
+                if l.elementwise_affine {
+                    v.push(TensorSpec::f32("weight", vec![l.normalized_shape]));
+                    if l.bias {
+                        v.push(TensorSpec::f32("bias", vec![l.normalized_shape]));
+                    }
+                }
+                v
+            }
+            Op::MultiheadAttention { embed_dim: e, .. } => vec![
+                TensorSpec::f32("in_proj_weight", vec![3 * e, *e]),
+                TensorSpec::f32("in_proj_bias", vec![3 * e]),
+                TensorSpec::f32("out_proj.weight", vec![*e, *e]),
+                TensorSpec::f32("out_proj.bias", vec![*e]),
+            ],
             Op::BatchNorm2d(_)
+            | Op::Select { .. }
+            | Op::Tokens
+            | Op::Permute { .. }
             | Op::Input
             | Op::Act { .. }
             | Op::Mul
@@ -347,6 +460,12 @@ impl Op {
             Op::BatchNorm2d(_)
             | Op::Input
             | Op::Conv2d(_)
+            | Op::Param { .. }
+            | Op::LayerNorm(_)
+            | Op::MultiheadAttention { .. }
+            | Op::Select { .. }
+            | Op::Tokens
+            | Op::Permute { .. }
             | Op::Act { .. }
             | Op::Mul
             | Op::Concat
@@ -462,7 +581,53 @@ impl Op {
             }
             Op::Narrow { len, .. } => positive("len", *len),
             Op::ChannelShuffle { groups } => positive("groups", *groups),
-            Op::Input | Op::Flatten | Op::Add { .. } | Op::Mul | Op::Concat => Ok(()),
+            Op::Param { shape, batch_dim } => {
+                if shape.contains(&0) || (*batch_dim && shape.first() != Some(&1)) {
+                    return Err(format!(
+                        "a parameter of shape {} is not valid here",
+                        fmt_shape(shape)
+                    ));
+                }
+                Ok(())
+            }
+            Op::LayerNorm(l) => {
+                positive("normalized_shape", l.normalized_shape)?;
+                if !(l.eps.is_finite() && l.eps > 0.0) {
+                    return Err(format!(
+                        "eps must be a positive finite number, got {}",
+                        l.eps
+                    ));
+                }
+                Ok(())
+            }
+            Op::MultiheadAttention {
+                embed_dim,
+                num_heads,
+            } => {
+                positive("embed_dim", *embed_dim)?;
+                positive("num_heads", *num_heads)?;
+                if embed_dim % num_heads != 0 {
+                    return Err("embed_dim must be divisible by num_heads".into());
+                }
+                Ok(())
+            }
+            Op::Permute { dims } => {
+                let mut seen = dims.clone();
+                seen.sort_unstable();
+                if seen != (0..dims.len()).collect::<Vec<_>>() {
+                    return Err(format!(
+                        "permute: {dims:?} is not a permutation of the dimensions"
+                    ));
+                }
+                Ok(())
+            }
+            Op::Input
+            | Op::Flatten
+            | Op::Add { .. }
+            | Op::Mul
+            | Op::Concat
+            | Op::Select { .. }
+            | Op::Tokens => Ok(()),
         }
     }
 
@@ -579,6 +744,62 @@ impl Op {
                 out[0] = *len;
                 Ok(out)
             }
+            Op::Param { shape, batch_dim } => Ok(if *batch_dim {
+                shape[1..].to_vec()
+            } else {
+                shape.clone()
+            }),
+            Op::LayerNorm(l) => {
+                let x = x.ok_or("missing input")?;
+                if x.last() != Some(&l.normalized_shape) {
+                    return Err(format!(
+                        "Given normalized_shape=[{}], expected input with shape [*, {}], but got \
+                         input of size {}",
+                        l.normalized_shape,
+                        l.normalized_shape,
+                        fmt_shape(x)
+                    ));
+                }
+                Ok(x.clone())
+            }
+            Op::MultiheadAttention { embed_dim, .. } => {
+                let x = x.ok_or("missing input")?;
+                if x.len() != 2 || x[1] != *embed_dim {
+                    return Err(format!(
+                        "expected tokens of shape [T, {embed_dim}], got {}",
+                        fmt_shape(x)
+                    ));
+                }
+                Ok(x.clone())
+            }
+            Op::Select { index } => {
+                let x = x.ok_or("missing input")?;
+                if x.len() < 2 || *index >= x[0] {
+                    return Err(format!(
+                        "index {index} is out of bounds for a dimension of size {} (shape {})",
+                        x.first().copied().unwrap_or(0),
+                        fmt_shape(x)
+                    ));
+                }
+                Ok(x[1..].to_vec())
+            }
+            Op::Tokens => {
+                let (ch, h, w) = chw(x, "Tokens")?;
+                Ok(vec![h * w, ch])
+            }
+            Op::Permute { dims } => {
+                let x = x.ok_or("missing input")?;
+                if dims.len() != x.len() {
+                    return Err(format!(
+                        "permute: number of dimensions in the tensor input does not match the \
+                         length of the desired ordering of dimensions i.e. input.dim() = {} is \
+                         not equal to len(dims) = {}",
+                        x.len() + 1,
+                        dims.len() + 1
+                    ));
+                }
+                Ok(dims.iter().map(|&d| x[d]).collect())
+            }
             Op::ChannelShuffle { groups } => {
                 let (ch, _, _) = chw(x, "ChannelShuffle")?;
                 if ch % groups != 0 {
@@ -629,21 +850,26 @@ impl Op {
                 Ok(vec![usize::try_from(n).map_err(|_| "too many features")?])
             }
             Op::Linear(l) => {
+                // Linear acts on the last dimension (tokens [T, F], channels-last maps).
                 let x = x.ok_or("missing input")?;
-                if x.len() != 1 {
-                    return Err(format!(
-                        "expected a flat input of {} features, got shape {} (add a Flatten first)",
-                        l.in_features,
-                        fmt_shape(x)
-                    ));
-                }
-                if x[0] != l.in_features {
+                let last = *x.last().ok_or("missing input")?;
+                if last != l.in_features {
+                    if x.len() > 1 && x.len() != 2 {
+                        return Err(format!(
+                            "expected a flat input of {} features, got shape {} (add a Flatten \
+                             first)",
+                            l.in_features,
+                            fmt_shape(x)
+                        ));
+                    }
                     return Err(format!(
                         "expected {} input features (in_features), got {}",
-                        l.in_features, x[0]
+                        l.in_features, last
                     ));
                 }
-                Ok(vec![l.out_features])
+                let mut out = x.clone();
+                *out.last_mut().expect("not empty") = l.out_features;
+                Ok(out)
             }
             Op::Add { .. } => {
                 let (a, b) = match inputs {
@@ -670,7 +896,15 @@ impl Op {
                 .saturating_mul((c.in_channels / c.groups.max(1)) as u128)
                 .saturating_mul(c.kernel_size.0 as u128)
                 .saturating_mul(c.kernel_size.1 as u128),
-            Op::Linear(l) => (l.in_features as u128).saturating_mul(l.out_features as u128),
+            Op::Linear(l) => (numel / l.out_features.max(1) as u128)
+                .saturating_mul(l.in_features as u128)
+                .saturating_mul(l.out_features as u128),
+            // The projections, then QK^T and attention x V.
+            Op::MultiheadAttention { embed_dim, .. } => {
+                let t = out.first().copied().unwrap_or(0) as u128;
+                let e = *embed_dim as u128;
+                (4 * t * e * e).saturating_add(2 * t * t * e)
+            }
             Op::Input
             | Op::BatchNorm2d(_)
             | Op::Act { .. }
@@ -684,6 +918,11 @@ impl Op {
             | Op::AdaptiveAvgPool2d { .. }
             | Op::Flatten
             | Op::Dropout { .. }
+            | Op::Param { .. }
+            | Op::LayerNorm(_)
+            | Op::Select { .. }
+            | Op::Tokens
+            | Op::Permute { .. }
             | Op::Add { .. } => 0,
         }
     }
@@ -695,6 +934,7 @@ impl Op {
         match self {
             Op::Conv2d(c) => c.in_channels / c.groups.max(1) * c.kernel_size.0 * c.kernel_size.1,
             Op::Linear(l) => l.in_features,
+            Op::MultiheadAttention { embed_dim, .. } => *embed_dim,
             Op::Input
             | Op::BatchNorm2d(_)
             | Op::Act { .. }
@@ -708,6 +948,11 @@ impl Op {
             | Op::AdaptiveAvgPool2d { .. }
             | Op::Flatten
             | Op::Dropout { .. }
+            | Op::Param { .. }
+            | Op::LayerNorm(_)
+            | Op::Select { .. }
+            | Op::Tokens
+            | Op::Permute { .. }
             | Op::Add { .. } => 1,
         }
     }

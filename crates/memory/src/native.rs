@@ -347,6 +347,12 @@ impl Native<'_> {
                         train && (self.requires[node.inputs[0]] || self.requires[node.inputs[1]]);
                     out
                 }
+                Op::Param { .. }
+                | Op::LayerNorm(_)
+                | Op::MultiheadAttention { .. }
+                | Op::Select { .. }
+                | Op::Tokens
+                | Op::Permute { .. } => unreachable!("run() refuses ops the engine does not run"),
                 Op::Mul => {
                     let out = self.alloc(out_bytes, None, "mul");
                     if train && self.requires[i] {
@@ -567,6 +573,14 @@ impl Native<'_> {
                     Op::StochasticDepth { .. } if !tape.as_ref().is_some_and(|t| t.is_empty()) => {
                         ins.push((x, self.alloc(in_bytes, None, "backward")));
                     }
+                    Op::Param { .. }
+                    | Op::LayerNorm(_)
+                    | Op::MultiheadAttention { .. }
+                    | Op::Select { .. }
+                    | Op::Tokens
+                    | Op::Permute { .. } => {
+                        unreachable!("run() refuses ops the engine does not run")
+                    }
                     Op::Mul | Op::Concat => {
                         for &j in &node.inputs {
                             if self.requires[j] {
@@ -619,6 +633,14 @@ pub(crate) fn run(g: &Shaped, cfg: &PlanConfig) -> Result<MemoryReport, PlanErro
         return Err(PlanError::Config(
             "the native profile (vramlab's CPU engine) trains in fp32 without checkpointing or accumulation".into(),
         ));
+    }
+    if let Some(n) = g.nodes().iter().find(|n| !n.op.in_engine()) {
+        return Err(PlanError::Config(format!(
+            "layer `{}`: the native profile plans vramlab's CPU engine, which does not run {} \
+             yet; use --profile pytorch-cpu or pytorch-cuda",
+            n.name,
+            n.op.type_name()
+        )));
     }
     let b = cfg.batch_size as u128;
     let threads = cfg.threads.max(1) as u128;

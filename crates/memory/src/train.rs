@@ -36,6 +36,9 @@ struct Value {
     sid: Sid,
     grad_fn: Option<usize>,
     elem: u128,
+    /// The parameter this value is (ViT's class token, a layer scale): its gradient
+    /// goes to `AccumulateGrad`.
+    leaf: Option<usize>,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -73,6 +76,16 @@ struct BNode {
     ops: Vec<(&'static str, Vec<usize>)>,
     /// AMP: parameter gradients made in half precision, then cast to fp32 of this size.
     casts: Vec<(usize, u128)>,
+}
+
+/// The autograd edge to a value that requires grad: the node that made it, or the
+/// parameter it is.
+fn edge(v: &Value, how: Grad) -> Option<(Edge, Grad)> {
+    match (v.leaf, v.grad_fn) {
+        (Some(p), _) => Some((Edge::Param(p), how)),
+        (None, Some(f)) => Some((Edge::Node(f), how)),
+        (None, None) => None,
+    }
 }
 
 /// Runs the configured steps and reports them.
@@ -151,11 +164,12 @@ pub(crate) fn run(g: &Shaped, cfg: &PlanConfig) -> Result<(MemoryReport, Vec<u12
         ));
     }
 
+    let mut param_sids = Vec::with_capacity(params.len());
     let mut slots: Vec<ParamSlot> = params
         .iter()
         .map(|p| {
             let bytes = p.numel() * param_elem;
-            sim.alloc(bytes, Some(Category::Params));
+            param_sids.push(sim.alloc(bytes, Some(Category::Params)));
             ParamSlot { bytes, grad: None }
         })
         .collect();
@@ -192,6 +206,7 @@ pub(crate) fn run(g: &Shaped, cfg: &PlanConfig) -> Result<(MemoryReport, Vec<u12
         nodes: Vec::new(),
         seq: 0,
         node_of_param: param_index(g),
+        param_sids,
         segments: checkpoint_segments(g, cfg.checkpoint_segments)?,
         checkpoint: None,
         done_checkpoints: Vec::new(),
@@ -401,6 +416,8 @@ struct Runner<'a> {
     nodes: Vec<BNode>,
     seq: u64,
     node_of_param: Vec<usize>,
+    /// Each parameter's storage.
+    param_sids: Vec<Sid>,
     /// Checkpointed segments (inclusive node ranges).
     segments: Vec<Segment>,
     /// The checkpointed segment whose forward is running.
@@ -511,6 +528,16 @@ impl Runner<'_> {
         self.nodes.len() - 1
     }
 
+    /// Bytes of value `v` of node `j`: a parameter's own size, else the batch's.
+    fn value_bytes(&self, v: &Value, j: usize) -> u128 {
+        let per = self.g.numel(j) * v.elem;
+        if v.leaf.is_some() {
+            per
+        } else {
+            self.micro * per
+        }
+    }
+
     /// Allocates, marks the op boundary.
     fn op(&mut self, bytes: u128, label: &'static str) -> Sid {
         let s = self.sim.alloc(bytes, None);
@@ -526,6 +553,7 @@ impl Runner<'_> {
         self.sim.incref(image);
         let mut vals: Vec<Option<Value>> = vec![None; n];
         vals[0] = Some(Value {
+            leaf: None,
             sid: image,
             grad_fn: None,
             elem: image_elem,
@@ -616,6 +644,19 @@ impl Runner<'_> {
         {
             let node = &g.nodes()[i];
             self.sim.layer = i;
+            if let Op::Param { .. } = node.op {
+                // A parameter used as a value: its own storage, a leaf of autograd.
+                let p = self.node_of_param[i];
+                let sid = self.param_sids[p];
+                self.sim.incref(sid);
+                vals[i] = Some(Value {
+                    sid,
+                    grad_fn: None,
+                    elem: self.param_elem,
+                    leaf: Some(p),
+                });
+                return Ok(());
+            }
             let x = vals[node.inputs[0]].expect("inputs come first");
             let numel = g.numel(i);
             let in_numel = g.numel(node.inputs[0]);
@@ -698,6 +739,7 @@ impl Runner<'_> {
                     if !train {
                         self.sim.decref(xin);
                         vals[i] = Some(Value {
+                            leaf: None,
                             sid: out,
                             grad_fn: None,
                             elem: out_elem,
@@ -719,6 +761,7 @@ impl Runner<'_> {
                     }
                     self.sim.decref(xin);
                     Value {
+                        leaf: None,
                         sid: out,
                         grad_fn: Some(k),
                         elem: out_elem,
@@ -745,6 +788,7 @@ impl Runner<'_> {
                             "aten._native_batch_norm_legit_no_training.default",
                         );
                         Value {
+                            leaf: None,
                             sid: out,
                             grad_fn: None,
                             elem: x.elem,
@@ -773,6 +817,7 @@ impl Runner<'_> {
                         self.sim.decref(mean);
                         self.sim.decref(invstd);
                         Value {
+                            leaf: None,
                             sid: out,
                             grad_fn: Some(k),
                             elem: x.elem,
@@ -813,11 +858,74 @@ impl Runner<'_> {
                         self.sim.decref(c);
                     }
                     Value {
+                        leaf: None,
                         sid: out,
                         grad_fn,
                         elem: x.elem,
                     }
                 }
+                Op::Param { .. } => unreachable!("handled above"),
+                Op::Tokens | Op::Permute { .. } => {
+                    // Views (reshape, permute): the same storage and autograd history.
+                    self.sim.incref(x.sid);
+                    x
+                }
+                Op::Select { .. } => {
+                    // A view forward; SelectBackward0 writes the gradient into zeros of
+                    // the input's size.
+                    self.sim.incref(x.sid);
+                    let grad_fn = match input_edge(&x) {
+                        Some(e) if train => Some(self.record(
+                            i,
+                            vec![],
+                            vec![e],
+                            vec![("aten.select_backward.default", vec![0])],
+                        )),
+                        _ => None,
+                    };
+                    Value {
+                        leaf: None,
+                        sid: x.sid,
+                        grad_fn,
+                        elem: x.elem,
+                    }
+                }
+                Op::LayerNorm(l) => {
+                    let rows = b * numel / l.normalized_shape as u128;
+                    let out = self.sim.alloc(b * numel * x.elem, None);
+                    let mean = self.sim.alloc(rows * 4, None);
+                    let rstd = self.sim.alloc(rows * 4, None);
+                    self.sim.boundary("aten.native_layer_norm.default");
+                    let grad_fn = match input_edge(&x) {
+                        Some(e) if train => {
+                            let mut edges = vec![e];
+                            for k in 0..node.op.params().len() {
+                                let c = l.normalized_shape as u128 * self.param_elem;
+                                edges.push((Edge::Param(p0 + k), Grad::Alloc(c)));
+                            }
+                            let all = (0..edges.len()).collect();
+                            Some(self.record(
+                                i,
+                                vec![x.sid, mean, rstd],
+                                edges,
+                                vec![("aten.native_layer_norm_backward.default", all)],
+                            ))
+                        }
+                        _ => None,
+                    };
+                    self.sim.decref(mean);
+                    self.sim.decref(rstd);
+                    Value {
+                        leaf: None,
+                        sid: out,
+                        grad_fn,
+                        elem: x.elem,
+                    }
+                }
+                Op::MultiheadAttention {
+                    embed_dim,
+                    num_heads,
+                } => self.attention(i, x, *embed_dim as u128, *num_heads as u128, train),
                 Op::Mul => {
                     let y = vals[node.inputs[1]].expect("inputs come first");
                     let elem = x.elem.max(y.elem);
@@ -830,14 +938,14 @@ impl Runner<'_> {
                     let mut edges = Vec::new();
                     let mut saved = Vec::new();
                     for (v, other, j) in [(x, y, node.inputs[0]), (y, x, node.inputs[1])] {
-                        if let Some(f) = v.grad_fn {
-                            let own = b * g.numel(j) * v.elem;
-                            let how = if own == full {
-                                Grad::Alloc(full)
-                            } else {
-                                Grad::AllocSumTo(full, own)
-                            };
-                            edges.push((Edge::Node(f), how));
+                        let own = self.value_bytes(&v, j);
+                        let how = if own == full {
+                            Grad::Alloc(full)
+                        } else {
+                            Grad::AllocSumTo(full, own)
+                        };
+                        if let Some(e) = edge(&v, how) {
+                            edges.push(e);
                             saved.push(other.sid);
                         }
                     }
@@ -847,6 +955,7 @@ impl Runner<'_> {
                     let grad_fn =
                         (train && !edges.is_empty()).then(|| self.record(i, saved, edges, ops));
                     Value {
+                        leaf: None,
                         sid: out,
                         grad_fn,
                         elem,
@@ -862,16 +971,26 @@ impl Runner<'_> {
                     let out = self.op(b * numel * elem, "aten.cat.default");
                     // CatBackward0 keeps only sizes; each input's gradient is a slice (a
                     // view) of the incoming one.
+                    // A parameter (ViT's class token, expanded over the batch) gets the
+                    // slice summed over the batch (ExpandBackward0).
                     let edges: Vec<(Edge, Grad)> = ins
                         .iter()
                         .filter_map(|(v, j)| {
-                            v.grad_fn
-                                .map(|f| (Edge::Node(f), Grad::View(b * g.numel(*j) * v.elem)))
+                            let bytes = self.value_bytes(v, *j);
+                            edge(
+                                v,
+                                if v.leaf.is_some() {
+                                    Grad::SumTo(bytes)
+                                } else {
+                                    Grad::View(bytes)
+                                },
+                            )
                         })
                         .collect();
                     let grad_fn =
                         (train && !edges.is_empty()).then(|| self.record(i, vec![], edges, vec![]));
                     Value {
+                        leaf: None,
                         sid: out,
                         grad_fn,
                         elem,
@@ -892,6 +1011,7 @@ impl Runner<'_> {
                         });
                         self.sim.decref(noise);
                         Value {
+                            leaf: None,
                             sid: out,
                             grad_fn,
                             elem: x.elem,
@@ -912,6 +1032,7 @@ impl Runner<'_> {
                         _ => None,
                     };
                     Value {
+                        leaf: None,
                         sid: x.sid,
                         grad_fn,
                         elem: x.elem,
@@ -931,6 +1052,7 @@ impl Runner<'_> {
                         _ => None,
                     };
                     Value {
+                        leaf: None,
                         sid: out,
                         grad_fn,
                         elem: x.elem,
@@ -951,6 +1073,7 @@ impl Runner<'_> {
                     };
                     self.sim.decref(idx);
                     Value {
+                        leaf: None,
                         sid: out,
                         grad_fn,
                         elem: x.elem,
@@ -982,6 +1105,7 @@ impl Runner<'_> {
                         _ => None,
                     };
                     Value {
+                        leaf: None,
                         sid: out,
                         grad_fn,
                         elem: x.elem,
@@ -1009,6 +1133,7 @@ impl Runner<'_> {
                         });
                         self.sim.decref(mask);
                         Value {
+                            leaf: None,
                             sid: out,
                             grad_fn,
                             elem: x.elem,
@@ -1028,6 +1153,7 @@ impl Runner<'_> {
                         });
                         self.sim.decref(mask);
                         Value {
+                            leaf: None,
                             sid: out,
                             grad_fn,
                             elem: x.elem,
@@ -1044,14 +1170,23 @@ impl Runner<'_> {
                     } else {
                         self.op(b * numel * elem, "aten.add.Tensor")
                     };
-                    let edges: Vec<(Edge, Grad)> = [x.grad_fn, y.grad_fn]
-                        .into_iter()
-                        .flatten()
-                        .map(|f| (Edge::Node(f), Grad::Pass))
+                    // A parameter added over the batch (ViT's position embedding) gets
+                    // the gradient summed to its shape.
+                    let edges: Vec<(Edge, Grad)> = [(x, node.inputs[0]), (y, node.inputs[1])]
+                        .iter()
+                        .filter_map(|(v, j)| {
+                            let how = if v.leaf.is_some() {
+                                Grad::SumTo(self.value_bytes(v, *j))
+                            } else {
+                                Grad::Pass
+                            };
+                            edge(v, how)
+                        })
                         .collect();
                     let grad_fn =
                         (train && !edges.is_empty()).then(|| self.record(i, vec![], edges, vec![]));
                     Value {
+                        leaf: None,
                         sid: out,
                         grad_fn,
                         elem,
@@ -1062,6 +1197,141 @@ impl Runner<'_> {
             self.drop_inputs(i, vals);
         }
         Ok(())
+    }
+
+    /// `nn.MultiheadAttention(batch_first=True)` as self-attention with
+    /// `need_weights=False` on the CPU, op for op as PyTorch 2.15 runs it (measured with
+    /// the oracle's dispatch tracker on a small ViT):
+    /// - forward: the transposed input made contiguous for the packed in-projection (a
+    ///   copy, kept by MmBackward0), `mm`, `+ bias`, the q/k/v split made contiguous (a
+    ///   copy, kept through the q, k, v views by the attention), the CPU flash kernel
+    ///   (its output and log-sum-exp kept; no T x T matrix), the out-projection `addmm`;
+    /// - backward: the output gradient reshaped (a copy), the out-projection's grads, the
+    ///   flash backward's three gradients, two reshape copies each for q, k and v,
+    ///   `select_backward` into zeros of the packed size for each (added up out of
+    ///   place), a reshape copy of the packed gradient, the bias sum, the in-projection's
+    ///   grads.
+    fn attention(&mut self, i: usize, x: Value, e: u128, heads: u128, train: bool) -> Value {
+        let g = self.g;
+        let b = self.micro;
+        let t = g.shapes[i][0] as u128;
+        let el = x.elem;
+        let pe = self.param_elem;
+        let n = b * t * e * el;
+        let p0 = self.node_of_param[i];
+        let copy = self.op(n, "aten.clone.default");
+        let mm = self.op(3 * n, "aten.mm.default");
+        let biased = self.op(3 * n, "aten.add.Tensor");
+        self.sim.decref(mm);
+        let proj = self.op(3 * n, "aten.clone.default");
+        self.sim.decref(biased);
+        let out = self.sim.alloc(n, None);
+        let lse = self.sim.alloc(b * heads * t * 4, None);
+        self.sim
+            .boundary("aten._scaled_dot_product_flash_attention_for_cpu.default");
+        let result = self.op(n, "aten.addmm.default");
+        let mut grad_fn = None;
+        if train {
+            let x_edge: Vec<(Edge, Grad)> = edge(&x, Grad::Alloc(n)).into_iter().collect();
+            let has_x = !x_edge.is_empty();
+            // MmBackward0 of the in-projection: the weight's gradient first.
+            let mut edges = x_edge;
+            edges.push((Edge::Param(p0), Grad::Alloc(3 * e * e * pe)));
+            let w = edges.len() - 1;
+            let mut ops = vec![("aten.mm.default", vec![w])];
+            if has_x {
+                ops.push(("aten.mm.default", vec![0]));
+            }
+            let a = self.record(i, vec![copy], edges, ops);
+            // AddBackward0 of the in-projection's bias.
+            let bias = self.record(
+                i,
+                vec![],
+                vec![
+                    (Edge::Node(a), Grad::Pass),
+                    (Edge::Param(p0 + 1), Grad::SumTo(3 * e * pe)),
+                ],
+                vec![],
+            );
+            // The packed q/k/v made contiguous; its gradient is reshaped (copied) back.
+            let packed = self.record(
+                i,
+                vec![],
+                vec![(Edge::Node(bias), Grad::Alloc(3 * n))],
+                vec![("aten.clone.default", vec![0])],
+            );
+            let select: Vec<usize> = (0..3)
+                .map(|_| {
+                    self.record(
+                        i,
+                        vec![],
+                        vec![(Edge::Node(packed), Grad::Alloc(3 * n))],
+                        vec![("aten.select_backward.default", vec![0])],
+                    )
+                })
+                .collect();
+            let inner: Vec<usize> = select
+                .iter()
+                .map(|&s| {
+                    self.record(
+                        i,
+                        vec![],
+                        vec![(Edge::Node(s), Grad::Alloc(n))],
+                        vec![("aten.clone.default", vec![0])],
+                    )
+                })
+                .collect();
+            let outer: Vec<usize> = inner
+                .iter()
+                .map(|&v| {
+                    self.record(
+                        i,
+                        vec![],
+                        vec![(Edge::Node(v), Grad::Alloc(n))],
+                        vec![("aten.clone.default", vec![0])],
+                    )
+                })
+                .collect();
+            let sdpa = self.record(
+                i,
+                vec![proj, out, lse],
+                outer
+                    .iter()
+                    .map(|&v| (Edge::Node(v), Grad::Alloc(n)))
+                    .collect(),
+                vec![(
+                    "aten._scaled_dot_product_flash_attention_for_cpu_backward.default",
+                    vec![0, 1, 2],
+                )],
+            );
+            // AddmmBackward0 of the out-projection: bias, input, weight.
+            let o = self.record(
+                i,
+                vec![out],
+                vec![
+                    (Edge::Param(p0 + 3), Grad::SumTo(e * pe)),
+                    (Edge::Node(sdpa), Grad::Alloc(n)),
+                    (Edge::Param(p0 + 2), Grad::Alloc(e * e * pe)),
+                ],
+                vec![("aten.mm.default", vec![1]), ("aten.mm.default", vec![2])],
+            );
+            // The output's transpose reshaped for the out-projection's gradient: a copy.
+            grad_fn = Some(self.record(
+                i,
+                vec![],
+                vec![(Edge::Node(o), Grad::Alloc(n))],
+                vec![("aten.clone.default", vec![0])],
+            ));
+        }
+        for s in [copy, proj, out, lse] {
+            self.sim.decref(s);
+        }
+        Value {
+            leaf: None,
+            sid: result,
+            grad_fn,
+            elem: el,
+        }
     }
 
     /// Python drops a tensor once its last reader has run.
@@ -1115,6 +1385,7 @@ impl Runner<'_> {
             );
             cast = Some(c);
             input = Value {
+                leaf: None,
                 sid: c,
                 grad_fn: Some(f),
                 elem: 4,

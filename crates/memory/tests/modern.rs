@@ -115,3 +115,8 @@ fn efficientnet_b0_is_exact() {
 fn densenet121_is_exact() {
     exact("densenet121");
 }
+
+#[test]
+fn vit_b_16_is_exact() {
+    exact("vit_b_16");
+}

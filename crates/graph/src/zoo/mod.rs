@@ -8,6 +8,7 @@ use crate::{Graph, GraphBuilder, GraphError, ModelOptions, NodeId};
 mod dense;
 mod mobile;
 mod regnet;
+pub mod vit;
 
 /// One zoo model: its name, a line about it, its default input and number of classes.
 struct Entry {
@@ -131,6 +132,15 @@ const ENTRIES: &[Entry] = &[
     e("regnet_y_16gf", "torchvision RegNetY-16GF", 224),
     e("regnet_y_32gf", "torchvision RegNetY-32GF", 224),
     e("regnet_y_128gf", "torchvision RegNetY-128GF", 224),
+    e(
+        "vit_b_16",
+        "torchvision ViT-B/16 (multi-head attention)",
+        224,
+    ),
+    e("vit_b_32", "torchvision ViT-B/32", 224),
+    e("vit_l_16", "torchvision ViT-L/16", 224),
+    e("vit_l_32", "torchvision ViT-L/32", 224),
+    e("vit_h_14", "torchvision ViT-H/14", 224),
 ];
 
 /// Zoo model names, as `vramlab models` lists them.
@@ -252,6 +262,7 @@ pub fn build(name: &str, opts: &ModelOptions) -> Result<Graph, GraphError> {
         _ if family("squeezenet").is_some() => dense::squeezenet(name, input, classes),
         _ if family("shufflenet_v2_").is_some() => dense::shufflenet_v2(name, input, classes),
         _ if family("regnet_").is_some() => regnet::regnet(name, input, classes),
+        _ if family("vit_").is_some() => vit::vit(name, input, classes)?,
         _ => unreachable!("every entry has a builder"),
     })
 }
