@@ -39,6 +39,9 @@ struct Value {
     /// The parameter this value is (ViT's class token, a layer scale): its gradient
     /// goes to `AccumulateGrad`.
     leaf: Option<usize>,
+    /// A `[C, H, W]` map stored channels-last (a permuted `[H, W, C]`, as in ConvNeXt):
+    /// layouts follow it through convolutions and elementwise ops.
+    cl: bool,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -62,6 +65,10 @@ enum Grad {
     /// A view into the incoming gradient of this many bytes (a slice of a concatenation's
     /// gradient): it keeps the whole incoming gradient alive.
     View(u128),
+    /// A parameter's gradient made in another memory layout (a convolution's weight
+    /// gradient from a channels-last input): `AccumulateGrad` copies it into the
+    /// parameter's layout (`new_empty_strided` + `copy_`) instead of keeping it.
+    AllocRelayout(u128),
 }
 
 struct BNode {
@@ -528,6 +535,29 @@ impl Runner<'_> {
         self.nodes.len() - 1
     }
 
+    /// A Linear on a map (`[H, W, C]` channels-last, ConvNeXt) whose output is then
+    /// permuted gets its gradient through the permute, not contiguous: reshaping it for
+    /// the matrix product copies it (UnsafeViewBackward0). Returns the node the output's
+    /// gradient goes to: `k`, or that copy in front of it.
+    fn reshaped_grad(&mut self, i: usize, k: usize, bytes: u128) -> usize {
+        let g = self.g;
+        let permuted = matches!(g.nodes()[i].op, Op::Linear(_))
+            && g.shapes[i].len() >= 3
+            && !g.consumers[i].is_empty()
+            && g.consumers[i]
+                .iter()
+                .all(|&c| matches!(g.nodes()[c].op, Op::Permute { .. }));
+        if !permuted || !self.nodes.get(k).is_some_and(|n| n.node == i) {
+            return k;
+        }
+        self.record(
+            i,
+            vec![],
+            vec![(Edge::Node(k), Grad::Alloc(bytes))],
+            vec![("aten.clone.default", vec![0])],
+        )
+    }
+
     /// Bytes of value `v` of node `j`: a parameter's own size, else the batch's.
     fn value_bytes(&self, v: &Value, j: usize) -> u128 {
         let per = self.g.numel(j) * v.elem;
@@ -554,6 +584,7 @@ impl Runner<'_> {
         let mut vals: Vec<Option<Value>> = vec![None; n];
         vals[0] = Some(Value {
             leaf: None,
+            cl: false,
             sid: image,
             grad_fn: None,
             elem: image_elem,
@@ -654,6 +685,7 @@ impl Runner<'_> {
                     grad_fn: None,
                     elem: self.param_elem,
                     leaf: Some(p),
+                    cl: false,
                 });
                 return Ok(());
             }
@@ -710,7 +742,20 @@ impl Runner<'_> {
                     let fp32_grads: Vec<u128> = specs.iter().map(|s| s.numel() * 4).collect();
                     if is_conv {
                         edges.extend(x.grad_fn.map(|f| (Edge::Node(f), Grad::Alloc(xbytes))));
-                        edges.push((Edge::Param(p0), Grad::Alloc(wbytes)));
+                        // From a channels-last input the weight's gradient comes out
+                        // channels-last too; unless that layout equals the contiguous one
+                        // (one input channel per group, or a 1x1 kernel) AccumulateGrad
+                        // copies it.
+                        let shape = &specs[0].shape;
+                        let relayout = x.cl && shape[1] > 1 && shape[2] * shape[3] > 1;
+                        edges.push((
+                            Edge::Param(p0),
+                            if relayout {
+                                Grad::AllocRelayout(wbytes)
+                            } else {
+                                Grad::Alloc(wbytes)
+                            },
+                        ));
                         if has_bias {
                             edges.push((
                                 Edge::Param(p0 + 1),
@@ -740,6 +785,7 @@ impl Runner<'_> {
                         self.sim.decref(xin);
                         vals[i] = Some(Value {
                             leaf: None,
+                            cl: false,
                             sid: out,
                             grad_fn: None,
                             elem: out_elem,
@@ -760,10 +806,12 @@ impl Runner<'_> {
                         }
                     }
                     self.sim.decref(xin);
+                    let grad_fn = Some(self.reshaped_grad(i, k, b * numel * out_elem));
                     Value {
                         leaf: None,
+                        cl: is_conv && x.cl,
                         sid: out,
-                        grad_fn: Some(k),
+                        grad_fn,
                         elem: out_elem,
                     }
                 }
@@ -789,6 +837,7 @@ impl Runner<'_> {
                         );
                         Value {
                             leaf: None,
+                            cl: false,
                             sid: out,
                             grad_fn: None,
                             elem: x.elem,
@@ -818,6 +867,7 @@ impl Runner<'_> {
                         self.sim.decref(invstd);
                         Value {
                             leaf: None,
+                            cl: false,
                             sid: out,
                             grad_fn: Some(k),
                             elem: x.elem,
@@ -859,16 +909,27 @@ impl Runner<'_> {
                     }
                     Value {
                         leaf: None,
+                        cl: false,
                         sid: out,
                         grad_fn,
                         elem: x.elem,
                     }
                 }
                 Op::Param { .. } => unreachable!("handled above"),
-                Op::Tokens | Op::Permute { .. } => {
-                    // Views (reshape, permute): the same storage and autograd history.
+                Op::Tokens => {
+                    // A view (reshape, permute): the same storage and autograd history.
                     self.sim.incref(x.sid);
                     x
+                }
+                Op::Permute { dims } => {
+                    // A view. `[H, W, C] -> [C, H, W]` of a contiguous map is a
+                    // channels-last map; the reverse of one is contiguous again.
+                    self.sim.incref(x.sid);
+                    let to_channels_first = dims.as_slice() == [2, 0, 1];
+                    Value {
+                        cl: to_channels_first && !x.cl,
+                        ..x
+                    }
                 }
                 Op::Select { .. } => {
                     // A view forward; SelectBackward0 writes the gradient into zeros of
@@ -885,6 +946,7 @@ impl Runner<'_> {
                     };
                     Value {
                         leaf: None,
+                        cl: false,
                         sid: x.sid,
                         grad_fn,
                         elem: x.elem,
@@ -917,6 +979,7 @@ impl Runner<'_> {
                     self.sim.decref(rstd);
                     Value {
                         leaf: None,
+                        cl: false,
                         sid: out,
                         grad_fn,
                         elem: x.elem,
@@ -956,6 +1019,7 @@ impl Runner<'_> {
                         (train && !edges.is_empty()).then(|| self.record(i, saved, edges, ops));
                     Value {
                         leaf: None,
+                        cl: x.cl || y.cl,
                         sid: out,
                         grad_fn,
                         elem,
@@ -991,6 +1055,7 @@ impl Runner<'_> {
                         (train && !edges.is_empty()).then(|| self.record(i, vec![], edges, vec![]));
                     Value {
                         leaf: None,
+                        cl: false,
                         sid: out,
                         grad_fn,
                         elem,
@@ -1012,6 +1077,7 @@ impl Runner<'_> {
                         self.sim.decref(noise);
                         Value {
                             leaf: None,
+                            cl: x.cl,
                             sid: out,
                             grad_fn,
                             elem: x.elem,
@@ -1033,6 +1099,7 @@ impl Runner<'_> {
                     };
                     Value {
                         leaf: None,
+                        cl: false,
                         sid: x.sid,
                         grad_fn,
                         elem: x.elem,
@@ -1053,6 +1120,7 @@ impl Runner<'_> {
                     };
                     Value {
                         leaf: None,
+                        cl: false,
                         sid: out,
                         grad_fn,
                         elem: x.elem,
@@ -1074,6 +1142,7 @@ impl Runner<'_> {
                     self.sim.decref(idx);
                     Value {
                         leaf: None,
+                        cl: false,
                         sid: out,
                         grad_fn,
                         elem: x.elem,
@@ -1098,14 +1167,30 @@ impl Runner<'_> {
                     };
                     let out = self.op(b * numel * x.elem, fwd);
                     let saved = if saves { vec![x.sid] } else { vec![] };
+                    // The mean of a channels-last map is restrided in place (as_strided_);
+                    // backward first writes the gradient into zeros of the output's size
+                    // (AsStridedBackward1), then the mean's backward divides (div.Scalar).
+                    let restrided = !saves && x.cl;
+                    let bwd = if restrided { "aten.div.Scalar" } else { bwd };
                     let grad_fn = match input_edge(&x) {
                         Some(e) if train => {
-                            Some(self.record(i, saved, vec![e], vec![(bwd, vec![0])]))
+                            let mean = self.record(i, saved, vec![e], vec![(bwd, vec![0])]);
+                            Some(if restrided {
+                                self.record(
+                                    i,
+                                    vec![],
+                                    vec![(Edge::Node(mean), Grad::Alloc(b * numel * x.elem))],
+                                    vec![("aten.new_zeros.default", vec![0])],
+                                )
+                            } else {
+                                mean
+                            })
                         }
                         _ => None,
                     };
                     Value {
                         leaf: None,
+                        cl: false,
                         sid: out,
                         grad_fn,
                         elem: x.elem,
@@ -1134,6 +1219,7 @@ impl Runner<'_> {
                         self.sim.decref(mask);
                         Value {
                             leaf: None,
+                            cl: false,
                             sid: out,
                             grad_fn,
                             elem: x.elem,
@@ -1154,6 +1240,7 @@ impl Runner<'_> {
                         self.sim.decref(mask);
                         Value {
                             leaf: None,
+                            cl: false,
                             sid: out,
                             grad_fn,
                             elem: x.elem,
@@ -1187,6 +1274,7 @@ impl Runner<'_> {
                         (train && !edges.is_empty()).then(|| self.record(i, vec![], edges, vec![]));
                     Value {
                         leaf: None,
+                        cl: x.cl || (!*inplace && y.cl),
                         sid: out,
                         grad_fn,
                         elem,
@@ -1328,6 +1416,7 @@ impl Runner<'_> {
         }
         Value {
             leaf: None,
+            cl: false,
             sid: result,
             grad_fn,
             elem: el,
@@ -1386,6 +1475,7 @@ impl Runner<'_> {
             cast = Some(c);
             input = Value {
                 leaf: None,
+                cl: false,
                 sid: c,
                 grad_fn: Some(f),
                 elem: 4,
@@ -1492,7 +1582,9 @@ impl Runner<'_> {
             for &e in es {
                 // A parameter's gradient counts as one once AccumulateGrad stores it
                 // in `.grad`, as PyTorch's own trackers count it.
-                let (Grad::Alloc(bytes) | Grad::AllocSumTo(bytes, _)) = edges[e].1 else {
+                let (Grad::Alloc(bytes) | Grad::AllocSumTo(bytes, _) | Grad::AllocRelayout(bytes)) =
+                    edges[e].1
+                else {
                     continue;
                 };
                 outputs[e] = Some(self.sim.alloc(bytes, None));
@@ -1526,7 +1618,7 @@ impl Runner<'_> {
                 _ => self.sim.bytes(sid),
             };
             match *edge {
-                Edge::Param(p) => accumulate.push((p, sid)),
+                Edge::Param(p) => accumulate.push((p, sid, matches!(how, Grad::AllocRelayout(_)))),
                 Edge::Node(m) => {
                     match buffers[m] {
                         None => buffers[m] = Some((sid, size)),
@@ -1565,8 +1657,16 @@ impl Runner<'_> {
         }
         // AccumulateGrad runs first of all ready nodes: it steals a fresh gradient, or
         // adds in place into an existing one (gradient accumulation).
-        for (p, sid) in accumulate {
+        for (p, sid, relayout) in accumulate {
             match slots[p].grad {
+                None if relayout => {
+                    // A temporary until the copy is stored as `.grad`.
+                    let new = self.sim.alloc(self.sim.bytes(sid), None);
+                    self.sim.boundary("aten.new_empty_strided.default");
+                    self.sim.decref(sid);
+                    self.sim.recategorize(new, Category::Grads);
+                    slots[p].grad = Some(new);
+                }
                 None => {
                     self.sim.recategorize(sid, Category::Grads);
                     slots[p].grad = Some(sid);

@@ -120,3 +120,8 @@ fn densenet121_is_exact() {
 fn vit_b_16_is_exact() {
     exact("vit_b_16");
 }
+
+#[test]
+fn convnext_tiny_is_exact() {
+    exact("convnext_tiny");
+}

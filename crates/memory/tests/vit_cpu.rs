@@ -34,3 +34,36 @@ fn a_small_vit_step_matches_pytorch_op_for_op() {
         (415_688, "backward".to_string())
     );
 }
+
+#[test]
+fn a_small_convnext_step_matches_pytorch_op_for_op() {
+    // torchvision.models.convnext.ConvNeXt([CNBlockConfig(16, 32, 1),
+    // CNBlockConfig(32, None, 1)], stochastic_depth_prob=0.1, num_classes=10) on
+    // 3x32x32, batch 2, SGD: PyTorch's step 1 peaks at 304,120 bytes in backward, at the
+    // bias sum of the second stage's MLP (oracle's dispatch tracker).
+    let g = vramlab_graph::zoo::convnext::body(
+        "convnext_tiny_test",
+        vec![3, 32, 32],
+        &[16, 32],
+        &[1, 1],
+        0.1,
+        10,
+    )
+    .infer()
+    .unwrap();
+    let mut cfg = PlanConfig::new(2);
+    cfg.profile = Profile::PytorchCpu;
+    cfg.optimizer = Optimizer::new(OptimizerKind::Sgd);
+    let r = plan(&g, &cfg).unwrap();
+    let s = &r.steps[0];
+    // Parameters and the batch (24,576 image bytes, 16 label bytes): 89,976 before the step.
+    assert_eq!(g.num_params() * 4 + 24_592, 89_976);
+    assert_eq!(
+        (s.peak_bytes, s.peak_phase.to_string(), s.peak_op.clone()),
+        (
+            304_120,
+            "backward".to_string(),
+            "aten.sum.dim_IntList".to_string()
+        )
+    );
+}

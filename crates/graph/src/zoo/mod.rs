@@ -5,6 +5,7 @@ use crate::op::{BatchNorm2d, Conv2d, Linear, Op, Pool2d};
 use crate::Activation;
 use crate::{Graph, GraphBuilder, GraphError, ModelOptions, NodeId};
 
+pub mod convnext;
 mod dense;
 mod mobile;
 mod regnet;
@@ -132,6 +133,14 @@ const ENTRIES: &[Entry] = &[
     e("regnet_y_16gf", "torchvision RegNetY-16GF", 224),
     e("regnet_y_32gf", "torchvision RegNetY-32GF", 224),
     e("regnet_y_128gf", "torchvision RegNetY-128GF", 224),
+    e(
+        "convnext_tiny",
+        "torchvision ConvNeXt-T (LayerNorm, layer scale)",
+        224,
+    ),
+    e("convnext_small", "torchvision ConvNeXt-S", 224),
+    e("convnext_base", "torchvision ConvNeXt-B", 224),
+    e("convnext_large", "torchvision ConvNeXt-L", 224),
     e(
         "vit_b_16",
         "torchvision ViT-B/16 (multi-head attention)",
@@ -263,6 +272,7 @@ pub fn build(name: &str, opts: &ModelOptions) -> Result<Graph, GraphError> {
         _ if family("shufflenet_v2_").is_some() => dense::shufflenet_v2(name, input, classes),
         _ if family("regnet_").is_some() => regnet::regnet(name, input, classes),
         _ if family("vit_").is_some() => vit::vit(name, input, classes)?,
+        _ if family("convnext_").is_some() => convnext::convnext(name, input, classes),
         _ => unreachable!("every entry has a builder"),
     })
 }
