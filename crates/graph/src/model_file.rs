@@ -179,7 +179,8 @@ enum LayerSpec {
         inplace: bool,
     },
     /// `approximate = "none"` (default) or `"tanh"`.
-    GELU {
+    #[serde(rename = "GELU")]
+    Gelu {
         #[serde(default)]
         approximate: Option<String>,
     },
@@ -602,7 +603,7 @@ fn op_of(spec: LayerSpec) -> Result<Op, String> {
         LayerSpec::Sigmoid {} => Op::act(Activation::Sigmoid, false),
         LayerSpec::Hardswish { inplace } => Op::act(Activation::Hardswish, inplace),
         LayerSpec::Hardsigmoid { inplace } => Op::act(Activation::Hardsigmoid, inplace),
-        LayerSpec::GELU { approximate } => match approximate.as_deref() {
+        LayerSpec::Gelu { approximate } => match approximate.as_deref() {
             None | Some("none") => Op::act(Activation::Gelu, false),
             Some("tanh") => Op::act(Activation::GeluTanh, false),
             Some(other) => {

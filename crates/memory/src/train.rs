@@ -547,7 +547,7 @@ impl Runner<'_> {
             && g.consumers[i]
                 .iter()
                 .all(|&c| matches!(g.nodes()[c].op, Op::Permute { .. }));
-        if !permuted || !self.nodes.get(k).is_some_and(|n| n.node == i) {
+        if !permuted || self.nodes.get(k).is_none_or(|n| n.node != i) {
             return k;
         }
         self.record(
