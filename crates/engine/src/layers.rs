@@ -289,4 +289,36 @@ mod tests {
         assert_eq!(*sh.data(), vec![0., 3., 1., 4., 2., 5.]);
         assert_eq!(*shuffle(&ctx, &sh, 2, true).data(), *x.data());
     }
+
+    #[test]
+    fn stochastic_depth_scales_each_sample_or_the_whole_batch() {
+        let tr = Tracker::new();
+        let ctx = Ctx { tracker: &tr };
+        let x = t(&tr, &[2, 1, 1, 2], vec![1., 2., 3., 4.]);
+        let row = t(&tr, &[2], vec![0.0, 2.0]);
+        assert_eq!(*scale_by(&ctx, &x, &row).data(), vec![0., 0., 6., 8.]);
+        let batch = t(&tr, &[1], vec![2.0]);
+        assert_eq!(*scale_by(&ctx, &x, &batch).data(), vec![2., 4., 6., 8.]);
+    }
+
+    #[test]
+    fn an_in_place_activation_writes_its_input_and_shares_its_storage() {
+        let tr = Tracker::new();
+        let ctx = Ctx { tracker: &tr };
+        let x = t(&tr, &[1, 4, 1, 1], vec![-4., -1., 1., 7.]);
+        let o = act_forward(&ctx, Activation::Hardswish, &x, false);
+        assert_eq!(*x.data(), vec![-4., -1., 1., 7.]);
+        let want = vec![0., -1. / 3., 2. / 3., 7.];
+        assert_eq!(*o.data(), want);
+        let kept = clone(&ctx, &x);
+        let o = act_forward(&ctx, Activation::Hardswish, &x, true);
+        assert!(Rc::ptr_eq(&o.buf, &x.buf));
+        assert_eq!(*x.data(), want);
+        // The gradient reads the copy of the input kept before the write.
+        let g = t(&tr, &[1, 4, 1, 1], vec![1.0; 4]);
+        let gi = act_backward(&ctx, Activation::Hardswish, &g, &kept);
+        for (got, want) in gi.data().iter().zip([0., 1. / 6., 5. / 6., 1.]) {
+            assert!((got - want).abs() < 1e-6, "{got} vs {want}");
+        }
+    }
 }
