@@ -4,7 +4,9 @@
 //! peak, phase, every category at the peak, before and after the step, steps 1 and 2.
 
 use vramlab_engine::{Engine, OptimizerConfig};
-use vramlab_graph::{load, ModelOptions, Shaped};
+use vramlab_graph::{
+    load, Activation, Conv2d, GraphBuilder, Linear, ModelOptions, NodeId, Op, Shaped,
+};
 use vramlab_memory::{plan, Optimizer, OptimizerKind, PlanConfig, Profile};
 
 const THREADS: usize = 2;
@@ -54,14 +56,17 @@ fn compare(name: &str, input: Vec<usize>, adam: bool) {
 /// The engine's two steps against the plan. A batch whose BatchNorm sees one value per
 /// channel must fail in both, with PyTorch's message.
 fn compare_batch(name: &str, input: Vec<usize>, adam: bool, batch: usize) {
-    let g = model(name, input);
+    compare_graph(name, &model(name, input), adam, batch);
+}
+
+fn compare_graph(name: &str, g: &Shaped, adam: bool, batch: usize) {
     let (oname, popt, eopt) = optimizer(adam);
     let mut cfg = PlanConfig::new(batch as u64);
     cfg.profile = Profile::Native;
     cfg.optimizer = popt;
     cfg.threads = THREADS;
     let label = format!("{name} batch {batch} {oname}");
-    let planned = plan(&g, &cfg);
+    let planned = plan(g, &cfg);
     let mut e = Engine::new(g.clone(), eopt, 7, THREADS).unwrap();
     let per: usize = g.shapes[0].iter().product();
     let x = e
@@ -156,6 +161,78 @@ fn more_members_batches_1_and_3_both_optimizers() {
         for batch in [1, 3] {
             for adam in [false, true] {
                 compare_batch(name, input.clone(), adam, batch);
+            }
+        }
+    }
+}
+
+/// Small graphs at the edges of the new layers: inputs that need no gradient (the image
+/// itself into a Concat, a Mul, a Narrow, a StochasticDepth, an in-place activation),
+/// stochastic depth at p = 0 and p = 1 and in batch mode, an in-place activation on a
+/// concatenation and on a product, a tensor read by a Mul twice and by a Concat twice.
+#[test]
+fn edge_graphs_of_the_new_layers() {
+    type Body = fn(&mut GraphBuilder, NodeId) -> NodeId;
+    let graphs: Vec<(&str, Body)> = vec![
+        ("image into concat, mul and narrow", |b, x| {
+            let c = b.then("c", Op::Conv2d(Conv2d::new(3, 3, 3).padding(1)), x);
+            let cat = b.add("cat", Op::Concat, &[x, c, x]);
+            let n = b.then("n", Op::Narrow { start: 2, len: 3 }, cat);
+            let m = b.add("m", Op::Mul, &[x, n]);
+            b.then("act", Op::act(Activation::Silu, true), m)
+        }),
+        (
+            "in-place activation and stochastic depth on the image",
+            |b, x| {
+                let a = b.then("a", Op::act(Activation::Hardswish, true), x);
+                let sd = b.then("sd", Op::StochasticDepth { p: 0.5, row: true }, a);
+                let c = b.then("c", Op::Conv2d(Conv2d::new(3, 4, 3).padding(1)), sd);
+                b.then("act", Op::act(Activation::Gelu, false), c)
+            },
+        ),
+        ("stochastic depth p=0, p=1 and batch mode", |b, x| {
+            let c = b.then("c", Op::Conv2d(Conv2d::new(3, 4, 3).padding(1)), x);
+            let s0 = b.then("s0", Op::StochasticDepth { p: 0.0, row: true }, c);
+            let s1 = b.then("s1", Op::StochasticDepth { p: 1.0, row: true }, c);
+            let sb = b.then("sb", Op::StochasticDepth { p: 0.2, row: false }, c);
+            let a = b.add("a", Op::Add { inplace: false }, &[s0, s1]);
+            b.add("a2", Op::Add { inplace: true }, &[a, sb])
+        }),
+        ("in-place activations on a concat and a product", |b, x| {
+            let c = b.then("c", Op::Conv2d(Conv2d::new(3, 4, 3).padding(1)), x);
+            let d = b.then("d", Op::Conv2d(Conv2d::new(3, 2, 1)), x);
+            let cat = b.add("cat", Op::Concat, &[c, d, c]);
+            let r = b.then("r", Op::act(Activation::Relu6, true), cat);
+            let m = b.add("m", Op::Mul, &[r, r]);
+            let h = b.then("h", Op::act(Activation::Hardsigmoid, true), m);
+            let sh = b.then("sh", Op::ChannelShuffle { groups: 5 }, h);
+            b.then("t", Op::act(Activation::Tanh, false), sh)
+        }),
+    ];
+    for (name, body) in graphs {
+        let mut b = GraphBuilder::new(name, vec![3, 6, 6]);
+        let x = b.input();
+        let y = body(&mut b, x);
+        let pool = b.then(
+            "pool",
+            Op::AdaptiveAvgPool2d {
+                output_size: (1, 1),
+            },
+            y,
+        );
+        let f = b.then("flat", Op::Flatten, pool);
+        let g = b.build().infer().unwrap();
+        let ch = g.shapes[f][0];
+        let mut g = g.graph.clone();
+        g.nodes.push(vramlab_graph::Node {
+            name: "fc".into(),
+            op: Op::Linear(Linear::new(ch, 10)),
+            inputs: vec![f],
+        });
+        let g = g.infer().unwrap();
+        for batch in [1, 3] {
+            for adam in [false, true] {
+                compare_graph(name, &g, adam, batch);
             }
         }
     }

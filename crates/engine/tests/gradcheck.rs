@@ -344,7 +344,8 @@ fn multiply_of_a_tensor_by_itself_and_a_spatial_broadcast() {
 }
 
 /// Concatenations of one, two and three inputs, DenseNet-style: `stem` is read by a conv
-/// and by two concatenations, `a` by a one-input concatenation and by a three-input one.
+/// and by two concatenations, `a` by a one-input concatenation and by a three-input one,
+/// and `r` twice by one concatenation (`torch.cat([r, r])`).
 #[test]
 fn concat_of_one_two_and_three_inputs_with_shared_inputs() {
     let mut b = GraphBuilder::new("concat", vec![2, 4, 4]);
@@ -353,7 +354,8 @@ fn concat_of_one_two_and_three_inputs_with_shared_inputs() {
     let a = b.then("a", Op::Conv2d(Conv2d::new(3, 2, 1)), stem);
     let one = b.add("cat1", Op::Concat, &[a]);
     let r = b.then("relu", Op::relu(false), one);
-    let c = b.then("c", Op::Conv2d(Conv2d::new(2, 2, 3).padding(1)), r);
+    let twice = b.add("cat_rr", Op::Concat, &[r, r]);
+    let c = b.then("c", Op::Conv2d(Conv2d::new(4, 2, 3).padding(1)), twice);
     let two = b.add("cat2", Op::Concat, &[stem, c]);
     let d = b.then("d", Op::Conv2d(Conv2d::new(5, 1, 1)), two);
     let three = b.add("cat3", Op::Concat, &[a, stem, d]);

@@ -387,8 +387,9 @@ impl Native<'_> {
             };
             vals[i] = Some(out);
             tapes[i] = recorded.then_some(tape);
-            for &j in &node.inputs {
-                if g.consumers[j].last() == Some(&i) {
+            // An input listed twice (`torch.cat([a, a])`, `a * a`) is released once.
+            for (k, &j) in node.inputs.iter().enumerate() {
+                if g.consumers[j].last() == Some(&i) && !node.inputs[..k].contains(&j) {
                     let s = vals[j].take().expect("alive");
                     self.sim.decref(s);
                 }
