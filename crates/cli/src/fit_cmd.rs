@@ -267,6 +267,11 @@ pub fn fit(a: &FitArgs) -> Result<()> {
     if let Some(path) = &a.plot {
         crate::plot::check_plot_path(path, "--plot")?;
     }
+    if let (Some(d), None) = (&cfg.distributed, &a.plan.strategy) {
+        if d.world_size() > 1 {
+            return compare_strategies(a, &g, &cfg, cards);
+        }
+    }
     let mut outs = Vec::new();
     let mut devices = Vec::new();
     for choice in cards {
@@ -341,6 +346,151 @@ pub fn fit(a: &FitArgs) -> Result<()> {
     if let Some(path) = &a.plot {
         println!("\n{}", t(a.lang, "Plot: {0}", &[&path.display()]));
     }
+    Ok(())
+}
+
+/// Strategies from the least communication to the most: DDP and ZeRO-1/2 move about
+/// 2x the parameters per step, FSDP and ZeRO-3 3x; HYBRID_SHARD (several nodes) shards
+/// within a node only.
+const CHEAPEST_FIRST: [vramlab_memory::dist::Strategy; 6] = {
+    use vramlab_memory::dist::Strategy::*;
+    [Ddp, Zero1, Zero2, FsdpGradOp, Hybrid, Fsdp]
+};
+
+#[derive(Serialize)]
+struct StrategyFit {
+    strategy: &'static str,
+    fit: FitReport,
+}
+
+#[derive(Serialize)]
+struct CardStrategies {
+    gpu: Option<String>,
+    card_bytes: u128,
+    world_size: u128,
+    strategies: Vec<StrategyFit>,
+    /// The first strategy (least communication) whose largest per-GPU batch reaches the
+    /// needed one (1, or --target-batch split over the ranks).
+    cheapest: Option<&'static str>,
+    per_gpu_batch: Option<u64>,
+}
+
+/// `fit --gpus N` without `--strategy`: every strategy on each card, and the cheapest
+/// that fits.
+fn compare_strategies(
+    a: &FitArgs,
+    g: &vramlab_graph::Shaped,
+    cfg: &vramlab_memory::PlanConfig,
+    cards: Vec<CardChoice>,
+) -> Result<()> {
+    let d = cfg.distributed.clone().expect("checked by the caller");
+    let world = d.world_size();
+    let needed = a
+        .target_batch
+        .map_or(1, |t| t.div_ceil(world as u64).max(1));
+    let mut rows = Vec::new();
+    for choice in cards {
+        let mut strategies = Vec::new();
+        for s in CHEAPEST_FIRST {
+            if s == vramlab_memory::dist::Strategy::Hybrid && d.nodes < 2 {
+                continue;
+            }
+            let mut c = cfg.clone();
+            c.simulate_allocator = false;
+            let mut ds = d.clone();
+            ds.strategy = s;
+            c.distributed = Some(ds);
+            let req = FitRequest {
+                card_bytes: choice.total_bytes,
+                fraction: a.fraction.unwrap_or(0.8),
+                target_batch: a.target_batch.map(|t| t.div_ceil(world as u64).max(1)),
+                dataset_size: a.dataset_size,
+            };
+            strategies.push(StrategyFit {
+                strategy: s.name(),
+                fit: fit::fit_with(g, &c, &req)?,
+            });
+        }
+        let cheapest = strategies
+            .iter()
+            .find(|s| s.fit.max_batch_size.is_some_and(|b| b >= needed));
+        rows.push(CardStrategies {
+            gpu: choice.gpu.map(|g| g.label.to_string()),
+            card_bytes: choice.total_bytes,
+            world_size: world,
+            cheapest: cheapest.map(|s| s.strategy),
+            per_gpu_batch: cheapest.and_then(|s| s.fit.recommended_batch.or(s.fit.max_batch_size)),
+            strategies,
+        });
+    }
+    if a.json {
+        return print_json(&rows);
+    }
+    let lang = a.lang;
+    for r in &rows {
+        println!(
+            "{}",
+            t(
+                lang,
+                "{0} on {1} ranks of {2} ({3}), {4}, within {5} % of each card:",
+                &[
+                    &g.graph.name,
+                    &world,
+                    &r.gpu.clone().unwrap_or_else(|| bytes(r.card_bytes)),
+                    &bytes(r.card_bytes),
+                    &cfg.optimizer.describe(),
+                    &format!("{:.0}", a.fraction.unwrap_or(0.8) * 100.0),
+                ],
+            )
+        );
+        let h = [
+            s(lang, "strategy"),
+            s(lang, "largest batch per GPU"),
+            s(lang, "global batch"),
+            s(lang, "peak per GPU at it"),
+        ];
+        let h: Vec<&str> = h.iter().map(String::as_str).collect();
+        let mut tb = Table::new(&h, &[false, true, true, true]);
+        for st in &r.strategies {
+            let b = st.fit.max_batch_size;
+            tb.row(vec![
+                st.strategy.to_string(),
+                b.map(|b| thousands(b as u128))
+                    .unwrap_or_else(|| s(lang, "none")),
+                b.map(|b| thousands(b as u128 * world))
+                    .unwrap_or_else(|| "-".into()),
+                st.fit
+                    .peak_bytes_at_max
+                    .map(bytes)
+                    .unwrap_or_else(|| "-".into()),
+            ]);
+        }
+        print!("{}", tb.render());
+        match (r.cheapest, r.per_gpu_batch) {
+            (Some(name), Some(b)) => println!(
+                "{}\n",
+                t(
+                    lang,
+                    "Cheapest that fits: {0}, {1} images per GPU ({2} in all).",
+                    &[&name, &thousands(b as u128), &thousands(b as u128 * world)],
+                )
+            ),
+            _ => println!(
+                "{}\n",
+                s(
+                    lang,
+                    "No strategy fits a batch of one per GPU on this card."
+                )
+            ),
+        }
+    }
+    println!(
+        "{}",
+        s(
+            lang,
+            "Per rank, modelled; NCCL's buffers are an estimate (--nccl-buffer). --strategy S shows one strategy in full, with the allocator."
+        )
+    );
     Ok(())
 }
 

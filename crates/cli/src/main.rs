@@ -261,6 +261,28 @@ pub struct PlanArgs {
     /// 8.125MiB; 32MiB on Hopper and newer, which `fit --gpu` picks by itself).
     #[arg(long, value_name = "SIZE")]
     pub cublas_workspace: Option<String>,
+    /// Many GPUs: GPUs per node (the plan is one rank's; the batch size is per rank).
+    #[arg(long, default_value_t = 1, value_name = "N")]
+    pub gpus: u32,
+    /// Many GPUs: nodes.
+    #[arg(long, default_value_t = 1, value_name = "K")]
+    pub nodes: u32,
+    /// Many GPUs: ddp, zero1, zero2, zero3, fsdp (FSDP2 fully_shard / FULL_SHARD),
+    /// fsdp-grad-op (SHARD_GRAD_OP) or hybrid (HYBRID_SHARD).
+    #[arg(long, value_name = "S")]
+    pub strategy: Option<String>,
+    /// DDP's bucket_cap_mb.
+    #[arg(long, default_value_t = 25.0, value_name = "MB")]
+    pub bucket_cap_mb: f64,
+    /// DDP's gradient_as_bucket_view: .grad tensors are views into the buckets.
+    #[arg(long)]
+    pub gradient_as_bucket_view: bool,
+    /// NCCL's buffers outside PyTorch's allocator (default 256MiB, an estimate).
+    #[arg(long, value_name = "SIZE")]
+    pub nccl_buffer: Option<String>,
+    /// Sharding units: comma-separated module names (default: one per torchvision block).
+    #[arg(long, value_name = "NAMES")]
+    pub wrap: Option<String>,
 }
 
 impl PlanArgs {
@@ -317,7 +339,56 @@ impl PlanArgs {
             cfg.cublas_workspace_bytes =
                 fmt::parse_size(w).map_err(|e| UserError(format!("--cublas-workspace: {e}")))?;
         }
+        cfg.distributed = self.distributed()?;
         Ok(cfg)
+    }
+
+    /// `--gpus`, `--nodes`, `--strategy` and their options; `None` for one device.
+    pub fn distributed(&self) -> Result<Option<vramlab_memory::dist::Distributed>> {
+        use vramlab_memory::dist::{Distributed, Strategy};
+        if self.gpus == 0 || self.nodes == 0 {
+            return Err(UserError("--gpus and --nodes must be at least 1".into()));
+        }
+        let strategy = self
+            .strategy
+            .as_deref()
+            .map(Strategy::parse)
+            .transpose()
+            .map_err(UserError)?;
+        let world = self.gpus as u64 * self.nodes as u64;
+        let Some(strategy) = strategy.or((world > 1).then_some(Strategy::Ddp)) else {
+            return Ok(None);
+        };
+        if !(self.bucket_cap_mb.is_finite()
+            && self.bucket_cap_mb > 0.0
+            && self.bucket_cap_mb <= 1e6)
+        {
+            return Err(UserError(format!(
+                "--bucket-cap-mb must be a positive number of MiB up to 1000000, got {}",
+                self.bucket_cap_mb
+            )));
+        }
+        let mut d = Distributed::new(self.gpus, self.nodes, strategy);
+        d.bucket_cap_bytes = (self.bucket_cap_mb * 1024.0 * 1024.0) as u128;
+        d.gradient_as_bucket_view = self.gradient_as_bucket_view;
+        d.nccl_bytes = self
+            .nccl_buffer
+            .as_deref()
+            .map(|v| fmt::parse_size(v).map_err(|e| UserError(format!("--nccl-buffer: {e}"))))
+            .transpose()?;
+        if let Some(w) = &self.wrap {
+            d.wrap = w
+                .split(',')
+                .map(|p| p.trim().to_string())
+                .filter(|p| !p.is_empty())
+                .collect();
+            if d.wrap.is_empty() {
+                return Err(UserError(
+                    "--wrap: expected comma-separated module names".into(),
+                ));
+            }
+        }
+        Ok(Some(d))
     }
 }
 

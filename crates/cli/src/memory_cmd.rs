@@ -39,6 +39,7 @@ pub fn explain(c: Category, r: &MemoryReport, lang: Lang) -> String {
         Category::Activations => s(lang, "what forward keeps for backward: conv and linear inputs, ReLU outputs, max-pool indices, BatchNorm statistics"),
         Category::Temporaries => s(lang, "short-lived tensors: gradients flowing back, outputs nobody keeps, optimizer scratch"),
         Category::Overhead => s(lang, "outside the tensors: the allocator's rounding up to 512 B blocks and the CUDA context"),
+        Category::Communication => s(lang, "many GPUs: DDP's gradient buckets, gathered parameters and reduce-scatter buffers of sharding"),
     }
 }
 
@@ -77,7 +78,23 @@ pub fn render(r: &MemoryReport, lang: Lang) -> String {
             &r.precision.name(),
         ],
     ));
-    out.push_str("\n\n");
+    out.push('\n');
+    if let Some(d) = &r.distributed {
+        out.push_str(&t(
+            lang,
+            "one rank of {0} ({1} GPUs x {2} nodes), strategy {3}: batch {4} per rank, {5} in all",
+            &[
+                &d.world_size(),
+                &d.gpus_per_node,
+                &d.nodes,
+                &d.strategy.name(),
+                &thousands(r.batch_size as u128),
+                &thousands(r.batch_size as u128 * d.world_size()),
+            ],
+        ));
+        out.push('\n');
+    }
+    out.push('\n');
     let names = [s(lang, "step 1 peak"), s(lang, "step 2 peak")];
     let mut header = vec![s(lang, "category")];
     for st in &r.steps {
@@ -91,6 +108,14 @@ pub fn render(r: &MemoryReport, lang: Lang) -> String {
     let header: Vec<&str> = header.iter().map(String::as_str).collect();
     let mut tb = Table::new(&header, &right);
     for c in Category::ALL {
+        // Communication buffers exist only with --gpus.
+        let none = r
+            .steps
+            .iter()
+            .all(|st| st.at_peak.get(c) == 0 && st.after_step.get(c) == 0);
+        if c == Category::Communication && none {
+            continue;
+        }
         let mut row = vec![c.key().to_string()];
         for st in &r.steps {
             row.push(bytes(st.at_peak.get(c)));

@@ -10,8 +10,9 @@ use crate::{Result, UserError};
 /// The fonts a chart asks for: Latin first, then common CJK families.
 pub const FONT_STACK: &str = "'DejaVu Sans', 'Noto Sans CJK SC', 'Noto Sans SC', 'WenQuanYi Micro Hei', 'Source Han Sans SC', 'PingFang SC', 'Microsoft YaHei', sans-serif";
 
-pub const COLORS: [&str; 8] = [
+pub const COLORS: [&str; 9] = [
     "#4c72b0", "#8172b3", "#dd8452", "#c44e52", "#55a868", "#da8bc3", "#937860", "#8c8c8c",
+    "#64b5cd",
 ];
 
 #[derive(Debug, Clone)]

@@ -18,7 +18,7 @@ pub struct Peak {
 
 #[derive(Debug, Default)]
 struct State {
-    fixed: [u128; 8],
+    fixed: [u128; Category::COUNT],
     saved: u128,
     unsaved: u128,
     peak: Option<Peak>,
@@ -65,6 +65,7 @@ impl Tracker {
             activations: f[5] + s.saved,
             temporaries: f[6] + s.unsaved,
             overhead: f[7],
+            communication: f[8],
         }
     }
 

@@ -16,10 +16,16 @@ pub enum Category {
     Activations = 5,
     Temporaries = 6,
     Overhead = 7,
+    /// Many GPUs: DDP's gradient buckets, all-gathered parameters and reduce-scatter
+    /// buffers of sharded training.
+    Communication = 8,
 }
 
 impl Category {
-    pub const ALL: [Category; 8] = [
+    /// How many categories there are.
+    pub const COUNT: usize = 9;
+
+    pub const ALL: [Category; Category::COUNT] = [
         Category::Params,
         Category::Buffers,
         Category::Grads,
@@ -28,6 +34,7 @@ impl Category {
         Category::Activations,
         Category::Temporaries,
         Category::Overhead,
+        Category::Communication,
     ];
 
     pub fn key(self) -> &'static str {
@@ -40,6 +47,7 @@ impl Category {
             Category::Activations => "activations",
             Category::Temporaries => "temporaries",
             Category::Overhead => "overhead",
+            Category::Communication => "communication",
         }
     }
 }
@@ -55,6 +63,7 @@ pub struct CategoryBytes {
     pub activations: u128,
     pub temporaries: u128,
     pub overhead: u128,
+    pub communication: u128,
 }
 
 impl CategoryBytes {
@@ -68,6 +77,7 @@ impl CategoryBytes {
             Category::Activations => self.activations,
             Category::Temporaries => self.temporaries,
             Category::Overhead => self.overhead,
+            Category::Communication => self.communication,
         }
     }
 

@@ -24,6 +24,7 @@
 pub mod cards;
 pub mod cuda_alloc;
 pub mod device_fit;
+pub mod dist;
 pub mod fit;
 mod native;
 mod optim;
@@ -263,6 +264,8 @@ pub struct PlanConfig {
     pub cublas_workspace_bytes: u128,
     /// Bound on cuDNN convolution workspace; `None`: [`DEFAULT_CUDNN_WORKSPACE_BYTES`].
     pub cudnn_workspace_bytes: Option<u128>,
+    /// Many GPUs: the plan is one rank's (`--gpus`, `--strategy`); `None`: one device.
+    pub distributed: Option<dist::Distributed>,
 }
 
 /// cuBLAS's default workspace before Hopper: `:4096:2:16:8`, 2 x 4 MiB + 8 x 16 KiB
@@ -311,6 +314,7 @@ impl PlanConfig {
             allowed_memory_bytes: None,
             cublas_workspace_bytes: CUBLAS_WORKSPACE_DEFAULT_BYTES,
             cudnn_workspace_bytes: None,
+            distributed: None,
         }
     }
 }
@@ -376,6 +380,9 @@ pub struct MemoryReport {
     pub device: Option<DeviceReport>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub timeline: Option<Vec<sim::TimelinePoint>>,
+    /// Many GPUs: the plan is this rank's (every rank holds the same).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub distributed: Option<dist::Distributed>,
 }
 
 /// The GPU's view of a plan: the caching allocator's counters per step (steps 1 and 2,

@@ -158,8 +158,12 @@ impl Native<'_> {
         for i in 1..n {
             let node = &g.nodes()[i];
             self.sim.layer = i;
-            let x = vals[node.inputs[0]].expect("inputs first");
-            let rg = train && self.requires[node.inputs[0]];
+            // A learnable leaf reads no input.
+            let x = match node.inputs.first() {
+                Some(&j) => vals[j].expect("inputs first"),
+                None => image,
+            };
+            let rg = train && self.requires[*node.inputs.first().unwrap_or(&i)];
             let out_bytes = b * self.numel(i) * F32;
             let mut tape: Tape = Vec::new();
             let mut recorded = false;
@@ -347,12 +351,47 @@ impl Native<'_> {
                         train && (self.requires[node.inputs[0]] || self.requires[node.inputs[1]]);
                     out
                 }
-                Op::Param { .. }
-                | Op::LayerNorm(_)
-                | Op::MultiheadAttention { .. }
-                | Op::Select { .. }
-                | Op::Tokens
-                | Op::Permute { .. } => unreachable!("run() refuses ops the engine does not run"),
+                Op::Param { .. } => {
+                    // The parameter copied over the batch.
+                    recorded = train;
+                    self.alloc(out_bytes, None, "param")
+                }
+                Op::LayerNorm(_) => {
+                    // The output, then the mean and reciprocal std of each row.
+                    let rows = b * self.numel(i) / *g.shapes[i].last().expect("a last dim") as u128;
+                    let out = self.alloc(out_bytes, None, "layer_norm");
+                    let mean = self.alloc(rows * F32, None, "layer_norm");
+                    let rstd = self.alloc(rows * F32, None, "layer_norm");
+                    if train && self.requires[i] {
+                        self.save(&mut tape, x);
+                        self.save(&mut tape, mean);
+                        self.save(&mut tape, rstd);
+                        recorded = true;
+                    }
+                    self.sim.decref(mean);
+                    self.sim.decref(rstd);
+                    out
+                }
+                Op::MultiheadAttention { num_heads, .. } => {
+                    // The packed projections, the probabilities of every head, the
+                    // heads' outputs side by side, then the output.
+                    let (t, e) = (g.shapes[i][0] as u128, g.shapes[i][1] as u128);
+                    let qkv = self.alloc(b * t * 3 * e * F32, None, "in_proj");
+                    let probs = self.alloc(b * *num_heads as u128 * t * t * F32, None, "softmax");
+                    let heads = self.alloc(b * t * e * F32, None, "attention");
+                    let out = self.alloc(out_bytes, None, "out_proj");
+                    if train {
+                        self.save(&mut tape, x);
+                        self.save(&mut tape, qkv);
+                        self.save(&mut tape, probs);
+                        self.save(&mut tape, heads);
+                        recorded = true;
+                    }
+                    self.sim.decref(qkv);
+                    self.sim.decref(probs);
+                    self.sim.decref(heads);
+                    out
+                }
                 Op::Mul => {
                     let out = self.alloc(out_bytes, None, "mul");
                     if train && self.requires[i] {
@@ -364,7 +403,12 @@ impl Native<'_> {
                     }
                     out
                 }
-                Op::Concat | Op::Narrow { .. } | Op::ChannelShuffle { .. } => {
+                Op::Concat
+                | Op::Narrow { .. }
+                | Op::ChannelShuffle { .. }
+                | Op::Select { .. }
+                | Op::Tokens
+                | Op::Permute { .. } => {
                     recorded = train && self.requires[i];
                     self.alloc(out_bytes, None, "copy")
                 }
@@ -445,8 +489,9 @@ impl Native<'_> {
             };
             let node = &g.nodes()[i];
             let tape = tapes[i].take();
-            let x = node.inputs[0];
-            let need_in = self.requires[x];
+            // A learnable leaf has no input (its `x` is never read).
+            let x = node.inputs.first().copied().unwrap_or(0);
+            let need_in = node.inputs.first().is_some_and(|&j| self.requires[j]);
             let in_bytes = b * self.numel(x) * F32;
             let p0 = self.first_param[i];
             let mut ins: Vec<(usize, Sid)> = Vec::new();
@@ -547,7 +592,11 @@ impl Native<'_> {
                             self.sim.decref(gpad);
                         }
                     }
-                    Op::Linear(_) | Op::BatchNorm2d(_) => {
+                    Op::Linear(_)
+                    | Op::BatchNorm2d(_)
+                    | Op::LayerNorm(_)
+                    | Op::MultiheadAttention { .. }
+                    | Op::Param { .. } => {
                         if need_in {
                             ins.push((x, self.alloc(in_bytes, None, "backward")));
                         }
@@ -557,8 +606,24 @@ impl Native<'_> {
                                 self.alloc(spec.numel() * F32, Some(Category::Grads), "backward"),
                             ));
                         }
+                        if let Op::MultiheadAttention { .. } = node.op {
+                            // Scratch: the heads' output gradient, the packed
+                            // projections' gradient, one TxT probability gradient per
+                            // chunk of the batch.
+                            let (t, e) = (g.shapes[i][0] as u128, g.shapes[i][1] as u128);
+                            let dheads = self.alloc(b * t * e * F32, None, "attention_backward");
+                            let dqkv = self.alloc(b * t * 3 * e * F32, None, "attention_backward");
+                            let dp =
+                                self.alloc(self.chunks * t * t * F32, None, "attention_backward");
+                            self.sim.decref(dp);
+                            self.sim.decref(dheads);
+                            self.sim.decref(dqkv);
+                        }
                     }
                     Op::Act { .. }
+                    | Op::Select { .. }
+                    | Op::Tokens
+                    | Op::Permute { .. }
                     | Op::ChannelShuffle { .. }
                     | Op::Narrow { .. }
                     | Op::MaxPool2d(_)
@@ -573,14 +638,6 @@ impl Native<'_> {
                     }
                     Op::StochasticDepth { .. } if !tape.as_ref().is_some_and(|t| t.is_empty()) => {
                         ins.push((x, self.alloc(in_bytes, None, "backward")));
-                    }
-                    Op::Param { .. }
-                    | Op::LayerNorm(_)
-                    | Op::MultiheadAttention { .. }
-                    | Op::Select { .. }
-                    | Op::Tokens
-                    | Op::Permute { .. } => {
-                        unreachable!("run() refuses ops the engine does not run")
                     }
                     Op::Mul | Op::Concat => {
                         for &j in &node.inputs {
@@ -633,6 +690,13 @@ pub(crate) fn run(g: &Shaped, cfg: &PlanConfig) -> Result<MemoryReport, PlanErro
     {
         return Err(PlanError::Config(
             "the native profile (vramlab's CPU engine) trains in fp32 without checkpointing or accumulation".into(),
+        ));
+    }
+    if cfg.distributed.is_some() {
+        return Err(PlanError::Config(
+            "the native profile plans one CPU process; --gpus is for the pytorch-cuda and \
+             pytorch-cpu profiles"
+                .into(),
         ));
     }
     if let Some(n) = g.nodes().iter().find(|n| !n.op.in_engine()) {
@@ -769,5 +833,6 @@ pub(crate) fn run(g: &Shaped, cfg: &PlanConfig) -> Result<MemoryReport, PlanErro
         steps,
         device: None,
         timeline: st.sim.take_timeline(&names),
+        distributed: None,
     })
 }

@@ -47,7 +47,7 @@ pub struct PeakPoint {
 
 pub struct Sim {
     storages: Vec<Storage>,
-    fixed: [u128; 8],
+    fixed: [u128; Category::COUNT],
     saved_other: u128,
     unsaved_other: u128,
     padding: u128,
@@ -87,7 +87,7 @@ impl Sim {
     pub fn new(round_to: u128, context_bytes: u128, record_timeline: bool) -> Self {
         Sim {
             storages: Vec::new(),
-            fixed: [0; 8],
+            fixed: [0; Category::COUNT],
             saved_other: 0,
             unsaved_other: 0,
             padding: 0,
@@ -276,6 +276,7 @@ impl Sim {
             activations: f[Category::Activations as usize] + self.saved_other,
             temporaries: f[Category::Temporaries as usize] + self.unsaved_other,
             overhead: f[Category::Overhead as usize] + self.padding + self.context_bytes,
+            communication: f[Category::Communication as usize],
         }
     }
 

@@ -10,6 +10,7 @@ use vramlab_graph::act::Saves;
 use vramlab_graph::{Op, Shaped};
 
 use crate::cuda_alloc::{AllocStats, CachingAllocator};
+use crate::dist::{self, Distributed};
 use crate::optim::{self, ParamSlot};
 use crate::sim::{Sid, Sim};
 use crate::{
@@ -152,8 +153,15 @@ pub(crate) fn run(g: &Shaped, cfg: &PlanConfig) -> Result<(MemoryReport, Vec<u12
     let micro = (cfg.batch_size / acc as u64) as u128;
     let half_model = cfg.precision == Precision::Bf16;
     let param_elem: u128 = if half_model { 2 } else { 4 };
+    // NCCL's buffers sit outside PyTorch's allocator, like the context (an estimate).
+    let nccl = match &cfg.distributed {
+        Some(d) if rules.cuda && d.world_size() > 1 => {
+            d.nccl_bytes.unwrap_or(crate::dist::DEFAULT_NCCL_BYTES)
+        }
+        _ => 0,
+    };
     let context = if rules.cuda {
-        cfg.cuda_context_bytes.unwrap_or(DEFAULT_CUDA_CONTEXT_BYTES)
+        cfg.cuda_context_bytes.unwrap_or(DEFAULT_CUDA_CONTEXT_BYTES) + nccl
     } else {
         0
     };
@@ -172,14 +180,34 @@ pub(crate) fn run(g: &Shaped, cfg: &PlanConfig) -> Result<(MemoryReport, Vec<u12
     }
 
     let mut param_sids = Vec::with_capacity(params.len());
+    let dist = match &cfg.distributed {
+        Some(d) => Some(DistState::new(g, d, param_elem, &mut sim)?),
+        None => None,
+    };
     let mut slots: Vec<ParamSlot> = params
         .iter()
         .map(|p| {
-            let bytes = p.numel() * param_elem;
-            param_sids.push(sim.alloc(bytes, Some(Category::Params)));
+            let full = p.numel() * param_elem;
+            // Sharded: each rank keeps (and updates) its shard of the parameter.
+            let shard = dist
+                .as_ref()
+                .map(|d| dist::shard_bytes(&p.shape, param_elem, d.ranks));
+            let kept = match (&dist, shard) {
+                (Some(d), Some(s)) if d.cfg.strategy.shards_params() => s,
+                _ => full,
+            };
+            param_sids.push(sim.alloc(kept, Some(Category::Params)));
+            let bytes = match (&dist, shard) {
+                (Some(d), Some(s)) if d.cfg.strategy.shards_state() => s,
+                _ => full,
+            };
             ParamSlot { bytes, grad: None }
         })
         .collect();
+    let mut dist = dist;
+    if let Some(d) = &mut dist {
+        d.buckets(&params, param_elem, &mut sim);
+    }
     let mut buffer_bytes = 0;
     for b in g.buffers() {
         let bytes = if b.elem_bytes == 4 {
@@ -214,6 +242,7 @@ pub(crate) fn run(g: &Shaped, cfg: &PlanConfig) -> Result<(MemoryReport, Vec<u12
         seq: 0,
         node_of_param: param_index(g),
         param_sids,
+        dist,
         segments: checkpoint_segments(g, cfg.checkpoint_segments)?,
         checkpoint: None,
         done_checkpoints: Vec::new(),
@@ -317,6 +346,7 @@ pub(crate) fn run(g: &Shaped, cfg: &PlanConfig) -> Result<(MemoryReport, Vec<u12
             steps,
             device,
             timeline: run.sim.take_timeline(&run.names),
+            distributed: cfg.distributed.clone(),
         },
         saved_by_node,
     ))
@@ -425,6 +455,8 @@ struct Runner<'a> {
     node_of_param: Vec<usize>,
     /// Each parameter's storage.
     param_sids: Vec<Sid>,
+    /// Many GPUs: what one rank holds besides.
+    dist: Option<DistState>,
     /// Checkpointed segments (inclusive node ranges).
     segments: Vec<Segment>,
     /// The checkpointed segment whose forward is running.
@@ -608,7 +640,9 @@ impl Runner<'_> {
                     nodes: Vec::new(),
                 });
             }
+            self.dist_before_forward(i);
             self.forward_node(i, &mut vals, train, &mut amp_cache)?;
+            self.dist_after_forward(i);
             if let Some(c) = self
                 .checkpoint
                 .as_ref()
@@ -1541,8 +1575,11 @@ impl Runner<'_> {
             if let Some(&c) = self.segment_of_node.get(&k) {
                 self.recompute(c);
             }
+            let node = self.nodes[k].node;
+            self.dist_before_backward(node);
             self.evaluate(k, &mut buffers, &mut deps, &mut ready, slots);
         }
+        self.dist_after_backward();
         for (c, done) in std::mem::take(&mut self.done_checkpoints) {
             if !done {
                 self.sim.decref(c.input.sid);
@@ -1665,14 +1702,213 @@ impl Runner<'_> {
                     self.sim.boundary("aten.new_empty_strided.default");
                     self.sim.decref(sid);
                     self.sim.recategorize(new, Category::Grads);
-                    slots[p].grad = Some(new);
+                    let kept = self.dist_grad(p, new, slots);
+                    slots[p].grad = Some(kept);
                 }
                 None => {
                     self.sim.recategorize(sid, Category::Grads);
-                    slots[p].grad = Some(sid);
+                    let kept = self.dist_grad(p, sid, slots);
+                    slots[p].grad = Some(kept);
                 }
                 Some(_) => self.sim.decref(sid),
             }
+        }
+    }
+}
+
+/// One rank's memory besides the single-device plan, under many GPUs
+/// ([`crate::dist`]): DDP's buckets, sharded parameters gathered per unit, gradients
+/// reduce-scattered per unit.
+struct DistState {
+    cfg: Distributed,
+    /// Ranks a shard group spans.
+    ranks: u128,
+    unit_of_node: Vec<usize>,
+    /// The last node of each unit in forward order.
+    unit_last: Vec<usize>,
+    /// Each unit's parameters, and the bytes of their gathered (unsharded) copy.
+    unit_params: Vec<Vec<usize>>,
+    unit_bytes: Vec<u128>,
+    param_unit: Vec<usize>,
+    param_shard: Vec<u128>,
+    gathered: Vec<Option<Sid>>,
+    /// Parameters of each unit whose gradient arrived in this backward pass.
+    arrived: Vec<usize>,
+}
+
+impl DistState {
+    fn new(g: &Shaped, d: &Distributed, elem: u128, sim: &mut Sim) -> Result<Self, PlanError> {
+        if d.world_size() == 0 {
+            return Err(PlanError::Config(
+                "--gpus and --nodes must be at least 1".into(),
+            ));
+        }
+        let (unit_of_node, n_units) = dist::units(g, &d.wrap);
+        if !d.wrap.is_empty() && n_units == 1 {
+            return Err(PlanError::Config(format!(
+                "--wrap {}: no layer of the model has that name (or starts with it)",
+                d.wrap.join(",")
+            )));
+        }
+        let ranks = d.shard_ranks();
+        let first = param_index(g);
+        let params = g.params();
+        let mut param_unit = vec![0; params.len()];
+        for (i, _) in g.nodes().iter().enumerate() {
+            for (k, slot) in param_unit
+                .iter_mut()
+                .enumerate()
+                .skip(first[i])
+                .take(g.nodes()[i].op.params().len())
+            {
+                let _ = k;
+                *slot = unit_of_node[i];
+            }
+        }
+        let mut unit_params = vec![Vec::new(); n_units];
+        let mut unit_bytes = vec![0u128; n_units];
+        let mut param_shard = Vec::with_capacity(params.len());
+        for (p, t) in params.iter().enumerate() {
+            let shard = dist::shard_bytes(&t.shape, elem, ranks);
+            unit_params[param_unit[p]].push(p);
+            unit_bytes[param_unit[p]] += shard * ranks;
+            param_shard.push(shard);
+        }
+        let mut unit_last = vec![0; n_units];
+        for (i, &u) in unit_of_node.iter().enumerate() {
+            unit_last[u] = i;
+        }
+        let _ = sim;
+        Ok(DistState {
+            cfg: d.clone(),
+            ranks,
+            unit_of_node,
+            unit_last,
+            unit_params,
+            unit_bytes,
+            param_unit,
+            param_shard,
+            gathered: vec![None; n_units],
+            arrived: vec![0; n_units],
+        })
+    }
+
+    /// DDP's reducer allocates its buckets when it wraps the model: gradients' own
+    /// storage with `gradient_as_bucket_view`, communication buffers otherwise.
+    fn buckets(&mut self, params: &[vramlab_graph::NamedTensor], elem: u128, sim: &mut Sim) {
+        if self.cfg.strategy != dist::Strategy::Ddp || self.cfg.world_size() < 2 {
+            return;
+        }
+        let sizes: Vec<u128> = params.iter().map(|p| p.numel() * elem).collect();
+        let category = if self.cfg.gradient_as_bucket_view {
+            Category::Grads
+        } else {
+            Category::Communication
+        };
+        for b in dist::ddp_buckets(&sizes, self.cfg.bucket_cap_bytes) {
+            sim.alloc(b, Some(category));
+        }
+    }
+
+    fn sharding(&self) -> bool {
+        self.cfg.strategy.shards_params() && self.ranks > 1
+    }
+
+    /// All-gathers unit `u`'s parameters if they are not gathered.
+    fn gather(&mut self, u: usize, sim: &mut Sim) {
+        if self.sharding() && self.gathered[u].is_none() && self.unit_bytes[u] > 0 {
+            let s = sim.alloc(self.unit_bytes[u], Some(Category::Communication));
+            sim.boundary("all_gather_into_tensor");
+            self.gathered[u] = Some(s);
+        }
+    }
+
+    fn release(&mut self, u: usize, sim: &mut Sim) {
+        if let Some(s) = self.gathered[u].take() {
+            sim.decref(s);
+        }
+    }
+}
+
+impl Runner<'_> {
+    /// Before node `i` runs forward: its unit's parameters gathered.
+    fn dist_before_forward(&mut self, i: usize) {
+        if let Some(d) = &mut self.dist {
+            let u = d.unit_of_node[i];
+            d.gather(u, &mut self.sim);
+        }
+    }
+
+    /// After node `i` ran forward: a unit whose forward is over reshards (the root keeps
+    /// its parameters for backward).
+    fn dist_after_forward(&mut self, i: usize) {
+        if let Some(d) = &mut self.dist {
+            let u = d.unit_of_node[i];
+            if u != 0 && d.unit_last[u] == i && d.cfg.strategy.reshards_after_forward() {
+                d.release(u, &mut self.sim);
+            }
+        }
+    }
+
+    /// Before a backward node of graph node `node` runs: its unit gathered again.
+    fn dist_before_backward(&mut self, node: usize) {
+        if let Some(d) = &mut self.dist {
+            if let Some(&u) = d.unit_of_node.get(node) {
+                d.gather(u, &mut self.sim);
+            }
+        }
+    }
+
+    /// AccumulateGrad stored parameter `p`'s gradient `sid`. Sharded gradients: once
+    /// every gradient of its unit is in, they are copied into one reduce-scatter input,
+    /// reduced to this rank's shards, and the unit's gathered parameters are freed.
+    /// DDP with `gradient_as_bucket_view`: the gradient is copied into its bucket and
+    /// `.grad` becomes a view of it. Returns the sid `.grad` holds.
+    fn dist_grad(&mut self, p: usize, sid: Sid, slots: &mut [ParamSlot]) -> Sid {
+        let Some(d) = &mut self.dist else {
+            return sid;
+        };
+        if d.cfg.strategy == dist::Strategy::Ddp
+            && d.cfg.gradient_as_bucket_view
+            && d.cfg.world_size() > 1
+        {
+            self.sim.decref(sid);
+            return self.sim.alloc(0, Some(Category::Grads));
+        }
+        if !d.cfg.strategy.shards_grads() || d.ranks < 2 {
+            return sid;
+        }
+        let u = d.param_unit[p];
+        d.arrived[u] += 1;
+        slots[p].grad = Some(sid);
+        if d.arrived[u] < d.unit_params[u].len() {
+            return sid;
+        }
+        // FSDP's post-backward reshards the unit's parameters first, then copies its
+        // gradients into one reduce-scatter input.
+        d.release(u, &mut self.sim);
+        let input = self
+            .sim
+            .alloc(d.unit_bytes[u], Some(Category::Communication));
+        self.sim.boundary("reduce_scatter_tensor");
+        for &q in &d.unit_params[u] {
+            if let Some(full) = slots[q].grad.take() {
+                self.sim.decref(full);
+            }
+            slots[q].grad = Some(self.sim.alloc(d.param_shard[q], Some(Category::Grads)));
+        }
+        self.sim.boundary("reduce_scatter_tensor");
+        self.sim.decref(input);
+        slots[p].grad.expect("set above")
+    }
+
+    /// After backward: whatever is still gathered is freed, and counts reset.
+    fn dist_after_backward(&mut self) {
+        if let Some(d) = &mut self.dist {
+            for u in 0..d.gathered.len() {
+                d.release(u, &mut self.sim);
+            }
+            d.arrived.iter_mut().for_each(|a| *a = 0);
         }
     }
 }

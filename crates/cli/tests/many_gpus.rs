@@ -1,0 +1,135 @@
+//! `memory` and `fit` with `--gpus`: one rank's plan, and the cheapest strategy that fits.
+
+use std::process::{Command, Output};
+
+fn vramlab(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_vramlab"))
+        .args(args)
+        .output()
+        .expect("runs")
+}
+
+fn json(o: &Output) -> serde_json::Value {
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    serde_json::from_slice(&o.stdout).unwrap()
+}
+
+#[test]
+fn memory_plans_one_rank_and_says_so() {
+    let o = vramlab(&[
+        "memory",
+        "resnet50",
+        "-b",
+        "32",
+        "--gpus",
+        "8",
+        "--strategy",
+        "fsdp",
+    ]);
+    let text = String::from_utf8_lossy(&o.stdout);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert!(
+        text.contains(
+            "one rank of 8 (8 GPUs x 1 nodes), strategy fsdp: batch 32 per rank, 256 in all"
+        ),
+        "{text}"
+    );
+    assert!(text.contains("communication"), "{text}");
+    let one = json(&vramlab(&["memory", "resnet50", "-b", "32", "--json"]));
+    let fsdp = json(&vramlab(&[
+        "memory",
+        "resnet50",
+        "-b",
+        "32",
+        "--gpus",
+        "8",
+        "--strategy",
+        "fsdp",
+        "--json",
+    ]));
+    assert_eq!(fsdp["distributed"]["strategy"], "fsdp");
+    let params = |v: &serde_json::Value| v["steps"][1]["after_step"]["params"].as_u64().unwrap();
+    // An eighth of every parameter (dim 0 split in 8, padded).
+    assert!(params(&fsdp) * 8 >= params(&one) && params(&fsdp) * 8 < params(&one) + (1 << 20));
+    // NCCL's buffers: 256 MiB more outside PyTorch's allocator on CUDA, an estimate.
+    let ddp = json(&vramlab(&[
+        "memory", "resnet50", "-b", "32", "--gpus", "2", "--json",
+    ]));
+    assert_eq!(ddp["distributed"]["strategy"], "ddp");
+    assert_eq!(
+        ddp["context_bytes"].as_u64().unwrap() - one["context_bytes"].as_u64().unwrap(),
+        256 << 20
+    );
+}
+
+#[test]
+fn fit_across_cards_names_the_cheapest_strategy_that_fits() {
+    let o = vramlab(&[
+        "fit",
+        "vit_l_16",
+        "--optimizer",
+        "adamw",
+        "--gpus",
+        "8",
+        "--gpu",
+        "a100-40gb",
+    ]);
+    let text = String::from_utf8_lossy(&o.stdout);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert!(text.contains("Cheapest that fits: ddp"), "{text}");
+    for s in ["ddp", "zero1", "zero2", "fsdp-grad-op", "fsdp"] {
+        assert!(text.lines().any(|l| l.starts_with(s)), "{s}: {text}");
+    }
+    // A global batch DDP cannot reach per GPU moves the answer to a sharding strategy.
+    let v = json(&vramlab(&[
+        "fit",
+        "vit_l_16",
+        "--optimizer",
+        "adamw",
+        "--gpus",
+        "8",
+        "--gpu",
+        "a100-40gb",
+        "--target-batch",
+        "800",
+        "--json",
+    ]));
+    let card = &v[0];
+    let ddp = card["strategies"][0]["fit"]["max_batch_size"]
+        .as_u64()
+        .unwrap();
+    assert!(ddp < 100, "{ddp}");
+    assert_ne!(card["cheapest"], "ddp");
+    assert!(card["cheapest"].is_string(), "{card}");
+}
+
+#[test]
+fn bad_many_gpu_options_are_one_line_errors() {
+    for (args, expect) in [
+        (vec!["--gpus", "0"], "--gpus and --nodes must be at least 1"),
+        (
+            vec!["--gpus", "2", "--strategy", "zero4"],
+            "unknown strategy `zero4`",
+        ),
+        (
+            vec!["--gpus", "2", "--bucket-cap-mb", "nan"],
+            "--bucket-cap-mb must be",
+        ),
+        (
+            vec!["--gpus", "2", "--strategy", "fsdp", "--wrap", "layer9"],
+            "--wrap layer9: no layer",
+        ),
+        (
+            vec!["--gpus", "2", "--profile", "native"],
+            "--gpus is for the pytorch-cuda",
+        ),
+    ] {
+        let mut a = vec!["memory", "resnet18"];
+        a.extend(args);
+        let o = vramlab(&a);
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert_eq!(o.status.code(), Some(2), "{a:?}: {err}");
+        assert!(err.contains(expect), "{a:?}: {err}");
+        assert_eq!(err.trim().lines().count(), 1, "{err}");
+    }
+}

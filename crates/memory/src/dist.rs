@@ -1,0 +1,337 @@
+//! Many GPUs: what one rank holds under data parallelism and sharding.
+//!
+//! - `ddp`: PyTorch's DistributedDataParallel. Every rank holds all parameters,
+//!   gradients and optimizer state, plus the reducer's gradient buckets: parameters in
+//!   reverse registration order, a bucket closing once it reaches 1 MiB (the first) or
+//!   `bucket_cap_mb` (25 MiB, the others), one flat tensor each, allocated when DDP wraps
+//!   the model. With `gradient_as_bucket_view` the `.grad` tensors are views into the
+//!   buckets instead of tensors of their own.
+//! - `zero1`, `zero2`, `zero3`: DeepSpeed's ZeRO stages: optimizer state, then also
+//!   gradients, then also parameters partitioned over the ranks (the ZeRO paper's model
+//!   states: 2Ψ + 2Ψ + KΨ/N, 2Ψ + (2 + K)Ψ/N, (2 + 2 + K)Ψ/N in mixed precision).
+//! - `fsdp` (FSDP2 `fully_shard`, FSDP1 FULL_SHARD), `fsdp-grad-op` (SHARD_GRAD_OP:
+//!   parameters stay gathered from forward to backward), `hybrid` (HYBRID_SHARD: sharded
+//!   within a node, replicated across nodes): parameters, gradients and optimizer state
+//!   sharded; the parameters of the unit that runs are all-gathered (the next unit's
+//!   too, prefetched), gradients reduce-scattered per unit.
+//!
+//! Units ([`units`]): by default one per torchvision block (a ResNet BasicBlock or
+//! Bottleneck `layer1.0`, a ViT encoder layer, an EfficientNet MBConv `features.2.1`,
+//! a DenseNet layer, ...), what is left in the root unit.
+//!
+//! NCCL's own buffers live outside PyTorch's allocator: an estimate
+//! ([`DEFAULT_NCCL_BYTES`]) that `--nccl-buffer` replaces.
+
+use serde::Serialize;
+use vramlab_graph::Shaped;
+
+/// NCCL's buffers per rank outside PyTorch's allocator (channels x peers x
+/// NCCL_BUFFSIZE 4 MiB, plus its kernels' workspace): an estimate, 256 MiB.
+pub const DEFAULT_NCCL_BYTES: u128 = 256 << 20;
+
+/// DDP's first bucket cap (`dist._DEFAULT_FIRST_BUCKET_BYTES`).
+pub const FIRST_BUCKET_BYTES: u128 = 1 << 20;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Strategy {
+    Ddp,
+    Zero1,
+    Zero2,
+    Zero3,
+    Fsdp,
+    FsdpGradOp,
+    Hybrid,
+}
+
+impl Strategy {
+    pub const ALL: [Strategy; 7] = [
+        Strategy::Ddp,
+        Strategy::Zero1,
+        Strategy::Zero2,
+        Strategy::Zero3,
+        Strategy::Fsdp,
+        Strategy::FsdpGradOp,
+        Strategy::Hybrid,
+    ];
+
+    pub fn parse(s: &str) -> Result<Self, String> {
+        Strategy::ALL
+            .iter()
+            .copied()
+            .find(|x| x.name() == s)
+            .ok_or_else(|| {
+                format!(
+                    "unknown strategy `{s}`: expected {}",
+                    Strategy::ALL.map(|x| x.name()).join(", ")
+                )
+            })
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Strategy::Ddp => "ddp",
+            Strategy::Zero1 => "zero1",
+            Strategy::Zero2 => "zero2",
+            Strategy::Zero3 => "zero3",
+            Strategy::Fsdp => "fsdp",
+            Strategy::FsdpGradOp => "fsdp-grad-op",
+            Strategy::Hybrid => "hybrid",
+        }
+    }
+
+    /// What each rank keeps of the optimizer state: a shard (all but DDP).
+    pub fn shards_state(self) -> bool {
+        self != Strategy::Ddp
+    }
+
+    /// Gradients reduce-scattered to shards (ZeRO-2 and up, every FSDP strategy).
+    pub fn shards_grads(self) -> bool {
+        !matches!(self, Strategy::Ddp | Strategy::Zero1)
+    }
+
+    /// Parameters sharded between uses (ZeRO-3 and every FSDP strategy).
+    pub fn shards_params(self) -> bool {
+        matches!(
+            self,
+            Strategy::Zero3 | Strategy::Fsdp | Strategy::FsdpGradOp | Strategy::Hybrid
+        )
+    }
+
+    /// Gathered parameters freed after each unit's forward (and gathered again for its
+    /// backward): all sharding strategies but SHARD_GRAD_OP.
+    pub fn reshards_after_forward(self) -> bool {
+        self.shards_params() && self != Strategy::FsdpGradOp
+    }
+}
+
+/// Data-parallel training over `gpus` per node times `nodes`.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Distributed {
+    pub gpus_per_node: u32,
+    pub nodes: u32,
+    pub strategy: Strategy,
+    /// DDP's `bucket_cap_mb` (25) in bytes.
+    pub bucket_cap_bytes: u128,
+    /// DDP's `gradient_as_bucket_view`.
+    pub gradient_as_bucket_view: bool,
+    /// NCCL's buffers outside PyTorch's allocator (pytorch-cuda); `None`:
+    /// [`DEFAULT_NCCL_BYTES`].
+    pub nccl_bytes: Option<u128>,
+    /// Units to shard by: module-name prefixes; empty: one per torchvision block.
+    pub wrap: Vec<String>,
+}
+
+impl Distributed {
+    pub fn new(gpus_per_node: u32, nodes: u32, strategy: Strategy) -> Self {
+        Distributed {
+            gpus_per_node,
+            nodes,
+            strategy,
+            bucket_cap_bytes: 25 << 20,
+            gradient_as_bucket_view: false,
+            nccl_bytes: None,
+            wrap: Vec::new(),
+        }
+    }
+
+    pub fn world_size(&self) -> u128 {
+        self.gpus_per_node as u128 * self.nodes as u128
+    }
+
+    /// Ranks a shard group spans: the world, or one node under HYBRID_SHARD.
+    pub fn shard_ranks(&self) -> u128 {
+        if self.strategy == Strategy::Hybrid {
+            self.gpus_per_node as u128
+        } else {
+            self.world_size()
+        }
+        .max(1)
+    }
+}
+
+/// Bytes of one rank's shard of a parameter: dim 0 split in `ranks` equal chunks, the
+/// last padded (FSDP2's per-parameter sharding; ZeRO's flat partitions differ by at
+/// most a few elements).
+pub fn shard_bytes(shape: &[usize], elem: u128, ranks: u128) -> u128 {
+    let numel: u128 = shape.iter().map(|&d| d as u128).product();
+    match shape.first() {
+        Some(&d0) if d0 > 0 => {
+            let rest = numel / d0 as u128;
+            (d0 as u128).div_ceil(ranks) * rest * elem
+        }
+        _ => numel * elem,
+    }
+}
+
+/// DDP's buckets: parameter indices in reverse order, grouped until a bucket reaches
+/// its cap (1 MiB for the first, `cap` for the others). Returns each bucket's bytes.
+pub fn ddp_buckets(param_bytes: &[u128], cap: u128) -> Vec<u128> {
+    let mut buckets = Vec::new();
+    let mut current = 0u128;
+    for &b in param_bytes.iter().rev() {
+        current += b;
+        let limit = if buckets.is_empty() {
+            FIRST_BUCKET_BYTES
+        } else {
+            cap
+        };
+        if current >= limit {
+            buckets.push(current);
+            current = 0;
+        }
+    }
+    if current > 0 {
+        buckets.push(current);
+    }
+    buckets
+}
+
+/// Module-name templates of torchvision's repeated blocks, most specific first: `#` is
+/// a number, `x#` a word then a number, `x_#`/`x#-#` likewise, `*` any part.
+const BLOCKS: &[&[&str]] = &[
+    &["encoder", "layers", "encoder_layer_#"],
+    &["features", "denseblock#", "denselayer#"],
+    &["trunk_output", "block#", "block#-#"],
+    &["layer#", "#"],
+    &["layers", "#", "#"],
+    &["stage#", "#"],
+    &["features", "#", "#"],
+    &["blocks", "#", "layers", "#"],
+    &["features", "#"],
+    &["inception*"],
+    &["Mixed_*"],
+    &["aux#"],
+    &["AuxLogits"],
+];
+
+fn part_matches(template: &str, part: &str) -> bool {
+    if template == "*" {
+        return true;
+    }
+    if let Some(prefix) = template.strip_suffix('*') {
+        return part.starts_with(prefix) && part.len() > prefix.len();
+    }
+    // Split the template at each `#`; every `#` matches one or more digits.
+    let mut rest = part;
+    let pieces: Vec<&str> = template.split('#').collect();
+    for (k, piece) in pieces.iter().enumerate() {
+        let Some(r) = rest.strip_prefix(piece) else {
+            return false;
+        };
+        rest = r;
+        if k + 1 < pieces.len() {
+            let digits = rest.chars().take_while(|c| c.is_ascii_digit()).count();
+            if digits == 0 {
+                return false;
+            }
+            rest = &rest[digits..];
+        }
+    }
+    rest.is_empty()
+}
+
+/// A layer name's unit: its torchvision block (`layer1.0`, `features.3.1`,
+/// `encoder.layers.encoder_layer_0`, `features.denseblock1.denselayer2`,
+/// `trunk_output.block1.block1-0`, `inception4a`, ...), or the root unit (`None`) for
+/// stems and heads.
+pub fn block_of(name: &str) -> Option<String> {
+    let parts: Vec<&str> = name.split('.').collect();
+    BLOCKS.iter().find_map(|t| {
+        (parts.len() > t.len() && t.iter().zip(&parts).all(|(tp, p)| part_matches(tp, p)))
+            .then(|| parts[..t.len()].join("."))
+    })
+}
+
+/// Each node's unit index (0 is the root unit), units in first-use order, given
+/// explicit prefixes or none (one unit per torchvision block).
+pub fn units(g: &Shaped, wrap: &[String]) -> (Vec<usize>, usize) {
+    let mut names: Vec<String> = Vec::new();
+    let mut of_node = Vec::with_capacity(g.nodes().len());
+    for n in g.nodes() {
+        let unit = if wrap.is_empty() {
+            block_of(&n.name)
+        } else {
+            wrap.iter()
+                .filter(|w| n.name == **w || n.name.starts_with(&format!("{w}.")))
+                .max_by_key(|w| w.len())
+                .cloned()
+        };
+        of_node.push(match unit {
+            None => 0,
+            Some(u) => match names.iter().position(|x| *x == u) {
+                Some(k) => k + 1,
+                None => {
+                    names.push(u);
+                    names.len()
+                }
+            },
+        });
+    }
+    (of_node, names.len() + 1)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn blocks_are_torchvisions_repeated_modules() {
+        assert_eq!(block_of("layer1.0.conv1").as_deref(), Some("layer1.0"));
+        assert_eq!(
+            block_of("layer3.5.downsample.0").as_deref(),
+            Some("layer3.5")
+        );
+        assert_eq!(
+            block_of("encoder.layers.encoder_layer_11.mlp.0").as_deref(),
+            Some("encoder.layers.encoder_layer_11")
+        );
+        assert_eq!(
+            block_of("features.denseblock2.denselayer3.conv1").as_deref(),
+            Some("features.denseblock2.denselayer3")
+        );
+        assert_eq!(
+            block_of("trunk_output.block1.block1-0.f.a.0").as_deref(),
+            Some("trunk_output.block1.block1-0")
+        );
+        assert_eq!(
+            block_of("features.2.1.block.0.0").as_deref(),
+            Some("features.2.1")
+        );
+        assert_eq!(block_of("features.0.0").as_deref(), Some("features.0"));
+        assert_eq!(
+            block_of("inception4a.branch1.conv").as_deref(),
+            Some("inception4a")
+        );
+        for root in [
+            "conv1",
+            "bn1",
+            "fc",
+            "class_token",
+            "encoder.ln",
+            "heads.head",
+            "layer1",
+        ] {
+            assert_eq!(block_of(root), None, "{root}");
+        }
+    }
+
+    #[test]
+    fn ddp_buckets_start_at_1_mib_then_25() {
+        // 30 params of 1 MiB: reverse order, first bucket closes at 1 MiB, then every
+        // 25 MiB, the rest in a last bucket.
+        let mib = 1u128 << 20;
+        let b = ddp_buckets(&vec![mib; 30], 25 * mib);
+        assert_eq!(b, vec![mib, 25 * mib, 4 * mib]);
+        assert_eq!(b.iter().sum::<u128>(), 30 * mib);
+        // A single large parameter fills the first bucket alone.
+        assert_eq!(ddp_buckets(&[100 * mib], 25 * mib), vec![100 * mib]);
+    }
+
+    #[test]
+    fn shards_split_dim_0_and_pad_the_last() {
+        assert_eq!(shard_bytes(&[10, 3], 4, 4), 3 * 3 * 4);
+        assert_eq!(shard_bytes(&[8], 4, 8), 4);
+        assert_eq!(shard_bytes(&[1, 197, 768], 4, 2), 197 * 768 * 4);
+    }
+}
