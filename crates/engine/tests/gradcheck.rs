@@ -238,7 +238,7 @@ fn every_activation_in_place_and_not() {
             &[false]
         };
         for &inplace in modes {
-            for gain in [1.0, 4.0] {
+            for gain in [1.0, 4.0, 10.0] {
                 let mut ops = vec![
                     Op::Conv2d(Conv2d::new(2, 3, 3).padding(1)),
                     Op::act(kind, inplace),
@@ -283,6 +283,47 @@ fn activation_gradients_match_their_values_on_a_grid() {
             n += 1;
         }
         assert!(n > 150, "{kind:?}: {n} points");
+    }
+}
+
+/// The values themselves at a few points (references from Python's `math`: erf for GELU,
+/// the tanh formula for GELU(approximate='tanh')), and NaN passing through as in PyTorch.
+#[test]
+fn activation_values_at_known_points() {
+    use Activation::*;
+    let cases: [(Activation, f32, f64); 22] = [
+        (Relu, -1.5, 0.0),
+        (Relu, 2.5, 2.5),
+        (Relu6, -1.0, 0.0),
+        (Relu6, 3.5, 3.5),
+        (Relu6, 7.0, 6.0),
+        (Silu, 1.0, 0.7310585786300049),
+        (Silu, -2.5, -0.18964545005310887),
+        (Sigmoid, 0.0, 0.5),
+        (Sigmoid, 2.0, 0.8807970779778823),
+        (Hardswish, -4.0, 0.0),
+        (Hardswish, 1.0, 4.0 / 6.0),
+        (Hardswish, 4.0, 4.0),
+        (Hardsigmoid, -1.0, 2.0 / 6.0),
+        (Hardsigmoid, 3.5, 1.0),
+        (Gelu, 1.0, 0.8413447460685429),
+        (Gelu, -1.0, -0.15865525393145707),
+        (Gelu, -2.5, -0.015524163314440398),
+        (Gelu, 0.5, 0.34573123063700656),
+        (GeluTanh, 1.0, 0.8411919906082768),
+        (GeluTanh, -2.5, -0.015084266089998577),
+        (GeluTanh, 2.0, 1.954597694087775),
+        (Tanh, 1.0, 0.7615941559557649),
+    ];
+    for (kind, x, want) in cases {
+        let got = kind.apply(x) as f64;
+        assert!(
+            (got - want).abs() <= 1e-6 * want.abs().max(1.0),
+            "{kind:?}({x}) = {got}, want {want}"
+        );
+    }
+    for kind in Activation::ALL {
+        assert!(kind.apply(f32::NAN).is_nan(), "{kind:?}(NaN)");
     }
 }
 
