@@ -34,7 +34,7 @@ fn every_zoo_model_has_torchvision_parameter_and_buffer_names_and_shapes() {
         let Some(tv) = all.get(name) else {
             // The lesson's own models are not torchvision's.
             assert!(
-                matches!(name, "simple_cnn" | "lenet5"),
+                matches!(name, "simple_cnn" | "lenet5" | "vit_tiny"),
                 "{name} is not in the fixture"
             );
             continue;
@@ -64,6 +64,15 @@ fn every_zoo_model_has_torchvision_parameter_and_buffer_names_and_shapes() {
         let ours: Vec<(String, Vec<usize>)> =
             g.buffers().into_iter().map(|p| (p.name, p.shape)).collect();
         assert_eq!(ours, listed(&tv["buffers"]), "{name} buffers");
+        if let Some(n) = tv.get("params_no_aux") {
+            let plain = g.graph.without_aux().infer().unwrap();
+            assert_eq!(
+                plain.num_params(),
+                n.as_u64().unwrap() as u128,
+                "{name} without aux"
+            );
+            assert!(!g.graph.aux.is_empty() && plain.graph.aux.is_empty());
+        }
         checked += 1;
     }
     assert!(checked >= 60, "only {checked} models checked");

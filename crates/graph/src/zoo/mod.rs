@@ -7,6 +7,7 @@ use crate::{Graph, GraphBuilder, GraphError, ModelOptions, NodeId};
 
 pub mod convnext;
 mod dense;
+mod inception;
 mod mobile;
 mod regnet;
 pub mod vit;
@@ -40,6 +41,12 @@ const ENTRIES: &[Entry] = &[
     Entry {
         name: "lenet5",
         about: "LeNet-5 for 28x28 grayscale (conv1 padded)",
+        input: [1, 28, 28],
+        classes: 10,
+    },
+    Entry {
+        name: "vit_tiny",
+        about: "a small ViT for 28x28 grayscale: patch 4, width 64, depth 4, 4 heads",
         input: [1, 28, 28],
         classes: 10,
     },
@@ -133,6 +140,16 @@ const ENTRIES: &[Entry] = &[
     e("regnet_y_16gf", "torchvision RegNetY-16GF", 224),
     e("regnet_y_32gf", "torchvision RegNetY-32GF", 224),
     e("regnet_y_128gf", "torchvision RegNetY-128GF", 224),
+    e(
+        "googlenet",
+        "torchvision GoogLeNet (Inception v1, two auxiliary heads)",
+        224,
+    ),
+    e(
+        "inception_v3",
+        "torchvision Inception v3 (auxiliary head)",
+        299,
+    ),
     e(
         "convnext_tiny",
         "torchvision ConvNeXt-T (LayerNorm, layer scale)",
@@ -271,8 +288,11 @@ pub fn build(name: &str, opts: &ModelOptions) -> Result<Graph, GraphError> {
         _ if family("squeezenet").is_some() => dense::squeezenet(name, input, classes),
         _ if family("shufflenet_v2_").is_some() => dense::shufflenet_v2(name, input, classes),
         _ if family("regnet_").is_some() => regnet::regnet(name, input, classes),
+        "vit_tiny" => vit::tiny(input, classes),
         _ if family("vit_").is_some() => vit::vit(name, input, classes)?,
         _ if family("convnext_").is_some() => convnext::convnext(name, input, classes),
+        "googlenet" => inception::googlenet(name, input, classes),
+        "inception_v3" => inception::inception_v3(name, input, classes),
         _ => unreachable!("every entry has a builder"),
     })
 }

@@ -44,6 +44,23 @@ pub(super) fn vit(name: &str, input: Vec<usize>, classes: usize) -> Result<Graph
     ))
 }
 
+/// `vit_tiny`: issue 8's small ViT for 28x28 grayscale images (patch 4, width 64, depth
+/// 4, 4 heads, MLP 128), built as torchvision's `VisionTransformer` with those sizes.
+pub(super) fn tiny(input: Vec<usize>, classes: usize) -> Graph {
+    transformer(
+        "vit_tiny",
+        input,
+        Vit {
+            patch: 4,
+            layers: 4,
+            heads: 4,
+            hidden: 64,
+            mlp: 128,
+            classes,
+        },
+    )
+}
+
 /// A VisionTransformer's sizes.
 pub struct Vit {
     pub patch: usize,
@@ -57,7 +74,10 @@ pub struct Vit {
 /// torchvision's `VisionTransformer` for any sizes (LayerNorm eps 1e-6, dropout 0).
 pub fn transformer(name: &str, input: Vec<usize>, v: Vit) -> Graph {
     let in_ch = input[0];
-    let tokens = (input[1] / v.patch) * (input[2] / v.patch) + 1;
+    // Saturating: an absurd input is refused by shape inference, naming a layer.
+    let tokens = (input[1] / v.patch)
+        .saturating_mul(input[2] / v.patch)
+        .saturating_add(1);
     let e = v.hidden;
     let mut b = GraphBuilder::new(name, input);
     let x = b.input();
