@@ -24,6 +24,7 @@ mod layers;
 mod model;
 pub mod optim;
 pub mod tensor;
+mod transformer;
 
 pub use model::{Engine, EngineError, Param, StepMemory, StepResult};
 pub use optim::OptimizerConfig;

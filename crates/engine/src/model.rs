@@ -23,6 +23,7 @@ use crate::layers::{self, Ctx};
 use crate::optim::{self, OptimizerConfig};
 use crate::rng::Rng;
 use crate::tensor::{Buf, Category, CategoryBytes, Peak, Phase, Saved, SavedIdx, Tensor, Tracker};
+use crate::transformer::{self, AttnSaved, AttnWeights};
 
 /// A parameter with its gradient and optimizer state.
 #[derive(Debug)]
@@ -79,6 +80,19 @@ enum Tape {
     },
     Dropout {
         mask: Saved,
+    },
+    /// LayerNorm's input and the mean and reciprocal standard deviation of each row.
+    Ln {
+        x: Saved,
+        mean: Saved,
+        rstd: Saved,
+    },
+    /// Self-attention's input, packed projections, probabilities and heads' outputs.
+    Attn {
+        x: Saved,
+        qkv: Saved,
+        probs: Saved,
+        heads: Saved,
     },
     Pass,
 }
@@ -141,6 +155,32 @@ fn init_uniform(rng: &mut Rng, n: usize, fan_in: usize) -> Vec<f32> {
     (0..n)
         .map(|_| ((rng.unit_f64() * 2.0 - 1.0) * bound) as f32)
         .collect()
+}
+
+/// `xavier_uniform_`: U(-a, a) with a = sqrt(6 / (fan_in + fan_out)).
+fn init_xavier(rng: &mut Rng, n: usize, fan_in: usize, fan_out: usize) -> Vec<f32> {
+    let bound = (6.0 / (fan_in + fan_out) as f64).sqrt();
+    (0..n)
+        .map(|_| ((rng.unit_f64() * 2.0 - 1.0) * bound) as f32)
+        .collect()
+}
+
+/// torchvision's initialisation of a learnable leaf, by its name: a ViT's position
+/// embedding N(0, 0.02^2), a ConvNeXt layer scale 1e-6, a class token zeros.
+fn init_leaf(rng: &mut Rng, name: &str, n: usize) -> Vec<f32> {
+    if name.ends_with("pos_embedding") {
+        (0..n)
+            .map(|_| {
+                // Box-Muller; 1 - u keeps the logarithm's argument in (0, 1].
+                let (u, v) = (1.0 - rng.unit_f64(), rng.unit_f64());
+                ((-2.0 * u.ln()).sqrt() * (std::f64::consts::TAU * v).cos() * 0.02) as f32
+            })
+            .collect()
+    } else if name.ends_with("layer_scale") {
+        vec![1e-6; n]
+    } else {
+        vec![0.0; n]
+    }
 }
 
 /// Training frees and reallocates the same large buffers every step. glibc returns
@@ -233,6 +273,13 @@ impl Engine {
         threads: usize,
     ) -> Result<Engine, EngineError> {
         keep_freed_memory();
+        if !graph.graph.aux.is_empty() {
+            return Err(EngineError(format!(
+                "{}: the CPU engine trains without auxiliary classifiers; build the model \
+                 with Graph::without_aux (vramlab train does)",
+                graph.graph.name
+            )));
+        }
         if let Some(n) = graph.nodes().iter().find(|n| !n.op.in_engine()) {
             return Err(EngineError(format!(
                 "layer `{}`: the CPU engine does not run {} yet (`vramlab memory` plans it for \
@@ -262,12 +309,24 @@ impl Engine {
             for spec in specs {
                 let n = spec.numel() as usize;
                 let data = match (&node.op, spec.name) {
-                    (Op::BatchNorm2d(_), "weight") => vec![1.0; n],
-                    (Op::BatchNorm2d(_), _) => vec![0.0; n],
+                    (Op::BatchNorm2d(_) | Op::LayerNorm(_), "weight") => vec![1.0; n],
+                    (Op::BatchNorm2d(_) | Op::LayerNorm(_), _) => vec![0.0; n],
+                    (Op::Param { .. }, _) => init_leaf(&mut rng, &node.name, n),
+                    (Op::MultiheadAttention { embed_dim, .. }, "in_proj_weight") => {
+                        init_xavier(&mut rng, n, *embed_dim, 3 * embed_dim)
+                    }
+                    (Op::MultiheadAttention { .. }, "in_proj_bias" | "out_proj.bias") => {
+                        vec![0.0; n]
+                    }
                     _ => init_uniform(&mut rng, n, fan_in),
                 };
+                // A parameter used as a value is named by its node alone.
+                let name = match node.op {
+                    Op::Param { .. } => node.name.clone(),
+                    _ => format!("{}.{}", node.name, spec.name),
+                };
                 params.push(Param {
-                    name: format!("{}.{}", node.name, spec.name),
+                    name,
                     value: Tensor::from_vec(&tracker, &spec.shape, data, Some(Category::Params)),
                     grad: None,
                     state: Vec::new(),
@@ -322,6 +381,15 @@ impl Engine {
     fn ctx(&self) -> Ctx<'_> {
         Ctx {
             tracker: &self.tracker,
+        }
+    }
+
+    /// What the transformer kernels of [`crate::transformer`] may use.
+    fn tctx(&self) -> transformer::Ctx<'_> {
+        transformer::Ctx {
+            tracker: &self.tracker,
+            pool: &self.pool,
+            threads: self.threads,
         }
     }
 
@@ -460,8 +528,12 @@ impl Engine {
         vals[0] = Some(x.clone());
         for i in 1..n {
             let node = self.graph.nodes()[i].clone();
-            let xin = vals[node.inputs[0]].clone().expect("inputs run first");
-            let rg = train && self.requires_grad[node.inputs[0]];
+            // A learnable leaf reads no input (it gets the batch, for its size).
+            let xin = match node.inputs.first() {
+                Some(&j) => vals[j].clone().expect("inputs run first"),
+                None => x.clone(),
+            };
+            let rg = train && self.requires_grad[*node.inputs.first().unwrap_or(&i)];
             let p0 = self.first_param[i];
             let t_op = std::time::Instant::now();
             let (out, t) = match &node.op {
@@ -579,13 +651,51 @@ impl Engine {
                         (out, t)
                     }
                 }
-                Op::Param { .. }
-                | Op::LayerNorm(_)
-                | Op::MultiheadAttention { .. }
-                | Op::Select { .. }
-                | Op::Tokens
-                | Op::Permute { .. } => {
-                    unreachable!("Engine::new refuses ops the engine does not run")
+                Op::Param { .. } => {
+                    let p = &self.params[p0].value;
+                    let out = transformer::param_forward(&self.tctx(), p, &self.out_shape(i, b));
+                    (out, train.then_some(Tape::Nothing))
+                }
+                Op::LayerNorm(l) => {
+                    let w = l.elementwise_affine.then(|| &self.params[p0].value);
+                    let bias = (l.elementwise_affine && l.bias).then(|| &self.params[p0 + 1].value);
+                    let (out, mean, rstd) =
+                        transformer::layer_norm_forward(&self.tctx(), &xin, w, bias, l.eps);
+                    let t = (train && self.requires_grad[i]).then(|| Tape::Ln {
+                        x: Saved::new(&xin),
+                        mean: Saved::new(&mean),
+                        rstd: Saved::new(&rstd),
+                    });
+                    (out, t)
+                }
+                Op::MultiheadAttention { num_heads, .. } => {
+                    let w = AttnWeights {
+                        w_in: &self.params[p0].value,
+                        b_in: &self.params[p0 + 1].value,
+                        w_out: &self.params[p0 + 2].value,
+                        b_out: &self.params[p0 + 3].value,
+                    };
+                    let (out, s) =
+                        transformer::attention_forward(&self.tctx(), &xin, &w, *num_heads);
+                    let t = train.then(|| Tape::Attn {
+                        x: Saved::new(&xin),
+                        qkv: Saved::new(&s.qkv),
+                        probs: Saved::new(&s.probs),
+                        heads: Saved::new(&s.heads),
+                    });
+                    (out, t)
+                }
+                Op::Select { index } => {
+                    let out = transformer::select_forward(&self.tctx(), &xin, *index);
+                    (out, rg.then_some(Tape::Nothing))
+                }
+                Op::Tokens => {
+                    let out = transformer::tokens(&self.tctx(), &xin, &xin.shape, false);
+                    (out, rg.then_some(Tape::Nothing))
+                }
+                Op::Permute { dims } => {
+                    let out = transformer::permute(&self.tctx(), &xin, dims);
+                    (out, rg.then_some(Tape::Nothing))
                 }
                 Op::Mul => {
                     let y = vals[node.inputs[1]].clone().expect("inputs run first");
@@ -1326,12 +1436,12 @@ impl Engine {
     }
 
     fn linear_forward(&self, i: usize, x: &Tensor, p0: usize, bias: bool) -> Tensor {
-        let b = x.shape[0];
-        let (inf, outf) = (
-            self.graph.shapes[self.graph.nodes()[i].inputs[0]][0],
-            self.graph.shapes[i][0],
-        );
-        let out = Tensor::zeros(&self.tracker, &[b, outf], None);
+        // Linear acts on the last dimension: every other dimension is a row.
+        let inf = *x.shape.last().expect("an input dimension");
+        let shape = self.out_shape(i, x.shape[0]);
+        let outf = *shape.last().expect("an output dimension");
+        let out = Tensor::zeros(&self.tracker, &shape, None);
+        let b = x.numel() / inf;
         {
             let w = self.params[p0].value.data();
             let xd = x.data();
@@ -1768,7 +1878,7 @@ impl Engine {
             let node = self.graph.nodes()[i].clone();
             let t = tape[i].take();
             let p0 = self.first_param[i];
-            let need_in = self.requires_grad[node.inputs[0]];
+            let need_in = node.inputs.first().is_some_and(|&j| self.requires_grad[j]);
             // (input gradients by input position, parameter gradients by param index)
             let mut ins: Vec<(usize, Tensor)> = Vec::new();
             let mut pgs: Vec<(usize, Tensor)> = Vec::new();
@@ -1797,6 +1907,72 @@ impl Engine {
                 }
                 (Op::Act { kind, .. }, Some(Tape::Act { v })) => {
                     let gi = layers::act_backward(&self.ctx(), *kind, &g, &v.0);
+                    ins.push((node.inputs[0], gi));
+                }
+                (Op::Param { .. }, Some(Tape::Nothing)) => {
+                    let shape = self.params[p0].value.shape.clone();
+                    pgs.push((p0, transformer::param_backward(&self.tctx(), &g, &shape)));
+                }
+                (Op::LayerNorm(l), Some(Tape::Ln { x, mean, rstd })) => {
+                    let w = l.elementwise_affine.then(|| &self.params[p0].value);
+                    let (gi, gw, gb) = transformer::layer_norm_backward(
+                        &self.tctx(),
+                        &x.0,
+                        &mean.0,
+                        &rstd.0,
+                        &g,
+                        w,
+                        l.bias,
+                        need_in,
+                    );
+                    ins.extend(gi.map(|t| (node.inputs[0], t)));
+                    pgs.extend(gw.map(|t| (p0, t)));
+                    pgs.extend(gb.map(|t| (p0 + 1, t)));
+                }
+                (
+                    Op::MultiheadAttention { num_heads, .. },
+                    Some(Tape::Attn {
+                        x,
+                        qkv,
+                        probs,
+                        heads,
+                    }),
+                ) => {
+                    let w = AttnWeights {
+                        w_in: &self.params[p0].value,
+                        b_in: &self.params[p0 + 1].value,
+                        w_out: &self.params[p0 + 2].value,
+                        b_out: &self.params[p0 + 3].value,
+                    };
+                    let saved = AttnSaved {
+                        qkv: qkv.0.clone(),
+                        probs: probs.0.clone(),
+                        heads: heads.0.clone(),
+                    };
+                    let grads = transformer::attention_backward(
+                        &self.tctx(),
+                        &x.0,
+                        &saved,
+                        &g,
+                        &w,
+                        *num_heads,
+                        need_in,
+                    );
+                    ins.extend(grads.input.map(|t| (node.inputs[0], t)));
+                    pgs.extend((p0..).zip(grads.params));
+                }
+                (Op::Select { index }, Some(Tape::Nothing)) => {
+                    let shape = self.out_shape(node.inputs[0], g.shape[0]);
+                    let gi = transformer::select_backward(&self.tctx(), &g, &shape, *index);
+                    ins.push((node.inputs[0], gi));
+                }
+                (Op::Tokens, Some(Tape::Nothing)) => {
+                    let shape = self.out_shape(node.inputs[0], g.shape[0]);
+                    let gi = transformer::tokens(&self.tctx(), &g, &shape, true);
+                    ins.push((node.inputs[0], gi));
+                }
+                (Op::Permute { dims }, Some(Tape::Nothing)) => {
+                    let gi = transformer::permute(&self.tctx(), &g, &transformer::inverse(dims));
                     ins.push((node.inputs[0], gi));
                 }
                 (Op::Mul, Some(Tape::Mul { a, b })) => {
@@ -2084,8 +2260,12 @@ impl Engine {
         bias: bool,
         need_in: bool,
     ) -> (Option<Tensor>, Tensor, Option<Tensor>) {
-        let b = x.shape[0];
-        let (inf, outf) = (x.shape[1], gout.shape[1]);
+        // Rows are every dimension but the last (tokens, channels-last maps).
+        let (inf, outf) = (
+            *x.shape.last().expect("an input dimension"),
+            *gout.shape.last().expect("an output dimension"),
+        );
+        let b = x.numel() / inf;
         let gi = need_in.then(|| Tensor::zeros(&self.tracker, &x.shape, None));
         let gw = Tensor::zeros(&self.tracker, &[outf, inf], Some(Category::Grads));
         let gb = bias.then(|| Tensor::zeros(&self.tracker, &[outf], Some(Category::Grads)));

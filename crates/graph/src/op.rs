@@ -346,8 +346,8 @@ impl Op {
             | Op::MultiheadAttention { .. }
             | Op::Select { .. }
             | Op::Tokens
-            | Op::Permute { .. } => false,
-            Op::Input
+            | Op::Permute { .. }
+            | Op::Input
             | Op::Conv2d(_)
             | Op::BatchNorm2d(_)
             | Op::Act { .. }

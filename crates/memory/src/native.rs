@@ -681,6 +681,15 @@ impl Native<'_> {
 
 /// The native profile's report.
 pub(crate) fn run(g: &Shaped, cfg: &PlanConfig) -> Result<MemoryReport, PlanError> {
+    // The engine trains auxiliary classifiers' models without them (`without_aux`).
+    if !g.graph.aux.is_empty() {
+        let plain = g
+            .graph
+            .without_aux()
+            .infer()
+            .map_err(|e| PlanError::Config(e.to_string()))?;
+        return run(&plain, cfg);
+    }
     if cfg.batch_size == 0 {
         return Err(PlanError::Config(
             "batch size must be at least 1, got 0".into(),
