@@ -565,7 +565,17 @@ impl ModelSource {
 
     fn build(&self, opts: &ModelOptions, origin: &str) -> Result<Shaped> {
         let mut g = match self {
-            ModelSource::Zoo(name) => vramlab_graph::zoo::build(name, opts)?,
+            // The engine trains GoogLeNet and Inception v3 without their auxiliary heads.
+            ModelSource::Zoo(name) => {
+                let g = vramlab_graph::zoo::build(name, opts)?;
+                if !g.aux.is_empty() {
+                    eprintln!(
+                        "note: {name} trains here without its auxiliary classifiers \
+                         (aux_logits=False); `vramlab memory {name}` plans them"
+                    );
+                }
+                g.without_aux()
+            }
             ModelSource::File { text, .. } => vramlab_graph::model_file::parse(text, origin)
                 .map_err(|e| UserError(format!("{e}")))?,
         };

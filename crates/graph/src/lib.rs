@@ -55,6 +55,16 @@ pub struct Graph {
     /// Per-sample input shape, `[C, H, W]`.
     pub input_shape: Shape,
     pub nodes: Vec<Node>,
+    /// Logits of auxiliary classifiers (GoogLeNet's aux1 and aux2, Inception v3's
+    /// AuxLogits), trained with 0.3 x their loss as torchvision's recipes do; computed
+    /// only in training.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub aux: Vec<NodeId>,
+    /// The order the modules register their parameters (`model.parameters()`), where it
+    /// differs from the order they run (GoogLeNet's aux heads run mid-network and are
+    /// registered last): every node once.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub param_order: Option<Vec<NodeId>>,
 }
 
 /// What can be wrong with a graph or a model description.
@@ -115,8 +125,20 @@ impl GraphBuilder {
                     op: Op::Input,
                     inputs: vec![],
                 }],
+                aux: Vec::new(),
+                param_order: None,
             },
         }
+    }
+
+    /// Marks `node` as the logits of an auxiliary classifier.
+    pub fn aux_output(&mut self, node: NodeId) {
+        self.graph.aux.push(node);
+    }
+
+    /// The order `model.parameters()` lists the nodes' parameters in.
+    pub fn param_order(&mut self, order: Vec<NodeId>) {
+        self.graph.param_order = Some(order);
     }
 
     /// The input node.
@@ -137,6 +159,11 @@ impl GraphBuilder {
     /// Appends a one-input op after `x`.
     pub fn then(&mut self, name: impl Into<String>, op: Op, x: NodeId) -> NodeId {
         self.add(name, op, &[x])
+    }
+
+    /// How many nodes there are so far (the next node's id).
+    pub fn build_len(&self) -> NodeId {
+        self.graph.nodes.len()
     }
 
     pub fn build(self) -> Graph {
@@ -173,6 +200,59 @@ impl NamedTensor {
 }
 
 impl Graph {
+    /// Whether each node feeds the main output (the last node): an auxiliary head's
+    /// nodes do not.
+    pub fn feeds_output(&self) -> Vec<bool> {
+        let mut keep = vec![false; self.nodes.len()];
+        if let Some(last) = keep.last_mut() {
+            *last = true;
+        }
+        for i in (0..self.nodes.len()).rev() {
+            if keep[i] {
+                for &j in &self.nodes[i].inputs {
+                    if let Some(k) = keep.get_mut(j) {
+                        *k = true;
+                    }
+                }
+            }
+        }
+        if let Some(first) = keep.first_mut() {
+            *first = true;
+        }
+        keep
+    }
+
+    /// The model without its auxiliary classifiers (torchvision's `aux_logits=False`).
+    pub fn without_aux(&self) -> Graph {
+        if self.aux.is_empty() {
+            return self.clone();
+        }
+        let keep = self.feeds_output();
+        let mut new_index = vec![usize::MAX; self.nodes.len()];
+        let mut nodes = Vec::new();
+        for (i, n) in self.nodes.iter().enumerate() {
+            if keep[i] {
+                new_index[i] = nodes.len();
+                let mut n = n.clone();
+                n.inputs = n.inputs.iter().map(|&j| new_index[j]).collect();
+                nodes.push(n);
+            }
+        }
+        let param_order = self.param_order.as_ref().map(|o| {
+            o.iter()
+                .filter(|&&k| keep[k])
+                .map(|&k| new_index[k])
+                .collect()
+        });
+        Graph {
+            name: self.name.clone(),
+            input_shape: self.input_shape.clone(),
+            nodes,
+            aux: Vec::new(),
+            param_order,
+        }
+    }
+
     /// Checks the structure and infers all shapes.
     pub fn infer(&self) -> Result<Shaped, GraphError> {
         if self.nodes.first().map(|n| &n.op) != Some(&Op::Input) {
@@ -258,6 +338,28 @@ impl Graph {
             }
             shapes.push(out);
         }
+        for &a in &self.aux {
+            if a == 0 || a >= self.nodes.len() {
+                return Err(GraphError::Structure(format!(
+                    "auxiliary output {a} is not a node"
+                )));
+            }
+        }
+        if let Some(order) = &self.param_order {
+            let mut seen = vec![false; self.nodes.len()];
+            for &k in order {
+                if k >= seen.len() || std::mem::replace(&mut seen[k], true) {
+                    return Err(GraphError::Structure(
+                        "the parameter order does not list every node once".into(),
+                    ));
+                }
+            }
+            if seen.iter().any(|s| !s) {
+                return Err(GraphError::Structure(
+                    "the parameter order does not list every node once".into(),
+                ));
+            }
+        }
         // Parameter names must be unique, as they are in a PyTorch state_dict.
         let mut seen = std::collections::HashSet::new();
         for n in &self.nodes {
@@ -308,9 +410,29 @@ impl Shaped {
         self.named(|op| op.buffers())
     }
 
+    /// The nodes in `model.parameters()` order.
+    pub fn param_nodes(&self) -> Vec<NodeId> {
+        match &self.graph.param_order {
+            Some(order) => order.clone(),
+            None => (0..self.graph.nodes.len()).collect(),
+        }
+    }
+
+    /// For each node, the index of its first parameter in [`Shaped::params`].
+    pub fn first_param_index(&self) -> Vec<usize> {
+        let mut first = vec![0; self.graph.nodes.len()];
+        let mut k = 0;
+        for i in self.param_nodes() {
+            first[i] = k;
+            k += self.graph.nodes[i].op.params().len();
+        }
+        first
+    }
+
     fn named(&self, f: impl Fn(&Op) -> Vec<TensorSpec>) -> Vec<NamedTensor> {
         let mut out = Vec::new();
-        for (i, n) in self.graph.nodes.iter().enumerate() {
+        for i in self.param_nodes() {
+            let n = &self.graph.nodes[i];
             for t in f(&n.op) {
                 // A parameter used as a value is named by its node alone.
                 let name = match n.op {

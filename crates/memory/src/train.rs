@@ -243,6 +243,8 @@ pub(crate) fn run(g: &Shaped, cfg: &PlanConfig) -> Result<(MemoryReport, Vec<u12
         node_of_param: param_index(g),
         param_sids,
         dist,
+        aux_vals: Vec::new(),
+        held_outputs: Vec::new(),
         segments: checkpoint_segments(g, cfg.checkpoint_segments)?,
         checkpoint: None,
         done_checkpoints: Vec::new(),
@@ -290,10 +292,13 @@ pub(crate) fn run(g: &Shaped, cfg: &PlanConfig) -> Result<(MemoryReport, Vec<u12
             for _ in 0..acc.min(3) {
                 if let Some((logits, l)) = loss.take() {
                     run.sim.decref(logits);
+                    for s in std::mem::take(&mut run.held_outputs) {
+                        run.sim.decref(s);
+                    }
                     run.sim.decref(l);
                 }
                 let out = run.forward(image, image_elem, true)?;
-                let (root, loss_sid) = run.cross_entropy(out);
+                let (root, loss_sid) = run.total_loss(out);
                 if step == 1 {
                     saved_by_node = run.saved_by_node();
                 }
@@ -308,6 +313,9 @@ pub(crate) fn run(g: &Shaped, cfg: &PlanConfig) -> Result<(MemoryReport, Vec<u12
             run.sim.decref(logits);
             l
         });
+        for s in std::mem::take(&mut run.held_outputs) {
+            run.sim.decref(s);
+        }
         let after = run.sim.live();
         if let Some(l) = loss_sid {
             run.sim.decref(l);
@@ -434,6 +442,11 @@ fn checked(a: u128, b: u128, c: u128) -> Result<u128, PlanError> {
 
 /// For each node, the index of its first parameter in `params()` order.
 fn param_index(g: &Shaped) -> Vec<usize> {
+    g.first_param_index()
+}
+
+#[allow(dead_code)]
+fn param_index_in_node_order(g: &Shaped) -> Vec<usize> {
     let mut first = Vec::with_capacity(g.nodes().len());
     let mut k = 0;
     for n in g.nodes() {
@@ -457,6 +470,10 @@ struct Runner<'a> {
     param_sids: Vec<Sid>,
     /// Many GPUs: what one rank holds besides.
     dist: Option<DistState>,
+    /// The auxiliary heads' logits of the last forward pass (training).
+    aux_vals: Vec<Value>,
+    /// Auxiliary logits held with the model's output until it is dropped.
+    held_outputs: Vec<Sid>,
     /// Checkpointed segments (inclusive node ranges).
     segments: Vec<Segment>,
     /// The checkpointed segment whose forward is running.
@@ -628,7 +645,12 @@ impl Runner<'_> {
         } else {
             Vec::new()
         };
+        // torchvision computes auxiliary heads in training only.
+        let feeds = g.graph.feeds_output();
         for i in 1..n {
+            if !train && !feeds[i] {
+                continue;
+            }
             let seg = segments.iter().position(|s| s.first == i);
             if let Some(s) = seg {
                 // checkpoint() keeps the segment's input for the recomputation.
@@ -659,6 +681,15 @@ impl Runner<'_> {
         for c in amp_cache {
             self.sim.decref(c);
         }
+        self.aux_vals = if train {
+            g.graph
+                .aux
+                .iter()
+                .map(|&a| vals[a].expect("computed"))
+                .collect()
+        } else {
+            Vec::new()
+        };
         let out = vals[n - 1].expect("computed");
         if train && out.grad_fn.is_none() {
             return Err(PlanError::Config(
@@ -1459,7 +1490,12 @@ impl Runner<'_> {
 
     /// Python drops a tensor once its last reader has run.
     fn drop_inputs(&mut self, i: usize, vals: &[Option<Value>]) {
-        for &j in &self.g.nodes()[i].inputs {
+        let inputs = &self.g.nodes()[i].inputs;
+        for (k, &j) in inputs.iter().enumerate() {
+            // An input listed twice (`cat([a, a])`, `a * a`) is one reference.
+            if inputs[..k].contains(&j) {
+                continue;
+            }
             if self.g.consumers[j].last() == Some(&i) {
                 self.sim.decref(vals[j].expect("computed").sid);
             }
@@ -1539,6 +1575,38 @@ impl Runner<'_> {
         );
         self.sim.decref(total_weight);
         self.sim.decref(ls);
+        (root, loss)
+    }
+
+    /// torchvision's training loss: `cross_entropy(logits) + 0.3 * cross_entropy(aux)`
+    /// for each auxiliary head (GoogLeNet, Inception v3), summed left to right; the
+    /// auxiliary logits are dropped with the model's output. Returns the root and the
+    /// loss.
+    fn total_loss(&mut self, out: Value) -> (usize, Sid) {
+        let (mut root, mut loss) = self.cross_entropy(out);
+        for aux in std::mem::take(&mut self.aux_vals) {
+            let (r, l) = self.cross_entropy(aux);
+            let scaled = self.op(4, "aten.mul.Tensor");
+            let m = self.record(
+                self.loss_layer,
+                vec![],
+                vec![(Edge::Node(r), Grad::Alloc(4))],
+                vec![("aten.mul.Tensor", vec![0])],
+            );
+            self.sim.decref(l);
+            let sum = self.op(4, "aten.add.Tensor");
+            root = self.record(
+                self.loss_layer,
+                vec![],
+                vec![(Edge::Node(root), Grad::Pass), (Edge::Node(m), Grad::Pass)],
+                vec![],
+            );
+            self.sim.decref(scaled);
+            self.sim.decref(loss);
+            // The model's output tuple keeps the auxiliary logits with the main ones.
+            self.held_outputs.push(aux.sid);
+            loss = sum;
+        }
         (root, loss)
     }
 

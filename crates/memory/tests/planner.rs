@@ -306,3 +306,24 @@ fn mobilenet_v2_plans_depthwise_convs_relu6_and_non_inplace_residuals() {
     assert_eq!(s.after_step.activations, 0);
     assert_eq!(s.after_step.temporaries, 4);
 }
+
+#[test]
+fn an_input_read_twice_by_one_layer_is_dropped_once() {
+    // cat([x, x]) from a model file: two identity branches.
+    let text = "input = [2, 4, 4]\n[[layers]]\ntype = \"Conv2d\"\nin_channels = 2\nout_channels = 2\nkernel_size = 1\n\
+                [[layers]]\ntype = \"Concat\"\n[[layers.branches]]\n[[layers.branches]]\n\
+                [[layers]]\ntype = \"Flatten\"\n[[layers]]\ntype = \"Linear\"\nin_features = 64\nout_features = 3\n";
+    let g = vramlab_graph::model_file::parse(text, "dup.toml")
+        .unwrap()
+        .infer()
+        .unwrap();
+    for profile in [Profile::PytorchCpu, Profile::PytorchCuda] {
+        let mut cfg = PlanConfig::new(2);
+        cfg.profile = profile;
+        let r = vramlab_memory::plan(&g, &cfg).unwrap();
+        // After the step: params, grads, Adam's state and the batch; no leaked output.
+        let after = r.steps[1].after_step;
+        assert_eq!(after.activations, 0, "{profile:?}");
+        assert!(after.temporaries <= 4, "{profile:?}: {}", after.temporaries);
+    }
+}

@@ -161,6 +161,8 @@ pub fn from_model(
                 op: Op::Input,
                 inputs: vec![],
             }],
+            aux: Vec::new(),
+            param_order: None,
         },
         shapes: Vec::new(),
         notes: Notes::default(),
