@@ -125,3 +125,34 @@ fn vit_b_16_is_exact() {
 fn convnext_tiny_is_exact() {
     exact("convnext_tiny");
 }
+
+/// GoogLeNet and Inception v3 train with their auxiliary heads, loss = main + 0.3 x
+/// each auxiliary loss (fixtures/aux_heads_cpu.json, measured by
+/// tools/measure_aux_heads.py with the oracle's tracker): step 1 and 2 peaks, phases and
+/// the op at the peak.
+#[test]
+fn auxiliary_heads_train_as_pytorch_does() {
+    let recs: Vec<Value> =
+        serde_json::from_str(include_str!("fixtures/aux_heads_cpu.json")).unwrap();
+    assert_eq!(recs.len(), 3);
+    for rec in &recs {
+        let (g, cfg) = config(rec);
+        assert!(!g.graph.aux.is_empty());
+        let report = plan(&g, &cfg).unwrap();
+        for (i, key) in ["step1", "step2"].iter().enumerate() {
+            let m = &rec[*key];
+            let s = &report.steps[i];
+            assert_eq!(
+                (s.peak_bytes, s.peak_phase.to_string(), s.peak_op.clone()),
+                (
+                    m["tracker_peak"].as_u64().unwrap() as u128,
+                    m["peak_phase"].as_str().unwrap().to_string(),
+                    m["peak_op"].as_str().unwrap().to_string()
+                ),
+                "{} {:?} {key}",
+                rec["model"],
+                rec["input_shape"]
+            );
+        }
+    }
+}
