@@ -289,7 +289,7 @@ pub(crate) fn layer_norm_forward(
 
 /// The gradients of [`layer_norm_forward`]. Allocates, in order: the input gradient
 /// (with `need_in`), then the weight and bias gradients (where the layer has them).
-#[allow(clippy::type_complexity)]
+#[allow(clippy::type_complexity, clippy::too_many_arguments)]
 pub(crate) fn layer_norm_backward(
     ctx: &Ctx,
     x: &Tensor,
@@ -541,8 +541,8 @@ pub(crate) fn attention_backward(
     {
         let (qd, pd, dhd) = (saved.qkv.data(), saved.probs.data(), dheads.data());
         let (mut dqd, mut dpd) = (dqkv.data_mut(), dp.data_mut());
-        let (qd, pd, dhd, dqd, dpd): (&[f32], &[f32], &[f32], &mut [f32], &mut [f32]) =
-            (&qd[..], &pd[..], &dhd[..], &mut dqd[..], &mut dpd[..]);
+        let (qd, pd, dhd): (&[f32], &[f32], &[f32]) = (&qd[..], &pd[..], &dhd[..]);
+        let (dqd, dpd): (&mut [f32], &mut [f32]) = (&mut dqd[..], &mut dpd[..]);
         ctx.pool.install(|| {
             dqd.par_chunks_mut(per * t * e3)
                 .zip(dpd.par_chunks_mut(t * t))
