@@ -538,6 +538,11 @@ impl Engine {
             let t_op = std::time::Instant::now();
             let (out, t) = match &node.op {
                 Op::Input => unreachable!("node 0"),
+                Op::WindowAttention(_)
+                | Op::PatchMerge
+                | Op::Partition { .. }
+                | Op::Departition { .. }
+                | Op::RelPosAttention { .. } => unreachable!("refused by Op::in_engine"),
                 Op::Conv2d(c) => {
                     let out = self.conv_forward(i, &xin, p0, c.bias);
                     (

@@ -236,6 +236,54 @@ pub enum Op {
     Permute {
         dims: Vec<usize>,
     },
+    /// torchvision's `ShiftedWindowAttention` (or `ShiftedWindowAttentionV2`) on a
+    /// channels-last map `[H, W, C]`: pad to whole windows, roll by the shift, attention
+    /// inside each window with a relative position bias, roll back, crop.
+    WindowAttention(WindowAttention),
+    /// Swin's `PatchMerging` gather: pad H and W to even, concatenate the four 2x2
+    /// neighbours on the channels: `[H, W, C]` to `[H/2, W/2, 4C]` (a copy).
+    PatchMerge,
+    /// MaxViT's `WindowPartition(p)` of `[C, H, W]` into `[(H/p)(W/p), p*p, C]` (a copy),
+    /// followed for a grid partition by `SwapAxes(-2, -3)` (a view).
+    Partition {
+        p: usize,
+        grid: bool,
+    },
+    /// MaxViT's `SwapAxes(-2, -3)` (grid) and `WindowDepartition(p, hp, wp)`: back to
+    /// `[C, hp*p, wp*p]` (a copy).
+    Departition {
+        p: usize,
+        grid: bool,
+        parts: (usize, usize),
+    },
+    /// MaxViT's `RelativePositionalMultiHeadAttention(dim, head_dim, size*size)` on
+    /// `[G, S, D]`.
+    RelPosAttention {
+        dim: usize,
+        head_dim: usize,
+        size: usize,
+    },
+}
+
+/// The arguments of torchvision's `ShiftedWindowAttention(V2)`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct WindowAttention {
+    pub dim: usize,
+    pub heads: usize,
+    /// `window_size` (height, width).
+    pub window: (usize, usize),
+    /// `shift_size` (height, width): 0 or half the window in torchvision's blocks.
+    pub shift: (usize, usize),
+    /// `ShiftedWindowAttentionV2`: cosine attention with a learned `logit_scale` and a
+    /// continuous position bias MLP (`cpb_mlp`).
+    pub v2: bool,
+}
+
+impl WindowAttention {
+    /// Rows of v1's `relative_position_bias_table` (and of v2's coordinates table).
+    pub fn table_len(&self) -> usize {
+        (2 * self.window.0).saturating_sub(1) * (2 * self.window.1).saturating_sub(1)
+    }
 }
 
 /// `torch.nn.LayerNorm` over the last dimension.
@@ -288,6 +336,12 @@ impl Op {
             Op::Select { .. } => "Select",
             Op::Tokens => "Tokens",
             Op::Permute { .. } => "Permute",
+            Op::WindowAttention(w) if w.v2 => "ShiftedWindowAttentionV2",
+            Op::WindowAttention(_) => "ShiftedWindowAttention",
+            Op::PatchMerge => "PatchMerging",
+            Op::Partition { .. } => "WindowPartition",
+            Op::Departition { .. } => "WindowDepartition",
+            Op::RelPosAttention { .. } => "RelativePositionalMultiHeadAttention",
         }
     }
 
@@ -329,6 +383,11 @@ impl Op {
             | Op::Select { .. }
             | Op::Tokens
             | Op::Permute { .. }
+            | Op::WindowAttention(_)
+            | Op::PatchMerge
+            | Op::Partition { .. }
+            | Op::Departition { .. }
+            | Op::RelPosAttention { .. }
             | Op::MaxPool2d(_)
             | Op::AvgPool2d(_)
             | Op::AdaptiveAvgPool2d { .. }
@@ -363,6 +422,12 @@ impl Op {
             | Op::StochasticDepth { .. }
             | Op::Narrow { .. }
             | Op::ChannelShuffle { .. } => true,
+            // Swin's and MaxViT's layers: planned by the pytorch profiles only.
+            Op::WindowAttention(_)
+            | Op::PatchMerge
+            | Op::Partition { .. }
+            | Op::Departition { .. }
+            | Op::RelPosAttention { .. } => false,
         }
     }
 
@@ -425,7 +490,50 @@ impl Op {
                 TensorSpec::f32("out_proj.weight", vec![*e, *e]),
                 TensorSpec::f32("out_proj.bias", vec![*e]),
             ],
+            Op::WindowAttention(w) => {
+                let (d, h) = (w.dim, w.heads);
+                let qkv_proj = [
+                    TensorSpec::f32("qkv.weight", vec![3 * d, d]),
+                    TensorSpec::f32("qkv.bias", vec![3 * d]),
+                    TensorSpec::f32("proj.weight", vec![d, d]),
+                    TensorSpec::f32("proj.bias", vec![d]),
+                ];
+                if w.v2 {
+                    let mut v = vec![TensorSpec::f32("logit_scale", vec![h, 1, 1])];
+                    v.extend(qkv_proj);
+                    v.push(TensorSpec::f32("cpb_mlp.0.weight", vec![512, 2]));
+                    v.push(TensorSpec::f32("cpb_mlp.0.bias", vec![512]));
+                    v.push(TensorSpec::f32("cpb_mlp.2.weight", vec![h, 512]));
+                    v
+                } else {
+                    let mut v = vec![TensorSpec::f32(
+                        "relative_position_bias_table",
+                        vec![w.table_len(), h],
+                    )];
+                    v.extend(qkv_proj);
+                    v
+                }
+            }
+            Op::RelPosAttention {
+                dim,
+                head_dim,
+                size,
+            } => {
+                let heads = dim / head_dim.max(&1);
+                let inner = heads * head_dim;
+                let side = (2 * size).saturating_sub(1);
+                vec![
+                    TensorSpec::f32("relative_position_bias_table", vec![side * side, heads]),
+                    TensorSpec::f32("to_qkv.weight", vec![3 * inner, *dim]),
+                    TensorSpec::f32("to_qkv.bias", vec![3 * inner]),
+                    TensorSpec::f32("merge.weight", vec![*dim, inner]),
+                    TensorSpec::f32("merge.bias", vec![*dim]),
+                ]
+            }
             Op::BatchNorm2d(_)
+            | Op::PatchMerge
+            | Op::Partition { .. }
+            | Op::Departition { .. }
             | Op::Select { .. }
             | Op::Tokens
             | Op::Permute { .. }
@@ -457,7 +565,37 @@ impl Op {
                     elem_bytes: 8,
                 },
             ],
+            Op::WindowAttention(w) => {
+                let n = w.window.0 * w.window.1;
+                let index = TensorSpec {
+                    name: "relative_position_index",
+                    shape: vec![n * n],
+                    elem_bytes: 8,
+                };
+                if w.v2 {
+                    let table = TensorSpec::f32(
+                        "relative_coords_table",
+                        vec![
+                            1,
+                            (2 * w.window.0).saturating_sub(1),
+                            (2 * w.window.1).saturating_sub(1),
+                            2,
+                        ],
+                    );
+                    vec![table, index]
+                } else {
+                    vec![index]
+                }
+            }
+            Op::RelPosAttention { size, .. } => vec![TensorSpec {
+                name: "relative_position_index",
+                shape: vec![size * size, size * size],
+                elem_bytes: 8,
+            }],
             Op::BatchNorm2d(_)
+            | Op::PatchMerge
+            | Op::Partition { .. }
+            | Op::Departition { .. }
             | Op::Input
             | Op::Conv2d(_)
             | Op::Param { .. }
@@ -621,7 +759,46 @@ impl Op {
                 }
                 Ok(())
             }
+            Op::WindowAttention(w) => {
+                positive("dim", w.dim)?;
+                positive("num_heads", w.heads)?;
+                positive("window_size", w.window.0.min(w.window.1))?;
+                if w.dim % w.heads != 0 {
+                    return Err(format!(
+                        "dim {} must be divisible by num_heads {}",
+                        w.dim, w.heads
+                    ));
+                }
+                if w.shift.0 >= w.window.0 || w.shift.1 >= w.window.1 {
+                    return Err(format!(
+                        "shift_size {:?} must be smaller than window_size {:?}",
+                        w.shift, w.window
+                    ));
+                }
+                Ok(())
+            }
+            Op::Partition { p, .. } => positive("partition size", *p),
+            Op::Departition { p, parts, .. } => {
+                positive("partition size", *p)?;
+                positive("partitions", parts.0.min(parts.1))
+            }
+            Op::RelPosAttention {
+                dim,
+                head_dim,
+                size,
+            } => {
+                positive("feat_dim", *dim)?;
+                positive("head_dim", *head_dim)?;
+                positive("max_seq_len", *size)?;
+                if dim % head_dim != 0 {
+                    return Err(format!(
+                        "feat_dim: {dim} must be divisible by head_dim: {head_dim}"
+                    ));
+                }
+                Ok(())
+            }
             Op::Input
+            | Op::PatchMerge
             | Op::Flatten
             | Op::Add { .. }
             | Op::Mul
@@ -800,6 +977,101 @@ impl Op {
                 }
                 Ok(dims.iter().map(|&d| x[d]).collect())
             }
+            Op::WindowAttention(w) => {
+                let x = x.ok_or("missing input")?;
+                if x.len() != 3 || x[2] != w.dim {
+                    return Err(format!(
+                        "expected a channels-last map [H, W, {}], got {}",
+                        w.dim,
+                        fmt_shape(x)
+                    ));
+                }
+                // The padded copy to whole windows must be a tensor that can exist.
+                let padded = (x[0].div_ceil(w.window.0) as u128 * w.window.0 as u128)
+                    .saturating_mul(x[1].div_ceil(w.window.1) as u128 * w.window.1 as u128)
+                    .saturating_mul(3 * w.dim as u128);
+                if padded > MAX_TENSOR_ELEMENTS {
+                    return Err(format!(
+                        "padding {} to whole {}x{} windows gives more than the {} elements a \
+                         tensor may have",
+                        fmt_shape(x),
+                        w.window.0,
+                        w.window.1,
+                        MAX_TENSOR_ELEMENTS
+                    ));
+                }
+                Ok(x.clone())
+            }
+            Op::PatchMerge => {
+                let x = x.ok_or("missing input")?;
+                if x.len() != 3 {
+                    return Err(format!(
+                        "expected a channels-last map [H, W, C], got {}",
+                        fmt_shape(x)
+                    ));
+                }
+                Ok(vec![
+                    x[0].div_ceil(2),
+                    x[1].div_ceil(2),
+                    x[2].saturating_mul(4),
+                ])
+            }
+            Op::Partition { p, grid } => {
+                let (c, h, w) = chw(x, "WindowPartition")?;
+                if h % p != 0 || w % p != 0 {
+                    return Err(format!(
+                        "shape '[B, {c}, {}, {p}, {}, {p}]' is invalid for input of size \
+                         B*{} (a {h}x{w} map does not split into {p}x{p} partitions)",
+                        h / p,
+                        w / p,
+                        numel(&[c, h, w])
+                    ));
+                }
+                let (groups, size) = ((h / p) * (w / p), p * p);
+                Ok(if *grid {
+                    vec![size, groups, c]
+                } else {
+                    vec![groups, size, c]
+                })
+            }
+            Op::Departition { p, grid, parts } => {
+                let x = x.ok_or("missing input")?;
+                let (groups, size) = if *grid {
+                    (x.get(1), x.first())
+                } else {
+                    (x.first(), x.get(1))
+                };
+                let fits =
+                    x.len() == 3 && groups == Some(&(parts.0 * parts.1)) && size == Some(&(p * p));
+                if !fits {
+                    return Err(format!(
+                        "shape '[B, {}, {}, {p}, {p}, {}]' is invalid for input of size B*{}",
+                        parts.0,
+                        parts.1,
+                        x.last().copied().unwrap_or(0),
+                        numel(x)
+                    ));
+                }
+                Ok(vec![x[2], parts.0 * p, parts.1 * p])
+            }
+            Op::RelPosAttention { dim, size, .. } => {
+                let x = x.ok_or("missing input")?;
+                if x.len() != 3 || x[2] != *dim {
+                    return Err(format!(
+                        "expected partitions [G, P, {dim}], got {}",
+                        fmt_shape(x)
+                    ));
+                }
+                if x[1] != size * size {
+                    return Err(format!(
+                        "The size of tensor a ({}) must match the size of tensor b ({}) at \
+                         non-singleton dimension 4",
+                        x[1],
+                        size * size
+                    ));
+                }
+                Ok(x.clone())
+            }
             Op::ChannelShuffle { groups } => {
                 let (ch, _, _) = chw(x, "ChannelShuffle")?;
                 if ch % groups != 0 {
@@ -905,7 +1177,31 @@ impl Op {
                 let e = *embed_dim as u128;
                 (4 * t * e * e).saturating_add(2 * t * t * e)
             }
+            // qkv and proj on the padded windows, then QK^T and attention x V in each.
+            Op::WindowAttention(w) => {
+                let (h, wd) = (
+                    out.first().copied().unwrap_or(0),
+                    out.get(1).copied().unwrap_or(0),
+                );
+                let tokens = (h.div_ceil(w.window.0) * w.window.0) as u128
+                    * (wd.div_ceil(w.window.1) * w.window.1) as u128;
+                let d = w.dim as u128;
+                let win = (w.window.0 * w.window.1) as u128;
+                tokens
+                    .saturating_mul(4 * d * d)
+                    .saturating_add(tokens.saturating_mul(2 * win * d))
+            }
+            Op::RelPosAttention { dim, .. } => {
+                let s = out.get(1).copied().unwrap_or(0) as u128;
+                let d = *dim as u128;
+                numel
+                    .saturating_mul(4 * d)
+                    .saturating_add(numel.saturating_mul(2 * s))
+            }
             Op::Input
+            | Op::PatchMerge
+            | Op::Partition { .. }
+            | Op::Departition { .. }
             | Op::BatchNorm2d(_)
             | Op::Act { .. }
             | Op::Mul
@@ -935,7 +1231,12 @@ impl Op {
             Op::Conv2d(c) => c.in_channels / c.groups.max(1) * c.kernel_size.0 * c.kernel_size.1,
             Op::Linear(l) => l.in_features,
             Op::MultiheadAttention { embed_dim, .. } => *embed_dim,
+            Op::WindowAttention(w) => w.dim,
+            Op::RelPosAttention { dim, .. } => *dim,
             Op::Input
+            | Op::PatchMerge
+            | Op::Partition { .. }
+            | Op::Departition { .. }
             | Op::BatchNorm2d(_)
             | Op::Act { .. }
             | Op::Mul

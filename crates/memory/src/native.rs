@@ -169,6 +169,11 @@ impl Native<'_> {
             let mut recorded = false;
             let out = match &node.op {
                 Op::Input => unreachable!("node 0"),
+                Op::WindowAttention(_)
+                | Op::PatchMerge
+                | Op::Partition { .. }
+                | Op::Departition { .. }
+                | Op::RelPosAttention { .. } => unreachable!("refused by Op::in_engine"),
                 Op::Conv2d(c) => {
                     let out = self.alloc(out_bytes, None, "conv2d");
                     let (k, hw, pointwise) = self.conv_geom(i);
@@ -498,6 +503,11 @@ impl Native<'_> {
             let mut pgs: Vec<(usize, Sid)> = Vec::new();
             if tape.is_some() {
                 match &node.op {
+                    Op::WindowAttention(_)
+                    | Op::PatchMerge
+                    | Op::Partition { .. }
+                    | Op::Departition { .. }
+                    | Op::RelPosAttention { .. } => unreachable!("refused by Op::in_engine"),
                     Op::Conv2d(c) => {
                         if need_in {
                             ins.push((x, self.alloc(in_bytes, None, "conv2d_backward")));

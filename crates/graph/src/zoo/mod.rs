@@ -8,8 +8,10 @@ use crate::{Graph, GraphBuilder, GraphError, ModelOptions, NodeId};
 pub mod convnext;
 mod dense;
 mod inception;
+pub mod maxvit;
 mod mobile;
 mod regnet;
+pub mod swin;
 pub mod vit;
 
 /// One zoo model: its name, a line about it, its default input and number of classes.
@@ -167,6 +169,25 @@ const ENTRIES: &[Entry] = &[
     e("vit_l_16", "torchvision ViT-L/16", 224),
     e("vit_l_32", "torchvision ViT-L/32", 224),
     e("vit_h_14", "torchvision ViT-H/14", 224),
+    e(
+        "swin_t",
+        "torchvision Swin-T (shifted-window attention)",
+        224,
+    ),
+    e("swin_s", "torchvision Swin-S", 224),
+    e("swin_b", "torchvision Swin-B", 224),
+    e(
+        "swin_v2_t",
+        "torchvision Swin V2-T (cosine window attention)",
+        256,
+    ),
+    e("swin_v2_s", "torchvision Swin V2-S", 256),
+    e("swin_v2_b", "torchvision Swin V2-B", 256),
+    e(
+        "maxvit_t",
+        "torchvision MaxViT-T (MBConv, window and grid attention)",
+        224,
+    ),
 ];
 
 /// Zoo model names, as `vramlab models` lists them.
@@ -293,6 +314,8 @@ pub fn build(name: &str, opts: &ModelOptions) -> Result<Graph, GraphError> {
         _ if family("convnext_").is_some() => convnext::convnext(name, input, classes),
         "googlenet" => inception::googlenet(name, input, classes),
         "inception_v3" => inception::inception_v3(name, input, classes),
+        _ if family("swin_").is_some() => swin::swin(name, input, classes),
+        "maxvit_t" => maxvit::maxvit_t(input, classes),
         _ => unreachable!("every entry has a builder"),
     })
 }
