@@ -66,11 +66,11 @@ fn fsdp_gathers_one_block_at_a_time_and_shard_grad_op_keeps_them_to_backward() {
     let g = resnet18();
     let full = rank(&g, Some(Distributed::new(4, 1, Strategy::Fsdp)));
     let grad_op = rank(&g, Some(Distributed::new(4, 1, Strategy::FsdpGradOp)));
-    // The largest block of resnet18 is layer4.1 (two 512x512x3x3 convolutions):
-    // gathered, it is 2 x 9.0 MiB; with the root (conv1, bn1, fc) kept from forward to
-    // backward, a FULL_SHARD rank never holds near the whole model unsharded.
+    // The largest block of resnet18 is layer4.1 (two 512x512x3x3 convolutions): at
+    // most that block, the one prefetched and the last reduce-scatter input are
+    // gathered at once, never the whole model.
     let at = |r: &MemoryReport| r.steps[1].at_peak.communication;
-    assert!(at(&full) < g.num_params() * 4 / 2, "{}", at(&full));
+    assert!(at(&full) < g.num_params() * 4, "{}", at(&full));
     assert!(at(&grad_op) > at(&full));
     assert!(full.peak_bytes < grad_op.peak_bytes);
 }
@@ -100,4 +100,124 @@ fn hybrid_shards_within_a_node() {
     let hybrid = rank(&g, Some(Distributed::new(4, 2, Strategy::Hybrid)));
     let within: u128 = g.params().iter().map(|p| shard_bytes(&p.shape, 4, 4)).sum();
     assert_eq!(hybrid.steps[1].after_step.params, within);
+}
+
+/// One rank's step under DDP and FSDP2 against real torch.distributed on the CPU (gloo,
+/// fixtures/pytorch-cpu-distributed.json, made by tools/measure_distributed.py).
+mod measured {
+    use super::*;
+    use serde_json::Value;
+
+    fn records() -> Vec<Value> {
+        serde_json::from_str(include_str!("fixtures/pytorch-cpu-distributed.json")).unwrap()
+    }
+
+    pub fn graph(rec: &Value) -> vramlab_graph::Shaped {
+        let input: Vec<usize> = rec["input_shape"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v.as_u64().unwrap() as usize)
+            .collect();
+        let classes = rec["num_classes"].as_u64().unwrap() as usize;
+        match rec["model"].as_str().unwrap() {
+            "vit_small" => vramlab_graph::zoo::vit::transformer(
+                "vit_small",
+                input,
+                vramlab_graph::zoo::vit::Vit {
+                    patch: 8,
+                    layers: 2,
+                    heads: 2,
+                    hidden: 64,
+                    mlp: 128,
+                    classes,
+                },
+            )
+            .infer()
+            .unwrap(),
+            m => {
+                let opts = ModelOptions {
+                    num_classes: Some(classes),
+                    input_shape: Some(input),
+                };
+                zoo::build(m, &opts).unwrap().infer().unwrap()
+            }
+        }
+    }
+
+    pub fn planned(rec: &Value) -> Option<MemoryReport> {
+        let ws = rec["world_size"].as_u64().unwrap() as u32;
+        let mut d = match rec["strategy"].as_str().unwrap() {
+            "ddp" | "ddp_cap25" => Distributed::new(ws, 1, Strategy::Ddp),
+            "ddp_gabv" => {
+                let mut d = Distributed::new(ws, 1, Strategy::Ddp);
+                d.gradient_as_bucket_view = true;
+                d
+            }
+            "fsdp2" => Distributed::new(ws, 1, Strategy::Fsdp),
+            _ => return None,
+        };
+        d.bucket_cap_bytes = 25 << 20;
+        let mut cfg = PlanConfig::new(rec["batch"].as_u64().unwrap());
+        cfg.profile = Profile::PytorchCpu;
+        cfg.optimizer = match rec["optimizer"].as_str().unwrap() {
+            "sgd_momentum" => Optimizer {
+                momentum: 0.9,
+                ..Optimizer::new(OptimizerKind::Sgd)
+            },
+            _ => Optimizer::new(OptimizerKind::Adam),
+        };
+        cfg.distributed = Some(d);
+        Some(plan(&graph(rec), &cfg).unwrap())
+    }
+
+    /// DDP (default buckets, gradient_as_bucket_view, an explicit bucket_cap_mb, world
+    /// sizes 2 and 4, batches 2 and 8, SGD momentum and Adam): every rank's step 1 and 2
+    /// peak and phase to the byte. FSDP2 `fully_shard` per block: resnet18 and
+    /// simple_cnn within 16 bytes (an int64 bookkeeping tensor of gloo's collectives the
+    /// planner leaves out), the small ViT 12,664 bytes (1.1-1.5 %) under, with the
+    /// position embedding and class token in the root unit. FSDP1 (flat parameters)
+    /// is not planned: its records stay in the fixture for a later model.
+    #[test]
+    fn ddp_is_exact_and_fsdp2_is_within_two_percent_of_real_torch_distributed() {
+        let mut checked = 0;
+        for rec in records() {
+            let Some(p) = planned(&rec) else { continue };
+            let name = format!(
+                "{} {} {} b{} ws{} rank {}",
+                rec["model"],
+                rec["strategy"],
+                rec["optimizer"],
+                rec["batch"],
+                rec["world_size"],
+                rec["rank"]
+            );
+            for (i, k) in ["step1", "step2"].iter().enumerate() {
+                let m = rec[*k]["tracker_peak"].as_u64().unwrap() as u128;
+                let got = p.steps[i].peak_bytes;
+                let phase = rec[*k]["peak_phase"].as_str().unwrap();
+                checked += 1;
+                if rec["strategy"].as_str().unwrap().starts_with("ddp") {
+                    assert_eq!(
+                        (got, p.steps[i].peak_phase.to_string()),
+                        (m, phase.to_string()),
+                        "{name} {k}"
+                    );
+                } else {
+                    let off = got.abs_diff(m);
+                    let limit = if rec["model"] == "vit_small" {
+                        m / 50
+                    } else {
+                        16
+                    };
+                    // FSDP2's ranks differ where dim 0 does not split evenly (optimizer
+                    // state on the unpadded shard): rank 0 is the one planned.
+                    if rec["rank"] == 0 {
+                        assert!(off <= limit, "{name} {k}: measured {m}, planned {got}");
+                    }
+                }
+            }
+        }
+        assert!(checked >= 100, "{checked}");
+    }
 }
