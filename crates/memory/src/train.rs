@@ -1054,6 +1054,33 @@ impl Runner<'_> {
                     embed_dim,
                     num_heads,
                 } => self.attention(i, x, *embed_dim as u128, *num_heads as u128, train),
+                Op::WindowAttention(w) => self.window_attention(i, x, w, train),
+                Op::PatchMerge => self.patch_merge(i, x, train),
+                Op::RelPosAttention { head_dim, .. } => {
+                    self.rel_pos_attention(i, x, *head_dim as u128, train)
+                }
+                Op::Partition { .. } | Op::Departition { .. } => {
+                    // MaxViT's reshape-permute-reshape: a copy forward; backward reshapes
+                    // the permuted gradient, one copy. The swap of a grid is a view.
+                    // Modelled, not measured.
+                    let out = self.op(b * numel * x.elem, "aten.clone.default");
+                    let grad_fn = match input_edge(&x) {
+                        Some(e) if train => Some(self.record(
+                            i,
+                            vec![],
+                            vec![e],
+                            vec![("aten.clone.default", vec![0])],
+                        )),
+                        _ => None,
+                    };
+                    Value {
+                        leaf: None,
+                        cl: false,
+                        sid: out,
+                        grad_fn,
+                        elem: x.elem,
+                    }
+                }
                 Op::Mul => {
                     let y = vals[node.inputs[1]].expect("inputs come first");
                     let elem = x.elem.max(y.elem);
@@ -1483,6 +1510,593 @@ impl Runner<'_> {
             leaf: None,
             cl: false,
             sid: result,
+            grad_fn,
+            elem: el,
+        }
+    }
+
+    /// A chain of copies in backward: `node` receives the gradient, passes a new
+    /// tensor of `bytes` made by `label` to `to`.
+    fn copy_node(&mut self, i: usize, to: usize, bytes: u128, label: &'static str) -> usize {
+        self.record(
+            i,
+            vec![],
+            vec![(Edge::Node(to), Grad::Alloc(bytes))],
+            vec![(label, vec![0])],
+        )
+    }
+
+    /// torchvision's `ShiftedWindowAttention` (V1) on `[H, W, C]`, op for op as PyTorch
+    /// 2.15 runs it on the CPU (measured with /work/notes/mbv2/trace.py on a small Swin):
+    /// - forward: the relative position bias gathered (`index`) and made contiguous (a
+    ///   copy); `F.pad` (a copy even when nothing is padded); `roll` when shifted;
+    ///   the window partition's reshape (a copy, kept by the qkv `addmm`); `q * scale`
+    ///   (its layout follows the permuted q); q and k made contiguous for `bmm` (kept);
+    ///   `+ bias`; the shifted windows' mask (`new_zeros`, a reshape copy, `sub`, `ne`,
+    ///   `masked_fill`, `eq`, `masked_fill`) and `+ mask`; softmax (its result kept);
+    ///   v made contiguous (kept); `bmm`; the heads' reshape (a copy, kept by the
+    ///   projection's `addmm`); the window reverse's reshape (a copy); `roll` back; the
+    ///   crop's `contiguous()` when padded;
+    /// - backward, in reverse: the crop's `slice_backward`s, `roll`, the reverse's
+    ///   reshape copy, the projection's grads, the heads' reshape copy, `bmm` grads (v,
+    ///   then the attention), softmax's, the bias sum, `bmm` grads (k, then q), `q`'s
+    ///   scale, three `select_backward`s of the packed qkv (added up out of place), its
+    ///   reshape copy, the qkv grads, the partition's reshape copy, `roll`, the pad's
+    ///   slice; the bias table's `new_zeros` and `index_put` last.
+    fn window_attention(
+        &mut self,
+        i: usize,
+        x: Value,
+        w: &vramlab_graph::op::WindowAttention,
+        train: bool,
+    ) -> Value {
+        let g = self.g;
+        let b = self.micro;
+        let el = x.elem;
+        let pe = self.param_elem;
+        let p0 = self.node_of_param[i];
+        let shape = &g.shapes[i];
+        let (h, wd, c) = (shape[0] as u128, shape[1] as u128, shape[2] as u128);
+        let (w0, w1) = (w.window.0 as u128, w.window.1 as u128);
+        let (hp, wp) = (h.div_ceil(w0) * w0, wd.div_ceil(w1) * w1);
+        let s0 = if w0 >= hp { 0 } else { w.shift.0 };
+        let s1 = if w1 >= wp { 0 } else { w.shift.1 };
+        let shifted = s0 + s1 > 0;
+        let heads = w.heads as u128;
+        let n = w0 * w1;
+        let nw = (hp / w0) * (wp / w1);
+        let x0 = b * h * wd * c * el;
+        let xb = b * hp * wp * c * el;
+        let att = b * nw * heads * n * n * el;
+        let tb = n * n * heads * el;
+        let table_rows = w.table_len() as u128;
+        // Parameters: v1 [table, qkv.w, qkv.b, proj.w, proj.b]; v2 [logit_scale, qkv.w,
+        // qkv.b, proj.w, proj.b, cpb0.w, cpb0.b, cpb2.w].
+        let mut temps = Vec::new();
+        // The relative position bias; `bias_grad` is the node its gradient goes to.
+        let (bias, bias_grad) = if w.v2 {
+            // cpb_mlp on the coordinates table: addmm, ReLU in place (keeps its
+            // result, which the next mm keeps too), mm; index, copy, sigmoid, * 16.
+            let hidden = self.op(table_rows * 512 * el, "aten.addmm.default");
+            self.sim.boundary("aten.relu_.default");
+            let mm = self.op(table_rows * heads * el, "aten.mm.default");
+            let idx = self.op(tb, "aten.index.Tensor");
+            let cl = self.op(tb, "aten.clone.default");
+            self.sim.decref(idx);
+            self.sim.decref(mm);
+            let sig = self.op(tb, "aten.sigmoid.default");
+            self.sim.decref(cl);
+            let bias = self.op(tb, "aten.mul.Tensor");
+            let node = train.then(|| {
+                // AddmmBackward0 (bias, weight; its input needs no grad), ReLU's,
+                // MmBackward0 (the weight), IndexBackward0's scatter, sigmoid's, * 16.
+                let lin = self.record(
+                    i,
+                    vec![],
+                    vec![
+                        (Edge::Param(p0 + 6), Grad::SumTo(512 * pe)),
+                        (Edge::Param(p0 + 5), Grad::Alloc(512 * 2 * pe)),
+                    ],
+                    vec![("aten.mm.default", vec![1])],
+                );
+                let relu = self.record(
+                    i,
+                    vec![hidden],
+                    vec![(Edge::Node(lin), Grad::Alloc(table_rows * 512 * el))],
+                    vec![("aten.threshold_backward.default", vec![0])],
+                );
+                let mm_node = self.record(
+                    i,
+                    vec![hidden],
+                    vec![
+                        (Edge::Node(relu), Grad::Alloc(table_rows * 512 * el)),
+                        (Edge::Param(p0 + 7), Grad::Alloc(heads * 512 * pe)),
+                    ],
+                    vec![("aten.mm.default", vec![1]), ("aten.mm.default", vec![0])],
+                );
+                let put = self.copy_node(
+                    i,
+                    mm_node,
+                    table_rows * heads * el,
+                    "aten.index_put.default",
+                );
+                let zeros =
+                    self.copy_node(i, put, table_rows * heads * el, "aten.new_zeros.default");
+                let sig_node = self.record(
+                    i,
+                    vec![sig],
+                    vec![(Edge::Node(zeros), Grad::Alloc(tb))],
+                    vec![("aten.sigmoid_backward.default", vec![0])],
+                );
+                self.copy_node(i, sig_node, tb, "aten.mul.Tensor")
+            });
+            self.sim.decref(hidden);
+            self.sim.decref(sig);
+            (bias, node)
+        } else {
+            let idx = self.op(tb, "aten.index.Tensor");
+            let bias = self.op(tb, "aten.clone.default");
+            self.sim.decref(idx);
+            let node = train.then(|| {
+                let put = self.record(
+                    i,
+                    vec![],
+                    vec![(Edge::Param(p0), Grad::Alloc(table_rows * heads * pe))],
+                    vec![("aten.index_put.default", vec![0])],
+                );
+                self.copy_node(i, put, table_rows * heads * pe, "aten.new_zeros.default")
+            });
+            (bias, node)
+        };
+        temps.push(bias);
+        let pad = self.op(xb, "aten.constant_pad_nd.default");
+        let pad_node = train
+            .then(|| {
+                x.grad_fn.map(|f| {
+                    self.record(
+                        i,
+                        vec![],
+                        vec![(Edge::Node(f), Grad::Alloc(x0))],
+                        vec![("aten.constant_pad_nd.default", vec![0])],
+                    )
+                })
+            })
+            .flatten();
+        let mut cur = pad;
+        let mut node = pad_node;
+        if shifted {
+            let r = self.op(xb, "aten.roll.default");
+            self.sim.decref(cur);
+            cur = r;
+            node = node.map(|k| self.copy_node(i, k, xb, "aten.roll.default"));
+        }
+        let xw = self.op(xb, "aten.clone.default");
+        self.sim.decref(cur);
+        node = node.map(|k| self.copy_node(i, k, xb, "aten.clone.default"));
+        // v2 zeroes the k part of a copy of the qkv bias.
+        if w.v2 {
+            let cb = self.op(3 * c * pe, "aten.clone.default");
+            self.sim.boundary("aten.zero_.default");
+            temps.push(cb);
+        }
+        let qkv = self.op(3 * xb, "aten.addmm.default");
+        self.sim.cublas_workspace(self.cfg.cublas_workspace_bytes);
+        temps.push(qkv);
+        let qkv_node = train.then(|| {
+            let mut edges = vec![(Edge::Param(p0 + 2), Grad::SumTo(3 * c * pe))];
+            let mut ops = Vec::new();
+            if let Some(k) = node {
+                edges.push((Edge::Node(k), Grad::Alloc(xb)));
+                ops.push(("aten.mm.default", vec![1]));
+            }
+            edges.push((Edge::Param(p0 + 1), Grad::Alloc(3 * c * c * pe)));
+            ops.push(("aten.mm.default", vec![edges.len() - 1]));
+            let a = self.record(i, vec![xw], edges, ops);
+            // The packed q/k/v's reshape; its permuted gradient is copied back.
+            let packed = self.copy_node(i, a, 3 * xb, "aten.clone.default");
+            let sel: Vec<usize> = (0..3)
+                .map(|_| self.copy_node(i, packed, 3 * xb, "aten.select_backward.default"))
+                .collect();
+            sel
+        });
+        self.sim.decref(xw);
+        // q and k as bmm reads them, and the node q's gradient goes to.
+        let (qc, kc, q_node, k_node, scale_saved) = if w.v2 {
+            // F.normalize(q) and F.normalize(k): the norm, clamp_min, div (keeping the
+            // input and the clamped norm); then contiguous copies for bmm.
+            let rows = b * nw * heads * n * el;
+            let mut outs = Vec::new();
+            let mut nodes = Vec::new();
+            for s in 0..2 {
+                let norm = self.op(rows, "aten.linalg_vector_norm.default");
+                let clamped = self.op(rows, "aten.clamp_min.default");
+                let div = self.op(xb, "aten.div.Tensor");
+                let nd = qkv_node.as_ref().map(|sel| {
+                    // DivBackward0 (both: the input's part and the norm's), then the
+                    // clamp's and the norm's backward into the select.
+                    let norm_node = self.record(
+                        i,
+                        vec![norm],
+                        vec![(Edge::Node(sel[s]), Grad::Alloc(xb))],
+                        vec![("aten.linalg_vector_norm_backward.default", vec![0])],
+                    );
+                    let clamp_node = self.record(
+                        i,
+                        vec![norm],
+                        vec![(Edge::Node(norm_node), Grad::Alloc(rows))],
+                        vec![("aten.clamp_backward.default", vec![0])],
+                    );
+                    self.record(
+                        i,
+                        vec![clamped],
+                        vec![
+                            (Edge::Node(sel[s]), Grad::Alloc(xb)),
+                            (Edge::Node(clamp_node), Grad::AllocSumTo(xb, rows)),
+                        ],
+                        vec![("aten.div.Tensor", vec![0]), ("aten.div.Tensor", vec![1])],
+                    )
+                });
+                self.sim.decref(norm);
+                self.sim.decref(clamped);
+                outs.push(div);
+                nodes.push(nd);
+            }
+            let qc = self.op(xb, "aten.clone.default");
+            let kc = self.op(xb, "aten.clone.default");
+            for d in outs {
+                temps.push(d);
+            }
+            (qc, kc, nodes[0], nodes[1], None)
+        } else {
+            let qs = self.op(xb, "aten.mul.Tensor");
+            temps.push(qs);
+            let q_node = qkv_node
+                .as_ref()
+                .map(|sel| self.copy_node(i, sel[0], xb, "aten.mul.Tensor"));
+            let qc = self.op(xb, "aten.clone.default");
+            let kc = self.op(xb, "aten.clone.default");
+            (
+                qc,
+                kc,
+                q_node,
+                qkv_node.as_ref().map(|sel| sel[1]),
+                None::<Sid>,
+            )
+        };
+        let _ = scale_saved;
+        let dots = self.op(att, "aten.bmm.default");
+        let bmm1 = train.then(|| {
+            let mut edges = Vec::new();
+            let mut ops = Vec::new();
+            if let Some(k) = k_node {
+                edges.push((Edge::Node(k), Grad::Alloc(xb)));
+                ops.push(("aten.bmm.default", vec![edges.len() - 1]));
+            }
+            if let Some(q) = q_node {
+                edges.push((Edge::Node(q), Grad::Alloc(xb)));
+                ops.push(("aten.bmm.default", vec![edges.len() - 1]));
+            }
+            self.record(i, vec![qc, kc], edges, ops)
+        });
+        self.sim.decref(qc);
+        self.sim.decref(kc);
+        let mut scores = dots;
+        let mut score_node = bmm1;
+        if w.v2 {
+            // logit_scale: clamp, exp (kept); attn * scale (MulBackward0 keeps both).
+            let clamp = self.op(heads * pe, "aten.clamp.default");
+            let exp = self.op(heads * pe, "aten.exp.default");
+            self.sim.decref(clamp);
+            let scaled = self.op(att, "aten.mul.Tensor");
+            score_node = score_node.map(|k| {
+                let exp_node = self.record(
+                    i,
+                    vec![exp],
+                    vec![(Edge::Param(p0), Grad::Alloc(heads * pe))],
+                    vec![("aten.mul.Tensor", vec![0])],
+                );
+                self.record(
+                    i,
+                    vec![exp, scores],
+                    vec![
+                        (Edge::Node(k), Grad::Alloc(att)),
+                        (Edge::Node(exp_node), Grad::AllocSumTo(att, heads * pe)),
+                    ],
+                    vec![("aten.mul.Tensor", vec![0]), ("aten.mul.Tensor", vec![1])],
+                )
+            });
+            self.sim.decref(exp);
+            self.sim.decref(scores);
+            scores = scaled;
+        }
+        let biased = self.op(att, "aten.add.Tensor");
+        self.sim.decref(scores);
+        let add_node = score_node.map(|k| {
+            let mut edges = vec![(Edge::Node(k), Grad::Pass)];
+            if let Some(bg) = bias_grad {
+                edges.push((Edge::Node(bg), Grad::SumTo(tb)));
+            }
+            self.record(i, vec![], edges, vec![])
+        });
+        let mut scores = biased;
+        if shifted {
+            let plane = hp * wp * el;
+            let pairs = nw * n * n;
+            let zeros = self.op(plane, "aten.new_zeros.default");
+            let cl = self.op(plane, "aten.clone.default");
+            self.sim.decref(zeros);
+            let sub = self.op(pairs * el, "aten.sub.Tensor");
+            self.sim.decref(cl);
+            let ne = self.op(pairs, "aten.ne.Scalar");
+            let f1 = self.op(pairs * el, "aten.masked_fill.Scalar");
+            self.sim.decref(ne);
+            let eq = self.op(pairs, "aten.eq.Scalar");
+            let mask = self.op(pairs * el, "aten.masked_fill.Scalar");
+            for t in [sub, f1, eq] {
+                self.sim.decref(t);
+            }
+            let masked = self.op(att, "aten.add.Tensor");
+            self.sim.decref(scores);
+            scores = masked;
+            temps.push(mask);
+        }
+        let probs = self.op(att, "aten._softmax.default");
+        self.sim.decref(scores);
+        let soft = add_node.map(|k| {
+            self.record(
+                i,
+                vec![probs],
+                vec![(Edge::Node(k), Grad::Alloc(att))],
+                vec![("aten._softmax_backward_data.default", vec![0])],
+            )
+        });
+        let vc = self.op(xb, "aten.clone.default");
+        let ctx = self.op(xb, "aten.bmm.default");
+        let bmm2 = soft.map(|k| {
+            let mut edges = Vec::new();
+            let mut ops = Vec::new();
+            if let Some(sel) = &qkv_node {
+                edges.push((Edge::Node(sel[2]), Grad::Alloc(xb)));
+                ops.push(("aten.bmm.default", vec![0]));
+            }
+            edges.push((Edge::Node(k), Grad::Alloc(att)));
+            ops.push(("aten.bmm.default", vec![edges.len() - 1]));
+            self.record(i, vec![probs, vc], edges, ops)
+        });
+        self.sim.decref(probs);
+        self.sim.decref(vc);
+        let heads_cat = self.op(xb, "aten.clone.default");
+        self.sim.decref(ctx);
+        let reshaped = bmm2.map(|k| self.copy_node(i, k, xb, "aten.clone.default"));
+        let proj = self.op(xb, "aten.addmm.default");
+        self.sim.cublas_workspace(self.cfg.cublas_workspace_bytes);
+        let proj_node = reshaped.map(|k| {
+            self.record(
+                i,
+                vec![heads_cat],
+                vec![
+                    (Edge::Param(p0 + 4), Grad::SumTo(c * pe)),
+                    (Edge::Node(k), Grad::Alloc(xb)),
+                    (Edge::Param(p0 + 3), Grad::Alloc(c * c * pe)),
+                ],
+                vec![("aten.mm.default", vec![1]), ("aten.mm.default", vec![2])],
+            )
+        });
+        self.sim.decref(heads_cat);
+        let mut out = self.op(xb, "aten.clone.default");
+        self.sim.decref(proj);
+        let mut grad_fn = proj_node.map(|k| self.copy_node(i, k, xb, "aten.clone.default"));
+        if shifted {
+            let r = self.op(xb, "aten.roll.default");
+            self.sim.decref(out);
+            out = r;
+            grad_fn = grad_fn.map(|k| self.copy_node(i, k, xb, "aten.roll.default"));
+        }
+        if hp != h || wp != wd {
+            // x[:, :H, :W, :].contiguous(): a slice per cropped dimension, a copy.
+            let cropped = self.op(x0, "aten.clone.default");
+            self.sim.decref(out);
+            out = cropped;
+            if hp != h {
+                grad_fn = grad_fn.map(|k| self.copy_node(i, k, xb, "aten.slice_backward.default"));
+            }
+            if wp != wd {
+                let part = b * h * wp * c * el;
+                grad_fn =
+                    grad_fn.map(|k| self.copy_node(i, k, part, "aten.slice_backward.default"));
+            }
+        }
+        for t in temps {
+            self.sim.decref(t);
+        }
+        Value {
+            leaf: None,
+            cl: false,
+            sid: out,
+            grad_fn,
+            elem: el,
+        }
+    }
+
+    /// Swin's `_patch_merging_pad`: `F.pad` (a copy even when nothing is padded), the
+    /// four strided 2x2 slices (views), `cat` on the channels. Backward: each slice's
+    /// gradient is a view of the concatenation's, scattered by two `slice_backward`s
+    /// (rows of the padded size, then all of it), added up out of place, then the pad's
+    /// slice.
+    fn patch_merge(&mut self, i: usize, x: Value, train: bool) -> Value {
+        let g = self.g;
+        let b = self.micro;
+        let el = x.elem;
+        let inp = &g.shapes[g.nodes()[i].inputs[0]];
+        let (h, w, c) = (inp[0] as u128, inp[1] as u128, inp[2] as u128);
+        let (hp, wp) = (h.div_ceil(2) * 2, w.div_ceil(2) * 2);
+        let padded = b * hp * wp * c * el;
+        let pad = self.op(padded, "aten.constant_pad_nd.default");
+        let out = self.op(padded, "aten.cat.default");
+        self.sim.decref(pad);
+        let grad_fn = if train {
+            x.grad_fn.map(|f| {
+                let pad_node = self.record(
+                    i,
+                    vec![],
+                    vec![(Edge::Node(f), Grad::Alloc(b * h * w * c * el))],
+                    vec![("aten.constant_pad_nd.default", vec![0])],
+                );
+                let parts: Vec<usize> = (0..4)
+                    .map(|_| {
+                        let rows =
+                            self.copy_node(i, pad_node, padded, "aten.slice_backward.default");
+                        self.copy_node(i, rows, padded / 2, "aten.slice_backward.default")
+                    })
+                    .collect();
+                self.record(
+                    i,
+                    vec![],
+                    parts
+                        .iter()
+                        .map(|&k| (Edge::Node(k), Grad::View(padded / 4)))
+                        .collect(),
+                    vec![],
+                )
+            })
+        } else {
+            None
+        };
+        Value {
+            leaf: None,
+            cl: false,
+            sid: out,
+            grad_fn,
+            elem: el,
+        }
+    }
+
+    /// MaxViT's `RelativePositionalMultiHeadAttention` on `[G, P, D]`: the qkv linear,
+    /// chunk and head views, `k * scale`, the einsums as `bmm` on contiguous copies,
+    /// the gathered bias, softmax, the heads' reshape and `merge`. Modelled after the
+    /// measured Swin attention, not measured itself.
+    fn rel_pos_attention(&mut self, i: usize, x: Value, head_dim: u128, train: bool) -> Value {
+        let g = self.g;
+        let b = self.micro;
+        let el = x.elem;
+        let pe = self.param_elem;
+        let p0 = self.node_of_param[i];
+        let shape = &g.shapes[i];
+        let (groups, p, d) = (shape[0] as u128, shape[1] as u128, shape[2] as u128);
+        let heads = d / head_dim.max(1);
+        let xb = b * groups * p * d * el;
+        let att = b * groups * heads * p * p * el;
+        let tb = p * p * heads * el;
+        let table = self.g.nodes()[i].op.params()[0].numel() * pe;
+        let qkv = self.op(3 * xb, "aten.addmm.default");
+        self.sim.cublas_workspace(self.cfg.cublas_workspace_bytes);
+        let sel = train.then(|| {
+            let mut edges = vec![(Edge::Param(p0 + 2), Grad::SumTo(3 * d * pe))];
+            let mut ops = Vec::new();
+            if let Some(f) = x.grad_fn {
+                edges.push((Edge::Node(f), Grad::Alloc(xb)));
+                ops.push(("aten.mm.default", vec![1]));
+            }
+            edges.push((Edge::Param(p0 + 1), Grad::Alloc(3 * d * d * pe)));
+            ops.push(("aten.mm.default", vec![edges.len() - 1]));
+            let a = self.record(i, vec![x.sid], edges, ops);
+            // chunk's gradients are stacked back (one cat of the three).
+            let cat = self.copy_node(i, a, 3 * xb, "aten.cat.default");
+            (0..3)
+                .map(|_| self.copy_node(i, cat, xb, "aten.clone.default"))
+                .collect::<Vec<_>>()
+        });
+        let ks = self.op(xb, "aten.mul.Tensor");
+        let k_node = sel
+            .as_ref()
+            .map(|s| self.copy_node(i, s[1], xb, "aten.mul.Tensor"));
+        let qc = self.op(xb, "aten.clone.default");
+        let kc = self.op(xb, "aten.clone.default");
+        self.sim.decref(ks);
+        let dots = self.op(att, "aten.bmm.default");
+        let bmm1 = train.then(|| {
+            let mut edges = Vec::new();
+            if let Some(k) = k_node {
+                edges.push((Edge::Node(k), Grad::Alloc(xb)));
+            }
+            if let Some(s) = &sel {
+                edges.push((Edge::Node(s[0]), Grad::Alloc(xb)));
+            }
+            let ops = (0..edges.len())
+                .map(|e| ("aten.bmm.default", vec![e]))
+                .collect();
+            self.record(i, vec![qc, kc], edges, ops)
+        });
+        self.sim.decref(qc);
+        self.sim.decref(kc);
+        let idx = self.op(tb, "aten.index.Tensor");
+        let bias = self.op(tb, "aten.clone.default");
+        self.sim.decref(idx);
+        let bias_node = train.then(|| {
+            let put = self.record(
+                i,
+                vec![],
+                vec![(Edge::Param(p0), Grad::Alloc(table))],
+                vec![("aten.index_put.default", vec![0])],
+            );
+            self.copy_node(i, put, table, "aten.new_zeros.default")
+        });
+        let biased = self.op(att, "aten.add.Tensor");
+        self.sim.decref(dots);
+        self.sim.decref(bias);
+        let add = bmm1.map(|k| {
+            let mut edges = vec![(Edge::Node(k), Grad::Pass)];
+            edges.extend(bias_node.map(|n| (Edge::Node(n), Grad::SumTo(tb))));
+            self.record(i, vec![], edges, vec![])
+        });
+        let probs = self.op(att, "aten._softmax.default");
+        self.sim.decref(biased);
+        let soft = add.map(|k| {
+            self.record(
+                i,
+                vec![probs],
+                vec![(Edge::Node(k), Grad::Alloc(att))],
+                vec![("aten._softmax_backward_data.default", vec![0])],
+            )
+        });
+        let vc = self.op(xb, "aten.clone.default");
+        let ctx = self.op(xb, "aten.bmm.default");
+        let bmm2 = soft.map(|k| {
+            let mut edges = Vec::new();
+            if let Some(s) = &sel {
+                edges.push((Edge::Node(s[2]), Grad::Alloc(xb)));
+            }
+            edges.push((Edge::Node(k), Grad::Alloc(att)));
+            let ops = (0..edges.len())
+                .map(|e| ("aten.bmm.default", vec![e]))
+                .collect();
+            self.record(i, vec![probs, vc], edges, ops)
+        });
+        self.sim.decref(probs);
+        self.sim.decref(vc);
+        self.sim.decref(qkv);
+        let merged_in = self.op(xb, "aten.clone.default");
+        self.sim.decref(ctx);
+        let reshaped = bmm2.map(|k| self.copy_node(i, k, xb, "aten.clone.default"));
+        let out = self.op(xb, "aten.addmm.default");
+        self.sim.cublas_workspace(self.cfg.cublas_workspace_bytes);
+        let grad_fn = reshaped.map(|k| {
+            self.record(
+                i,
+                vec![merged_in],
+                vec![
+                    (Edge::Param(p0 + 4), Grad::SumTo(d * pe)),
+                    (Edge::Node(k), Grad::Alloc(xb)),
+                    (Edge::Param(p0 + 3), Grad::Alloc(d * d * pe)),
+                ],
+                vec![("aten.mm.default", vec![1]), ("aten.mm.default", vec![2])],
+            )
+        });
+        self.sim.decref(merged_in);
+        Value {
+            leaf: None,
+            cl: false,
+            sid: out,
             grad_fn,
             elem: el,
         }
