@@ -1543,6 +1543,13 @@ impl Runner<'_> {
     ///   scale, three `select_backward`s of the packed qkv (added up out of place), its
     ///   reshape copy, the qkv grads, the partition's reshape copy, `roll`, the pad's
     ///   slice; the bias table's `new_zeros` and `index_put` last.
+    ///
+    /// The partition's and reverse's reshapes are views when the windows do not move
+    /// (one window across, or windows one row high). V2 (measured the same way): the
+    /// bias from `cpb_mlp` (`addmm`, in-place ReLU, `mm`, kept for backward), `sigmoid`
+    /// and `* 16`; the qkv bias copied with its k part zeroed (CopySlices rebuilds its
+    /// gradient); `F.normalize` of q and k (norm, `clamp_min`, `div`, keeping q and k,
+    /// so the packed qkv lives to backward); `* logit_scale.clamp().exp()`.
     fn window_attention(
         &mut self,
         i: usize,
@@ -1585,8 +1592,8 @@ impl Runner<'_> {
             self.sim.decref(idx);
             self.sim.decref(mm);
             let sig = self.op(tb, "aten.sigmoid.default");
-            self.sim.decref(cl);
             let bias = self.op(tb, "aten.mul.Tensor");
+            self.sim.decref(cl);
             let node = train.then(|| {
                 // AddmmBackward0 (bias, weight; its input needs no grad), ReLU's,
                 // MmBackward0 (the weight), IndexBackward0's scatter, sigmoid's, * 16.
@@ -1670,20 +1677,42 @@ impl Runner<'_> {
             cur = r;
             node = node.map(|k| self.copy_node(i, k, xb, "aten.roll.default"));
         }
-        let xw = self.op(xb, "aten.clone.default");
-        self.sim.decref(cur);
-        node = node.map(|k| self.copy_node(i, k, xb, "aten.clone.default"));
+        // The partition's permute swaps a window row with the windows across; unless
+        // one of them has size 1, the reshape copies (and so does its gradient's).
+        let moves = wp / w1 > 1 && w0 > 1;
+        let xw = if moves {
+            let xw = self.op(xb, "aten.clone.default");
+            self.sim.decref(cur);
+            node = node.map(|k| self.copy_node(i, k, xb, "aten.clone.default"));
+            xw
+        } else {
+            cur
+        };
         // v2 zeroes the k part of a copy of the qkv bias.
+        let mut bias_slices = None;
         if w.v2 {
             let cb = self.op(3 * c * pe, "aten.clone.default");
             self.sim.boundary("aten.zero_.default");
             temps.push(cb);
+            // CopySlices of `qkv_bias[C:2C].zero_()`: the bias's gradient rebuilt.
+            bias_slices = train.then(|| {
+                self.record(
+                    i,
+                    vec![],
+                    vec![(Edge::Param(p0 + 2), Grad::Alloc(3 * c * pe))],
+                    vec![("aten.new_empty_strided.default", vec![0])],
+                )
+            });
         }
         let qkv = self.op(3 * xb, "aten.addmm.default");
         self.sim.cublas_workspace(self.cfg.cublas_workspace_bytes);
         temps.push(qkv);
         let qkv_node = train.then(|| {
-            let mut edges = vec![(Edge::Param(p0 + 2), Grad::SumTo(3 * c * pe))];
+            let bias_edge = match bias_slices {
+                Some(k) => Edge::Node(k),
+                None => Edge::Param(p0 + 2),
+            };
+            let mut edges = vec![(bias_edge, Grad::SumTo(3 * c * pe))];
             let mut ops = Vec::new();
             if let Some(k) = node {
                 edges.push((Edge::Node(k), Grad::Alloc(xb)));
@@ -1700,8 +1729,9 @@ impl Runner<'_> {
             sel
         });
         self.sim.decref(xw);
+        let mut after_bmm = Vec::new();
         // q and k as bmm reads them, and the node q's gradient goes to.
-        let (qc, kc, q_node, k_node, scale_saved) = if w.v2 {
+        let (qc, kc, q_node, k_node) = if w.v2 {
             // F.normalize(q) and F.normalize(k): the norm, clamp_min, div (keeping the
             // input and the clamped norm); then contiguous copies for bmm.
             let rows = b * nw * heads * n * el;
@@ -1713,22 +1743,23 @@ impl Runner<'_> {
                 let div = self.op(xb, "aten.div.Tensor");
                 let nd = qkv_node.as_ref().map(|sel| {
                     // DivBackward0 (both: the input's part and the norm's), then the
-                    // clamp's and the norm's backward into the select.
+                    // clamp's and the norm's backward into the select; the norm and
+                    // the division keep q, a view of the packed qkv.
                     let norm_node = self.record(
                         i,
-                        vec![norm],
+                        vec![qkv, norm],
                         vec![(Edge::Node(sel[s]), Grad::Alloc(xb))],
-                        vec![("aten.linalg_vector_norm_backward.default", vec![0])],
+                        vec![("aten.mul.Tensor", vec![0])],
                     );
                     let clamp_node = self.record(
                         i,
                         vec![norm],
                         vec![(Edge::Node(norm_node), Grad::Alloc(rows))],
-                        vec![("aten.clamp_backward.default", vec![0])],
+                        vec![("aten.where.self", vec![0])],
                     );
                     self.record(
                         i,
-                        vec![clamped],
+                        vec![qkv, clamped],
                         vec![
                             (Edge::Node(sel[s]), Grad::Alloc(xb)),
                             (Edge::Node(clamp_node), Grad::AllocSumTo(xb, rows)),
@@ -1743,10 +1774,8 @@ impl Runner<'_> {
             }
             let qc = self.op(xb, "aten.clone.default");
             let kc = self.op(xb, "aten.clone.default");
-            for d in outs {
-                temps.push(d);
-            }
-            (qc, kc, nodes[0], nodes[1], None)
+            after_bmm = outs;
+            (qc, kc, nodes[0], nodes[1])
         } else {
             let qs = self.op(xb, "aten.mul.Tensor");
             temps.push(qs);
@@ -1755,15 +1784,8 @@ impl Runner<'_> {
                 .map(|sel| self.copy_node(i, sel[0], xb, "aten.mul.Tensor"));
             let qc = self.op(xb, "aten.clone.default");
             let kc = self.op(xb, "aten.clone.default");
-            (
-                qc,
-                kc,
-                q_node,
-                qkv_node.as_ref().map(|sel| sel[1]),
-                None::<Sid>,
-            )
+            (qc, kc, q_node, qkv_node.as_ref().map(|sel| sel[1]))
         };
-        let _ = scale_saved;
         let dots = self.op(att, "aten.bmm.default");
         let bmm1 = train.then(|| {
             let mut edges = Vec::new();
@@ -1780,6 +1802,9 @@ impl Runner<'_> {
         });
         self.sim.decref(qc);
         self.sim.decref(kc);
+        for t in after_bmm {
+            self.sim.decref(t);
+        }
         let mut scores = dots;
         let mut score_node = bmm1;
         if w.v2 {
@@ -1789,10 +1814,16 @@ impl Runner<'_> {
             self.sim.decref(clamp);
             let scaled = self.op(att, "aten.mul.Tensor");
             score_node = score_node.map(|k| {
+                let clamp_node = self.record(
+                    i,
+                    vec![],
+                    vec![(Edge::Param(p0), Grad::Alloc(heads * pe))],
+                    vec![("aten.where.self", vec![0])],
+                );
                 let exp_node = self.record(
                     i,
                     vec![exp],
-                    vec![(Edge::Param(p0), Grad::Alloc(heads * pe))],
+                    vec![(Edge::Node(clamp_node), Grad::Alloc(heads * pe))],
                     vec![("aten.mul.Tensor", vec![0])],
                 );
                 self.record(
@@ -1883,9 +1914,16 @@ impl Runner<'_> {
             )
         });
         self.sim.decref(heads_cat);
-        let mut out = self.op(xb, "aten.clone.default");
-        self.sim.decref(proj);
-        let mut grad_fn = proj_node.map(|k| self.copy_node(i, k, xb, "aten.clone.default"));
+        let (mut out, mut grad_fn) = if moves {
+            let out = self.op(xb, "aten.clone.default");
+            self.sim.decref(proj);
+            (
+                out,
+                proj_node.map(|k| self.copy_node(i, k, xb, "aten.clone.default")),
+            )
+        } else {
+            (proj, proj_node)
+        };
         if shifted {
             let r = self.op(xb, "aten.roll.default");
             self.sim.decref(out);

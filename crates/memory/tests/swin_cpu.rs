@@ -1,7 +1,7 @@
 //! Swin Transformers (V1 and V2) under the pytorch-cpu profile against real PyTorch
 //! 2.15, measured with /work/notes/mbv2/trace.py (the oracle's dispatch tracker, one
-//! training step): small torchvision `SwinTransformer`s, 3x32x32, batch 2, 10 classes,
-//! SGD.
+//! training step): small torchvision `SwinTransformer`s at 3x32x32 and 3x40x40 (padded
+//! windows), batch 2, 10 classes, SGD. Step-1 peak, phase and op, to the byte.
 
 use vramlab_graph::zoo::swin::{transformer, Swin};
 use vramlab_memory::{plan, Optimizer, OptimizerKind, PlanConfig, Profile};
@@ -39,11 +39,54 @@ fn step1(g: &vramlab_graph::Shaped) -> (u128, String, String) {
 
 #[test]
 fn a_small_swin_v1_step_matches_pytorch() {
-    let g = small(false, 32);
+    // 8x8 tokens, 4x4 windows: the second block of stage 1 shifted (roll, mask); stage 2
+    // is one window, so unshifted and its partition a view. PyTorch's step 1 peaks in
+    // the last MLP's bias sum.
     assert_eq!(
-        step1(&g),
+        step1(&small(false, 32)),
         (
             683_712,
+            "backward".to_string(),
+            "aten.sum.dim_IntList".to_string()
+        )
+    );
+}
+
+#[test]
+fn a_padded_swin_v1_step_matches_pytorch() {
+    // 3x40x40: 10x10 tokens padded to 12x12 windows (then cropped); patch merging
+    // gives 5x5, padded to 8x8 and shifted. The peak is an out-of-place gradient add.
+    assert_eq!(
+        step1(&small(false, 40)),
+        (
+            1_180_600,
+            "backward".to_string(),
+            "aten.add.Tensor".to_string()
+        )
+    );
+}
+
+#[test]
+fn a_small_swin_v2_step_matches_pytorch() {
+    // V2: the continuous position bias MLP, cosine attention with a learned logit
+    // scale, res-post-norm. The peak is the cpb MLP's ReLU backward, with every
+    // block's packed qkv still alive (F.normalize keeps q and k, views of it).
+    assert_eq!(
+        step1(&small(true, 32)),
+        (
+            1_383_928,
+            "backward".to_string(),
+            "aten.threshold_backward.default".to_string()
+        )
+    );
+}
+
+#[test]
+fn a_padded_swin_v2_step_matches_pytorch() {
+    assert_eq!(
+        step1(&small(true, 40)),
+        (
+            1_951_104,
             "backward".to_string(),
             "aten.sum.dim_IntList".to_string()
         )
