@@ -144,6 +144,10 @@ pub struct ModelArgs {
     /// Conv2d(bias=False) + BatchNorm2d (restore) or as the file has it (folded).
     #[arg(long, value_name = "HOW", default_value = "restore")]
     pub onnx_bn: String,
+    /// GoogLeNet and Inception v3: without their auxiliary classifiers (torchvision's
+    /// aux_logits=False); by default they train with them, 0.3 x their loss.
+    #[arg(long)]
+    pub no_aux: bool,
 }
 
 impl ModelArgs {
@@ -154,7 +158,16 @@ impl ModelArgs {
             input_shape,
         };
         let onnx = onnx_options(&self.onnx_inplace, &self.onnx_bn)?;
-        let graph = load_graph(&self.model, &opts, &onnx)?;
+        let mut graph = load_graph(&self.model, &opts, &onnx)?;
+        if self.no_aux {
+            if graph.aux.is_empty() {
+                return Err(UserError(format!(
+                    "--no-aux: {} has no auxiliary classifiers (googlenet and inception_v3 do)",
+                    self.model
+                )));
+            }
+            graph = graph.without_aux();
+        }
         // A shape error in a file the user wrote names that file.
         graph.infer().map_err(|e| {
             if vramlab_graph::names_a_file(&self.model) || self.model.ends_with(".onnx") {

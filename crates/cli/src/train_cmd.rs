@@ -717,17 +717,7 @@ fn train_pipeline(ds: &Dataset, mean: &[f32], std: &[f32], augment: bool) -> Res
     Ok(Pipeline::new(t, ds.shape)?)
 }
 
-#[derive(Serialize, Clone)]
-struct EpochRow {
-    epoch: usize,
-    /// Steps taken in this epoch by this run (fewer on a resumed or stopped epoch).
-    steps: usize,
-    train_loss: f64,
-    train_accuracy: f64,
-    test_accuracy: Option<f64>,
-    seconds: f64,
-    images_per_s: f64,
-}
+use vramlab_train::EpochRow;
 
 #[derive(Serialize)]
 struct Steps {
@@ -1004,7 +994,7 @@ pub fn train(a: &TrainArgs) -> Result<()> {
         Some((_, opt, _)) => opt.clone(),
         None => a.optim.engine()?,
     };
-    let (start_epoch, mut skip, seed) = match &resume {
+    let (start_epoch, skip, seed) = match &resume {
         Some((_, _, r)) => (r.epoch, r.batch_in_epoch, r.seed),
         None => (0, 0, a.seed),
     };
@@ -1064,10 +1054,6 @@ pub fn train(a: &TrainArgs) -> Result<()> {
     };
     let _ = ctrlc::set_handler(|| INTERRUPTED.store(true, Ordering::SeqCst));
     let show_bar = !a.json && std::io::IsTerminal::is_terminal(&std::io::stderr());
-    let mut measured = Vec::new();
-    let mut rows = Vec::new();
-    let mut steps_done = 0usize;
-    let mut stopped = None;
     if !a.json {
         eprintln!(
             "training {} ({} params) on {} ({} images, {}), batch {}, {}, {} threads; planned peak {}",
@@ -1091,126 +1077,45 @@ pub fn train(a: &TrainArgs) -> Result<()> {
             );
         }
     }
-    'epochs: for epoch in start_epoch..a.epochs {
-        let t0 = Instant::now();
-        let bar = if show_bar {
-            let b = indicatif::ProgressBar::new(batches as u64);
-            b.set_style(
-                indicatif::ProgressStyle::with_template(
-                    "epoch {prefix} {bar:30} {pos}/{len} {msg} eta {eta}",
-                )
-                .expect("a valid template"),
-            );
-            b.set_prefix(format!("{}/{}", epoch + 1, a.epochs));
-            b
-        } else {
-            indicatif::ProgressBar::hidden()
-        };
-        let (mut loss_sum, mut correct, mut seen, mut steps) = (0.0f64, 0usize, 0usize, 0usize);
-        let skip_now = std::mem::take(&mut skip);
-        // Batches of this epoch done, counting those of the resumed checkpoint.
-        let mut position = skip_now;
-        bar.set_position(skip_now as u64);
-        for (bi, batch) in loader.epoch(epoch as u64).enumerate().skip(skip_now) {
-            let n = batch.labels.len();
-            let x = e.batch(batch.images, n)?;
-            let y = e.labels(batch.labels);
-            let r = e.train_step(&x, &y)?;
-            if !r.loss.is_finite() {
-                stopped = Some(format!(
-                    "the loss became {} at epoch {} step {}; training stopped{}",
-                    r.loss,
-                    epoch + 1,
-                    bi + 1,
-                    a.checkpoint
-                        .as_ref()
-                        .map(|c| format!(" and the last good checkpoint {} was kept", c.display()))
-                        .unwrap_or_default()
-                ));
-                break 'epochs;
+    let schedule = vramlab_train::Schedule {
+        epochs: a.epochs,
+        start_epoch,
+        skip_batches: skip,
+        max_steps: a.max_steps,
+        checkpoint: a.checkpoint.clone(),
+    };
+    let mut progress = Progress {
+        bar: None,
+        show_bar,
+        quiet: a.json,
+        epochs: a.epochs,
+    };
+    let eval_batch = 256.max(a.batch_size).min(4096);
+    let outcome = vramlab_train::run(
+        &mut e,
+        &loader,
+        &schedule,
+        &INTERRUPTED,
+        &|epoch, position, batches| metadata(&info, epoch, position, batches),
+        &mut |e| {
+            if ds.test.as_ref().is_some_and(|t| !t.is_empty()) {
+                evaluate(e, &ds, "test", &mean, &std, eval_batch)
+                    .map(|(acc, _)| Some(acc))
+                    .map_err(|err| vramlab_train::TrainError::Eval(err.0))
+            } else {
+                Ok(None)
             }
-            position = bi + 1;
-            if measured.len() < 2 {
-                measured.push(measured_step(measured.len() as u32 + 1, &r.memory));
-            }
-            loss_sum += r.loss as f64 * n as f64;
-            correct += r.correct;
-            seen += n;
-            steps += 1;
-            steps_done += 1;
-            if show_bar && bi % 10 == 0 {
-                let s = t0.elapsed().as_secs_f64();
-                bar.set_message(format!(
-                    "loss {:.4} acc {:.3} {:.0} img/s",
-                    loss_sum / seen as f64,
-                    correct as f64 / seen as f64,
-                    seen as f64 / s
-                ));
-            }
-            bar.set_position(bi as u64 + 1);
-            if INTERRUPTED.load(Ordering::SeqCst) {
-                bar.finish_and_clear();
-                if let Some(c) = &a.checkpoint {
-                    checkpoint::save(&e, c, metadata(&info, epoch, position, batches))?;
-                    stopped = Some(format!(
-                        "interrupted: saved to {} (resume with --resume)",
-                        c.display()
-                    ));
-                } else {
-                    stopped = Some("interrupted (no --checkpoint given, nothing saved)".into());
-                }
-                break 'epochs;
-            }
-            if a.max_steps.is_some_and(|m| steps_done >= m) {
-                stopped = Some(format!("stopped after --max-steps {steps_done}"));
-                break;
-            }
-        }
-        bar.finish_and_clear();
-        let seconds = t0.elapsed().as_secs_f64();
-        let test_accuracy = if ds.test.as_ref().is_some_and(|t| !t.is_empty()) {
-            Some(
-                evaluate(
-                    &mut e,
-                    &ds,
-                    "test",
-                    &mean,
-                    &std,
-                    256.max(a.batch_size).min(4096),
-                )?
-                .0,
-            )
-        } else {
-            None
-        };
-        let row = EpochRow {
-            epoch: epoch + 1,
-            steps,
-            train_loss: loss_sum / seen.max(1) as f64,
-            train_accuracy: correct as f64 / seen.max(1) as f64,
-            test_accuracy,
-            seconds,
-            images_per_s: seen as f64 / seconds.max(1e-9),
-        };
-        if !a.json {
-            eprintln!(
-                "epoch {}: train loss {:.4}, train accuracy {:.4}, test accuracy {}, {:.1} s, {} images/s",
-                row.epoch,
-                row.train_loss,
-                row.train_accuracy,
-                row.test_accuracy.map(|t| format!("{t:.4}")).unwrap_or_else(|| "-".into()),
-                row.seconds,
-                thousands(row.images_per_s as u128)
-            );
-        }
-        rows.push(row);
-        if let Some(c) = &a.checkpoint {
-            checkpoint::save(&e, c, metadata(&info, epoch, position, batches))?;
-        }
-        if stopped.is_some() {
-            break;
-        }
-    }
+        },
+        &mut progress,
+    )?;
+    let rows = outcome.epochs;
+    let measured: Vec<StepReport> = outcome
+        .measured
+        .iter()
+        .enumerate()
+        .map(|(k, m)| measured_step(k as u32 + 1, m))
+        .collect();
+    let stopped = outcome.stopped;
     let out = TrainJson {
         model: g.graph.name.clone(),
         dataset: ds.name.clone(),
@@ -1225,7 +1130,7 @@ pub fn train(a: &TrainArgs) -> Result<()> {
                 steps: planned.steps.clone(),
             },
         },
-        stopped: stopped.clone(),
+        stopped: stopped.as_ref().map(|s| s.to_string()),
     };
     if a.json {
         print_json(&out)?;
@@ -1233,16 +1138,77 @@ pub fn train(a: &TrainArgs) -> Result<()> {
         print!("{}", render_memory(&out));
     }
     match stopped {
-        Some(s) if s.starts_with("the loss became") => Err(UserError(s)),
-        Some(s) if s.starts_with("interrupted") => {
+        Some(s @ vramlab_train::Stop::NonFiniteLoss { .. }) => Err(UserError(s.to_string())),
+        Some(s @ vramlab_train::Stop::Interrupted { .. }) => {
             eprintln!("{s}");
             std::process::exit(130);
         }
-        Some(s) => {
+        Some(s @ vramlab_train::Stop::MaxSteps { .. }) => {
             eprintln!("{s}");
             Ok(())
         }
         None => Ok(()),
+    }
+}
+
+/// The training loop's progress on the terminal: a bar per epoch (when stderr is a
+/// terminal) and one line per finished epoch (unless --json).
+struct Progress {
+    bar: Option<indicatif::ProgressBar>,
+    show_bar: bool,
+    quiet: bool,
+    epochs: usize,
+}
+
+impl vramlab_train::Observer for Progress {
+    fn epoch_started(&mut self, epoch: usize, batches: usize, done: usize) {
+        if !self.show_bar {
+            return;
+        }
+        let b = indicatif::ProgressBar::new(batches as u64);
+        b.set_style(
+            indicatif::ProgressStyle::with_template(
+                "epoch {prefix} {bar:30} {pos}/{len} {msg} eta {eta}",
+            )
+            .expect("a valid template"),
+        );
+        b.set_prefix(format!("{}/{}", epoch + 1, self.epochs));
+        b.set_position(done as u64);
+        self.bar = Some(b);
+    }
+
+    fn step(&mut self, index: usize, loss: f64, accuracy: f64, images_per_s: f64) {
+        if let Some(b) = &self.bar {
+            if index.is_multiple_of(10) {
+                b.set_message(format!(
+                    "loss {loss:.4} acc {accuracy:.3} {images_per_s:.0} img/s"
+                ));
+            }
+            b.set_position(index as u64 + 1);
+        }
+    }
+
+    fn epoch_steps_done(&mut self) {
+        if let Some(b) = self.bar.take() {
+            b.finish_and_clear();
+        }
+    }
+
+    fn epoch_finished(&mut self, row: &EpochRow) {
+        if self.quiet {
+            return;
+        }
+        eprintln!(
+            "epoch {}: train loss {:.4}, train accuracy {:.4}, test accuracy {}, {:.1} s, {} images/s",
+            row.epoch,
+            row.train_loss,
+            row.train_accuracy,
+            row.test_accuracy
+                .map(|t| format!("{t:.4}"))
+                .unwrap_or_else(|| "-".into()),
+            row.seconds,
+            thousands(row.images_per_s as u128)
+        );
     }
 }
 
