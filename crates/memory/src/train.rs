@@ -84,6 +84,10 @@ struct BNode {
     ops: Vec<(&'static str, Vec<usize>)>,
     /// AMP: parameter gradients made in half precision, then cast to fp32 of this size.
     casts: Vec<(usize, u128)>,
+    /// A node that takes several gradients as separate inputs (SplitBackward0 of a
+    /// `chunk`): later ones are held, not added, until it runs.
+    gather: bool,
+    held: Vec<Sid>,
 }
 
 /// The autograd edge to a value that requires grad: the node that made it, or the
@@ -245,6 +249,10 @@ pub(crate) fn run(g: &Shaped, cfg: &PlanConfig) -> Result<(MemoryReport, Vec<u12
         dist,
         aux_vals: Vec::new(),
         held_outputs: Vec::new(),
+        partition_inputs: Vec::new(),
+        forward_held: Vec::new(),
+        held_until: Vec::new(),
+        grid_region: false,
         segments: checkpoint_segments(g, cfg.checkpoint_segments)?,
         checkpoint: None,
         done_checkpoints: Vec::new(),
@@ -474,6 +482,18 @@ struct Runner<'a> {
     aux_vals: Vec<Value>,
     /// Auxiliary logits held with the model's output until it is dropped.
     held_outputs: Vec<Sid>,
+    /// MaxViT: the input of a partition, held by the calling `nn.Sequential` until the
+    /// departition returns.
+    partition_inputs: Vec<Sid>,
+    /// Values the model's `forward` keeps in a local until it returns (MaxViT's last
+    /// block output, read by the classifier).
+    forward_held: Vec<Sid>,
+    /// Module inputs an `nn.Sequential` holds while the module runs (a Swin block's,
+    /// a patch merging's): released once the graph passes the module's last node.
+    held_until: Vec<(usize, Sid)>,
+    /// Inside a MaxViT grid partition: values are swapped views, so gradients coming
+    /// back through the swap are not contiguous.
+    grid_region: bool,
     /// Checkpointed segments (inclusive node ranges).
     segments: Vec<Segment>,
     /// The checkpointed segment whose forward is running.
@@ -580,6 +600,8 @@ impl Runner<'_> {
             edges,
             ops,
             casts: Vec::new(),
+            gather: false,
+            held: Vec::new(),
         });
         self.nodes.len() - 1
     }
@@ -596,6 +618,13 @@ impl Runner<'_> {
             && g.consumers[i]
                 .iter()
                 .all(|&c| matches!(g.nodes()[c].op, Op::Permute { .. }));
+        // MaxViT's grid attention: the residual branch's gradient is a swapped view.
+        let swapped = self.grid_region
+            && matches!(g.nodes()[i].op, Op::Linear(_))
+            && g.consumers[i]
+                .iter()
+                .all(|&c| matches!(g.nodes()[c].op, Op::StochasticDepth { .. } | Op::Add { .. }));
+        let permuted = permuted || swapped;
         if !permuted || self.nodes.get(k).is_none_or(|n| n.node != i) {
             return k;
         }
@@ -681,6 +710,12 @@ impl Runner<'_> {
         for c in amp_cache {
             self.sim.decref(c);
         }
+        for s in std::mem::take(&mut self.forward_held) {
+            self.sim.decref(s);
+        }
+        for (_, s) in std::mem::take(&mut self.held_until) {
+            self.sim.decref(s);
+        }
         self.aux_vals = if train {
             g.graph
                 .aux
@@ -722,6 +757,12 @@ impl Runner<'_> {
         for s in cache {
             self.sim.decref(s);
         }
+        for s in std::mem::take(&mut self.forward_held) {
+            self.sim.decref(s);
+        }
+        for (_, s) in std::mem::take(&mut self.held_until) {
+            self.sim.decref(s);
+        }
         self.sim.decref(vals[seg.last].expect("recomputed").sid);
         // The checkpoint's hold on its input ends with the recomputation.
         self.sim.decref(c.input.sid);
@@ -737,6 +778,14 @@ impl Runner<'_> {
         let g = self.g;
         let b = self.micro;
         self.current_node = i;
+        // Modules that returned before this node: their held inputs go.
+        let (done, keep): (Vec<_>, Vec<_>) = std::mem::take(&mut self.held_until)
+            .into_iter()
+            .partition(|&(until, _)| until < i);
+        self.held_until = keep;
+        for (_, s) in done {
+            self.sim.decref(s);
+        }
         {
             let node = &g.nodes()[i];
             self.sim.layer = i;
@@ -845,6 +894,11 @@ impl Runner<'_> {
                         }
                         edges.push((Edge::Param(p0), Grad::Alloc(wbytes)));
                         ops.push(("aten.mm.default", vec![edges.len() - 1]));
+                        // MmBackward0 (no bias: `input @ weight.t()`) makes the weight's
+                        // gradient first (mm_mat2_backward of a transposed weight).
+                        if !has_bias {
+                            ops.reverse();
+                        }
                     }
                     if !train {
                         self.sim.decref(xin);
@@ -1054,16 +1108,58 @@ impl Runner<'_> {
                     embed_dim,
                     num_heads,
                 } => self.attention(i, x, *embed_dim as u128, *num_heads as u128, train),
-                Op::WindowAttention(w) => self.window_attention(i, x, w, train),
-                Op::PatchMerge => self.patch_merge(i, x, train),
+                Op::WindowAttention(w) => {
+                    // The stage's nn.Sequential holds the block's input until the block
+                    // returns: after the add that takes the add that takes it. (V1's
+                    // norm1 input is the block input; V2's attention reads it.)
+                    let block_input = if w.v2 {
+                        Some(node.inputs[0])
+                    } else {
+                        g.nodes()[node.inputs[0]].inputs.first().copied()
+                    };
+                    let last = |j: usize| g.consumers[j].last().copied();
+                    if let Some(end) = block_input.and_then(last).and_then(last) {
+                        let v = vals[block_input.expect("some")].expect("computed");
+                        self.sim.incref(v.sid);
+                        self.held_until.push((end, v.sid));
+                    }
+                    self.window_attention(i, x, w, train)
+                }
+                Op::PatchMerge => {
+                    // Held by the features' nn.Sequential through norm and reduction.
+                    let first = |j: usize| g.consumers[j].first().copied();
+                    if let Some(end) = first(i).and_then(first) {
+                        self.sim.incref(x.sid);
+                        self.held_until.push((end, x.sid));
+                    }
+                    self.patch_merge(i, x, train)
+                }
                 Op::RelPosAttention { head_dim, .. } => {
                     self.rel_pos_attention(i, x, *head_dim as u128, train)
                 }
                 Op::Partition { .. } | Op::Departition { .. } => {
                     // MaxViT's reshape-permute-reshape: a copy forward; backward reshapes
                     // the permuted gradient, one copy. The swap of a grid is a view.
-                    // Modelled, not measured.
                     let out = self.op(b * numel * x.elem, "aten.clone.default");
+                    // MaxVit.forward's `x` holds the last block's output while the
+                    // classifier (which starts with the pool) runs.
+                    let to_classifier = g.consumers[i]
+                        .iter()
+                        .any(|&c| matches!(g.nodes()[c].op, Op::AdaptiveAvgPool2d { .. }));
+                    if to_classifier {
+                        self.sim.incref(out);
+                        self.forward_held.push(out);
+                    }
+                    if let Op::Partition { grid, .. } = node.op {
+                        self.sim.incref(x.sid);
+                        self.partition_inputs.push(x.sid);
+                        self.grid_region = grid;
+                    } else {
+                        if let Some(held) = self.partition_inputs.pop() {
+                            self.sim.decref(held);
+                        }
+                        self.grid_region = false;
+                    }
                     let grad_fn = match input_edge(&x) {
                         Some(e) if train => Some(self.record(
                             i,
@@ -1526,6 +1622,20 @@ impl Runner<'_> {
         )
     }
 
+    /// IndexBackward0 of a relative position bias gathered from its table: the
+    /// table's gradient is `new_zeros` then an out-of-place `index_put` into it.
+    fn index_backward(&mut self, i: usize, to: Edge, bytes: u128) -> usize {
+        self.record(
+            i,
+            vec![],
+            vec![(to, Grad::Alloc(bytes))],
+            vec![
+                ("aten.new_zeros.default", vec![0]),
+                ("aten.index_put.default", vec![0]),
+            ],
+        )
+    }
+
     /// torchvision's `ShiftedWindowAttention` (V1) on `[H, W, C]`, op for op as PyTorch
     /// 2.15 runs it on the CPU (measured with /work/notes/mbv2/trace.py on a small Swin):
     /// - forward: the relative position bias gathered (`index`) and made contiguous (a
@@ -1621,14 +1731,7 @@ impl Runner<'_> {
                     ],
                     vec![("aten.mm.default", vec![1]), ("aten.mm.default", vec![0])],
                 );
-                let put = self.copy_node(
-                    i,
-                    mm_node,
-                    table_rows * heads * el,
-                    "aten.index_put.default",
-                );
-                let zeros =
-                    self.copy_node(i, put, table_rows * heads * el, "aten.new_zeros.default");
+                let zeros = self.index_backward(i, Edge::Node(mm_node), table_rows * heads * el);
                 let sig_node = self.record(
                     i,
                     vec![sig],
@@ -1644,15 +1747,8 @@ impl Runner<'_> {
             let idx = self.op(tb, "aten.index.Tensor");
             let bias = self.op(tb, "aten.clone.default");
             self.sim.decref(idx);
-            let node = train.then(|| {
-                let put = self.record(
-                    i,
-                    vec![],
-                    vec![(Edge::Param(p0), Grad::Alloc(table_rows * heads * pe))],
-                    vec![("aten.index_put.default", vec![0])],
-                );
-                self.copy_node(i, put, table_rows * heads * pe, "aten.new_zeros.default")
-            });
+            let node =
+                train.then(|| self.index_backward(i, Edge::Param(p0), table_rows * heads * pe));
             (bias, node)
         };
         temps.push(bias);
@@ -2038,11 +2134,19 @@ impl Runner<'_> {
             edges.push((Edge::Param(p0 + 1), Grad::Alloc(3 * d * d * pe)));
             ops.push(("aten.mm.default", vec![edges.len() - 1]));
             let a = self.record(i, vec![x.sid], edges, ops);
-            // chunk's gradients are stacked back (one cat of the three).
-            let cat = self.copy_node(i, a, 3 * xb, "aten.cat.default");
-            (0..3)
-                .map(|_| self.copy_node(i, cat, xb, "aten.clone.default"))
-                .collect::<Vec<_>>()
+            // chunk's backward (SplitBackward0) takes the three gradients and stacks
+            // them (one cat); q's and k's come through their heads' reshape (a copy),
+            // v's as the einsum leaves it.
+            let split = self.record(
+                i,
+                vec![],
+                vec![(Edge::Node(a), Grad::Alloc(3 * xb))],
+                vec![("aten.cat.default", vec![0])],
+            );
+            self.nodes[split].gather = true;
+            let q = self.copy_node(i, split, xb, "aten.clone.default");
+            let k = self.copy_node(i, split, xb, "aten.clone.default");
+            vec![q, k, split]
         });
         let ks = self.op(xb, "aten.mul.Tensor");
         let k_node = sel
@@ -2050,7 +2154,6 @@ impl Runner<'_> {
             .map(|s| self.copy_node(i, s[1], xb, "aten.mul.Tensor"));
         let qc = self.op(xb, "aten.clone.default");
         let kc = self.op(xb, "aten.clone.default");
-        self.sim.decref(ks);
         let dots = self.op(att, "aten.bmm.default");
         let bmm1 = train.then(|| {
             let mut edges = Vec::new();
@@ -2070,18 +2173,8 @@ impl Runner<'_> {
         let idx = self.op(tb, "aten.index.Tensor");
         let bias = self.op(tb, "aten.clone.default");
         self.sim.decref(idx);
-        let bias_node = train.then(|| {
-            let put = self.record(
-                i,
-                vec![],
-                vec![(Edge::Param(p0), Grad::Alloc(table))],
-                vec![("aten.index_put.default", vec![0])],
-            );
-            self.copy_node(i, put, table, "aten.new_zeros.default")
-        });
+        let bias_node = train.then(|| self.index_backward(i, Edge::Param(p0), table));
         let biased = self.op(att, "aten.add.Tensor");
-        self.sim.decref(dots);
-        self.sim.decref(bias);
         let add = bmm1.map(|k| {
             let mut edges = vec![(Edge::Node(k), Grad::Pass)];
             edges.extend(bias_node.map(|n| (Edge::Node(n), Grad::SumTo(tb))));
@@ -2089,6 +2182,7 @@ impl Runner<'_> {
         });
         let probs = self.op(att, "aten._softmax.default");
         self.sim.decref(biased);
+        self.sim.decref(dots);
         let soft = add.map(|k| {
             self.record(
                 i,
@@ -2112,13 +2206,12 @@ impl Runner<'_> {
         });
         self.sim.decref(probs);
         self.sim.decref(vc);
-        self.sim.decref(qkv);
         let merged_in = self.op(xb, "aten.clone.default");
         self.sim.decref(ctx);
         let reshaped = bmm2.map(|k| self.copy_node(i, k, xb, "aten.clone.default"));
         let out = self.op(xb, "aten.addmm.default");
         self.sim.cublas_workspace(self.cfg.cublas_workspace_bytes);
-        let grad_fn = reshaped.map(|k| {
+        let mut grad_fn = reshaped.map(|k| {
             self.record(
                 i,
                 vec![merged_in],
@@ -2131,6 +2224,15 @@ impl Runner<'_> {
             )
         });
         self.sim.decref(merged_in);
+        if self.grid_region {
+            // The output's gradient comes back through the grid's swap: reshaping it
+            // for the matrix product copies it (UnsafeViewBackward0).
+            grad_fn = grad_fn.map(|k| self.copy_node(i, k, xb, "aten.clone.default"));
+        }
+        // q, k, v (views of the packed qkv), the scaled k and the bias live to the end.
+        for t in [qkv, ks, bias] {
+            self.sim.decref(t);
+        }
         Value {
             leaf: None,
             cl: false,
@@ -2336,6 +2438,9 @@ impl Runner<'_> {
         }
         let ops = std::mem::take(&mut self.nodes[k].ops);
         for (label, es) in &ops {
+            // An op that remakes an edge's gradient (index_put into new_zeros) frees
+            // the one before it.
+            let mut replaced = Vec::new();
             for &e in es {
                 // A parameter's gradient counts as one once AccumulateGrad stores it
                 // in `.grad`, as PyTorch's own trackers count it.
@@ -2344,9 +2449,12 @@ impl Runner<'_> {
                 else {
                     continue;
                 };
-                outputs[e] = Some(self.sim.alloc(bytes, None));
+                replaced.extend(outputs[e].replace(self.sim.alloc(bytes, None)));
             }
             self.sim.boundary(label);
+            for old in replaced {
+                self.sim.decref(old);
+            }
         }
         // The engine's validate_outputs: sum_to for broadcast biases, dtype casts.
         for (e, (_, how)) in edges.iter().enumerate() {
@@ -2363,6 +2471,9 @@ impl Runner<'_> {
                 .decref(outputs[e].replace(new).expect("param grad made"));
         }
         self.sim.decref(grad_in);
+        for s in std::mem::take(&mut self.nodes[k].held) {
+            self.sim.decref(s);
+        }
         for s in std::mem::take(&mut self.nodes[k].saved) {
             self.sim.unsave(s);
         }
@@ -2379,6 +2490,7 @@ impl Runner<'_> {
                 Edge::Node(m) => {
                     match buffers[m] {
                         None => buffers[m] = Some((sid, size)),
+                        Some(_) if self.nodes[m].gather => self.nodes[m].held.push(sid),
                         Some((old, old_size)) => {
                             let dense = |s: Sid, size: u128| self.sim.bytes(s) == size;
                             if !self.rules.out_of_place_accumulation

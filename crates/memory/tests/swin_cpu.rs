@@ -92,3 +92,48 @@ fn a_padded_swin_v2_step_matches_pytorch() {
         )
     );
 }
+
+/// `MaxVit(input_size, stem_channels=16, partition_size, block_channels=[16, 32],
+/// block_layers, head_dim=8, stochastic_depth_prob, num_classes=10)`.
+fn small_maxvit(
+    side: usize,
+    partition: usize,
+    layers: Vec<usize>,
+    sd: f64,
+) -> vramlab_graph::Shaped {
+    vramlab_graph::zoo::maxvit::body(
+        "maxvit_test",
+        vec![3, side, side],
+        &vramlab_graph::zoo::maxvit::MaxVit {
+            input_size: (side, side),
+            stem_channels: 16,
+            partition_size: partition,
+            block_channels: vec![16, 32],
+            block_layers: layers,
+            head_dim: 8,
+            stochastic_depth: sd,
+            classes: 10,
+        },
+    )
+    .infer()
+    .unwrap()
+}
+
+#[test]
+fn a_small_maxvit_step_matches_pytorch() {
+    // 3x32x32, partitions of 2 (windows of 2x2, grids of 4x4 then 2x2), one layer per
+    // block, stochastic depth 0.1: every op of step 1 matches PyTorch's live bytes
+    // (MBConv with squeeze-excitation, partition copies held with their input by the
+    // layer's nn.Sequential, chunk's SplitBackward0 stacking q, k and v, the grid's
+    // swapped gradients copied before each residual branch's last matrix product).
+    let g = small_maxvit(32, 2, vec![1, 1], 0.1);
+    assert_eq!(g.num_params(), 50_680);
+    assert_eq!(
+        step1(&g),
+        (
+            1_672_544,
+            "backward".to_string(),
+            "aten.sum.dim_IntList".to_string()
+        )
+    );
+}
