@@ -137,3 +137,19 @@ fn a_small_maxvit_step_matches_pytorch() {
         )
     );
 }
+
+#[test]
+fn a_maxvit_with_two_layers_per_block_matches_pytorch() {
+    // 3x64x64, partitions of 4, block_layers [2, 1] (the second layer's MBConv keeps
+    // its input as the residual), stochastic depth 0.2: every op of step 1 matches.
+    let g = small_maxvit(64, 4, vec![2, 1], 0.2);
+    assert_eq!(g.num_params(), 61_424);
+    assert_eq!(
+        step1(&g),
+        (
+            8_367_296,
+            "backward".to_string(),
+            "aten.sum.dim_IntList".to_string()
+        )
+    );
+}
