@@ -1,0 +1,208 @@
+//! Damaged archives: every truncation, flipped bytes in the zip records and the program's
+//! JSON, and absurd sizes and offsets in the headers give one error line, never a panic.
+
+use std::io::Cursor;
+use std::path::PathBuf;
+
+use vramlab_pt2::{from_reader, Loaded, Pt2Error};
+
+fn fixture(name: &str) -> Vec<u8> {
+    let p = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures")
+        .join(name);
+    std::fs::read(p).unwrap()
+}
+
+fn read(bytes: &[u8]) -> Result<Loaded, Pt2Error> {
+    from_reader(Cursor::new(bytes), "m.pt2", "m")
+}
+
+fn one_line(r: &Result<Loaded, Pt2Error>) {
+    if let Err(e) = r {
+        assert!(e.0.starts_with("m.pt2: "), "{e}");
+        assert!(!e.0.contains('\n'), "{e}");
+    }
+}
+
+fn u32_at(b: &[u8], at: usize) -> u32 {
+    u32::from_le_bytes(b[at..at + 4].try_into().unwrap())
+}
+
+/// The offset of the end of central directory record.
+fn eocd(b: &[u8]) -> usize {
+    (0..b.len() - 21)
+        .rev()
+        .find(|&i| u32_at(b, i) == 0x0605_4b50)
+        .unwrap()
+}
+
+/// A stored zip archive of `entries`, as torch.export.save lays one out (no zip64).
+fn stored_zip(entries: &[(&str, &[u8])]) -> Vec<u8> {
+    let mut out = Vec::new();
+    let mut cd = Vec::new();
+    for (name, data) in entries {
+        let off = out.len() as u32;
+        let mut h = Vec::new();
+        h.extend(0x0403_4b50u32.to_le_bytes());
+        h.extend([20, 0, 0, 0, 0, 0, 0, 0, 0, 0]);
+        h.extend(0u32.to_le_bytes()); // crc, not checked
+        h.extend((data.len() as u32).to_le_bytes());
+        h.extend((data.len() as u32).to_le_bytes());
+        h.extend((name.len() as u16).to_le_bytes());
+        h.extend(0u16.to_le_bytes());
+        out.extend(&h);
+        out.extend(name.as_bytes());
+        out.extend(*data);
+        cd.extend(0x0201_4b50u32.to_le_bytes());
+        cd.extend([20, 0, 20, 0, 0, 0, 0, 0, 0, 0, 0, 0]);
+        cd.extend(0u32.to_le_bytes());
+        cd.extend((data.len() as u32).to_le_bytes());
+        cd.extend((data.len() as u32).to_le_bytes());
+        cd.extend((name.len() as u16).to_le_bytes());
+        cd.extend([0u8; 8]);
+        cd.extend(0u32.to_le_bytes());
+        cd.extend(off.to_le_bytes());
+        cd.extend(name.as_bytes());
+    }
+    let cd_off = out.len() as u32;
+    out.extend(&cd);
+    out.extend(0x0605_4b50u32.to_le_bytes());
+    out.extend([0u8; 4]);
+    out.extend((entries.len() as u16).to_le_bytes());
+    out.extend((entries.len() as u16).to_le_bytes());
+    out.extend((cd.len() as u32).to_le_bytes());
+    out.extend(cd_off.to_le_bytes());
+    out.extend(0u16.to_le_bytes());
+    out
+}
+
+fn simple_cnn_json() -> String {
+    let mut ar =
+        vramlab_pt2::zip::Archive::open(Cursor::new(fixture("simple_cnn_train.pt2"))).unwrap();
+    let e = ar
+        .entries
+        .iter()
+        .find(|e| e.name.ends_with("models/model.json"))
+        .cloned()
+        .unwrap();
+    String::from_utf8(ar.read(&e).unwrap()).unwrap()
+}
+
+#[test]
+fn the_fixture_reads_and_a_rezipped_program_reads_the_same() {
+    let whole = read(&fixture("simple_cnn_train.pt2")).unwrap();
+    let json = simple_cnn_json();
+    let z = stored_zip(&[("m/models/model.json", json.as_bytes())]);
+    let again = read(&z).unwrap();
+    assert_eq!(whole.graph, again.graph);
+    // The older layout: serialized_exported_program.json at the top.
+    let z = stored_zip(&[("serialized_exported_program.json", json.as_bytes())]);
+    assert_eq!(read(&z).unwrap().graph.nodes.len(), whole.graph.nodes.len());
+}
+
+#[test]
+fn every_truncation_is_an_error() {
+    let b = fixture("small_resnet_train.pt2");
+    let tail = b.len().saturating_sub(4096);
+    for len in (0..tail).step_by(509).chain(tail..b.len()) {
+        let r = read(&b[..len]);
+        assert!(r.is_err(), "{len} bytes");
+        one_line(&r);
+    }
+}
+
+#[test]
+fn flipped_bytes_never_panic() {
+    let b = fixture("tiny_mobilenet_train.pt2");
+    let e = eocd(&b);
+    let cd_off = u32_at(&b, e + 16) as usize;
+    // Every byte of the central directory and the end records.
+    for i in cd_off.saturating_sub(200)..b.len() {
+        let mut m = b.clone();
+        m[i] ^= if i % 2 == 0 { 0xFF } else { 0x01 };
+        one_line(&read(&m));
+    }
+    // Bytes of the program's JSON, through a small archive holding only it.
+    let json = simple_cnn_json();
+    for i in (0..json.len()).step_by(5) {
+        let mut m = json.clone().into_bytes();
+        m[i] ^= 0x20;
+        one_line(&read(&stored_zip(&[("m/models/model.json", &m)])));
+    }
+}
+
+#[test]
+fn absurd_sizes_and_offsets_are_refused() {
+    let json = simple_cnn_json();
+    let good = stored_zip(&[("m/models/model.json", json.as_bytes())]);
+    let e = eocd(&good);
+    let cd_off = u32_at(&good, e + 16) as usize;
+    let set = |at: usize, v: &[u8]| {
+        let mut m = good.clone();
+        m[at..at + v.len()].copy_from_slice(v);
+        read(&m).unwrap_err().0
+    };
+    let cases: [(usize, &[u8], &str); 8] = [
+        // Entry count, central directory size and offset in the end record.
+        (e + 10, &[0xFE, 0xFF], "central directory entry"),
+        (e + 12, &[0xFE, 0xFF, 0xFF, 0xFF], "more than"),
+        (e + 16, &[0xFE, 0xFF, 0xFF, 0x7F], "past the end"),
+        // All three saturated: zip64, with no locator.
+        (e + 10, &[0xFF, 0xFF], "zip64"),
+        // The entry's method, sizes and local header offset.
+        (cd_off + 10, &[8, 0], "compressed (method 8)"),
+        (cd_off + 20, &[0xFE, 0xFF, 0xFF, 0xFF], "sizes differ"),
+        (cd_off + 24, &[0xFE, 0xFF, 0xFF, 0x7F], "sizes differ"),
+        (cd_off + 42, &[0xFE, 0xFF, 0xFF, 0x7F], "past the end"),
+    ];
+    for (at, v, want) in cases {
+        let msg = set(at, v);
+        assert!(msg.starts_with("m.pt2: "), "{msg}");
+        assert!(msg.contains(want), "{at}: {msg}");
+    }
+    // Both sizes absurd and equal: refused before anything is allocated.
+    let mut m = good.clone();
+    m[cd_off + 20..cd_off + 28].copy_from_slice(&[0xFE, 0xFF, 0xFF, 0x7F, 0xFE, 0xFF, 0xFF, 0x7F]);
+    let msg = read(&m).unwrap_err().0;
+    assert!(msg.contains("more than the 67108864 read"), "{msg}");
+}
+
+#[test]
+fn an_unknown_op_names_the_op_and_the_node() {
+    let json =
+        simple_cnn_json().replace("torch.ops.aten.relu.default", "torch.ops.aten.elu.default");
+    let msg = read(&stored_zip(&[("m/models/model.json", json.as_bytes())]))
+        .unwrap_err()
+        .0;
+    assert!(
+        msg.starts_with("m.pt2: node `relu`: op torch.ops.aten.elu.default is not supported; supported aten ops: "),
+        "{msg}"
+    );
+}
+
+#[test]
+fn other_bad_archives_say_what_is_wrong() {
+    let msg = read(b"not a zip at all").unwrap_err().0;
+    assert_eq!(
+        msg,
+        "m.pt2: not a readable torch.export archive: not a zip archive (no end of central directory record)"
+    );
+    let msg = read(&stored_zip(&[("m/data/weights/w", b"1234")]))
+        .unwrap_err()
+        .0;
+    assert!(msg.contains("no exported program in the archive"), "{msg}");
+    let msg = read(&stored_zip(&[(
+        "m/models/model.json",
+        b"{\"graph_module\": 3",
+    )]))
+    .unwrap_err()
+    .0;
+    assert!(
+        msg.contains("`m/models/model.json` is not valid JSON"),
+        "{msg}"
+    );
+    let msg = read(&stored_zip(&[("m/models/model.json", b"[]")]))
+        .unwrap_err()
+        .0;
+    assert_eq!(msg, "m.pt2: the exported program has no graph_module");
+}
