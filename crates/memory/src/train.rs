@@ -1119,9 +1119,30 @@ impl Runner<'_> {
                     };
                     let last = |j: usize| g.consumers[j].last().copied();
                     if let Some(end) = block_input.and_then(last).and_then(last) {
-                        let v = vals[block_input.expect("some")].expect("computed");
+                        let input = block_input.expect("some");
+                        let v = vals[input].expect("computed");
                         self.sim.incref(v.sid);
                         self.held_until.push((end, v.sid));
+                        // The first block of a stage: `features` holds the stage's input
+                        // until the stage's last block returns.
+                        if !matches!(g.nodes()[input].op, Op::Add { .. }) {
+                            let starts_block = |c: usize| match &g.nodes()[c].op {
+                                Op::WindowAttention(_) => true,
+                                Op::LayerNorm(_) => g.consumers[c]
+                                    .iter()
+                                    .any(|&d| matches!(g.nodes()[d].op, Op::WindowAttention(_))),
+                                _ => false,
+                            };
+                            let mut stage_end = end;
+                            while g.consumers[stage_end].iter().any(|&c| starts_block(c)) {
+                                match last(stage_end).and_then(last) {
+                                    Some(e) if e > stage_end => stage_end = e,
+                                    _ => break,
+                                }
+                            }
+                            self.sim.incref(v.sid);
+                            self.held_until.push((stage_end, v.sid));
+                        }
                     }
                     self.window_attention(i, x, w, train)
                 }
