@@ -127,8 +127,8 @@ enum BenchCommand {
 /// The model to use: a zoo name or a model file, with its input shape.
 #[derive(Args, Clone)]
 pub struct ModelArgs {
-    /// A zoo model (see `vramlab models`), a path to a .toml model file, or a .onnx file
-    /// exported from PyTorch.
+    /// A zoo model (see `vramlab models`), a path to a .toml model file, a .onnx file
+    /// exported from PyTorch, or a .pt2 archive written by torch.export.save.
     pub model: String,
     /// Input shape per image, CxHxW (default: the model's own, e.g. 3x224x224).
     #[arg(long, value_name = "CxHxW")]
@@ -170,7 +170,10 @@ impl ModelArgs {
         }
         // A shape error in a file the user wrote names that file.
         graph.infer().map_err(|e| {
-            if vramlab_graph::names_a_file(&self.model) || self.model.ends_with(".onnx") {
+            if vramlab_graph::names_a_file(&self.model)
+                || self.model.ends_with(".onnx")
+                || self.model.ends_with(".pt2")
+            {
                 UserError(format!("{}: {e}", self.model))
             } else {
                 e.into()
@@ -196,21 +199,26 @@ pub fn onnx_options(inplace: &str, bn: &str) -> Result<vramlab_onnx::Options> {
     })
 }
 
-/// A zoo name, a .toml model file or a .onnx file. What an ONNX file could not say and
-/// vramlab assumed is printed to stderr, one `note:` line each.
+/// A zoo name, a .toml model file, a .onnx file or a .pt2 archive. What such a file could
+/// not say and vramlab assumed is printed to stderr, one `note:` line each.
 pub fn load_graph(
     name: &str,
     opts: &ModelOptions,
     onnx: &vramlab_onnx::Options,
 ) -> Result<vramlab_graph::Graph> {
-    if !name.to_ascii_lowercase().ends_with(".onnx") {
+    let lower = name.to_ascii_lowercase();
+    let (mut g, notes) = if lower.ends_with(".pt2") {
+        let l = vramlab_pt2::load(std::path::Path::new(name))?;
+        (l.graph, l.notes)
+    } else if lower.ends_with(".onnx") {
+        let l = vramlab_onnx::load(std::path::Path::new(name), onnx)?;
+        (l.graph, l.notes)
+    } else {
         return Ok(vramlab_graph::load(name, opts)?);
-    }
-    let loaded = vramlab_onnx::load(std::path::Path::new(name), onnx)?;
-    for n in &loaded.notes {
+    };
+    for n in &notes {
         eprintln!("note: {n}");
     }
-    let mut g = loaded.graph;
     if let Some(s) = &opts.input_shape {
         g.input_shape = s.clone();
     }
