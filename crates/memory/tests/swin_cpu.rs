@@ -37,9 +37,13 @@ fn small(v2: bool, input: usize) -> vramlab_graph::Shaped {
 }
 
 fn step1(g: &vramlab_graph::Shaped) -> (u128, String, String) {
-    let mut cfg = PlanConfig::new(2);
+    step1_with(g, 2, OptimizerKind::Sgd)
+}
+
+fn step1_with(g: &vramlab_graph::Shaped, batch: u64, opt: OptimizerKind) -> (u128, String, String) {
+    let mut cfg = PlanConfig::new(batch);
     cfg.profile = Profile::PytorchCpu;
-    cfg.optimizer = Optimizer::new(OptimizerKind::Sgd);
+    cfg.optimizer = Optimizer::new(opt);
     let r = plan(g, &cfg).unwrap();
     let s = &r.steps[0];
     (s.peak_bytes, s.peak_phase.to_string(), s.peak_op.clone())
@@ -159,5 +163,29 @@ fn a_maxvit_with_two_layers_per_block_matches_pytorch() {
             "backward".to_string(),
             "aten.sum.dim_IntList".to_string()
         )
+    );
+}
+
+#[test]
+fn other_batches_and_adam_match_pytorch_too() {
+    // The padded Swin V2 at batch 4 and the two-layer MaxViT at batch 1, with Adam.
+    let expected = |b: u128| {
+        (
+            b,
+            "backward".to_string(),
+            "aten.sum.dim_IntList".to_string(),
+        )
+    };
+    assert_eq!(
+        step1_with(&small(true, 40), 4, OptimizerKind::Adam),
+        expected(3_282_312)
+    );
+    assert_eq!(
+        step1_with(
+            &small_maxvit(64, 4, vec![2, 1], 0.2),
+            1,
+            OptimizerKind::Adam
+        ),
+        expected(4_328_428)
     );
 }
