@@ -1,6 +1,6 @@
 //! Every `vramlab` command the README shows, run exactly as written (through `sh -c`,
 //! in a fresh directory with `vramlab` on PATH, HOME inside it and the checkout's
-//! `models/` linked in), in README order.
+//! `models/` and `crates/` (the .pt2 fixtures) linked in), in README order.
 //! Commands that read Fashion-MNIST need `dataset-fashion-mnist`, which `.ci/run`
 //! installs; `data fetch` is pointed at a local mirror on 127.0.0.1.
 
@@ -87,6 +87,7 @@ fn every_readme_command_runs_as_written() {
     // The README's paths are relative to a checkout (models/simple_cnn.toml).
     let repo = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
     std::os::unix::fs::symlink(repo.join("models"), dir.join("models")).expect("link models/");
+    std::os::unix::fs::symlink(repo.join("crates"), dir.join("crates")).expect("link crates/");
     let path = format!(
         "{}:{}",
         bin_dir().display(),
