@@ -206,3 +206,39 @@ fn other_bad_archives_say_what_is_wrong() {
         .0;
     assert_eq!(msg, "m.pt2: the exported program has no graph_module");
 }
+
+#[test]
+fn absurd_numbers_in_the_program_never_panic() {
+    // Every integer of the JSON (sizes, strides, kernel sizes, groups, ...) replaced in
+    // turn by 0, -1, 2^40 and i64::MAX: an error line, or a graph that infers and plans.
+    let json = simple_cnn_json();
+    let b = json.as_bytes();
+    let mut runs = Vec::new();
+    let mut i = 0;
+    while i < b.len() {
+        if b[i].is_ascii_digit() && (i == 0 || !b[i - 1].is_ascii_alphanumeric()) {
+            let start = i;
+            while i < b.len() && b[i].is_ascii_digit() {
+                i += 1;
+            }
+            runs.push((start, i));
+        } else {
+            i += 1;
+        }
+    }
+    assert!(runs.len() > 100, "{}", runs.len());
+    for (s, e) in runs {
+        for v in ["0", "-1", "1099511627776", "9223372036854775807"] {
+            let m = format!("{}{v}{}", &json[..s], &json[e..]);
+            let r = read(&stored_zip(&[("m/models/model.json", m.as_bytes())]));
+            one_line(&r);
+            if let Ok(s) = r.map(|l| l.graph.infer()) {
+                if let Ok(s) = s {
+                    let mut cfg = vramlab_memory::PlanConfig::new(8);
+                    cfg.profile = vramlab_memory::Profile::PytorchCpu;
+                    let _ = vramlab_memory::plan(&s, &cfg);
+                }
+            }
+        }
+    }
+}
