@@ -232,12 +232,10 @@ fn absurd_numbers_in_the_program_never_panic() {
             let m = format!("{}{v}{}", &json[..s], &json[e..]);
             let r = read(&stored_zip(&[("m/models/model.json", m.as_bytes())]));
             one_line(&r);
-            if let Ok(s) = r.map(|l| l.graph.infer()) {
-                if let Ok(s) = s {
-                    let mut cfg = vramlab_memory::PlanConfig::new(8);
-                    cfg.profile = vramlab_memory::Profile::PytorchCpu;
-                    let _ = vramlab_memory::plan(&s, &cfg);
-                }
+            if let Ok(Ok(s)) = r.map(|l| l.graph.infer()) {
+                let mut cfg = vramlab_memory::PlanConfig::new(8);
+                cfg.profile = vramlab_memory::Profile::PytorchCpu;
+                let _ = vramlab_memory::plan(&s, &cfg);
             }
         }
     }
