@@ -19,6 +19,7 @@ use std::fmt;
 use std::path::Path;
 
 use proto::{Dim, Values};
+use vramlab_graph::Activation;
 use vramlab_graph::{BatchNorm2d, Conv2d, Graph, Linear, Node, NodeId, Op, Pool2d, Shape};
 
 /// The ONNX ops vramlab maps, as the error for any other lists them.
@@ -167,6 +168,7 @@ pub fn from_model(
         shapes: Vec::new(),
         notes: Notes::default(),
         pending_matmul: HashMap::new(),
+        training_export: false,
         names: HashMap::new(),
     };
     cx.run(&m.graph, name)?;
@@ -194,6 +196,16 @@ enum Val {
     /// Anything else the model computes off the activation path (buffer updates,
     /// masks); reading it into an activation is unsupported.
     Other,
+    /// `Sigmoid(x)` or `HardSigmoid(x)` not yet placed: multiplied by `x` itself it is
+    /// PyTorch's SiLU or Hardswish (how the exporters write them); any other use places
+    /// it as its own layer.
+    Gate {
+        kind: Activation,
+        x: NodeId,
+        /// The activation tensor it reads, and the node's name.
+        input: String,
+        name: String,
+    },
 }
 
 #[derive(Default)]
@@ -325,6 +337,8 @@ struct Cx<'a> {
     notes: Notes,
     /// MatMul outputs mapped to a bias-less Linear, which an Add of a vector may complete.
     pending_matmul: HashMap<String, NodeId>,
+    /// The file is a training-mode export (BatchNorm never folded).
+    training_export: bool,
     /// Layer names given so far (parameter names must be unique).
     names: HashMap<String, usize>,
 }
@@ -411,6 +425,14 @@ impl Cx<'_> {
     fn run(&mut self, g: &proto::Graph, name: &str) -> Result<(), OnnxError> {
         for n in &g.nodes {
             // Shape and CastLike read only an activation's shape or dtype.
+            // A training-mode export keeps every BatchNorm (training_mode, or the running
+            // statistics as extra outputs): nothing was folded into a convolution.
+            if n.op_type == "BatchNormalization"
+                && (n.attr("training_mode").and_then(|a| a.i).unwrap_or(0) != 0
+                    || n.outputs.len() > 1)
+            {
+                self.training_export = true;
+            }
             if matches!(n.op_type.as_str(), "Shape" | "CastLike" | "Size") {
                 continue;
             }
@@ -507,6 +529,13 @@ impl Cx<'_> {
 
         for n in &g.nodes {
             self.node(n)?;
+        }
+        // A model ending in a Sigmoid: the gate is its last layer.
+        for o in &g.outputs {
+            if let Some(Val::Gate { kind, x, name, .. }) = self.vals.get(&o.name).cloned() {
+                let id = self.push(name, Op::act(kind, false), &[x]);
+                self.vals.insert(o.name.clone(), Val::Act(id));
+            }
         }
         // The model's output must be the last layer (the logits).
         let out = g
@@ -743,7 +772,20 @@ impl Cx<'_> {
             }
             _ => {}
         }
+        if n.op_type != "Mul" {
+            self.place_gates(n);
+        }
         self.layer(n)
+    }
+
+    /// Places the deferred Sigmoid/HardSigmoid gates `n` reads as layers of their own.
+    fn place_gates(&mut self, n: &proto::Node) {
+        for i in n.inputs.clone() {
+            if let Some(Val::Gate { kind, x, name, .. }) = self.vals.get(&i).cloned() {
+                let id = self.push(name, Op::act(kind, false), &[x]);
+                self.vals.insert(i, Val::Act(id));
+            }
+        }
     }
 
     /// Shape arithmetic: Gather, Unsqueeze, Squeeze, Concat, Slice on integer vectors.
@@ -827,7 +869,9 @@ impl Cx<'_> {
                         Some(p) => *bname != format!("{p}.bias"),
                         None => true,
                     },
-                    None => !feeds_bn,
+                    // A pre-activation network (DenseNet) has bias-free convolutions
+                    // that no BatchNorm follows; in a training export none is folded.
+                    None => !feeds_bn && !self.training_export,
                 };
                 let weight_name = if wname.ends_with(".weight") {
                     Some(wname.as_str())
@@ -1166,6 +1210,109 @@ impl Cx<'_> {
                     }
                     _ => return Err(self.unsupported(n, "with these inputs is not supported")),
                 }
+            }
+            "Sigmoid" | "HardSigmoid" => {
+                let x = self.act(n, 0)?;
+                let kind = if op == "Sigmoid" {
+                    Activation::Sigmoid
+                } else {
+                    // PyTorch's Hardsigmoid is HardSigmoid(alpha=1/6, beta=0.5).
+                    let alpha = n.attr("alpha").and_then(|a| a.f).unwrap_or(0.2);
+                    let beta = n.attr("beta").and_then(|a| a.f).unwrap_or(0.5);
+                    if (alpha - 1.0 / 6.0).abs() > 1e-6 || (beta - 0.5).abs() > 1e-6 {
+                        return Err(self.unsupported(
+                            n,
+                            &format!(
+                                "with alpha {alpha} and beta {beta} is not supported (PyTorch's \
+                                 Hardsigmoid is alpha 1/6, beta 0.5)"
+                            ),
+                        ));
+                    }
+                    Activation::Hardsigmoid
+                };
+                let name = self.layer_name(n, None);
+                let v = Val::Gate {
+                    kind,
+                    x,
+                    input: n.inputs[0].clone(),
+                    name,
+                };
+                self.set_out(n, v);
+            }
+            "HardSwish" | "Tanh" | "Gelu" => {
+                let x = self.act(n, 0)?;
+                let kind = match op {
+                    "HardSwish" => Activation::Hardswish,
+                    "Tanh" => Activation::Tanh,
+                    _ => match n.attr("approximate").and_then(|a| a.s.as_deref()) {
+                        Some("tanh") => Activation::GeluTanh,
+                        _ => Activation::Gelu,
+                    },
+                };
+                // torchvision's Hardswish runs in place after a BatchNorm.
+                let inplace = kind.has_inplace()
+                    && self.opts.inplace == Inplace::Torchvision
+                    && x != 0
+                    && self.readers(&n.inputs[0]) == 1;
+                if inplace {
+                    self.notes.relu_inplace += 1;
+                }
+                let name = self.layer_name(n, None);
+                self.add_op(n, name, Op::act(kind, inplace), &[x]);
+            }
+            "Mul" => {
+                let vals: Vec<Option<Val>> =
+                    n.inputs.iter().map(|i| self.vals.get(i).cloned()).collect();
+                // x * Sigmoid(x) is SiLU, x * HardSigmoid(x) Hardswish.
+                let fused = match vals.as_slice() {
+                    [Some(Val::Act(a)), Some(Val::Gate { kind, x, input, .. })]
+                    | [Some(Val::Gate { kind, x, input, .. }), Some(Val::Act(a))]
+                        if a == x =>
+                    {
+                        Some((*kind, *x, input.clone()))
+                    }
+                    _ => None,
+                };
+                if let Some((kind, x, input)) = fused {
+                    let act = if kind == Activation::Sigmoid {
+                        Activation::Silu
+                    } else {
+                        Activation::Hardswish
+                    };
+                    // In place (torchvision's modules) when the gate and the product are
+                    // the input's only readers.
+                    let inplace = self.opts.inplace == Inplace::Torchvision
+                        && x != 0
+                        && self.readers(&input) == 2;
+                    if inplace {
+                        self.notes.relu_inplace += 1;
+                    }
+                    let name = self.layer_name(n, None);
+                    self.add_op(n, name, Op::act(act, inplace), &[x]);
+                } else {
+                    self.place_gates(n);
+                    let a = self.act(n, 0)?;
+                    let b = self.act(n, 1).map_err(|_| {
+                        self.unsupported(n, "of an activation by a constant is not supported")
+                    })?;
+                    let name = self.layer_name(n, None);
+                    self.add_op(n, name, Op::Mul, &[a, b]);
+                }
+            }
+            "Concat" => {
+                let axis = self.int_attr(n, "axis", 0);
+                if axis != 1 {
+                    return Err(self.unsupported(
+                        n,
+                        &format!("along axis {axis} is not supported (only channels, axis 1)"),
+                    ));
+                }
+                let mut xs = Vec::with_capacity(n.inputs.len());
+                for i in 0..n.inputs.len() {
+                    xs.push(self.act(n, i)?);
+                }
+                let name = self.layer_name(n, None);
+                self.add_op(n, name, Op::Concat, &xs);
             }
             "Dropout" => {
                 let x = self.act(n, 0)?;

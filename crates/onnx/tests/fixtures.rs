@@ -234,3 +234,125 @@ fn the_rest_of_the_zoo_exports_like_torchvision() {
         }
     }
 }
+
+fn modern_zoo(name: &str) -> Shaped {
+    let opts = ModelOptions {
+        num_classes: Some(10),
+        input_shape: Some(vec![3, 64, 64]),
+    };
+    zoo::build(name, &opts).unwrap().infer().unwrap()
+}
+
+#[test]
+fn modern_training_exports_are_the_zoo_models() {
+    // tools/export_onnx_modern_fixtures.py: TorchScript training exports of MobileNetV3
+    // (Hardswish and Hardsigmoid gates, written x * HardSigmoid(x) and HardSwish) and
+    // DenseNet-121 (concatenations, bias-free convolutions before no BatchNorm).
+    let p = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/params_modern.json");
+    let counts: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(p).unwrap()).unwrap();
+    for model in ["mobilenet_v3_small", "densenet121"] {
+        let zoo = modern_zoo(model);
+        let want = counts[model]["params"].as_u64().unwrap() as u128;
+        assert_eq!(zoo.num_params(), want, "{model}");
+        let (s, notes) = shaped(&format!("{model}_torchscript_train"), &Options::default());
+        assert_eq!(s.num_params(), want, "{model}: {notes:?}");
+        // ONNX cannot say what ran in place (the squeeze-and-excitation ReLU is not,
+        // `result += input` is): the layers equal the zoo's up to those flags, and the
+        // planned training peak is the zoo model's.
+        assert_eq!(
+            without_inplace(&s),
+            without_inplace(&zoo),
+            "{model}: {notes:?}"
+        );
+        let peak = |g: &Shaped| {
+            let mut cfg = vramlab_memory::PlanConfig::new(8);
+            cfg.profile = vramlab_memory::Profile::PytorchCpu;
+            cfg.optimizer = vramlab_memory::Optimizer::new(vramlab_memory::OptimizerKind::Sgd);
+            vramlab_memory::plan(g, &cfg).unwrap().peak_bytes
+        };
+        assert_eq!(peak(&s), peak(&zoo), "{model}");
+    }
+}
+
+/// The layers with every in-place flag cleared.
+fn without_inplace(s: &Shaped) -> Vec<(Op, Vec<usize>)> {
+    structure(s)
+        .into_iter()
+        .map(|(op, ins)| {
+            let op = match op {
+                Op::Act { kind, .. } => Op::act(kind, false),
+                Op::Add { .. } => Op::Add { inplace: false },
+                Op::Dropout { p, .. } => Op::Dropout { p, inplace: false },
+                other => other,
+            };
+            (op, ins)
+        })
+        .collect()
+}
+
+#[test]
+fn modern_eval_exports_map_their_gates_to_pytorchs_layers() {
+    use vramlab_graph::Activation;
+    let count = |s: &Shaped, f: &dyn Fn(&Op) -> bool| s.nodes().iter().filter(|n| f(&n.op)).count();
+    // EfficientNet-B0: 49 SiLU (x * Sigmoid(x)) and 16 squeeze-and-excitation gates
+    // (Sigmoid, then scale * x).
+    let (e, _) = shaped("efficientnet_b0_torchscript_eval", &Options::default());
+    let silu = |o: &Op| {
+        matches!(
+            o,
+            Op::Act {
+                kind: Activation::Silu,
+                ..
+            }
+        )
+    };
+    let sigmoid = |o: &Op| {
+        matches!(
+            o,
+            Op::Act {
+                kind: Activation::Sigmoid,
+                ..
+            }
+        )
+    };
+    assert_eq!(count(&e, &silu), 49);
+    assert_eq!(count(&e, &sigmoid), 16);
+    assert_eq!(count(&e, &|o| matches!(o, Op::Mul)), 16);
+    // MobileNetV3-Small from the dynamo exporter: HardSwish nodes and 9 Hardsigmoid gates.
+    let (m, _) = shaped("mobilenet_v3_small_dynamo_eval", &Options::default());
+    let hs = |o: &Op| {
+        matches!(
+            o,
+            Op::Act {
+                kind: Activation::Hardswish,
+                ..
+            }
+        )
+    };
+    let hsig = |o: &Op| {
+        matches!(
+            o,
+            Op::Act {
+                kind: Activation::Hardsigmoid,
+                ..
+            }
+        )
+    };
+    assert_eq!(count(&m, &hs), 19);
+    assert_eq!(count(&m, &hsig), 9);
+    assert_eq!(m.output_shape(), &vec![10]);
+    // Stochastic depth in a training export multiplies by a random tensor: refused,
+    // naming the node.
+    let e = load(
+        &fixture("efficientnet_b0_torchscript_train"),
+        &Options::default(),
+    )
+    .map(|_| ())
+    .unwrap_err()
+    .to_string();
+    assert!(
+        e.contains("stochastic_depth/Mul") && e.contains("not supported"),
+        "{e}"
+    );
+}
