@@ -11,10 +11,18 @@ shape, parameter count, and parameter names and shapes in named_parameters() ord
 torchvision's mobilenet_v3_small(num_classes=10) is far over 1 MB with its weights, so a
 scaled-down MobileNet-style net (squeeze-and-excitation, Hardswish, Hardsigmoid, an inverted
 residual) stands in for it.
+
+    /work/torch-venv/bin/python tools/export_pt2_fixtures.py --measure
+
+adds, without exporting again, what real PyTorch measures for each model trained on the CPU
+(../shared/oracle/torch_memory_oracle.py's tracker: fp32, Adam, batches 8 and 64, steps 1
+and 2) as "pytorch_cpu_adam_peaks" in pt2_fixtures.json; the tests hold the plans of the
+.pt2 files to them.
 """
 
 import json
 import os
+import sys
 
 import torch
 import torch.nn as nn
@@ -159,7 +167,36 @@ class TinyMobileNet(nn.Module):
         return self.classifier(x)
 
 
+CONSTRUCTORS = {"simple_cnn": SimpleCNN, "small_resnet": SmallResNet, "tiny_mobilenet": TinyMobileNet}
+
+
+def measure():
+    oracle_dir = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "shared", "oracle")
+    sys.path.insert(0, oracle_dir)
+    import torch_memory_oracle as oracle
+
+    torch.set_num_threads(2)
+    path = os.path.join(OUT, "pt2_fixtures.json")
+    with open(path) as f:
+        record = json.load(f)
+    peaks = {}
+    for name, ctor in CONSTRUCTORS.items():
+        oracle.MODELS[name] = (ctor, (3, 32, 32), 10, [8, 64])
+        peaks[name] = {}
+        for bs in [8, 64]:
+            r = oracle.run_case(name, bs, "adam", use_memtracker=False)
+            peaks[name][str(bs)] = [r["step1"]["tracker_peak"], r["step2"]["tracker_peak"]]
+            print(name, bs, peaks[name][str(bs)])
+    record["pytorch_cpu_adam_peaks"] = peaks
+    with open(path, "w") as f:
+        json.dump(record, f, indent=1)
+        f.write("\n")
+
+
 def main():
+    if "--measure" in sys.argv[1:]:
+        measure()
+        return
     os.makedirs(OUT, exist_ok=True)
     torch.manual_seed(0)
     models = [

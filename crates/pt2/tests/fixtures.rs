@@ -290,3 +290,30 @@ fn tiny_mobilenet_plans_like_its_graphbuilder_twin() {
         }
     }
 }
+
+#[test]
+fn train_and_eval_archives_plan_to_real_pytorchs_cpu_peaks() {
+    // pt2_fixtures.json's "pytorch_cpu_adam_peaks": the models trained by real PyTorch 2.15
+    // on the CPU (fp32, Adam, steps 1 and 2), measured by ../shared/oracle's tracker
+    // (tools/export_pt2_fixtures.py --measure).
+    let rec = record();
+    let measured = rec["pytorch_cpu_adam_peaks"].as_object().unwrap();
+    let mut checked = 0;
+    for (file, fx) in rec["fixtures"].as_object().unwrap() {
+        if fx["mode"] == "train_decomposed" {
+            // Functional: planned with nothing in place, unlike the model PyTorch ran.
+            continue;
+        }
+        let (s, _) = shaped(file);
+        for (batch, want) in measured[fx["model"].as_str().unwrap()].as_object().unwrap() {
+            let mut cfg = PlanConfig::new(batch.parse().unwrap());
+            cfg.profile = Profile::PytorchCpu;
+            let r = plan(&s, &cfg).unwrap();
+            let got: Vec<u128> = r.steps.iter().map(|st| st.peak_bytes).collect();
+            let want: Vec<u128> = serde_json::from_value(want.clone()).unwrap();
+            assert_eq!(got, want, "{file} batch {batch}");
+            checked += 1;
+        }
+    }
+    assert_eq!(checked, 10);
+}
