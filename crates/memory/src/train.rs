@@ -90,6 +90,17 @@ struct BNode {
     held: Vec<Sid>,
 }
 
+/// A value that is neither a parameter nor a channels-last map.
+fn plain(sid: Sid, grad_fn: Option<usize>, elem: u128) -> Value {
+    Value {
+        leaf: None,
+        cl: false,
+        sid,
+        grad_fn,
+        elem,
+    }
+}
+
 /// The autograd edge to a value that requires grad: the node that made it, or the
 /// parameter it is.
 fn edge(v: &Value, how: Grad) -> Option<(Edge, Grad)> {
@@ -636,6 +647,27 @@ impl Runner<'_> {
         )
     }
 
+    /// The autograd node of node `i`, one input `x`, when its backward is one aten op
+    /// (`label`) making the input's gradient at the input's size and keeping `saved`:
+    /// `None` in inference or when the input needs no gradient.
+    fn unary_grad(
+        &mut self,
+        i: usize,
+        x: &Value,
+        train: bool,
+        saved: Vec<Sid>,
+        label: &'static str,
+    ) -> Option<usize> {
+        let f = x.grad_fn.filter(|_| train)?;
+        let bytes = self.micro * self.g.numel(self.g.nodes()[i].inputs[0]) * x.elem;
+        Some(self.record(
+            i,
+            saved,
+            vec![(Edge::Node(f), Grad::Alloc(bytes))],
+            vec![(label, vec![0])],
+        ))
+    }
+
     /// Bytes of value `v` of node `j`: a parameter's own size, else the batch's.
     fn value_bytes(&self, v: &Value, j: usize) -> u128 {
         let per = self.g.numel(j) * v.elem;
@@ -660,13 +692,7 @@ impl Runner<'_> {
         self.sim.phase = Phase::Forward;
         self.sim.incref(image);
         let mut vals: Vec<Option<Value>> = vec![None; n];
-        vals[0] = Some(Value {
-            leaf: None,
-            cl: false,
-            sid: image,
-            grad_fn: None,
-            elem: image_elem,
-        });
+        vals[0] = Some(plain(image, None, image_elem));
         // AMP's autocast cache: half copies of weights, alive until autocast exits.
         let mut amp_cache: Vec<Sid> = Vec::new();
         let segments = if train {
@@ -902,13 +928,7 @@ impl Runner<'_> {
                     }
                     if !train {
                         self.sim.decref(xin);
-                        vals[i] = Some(Value {
-                            leaf: None,
-                            cl: false,
-                            sid: out,
-                            grad_fn: None,
-                            elem: out_elem,
-                        });
+                        vals[i] = Some(plain(out, None, out_elem));
                         self.drop_inputs(i, vals);
                         return Ok(());
                     }
@@ -954,13 +974,7 @@ impl Runner<'_> {
                             b * numel * x.elem,
                             "aten._native_batch_norm_legit_no_training.default",
                         );
-                        Value {
-                            leaf: None,
-                            cl: false,
-                            sid: out,
-                            grad_fn: None,
-                            elem: x.elem,
-                        }
+                        plain(out, None, x.elem)
                     } else {
                         let out = self.sim.alloc(b * numel * x.elem, None);
                         let mean = self.sim.alloc(c * 4, None);
@@ -984,13 +998,7 @@ impl Runner<'_> {
                         );
                         self.sim.decref(mean);
                         self.sim.decref(invstd);
-                        Value {
-                            leaf: None,
-                            cl: false,
-                            sid: out,
-                            grad_fn: Some(k),
-                            elem: x.elem,
-                        }
+                        plain(out, Some(k), x.elem)
                     }
                 }
                 Op::Act { kind, inplace } => {
@@ -1017,22 +1025,11 @@ impl Runner<'_> {
                         (None, Saves::Result) => out,
                         (None, Saves::Input) => x.sid,
                     };
-                    let grad_fn = match input_edge(&x) {
-                        Some(e) if train => {
-                            Some(self.record(i, vec![keep], vec![e], vec![(rec.backward, vec![0])]))
-                        }
-                        _ => None,
-                    };
+                    let grad_fn = self.unary_grad(i, &x, train, vec![keep], rec.backward);
                     if let Some(c) = original {
                         self.sim.decref(c);
                     }
-                    Value {
-                        leaf: None,
-                        cl: false,
-                        sid: out,
-                        grad_fn,
-                        elem: x.elem,
-                    }
+                    plain(out, grad_fn, x.elem)
                 }
                 Op::Param { .. } => unreachable!("handled above"),
                 Op::Tokens => {
@@ -1054,22 +1051,9 @@ impl Runner<'_> {
                     // A view forward; SelectBackward0 writes the gradient into zeros of
                     // the input's size.
                     self.sim.incref(x.sid);
-                    let grad_fn = match input_edge(&x) {
-                        Some(e) if train => Some(self.record(
-                            i,
-                            vec![],
-                            vec![e],
-                            vec![("aten.select_backward.default", vec![0])],
-                        )),
-                        _ => None,
-                    };
-                    Value {
-                        leaf: None,
-                        cl: false,
-                        sid: x.sid,
-                        grad_fn,
-                        elem: x.elem,
-                    }
+                    let grad_fn =
+                        self.unary_grad(i, &x, train, vec![], "aten.select_backward.default");
+                    plain(x.sid, grad_fn, x.elem)
                 }
                 Op::LayerNorm(l) => {
                     let rows = b * numel / l.normalized_shape as u128;
@@ -1096,13 +1080,7 @@ impl Runner<'_> {
                     };
                     self.sim.decref(mean);
                     self.sim.decref(rstd);
-                    Value {
-                        leaf: None,
-                        cl: false,
-                        sid: out,
-                        grad_fn,
-                        elem: x.elem,
-                    }
+                    plain(out, grad_fn, x.elem)
                 }
                 Op::MultiheadAttention {
                     embed_dim,
@@ -1181,22 +1159,8 @@ impl Runner<'_> {
                         }
                         self.grid_region = false;
                     }
-                    let grad_fn = match input_edge(&x) {
-                        Some(e) if train => Some(self.record(
-                            i,
-                            vec![],
-                            vec![e],
-                            vec![("aten.clone.default", vec![0])],
-                        )),
-                        _ => None,
-                    };
-                    Value {
-                        leaf: None,
-                        cl: false,
-                        sid: out,
-                        grad_fn,
-                        elem: x.elem,
-                    }
+                    let grad_fn = self.unary_grad(i, &x, train, vec![], "aten.clone.default");
+                    plain(out, grad_fn, x.elem)
                 }
                 Op::Mul => {
                     let y = vals[node.inputs[1]].expect("inputs come first");
@@ -1262,13 +1226,7 @@ impl Runner<'_> {
                         .collect();
                     let grad_fn =
                         (train && !edges.is_empty()).then(|| self.record(i, vec![], edges, vec![]));
-                    Value {
-                        leaf: None,
-                        cl: false,
-                        sid: out,
-                        grad_fn,
-                        elem,
-                    }
+                    plain(out, grad_fn, elem)
                 }
                 Op::StochasticDepth { p, row } => {
                     if !train || *p == 0.0 {
@@ -1297,65 +1255,29 @@ impl Runner<'_> {
                     // A view forward; backward writes the slice's gradient into zeros of
                     // the input's size (split_backward). Modelled, not measured.
                     self.sim.incref(x.sid);
-                    let grad_fn = match input_edge(&x) {
-                        Some(e) if train => Some(self.record(
-                            i,
-                            vec![],
-                            vec![e],
-                            vec![("aten.new_zeros.default", vec![0])],
-                        )),
-                        _ => None,
-                    };
-                    Value {
-                        leaf: None,
-                        cl: false,
-                        sid: x.sid,
-                        grad_fn,
-                        elem: x.elem,
-                    }
+                    let grad_fn = self.unary_grad(i, &x, train, vec![], "aten.new_zeros.default");
+                    plain(x.sid, grad_fn, x.elem)
                 }
                 Op::ChannelShuffle { .. } => {
                     // view, transpose, contiguous (a copy), view; backward reshapes the
                     // transposed gradient, which copies it once.
                     let out = self.op(b * numel * x.elem, "aten.clone.default");
-                    let grad_fn = match input_edge(&x) {
-                        Some(e) if train => Some(self.record(
-                            i,
-                            vec![],
-                            vec![e],
-                            vec![("aten.clone.default", vec![0])],
-                        )),
-                        _ => None,
-                    };
-                    Value {
-                        leaf: None,
-                        cl: false,
-                        sid: out,
-                        grad_fn,
-                        elem: x.elem,
-                    }
+                    let grad_fn = self.unary_grad(i, &x, train, vec![], "aten.clone.default");
+                    plain(out, grad_fn, x.elem)
                 }
                 Op::MaxPool2d(_) => {
                     let out = self.sim.alloc(b * numel * x.elem, None);
                     let idx = self.sim.alloc(b * numel * 8, None);
                     self.sim.boundary("aten.max_pool2d_with_indices.default");
-                    let grad_fn = match input_edge(&x) {
-                        Some(e) if train => Some(self.record(
-                            i,
-                            vec![x.sid, idx],
-                            vec![e],
-                            vec![("aten.max_pool2d_with_indices_backward.default", vec![0])],
-                        )),
-                        _ => None,
-                    };
+                    let grad_fn = self.unary_grad(
+                        i,
+                        &x,
+                        train,
+                        vec![x.sid, idx],
+                        "aten.max_pool2d_with_indices_backward.default",
+                    );
                     self.sim.decref(idx);
-                    Value {
-                        leaf: None,
-                        cl: false,
-                        sid: out,
-                        grad_fn,
-                        elem: x.elem,
-                    }
+                    plain(out, grad_fn, x.elem)
                 }
                 Op::AvgPool2d(_) | Op::AdaptiveAvgPool2d { .. } => {
                     let (fwd, bwd, saves) = match node.op {
@@ -1397,13 +1319,7 @@ impl Runner<'_> {
                         }
                         _ => None,
                     };
-                    Value {
-                        leaf: None,
-                        cl: false,
-                        sid: out,
-                        grad_fn,
-                        elem: x.elem,
-                    }
+                    plain(out, grad_fn, x.elem)
                 }
                 Op::Flatten => {
                     self.sim.incref(x.sid);
@@ -1426,13 +1342,7 @@ impl Runner<'_> {
                             )
                         });
                         self.sim.decref(mask);
-                        Value {
-                            leaf: None,
-                            cl: false,
-                            sid: out,
-                            grad_fn,
-                            elem: x.elem,
-                        }
+                        plain(out, grad_fn, x.elem)
                     } else {
                         // at::dropout off the fused path: a float mask, then input * mask.
                         let mask = self.op(b * numel * x.elem, "aten.empty_like.default");
@@ -1447,13 +1357,7 @@ impl Runner<'_> {
                             self.record(i, vec![mask], vec![e], vec![("aten.mul.Tensor", vec![0])])
                         });
                         self.sim.decref(mask);
-                        Value {
-                            leaf: None,
-                            cl: false,
-                            sid: out,
-                            grad_fn,
-                            elem: x.elem,
-                        }
+                        plain(out, grad_fn, x.elem)
                     }
                 }
                 Op::Add { inplace } => {
@@ -1623,13 +1527,7 @@ impl Runner<'_> {
         for s in [copy, proj, out, lse] {
             self.sim.decref(s);
         }
-        Value {
-            leaf: None,
-            cl: false,
-            sid: result,
-            grad_fn,
-            elem: el,
-        }
+        plain(result, grad_fn, el)
     }
 
     /// A chain of copies in backward: `node` receives the gradient, passes a new
@@ -2064,13 +1962,7 @@ impl Runner<'_> {
         for t in temps {
             self.sim.decref(t);
         }
-        Value {
-            leaf: None,
-            cl: false,
-            sid: out,
-            grad_fn,
-            elem: el,
-        }
+        plain(out, grad_fn, el)
     }
 
     /// Swin's `_patch_merging_pad`: `F.pad` (a copy even when nothing is padded), the
@@ -2117,13 +2009,7 @@ impl Runner<'_> {
         } else {
             None
         };
-        Value {
-            leaf: None,
-            cl: false,
-            sid: out,
-            grad_fn,
-            elem: el,
-        }
+        plain(out, grad_fn, el)
     }
 
     /// MaxViT's `RelativePositionalMultiHeadAttention` on `[G, P, D]`: the qkv linear,
@@ -2254,13 +2140,7 @@ impl Runner<'_> {
         for t in [qkv, ks, bias] {
             self.sim.decref(t);
         }
-        Value {
-            leaf: None,
-            cl: false,
-            sid: out,
-            grad_fn,
-            elem: el,
-        }
+        plain(out, grad_fn, el)
     }
 
     /// Python drops a tensor once its last reader has run.
@@ -2318,13 +2198,7 @@ impl Runner<'_> {
                 vec![("aten._to_copy.default", vec![0])],
             );
             cast = Some(c);
-            input = Value {
-                leaf: None,
-                cl: false,
-                sid: c,
-                grad_fn: Some(f),
-                elem: 4,
-            };
+            input = plain(c, Some(f), 4);
         }
         let ls = self.op(b * k * 4, "aten._log_softmax.default");
         let ls_node = self.record(
