@@ -10,7 +10,9 @@
 
 use serde_json::Value;
 use vramlab_graph::{model_file, zoo, ModelOptions};
-use vramlab_memory::{plan, Optimizer, OptimizerKind, PlanConfig, Profile};
+use vramlab_memory::{plan, PlanConfig, Profile};
+
+mod common;
 
 fn records() -> Vec<Value> {
     let text = include_str!("fixtures/mobilenet_v2_cpu.json");
@@ -26,12 +28,7 @@ fn model_file(name: &str) -> &'static str {
 }
 
 fn config(rec: &Value) -> (vramlab_graph::Shaped, PlanConfig) {
-    let input: Vec<usize> = rec["input_shape"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|v| v.as_u64().unwrap() as usize)
-        .collect();
+    let input = common::input_shape(rec);
     let g = match rec["vramlab_model"].as_str() {
         Some(file) => {
             let g = model_file::parse(model_file(file), file).unwrap();
@@ -51,15 +48,7 @@ fn config(rec: &Value) -> (vramlab_graph::Shaped, PlanConfig) {
     let mut cfg = PlanConfig::new(rec["batch"].as_u64().unwrap());
     cfg.profile = Profile::PytorchCpu;
     cfg.checkpoint_segments = rec["checkpoint_segments"].as_u64().unwrap_or(0) as u32;
-    cfg.optimizer = match rec["optimizer"].as_str().unwrap() {
-        "sgd" => Optimizer::new(OptimizerKind::Sgd),
-        "sgd_momentum" => Optimizer {
-            momentum: 0.9,
-            ..Optimizer::new(OptimizerKind::Sgd)
-        },
-        "adam" => Optimizer::new(OptimizerKind::Adam),
-        o => panic!("unknown optimizer {o}"),
-    };
+    cfg.optimizer = common::optimizer(rec["optimizer"].as_str().unwrap());
     (g, cfg)
 }
 
@@ -79,38 +68,16 @@ fn mobilenet_v2_matches_real_pytorch_cpu_to_the_byte() {
             report.param_bytes,
             rec["param_bytes"].as_u64().unwrap() as u128
         );
-        for (i, key) in ["step1", "step2"].iter().enumerate() {
-            let m = &rec[*key];
-            let s = &report.steps[i];
-            let split = &m["peak_split"];
-            let at = &s.at_peak;
-            let n = |v: &Value| v.as_u64().unwrap() as u128;
-            let figures = [
-                ("peak", n(&m["tracker_peak"]), s.peak_bytes),
-                (
-                    "params+grads",
-                    n(&split["params_plus_grads"]),
-                    at.params + at.grads,
-                ),
-                ("buffers", n(&split["buffers"]), at.buffers),
-                ("opt_state", n(&split["opt_state"]), at.optimizer_state),
-                ("batch", n(&split["batch"]), at.data_batch),
-                (
-                    "act+temp",
-                    n(&split["activations_temporaries"]),
-                    at.activations + at.temporaries,
-                ),
-                ("after", n(&m["live_after"]), s.after_step.total()),
-                ("before", n(&m["live_before"]), s.before_step.total()),
-            ];
-            for (label, measured, planned) in figures {
-                if measured != planned {
-                    failures.push(format!(
-                        "{name} {key} {label}: measured {measured}, planned {planned}, diff {}",
-                        planned as i128 - measured as i128
-                    ));
-                }
+        for (label, measured, planned, _, _) in common::figures(rec, &report) {
+            if measured != planned {
+                failures.push(format!(
+                    "{name} {label}: measured {measured}, planned {planned}, diff {}",
+                    planned as i128 - measured as i128
+                ));
             }
+        }
+        for (i, key) in ["step1", "step2"].iter().enumerate() {
+            let (m, s) = (&rec[*key], &report.steps[i]);
             let phase = m["peak_phase"].as_str().unwrap();
             if s.peak_phase.to_string() != phase || s.peak_op != m["peak_op"].as_str().unwrap() {
                 failures.push(format!(

@@ -6,7 +6,9 @@
 
 use serde_json::Value;
 use vramlab_graph::{zoo, ModelOptions};
-use vramlab_memory::{plan, Optimizer, OptimizerImpl, OptimizerKind, PlanConfig, Profile};
+use vramlab_memory::{plan, PlanConfig, Profile};
+
+mod common;
 
 fn records() -> Vec<Value> {
     let text = include_str!("fixtures/pytorch-cpu-memory-modern.json");
@@ -14,15 +16,9 @@ fn records() -> Vec<Value> {
 }
 
 fn config(rec: &Value) -> (vramlab_graph::Shaped, PlanConfig) {
-    let input: Vec<usize> = rec["input_shape"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|v| v.as_u64().unwrap() as usize)
-        .collect();
     let opts = ModelOptions {
         num_classes: Some(rec["num_classes"].as_u64().unwrap() as usize),
-        input_shape: Some(input),
+        input_shape: Some(common::input_shape(rec)),
     };
     let g = zoo::build(rec["model"].as_str().unwrap(), &opts)
         .unwrap()
@@ -30,19 +26,7 @@ fn config(rec: &Value) -> (vramlab_graph::Shaped, PlanConfig) {
         .unwrap();
     let mut cfg = PlanConfig::new(rec["batch"].as_u64().unwrap());
     cfg.profile = Profile::PytorchCpu;
-    cfg.optimizer = match rec["optimizer"].as_str().unwrap() {
-        "sgd_momentum" => Optimizer {
-            momentum: 0.9,
-            ..Optimizer::new(OptimizerKind::Sgd)
-        },
-        "adam" => Optimizer::new(OptimizerKind::Adam),
-        "adamw_foreach_wd" => Optimizer {
-            implementation: Some(OptimizerImpl::Foreach),
-            weight_decay: Some(0.05),
-            ..Optimizer::new(OptimizerKind::AdamW)
-        },
-        o => panic!("unknown optimizer {o}"),
-    };
+    cfg.optimizer = common::optimizer(rec["optimizer"].as_str().unwrap());
     (g, cfg)
 }
 
@@ -54,41 +38,19 @@ fn mismatches(model: &str) -> (Vec<String>, usize) {
         let name = format!("{} b{} {}", rec["model"], rec["batch"], rec["optimizer"]);
         let (g, cfg) = config(rec);
         let report = plan(&g, &cfg).unwrap();
-        let n = |v: &Value| v.as_u64().unwrap() as u128;
-        assert_eq!(report.param_bytes, n(&rec["param_bytes"]), "{name}");
-        for (i, key) in ["step1", "step2"].iter().enumerate() {
-            let m = &rec[*key];
-            let s = &report.steps[i];
-            let split = &m["peak_split"];
-            let at = &s.at_peak;
-            let figures = [
-                ("peak", n(&m["tracker_peak"]), s.peak_bytes),
-                (
-                    "params+grads",
-                    n(&split["params_plus_grads"]),
-                    at.params + at.grads,
-                ),
-                ("buffers", n(&split["buffers"]), at.buffers),
-                ("opt_state", n(&split["opt_state"]), at.optimizer_state),
-                ("batch", n(&split["batch"]), at.data_batch),
-                (
-                    "act+temp",
-                    n(&split["activations_temporaries"]),
-                    at.activations + at.temporaries,
-                ),
-                ("after", n(&m["live_after"]), s.after_step.total()),
-                ("before", n(&m["live_before"]), s.before_step.total()),
-            ];
-            let (mphase, pphase) = (m["peak_phase"].as_str().unwrap(), s.peak_phase.to_string());
-            for (label, measured, planned) in figures {
-                checked += 1;
-                if measured != planned || mphase != pphase {
-                    failures.push(format!(
-                        "{name} {key} {label}: measured {measured} ({mphase}), planned {planned} \
-                         ({pphase}), diff {}",
-                        planned as i128 - measured as i128
-                    ));
-                }
+        assert_eq!(
+            report.param_bytes,
+            rec["param_bytes"].as_u64().unwrap() as u128,
+            "{name}"
+        );
+        for (label, measured, planned, mphase, pphase) in common::figures(rec, &report) {
+            checked += 1;
+            if measured != planned || mphase != pphase {
+                failures.push(format!(
+                    "{name} {label}: measured {measured} ({mphase}), planned {planned} \
+                     ({pphase}), diff {}",
+                    planned as i128 - measured as i128
+                ));
             }
         }
     }

@@ -2,9 +2,9 @@
 
 use serde_json::Value;
 use vramlab_graph::{zoo, ModelOptions};
-use vramlab_memory::{
-    plan, Optimizer, OptimizerImpl, OptimizerKind, PlanConfig, PlanError, Profile,
-};
+use vramlab_memory::{plan, PlanConfig, PlanError, Profile};
+
+mod common;
 
 fn records() -> Vec<Value> {
     let text = include_str!("fixtures/pytorch-cpu-memory.json");
@@ -12,82 +12,26 @@ fn records() -> Vec<Value> {
 }
 
 fn config(rec: &Value) -> (vramlab_graph::Shaped, PlanConfig) {
-    let model = rec["model"].as_str().unwrap();
-    let input: Vec<usize> = rec["input_shape"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|v| v.as_u64().unwrap() as usize)
-        .collect();
-    let (name, classes) = match model {
+    let (name, classes) = match rec["model"].as_str().unwrap() {
         "resnet18_c10_32" => ("resnet18", Some(10)),
         "vgg11" => ("vgg11", Some(10)),
         other => (other, None),
     };
     let opts = ModelOptions {
         num_classes: classes,
-        input_shape: Some(input),
+        input_shape: Some(common::input_shape(rec)),
     };
     let g = zoo::build(name, &opts).unwrap().infer().unwrap();
     let mut cfg = PlanConfig::new(rec["batch"].as_u64().unwrap());
     cfg.profile = Profile::PytorchCpu;
-    cfg.optimizer = match rec["optimizer"].as_str().unwrap() {
-        "sgd" => Optimizer::new(OptimizerKind::Sgd),
-        "sgd_momentum" => Optimizer {
-            momentum: 0.9,
-            ..Optimizer::new(OptimizerKind::Sgd)
-        },
-        "adam" => Optimizer::new(OptimizerKind::Adam),
-        "adam_foreach" => Optimizer {
-            implementation: Some(OptimizerImpl::Foreach),
-            ..Optimizer::new(OptimizerKind::Adam)
-        },
-        o => panic!("unknown optimizer {o}"),
-    };
+    cfg.optimizer = common::optimizer(rec["optimizer"].as_str().unwrap());
     (g, cfg)
 }
 
 /// (label, measured, planned) for every compared figure of one record.
 fn compare(rec: &Value) -> Vec<(String, u128, u128, String, String)> {
     let (g, cfg) = config(rec);
-    let report = plan(&g, &cfg).unwrap();
-    let mut rows = Vec::new();
-    for (i, key) in ["step1", "step2"].iter().enumerate() {
-        let m = &rec[*key];
-        let s = &report.steps[i];
-        let split = &m["peak_split"];
-        let at = &s.at_peak;
-        let n = |v: &Value| v.as_u64().unwrap() as u128;
-        let phase = m["peak_phase"].as_str().unwrap().to_string();
-        let figures = [
-            ("peak", n(&m["tracker_peak"]), s.peak_bytes),
-            (
-                "params+grads",
-                n(&split["params_plus_grads"]),
-                at.params + at.grads,
-            ),
-            ("buffers", n(&split["buffers"]), at.buffers),
-            ("opt_state", n(&split["opt_state"]), at.optimizer_state),
-            ("batch", n(&split["batch"]), at.data_batch),
-            (
-                "act+temp",
-                n(&split["activations_temporaries"]),
-                at.activations + at.temporaries,
-            ),
-            ("after", n(&m["live_after"]), s.after_step.total()),
-            ("before", n(&m["live_before"]), s.before_step.total()),
-        ];
-        for (label, measured, planned) in figures {
-            rows.push((
-                format!("{key} {label}"),
-                measured,
-                planned,
-                phase.clone(),
-                s.peak_phase.to_string(),
-            ));
-        }
-    }
-    rows
+    common::figures(rec, &plan(&g, &cfg).unwrap())
 }
 
 #[test]

@@ -1,0 +1,81 @@
+//! What the tests against real PyTorch measurements share: reading a record's settings
+//! and comparing a plan with it figure by figure.
+
+#![allow(dead_code)]
+
+use serde_json::Value;
+use vramlab_memory::{MemoryReport, Optimizer, OptimizerImpl, OptimizerKind};
+
+/// A record's `input_shape`.
+pub fn input_shape(rec: &Value) -> Vec<usize> {
+    rec["input_shape"]
+        .as_array()
+        .expect("an input shape")
+        .iter()
+        .map(|v| v.as_u64().expect("a size") as usize)
+        .collect()
+}
+
+/// The optimizers of the oracle's records (../shared/oracle/measure.py).
+pub fn optimizer(name: &str) -> Optimizer {
+    match name {
+        "sgd" => Optimizer::new(OptimizerKind::Sgd),
+        "sgd_momentum" => Optimizer {
+            momentum: 0.9,
+            ..Optimizer::new(OptimizerKind::Sgd)
+        },
+        "adam" => Optimizer::new(OptimizerKind::Adam),
+        "adam_foreach" => Optimizer {
+            implementation: Some(OptimizerImpl::Foreach),
+            ..Optimizer::new(OptimizerKind::Adam)
+        },
+        "adamw_foreach_wd" => Optimizer {
+            implementation: Some(OptimizerImpl::Foreach),
+            weight_decay: Some(0.05),
+            ..Optimizer::new(OptimizerKind::AdamW)
+        },
+        o => panic!("unknown optimizer {o}"),
+    }
+}
+
+/// Every compared figure of a record's two steps: (label, measured, planned, measured
+/// phase, planned phase). The peak, and at the peak params+grads, buffers, optimizer
+/// state, batch, activations+temporaries, and the totals after and before each step.
+pub fn figures(rec: &Value, report: &MemoryReport) -> Vec<(String, u128, u128, String, String)> {
+    let n = |v: &Value| v.as_u64().expect("a byte count") as u128;
+    let mut rows = Vec::new();
+    for (i, key) in ["step1", "step2"].iter().enumerate() {
+        let m = &rec[*key];
+        let s = &report.steps[i];
+        let split = &m["peak_split"];
+        let at = &s.at_peak;
+        let phase = m["peak_phase"].as_str().expect("a phase").to_string();
+        for (label, measured, planned) in [
+            ("peak", n(&m["tracker_peak"]), s.peak_bytes),
+            (
+                "params+grads",
+                n(&split["params_plus_grads"]),
+                at.params + at.grads,
+            ),
+            ("buffers", n(&split["buffers"]), at.buffers),
+            ("opt_state", n(&split["opt_state"]), at.optimizer_state),
+            ("batch", n(&split["batch"]), at.data_batch),
+            (
+                "act+temp",
+                n(&split["activations_temporaries"]),
+                at.activations + at.temporaries,
+            ),
+            ("after", n(&m["live_after"]), s.after_step.total()),
+            ("before", n(&m["live_before"]), s.before_step.total()),
+        ] {
+            rows.push((
+                format!("{key} {label}"),
+                measured,
+                planned,
+                phase.clone(),
+                s.peak_phase.to_string(),
+            ));
+        }
+    }
+    rows
+}
