@@ -4,7 +4,8 @@
 
 Each model is exported with torch.export.export (batch 2) and saved with torch.export.save,
 in train() mode and, where the mode changes the graph (BatchNorm, Dropout), in eval() mode;
-SmallResNet also after run_decompositions() (the core aten opset, functional) in train() mode.
+SmallResNet also with a symbolic batch after run_decompositions() (the core aten opset,
+functional) in train() mode.
 Next to the fixtures, pt2_fixtures.json records what PyTorch says of each model: its input
 shape, parameter count, and parameter names and shapes in named_parameters() order.
 
@@ -209,11 +210,15 @@ def main():
         for mode in modes:
             model.train(mode != "eval")
             x = torch.randn(2, *chw)
-            ep = torch.export.export(model, (x,))
             if mode.endswith("_decomposed"):
-                # The core aten opset: convolution, _native_batch_norm_legit_functional,
-                # max_pool2d_with_indices, mean.dim, view, permute + addmm, all functional.
+                # A symbolic batch (sym_size, views of [s0, 32]) and the core aten opset:
+                # convolution, _native_batch_norm_legit_functional, max_pool2d_with_indices,
+                # mean.dim, view, permute + addmm, all functional.
+                batch = {0: torch.export.Dim("batch")}
+                ep = torch.export.export(model, (x,), dynamic_shapes=(batch,))
                 ep = ep.run_decompositions()
+            else:
+                ep = torch.export.export(model, (x,))
             fname = f"{name}_{mode}.pt2"
             path = os.path.join(OUT, fname)
             torch.export.save(ep, path)

@@ -35,7 +35,7 @@ fn simple_cnn_archive_plans_like_the_zoo_model() {
     let stderr = String::from_utf8_lossy(&out.stderr).to_string();
     assert_eq!(
         stderr,
-        "note: the export traced a batch of 2: planned with --batch-size\n"
+        "note: the export traced a fixed batch of 2: planned with --batch-size\n"
     );
     let mut got = json(&out);
     assert_eq!(got["model"], "simple_cnn_train");

@@ -68,6 +68,7 @@ pub const SUPPORTED_OPS: &[&str] = &[
     "sigmoid_",
     "silu",
     "silu_",
+    "sym_size",
     "t",
     "tanh",
     "tanh_",
@@ -232,9 +233,7 @@ pub fn from_json(json: &Value, file: &str, name: &str) -> Result<Loaded, Pt2Erro
     }
     let mut v = Vec::new();
     if let Some(b) = &notes.batch {
-        v.push(format!(
-            "the export traced a batch of {b}: planned with --batch-size"
-        ));
+        v.push(format!("{b}: planned with --batch-size"));
     }
     if notes.bn_eval > 0 {
         v.push(format!(
@@ -334,8 +333,8 @@ impl Cx<'_> {
             )));
         };
         self.notes.batch = Some(match dim(&sizes[0]) {
-            Some(b) => b.to_string(),
-            None => "symbolic size".into(),
+            Some(b) => format!("the export traced a fixed batch of {b}"),
+            None => "the batch dimension is symbolic".into(),
         });
         self.graph.input_shape = chw.clone();
         self.shapes = vec![chw];
@@ -513,6 +512,14 @@ impl Cx<'_> {
         if let Some(i) = v.get("as_int").and_then(Value::as_i64) {
             return Ok(Some(vec![i]));
         }
+        // `x.view(s0, 32)` with a symbolic batch: the symbol reads as -1.
+        if let Some(a) = v.get("as_sym_ints").and_then(Value::as_array) {
+            return Ok(Some(
+                a.iter()
+                    .map(|d| d.get("as_int").and_then(Value::as_i64).unwrap_or(-1))
+                    .collect(),
+            ));
+        }
         v.get("as_ints")
             .and_then(Value::as_array)
             .and_then(|a| a.iter().map(Value::as_i64).collect::<Option<Vec<_>>>())
@@ -640,6 +647,10 @@ impl Cx<'_> {
                         return Ok(());
                     }
                 }
+                self.set_out(n, Val::Other);
+            }
+            // The batch size of a symbolic batch, for a later view: shape arithmetic.
+            "sym_size" | "sym_numel" | "sym_stride" | "sym_storage_offset" => {
                 self.set_out(n, Val::Other);
             }
             _ if !has_act => {
