@@ -1,11 +1,11 @@
 //! The planner's `native` profile against the engine's measured memory, to the byte:
 //! peak, phase, every category at the peak and after the step, steps 1 and 2.
 
-use vramlab_engine::{Engine, OptimizerConfig};
-use vramlab_graph::{load, ModelOptions, Shaped};
-use vramlab_memory::{plan, Optimizer, OptimizerKind, PlanConfig, Profile};
+mod common;
 
-const THREADS: usize = 2;
+use vramlab_engine::OptimizerConfig;
+use vramlab_graph::{load, ModelOptions, Shaped};
+use vramlab_memory::{Optimizer, OptimizerKind};
 
 fn model(name: &str, input: Option<Vec<usize>>, classes: Option<usize>) -> Shaped {
     let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../../");
@@ -81,62 +81,13 @@ fn compare(name: &str, g: &Shaped, batch: usize, which: &[usize]) {
     let all = optimizers();
     for &oi in which {
         let (oname, popt, eopt) = &all[oi];
-        let mut cfg = PlanConfig::new(batch as u64);
-        cfg.profile = Profile::Native;
-        cfg.optimizer = popt.clone();
-        cfg.threads = THREADS;
-        let planned = plan(g, &cfg);
-        let mut e = Engine::new(g.clone(), eopt.clone(), 7, THREADS).unwrap();
-        let per: usize = g.shapes[0].iter().product();
-        let x = e
-            .batch(
-                (0..batch * per)
-                    .map(|i| ((i % 17) as f32) / 17.0 - 0.5)
-                    .collect(),
-                batch,
-            )
-            .unwrap();
-        let y = e.labels((0..batch).map(|i| (i % g.num_classes()) as i64).collect());
-        let label = format!("{name} batch {batch} {oname}");
-        let planned = match planned {
-            Ok(p) => p,
-            Err(err) => {
-                let measured = e.train_step(&x, &y).unwrap_err();
-                assert!(
-                    measured
-                        .0
-                        .contains("Expected more than 1 value per channel"),
-                    "{label}: {measured}"
-                );
-                assert!(
-                    err.to_string()
-                        .contains("Expected more than 1 value per channel"),
-                    "{label}: {err}"
-                );
-                continue;
-            }
-        };
-        for step in 0..2 {
-            let m = e.train_step(&x, &y).unwrap().memory;
-            let p = &planned.steps[step];
-            // Planner and engine report in one vocabulary (vramlab_graph::categories), so
-            // whole values compare: every category, overhead included.
-            let s = step + 1;
-            assert_eq!(m.peak.bytes, p.peak_bytes, "{label} step {s}: peak");
-            assert_eq!(m.peak.phase, p.peak_phase, "{label} step {s}: phase");
-            assert_eq!(
-                m.peak.at, p.at_peak,
-                "{label} step {s}: categories at the peak"
-            );
-            assert_eq!(
-                m.after_step, p.after_step,
-                "{label} step {s}: after the step"
-            );
-            assert_eq!(
-                m.before_step, p.before_step,
-                "{label} step {s}: before the step"
-            );
-        }
+        common::engine_equals_native_plan(
+            &format!("{name} batch {batch} {oname}"),
+            g,
+            batch,
+            popt,
+            eopt,
+        );
     }
 }
 

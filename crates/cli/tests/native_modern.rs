@@ -3,13 +3,14 @@
 //! broadcast multiply, concatenation, channel slices and shuffles, stochastic depth):
 //! peak, phase, every category at the peak, before and after the step, steps 1 and 2.
 
-use vramlab_engine::{Engine, OptimizerConfig};
+mod common;
+
+use vramlab_engine::OptimizerConfig;
 use vramlab_graph::{
     load, Activation, Conv2d, GraphBuilder, Linear, ModelOptions, NodeId, Op, Shaped,
 };
-use vramlab_memory::{plan, Optimizer, OptimizerKind, PlanConfig, Profile};
+use vramlab_memory::{Optimizer, OptimizerKind};
 
-const THREADS: usize = 2;
 const BATCH: usize = 2;
 
 fn model(name: &str, input: Vec<usize>) -> Shaped {
@@ -61,52 +62,13 @@ fn compare_batch(name: &str, input: Vec<usize>, adam: bool, batch: usize) {
 
 fn compare_graph(name: &str, g: &Shaped, adam: bool, batch: usize) {
     let (oname, popt, eopt) = optimizer(adam);
-    let mut cfg = PlanConfig::new(batch as u64);
-    cfg.profile = Profile::Native;
-    cfg.optimizer = popt;
-    cfg.threads = THREADS;
-    let label = format!("{name} batch {batch} {oname}");
-    let planned = plan(g, &cfg);
-    let mut e = Engine::new(g.clone(), eopt, 7, THREADS).unwrap();
-    let per: usize = g.shapes[0].iter().product();
-    let x = e
-        .batch(
-            (0..batch * per)
-                .map(|i| ((i % 17) as f32) / 17.0 - 0.5)
-                .collect(),
-            batch,
-        )
-        .unwrap();
-    let y = e.labels((0..batch).map(|i| (i % g.num_classes()) as i64).collect());
-    let planned = match planned {
-        Ok(p) => p,
-        Err(err) => {
-            let measured = e.train_step(&x, &y).unwrap_err();
-            let want = "Expected more than 1 value per channel";
-            assert!(measured.0.contains(want), "{label}: {measured}");
-            assert!(err.to_string().contains(want), "{label}: {err}");
-            return;
-        }
-    };
-    for step in 0..2 {
-        let m = e.train_step(&x, &y).unwrap().memory;
-        let p = &planned.steps[step];
-        let s = step + 1;
-        assert_eq!(m.peak.bytes, p.peak_bytes, "{label} step {s}: peak");
-        assert_eq!(m.peak.phase, p.peak_phase, "{label} step {s}: phase");
-        assert_eq!(
-            m.peak.at, p.at_peak,
-            "{label} step {s}: categories at the peak"
-        );
-        assert_eq!(
-            m.before_step, p.before_step,
-            "{label} step {s}: before the step"
-        );
-        assert_eq!(
-            m.after_step, p.after_step,
-            "{label} step {s}: after the step"
-        );
-    }
+    common::engine_equals_native_plan(
+        &format!("{name} batch {batch} {oname}"),
+        g,
+        batch,
+        &popt,
+        &eopt,
+    );
 }
 
 #[test]

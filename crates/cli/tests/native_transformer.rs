@@ -4,12 +4,12 @@
 //! LayerNorm and MLP, stochastic depth): peak, phase, every category at the peak and
 //! before and after the step, steps 1 and 2.
 
-use vramlab_engine::{Engine, OptimizerConfig};
+mod common;
+
+use vramlab_engine::OptimizerConfig;
 use vramlab_graph::zoo::vit::{transformer, Vit};
 use vramlab_graph::Shaped;
-use vramlab_memory::{plan, Optimizer, OptimizerKind, PlanConfig, Profile};
-
-const THREADS: usize = 2;
+use vramlab_memory::{Optimizer, OptimizerKind};
 
 fn optimizers() -> Vec<(&'static str, Optimizer, OptimizerConfig)> {
     let mut sgd_m = OptimizerConfig::named("sgd", None).unwrap();
@@ -35,42 +35,13 @@ fn optimizers() -> Vec<(&'static str, Optimizer, OptimizerConfig)> {
 
 fn compare(name: &str, g: &Shaped, batch: usize) {
     for (oname, popt, eopt) in optimizers() {
-        let mut cfg = PlanConfig::new(batch as u64);
-        cfg.profile = Profile::Native;
-        cfg.optimizer = popt;
-        cfg.threads = THREADS;
-        let planned = plan(g, &cfg).unwrap();
-        let mut e = Engine::new(g.clone(), eopt, 7, THREADS).unwrap();
-        let per: usize = g.shapes[0].iter().product();
-        let x = e
-            .batch(
-                (0..batch * per)
-                    .map(|i| ((i % 17) as f32) / 17.0 - 0.5)
-                    .collect(),
-                batch,
-            )
-            .unwrap();
-        let y = e.labels((0..batch).map(|i| (i % g.num_classes()) as i64).collect());
-        let label = format!("{name} batch {batch} {oname}");
-        for step in 0..2 {
-            let r = e.train_step(&x, &y).unwrap();
-            assert!(r.loss.is_finite(), "{label}: loss {}", r.loss);
-            let (m, p, s) = (r.memory, &planned.steps[step], step + 1);
-            assert_eq!(m.peak.bytes, p.peak_bytes, "{label} step {s}: peak");
-            assert_eq!(m.peak.phase, p.peak_phase, "{label} step {s}: phase");
-            assert_eq!(
-                m.peak.at, p.at_peak,
-                "{label} step {s}: categories at the peak"
-            );
-            assert_eq!(
-                m.after_step, p.after_step,
-                "{label} step {s}: after the step"
-            );
-            assert_eq!(
-                m.before_step, p.before_step,
-                "{label} step {s}: before the step"
-            );
-        }
+        common::engine_equals_native_plan(
+            &format!("{name} batch {batch} {oname}"),
+            g,
+            batch,
+            &popt,
+            &eopt,
+        );
     }
 }
 
