@@ -649,6 +649,13 @@ impl Cx<'_> {
                 }
                 self.set_out(n, Val::Other);
             }
+            "permute" | "t" => {
+                return Err(self.fail(
+                    n,
+                    "permuting an activation (channels-last blocks, tokens) is not supported; \
+                     only a Linear weight's transpose maps",
+                ))
+            }
             // The batch size of a symbolic batch, for a later view: shape arithmetic.
             "sym_size" | "sym_numel" | "sym_stride" | "sym_storage_offset" => {
                 self.set_out(n, Val::Other);

@@ -181,6 +181,22 @@ fn an_unknown_op_names_the_op_and_the_node() {
 }
 
 #[test]
+fn a_permuted_activation_is_refused_by_name() {
+    let json = simple_cnn_json().replace(
+        "torch.ops.aten.relu.default",
+        "torch.ops.aten.permute.default",
+    );
+    let msg = read(&stored_zip(&[("m/models/model.json", json.as_bytes())]))
+        .unwrap_err()
+        .0;
+    assert_eq!(
+        msg,
+        "m.pt2: node `relu` (torch.ops.aten.permute.default): permuting an activation \
+         (channels-last blocks, tokens) is not supported; only a Linear weight's transpose maps"
+    );
+}
+
+#[test]
 fn other_bad_archives_say_what_is_wrong() {
     let msg = read(b"not a zip at all").unwrap_err().0;
     assert_eq!(
