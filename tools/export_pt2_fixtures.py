@@ -168,7 +168,12 @@ class TinyMobileNet(nn.Module):
         return self.classifier(x)
 
 
-CONSTRUCTORS = {"simple_cnn": SimpleCNN, "small_resnet": SmallResNet, "tiny_mobilenet": TinyMobileNet}
+CONSTRUCTORS = {
+    "simple_cnn": SimpleCNN,
+    "small_resnet": SmallResNet,
+    "tiny_mobilenet": TinyMobileNet,
+    "tiny_effnet": None,  # set below, after TinyEffNet
+}
 
 
 def measure():
@@ -182,7 +187,8 @@ def measure():
         record = json.load(f)
     peaks = {}
     for name, ctor in CONSTRUCTORS.items():
-        oracle.MODELS[name] = (ctor, (3, 32, 32), 10, [8, 64])
+        chw = next(v["input_shape"] for v in record["fixtures"].values() if v["model"] == name)
+        oracle.MODELS[name] = (ctor, tuple(chw), 10, [8, 64])
         peaks[name] = {}
         for bs in [8, 64]:
             r = oracle.run_case(name, bs, "adam", use_memtracker=False)
@@ -192,6 +198,47 @@ def measure():
     with open(path, "w") as f:
         json.dump(record, f, indent=1)
         f.write("\n")
+
+
+class MBConv(nn.Module):
+    """EfficientNet's MBConv: expand, depthwise, squeeze-and-excitation (SiLU, Sigmoid),
+    project, and stochastic depth on the residual."""
+
+    def __init__(self, c, exp, p):
+        super().__init__()
+        from torchvision.ops import SqueezeExcitation, StochasticDepth
+
+        self.block = nn.Sequential(
+            cbn(c, exp, 1, 1, 1, nn.SiLU),
+            cbn(exp, exp, 3, 1, exp, nn.SiLU),
+            SqueezeExcitation(exp, max(1, c // 4), activation=lambda: nn.SiLU(inplace=True)),
+            cbn(exp, c, 1, 1, 1, None),
+        )
+        self.stochastic_depth = StochasticDepth(p, "row")
+
+    def forward(self, x):
+        return self.stochastic_depth(self.block(x)) + x
+
+
+class TinyEffNet(nn.Module):
+    """A scaled-down EfficientNet: SiLU, squeeze-and-excitation, stochastic depth."""
+
+    def __init__(self, num_classes=10):
+        super().__init__()
+        self.features = nn.Sequential(
+            cbn(3, 16, 3, 2, 1, nn.SiLU),
+            MBConv(16, 32, 0.2),
+            cbn(16, 32, 1, 1, 1, nn.SiLU),
+        )
+        self.avgpool = nn.AdaptiveAvgPool2d(1)
+        self.classifier = nn.Sequential(nn.Dropout(p=0.2, inplace=True), nn.Linear(32, num_classes))
+
+    def forward(self, x):
+        x = torch.flatten(self.avgpool(self.features(x)), 1)
+        return self.classifier(x)
+
+
+CONSTRUCTORS["tiny_effnet"] = TinyEffNet
 
 
 def main():
@@ -204,6 +251,7 @@ def main():
         ("simple_cnn", SimpleCNN(), (3, 32, 32), ["train"]),
         ("small_resnet", SmallResNet(), (3, 32, 32), ["train", "eval", "train_decomposed"]),
         ("tiny_mobilenet", TinyMobileNet(), (3, 32, 32), ["train", "eval"]),
+        ("tiny_effnet", TinyEffNet(), (3, 16, 16), ["train"]),
     ]
     record = {"torch_version": torch.__version__, "fixtures": {}}
     for name, model, chw, modes in models:

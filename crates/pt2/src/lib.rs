@@ -35,14 +35,17 @@ pub const SUPPORTED_OPS: &[&str] = &[
     "alias",
     "avg_pool2d",
     "batch_norm",
+    "bernoulli_",
     "cat",
     "clone",
     "contiguous",
     "conv2d",
     "convolution",
     "detach",
+    "div_",
     "dropout",
     "dropout_",
+    "empty",
     "flatten",
     "gelu",
     "gelu_",
@@ -151,6 +154,9 @@ enum Val {
         dims: Vec<i64>,
         transposed: bool,
     },
+    /// `torch.empty([B, 1, 1, 1])` (`row`) or `[1, 1, 1, 1]`, then filled by `bernoulli_`
+    /// and divided by the survival rate: torchvision's stochastic depth noise.
+    Noise { survival: Option<f64>, row: bool },
     /// A buffer (running statistics), a constant, or anything computed off the
     /// activation path.
     Other,
@@ -660,6 +666,53 @@ impl Cx<'_> {
             "sym_size" | "sym_numel" | "sym_stride" | "sym_storage_offset" => {
                 self.set_out(n, Val::Other);
             }
+            "empty" | "new_empty" if !has_act => {
+                let size = self.ints(n, "size", 0).ok().flatten().unwrap_or_default();
+                let v = match size.as_slice() {
+                    [b, 1, 1, 1] => Val::Noise {
+                        survival: None,
+                        row: *b != 1,
+                    },
+                    _ => Val::Other,
+                };
+                self.set_out(n, v);
+            }
+            "bernoulli_" | "bernoulli" | "div_" | "div" if !has_act => {
+                let first = if n.op.starts_with("bernoulli") {
+                    "p"
+                } else {
+                    "other"
+                };
+                let v = match (
+                    self.val(n, "self", 0),
+                    n.arg(first, 1)
+                        .and_then(|v| v.get("as_float"))
+                        .and_then(Value::as_f64),
+                ) {
+                    (
+                        Some(Val::Noise {
+                            survival: None,
+                            row,
+                        }),
+                        Some(p),
+                    ) if n.op.starts_with("bernoulli") => Val::Noise {
+                        survival: Some(p),
+                        row,
+                    },
+                    (
+                        Some(Val::Noise {
+                            survival: Some(s),
+                            row,
+                        }),
+                        Some(d),
+                    ) if d == s => Val::Noise {
+                        survival: Some(s),
+                        row,
+                    },
+                    _ => Val::Other,
+                };
+                self.set_out(n, v);
+            }
             _ if !has_act => {
                 // Buffer updates (num_batches_tracked += 1), shape arithmetic.
                 self.set_out(n, Val::Other);
@@ -969,6 +1022,26 @@ impl Cx<'_> {
                 (Some(Val::Act(a)), Some(Val::Act(b))) => {
                     let name = self.layer_name(n, None);
                     self.push(n, name, Op::Mul, &[a, b], &[]);
+                }
+                // torchvision's StochasticDepth in training: `input * noise`.
+                (
+                    Some(Val::Act(x)),
+                    Some(Val::Noise {
+                        survival: Some(s),
+                        row,
+                    }),
+                )
+                | (
+                    Some(Val::Noise {
+                        survival: Some(s),
+                        row,
+                    }),
+                    Some(Val::Act(x)),
+                ) if s > 0.0 && s <= 1.0 => {
+                    // 1 - 0.975 is 0.025000000000000022: as the model wrote it.
+                    let p = ((1.0 - s) * 1e12).round() / 1e12;
+                    let name = self.layer_name(n, None);
+                    self.push(n, name, Op::StochasticDepth { p, row }, &[x], &[]);
                 }
                 _ => return Err(self.fail(n, "only the product of two activations maps")),
             },

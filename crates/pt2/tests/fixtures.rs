@@ -43,7 +43,7 @@ fn structure(s: &Shaped) -> Vec<(Op, Vec<usize>)> {
 fn every_fixture_has_pytorchs_parameter_names_and_count() {
     let rec = record();
     let fixtures = rec["fixtures"].as_object().unwrap();
-    assert_eq!(fixtures.len(), 6);
+    assert_eq!(fixtures.len(), 7);
     for (file, want) in fixtures {
         let (s, notes) = shaped(file);
         assert_eq!(
@@ -321,5 +321,32 @@ fn train_and_eval_archives_plan_to_real_pytorchs_cpu_peaks() {
             checked += 1;
         }
     }
-    assert_eq!(checked, 10);
+    assert_eq!(checked, 12);
+}
+
+#[test]
+fn stochastic_depth_noise_becomes_torchvisions_layer() {
+    // `torch.empty([B, 1, 1, 1]).bernoulli_(0.8).div_(0.8)`, then `input * noise`.
+    let (s, _) = shaped("tiny_effnet_train.pt2");
+    let sd: Vec<(&str, &Op)> = s
+        .nodes()
+        .iter()
+        .filter(|n| matches!(n.op, Op::StochasticDepth { .. }))
+        .map(|n| (n.name.as_str(), &n.op))
+        .collect();
+    assert_eq!(
+        sd,
+        [(
+            "features.1.stochastic_depth",
+            &Op::StochasticDepth { p: 0.2, row: true }
+        )]
+    );
+    let acts: Vec<&Op> = s
+        .nodes()
+        .iter()
+        .filter(|n| matches!(n.op, Op::Act { .. }))
+        .map(|n| &n.op)
+        .collect();
+    assert!(acts.contains(&&Op::act(Activation::Silu, true)));
+    assert!(acts.contains(&&Op::act(Activation::Sigmoid, false)));
 }
