@@ -1,6 +1,6 @@
 //! torch.export archives for vramlab: reads a `.pt2` file written by `torch.export.save`
-//! (PyTorch 2.6 and later: `<name>/models/model.json`; older archives:
-//! `serialized_exported_program.json`) and maps the exported program's aten ops back to
+//! (`<name>/models/model.json`, as PyTorch 2.15 writes it; an archive with
+//! `serialized_exported_program.json` instead is read the same way) and maps the exported program's aten ops back to
 //! the layers of [`vramlab_graph`], with the parameter names the export records
 //! (`layer1.0.conv1.weight`) and PyTorch's `named_parameters()` order.
 //!
