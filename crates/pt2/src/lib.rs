@@ -1,8 +1,8 @@
 //! torch.export archives for vramlab: reads a `.pt2` file written by `torch.export.save`
 //! (`<name>/models/model.json`, as PyTorch 2.15 writes it; an archive with
-//! `serialized_exported_program.json` instead is read the same way) and maps the exported program's aten ops back to
-//! the layers of [`vramlab_graph`], with the parameter names the export records
-//! (`layer1.0.conv1.weight`) and PyTorch's `named_parameters()` order.
+//! `serialized_exported_program.json` instead is read the same way) and maps the exported
+//! program's aten ops back to the layers of [`vramlab_graph`], with the parameter names
+//! the export records (`layer1.0.conv1.weight`) and PyTorch's `named_parameters()` order.
 //!
 //! The archive is read by [`zip`], a small bounded reader: only the central directory
 //! and the program's JSON are read, never the weights.
