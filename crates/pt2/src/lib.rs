@@ -909,7 +909,7 @@ impl Cx<'_> {
                     .shapes
                     .get(x)
                     .filter(|s| !s.is_empty())
-                    .map(|s| s.iter().map(|&d| d as u128).product());
+                    .and_then(|s| s.iter().try_fold(1u128, |a, &d| a.checked_mul(d as u128)));
                 let flat_ok = if n.op == "flatten" {
                     let start = self.int(n, "start_dim", 1, 0)?;
                     let end = self.int(n, "end_dim", 2, -1)?;

@@ -256,3 +256,31 @@ fn absurd_numbers_in_the_program_never_panic() {
         }
     }
 }
+
+#[test]
+fn a_view_of_a_huge_input_is_an_error_not_an_overflow() {
+    // The input's C, H, W at i64::MAX, and a first node that flattens it.
+    let mut v: serde_json::Value = serde_json::from_str(&simple_cnn_json()).unwrap();
+    let g = &mut v["graph_module"]["graph"];
+    let big = serde_json::json!({ "as_int": i64::MAX });
+    for d in 1..4 {
+        g["tensor_values"]["x"]["sizes"][d] = big.clone();
+    }
+    g["nodes"] = serde_json::json!([{
+        "target": "torch.ops.aten.view.default",
+        "name": "view",
+        "inputs": [
+            { "name": "self", "arg": { "as_tensor": { "name": "x" } }, "kind": 1 },
+            { "name": "size", "arg": { "as_ints": [-1, 5] }, "kind": 1 }
+        ],
+        "outputs": [{ "as_tensor": { "name": "view" } }],
+        "metadata": {}
+    }]);
+    v["graph_module"]["signature"]["output_specs"] =
+        serde_json::json!([{ "user_output": { "arg": { "as_tensor": { "name": "view" } } } }]);
+    let text = v.to_string();
+    let r = read(&stored_zip(&[("m/models/model.json", text.as_bytes())]));
+    one_line(&r);
+    let msg = r.unwrap_err().0;
+    assert!(msg.contains("node `view`"), "{msg}");
+}
