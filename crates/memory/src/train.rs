@@ -639,12 +639,7 @@ impl Runner<'_> {
         if !permuted || self.nodes.get(k).is_none_or(|n| n.node != i) {
             return k;
         }
-        self.record(
-            i,
-            vec![],
-            vec![(Edge::Node(k), Grad::Alloc(bytes))],
-            vec![("aten.clone.default", vec![0])],
-        )
+        self.grad_node(i, k, bytes, "aten.clone.default")
     }
 
     /// The autograd node of node `i`, one input `x`, when its backward is one aten op
@@ -666,6 +661,18 @@ impl Runner<'_> {
             vec![(Edge::Node(f), Grad::Alloc(bytes))],
             vec![(label, vec![0])],
         ))
+    }
+
+    /// A backward node of graph node `i` that keeps nothing and makes, with one aten op
+    /// (`label`), a gradient of `bytes` for node `next` (a reshape's copy, a
+    /// select_backward's zeros).
+    fn grad_node(&mut self, i: usize, next: usize, bytes: u128, label: &'static str) -> usize {
+        self.record(
+            i,
+            vec![],
+            vec![(Edge::Node(next), Grad::Alloc(bytes))],
+            vec![(label, vec![0])],
+        )
     }
 
     /// Bytes of value `v` of node `j`: a parameter's own size, else the batch's.
@@ -1307,11 +1314,11 @@ impl Runner<'_> {
                         Some(e) if train => {
                             let mean = self.record(i, saved, vec![e], vec![(bwd, vec![0])]);
                             Some(if restrided {
-                                self.record(
+                                self.grad_node(
                                     i,
-                                    vec![],
-                                    vec![(Edge::Node(mean), Grad::Alloc(b * numel * x.elem))],
-                                    vec![("aten.new_zeros.default", vec![0])],
+                                    mean,
+                                    b * numel * x.elem,
+                                    "aten.new_zeros.default",
                                 )
                             } else {
                                 mean
@@ -1455,43 +1462,17 @@ impl Runner<'_> {
                 vec![],
             );
             // The packed q/k/v made contiguous; its gradient is reshaped (copied) back.
-            let packed = self.record(
-                i,
-                vec![],
-                vec![(Edge::Node(bias), Grad::Alloc(3 * n))],
-                vec![("aten.clone.default", vec![0])],
-            );
+            let packed = self.grad_node(i, bias, 3 * n, "aten.clone.default");
             let select: Vec<usize> = (0..3)
-                .map(|_| {
-                    self.record(
-                        i,
-                        vec![],
-                        vec![(Edge::Node(packed), Grad::Alloc(3 * n))],
-                        vec![("aten.select_backward.default", vec![0])],
-                    )
-                })
+                .map(|_| self.grad_node(i, packed, 3 * n, "aten.select_backward.default"))
                 .collect();
             let inner: Vec<usize> = select
                 .iter()
-                .map(|&s| {
-                    self.record(
-                        i,
-                        vec![],
-                        vec![(Edge::Node(s), Grad::Alloc(n))],
-                        vec![("aten.clone.default", vec![0])],
-                    )
-                })
+                .map(|&s| self.grad_node(i, s, n, "aten.clone.default"))
                 .collect();
             let outer: Vec<usize> = inner
                 .iter()
-                .map(|&v| {
-                    self.record(
-                        i,
-                        vec![],
-                        vec![(Edge::Node(v), Grad::Alloc(n))],
-                        vec![("aten.clone.default", vec![0])],
-                    )
-                })
+                .map(|&v| self.grad_node(i, v, n, "aten.clone.default"))
                 .collect();
             let sdpa = self.record(
                 i,
@@ -1517,12 +1498,7 @@ impl Runner<'_> {
                 vec![("aten.mm.default", vec![1]), ("aten.mm.default", vec![2])],
             );
             // The output's transpose reshaped for the out-projection's gradient: a copy.
-            grad_fn = Some(self.record(
-                i,
-                vec![],
-                vec![(Edge::Node(o), Grad::Alloc(n))],
-                vec![("aten.clone.default", vec![0])],
-            ));
+            grad_fn = Some(self.grad_node(i, o, n, "aten.clone.default"));
         }
         for s in [copy, proj, out, lse] {
             self.sim.decref(s);
@@ -1533,12 +1509,7 @@ impl Runner<'_> {
     /// A chain of copies in backward: `node` receives the gradient, passes a new
     /// tensor of `bytes` made by `label` to `to`.
     fn copy_node(&mut self, i: usize, to: usize, bytes: u128, label: &'static str) -> usize {
-        self.record(
-            i,
-            vec![],
-            vec![(Edge::Node(to), Grad::Alloc(bytes))],
-            vec![(label, vec![0])],
-        )
+        self.grad_node(i, to, bytes, label)
     }
 
     /// IndexBackward0 of a relative position bias gathered from its table: the
@@ -1674,14 +1645,8 @@ impl Runner<'_> {
         let pad = self.op(xb, "aten.constant_pad_nd.default");
         let pad_node = train
             .then(|| {
-                x.grad_fn.map(|f| {
-                    self.record(
-                        i,
-                        vec![],
-                        vec![(Edge::Node(f), Grad::Alloc(x0))],
-                        vec![("aten.constant_pad_nd.default", vec![0])],
-                    )
-                })
+                x.grad_fn
+                    .map(|f| self.grad_node(i, f, x0, "aten.constant_pad_nd.default"))
             })
             .flatten();
         let mut cur = pad;
@@ -1983,12 +1948,8 @@ impl Runner<'_> {
         self.sim.decref(pad);
         let grad_fn = if train {
             x.grad_fn.map(|f| {
-                let pad_node = self.record(
-                    i,
-                    vec![],
-                    vec![(Edge::Node(f), Grad::Alloc(b * h * w * c * el))],
-                    vec![("aten.constant_pad_nd.default", vec![0])],
-                );
+                let pad_node =
+                    self.grad_node(i, f, b * h * w * c * el, "aten.constant_pad_nd.default");
                 let parts: Vec<usize> = (0..4)
                     .map(|_| {
                         let rows =
@@ -2044,12 +2005,7 @@ impl Runner<'_> {
             // chunk's backward (SplitBackward0) takes the three gradients and stacks
             // them (one cat); q's and k's come through their heads' reshape (a copy),
             // v's as the einsum leaves it.
-            let split = self.record(
-                i,
-                vec![],
-                vec![(Edge::Node(a), Grad::Alloc(3 * xb))],
-                vec![("aten.cat.default", vec![0])],
-            );
+            let split = self.grad_node(i, a, 3 * xb, "aten.cat.default");
             self.nodes[split].gather = true;
             let q = self.copy_node(i, split, xb, "aten.clone.default");
             let k = self.copy_node(i, split, xb, "aten.clone.default");

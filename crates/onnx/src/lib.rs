@@ -20,7 +20,9 @@ use std::path::Path;
 
 use proto::{Dim, Values};
 use vramlab_graph::Activation;
-use vramlab_graph::{BatchNorm2d, Conv2d, Graph, Linear, Node, NodeId, Op, Pool2d, Shape};
+use vramlab_graph::{
+    BatchNorm2d, Conv2d, Graph, GraphBuilder, Linear, Node, NodeId, Op, Pool2d, Shape,
+};
 
 /// The ONNX ops vramlab maps, as the error for any other lists them.
 pub const SUPPORTED_OPS: &[&str] = &[
@@ -154,17 +156,7 @@ pub fn from_model(
         opts,
         vals: HashMap::new(),
         uses: HashMap::new(),
-        graph: Graph {
-            name: name.to_string(),
-            input_shape: Vec::new(),
-            nodes: vec![Node {
-                name: "input".into(),
-                op: Op::Input,
-                inputs: vec![],
-            }],
-            aux: Vec::new(),
-            param_order: None,
-        },
+        graph: GraphBuilder::new(name, Vec::new()).build(),
         shapes: Vec::new(),
         notes: Notes::default(),
         pending_matmul: HashMap::new(),

@@ -18,7 +18,7 @@ use std::path::Path;
 
 use serde_json::Value;
 use vramlab_graph::{
-    Activation, BatchNorm2d, Conv2d, Graph, Linear, Node, NodeId, Op, Pool2d, Shape,
+    Activation, BatchNorm2d, Conv2d, Graph, GraphBuilder, Linear, Node, NodeId, Op, Pool2d, Shape,
 };
 
 /// The aten ops vramlab maps (without the `torch.ops.aten.` prefix and overload), as the
@@ -190,17 +190,7 @@ pub fn from_json(json: &Value, file: &str, name: &str) -> Result<Loaded, Pt2Erro
         file,
         json: gm,
         vals: HashMap::new(),
-        graph: Graph {
-            name: name.to_string(),
-            input_shape: Vec::new(),
-            nodes: vec![Node {
-                name: "input".into(),
-                op: Op::Input,
-                inputs: vec![],
-            }],
-            aux: Vec::new(),
-            param_order: None,
-        },
+        graph: GraphBuilder::new(name, Vec::new()).build(),
         shapes: Vec::new(),
         names: HashMap::new(),
         owner: HashMap::new(),
