@@ -94,3 +94,15 @@ fn native_matches_the_engine_on_the_zoo_vit_tiny() {
     assert_eq!(g.shapes[0], vec![1, 28, 28]);
     compare("zoo vit_tiny", &g, 3);
 }
+
+#[test]
+fn native_matches_the_engine_on_the_vit_model_file() {
+    let g = vramlab_graph::model_file::parse(
+        include_str!("../../../models/vit_tiny.toml"),
+        "vit_tiny.toml",
+    )
+    .unwrap()
+    .infer()
+    .unwrap();
+    compare("models/vit_tiny.toml", &g, 2);
+}

@@ -15,7 +15,7 @@ use std::path::Path;
 
 use serde::Deserialize;
 
-use crate::op::{BatchNorm2d, Conv2d, Linear, Op, Pool2d};
+use crate::op::{BatchNorm2d, Conv2d, LayerNorm, Linear, Op, Pool2d};
 use crate::Activation;
 use crate::{Graph, GraphBuilder, GraphError, NodeId};
 
@@ -238,6 +238,44 @@ enum LayerSpec {
         output_size: Pair,
     },
     Flatten {},
+    /// `nn.LayerNorm(normalized_shape)` over the last dimension.
+    LayerNorm {
+        normalized_shape: i64,
+        #[serde(default = "bn_eps")]
+        eps: f64,
+        #[serde(default = "yes")]
+        elementwise_affine: bool,
+        #[serde(default = "yes")]
+        bias: bool,
+    },
+    /// `x.permute(dims)` with PyTorch's dims, the batch first (`[0, 2, 3, 1]`).
+    Permute {
+        dims: Vec<i64>,
+    },
+    /// `x.flatten(2).transpose(1, 2)`: an image's positions as tokens `[H*W, C]`.
+    Tokens {},
+    /// `x[:, index]`: one token (ViT's class token before the head).
+    Select {
+        #[serde(default)]
+        index: i64,
+    },
+    /// `nn.MultiheadAttention(embed_dim, num_heads, batch_first=True)` as
+    /// self-attention, `attn(x, x, x, need_weights=False)`.
+    MultiheadAttention {
+        embed_dim: i64,
+        num_heads: i64,
+    },
+    /// A learned class token (`[1, 1, embed_dim]`, named by the layer) put before the
+    /// tokens: `torch.cat([token.expand(B, -1, -1), x], dim=1)`.
+    ClassToken {
+        embed_dim: i64,
+    },
+    /// A learned position embedding (`[1, tokens, embed_dim]`, named by the layer) added
+    /// to the tokens.
+    PositionEmbedding {
+        tokens: i64,
+        embed_dim: i64,
+    },
     Linear {
         in_features: i64,
         out_features: i64,
@@ -439,6 +477,33 @@ fn sequence(
                 };
                 b.add(name, Op::Add { inplace }, &[y, s])
             }
+            LayerSpec::ClassToken { embed_dim } => {
+                let e = count("embed_dim", embed_dim)
+                    .map_err(|m| format!("layer `{name}` (ClassToken): {m}"))?;
+                let t = b.add(
+                    name.clone(),
+                    Op::Param {
+                        shape: vec![1, 1, e],
+                        batch_dim: true,
+                    },
+                    &[],
+                );
+                b.add(format!("{name}.cat"), Op::Concat, &[t, x])
+            }
+            LayerSpec::PositionEmbedding { tokens, embed_dim } => {
+                let at = |m: String| format!("layer `{name}` (PositionEmbedding): {m}");
+                let t = count("tokens", tokens).map_err(at)?;
+                let e = count("embed_dim", embed_dim).map_err(at)?;
+                let p = b.add(
+                    name.clone(),
+                    Op::Param {
+                        shape: vec![1, t, e],
+                        batch_dim: true,
+                    },
+                    &[],
+                );
+                b.add(format!("{name}.add"), Op::Add { inplace: false }, &[x, p])
+            }
             LayerSpec::Concat { branches } => {
                 if branches.is_empty() {
                     return Err(format!("layer `{name}` (Concat): `branches` is empty"));
@@ -589,6 +654,45 @@ fn op_of(spec: LayerSpec) -> Result<Op, String> {
             output_size: output_size.get("output_size")?,
         },
         LayerSpec::Flatten {} => Op::Flatten,
+        LayerSpec::LayerNorm {
+            normalized_shape,
+            eps,
+            elementwise_affine,
+            bias,
+        } => Op::LayerNorm(LayerNorm {
+            normalized_shape: count("normalized_shape", normalized_shape)?,
+            eps,
+            elementwise_affine,
+            bias,
+        }),
+        LayerSpec::Permute { dims } => {
+            // PyTorch's dims keep the batch first; the graph's are per sample.
+            if dims.first() != Some(&0) || dims.len() > 8 {
+                return Err(format!(
+                    "dims {dims:?}: the batch dimension must stay first (dims[0] = 0)"
+                ));
+            }
+            let per: Result<Vec<usize>, String> = dims[1..]
+                .iter()
+                .map(|&d| {
+                    usize::try_from(d - 1)
+                        .map_err(|_| format!("dims {dims:?}: dimension {d} moves the batch"))
+                })
+                .collect();
+            Op::Permute { dims: per? }
+        }
+        LayerSpec::Tokens {} => Op::Tokens,
+        LayerSpec::Select { index } => Op::Select {
+            index: usize::try_from(index)
+                .map_err(|_| format!("index must be at least 0, got {index}"))?,
+        },
+        LayerSpec::MultiheadAttention {
+            embed_dim,
+            num_heads,
+        } => Op::MultiheadAttention {
+            embed_dim: count("embed_dim", embed_dim)?,
+            num_heads: count("num_heads", num_heads)?,
+        },
         LayerSpec::Linear {
             in_features,
             out_features,
@@ -635,7 +739,9 @@ fn op_of(spec: LayerSpec) -> Result<Op, String> {
         },
         LayerSpec::Residual { .. }
         | LayerSpec::Concat { .. }
-        | LayerSpec::SqueezeExcitation { .. } => return Err("a block is not one layer".into()),
+        | LayerSpec::SqueezeExcitation { .. }
+        | LayerSpec::ClassToken { .. }
+        | LayerSpec::PositionEmbedding { .. } => return Err("a block is not one layer".into()),
     };
     op.validate()?;
     Ok(op)
@@ -1080,6 +1186,40 @@ mod tests {
         assert!(
             e.contains("Sizes of tensors must match except in dimension 1"),
             "{e}"
+        );
+    }
+
+    #[test]
+    fn transformer_layers_are_checked() {
+        let one = |layer: &str| {
+            let text = format!("input = [4, 8, 8]\n[[layers]]\n{layer}\n");
+            parse(&text, "m.toml")
+                .and_then(|g| g.infer().map(|_| ()))
+                .unwrap_err()
+                .to_string()
+        };
+        assert!(one("type = \"Permute\"\ndims = [1, 0, 2, 3]")
+            .contains("the batch dimension must stay first"));
+        assert!(
+            one("type = \"MultiheadAttention\"\nembed_dim = 6\nnum_heads = 4")
+                .contains("embed_dim must be divisible by num_heads")
+        );
+        assert!(one("type = \"LayerNorm\"\nnormalized_shape = 5")
+            .contains("expected input with shape [*, 5], but got input of size 4x8x8"));
+        assert!(one("type = \"Select\"\nindex = 9").contains("index 9 is out of bounds"));
+        let g = parse(
+            include_str!("../../../models/vit_tiny.toml"),
+            "vit_tiny.toml",
+        )
+        .unwrap()
+        .infer()
+        .unwrap();
+        assert_eq!(g.output_shape(), &vec![10]);
+        let names: Vec<String> = g.params().into_iter().map(|p| p.name).collect();
+        assert!(names.contains(&"class_token".to_string()), "{names:?}");
+        assert!(
+            names.contains(&"layer0.attention.body.self_attention.in_proj_weight".to_string()),
+            "{names:?}"
         );
     }
 }

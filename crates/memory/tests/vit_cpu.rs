@@ -67,3 +67,34 @@ fn a_small_convnext_step_matches_pytorch_op_for_op() {
         )
     );
 }
+
+#[test]
+fn the_vit_model_file_plans_as_the_zoo_vit() {
+    let file = vramlab_graph::model_file::parse(
+        include_str!("../../../models/vit_tiny.toml"),
+        "vit_tiny.toml",
+    )
+    .unwrap()
+    .infer()
+    .unwrap();
+    let zoo = vramlab_graph::zoo::build("vit_tiny", &Default::default())
+        .unwrap()
+        .infer()
+        .unwrap();
+    assert_eq!(file.num_params(), 139_018);
+    assert_eq!(file.num_params(), zoo.num_params());
+    for profile in [Profile::PytorchCpu, Profile::Native] {
+        for kind in [OptimizerKind::Sgd, OptimizerKind::Adam] {
+            let mut cfg = PlanConfig::new(8);
+            cfg.profile = profile;
+            cfg.optimizer = Optimizer::new(kind);
+            let (a, b) = (plan(&file, &cfg).unwrap(), plan(&zoo, &cfg).unwrap());
+            for s in 0..2 {
+                assert_eq!(
+                    a.steps[s].peak_bytes, b.steps[s].peak_bytes,
+                    "{profile:?} {kind:?}"
+                );
+            }
+        }
+    }
+}
