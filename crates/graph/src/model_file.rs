@@ -270,6 +270,11 @@ enum LayerSpec {
     ClassToken {
         embed_dim: i64,
     },
+    /// ConvNeXt's layer scale: a learned `[channels, 1, 1]` tensor (named by the layer)
+    /// times the input.
+    LayerScale {
+        channels: i64,
+    },
     /// A learned position embedding (`[1, tokens, embed_dim]`, named by the layer) added
     /// to the tokens.
     PositionEmbedding {
@@ -489,6 +494,19 @@ fn sequence(
                     &[],
                 );
                 b.add(format!("{name}.cat"), Op::Concat, &[t, x])
+            }
+            LayerSpec::LayerScale { channels } => {
+                let c = count("channels", channels)
+                    .map_err(|m| format!("layer `{name}` (LayerScale): {m}"))?;
+                let p = b.add(
+                    name.clone(),
+                    Op::Param {
+                        shape: vec![c, 1, 1],
+                        batch_dim: false,
+                    },
+                    &[],
+                );
+                b.add(format!("{name}.mul"), Op::Mul, &[p, x])
             }
             LayerSpec::PositionEmbedding { tokens, embed_dim } => {
                 let at = |m: String| format!("layer `{name}` (PositionEmbedding): {m}");
@@ -741,6 +759,7 @@ fn op_of(spec: LayerSpec) -> Result<Op, String> {
         | LayerSpec::Concat { .. }
         | LayerSpec::SqueezeExcitation { .. }
         | LayerSpec::ClassToken { .. }
+        | LayerSpec::LayerScale { .. }
         | LayerSpec::PositionEmbedding { .. } => return Err("a block is not one layer".into()),
     };
     op.validate()?;
