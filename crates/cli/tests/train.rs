@@ -872,7 +872,11 @@ fn the_modern_example_model_files_learn_and_measure_their_plan() {
     let root = tmp("modern-files");
     cifar(&root, 64);
     let r = root.to_str().unwrap();
-    for file in ["mbconv_tiny.toml", "shuffle_tiny.toml", "convnext_block.toml"] {
+    for file in [
+        "mbconv_tiny.toml",
+        "shuffle_tiny.toml",
+        "convnext_block.toml",
+    ] {
         let path = format!("{}/../../models/{file}", env!("CARGO_MANIFEST_DIR"));
         let v = json(&vramlab(&[
             "train",
