@@ -80,3 +80,19 @@ fn an_input_a_vit_does_not_take_is_pytorchs_error() {
     let o = vramlab(&["memory", "efficientnet_b0", "--input", "3x64x64", "-b", "4"]);
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
 }
+
+#[test]
+fn a_layer_the_engine_does_not_run_is_named_with_the_profiles_that_plan_it() {
+    let o = vramlab(&["memory", "swin_t", "--profile", "native"]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(2), "{err}");
+    assert!(
+        err.contains("vramlab's CPU engine does not run ShiftedWindowAttention yet"),
+        "{err}"
+    );
+    assert!(err.contains("--profile pytorch-cpu"), "{err}");
+    assert_eq!(err.trim().lines().count(), 1, "{err}");
+    // The pytorch profiles plan it.
+    let o = vramlab(&["memory", "swin_t", "--profile", "pytorch-cpu", "-b", "2"]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+}

@@ -720,8 +720,9 @@ pub(crate) fn run(g: &Shaped, cfg: &PlanConfig) -> Result<MemoryReport, PlanErro
     }
     if let Some(n) = g.nodes().iter().find(|n| !n.op.in_engine()) {
         return Err(PlanError::Config(format!(
-            "layer `{}`: the native profile plans vramlab's CPU engine, which does not run {} \
-             yet; use --profile pytorch-cpu or pytorch-cuda",
+            "layer `{}`: vramlab's CPU engine does not run {} yet, so it cannot train this \
+             model and the native profile cannot plan it (the pytorch-cpu and pytorch-cuda \
+             profiles do: `vramlab memory MODEL --profile pytorch-cpu`)",
             n.name,
             n.op.type_name()
         )));
