@@ -96,3 +96,46 @@ fn a_layer_the_engine_does_not_run_is_named_with_the_profiles_that_plan_it() {
     let o = vramlab(&["memory", "swin_t", "--profile", "pytorch-cpu", "-b", "2"]);
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
 }
+
+/// A FIFO named like a model is refused at once, never waited on (it would block until
+/// a writer came).
+#[cfg(unix)]
+#[test]
+fn a_fifo_named_like_an_onnx_or_pt2_model_is_refused_not_waited_on() {
+    let dir = std::env::temp_dir().join(format!("vramlab-fifo-model-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    for name in ["m.onnx", "m.pt2"] {
+        let path = dir.join(name);
+        let _ = std::fs::remove_file(&path);
+        let made = std::process::Command::new("mkfifo")
+            .arg(&path)
+            .status()
+            .unwrap();
+        assert!(made.success());
+        // Waited on for at most 10 s: a reader that blocks is killed, and fails the test.
+        let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_vramlab"))
+            .args(["memory", path.to_str().unwrap()])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let start = std::time::Instant::now();
+        let status = loop {
+            if let Some(s) = child.try_wait().unwrap() {
+                break Some(s);
+            }
+            if start.elapsed().as_secs() >= 10 {
+                child.kill().ok();
+                child.wait().ok();
+                break None;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        };
+        let status = status.unwrap_or_else(|| panic!("{name}: still reading the FIFO after 10 s"));
+        let mut err = String::new();
+        std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut err).unwrap();
+        assert_eq!(status.code(), Some(2), "{name}: {err}");
+        assert!(err.contains("not a regular file"), "{name}: {err}");
+    }
+    std::fs::remove_dir_all(&dir).ok();
+}

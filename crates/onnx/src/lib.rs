@@ -120,6 +120,13 @@ impl std::error::Error for OnnxError {}
 /// Reads `path` and maps it to a graph.
 pub fn load(path: &Path, opts: &Options) -> Result<Loaded, OnnxError> {
     let file = path.display().to_string();
+    // Only a regular file: opening a FIFO or a device would block or never end.
+    let meta = std::fs::metadata(path).map_err(|e| OnnxError(format!("{file}: {e}")))?;
+    if !meta.is_file() {
+        return Err(OnnxError(format!(
+            "{file}: not a regular file: expected an .onnx model"
+        )));
+    }
     let f = std::fs::File::open(path).map_err(|e| OnnxError(format!("{file}: {e}")))?;
     let mut src = proto::FileSource::new(f).map_err(|e| OnnxError(format!("{file}: {e}")))?;
     let len = src.file_len();

@@ -105,6 +105,13 @@ impl std::error::Error for Pt2Error {}
 /// Reads `path` and maps it to a graph.
 pub fn load(path: &Path) -> Result<Loaded, Pt2Error> {
     let file = path.display().to_string();
+    // Only a regular file: opening a FIFO or a device would block or never end.
+    let meta = std::fs::metadata(path).map_err(|e| Pt2Error(format!("{file}: {e}")))?;
+    if !meta.is_file() {
+        return Err(Pt2Error(format!(
+            "{file}: not a regular file: expected a .pt2 archive written by torch.export.save"
+        )));
+    }
     let f = std::fs::File::open(path).map_err(|e| Pt2Error(format!("{file}: {e}")))?;
     let name = path
         .file_stem()
