@@ -30,7 +30,8 @@ pub(super) fn convnext(name: &str, input: Vec<usize>, classes: usize) -> Graph {
         "convnext_tiny" => ([96, 192, 384, 768], [3, 3, 9, 3], 0.1),
         "convnext_small" => ([96, 192, 384, 768], [3, 3, 27, 3], 0.4),
         "convnext_base" => ([128, 256, 512, 1024], [3, 3, 27, 3], 0.5),
-        _ => ([192, 384, 768, 1536], [3, 3, 27, 3], 0.5),
+        "convnext_large" => ([192, 384, 768, 1536], [3, 3, 27, 3], 0.5),
+        other => unreachable!("zoo ENTRIES lists no {other}"),
     };
     body(name, input, &dims, &depths, sd, classes)
 }

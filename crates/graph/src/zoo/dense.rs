@@ -11,7 +11,8 @@ pub(super) fn densenet(name: &str, input: Vec<usize>, classes: usize) -> Graph {
         "densenet121" => (32, [6, 12, 24, 16], 64),
         "densenet161" => (48, [6, 12, 36, 24], 96),
         "densenet169" => (32, [6, 12, 32, 32], 64),
-        _ => (32, [6, 12, 48, 32], 64),
+        "densenet201" => (32, [6, 12, 48, 32], 64),
+        other => unreachable!("zoo ENTRIES lists no {other}"),
     };
     let bn_size = 4;
     let in_ch = input[0];
@@ -151,7 +152,8 @@ pub(super) fn shufflenet_v2(name: &str, input: Vec<usize>, classes: usize) -> Gr
         "shufflenet_v2_x0_5" => [24, 48, 96, 192, 1024],
         "shufflenet_v2_x1_0" => [24, 116, 232, 464, 1024],
         "shufflenet_v2_x1_5" => [24, 176, 352, 704, 1024],
-        _ => [24, 244, 488, 976, 2048],
+        "shufflenet_v2_x2_0" => [24, 244, 488, 976, 2048],
+        other => unreachable!("zoo ENTRIES lists no {other}"),
     };
     let in_ch = input[0];
     let mut b = GraphBuilder::new(name, input);

@@ -153,7 +153,8 @@ pub(super) fn mnasnet(name: &str, input: Vec<usize>, classes: usize) -> Graph {
         "mnasnet0_5" => 0.5,
         "mnasnet0_75" => 0.75,
         "mnasnet1_0" => 1.0,
-        _ => 1.3,
+        "mnasnet1_3" => 1.3,
+        other => unreachable!("zoo ENTRIES lists no {other}"),
     };
     let depths: Vec<usize> = [32, 16, 24, 40, 80, 96, 192, 320]
         .iter()
@@ -279,7 +280,8 @@ pub(super) fn efficientnet(name: &str, input: Vec<usize>, classes: usize) -> Gra
         "efficientnet_b4" => (1.4, 1.8, 0.4),
         "efficientnet_b5" => (1.6, 2.2, 0.4),
         "efficientnet_b6" => (1.8, 2.6, 0.5),
-        _ => (2.0, 3.1, 0.5),
+        "efficientnet_b7" => (2.0, 3.1, 0.5),
+        other => unreachable!("zoo ENTRIES lists no {other}"),
     };
     // B5-B7 use BatchNorm2d(eps=0.001, momentum=0.01).
     let norm = if matches!(
@@ -321,11 +323,12 @@ pub(super) fn efficientnet_v2(name: &str, input: Vec<usize>, classes: usize) -> 
             (false, 4, 3, 2, 80, 160, 7), (false, 6, 3, 1, 160, 176, 14),
             (false, 6, 3, 2, 176, 304, 18), (false, 6, 3, 1, 304, 512, 5),
         ], 0.3),
-        _ => (vec![
+        "efficientnet_v2_l" => (vec![
             (true, 1, 3, 1, 32, 32, 4), (true, 4, 3, 2, 32, 64, 7), (true, 4, 3, 2, 64, 96, 7),
             (false, 4, 3, 2, 96, 192, 10), (false, 6, 3, 1, 192, 224, 19),
             (false, 6, 3, 2, 224, 384, 25), (false, 6, 3, 1, 384, 640, 7),
         ], 0.4),
+        other => unreachable!("zoo ENTRIES lists no {other}"),
     };
     let norm = Norm {
         eps: 1e-3,

@@ -280,7 +280,8 @@ pub fn build(name: &str, opts: &ModelOptions) -> Result<Graph, GraphError> {
                 "vgg11" => VGG11,
                 "vgg13" => VGG13,
                 "vgg16" => VGG16,
-                _ => VGG19,
+                "vgg19" => VGG19,
+                other => unreachable!("zoo ENTRIES lists no {other}"),
             };
             vgg(name, input, cfg, name.ends_with("_bn"), classes)
         }
@@ -295,7 +296,8 @@ pub fn build(name: &str, opts: &ModelOptions) -> Result<Graph, GraphError> {
                 "resnext101_32x8d" => (Block::Bottleneck, [3, 4, 23, 3], 32, 8),
                 "resnext101_64x4d" => (Block::Bottleneck, [3, 4, 23, 3], 64, 4),
                 "wide_resnet50_2" => (Block::Bottleneck, [3, 4, 6, 3], 1, 128),
-                _ => (Block::Bottleneck, [3, 4, 23, 3], 1, 128),
+                "wide_resnet101_2" => (Block::Bottleneck, [3, 4, 23, 3], 1, 128),
+                other => unreachable!("zoo ENTRIES lists no {other}"),
             };
             resnet(name, input, block, layers, groups, width, classes)
         }

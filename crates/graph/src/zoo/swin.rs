@@ -27,7 +27,8 @@ pub(super) fn swin(name: &str, input: Vec<usize>, classes: usize) -> Graph {
     let (embed_dim, depths, heads, sd) = match size {
         "t" => (96, vec![2, 2, 6, 2], vec![3, 6, 12, 24], 0.2),
         "s" => (96, vec![2, 2, 18, 2], vec![3, 6, 12, 24], 0.3),
-        _ => (128, vec![2, 2, 18, 2], vec![4, 8, 16, 32], 0.5),
+        "b" => (128, vec![2, 2, 18, 2], vec![4, 8, 16, 32], 0.5),
+        other => unreachable!("zoo ENTRIES lists no swin size {other}"),
     };
     transformer(
         name,
