@@ -435,9 +435,10 @@ impl Shaped {
             let n = &self.graph.nodes[i];
             for t in f(&n.op) {
                 // A parameter used as a value is named by its node alone.
-                let name = match n.op {
-                    Op::Param { .. } => n.name.clone(),
-                    _ => format!("{}.{}", n.name, t.name),
+                let name = if matches!(n.op, Op::Param { .. }) {
+                    n.name.clone()
+                } else {
+                    format!("{}.{}", n.name, t.name)
                 };
                 out.push(NamedTensor {
                     name,
