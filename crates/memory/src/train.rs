@@ -675,6 +675,21 @@ impl Runner<'_> {
         )
     }
 
+    /// `F.softmax` over attention scores of `bytes`: the probabilities, and the
+    /// backward node keeping them (its gradient goes to `from`) when scores need one.
+    fn softmax(&mut self, i: usize, bytes: u128, from: Option<usize>) -> (Sid, Option<usize>) {
+        let probs = self.op(bytes, "aten._softmax.default");
+        let node = from.map(|k| {
+            self.record(
+                i,
+                vec![probs],
+                vec![(Edge::Node(k), Grad::Alloc(bytes))],
+                vec![("aten._softmax_backward_data.default", vec![0])],
+            )
+        });
+        (probs, node)
+    }
+
     /// Bytes of value `v` of node `j`: a parameter's own size, else the batch's.
     fn value_bytes(&self, v: &Value, j: usize) -> u128 {
         let per = self.g.numel(j) * v.elem;
@@ -1851,16 +1866,8 @@ impl Runner<'_> {
             scores = masked;
             temps.push(mask);
         }
-        let probs = self.op(att, "aten._softmax.default");
+        let (probs, soft) = self.softmax(i, att, add_node);
         self.sim.decref(scores);
-        let soft = add_node.map(|k| {
-            self.record(
-                i,
-                vec![probs],
-                vec![(Edge::Node(k), Grad::Alloc(att))],
-                vec![("aten._softmax_backward_data.default", vec![0])],
-            )
-        });
         let vc = self.op(xb, "aten.clone.default");
         let ctx = self.op(xb, "aten.bmm.default");
         let bmm2 = soft.map(|k| {
@@ -2043,17 +2050,9 @@ impl Runner<'_> {
             edges.extend(bias_node.map(|n| (Edge::Node(n), Grad::SumTo(tb))));
             self.record(i, vec![], edges, vec![])
         });
-        let probs = self.op(att, "aten._softmax.default");
+        let (probs, soft) = self.softmax(i, att, add);
         self.sim.decref(biased);
         self.sim.decref(dots);
-        let soft = add.map(|k| {
-            self.record(
-                i,
-                vec![probs],
-                vec![(Edge::Node(k), Grad::Alloc(att))],
-                vec![("aten._softmax_backward_data.default", vec![0])],
-            )
-        });
         let vc = self.op(xb, "aten.clone.default");
         let ctx = self.op(xb, "aten.bmm.default");
         let bmm2 = soft.map(|k| {
