@@ -46,7 +46,7 @@ static ZH: &[(&str, &str)] = &[
     ("nvidia-smi total", "nvidia-smi 总量"),
     ("{0} (steady state)", "{0}（稳态）"),
     ("{0} (cache still growing)", "{0}（缓存仍在增长）"),
-    ("allocated: modelled, as torch.cuda.max_memory_allocated() counts it; the cuBLAS workspace ({0}) is included.", "已分配：建模值，按 torch.cuda.max_memory_allocated() 的口径；包含 cuBLAS 工作区（{0}）。"),
+    ("allocated: modelled, as torch.cuda.max_memory_allocated() counts it; the cuBLAS and cuBLASLt workspaces ({0}: one cuBLAS workspace for forward's thread, one for backward's, 1 MiB for cuBLASLt) are included.", "已分配：建模值，按 torch.cuda.max_memory_allocated() 的口径；包含 cuBLAS 与 cuBLASLt 工作区（{0}：前向线程与反向线程各一个 cuBLAS 工作区，cuBLASLt 1 MiB）。"),
     ("reserved: modelled, as torch.cuda.max_memory_reserved() counts it: segments of 2 MiB, 20 MiB, or the request rounded up to 2 MiB.", "保留：建模值，按 torch.cuda.max_memory_reserved() 的口径：段大小为 2 MiB、20 MiB，或按 2 MiB 向上取整的请求大小。"),
     ("nvidia-smi total: estimated: the CUDA context ({0}) + reserved + a cuDNN workspace of up to {1}.", "nvidia-smi 总量：估计值：CUDA 上下文（{0}）+ 保留 + 至多 {1} 的 cuDNN 工作区。"),
     ("Estimates: the CUDA context depends on the driver, the card and the CUDA version (--cuda-context); the cuDNN workspace on the algorithm cuDNN picks (--cudnn-workspace).", "估计：CUDA 上下文取决于驱动、显卡和 CUDA 版本（--cuda-context）；cuDNN 工作区取决于 cuDNN 选择的算法（--cudnn-workspace）。"),

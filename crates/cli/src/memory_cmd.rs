@@ -20,6 +20,10 @@ pub struct MemoryArgs {
     /// Include the whole timeline (every op's live total) in the JSON.
     #[arg(long)]
     timeline: bool,
+    /// With --json: every malloc and free the simulated caching allocator sees, in order
+    /// (device.trace), to hold against torch.cuda.memory._snapshot()'s device_traces.
+    #[arg(long)]
+    device_trace: bool,
     /// Print JSON instead of a table.
     #[arg(long)]
     json: bool,
@@ -47,6 +51,12 @@ pub fn run(a: &MemoryArgs) -> Result<()> {
     let g = a.model.load()?;
     let mut cfg = a.plan.config(a.batch_size)?;
     cfg.record_timeline = a.timeline;
+    if a.device_trace && !a.json {
+        return Err(crate::UserError(
+            "--device-trace is part of the JSON: add --json".into(),
+        ));
+    }
+    cfg.record_device_trace = a.device_trace;
     let r = plan(&g, &cfg)?;
     if a.json {
         return print_json(&r);
@@ -213,7 +223,7 @@ pub fn render_device(d: &DeviceReport, reported_steps: usize, lang: Lang) -> Str
     for line in [
         t(
             lang,
-            "allocated: modelled, as torch.cuda.max_memory_allocated() counts it; the cuBLAS workspace ({0}) is included.",
+            "allocated: modelled, as torch.cuda.max_memory_allocated() counts it; the cuBLAS and cuBLASLt workspaces ({0}: one cuBLAS workspace for forward's thread, one for backward's, 1 MiB for cuBLASLt) are included.",
             &[&bytes(d.cublas_workspace_bytes)],
         ),
         s(lang, "reserved: modelled, as torch.cuda.max_memory_reserved() counts it: segments of 2 MiB, 20 MiB, or the request rounded up to 2 MiB."),

@@ -46,7 +46,7 @@ fn memory_shows_allocated_reserved_and_the_nvidia_smi_total_with_what_each_rests
         "allocated: modelled",
         "reserved: modelled",
         "nvidia-smi total: estimated",
-        "the cuBLAS workspace (8.12 MiB) is included",
+        "the cuBLAS and cuBLASLt workspaces (17.25 MiB: one cuBLAS workspace for forward's thread, one for backward's, 1 MiB for cuBLASLt) are included",
         "Estimates: the CUDA context depends on the driver",
     ] {
         assert!(out.contains(needle), "missing `{needle}` in\n{out}");
@@ -62,7 +62,8 @@ fn memory_json_carries_the_device_section() {
     let d = &r["device"];
     assert_eq!(d["alloc_conf"], "default");
     assert_eq!(d["steps"].as_array().unwrap().len(), 3);
-    assert_eq!(n(&d["cublas_workspace_bytes"]), 8_519_680);
+    // One cuBLAS workspace per thread (forward, backward) and the cuBLASLt one.
+    assert_eq!(n(&d["cublas_workspace_bytes"]), 2 * 8_519_680 + (1 << 20));
     assert_eq!(n(&d["cudnn_workspace_bytes"]), 64 << 20);
     assert_eq!(n(&d["cuda_context_bytes"]), 512 << 20);
     let reserved = n(&d["reserved_peak_bytes"]);
@@ -213,14 +214,65 @@ fn the_cublas_workspace_follows_the_card_or_the_option() {
         "--cublas-workspace",
         "32MiB",
     ]);
-    assert_eq!(n(&r["device"]["cublas_workspace_bytes"]), 32 << 20);
+    assert_eq!(
+        n(&r["device"]["cublas_workspace_bytes"]),
+        (64 << 20) + (1 << 20)
+    );
     let base = json(&["memory", "resnet18", "--batch-size", "8", "--json"]);
-    // The workspace is one allocation the whole run keeps: 32 MiB against 8.125 MiB, less
-    // what the smaller one's 20 MiB segment wastes where a block is handed out whole.
+    // Each workspace is one allocation the whole run keeps: 2 x 32 MiB against
+    // 2 x 8.125 MiB, less what the smaller ones' 20 MiB segments waste where a block is
+    // handed out whole.
     let (big, small) = (
         n(&r["device"]["allocated_peak_bytes"]),
         n(&base["device"]["allocated_peak_bytes"]),
     );
-    assert!(big > small + (16 << 20), "{big} {small}");
-    assert!(big - small <= (32 << 20) - 8_519_680, "{big} {small}");
+    assert!(big > small + (32 << 20), "{big} {small}");
+    assert!(big - small <= 2 * ((32 << 20) - 8_519_680), "{big} {small}");
+}
+
+#[test]
+fn device_trace_lists_every_malloc_and_free_in_order() {
+    let r = json(&[
+        "memory",
+        "simple_cnn",
+        "--batch-size",
+        "4",
+        "--optimizer",
+        "sgd",
+        "--json",
+        "--device-trace",
+    ]);
+    let t = r["device"]["trace"].as_array().expect("a trace");
+    // The parameters first (conv1's weight: 6x3x5x5 floats), in registration order.
+    assert_eq!(t[0]["action"], "alloc");
+    assert_eq!(n(&t[0]["bytes"]), 6 * 3 * 5 * 5 * 4);
+    // Every free matches an earlier alloc of the same size; what is left at the end is
+    // what the run keeps (weights, batch, workspaces, the last loss).
+    let mut live: Vec<u128> = Vec::new();
+    for e in t {
+        let b = n(&e["bytes"]);
+        match e["action"].as_str().unwrap() {
+            "alloc" => live.push(b),
+            "free" => {
+                let k = live
+                    .iter()
+                    .position(|&x| x == b)
+                    .expect("freed after its alloc");
+                live.swap_remove(k);
+            }
+            a => panic!("unknown action {a}"),
+        }
+    }
+    // Two cuBLAS workspaces (forward's thread and backward's) and the cuBLASLt one.
+    assert_eq!(live.iter().filter(|&&b| b == 8_519_680).count(), 2);
+    assert_eq!(live.iter().filter(|&&b| b == 1 << 20).count(), 1);
+    // Without --json there is nowhere to put it: one line, exit 2.
+    let o = vramlab(&["memory", "simple_cnn", "--device-trace"]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(
+        stderr(&o).contains("--device-trace is part of the JSON"),
+        "{}",
+        stderr(&o)
+    );
+    assert!(o.stdout.is_empty());
 }

@@ -266,6 +266,8 @@ pub struct PlanConfig {
     pub cudnn_workspace_bytes: Option<u128>,
     /// Many GPUs: the plan is one rank's (`--gpus`, `--strategy`); `None`: one device.
     pub distributed: Option<dist::Distributed>,
+    /// Keep every malloc and free the simulated allocator sees ([`DeviceReport::trace`]).
+    pub record_device_trace: bool,
 }
 
 /// cuBLAS's default workspace before Hopper: `:4096:2:16:8`, 2 x 4 MiB + 8 x 16 KiB
@@ -315,6 +317,7 @@ impl PlanConfig {
             cublas_workspace_bytes: CUBLAS_WORKSPACE_DEFAULT_BYTES,
             cudnn_workspace_bytes: None,
             distributed: None,
+            record_device_trace: false,
         }
     }
 }
@@ -398,8 +401,9 @@ pub struct DeviceReport {
     pub reserved_peak_bytes: u128,
     /// The CUDA context: an estimate (driver, card, CUDA version, lazy loading).
     pub cuda_context_bytes: u128,
-    /// cuBLAS workspace, taken from the caching allocator at the first matmul: modelled,
-    /// and already inside allocated and reserved (0 when the model has no matmul).
+    /// cuBLAS and cuBLASLt workspaces, taken from the caching allocator at the first
+    /// matmul of forward and of backward (one per thread) and the first Linear with a
+    /// bias: modelled, and already inside allocated and reserved (0 without a matmul).
     pub cublas_workspace_bytes: u128,
     /// Bound on the cuDNN convolution workspace, added on top: an estimate (0 when the
     /// model has no convolution).
@@ -410,6 +414,9 @@ pub struct DeviceReport {
     pub device_limit_bytes: Option<u128>,
     /// The first request the allocator could not serve under that limit.
     pub out_of_memory: Option<DeviceOom>,
+    /// Every malloc and free of the simulated steps, in order, when asked.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub trace: Option<Vec<sim::DeviceEvent>>,
 }
 
 /// One step as `torch.cuda.reset_peak_memory_stats()` before it would show it.

@@ -69,8 +69,33 @@ pub struct Sim {
 struct Device {
     alloc: CachingAllocator,
     block_of: Vec<Option<BlockId>>,
-    cublas_workspace: bool,
+    /// cuBLAS workspaces taken: the main thread's (forward, optimizer) and the autograd
+    /// engine's device thread's (backward), and the cuBLASLt workspace.
+    cublas_workspace: [bool; 2],
+    cublaslt_workspace: bool,
+    /// Bytes of all workspaces taken so far.
+    workspace_bytes: u128,
     oom: Option<OomAt>,
+    /// Every malloc and free in order, when asked (`memory --device-trace`).
+    trace: Option<Vec<DeviceEvent>>,
+}
+
+/// The cuBLASLt workspace PyTorch takes from the caching allocator (1 MiB).
+pub const CUBLASLT_WORKSPACE_BYTES: u128 = 1 << 20;
+
+/// One request to the caching allocator, as `torch.cuda.memory._snapshot()`'s
+/// `device_traces` lists them (`alloc`, `free_completed`).
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct DeviceEvent {
+    pub action: &'static str,
+    /// The requested bytes (the allocator rounds them up to its blocks).
+    pub bytes: u128,
+    pub phase: Phase,
+    /// Index into the caller's layer names.
+    #[serde(skip)]
+    pub layer: usize,
+    /// The layer's name, filled in by the caller.
+    pub layer_name: String,
 }
 
 /// The first request the caching allocator could not serve, and where it came.
@@ -107,9 +132,41 @@ impl Sim {
         self.device = Some(Device {
             alloc,
             block_of: vec![None; self.storages.len()],
-            cublas_workspace: false,
+            cublas_workspace: [false; 2],
+            cublaslt_workspace: false,
+            workspace_bytes: 0,
             oom: None,
+            trace: None,
         });
+    }
+
+    /// Records every malloc and free the allocator sees from now on.
+    pub fn record_device_trace(&mut self) {
+        if let Some(d) = &mut self.device {
+            d.trace = Some(Vec::new());
+        }
+    }
+
+    /// The recorded requests, each with its layer named from `names`.
+    pub fn take_device_trace(&mut self, names: &[String]) -> Option<Vec<DeviceEvent>> {
+        let mut t = self.device.as_mut()?.trace.take()?;
+        for e in &mut t {
+            e.layer_name = names.get(e.layer).cloned().unwrap_or_default();
+        }
+        Some(t)
+    }
+
+    fn trace_event(&mut self, action: &'static str, bytes: u128) {
+        let (phase, layer) = (self.phase, self.layer);
+        if let Some(t) = self.device.as_mut().and_then(|d| d.trace.as_mut()) {
+            t.push(DeviceEvent {
+                action,
+                bytes,
+                phase,
+                layer,
+                layer_name: String::new(),
+            });
+        }
     }
 
     fn device_malloc(&mut self, bytes: u128) -> Option<BlockId> {
@@ -121,6 +178,8 @@ impl Sim {
         if bytes == 0 || d.oom.is_some() {
             return None;
         }
+        self.trace_event("alloc", bytes);
+        let d = self.device.as_mut()?;
         match d.alloc.malloc(bytes) {
             Ok(b) => Some(b),
             Err(error) => {
@@ -135,23 +194,53 @@ impl Sim {
     }
 
     fn device_free(&mut self, sid: Sid) {
+        let bytes = self.storages[sid].bytes;
         if let Some(d) = &mut self.device {
             if let Some(b) = d.block_of[sid].take() {
                 d.alloc.free(b);
+                self.trace_event("free", bytes);
             }
         }
     }
 
-    /// The cuBLAS workspace, which the first matmul takes from the caching allocator
-    /// (`getNewWorkspace` in ATen's CublasHandlePool.cpp) and keeps: counted by
-    /// PyTorch's allocator, not by any tensor category.
+    /// The cuBLAS workspace, which a thread's first matmul takes from the caching
+    /// allocator and keeps: counted by PyTorch's allocator, not by any tensor category.
+    /// ATen keys workspaces by (cuBLAS handle, stream) (`getCurrentCUDABlasHandle` and
+    /// `getNewWorkspace` in CublasHandlePool.cpp) and hands each thread its own handle,
+    /// so the forward (main thread) and backward (the autograd engine's device thread)
+    /// take one each: two blocks of 32 MiB on an H200 with PyTorch 2.11, measured
+    /// (crates/memory/tests/fixtures/gpu/).
     pub fn cublas_workspace(&mut self, bytes: u128) {
-        if self.device.as_ref().is_some_and(|d| !d.cublas_workspace) {
+        let thread = usize::from(self.phase == Phase::Backward);
+        if self
+            .device
+            .as_ref()
+            .is_some_and(|d| !d.cublas_workspace[thread])
+        {
             self.device_malloc(bytes);
             if let Some(d) = &mut self.device {
-                d.cublas_workspace = true;
+                d.cublas_workspace[thread] = true;
+                d.workspace_bytes += bytes;
             }
         }
+    }
+
+    /// The cuBLASLt workspace, which the first `addmm` with a bias (a Linear layer,
+    /// through `gemm_and_bias`) takes on top of the cuBLAS one and keeps: 1 MiB
+    /// (`TORCH_CUBLASLT_WORKSPACE_SIZE`'s default), measured on PyTorch 2.11.
+    pub fn cublaslt_workspace(&mut self) {
+        if self.device.as_ref().is_some_and(|d| !d.cublaslt_workspace) {
+            self.device_malloc(CUBLASLT_WORKSPACE_BYTES);
+            if let Some(d) = &mut self.device {
+                d.cublaslt_workspace = true;
+                d.workspace_bytes += CUBLASLT_WORKSPACE_BYTES;
+            }
+        }
+    }
+
+    /// Bytes of the cuBLAS and cuBLASLt workspaces taken so far.
+    pub fn workspace_bytes(&self) -> u128 {
+        self.device.as_ref().map_or(0, |d| d.workspace_bytes)
     }
 
     /// The allocator's statistics, if one is attached.

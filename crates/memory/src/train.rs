@@ -90,6 +90,14 @@ struct BNode {
     held: Vec<Sid>,
 }
 
+/// Whether an aten op runs a cuBLAS matmul (and so takes its thread's workspace).
+fn uses_cublas(label: &str) -> bool {
+    matches!(
+        label,
+        "aten.mm.default" | "aten.bmm.default" | "aten.addmm.default" | "aten.baddbmm.default"
+    )
+}
+
 /// A value that is neither a parameter nor a channels-last map.
 fn plain(sid: Sid, grad_fn: Option<usize>, elem: u128) -> Value {
     Value {
@@ -192,6 +200,9 @@ pub(crate) fn run(g: &Shaped, cfg: &PlanConfig) -> Result<(MemoryReport, Vec<u12
             cfg.device_limit_bytes,
             cfg.allowed_memory_bytes,
         ));
+        if cfg.record_device_trace {
+            sim.record_device_trace();
+        }
     }
 
     let mut param_sids = Vec::with_capacity(params.len());
@@ -354,7 +365,11 @@ pub(crate) fn run(g: &Shaped, cfg: &PlanConfig) -> Result<(MemoryReport, Vec<u12
             break;
         }
     }
-    let device = simulate_allocator.then(|| device_report(g, cfg, &run, &device_steps, oom_step));
+    let trace = run.sim.take_device_trace(&run.names);
+    let device = simulate_allocator.then(|| DeviceReport {
+        trace,
+        ..device_report(g, cfg, &run, &device_steps, oom_step)
+    });
     Ok((
         MemoryReport {
             model: g.graph.name.clone(),
@@ -394,11 +409,7 @@ fn device_report(
     } else {
         0
     };
-    let cublas = if has(|op| matches!(op, Op::Linear(_))) {
-        cfg.cublas_workspace_bytes
-    } else {
-        0
-    };
+    let cublas = run.sim.workspace_bytes();
     let context = run.sim.context_bytes;
     let steps: Vec<DeviceStep> = stats
         .iter()
@@ -450,6 +461,7 @@ fn device_report(
             reserved_bytes: o.error.reserved,
         }),
         steps,
+        trace: None,
     }
 }
 
@@ -896,6 +908,9 @@ impl Runner<'_> {
                     let out = self.op(b * numel * out_elem, label);
                     if !is_conv {
                         self.sim.cublas_workspace(self.cfg.cublas_workspace_bytes);
+                        if has_bias {
+                            self.sim.cublaslt_workspace();
+                        }
                     }
                     let grad_elem = if self.amp() { 2 } else { self.param_elem };
                     let wbytes = specs[0].numel() * grad_elem;
@@ -2300,6 +2315,9 @@ impl Runner<'_> {
                     continue;
                 };
                 replaced.extend(outputs[e].replace(self.sim.alloc(bytes, None)));
+            }
+            if uses_cublas(label) {
+                self.sim.cublas_workspace(self.cfg.cublas_workspace_bytes);
             }
             self.sim.boundary(label);
             for old in replaced {

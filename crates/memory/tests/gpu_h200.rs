@@ -1,0 +1,168 @@
+//! The pytorch-cuda profile and the caching-allocator simulation against a real GPU:
+//! `tools/gpu_check.py` on an NVIDIA H200 (PyTorch 2.11.0+cu130, cuDNN 9.19, driver
+//! 580.159.04), fixtures/gpu/h200-torch2.11.json. Per case and step, what
+//! `torch.cuda.max_memory_allocated()` and `max_memory_reserved()` said, against the
+//! plan; and the largest batch that ran under `set_per_process_memory_fraction(0.07)`.
+//!
+//! Each case carries the error the planner has today as its bound, so a change that
+//! makes any case worse fails here; the targets (allocated within 1 %, reserved
+//! within 3 %) are met where the bound says so, and docs/PERFORMANCE.md lists the rest.
+
+use serde_json::Value;
+use vramlab_graph::{zoo, ModelOptions, Shaped};
+use vramlab_memory::cuda_alloc::AllocConf;
+use vramlab_memory::device_fit::{device_fit, DeviceBudget};
+use vramlab_memory::{plan, PlanConfig, Precision};
+
+mod common;
+
+fn fixture() -> Value {
+    let text = include_str!("fixtures/gpu/h200-torch2.11.json");
+    serde_json::from_str(text).expect("the GPU fixture is JSON")
+}
+
+/// The measured model: a zoo model at its input, or the script's small CNN.
+fn graph(name: &str, input: &str) -> Shaped {
+    let shape: Vec<usize> = input.split('x').map(|d| d.parse().unwrap()).collect();
+    if name == "simple_cnn" {
+        let path = concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/tests/fixtures/gpu/small_cnn.toml"
+        );
+        let opts = ModelOptions::default();
+        return vramlab_graph::load(path, &opts).unwrap().infer().unwrap();
+    }
+    let opts = ModelOptions {
+        num_classes: None,
+        input_shape: Some(shape),
+    };
+    zoo::build(name, &opts).unwrap().infer().unwrap()
+}
+
+fn config(batch: u64, opt: &str, precision: &str, conf: Option<&str>) -> PlanConfig {
+    let mut cfg = PlanConfig::new(batch);
+    cfg.optimizer = common::optimizer(opt);
+    cfg.precision = Precision::parse(precision).unwrap();
+    // Hopper: PyTorch's cuBLAS workspace is 32 MiB.
+    cfg.cublas_workspace_bytes = vramlab_memory::cublas_workspace_bytes(9);
+    if let Some(c) = conf {
+        cfg.alloc_conf = AllocConf::parse(c).unwrap();
+    }
+    cfg
+}
+
+/// (case, allocated bound %, reserved bound %): the planner's error today, rounded up.
+const BOUNDS: &[(&str, f64, f64)] = &[
+    ("simple_cnn 3x32x32 4 sgd fp32", 1.2, 0.1),
+    ("simple_cnn 3x32x32 256 adam fp32", 1.3, 12.4),
+    ("simple_cnn 3x32x32 256 sgd amp-fp16", 1.0, 11.5),
+    ("resnet50 3x224x224 32 sgd fp32", 0.4, 5.3),
+    ("resnet50 3x224x224 64 adam fp32", 0.2, 5.9),
+    ("resnet50 3x224x224 64 adam amp-fp16", 0.2, 1.1),
+    ("vit_b_16 3x224x224 32 adam fp32", 6.1, 9.4),
+    ("vit_b_16 3x224x224 32 adam amp-fp16", 16.3, 12.1),
+    ("efficientnet_b0 3x224x224 64 sgd_momentum fp32", 0.1, 0.8),
+    ("efficientnet_b0 3x224x224 64 adam amp-fp16", 2.8, 3.1),
+    ("convnext_tiny 3x224x224 32 adam fp32", 0.4, 10.6),
+    ("convnext_tiny 3x224x224 32 sgd amp-bf16", 7.7, 11.5),
+    ("resnet18 3x224x224 64 sgd_momentum fp32", 1.8, 21.8),
+    ("mobilenet_v2 3x224x224 64 adam fp32", 0.1, 0.4),
+    ("vgg11 3x224x224 32 sgd fp32", 2.8, 15.4),
+    ("densenet121 3x224x224 32 adam fp32", 0.3, 2.7),
+    (
+        "resnet50 3x224x224 64 adam fp32 expandable_segments:True",
+        0.1,
+        0.8,
+    ),
+    (
+        "resnet50 3x224x224 64 adam fp32 max_split_size_mb:128",
+        0.2,
+        19.0,
+    ),
+];
+
+fn pct(planned: u128, measured: u128) -> f64 {
+    100.0 * (planned as f64 - measured as f64) / measured as f64
+}
+
+#[test]
+fn allocated_and_reserved_per_step_stay_within_each_cases_bound() {
+    let fx = fixture();
+    let cases = fx["cases"].as_array().unwrap();
+    assert_eq!(cases.len(), BOUNDS.len());
+    let mut report = String::new();
+    let mut worse = Vec::new();
+    for (c, &(label, a_bound, r_bound)) in cases.iter().zip(BOUNDS) {
+        let case: Vec<String> = c["case"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v.as_str().map_or_else(|| v.to_string(), str::to_string))
+            .collect();
+        assert_eq!(case.join(" "), label);
+        let g = graph(&case[0], &case[1]);
+        let cfg = config(
+            case[2].parse().unwrap(),
+            &case[3],
+            &case[4],
+            case.get(5).map(String::as_str),
+        );
+        let r = plan(&g, &cfg).unwrap();
+        let d = r.device.unwrap();
+        let steps = c["measured"]["ok"]["steps"].as_array().unwrap();
+        for (i, m) in steps.iter().enumerate() {
+            let (ma, mr) = (
+                m["allocated"].as_u64().unwrap() as u128,
+                m["reserved"].as_u64().unwrap() as u128,
+            );
+            let (ea, er) = (
+                pct(d.steps[i].allocated_peak_bytes, ma),
+                pct(d.steps[i].reserved_peak_bytes, mr),
+            );
+            report.push_str(&format!(
+                "{label:<58} step {} allocated {ea:+6.2} % reserved {er:+6.2} %\n",
+                i + 1
+            ));
+            if ea.abs() > a_bound || er.abs() > r_bound {
+                worse.push(format!("{label} step {}: {ea:+.2} % / {er:+.2} %", i + 1));
+            }
+        }
+    }
+    println!("{report}");
+    assert!(worse.is_empty(), "past the bound: {worse:#?}\n{report}");
+}
+
+#[test]
+fn the_largest_batch_under_a_memory_fraction_is_the_one_that_ran() {
+    let fx = fixture();
+    for b in fx["boundaries"].as_array().unwrap() {
+        let spec = b["spec"].as_array().unwrap();
+        let s = |k: usize| spec[k].as_str().unwrap();
+        let (model, input, opt, precision) = (s(0), s(1), s(2), s(3));
+        let fraction = spec[4].as_f64().unwrap();
+        let g = graph(model, input);
+        let budget = DeviceBudget {
+            // What PyTorch saw as the device's total (cudaMemGetInfo), which the
+            // fraction is taken of.
+            card_total_bytes: b["total_memory"].as_u64().unwrap() as u128,
+            card_total_source: "the H200 measured".into(),
+            fraction,
+        };
+        let fit = device_fit(&g, &config(1, opt, precision, None), &budget).unwrap();
+        let ran = b["largest_that_runs"].as_u64().unwrap();
+        let failed = b["smallest_that_fails"].as_u64().unwrap();
+        let predicted = fit.max_batch_size.unwrap();
+        println!("{model} {precision}: predicted {predicted}, ran {ran}, failed {failed}");
+        match model {
+            // Exact: 114 ran, 115 raised "CUDA out of memory".
+            "resnet50" => assert_eq!((predicted, failed), (ran, ran + 1)),
+            // The CUDA attention is not modelled op for op yet (the plan keeps more):
+            // the prediction is on the safe side, within 20 %.
+            "vit_b_16" => assert!(
+                predicted <= ran && predicted * 100 >= ran * 80,
+                "{predicted}"
+            ),
+            m => panic!("no expectation for {m}"),
+        }
+    }
+}
