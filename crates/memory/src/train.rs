@@ -1094,11 +1094,29 @@ impl Runner<'_> {
                 }
                 Op::LayerNorm(l) => {
                     let rows = b * numel / l.normalized_shape as u128;
+                    // Autocast runs layer_norm in fp32: a half input is cast up (the
+                    // cast is what backward keeps) and the output is fp32.
+                    let cast = self.amp() && x.elem == 2;
+                    let (x, to_x) = if cast {
+                        let up = self.op(b * numel * 4, "aten._to_copy.default");
+                        let node = match input_edge(&x) {
+                            Some((Edge::Node(f), _)) if train => {
+                                Some(self.grad_node(i, f, b * numel * 2, "aten._to_copy.default"))
+                            }
+                            _ => None,
+                        };
+                        (plain(up, node, 4), Some(up))
+                    } else {
+                        (x, None)
+                    };
                     let out = self.sim.alloc(b * numel * x.elem, None);
                     let mean = self.sim.alloc(rows * 4, None);
                     let rstd = self.sim.alloc(rows * 4, None);
                     self.sim.boundary("aten.native_layer_norm.default");
-                    let grad_fn = match input_edge(&x) {
+                    let grad_fn = match x
+                        .grad_fn
+                        .map(|f| (Edge::Node(f), Grad::Alloc(b * numel * x.elem)))
+                    {
                         Some(e) if train => {
                             let mut edges = vec![e];
                             for k in 0..node.op.params().len() {
@@ -1117,12 +1135,22 @@ impl Runner<'_> {
                     };
                     self.sim.decref(mean);
                     self.sim.decref(rstd);
+                    if let Some(up) = to_x {
+                        self.sim.decref(up);
+                    }
                     plain(out, grad_fn, x.elem)
                 }
                 Op::MultiheadAttention {
                     embed_dim,
                     num_heads,
-                } => self.attention(i, x, *embed_dim as u128, *num_heads as u128, train),
+                } => {
+                    let (e, h) = (*embed_dim as u128, *num_heads as u128);
+                    if self.rules.cuda {
+                        self.attention_cuda(i, x, e, h, train, amp_cache)
+                    } else {
+                        self.attention(i, x, e, h, train)
+                    }
+                }
                 Op::WindowAttention(w) => {
                     // The stage's nn.Sequential holds the block's input until the block
                     // returns: after the add that takes the add that takes it. (V1's
@@ -1534,6 +1562,194 @@ impl Runner<'_> {
             self.sim.decref(s);
         }
         plain(result, grad_fn, el)
+    }
+
+    /// `nn.MultiheadAttention(batch_first=True)` as self-attention with
+    /// `need_weights=False` on CUDA, as PyTorch 2.11 runs it on an H200 (the allocator
+    /// traces of tools/gpu_check.py, crates/memory/tests/fixtures/gpu/):
+    /// - forward: under autocast the in-projection's weight and bias cast to half
+    ///   (cached for the forward) and the input cast (freed after the matmul); the
+    ///   transposed input made contiguous (kept by MmBackward0), `mm`, `+ bias` (the q,
+    ///   k, v views of it kept by the attention; no packed copy); in fp32 the
+    ///   memory-efficient kernel (output and log-sum-exp padded to 32 tokens, then the
+    ///   output made contiguous for the out-projection, which keeps that copy), in half
+    ///   precision the flash kernel (its output already in the out-projection's layout,
+    ///   log-sum-exp unpadded, and the RNG seed and offset); the out-projection `addmm`;
+    /// - backward: the output gradient reshaped (a copy), the out-projection's grads, the
+    ///   attention's three gradients, `select_backward` into the packed size for each
+    ///   (added in place), a reshape copy of the packed gradient, the bias sum, the
+    ///   in-projection's grads; under autocast each parameter's gradient cast to fp32
+    ///   and the input's gradient cast back to the input's dtype.
+    fn attention_cuda(
+        &mut self,
+        i: usize,
+        x: Value,
+        e: u128,
+        heads: u128,
+        train: bool,
+        amp_cache: &mut Vec<Sid>,
+    ) -> Value {
+        let g = self.g;
+        let b = self.micro;
+        let t = g.shapes[i][0] as u128;
+        let amp = self.amp();
+        let el = if amp { 2 } else { x.elem };
+        // Parameter gradients come in the dtype the matmul ran in.
+        let ge = if amp { 2 } else { self.param_elem };
+        let n = b * t * e * el;
+        let n_in = b * t * e * x.elem;
+        let p0 = self.node_of_param[i];
+        // Autocast's cached half copies of a projection's bias and weight.
+        let mut casts = |run: &mut Self, out_features: u128| -> Option<Sid> {
+            if !amp {
+                return None;
+            }
+            let bias = run.op(out_features * 2, "aten._to_copy.default");
+            let weight = run.op(out_features * e * 2, "aten._to_copy.default");
+            amp_cache.push(bias);
+            amp_cache.push(weight);
+            Some(weight)
+        };
+        let in_weight = casts(self, 3 * e);
+        let cast_in = amp.then(|| self.op(n, "aten._to_copy.default"));
+        let copy = self.op(n, "aten.clone.default");
+        let mm = self.op(3 * n, "aten.mm.default");
+        self.sim.cublas_workspace(self.cfg.cublas_workspace_bytes);
+        if let Some(c) = cast_in {
+            self.sim.decref(c);
+        }
+        let biased = self.op(3 * n, "aten.add.Tensor");
+        self.sim.decref(mm);
+        let mut kept = vec![biased];
+        let (out, lse, proj_in) = if amp {
+            for _ in 0..2 {
+                kept.push(self.sim.alloc(8, None));
+            }
+            let out = self.sim.alloc(n, None);
+            let lse = self.sim.alloc(b * heads * t * 4, None);
+            self.sim
+                .boundary("aten._scaled_dot_product_flash_attention.default");
+            self.sim.incref(out);
+            (out, lse, out)
+        } else {
+            let out = self.sim.alloc(n, None);
+            let lse = self.sim.alloc(b * heads * t.div_ceil(32) * 32 * 4, None);
+            self.sim
+                .boundary("aten._scaled_dot_product_efficient_attention.default");
+            let contiguous = self.op(n, "aten.clone.default");
+            (out, lse, contiguous)
+        };
+        kept.extend([out, lse]);
+        let out_weight = casts(self, e);
+        let result = self.op(n, "aten.addmm.default");
+        self.sim.cublas_workspace(self.cfg.cublas_workspace_bytes);
+        self.sim.cublaslt_workspace();
+        let mut grad_fn = None;
+        if train {
+            // Under autocast the input's gradient goes back through the cast.
+            let to_x = x.grad_fn.map(|f| {
+                if amp && x.elem != 2 {
+                    (self.grad_node(i, f, n_in, "aten._to_copy.default"), n)
+                } else {
+                    (f, n)
+                }
+            });
+            // MmBackward0 of the in-projection: the weight's gradient first.
+            let mut edges = vec![(Edge::Param(p0), Grad::Alloc(3 * e * e * ge))];
+            let mut ops = vec![("aten.mm.default", vec![0])];
+            if let Some((f, bytes)) = to_x {
+                edges.push((Edge::Node(f), Grad::Alloc(bytes)));
+                ops.push(("aten.mm.default", vec![1]));
+            }
+            let mut saved = vec![copy];
+            saved.extend(in_weight);
+            let a = self.record(i, saved, edges, ops);
+            if amp {
+                self.nodes[a].casts.push((0, 3 * e * e * 4));
+            }
+            // AddBackward0 of the in-projection's bias.
+            let bias = self.record(
+                i,
+                vec![],
+                vec![
+                    (Edge::Node(a), Grad::Pass),
+                    (Edge::Param(p0 + 1), Grad::SumTo(3 * e * ge)),
+                ],
+                vec![],
+            );
+            if amp {
+                self.nodes[bias].casts.push((1, 3 * e * 4));
+            }
+            // The packed q/k/v gradient reshaped (copied) back, each of q, k, v selected
+            // into it.
+            let packed = self.grad_node(i, bias, 3 * n, "aten.clone.default");
+            let select: Vec<usize> = (0..3)
+                .map(|_| self.grad_node(i, packed, 3 * n, "aten.select_backward.default"))
+                .collect();
+            let label = if amp {
+                "aten._scaled_dot_product_flash_attention_backward.default"
+            } else {
+                "aten._scaled_dot_product_efficient_attention_backward.default"
+            };
+            let sdpa = self.record(
+                i,
+                kept.clone(),
+                select
+                    .iter()
+                    .map(|&v| (Edge::Node(v), Grad::Alloc(n)))
+                    .collect(),
+                vec![(label, vec![0, 1, 2])],
+            );
+            // AddmmBackward0 of the out-projection: bias, input, weight.
+            let mut saved = vec![proj_in];
+            saved.extend(out_weight);
+            let o = self.record(
+                i,
+                saved,
+                vec![
+                    (Edge::Param(p0 + 3), Grad::SumTo(e * ge)),
+                    (Edge::Node(sdpa), Grad::Alloc(n)),
+                    (Edge::Param(p0 + 2), Grad::Alloc(e * e * ge)),
+                ],
+                vec![("aten.mm.default", vec![1]), ("aten.mm.default", vec![2])],
+            );
+            if amp {
+                self.nodes[o].casts.extend([(0, e * 4), (2, e * e * 4)]);
+            }
+            // The output's transpose reshaped for the out-projection's gradient: a copy.
+            grad_fn = Some(self.grad_node(i, o, n, "aten.clone.default"));
+        }
+        self.sim.decref(copy);
+        self.sim.decref(proj_in);
+        for s in kept {
+            self.sim.decref(s);
+        }
+        plain(result, grad_fn, el)
+    }
+
+    /// CUDA: the reduce kernel's staging buffer and semaphores while it sums `grad` down
+    /// to `bytes` (a bias's gradient), allocated and freed around the kernel.
+    fn reduce_staging(&mut self, grad: Sid, bytes: u128) {
+        // Gradients run in half precision under autocast, fp32 otherwise.
+        let el = if self.amp() { 2 } else { self.param_elem };
+        let outputs = bytes / self.param_elem;
+        if outputs == 0 {
+            return;
+        }
+        let rows = self.sim.bytes(grad) / el / outputs;
+        let staging = crate::reduce_staging_bytes(
+            rows,
+            outputs,
+            self.cfg.gpu_sms,
+            self.cfg.gpu_max_threads_per_sm,
+        );
+        if let Some((buffer, semaphores)) = staging {
+            let a = self.sim.alloc(buffer, None);
+            let s = self.sim.alloc(semaphores, None);
+            self.sim.boundary("aten.sum.dim_IntList");
+            self.sim.decref(s);
+            self.sim.decref(a);
+        }
     }
 
     /// A chain of copies in backward: `node` receives the gradient, passes a new
@@ -2328,6 +2544,11 @@ impl Runner<'_> {
         for (e, (_, how)) in edges.iter().enumerate() {
             if let Grad::SumTo(bytes) | Grad::AllocSumTo(_, bytes) = *how {
                 let new = self.sim.alloc(bytes, None);
+                // A bias's gradient sums the columns of the incoming gradient (the
+                // leading dimensions); a broadcast multiply's sums inner ones instead.
+                if self.rules.cuda && matches!(how, Grad::SumTo(_)) {
+                    self.reduce_staging(outputs[e].expect("set above"), bytes);
+                }
                 self.sim.boundary("aten.sum.dim_IntList");
                 self.sim.decref(outputs[e].replace(new).expect("set above"));
             }

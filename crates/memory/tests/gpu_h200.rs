@@ -59,12 +59,12 @@ const BOUNDS: &[(&str, f64, f64)] = &[
     ("resnet50 3x224x224 32 sgd fp32", 0.4, 5.3),
     ("resnet50 3x224x224 64 adam fp32", 0.2, 5.9),
     ("resnet50 3x224x224 64 adam amp-fp16", 0.2, 1.1),
-    ("vit_b_16 3x224x224 32 adam fp32", 6.1, 9.4),
-    ("vit_b_16 3x224x224 32 adam amp-fp16", 16.3, 12.1),
+    ("vit_b_16 3x224x224 32 adam fp32", 0.2, 0.8),
+    ("vit_b_16 3x224x224 32 adam amp-fp16", 0.4, 0.3),
     ("efficientnet_b0 3x224x224 64 sgd_momentum fp32", 0.1, 0.8),
     ("efficientnet_b0 3x224x224 64 adam amp-fp16", 2.8, 3.1),
-    ("convnext_tiny 3x224x224 32 adam fp32", 0.4, 10.6),
-    ("convnext_tiny 3x224x224 32 sgd amp-bf16", 7.7, 11.5),
+    ("convnext_tiny 3x224x224 32 adam fp32", 0.1, 7.6),
+    ("convnext_tiny 3x224x224 32 sgd amp-bf16", 0.1, 0.2),
     ("resnet18 3x224x224 64 sgd_momentum fp32", 1.8, 21.8),
     ("mobilenet_v2 3x224x224 64 adam fp32", 0.1, 0.4),
     ("vgg11 3x224x224 32 sgd fp32", 2.8, 15.4),
@@ -156,12 +156,9 @@ fn the_largest_batch_under_a_memory_fraction_is_the_one_that_ran() {
         match model {
             // Exact: 114 ran, 115 raised "CUDA out of memory".
             "resnet50" => assert_eq!((predicted, failed), (ran, ran + 1)),
-            // The CUDA attention is not modelled op for op yet (the plan keeps more):
-            // the prediction is on the safe side, within 20 %.
-            "vit_b_16" => assert!(
-                predicted <= ran && predicted * 100 >= ran * 80,
-                "{predicted}"
-            ),
+            // 126 ran and 130 failed; 127 to 129 were not tried (the walk's eight runs
+            // ran out): the prediction falls inside.
+            "vit_b_16" => assert!(ran <= predicted && predicted < failed, "{predicted}"),
             m => panic!("no expectation for {m}"),
         }
     }
