@@ -19,20 +19,25 @@ pub struct GpusArgs {
     json: bool,
 }
 
-/// The total a budget rests on for a catalog card, and which figure that is: the
-/// nvidia-smi total a process sees where one is published, else the nominal size.
+/// The total a budget rests on for a catalog card, and which figure that is: the total
+/// a PyTorch process sees where one is published or measured, else nvidia-smi's, else the
+/// nominal size.
 pub fn card_budget_total(gpu: &fit::Gpu) -> (u128, String) {
     match vramlab_memory::cards::card_memory(gpu.name) {
-        Some(c) if c.is_measured() => (
-            c.total_bytes(gpu.memory_bytes),
-            format!(
-                "the total nvidia-smi shows; nominal {}",
-                bytes(gpu.memory_bytes)
-            ),
-        ),
-        _ => (
+        Some(c) => {
+            let (total, basis) = c.budget(gpu.memory_bytes);
+            if basis.starts_with("nominal") {
+                (total, basis)
+            } else {
+                (
+                    total,
+                    format!("{basis}; nominal {}", bytes(gpu.memory_bytes)),
+                )
+            }
+        }
+        None => (
             gpu.memory_bytes,
-            "nominal size: no published nvidia-smi total".to_string(),
+            "nominal size: no published total known".to_string(),
         ),
     }
 }
@@ -53,17 +58,26 @@ pub fn gpus(a: &GpusArgs) -> Result<()> {
         gpu: fit::Gpu,
         usable_bytes: u128,
         usable_source: &'static str,
+        /// What a PyTorch process sees (total_memory), where published or measured.
+        pytorch_total_bytes: Option<u128>,
+        pytorch_total_source: Option<&'static str>,
         compute_capability_major: Option<u32>,
+        /// The CUDA context and libraries outside PyTorch's counters on this generation.
+        cuda_context_bytes: Option<u128>,
     }
     let rows: Vec<GpuRow> = GPUS
         .iter()
         .map(|g| {
             let c = vramlab_memory::cards::card_memory(g.name);
+            let pt = c.and_then(|c| c.pytorch_total());
             GpuRow {
                 gpu: *g,
                 usable_bytes: c.map_or(g.memory_bytes, |c| c.total_bytes(g.memory_bytes)),
                 usable_source: c.map_or("nominal", |c| c.source),
+                pytorch_total_bytes: pt.map(|p| p.0),
+                pytorch_total_source: pt.map(|p| p.1),
                 compute_capability_major: c.map(|c| c.compute_major),
+                cuda_context_bytes: c.map(|c| c.cuda_context_bytes()),
             }
         })
         .collect();
@@ -71,8 +85,15 @@ pub fn gpus(a: &GpusArgs) -> Result<()> {
         return print_json(&rows);
     }
     let mut t = Table::new(
-        &["--gpu", "card", "memory", "nvidia-smi total", "also"],
-        &[false, false, true, true, false],
+        &[
+            "--gpu",
+            "card",
+            "memory",
+            "nvidia-smi total",
+            "PyTorch total",
+            "also",
+        ],
+        &[false, false, true, true, true, false],
     );
     for r in &rows {
         let measured = !r.usable_source.starts_with("nominal");
@@ -85,11 +106,14 @@ pub fn gpus(a: &GpusArgs) -> Result<()> {
             } else {
                 format!("{} (nominal)", bytes(r.usable_bytes))
             },
+            r.pytorch_total_bytes.map_or_else(|| "-".into(), bytes),
             r.gpu.aliases.join(", "),
         ]);
     }
     print!("{}", t.render());
-    println!("\nnvidia-smi total: what a process sees, from published nvidia-smi output (sources: gpus --json); nominal where none is known.");
+    println!("\nnvidia-smi total: what nvidia-smi shows, from published output (sources: gpus --json); nominal where none is known.");
+    println!("PyTorch total: torch.cuda.get_device_properties(0).total_memory, what the caching allocator can reach and --fraction takes its share of (nvidia-smi's less what the driver keeps); from published PyTorch output, measured on the H200. fit rests on it where known.");
+    println!("CUDA context: 760 MiB on Hopper and newer (measured on an H200, CUDA 13.0), 512 MiB before (an estimate); --cuda-context sets it.");
     println!("Any other card: --memory SIZE (e.g. --memory 24GiB).");
     Ok(())
 }
@@ -182,9 +206,9 @@ fn device_answer(
     let card = gpu.and_then(|g| vramlab_memory::cards::card_memory(g.name));
     let mut template = cfg.clone();
     let budget = DeviceBudget {
-        card_total_bytes: card.map_or(card_bytes, |c| c.total_bytes(card_bytes)),
+        card_total_bytes: card.map_or(card_bytes, |c| c.budget(card_bytes).0),
         card_total_source: match card {
-            Some(c) => c.source.to_string(),
+            Some(c) => c.budget(card_bytes).1,
             None => "--memory, as given".to_string(),
         },
         fraction: fraction.unwrap_or(1.0),
@@ -276,6 +300,15 @@ pub fn fit(a: &FitArgs) -> Result<()> {
     let mut devices = Vec::new();
     for choice in cards {
         let card = choice.total_bytes;
+        // The card's generation decides the CUDA context, unless --cuda-context says.
+        let mut cfg = cfg.clone();
+        if cfg.cuda_context_bytes.is_none() {
+            cfg.cuda_context_bytes = choice
+                .gpu
+                .as_ref()
+                .and_then(|g| vramlab_memory::cards::card_memory(g.name))
+                .map(|c| c.cuda_context_bytes());
+        }
         devices.push(device_answer(
             &g,
             &cfg,

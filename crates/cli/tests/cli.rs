@@ -279,7 +279,8 @@ fn fit_reports_the_exact_largest_batch_and_the_procedure() {
         v["max_power_of_two"].as_u64().unwrap(),
         1 << (63 - b.leading_zeros())
     );
-    assert_eq!(v["budget_bytes"], (12u64 << 30) * 8 / 10);
+    // 80 % of what PyTorch sees on an RTX 3060 (11.76 GiB, the catalog's published figure).
+    assert_eq!(v["budget_bytes"], (12_042u64 << 20) * 8 / 10);
     assert_eq!(v["procedure"][0]["batch_size"], 16);
     assert!(v["lr_advice"]["linear_scaling_rule"].is_f64());
 }

@@ -122,9 +122,18 @@ fn gpus_show_the_total_a_process_sees_and_its_source() {
         .unwrap()
         .contains("nvidia-smi"));
     assert_eq!(h100["compute_capability_major"], 9);
+    // What PyTorch sees: 79.11 GiB in a published out-of-memory message.
+    assert_eq!(n(&h100["pytorch_total_bytes"]), 81_009 << 20);
+    assert!(h100["pytorch_total_source"]
+        .as_str()
+        .unwrap()
+        .contains("79.11 GiB"));
+    assert_eq!(n(&h100["cuda_context_bytes"]), 760 << 20);
     let o = vramlab(&["gpus"]);
     let out = stdout(&o);
     assert!(out.contains("nvidia-smi total"), "{out}");
+    assert!(out.contains("PyTorch total"), "{out}");
+    assert!(out.contains("139.80 GiB"), "{out}");
     assert!(out.contains("79.65 GiB"), "{out}");
     assert!(out.contains("16.00 GiB (nominal)"), "{out}");
 }
@@ -141,7 +150,9 @@ fn fit_decides_by_what_the_allocator_serves_and_shows_what_expandable_segments_b
         "--json",
     ]);
     let d = &v["device"];
-    assert_eq!(n(&d["card_total_bytes"]), 81_559 << 20);
+    // The budget rests on what PyTorch sees, less the Hopper context (measured).
+    assert_eq!(n(&d["card_total_bytes"]), 81_009 << 20);
+    assert_eq!(n(&d["cuda_context_bytes"]), 760 << 20);
     let b = n(&d["max_batch_size"]);
     assert!(b > 0);
     assert!(n(&d["reserved_peak_bytes"]) <= n(&d["allocator_limit_bytes"]));

@@ -142,15 +142,21 @@ fn a_size_needs_a_unit_and_says_what_it_was_read_as() {
         "{out}"
     );
     assert!(out.contains("decimal units"), "{out}");
-    let out = ok(&["fit", "resnet18", "--gpu", "rtx-3060"]).replace('\n', " ");
+    let out = ok(&["fit", "resnet18", "--gpu", "rtx-4070"]).replace('\n', " ");
     assert!(
-        out.contains("NVIDIA GeForce RTX 3060 12 GB (nominal size: no published nvidia-smi total), 12.00 GiB = 12,884,901,888 B;"),
+        out.contains("NVIDIA GeForce RTX 4070 12 GB (nominal size: no published total known), 12.00 GiB = 12,884,901,888 B;"),
         "{out}"
     );
-    // A card with a published nvidia-smi total: the budget rests on it, and says so.
+    // A card with a published PyTorch total: the budget rests on it, and says so.
     let out = ok(&["fit", "resnet18", "--gpu", "h100"]).replace('\n', " ");
     assert!(
-        out.contains("NVIDIA H100 80 GB (the total nvidia-smi shows; nominal 80.00 GiB), 79.65 GiB = 85,520,809,984 B; budget 80 % = 63.72 GiB"),
+        out.contains("NVIDIA H100 80 GB (the total PyTorch sees (total_memory): out-of-memory message, 79.11 GiB, driver 535 (vllm-project/vllm#27508); nominal 80.00 GiB), 79.11 GiB = 84,944,093,184 B; budget 80 % = 63.29 GiB"),
+        "{out}"
+    );
+    // Only nvidia-smi's total known: the budget rests on it and says PyTorch sees less.
+    let out = ok(&["fit", "resnet18", "--gpu", "l4"]).replace('\n', " ");
+    assert!(
+        out.contains("PyTorch sees a few hundred MiB less, which the driver keeps"),
         "{out}"
     );
     assert!(!out.contains("decimal units"), "{out}");

@@ -91,14 +91,15 @@ fn fit_across_cards_names_the_cheapest_strategy_that_fits() {
         "--gpu",
         "a100-40gb",
         "--target-batch",
-        "800",
+        "720",
         "--json",
     ]));
     let card = &v[0];
     let ddp = card["strategies"][0]["fit"]["max_batch_size"]
         .as_u64()
         .unwrap();
-    assert!(ddp < 100, "{ddp}");
+    // 90 per GPU: more than DDP's replicas leave room for.
+    assert!(ddp < 90, "{ddp}");
     assert_ne!(card["cheapest"], "ddp");
     assert!(card["cheapest"].is_string(), "{card}");
 }

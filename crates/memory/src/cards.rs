@@ -110,6 +110,35 @@ pub const CARDS: &[CardMemory] = &[
     ),
 ];
 
+/// What a PyTorch process sees as the card's total (`torch.cuda.get_device_properties(0)
+/// .total_memory`, cudaMemGetInfo's total: nvidia-smi's total less what the driver keeps
+/// back), in bytes, with its source: the figure `set_per_process_memory_fraction` takes
+/// its share of and the caching allocator can at most reach. Published figures are
+/// PyTorch's own printouts or its out-of-memory messages ("GPU 0 has a total capacity
+/// of 79.11 GiB", two decimals of GiB, so within 5 MiB); they shrink a little with newer
+/// drivers.
+const PYTORCH_TOTALS: &[(&str, u128, &str)] = &[
+    ("t4", 14909 * MIB, "out-of-memory message, 14.56 GiB on GCP (Zheng-Chong/CatVTON#133; 14.75 GiB on older drivers)"),
+    ("p100", 16281 * MIB, "out-of-memory message, 15.90 GiB (rmokady/CLIP_prefix_caption#7)"),
+    ("v100-16gb", 16159 * MIB, "out-of-memory message, 15.78 GiB (kchengiva/Shift-GCN#34)"),
+    ("a100-40gb", 40339 * MIB, "deviceQuery, 42,298,834,944 B (bottlerocket-os/bottlerocket#3873)"),
+    ("a100-80gb", 81152 * MIB, "out-of-memory message, 79.25 GiB (levihsu/OOTDiffusion#235)"),
+    ("h100", 81009 * MIB, "out-of-memory message, 79.11 GiB, driver 535 (vllm-project/vllm#27508)"),
+    ("h100-nvl", 95232 * MIB, "out-of-memory message, 93.00 GiB (ali-vilab/VACE#56)"),
+    ("h200", 150_109_880_320, "measured on a lent H200: total_memory 150,109,880,320 B, driver 580.159 (vramlab issue 10)"),
+    ("b200", 182630 * MIB, "device query, 178.35 GiB (pytorch/ao#4002)"),
+    ("l40s", 45599 * MIB, "out-of-memory message, 44.53 GiB (Wan-Video/Wan2.1#205)"),
+    ("rtx-6000-ada", 45496 * MIB, "out-of-memory message, 44.43 GiB (DINGYANB/MTVCrafter#21)"),
+    ("rtx-2080-ti", 11018 * MIB, "out-of-memory message, 10.76 GiB (JDAI-CV/image-captioning#11)"),
+    ("rtx-3060", 12042 * MIB, "out-of-memory message, 11.76 GiB (TencentARC/PhotoMaker#47)"),
+    ("rtx-3070", 7967 * MIB, "out-of-memory message, 7.78 GiB (akshitac8/OW-DETR#46)"),
+    ("rtx-3080", 10015 * MIB, "out-of-memory message, 9.78 GiB (zai-org/CogVideo#34)"),
+    ("rtx-3090", 24125 * MIB, "out-of-memory message, 23.56 GiB, driver 580.126 (noonghunna/club-3090#58; 23.70 GiB on older drivers)"),
+    ("rtx-4060", 7936 * MIB, "out-of-memory message, 7.75 GiB, laptop (ESRSchao/EdgeRegNet#2)"),
+    ("rtx-4090", 24218 * MIB, "out-of-memory message, 23.65 GiB (tloen/llama-int8#7)"),
+    ("rtx-5090", 32123 * MIB, "out-of-memory message, 31.37 GiB (Wan-Video/Wan2.1#465)"),
+];
+
 /// The card's entry, by catalog name.
 pub fn card_memory(name: &str) -> Option<&'static CardMemory> {
     CARDS.iter().find(|c| c.name == name)
@@ -125,6 +154,42 @@ impl CardMemory {
     /// Whether [`CardMemory::total_bytes`] is a published nvidia-smi figure.
     pub fn is_measured(&self) -> bool {
         self.nvidia_smi_total_mib.is_some()
+    }
+
+    /// The total a PyTorch process sees ([`PYTORCH_TOTALS`]) and its source, where one
+    /// is published or measured.
+    pub fn pytorch_total(&self) -> Option<(u128, &'static str)> {
+        PYTORCH_TOTALS
+            .iter()
+            .find(|(n, _, _)| *n == self.name)
+            .map(|&(_, bytes, src)| (bytes, src))
+    }
+
+    /// The figure a budget rests on, and which it is: PyTorch's total where known (what
+    /// the caching allocator can reach), else nvidia-smi's, else `nominal_bytes`.
+    pub fn budget(&self, nominal_bytes: u128) -> (u128, String) {
+        if let Some((b, src)) = self.pytorch_total() {
+            return (b, format!("the total PyTorch sees (total_memory): {src}"));
+        }
+        if self.is_measured() {
+            return (
+                self.total_bytes(nominal_bytes),
+                format!(
+                    "the total nvidia-smi shows ({}); PyTorch sees a few hundred MiB less, which the driver keeps",
+                    self.source
+                ),
+            );
+        }
+        (
+            nominal_bytes,
+            "nominal size: no published total known".into(),
+        )
+    }
+
+    /// The memory the CUDA context and libraries hold outside PyTorch's counters on this
+    /// card's generation ([`crate::cuda_context_bytes`]).
+    pub fn cuda_context_bytes(&self) -> u128 {
+        crate::cuda_context_bytes(self.compute_major)
     }
 
     /// PyTorch's cuBLAS workspace on this card.
@@ -155,6 +220,31 @@ mod tests {
                 g.name
             );
         }
+    }
+
+    #[test]
+    fn pytorch_totals_sit_below_nvidia_smis_where_both_are_known() {
+        for (name, bytes, _) in PYTORCH_TOTALS {
+            let c = card_memory(name).expect("a catalog card");
+            if let Some(smi) = c.nvidia_smi_total_mib {
+                // The driver keeps 250 to 750 MiB back from what nvidia-smi shows.
+                let smi = smi as u128 * MIB;
+                assert!(*bytes < smi && smi - bytes <= 1024 * MIB, "{name}");
+            }
+        }
+        // The H200 measured here: what a budget rests on, and the generation's context.
+        let h200 = card_memory("h200").unwrap();
+        let (bytes, basis) = h200.budget(141 << 30);
+        assert_eq!(bytes, 150_109_880_320);
+        assert!(basis.contains("measured on a lent H200"), "{basis}");
+        assert_eq!(h200.cuda_context_bytes(), 760 << 20);
+        // No published figure: nvidia-smi's, said to be above PyTorch's; then nominal.
+        let (_, basis) = card_memory("l4").unwrap().budget(24 << 30);
+        assert!(basis.contains("nvidia-smi"), "{basis}");
+        let (b, basis) = card_memory("a40").unwrap().budget(48 << 30);
+        assert_eq!(b, 48 << 30);
+        assert!(basis.starts_with("nominal"), "{basis}");
+        assert_eq!(card_memory("t4").unwrap().cuda_context_bytes(), 512 << 20);
     }
 
     #[test]
