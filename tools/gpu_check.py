@@ -53,6 +53,22 @@ CASES = [
     ("resnet50", "3x224x224", 64, "adam", "fp32", "expandable_segments:True"),
     ("resnet50", "3x224x224", 64, "adam", "fp32", "max_split_size_mb:128"),
 ]
+# The second run (2026-11-28, an H100): the lesson's SimpleCNN, Swin and MaxViT, a larger
+# ViT batch, and boundaries of other families.
+CASES2 = [
+    ("simple_cnn", "3x32x32", 64, "adam", "fp32"),
+    ("simple_cnn", "3x32x32", 256, "sgd_momentum", "amp-fp16"),
+    ("vit_b_16", "3x224x224", 64, "adam", "fp32"),
+    ("resnet50", "3x224x224", 32, "sgd", "fp32"),
+    ("swin_t", "3x224x224", 32, "adam", "fp32"),
+    ("swin_t", "3x224x224", 32, "adamw", "amp-bf16"),
+    ("maxvit_t", "3x224x224", 16, "adam", "fp32"),
+]
+BOUNDARIES2 = [
+    ("vit_b_16", "3x224x224", "adam", "amp-fp16", 0.07),
+    ("convnext_tiny", "3x224x224", "sgd", "amp-bf16", 0.1),
+    ("efficientnet_b0", "3x224x224", "sgd_momentum", "fp32", 0.1),
+]
 # The OOM boundary: (model, input, optimizer, precision, fraction of the card).
 BOUNDARIES = [
     ("resnet50", "3x224x224", "adam", "fp32", 0.07),
@@ -68,6 +84,7 @@ def opt_args(opt):
         "sgd": ["--optimizer", "sgd"],
         "sgd_momentum": ["--optimizer", "sgd", "--momentum", "0.9"],
         "adam": ["--optimizer", "adam"],
+        "adamw": ["--optimizer", "adamw"],
     }[opt]
 
 
@@ -141,6 +158,7 @@ def measure(model_name, inp, batch, opt_name, prec, fraction=None, steps=3, hist
         "sgd": lambda: torch.optim.SGD(params, lr=0.01),
         "sgd_momentum": lambda: torch.optim.SGD(params, lr=0.01, momentum=0.9),
         "adam": lambda: torch.optim.Adam(params, lr=1e-3),
+        "adamw": lambda: torch.optim.AdamW(params, lr=1e-3),
     }[opt_name]()
     x = torch.randn([batch] + [int(d) for d in inp.split("x")], device=dev)
     y = torch.randint(0, ncls, (batch,), device=dev)
@@ -299,6 +317,8 @@ def main():
     ap.add_argument("--vramlab", default=os.path.join(ROOT, "target", "release", "vramlab"))
     ap.add_argument("--out", help="a folder: gpu_check.json is written there after every case")
     ap.add_argument("--quick", action="store_true", help="two cases and no boundary")
+    ap.add_argument("--second", action="store_true",
+                    help="the second run's cases and boundaries (CASES2, BOUNDARIES2)")
     ap.add_argument("--deadline", type=float, default=400.0,
                     help="seconds after which no new case starts (default 400)")
     ap.add_argument("--one", help=argparse.SUPPRESS)
@@ -329,7 +349,8 @@ def main():
     result["probe"] = run_child({"probe": True})
     print("probe", json.dumps(result["probe"])[:600], flush=True)
     save()
-    for case in (CASES[:2] if args.quick else CASES):
+    cases, boundaries = (CASES2, BOUNDARIES2) if args.second else (CASES, BOUNDARIES)
+    for case in (cases[:2] if args.quick else cases):
         if time.time() - t0 > args.deadline:
             print("deadline: stopped before", case, flush=True)
             break
@@ -350,9 +371,9 @@ def main():
         import torch
 
         total = torch.cuda.get_device_properties(0).total_memory
-        extra = ["--cublas-workspace", "32MiB"] if torch.cuda.get_device_capability(0)[0] >= 9 \
-            else []
-        for (model, inp, opt, prec, frac) in BOUNDARIES:
+        extra = ["--cublas-workspace", "32MiB", "--cuda-context", "760MiB"] \
+            if torch.cuda.get_device_capability(0)[0] >= 9 else []
+        for (model, inp, opt, prec, frac) in boundaries:
             if time.time() - t0 > args.deadline:
                 print("deadline: no boundary", model, flush=True)
                 break

@@ -1187,7 +1187,7 @@ impl Runner<'_> {
                             self.held_until.push((stage_end, v.sid));
                         }
                     }
-                    self.window_attention(i, x, w, train)
+                    self.window_attention(i, x, w, train, amp_cache)
                 }
                 Op::PatchMerge => {
                     // Held by the features' nn.Sequential through norm and reduction.
@@ -1802,6 +1802,7 @@ impl Runner<'_> {
         x: Value,
         w: &vramlab_graph::op::WindowAttention,
         train: bool,
+        amp_cache: &mut Vec<Sid>,
     ) -> Value {
         let g = self.g;
         let b = self.micro;
@@ -1823,6 +1824,14 @@ impl Runner<'_> {
         let att = b * nw * heads * n * n * el;
         let tb = n * n * heads * el;
         let table_rows = w.table_len() as u128;
+        // Under autocast the projections and matmuls run in half precision: their
+        // outputs and gradients are half; adding the fp32 position bias promotes the
+        // scores to fp32, softmax stays fp32, and its result is cast back for `@ v`.
+        let amp = self.amp();
+        let hel = if amp { 2 } else { el };
+        let ge = if amp { 2 } else { pe };
+        let xh = b * hp * wp * c * hel;
+        let att_h = b * nw * heads * n * n * hel;
         // Parameters: v1 [table, qkv.w, qkv.b, proj.w, proj.b]; v2 [logit_scale, qkv.w,
         // qkv.b, proj.w, proj.b, cpb0.w, cpb0.b, cpb2.w].
         let mut temps = Vec::new();
@@ -1930,7 +1939,18 @@ impl Runner<'_> {
                 )
             });
         }
-        let qkv = self.op(3 * xb, "aten.addmm.default");
+        let mut qkv_weight = None;
+        let mut mm_in = xw;
+        if amp {
+            let cb = self.op(3 * c * 2, "aten._to_copy.default");
+            let cw = self.op(3 * c * c * 2, "aten._to_copy.default");
+            amp_cache.extend([cb, cw]);
+            qkv_weight = Some(cw);
+            mm_in = self.op(xh, "aten._to_copy.default");
+            self.sim.decref(xw);
+            node = node.map(|k| self.copy_node(i, k, xb, "aten._to_copy.default"));
+        }
+        let qkv = self.op(3 * xh, "aten.addmm.default");
         self.sim.cublas_workspace(self.cfg.cublas_workspace_bytes);
         temps.push(qkv);
         let qkv_node = train.then(|| {
@@ -1938,35 +1958,45 @@ impl Runner<'_> {
                 Some(k) => Edge::Node(k),
                 None => Edge::Param(p0 + 2),
             };
-            let mut edges = vec![(bias_edge, Grad::SumTo(3 * c * pe))];
+            let bias_is_param = matches!(bias_edge, Edge::Param(_));
+            let mut edges = vec![(bias_edge, Grad::SumTo(3 * c * ge))];
             let mut ops = Vec::new();
             if let Some(k) = node {
-                edges.push((Edge::Node(k), Grad::Alloc(xb)));
+                edges.push((Edge::Node(k), Grad::Alloc(xh)));
                 ops.push(("aten.mm.default", vec![1]));
             }
-            edges.push((Edge::Param(p0 + 1), Grad::Alloc(3 * c * c * pe)));
-            ops.push(("aten.mm.default", vec![edges.len() - 1]));
-            let a = self.record(i, vec![xw], edges, ops);
+            edges.push((Edge::Param(p0 + 1), Grad::Alloc(3 * c * c * ge)));
+            let weight_edge = edges.len() - 1;
+            ops.push(("aten.mm.default", vec![weight_edge]));
+            let mut saved = vec![mm_in];
+            saved.extend(qkv_weight);
+            let a = self.record(i, saved, edges, ops);
+            if amp {
+                self.nodes[a].casts.push((weight_edge, 3 * c * c * 4));
+                if bias_is_param {
+                    self.nodes[a].casts.push((0, 3 * c * 4));
+                }
+            }
             // The packed q/k/v's reshape; its permuted gradient is copied back.
-            let packed = self.copy_node(i, a, 3 * xb, "aten.clone.default");
+            let packed = self.copy_node(i, a, 3 * xh, "aten.clone.default");
             let sel: Vec<usize> = (0..3)
-                .map(|_| self.copy_node(i, packed, 3 * xb, "aten.select_backward.default"))
+                .map(|_| self.copy_node(i, packed, 3 * xh, "aten.select_backward.default"))
                 .collect();
             sel
         });
-        self.sim.decref(xw);
+        self.sim.decref(mm_in);
         let mut after_bmm = Vec::new();
         // q and k as bmm reads them, and the node q's gradient goes to.
         let (qc, kc, q_node, k_node) = if w.v2 {
             // F.normalize(q) and F.normalize(k): the norm, clamp_min, div (keeping the
             // input and the clamped norm); then contiguous copies for bmm.
-            let rows = b * nw * heads * n * el;
+            let rows = b * nw * heads * n * hel;
             let mut outs = Vec::new();
             let mut nodes = Vec::new();
             for s in 0..2 {
                 let norm = self.op(rows, "aten.linalg_vector_norm.default");
                 let clamped = self.op(rows, "aten.clamp_min.default");
-                let div = self.op(xb, "aten.div.Tensor");
+                let div = self.op(xh, "aten.div.Tensor");
                 let nd = qkv_node.as_ref().map(|sel| {
                     // DivBackward0 (both: the input's part and the norm's), then the
                     // clamp's and the norm's backward into the select; the norm and
@@ -1974,7 +2004,7 @@ impl Runner<'_> {
                     let norm_node = self.record(
                         i,
                         vec![qkv, norm],
-                        vec![(Edge::Node(sel[s]), Grad::Alloc(xb))],
+                        vec![(Edge::Node(sel[s]), Grad::Alloc(xh))],
                         vec![("aten.mul.Tensor", vec![0])],
                     );
                     let clamp_node = self.record(
@@ -1987,8 +2017,8 @@ impl Runner<'_> {
                         i,
                         vec![qkv, clamped],
                         vec![
-                            (Edge::Node(sel[s]), Grad::Alloc(xb)),
-                            (Edge::Node(clamp_node), Grad::AllocSumTo(xb, rows)),
+                            (Edge::Node(sel[s]), Grad::Alloc(xh)),
+                            (Edge::Node(clamp_node), Grad::AllocSumTo(xh, rows)),
                         ],
                         vec![("aten.div.Tensor", vec![0]), ("aten.div.Tensor", vec![1])],
                     )
@@ -1998,30 +2028,31 @@ impl Runner<'_> {
                 outs.push(div);
                 nodes.push(nd);
             }
-            let qc = self.op(xb, "aten.clone.default");
-            let kc = self.op(xb, "aten.clone.default");
+            let qc = self.op(xh, "aten.clone.default");
+            let kc = self.op(xh, "aten.clone.default");
             after_bmm = outs;
             (qc, kc, nodes[0], nodes[1])
         } else {
-            let qs = self.op(xb, "aten.mul.Tensor");
+            let qs = self.op(xh, "aten.mul.Tensor");
             temps.push(qs);
             let q_node = qkv_node
                 .as_ref()
-                .map(|sel| self.copy_node(i, sel[0], xb, "aten.mul.Tensor"));
-            let qc = self.op(xb, "aten.clone.default");
-            let kc = self.op(xb, "aten.clone.default");
+                .map(|sel| self.copy_node(i, sel[0], xh, "aten.mul.Tensor"));
+            let qc = self.op(xh, "aten.clone.default");
+            let kc = self.op(xh, "aten.clone.default");
             (qc, kc, q_node, qkv_node.as_ref().map(|sel| sel[1]))
         };
-        let dots = self.op(att, "aten.bmm.default");
+        let dots = self.op(att_h, "aten.bmm.default");
+        self.sim.cublas_workspace(self.cfg.cublas_workspace_bytes);
         let bmm1 = train.then(|| {
             let mut edges = Vec::new();
             let mut ops = Vec::new();
             if let Some(k) = k_node {
-                edges.push((Edge::Node(k), Grad::Alloc(xb)));
+                edges.push((Edge::Node(k), Grad::Alloc(xh)));
                 ops.push(("aten.bmm.default", vec![edges.len() - 1]));
             }
             if let Some(q) = q_node {
-                edges.push((Edge::Node(q), Grad::Alloc(xb)));
+                edges.push((Edge::Node(q), Grad::Alloc(xh)));
                 ops.push(("aten.bmm.default", vec![edges.len() - 1]));
             }
             self.record(i, vec![qc, kc], edges, ops)
@@ -2038,7 +2069,7 @@ impl Runner<'_> {
             let clamp = self.op(heads * pe, "aten.clamp.default");
             let exp = self.op(heads * pe, "aten.exp.default");
             self.sim.decref(clamp);
-            let scaled = self.op(att, "aten.mul.Tensor");
+            let scaled = self.op(att_h, "aten.mul.Tensor");
             score_node = score_node.map(|k| {
                 let clamp_node = self.record(
                     i,
@@ -2056,8 +2087,8 @@ impl Runner<'_> {
                     i,
                     vec![exp, scores],
                     vec![
-                        (Edge::Node(k), Grad::Alloc(att)),
-                        (Edge::Node(exp_node), Grad::AllocSumTo(att, heads * pe)),
+                        (Edge::Node(k), Grad::Alloc(att_h)),
+                        (Edge::Node(exp_node), Grad::AllocSumTo(att_h, heads * pe)),
                     ],
                     vec![("aten.mul.Tensor", vec![0]), ("aten.mul.Tensor", vec![1])],
                 )
@@ -2069,11 +2100,17 @@ impl Runner<'_> {
         let biased = self.op(att, "aten.add.Tensor");
         self.sim.decref(scores);
         let add_node = score_node.map(|k| {
-            let mut edges = vec![(Edge::Node(k), Grad::Pass)];
+            // Under autocast the half scores' gradient is the fp32 one cast down.
+            let (how, ops) = if amp {
+                (Grad::Alloc(att_h), vec![("aten._to_copy.default", vec![0])])
+            } else {
+                (Grad::Pass, vec![])
+            };
+            let mut edges = vec![(Edge::Node(k), how)];
             if let Some(bg) = bias_grad {
                 edges.push((Edge::Node(bg), Grad::SumTo(tb)));
             }
-            self.record(i, vec![], edges, vec![])
+            self.record(i, vec![], edges, ops)
         });
         let mut scores = biased;
         if shifted {
@@ -2099,65 +2136,88 @@ impl Runner<'_> {
         }
         let (probs, soft) = self.softmax(i, att, add_node);
         self.sim.decref(scores);
-        let vc = self.op(xb, "aten.clone.default");
-        let ctx = self.op(xb, "aten.bmm.default");
+        // Autocast casts the fp32 probabilities down for `@ v` (the cast is kept).
+        let (probs_mm, soft) = if amp {
+            let cast = self.op(att_h, "aten._to_copy.default");
+            self.sim.decref(probs);
+            let node = soft.map(|k| self.copy_node(i, k, att, "aten._to_copy.default"));
+            (cast, node)
+        } else {
+            (probs, soft)
+        };
+        let vc = self.op(xh, "aten.clone.default");
+        let ctx = self.op(xh, "aten.bmm.default");
         let bmm2 = soft.map(|k| {
             let mut edges = Vec::new();
             let mut ops = Vec::new();
             if let Some(sel) = &qkv_node {
-                edges.push((Edge::Node(sel[2]), Grad::Alloc(xb)));
+                edges.push((Edge::Node(sel[2]), Grad::Alloc(xh)));
                 ops.push(("aten.bmm.default", vec![0]));
             }
-            edges.push((Edge::Node(k), Grad::Alloc(att)));
+            edges.push((Edge::Node(k), Grad::Alloc(att_h)));
             ops.push(("aten.bmm.default", vec![edges.len() - 1]));
-            self.record(i, vec![probs, vc], edges, ops)
+            self.record(i, vec![probs_mm, vc], edges, ops)
         });
-        self.sim.decref(probs);
+        self.sim.decref(probs_mm);
         self.sim.decref(vc);
-        let heads_cat = self.op(xb, "aten.clone.default");
+        let heads_cat = self.op(xh, "aten.clone.default");
         self.sim.decref(ctx);
-        let reshaped = bmm2.map(|k| self.copy_node(i, k, xb, "aten.clone.default"));
-        let proj = self.op(xb, "aten.addmm.default");
+        let reshaped = bmm2.map(|k| self.copy_node(i, k, xh, "aten.clone.default"));
+        let mut proj_weight = None;
+        if amp {
+            let cb = self.op(c * 2, "aten._to_copy.default");
+            let cw = self.op(c * c * 2, "aten._to_copy.default");
+            amp_cache.extend([cb, cw]);
+            proj_weight = Some(cw);
+        }
+        let proj = self.op(xh, "aten.addmm.default");
         self.sim.cublas_workspace(self.cfg.cublas_workspace_bytes);
+        self.sim.cublaslt_workspace();
         let proj_node = reshaped.map(|k| {
-            self.record(
+            let mut saved = vec![heads_cat];
+            saved.extend(proj_weight);
+            let o = self.record(
                 i,
-                vec![heads_cat],
+                saved,
                 vec![
-                    (Edge::Param(p0 + 4), Grad::SumTo(c * pe)),
-                    (Edge::Node(k), Grad::Alloc(xb)),
-                    (Edge::Param(p0 + 3), Grad::Alloc(c * c * pe)),
+                    (Edge::Param(p0 + 4), Grad::SumTo(c * ge)),
+                    (Edge::Node(k), Grad::Alloc(xh)),
+                    (Edge::Param(p0 + 3), Grad::Alloc(c * c * ge)),
                 ],
                 vec![("aten.mm.default", vec![1]), ("aten.mm.default", vec![2])],
-            )
+            );
+            if amp {
+                self.nodes[o].casts.extend([(0, c * 4), (2, c * c * 4)]);
+            }
+            o
         });
         self.sim.decref(heads_cat);
         let (mut out, mut grad_fn) = if moves {
-            let out = self.op(xb, "aten.clone.default");
+            let out = self.op(xh, "aten.clone.default");
             self.sim.decref(proj);
             (
                 out,
-                proj_node.map(|k| self.copy_node(i, k, xb, "aten.clone.default")),
+                proj_node.map(|k| self.copy_node(i, k, xh, "aten.clone.default")),
             )
         } else {
             (proj, proj_node)
         };
         if shifted {
-            let r = self.op(xb, "aten.roll.default");
+            let r = self.op(xh, "aten.roll.default");
             self.sim.decref(out);
             out = r;
-            grad_fn = grad_fn.map(|k| self.copy_node(i, k, xb, "aten.roll.default"));
+            grad_fn = grad_fn.map(|k| self.copy_node(i, k, xh, "aten.roll.default"));
         }
         if hp != h || wp != wd {
             // x[:, :H, :W, :].contiguous(): a slice per cropped dimension, a copy.
-            let cropped = self.op(x0, "aten.clone.default");
+            let cropped = self.op(b * h * wd * c * hel, "aten.clone.default");
             self.sim.decref(out);
             out = cropped;
             if hp != h {
-                grad_fn = grad_fn.map(|k| self.copy_node(i, k, xb, "aten.slice_backward.default"));
+                grad_fn = grad_fn.map(|k| self.copy_node(i, k, xh, "aten.slice_backward.default"));
             }
             if wp != wd {
-                let part = b * h * wp * c * el;
+                let part = b * h * wp * c * hel;
                 grad_fn =
                     grad_fn.map(|k| self.copy_node(i, k, part, "aten.slice_backward.default"));
             }
@@ -2165,7 +2225,7 @@ impl Runner<'_> {
         for t in temps {
             self.sim.decref(t);
         }
-        plain(out, grad_fn, el)
+        plain(out, grad_fn, hel)
     }
 
     /// Swin's `_patch_merging_pad`: `F.pad` (a copy even when nothing is padded), the

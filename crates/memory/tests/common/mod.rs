@@ -25,6 +25,7 @@ pub fn optimizer(name: &str) -> Optimizer {
             ..Optimizer::new(OptimizerKind::Sgd)
         },
         "adam" => Optimizer::new(OptimizerKind::Adam),
+        "adamw" => Optimizer::new(OptimizerKind::AdamW),
         "adam_foreach" => Optimizer {
             implementation: Some(OptimizerImpl::Foreach),
             ..Optimizer::new(OptimizerKind::Adam)
