@@ -197,6 +197,8 @@ static ZH: &[(&str, &str)] = &[
     ("kept for backward", "为反向保留"),
     ("Memory at batch {0}", "批大小 {0} 时的显存"),
     ("Memory during one training step", "一个训练步中的显存"),
+    ("allocated (tensors alive)", "已分配（存活张量）"),
+    ("reserved (caching allocator, simulated)", "已保留（缓存分配器，模拟）"),
     ("bytes alive after each op", "每个算子之后的存活字节数"),
     ("without the CUDA context", "不含 CUDA 上下文"),
     ("op", "算子"),

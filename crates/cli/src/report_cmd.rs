@@ -260,6 +260,25 @@ pub fn report(a: &ReportArgs) -> Result<()> {
             .enumerate()
             .map(|(i, p)| (i as f64, (p.bytes - base) as f64 / unit))
             .collect();
+        // pytorch-cuda: what the simulated caching allocator holds (segments, cached
+        // blocks included) beside what the tensors take.
+        let reserved: Vec<(f64, f64)> = tl
+            .iter()
+            .enumerate()
+            .filter_map(|(i, p)| p.reserved.map(|r| (i as f64, r as f64 / unit)))
+            .collect();
+        let mut series = vec![Series {
+            name: s(l, "allocated (tensors alive)"),
+            points,
+            color: COLORS[0].into(),
+        }];
+        if !reserved.is_empty() {
+            series.push(Series {
+                name: s(l, "reserved (caching allocator, simulated)"),
+                points: reserved,
+                color: COLORS[1].into(),
+            });
+        }
         let chart = Chart {
             title: s(l, "Memory during one training step"),
             x_label: s(l, "op"),
@@ -271,11 +290,7 @@ pub fn report(a: &ReportArgs) -> Result<()> {
             ),
             x_log: false,
             stacked: false,
-            series: vec![Series {
-                name: "steps 1-2".into(),
-                points,
-                color: COLORS[0].into(),
-            }],
+            series,
             hlines: vec![],
             vline: None,
         };

@@ -150,7 +150,7 @@ fn a_size_needs_a_unit_and_says_what_it_was_read_as() {
     // A card with a published PyTorch total: the budget rests on it, and says so.
     let out = ok(&["fit", "resnet18", "--gpu", "h100"]).replace('\n', " ");
     assert!(
-        out.contains("NVIDIA H100 80 GB (the total PyTorch sees (total_memory): out-of-memory message, 79.11 GiB, driver 535 (vllm-project/vllm#27508); nominal 80.00 GiB), 79.11 GiB = 84,944,093,184 B; budget 80 % = 63.29 GiB"),
+        out.contains("NVIDIA H100 80 GB (the total PyTorch sees (total_memory): measured on a lent H100 80GB HBM3: total_memory 85,017,493,504 B, driver 580.159 (vramlab issue 10; 79.11 GiB with driver 535, vllm-project/vllm#27508); nominal 80.00 GiB), 79.18 GiB = 85,017,493,504 B; budget 80 % = 63.34 GiB"),
         "{out}"
     );
     // Only nvidia-smi's total known: the budget rests on it and says PyTorch sees less.

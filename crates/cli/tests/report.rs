@@ -64,6 +64,9 @@ fn the_report_is_one_self_contained_file() {
         "<svg",
         "conv1",
         "optimizer_state",
+        // The memory chart: the tensors alive and the caching allocator's reserve.
+        "allocated (tensors alive)",
+        "reserved (caching allocator, simulated)",
     ] {
         assert!(html.contains(needle), "missing {needle}");
     }

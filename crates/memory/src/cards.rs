@@ -123,7 +123,7 @@ const PYTORCH_TOTALS: &[(&str, u128, &str)] = &[
     ("v100-16gb", 16159 * MIB, "out-of-memory message, 15.78 GiB (kchengiva/Shift-GCN#34)"),
     ("a100-40gb", 40339 * MIB, "deviceQuery, 42,298,834,944 B (bottlerocket-os/bottlerocket#3873)"),
     ("a100-80gb", 81152 * MIB, "out-of-memory message, 79.25 GiB (levihsu/OOTDiffusion#235)"),
-    ("h100", 81009 * MIB, "out-of-memory message, 79.11 GiB, driver 535 (vllm-project/vllm#27508)"),
+    ("h100", 85_017_493_504, "measured on a lent H100 80GB HBM3: total_memory 85,017,493,504 B, driver 580.159 (vramlab issue 10; 79.11 GiB with driver 535, vllm-project/vllm#27508)"),
     ("h100-nvl", 95232 * MIB, "out-of-memory message, 93.00 GiB (ali-vilab/VACE#56)"),
     ("h200", 150_109_880_320, "measured on a lent H200: total_memory 150,109,880,320 B, driver 580.159 (vramlab issue 10)"),
     ("b200", 182630 * MIB, "device query, 178.35 GiB (pytorch/ao#4002)"),

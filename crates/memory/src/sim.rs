@@ -32,6 +32,12 @@ pub struct TimelinePoint {
     #[serde(skip)]
     pub layer_index: usize,
     pub bytes: u128,
+    /// pytorch-cuda: the simulated caching allocator's `memory_allocated()` and
+    /// `memory_reserved()` after the op (the context is in neither).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub allocated: Option<u128>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reserved: Option<u128>,
 }
 
 /// Where the highest point of a step was.
@@ -382,12 +388,15 @@ impl Sim {
         let total = self.total();
         let on = self.timeline_on;
         if let Some(t) = self.timeline.as_mut().filter(|_| on) {
+            let device = self.device.as_ref().map(|d| d.alloc.stats());
             t.push(TimelinePoint {
                 phase: self.phase,
                 op,
                 layer: String::new(),
                 layer_index: self.layer,
                 bytes: total,
+                allocated: device.map(|s| s.allocated_bytes.current),
+                reserved: device.map(|s| s.reserved_bytes.current),
             });
         }
         if self.peak.as_ref().is_none_or(|p| total > p.bytes) {

@@ -196,3 +196,36 @@ fn device_fit_names_the_failing_request_when_nothing_runs() {
     assert_eq!(oom.step, 1);
     assert_eq!(oom.layer, "optimizer.step");
 }
+
+#[test]
+fn the_timeline_carries_the_allocators_allocated_and_reserved() {
+    let g = model("resnet18");
+    let mut cfg = PlanConfig::new(16);
+    cfg.record_timeline = true;
+    let r = plan(&g, &cfg).unwrap();
+    let tl = r.timeline.unwrap();
+    let d = r.device.unwrap();
+    let mut top = (0, 0);
+    for p in &tl {
+        let (a, res) = (p.allocated.unwrap(), p.reserved.unwrap());
+        // Segments hold at least the blocks handed out; blocks are rounded up.
+        assert!(res >= a && a + r.context_bytes >= p.bytes, "{p:?}");
+        top = (top.0.max(a), top.1.max(res));
+    }
+    // The timeline covers steps 1 and 2: its highest points are their peaks.
+    let steps = &d.steps[..2];
+    assert_eq!(
+        top.0,
+        steps.iter().map(|s| s.allocated_peak_bytes).max().unwrap()
+    );
+    assert_eq!(
+        top.1,
+        steps.iter().map(|s| s.reserved_peak_bytes).max().unwrap()
+    );
+    // The CPU profile has no allocator: no such figures.
+    cfg.profile = Profile::PytorchCpu;
+    let tl = plan(&g, &cfg).unwrap().timeline.unwrap();
+    assert!(tl
+        .iter()
+        .all(|p| p.allocated.is_none() && p.reserved.is_none()));
+}
