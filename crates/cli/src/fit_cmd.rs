@@ -309,14 +309,6 @@ pub fn fit(a: &FitArgs) -> Result<()> {
                 .and_then(|g| vramlab_memory::cards::card_memory(g.name))
                 .map(|c| c.cuda_context_bytes());
         }
-        devices.push(device_answer(
-            &g,
-            &cfg,
-            card,
-            choice.gpu.as_ref(),
-            a.fraction,
-            a.plan.cublas_workspace.as_deref(),
-        )?);
         let req = FitRequest {
             card_bytes: card,
             fraction: a.fraction.unwrap_or(0.8),
@@ -327,7 +319,27 @@ pub fn fit(a: &FitArgs) -> Result<()> {
             simulate_allocator: false,
             ..cfg.clone()
         };
-        let report = fit::fit_with(&g, &planner_only, &req)?;
+        // The allocator's answer and the planner's are independent: one on another
+        // thread while this one makes the other.
+        let (device, report) = std::thread::scope(|scope| {
+            let device = scope.spawn(|| {
+                device_answer(
+                    &g,
+                    &cfg,
+                    card,
+                    choice.gpu.as_ref(),
+                    a.fraction,
+                    a.plan.cublas_workspace.as_deref(),
+                )
+            });
+            let report = fit::fit_with(&g, &planner_only, &req);
+            let device = device
+                .join()
+                .unwrap_or_else(|p| std::panic::resume_unwind(p));
+            (device, report)
+        });
+        devices.push(device?);
+        let report = report?;
         let lr = report
             .recommended_batch
             .map(|b| fit::lr_advice(a.base_batch, base_lr, b))
