@@ -93,7 +93,7 @@ fn fit_vgg16_in_2_gib_explains_its_advice() {
     );
     assert!(
         text.contains(
-            "All together (2.38 GiB) is worse than --optimizer sgd --momentum 0.9 alone (2.10 GiB)"
+            "All together (2.19 GiB) is worse than --optimizer sgd --momentum 0.9 alone (2.10 GiB)"
         ),
         "{out}"
     );

@@ -156,11 +156,32 @@ pub(crate) fn run(g: &Shaped, cfg: &PlanConfig) -> Result<(MemoryReport, Vec<u12
             "--nesterov requires --momentum greater than 0 (as torch.optim.SGD does)".into(),
         ));
     }
-    if cfg.precision != Precision::Fp32 && !cfg.profile.is_cuda() {
+    // CPU autocast (bfloat16) is checked against PyTorch's own CPU runs; the other
+    // precisions are modelled for CUDA only.
+    if !cfg.profile.is_cuda() && !matches!(cfg.precision, Precision::Fp32 | Precision::AmpBf16) {
         return Err(PlanError::Config(format!(
-            "--precision {} is modelled for the pytorch-cuda profile only",
+            "--precision {} is modelled for the pytorch-cuda profile only (pytorch-cpu: fp32 or amp-bf16)",
             cfg.precision.name()
         )));
+    }
+    if cfg.precision.is_amp() {
+        // Layers whose autocast behaviour is not modelled: refused, not guessed.
+        for n in g.nodes() {
+            let unmodelled = if matches!(n.op, Op::RelPosAttention { .. }) {
+                Some("MaxViT's relative-position attention")
+            } else if matches!(n.op, Op::MultiheadAttention { .. }) && !cfg.profile.is_cuda() {
+                Some("nn.MultiheadAttention on the CPU")
+            } else {
+                None
+            };
+            if let Some(what) = unmodelled {
+                return Err(PlanError::Config(format!(
+                    "layer `{}`: {what} is not modelled under autocast yet (--precision {}); plan it in fp32",
+                    n.name,
+                    cfg.precision.name()
+                )));
+            }
+        }
     }
     let rules = Rules {
         cuda: cfg.profile.is_cuda(),
@@ -948,7 +969,7 @@ impl Runner<'_> {
                         if has_bias {
                             edges.push((
                                 Edge::Param(p0 + 1),
-                                Grad::SumTo(specs[1].numel() * self.param_elem),
+                                Grad::SumTo(specs[1].numel() * grad_elem),
                             ));
                         }
                         if let Some(f) = x.grad_fn {
@@ -971,14 +992,20 @@ impl Runner<'_> {
                     }
                     let k = self.record(i, saved.clone(), edges, ops);
                     if self.amp() && self.nodes[k].casts.is_empty() {
+                        // Each parameter's half gradient goes through its cast's
+                        // ToCopyBackward0: the weight's first (its cast was made last).
                         let edges = self.nodes[k].edges.clone();
-                        for (e, (edge, _)) in edges.iter().enumerate() {
-                            if let Edge::Param(p) = edge {
-                                let spec_i = p - p0;
-                                if is_conv || spec_i == 0 {
-                                    self.nodes[k].casts.push((e, fp32_grads[spec_i]));
-                                }
-                            }
+                        let mut casts: Vec<(usize, usize)> = edges
+                            .iter()
+                            .enumerate()
+                            .filter_map(|(e, (edge, _))| match edge {
+                                Edge::Param(p) => Some((p - p0, e)),
+                                Edge::Node(_) => None,
+                            })
+                            .collect();
+                        casts.sort_unstable();
+                        for (spec_i, e) in casts {
+                            self.nodes[k].casts.push((e, fp32_grads[spec_i]));
                         }
                     }
                     self.sim.decref(xin);
@@ -1094,9 +1121,10 @@ impl Runner<'_> {
                 }
                 Op::LayerNorm(l) => {
                     let rows = b * numel / l.normalized_shape as u128;
-                    // Autocast runs layer_norm in fp32: a half input is cast up (the
-                    // cast is what backward keeps) and the output is fp32.
-                    let cast = self.amp() && x.elem == 2;
+                    // CUDA's autocast runs layer_norm in fp32: a half input is cast up
+                    // (the cast is what backward keeps) and the output is fp32. (CPU's
+                    // autocast leaves layer_norm in the input's dtype.)
+                    let cast = self.amp() && self.rules.cuda && x.elem == 2;
                     let (x, to_x) = if cast {
                         let up = self.op(b * numel * 4, "aten._to_copy.default");
                         let node = match input_edge(&x) {
@@ -1714,7 +1742,7 @@ impl Runner<'_> {
                 vec![("aten.mm.default", vec![1]), ("aten.mm.default", vec![2])],
             );
             if amp {
-                self.nodes[o].casts.extend([(0, e * 4), (2, e * e * 4)]);
+                self.nodes[o].casts.extend([(2, e * e * 4), (0, e * 4)]);
             }
             // The output's transpose reshaped for the out-projection's gradient: a copy.
             grad_fn = Some(self.grad_node(i, o, n, "aten.clone.default"));
@@ -2187,7 +2215,7 @@ impl Runner<'_> {
                 vec![("aten.mm.default", vec![1]), ("aten.mm.default", vec![2])],
             );
             if amp {
-                self.nodes[o].casts.extend([(0, c * 4), (2, c * c * 4)]);
+                self.nodes[o].casts.extend([(2, c * c * 4), (0, c * 4)]);
             }
             o
         });
@@ -2613,18 +2641,22 @@ impl Runner<'_> {
                 self.sim.decref(outputs[e].replace(new).expect("set above"));
             }
         }
-        for (e, bytes) in std::mem::take(&mut self.nodes[k].casts) {
-            let new = self.sim.alloc(bytes, None);
-            self.sim.boundary("aten._to_copy.default");
-            self.sim
-                .decref(outputs[e].replace(new).expect("param grad made"));
-        }
+        // The node is done: the engine drops its input gradient and releases what it
+        // saved before the next node runs.
         self.sim.decref(grad_in);
         for s in std::mem::take(&mut self.nodes[k].held) {
             self.sim.decref(s);
         }
         for s in std::mem::take(&mut self.nodes[k].saved) {
             self.sim.unsave(s);
+        }
+        // Autocast's casts of the parameters are nodes of their own (ToCopyBackward0),
+        // next in line: each makes the fp32 gradient and drops the half one.
+        for (e, bytes) in std::mem::take(&mut self.nodes[k].casts) {
+            let new = self.sim.alloc(bytes, None);
+            self.sim.boundary("aten._to_copy.default");
+            self.sim
+                .decref(outputs[e].replace(new).expect("param grad made"));
         }
         let mut leftovers = Vec::new();
         let mut accumulate = Vec::new();
