@@ -1627,18 +1627,7 @@ impl Runner<'_> {
         let n = b * t * e * el;
         let n_in = b * t * e * x.elem;
         let p0 = self.node_of_param[i];
-        // Autocast's cached half copies of a projection's bias and weight.
-        let mut casts = |run: &mut Self, out_features: u128| -> Option<Sid> {
-            if !amp {
-                return None;
-            }
-            let bias = run.op(out_features * 2, "aten._to_copy.default");
-            let weight = run.op(out_features * e * 2, "aten._to_copy.default");
-            amp_cache.push(bias);
-            amp_cache.push(weight);
-            Some(weight)
-        };
-        let in_weight = casts(self, 3 * e);
+        let in_weight = amp.then(|| self.autocast_weight(3 * e, e, amp_cache));
         let cast_in = amp.then(|| self.op(n, "aten._to_copy.default"));
         let copy = self.op(n, "aten.clone.default");
         let mm = self.op(3 * n, "aten.mm.default");
@@ -1668,7 +1657,7 @@ impl Runner<'_> {
             (out, lse, contiguous)
         };
         kept.extend([out, lse]);
-        let out_weight = casts(self, e);
+        let out_weight = amp.then(|| self.autocast_weight(e, e, amp_cache));
         let result = self.op(n, "aten.addmm.default");
         self.sim.cublas_workspace(self.cfg.cublas_workspace_bytes);
         self.sim.cublaslt_workspace();
@@ -1729,21 +1718,8 @@ impl Runner<'_> {
                 vec![(label, vec![0, 1, 2])],
             );
             // AddmmBackward0 of the out-projection: bias, input, weight.
-            let mut saved = vec![proj_in];
-            saved.extend(out_weight);
-            let o = self.record(
-                i,
-                saved,
-                vec![
-                    (Edge::Param(p0 + 3), Grad::SumTo(e * ge)),
-                    (Edge::Node(sdpa), Grad::Alloc(n)),
-                    (Edge::Param(p0 + 2), Grad::Alloc(e * e * ge)),
-                ],
-                vec![("aten.mm.default", vec![1]), ("aten.mm.default", vec![2])],
-            );
-            if amp {
-                self.nodes[o].casts.extend([(2, e * e * 4), (0, e * 4)]);
-            }
+            let o =
+                self.projection_backward(i, proj_in, out_weight, sdpa, (p0 + 2, p0 + 3), n, (e, e));
             // The output's transpose reshaped for the out-projection's gradient: a copy.
             grad_fn = Some(self.grad_node(i, o, n, "aten.clone.default"));
         }
@@ -1778,6 +1754,52 @@ impl Runner<'_> {
             self.sim.decref(s);
             self.sim.decref(a);
         }
+    }
+
+    /// Autocast's half copies of a projection's bias (`out_f`) and weight (`out_f` x
+    /// `in_f`), cached until autocast exits; the weight's copy is what the matmul's
+    /// backward keeps.
+    fn autocast_weight(&mut self, out_f: u128, in_f: u128, amp_cache: &mut Vec<Sid>) -> Sid {
+        let bias = self.op(out_f * 2, "aten._to_copy.default");
+        let weight = self.op(out_f * in_f * 2, "aten._to_copy.default");
+        amp_cache.extend([bias, weight]);
+        weight
+    }
+
+    /// AddmmBackward0 of an attention layer's output projection (`in_f` -> `out_f`,
+    /// parameters `p_w` and `p_b`) on an input of `in_bytes` that it keeps: the bias's
+    /// gradient summed, the input's and the weight's by `mm`; under autocast each
+    /// parameter's gradient is cast back to fp32 by its own node, the weight's first.
+    #[allow(clippy::too_many_arguments)]
+    fn projection_backward(
+        &mut self,
+        i: usize,
+        input: Sid,
+        half_weight: Option<Sid>,
+        to: usize,
+        (p_w, p_b): (usize, usize),
+        in_bytes: u128,
+        (in_f, out_f): (u128, u128),
+    ) -> usize {
+        let ge = if self.amp() { 2 } else { self.param_elem };
+        let mut saved = vec![input];
+        saved.extend(half_weight);
+        let o = self.record(
+            i,
+            saved,
+            vec![
+                (Edge::Param(p_b), Grad::SumTo(out_f * ge)),
+                (Edge::Node(to), Grad::Alloc(in_bytes)),
+                (Edge::Param(p_w), Grad::Alloc(out_f * in_f * ge)),
+            ],
+            vec![("aten.mm.default", vec![1]), ("aten.mm.default", vec![2])],
+        );
+        if self.amp() {
+            self.nodes[o]
+                .casts
+                .extend([(2, out_f * in_f * 4), (0, out_f * 4)]);
+        }
+        o
     }
 
     /// A chain of copies in backward: `node` receives the gradient, passes a new
@@ -1970,10 +1992,7 @@ impl Runner<'_> {
         let mut qkv_weight = None;
         let mut mm_in = xw;
         if amp {
-            let cb = self.op(3 * c * 2, "aten._to_copy.default");
-            let cw = self.op(3 * c * c * 2, "aten._to_copy.default");
-            amp_cache.extend([cb, cw]);
-            qkv_weight = Some(cw);
+            qkv_weight = Some(self.autocast_weight(3 * c, c, amp_cache));
             mm_in = self.op(xh, "aten._to_copy.default");
             self.sim.decref(xw);
             node = node.map(|k| self.copy_node(i, k, xb, "aten._to_copy.default"));
@@ -2191,33 +2210,12 @@ impl Runner<'_> {
         let heads_cat = self.op(xh, "aten.clone.default");
         self.sim.decref(ctx);
         let reshaped = bmm2.map(|k| self.copy_node(i, k, xh, "aten.clone.default"));
-        let mut proj_weight = None;
-        if amp {
-            let cb = self.op(c * 2, "aten._to_copy.default");
-            let cw = self.op(c * c * 2, "aten._to_copy.default");
-            amp_cache.extend([cb, cw]);
-            proj_weight = Some(cw);
-        }
+        let proj_weight = amp.then(|| self.autocast_weight(c, c, amp_cache));
         let proj = self.op(xh, "aten.addmm.default");
         self.sim.cublas_workspace(self.cfg.cublas_workspace_bytes);
         self.sim.cublaslt_workspace();
         let proj_node = reshaped.map(|k| {
-            let mut saved = vec![heads_cat];
-            saved.extend(proj_weight);
-            let o = self.record(
-                i,
-                saved,
-                vec![
-                    (Edge::Param(p0 + 4), Grad::SumTo(c * ge)),
-                    (Edge::Node(k), Grad::Alloc(xh)),
-                    (Edge::Param(p0 + 3), Grad::Alloc(c * c * ge)),
-                ],
-                vec![("aten.mm.default", vec![1]), ("aten.mm.default", vec![2])],
-            );
-            if amp {
-                self.nodes[o].casts.extend([(2, c * c * 4), (0, c * 4)]);
-            }
-            o
+            self.projection_backward(i, heads_cat, proj_weight, k, (p0 + 3, p0 + 4), xh, (c, c))
         });
         self.sim.decref(heads_cat);
         let (mut out, mut grad_fn) = if moves {

@@ -23,18 +23,8 @@ fn cpu_autocast_bf16_is_exact_on_every_record() {
     for rec in &records {
         assert_eq!(rec["amp"], "bf16");
         let name = format!("{} b{} {}", rec["model"], rec["batch"], rec["optimizer"]);
-        let opts = ModelOptions {
-            num_classes: Some(rec["num_classes"].as_u64().unwrap() as usize),
-            input_shape: Some(common::input_shape(rec)),
-        };
-        let g = zoo::build(rec["model"].as_str().unwrap(), &opts)
-            .unwrap()
-            .infer()
-            .unwrap();
-        let mut cfg = PlanConfig::new(rec["batch"].as_u64().unwrap());
-        cfg.profile = Profile::PytorchCpu;
+        let (g, mut cfg) = common::zoo_cpu_case(rec);
         cfg.precision = Precision::AmpBf16;
-        cfg.optimizer = common::optimizer(rec["optimizer"].as_str().unwrap());
         let report = plan(&g, &cfg).unwrap();
         for (label, measured, planned, mphase, pphase) in common::figures(rec, &report) {
             checked += 1;

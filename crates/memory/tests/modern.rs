@@ -5,8 +5,7 @@
 //! the peak, to the byte.
 
 use serde_json::Value;
-use vramlab_graph::{zoo, ModelOptions};
-use vramlab_memory::{plan, PlanConfig, Profile};
+use vramlab_memory::plan;
 
 mod common;
 
@@ -15,28 +14,13 @@ fn records() -> Vec<Value> {
     serde_json::from_str(text).expect("fixture is JSON")
 }
 
-fn config(rec: &Value) -> (vramlab_graph::Shaped, PlanConfig) {
-    let opts = ModelOptions {
-        num_classes: Some(rec["num_classes"].as_u64().unwrap() as usize),
-        input_shape: Some(common::input_shape(rec)),
-    };
-    let g = zoo::build(rec["model"].as_str().unwrap(), &opts)
-        .unwrap()
-        .infer()
-        .unwrap();
-    let mut cfg = PlanConfig::new(rec["batch"].as_u64().unwrap());
-    cfg.profile = Profile::PytorchCpu;
-    cfg.optimizer = common::optimizer(rec["optimizer"].as_str().unwrap());
-    (g, cfg)
-}
-
 /// Every mismatch of the records of `model`, and how many figures were compared.
 fn mismatches(model: &str) -> (Vec<String>, usize) {
     let mut failures = Vec::new();
     let mut checked = 0;
     for rec in records().iter().filter(|r| r["model"] == model) {
         let name = format!("{} b{} {}", rec["model"], rec["batch"], rec["optimizer"]);
-        let (g, cfg) = config(rec);
+        let (g, cfg) = common::zoo_cpu_case(rec);
         let report = plan(&g, &cfg).unwrap();
         assert_eq!(
             report.param_bytes,
@@ -98,7 +82,7 @@ fn auxiliary_heads_train_as_pytorch_does() {
         serde_json::from_str(include_str!("fixtures/aux_heads_cpu.json")).unwrap();
     assert_eq!(recs.len(), 3);
     for rec in &recs {
-        let (g, cfg) = config(rec);
+        let (g, cfg) = common::zoo_cpu_case(rec);
         assert!(!g.graph.aux.is_empty());
         let report = plan(&g, &cfg).unwrap();
         for (i, key) in ["step1", "step2"].iter().enumerate() {

@@ -4,7 +4,25 @@
 #![allow(dead_code)]
 
 use serde_json::Value;
-use vramlab_memory::{MemoryReport, Optimizer, OptimizerImpl, OptimizerKind};
+use vramlab_graph::{zoo, ModelOptions, Shaped};
+use vramlab_memory::{MemoryReport, Optimizer, OptimizerImpl, OptimizerKind, PlanConfig, Profile};
+
+/// A record of a torchvision model (its name, `num_classes` and input), planned on the
+/// pytorch-cpu profile with the record's batch and optimizer.
+pub fn zoo_cpu_case(rec: &Value) -> (Shaped, PlanConfig) {
+    let opts = ModelOptions {
+        num_classes: Some(rec["num_classes"].as_u64().unwrap() as usize),
+        input_shape: Some(input_shape(rec)),
+    };
+    let g = zoo::build(rec["model"].as_str().unwrap(), &opts)
+        .unwrap()
+        .infer()
+        .unwrap();
+    let mut cfg = PlanConfig::new(rec["batch"].as_u64().unwrap());
+    cfg.profile = Profile::PytorchCpu;
+    cfg.optimizer = optimizer(rec["optimizer"].as_str().unwrap());
+    (g, cfg)
+}
 
 /// A record's `input_shape`.
 pub fn input_shape(rec: &Value) -> Vec<usize> {
