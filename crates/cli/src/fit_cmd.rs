@@ -213,9 +213,13 @@ fn device_answer(
         },
         fraction: fraction.unwrap_or(1.0),
     };
-    // The card's generation decides cuBLAS's workspace, unless --cublas-workspace says.
-    if let (Some(c), None) = (card, cublas_given) {
-        template.cublas_workspace_bytes = c.cublas_workspace_bytes();
+    // The card decides cuBLAS's workspace (unless --cublas-workspace says) and the SMs.
+    if let Some(c) = card {
+        let given = template.cublas_workspace_bytes;
+        c.configure(&mut template);
+        if cublas_given.is_some() {
+            template.cublas_workspace_bytes = given;
+        }
     }
     let answer = device_fit(g, &template, &budget)?;
     let default_conf = if template.alloc_conf != Default::default() {

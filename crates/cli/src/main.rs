@@ -67,7 +67,7 @@ enum Command {
     Summary(models_cmd::SummaryArgs),
     /// Training memory by category, the peak, and where it happens.
     #[command(
-        after_help = "Examples:\n  vramlab memory simple_cnn --batch-size 64 --optimizer adam\n  vramlab memory vgg11 --input 3x32x32 --num-classes 10 --batch-size 256 --profile pytorch-cpu\n  vramlab memory resnet50 --batch-size 32 --precision amp-bf16 --json"
+        after_help = "Examples:\n  vramlab memory simple_cnn --batch-size 64 --optimizer adam\n  vramlab memory vgg11 --input 3x32x32 --num-classes 10 --batch-size 256 --profile pytorch-cpu\n  vramlab memory resnet50 --batch-size 32 --precision amp-bf16 --json\n  vramlab memory resnet50 --batch-size 128 --gpu t4\n  vramlab memory resnet18 --batch-size 16 --profile pytorch-cpu --precision amp-bf16"
     )]
     Memory(memory_cmd::MemoryArgs),
     /// The largest batch size that fits a GPU, the doubling procedure, and what to change

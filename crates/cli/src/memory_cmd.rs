@@ -17,6 +17,11 @@ pub struct MemoryArgs {
     batch_size: u64,
     #[command(flatten)]
     plan: PlanArgs,
+    /// A card from `vramlab gpus` (pytorch-cuda): the device section uses its cuBLAS
+    /// workspace, CUDA context and multiprocessors, and runs the allocator within what
+    /// PyTorch sees on it, so a batch that does not fit says where it fails.
+    #[arg(long, value_name = "GPU")]
+    gpu: Option<String>,
     /// Include the whole timeline (every op's live total) in the JSON.
     #[arg(long)]
     timeline: bool,
@@ -57,6 +62,19 @@ pub fn run(a: &MemoryArgs) -> Result<()> {
         ));
     }
     cfg.record_device_trace = a.device_trace;
+    if let Some(name) = &a.gpu {
+        let gpu = vramlab_memory::fit::find_gpu(name).map_err(crate::UserError)?;
+        if let Some(card) = vramlab_memory::cards::card_memory(gpu.name) {
+            let given = cfg.cublas_workspace_bytes;
+            card.configure(&mut cfg);
+            if a.plan.cublas_workspace.is_some() {
+                cfg.cublas_workspace_bytes = given;
+            }
+            let (total, _) = card.budget(gpu.memory_bytes);
+            cfg.device_limit_bytes =
+                Some(vramlab_memory::device_fit::allocator_limit(&g, &cfg, total));
+        }
+    }
     let r = plan(&g, &cfg)?;
     if a.json {
         return print_json(&r);

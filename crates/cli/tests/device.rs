@@ -287,3 +287,38 @@ fn device_trace_lists_every_malloc_and_free_in_order() {
     );
     assert!(o.stdout.is_empty());
 }
+
+#[test]
+fn memory_on_a_card_uses_its_workspaces_and_context_and_says_where_it_fails() {
+    // Hopper: two 32 MiB cuBLAS workspaces and the 1 MiB cuBLASLt one; the measured
+    // 760 MiB context; the limit is what PyTorch sees on an H100.
+    let r = json(&[
+        "memory",
+        "resnet50",
+        "--batch-size",
+        "32",
+        "--gpu",
+        "h100",
+        "--json",
+    ]);
+    let d = &r["device"];
+    assert_eq!(n(&d["cublas_workspace_bytes"]), (64 << 20) + (1 << 20));
+    assert_eq!(n(&d["cuda_context_bytes"]), 760 << 20);
+    assert_eq!(
+        n(&d["device_limit_bytes"]),
+        85_017_493_504 - (760 << 20) - (64 << 20)
+    );
+    assert!(d["out_of_memory"].is_null());
+    // A batch a T4 cannot hold: the step, phase and layer where the allocator fails.
+    let o = vramlab(&["memory", "resnet50", "--batch-size", "512", "--gpu", "t4"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let out = stdout(&o);
+    assert!(
+        out.contains("CUDA out of memory under a limit of 14.00 GiB: step 1, forward"),
+        "{out}"
+    );
+    // An unknown card: one line, exit 2.
+    let o = vramlab(&["memory", "resnet50", "--gpu", "gtx-480"]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(stderr(&o).contains("gtx-480"), "{}", stderr(&o));
+}

@@ -139,6 +139,43 @@ const PYTORCH_TOTALS: &[(&str, u128, &str)] = &[
     ("rtx-5090", 32123 * MIB, "out-of-memory message, 31.37 GiB (Wan-Video/Wan2.1#465)"),
 ];
 
+/// Streaming multiprocessors and the most resident threads per multiprocessor (NVIDIA's
+/// specifications by compute capability: 2,048 on 6.x, 7.0, 8.0, 9.0 and 10.0; 1,024 on
+/// 7.5; 1,536 on 8.6, 8.9 and 12.0): ATen's reduce kernel sizes its staging buffer by
+/// them ([`crate::reduce_staging_bytes`]). The H100 entry is the SXM card's (132; the
+/// PCIe card has 114).
+const CORES: &[(&str, u32, u32)] = &[
+    ("t4", 40, 1024),
+    ("p100", 56, 2048),
+    ("v100-16gb", 80, 2048),
+    ("v100-32gb", 80, 2048),
+    ("a10", 72, 1536),
+    ("a40", 84, 1536),
+    ("a100-40gb", 108, 2048),
+    ("a100-80gb", 108, 2048),
+    ("h100", 132, 2048),
+    ("h100-nvl", 132, 2048),
+    ("h200", 132, 2048),
+    ("b200", 148, 2048),
+    ("l4", 58, 1536),
+    ("l40s", 142, 1536),
+    ("rtx-a6000", 84, 1536),
+    ("rtx-6000-ada", 142, 1536),
+    ("gtx-1080-ti", 28, 2048),
+    ("rtx-2080-ti", 68, 1024),
+    ("titan-rtx", 72, 1024),
+    ("rtx-3060", 28, 1536),
+    ("rtx-3070", 46, 1536),
+    ("rtx-3080", 68, 1536),
+    ("rtx-3090", 82, 1536),
+    ("rtx-4060", 24, 1536),
+    ("rtx-4060-ti-16gb", 34, 1536),
+    ("rtx-4070", 46, 1536),
+    ("rtx-4080", 76, 1536),
+    ("rtx-4090", 128, 1536),
+    ("rtx-5090", 170, 1536),
+];
+
 /// The card's entry, by catalog name.
 pub fn card_memory(name: &str) -> Option<&'static CardMemory> {
     CARDS.iter().find(|c| c.name == name)
@@ -192,6 +229,24 @@ impl CardMemory {
         crate::cuda_context_bytes(self.compute_major)
     }
 
+    /// (streaming multiprocessors, threads per multiprocessor).
+    pub fn cores(&self) -> (u32, u32) {
+        CORES
+            .iter()
+            .find(|(n, _, _)| *n == self.name)
+            .map_or((132, 2048), |&(_, sms, threads)| (sms, threads))
+    }
+
+    /// Sets what a plan on this card depends on: cuBLAS's workspace, the SMs, and the
+    /// CUDA context unless one was given.
+    pub fn configure(&self, cfg: &mut crate::PlanConfig) {
+        cfg.cublas_workspace_bytes = self.cublas_workspace_bytes();
+        (cfg.gpu_sms, cfg.gpu_max_threads_per_sm) = self.cores();
+        if cfg.cuda_context_bytes.is_none() {
+            cfg.cuda_context_bytes = Some(self.cuda_context_bytes());
+        }
+    }
+
     /// PyTorch's cuBLAS workspace on this card.
     pub fn cublas_workspace_bytes(&self) -> u128 {
         crate::cublas_workspace_bytes(self.compute_major)
@@ -220,6 +275,16 @@ mod tests {
                 g.name
             );
         }
+    }
+
+    #[test]
+    fn every_card_has_its_multiprocessors() {
+        for c in CARDS {
+            assert!(CORES.iter().any(|(n, _, _)| *n == c.name), "{}", c.name);
+        }
+        assert_eq!(CORES.len(), CARDS.len());
+        assert_eq!(card_memory("t4").unwrap().cores(), (40, 1024));
+        assert_eq!(card_memory("rtx-4090").unwrap().cores(), (128, 1536));
     }
 
     #[test]

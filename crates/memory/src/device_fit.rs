@@ -53,6 +53,24 @@ pub struct DeviceFit {
     pub simulations: u32,
 }
 
+/// What the caching allocator may take on a card of `card_total_bytes` (what PyTorch
+/// sees): the total less the CUDA context and, for a model with convolutions, the cuDNN
+/// workspace bound (both estimates where not measured).
+pub fn allocator_limit(g: &Shaped, cfg: &PlanConfig, card_total_bytes: u128) -> u128 {
+    let context = cfg.cuda_context_bytes.unwrap_or(DEFAULT_CUDA_CONTEXT_BYTES);
+    let has_conv = g
+        .nodes()
+        .iter()
+        .any(|n| matches!(n.op, vramlab_graph::Op::Conv2d(_)));
+    let cudnn = if has_conv {
+        cfg.cudnn_workspace_bytes
+            .unwrap_or(DEFAULT_CUDNN_WORKSPACE_BYTES)
+    } else {
+        0
+    };
+    card_total_bytes.saturating_sub(context + cudnn)
+}
+
 /// The largest batch the simulated allocator serves on `budget`'s card.
 pub fn device_fit(
     g: &Shaped,
