@@ -63,6 +63,12 @@ pub fn run(a: &MemoryArgs) -> Result<()> {
     }
     cfg.record_device_trace = a.device_trace;
     if let Some(name) = &a.gpu {
+        if !cfg.profile.is_cuda() {
+            return Err(crate::UserError(format!(
+                "--gpu is for the pytorch-cuda profile (got --profile {})",
+                cfg.profile.name()
+            )));
+        }
         let gpu = vramlab_memory::fit::find_gpu(name).map_err(crate::UserError)?;
         if let Some(card) = vramlab_memory::cards::card_memory(gpu.name) {
             let given = cfg.cublas_workspace_bytes;

@@ -317,7 +317,21 @@ fn memory_on_a_card_uses_its_workspaces_and_context_and_says_where_it_fails() {
         out.contains("CUDA out of memory under a limit of 14.00 GiB: step 1, forward"),
         "{out}"
     );
-    // An unknown card: one line, exit 2.
+    // A card with the CPU profile, or an unknown card: one line, exit 2.
+    let o = vramlab(&[
+        "memory",
+        "resnet50",
+        "--gpu",
+        "t4",
+        "--profile",
+        "pytorch-cpu",
+    ]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(
+        stderr(&o).contains("--gpu is for the pytorch-cuda profile"),
+        "{}",
+        stderr(&o)
+    );
     let o = vramlab(&["memory", "resnet50", "--gpu", "gtx-480"]);
     assert_eq!(o.status.code(), Some(2));
     assert!(stderr(&o).contains("gtx-480"), "{}", stderr(&o));
