@@ -265,6 +265,29 @@ enum LayerSpec {
         embed_dim: i64,
         num_heads: i64,
     },
+    /// torchvision's `ShiftedWindowAttention(dim, window_size, shift_size, num_heads)` on
+    /// a channels-last map `[H, W, C]` (Swin's blocks; pad, roll, window partition,
+    /// attention with a relative position bias, and back).
+    ShiftedWindowAttention {
+        dim: i64,
+        window_size: Pair,
+        #[serde(default = "zero")]
+        shift_size: Pair,
+        num_heads: i64,
+    },
+    /// `ShiftedWindowAttentionV2`: cosine attention with a learned logit scale and a
+    /// continuous position bias MLP.
+    ShiftedWindowAttentionV2 {
+        dim: i64,
+        window_size: Pair,
+        #[serde(default = "zero")]
+        shift_size: Pair,
+        num_heads: i64,
+    },
+    /// torchvision's `_patch_merging_pad`: a channels-last `[H, W, C]` map to
+    /// `[H/2, W/2, 4C]` (padded to even sizes); `PatchMerging` is this, a LayerNorm and a
+    /// `Linear(4C, 2C, bias=False)`.
+    PatchMergingPad {},
     /// A learned class token (`[1, 1, embed_dim]`, named by the layer) put before the
     /// tokens: `torch.cat([token.expand(B, -1, -1), x], dim=1)`.
     ClassToken {
@@ -603,6 +626,23 @@ fn sequence(
     Ok(x)
 }
 
+/// A Swin attention layer's op from its model-file arguments.
+fn window_attention(
+    dim: i64,
+    window_size: Pair,
+    shift_size: Pair,
+    num_heads: i64,
+    v2: bool,
+) -> Result<Op, String> {
+    Ok(Op::WindowAttention(crate::op::WindowAttention {
+        dim: count("dim", dim)?,
+        heads: count("num_heads", num_heads)?,
+        window: window_size.get("window_size")?,
+        shift: shift_size.get("shift_size")?,
+        v2,
+    }))
+}
+
 /// The op of one (non-Residual) layer, its arguments checked as PyTorch checks them.
 fn op_of(spec: LayerSpec) -> Result<Op, String> {
     let op = match spec {
@@ -700,6 +740,19 @@ fn op_of(spec: LayerSpec) -> Result<Op, String> {
             Op::Permute { dims: per? }
         }
         LayerSpec::Tokens {} => Op::Tokens,
+        LayerSpec::ShiftedWindowAttention {
+            dim,
+            window_size,
+            shift_size,
+            num_heads,
+        } => window_attention(dim, window_size, shift_size, num_heads, false)?,
+        LayerSpec::ShiftedWindowAttentionV2 {
+            dim,
+            window_size,
+            shift_size,
+            num_heads,
+        } => window_attention(dim, window_size, shift_size, num_heads, true)?,
+        LayerSpec::PatchMergingPad {} => Op::PatchMerge,
         LayerSpec::Select { index } => Op::Select {
             index: usize::try_from(index)
                 .map_err(|_| format!("index must be at least 0, got {index}"))?,
@@ -1226,6 +1279,28 @@ mod tests {
         assert!(one("type = \"LayerNorm\"\nnormalized_shape = 5")
             .contains("expected input with shape [*, 5], but got input of size 4x8x8"));
         assert!(one("type = \"Select\"\nindex = 9").contains("index 9 is out of bounds"));
+        // Swin's layers on a channels-last [H, W, C] map.
+        let swin = |layer: &str| {
+            let text = format!(
+                "input = [3, 8, 8]\n[[layers]]\ntype = \"Permute\"\ndims = [0, 2, 3, 1]\n[[layers]]\n{layer}\n"
+            );
+            parse(&text, "m.toml").and_then(|g| g.infer().map(|g| g.output_shape().clone()))
+        };
+        let e = swin("type = \"ShiftedWindowAttention\"\ndim = 3\nwindow_size = 4\nnum_heads = 2")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("dim 3 must be divisible by num_heads 2"), "{e}");
+        let e =
+            swin("type = \"ShiftedWindowAttentionV2\"\ndim = 3\nwindow_size = 0\nnum_heads = 1")
+                .unwrap_err()
+                .to_string();
+        assert!(e.contains("window_size"), "{e}");
+        assert_eq!(
+            swin("type = \"ShiftedWindowAttention\"\ndim = 3\nwindow_size = 4\nshift_size = 2\nnum_heads = 1")
+                .unwrap(),
+            vec![8, 8, 3]
+        );
+        assert_eq!(swin("type = \"PatchMergingPad\"").unwrap(), vec![4, 4, 12]);
         let g = parse(
             include_str!("../../../models/vit_tiny.toml"),
             "vit_tiny.toml",

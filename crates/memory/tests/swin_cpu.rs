@@ -189,3 +189,34 @@ fn other_batches_and_adam_match_pytorch_too() {
         expected(4_328_428)
     );
 }
+
+#[test]
+fn the_model_file_swin_plans_as_the_zoos_and_as_pytorch_measured() {
+    // models/swin_tiny.toml writes the V1 network above layer by layer (residual blocks
+    // of LayerNorm, ShiftedWindowAttention and StochasticDepth; PatchMergingPad, its
+    // LayerNorm and reduction between the stages).
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../../models/swin_tiny.toml");
+    let file = vramlab_graph::load(path, &Default::default())
+        .unwrap()
+        .infer()
+        .unwrap();
+    let zoo = small(false, 32);
+    assert_eq!(file.num_params(), zoo.num_params());
+    assert_eq!(
+        step1(&file),
+        (
+            683_712,
+            "backward".to_string(),
+            "aten.sum.dim_IntList".to_string()
+        )
+    );
+    for opt in [OptimizerKind::Sgd, OptimizerKind::Adam] {
+        for batch in [1, 4] {
+            assert_eq!(
+                step1_with(&file, batch, opt),
+                step1_with(&zoo, batch, opt),
+                "{batch}"
+            );
+        }
+    }
+}
