@@ -51,6 +51,7 @@ static ZH: &[(&str, &str)] = &[
     ("nvidia-smi total: estimated: the CUDA context ({0}) + reserved + a cuDNN workspace of up to {1}.", "nvidia-smi 总量：估计值：CUDA 上下文（{0}）+ 保留 + 至多 {1} 的 cuDNN 工作区。"),
     ("Estimates: the CUDA context depends on the driver, the card and the CUDA version (--cuda-context); the cuDNN workspace on the algorithm cuDNN picks (--cudnn-workspace).", "估计：CUDA 上下文取决于驱动、显卡和 CUDA 版本（--cuda-context）；cuDNN 工作区取决于 cuDNN 选择的算法（--cudnn-workspace）。"),
     ("CUDA out of memory under a limit of {0}: step {1}, {2}, at {3}; tried to allocate {4}.", "在 {0} 的上限下 CUDA 显存不足：第 {1} 步，{2}阶段，位置 {3}；尝试分配 {4}。"),
+    ("Fits: the allocator served every request of the {0} steps within a limit of {1}.", "放得下：分配器在 {1} 的上限内满足了 {0} 步中的每一次请求。"),
     ("Overhead includes the CUDA context, estimated at {0} (set it with --cuda-context).", "开销中包含 CUDA 上下文，估计为 {0}（可用 --cuda-context 设置）。"),
     ("On the card, by what fails (PyTorch's caching allocator simulated, PYTORCH_CUDA_ALLOC_CONF: {0}):", "按实际失败判断（模拟 PyTorch 缓存分配器，PYTORCH_CUDA_ALLOC_CONF：{0}）："),
     ("  {0} ({1}) - CUDA context {2} - cuDNN workspace {3} = {4} for the allocator", "  {0}（{1}）- CUDA 上下文 {2} - cuDNN 工作区 {3} = 分配器可用 {4}"),

@@ -261,6 +261,14 @@ pub fn render_device(d: &DeviceReport, reported_steps: usize, lang: Lang) -> Str
         out.push_str(&line);
         out.push('\n');
     }
+    if let (None, Some(limit)) = (&d.out_of_memory, d.device_limit_bytes) {
+        out.push_str(&t(
+            lang,
+            "Fits: the allocator served every request of the {0} steps within a limit of {1}.",
+            &[&d.steps.len(), &bytes(limit)],
+        ));
+        out.push('\n');
+    }
     if let (Some(o), Some(limit)) = (&d.out_of_memory, d.device_limit_bytes) {
         out.push_str(&t(
             lang,

@@ -309,6 +309,14 @@ fn memory_on_a_card_uses_its_workspaces_and_context_and_says_where_it_fails() {
         85_017_493_504 - (760 << 20) - (64 << 20)
     );
     assert!(d["out_of_memory"].is_null());
+    let o = vramlab(&["memory", "resnet50", "--batch-size", "32", "--gpu", "h100"]);
+    assert!(
+        stdout(&o).contains(
+            "Fits: the allocator served every request of the 3 steps within a limit of 78.37 GiB."
+        ),
+        "{}",
+        stdout(&o)
+    );
     // A batch a T4 cannot hold: the step, phase and layer where the allocator fails.
     let o = vramlab(&["memory", "resnet50", "--batch-size", "512", "--gpu", "t4"]);
     assert!(o.status.success(), "{}", stderr(&o));
