@@ -130,7 +130,7 @@ pub fn render_cards(outs: &[FitJson], devices: &[Option<DeviceAnswer>], lang: La
     out.push('\n');
     let h = [
         s(lang, "card"),
-        s(lang, "nvidia-smi total"),
+        s(lang, "card total (PyTorch's, else nvidia-smi's)"),
         s(lang, "largest batch that runs"),
         s(lang, "reserved peak"),
     ];
@@ -147,6 +147,8 @@ pub fn render_cards(outs: &[FitJson], devices: &[Option<DeviceAnswer>], lang: La
             name,
             if d.fit.card_total_source.starts_with("nominal") {
                 format!("{} ({})", bytes(d.fit.card_total_bytes), s(lang, "nominal"))
+            } else if d.fit.card_total_source.contains("nvidia-smi") {
+                format!("{} (nvidia-smi)", bytes(d.fit.card_total_bytes))
             } else {
                 bytes(d.fit.card_total_bytes)
             },

@@ -246,6 +246,15 @@ fn cards(a: &FitArgs) -> Result<Vec<CardChoice>> {
                     )));
                 }
                 let gpu = fit::find_gpu(name)?;
+                if out
+                    .iter()
+                    .any(|c: &CardChoice| c.gpu.is_some_and(|g| g.name == gpu.name))
+                {
+                    return Err(UserError(format!(
+                        "--gpu `{names}`: {} is listed twice (an alias names the same card): each card once",
+                        gpu.name
+                    )));
+                }
                 let (total_bytes, basis) = card_budget_total(&gpu);
                 out.push(CardChoice {
                     gpu: Some(gpu),
@@ -278,6 +287,13 @@ fn cards(a: &FitArgs) -> Result<Vec<CardChoice>> {
 }
 
 pub fn fit(a: &FitArgs) -> Result<()> {
+    if a.plan.accumulation_steps > 1 {
+        return Err(UserError(format!(
+            "--accumulation-steps {}: fit searches the batch per optimizer step without it; \
+             give --target-batch N and fit plans the accumulation that reaches N",
+            a.plan.accumulation_steps
+        )));
+    }
     let g = a.model.load()?;
     let cfg = a.plan.config(1)?;
     let cards = cards(a)?;

@@ -44,6 +44,7 @@ static ZH: &[(&str, &str)] = &[
     ("reserved peak", "保留峰值"),
     ("fragmentation at peak", "峰值时碎片率"),
     ("nvidia-smi total", "nvidia-smi 总量"),
+    ("card total (PyTorch's, else nvidia-smi's)", "显卡总量（PyTorch 所见，否则 nvidia-smi 所示）"),
     ("{0} (steady state)", "{0}（稳态）"),
     ("{0} (cache still growing)", "{0}（缓存仍在增长）"),
     ("allocated: modelled, as torch.cuda.max_memory_allocated() counts it; the cuBLAS and cuBLASLt workspaces ({0}: one cuBLAS workspace for forward's thread, one for backward's, 1 MiB for cuBLASLt) are included.", "已分配：建模值，按 torch.cuda.max_memory_allocated() 的口径；包含 cuBLAS 与 cuBLASLt 工作区（{0}：前向线程与反向线程各一个 cuBLAS 工作区，cuBLASLt 1 MiB）。"),

@@ -309,6 +309,9 @@ pub fn report(a: &ReportArgs) -> Result<()> {
     if let Some((card_bytes, label, card_total_basis)) = card {
         let mut fcfg = cfg.clone();
         fcfg.record_timeline = false;
+        // The curve is the batch per optimizer step without accumulation (any batch
+        // size, not only multiples of --accumulation-steps).
+        fcfg.accumulation_steps = 1;
         let request = vramlab_memory::fit::FitRequest {
             fraction: a.fraction,
             dataset_size,

@@ -325,6 +325,21 @@ fn memory_on_a_card_uses_its_workspaces_and_context_and_says_where_it_fails() {
         out.contains("CUDA out of memory under a limit of 14.00 GiB: step 1, forward"),
         "{out}"
     );
+    // Its allocator trace ends with the request that failed, as PyTorch's history does.
+    let r = json(&[
+        "memory",
+        "resnet50",
+        "--batch-size",
+        "512",
+        "--gpu",
+        "t4",
+        "--json",
+        "--device-trace",
+    ]);
+    let d = &r["device"];
+    let last = d["trace"].as_array().unwrap().last().unwrap().clone();
+    assert_eq!(last["action"], "oom");
+    assert_eq!(n(&last["bytes"]), n(&d["out_of_memory"]["requested_bytes"]));
     // A card with the CPU profile, or an unknown card: one line, exit 2.
     let o = vramlab(&[
         "memory",
@@ -340,7 +355,27 @@ fn memory_on_a_card_uses_its_workspaces_and_context_and_says_where_it_fails() {
         "{}",
         stderr(&o)
     );
-    let o = vramlab(&["memory", "resnet50", "--gpu", "gtx-480"]);
+    for bad in ["gtx-480", "../t4", "t4!", "titan"] {
+        let o = vramlab(&["memory", "resnet50", "--gpu", bad]);
+        assert_eq!(o.status.code(), Some(2), "{bad}");
+        assert!(stderr(&o).contains(bad), "{}", stderr(&o));
+    }
+    // fit: a card named twice (an alias included), or accumulation steps it does not search.
+    let o = vramlab(&["fit", "simple_cnn", "--gpu", "h100,h100-sxm"]);
     assert_eq!(o.status.code(), Some(2));
-    assert!(stderr(&o).contains("gtx-480"), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("h100 is listed twice"),
+        "{}",
+        stderr(&o)
+    );
+    let o = vramlab(&[
+        "fit",
+        "simple_cnn",
+        "--gpu",
+        "t4",
+        "--accumulation-steps",
+        "2",
+    ]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(stderr(&o).contains("--target-batch"), "{}", stderr(&o));
 }

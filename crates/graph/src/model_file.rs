@@ -288,6 +288,29 @@ enum LayerSpec {
     /// `[H/2, W/2, 4C]` (padded to even sizes); `PatchMerging` is this, a LayerNorm and a
     /// `Linear(4C, 2C, bias=False)`.
     PatchMergingPad {},
+    /// MaxViT's `WindowPartition` of a `[C, H, W]` map into `[partitions, p*p, C]` (a
+    /// copy); `swap = true` follows it with `SwapAxes(-2, -3)` as a grid partition does.
+    WindowPartition {
+        partition_size: i64,
+        #[serde(default)]
+        swap: bool,
+    },
+    /// MaxViT's `WindowDepartition(p, h_partitions, w_partitions)` back to `[C, H, W]`
+    /// (a copy), after `SwapAxes(-2, -3)` when `swap = true`.
+    WindowDepartition {
+        partition_size: i64,
+        h_partitions: i64,
+        w_partitions: i64,
+        #[serde(default)]
+        swap: bool,
+    },
+    /// MaxViT's `RelativePositionalMultiHeadAttention(feat_dim, head_dim, max_seq_len)`
+    /// on `[partitions, tokens, feat_dim]`; `max_seq_len` is the partition's p*p.
+    RelativePositionalMultiHeadAttention {
+        feat_dim: i64,
+        head_dim: i64,
+        max_seq_len: i64,
+    },
     /// A learned class token (`[1, 1, embed_dim]`, named by the layer) put before the
     /// tokens: `torch.cat([token.expand(B, -1, -1), x], dim=1)`.
     ClassToken {
@@ -324,6 +347,11 @@ enum LayerSpec {
         /// `out += identity` as torchvision's blocks do (true) or `out = a + b`.
         #[serde(default = "yes")]
         inplace: bool,
+        /// The shortcut runs before the body and is the sum's first term
+        /// (`res = proj(x); return res + body(x)`, as MaxViT's MBConv); by default the
+        /// body runs first (`out = body(x); out += shortcut(x)`, as ResNet's blocks).
+        #[serde(default)]
+        shortcut_first: bool,
     },
 }
 
@@ -493,17 +521,27 @@ fn sequence(
                 body,
                 shortcut,
                 inplace,
+                shortcut_first,
             } => {
                 if body.is_empty() {
                     return Err(format!("layer `{name}` (Residual): `body` has no layers"));
                 }
-                let y = sequence(b, &body, &format!("{name}.body."), x, depth + 1)?;
-                let s = if shortcut.is_empty() {
-                    x
-                } else {
-                    sequence(b, &shortcut, &format!("{name}.shortcut."), x, depth + 1)?
+                let short = |b: &mut GraphBuilder| {
+                    if shortcut.is_empty() {
+                        Ok(x)
+                    } else {
+                        sequence(b, &shortcut, &format!("{name}.shortcut."), x, depth + 1)
+                    }
                 };
-                b.add(name, Op::Add { inplace }, &[y, s])
+                if shortcut_first {
+                    let s = short(b)?;
+                    let y = sequence(b, &body, &format!("{name}.body."), x, depth + 1)?;
+                    b.add(name, Op::Add { inplace }, &[s, y])
+                } else {
+                    let y = sequence(b, &body, &format!("{name}.body."), x, depth + 1)?;
+                    let s = short(b)?;
+                    b.add(name, Op::Add { inplace }, &[y, s])
+                }
             }
             LayerSpec::ClassToken { embed_dim } => {
                 let e = count("embed_dim", embed_dim)
@@ -753,6 +791,48 @@ fn op_of(spec: LayerSpec) -> Result<Op, String> {
             num_heads,
         } => window_attention(dim, window_size, shift_size, num_heads, true)?,
         LayerSpec::PatchMergingPad {} => Op::PatchMerge,
+        LayerSpec::WindowPartition {
+            partition_size,
+            swap,
+        } => Op::Partition {
+            p: count("partition_size", partition_size)?,
+            grid: swap,
+        },
+        LayerSpec::WindowDepartition {
+            partition_size,
+            h_partitions,
+            w_partitions,
+            swap,
+        } => Op::Departition {
+            p: count("partition_size", partition_size)?,
+            grid: swap,
+            parts: (
+                count("h_partitions", h_partitions)?,
+                count("w_partitions", w_partitions)?,
+            ),
+        },
+        LayerSpec::RelativePositionalMultiHeadAttention {
+            feat_dim,
+            head_dim,
+            max_seq_len,
+        } => {
+            let len = count("max_seq_len", max_seq_len)?;
+            // torchvision lays the bias table out for a square partition.
+            let root = (len as f64).sqrt() as usize;
+            let size = (root.saturating_sub(1)..=root.saturating_add(1))
+                .find(|s| s.checked_mul(*s) == Some(len))
+                .unwrap_or(0);
+            if size == 0 {
+                return Err(format!(
+                    "max_seq_len {len} is not a square partition's tokens (p * p)"
+                ));
+            }
+            Op::RelPosAttention {
+                dim: count("feat_dim", feat_dim)?,
+                head_dim: count("head_dim", head_dim)?,
+                size,
+            }
+        }
         LayerSpec::Select { index } => Op::Select {
             index: usize::try_from(index)
                 .map_err(|_| format!("index must be at least 0, got {index}"))?,
@@ -1301,6 +1381,29 @@ mod tests {
             vec![8, 8, 3]
         );
         assert_eq!(swin("type = \"PatchMergingPad\"").unwrap(), vec![4, 4, 12]);
+        // MaxViT's layers on a [C, H, W] map.
+        let maxvit = |layers: &str| {
+            let text = format!("input = [4, 8, 8]\n{layers}\n");
+            parse(&text, "m.toml").and_then(|g| g.infer().map(|g| g.output_shape().clone()))
+        };
+        let part = "[[layers]]\ntype = \"WindowPartition\"\npartition_size = 2\n";
+        assert_eq!(maxvit(part).unwrap(), vec![16, 4, 4]);
+        let attn = |len: i64| {
+            format!(
+                "{part}[[layers]]\ntype = \"RelativePositionalMultiHeadAttention\"\nfeat_dim = 4\nhead_dim = 2\nmax_seq_len = {len}\n"
+            )
+        };
+        assert_eq!(maxvit(&attn(4)).unwrap(), vec![16, 4, 4]);
+        let e = maxvit(&attn(5)).unwrap_err().to_string();
+        assert!(e.contains("max_seq_len 5 is not a square"), "{e}");
+        let e = maxvit(&attn(i64::MAX)).unwrap_err().to_string();
+        assert!(e.contains("is not a square"), "{e}");
+        let back = "[[layers]]\ntype = \"WindowDepartition\"\npartition_size = 2\nh_partitions = 4\nw_partitions = 4\n";
+        assert_eq!(maxvit(&format!("{part}{back}")).unwrap(), vec![4, 8, 8]);
+        let e = maxvit("[[layers]]\ntype = \"WindowPartition\"\npartition_size = 3\n")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("does not split into 3x3 partitions"), "{e}");
         let g = parse(
             include_str!("../../../models/vit_tiny.toml"),
             "vit_tiny.toml",

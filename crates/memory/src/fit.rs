@@ -91,6 +91,15 @@ fn normalize(s: &str) -> String {
 
 /// Finds a card by name or alias (`h100`, `RTX 4090`, `rtx-4090`, `4090`).
 pub fn find_gpu(name: &str) -> Result<Gpu, String> {
+    // Names are letters, digits, spaces, '-' and '_' (`RTX 4090`, `rtx-4090`): anything
+    // else is not a card's name, whatever normalising would leave of it.
+    let allowed = |c: char| c.is_ascii_alphanumeric() || matches!(c, ' ' | '-' | '_');
+    if name.trim().is_empty() || !name.chars().all(allowed) {
+        return Err(format!(
+            "unknown GPU `{name}`: a card's name has letters, digits and '-' (see `vramlab gpus`), \
+             or give any card's memory with --memory SIZE (e.g. --memory 24GiB)"
+        ));
+    }
     let n = normalize(name);
     let hit = GPUS
         .iter()
@@ -103,7 +112,12 @@ pub fn find_gpu(name: &str) -> Result<Gpu, String> {
         .filter(|g| !n.is_empty() && normalize(g.name).contains(&n))
         .map(|g| g.name)
         .collect();
-    Err(if similar.is_empty() {
+    Err(if similar.len() == 1 {
+        format!(
+            "unknown GPU `{name}`: did you mean {}? (see `vramlab gpus`)",
+            similar[0]
+        )
+    } else if similar.is_empty() {
         format!(
             "unknown GPU `{name}`: see `vramlab gpus`, or give any card's memory with \
              --memory SIZE (e.g. --memory 24GiB)"
@@ -739,13 +753,18 @@ pub fn lr_advice(base_batch: u64, base_lr: f64, batch: u64) -> Result<LrAdvice, 
     }
     if !(base_lr.is_finite() && base_lr > 0.0) {
         return Err(PlanError::Config(format!(
-            "--base-lr must be a finite number more than 0, got {base_lr}"
+            "--base-lr must be a finite number more than 0, got {base_lr:e}"
         )));
     }
     if batch == 0 {
         return Err(PlanError::Config("the batch must be at least 1".into()));
     }
     let k = batch as f64 / base_batch as f64;
+    if !(base_lr * k).is_finite() {
+        return Err(PlanError::Config(format!(
+            "--base-lr {base_lr:e} scaled to batch {batch} is not a finite number: give a learning rate a model trains with"
+        )));
+    }
     Ok(LrAdvice {
         base_batch,
         base_lr,

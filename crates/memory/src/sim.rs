@@ -164,7 +164,8 @@ impl Sim {
 
     fn trace_event(&mut self, action: &'static str, bytes: u128) {
         let (phase, layer) = (self.phase, self.layer);
-        if let Some(t) = self.device.as_mut().and_then(|d| d.trace.as_mut()) {
+        let d = self.device.as_mut().filter(|d| d.oom.is_none());
+        if let Some(t) = d.and_then(|d| d.trace.as_mut()) {
             t.push(DeviceEvent {
                 action,
                 bytes,
@@ -184,9 +185,11 @@ impl Sim {
         if bytes == 0 || d.oom.is_some() {
             return None;
         }
-        self.trace_event("alloc", bytes);
+        let result = d.alloc.malloc(bytes);
+        // PyTorch's history records a failed request as `oom`, and nothing after it.
+        self.trace_event(if result.is_ok() { "alloc" } else { "oom" }, bytes);
         let d = self.device.as_mut()?;
-        match d.alloc.malloc(bytes) {
+        match result {
             Ok(b) => Some(b),
             Err(error) => {
                 d.oom.get_or_insert(OomAt {

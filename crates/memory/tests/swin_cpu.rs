@@ -220,3 +220,34 @@ fn the_model_file_swin_plans_as_the_zoos_and_as_pytorch_measured() {
         }
     }
 }
+
+#[test]
+fn the_model_file_maxvit_plans_as_the_zoos_and_as_pytorch_measured() {
+    // models/maxvit_tiny.toml: MBConv residuals with the average-pool projection as the
+    // shortcut, WindowPartition / WindowDepartition (swapped for the grid) around
+    // residual blocks of relative-position attention and the MLP.
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../../models/maxvit_tiny.toml");
+    let file = vramlab_graph::load(path, &Default::default())
+        .unwrap()
+        .infer()
+        .unwrap();
+    let zoo = small_maxvit(32, 2, vec![1, 1], 0.1);
+    assert_eq!(file.num_params(), 50_680);
+    assert_eq!(
+        step1(&file),
+        (
+            1_672_544,
+            "backward".to_string(),
+            "aten.sum.dim_IntList".to_string()
+        )
+    );
+    for opt in [OptimizerKind::Sgd, OptimizerKind::Adam] {
+        for batch in [1, 4] {
+            assert_eq!(
+                step1_with(&file, batch, opt),
+                step1_with(&zoo, batch, opt),
+                "{batch}"
+            );
+        }
+    }
+}
