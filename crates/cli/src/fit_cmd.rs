@@ -407,6 +407,20 @@ pub fn fit(a: &FitArgs) -> Result<()> {
     print!("{}", render(&out, a.lang));
     if let Some(d) = &device {
         print!("\n{}", crate::device_fit_text::render(d, a.lang));
+        // The planner's budget answer counts neither the allocator's segments nor the
+        // cuDNN bound: where it is above what runs, say which one to use.
+        if let (Some(planned), Some(runs)) = (out.fit.max_batch_size, d.fit.max_batch_size) {
+            if planned > runs {
+                println!(
+                    "{}",
+                    t(
+                        a.lang,
+                        "Use {0}, not {1}: above {0} the caching allocator cannot serve the steps (its segments and the cuDNN bound are not in the budget's peak).",
+                        &[&thousands(runs as u128), &thousands(planned as u128)],
+                    )
+                );
+            }
+        }
     }
     if let Some(path) = &a.plot {
         println!("\n{}", t(a.lang, "Plot: {0}", &[&path.display()]));

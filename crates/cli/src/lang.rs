@@ -44,6 +44,7 @@ static ZH: &[(&str, &str)] = &[
     ("reserved peak", "保留峰值"),
     ("fragmentation at peak", "峰值时碎片率"),
     ("nvidia-smi total", "nvidia-smi 总量"),
+    ("Use {0}, not {1}: above {0} the caching allocator cannot serve the steps (its segments and the cuDNN bound are not in the budget's peak).", "请用 {0}，而不是 {1}：超过 {0} 时缓存分配器无法满足这些训练步（预算的峰值不含它的内存段与 cuDNN 上限）。"),
     ("card total (PyTorch's, else nvidia-smi's)", "显卡总量（PyTorch 所见，否则 nvidia-smi 所示）"),
     ("{0} (steady state)", "{0}（稳态）"),
     ("{0} (cache still growing)", "{0}（缓存仍在增长）"),
