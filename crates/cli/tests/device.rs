@@ -378,4 +378,8 @@ fn memory_on_a_card_uses_its_workspaces_and_context_and_says_where_it_fails() {
     ]);
     assert_eq!(o.status.code(), Some(2));
     assert!(stderr(&o).contains("--target-batch"), "{}", stderr(&o));
+    // The whole card as the budget: the planner's answer is above what the allocator
+    // serves, and the output says which to use.
+    let o = vramlab(&["fit", "resnet50", "--gpu", "t4", "--fraction", "1"]);
+    assert!(stdout(&o).contains("Use 167, not 170"), "{}", stdout(&o));
 }
