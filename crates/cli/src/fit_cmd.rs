@@ -205,6 +205,14 @@ fn device_answer(
     }
     let card = gpu.and_then(|g| vramlab_memory::cards::card_memory(g.name));
     let mut template = cfg.clone();
+    let total = card.map_or(card_bytes, |c| c.budget(card_bytes).0);
+    if let Some(ctx) = cfg.cuda_context_bytes.filter(|&c| c >= total) {
+        return Err(UserError(format!(
+            "--cuda-context {} is not less than the card's {}: nothing would be left for PyTorch",
+            bytes(ctx),
+            bytes(total)
+        )));
+    }
     let budget = DeviceBudget {
         card_total_bytes: card.map_or(card_bytes, |c| c.budget(card_bytes).0),
         card_total_source: match card {

@@ -361,6 +361,22 @@ impl PlanArgs {
                 fmt::parse_size(w).map_err(|e| UserError(format!("--cublas-workspace: {e}")))?;
         }
         cfg.distributed = self.distributed()?;
+        // What only a GPU has: refused on the CPU profiles rather than ignored.
+        if !cfg.profile.is_cuda() {
+            for (given, flag) in [
+                (self.cuda_context.is_some(), "--cuda-context"),
+                (self.cublas_workspace.is_some(), "--cublas-workspace"),
+                (self.cudnn_workspace.is_some(), "--cudnn-workspace"),
+                (self.alloc_conf.is_some(), "--alloc-conf"),
+            ] {
+                if given {
+                    return Err(UserError(format!(
+                        "{flag} is for the pytorch-cuda profile (got --profile {})",
+                        cfg.profile.name()
+                    )));
+                }
+            }
+        }
         Ok(cfg)
     }
 

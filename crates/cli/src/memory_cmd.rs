@@ -56,6 +56,12 @@ pub fn run(a: &MemoryArgs) -> Result<()> {
     let g = a.model.load()?;
     let mut cfg = a.plan.config(a.batch_size)?;
     cfg.record_timeline = a.timeline;
+    if a.device_trace && !cfg.profile.is_cuda() {
+        return Err(crate::UserError(format!(
+            "--device-trace is the simulated CUDA allocator's: it needs the pytorch-cuda profile (got --profile {})",
+            cfg.profile.name()
+        )));
+    }
     if a.device_trace && !a.json {
         return Err(crate::UserError(
             "--device-trace is part of the JSON: add --json".into(),

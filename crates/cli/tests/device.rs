@@ -382,4 +382,49 @@ fn memory_on_a_card_uses_its_workspaces_and_context_and_says_where_it_fails() {
     // serves, and the output says which to use.
     let o = vramlab(&["fit", "resnet50", "--gpu", "t4", "--fraction", "1"]);
     assert!(stdout(&o).contains("Use 167, not 170"), "{}", stdout(&o));
+    // What only a GPU has, asked of a CPU profile or larger than the card: refused.
+    for (args, expect) in [
+        (
+            vec![
+                "memory",
+                "resnet50",
+                "--profile",
+                "pytorch-cpu",
+                "--cuda-context",
+                "1GiB",
+            ],
+            "--cuda-context is for the pytorch-cuda profile",
+        ),
+        (
+            vec![
+                "memory",
+                "resnet50",
+                "--profile",
+                "native",
+                "--alloc-conf",
+                "expandable_segments:True",
+            ],
+            "--alloc-conf is for the pytorch-cuda profile",
+        ),
+        (
+            vec![
+                "memory",
+                "resnet50",
+                "--profile",
+                "pytorch-cpu",
+                "--json",
+                "--device-trace",
+            ],
+            "--device-trace is the simulated CUDA allocator's",
+        ),
+        (
+            vec!["fit", "resnet50", "--gpu", "t4", "--cuda-context", "1TiB"],
+            "--cuda-context 1.00 TiB is not less than the card's 14.56 GiB",
+        ),
+    ] {
+        let o = vramlab(&args);
+        assert_eq!(o.status.code(), Some(2), "{args:?}");
+        assert!(stderr(&o).contains(expect), "{}", stderr(&o));
+        assert!(o.stdout.is_empty());
+    }
 }
