@@ -190,35 +190,41 @@ fn other_batches_and_adam_match_pytorch_too() {
     );
 }
 
+/// A model file (under models/) plans as the zoo builder `zoo` with the same sizes, at
+/// batches 1 and 4 with SGD and Adam, and its step-1 peak at batch 2 is PyTorch's.
+fn file_plans_as(file: &str, zoo: &vramlab_graph::Shaped, measured_peak: u128) {
+    let path = format!("{}/../../models/{file}", env!("CARGO_MANIFEST_DIR"));
+    let g = vramlab_graph::load(&path, &Default::default())
+        .unwrap()
+        .infer()
+        .unwrap();
+    assert_eq!(g.num_params(), zoo.num_params(), "{file}");
+    assert_eq!(
+        step1(&g),
+        (
+            measured_peak,
+            "backward".to_string(),
+            "aten.sum.dim_IntList".to_string()
+        ),
+        "{file}"
+    );
+    for opt in [OptimizerKind::Sgd, OptimizerKind::Adam] {
+        for batch in [1, 4] {
+            assert_eq!(
+                step1_with(&g, batch, opt),
+                step1_with(zoo, batch, opt),
+                "{file} {batch}"
+            );
+        }
+    }
+}
+
 #[test]
 fn the_model_file_swin_plans_as_the_zoos_and_as_pytorch_measured() {
     // models/swin_tiny.toml writes the V1 network above layer by layer (residual blocks
     // of LayerNorm, ShiftedWindowAttention and StochasticDepth; PatchMergingPad, its
     // LayerNorm and reduction between the stages).
-    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../../models/swin_tiny.toml");
-    let file = vramlab_graph::load(path, &Default::default())
-        .unwrap()
-        .infer()
-        .unwrap();
-    let zoo = small(false, 32);
-    assert_eq!(file.num_params(), zoo.num_params());
-    assert_eq!(
-        step1(&file),
-        (
-            683_712,
-            "backward".to_string(),
-            "aten.sum.dim_IntList".to_string()
-        )
-    );
-    for opt in [OptimizerKind::Sgd, OptimizerKind::Adam] {
-        for batch in [1, 4] {
-            assert_eq!(
-                step1_with(&file, batch, opt),
-                step1_with(&zoo, batch, opt),
-                "{batch}"
-            );
-        }
-    }
+    file_plans_as("swin_tiny.toml", &small(false, 32), 683_712);
 }
 
 #[test]
@@ -226,28 +232,7 @@ fn the_model_file_maxvit_plans_as_the_zoos_and_as_pytorch_measured() {
     // models/maxvit_tiny.toml: MBConv residuals with the average-pool projection as the
     // shortcut, WindowPartition / WindowDepartition (swapped for the grid) around
     // residual blocks of relative-position attention and the MLP.
-    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../../models/maxvit_tiny.toml");
-    let file = vramlab_graph::load(path, &Default::default())
-        .unwrap()
-        .infer()
-        .unwrap();
     let zoo = small_maxvit(32, 2, vec![1, 1], 0.1);
-    assert_eq!(file.num_params(), 50_680);
-    assert_eq!(
-        step1(&file),
-        (
-            1_672_544,
-            "backward".to_string(),
-            "aten.sum.dim_IntList".to_string()
-        )
-    );
-    for opt in [OptimizerKind::Sgd, OptimizerKind::Adam] {
-        for batch in [1, 4] {
-            assert_eq!(
-                step1_with(&file, batch, opt),
-                step1_with(&zoo, batch, opt),
-                "{batch}"
-            );
-        }
-    }
+    assert_eq!(zoo.num_params(), 50_680);
+    file_plans_as("maxvit_tiny.toml", &zoo, 1_672_544);
 }
