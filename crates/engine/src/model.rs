@@ -15,6 +15,7 @@
 use std::rc::Rc;
 
 use rayon::prelude::*;
+use vramlab_graph::op::Init;
 use vramlab_graph::{Op, Shaped};
 
 use crate::kernels::{self, adaptive_window, gemm, ConvGeom, Tier};
@@ -165,22 +166,15 @@ fn init_xavier(rng: &mut Rng, n: usize, fan_in: usize, fan_out: usize) -> Vec<f3
         .collect()
 }
 
-/// torchvision's initialisation of a learnable leaf, by its name: a ViT's position
-/// embedding N(0, 0.02^2), a ConvNeXt layer scale 1e-6, a class token zeros.
-fn init_leaf(rng: &mut Rng, name: &str, n: usize) -> Vec<f32> {
-    if name.ends_with("pos_embedding") {
-        (0..n)
-            .map(|_| {
-                // Box-Muller; 1 - u keeps the logarithm's argument in (0, 1].
-                let (u, v) = (1.0 - rng.unit_f64(), rng.unit_f64());
-                ((-2.0 * u.ln()).sqrt() * (std::f64::consts::TAU * v).cos() * 0.02) as f32
-            })
-            .collect()
-    } else if name.ends_with("layer_scale") {
-        vec![1e-6; n]
-    } else {
-        vec![0.0; n]
-    }
+/// `normal_(std=...)` (a ViT's position embedding: N(0, 0.02^2)).
+fn init_normal(rng: &mut Rng, n: usize, std: f64) -> Vec<f32> {
+    (0..n)
+        .map(|_| {
+            // Box-Muller; 1 - u keeps the logarithm's argument in (0, 1].
+            let (u, v) = (1.0 - rng.unit_f64(), rng.unit_f64());
+            ((-2.0 * u.ln()).sqrt() * (std::f64::consts::TAU * v).cos() * std) as f32
+        })
+        .collect()
 }
 
 /// Training frees and reallocates the same large buffers every step. glibc returns
@@ -308,22 +302,20 @@ impl Engine {
             let fan_in = node.op.fan_in();
             for spec in specs {
                 let n = spec.numel() as usize;
-                let data = match (&node.op, spec.name) {
-                    (Op::BatchNorm2d(_) | Op::LayerNorm(_), "weight") => vec![1.0; n],
-                    (Op::BatchNorm2d(_) | Op::LayerNorm(_), _) => vec![0.0; n],
-                    (Op::Param { .. }, _) => init_leaf(&mut rng, &node.name, n),
-                    (Op::MultiheadAttention { embed_dim, .. }, "in_proj_weight") => {
-                        init_xavier(&mut rng, n, *embed_dim, 3 * embed_dim)
-                    }
-                    (Op::MultiheadAttention { .. }, "in_proj_bias" | "out_proj.bias") => {
-                        vec![0.0; n]
-                    }
-                    _ => init_uniform(&mut rng, n, fan_in),
+                // The layer's one definition says how PyTorch starts it.
+                let data = match spec.init {
+                    Init::FanInUniform => init_uniform(&mut rng, n, fan_in),
+                    Init::Ones => vec![1.0; n],
+                    Init::Zeros => vec![0.0; n],
+                    Init::Xavier { fan_in, fan_out } => init_xavier(&mut rng, n, fan_in, fan_out),
+                    Init::Normal { std } => init_normal(&mut rng, n, std),
+                    Init::Constant(c) => vec![c as f32; n],
                 };
                 // A parameter used as a value is named by its node alone.
-                let name = match node.op {
-                    Op::Param { .. } => node.name.clone(),
-                    _ => format!("{}.{}", node.name, spec.name),
+                let name = if let Op::Param { .. } = node.op {
+                    node.name.clone()
+                } else {
+                    format!("{}.{}", node.name, spec.name)
                 };
                 params.push(Param {
                     name,

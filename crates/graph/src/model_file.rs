@@ -551,6 +551,7 @@ fn sequence(
                     Op::Param {
                         shape: vec![1, 1, e],
                         batch_dim: true,
+                        init: crate::op::Init::Zeros,
                     },
                     &[],
                 );
@@ -564,6 +565,7 @@ fn sequence(
                     Op::Param {
                         shape: vec![c, 1, 1],
                         batch_dim: false,
+                        init: crate::op::Init::Constant(1e-6),
                     },
                     &[],
                 );
@@ -578,6 +580,7 @@ fn sequence(
                     Op::Param {
                         shape: vec![1, t, e],
                         batch_dim: true,
+                        init: crate::op::Init::Normal { std: 0.02 },
                     },
                     &[],
                 );

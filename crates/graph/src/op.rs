@@ -10,13 +10,37 @@ use crate::GraphError;
 pub type Shape = Vec<usize>;
 
 /// A learnable tensor or a buffer that a layer owns, with its PyTorch name suffix.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct TensorSpec {
     /// `weight`, `bias`, `running_mean`, ...
     pub name: &'static str,
     pub shape: Vec<usize>,
     /// Bytes per element in fp32 training (int64 for `num_batches_tracked`).
     pub elem_bytes: usize,
+    /// How PyTorch initialises it (the engine draws it so; the planner ignores it).
+    pub init: Init,
+}
+
+/// A parameter's initialisation as PyTorch's modules do it.
+#[derive(Debug, Clone, Copy, PartialEq, Default, Serialize, Deserialize)]
+pub enum Init {
+    /// `kaiming_uniform_(a=sqrt(5))` for a weight and `U(-1/sqrt(fan_in), 1/sqrt(fan_in))`
+    /// for a bias, both a uniform bound of `1/sqrt(fan_in)`: Conv2d's and Linear's.
+    #[default]
+    FanInUniform,
+    Ones,
+    Zeros,
+    /// `xavier_uniform_` (`nn.MultiheadAttention`'s `in_proj_weight`).
+    Xavier {
+        fan_in: usize,
+        fan_out: usize,
+    },
+    /// `normal_(std=...)` (ViT's `pos_embedding`: 0.02).
+    Normal {
+        std: f64,
+    },
+    /// A constant (ConvNeXt's `layer_scale`: 1e-6).
+    Constant(f64),
 }
 
 impl TensorSpec {
@@ -25,7 +49,13 @@ impl TensorSpec {
             name,
             shape,
             elem_bytes: 4,
+            init: Init::FanInUniform,
         }
+    }
+
+    fn init(mut self, init: Init) -> Self {
+        self.init = init;
+        self
     }
 
     /// Element count (saturating at `u128::MAX`; the graph refuses anything above
@@ -213,6 +243,10 @@ pub enum Op {
     Param {
         shape: Vec<usize>,
         batch_dim: bool,
+        /// How it starts (a class token zeros, a position embedding normal(0.02), a
+        /// layer scale 1e-6).
+        #[serde(default)]
+        init: Init,
     },
     /// `nn.LayerNorm(normalized_shape)` over the last dimension.
     LayerNorm(LayerNorm),
@@ -460,8 +494,8 @@ impl Op {
                 v
             }
             Op::BatchNorm2d(b) if b.affine => vec![
-                TensorSpec::f32("weight", vec![b.num_features]),
-                TensorSpec::f32("bias", vec![b.num_features]),
+                TensorSpec::f32("weight", vec![b.num_features]).init(Init::Ones),
+                TensorSpec::f32("bias", vec![b.num_features]).init(Init::Zeros),
             ],
             Op::Linear(l) => {
                 let mut v = vec![TensorSpec::f32(
@@ -473,22 +507,29 @@ impl Op {
                 }
                 v
             }
-            Op::Param { shape, .. } => vec![TensorSpec::f32("param", shape.clone())],
+            Op::Param { shape, init, .. } => {
+                vec![TensorSpec::f32("param", shape.clone()).init(*init)]
+            }
             Op::LayerNorm(l) => {
                 let mut v = Vec::new();
                 if l.elementwise_affine {
-                    v.push(TensorSpec::f32("weight", vec![l.normalized_shape]));
+                    v.push(TensorSpec::f32("weight", vec![l.normalized_shape]).init(Init::Ones));
                     if l.bias {
-                        v.push(TensorSpec::f32("bias", vec![l.normalized_shape]));
+                        v.push(TensorSpec::f32("bias", vec![l.normalized_shape]).init(Init::Zeros));
                     }
                 }
                 v
             }
+            // `_reset_parameters`: xavier for the packed projection, zero biases; the
+            // out-projection's weight keeps Linear's own.
             Op::MultiheadAttention { embed_dim: e, .. } => vec![
-                TensorSpec::f32("in_proj_weight", vec![3 * e, *e]),
-                TensorSpec::f32("in_proj_bias", vec![3 * e]),
+                TensorSpec::f32("in_proj_weight", vec![3 * e, *e]).init(Init::Xavier {
+                    fan_in: *e,
+                    fan_out: 3 * e,
+                }),
+                TensorSpec::f32("in_proj_bias", vec![3 * e]).init(Init::Zeros),
                 TensorSpec::f32("out_proj.weight", vec![*e, *e]),
-                TensorSpec::f32("out_proj.bias", vec![*e]),
+                TensorSpec::f32("out_proj.bias", vec![*e]).init(Init::Zeros),
             ],
             Op::WindowAttention(w) => {
                 let (d, h) = (w.dim, w.heads);
@@ -563,6 +604,7 @@ impl Op {
                     name: "num_batches_tracked",
                     shape: vec![],
                     elem_bytes: 8,
+                    init: Init::Zeros,
                 },
             ],
             Op::WindowAttention(w) => {
@@ -571,6 +613,7 @@ impl Op {
                     name: "relative_position_index",
                     shape: vec![n * n],
                     elem_bytes: 8,
+                    init: Init::Zeros,
                 };
                 if w.v2 {
                     let table = TensorSpec::f32(
@@ -591,6 +634,7 @@ impl Op {
                 name: "relative_position_index",
                 shape: vec![size * size, size * size],
                 elem_bytes: 8,
+                init: Init::Zeros,
             }],
             Op::BatchNorm2d(_)
             | Op::PatchMerge
@@ -719,7 +763,9 @@ impl Op {
             }
             Op::Narrow { len, .. } => positive("len", *len),
             Op::ChannelShuffle { groups } => positive("groups", *groups),
-            Op::Param { shape, batch_dim } => {
+            Op::Param {
+                shape, batch_dim, ..
+            } => {
                 if shape.contains(&0) || (*batch_dim && shape.first() != Some(&1)) {
                     return Err(format!(
                         "a parameter of shape {} is not valid here",
@@ -921,7 +967,9 @@ impl Op {
                 out[0] = *len;
                 Ok(out)
             }
-            Op::Param { shape, batch_dim } => Ok(if *batch_dim {
+            Op::Param {
+                shape, batch_dim, ..
+            } => Ok(if *batch_dim {
                 shape[1..].to_vec()
             } else {
                 shape.clone()

@@ -2,7 +2,7 @@
 //! stem, stages of CNBlocks (7x7 depthwise convolution, channels-last LayerNorm and MLP
 //! through permutes, a learned layer scale, stochastic depth), LayerNorm2d downsampling.
 
-use crate::op::{Conv2d, LayerNorm, Linear, Op};
+use crate::op::{Conv2d, Init, LayerNorm, Linear, Op};
 use crate::{Activation, Graph, GraphBuilder, NodeId};
 
 /// torchvision's `LayerNorm2d` as `{p}`: permute to channels-last, LayerNorm over the
@@ -65,6 +65,7 @@ pub fn body(
                 Op::Param {
                     shape: vec![dim, 1, 1],
                     batch_dim: false,
+                    init: Init::Constant(1e-6),
                 },
                 &[],
             );

@@ -2,7 +2,7 @@
 //! `vit_h_14`): patch embedding by a strided convolution, a class token, a learned
 //! position embedding, pre-norm encoder blocks of `nn.MultiheadAttention` and an MLP.
 
-use crate::op::{Conv2d, LayerNorm, Linear, Op};
+use crate::op::{Conv2d, Init, LayerNorm, Linear, Op};
 use crate::{Activation, Graph, GraphBuilder, GraphError};
 
 /// (patch, layers, heads, hidden, mlp) of each builder; all take 224x224 images.
@@ -87,6 +87,7 @@ pub fn transformer(name: &str, input: Vec<usize>, v: Vit) -> Graph {
         Op::Param {
             shape: vec![1, 1, e],
             batch_dim: true,
+            init: Init::Zeros,
         },
         &[],
     );
@@ -100,6 +101,7 @@ pub fn transformer(name: &str, input: Vec<usize>, v: Vit) -> Graph {
         Op::Param {
             shape: vec![1, tokens, e],
             batch_dim: true,
+            init: Init::Normal { std: 0.02 },
         },
         &[],
     );
