@@ -324,28 +324,29 @@ impl Engine {
                     state: Vec::new(),
                 });
             }
-            bn.push(match &node.op {
-                Op::BatchNorm2d(b) if b.track_running_stats => Some(BnBuffers {
-                    running_mean: Tensor::from_vec(
-                        &tracker,
-                        &[b.num_features],
-                        vec![0.0; b.num_features],
-                        Some(Category::Buffers),
-                    ),
-                    running_var: Tensor::from_vec(
-                        &tracker,
-                        &[b.num_features],
-                        vec![1.0; b.num_features],
-                        Some(Category::Buffers),
-                    ),
-                    num_batches_tracked: Buf::from_vec(
-                        &tracker,
-                        vec![0i64],
-                        Some(Category::Buffers),
-                    ),
-                }),
-                _ => None,
-            });
+            // BatchNorm's running statistics (the one layer with buffers the engine runs).
+            let stats = match &node.op {
+                Op::BatchNorm2d(b) => b.track_running_stats.then_some(b.num_features),
+                op => {
+                    debug_assert!(op.buffers().is_empty() || !op.in_engine());
+                    None
+                }
+            };
+            bn.push(stats.map(|c| BnBuffers {
+                running_mean: Tensor::from_vec(
+                    &tracker,
+                    &[c],
+                    vec![0.0; c],
+                    Some(Category::Buffers),
+                ),
+                running_var: Tensor::from_vec(
+                    &tracker,
+                    &[c],
+                    vec![1.0; c],
+                    Some(Category::Buffers),
+                ),
+                num_batches_tracked: Buf::from_vec(&tracker, vec![0i64], Some(Category::Buffers)),
+            }));
         }
         let mut e = Engine {
             graph,
