@@ -1548,10 +1548,7 @@ impl Runner<'_> {
                 vec![],
             );
             // The packed q/k/v made contiguous; its gradient is reshaped (copied) back.
-            let packed = self.grad_node(i, bias, 3 * n, "aten.clone.default");
-            let select: Vec<usize> = (0..3)
-                .map(|_| self.grad_node(i, packed, 3 * n, "aten.select_backward.default"))
-                .collect();
+            let select = self.packed_qkv_grads(i, bias, 3 * n);
             let inner: Vec<usize> = select
                 .iter()
                 .map(|&s| self.grad_node(i, s, n, "aten.clone.default"))
@@ -1697,12 +1694,7 @@ impl Runner<'_> {
             if amp {
                 self.nodes[bias].casts.push((1, 3 * e * 4));
             }
-            // The packed q/k/v gradient reshaped (copied) back, each of q, k, v selected
-            // into it.
-            let packed = self.grad_node(i, bias, 3 * n, "aten.clone.default");
-            let select: Vec<usize> = (0..3)
-                .map(|_| self.grad_node(i, packed, 3 * n, "aten.select_backward.default"))
-                .collect();
+            let select = self.packed_qkv_grads(i, bias, 3 * n);
             let label = if amp {
                 "aten._scaled_dot_product_flash_attention_backward.default"
             } else {
@@ -1800,6 +1792,17 @@ impl Runner<'_> {
                 .extend([(2, out_f * in_f * 4), (0, out_f * 4)]);
         }
         o
+    }
+
+    /// The backward of a packed q/k/v projection's split: q, k and v each selected into
+    /// a gradient of the packed size (`select_backward`, added up into one), reshaped
+    /// (copied) back to the projection's output, which goes to `to`. The three nodes the
+    /// q, k and v gradients arrive at.
+    fn packed_qkv_grads(&mut self, i: usize, to: usize, packed_bytes: u128) -> Vec<usize> {
+        let packed = self.grad_node(i, to, packed_bytes, "aten.clone.default");
+        (0..3)
+            .map(|_| self.grad_node(i, packed, packed_bytes, "aten.select_backward.default"))
+            .collect()
     }
 
     /// A chain of copies in backward: `node` receives the gradient, passes a new
@@ -2025,11 +2028,7 @@ impl Runner<'_> {
                 }
             }
             // The packed q/k/v's reshape; its permuted gradient is copied back.
-            let packed = self.copy_node(i, a, 3 * xh, "aten.clone.default");
-            let sel: Vec<usize> = (0..3)
-                .map(|_| self.copy_node(i, packed, 3 * xh, "aten.select_backward.default"))
-                .collect();
-            sel
+            self.packed_qkv_grads(i, a, 3 * xh)
         });
         self.sim.decref(mm_in);
         let mut after_bmm = Vec::new();
