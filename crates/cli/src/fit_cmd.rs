@@ -110,11 +110,11 @@ pub fn gpus(a: &GpusArgs) -> Result<()> {
             r.gpu.aliases.join(", "),
         ]);
     }
-    print!("{}", t.render());
-    println!("\nnvidia-smi total: what nvidia-smi shows, from published output (sources: gpus --json); nominal where none is known.");
-    println!("PyTorch total: torch.cuda.get_device_properties(0).total_memory, what the caching allocator can reach and --fraction takes its share of (nvidia-smi's less what the driver keeps); from published PyTorch output, measured on the H200. fit rests on it where known.");
-    println!("CUDA context: 760 MiB on Hopper and newer (measured on an H200, CUDA 13.0), 512 MiB before (an estimate); --cuda-context sets it.");
-    println!("Any other card: --memory SIZE (e.g. --memory 24GiB).");
+    crate::out!("{}", t.render());
+    crate::outln!("\nnvidia-smi total: what nvidia-smi shows, from published output (sources: gpus --json); nominal where none is known.");
+    crate::outln!("PyTorch total: torch.cuda.get_device_properties(0).total_memory, what the caching allocator can reach and --fraction takes its share of (nvidia-smi's less what the driver keeps); from published PyTorch output, measured on the H200. fit rests on it where known.");
+    crate::outln!("CUDA context: 760 MiB on Hopper and newer (measured on an H200, CUDA 13.0), 512 MiB before (an estimate); --cuda-context sets it.");
+    crate::outln!("Any other card: --memory SIZE (e.g. --memory 24GiB).");
     Ok(())
 }
 
@@ -394,8 +394,8 @@ pub fn fit(a: &FitArgs) -> Result<()> {
                 .collect();
             return print_json(&rows);
         }
-        print!("{}", render_cards(&outs, a.lang));
-        print!(
+        crate::out!("{}", render_cards(&outs, a.lang));
+        crate::out!(
             "{}",
             crate::device_fit_text::render_cards(&outs, &devices, a.lang)
         );
@@ -412,14 +412,14 @@ pub fn fit(a: &FitArgs) -> Result<()> {
             device: &device,
         });
     }
-    print!("{}", render(&out, a.lang));
+    crate::out!("{}", render(&out, a.lang));
     if let Some(d) = &device {
-        print!("\n{}", crate::device_fit_text::render(d, a.lang));
+        crate::out!("\n{}", crate::device_fit_text::render(d, a.lang));
         // The planner's budget answer counts neither the allocator's segments nor the
         // cuDNN bound: where it is above what runs, say which one to use.
         if let (Some(planned), Some(runs)) = (out.fit.max_batch_size, d.fit.max_batch_size) {
             if planned > runs {
-                println!(
+                crate::outln!(
                     "{}",
                     t(
                         a.lang,
@@ -431,7 +431,7 @@ pub fn fit(a: &FitArgs) -> Result<()> {
         }
     }
     if let Some(path) = &a.plot {
-        println!("\n{}", t(a.lang, "Plot: {0}", &[&path.display()]));
+        crate::outln!("\n{}", t(a.lang, "Plot: {0}", &[&path.display()]));
     }
     Ok(())
 }
@@ -515,7 +515,7 @@ fn compare_strategies(
     }
     let lang = a.lang;
     for r in &rows {
-        println!(
+        crate::outln!(
             "{}",
             t(
                 lang,
@@ -552,9 +552,9 @@ fn compare_strategies(
                     .unwrap_or_else(|| "-".into()),
             ]);
         }
-        print!("{}", tb.render());
+        crate::out!("{}", tb.render());
         match (r.cheapest, r.per_gpu_batch) {
-            (Some(name), Some(b)) => println!(
+            (Some(name), Some(b)) => crate::outln!(
                 "{}\n",
                 t(
                     lang,
@@ -562,7 +562,7 @@ fn compare_strategies(
                     &[&name, &thousands(b as u128), &thousands(b as u128 * world)],
                 )
             ),
-            _ => println!(
+            _ => crate::outln!(
                 "{}\n",
                 s(
                     lang,
@@ -571,7 +571,7 @@ fn compare_strategies(
             ),
         }
     }
-    println!(
+    crate::outln!(
         "{}",
         s(
             lang,

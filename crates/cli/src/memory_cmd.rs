@@ -91,7 +91,7 @@ pub fn run(a: &MemoryArgs) -> Result<()> {
     if a.json {
         return print_json(&r);
     }
-    print!("{}", render(&r, a.lang));
+    crate::out!("{}", render(&r, a.lang));
     Ok(())
 }
 

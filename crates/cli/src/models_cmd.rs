@@ -63,8 +63,8 @@ pub fn models(a: &ModelsArgs) -> Result<()> {
             r.description.into(),
         ]);
     }
-    print!("{}", t.render());
-    println!("\nAny of them takes --input CxHxW and --num-classes N; a .toml model file works wherever a name does (docs/MODEL_FILES.md).");
+    crate::out!("{}", t.render());
+    crate::outln!("\nAny of them takes --input CxHxW and --num-classes N; a .toml model file works wherever a name does (docs/MODEL_FILES.md).");
     Ok(())
 }
 
@@ -167,7 +167,7 @@ pub fn summary(a: &SummaryArgs) -> Result<()> {
     if a.json {
         return print_json(&s);
     }
-    println!(
+    crate::outln!(
         "{} with input {} (batch {} for the bytes kept for backward, {})",
         s.model,
         fmt_shape(&s.input_shape),
@@ -175,7 +175,7 @@ pub fn summary(a: &SummaryArgs) -> Result<()> {
         cfg.profile.name()
     );
     if let Some(n) = &note {
-        println!("({n})");
+        crate::outln!("({n})");
     }
     let mut t = Table::new(
         &[
@@ -202,8 +202,8 @@ pub fn summary(a: &SummaryArgs) -> Result<()> {
             },
         ]);
     }
-    print!("{}", t.render());
-    println!(
+    crate::out!("{}", t.render());
+    crate::outln!(
         "\nparameters: {} ({}), buffers: {}, MACs per image: {}, kept for backward: {}",
         thousands(s.num_params),
         bytes(s.param_bytes),

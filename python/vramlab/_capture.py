@@ -1,0 +1,87 @@
+"""A live torch module to a .pt2 archive (torch.export in training mode) for the planner."""
+
+import os
+import tempfile
+
+
+def _shape(input_size):
+    if input_size is None:
+        raise ValueError(
+            "input_size: a torch module needs the shape of one image, e.g. input_size=(3, 224, 224)"
+        )
+    if isinstance(input_size, str):
+        parts = input_size.lower().split("x")
+        if not all(p.isdigit() and int(p) > 0 for p in parts):
+            raise ValueError("input_size: expected CxHxW, e.g. 3x224x224, got %r" % input_size)
+        return tuple(int(p) for p in parts)
+    dims = tuple(input_size)
+    if not dims or not all(isinstance(d, int) and not isinstance(d, bool) and d > 0 for d in dims):
+        raise ValueError("input_size: expected positive ints, e.g. (3, 224, 224), got %r" % (input_size,))
+    return dims
+
+
+def exported(model, input_size):
+    """(ExportedProgram, notes): the module traced in train() mode on a batch of 2.
+
+    The module's own mode is restored afterwards; tracing runs on fake tensors, so its
+    weights and BatchNorm statistics are not changed.
+    """
+    import torch
+
+    if isinstance(model, torch.export.ExportedProgram):
+        return model, []
+    if not isinstance(model, torch.nn.Module):
+        raise ValueError(
+            "model: expected a torch.nn.Module, a torch.export.ExportedProgram, a zoo name or a "
+            "path to a .pt2, .onnx or .toml file; got %s" % type(model).__name__
+        )
+    shape = _shape(input_size)
+    p = next(model.parameters(), None)
+    device = p.device if p is not None else torch.device("cpu")
+    dtype = p.dtype if p is not None and p.is_floating_point() else torch.float32
+    x = torch.randn((2,) + shape, device=device, dtype=dtype)
+    was_training = model.training
+    model.train()
+    try:
+        ep = torch.export.export(model, (x,))
+    except Exception as e:  # torch raises many kinds; name the route that failed
+        raise ValueError(
+            "torch.export could not capture %s in train() mode: %s"
+            % (type(model).__name__, str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__)
+        ) from e
+    finally:
+        model.train(was_training)
+    return ep, ["captured %s with torch.export in train() mode (batch 2; planned at the batch asked for)"
+                % type(model).__name__]
+
+
+def to_archive(model, input_size):
+    """(TemporaryDirectory, path, notes): the module saved as a .pt2 in a temporary folder."""
+    import torch
+
+    ep, notes = exported(model, input_size)
+    tmp = tempfile.TemporaryDirectory(prefix="vramlab-")
+    path = os.path.join(tmp.name, "model.pt2")
+    try:
+        torch.export.save(ep, path)
+    except BaseException:
+        tmp.cleanup()
+        raise
+    return tmp, path, notes
+
+
+def export(model, path, input_size):
+    """Writes the module as a .pt2 archive at ``path`` (the folder must exist); returns it."""
+    import torch
+
+    path = os.fspath(path)
+    if not path.endswith(".pt2"):
+        raise ValueError("%s: expected a path ending in .pt2" % path)
+    folder = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(folder):
+        raise ValueError("%s: folder %s does not exist" % (path, folder))
+    ep, _ = exported(model, input_size)
+    tmp = path + ".part"
+    torch.export.save(ep, tmp)
+    os.replace(tmp, path)
+    return path
