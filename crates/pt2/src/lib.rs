@@ -7,6 +7,10 @@
 //! The archive is read by [`zip`], a small bounded reader: only the central directory
 //! and the program's JSON are read, never the weights.
 //!
+//! Three modules are planned whole from every node the trace records inside them (their
+//! class is in each node's `nn_module_stack`): `nn.MultiheadAttention` and torchvision's
+//! `ShiftedWindowAttention(V2)` and `PatchMerging(V2)`.
+//!
 //! What the file cannot say, or what was assumed, is returned as [`Loaded::notes`].
 
 pub mod zip;
@@ -37,6 +41,7 @@ pub const SUPPORTED_OPS: &[&str] = &[
     "batch_norm",
     "bernoulli_",
     "cat",
+    "chunk",
     "clone",
     "contiguous",
     "conv2d",
@@ -46,6 +51,7 @@ pub const SUPPORTED_OPS: &[&str] = &[
     "dropout",
     "dropout_",
     "empty",
+    "expand",
     "flatten",
     "gelu",
     "gelu_",
@@ -55,6 +61,7 @@ pub const SUPPORTED_OPS: &[&str] = &[
     "hardswish_",
     "hardtanh",
     "hardtanh_",
+    "layer_norm",
     "linear",
     "max_pool2d",
     "max_pool2d_with_indices",
@@ -67,6 +74,7 @@ pub const SUPPORTED_OPS: &[&str] = &[
     "relu",
     "relu_",
     "reshape",
+    "select",
     "sigmoid",
     "sigmoid_",
     "silu",
@@ -75,6 +83,7 @@ pub const SUPPORTED_OPS: &[&str] = &[
     "t",
     "tanh",
     "tanh_",
+    "transpose",
     "view",
     "_unsafe_view",
 ];
@@ -164,6 +173,16 @@ enum Val {
     /// `torch.empty([B, 1, 1, 1])` (`row`) or `[1, 1, 1, 1]`, then filled by `bernoulli_`
     /// and divided by the survival rate: torchvision's stochastic depth noise.
     Noise { survival: Option<f64>, row: bool },
+    /// `[C, H, W]` viewed as `[C, H*W]` (`x.flatten(2)`, `x.reshape(n, c, h * w)`): tokens
+    /// once transposed (ViT's `_process_input`).
+    ChannelsFlat(NodeId),
+    /// `channel_shuffle`'s `x.view(B, groups, C / groups, H, W)`, then (`transposed`) its
+    /// `transpose(1, 2).contiguous()`, waiting for the view back to `[B, C, H, W]`.
+    Shuffle {
+        x: NodeId,
+        groups: usize,
+        transposed: bool,
+    },
     /// A buffer (running statistics), a constant, or anything computed off the
     /// activation path.
     Other,
@@ -186,6 +205,10 @@ struct Cx<'a> {
     /// The node owning each parameter, by full name.
     owner: HashMap<String, NodeId>,
     notes: Notes,
+    /// The graph node of a parameter used as a value (`Op::Param`), by full name.
+    param_nodes: HashMap<String, NodeId>,
+    /// The modules that own parameters directly (`layer1.0.conv1`).
+    param_modules: std::collections::HashSet<String>,
 }
 
 /// Maps the exported program's JSON (`models/model.json`) to a graph.
@@ -202,8 +225,14 @@ pub fn from_json(json: &Value, file: &str, name: &str) -> Result<Loaded, Pt2Erro
         names: HashMap::new(),
         owner: HashMap::new(),
         notes: Notes::default(),
+        param_nodes: HashMap::new(),
+        param_modules: Default::default(),
     };
     let param_fqns = cx.signature()?;
+    cx.param_modules = param_fqns
+        .iter()
+        .filter_map(|f| f.rsplit_once('.').map(|(m, _)| m.to_string()))
+        .collect();
     cx.nodes()?;
     cx.output()?;
     // PyTorch's named_parameters() order: the nodes owning the parameters in the order
@@ -368,9 +397,28 @@ impl Cx<'_> {
                 nodes.len()
             )));
         }
+        // The nodes of a module vramlab plans as one layer (`Whole`), gathered until the
+        // trace leaves it.
+        let mut group: Option<(&str, &str, Whole, Vec<N>)> = None;
         for n in nodes {
             let node = N::parse(n).ok_or_else(|| self.err("a graph node lacks target or name"))?;
+            let whole = Whole::of(&node.stack);
+            if let Some((path, _, _, members)) = &mut group {
+                if whole.is_some_and(|(p, _, _)| p == *path) {
+                    members.push(node);
+                    continue;
+                }
+                let (path, class, kind, members) = group.take().expect("a group");
+                self.whole(path, class, kind, &members)?;
+            }
+            if let Some((path, class, kind)) = whole {
+                group = Some((path, class, kind, vec![node]));
+                continue;
+            }
             self.node(&node)?;
+        }
+        if let Some((path, class, kind, members)) = group {
+            self.whole(path, class, kind, &members)?;
         }
         Ok(())
     }
@@ -416,6 +464,8 @@ struct N<'a> {
     outputs: Vec<Option<&'a str>>,
     /// The innermost module path of nn_module_stack (`layer1.0.relu`).
     module: Option<String>,
+    /// nn_module_stack, outermost first: each module's path and class.
+    stack: Vec<(&'a str, &'a str)>,
 }
 
 impl<'a> N<'a> {
@@ -447,6 +497,20 @@ impl<'a> N<'a> {
             .and_then(|e| e.split(',').nth(1))
             .filter(|p| !p.is_empty())
             .map(str::to_string);
+        // `key,path,class;key,path,class;...`
+        let stack = v
+            .pointer("/metadata/nn_module_stack")
+            .and_then(Value::as_str)
+            .map(|s| {
+                s.split(';')
+                    .filter_map(|e| {
+                        let mut parts = e.splitn(3, ',');
+                        let _key = parts.next()?;
+                        Some((parts.next()?, parts.next()?))
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
         Some(N {
             name,
             op,
@@ -454,6 +518,7 @@ impl<'a> N<'a> {
             args,
             outputs,
             module,
+            stack,
         })
     }
 
@@ -583,10 +648,16 @@ impl Cx<'_> {
     /// A unique layer name: the parameter's module, else the innermost module, else the
     /// node's name.
     fn layer_name(&mut self, n: &N, weight: Option<&str>) -> String {
-        let base = weight
-            .and_then(|w| w.rsplit_once('.').map(|(m, _)| m.to_string()))
-            .or_else(|| n.module.clone())
-            .unwrap_or_else(|| n.name.to_string());
+        let base = match weight.and_then(|w| w.rsplit_once('.').map(|(m, _)| m.to_string())) {
+            Some(m) => m,
+            // A parameter-free op inside a module with parameters (LayerNorm2d's permutes)
+            // leaves the module's path to the layer that owns them.
+            None => match n.module.clone() {
+                Some(m) if self.param_modules.contains(&m) => format!("{m}.{}", n.op),
+                Some(m) => m,
+                None => n.name.to_string(),
+            },
+        };
         let count = self.names.entry(base.clone()).or_insert(0);
         *count += 1;
         if *count == 1 {
@@ -624,12 +695,18 @@ impl Cx<'_> {
 
     fn node(&mut self, n: &N) -> Result<(), Pt2Error> {
         let has_act = n.args.iter().any(|(_, a)| {
-            let one = tensor_name(a).map(|t| matches!(self.vals.get(t), Some(Val::Act(_))));
+            let is_act = |v: Option<&Val>| {
+                matches!(
+                    v,
+                    Some(Val::Act(_) | Val::ChannelsFlat(_) | Val::Shuffle { .. })
+                )
+            };
+            let one = tensor_name(a).map(|t| is_act(self.vals.get(t)));
             let many = a.get("as_tensors").and_then(Value::as_array).map(|l| {
                 l.iter().any(|t| {
                     t.get("name")
                         .and_then(Value::as_str)
-                        .is_some_and(|t| matches!(self.vals.get(t), Some(Val::Act(_))))
+                        .is_some_and(|t| is_act(self.vals.get(t)))
                 })
             });
             one.or(many).unwrap_or(false)
@@ -652,12 +729,21 @@ impl Cx<'_> {
                 }
                 self.set_out(n, Val::Other);
             }
-            "permute" | "t" => {
+            "t" => {
                 return Err(self.fail(
                     n,
-                    "permuting an activation (channels-last blocks, tokens) is not supported; \
-                     only a Linear weight's transpose maps",
+                    "transposing an activation with .t() is not supported; only a Linear \
+                     weight's transpose maps",
                 ))
+            }
+            "permute" | "transpose" => self.permute(n)?,
+            "expand" if !has_act => {
+                // `class_token.expand(n, -1, -1)`: the parameter, broadcast by cat.
+                let v = match self.val(n, "self", 0) {
+                    Some(p @ Val::Param { .. }) => p,
+                    _ => Val::Other,
+                };
+                self.set_out(n, v);
             }
             // The batch size of a symbolic batch, for a later view: shape arithmetic.
             "sym_size" | "sym_numel" | "sym_stride" | "sym_storage_offset" => {
@@ -900,6 +986,7 @@ impl Cx<'_> {
                     self.push(n, flat, Op::Flatten, &[pooled], &[]);
                 }
             }
+            "view" | "reshape" | "_unsafe_view" | "flatten" if self.reshape(n)? => {}
             "view" | "reshape" | "_unsafe_view" | "flatten" => {
                 let x = self.act(n, "self", 0)?;
                 let per_sample: Option<u128> = self
@@ -912,7 +999,11 @@ impl Cx<'_> {
                     let end = self.int(n, "end_dim", 2, -1)?;
                     start == 1 && end == -1
                 } else {
-                    match self.ints(n, "size", 1)?.as_deref() {
+                    let sizes = match self.ints(n, "size", 1)? {
+                        Some(s) => Some(s),
+                        None => self.ints(n, "shape", 1)?,
+                    };
+                    match sizes.as_deref() {
                         Some([_, f]) => per_sample
                             .is_some_and(|p| u128::try_from(*f).ok() == Some(p) || *f == -1),
                         _ => false,
@@ -921,7 +1012,9 @@ impl Cx<'_> {
                 if !flat_ok {
                     return Err(self.fail(
                         n,
-                        "only flattening each sample (`x.view(B, -1)`, `torch.flatten(x, 1)`) maps",
+                        "only flattening each sample (`x.view(B, -1)`, `torch.flatten(x, 1)`), \
+                         an image's positions as tokens (`x.flatten(2)`) and torchvision's \
+                         channel_shuffle map",
                     ));
                 }
                 if self.shapes.get(x).is_some_and(|s| s.len() == 1) {
@@ -932,6 +1025,53 @@ impl Cx<'_> {
                     self.push(n, name, Op::Flatten, &[x], &[]);
                 }
             }
+            "layer_norm" => {
+                let x = self.act(n, "input", 0)?;
+                let shape = self.ints(n, "normalized_shape", 1)?.unwrap_or_default();
+                let last = self.shapes.get(x).and_then(|s| s.last()).copied();
+                let [d] = shape[..] else {
+                    return Err(self.fail(
+                        n,
+                        format!("normalized_shape {shape:?}: only the last dimension maps"),
+                    ));
+                };
+                if usize::try_from(d).ok() != last {
+                    return Err(self.fail(
+                        n,
+                        format!("normalized_shape [{d}] is not the input's last dimension"),
+                    ));
+                }
+                let w = self.param(n, "weight", 2)?;
+                let b = self.param(n, "bias", 3)?;
+                let op = Op::LayerNorm(vramlab_graph::LayerNorm {
+                    normalized_shape: d as usize,
+                    eps: self.float(n, "eps", 4, 1e-5)?,
+                    elementwise_affine: w.is_some(),
+                    bias: b.is_some(),
+                });
+                let name = self.layer_name(n, w.as_ref().map(|(w, _)| w.as_str()));
+                let params: Vec<&str> = [&w, &b]
+                    .into_iter()
+                    .flatten()
+                    .map(|(p, _)| p.as_str())
+                    .collect();
+                self.push(n, name, op, &[x], &params);
+            }
+            "select" => {
+                let x = self.act(n, "self", 0)?;
+                let rank = self.rank(x) as i64;
+                let dim = self.int(n, "dim", 1, 0)?;
+                let index = self.int(n, "index", 2, 0)?;
+                if dim != 1 && dim != -rank {
+                    return Err(self.fail(n, format!("select on dim {dim}: only `x[:, i]` maps")));
+                }
+                let index = usize::try_from(index).map_err(|_| {
+                    self.fail(n, format!("index {index}: only `x[:, i]` with i >= 0 maps"))
+                })?;
+                let name = self.layer_name(n, None);
+                self.push(n, name, Op::Select { index }, &[x], &[]);
+            }
+            "chunk" => self.chunk(n)?,
             "linear" => {
                 let x = self.act(n, "input", 0)?;
                 let (w, wd) = self
@@ -1007,10 +1147,20 @@ impl Cx<'_> {
                         self.owner.insert(fqn, a);
                         self.set_out(n, Val::Act(a));
                     }
+                    // `x + self.pos_embedding`: a parameter as a value.
+                    (Some(Val::Act(a)), Some(p @ Val::Param { .. })) => {
+                        let rank = self.rank(a);
+                        let p = self
+                            .operand(n, Some(p), rank)?
+                            .ok_or_else(|| self.fail(n, "a transposed parameter is added"))?;
+                        let name = self.layer_name(n, None);
+                        self.push(n, name, Op::Add { inplace }, &[a, p], &[]);
+                    }
                     _ => {
                         return Err(self.fail(
                             n,
-                            "only the sum of two activations (a residual) or a Linear's bias maps",
+                            "only the sum of two activations (a residual), of an activation \
+                             and a parameter, or a Linear's bias maps",
                         ))
                     }
                 }
@@ -1040,27 +1190,64 @@ impl Cx<'_> {
                     let name = self.layer_name(n, None);
                     self.push(n, name, Op::StochasticDepth { p, row }, &[x], &[]);
                 }
-                _ => return Err(self.fail(n, "only the product of two activations maps")),
+                // `self.layer_scale * x` (ConvNeXt): a parameter as a value.
+                (Some(p @ Val::Param { .. }), Some(Val::Act(x)))
+                | (Some(Val::Act(x)), Some(p @ Val::Param { .. })) => {
+                    let param_first = matches!(self.val(n, "self", 0), Some(Val::Param { .. }));
+                    let rank = self.rank(x);
+                    let p = self
+                        .operand(n, Some(p), rank)?
+                        .ok_or_else(|| self.fail(n, "a transposed parameter is multiplied"))?;
+                    let ins = if param_first { [p, x] } else { [x, p] };
+                    let name = self.layer_name(n, None);
+                    self.push(n, name, Op::Mul, &ins, &[]);
+                }
+                _ => return Err(self.fail(
+                    n,
+                    "only the product of two activations or of an activation and a parameter maps",
+                )),
             },
             "cat" => {
                 let dim = self.int(n, "dim", 1, 0)?;
-                if dim != 1 && dim != -3 {
-                    return Err(self.fail(n, format!("cat on dim {dim}: only channels (1) map")));
-                }
                 let list = n
                     .arg("tensors", 0)
                     .and_then(|v| v.get("as_tensors"))
                     .and_then(Value::as_array)
                     .ok_or_else(|| self.fail(n, "`tensors` is not a list"))?;
+                let vals: Vec<Option<Val>> = list
+                    .iter()
+                    .map(|t| {
+                        t.get("name")
+                            .and_then(Value::as_str)
+                            .and_then(|t| self.vals.get(t))
+                            .cloned()
+                    })
+                    .collect();
+                // The per-sample rank of the activations: cat joins their first dimension
+                // (channels of an image, positions of tokens).
+                let rank = vals
+                    .iter()
+                    .find_map(|v| match v {
+                        Some(Val::Act(id)) => Some(self.rank(*id)),
+                        _ => None,
+                    })
+                    .ok_or_else(|| self.fail(n, "no concatenated tensor is an activation"))?;
+                if dim != 1 && dim != -(rank as i64) {
+                    return Err(self.fail(
+                        n,
+                        format!("cat on dim {dim}: only the first per-sample dimension (1) maps"),
+                    ));
+                }
                 let mut ins = Vec::new();
-                for t in list {
-                    match t
-                        .get("name")
-                        .and_then(Value::as_str)
-                        .and_then(|t| self.vals.get(t))
-                    {
-                        Some(Val::Act(id)) => ins.push(*id),
-                        _ => return Err(self.fail(n, "a concatenated tensor is not an activation")),
+                for v in vals {
+                    match self.operand(n, v, rank)? {
+                        Some(id) => ins.push(id),
+                        None => {
+                            return Err(self.fail(
+                                n,
+                                "a concatenated tensor is not an activation or a parameter",
+                            ))
+                        }
                     }
                 }
                 let name = self.layer_name(n, None);
@@ -1074,11 +1261,23 @@ impl Cx<'_> {
                 if !(0.0..1.0).contains(&p) {
                     return Err(self.fail(n, format!("p {p} is outside [0, 1)")));
                 }
+                if p == 0.0 {
+                    // torchvision's ViT and Swin keep Dropout(0.0): ATen returns the input.
+                    self.set_out(n, Val::Act(x));
+                    return Ok(());
+                }
                 if !self.boolean(n, "train", 2, true)? {
                     self.notes.dropout_eval += 1;
                 }
                 let name = self.layer_name(n, None);
                 self.push(n, name, Op::Dropout { p, inplace }, &[x], &[]);
+            }
+            "clone" | "contiguous" | "detach" | "alias" | "_to_copy" | "to"
+                if matches!(self.val(n, "self", 0), Some(Val::Shuffle { .. })) =>
+            {
+                // channel_shuffle's `.contiguous()`: the copy its layer plans.
+                let v = self.val(n, "self", 0).expect("matched");
+                self.set_out(n, v);
             }
             "clone" | "contiguous" | "detach" | "alias" | "_to_copy" | "to" => {
                 let x = self
@@ -1107,5 +1306,502 @@ impl Cx<'_> {
         } else {
             format!("{base}_{}", *count - 1)
         }
+    }
+}
+
+/// A module vramlab plans as one layer: every node the trace records inside it is one
+/// graph node (attention's projections, head reshapes and kernel; Swin's pad, roll and
+/// masks; PatchMerging's 2x2 gather).
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Whole {
+    /// `nn.MultiheadAttention` as self-attention, batch first, need_weights=False.
+    Mha,
+    /// torchvision's `ShiftedWindowAttention(V2)`.
+    WindowAttention { v2: bool },
+    /// torchvision's `PatchMerging(V2)`'s own nodes (its `norm` and `reduction` map as
+    /// LayerNorm and Linear).
+    PatchMerge,
+}
+
+impl Whole {
+    /// The outermost module of a node's stack that is planned whole: its path and class.
+    fn of<'a>(stack: &[(&'a str, &'a str)]) -> Option<(&'a str, &'a str, Whole)> {
+        let last = stack.len().checked_sub(1)?;
+        stack.iter().enumerate().find_map(|(i, &(path, class))| {
+            let kind = match class {
+                "torch.nn.modules.activation.MultiheadAttention" => Whole::Mha,
+                "torchvision.models.swin_transformer.ShiftedWindowAttention" => {
+                    Whole::WindowAttention { v2: false }
+                }
+                "torchvision.models.swin_transformer.ShiftedWindowAttentionV2" => {
+                    Whole::WindowAttention { v2: true }
+                }
+                "torchvision.models.swin_transformer.PatchMerging"
+                | "torchvision.models.swin_transformer.PatchMergingV2"
+                    if i == last =>
+                {
+                    Whole::PatchMerge
+                }
+                _ => return None,
+            };
+            Some((path, class, kind))
+        })
+    }
+}
+
+/// The tensor names an argument holds: one, or a list's.
+fn tensor_names(a: &Value) -> Vec<&str> {
+    match a.get("as_tensors").and_then(Value::as_array) {
+        Some(list) => list
+            .iter()
+            .filter_map(|t| t.get("name").and_then(Value::as_str))
+            .collect(),
+        None => tensor_name(a).into_iter().collect(),
+    }
+}
+
+impl Cx<'_> {
+    /// A module planned as one layer from the nodes the trace recorded inside it.
+    fn whole(
+        &mut self,
+        path: &str,
+        class: &str,
+        kind: Whole,
+        members: &[N],
+    ) -> Result<(), Pt2Error> {
+        let fail =
+            |msg: String| Pt2Error(format!("{}: module `{path}` ({class}): {msg}", self.file));
+        let produced: std::collections::HashSet<&str> = members
+            .iter()
+            .flat_map(|m| m.outputs.iter().flatten().copied())
+            .collect();
+        let mut inputs: Vec<NodeId> = Vec::new();
+        let mut params: Vec<(String, Vec<i64>)> = Vec::new();
+        let mut buffers: Vec<&str> = Vec::new();
+        for m in members {
+            for (_, a) in &m.args {
+                for t in tensor_names(a) {
+                    if produced.contains(t) {
+                        continue;
+                    }
+                    match self.vals.get(t) {
+                        Some(Val::Act(id)) if !inputs.contains(id) => inputs.push(*id),
+                        Some(Val::Param { fqn, dims, .. })
+                            if !params.iter().any(|(f, _)| f == fqn) =>
+                        {
+                            params.push((fqn.clone(), dims.clone()))
+                        }
+                        Some(Val::Other) => buffers.push(t),
+                        _ => {}
+                    }
+                }
+            }
+        }
+        let [x] = inputs[..] else {
+            return Err(fail(format!(
+                "reads {} activations; vramlab plans it on one input (self-attention)",
+                inputs.len()
+            )));
+        };
+        let dims_of = |suffix: &str| {
+            params
+                .iter()
+                .find(|(f, _)| f.ends_with(suffix))
+                .map(|(_, d)| d.clone())
+        };
+        let size = |d: i64| usize::try_from(d).ok().filter(|&d| d > 0);
+        let shape = self.shapes.get(x).cloned().unwrap_or_default();
+        let op = match kind {
+            Whole::Mha => {
+                let sdpa = members
+                    .iter()
+                    .find(|m| m.op == "scaled_dot_product_attention")
+                    .ok_or_else(|| {
+                        fail(
+                            "no scaled_dot_product_attention: with need_weights=True (its default) \
+                             nn.MultiheadAttention computes the attention weights itself, which \
+                             vramlab does not plan; call it with need_weights=False"
+                                .into(),
+                        )
+                    })?;
+                if self.float(sdpa, "dropout_p", 3, 0.0)? != 0.0 {
+                    return Err(fail(
+                        "attention dropout is not planned (dropout=0.0 is)".into(),
+                    ));
+                }
+                if sdpa.arg("attn_mask", 3).is_some()
+                    || self.boolean(sdpa, "is_causal", 5, false)?
+                {
+                    return Err(fail("an attention mask is not planned".into()));
+                }
+                // batch_first=True: `query.transpose(1, 0)` of the module's input comes first.
+                let batch_first = members.first().is_some_and(|m| {
+                    m.op == "transpose"
+                        && matches!(self.val(m, "self", 0), Some(Val::Act(a)) if a == x)
+                });
+                if !batch_first {
+                    return Err(fail(
+                        "batch_first=False: vramlab plans tokens as [batch, T, E] (batch_first=True)"
+                            .into(),
+                    ));
+                }
+                let w = dims_of("in_proj_weight").ok_or_else(|| {
+                    fail("no in_proj_weight: separate q, k, v projections (kdim, vdim) are not planned".into())
+                })?;
+                let e = match w[..] {
+                    [three_e, e] if Some(three_e) == e.checked_mul(3) => size(e),
+                    _ => None,
+                }
+                .ok_or_else(|| fail(format!("in_proj_weight has sizes {w:?}")))?;
+                let q = sdpa
+                    .arg("query", 0)
+                    .and_then(tensor_name)
+                    .and_then(|q| self.dims(q))
+                    .unwrap_or_default();
+                let heads = match q[..] {
+                    [_, h, _, _] => size(h),
+                    _ => None,
+                }
+                .ok_or_else(|| {
+                    fail(format!(
+                        "the query has sizes {q:?}, expected [B, heads, T, d]"
+                    ))
+                })?;
+                if shape.len() != 2 || shape[1] != e {
+                    return Err(fail(format!(
+                        "input of per-sample shape {shape:?}, expected tokens [T, {e}]"
+                    )));
+                }
+                Op::MultiheadAttention {
+                    embed_dim: e,
+                    num_heads: heads,
+                }
+            }
+            Whole::WindowAttention { v2 } => {
+                let w = dims_of("qkv.weight").unwrap_or_default();
+                let dim = match w[..] {
+                    [three_c, c] if Some(three_c) == c.checked_mul(3) => size(c),
+                    _ => None,
+                }
+                .ok_or_else(|| fail(format!("qkv.weight has sizes {w:?}")))?;
+                let heads = if v2 {
+                    dims_of("logit_scale").and_then(|d| d.first().copied())
+                } else {
+                    dims_of("relative_position_bias_table").and_then(|d| d.get(1).copied())
+                }
+                .and_then(size)
+                .ok_or_else(|| fail("cannot tell the number of heads".into()))?;
+                // relative_position_index holds (window area)^2 entries.
+                let area2 = buffers
+                    .iter()
+                    .find(|b| b.ends_with("relative_position_index"))
+                    .and_then(|b| self.dims(b))
+                    .and_then(|d| d.first().copied())
+                    .and_then(size)
+                    .ok_or_else(|| fail("no relative_position_index buffer".into()))?;
+                let area = (area2 as f64).sqrt().round() as usize;
+                let side = (area as f64).sqrt().round() as usize;
+                if area * area != area2 || side * side != area {
+                    return Err(fail(format!(
+                        "a window of {area} positions: only square windows are planned"
+                    )));
+                }
+                // `torch.roll(x, shifts=(-sh, -sw))` when the block shifts.
+                let mut shift = (0, 0);
+                if let Some(r) = members.iter().find(|m| m.op == "roll") {
+                    if let Some([a, b]) = self.ints(r, "shifts", 1)?.as_deref() {
+                        shift = (a.unsigned_abs() as usize, b.unsigned_abs() as usize);
+                    }
+                }
+                if shape.len() != 3 || shape[2] != dim {
+                    return Err(fail(format!(
+                        "input of per-sample shape {shape:?}, expected channels last [H, W, {dim}]"
+                    )));
+                }
+                Op::WindowAttention(vramlab_graph::op::WindowAttention {
+                    dim,
+                    heads,
+                    window: (side, side),
+                    shift,
+                    v2,
+                })
+            }
+            Whole::PatchMerge => {
+                if !params.is_empty() {
+                    return Err(fail("parameters outside its norm and reduction".into()));
+                }
+                Op::PatchMerge
+            }
+        };
+        let name = match kind {
+            Whole::PatchMerge => self.layer_name_raw(format!("{path}.merge")),
+            _ => self.layer_name_raw(path.to_string()),
+        };
+        let fqns: Vec<String> = params.into_iter().map(|(f, _)| f).collect();
+        let refs: Vec<&str> = fqns.iter().map(String::as_str).collect();
+        let last = members.last().expect("a group has a node");
+        let id = self.push(last, name, op, &[x], &refs);
+        for m in members {
+            self.set_out(m, Val::Act(id));
+        }
+        Ok(())
+    }
+
+    /// The graph node of a parameter used as a value (ViT's class token and position
+    /// embedding, ConvNeXt's layer scale), made once; `rank` is the other operand's
+    /// per-sample rank, so that a leading 1 beyond it is the batch dimension.
+    fn param_node(
+        &mut self,
+        n: &N,
+        fqn: &str,
+        dims: &[i64],
+        rank: usize,
+    ) -> Result<NodeId, Pt2Error> {
+        if let Some(&id) = self.param_nodes.get(fqn) {
+            return Ok(id);
+        }
+        let shape = dims
+            .iter()
+            .map(|&d| usize::try_from(d).ok().filter(|&d| d > 0))
+            .collect::<Option<Vec<_>>>()
+            .ok_or_else(|| self.fail(n, format!("`{fqn}` has sizes {dims:?}")))?;
+        let batch_dim = shape.len() == rank + 1 && shape.first() == Some(&1);
+        let op = Op::Param {
+            shape,
+            batch_dim,
+            init: vramlab_graph::op::Init::default(),
+        };
+        let name = self.layer_name_raw(fqn.to_string());
+        let id = self.push(n, name, op, &[], &[fqn]);
+        self.param_nodes.insert(fqn.to_string(), id);
+        Ok(id)
+    }
+
+    /// An activation operand, or a parameter made a graph node.
+    fn operand(&mut self, n: &N, v: Option<Val>, rank: usize) -> Result<Option<NodeId>, Pt2Error> {
+        Ok(match v {
+            Some(Val::Act(id)) => Some(id),
+            Some(Val::Param {
+                fqn,
+                dims,
+                transposed: false,
+            }) => Some(self.param_node(n, &fqn, &dims, rank)?),
+            _ => None,
+        })
+    }
+
+    /// The per-sample rank of an activation.
+    fn rank(&self, id: NodeId) -> usize {
+        self.shapes.get(id).map_or(0, Vec::len)
+    }
+
+    /// `x.permute(dims)` and `x.transpose(a, b)` of an activation: a per-sample
+    /// permutation (channels last and back), tokens after `flatten(2)`, or
+    /// channel_shuffle's transpose.
+    fn permute(&mut self, n: &N) -> Result<(), Pt2Error> {
+        let v = self.val(n, "self", 0);
+        let full = match &v {
+            Some(Val::Act(id)) => self.rank(*id) + 1,
+            Some(Val::ChannelsFlat(_)) => 3,
+            Some(Val::Shuffle { .. }) => 5,
+            _ => return Err(self.fail(n, "`self` is not computed from the image")),
+        };
+        let norm = |d: i64| -> Option<usize> {
+            let d = if d < 0 { d + full as i64 } else { d };
+            usize::try_from(d).ok().filter(|&d| d < full)
+        };
+        let perm: Option<Vec<usize>> = if n.op == "permute" {
+            self.ints(n, "dims", 1)?
+                .unwrap_or_default()
+                .into_iter()
+                .map(norm)
+                .collect()
+        } else {
+            let (a, b) = (self.int(n, "dim0", 1, 0)?, self.int(n, "dim1", 2, 0)?);
+            norm(a).zip(norm(b)).map(|(a, b)| {
+                let mut p: Vec<usize> = (0..full).collect();
+                p.swap(a, b);
+                p
+            })
+        };
+        let perm = perm
+            .filter(|p| {
+                let mut sorted = p.clone();
+                sorted.sort_unstable();
+                sorted == (0..full).collect::<Vec<_>>()
+            })
+            .ok_or_else(|| self.fail(n, "the dimensions are not a permutation"))?;
+        match v {
+            Some(Val::ChannelsFlat(x)) if perm == [0, 2, 1] => {
+                let name = self.layer_name(n, None);
+                self.push(n, name, Op::Tokens, &[x], &[]);
+            }
+            Some(Val::Shuffle {
+                x,
+                groups,
+                transposed: false,
+            }) if perm == [0, 2, 1, 3, 4] => self.set_out(
+                n,
+                Val::Shuffle {
+                    x,
+                    groups,
+                    transposed: true,
+                },
+            ),
+            Some(Val::Act(x)) if perm[0] == 0 => {
+                let dims: Vec<usize> = perm[1..].iter().map(|d| d - 1).collect();
+                if dims.iter().enumerate().all(|(i, &d)| i == d) {
+                    self.set_out(n, Val::Act(x));
+                } else {
+                    let name = self.layer_name(n, None);
+                    self.push(n, name, Op::Permute { dims }, &[x], &[]);
+                }
+            }
+            _ => {
+                return Err(self.fail(
+                    n,
+                    format!("permutation {perm:?}: only one that keeps the batch first maps"),
+                ))
+            }
+        }
+        Ok(())
+    }
+
+    /// The views beyond flattening each sample: `[C, H, W]` as `[C, H*W]` (tokens once
+    /// transposed), channel_shuffle's `view(B, g, C/g, H, W)` and its view back, and a view
+    /// to the same shape. False when none applies.
+    fn reshape(&mut self, n: &N) -> Result<bool, Pt2Error> {
+        let v = self.val(n, "self", 0);
+        let sizes = if n.op == "flatten" {
+            None
+        } else if n.arg("shape", 1).is_some() {
+            self.ints(n, "shape", 1)?
+        } else {
+            self.ints(n, "size", 1)?
+        };
+        let fits = |sizes: &[i64], want: &[usize]| {
+            sizes.len() == want.len()
+                && sizes
+                    .iter()
+                    .zip(want)
+                    .all(|(&s, &w)| s == -1 || usize::try_from(s).ok() == Some(w))
+        };
+        match v {
+            Some(Val::Shuffle {
+                x,
+                groups,
+                transposed: true,
+            }) => {
+                let shape = self.shapes.get(x).cloned().unwrap_or_default();
+                if !sizes
+                    .as_deref()
+                    .is_some_and(|s| s.len() == 4 && fits(&s[1..], &shape))
+                {
+                    return Err(self.fail(
+                        n,
+                        "channel_shuffle's view back to [B, C, H, W] was expected",
+                    ));
+                }
+                let name = self.layer_name(n, None);
+                self.push(n, name, Op::ChannelShuffle { groups }, &[x], &[]);
+                Ok(true)
+            }
+            Some(Val::Act(x)) => {
+                let shape = self.shapes.get(x).cloned().unwrap_or_default();
+                let [c, h, w] = shape[..] else {
+                    // A view to the same per-sample shape is an alias.
+                    if sizes
+                        .as_deref()
+                        .is_some_and(|s| s.len() == shape.len() + 1 && fits(&s[1..], &shape))
+                    {
+                        self.set_out(n, Val::Act(x));
+                        return Ok(true);
+                    }
+                    return Ok(false);
+                };
+                let positions = h.checked_mul(w);
+                let flat2 = match &sizes {
+                    None => {
+                        let start = self.int(n, "start_dim", 1, 0)?;
+                        let end = self.int(n, "end_dim", 2, -1)?;
+                        start == 2 && (end == -1 || end == 3)
+                    }
+                    Some(s) => positions.is_some_and(|p| s.len() == 3 && fits(&s[1..], &[c, p])),
+                };
+                if flat2 {
+                    self.set_out(n, Val::ChannelsFlat(x));
+                    return Ok(true);
+                }
+                if let Some(s) = sizes.as_deref() {
+                    if s.len() == 4 && fits(&s[1..], &shape) {
+                        self.set_out(n, Val::Act(x));
+                        return Ok(true);
+                    }
+                    if let [_, g, per, sh, sw] = *s {
+                        let g = usize::try_from(g).ok().filter(|&g| g > 1);
+                        if let Some(g) = g {
+                            if Some(c) == usize::try_from(per).ok().and_then(|p| p.checked_mul(g))
+                                && fits(&[sh, sw], &[h, w])
+                            {
+                                self.set_out(
+                                    n,
+                                    Val::Shuffle {
+                                        x,
+                                        groups: g,
+                                        transposed: false,
+                                    },
+                                );
+                                return Ok(true);
+                            }
+                        }
+                    }
+                }
+                Ok(false)
+            }
+            _ => Ok(false),
+        }
+    }
+
+    /// `x.chunk(k, dim=1)`: one Narrow (a view) per part.
+    fn chunk(&mut self, n: &N) -> Result<(), Pt2Error> {
+        let x = self.act(n, "self", 0)?;
+        let chunks = self.int(n, "chunks", 1, 0)?;
+        let dim = self.int(n, "dim", 2, 0)?;
+        let rank = self.rank(x) as i64;
+        if dim != 1 && dim != -rank {
+            return Err(self.fail(n, format!("chunk on dim {dim}: only channels (1) map")));
+        }
+        let c = self
+            .shapes
+            .get(x)
+            .and_then(|s| s.first())
+            .copied()
+            .unwrap_or(0);
+        let k = usize::try_from(chunks)
+            .ok()
+            .filter(|&k| k > 0 && k <= c)
+            .ok_or_else(|| self.fail(n, format!("{chunks} chunks of {c} channels")))?;
+        let len = c.div_ceil(k);
+        let base = self.layer_name(n, None);
+        let mut parts = Vec::new();
+        for i in 0..n.outputs.len() {
+            let start = i * len;
+            if start >= c {
+                break;
+            }
+            let op = Op::Narrow {
+                start,
+                len: len.min(c - start),
+            };
+            let name = self.layer_name_raw(format!("{base}.{i}"));
+            parts.push(self.push(n, name, op, &[x], &[]));
+        }
+        // `push` named each part the first output: each output is its own part.
+        for (out, id) in n.outputs.iter().zip(parts) {
+            if let Some(o) = out {
+                self.vals.insert(o.to_string(), Val::Act(id));
+            }
+        }
+        Ok(())
     }
 }

@@ -181,7 +181,8 @@ fn an_unknown_op_names_the_op_and_the_node() {
 }
 
 #[test]
-fn a_permuted_activation_is_refused_by_name() {
+fn a_permute_without_a_permutation_is_refused_by_name() {
+    // relu's node made a permute: it has no `dims`.
     let json = simple_cnn_json().replace(
         "torch.ops.aten.relu.default",
         "torch.ops.aten.permute.default",
@@ -191,8 +192,7 @@ fn a_permuted_activation_is_refused_by_name() {
         .0;
     assert_eq!(
         msg,
-        "m.pt2: node `relu` (torch.ops.aten.permute.default): permuting an activation \
-         (channels-last blocks, tokens) is not supported; only a Linear weight's transpose maps"
+        "m.pt2: node `relu` (torch.ops.aten.permute.default): the dimensions are not a permutation"
     );
 }
 
