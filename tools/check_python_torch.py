@@ -8,8 +8,8 @@ folder holding vramlab/ with its built _native module). Writes python/tests/torc
 1. For torchvision classifiers, `vramlab.memory(module, ...)` (the live module captured with
    torch.export in train() mode) against the zoo model of the same name: parameter count and
    the step-1 and step-2 peaks under pytorch-cpu and pytorch-cuda (fp32, Adam, batch 16).
-2. Two models of our own (a small CNN with BatchNorm, Dropout and a residual; a small
-   attention net): parameters against PyTorch's count and the captured plan (pytorch-cpu)
+2. Two models of our own (a small CNN with BatchNorm, Dropout and a residual; AttnNet of
+   tools/export_pt2_transformers.py, with nn.MultiheadAttention): parameters against PyTorch's count and the captured plan (pytorch-cpu)
    against real PyTorch trained on the CPU (../shared/oracle's tracker, Adam, batches 8, 64).
 3. A torch.optim.AdamW instance read like its options.
 CI does not run this (no torch there); python/tests holds the torch-free checks.
@@ -26,6 +26,9 @@ import torch.nn.functional as F
 import torchvision
 
 import vramlab
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from export_pt2_transformers import AttnNet  # noqa: E402
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 OUT = os.path.join(HERE, "..", "python", "tests", "torch_check.json")
@@ -57,26 +60,6 @@ class SmallNet(nn.Module):
         x = F.relu(x + y)
         x = F.adaptive_avg_pool2d(x, 1).flatten(1)
         return self.fc(self.drop(x))
-
-
-class AttnNet(nn.Module):
-    """A user's own attention model: patches, one pre-norm transformer block, a head."""
-
-    def __init__(self, num_classes=10, dim=32, heads=4, patch=4, image=16):
-        super().__init__()
-        self.patch = nn.Conv2d(3, dim, patch, stride=patch)
-        self.norm1 = nn.LayerNorm(dim)
-        self.attn = nn.MultiheadAttention(dim, heads, batch_first=True)
-        self.norm2 = nn.LayerNorm(dim)
-        self.mlp = nn.Sequential(nn.Linear(dim, 2 * dim), nn.GELU(), nn.Linear(2 * dim, dim))
-        self.head = nn.Linear(dim, num_classes)
-
-    def forward(self, x):
-        x = self.patch(x).flatten(2).transpose(1, 2)
-        h = self.norm1(x)
-        x = x + self.attn(h, h, h, need_weights=False)[0]
-        x = x + self.mlp(self.norm2(x))
-        return self.head(x.mean(1))
 
 
 OWN = {"small_net": (SmallNet, (3, 32, 32)), "attn_net": (AttnNet, (3, 16, 16))}
