@@ -62,7 +62,29 @@ class SmallNet(nn.Module):
         return self.fc(self.drop(x))
 
 
-OWN = {"small_net": (SmallNet, (3, 32, 32)), "attn_net": (AttnNet, (3, 16, 16))}
+class BranchyNet(nn.Module):
+    """Data-dependent control flow: torch.export refuses it, so vramlab falls back to the
+    ONNX exporter (F.relu, `x + y`: nothing in place, hence onnx_inplace="none")."""
+
+    def __init__(self, num_classes=10):
+        super().__init__()
+        self.conv = nn.Conv2d(3, 16, 3, padding=1, bias=False)
+        self.bn = nn.BatchNorm2d(16)
+        self.conv2 = nn.Conv2d(16, 16, 3, padding=1)
+        self.fc = nn.Linear(16, num_classes)
+
+    def forward(self, x):
+        x = F.relu(self.bn(self.conv(x)))
+        if x.sum() > 0:
+            x = x + F.relu(self.conv2(x))
+        return self.fc(F.adaptive_avg_pool2d(x, 1).flatten(1))
+
+
+OWN = {
+    "small_net": (SmallNet, (3, 32, 32), {}),
+    "attn_net": (AttnNet, (3, 16, 16), {}),
+    "branchy_net": (BranchyNet, (3, 32, 32), {"onnx_inplace": "none"}),
+}
 
 
 def peaks(r):
@@ -103,13 +125,13 @@ def own_models():
 
     torch.set_num_threads(2)
     rows = []
-    for name, (ctor, chw) in OWN.items():
+    for name, (ctor, chw, extra) in OWN.items():
         torch.manual_seed(0)
         m = ctor()
         row = {"model": name, "torch_params": sum(p.numel() for p in m.parameters()), "batches": {}}
         oracle.MODELS[name] = (ctor, chw, 10, [8, 64])
         for bs in [8, 64]:
-            cap, err = attempt(lambda: vramlab.memory(m, input_size=chw, batch_size=bs, profile="pytorch-cpu"))
+            cap, err = attempt(lambda: vramlab.memory(m, input_size=chw, batch_size=bs, profile="pytorch-cpu", **extra))
             r = oracle.run_case(name, bs, "adam", use_memtracker=False)
             measured = [r["step1"]["tracker_peak"], r["step2"]["tracker_peak"]]
             if err:

@@ -2,6 +2,11 @@
 
 import os
 import tempfile
+import warnings
+
+
+class ExportFailed(ValueError):
+    """torch.export could not capture the module (data-dependent control flow, ...)."""
 
 
 def _shape(input_size):
@@ -45,7 +50,7 @@ def exported(model, input_size):
     try:
         ep = torch.export.export(model, (x,))
     except Exception as e:  # torch raises many kinds; name the route that failed
-        raise ValueError(
+        raise ExportFailed(
             "torch.export could not capture %s in train() mode: %s"
             % (type(model).__name__, str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__)
         ) from e
@@ -55,19 +60,54 @@ def exported(model, input_size):
                 % type(model).__name__]
 
 
-def to_archive(model, input_size):
-    """(TemporaryDirectory, path, notes): the module saved as a .pt2 in a temporary folder."""
+def _onnx(model, input_size, path):
+    """The module traced by the TorchScript ONNX exporter in training mode."""
     import torch
 
-    ep, notes = exported(model, input_size)
-    tmp = tempfile.TemporaryDirectory(prefix="vramlab-")
-    path = os.path.join(tmp.name, "model.pt2")
+    shape = _shape(input_size)
+    p = next(model.parameters(), None)
+    device = p.device if p is not None else torch.device("cpu")
+    x = torch.randn((2,) + shape, device=device)
+    was_training = model.training
     try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            torch.onnx.export(
+                model, (x,), path, dynamo=False, training=torch.onnx.TrainingMode.TRAINING,
+                do_constant_folding=False,
+            )
+    finally:
+        model.train(was_training)
+
+
+def to_archive(model, input_size):
+    """(TemporaryDirectory, path, notes): the module as a .pt2 in a temporary folder, or,
+    where torch.export cannot capture it, as an ONNX file (TorchScript exporter)."""
+    import torch
+
+    tmp = tempfile.TemporaryDirectory(prefix="vramlab-")
+    try:
+        try:
+            ep, notes = exported(model, input_size)
+        except ExportFailed as e:
+            path = os.path.join(tmp.name, "model.onnx")
+            try:
+                _onnx(model, input_size, path)
+            except Exception as onnx_error:
+                raise ValueError(
+                    "%s; the ONNX exporter failed too: %s"
+                    % (e, str(onnx_error).strip().splitlines()[0] if str(onnx_error).strip() else type(onnx_error).__name__)
+                ) from onnx_error
+            return tmp, path, [
+                "%s; captured with the ONNX exporter instead (TorchScript tracing in training mode), "
+                "which keeps only the branch the example batch took" % e
+            ]
+        path = os.path.join(tmp.name, "model.pt2")
         torch.export.save(ep, path)
+        return tmp, path, notes
     except BaseException:
         tmp.cleanup()
         raise
-    return tmp, path, notes
 
 
 def export(model, path, input_size):

@@ -47,7 +47,7 @@ pub struct ReportArgs {
     /// The global --lang, set by `main`.
     #[arg(skip)]
     pub lang: Lang,
-    /// The HTML file to write.
+    /// The HTML file to write (`-`: standard output).
     #[arg(long, value_name = "FILE.html")]
     out: PathBuf,
 }
@@ -96,7 +96,10 @@ fn table(head: &[String], rows: &[Vec<String>]) -> String {
 }
 
 pub fn report(a: &ReportArgs) -> Result<()> {
-    crate::plot::check_output(&a.out, "--out")?;
+    let to_stdout = a.out.as_os_str() == "-";
+    if !to_stdout {
+        crate::plot::check_output(&a.out, "--out")?;
+    }
     let l = a.lang;
     let g = a.model.load()?;
     let cfg = a.plan.config(a.batch_size)?;
@@ -390,6 +393,11 @@ pub fn report(a: &ReportArgs) -> Result<()> {
         STYLE,
         body
     );
+    if to_stdout {
+        // `--out -`: the page on stdout (`vramlab report ... --out - > r.html`, a pipe).
+        crate::out!("{html}");
+        return Ok(());
+    }
     write_atomic(&a.out, html.as_bytes())?;
     println!("{}", a.out.display());
     Ok(())

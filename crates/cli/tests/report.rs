@@ -136,3 +136,22 @@ fn the_report_renders_in_headless_chromium_without_console_errors() {
     assert!(title_band > 200, "the title is drawn");
     std::fs::remove_dir_all(&dir).ok();
 }
+
+#[test]
+fn out_dash_writes_the_page_to_stdout_and_no_file() {
+    let dir = tmp("dash");
+    let o = Command::new(env!("CARGO_BIN_EXE_vramlab"))
+        .args(["report", "simple_cnn", "--memory", "8GiB", "--out", "-"])
+        .current_dir(&dir)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let html = String::from_utf8(o.stdout).unwrap();
+    assert!(
+        html.starts_with("<!DOCTYPE html>"),
+        "{}",
+        &html[..html.len().min(200)]
+    );
+    assert!(html.trim_end().ends_with("</html>"));
+    assert!(!dir.join("-").exists(), "a file named `-` was written");
+}
