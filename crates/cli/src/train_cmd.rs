@@ -307,7 +307,8 @@ fn describe_optimizer(c: &OptimizerConfig) -> String {
 
 #[derive(Args)]
 pub struct TrainArgs {
-    /// A zoo model or a .toml model file; its input and classes follow the data.
+    /// A zoo model, a .toml model file, or a .onnx or .pt2 file whose layers the engine runs;
+    /// its input and classes follow the data.
     pub model: String,
     #[command(flatten)]
     pub source: DataArg,
@@ -494,7 +495,16 @@ fn check_last_batch(
 /// whole text (so that loading a checkpoint never opens a path its metadata names).
 enum ModelSource {
     Zoo(String),
-    File { name: String, text: String },
+    File {
+        name: String,
+        text: String,
+    },
+    /// A model read from a .pt2 or .onnx file, as its graph's JSON: a checkpoint carries
+    /// it, since such a file is too large to embed and may change.
+    Graph {
+        name: String,
+        json: String,
+    },
 }
 
 /// A model file is at most this large (a model file is a short list of layers).
@@ -506,11 +516,18 @@ impl ModelSource {
             return Ok(ModelSource::Zoo(name.to_string()));
         }
         let path = std::path::Path::new(name);
-        if name.to_ascii_lowercase().ends_with(".onnx") {
-            return Err(UserError(format!(
-                "{name}: an ONNX model can be planned (summary, memory, fit, report) but not \
-                 trained: vramlab's engine trains zoo models and .toml model files"
-            )));
+        let lower = name.to_ascii_lowercase();
+        if lower.ends_with(".onnx") || lower.ends_with(".pt2") {
+            let g = crate::load_graph(
+                name,
+                &ModelOptions::default(),
+                &vramlab_onnx::Options::default(),
+            )?;
+            let json = serde_json::to_string(&g)?;
+            return Ok(ModelSource::Graph {
+                name: name.to_string(),
+                json,
+            });
         }
         if !path.is_file() {
             // Not a zoo name nor a file: the graph crate says which models exist.
@@ -553,6 +570,12 @@ impl ModelSource {
                 text: text.clone(),
             });
         }
+        if let Some(json) = meta.get("model_graph") {
+            return Ok(ModelSource::Graph {
+                name: name.clone(),
+                json: json.clone(),
+            });
+        }
         if vramlab_graph::zoo::describe(name).is_none() {
             return Err(UserError(format!(
                 "{}: its metadata names the model {name:?}, which is not a zoo model, and it \
@@ -578,6 +601,8 @@ impl ModelSource {
             }
             ModelSource::File { text, .. } => vramlab_graph::model_file::parse(text, origin)
                 .map_err(|e| UserError(format!("{e}")))?,
+            ModelSource::Graph { json, .. } => serde_json::from_str(json)
+                .map_err(|e| UserError(format!("{origin}: not a model graph: {e}")))?,
         };
         if let Some(s) = &opts.input_shape {
             g.input_shape = s.clone();
@@ -594,6 +619,10 @@ impl ModelSource {
             ModelSource::File { name, text } => {
                 m.insert("model".into(), name.clone());
                 m.insert("model_file".into(), text.clone());
+            }
+            ModelSource::Graph { name, json } => {
+                m.insert("model".into(), name.clone());
+                m.insert("model_graph".into(), json.clone());
             }
         }
     }
@@ -1329,6 +1358,7 @@ fn engine_from(path: &std::path::Path, threads: usize) -> Result<Restored> {
     let source = ModelSource::from_checkpoint(&ck.metadata, path)?;
     let origin = match &source {
         ModelSource::File { .. } => format!("{} (its model file)", path.display()),
+        ModelSource::Graph { .. } => format!("{} (its model graph)", path.display()),
         ModelSource::Zoo(name) => format!("{}: its model {name:?}", path.display()),
     };
     let g = source.build(&opts, &origin)?;

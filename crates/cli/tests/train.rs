@@ -912,3 +912,61 @@ fn the_modern_example_model_files_learn_and_measure_their_plan() {
         }
     }
 }
+
+/// `vramlab train` on a model from a .pt2 or .onnx file: the graph it reads trains like the
+/// zoo's (same parameter names and initialisation order, so the same seed gives the same
+/// losses), and its checkpoint carries the graph, so `eval` needs no file.
+#[test]
+fn models_from_pt2_and_onnx_files_train_like_the_zoo_model() {
+    let root = tmp("files");
+    cifar(&root, 32);
+    let r = root.to_str().unwrap();
+    let fixtures = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+    let pt2 = fixtures.join("crates/pt2/tests/fixtures/simple_cnn_train.pt2");
+    let onnx = fixtures.join("crates/onnx/tests/fixtures/simple_cnn_torchscript_train.onnx");
+    let run = |model: &str, ck: &Path| {
+        json(&vramlab(&[
+            "train",
+            model,
+            "--data",
+            "cifar10",
+            "--root",
+            r,
+            "--epochs",
+            "1",
+            "--batch-size",
+            "16",
+            "--seed",
+            "3",
+            "--threads",
+            "2",
+            "--checkpoint",
+            ck.to_str().unwrap(),
+            "--json",
+        ]))
+    };
+    let zoo = run("simple_cnn", &root.join("zoo.safetensors"));
+    let loss = |v: &serde_json::Value| v["epochs"][0]["train_loss"].as_f64().unwrap();
+    for (file, ck) in [(&pt2, "pt2.safetensors"), (&onnx, "onnx.safetensors")] {
+        let ck = root.join(ck);
+        let v = run(file.to_str().unwrap(), &ck);
+        assert_eq!(loss(&v), loss(&zoo), "{}", file.display());
+        assert!(loss(&v).is_finite());
+        // The checkpoint is enough: the file may be gone.
+        let eval = |c: &Path| {
+            let mut v = json(&vramlab(&[
+                "eval",
+                "--checkpoint",
+                c.to_str().unwrap(),
+                "--data",
+                "cifar10",
+                "--root",
+                r,
+                "--json",
+            ]));
+            v.as_object_mut().unwrap().remove("seconds");
+            v
+        };
+        assert_eq!(eval(&ck), eval(&root.join("zoo.safetensors")));
+    }
+}

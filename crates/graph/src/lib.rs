@@ -38,7 +38,7 @@ use std::fmt;
 pub type NodeId = usize;
 
 /// One operation and the nodes it reads.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Node {
     /// PyTorch module path (`layer1.0.conv1`); parameters are named `<name>.weight`.
     pub name: String,
@@ -46,10 +46,11 @@ pub struct Node {
     pub inputs: Vec<NodeId>,
 }
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
-/// A model: nodes in execution order, node 0 is the input.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+/// A model: nodes in execution order, node 0 is the input. It reads back from its JSON
+/// (a checkpoint of a model from a .pt2 or .onnx file carries it); `infer` checks it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Graph {
     pub name: String,
     /// Per-sample input shape, `[C, H, W]`.
@@ -58,12 +59,12 @@ pub struct Graph {
     /// Logits of auxiliary classifiers (GoogLeNet's aux1 and aux2, Inception v3's
     /// AuxLogits), trained with 0.3 x their loss as torchvision's recipes do; computed
     /// only in training.
-    #[serde(skip_serializing_if = "Vec::is_empty")]
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub aux: Vec<NodeId>,
     /// The order the modules register their parameters (`model.parameters()`), where it
     /// differs from the order they run (GoogLeNet's aux heads run mid-network and are
     /// registered last): every node once.
-    #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub param_order: Option<Vec<NodeId>>,
 }
 

@@ -189,7 +189,7 @@ impl Linear {
 }
 
 /// One operation of the graph. Every op has one tensor output.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub enum Op {
     /// The image batch.
     Input,

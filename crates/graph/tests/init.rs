@@ -61,3 +61,27 @@ fn parameters_start_as_pytorchs_modules_start_them() {
         Init::Constant(1e-6)
     );
 }
+
+/// A graph reads back from its JSON unchanged (a checkpoint of a model from a .pt2 or
+/// .onnx file carries it), for every zoo model; and JSON that is not a sound graph is
+/// refused by `infer`, naming the layer.
+#[test]
+fn every_zoo_graph_reads_back_from_its_json() {
+    for name in vramlab_graph::zoo::NAMES {
+        let g = vramlab_graph::zoo::build(name, &Default::default()).unwrap();
+        let json = serde_json::to_string(&g).unwrap();
+        let back: vramlab_graph::Graph = serde_json::from_str(&json).unwrap();
+        let differs = back.nodes.iter().zip(&g.nodes).find(|(a, b)| a != b);
+        assert_eq!(differs, None, "{name}");
+        assert_eq!(back, g, "{name}");
+    }
+    let g = vramlab_graph::zoo::build("simple_cnn", &Default::default()).unwrap();
+    let mut v = serde_json::to_value(&g).unwrap();
+    v["nodes"][2]["inputs"] = serde_json::json!([5]);
+    let bad: vramlab_graph::Graph = serde_json::from_value(v).unwrap();
+    let e = bad.infer().unwrap_err().to_string();
+    assert!(
+        e.contains("reads node 5, which does not come before it"),
+        "{e}"
+    );
+}
