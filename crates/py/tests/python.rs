@@ -37,6 +37,7 @@ fn python(dir: &Path) -> Command {
     c.env("PYTHONPATH", dir)
         .env("VRAMLAB_REPO", repo())
         .env_remove("PYTHONHOME")
+        .env("PYTHONDONTWRITEBYTECODE", "1")
         .current_dir(dir);
     c
 }
