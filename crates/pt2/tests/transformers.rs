@@ -210,3 +210,62 @@ fn what_is_not_planned_is_refused_naming_the_module() {
         "{msg}"
     );
 }
+
+/// Integer arguments of the transformer fixtures' nodes set to absurd values, one at a
+/// time (up to 3 per node): a graph whose shapes infer, or a one-line error, never a panic.
+#[test]
+fn absurd_arguments_in_transformer_archives_never_panic() {
+    /// JSON pointers to the integers under `v`.
+    fn ints(v: &serde_json::Value, at: String, out: &mut Vec<String>) {
+        match v {
+            serde_json::Value::Number(n) if n.is_i64() => out.push(at),
+            serde_json::Value::Array(a) => {
+                for (i, x) in a.iter().enumerate() {
+                    ints(x, format!("{at}/{i}"), out);
+                }
+            }
+            serde_json::Value::Object(o) => {
+                for (k, x) in o {
+                    ints(x, format!("{at}/{k}"), out);
+                }
+            }
+            _ => {}
+        }
+    }
+    let mut tried = 0;
+    for file in [
+        "tiny_vit_train.pt2",
+        "tiny_swin_train.pt2",
+        "tiny_convnext_train.pt2",
+        "shufflenet_v2_x0_5_train.pt2",
+        "attn_net_train.pt2",
+    ] {
+        let mut v: serde_json::Value = serde_json::from_str(&model_json(file)).unwrap();
+        let nodes = v["graph_module"]["graph"]["nodes"]
+            .as_array()
+            .unwrap()
+            .len();
+        for i in 0..nodes {
+            let node = format!("/graph_module/graph/nodes/{i}/inputs");
+            let mut slots = Vec::new();
+            ints(v.pointer(&node).unwrap(), node, &mut slots);
+            for slot in slots.iter().take(3) {
+                let was = v.pointer(slot).unwrap().clone();
+                for bad in [-1i64, 1 << 40] {
+                    *v.pointer_mut(slot).unwrap() = bad.into();
+                    tried += 1;
+                    match from_json(&v, "m.pt2", "m") {
+                        Ok(l) => {
+                            if let Ok(sh) = l.graph.infer() {
+                                let _ = sh.num_params();
+                            }
+                        }
+                        Err(e) => assert!(e.0.starts_with("m.pt2: ") && !e.0.contains('\n'), "{e}"),
+                    }
+                }
+                *v.pointer_mut(slot).unwrap() = was;
+            }
+        }
+    }
+    assert!(tried > 500, "{tried}");
+}
