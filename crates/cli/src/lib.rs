@@ -288,8 +288,8 @@ pub struct PlanArgs {
     /// Many GPUs: nodes.
     #[arg(long, default_value_t = 1, value_name = "K")]
     pub nodes: u32,
-    /// Many GPUs: ddp, zero1, zero2, zero3, fsdp (FSDP2 fully_shard / FULL_SHARD),
-    /// fsdp-grad-op (SHARD_GRAD_OP) or hybrid (HYBRID_SHARD).
+    /// Many GPUs: ddp, zero1, zero2, zero3, fsdp (FSDP2 fully_shard), fsdp1 (FSDP1
+    /// FULL_SHARD, flat parameters), fsdp-grad-op (SHARD_GRAD_OP) or hybrid (HYBRID_SHARD).
     #[arg(long, value_name = "S")]
     pub strategy: Option<String>,
     /// DDP's bucket_cap_mb.

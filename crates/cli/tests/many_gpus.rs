@@ -134,3 +134,44 @@ fn bad_many_gpu_options_are_one_line_errors() {
         assert_eq!(err.trim().lines().count(), 1, "{err}");
     }
 }
+
+/// `--strategy fsdp1` (FSDP1 FULL_SHARD, flat parameters) on the CPU profile: one rank's
+/// peaks as real torch.distributed measured them (gloo, world 2, resnet18 3x64x64 with 10
+/// classes, batch 2 per rank, SGD momentum 0.9; crates/memory/tests/fixtures/
+/// pytorch-cpu-distributed.json), and less than FSDP2's per-parameter shards would say.
+#[test]
+fn fsdp1_plans_what_torch_distributed_measured() {
+    let run = |strategy: &str| {
+        json(&vramlab(&[
+            "memory",
+            "resnet18",
+            "--input",
+            "3x64x64",
+            "--num-classes",
+            "10",
+            "-b",
+            "2",
+            "--gpus",
+            "2",
+            "--strategy",
+            strategy,
+            "--profile",
+            "pytorch-cpu",
+            "--optimizer",
+            "sgd",
+            "--momentum",
+            "0.9",
+            "--json",
+        ]))
+    };
+    let peaks = |v: &serde_json::Value| -> Vec<u64> {
+        v["steps"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|s| s["peak_bytes"].as_u64().unwrap())
+            .collect()
+    };
+    assert_eq!(peaks(&run("fsdp1")), [97_423_084, 119_786_368]);
+    assert_eq!(peaks(&run("fsdp")), [88_502_004 - 8, 110_865_288 - 8]);
+}

@@ -9,11 +9,16 @@
 //! - `zero1`, `zero2`, `zero3`: DeepSpeed's ZeRO stages: optimizer state, then also
 //!   gradients, then also parameters partitioned over the ranks (the ZeRO paper's model
 //!   states: 2Ψ + 2Ψ + KΨ/N, 2Ψ + (2 + K)Ψ/N, (2 + 2 + K)Ψ/N in mixed precision).
-//! - `fsdp` (FSDP2 `fully_shard`, FSDP1 FULL_SHARD), `fsdp-grad-op` (SHARD_GRAD_OP:
-//!   parameters stay gathered from forward to backward), `hybrid` (HYBRID_SHARD: sharded
-//!   within a node, replicated across nodes): parameters, gradients and optimizer state
-//!   sharded; the parameters of the unit that runs are all-gathered (the next unit's
-//!   too, prefetched), gradients reduce-scattered per unit.
+//! - `fsdp` (FSDP2 `fully_shard`), `fsdp-grad-op` (SHARD_GRAD_OP: parameters stay
+//!   gathered from forward to backward), `hybrid` (HYBRID_SHARD: sharded within a node,
+//!   replicated across nodes): parameters, gradients and optimizer state sharded per
+//!   parameter (dim 0 padded to the ranks); the parameters of the unit that runs are
+//!   all-gathered (the next unit's too, prefetched), gradients reduce-scattered per unit.
+//! - `fsdp1`: FSDP1 `FullyShardedDataParallel` FULL_SHARD with `use_orig_params=False`:
+//!   one flat parameter per unit (padded to the ranks), so one flat shard of parameters,
+//!   gradient and optimizer state per unit; in backward the unit's gradients are
+//!   concatenated into the unsharded flat gradient (autograd's `cat`) while the unit is
+//!   still gathered, then it reshards and reduce-scatters into a new flat shard.
 //!
 //! Units ([`units`]): by default one per torchvision block (a ResNet BasicBlock or
 //! Bottleneck `layer1.0`, a ViT encoder layer, an EfficientNet MBConv `features.2.1`,
@@ -40,17 +45,19 @@ pub enum Strategy {
     Zero2,
     Zero3,
     Fsdp,
+    Fsdp1,
     FsdpGradOp,
     Hybrid,
 }
 
 impl Strategy {
-    pub const ALL: [Strategy; 7] = [
+    pub const ALL: [Strategy; 8] = [
         Strategy::Ddp,
         Strategy::Zero1,
         Strategy::Zero2,
         Strategy::Zero3,
         Strategy::Fsdp,
+        Strategy::Fsdp1,
         Strategy::FsdpGradOp,
         Strategy::Hybrid,
     ];
@@ -75,6 +82,7 @@ impl Strategy {
             Strategy::Zero2 => "zero2",
             Strategy::Zero3 => "zero3",
             Strategy::Fsdp => "fsdp",
+            Strategy::Fsdp1 => "fsdp1",
             Strategy::FsdpGradOp => "fsdp-grad-op",
             Strategy::Hybrid => "hybrid",
         }
@@ -94,8 +102,17 @@ impl Strategy {
     pub fn shards_params(self) -> bool {
         matches!(
             self,
-            Strategy::Zero3 | Strategy::Fsdp | Strategy::FsdpGradOp | Strategy::Hybrid
+            Strategy::Zero3
+                | Strategy::Fsdp
+                | Strategy::Fsdp1
+                | Strategy::FsdpGradOp
+                | Strategy::Hybrid
         )
+    }
+
+    /// One flat parameter per unit (FSDP1 with `use_orig_params=False`).
+    pub fn flat_params(self) -> bool {
+        self == Strategy::Fsdp1
     }
 
     /// Gathered parameters freed after each unit's forward (and gathered again for its

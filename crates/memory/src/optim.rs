@@ -71,7 +71,9 @@ impl State {
             return;
         }
         let step = self.step_tensor_bytes();
-        for slot in slots {
+        // A slot of 0 bytes is no tensor of the optimizer's (FSDP1's flat parameter is
+        // held by its unit's first slot).
+        for slot in slots.iter().filter(|s| s.bytes > 0) {
             if self.opt.kind != OptimizerKind::Adagrad && slot.grad.is_none() {
                 continue;
             }
@@ -88,7 +90,10 @@ impl State {
 
     pub fn step(&mut self, sim: &mut Sim, slots: &[ParamSlot]) {
         self.init(sim, slots);
-        let active: Vec<&ParamSlot> = slots.iter().filter(|s| s.grad.is_some()).collect();
+        let active: Vec<&ParamSlot> = slots
+            .iter()
+            .filter(|s| s.grad.is_some() && s.bytes > 0)
+            .collect();
         let wd = self.opt.effective_weight_decay() != 0.0;
         match self.rules.implementation {
             OptimizerImpl::Fused => self.fused(sim, &active),

@@ -233,12 +233,13 @@ pub(crate) fn run(g: &Shaped, cfg: &PlanConfig) -> Result<(MemoryReport, Vec<u12
     };
     let mut slots: Vec<ParamSlot> = params
         .iter()
-        .map(|p| {
+        .enumerate()
+        .map(|(i, p)| {
             let full = p.numel() * param_elem;
-            // Sharded: each rank keeps (and updates) its shard of the parameter.
-            let shard = dist
-                .as_ref()
-                .map(|d| dist::shard_bytes(&p.shape, param_elem, d.ranks));
+            // Sharded: each rank keeps (and updates) its shard of the parameter (FSDP1: the
+            // unit's flat shard, on its first parameter; the others hold 0 bytes and are no
+            // tensor of the optimizer's).
+            let shard = dist.as_ref().map(|d| d.param_shard[i]);
             let kept = match (&dist, shard) {
                 (Some(d), Some(s)) if d.cfg.strategy.shards_params() => s,
                 _ => full,
@@ -2712,13 +2713,11 @@ impl Runner<'_> {
                     self.sim.boundary("aten.new_empty_strided.default");
                     self.sim.decref(sid);
                     self.sim.recategorize(new, Category::Grads);
-                    let kept = self.dist_grad(p, new, slots);
-                    slots[p].grad = Some(kept);
+                    self.dist_grad(p, new, slots);
                 }
                 None => {
                     self.sim.recategorize(sid, Category::Grads);
-                    let kept = self.dist_grad(p, sid, slots);
-                    slots[p].grad = Some(kept);
+                    self.dist_grad(p, sid, slots);
                 }
                 Some(_) => self.sim.decref(sid),
             }
@@ -2788,6 +2787,18 @@ impl DistState {
             unit_params[param_unit[p]].push(p);
             unit_bytes[param_unit[p]] += shard * ranks;
             param_shard.push(shard);
+        }
+        if d.strategy.flat_params() {
+            // FSDP1: the unit's parameters flattened into one, padded to a multiple of the
+            // ranks; its shard is held by the unit's first parameter.
+            for (u, ps) in unit_params.iter().enumerate() {
+                let numel: u128 = ps.iter().map(|&p| params[p].numel()).sum();
+                let shard = numel.div_ceil(ranks) * elem;
+                unit_bytes[u] = shard * ranks;
+                for (k, &p) in ps.iter().enumerate() {
+                    param_shard[p] = if k == 0 { shard } else { 0 };
+                }
+            }
         }
         let mut unit_last = vec![0; n_units];
         for (i, &u) in unit_of_node.iter().enumerate() {
@@ -2894,26 +2905,49 @@ impl Runner<'_> {
     /// every gradient of its unit is in, they are copied into one reduce-scatter input,
     /// reduced to this rank's shards, and the unit's gathered parameters are freed.
     /// DDP with `gradient_as_bucket_view`: the gradient is copied into its bucket and
-    /// `.grad` becomes a view of it. Returns the sid `.grad` holds.
-    fn dist_grad(&mut self, p: usize, sid: Sid, slots: &mut [ParamSlot]) -> Sid {
+    /// `.grad` becomes a view of it. Sets `slots[p].grad`.
+    fn dist_grad(&mut self, p: usize, sid: Sid, slots: &mut [ParamSlot]) {
         let Some(d) = &mut self.dist else {
-            return sid;
+            slots[p].grad = Some(sid);
+            return;
         };
         if d.cfg.strategy == dist::Strategy::Ddp
             && d.cfg.gradient_as_bucket_view
             && d.cfg.world_size() > 1
         {
             self.sim.decref(sid);
-            return self.sim.alloc(0, Some(Category::Grads));
+            slots[p].grad = Some(self.sim.alloc(0, Some(Category::Grads)));
+            return;
         }
+        slots[p].grad = Some(sid);
         if !d.cfg.strategy.shards_grads() || d.ranks < 2 {
-            return sid;
+            return;
         }
         let u = d.param_unit[p];
         d.arrived[u] += 1;
-        slots[p].grad = Some(sid);
         if d.arrived[u] < d.unit_params[u].len() {
-            return sid;
+            return;
+        }
+        if d.cfg.strategy.flat_params() {
+            // FSDP1: autograd concatenates the unit's gradients into the unsharded flat
+            // gradient while the unit is still gathered; the post-backward hook then
+            // reshards and reduce-scatters it into a new flat shard.
+            let flat = self
+                .sim
+                .alloc(d.unit_bytes[u], Some(Category::Communication));
+            self.sim.boundary("aten.cat.default");
+            for &q in &d.unit_params[u] {
+                if let Some(full) = slots[q].grad.take() {
+                    self.sim.decref(full);
+                }
+            }
+            d.release(u, &mut self.sim);
+            d.reduced[u] = true;
+            let first = d.unit_params[u][0];
+            slots[first].grad = Some(self.sim.alloc(d.param_shard[first], Some(Category::Grads)));
+            self.sim.boundary("reduce_scatter_tensor");
+            self.sim.decref(flat);
+            return;
         }
         // FSDP's post-backward reshards the unit's parameters first, then copies its
         // gradients into one reduce-scatter input.
@@ -2935,7 +2969,6 @@ impl Runner<'_> {
         }
         self.sim.boundary("reduce_scatter_tensor");
         d.pending_reduce = Some(input);
-        slots[p].grad.expect("set above")
     }
 
     /// After backward: whatever is still gathered is freed, and counts reset.
