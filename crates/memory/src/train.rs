@@ -2741,6 +2741,9 @@ struct DistState {
     param_unit: Vec<usize>,
     param_shard: Vec<u128>,
     gathered: Vec<Option<Sid>>,
+    /// FSDP2: a unit's all-gather output waiting to be copied out into its parameters'
+    /// own storages (a prefetched unit's, until its backward starts).
+    staged: Vec<Option<Sid>>,
     /// Parameters of each unit whose gradient arrived in this backward pass.
     arrived: Vec<usize>,
     /// Units reduce-scattered in this backward pass.
@@ -2815,6 +2818,7 @@ impl DistState {
             param_unit,
             param_shard,
             gathered: vec![None; n_units],
+            staged: vec![None; n_units],
             arrived: vec![0; n_units],
             reduced: vec![false; n_units],
             pending_reduce: None,
@@ -2842,17 +2846,38 @@ impl DistState {
         self.cfg.strategy.shards_params() && self.ranks > 1
     }
 
-    /// All-gathers unit `u`'s parameters if they are not gathered.
-    fn gather(&mut self, u: usize, sim: &mut Sim) {
-        if self.sharding() && self.gathered[u].is_none() && self.unit_bytes[u] > 0 {
+    /// All-gathers unit `u`'s parameters if they are not gathered, and (`copy_out`)
+    /// makes them usable. FSDP1 gathers into the flat parameter itself; FSDP2 gathers
+    /// into one output and copies it out into each parameter's own storage, the output
+    /// alive until then (a prefetched unit's until its backward starts).
+    fn gather(&mut self, u: usize, copy_out: bool, sim: &mut Sim) {
+        if !self.sharding() || self.unit_bytes[u] == 0 {
+            return;
+        }
+        if self.gathered[u].is_none() && self.staged[u].is_none() {
             let s = sim.alloc(self.unit_bytes[u], Some(Category::Communication));
             sim.boundary("all_gather_into_tensor");
-            self.gathered[u] = Some(s);
+            if self.cfg.strategy.flat_params() {
+                self.gathered[u] = Some(s);
+            } else {
+                self.staged[u] = Some(s);
+            }
+        }
+        if copy_out {
+            if let Some(out) = self.staged[u].take() {
+                let s = sim.alloc(self.unit_bytes[u], Some(Category::Communication));
+                sim.boundary("split_with_sizes_copy");
+                sim.decref(out);
+                self.gathered[u] = Some(s);
+            }
         }
     }
 
     fn release(&mut self, u: usize, sim: &mut Sim) {
         if let Some(s) = self.gathered[u].take() {
+            sim.decref(s);
+        }
+        if let Some(s) = self.staged[u].take() {
             sim.decref(s);
         }
     }
@@ -2863,7 +2888,7 @@ impl Runner<'_> {
     fn dist_before_forward(&mut self, i: usize) {
         if let Some(d) = &mut self.dist {
             let u = d.unit_of_node[i];
-            d.gather(u, &mut self.sim);
+            d.gather(u, true, &mut self.sim);
         }
     }
 
@@ -2887,7 +2912,7 @@ impl Runner<'_> {
                 if d.reduced[u] {
                     return;
                 }
-                d.gather(u, &mut self.sim);
+                d.gather(u, true, &mut self.sim);
                 let units = d.unit_bytes.len();
                 let next = if u == 0 {
                     (1..units).rev().find(|&v| d.unit_bytes[v] > 0)
@@ -2895,7 +2920,7 @@ impl Runner<'_> {
                     (1..u).rev().find(|&v| d.unit_bytes[v] > 0)
                 };
                 if let Some(v) = next.filter(|&v| !d.reduced[v]) {
-                    d.gather(v, &mut self.sim);
+                    d.gather(v, false, &mut self.sim);
                 }
             }
         }
