@@ -1,6 +1,7 @@
 """The Python package with real torch: capture parity and PyTorch's own measurement.
 
     /work/torch-venv/bin/python tools/check_python_torch.py [--quick]
+    /work/torch-venv/bin/python tools/check_python_torch.py --every-zoo-model
 
 (with the vramlab package importable: `pip install .` in that environment, or PYTHONPATH at a
 folder holding vramlab/ with its built _native module). Writes python/tests/torch_check.json:
@@ -156,6 +157,47 @@ def optimizer_instance():
     return row
 
 
+def every_zoo_model(out_path):
+    """Every torchvision classifier of vramlab's zoo, written by vramlab.export (no
+    weights) at the zoo's input and 1000 classes, planned from the archive and by name
+    (pytorch-cpu and pytorch-cuda, Adam, batch 8, both steps)."""
+    import tempfile
+
+    rows = []
+    names = [m["name"] for m in vramlab.models()]
+    for name in names:
+        if not hasattr(torchvision.models, name):
+            continue
+        t = time.time()
+        zoo_cpu = vramlab.memory(name, batch_size=8, profile="pytorch-cpu")
+        chw = tuple(zoo_cpu["input_shape"])
+        row = {"model": name, "input": list(chw)}
+        try:
+            kw = {"aux_logits": False, "init_weights": False} if name in ("googlenet", "inception_v3") else {}
+            with torch.device("meta"):
+                m = getattr(torchvision.models, name)(**kw)
+            row["torch_params"] = sum(p.numel() for p in m.parameters())
+            with tempfile.TemporaryDirectory() as d:
+                path = os.path.join(d, name + ".pt2")
+                vramlab.export(m, path, chw)
+                for profile in ["pytorch-cpu", "pytorch-cuda"]:
+                    extra = {"no_aux": True} if name in ("googlenet", "inception_v3") else {}
+                    got = vramlab.memory(path, batch_size=8, profile=profile)
+                    want = vramlab.memory(name, batch_size=8, profile=profile, **extra)
+                    row["pt2_params"] = got.num_params
+                    row[profile] = {"pt2": peaks(got), "zoo": peaks(want), "equal": peaks(got) == peaks(want)}
+        except Exception as e:  # record what failed, whatever torch or vramlab raised
+            row["error"] = "%s: %s" % (type(e).__name__, str(e).strip().splitlines()[0][:300] if str(e).strip() else "")
+        row["seconds"] = round(time.time() - t, 1)
+        print(json.dumps(row)[:300], flush=True)
+        rows.append(row)
+    record = {"torch": torch.__version__, "torchvision": torchvision.__version__, "models": rows}
+    with open(out_path, "w") as f:
+        json.dump(record, f, indent=1)
+        f.write("\n")
+    print("wrote", out_path)
+
+
 def readme_blocks():
     """The README's python blocks that import torch, run as written."""
     with open(os.path.join(HERE, "..", "README.md")) as f:
@@ -171,6 +213,9 @@ def readme_blocks():
 
 
 def main():
+    if "--every-zoo-model" in sys.argv[1:]:
+        every_zoo_model(os.path.join(HERE, "..", "python", "tests", "torch_zoo_parity.json"))
+        return
     quick = "--quick" in sys.argv[1:]
     record = {
         "torch": torch.__version__,

@@ -249,8 +249,9 @@ def gpus():
     return json.loads(_run(["gpus", "--json"])[0])
 
 
-def export(model, path, input_size):
-    """Writes a live module as a .pt2 archive (torch.export, training mode) for the CLI."""
+def export(model, path, input_size, weights=False):
+    """Writes a live module as a .pt2 archive (torch.export, training mode) for the CLI;
+    without ``weights`` the archive holds the tensors' shapes, not their bytes."""
     from . import _capture
 
-    return _capture.export(model, path, input_size)
+    return _capture.export(model, path, input_size, weights=weights)

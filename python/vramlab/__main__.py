@@ -30,6 +30,7 @@ def _export(argv):
     p.add_argument("builder", metavar="MODULE:BUILDER", help="e.g. torchvision.models:resnet50 or mymodels:Net")
     p.add_argument("out", metavar="OUT.pt2", help="where to write the archive")
     p.add_argument("--input", required=True, metavar="CxHxW", help="one image's shape, e.g. 3x224x224")
+    p.add_argument("--weights", action="store_true", help="keep the weights' bytes (vramlab needs only their shapes)")
     a = p.parse_args(argv)
     if a.builder.count(":") != 1:
         print("error: %s: expected MODULE:BUILDER, e.g. torchvision.models:resnet50" % a.builder, file=sys.stderr)
@@ -46,7 +47,7 @@ def _export(argv):
         print("error: %s: %s has no callable %s" % (a.builder, module_name, attr), file=sys.stderr)
         return 2
     try:
-        path = export(build(), a.out, a.input)
+        path = export(build(), a.out, a.input, weights=a.weights)
     except ValueError as e:
         print("error: %s" % e, file=sys.stderr)
         return 2

@@ -60,6 +60,25 @@ def exported(model, input_size):
                 % type(model).__name__]
 
 
+def _without_weights(ep):
+    """The program with its parameters, buffers and constants on the meta device: the
+    archive then holds shapes and dtypes, not bytes (vramlab never reads them), and a
+    large model saves in a second. Where torch keeps them elsewhere, the program as is."""
+    import torch
+
+    def meta(v):
+        if isinstance(v, torch.nn.Parameter):
+            return torch.nn.Parameter(v.detach().to("meta"), requires_grad=v.requires_grad)
+        return v.detach().to("meta") if isinstance(v, torch.Tensor) else v
+
+    try:
+        ep._state_dict = {k: meta(v) for k, v in ep.state_dict.items()}
+        ep._constants = {k: meta(v) for k, v in ep.constants.items()}
+    except (AttributeError, TypeError):
+        pass
+    return ep
+
+
 def _onnx(model, input_size, path):
     """The module traced by the TorchScript ONNX exporter in training mode."""
     import torch
@@ -103,15 +122,17 @@ def to_archive(model, input_size):
                 "which keeps only the branch the example batch took" % e
             ]
         path = os.path.join(tmp.name, "model.pt2")
-        torch.export.save(ep, path)
+        torch.export.save(_without_weights(ep), path)
         return tmp, path, notes
     except BaseException:
         tmp.cleanup()
         raise
 
 
-def export(model, path, input_size):
-    """Writes the module as a .pt2 archive at ``path`` (the folder must exist); returns it."""
+def export(model, path, input_size, weights=False):
+    """Writes the module as a .pt2 archive at ``path`` (the folder must exist); returns it.
+    Without ``weights`` the archive holds every tensor's shape and dtype but not its bytes
+    (all vramlab reads)."""
     import torch
 
     path = os.fspath(path)
@@ -121,7 +142,8 @@ def export(model, path, input_size):
     if not os.path.isdir(folder):
         raise ValueError("%s: folder %s does not exist" % (path, folder))
     ep, _ = exported(model, input_size)
-    tmp = path + ".part"
-    torch.export.save(ep, tmp)
+    folder, base = os.path.split(os.path.abspath(path))
+    tmp = os.path.join(folder, ".%s.part.pt2" % base[: -len(".pt2")])
+    torch.export.save(ep if weights else _without_weights(ep), tmp)
     os.replace(tmp, path)
     return path
