@@ -970,3 +970,27 @@ fn models_from_pt2_and_onnx_files_train_like_the_zoo_model() {
         assert_eq!(eval(&ck), eval(&root.join("zoo.safetensors")));
     }
 }
+
+#[test]
+fn a_model_file_with_a_layer_the_engine_does_not_run_is_named_with_the_file() {
+    let root = tmp("swin");
+    cifar(&root, 4);
+    let file = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../models/swin_tiny.toml");
+    let f = file.to_str().unwrap();
+    let o = vramlab(&[
+        "train",
+        f,
+        "--data",
+        "cifar10",
+        "--root",
+        root.to_str().unwrap(),
+    ]);
+    assert_eq!(o.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(err.starts_with(&format!("error: {f}: layer `")), "{err}");
+    assert!(
+        err.contains("does not run ShiftedWindowAttention yet"),
+        "{err}"
+    );
+    assert_eq!(err.trim().lines().count(), 1, "{err}");
+}

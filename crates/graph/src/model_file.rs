@@ -76,10 +76,11 @@ impl Pair {
 /// checks ([`Op::validate`]), which know PyTorch's rule for each field.
 fn count(field: &str, v: i64) -> Result<usize, String> {
     if v < 0 {
-        return Err(if field == "padding" {
-            format!("negative padding is not supported, got {v}")
-        } else {
-            format!("{field} must be a positive integer, got {v}")
+        return Err(match field {
+            "padding" => format!("negative padding is not supported, got {v}"),
+            // Zero is a shift too (none): the words of a size that may be 0.
+            "shift_size" => format!("{field} must be 0 or more, got {v}"),
+            _ => format!("{field} must be a positive integer, got {v}"),
         });
     }
     usize::try_from(v).map_err(|_| format!("{field} = {v} is too large"))
@@ -1383,6 +1384,12 @@ mod tests {
                 .unwrap(),
             vec![8, 8, 3]
         );
+        let e = swin(
+            "type = \"ShiftedWindowAttention\"\ndim = 3\nwindow_size = 4\nshift_size = -1\nnum_heads = 1",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.ends_with("shift_size must be 0 or more, got -1"), "{e}");
         assert_eq!(swin("type = \"PatchMergingPad\"").unwrap(), vec![4, 4, 12]);
         // MaxViT's layers on a [C, H, W] map.
         let maxvit = |layers: &str| {

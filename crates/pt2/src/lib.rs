@@ -766,12 +766,13 @@ impl Cx<'_> {
                 } else {
                     "other"
                 };
-                let v = match (
-                    self.val(n, "self", 0),
-                    n.arg(first, 1)
-                        .and_then(|v| v.get("as_float"))
-                        .and_then(Value::as_f64),
-                ) {
+                // `bernoulli_(p)` with p = 0.5, aten's default, is written without it
+                // (ConvNeXt-B's and Swin-B's last block: stochastic depth 0.5).
+                let given = match n.arg(first, 1) {
+                    None if n.op.starts_with("bernoulli") => Some(0.5),
+                    a => a.and_then(|v| v.get("as_float")).and_then(Value::as_f64),
+                };
+                let v = match (self.val(n, "self", 0), given) {
                     (
                         Some(Val::Noise {
                             survival: None,

@@ -269,3 +269,42 @@ fn absurd_arguments_in_transformer_archives_never_panic() {
     }
     assert!(tried > 500, "{tried}");
 }
+
+/// `bernoulli_(0.5)` is written without its `p` (aten's default): ConvNeXt-B's and
+/// Swin-B's last blocks, whose stochastic depth is 0.5, still map to the layer.
+#[test]
+fn stochastic_depth_of_one_half_is_read_without_its_p() {
+    let mut v: serde_json::Value =
+        serde_json::from_str(&model_json("tiny_convnext_train.pt2")).unwrap();
+    let nodes = v
+        .pointer_mut("/graph_module/graph/nodes")
+        .unwrap()
+        .as_array_mut()
+        .unwrap();
+    let b = nodes
+        .iter()
+        .position(|n| n["target"] == "torch.ops.aten.bernoulli_.float")
+        .unwrap();
+    nodes[b]["inputs"]
+        .as_array_mut()
+        .unwrap()
+        .retain(|a| a["name"] != "p");
+    let div = nodes[b + 1]["inputs"]
+        .as_array_mut()
+        .unwrap()
+        .iter_mut()
+        .find(|a| a["name"] == "other")
+        .unwrap();
+    div["arg"] = serde_json::json!({"as_float": 0.5});
+    let l = from_json(&v, "m.pt2", "m").unwrap();
+    let p: Vec<f64> = l
+        .graph
+        .nodes
+        .iter()
+        .filter_map(|n| match n.op {
+            vramlab_graph::Op::StochasticDepth { p, .. } => Some(p),
+            _ => None,
+        })
+        .collect();
+    assert!(p.contains(&0.5), "{p:?}");
+}
