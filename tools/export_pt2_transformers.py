@@ -3,7 +3,7 @@
     /work/torch-venv/bin/python tools/export_pt2_transformers.py
 
 Small torchvision models built from the same classes as vit_b_16, swin_t, swin_v2_t,
-convnext_tiny and shufflenet_v2_x0_5 (scaled down; the tests build the zoo graph of the same
+convnext_tiny, maxvit_t and shufflenet_v2_x0_5 (scaled down; the tests build the zoo graph of the same
 sizes), and AttnNet, an attention model of our own (nn.MultiheadAttention, batch_first,
 need_weights=False), each exported with torch.export.export in train() mode on a batch of
 2 and saved with torch.export.save. The archives are rewritten without their weights and
@@ -22,6 +22,7 @@ import torch
 import torch.nn as nn
 import torchvision
 from torchvision.models.convnext import CNBlockConfig, ConvNeXt
+from torchvision.models.maxvit import MaxVit
 from torchvision.models.swin_transformer import PatchMergingV2, SwinTransformer, SwinTransformerBlockV2
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -72,11 +73,19 @@ def tiny_convnext():
     return ConvNeXt([CNBlockConfig(16, 32, 2), CNBlockConfig(32, None, 2)], stochastic_depth_prob=0.1, num_classes=10)
 
 
+def tiny_maxvit():
+    return MaxVit(
+        input_size=(32, 32), stem_channels=8, partition_size=2, block_channels=[16, 32], block_layers=[1, 1],
+        head_dim=8, stochastic_depth_prob=0.2, num_classes=10,
+    )
+
+
 MODELS = {
     "tiny_vit": (tiny_vit, (3, 32, 32)),
     "tiny_swin": (tiny_swin, (3, 32, 32)),
     "tiny_swin_v2": (lambda: tiny_swin(v2=True), (3, 32, 32)),
     "tiny_convnext": (tiny_convnext, (3, 32, 32)),
+    "tiny_maxvit": (tiny_maxvit, (3, 32, 32)),
     "shufflenet_v2_x0_5": (lambda: torchvision.models.shufflenet_v2_x0_5(num_classes=10), (3, 32, 32)),
     "attn_net": (AttnNet, (3, 16, 16)),
 }

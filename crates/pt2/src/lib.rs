@@ -183,6 +183,9 @@ enum Val {
         groups: usize,
         transposed: bool,
     },
+    /// MaxViT's `SwapAxes(-2, -3)` of an activation, waiting for the `WindowDepartition`
+    /// it comes before in a grid attention layer.
+    Swapped(NodeId),
     /// A buffer (running statistics), a constant, or anything computed off the
     /// activation path.
     Other,
@@ -698,7 +701,9 @@ impl Cx<'_> {
             let is_act = |v: Option<&Val>| {
                 matches!(
                     v,
-                    Some(Val::Act(_) | Val::ChannelsFlat(_) | Val::Shuffle { .. })
+                    Some(
+                        Val::Act(_) | Val::ChannelsFlat(_) | Val::Shuffle { .. } | Val::Swapped(_)
+                    )
                 )
             };
             let one = tensor_name(a).map(|t| is_act(self.vals.get(t)));
@@ -1318,10 +1323,18 @@ enum Whole {
     /// `nn.MultiheadAttention` as self-attention, batch first, need_weights=False.
     Mha,
     /// torchvision's `ShiftedWindowAttention(V2)`.
-    WindowAttention { v2: bool },
+    WindowAttention {
+        v2: bool,
+    },
     /// torchvision's `PatchMerging(V2)`'s own nodes (its `norm` and `reduction` map as
     /// LayerNorm and Linear).
     PatchMerge,
+    /// MaxViT's `WindowPartition`, `SwapAxes` and `WindowDepartition`.
+    Partition,
+    Swap,
+    Departition,
+    /// MaxViT's `RelativePositionalMultiHeadAttention`.
+    RelPos,
 }
 
 impl Whole {
@@ -1343,6 +1356,10 @@ impl Whole {
                 {
                     Whole::PatchMerge
                 }
+                "torchvision.models.maxvit.WindowPartition" if i == last => Whole::Partition,
+                "torchvision.models.maxvit.SwapAxes" if i == last => Whole::Swap,
+                "torchvision.models.maxvit.WindowDepartition" if i == last => Whole::Departition,
+                "torchvision.models.maxvit.RelativePositionalMultiHeadAttention" => Whole::RelPos,
                 _ => return None,
             };
             Some((path, class, kind))
@@ -1377,6 +1394,7 @@ impl Cx<'_> {
             .flat_map(|m| m.outputs.iter().flatten().copied())
             .collect();
         let mut inputs: Vec<NodeId> = Vec::new();
+        let mut swapped = false;
         let mut params: Vec<(String, Vec<i64>)> = Vec::new();
         let mut buffers: Vec<&str> = Vec::new();
         for m in members {
@@ -1387,6 +1405,10 @@ impl Cx<'_> {
                     }
                     match self.vals.get(t) {
                         Some(Val::Act(id)) if !inputs.contains(id) => inputs.push(*id),
+                        Some(Val::Swapped(id)) if !inputs.contains(id) => {
+                            swapped = true;
+                            inputs.push(*id)
+                        }
                         Some(Val::Param { fqn, dims, .. })
                             if !params.iter().any(|(f, _)| f == fqn) =>
                         {
@@ -1412,7 +1434,103 @@ impl Cx<'_> {
         };
         let size = |d: i64| usize::try_from(d).ok().filter(|&d| d > 0);
         let shape = self.shapes.get(x).cloned().unwrap_or_default();
+        // The sizes of the module's first reshape (MaxViT's partitions).
+        let first_reshape = || -> Vec<i64> {
+            members
+                .iter()
+                .find(|m| matches!(m.op, "reshape" | "view" | "_unsafe_view"))
+                .and_then(|m| {
+                    let v = m.arg("shape", 1).or_else(|| m.arg("size", 1))?;
+                    v.get("as_ints")?
+                        .as_array()?
+                        .iter()
+                        .map(Value::as_i64)
+                        .collect()
+                })
+                .unwrap_or_default()
+        };
         let op = match kind {
+            Whole::Swap => {
+                // After a window partition: a grid partition. Before a departition: said
+                // by the departition.
+                let last = self.graph.nodes.len() - 1;
+                if x == last {
+                    if let Op::Partition { grid, .. } = &mut self.graph.nodes[last].op {
+                        if !*grid {
+                            *grid = true;
+                            // The partition's shape as a grid's.
+                            let ins: Vec<&Shape> = self.graph.nodes[last]
+                                .inputs
+                                .iter()
+                                .filter_map(|&i| self.shapes.get(i))
+                                .collect();
+                            let out = self.graph.nodes[last]
+                                .op
+                                .output_shape(&ins)
+                                .unwrap_or_default();
+                            self.shapes[last] = out;
+                            for m in members {
+                                self.set_out(m, Val::Act(x));
+                            }
+                            return Ok(());
+                        }
+                    }
+                }
+                for m in members {
+                    self.set_out(m, Val::Swapped(x));
+                }
+                return Ok(());
+            }
+            Whole::Partition => match first_reshape()[..] {
+                // [B, C, H/P, P, W/P, P]
+                [_, _, _, p, _, q] if p == q && p > 0 => Op::Partition {
+                    p: p as usize,
+                    grid: false,
+                },
+                ref s => {
+                    return Err(fail(format!(
+                        "a first reshape to {s:?}, expected [B, C, H/P, P, W/P, P]"
+                    )))
+                }
+            },
+            Whole::Departition => match first_reshape()[..] {
+                // [B, H/P, W/P, P, P, C]
+                [_, gh, gw, p, q, _] if p == q && p > 0 && gh > 0 && gw > 0 => Op::Departition {
+                    p: p as usize,
+                    grid: swapped,
+                    parts: (gh as usize, gw as usize),
+                },
+                ref s => {
+                    return Err(fail(format!(
+                        "a first reshape to {s:?}, expected [B, H/P, W/P, P, P, C]"
+                    )))
+                }
+            },
+            Whole::RelPos => {
+                let w = dims_of("to_qkv.weight").unwrap_or_default();
+                let table = dims_of("relative_position_bias_table").unwrap_or_default();
+                let (dim, heads, rows) = match (&w[..], &table[..]) {
+                    ([_, d], [r, h]) => (size(*d), size(*h), size(*r)),
+                    _ => (None, None, None),
+                };
+                let (Some(dim), Some(heads), Some(rows)) = (dim, heads, rows) else {
+                    return Err(fail(format!(
+                        "to_qkv.weight {w:?} and relative_position_bias_table {table:?}"
+                    )));
+                };
+                // (2 size - 1)^2 rows.
+                let side = (rows as f64).sqrt().round() as usize;
+                if side * side != rows || side % 2 == 0 || dim % heads != 0 {
+                    return Err(fail(format!(
+                        "a table of {rows} rows and {heads} heads over {dim} features"
+                    )));
+                }
+                Op::RelPosAttention {
+                    dim,
+                    head_dim: dim / heads,
+                    size: side.div_ceil(2),
+                }
+            }
             Whole::Mha => {
                 let sdpa = members
                     .iter()
@@ -1536,7 +1654,12 @@ impl Cx<'_> {
         };
         let name = match kind {
             Whole::PatchMerge => self.layer_name_raw(format!("{path}.merge")),
-            _ => self.layer_name_raw(path.to_string()),
+            Whole::Mha
+            | Whole::WindowAttention { .. }
+            | Whole::Partition
+            | Whole::Swap
+            | Whole::Departition
+            | Whole::RelPos => self.layer_name_raw(path.to_string()),
         };
         let fqns: Vec<String> = params.into_iter().map(|(f, _)| f).collect();
         let refs: Vec<&str> = fqns.iter().map(String::as_str).collect();

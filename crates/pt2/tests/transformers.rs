@@ -1,13 +1,13 @@
 //! Transformer-era models from torch.export archives (tools/export_pt2_transformers.py,
-//! PyTorch 2.15, weights stripped): scaled-down torchvision ViT, Swin (v1 and v2) and
-//! ConvNeXt, ShuffleNetV2, and AttnNet of our own. Each loads with PyTorch's parameter
+//! PyTorch 2.15, weights stripped): scaled-down torchvision ViT, Swin (v1 and v2),
+//! ConvNeXt and MaxViT, ShuffleNetV2, and AttnNet of our own. Each loads with PyTorch's parameter
 //! count and plans exactly like the zoo's graph of the same sizes (pytorch-cpu and
 //! pytorch-cuda, both steps); AttnNet plans what real PyTorch measured training it.
 
 use std::io::Cursor;
 use std::path::PathBuf;
 
-use vramlab_graph::zoo::{convnext, swin, vit};
+use vramlab_graph::zoo::{convnext, maxvit, swin, vit};
 use vramlab_graph::{Graph, ModelOptions, Shaped};
 use vramlab_memory::{plan, PlanConfig, Profile};
 use vramlab_pt2::{from_json, load};
@@ -69,6 +69,20 @@ fn twin(model: &str) -> Graph {
             },
         ),
         "tiny_convnext" => convnext::body(model, input, &[16, 32], &[2, 2], 0.1, 10),
+        "tiny_maxvit" => maxvit::body(
+            model,
+            input,
+            &maxvit::MaxVit {
+                input_size: (32, 32),
+                stem_channels: 8,
+                partition_size: 2,
+                block_channels: vec![16, 32],
+                block_layers: vec![1, 1],
+                head_dim: 8,
+                stochastic_depth: 0.2,
+                classes: 10,
+            },
+        ),
         "shufflenet_v2_x0_5" => vramlab_graph::load(
             model,
             &ModelOptions {
@@ -117,7 +131,7 @@ fn torchvision_transformers_plan_like_the_zoo_to_the_byte() {
         assert_eq!(sn, zn, "{file}");
         checked += 1;
     }
-    assert_eq!(checked, 5);
+    assert_eq!(checked, 6);
 }
 
 #[test]
@@ -237,6 +251,7 @@ fn absurd_arguments_in_transformer_archives_never_panic() {
         "tiny_vit_train.pt2",
         "tiny_swin_train.pt2",
         "tiny_convnext_train.pt2",
+        "tiny_maxvit_train.pt2",
         "shufflenet_v2_x0_5_train.pt2",
         "attn_net_train.pt2",
     ] {
