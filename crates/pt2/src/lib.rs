@@ -1520,7 +1520,7 @@ impl Cx<'_> {
                 };
                 // (2 size - 1)^2 rows.
                 let side = (rows as f64).sqrt().round() as usize;
-                if side * side != rows || side % 2 == 0 || dim % heads != 0 {
+                if side * side != rows || side.is_multiple_of(2) || !dim.is_multiple_of(heads) {
                     return Err(fail(format!(
                         "a table of {rows} rows and {heads} heads over {dim} features"
                     )));
