@@ -90,6 +90,15 @@ class Options(unittest.TestCase):
         self.assertIn("rtx-4090", [g["name"] for g in vramlab.gpus()])
 
 
+    def test_fit_compares_cards_given_as_a_list(self):
+        f = vramlab.fit("resnet50", gpu=["t4", "h100"])
+        self.assertEqual(len(f), 2)
+        self.assertEqual([c["gpu"] for c in f.to_dict()], ["NVIDIA T4 16 GB", "NVIDIA H100 80 GB"])
+        self.assertLess(f[0]["max_batch_size"], f[1]["max_batch_size"])
+        with self.assertRaisesRegex(KeyError, "compared 2 cards"):
+            f.max_batch_size
+
+
 class Errors(unittest.TestCase):
     def test_the_clis_error_line_is_raised(self):
         with self.assertRaisesRegex(vramlab.VramlabError, "^batch size must be at least 1, got 0$"):

@@ -88,19 +88,34 @@ class Memory(_Result):
 
 
 class Fit(_Result):
-    """``vramlab fit``: the largest batch that fits the card, and the doubling procedure."""
+    """``vramlab fit``: the largest batch that fits the card, and the doubling procedure.
+
+    With several cards (``gpu=["t4", "h100"]``) or ``gpus=N`` without a strategy (every
+    strategy compared), ``to_dict()`` is the CLI's list, and ``len()``/``[i]`` give the
+    per-card results."""
+
+    def _one(self, key):
+        if isinstance(self._data, list):
+            raise KeyError(
+                "%s: this fit compared %d cards or strategies; use fit[i] or to_dict()"
+                % (key, len(self._data))
+            )
+        return self._data.get(key)
+
+    def __len__(self):
+        return len(self._data) if isinstance(self._data, list) else 1
 
     @property
     def max_batch_size(self):
-        return self._data["max_batch_size"]
+        return self._one("max_batch_size")
 
     @property
     def recommended_batch(self):
-        return self._data["recommended_batch"]
+        return self._one("recommended_batch")
 
     @property
     def budget_bytes(self):
-        return self._data["budget_bytes"]
+        return self._one("budget_bytes")
 
 
 class Summary(_Result):
@@ -227,10 +242,11 @@ def memory(model, input_size=None, batch_size=64, optimizer="adam", **options):
 def fit(model, input_size=None, gpu=None, optimizer="adam", **options):
     """The largest batch that fits a card, and what to change if none does (``vramlab fit``).
 
-    ``gpu`` is a card from ``vramlab.gpus()`` (or pass ``memory="24GiB"``); ``fraction``,
-    ``target_batch``, ``precision`` ... as the CLI's options.
+    ``gpu`` is a card from ``vramlab.gpus()``, or a list of them to compare (or pass
+    ``memory="24GiB"``); ``fraction``, ``target_batch``, ``precision``, ``gpus=8`` ... as
+    the CLI's options.
     """
-    options["gpu"] = gpu
+    options["gpu"] = ",".join(gpu) if isinstance(gpu, (list, tuple)) else gpu
     return _planned(Fit, "fit", model, input_size, optimizer, options)
 
 
