@@ -441,18 +441,6 @@ fn restore_default_sigpipe() {
     }
 }
 
-/// `vramlab models >&-`: with file descriptor 1 closed, Rust drops every print silently
-/// and the program would exit 0 having shown nothing. One error line and exit code 2
-/// instead, before any work.
-fn refuse_a_closed_stdout() {
-    #[cfg(unix)]
-    // SAFETY: F_GETFD only reads descriptor 1's flags.
-    if unsafe { libc::fcntl(1, libc::F_GETFD) } == -1 {
-        eprintln!("error: standard output is closed: nothing could be printed (redirect it to /dev/null to discard it)");
-        std::process::exit(2);
-    }
-}
-
 /// A print to stdout that fails for another reason than a closed pipe (`> /dev/full`,
 /// a disk that filled up) is one error line with exit code 2, not a panic.
 fn report_failed_output_as_an_error() {
@@ -476,7 +464,6 @@ fn report_failed_output_as_an_error() {
 pub fn main() {
     restore_default_sigpipe();
     report_failed_output_as_an_error();
-    refuse_a_closed_stdout();
     let cli = Cli::parse();
     if let Err(UserError(msg)) = dispatch(cli) {
         eprintln!("error: {msg}");

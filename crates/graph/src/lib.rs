@@ -275,6 +275,13 @@ impl Graph {
         let mut consumers = vec![Vec::new(); self.nodes.len()];
         for (i, node) in self.nodes.iter().enumerate() {
             if i == 0 {
+                if !node.inputs.is_empty() {
+                    return Err(GraphError::Structure(format!(
+                        "the input `{}` reads {} node(s); it reads none",
+                        node.name,
+                        node.inputs.len()
+                    )));
+                }
                 shapes.push(self.input_shape.clone());
                 continue;
             }

@@ -84,4 +84,13 @@ fn every_zoo_graph_reads_back_from_its_json() {
         e.contains("reads node 5, which does not come before it"),
         "{e}"
     );
+    // The input reads nothing (a checkpoint's graph edited so: an error, not a panic).
+    let mut v = serde_json::to_value(&g).unwrap();
+    v["nodes"][0]["inputs"] = serde_json::json!([0]);
+    let bad: vramlab_graph::Graph = serde_json::from_value(v).unwrap();
+    let e = bad.infer().unwrap_err().to_string();
+    assert!(
+        e.contains("the input `input` reads 1 node(s); it reads none"),
+        "{e}"
+    );
 }

@@ -88,6 +88,26 @@ pub const SUPPORTED_OPS: &[&str] = &[
     "_unsafe_view",
 ];
 
+/// torch.export's schema number of `torch.float32` (`ScalarType.FLOAT`).
+const FLOAT32: i64 = 7;
+
+/// A dtype of torch.export's schema, by name.
+fn dtype_name(t: i64) -> String {
+    match t {
+        1 => "uint8".into(),
+        2 => "int8".into(),
+        3 => "int16".into(),
+        4 => "int32".into(),
+        5 => "int64".into(),
+        6 => "float16".into(),
+        7 => "float32".into(),
+        8 => "float64".into(),
+        12 => "bool".into(),
+        13 => "bfloat16".into(),
+        t => format!("dtype {t}"),
+    }
+}
+
 /// The largest number of graph nodes read.
 pub const MAX_NODES: usize = 1 << 20;
 
@@ -300,6 +320,8 @@ impl Cx<'_> {
             .ok_or_else(|| self.err("the exported program has no signature input_specs"))?;
         let mut params = Vec::new();
         let mut inputs = Vec::new();
+        let mut frozen = Vec::new();
+        let mut not_f32 = Vec::new();
         for s in specs {
             if let Some(p) = s.get("parameter") {
                 let arg = p.pointer("/arg/name").and_then(Value::as_str);
@@ -308,6 +330,23 @@ impl Cx<'_> {
                     return Err(self.err("a parameter input_spec lacks arg.name or parameter_name"));
                 };
                 let dims = self.dims(arg).unwrap_or_default();
+                let meta = self
+                    .json
+                    .pointer(&format!("/graph/tensor_values/{}", escape(arg)));
+                if meta
+                    .and_then(|m| m.get("requires_grad"))
+                    .and_then(Value::as_bool)
+                    == Some(false)
+                {
+                    frozen.push(fqn.to_string());
+                }
+                if let Some(t) = meta
+                    .and_then(|m| m.get("dtype"))
+                    .and_then(Value::as_i64)
+                    .filter(|&t| t != FLOAT32)
+                {
+                    not_f32.push(format!("{fqn} ({})", dtype_name(t)));
+                }
                 self.vals.insert(
                     arg.to_string(),
                     Val::Param {
@@ -335,6 +374,36 @@ impl Cx<'_> {
                 // Buffers, constants, tokens.
                 self.vals.insert(name.to_string(), Val::Other);
             }
+        }
+        if !frozen.is_empty() {
+            return Err(self.err(format!(
+                "{} parameter(s) do not require gradients ({}{}): vramlab plans every \
+                 parameter trained (no frozen layers yet), which would overstate this model's \
+                 gradients, optimizer state and saved activations",
+                frozen.len(),
+                frozen
+                    .iter()
+                    .take(3)
+                    .cloned()
+                    .collect::<Vec<_>>()
+                    .join(", "),
+                if frozen.len() > 3 { ", ..." } else { "" }
+            )));
+        }
+        if !not_f32.is_empty() {
+            return Err(self.err(format!(
+                "{} parameter(s) are not float32 ({}{}): vramlab plans a float32 model; \
+                 export it in float32 and plan half precision with --precision (bf16, \
+                 amp-bf16, amp-fp16)",
+                not_f32.len(),
+                not_f32
+                    .iter()
+                    .take(3)
+                    .cloned()
+                    .collect::<Vec<_>>()
+                    .join(", "),
+                if not_f32.len() > 3 { ", ..." } else { "" }
+            )));
         }
         let [input] = inputs.as_slice() else {
             return Err(self.err(format!(
@@ -1284,6 +1353,25 @@ impl Cx<'_> {
                 // channel_shuffle's `.contiguous()`: the copy its layer plans.
                 let v = self.val(n, "self", 0).expect("matched");
                 self.set_out(n, v);
+            }
+            "detach" | "detach_" if has_act => {
+                return Err(self.fail(
+                    n,
+                    "`x.detach()` in forward stops backward there, which vramlab does not plan \
+                     (it plans backward through every layer)",
+                ))
+            }
+            "_to_copy" | "to"
+                if n.arg("dtype", 1)
+                    .and_then(|v| v.get("as_scalar_type"))
+                    .and_then(Value::as_i64)
+                    .is_some_and(|t| t != FLOAT32) =>
+            {
+                return Err(self.fail(
+                    n,
+                    "a cast of an activation to another dtype: vramlab plans float32 models \
+                     (half precision with --precision)",
+                ))
             }
             "clone" | "contiguous" | "detach" | "alias" | "_to_copy" | "to" => {
                 let x = self

@@ -284,3 +284,43 @@ fn a_view_of_a_huge_input_is_an_error_not_an_overflow() {
     let msg = r.unwrap_err().0;
     assert!(msg.contains("node `view`"), "{msg}");
 }
+
+/// A frozen parameter, a parameter that is not float32, and `x.detach()` in forward are
+/// refused by name: planned as a float32 model trained end to end, each would be a
+/// silently wrong answer.
+#[test]
+fn frozen_half_and_detached_models_are_refused_not_misplanned() {
+    let base: serde_json::Value = serde_json::from_str(&simple_cnn_json()).unwrap();
+    let load = |v: &serde_json::Value| {
+        let text = v.to_string();
+        read(&stored_zip(&[("m/models/model.json", text.as_bytes())]))
+    };
+    assert!(load(&base).is_ok());
+    let meta = "/graph_module/graph/tensor_values/p_conv1_weight";
+    let mut v = base.clone();
+    v.pointer_mut(meta).unwrap()["requires_grad"] = false.into();
+    let msg = load(&v).unwrap_err().0;
+    assert!(
+        msg.starts_with("m.pt2: 1 parameter(s) do not require gradients (conv1.weight)"),
+        "{msg}"
+    );
+    let mut v = base.clone();
+    v.pointer_mut(meta).unwrap()["dtype"] = 13.into();
+    let msg = load(&v).unwrap_err().0;
+    assert!(
+        msg.starts_with("m.pt2: 1 parameter(s) are not float32 (conv1.weight (bfloat16))"),
+        "{msg}"
+    );
+    // relu's node made a detach of the activation.
+    let json = simple_cnn_json().replace(
+        "torch.ops.aten.relu.default",
+        "torch.ops.aten.detach.default",
+    );
+    let msg = read(&stored_zip(&[("m/models/model.json", json.as_bytes())]))
+        .unwrap_err()
+        .0;
+    assert!(
+        msg.contains("`x.detach()` in forward stops backward there"),
+        "{msg}"
+    );
+}
