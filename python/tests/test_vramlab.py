@@ -68,7 +68,7 @@ class Options(unittest.TestCase):
         args, notes = optimizer_options(
             optimizer("AdamW", {"amsgrad": True, "weight_decay": 0.05, "foreach": False, "fused": None})
         )
-        self.assertEqual(args, ["--optimizer", "adamw", "--amsgrad", "--weight-decay", "0.05",
+        self.assertEqual(args, ["--optimizer", "adamw", "--amsgrad", "--weight-decay=0.05",
                                 "--optimizer-impl", "for-loop"])
         self.assertEqual(notes, [])
 
@@ -108,8 +108,21 @@ class Errors(unittest.TestCase):
         with self.assertRaisesRegex(vramlab.VramlabError, "unexpected argument '--no-such-option'"):
             vramlab.memory("resnet18", no_such_option=3)
 
+    def test_messages_name_the_option(self):
+        with self.assertRaisesRegex(vramlab.VramlabError, "--batch-size"):
+            vramlab.memory("resnet18", batch_size=-1)
+        with self.assertRaisesRegex(vramlab.VramlabError, "not provided: --gpu"):
+            vramlab.fit("resnet18")
+        with self.assertRaisesRegex(vramlab.VramlabError, "printed no result"):
+            vramlab.memory("resnet18", help=True)
+
+    def test_a_subclass_of_a_torch_optim_class_is_read_as_that_class(self):
+        adam = optimizer("Adam", {"amsgrad": 1})
+        mine = type("MyAdam", (type(adam),), {})({"amsgrad": 1})
+        self.assertEqual(optimizer_options(mine)[0], ["--optimizer", "adam", "--amsgrad"])
+
     def test_input_size_is_checked_before_the_planner(self):
-        for bad in [(3, 0, 32), (3, 32.0, 32), (), (True, 2, 2)]:
+        for bad in [(3, 0, 32), (3, 32.0, 32), (), (True, 2, 2), (3, 32), 32]:
             with self.assertRaises(vramlab.VramlabError, msg=bad):
                 vramlab.memory("resnet18", input_size=bad)
 

@@ -139,8 +139,13 @@ def _run(args):
 
 def _command(cls, args):
     out, notes = _run(args + ["--json"])
+    try:
+        data = json.loads(out)
+    except ValueError:
+        # --help and the like print text, not a result.
+        raise VramlabError("`vramlab %s` printed no result: %s" % (args[0], out.strip().splitlines()[0] if out.strip() else "nothing")) from None
     text, _ = _run(args)
-    return cls(json.loads(out), text, notes)
+    return cls(data, text, notes)
 
 
 def _flag(name):
@@ -156,9 +161,11 @@ def _options(options):
         if value is True:
             args.append(_flag(name))
         elif isinstance(value, (list, tuple)):
-            args += [_flag(name), ",".join(str(v) for v in value)]
+            args.append("%s=%s" % (_flag(name), ",".join(str(v) for v in value)))
         else:
-            args += [_flag(name), str(value)]
+            # `--batch-size=-1`: a negative value is read as the option's, and refused
+            # by its name, not as an unknown argument.
+            args.append("%s=%s" % (_flag(name), value))
     return args
 
 
@@ -167,7 +174,10 @@ def _shape(input_size):
         return None
     if isinstance(input_size, str):
         return input_size
-    dims = list(input_size)
+    try:
+        dims = list(input_size)
+    except TypeError:
+        raise VramlabError("input_size: expected (C, H, W), e.g. (3, 224, 224), got %r" % (input_size,)) from None
     if not dims or not all(isinstance(d, int) and not isinstance(d, bool) and d > 0 for d in dims):
         raise VramlabError(
             "input_size: expected positive ints per image, e.g. (3, 224, 224), got %r" % (input_size,)
@@ -185,9 +195,19 @@ class _Model:
         if isinstance(model, (str, os.PathLike)):
             self.name = os.fspath(model)
             return
-        from . import _capture
+        try:
+            from . import _capture
+            import torch
+        except ImportError:
+            raise VramlabError(
+                "model: expected a zoo name or a path to a .pt2, .onnx or .toml file (a torch "
+                "module needs torch, which is not installed); got %s" % type(model).__name__
+            ) from None
 
-        self.tmpdir, self.name, self.notes = _capture.to_archive(model, input_size)
+        try:
+            self.tmpdir, self.name, self.notes = _capture.to_archive(model, input_size)
+        except ValueError as e:
+            raise VramlabError(str(e)) from None
         self.label = type(model).__name__
         # The archive holds the traced input's shape; --input would only restate it.
         self.input = None

@@ -36,10 +36,13 @@ def _export(argv):
         print("error: %s: expected MODULE:BUILDER, e.g. torchvision.models:resnet50" % a.builder, file=sys.stderr)
         return 2
     module_name, attr = a.builder.split(":")
+    if not module_name or not attr:
+        print("error: %s: expected MODULE:BUILDER, e.g. torchvision.models:resnet50" % a.builder, file=sys.stderr)
+        return 2
     sys.path.insert(0, os.getcwd())
     try:
         module = importlib.import_module(module_name)
-    except ImportError as e:
+    except (ImportError, TypeError, ValueError) as e:
         print("error: %s: cannot import %s: %s" % (a.builder, module_name, e), file=sys.stderr)
         return 2
     build = getattr(module, attr, None)
@@ -47,9 +50,14 @@ def _export(argv):
         print("error: %s: %s has no callable %s" % (a.builder, module_name, attr), file=sys.stderr)
         return 2
     try:
-        path = export(build(), a.out, a.input, weights=a.weights)
-    except ValueError as e:
-        print("error: %s" % e, file=sys.stderr)
+        model = build()
+    except TypeError as e:
+        print("error: %s: %s() must take no arguments: %s" % (a.builder, attr, e), file=sys.stderr)
+        return 2
+    try:
+        path = export(model, a.out, a.input, weights=a.weights)
+    except (ValueError, OSError) as e:
+        print("error: %s" % str(e).strip().splitlines()[0], file=sys.stderr)
         return 2
     print("wrote %s: vramlab memory %s --batch-size 64" % (path, path))
     return 0
@@ -57,6 +65,9 @@ def _export(argv):
 
 def main(argv=None):
     argv = list(sys.argv[1:] if argv is None else argv)
+    if sys.stdout is None:
+        print("error: standard output is closed: nothing could be printed", file=sys.stderr)
+        return 2
     if not argv or argv[0] in ("-h", "--help"):
         print(__doc__.strip())
         return 0 if argv else 2

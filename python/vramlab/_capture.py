@@ -9,7 +9,25 @@ class ExportFailed(ValueError):
     """torch.export could not capture the module (data-dependent control flow, ...)."""
 
 
+# The example batch (2 images) is a real tensor: refused above this many values per image
+# (3x8192x8192), so that a typo does not allocate gigabytes.
+MAX_IMAGE_VALUES = 3 * 8192 * 8192
+
+
 def _shape(input_size):
+    dims = _dims(input_size)
+    n = 1
+    for d in dims:
+        n *= d
+    if n > MAX_IMAGE_VALUES:
+        raise ValueError(
+            "input_size %s: %d values per image, more than the %d a capture traces"
+            % ("x".join(map(str, dims)), n, MAX_IMAGE_VALUES)
+        )
+    return dims
+
+
+def _dims(input_size):
     if input_size is None:
         raise ValueError(
             "input_size: a torch module needs the shape of one image, e.g. input_size=(3, 224, 224)"
@@ -19,9 +37,12 @@ def _shape(input_size):
         if not all(p.isdigit() and int(p) > 0 for p in parts):
             raise ValueError("input_size: expected CxHxW, e.g. 3x224x224, got %r" % input_size)
         return tuple(int(p) for p in parts)
-    dims = tuple(input_size)
-    if not dims or not all(isinstance(d, int) and not isinstance(d, bool) and d > 0 for d in dims):
-        raise ValueError("input_size: expected positive ints, e.g. (3, 224, 224), got %r" % (input_size,))
+    try:
+        dims = tuple(input_size)
+    except TypeError:
+        raise ValueError("input_size: expected (C, H, W), e.g. (3, 224, 224), got %r" % (input_size,)) from None
+    if len(dims) != 3 or not all(isinstance(d, int) and not isinstance(d, bool) and d > 0 for d in dims):
+        raise ValueError("input_size: expected 3 positive ints (C, H, W), e.g. (3, 224, 224), got %r" % (input_size,))
     return dims
 
 
@@ -45,7 +66,7 @@ def exported(model, input_size):
     device = p.device if p is not None else torch.device("cpu")
     dtype = p.dtype if p is not None and p.is_floating_point() else torch.float32
     x = torch.randn((2,) + shape, device=device, dtype=dtype)
-    was_training = model.training
+    modes = [(m, m.training) for m in model.modules()]
     model.train()
     try:
         ep = torch.export.export(model, (x,))
@@ -55,7 +76,9 @@ def exported(model, input_size):
             % (type(model).__name__, str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__)
         ) from e
     finally:
-        model.train(was_training)
+        # Every submodule's own mode back (a frozen BatchNorm in eval stays in eval).
+        for m, training in modes:
+            m.training = training
     return ep, ["captured %s with torch.export in train() mode (batch 2; planned at the batch asked for)"
                 % type(model).__name__]
 
@@ -87,7 +110,7 @@ def _onnx(model, input_size, path):
     p = next(model.parameters(), None)
     device = p.device if p is not None else torch.device("cpu")
     x = torch.randn((2,) + shape, device=device)
-    was_training = model.training
+    modes = [(m, m.training) for m in model.modules()]
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
@@ -96,7 +119,8 @@ def _onnx(model, input_size, path):
                 do_constant_folding=False,
             )
     finally:
-        model.train(was_training)
+        for m, training in modes:
+            m.training = training
 
 
 def to_archive(model, input_size):

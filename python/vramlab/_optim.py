@@ -24,7 +24,8 @@ def optimizer_options(optimizer):
     """
     if isinstance(optimizer, str):
         return ["--optimizer", optimizer], []
-    cls = type(optimizer).__name__
+    # The class or the torch.optim class it derives from.
+    cls = next((c.__name__ for c in type(optimizer).__mro__ if c.__name__ in _KNOWN), type(optimizer).__name__)
     if cls not in _KNOWN:
         raise ValueError(
             "optimizer: vramlab plans torch.optim.%s; got %s"
@@ -32,18 +33,23 @@ def optimizer_options(optimizer):
         )
     name, settings = _KNOWN[cls]
     groups = getattr(optimizer, "param_groups", None)
-    if not groups:
-        raise ValueError("optimizer: %s has no param_groups" % cls)
+    if not isinstance(groups, (list, tuple)) or not groups or not all(isinstance(x, dict) for x in groups):
+        raise ValueError("optimizer: %s has no param_groups (a list of dicts)" % cls)
     g = groups[0]
     args = ["--optimizer", name]
     for key in settings:
         value = g.get(key)
+        if key in ("nesterov", "amsgrad", "centered"):
+            if value:
+                args.append("--" + key)
+            continue
         if value is None or value is False or value == _DEFAULTS.get((name, key), 0):
             continue
-        if value is True:
-            args.append("--" + key.replace("_", "-"))
-        else:
-            args += ["--" + key.replace("_", "-"), repr(float(value))]
+        try:
+            number = float(value)
+        except (TypeError, ValueError):
+            raise ValueError("optimizer: %s's %s is %r, not a number" % (cls, key, value)) from None
+        args.append("--%s=%r" % (key.replace("_", "-"), number))
     if g.get("fused"):
         args += ["--optimizer-impl", "fused"]
     elif g.get("foreach") is True:

@@ -591,11 +591,14 @@ fn refused(msg: String) -> Captured {
 /// clap's error text without its `error: ` prefix and usage lines: the one line that says
 /// what was wrong.
 fn first_error_line(text: &str) -> String {
-    let line = text.lines().find(|l| !l.trim().is_empty()).unwrap_or(text);
-    line.trim()
-        .strip_prefix("error: ")
-        .unwrap_or(line.trim())
-        .to_string()
+    let mut lines = text.lines().map(str::trim).filter(|l| !l.is_empty());
+    let first = lines.next().unwrap_or("");
+    let first = first.strip_prefix("error: ").unwrap_or(first);
+    // "the following required arguments were not provided:" names them on the next line.
+    match (first.ends_with(':'), lines.next()) {
+        (true, Some(next)) => format!("{first} {next}"),
+        _ => first.to_string(),
+    }
 }
 
 /// Writes to stdout, or to the capture of `run_captured`.
