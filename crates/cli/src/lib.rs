@@ -225,6 +225,9 @@ pub fn load_graph(
     Ok(g)
 }
 
+/// The most ranks `--gpus` x `--nodes` may make.
+pub const MAX_WORLD_SIZE: u64 = 1 << 20;
+
 /// Training settings shared by `memory` and `fit`.
 #[derive(Args, Clone)]
 pub struct PlanArgs {
@@ -393,6 +396,13 @@ impl PlanArgs {
             .transpose()
             .map_err(UserError)?;
         let world = self.gpus as u64 * self.nodes as u64;
+        // The largest clusters have about 10^5 GPUs.
+        if world > MAX_WORLD_SIZE {
+            return Err(UserError(format!(
+                "--gpus {} x --nodes {} is {world} ranks, more than the {MAX_WORLD_SIZE} planned",
+                self.gpus, self.nodes
+            )));
+        }
         let Some(strategy) = strategy.or((world > 1).then_some(Strategy::Ddp)) else {
             return Ok(None);
         };

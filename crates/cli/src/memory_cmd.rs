@@ -54,6 +54,18 @@ pub fn explain(c: Category, r: &MemoryReport, lang: Lang) -> String {
 
 pub fn run(a: &MemoryArgs) -> Result<()> {
     let g = a.model.load()?;
+    // The image batch is one tensor: a batch whose images hold more values than a tensor
+    // may have is refused as a layer's oversized tensor is.
+    let per_image: u128 = g.shapes[0].iter().map(|&d| d as u128).product();
+    if per_image.saturating_mul(a.batch_size as u128) > vramlab_graph::MAX_TENSOR_ELEMENTS as u128 {
+        return Err(crate::UserError(format!(
+            "--batch-size {}: the batch of {}x{} images holds more than the {} values a tensor may have",
+            a.batch_size,
+            a.batch_size,
+            vramlab_graph::fmt_shape(&g.shapes[0]),
+            vramlab_graph::MAX_TENSOR_ELEMENTS
+        )));
+    }
     let mut cfg = a.plan.config(a.batch_size)?;
     cfg.record_timeline = a.timeline;
     if a.device_trace && !cfg.profile.is_cuda() {

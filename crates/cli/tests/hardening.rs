@@ -216,3 +216,33 @@ fn every_command_takes_lang_and_an_untranslated_one_says_so() {
         String::from_utf8_lossy(&o.stderr)
     );
 }
+
+#[test]
+fn absurd_batches_and_clusters_are_refused_by_name() {
+    let out = vramlab()
+        .args(["memory", "resnet18", "--batch-size", "18446744073709551615"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.starts_with("error: --batch-size 18446744073709551615: the batch of"),
+        "{err}"
+    );
+    let out = vramlab()
+        .args([
+            "fit",
+            "resnet18",
+            "--memory",
+            "8GiB",
+            "--gpus",
+            "4294967295",
+            "--nodes",
+            "2",
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("more than the 1048576 planned"), "{err}");
+}

@@ -431,10 +431,17 @@ impl Cx<'_> {
             _ => None,
         };
         let Some(chw) = chw else {
-            return Err(self.err(format!(
-                "input `{input}` has {} sizes, expected [batch, C, H, W] with fixed C, H, W",
-                sizes.len()
-            )));
+            return Err(self.err(if sizes.len() == 4 {
+                format!(
+                    "input `{input}`: C, H or W is symbolic (dynamic_shapes on them); vramlab \
+                     plans a fixed image size, only the batch may be symbolic"
+                )
+            } else {
+                format!(
+                    "input `{input}` has {} sizes, expected [batch, C, H, W] with fixed C, H, W",
+                    sizes.len()
+                )
+            }));
         };
         self.notes.batch = Some(match dim(&sizes[0]) {
             Some(b) => format!("the export traced a fixed batch of {b}"),
