@@ -57,7 +57,7 @@ pub fn run(a: &MemoryArgs) -> Result<()> {
     // The image batch is one tensor: a batch whose images hold more values than a tensor
     // may have is refused as a layer's oversized tensor is.
     let per_image: u128 = g.shapes[0].iter().map(|&d| d as u128).product();
-    if per_image.saturating_mul(a.batch_size as u128) > vramlab_graph::MAX_TENSOR_ELEMENTS as u128 {
+    if per_image.saturating_mul(a.batch_size as u128) > vramlab_graph::MAX_TENSOR_ELEMENTS {
         return Err(crate::UserError(format!(
             "--batch-size {}: the batch of {}x{} images holds more than the {} values a tensor may have",
             a.batch_size,
