@@ -958,13 +958,7 @@ impl Cx<'_> {
                     affine: w.is_some() && b.is_some(),
                     track_running_stats: n.arg("running_mean", 3).is_some(),
                 });
-                let name = self.layer_name(n, w.as_ref().map(|(w, _)| w.as_str()));
-                let params: Vec<&str> = [&w, &b]
-                    .into_iter()
-                    .flatten()
-                    .map(|(p, _)| p.as_str())
-                    .collect();
-                self.push(n, name, op, &[x], &params);
+                self.push_with_weight_and_bias(n, op, x, &w, &b);
             }
             "relu" | "relu_" | "silu" | "silu_" | "sigmoid" | "sigmoid_" | "hardswish"
             | "hardswish_" | "hardsigmoid" | "hardsigmoid_" | "tanh" | "tanh_" | "gelu"
@@ -1131,13 +1125,7 @@ impl Cx<'_> {
                     elementwise_affine: w.is_some(),
                     bias: b.is_some(),
                 });
-                let name = self.layer_name(n, w.as_ref().map(|(w, _)| w.as_str()));
-                let params: Vec<&str> = [&w, &b]
-                    .into_iter()
-                    .flatten()
-                    .map(|(p, _)| p.as_str())
-                    .collect();
-                self.push(n, name, op, &[x], &params);
+                self.push_with_weight_and_bias(n, op, x, &w, &b);
             }
             "select" => {
                 let x = self.act(n, "self", 0)?;
@@ -1807,6 +1795,25 @@ impl Cx<'_> {
             }) => Some(self.param_node(n, &fqn, &dims, rank)?),
             _ => None,
         })
+    }
+
+    /// A layer with an optional weight and bias (BatchNorm, LayerNorm), named after the
+    /// weight's module.
+    fn push_with_weight_and_bias(
+        &mut self,
+        n: &N,
+        op: Op,
+        x: NodeId,
+        w: &Option<(String, Vec<usize>)>,
+        b: &Option<(String, Vec<usize>)>,
+    ) {
+        let name = self.layer_name(n, w.as_ref().map(|(w, _)| w.as_str()));
+        let params: Vec<&str> = [w, b]
+            .into_iter()
+            .flatten()
+            .map(|(p, _)| p.as_str())
+            .collect();
+        self.push(n, name, op, &[x], &params);
     }
 
     /// The per-sample rank of an activation.
