@@ -1886,7 +1886,11 @@ impl Cx<'_> {
             _ => {
                 return Err(self.fail(
                     n,
-                    format!("permutation {perm:?}: only one that keeps the batch first maps"),
+                    format!(
+                        "permutation {perm:?} moves the batch from the first dimension (as \
+                         attention with batch_first=False does): only permutations that keep \
+                         the batch first map"
+                    ),
                 ))
             }
         }

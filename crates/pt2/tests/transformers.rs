@@ -220,7 +220,7 @@ fn what_is_not_planned_is_refused_naming_the_module() {
     assert_ne!(moved, cn);
     let msg = load_json(&moved).unwrap_err().0;
     assert!(
-        msg.ends_with("permutation [1, 0, 2, 3]: only one that keeps the batch first maps"),
+        msg.contains("permutation [1, 0, 2, 3] moves the batch from the first dimension"),
         "{msg}"
     );
 }
