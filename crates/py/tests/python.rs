@@ -9,9 +9,40 @@ fn repo() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
 }
 
-/// The extension cargo built next to this test (target/<profile>/lib_native.so), installed
-/// with python/vramlab/*.py as a package `vramlab` in a fresh folder, as maturin lays it out.
+/// Builds the extension module: `cargo test` need not build a cdylib (no test links it),
+/// so it is built here, as `cargo test --workspace` builds everything else (the test
+/// profile, the targets it builds, so the same features): after that command's own
+/// build, only the extension's link is new. Once per test binary.
+fn build_extension() {
+    static BUILT: std::sync::Once = std::sync::Once::new();
+    BUILT.call_once(|| {
+        let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+        let out = Command::new(cargo)
+            .args([
+                "build",
+                "--profile",
+                "test",
+                "--workspace",
+                "--lib",
+                "--bins",
+                "--tests",
+                "--examples",
+            ])
+            .current_dir(repo())
+            .output()
+            .expect("cargo runs");
+        assert!(
+            out.status.success(),
+            "building the extension failed:\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    });
+}
+
+/// The extension (target/<profile>/lib_native.so), installed with python/vramlab/*.py as a
+/// package `vramlab` in a fresh folder, as maturin lays it out.
 fn package() -> tempdir::Dir {
+    build_extension();
     let exe = std::env::current_exe().unwrap();
     let profile_dir = exe.parent().unwrap().parent().unwrap();
     let lib = ["lib_native.so", "lib_native.dylib", "_native.dll"]
