@@ -640,13 +640,8 @@ fn model_source_for(src: &ModelSource, name: &str, ds: &Dataset) -> Result<Shape
     };
     let g = src.build(&opts, name)?;
     // A layer the engine cannot run is refused here, naming the model file or name.
-    if let Some(n) = g.nodes().iter().find(|n| !n.op.in_engine()) {
-        return Err(UserError(format!(
-            "{name}: layer `{}`: vramlab's CPU engine does not run {} yet, so it cannot train \
-             this model (`vramlab memory {name} --profile pytorch-cpu` plans it)",
-            n.name,
-            n.op.type_name()
-        )));
+    if let Some(why) = vramlab_memory::not_in_engine(&g) {
+        return Err(UserError(format!("{name}: {why}")));
     }
     if g.num_classes() != ds.classes.len() {
         return Err(UserError(format!(

@@ -690,6 +690,19 @@ impl Native<'_> {
 }
 
 /// The native profile's report.
+/// The first layer vramlab's CPU engine does not run, said as one sentence: such a model
+/// can neither be trained nor planned by the native profile.
+pub fn not_in_engine(g: &Shaped) -> Option<String> {
+    let n = g.nodes().iter().find(|n| !n.op.in_engine())?;
+    Some(format!(
+        "layer `{}`: vramlab's CPU engine does not run {} yet, so it cannot train this \
+         model and the native profile cannot plan it (the pytorch-cpu and pytorch-cuda \
+         profiles do: `vramlab memory MODEL --profile pytorch-cpu`)",
+        n.name,
+        n.op.type_name()
+    ))
+}
+
 pub(crate) fn run(g: &Shaped, cfg: &PlanConfig) -> Result<MemoryReport, PlanError> {
     // The engine trains auxiliary classifiers' models without them (`without_aux`).
     if !g.graph.aux.is_empty() {
@@ -718,14 +731,8 @@ pub(crate) fn run(g: &Shaped, cfg: &PlanConfig) -> Result<MemoryReport, PlanErro
                 .into(),
         ));
     }
-    if let Some(n) = g.nodes().iter().find(|n| !n.op.in_engine()) {
-        return Err(PlanError::Config(format!(
-            "layer `{}`: vramlab's CPU engine does not run {} yet, so it cannot train this \
-             model and the native profile cannot plan it (the pytorch-cpu and pytorch-cuda \
-             profiles do: `vramlab memory MODEL --profile pytorch-cpu`)",
-            n.name,
-            n.op.type_name()
-        )));
+    if let Some(why) = not_in_engine(g) {
+        return Err(PlanError::Config(why));
     }
     let b = cfg.batch_size as u128;
     let threads = cfg.threads.max(1) as u128;

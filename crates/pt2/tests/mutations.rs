@@ -1,17 +1,12 @@
 //! Damaged archives: every truncation, flipped bytes in the zip records and the program's
 //! JSON, and absurd sizes and offsets in the headers give one error line, never a panic.
 
+mod common;
+
+use common::{fixture, model_json};
 use std::io::Cursor;
-use std::path::PathBuf;
 
 use vramlab_pt2::{from_reader, Loaded, Pt2Error};
-
-fn fixture(name: &str) -> Vec<u8> {
-    let p = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("tests/fixtures")
-        .join(name);
-    std::fs::read(p).unwrap()
-}
 
 fn read(bytes: &[u8]) -> Result<Loaded, Pt2Error> {
     from_reader(Cursor::new(bytes), "m.pt2", "m")
@@ -77,15 +72,7 @@ fn stored_zip(entries: &[(&str, &[u8])]) -> Vec<u8> {
 }
 
 fn simple_cnn_json() -> String {
-    let mut ar =
-        vramlab_pt2::zip::Archive::open(Cursor::new(fixture("simple_cnn_train.pt2"))).unwrap();
-    let e = ar
-        .entries
-        .iter()
-        .find(|e| e.name.ends_with("models/model.json"))
-        .cloned()
-        .unwrap();
-    String::from_utf8(ar.read(&e).unwrap()).unwrap()
+    model_json("simple_cnn_train.pt2")
 }
 
 #[test]

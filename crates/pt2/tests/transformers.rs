@@ -4,7 +4,9 @@
 //! count and plans exactly like the zoo's graph of the same sizes (pytorch-cpu and
 //! pytorch-cuda, both steps); AttnNet plans what real PyTorch measured training it.
 
-use std::io::Cursor;
+mod common;
+
+use common::model_json;
 use std::path::PathBuf;
 
 use vramlab_graph::zoo::{convnext, maxvit, swin, vit};
@@ -150,18 +152,6 @@ fn attention_of_our_own_plans_pytorchs_measured_cpu_peaks() {
             "batch {batch}"
         );
     }
-}
-
-fn model_json(file: &str) -> String {
-    let bytes = std::fs::read(dir().join(file)).unwrap();
-    let mut ar = vramlab_pt2::zip::Archive::open(Cursor::new(bytes)).unwrap();
-    let e = ar
-        .entries
-        .iter()
-        .find(|e| e.name.ends_with("models/model.json"))
-        .cloned()
-        .unwrap();
-    String::from_utf8(ar.read(&e).unwrap()).unwrap()
 }
 
 fn load_json(json: &str) -> Result<vramlab_pt2::Loaded, vramlab_pt2::Pt2Error> {
