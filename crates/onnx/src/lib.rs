@@ -13,6 +13,7 @@
 //! by default, see [`Options::restore_bn`]).
 
 pub mod proto;
+mod transformer;
 
 use std::collections::HashMap;
 use std::fmt;
@@ -33,20 +34,39 @@ pub const SUPPORTED_OPS: &[&str] = &[
     "Clip",
     "Concat",
     "Constant",
+    "ConstantOfShape",
     "Conv",
+    "Div",
     "Dropout",
+    "Erf",
+    "Expand",
     "Flatten",
     "Gather",
+    "Gelu",
     "Gemm",
     "GlobalAveragePool",
+    "HardSigmoid",
+    "HardSwish",
     "Identity",
+    "LayerNormalization",
+    "Less",
     "MatMul",
     "MaxPool",
+    "Mul",
+    "RandomUniformLike",
     "ReduceMean",
     "Relu",
     "Reshape",
+    "SequenceAt",
     "Shape",
+    "Sigmoid",
+    "Slice",
+    "Softmax",
+    "Split",
+    "SplitToSequence",
     "Squeeze",
+    "Tanh",
+    "Transpose",
     "Unsqueeze",
 ];
 
@@ -169,6 +189,7 @@ pub fn from_model(
         pending_matmul: HashMap::new(),
         training_export: false,
         names: HashMap::new(),
+        param_nodes: HashMap::new(),
     };
     cx.run(&m.graph, name)?;
     let Cx { graph, notes, .. } = cx;
@@ -205,6 +226,54 @@ enum Val {
         input: String,
         name: String,
     },
+    /// `x.reshape(B, C, H * W)` of a feature map, to become tokens once transposed.
+    Flat(NodeId),
+    /// `x.reshape(-1)`, batch and all: how the dynamo exporter begins an `as_strided`
+    /// view (a `Gather` of computed positions), here of `x` in its own layout.
+    Strided(NodeId),
+    /// `channel_shuffle` halfway: viewed as `[B, groups, C / groups, H, W]`, then
+    /// transposed.
+    Shuffle {
+        x: NodeId,
+        groups: usize,
+        transposed: bool,
+    },
+    /// A parameter broadcast over the batch (`class_token.expand(B, -1, -1)`).
+    Expanded { name: String, dims: Vec<i64> },
+    /// GELU's erf form, halfway ([`transformer::ErfStage`]).
+    Erf {
+        x: NodeId,
+        stage: transformer::ErfStage,
+        input: String,
+    },
+    /// Stochastic depth's noise, `[B, 1, 1, 1]` (`row`) or `[1, 1, 1, 1]`, with the
+    /// survival rate once `Less` gave it.
+    Noise { row: bool, keep: Option<f64> },
+    /// Inside an `nn.MultiheadAttention`.
+    Attn(Box<transformer::AttnVal>),
+    /// The parts of `SplitToSequence`: (input, first channel, channels).
+    Seq { parts: Vec<(NodeId, usize, usize)> },
+}
+
+impl Val {
+    /// Computed from the image (directly or halfway through a pattern).
+    fn is_flow(&self) -> bool {
+        match self {
+            Val::Act(_)
+            | Val::Gate { .. }
+            | Val::Flat(_)
+            | Val::Strided(_)
+            | Val::Shuffle { .. }
+            | Val::Erf { .. }
+            | Val::Attn(_)
+            | Val::Seq { .. } => true,
+            Val::Const { .. }
+            | Val::Ints(_)
+            | Val::Other
+            | Val::Expanded { .. }
+            | Val::Noise { .. } => false,
+        }
+    }
 }
 
 #[derive(Default)]
@@ -340,6 +409,8 @@ struct Cx<'a> {
     training_export: bool,
     /// Layer names given so far (parameter names must be unique).
     names: HashMap<String, usize>,
+    /// Parameters used as values (`Op::Param`), by initializer name.
+    param_nodes: HashMap<String, NodeId>,
 }
 
 /// A constant input: its name, dims and (when small) values.
@@ -465,6 +536,7 @@ impl Cx<'_> {
                 "Conv" | "Gemm" => 1..3,
                 "MatMul" => 1..2,
                 "BatchNormalization" => 1..5,
+                "LayerNormalization" => 1..3,
                 _ => continue,
             };
             for i in params {
@@ -558,6 +630,7 @@ impl Cx<'_> {
                 self.file
             )));
         }
+        self.graph.param_order = param_order(&self.graph, &g.initializers);
         Ok(())
     }
 
@@ -633,6 +706,11 @@ impl Cx<'_> {
                     n.name.clone()
                 }
             });
+        self.unique(base)
+    }
+
+    /// `base`, or `base_k` if it was given before.
+    fn unique(&mut self, base: String) -> String {
         let count = self.names.entry(base.clone()).or_insert(0);
         *count += 1;
         if *count == 1 {
@@ -701,7 +779,10 @@ impl Cx<'_> {
         let has_act = n
             .inputs
             .iter()
-            .any(|i| matches!(self.vals.get(i), Some(Val::Act(_))));
+            .any(|i| self.vals.get(i).is_some_and(Val::is_flow));
+        if self.pattern(n, has_act)? {
+            return Ok(());
+        }
         match n.op_type.as_str() {
             "Constant" => {
                 let t = n.attr("value").and_then(|a| a.t.clone());
@@ -863,6 +944,11 @@ impl Cx<'_> {
                     .first()
                     .and_then(|o| self.uses.get(o))
                     .is_some_and(|r| r.iter().any(|op| op == "BatchNormalization"));
+                let patchify = n
+                    .outputs
+                    .first()
+                    .and_then(|o| self.uses.get(o))
+                    .is_some_and(|r| r.iter().all(|op| op == "Reshape" || op == "Transpose"));
                 let folded = match &bias {
                     Some(bname) => match wname.strip_suffix(".weight") {
                         Some(p) => *bname != format!("{p}.bias"),
@@ -870,7 +956,9 @@ impl Cx<'_> {
                     },
                     // A pre-activation network (DenseNet) has bias-free convolutions
                     // that no BatchNorm follows; in a training export none is folded.
-                    None => !feeds_bn && !self.training_export,
+                    // A patch embedding (ViT's conv_proj, reshaped into tokens) has
+                    // none either: its zero bias was dropped.
+                    None => !feeds_bn && !self.training_export && !patchify,
                 };
                 let weight_name = if wname.ends_with(".weight") {
                     Some(wname.as_str())
@@ -1171,11 +1259,19 @@ impl Cx<'_> {
                         self.notes.add_total += 1;
                         let first = n.inputs[0].clone();
                         let out = n.outputs.first().cloned().unwrap_or_default();
+                        // torchvision's `out += identity` before a ReLU (ResNet), and
+                        // `result += input` after stochastic depth or a layer scale
+                        // (EfficientNet, ConvNeXt).
+                        let residual = self.uses.get(&out).map(Vec::as_slice)
+                            == Some(&["Relu".to_string()][..])
+                            || matches!(
+                                self.graph.nodes[*a].op,
+                                Op::StochasticDepth { .. } | Op::Mul
+                            );
                         let inplace = self.opts.inplace == Inplace::Torchvision
                             && *a != 0
                             && self.readers(&first) == 1
-                            && self.uses.get(&out).map(Vec::as_slice)
-                                == Some(&["Relu".to_string()][..]);
+                            && residual;
                         if inplace {
                             self.notes.add_inplace += 1;
                         }
@@ -1360,6 +1456,45 @@ impl Cx<'_> {
         };
         Ok((bound(1)?, bound(2)?))
     }
+}
+
+/// PyTorch's `named_parameters()` order where it differs from the order the layers run
+/// (a parameter of the root module, such as ViT's `class_token`, comes first): the
+/// exporters write the initializers in that order. `None` when every layer runs in that
+/// order already, or when some parameter is not an initializer of its own name (merged
+/// or folded by an exporter).
+fn param_order(g: &Graph, inits: &[proto::Tensor]) -> Option<Vec<NodeId>> {
+    let pos: HashMap<&str, usize> = inits
+        .iter()
+        .enumerate()
+        .map(|(i, t)| (t.name.as_str(), i))
+        .collect();
+    let mut keyed = Vec::new();
+    let mut rest = Vec::new();
+    for (i, n) in g.nodes.iter().enumerate() {
+        let specs = n.op.params();
+        if specs.is_empty() {
+            rest.push(i);
+            continue;
+        }
+        let mut first = usize::MAX;
+        for t in specs {
+            let name = if matches!(n.op, Op::Param { .. }) {
+                n.name.clone()
+            } else {
+                format!("{}.{}", n.name, t.name)
+            };
+            first = first.min(*pos.get(name.as_str())?);
+        }
+        keyed.push((first, i));
+    }
+    keyed.sort_unstable();
+    if keyed.windows(2).all(|w| w[0].1 < w[1].1) {
+        return None;
+    }
+    let mut order: Vec<NodeId> = keyed.into_iter().map(|(_, i)| i).collect();
+    order.extend(rest);
+    Some(order)
 }
 
 fn fmt_dims(d: &[Dim]) -> String {

@@ -56,6 +56,10 @@ fn mutated_fixtures_never_panic() {
         "resnet18_dynamo_eval_fresh",
         "tinyres_mean_torchscript_opset13",
         "mobilenet_v2_torchscript_eval",
+        "tiny_vit_torchscript_train",
+        "attn_net_dynamo_train",
+        "tiny_convnext_dynamo_train_noopt",
+        "shufflenet_v2_x0_5_dynamo_train_noopt",
     ] {
         let original = std::fs::read(dir.join(format!("{name}.onnx"))).unwrap();
         check(&original);
