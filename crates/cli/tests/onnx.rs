@@ -257,9 +257,8 @@ fn an_unsupported_op_is_refused_naming_node_op_and_opset() {
         String::from_utf8(out.stderr).unwrap(),
         format!(
             "error: {f}: node `/act/LeakyRelu`: op LeakyRelu (opset 17) is not supported; \
-             supported ops: Add, AveragePool, BatchNormalization, Cast, Clip, Concat, Constant, \
-             Conv, Dropout, Flatten, Gather, Gemm, GlobalAveragePool, Identity, MatMul, MaxPool, \
-             ReduceMean, Relu, Reshape, Shape, Squeeze, Unsqueeze\n"
+             supported ops: {}\n",
+            vramlab_onnx::SUPPORTED_OPS.join(", ")
         )
     );
     // Not ONNX at all, and a bad option.
