@@ -125,8 +125,10 @@ def rest_of_the_zoo():
     }
 
 
-def strip_weights(path):
-    """Initializers of more than 16 elements lose their bytes, keep dims and dtype."""
+def strip_weights(path, keep_scopes=False):
+    """Initializers of more than 16 elements lose their bytes, keep dims and dtype. With
+    `keep_scopes`, the dynamo exporter's module scopes and classes stay in each node's
+    metadata (`pkg.torch.onnx.name_scopes`, `pkg.torch.onnx.class_hierarchy`)."""
     m = onnx.load(path, load_external_data=False)
     offset = 0
     for t in m.graph.initializer:
@@ -147,9 +149,15 @@ def strip_weights(path):
             e.value = v
         offset += size
     # Stack traces and per-node metadata are most of a dynamo export's bytes.
+    keep = ("pkg.torch.onnx.name_scopes", "pkg.torch.onnx.class_hierarchy") if keep_scopes else ()
     for n in m.graph.node:
         n.ClearField("doc_string")
+        kept = [(p.key, p.value) for p in n.metadata_props if p.key in keep]
         n.ClearField("metadata_props")
+        for k, v in kept:
+            e = n.metadata_props.add()
+            e.key = k
+            e.value = v
     m.ClearField("metadata_props")
     onnx.save(m, path)
     for f in os.listdir(os.path.dirname(path) or "."):
@@ -157,7 +165,7 @@ def strip_weights(path):
             os.remove(os.path.join(os.path.dirname(path) or ".", f))
 
 
-def export(model, shape, path, dynamo, train, optimize=True, opset=None):
+def export(model, shape, path, dynamo, train, optimize=True, opset=None, keep_scopes=False):
     x = torch.randn(2, *shape)
     model.train(train)
     if dynamo:
@@ -175,7 +183,7 @@ def export(model, shape, path, dynamo, train, optimize=True, opset=None):
             training=torch.onnx.TrainingMode.TRAINING if train else torch.onnx.TrainingMode.EVAL,
             do_constant_folding=not train,
         )
-    strip_weights(path)
+    strip_weights(path, keep_scopes)
 
 
 def main():

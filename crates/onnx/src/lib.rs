@@ -14,6 +14,7 @@
 
 pub mod proto;
 mod transformer;
+mod whole;
 
 use std::collections::HashMap;
 use std::fmt;
@@ -190,6 +191,7 @@ pub fn from_model(
         training_export: false,
         names: HashMap::new(),
         param_nodes: HashMap::new(),
+        wholes: whole::by_params(&m.graph.initializers),
     };
     cx.run(&m.graph, name)?;
     let Cx { graph, notes, .. } = cx;
@@ -228,6 +230,9 @@ enum Val {
     },
     /// `x.reshape(B, C, H * W)` of a feature map, to become tokens once transposed.
     Flat(NodeId),
+    /// MaxViT's `SwapAxes(-2, -3)` of an activation, waiting for the `WindowDepartition`
+    /// that says what it was for.
+    Swapped(NodeId),
     /// `x.reshape(-1)`, batch and all: how the dynamo exporter begins an `as_strided`
     /// view (a `Gather` of computed positions), here of `x` in its own layout.
     Strided(NodeId),
@@ -262,6 +267,7 @@ impl Val {
             Val::Act(_)
             | Val::Gate { .. }
             | Val::Flat(_)
+            | Val::Swapped(_)
             | Val::Strided(_)
             | Val::Shuffle { .. }
             | Val::Erf { .. }
@@ -411,6 +417,8 @@ struct Cx<'a> {
     names: HashMap<String, usize>,
     /// Parameters used as values (`Op::Param`), by initializer name.
     param_nodes: HashMap<String, NodeId>,
+    /// Modules planned whole, told by their parameters ([`whole::by_params`]).
+    wholes: HashMap<String, whole::Whole>,
 }
 
 /// A constant input: its name, dims and (when small) values.
@@ -598,8 +606,39 @@ impl Cx<'_> {
         self.graph.input_shape = chw;
         self.vals.insert(input.name.clone(), Val::Act(0));
 
+        // The nodes of a module planned as one layer are gathered until the graph
+        // leaves it (constants written anywhere do not end the module).
+        let mut group: Option<(String, whole::Whole, Vec<&proto::Node>)> = None;
         for n in &g.nodes {
+            let w = self.whole_of(n);
+            if let Some((path, _, members)) = &mut group {
+                // The TorchScript exporter writes some of a module's nodes (its in-place
+                // index assignments) without a scope: they read the module's values.
+                let unscoped = w.is_none()
+                    && whole::scopes(n).is_empty()
+                    && n.inputs
+                        .iter()
+                        .any(|i| members.iter().any(|m| m.outputs.iter().any(|o| o == i)));
+                if unscoped || w.as_ref().is_some_and(|(p, _)| p == path) {
+                    members.push(n);
+                    continue;
+                }
+                if n.op_type == "Constant" {
+                    self.node(n)?;
+                    continue;
+                }
+                if let Some((path, kind, members)) = group.take() {
+                    self.whole(&path, kind, &members)?;
+                }
+            }
+            if let Some((path, kind)) = w {
+                group = Some((path, kind, vec![n]));
+                continue;
+            }
             self.node(n)?;
+        }
+        if let Some((path, kind, members)) = group.take() {
+            self.whole(&path, kind, &members)?;
         }
         // A model ending in a Sigmoid: the gate is its last layer.
         for o in &g.outputs {
@@ -632,6 +671,20 @@ impl Cx<'_> {
         }
         self.graph.param_order = param_order(&self.graph, &g.initializers);
         Ok(())
+    }
+
+    /// What a `Shape` node gives of a tensor of (full) shape `v`: its `start` and `end`
+    /// (opset 15), negative from the end, clamped.
+    fn shape_val(&self, n: &proto::Node, v: Vec<Option<i64>>) -> Val {
+        let len = v.len() as i64;
+        let clamp = |i: i64| (if i < 0 { i + len } else { i }).clamp(0, len) as usize;
+        let start = clamp(self.int_attr(n, "start", 0));
+        let end = clamp(self.int_attr(n, "end", len));
+        Val::Ints(if start < end {
+            v[start..end].to_vec()
+        } else {
+            Vec::new()
+        })
     }
 
     fn act(&self, n: &proto::Node, i: usize) -> Result<NodeId, OnnxError> {
@@ -818,17 +871,8 @@ impl Cx<'_> {
                 let shape = self.shape_of(x);
                 let mut v: Vec<Option<i64>> = vec![None];
                 v.extend(shape.iter().map(|&d| Some(d as i64)));
-                // start and end (opset 15), negative from the end, clamped.
-                let len = v.len() as i64;
-                let clamp = |i: i64| (if i < 0 { i + len } else { i }).clamp(0, len) as usize;
-                let start = clamp(self.int_attr(n, "start", 0));
-                let end = clamp(self.int_attr(n, "end", len));
-                let v = if start < end {
-                    v[start..end].to_vec()
-                } else {
-                    Vec::new()
-                };
-                self.set_out(n, Val::Ints(v));
+                let v = self.shape_val(n, v);
+                self.set_out(n, v);
                 return Ok(());
             }
             // Casts keep what their first input is; CastLike's second input only lends

@@ -51,6 +51,11 @@ pub struct Node {
     pub inputs: Vec<String>,
     pub outputs: Vec<String>,
     pub attributes: Vec<Attribute>,
+    /// The dynamo exporter's `pkg.torch.onnx.name_scopes` metadata: the module path of
+    /// the node, outermost first, as a Python list literal.
+    pub name_scopes: Option<String>,
+    /// Its `pkg.torch.onnx.class_hierarchy`: each of those modules' class.
+    pub class_hierarchy: Option<String>,
 }
 
 impl Node {
@@ -548,6 +553,31 @@ impl<S: Source> Reader<'_, S> {
                     let e = self.len_end(end)?;
                     self.charge(256)?;
                     n.attributes.push(self.attribute(e)?);
+                }
+                9 => {
+                    self.expect(w, LEN, "metadata_props")?;
+                    let e = self.len_end(end)?;
+                    let (mut key, mut value) = (String::new(), String::new());
+                    while let Some((f, w)) = self.key(e)? {
+                        match f {
+                            1 => {
+                                self.expect(w, LEN, "metadata key")?;
+                                key = self.string(e, "metadata key")?;
+                            }
+                            2 if key == "pkg.torch.onnx.name_scopes"
+                                || key == "pkg.torch.onnx.class_hierarchy" =>
+                            {
+                                self.expect(w, LEN, "metadata value")?;
+                                value = self.string(e, "metadata value")?;
+                            }
+                            _ => self.skip_field(w, e)?,
+                        }
+                    }
+                    match key.as_str() {
+                        "pkg.torch.onnx.name_scopes" => n.name_scopes = Some(value),
+                        "pkg.torch.onnx.class_hierarchy" => n.class_hierarchy = Some(value),
+                        _ => {}
+                    }
                 }
                 _ => self.skip_field(w, end)?,
             }

@@ -89,7 +89,7 @@ impl Cx<'_> {
     }
 
     /// An integer vector input (shape arithmetic or a constant), `None` entries unknown.
-    fn int_input(&self, n: &proto::Node, i: usize) -> Option<Vec<Option<i64>>> {
+    pub(crate) fn int_input(&self, n: &proto::Node, i: usize) -> Option<Vec<Option<i64>>> {
         match n.inputs.get(i).and_then(|s| self.vals.get(s)) {
             Some(Val::Ints(v)) => Some(v.clone()),
             Some(Val::Const {

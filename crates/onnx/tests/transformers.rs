@@ -43,11 +43,14 @@ fn count(s: &Shaped, f: impl Fn(&Op) -> bool) -> usize {
     s.nodes().iter().filter(|n| f(&n.op)).count()
 }
 
-const MODELS: [&str; 4] = [
+const MODELS: [&str; 7] = [
     "tiny_vit",
     "tiny_convnext",
     "shufflenet_v2_x0_5",
     "attn_net",
+    "tiny_swin",
+    "tiny_swin_v2",
+    "tiny_maxvit",
 ];
 
 #[test]
@@ -129,4 +132,76 @@ fn optimised_dynamo_exports_load_and_say_what_the_optimiser_lost() {
     let notes = l.notes.join("\n");
     assert!(notes.contains("1 Linear layers have no bias"), "{notes}");
     assert!(notes.contains("read by more than one layer"), "{notes}");
+}
+
+#[test]
+fn swin_and_maxvit_modules_are_planned_whole() {
+    for export in ["torchscript_train", "dynamo_train_noopt"] {
+        for model in ["tiny_swin", "tiny_swin_v2"] {
+            let file = format!("{model}_{export}");
+            let s = load(&onnx(&file), &Options::default())
+                .unwrap()
+                .graph
+                .infer()
+                .unwrap();
+            let windows: Vec<_> = s
+                .nodes()
+                .iter()
+                .filter_map(|n| match &n.op {
+                    Op::WindowAttention(w) => Some((w.heads, w.window, w.shift, w.v2)),
+                    _ => None,
+                })
+                .collect();
+            // Stage 1 on 8x8 maps: the second block shifts by half a window; stage 2's
+            // 4x4 maps fit one window, so neither of its blocks rolls.
+            let v2 = model == "tiny_swin_v2";
+            assert_eq!(
+                windows,
+                vec![
+                    (2, (4, 4), (0, 0), v2),
+                    (2, (4, 4), (2, 2), v2),
+                    (4, (4, 4), (0, 0), v2),
+                    (4, (4, 4), (0, 0), v2)
+                ],
+                "{file}"
+            );
+            assert_eq!(count(&s, |o| *o == Op::PatchMerge), 1, "{file}");
+        }
+        let file = format!("tiny_maxvit_{export}");
+        let s = load(&onnx(&file), &Options::default())
+            .unwrap()
+            .graph
+            .infer()
+            .unwrap();
+        // Two blocks of one layer each: a window and a grid attention per layer.
+        assert_eq!(
+            count(&s, |o| matches!(o, Op::RelPosAttention { .. })),
+            4,
+            "{file}"
+        );
+        assert_eq!(
+            count(&s, |o| matches!(o, Op::Partition { grid: true, .. })),
+            2,
+            "{file}"
+        );
+        assert_eq!(
+            count(&s, |o| matches!(o, Op::Departition { grid: true, .. })),
+            2,
+            "{file}"
+        );
+    }
+}
+
+#[test]
+fn an_optimised_swin_export_is_refused_saying_how_to_export_it() {
+    // The dynamo optimiser stores qkv.weight transposed under a new name: the window
+    // attention cannot be read, and the error says which export works.
+    let e = load(&onnx("tiny_swin_dynamo_train"), &Options::default())
+        .map(|_| ())
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("module `features.1.0.attn`") && e.contains("optimize=False"),
+        "{e}"
+    );
 }
