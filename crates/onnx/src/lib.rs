@@ -284,6 +284,8 @@ impl Val {
 
 #[derive(Default)]
 struct Notes {
+    /// Outputs besides the logits, planned as auxiliary classifiers.
+    aux: usize,
     relu_inplace: usize,
     add_inplace: usize,
     add_total: usize,
@@ -316,6 +318,14 @@ impl Notes {
                 "opset {opset}; the file fixes the batch at {n}: planned with --batch-size instead"
             )),
             _ => {}
+        }
+        if self.aux > 0 {
+            v.push(format!(
+                "the graph has {} outputs besides the logits: planned as auxiliary classifiers \
+                 trained with 0.3 x their loss (torchvision's GoogLeNet and Inception v3 \
+                 recipe); export with aux_logits=False if the model has none",
+                self.aux
+            ));
         }
         let folded = self.folded_bn + self.folded_bn_zero_bias;
         if folded > 0 {
@@ -669,6 +679,20 @@ impl Cx<'_> {
                 self.file
             )));
         }
+        // More outputs computed from the image: auxiliary classifiers (GoogLeNet's and
+        // Inception v3's in training mode), in the order they run.
+        let mut aux: Vec<NodeId> = g
+            .outputs
+            .iter()
+            .filter_map(|o| match self.vals.get(&o.name) {
+                Some(Val::Act(id)) if *id != out => Some(*id),
+                _ => None,
+            })
+            .collect();
+        aux.sort_unstable();
+        aux.dedup();
+        self.notes.aux = aux.len();
+        self.graph.aux = aux;
         self.graph.param_order = param_order(&self.graph, &g.initializers);
         Ok(())
     }
