@@ -180,6 +180,20 @@ pub struct Shaped {
     pub shapes: Vec<Shape>,
     /// For each node, the nodes that read it, in execution order.
     pub consumers: Vec<Vec<NodeId>>,
+    /// The named parameters and buffers, made on first use (a planner asks for them in
+    /// every simulation; naming them is string formatting).
+    named: NamedCache,
+}
+
+/// [`Shaped::params`] and [`Shaped::buffers`], computed once. Not part of a graph's
+/// identity: two graphs are equal whether or not either was asked for its names.
+#[derive(Debug, Clone, Default)]
+struct NamedCache(std::sync::OnceLock<[Vec<NamedTensor>; 2]>);
+
+impl PartialEq for NamedCache {
+    fn eq(&self, _: &Self) -> bool {
+        true
+    }
 }
 
 /// A parameter or buffer of the model with its full PyTorch name.
@@ -383,6 +397,7 @@ impl Graph {
             graph: self.clone(),
             shapes,
             consumers,
+            named: NamedCache::default(),
         })
     }
 }
@@ -409,13 +424,19 @@ impl Shaped {
     }
 
     /// All parameters in `model.parameters()` order.
-    pub fn params(&self) -> Vec<NamedTensor> {
-        self.named(|op| op.params())
+    pub fn params(&self) -> &[NamedTensor] {
+        &self.named_all()[0]
     }
 
     /// All buffers in `model.buffers()` order.
-    pub fn buffers(&self) -> Vec<NamedTensor> {
-        self.named(|op| op.buffers())
+    pub fn buffers(&self) -> &[NamedTensor] {
+        &self.named_all()[1]
+    }
+
+    fn named_all(&self) -> &[Vec<NamedTensor>; 2] {
+        self.named
+            .0
+            .get_or_init(|| [self.named(|op| op.params()), self.named(|op| op.buffers())])
     }
 
     /// The nodes in `model.parameters()` order.

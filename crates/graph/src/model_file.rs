@@ -921,7 +921,12 @@ mod tests {
             .unwrap();
         assert_eq!(file.num_params(), 62_006);
         assert_eq!(file.shapes, zoo.shapes);
-        let names = |s: &crate::Shaped| s.params().into_iter().map(|p| p.name).collect::<Vec<_>>();
+        let names = |s: &crate::Shaped| {
+            s.params()
+                .iter()
+                .map(|p| p.name.clone())
+                .collect::<Vec<_>>()
+        };
         assert_eq!(names(&file), names(&zoo));
     }
 
@@ -1289,7 +1294,7 @@ mod tests {
             .unwrap()
             .infer()
             .unwrap();
-        let names: Vec<String> = g.params().into_iter().map(|p| p.name).collect();
+        let names: Vec<String> = g.params().iter().map(|p| p.name.clone()).collect();
         assert!(
             names.contains(&"mbconv.body.6.fc1.weight".to_string()),
             "{names:?}"
@@ -1298,7 +1303,7 @@ mod tests {
             .unwrap()
             .infer()
             .unwrap();
-        let names: Vec<String> = g.params().into_iter().map(|p| p.name).collect();
+        let names: Vec<String> = g.params().iter().map(|p| p.name.clone()).collect();
         assert!(
             names.contains(&"dense1.layer.2.weight".to_string()),
             "{names:?}"
@@ -1422,7 +1427,7 @@ mod tests {
         .infer()
         .unwrap();
         assert_eq!(g.output_shape(), &vec![10]);
-        let names: Vec<String> = g.params().into_iter().map(|p| p.name).collect();
+        let names: Vec<String> = g.params().iter().map(|p| p.name.clone()).collect();
         assert!(names.contains(&"class_token".to_string()), "{names:?}");
         assert!(
             names.contains(&"layer0.attention.body.self_attention.in_proj_weight".to_string()),

@@ -43,8 +43,11 @@ fn every_zoo_model_has_torchvision_parameter_and_buffer_names_and_shapes() {
             .unwrap_or_else(|e| panic!("{name}: {e}"))
             .infer()
             .unwrap_or_else(|e| panic!("{name}: {e}"));
-        let ours: Vec<(String, Vec<usize>)> =
-            g.params().into_iter().map(|p| (p.name, p.shape)).collect();
+        let ours: Vec<(String, Vec<usize>)> = g
+            .params()
+            .iter()
+            .map(|p| (p.name.clone(), p.shape.clone()))
+            .collect();
         let theirs = listed(&tv["params"]);
         let first_diff = ours.iter().zip(&theirs).position(|(a, b)| a != b);
         assert!(
@@ -61,8 +64,11 @@ fn every_zoo_model_has_torchvision_parameter_and_buffer_names_and_shapes() {
             tv["num_params"].as_u64().unwrap() as u128,
             "{name}"
         );
-        let ours: Vec<(String, Vec<usize>)> =
-            g.buffers().into_iter().map(|p| (p.name, p.shape)).collect();
+        let ours: Vec<(String, Vec<usize>)> = g
+            .buffers()
+            .iter()
+            .map(|p| (p.name.clone(), p.shape.clone()))
+            .collect();
         assert_eq!(ours, listed(&tv["buffers"]), "{name} buffers");
         if let Some(n) = tv.get("params_no_aux") {
             let plain = g.graph.without_aux().infer().unwrap();

@@ -254,7 +254,7 @@ pub(crate) fn run(g: &Shaped, cfg: &PlanConfig) -> Result<(MemoryReport, Vec<u12
         .collect();
     let mut dist = dist;
     if let Some(d) = &mut dist {
-        d.buckets(&params, param_elem, &mut sim);
+        d.buckets(params, param_elem, &mut sim);
     }
     let mut buffer_bytes = 0;
     for b in g.buffers() {

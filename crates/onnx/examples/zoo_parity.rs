@@ -47,7 +47,12 @@ fn main() {
         total += 1;
         let input: Vec<usize> = rec["input"]
             .as_array()
-            .map(|a| a.iter().filter_map(|d| d.as_u64()).map(|d| d as usize).collect())
+            .map(|a| {
+                a.iter()
+                    .filter_map(|d| d.as_u64())
+                    .map(|d| d as usize)
+                    .collect()
+            })
             .unwrap_or_default();
         let opts = ModelOptions {
             num_classes: None,
@@ -88,10 +93,20 @@ fn main() {
             }
             Err(e) => serde_json::json!({ "equal": false, "error": e }),
         };
-        eprintln!("{name}: {}", if v["equal"] == true { "equal" } else { "DIFFERS" });
+        eprintln!(
+            "{name}: {}",
+            if v["equal"] == true {
+                "equal"
+            } else {
+                "DIFFERS"
+            }
+        );
         out.insert(name.clone(), v);
     }
     eprintln!("{equal} of {total} exports plan like the zoo");
     let summary = serde_json::json!({ "equal": equal, "exported": total, "models": out });
-    println!("{}", serde_json::to_string_pretty(&summary).unwrap_or_default());
+    println!(
+        "{}",
+        serde_json::to_string_pretty(&summary).unwrap_or_default()
+    );
 }

@@ -278,7 +278,7 @@ pub fn from_json(json: &Value, file: &str, name: &str) -> Result<Loaded, Pt2Erro
     let shaped = graph
         .infer()
         .map_err(|e| Pt2Error(format!("{file}: {e}")))?;
-    let names: Vec<String> = shaped.params().into_iter().map(|p| p.name).collect();
+    let names: Vec<String> = shaped.params().iter().map(|p| p.name.clone()).collect();
     if names != param_fqns {
         return Err(Pt2Error(format!(
             "{file}: the mapped layers name their parameters {} but the export lists {}",

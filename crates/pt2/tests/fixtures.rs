@@ -51,7 +51,7 @@ fn every_fixture_has_pytorchs_parameter_names_and_count() {
             want["num_params"].as_u64().unwrap() as u128,
             "{file}"
         );
-        let names: Vec<String> = s.params().into_iter().map(|p| p.name).collect();
+        let names: Vec<String> = s.params().iter().map(|p| p.name.clone()).collect();
         let want_names: Vec<String> = want["param_names"]
             .as_array()
             .unwrap()
@@ -59,7 +59,7 @@ fn every_fixture_has_pytorchs_parameter_names_and_count() {
             .map(|v| v.as_str().unwrap().to_string())
             .collect();
         assert_eq!(names, want_names, "{file}");
-        let shapes: Vec<Vec<usize>> = s.params().into_iter().map(|p| p.shape).collect();
+        let shapes: Vec<Vec<usize>> = s.params().iter().map(|p| p.shape.clone()).collect();
         let want_shapes: Vec<Vec<usize>> =
             serde_json::from_value(want["param_shapes"].clone()).unwrap();
         assert_eq!(shapes, want_shapes, "{file}");
@@ -89,7 +89,12 @@ fn simple_cnn_is_the_zoos_and_plans_to_pytorchs_measured_peak() {
         .infer()
         .unwrap();
     assert_eq!(structure(&s), structure(&z));
-    let names = |s: &Shaped| s.params().into_iter().map(|p| p.name).collect::<Vec<_>>();
+    let names = |s: &Shaped| {
+        s.params()
+            .iter()
+            .map(|p| p.name.clone())
+            .collect::<Vec<_>>()
+    };
     assert_eq!(names(&s), names(&z));
     for batch in [1, 8, 64] {
         assert_eq!(peak(&s, batch), peak(&z, batch), "batch {batch}");
@@ -289,7 +294,12 @@ fn tiny_mobilenet_plans_like_its_graphbuilder_twin() {
     for file in ["tiny_mobilenet_train.pt2", "tiny_mobilenet_eval.pt2"] {
         let (s, notes) = shaped(file);
         assert_eq!(structure(&s), structure(&twin), "{file}: {notes:?}");
-        let names = |s: &Shaped| s.params().into_iter().map(|p| p.name).collect::<Vec<_>>();
+        let names = |s: &Shaped| {
+            s.params()
+                .iter()
+                .map(|p| p.name.clone())
+                .collect::<Vec<_>>()
+        };
         assert_eq!(names(&s), names(&twin), "{file}");
         for batch in [1, 8, 32] {
             assert_eq!(peak(&s, batch), peak(&twin, batch), "{file} batch {batch}");

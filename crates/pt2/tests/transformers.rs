@@ -128,8 +128,8 @@ fn torchvision_transformers_plan_like_the_zoo_to_the_byte() {
             }
         }
         // Parameter names as PyTorch's named_parameters() gives them.
-        let zn: Vec<String> = z.params().into_iter().map(|p| p.name).collect();
-        let sn: Vec<String> = s.params().into_iter().map(|p| p.name).collect();
+        let zn: Vec<String> = z.params().iter().map(|p| p.name.clone()).collect();
+        let sn: Vec<String> = s.params().iter().map(|p| p.name.clone()).collect();
         assert_eq!(sn, zn, "{file}");
         checked += 1;
     }

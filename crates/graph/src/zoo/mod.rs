@@ -791,7 +791,7 @@ mod tests {
         let s = build("resnet18", &opts).unwrap().infer().unwrap();
         // From the reference measurement: 38,560 bytes of BN running stats.
         assert_eq!(s.buffer_bytes(), 38_560);
-        let names: Vec<String> = s.buffers().into_iter().map(|b| b.name).collect();
+        let names: Vec<String> = s.buffers().iter().map(|b| b.name.clone()).collect();
         assert!(names.contains(&"layer2.0.downsample.1.running_var".to_string()));
         assert!(names.contains(&"bn1.num_batches_tracked".to_string()));
     }
