@@ -137,7 +137,7 @@ def strip_weights(path, keep_scopes=False):
             n *= d
         if n <= 16:
             continue
-        size = n * 4
+        size = n * onnx.helper.tensor_dtype_to_np_dtype(t.data_type).itemsize
         t.ClearField("raw_data")
         t.ClearField("float_data")
         t.ClearField("int64_data")

@@ -29,6 +29,14 @@ Usage:
 Strategies: ddp (bucket_cap_mb=25, gradient_as_bucket_view=False), ddp_gabv
 (gradient_as_bucket_view=True), fsdp2 (fully_shard per block, then root,
 reshard_after_forward=True), fsdp1 (FullyShardedDataParallel FULL_SHARD, one unit per block).
+
+Options measured in session 6: ddp_unused (find_unused_parameters=True), ddp_static (static_graph=True),
+ddp_unused_gabv (find_unused_parameters=True, gradient_as_bucket_view=True), fsdp2_noreshard
+(reshard_after_forward=False everywhere), fsdp2_mp (MixedPrecisionPolicy(param_dtype=bf16,
+reduce_dtype=fp32)), fsdp2_mp_bf16reduce (param_dtype=bf16, reduce_dtype=bf16), fsdp2_offload
+(offload_policy=CPUOffloadPolicy()), fsdp2_offload_nopin (CPUOffloadPolicy(pin_memory=False)).
+DDP and FSDP2 records also carry `alloc_full` per step / wrap (every new storage, all ops, all sizes:
+"phase:op" -> {nbytes: count}) and `storage_dtypes_at_peak` (bytes by dtype of the live set at the peak).
 """
 import argparse
 import collections
@@ -104,6 +112,46 @@ STRATEGY_OPTIONS = {
                   "broadcast_buffers": True, "batched_grad_copy": False, "lazy_bucket_allocation": False},
     "fsdp2": {"api": "torch.distributed.fsdp.fully_shard", "reshard_after_forward": True,
               "wrap": "each BasicBlock / EncoderBlock, then the root", "mesh": "init_device_mesh('cpu', (world_size,))"},
+    # ---- DDP and FSDP2 options (fixtures/pytorch-cpu-distributed-options.json) ----
+    "ddp_unused": {"bucket_cap_mb": None, "bucket_bytes_cap": 25 * 2**20, "first_bucket_bytes_cap": 2**20,
+                   "gradient_as_bucket_view": False, "find_unused_parameters": True, "static_graph": False,
+                   "broadcast_buffers": True, "batched_grad_copy": False, "lazy_bucket_allocation": False},
+    "ddp_static": {"bucket_cap_mb": None, "bucket_bytes_cap": 25 * 2**20, "first_bucket_bytes_cap": 2**20,
+                   "gradient_as_bucket_view": False, "find_unused_parameters": False, "static_graph": True,
+                   "broadcast_buffers": True, "batched_grad_copy": False, "lazy_bucket_allocation": False},
+    "ddp_unused_gabv": {"bucket_cap_mb": None, "bucket_bytes_cap": 25 * 2**20, "first_bucket_bytes_cap": 2**20,
+                        "gradient_as_bucket_view": True, "find_unused_parameters": True, "static_graph": False,
+                        "broadcast_buffers": True, "batched_grad_copy": False, "lazy_bucket_allocation": False},
+    "fsdp2_noreshard": {"api": "torch.distributed.fsdp.fully_shard", "reshard_after_forward": False,
+                        "wrap": "each BasicBlock / EncoderBlock, then the root (all reshard_after_forward=False)",
+                        "mesh": "init_device_mesh('cpu', (world_size,))"},
+    "fsdp2_mp": {"api": "torch.distributed.fsdp.fully_shard", "reshard_after_forward": True,
+                 "wrap": "each BasicBlock / EncoderBlock, then the root", "mesh": "init_device_mesh('cpu', (world_size,))",
+                 "mp_policy": "MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32)",
+                 "param_dtype": "bfloat16", "reduce_dtype": "float32", "output_dtype": None,
+                 "cast_forward_inputs": True},
+    "fsdp2_mp_bf16reduce": {"api": "torch.distributed.fsdp.fully_shard", "reshard_after_forward": True,
+                            "wrap": "each BasicBlock / EncoderBlock, then the root",
+                            "mesh": "init_device_mesh('cpu', (world_size,))",
+                            "mp_policy": "MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.bfloat16)",
+                            "param_dtype": "bfloat16", "reduce_dtype": "bfloat16", "output_dtype": None,
+                            "cast_forward_inputs": True},
+    # extra (not in the brief): resnet18's BatchNorm refuses bf16 weights next to fp32 running stats on the
+    # CPU, so every BatchNorm2d gets its own fully_shard unit first with param_dtype=None (stays fp32)
+    "fsdp2_mp_bnfp32": {"api": "torch.distributed.fsdp.fully_shard", "reshard_after_forward": True,
+                        "wrap": "each BatchNorm2d (mp_policy=MixedPrecisionPolicy(param_dtype=None, reduce_dtype=torch.float32)), "
+                                "then each BasicBlock / EncoderBlock, then the root",
+                        "mesh": "init_device_mesh('cpu', (world_size,))",
+                        "mp_policy": "MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32)",
+                        "param_dtype": "bfloat16", "reduce_dtype": "float32", "output_dtype": None,
+                        "cast_forward_inputs": True, "bn_units_fp32": True},
+    "fsdp2_offload": {"api": "torch.distributed.fsdp.fully_shard", "reshard_after_forward": True,
+                      "wrap": "each BasicBlock / EncoderBlock, then the root", "mesh": "init_device_mesh('cpu', (world_size,))",
+                      "offload_policy": "CPUOffloadPolicy()", "pin_memory": True},
+    "fsdp2_offload_nopin": {"api": "torch.distributed.fsdp.fully_shard", "reshard_after_forward": True,
+                            "wrap": "each BasicBlock / EncoderBlock, then the root",
+                            "mesh": "init_device_mesh('cpu', (world_size,))",
+                            "offload_policy": "CPUOffloadPolicy(pin_memory=False)", "pin_memory": False},
     "fsdp1": {"api": "torch.distributed.fsdp.FullyShardedDataParallel", "sharding_strategy": "FULL_SHARD",
               "auto_wrap_policy": "ModuleWrapPolicy({BasicBlock, Bottleneck, EncoderBlock})",
               "use_orig_params": False, "device_id": "cpu"},
@@ -131,6 +179,7 @@ class DistTracker(StorageTracker):
     def __init__(self, model=None, optimizer=None, batch=(), resync=False):
         self.wref = {}
         self.origin = {}
+        self.key_dtype = {}
         self.cur_op = "existing"
         self.resync = resync
         self.fsdp_params = []     # FSDP2 FSDPParam objects
@@ -141,11 +190,13 @@ class DistTracker(StorageTracker):
     def _new_peak(self):
         super()._new_peak()
         self.peak_origin = {k: self.origin.get(k) for k in self.peak_live}
+        self.peak_dtype = {k: self.key_dtype.get(k) for k in self.peak_live} if hasattr(self, "key_dtype") else {}
 
     def _free(self, key):
         super()._free(key)
         self.wref.pop(key, None)
         self.origin.pop(key, None)
+        self.key_dtype.pop(key, None)
 
     def register(self, t):
         if isinstance(t, torch.Tensor):
@@ -157,6 +208,7 @@ class DistTracker(StorageTracker):
             key = t.untyped_storage()._cdata
             self.wref[key] = weakref.ref(t.untyped_storage())
             self.origin[key] = f"{self.phase}:{self.cur_op}"
+            self.key_dtype[key] = str(t.dtype)
             self.alloc_log.append((self.phase, self.cur_op, self.live[key]))
         return new
 
@@ -321,18 +373,39 @@ def wrap_model(strategy, model, ws):
         from torch.nn.parallel import DistributedDataParallel as DDP
         o = STRATEGY_OPTIONS[strategy]
         kw = {"bucket_cap_mb": o["bucket_cap_mb"]} if o["bucket_cap_mb"] is not None else {}
+        if o["find_unused_parameters"]:
+            kw["find_unused_parameters"] = True
+        if o["static_graph"]:
+            kw["static_graph"] = True
         w = DDP(model, gradient_as_bucket_view=o["gradient_as_bucket_view"], **kw)
         return w, info
-    if strategy == "fsdp2":
+    if strategy.startswith("fsdp2"):
         from torch.distributed.device_mesh import init_device_mesh
         from torch.distributed.fsdp import fully_shard
+        o = STRATEGY_OPTIONS[strategy]
+        fkw = {"reshard_after_forward": o["reshard_after_forward"]}
+        if "mp_policy" in o:
+            from torch.distributed.fsdp import MixedPrecisionPolicy
+            fkw["mp_policy"] = MixedPrecisionPolicy(param_dtype=getattr(torch, o["param_dtype"]),
+                                                    reduce_dtype=getattr(torch, o["reduce_dtype"]))
+        if "offload_policy" in o:
+            from torch.distributed.fsdp import CPUOffloadPolicy
+            fkw["offload_policy"] = CPUOffloadPolicy(pin_memory=o["pin_memory"])
+        info["fully_shard_kwargs"] = {k: repr(v) for k, v in fkw.items()}
         mesh = init_device_mesh("cpu", (ws,))
         units = []
+        if o.get("bn_units_fp32"):
+            from torch.distributed.fsdp import MixedPrecisionPolicy
+            for name, m in model.named_modules():
+                if isinstance(m, nn.modules.batchnorm._BatchNorm):
+                    fully_shard(m, mesh=mesh, reshard_after_forward=o["reshard_after_forward"],
+                                mp_policy=MixedPrecisionPolicy(param_dtype=None, reduce_dtype=torch.float32))
+                    units.append((name, m))
         for name, m in model.named_modules():
             if isinstance(m, block_types()):
-                fully_shard(m, mesh=mesh, reshard_after_forward=True)
+                fully_shard(m, mesh=mesh, **fkw)
                 units.append((name, m))
-        fully_shard(model, mesh=mesh, reshard_after_forward=True)
+        fully_shard(model, mesh=mesh, **fkw)
         units.append(("<root>", model))
         info["units"] = units
         return model, info
@@ -368,7 +441,77 @@ def fsdp2_units(info):
     return out, fps
 
 
-def run_rank(model_name, strategy, optim_name, bs, ws, rank, steps=2):
+def fsdp2_units_dtypes(info):
+    """After the run (lazy init done): per unit the all-gather dtype and bytes in that dtype,
+    the sharded parameter dtype/bytes, the reduce dtype and the sharded grad dtype."""
+    out = []
+    for name, m in info["units"]:
+        pg = m._get_fsdp_state()._fsdp_param_group
+        if pg is None:
+            continue
+        fl = pg.fsdp_params
+        ws = pg.mesh_info.shard_mesh_size
+        rec = {"unit": name}
+        pd = [fp.param_dtype or fp.orig_dtype for fp in fl]
+        rec["orig_dtypes"] = sorted({str(fp.orig_dtype) for fp in fl})
+        rec["all_gather_dtypes"] = sorted({str(d) for d in pd})
+        rec["reduce_dtypes"] = sorted({str(fp.unsharded_grad_dtype) for fp in fl})
+        rec["unsharded_bytes_in_param_dtype"] = sum(fp._orig_size.numel() * d.itemsize for fp, d in zip(fl, pd))
+        rec["padded_all_gather_bytes_in_param_dtype"] = sum(
+            fp.padded_sharded_param_size.numel() * d.itemsize for fp, d in zip(fl, pd)) * ws
+        rec["padded_reduce_scatter_input_bytes"] = sum(
+            fp.padded_sharded_param_size.numel() * fp.unsharded_grad_dtype.itemsize for fp in fl) * ws
+        rec["sharded_param_dtypes"] = sorted({str(_local(fp.sharded_param).dtype) for fp in fl})
+        gd = {str(_local(fp.sharded_param.grad).dtype) for fp in fl if fp.sharded_param.grad is not None}
+        rec["sharded_grad_dtypes"] = sorted(gd)
+        rec["sharded_grad_bytes"] = nbytes([_local(fp.sharded_param.grad) for fp in fl
+                                            if fp.sharded_param.grad is not None])   # distinct storages
+        rec["sharded_grad_numel_bytes"] = sum(_local(fp.sharded_param.grad).numel() * _local(fp.sharded_param.grad).element_size()
+                                              for fp in fl if fp.sharded_param.grad is not None)
+        rec["sharded_param_storage_devices_pinned"] = sorted({
+            (str(fp._sharded_param_data.device), bool(fp._sharded_param_data.is_pinned())
+             if torch.cuda.is_available() else None) for fp in fl}, key=str)
+        rec["offload_to_cpu"] = sorted({bool(getattr(fp, "offload_to_cpu", False)) for fp in fl})
+        out.append(rec)
+    return out
+
+
+def dtype_bytes(tr, keys):
+    """Bytes by dtype of the given tracker storage keys (dtype of the tensor that created it)."""
+    res = collections.Counter()
+    for k, nb in keys:
+        res[tr.key_dtype.get(k, "?")] += nb
+    return dict(res)
+
+
+def full_alloc_counter(log):
+    res = collections.defaultdict(collections.Counter)
+    for ph, op, nb in log:
+        res[f"{ph}:{op}"][nb] += 1
+    return {k: {str(n): c for n, c in sorted(v.items(), reverse=True)} for k, v in res.items()}
+
+
+def ddp_reducer_info(w):
+    """What the Reducer exposes from Python (no tracker running)."""
+    out = {}
+    try:
+        lum = w.reducer._get_local_used_map()
+        out["local_used_map"] = {"dtype": str(lum.dtype), "numel": lum.numel(),
+                                 "nbytes": lum.untyped_storage().nbytes(), "device": str(lum.device)}
+    except Exception as e:
+        out["local_used_map_error"] = repr(e)[:300]
+    out["has_rebuilt_buckets_attr"] = bool(getattr(w, "_has_rebuilt_buckets", False))
+    try:
+        ld = w._get_ddp_logging_data()
+        out["logging"] = {k: ld[k] for k in ("bucket_sizes", "rebuilt_bucket_sizes", "has_rebuilt_buckets",
+                                             "find_unused_parameters", "static_graph", "gradient_as_bucket_view",
+                                             "can_set_static_graph", "unused_parameter_size") if k in ld}
+    except Exception as e:
+        out["logging_error"] = repr(e)[:300]
+    return out
+
+
+def run_rank(model_name, strategy, optim_name, bs, ws, rank, steps=int(os.environ.get("DIST6_STEPS", "2"))):
     from torch.profiler import profile, ProfilerActivity, record_function
     import torch.distributed as dist
     torch.set_num_threads(1)
@@ -391,6 +534,9 @@ def run_rank(model_name, strategy, optim_name, bs, ws, rank, steps=2):
                 "batch_image_bytes": nbytes([x]), "batch_label_bytes": nbytes([y])})
     rec["batch_bytes"] = rec["batch_image_bytes"] + rec["batch_label_bytes"]
     del params  # FSDP replaces the parameters: hold no reference to the originals
+    is_ddp = strategy.startswith("ddp")
+    # extension: full allocation counters for the new strategies and the two baselines they are compared to
+    extended = strategy not in ("ddp_gabv", "ddp_cap25", "fsdp1")
     tr = DistTracker(model, None, (x, y), resync=strategy.startswith("fsdp"))
     tr.register_existing()
     live0 = tr.cur
@@ -402,8 +548,10 @@ def run_rank(model_name, strategy, optim_name, bs, ws, rank, steps=2):
             tr.phase = "idle"
     gc.collect()
     tr.model = wrapped
-    if strategy == "fsdp2":
+    if strategy.startswith("fsdp2"):
         rec["fsdp_units"], tr.fsdp_params = fsdp2_units(info)
+        if strategy != "fsdp2":
+            rec["fully_shard_kwargs"] = info.get("fully_shard_kwargs")
     if strategy == "fsdp1":
         from torch.distributed.fsdp import FullyShardedDataParallel as FSDP
         tr.extra_params = [m._handle.flat_param for m in wrapped.modules()
@@ -420,11 +568,15 @@ def run_rank(model_name, strategy, optim_name, bs, ws, rank, steps=2):
                    "residual_other_by_op": dict(collections.Counter(
                        tr.origin[k] for k in tr.live if cat.get(k) is None and tr.origin.get(k, "").startswith("wrap:"))),
                    "allocs_by_op": summarize_allocs(tr.alloc_log)}
+    if extended:
+        rec["wrap"]["alloc_full"] = full_alloc_counter(tr.alloc_log)
+        rec["wrap_allocs_all_ordered"] = [[op, nb] for ph, op, nb in tr.alloc_log if ph == "wrap"]
+        if is_ddp:
+            rec["ddp_after_wrap"] = ddp_reducer_info(wrapped)
     local_params = [_local(p) for p in wrapped.parameters()]
     rec["local_param_bytes"] = nbytes(local_params)
     rec["local_num_params"] = sum(p.numel() for p in local_params)
     del local_params
-    is_ddp = strategy.startswith("ddp")
     if is_ddp:
         model.register_forward_pre_hook(lambda m, a: setattr(tr, "phase", "forward"))
     names = [f"oracle_step{i + 1}" for i in range(steps)]
@@ -469,6 +621,13 @@ def run_rank(model_name, strategy, optim_name, bs, ws, rank, steps=2):
                                   "opt_state": bd["opt_state"], "batch": bd["batch"],
                                   "activations_temporaries": bd["other"]}
         step_rec["peak_other_by_origin"] = tr.peak_other_by_origin()
+        if extended:
+            _pd = collections.Counter()
+            for k, (nb, ser) in tr.peak_live.items():
+                _pd[tr.peak_dtype.get(k) or "?"] += nb
+            step_rec["peak_bytes_by_dtype"] = dict(_pd)
+            step_rec["live_after_bytes_by_dtype"] = dtype_bytes(tr, list(tr.live.items()))
+            step_rec["alloc_full"] = full_alloc_counter(tr.alloc_log)
         step_rec["live_after"] = tr.cur
         step_rec["live_after_breakdown"] = tr.breakdown()
         cat = tr.category_keys()
@@ -478,7 +637,9 @@ def run_rank(model_name, strategy, optim_name, bs, ws, rank, steps=2):
                                                     reverse=True)
         grads = [p.grad for p in wrapped.parameters() if p.grad is not None]
         step_rec["grad_bytes_after"] = nbytes([_local(gr) for gr in grads])
-        step_rec["grad_numel_bytes_after"] = sum(_local(gr).numel() * 4 for gr in grads)
+        step_rec["grad_numel_bytes_after"] = sum(_local(gr).numel() * _local(gr).element_size() for gr in grads)
+        if extended:
+            step_rec["grad_dtypes_after"] = dict(collections.Counter(str(_local(gr).dtype) for gr in grads))
         step_rec["grad_storages_after"] = len({_skey(gr) for gr in grads})
         step_rec["grads_after"] = len(grads)
         step_rec["opt_state_bytes_after"] = nbytes(
@@ -487,8 +648,12 @@ def run_rank(model_name, strategy, optim_name, bs, ws, rank, steps=2):
         step_rec["allocs_by_op"] = summarize_allocs(tr.alloc_log)
         if is_ddp:  # DDP's pre-forward: bucket rebuild (step 2), in allocation order
             step_rec["ddp_pre_forward_allocs"] = [[op, nb] for ph, op, nb in tr.alloc_log if ph == "ddp_pre_forward"]
+        if extended and is_ddp:
+            step_rec["ddp_reducer"] = ddp_reducer_info(wrapped)
         rec[f"step{i + 1}"] = step_rec
         del loss, grads, missed   # hold no gradient into the next step
+    if extended and strategy.startswith("fsdp2"):
+        rec["fsdp_units_dtypes"] = fsdp2_units_dtypes(info)
     if strategy == "fsdp1":
         rec["fsdp1_units"] = [{"numel_unsharded": fp._unpadded_unsharded_size.numel(),
                                "padded_unsharded_bytes": fp._padded_unsharded_size.numel() * 4,
@@ -501,6 +666,10 @@ def run_rank(model_name, strategy, optim_name, bs, ws, rank, steps=2):
                                                      "rebuilt_per_bucket_param_indices", "bucket_cap_bytes",
                                                      "gradient_as_bucket_view", "has_rebuilt_buckets",
                                                      "comm_hook") if k in ld}
+            if extended:
+                rec["ddp_logging"].update({k: ld[k] for k in ("find_unused_parameters", "static_graph",
+                                                              "can_set_static_graph", "unused_parameter_size")
+                                           if k in ld})
         except Exception as e:
             rec["ddp_logging_error"] = repr(e)
     prof.__exit__(None, None, None)
@@ -544,7 +713,7 @@ def launch(case, timeout=900):
         procs.append((subprocess.Popen([sys.executable, os.path.abspath(__file__), "--worker", case, "--rank", str(r),
                                         "--json-out", out], env=env, stdout=subprocess.PIPE,
                                        stderr=subprocess.STDOUT, text=True), out))
-    recs, errs = [], []
+    recs, errs, errs_full = [], [], []
     deadline = time.time() + timeout
     for r, (p, out) in enumerate(procs):
         try:
@@ -556,6 +725,7 @@ def launch(case, timeout=900):
         if p.returncode != 0 or not os.path.exists(out):
             lines = [l for l in (so or "").splitlines() if l.strip()]
             errl = [l for l in lines if "Error" in l or "error" in l]
+            errs_full.append(f"rank {r} rc={p.returncode}:\n" + "\n".join(lines[-40:]))
             errs.append(f"rank {r} rc={p.returncode}: " + (errl[-1] if errl else "\n".join(lines[-5:]))[-600:])
             sys.stderr.write((so or "")[-4000:])
         else:
@@ -563,7 +733,7 @@ def launch(case, timeout=900):
     if errs:
         return [{"model": model_name, "strategy": strategy, "optimizer": optim_name, "batch": int(bs),
                  "world_size": ws, "rank": None, "options": STRATEGY_OPTIONS[strategy], "torch": torch.__version__,
-                 "error": errs[0], "errors": errs}]
+                 "error": errs[0], "errors": errs, "error_output_tail": errs_full}]
     return recs
 
 

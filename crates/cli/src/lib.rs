@@ -301,6 +301,18 @@ pub struct PlanArgs {
     /// DDP's gradient_as_bucket_view: .grad tensors are views into the buckets.
     #[arg(long)]
     pub gradient_as_bucket_view: bool,
+    /// DDP's find_unused_parameters: a used-parameter map (an int32 per parameter, and its
+    /// copy), buckets built once at construction.
+    #[arg(long)]
+    pub find_unused_parameters: bool,
+    /// DDP's static_graph: the same map; the buckets are rebuilt after the second step.
+    #[arg(long)]
+    pub static_graph: bool,
+    /// FSDP2's reshard_after_forward (true or false; default true, false for
+    /// fsdp-grad-op): false keeps each unit's gathered parameters from its forward to its
+    /// backward.
+    #[arg(long, value_name = "BOOL")]
+    pub reshard_after_forward: Option<String>,
     /// NCCL's buffers outside PyTorch's allocator (default 256MiB, an estimate).
     #[arg(long, value_name = "SIZE")]
     pub nccl_buffer: Option<String>,
@@ -418,6 +430,41 @@ impl PlanArgs {
         let mut d = Distributed::new(self.gpus, self.nodes, strategy);
         d.bucket_cap_bytes = (self.bucket_cap_mb * 1024.0 * 1024.0) as u128;
         d.gradient_as_bucket_view = self.gradient_as_bucket_view;
+        if (self.find_unused_parameters || self.static_graph) && strategy != Strategy::Ddp {
+            let flag = if self.find_unused_parameters {
+                "--find-unused-parameters"
+            } else {
+                "--static-graph"
+            };
+            return Err(UserError(format!(
+                "{flag} is DDP's (got --strategy {})",
+                strategy.name()
+            )));
+        }
+        d.find_unused_parameters = self.find_unused_parameters;
+        d.static_graph = self.static_graph;
+        if let Some(v) = &self.reshard_after_forward {
+            let on = match v.as_str() {
+                "true" | "True" => true,
+                "false" | "False" => false,
+                _ => {
+                    return Err(UserError(format!(
+                        "--reshard-after-forward: expected true or false, got `{v}`"
+                    )))
+                }
+            };
+            if !matches!(
+                strategy,
+                Strategy::Fsdp | Strategy::Hybrid | Strategy::FsdpGradOp
+            ) {
+                return Err(UserError(format!(
+                    "--reshard-after-forward is FSDP2's (fsdp, fsdp-grad-op, hybrid; got \
+                     --strategy {})",
+                    strategy.name()
+                )));
+            }
+            d.reshard_after_forward = Some(on);
+        }
         d.nccl_bytes = self
             .nccl_buffer
             .as_deref()

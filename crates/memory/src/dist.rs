@@ -132,6 +132,17 @@ pub struct Distributed {
     pub bucket_cap_bytes: u128,
     /// DDP's `gradient_as_bucket_view`.
     pub gradient_as_bucket_view: bool,
+    /// DDP's `find_unused_parameters`: the reducer keeps a used-parameter map (an int32
+    /// per parameter, and its copy for the allreduce) and builds its buckets with the
+    /// caps at construction, never rebuilding them.
+    pub find_unused_parameters: bool,
+    /// DDP's `static_graph`: the same two maps; the buckets are rebuilt after the second
+    /// iteration instead of the first (same sizes).
+    pub static_graph: bool,
+    /// FSDP2's `reshard_after_forward` (`None`: the strategy's own: True, but False for
+    /// `fsdp-grad-op`): False keeps every unit's gathered parameters from its forward to
+    /// its backward.
+    pub reshard_after_forward: Option<bool>,
     /// NCCL's buffers outside PyTorch's allocator (pytorch-cuda); `None`:
     /// [`DEFAULT_NCCL_BYTES`].
     pub nccl_bytes: Option<u128>,
@@ -147,8 +158,31 @@ impl Distributed {
             strategy,
             bucket_cap_bytes: 25 << 20,
             gradient_as_bucket_view: false,
+            find_unused_parameters: false,
+            static_graph: false,
+            reshard_after_forward: None,
             nccl_bytes: None,
             wrap: Vec::new(),
+        }
+    }
+
+    /// Gathered parameters freed after each unit's forward (and gathered again for its
+    /// backward).
+    pub fn reshards_after_forward(&self) -> bool {
+        self.strategy.shards_params()
+            && self
+                .reshard_after_forward
+                .unwrap_or(self.strategy.reshards_after_forward())
+    }
+
+    /// Bytes of the reducer's used-parameter maps (`local_used_map_` and
+    /// `local_used_map_dev_`: an int32 per parameter each), kept from construction on
+    /// under `find_unused_parameters` or `static_graph`.
+    pub fn used_map_bytes(&self, params: usize) -> u128 {
+        if self.strategy == Strategy::Ddp && (self.find_unused_parameters || self.static_graph) {
+            4 * params as u128
+        } else {
+            0
         }
     }
 

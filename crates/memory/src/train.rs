@@ -493,6 +493,30 @@ fn checked(a: u128, b: u128, c: u128) -> Result<u128, PlanError> {
         .ok_or_else(|| PlanError::Config("sizes overflow 128-bit arithmetic".into()))
 }
 
+/// torchvision's ViT: for the concatenation `i` of the class token and the patch tokens
+/// whose sum with `encoder.pos_embedding` enters the encoder, the encoder's last node
+/// (the one the class token's select reads).
+fn vit_encoder_end(g: &Shaped, i: usize) -> Option<usize> {
+    let nodes = g.nodes();
+    let is_param = |j: usize, suffix: &str| {
+        matches!(nodes[j].op, Op::Param { .. }) && nodes[j].name.ends_with(suffix)
+    };
+    if !nodes[i].inputs.iter().any(|&j| is_param(j, "class_token")) {
+        return None;
+    }
+    let add = *g.consumers[i].first()?;
+    if !matches!(nodes[add].op, Op::Add { .. })
+        || !nodes[add]
+            .inputs
+            .iter()
+            .any(|&j| is_param(j, "encoder.pos_embedding"))
+    {
+        return None;
+    }
+    let select = (add..nodes.len()).find(|&k| matches!(nodes[k].op, Op::Select { .. }))?;
+    nodes[select].inputs.first().copied()
+}
+
 /// For each node, the index of its first parameter in `params()` order.
 fn param_index(g: &Shaped) -> Vec<usize> {
     g.first_param_index()
@@ -1320,6 +1344,15 @@ impl Runner<'_> {
                         .collect();
                     let grad_fn =
                         (train && !edges.is_empty()).then(|| self.record(i, vec![], edges, vec![]));
+                    // torchvision's VisionTransformer.forward keeps this concatenation in
+                    // its local `x` until `self.encoder(x)` returns (after the encoder's
+                    // final LayerNorm, the node the class token's select reads). Told by
+                    // torchvision's parameter names: the class token joined, then
+                    // `encoder.pos_embedding` added.
+                    if let Some(end) = vit_encoder_end(g, i) {
+                        self.sim.incref(out);
+                        self.held_until.push((end, out));
+                    }
                     plain(out, grad_fn, elem)
                 }
                 Op::StochasticDepth { p, row } => {
@@ -2751,6 +2784,10 @@ struct DistState {
     /// The last reduce-scatter's input, alive until the next one is issued (FSDP2's
     /// `reduce_scatter_state`) or backward ends.
     pending_reduce: Option<Sid>,
+    /// FSDP2 in forward: the last all-gather output, kept after its copy-out until the
+    /// next unit's copy-out or the end of the root's forward (`comm_ctx.all_gather_state`,
+    /// to overlap a copy-out with the next all-gather).
+    retained: Option<Sid>,
 }
 
 impl DistState {
@@ -2822,6 +2859,7 @@ impl DistState {
             arrived: vec![0; n_units],
             reduced: vec![false; n_units],
             pending_reduce: None,
+            retained: None,
         })
     }
 
@@ -2840,6 +2878,12 @@ impl DistState {
         for b in dist::ddp_buckets(&sizes, self.cfg.bucket_cap_bytes) {
             sim.alloc(b, Some(category));
         }
+        // find_unused_parameters / static_graph: the used-parameter map and its copy.
+        let map = self.cfg.used_map_bytes(params.len());
+        if map > 0 {
+            sim.alloc(map, Some(Category::Communication));
+            sim.alloc(map, Some(Category::Communication));
+        }
     }
 
     fn sharding(&self) -> bool {
@@ -2850,7 +2894,7 @@ impl DistState {
     /// makes them usable. FSDP1 gathers into the flat parameter itself; FSDP2 gathers
     /// into one output and copies it out into each parameter's own storage, the output
     /// alive until then (a prefetched unit's until its backward starts).
-    fn gather(&mut self, u: usize, copy_out: bool, sim: &mut Sim) {
+    fn gather(&mut self, u: usize, copy_out: bool, in_forward: bool, sim: &mut Sim) {
         if !self.sharding() || self.unit_bytes[u] == 0 {
             return;
         }
@@ -2865,9 +2909,20 @@ impl DistState {
         }
         if copy_out {
             if let Some(out) = self.staged[u].take() {
+                // FSDP2's wait_for_unshard: in forward, the previous unit's output goes
+                // before this copy-out, and this one is kept in its place.
+                if in_forward {
+                    if let Some(prev) = self.retained.take() {
+                        sim.decref(prev);
+                    }
+                }
                 let s = sim.alloc(self.unit_bytes[u], Some(Category::Communication));
                 sim.boundary("split_with_sizes_copy");
-                sim.decref(out);
+                if in_forward {
+                    self.retained = Some(out);
+                } else {
+                    sim.decref(out);
+                }
                 self.gathered[u] = Some(s);
             }
         }
@@ -2888,7 +2943,7 @@ impl Runner<'_> {
     fn dist_before_forward(&mut self, i: usize) {
         if let Some(d) = &mut self.dist {
             let u = d.unit_of_node[i];
-            d.gather(u, true, &mut self.sim);
+            d.gather(u, true, true, &mut self.sim);
         }
     }
 
@@ -2897,8 +2952,14 @@ impl Runner<'_> {
     fn dist_after_forward(&mut self, i: usize) {
         if let Some(d) = &mut self.dist {
             let u = d.unit_of_node[i];
-            if u != 0 && d.unit_last[u] == i && d.cfg.strategy.reshards_after_forward() {
+            if u != 0 && d.unit_last[u] == i && d.cfg.reshards_after_forward() {
                 d.release(u, &mut self.sim);
+            }
+            // The root's post-forward frees the last kept all-gather output.
+            if i + 1 == d.unit_of_node.len() {
+                if let Some(out) = d.retained.take() {
+                    self.sim.decref(out);
+                }
             }
         }
     }
@@ -2912,7 +2973,7 @@ impl Runner<'_> {
                 if d.reduced[u] {
                     return;
                 }
-                d.gather(u, true, &mut self.sim);
+                d.gather(u, true, false, &mut self.sim);
                 let units = d.unit_bytes.len();
                 let next = if u == 0 {
                     (1..units).rev().find(|&v| d.unit_bytes[v] > 0)
@@ -2920,7 +2981,7 @@ impl Runner<'_> {
                     (1..u).rev().find(|&v| d.unit_bytes[v] > 0)
                 };
                 if let Some(v) = next.filter(|&v| !d.reduced[v]) {
-                    d.gather(v, false, &mut self.sim);
+                    d.gather(v, false, false, &mut self.sim);
                 }
             }
         }
@@ -3004,6 +3065,9 @@ impl Runner<'_> {
             }
             if let Some(prev) = d.pending_reduce.take() {
                 self.sim.decref(prev);
+            }
+            if let Some(out) = d.retained.take() {
+                self.sim.decref(out);
             }
             d.arrived.iter_mut().for_each(|a| *a = 0);
             d.reduced.iter_mut().for_each(|r| *r = false);

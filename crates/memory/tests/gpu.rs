@@ -110,7 +110,10 @@ const BOUNDS: &[(&str, &str, f64, f64)] = &[
         4.4,
         0.1,
     ),
-    ("h100", "vit_b_16 3x224x224 64 adam fp32", 0.1, 0.8),
+    // The class-token concatenation held through the encoder's forward (as
+    // VisionTransformer.forward's local `x` holds it) moved the reserved figure from
+    // -0.65 % to -1.00 %: the peak allocated is unchanged.
+    ("h100", "vit_b_16 3x224x224 64 adam fp32", 0.1, 1.1),
     ("h100", "resnet50 3x224x224 32 sgd fp32", 0.4, 5.3),
     ("h100", "swin_t 3x224x224 32 adam fp32", 0.1, 0.4),
     ("h100", "swin_t 3x224x224 32 adamw amp-bf16", 0.2, 2.1),
