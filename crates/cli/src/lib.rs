@@ -313,6 +313,15 @@ pub struct PlanArgs {
     /// backward.
     #[arg(long, value_name = "BOOL")]
     pub reshard_after_forward: Option<String>,
+    /// FSDP2's MixedPrecisionPolicy param_dtype (bf16, fp16 or fp32): the dtype the
+    /// parameters are gathered in and the model computes in; shards, gradients and
+    /// optimizer state stay fp32.
+    #[arg(long, value_name = "DTYPE")]
+    pub param_dtype: Option<String>,
+    /// FSDP2's MixedPrecisionPolicy reduce_dtype (default: the param_dtype): the dtype
+    /// gradients are reduce-scattered in.
+    #[arg(long, value_name = "DTYPE")]
+    pub reduce_dtype: Option<String>,
     /// NCCL's buffers outside PyTorch's allocator (default 256MiB, an estimate).
     #[arg(long, value_name = "SIZE")]
     pub nccl_buffer: Option<String>,
@@ -464,6 +473,41 @@ impl PlanArgs {
                 )));
             }
             d.reshard_after_forward = Some(on);
+        }
+        let dtype = |flag: &str, v: &str| -> Result<u128> {
+            match v {
+                "bf16" | "bfloat16" | "fp16" | "float16" => Ok(2),
+                "fp32" | "float32" => Ok(4),
+                _ => Err(UserError(format!(
+                    "{flag}: expected bf16, fp16 or fp32, got `{v}`"
+                ))),
+            }
+        };
+        for (flag, v) in [
+            ("--param-dtype", &self.param_dtype),
+            ("--reduce-dtype", &self.reduce_dtype),
+        ] {
+            let Some(v) = v else { continue };
+            if !matches!(strategy, Strategy::Fsdp | Strategy::Hybrid | Strategy::FsdpGradOp) {
+                return Err(UserError(format!(
+                    "{flag} is FSDP2's MixedPrecisionPolicy (fsdp, fsdp-grad-op, hybrid; got \
+                     --strategy {})",
+                    strategy.name()
+                )));
+            }
+            if self.precision != "fp32" {
+                return Err(UserError(format!(
+                    "{flag} sets the precision FSDP2 computes in: use it with --precision fp32 \
+                     (got --precision {})",
+                    self.precision
+                )));
+            }
+            let b = dtype(flag, v)?;
+            if flag == "--param-dtype" {
+                d.param_dtype_bytes = Some(b);
+            } else {
+                d.reduce_dtype_bytes = Some(b);
+            }
         }
         d.nccl_bytes = self
             .nccl_buffer

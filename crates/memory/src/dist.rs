@@ -143,6 +143,12 @@ pub struct Distributed {
     /// `fsdp-grad-op`): False keeps every unit's gathered parameters from its forward to
     /// its backward.
     pub reshard_after_forward: Option<bool>,
+    /// FSDP2's `MixedPrecisionPolicy(param_dtype, reduce_dtype)`: bytes per element of
+    /// the gathered parameters (and so of everything the model computes; `None`: the
+    /// parameters' own, fp32), and of the gradient reduce-scatter (`None`: the
+    /// param_dtype). Sharded parameters, gradients and optimizer state stay fp32.
+    pub param_dtype_bytes: Option<u128>,
+    pub reduce_dtype_bytes: Option<u128>,
     /// NCCL's buffers outside PyTorch's allocator (pytorch-cuda); `None`:
     /// [`DEFAULT_NCCL_BYTES`].
     pub nccl_bytes: Option<u128>,
@@ -161,6 +167,8 @@ impl Distributed {
             find_unused_parameters: false,
             static_graph: false,
             reshard_after_forward: None,
+            param_dtype_bytes: None,
+            reduce_dtype_bytes: None,
             nccl_bytes: None,
             wrap: Vec::new(),
         }
@@ -173,6 +181,11 @@ impl Distributed {
             && self
                 .reshard_after_forward
                 .unwrap_or(self.strategy.reshards_after_forward())
+    }
+
+    /// FSDP2 with a lower `param_dtype` than the parameters' fp32.
+    pub fn mixed_precision(&self) -> bool {
+        self.param_dtype_bytes.is_some_and(|b| b < 4)
     }
 
     /// Bytes of the reducer's used-parameter maps (`local_used_map_` and

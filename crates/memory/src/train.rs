@@ -196,7 +196,19 @@ pub(crate) fn run(g: &Shaped, cfg: &PlanConfig) -> Result<(MemoryReport, Vec<u12
     }
     let micro = (cfg.batch_size / acc as u64) as u128;
     let half_model = cfg.precision == Precision::Bf16;
-    let param_elem: u128 = if half_model { 2 } else { 4 };
+    // FSDP2's MixedPrecisionPolicy: the model computes in param_dtype (its gathered
+    // parameters, activations, gradients); shards and optimizer state stay fp32.
+    let mixed = cfg
+        .distributed
+        .as_ref()
+        .filter(|d| d.mixed_precision())
+        .and_then(|d| d.param_dtype_bytes);
+    let param_elem: u128 = match mixed {
+        Some(b) => b,
+        None if half_model => 2,
+        None => 4,
+    };
+    let shard_elem: u128 = if mixed.is_some() { 4 } else { param_elem };
     // NCCL's buffers sit outside PyTorch's allocator, like the context (an estimate).
     let nccl = match &cfg.distributed {
         Some(d) if rules.cuda && d.world_size() > 1 => {
@@ -228,7 +240,7 @@ pub(crate) fn run(g: &Shaped, cfg: &PlanConfig) -> Result<(MemoryReport, Vec<u12
 
     let mut param_sids = Vec::with_capacity(params.len());
     let dist = match &cfg.distributed {
-        Some(d) => Some(DistState::new(g, d, param_elem, &mut sim)?),
+        Some(d) => Some(DistState::new(g, d, shard_elem, &mut sim)?),
         None => None,
     };
     let mut slots: Vec<ParamSlot> = params
@@ -258,8 +270,9 @@ pub(crate) fn run(g: &Shaped, cfg: &PlanConfig) -> Result<(MemoryReport, Vec<u12
     }
     let mut buffer_bytes = 0;
     for b in g.buffers() {
+        // Buffers are not cast by a MixedPrecisionPolicy.
         let bytes = if b.elem_bytes == 4 {
-            b.numel() * param_elem
+            b.numel() * shard_elem
         } else {
             b.bytes()
         };
@@ -286,6 +299,7 @@ pub(crate) fn run(g: &Shaped, cfg: &PlanConfig) -> Result<(MemoryReport, Vec<u12
         sim,
         micro,
         param_elem,
+        loss_elem: 4,
         nodes: Vec::new(),
         seq: 0,
         node_of_param: param_index(g),
@@ -540,6 +554,8 @@ struct Runner<'a> {
     sim: Sim,
     micro: u128,
     param_elem: u128,
+    /// Bytes per element of the loss (fp32, but a bf16 model's own without autocast).
+    loss_elem: u128,
     nodes: Vec<BNode>,
     seq: u64,
     node_of_param: Vec<usize>,
@@ -770,9 +786,25 @@ impl Runner<'_> {
         let g = self.g;
         let n = g.nodes().len();
         self.sim.phase = Phase::Forward;
-        self.sim.incref(image);
         let mut vals: Vec<Option<Value>> = vec![None; n];
-        vals[0] = Some(plain(image, None, image_elem));
+        // FSDP2's MixedPrecisionPolicy casts the forward's inputs to param_dtype
+        // (cast_forward_inputs=True); the fp32 batch stays.
+        let cast = self
+            .dist
+            .as_ref()
+            .filter(|d| d.gather_elem != d.elem)
+            .map(|d| d.gather_elem);
+        match cast {
+            Some(e) => {
+                let bytes = self.sim.bytes(image) / image_elem * e;
+                let copy = self.op(bytes, "aten._to_copy.default");
+                vals[0] = Some(plain(copy, None, e));
+            }
+            None => {
+                self.sim.incref(image);
+                vals[0] = Some(plain(image, None, image_elem));
+            }
+        }
         // AMP's autocast cache: half copies of weights, alive until autocast exits.
         let mut amp_cache: Vec<Sid> = Vec::new();
         let segments = if train {
@@ -2490,8 +2522,11 @@ impl Runner<'_> {
         self.current_node = usize::MAX;
         let mut input = logits;
         let mut cast = None;
-        if logits.elem != 4 {
-            // Autocast runs log_softmax in fp32.
+        // Autocast runs log_softmax in fp32; a model that computes in bf16 without it
+        // (FSDP2's MixedPrecisionPolicy) takes its loss in bf16.
+        let e = if self.amp() { 4 } else { logits.elem };
+        self.loss_elem = e;
+        if logits.elem != 4 && self.amp() {
             let c = self.op(b * k * 4, "aten._to_copy.default");
             let f = self.record(
                 self.loss_layer,
@@ -2505,26 +2540,26 @@ impl Runner<'_> {
             cast = Some(c);
             input = plain(c, Some(f), 4);
         }
-        let ls = self.op(b * k * 4, "aten._log_softmax.default");
+        let ls = self.op(b * k * e, "aten._log_softmax.default");
         let ls_node = self.record(
             self.loss_layer,
             vec![ls],
             vec![(
                 Edge::Node(input.grad_fn.expect("checked")),
-                Grad::Alloc(b * k * 4),
+                Grad::Alloc(b * k * e),
             )],
             vec![("aten._log_softmax_backward_data.default", vec![0])],
         );
         if let Some(c) = cast {
             self.sim.decref(c);
         }
-        let loss = self.sim.alloc(4, None);
-        let total_weight = self.sim.alloc(4, None);
+        let loss = self.sim.alloc(e, None);
+        let total_weight = self.sim.alloc(e, None);
         self.sim.boundary("aten.nll_loss_forward.default");
         let root = self.record(
             self.loss_layer,
             vec![total_weight],
-            vec![(Edge::Node(ls_node), Grad::Alloc(b * k * 4))],
+            vec![(Edge::Node(ls_node), Grad::Alloc(b * k * e))],
             vec![("aten.nll_loss_backward.default", vec![0])],
         );
         self.sim.decref(total_weight);
@@ -2585,7 +2620,7 @@ impl Runner<'_> {
                 }
             }
         }
-        let seed = self.op(4, "aten.ones_like.default");
+        let seed = self.op(self.loss_elem, "aten.ones_like.default");
         self.sim.incref(seed);
         // Each node's incoming gradient: its storage and its own size (a slice of a
         // concatenation's gradient is smaller than the storage it keeps alive).
@@ -2784,6 +2819,11 @@ struct DistState {
     /// The last reduce-scatter's input, alive until the next one is issued (FSDP2's
     /// `reduce_scatter_state`) or backward ends.
     pending_reduce: Option<Sid>,
+    /// Bytes per element of the shards, of the gathered parameters (a
+    /// MixedPrecisionPolicy's param_dtype) and of the gradient reduce-scatter.
+    elem: u128,
+    gather_elem: u128,
+    reduce_elem: u128,
     /// FSDP2 in forward: the last all-gather output, kept after its copy-out until the
     /// next unit's copy-out or the end of the root's forward (`comm_ctx.all_gather_state`,
     /// to overlap a copy-out with the next all-gather).
@@ -2859,6 +2899,16 @@ impl DistState {
             arrived: vec![0; n_units],
             reduced: vec![false; n_units],
             pending_reduce: None,
+            elem,
+            gather_elem: d
+                .param_dtype_bytes
+                .filter(|_| d.mixed_precision())
+                .unwrap_or(elem),
+            reduce_elem: d
+                .reduce_dtype_bytes
+                .or(d.param_dtype_bytes)
+                .filter(|_| d.mixed_precision())
+                .unwrap_or(elem),
             retained: None,
         })
     }
@@ -2886,6 +2936,16 @@ impl DistState {
         }
     }
 
+    /// Bytes of unit `u` gathered (in param_dtype).
+    fn gather_bytes(&self, u: usize) -> u128 {
+        self.unit_bytes[u] / self.elem * self.gather_elem
+    }
+
+    /// Bytes of unit `u`'s reduce-scatter input (in reduce_dtype).
+    fn reduce_bytes(&self, u: usize) -> u128 {
+        self.unit_bytes[u] / self.elem * self.reduce_elem
+    }
+
     fn sharding(&self) -> bool {
         self.cfg.strategy.shards_params() && self.ranks > 1
     }
@@ -2899,8 +2959,17 @@ impl DistState {
             return;
         }
         if self.gathered[u].is_none() && self.staged[u].is_none() {
-            let s = sim.alloc(self.unit_bytes[u], Some(Category::Communication));
+            // A lower param_dtype: the shard is first cast into a flat all-gather input
+            // (the fp32 path gathers from a view of the output).
+            let cast = (self.gather_elem != self.elem).then(|| {
+                let b = self.gather_bytes(u) / self.ranks;
+                sim.alloc(b, Some(Category::Communication))
+            });
+            let s = sim.alloc(self.gather_bytes(u), Some(Category::Communication));
             sim.boundary("all_gather_into_tensor");
+            if let Some(c) = cast {
+                sim.decref(c);
+            }
             if self.cfg.strategy.flat_params() {
                 self.gathered[u] = Some(s);
             } else {
@@ -2916,7 +2985,7 @@ impl DistState {
                         sim.decref(prev);
                     }
                 }
-                let s = sim.alloc(self.unit_bytes[u], Some(Category::Communication));
+                let s = sim.alloc(self.gather_bytes(u), Some(Category::Communication));
                 sim.boundary("split_with_sizes_copy");
                 if in_forward {
                     self.retained = Some(out);
@@ -3045,13 +3114,22 @@ impl Runner<'_> {
         }
         let input = self
             .sim
-            .alloc(d.unit_bytes[u], Some(Category::Communication));
+            .alloc(d.reduce_bytes(u), Some(Category::Communication));
         self.sim.boundary("reduce_scatter_tensor");
+        // A reduce_dtype below the shards': the reduced shard, cast up into the sharded
+        // gradients.
+        let low = (d.reduce_elem < d.elem).then(|| {
+            let b = d.reduce_bytes(u) / d.ranks;
+            self.sim.alloc(b, Some(Category::Communication))
+        });
         for &q in &d.unit_params[u] {
             if let Some(full) = slots[q].grad.take() {
                 self.sim.decref(full);
             }
             slots[q].grad = Some(self.sim.alloc(d.param_shard[q], Some(Category::Grads)));
+        }
+        if let Some(l) = low {
+            self.sim.decref(l);
         }
         self.sim.boundary("reduce_scatter_tensor");
         d.pending_reduce = Some(input);
