@@ -488,7 +488,10 @@ impl PlanArgs {
             ("--reduce-dtype", &self.reduce_dtype),
         ] {
             let Some(v) = v else { continue };
-            if !matches!(strategy, Strategy::Fsdp | Strategy::Hybrid | Strategy::FsdpGradOp) {
+            if !matches!(
+                strategy,
+                Strategy::Fsdp | Strategy::Hybrid | Strategy::FsdpGradOp
+            ) {
                 return Err(UserError(format!(
                     "{flag} is FSDP2's MixedPrecisionPolicy (fsdp, fsdp-grad-op, hybrid; got \
                      --strategy {})",

@@ -188,7 +188,16 @@ pub struct Shaped {
 /// [`Shaped::params`] and [`Shaped::buffers`], computed once. Not part of a graph's
 /// identity: two graphs are equal whether or not either was asked for its names.
 #[derive(Debug, Clone, Default)]
-struct NamedCache(std::sync::OnceLock<[Vec<NamedTensor>; 2]>);
+struct NamedCache(std::sync::OnceLock<Named>);
+
+#[derive(Debug, Clone)]
+struct Named {
+    params: Vec<NamedTensor>,
+    buffers: Vec<NamedTensor>,
+    /// Each node's parameters (`Op::params`), and the index of its first in `params`.
+    node_params: Vec<Vec<TensorSpec>>,
+    first_param: Vec<usize>,
+}
 
 impl PartialEq for NamedCache {
     fn eq(&self, _: &Self) -> bool {
@@ -425,18 +434,36 @@ impl Shaped {
 
     /// All parameters in `model.parameters()` order.
     pub fn params(&self) -> &[NamedTensor] {
-        &self.named_all()[0]
+        &self.named_all().params
     }
 
     /// All buffers in `model.buffers()` order.
     pub fn buffers(&self) -> &[NamedTensor] {
-        &self.named_all()[1]
+        &self.named_all().buffers
     }
 
-    fn named_all(&self) -> &[Vec<NamedTensor>; 2] {
-        self.named
-            .0
-            .get_or_init(|| [self.named(|op| op.params()), self.named(|op| op.buffers())])
+    /// Node `i`'s parameters (its op's [`Op::params`], made once).
+    pub fn node_params(&self, i: NodeId) -> &[TensorSpec] {
+        &self.named_all().node_params[i]
+    }
+
+    fn named_all(&self) -> &Named {
+        self.named.0.get_or_init(|| {
+            let node_params: Vec<Vec<TensorSpec>> =
+                self.graph.nodes.iter().map(|n| n.op.params()).collect();
+            let mut first_param = vec![0; self.graph.nodes.len()];
+            let mut k = 0;
+            for i in self.param_nodes() {
+                first_param[i] = k;
+                k += node_params[i].len();
+            }
+            Named {
+                params: self.named(|op| op.params()),
+                buffers: self.named(|op| op.buffers()),
+                node_params,
+                first_param,
+            }
+        })
     }
 
     /// The nodes in `model.parameters()` order.
@@ -448,14 +475,8 @@ impl Shaped {
     }
 
     /// For each node, the index of its first parameter in [`Shaped::params`].
-    pub fn first_param_index(&self) -> Vec<usize> {
-        let mut first = vec![0; self.graph.nodes.len()];
-        let mut k = 0;
-        for i in self.param_nodes() {
-            first[i] = k;
-            k += self.graph.nodes[i].op.params().len();
-        }
-        first
+    pub fn first_param_index(&self) -> &[usize] {
+        &self.named_all().first_param
     }
 
     fn named(&self, f: impl Fn(&Op) -> Vec<TensorSpec>) -> Vec<NamedTensor> {

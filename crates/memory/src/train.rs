@@ -533,7 +533,7 @@ fn vit_encoder_end(g: &Shaped, i: usize) -> Option<usize> {
 
 /// For each node, the index of its first parameter in `params()` order.
 fn param_index(g: &Shaped) -> Vec<usize> {
-    g.first_param_index()
+    g.first_param_index().to_vec()
 }
 
 #[allow(dead_code)]
@@ -954,7 +954,7 @@ impl Runner<'_> {
                 Op::Input => unreachable!("checked by infer"),
                 Op::Conv2d(_) | Op::Linear(_) => {
                     let is_conv = matches!(node.op, Op::Conv2d(_));
-                    let specs = node.op.params();
+                    let specs = g.node_params(i);
                     let (xin, out_elem) = if self.amp() {
                         let xin = if x.elem == 4 {
                             self.op(b * in_numel * 2, "aten._to_copy.default")
@@ -969,7 +969,7 @@ impl Runner<'_> {
                     };
                     let mut saved = vec![xin];
                     if self.amp() {
-                        for spec in &specs {
+                        for spec in specs {
                             let c = self.op(spec.numel() * 2, "aten._to_copy.default");
                             if spec.name == "weight" {
                                 saved.push(c);
@@ -1204,7 +1204,7 @@ impl Runner<'_> {
                     {
                         Some(e) if train => {
                             let mut edges = vec![e];
-                            for k in 0..node.op.params().len() {
+                            for k in 0..g.node_params(i).len() {
                                 let c = l.normalized_shape as u128 * self.param_elem;
                                 edges.push((Edge::Param(p0 + k), Grad::Alloc(c)));
                             }
@@ -2378,7 +2378,7 @@ impl Runner<'_> {
         let xb = b * groups * p * d * el;
         let att = b * groups * heads * p * p * el;
         let tb = p * p * heads * el;
-        let table = self.g.nodes()[i].op.params()[0].numel() * pe;
+        let table = self.g.node_params(i)[0].numel() * pe;
         let qkv = self.op(3 * xb, "aten.addmm.default");
         self.sim.cublas_workspace(self.cfg.cublas_workspace_bytes);
         let sel = train.then(|| {
@@ -2853,7 +2853,7 @@ impl DistState {
                 .iter_mut()
                 .enumerate()
                 .skip(first[i])
-                .take(g.nodes()[i].op.params().len())
+                .take(g.node_params(i).len())
             {
                 let _ = k;
                 *slot = unit_of_node[i];
