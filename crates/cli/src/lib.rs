@@ -322,6 +322,10 @@ pub struct PlanArgs {
     /// gradients are reduce-scattered in.
     #[arg(long, value_name = "DTYPE")]
     pub reduce_dtype: Option<String>,
+    /// FSDP2's CPUOffloadPolicy: sharded parameters, gradients and optimizer state in host
+    /// memory, the optimizer step on the CPU (modelled from PyTorch's source).
+    #[arg(long)]
+    pub cpu_offload: bool,
     /// NCCL's buffers outside PyTorch's allocator (default 256MiB, an estimate).
     #[arg(long, value_name = "SIZE")]
     pub nccl_buffer: Option<String>,
@@ -385,6 +389,13 @@ impl PlanArgs {
                 fmt::parse_size(w).map_err(|e| UserError(format!("--cublas-workspace: {e}")))?;
         }
         cfg.distributed = self.distributed()?;
+        if self.cpu_offload && !cfg.profile.is_cuda() {
+            note(
+                "--cpu-offload: on the CPU the shards are in host memory already, so nothing \
+                 moves (measured: CPUOffloadPolicy(pin_memory=False) on a CPU mesh is byte for \
+                 byte the plan without it)",
+            );
+        }
         // What only a GPU has: refused on the CPU profiles rather than ignored.
         if !cfg.profile.is_cuda() {
             for (given, flag) in [
@@ -473,6 +484,19 @@ impl PlanArgs {
                 )));
             }
             d.reshard_after_forward = Some(on);
+        }
+        if self.cpu_offload {
+            if !matches!(
+                strategy,
+                Strategy::Fsdp | Strategy::Hybrid | Strategy::FsdpGradOp
+            ) {
+                return Err(UserError(format!(
+                    "--cpu-offload is FSDP2's CPUOffloadPolicy (fsdp, fsdp-grad-op, hybrid; got \
+                     --strategy {})",
+                    strategy.name()
+                )));
+            }
+            d.cpu_offload = true;
         }
         let dtype = |flag: &str, v: &str| -> Result<u128> {
             match v {

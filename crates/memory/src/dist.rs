@@ -149,6 +149,11 @@ pub struct Distributed {
     /// param_dtype). Sharded parameters, gradients and optimizer state stay fp32.
     pub param_dtype_bytes: Option<u128>,
     pub reduce_dtype_bytes: Option<u128>,
+    /// FSDP2's `CPUOffloadPolicy`: sharded parameters, gradients and optimizer state live
+    /// in host memory and the optimizer steps on the CPU; the device holds a unit's shard
+    /// copied in for its all-gather and its reduced gradient shard until it is copied out.
+    /// (On a CPU mesh nothing moves.)
+    pub cpu_offload: bool,
     /// NCCL's buffers outside PyTorch's allocator (pytorch-cuda); `None`:
     /// [`DEFAULT_NCCL_BYTES`].
     pub nccl_bytes: Option<u128>,
@@ -169,6 +174,7 @@ impl Distributed {
             reshard_after_forward: None,
             param_dtype_bytes: None,
             reduce_dtype_bytes: None,
+            cpu_offload: false,
             nccl_bytes: None,
             wrap: Vec::new(),
         }

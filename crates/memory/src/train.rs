@@ -243,6 +243,12 @@ pub(crate) fn run(g: &Shaped, cfg: &PlanConfig) -> Result<(MemoryReport, Vec<u12
         Some(d) => Some(DistState::new(g, d, shard_elem, &mut sim)?),
         None => None,
     };
+    // CPUOffloadPolicy on a GPU: the shards and what the optimizer keeps are in host
+    // memory (0 bytes of the device's).
+    let offload = rules.cuda
+        && dist
+            .as_ref()
+            .is_some_and(|d| d.cfg.cpu_offload && d.sharding());
     let mut slots: Vec<ParamSlot> = params
         .iter()
         .enumerate()
@@ -253,11 +259,13 @@ pub(crate) fn run(g: &Shaped, cfg: &PlanConfig) -> Result<(MemoryReport, Vec<u12
             // tensor of the optimizer's).
             let shard = dist.as_ref().map(|d| d.param_shard[i]);
             let kept = match (&dist, shard) {
+                _ if offload => 0,
                 (Some(d), Some(s)) if d.cfg.strategy.shards_params() => s,
                 _ => full,
             };
             param_sids.push(sim.alloc(kept, Some(Category::Params)));
             let bytes = match (&dist, shard) {
+                _ if offload => 0,
                 (Some(d), Some(s)) if d.cfg.strategy.shards_state() => s,
                 _ => full,
             };
@@ -266,6 +274,7 @@ pub(crate) fn run(g: &Shaped, cfg: &PlanConfig) -> Result<(MemoryReport, Vec<u12
         .collect();
     let mut dist = dist;
     if let Some(d) = &mut dist {
+        d.offload = offload;
         d.buckets(params, param_elem, &mut sim);
     }
     let mut buffer_bytes = 0;
@@ -2824,6 +2833,8 @@ struct DistState {
     elem: u128,
     gather_elem: u128,
     reduce_elem: u128,
+    /// CPUOffloadPolicy on a GPU.
+    offload: bool,
     /// FSDP2 in forward: the last all-gather output, kept after its copy-out until the
     /// next unit's copy-out or the end of the root's forward (`comm_ctx.all_gather_state`,
     /// to overlap a copy-out with the next all-gather).
@@ -2910,6 +2921,7 @@ impl DistState {
                 .filter(|_| d.mixed_precision())
                 .unwrap_or(elem),
             retained: None,
+            offload: false,
         })
     }
 
@@ -2959,6 +2971,13 @@ impl DistState {
             return;
         }
         if self.gathered[u].is_none() && self.staged[u].is_none() {
+            // Offloaded: the unit's shard copied to the device for the all-gather.
+            let h2d = self.offload.then(|| {
+                let b = self.unit_bytes[u] / self.ranks;
+                let s = sim.alloc(b, Some(Category::Communication));
+                sim.boundary("aten._to_copy.default");
+                s
+            });
             // A lower param_dtype: the shard is first cast into a flat all-gather input
             // (the fp32 path gathers from a view of the output).
             let cast = (self.gather_elem != self.elem).then(|| {
@@ -2968,6 +2987,9 @@ impl DistState {
             let s = sim.alloc(self.gather_bytes(u), Some(Category::Communication));
             sim.boundary("all_gather_into_tensor");
             if let Some(c) = cast {
+                sim.decref(c);
+            }
+            if let Some(c) = h2d {
                 sim.decref(c);
             }
             if self.cfg.strategy.flat_params() {
@@ -3132,6 +3154,16 @@ impl Runner<'_> {
             self.sim.decref(l);
         }
         self.sim.boundary("reduce_scatter_tensor");
+        // Offloaded: the reduced shards are copied to the host and leave the device.
+        if d.offload {
+            for &q in &d.unit_params[u] {
+                if let Some(g) = slots[q].grad.take() {
+                    self.sim.decref(g);
+                }
+                slots[q].grad = Some(self.sim.alloc(0, Some(Category::Grads)));
+            }
+            self.sim.boundary("aten._to_copy.default");
+        }
         d.pending_reduce = Some(input);
     }
 

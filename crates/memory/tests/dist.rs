@@ -169,8 +169,14 @@ mod measured {
                 d.gradient_as_bucket_view = rec["options"]["gradient_as_bucket_view"] == true;
                 d
             }
-            // On a CPU mesh CPUOffloadPolicy(pin_memory=False) moves nothing.
-            "fsdp2" | "fsdp2_offload_nopin" => Distributed::new(ws, 1, Strategy::Fsdp),
+            "fsdp2" => Distributed::new(ws, 1, Strategy::Fsdp),
+            // On a CPU mesh CPUOffloadPolicy(pin_memory=False) moves nothing: planned with
+            // the option, the plan must be the measured one.
+            "fsdp2_offload_nopin" => {
+                let mut d = Distributed::new(ws, 1, Strategy::Fsdp);
+                d.cpu_offload = true;
+                d
+            }
             "fsdp2_noreshard" => {
                 let mut d = Distributed::new(ws, 1, Strategy::Fsdp);
                 d.reshard_after_forward = Some(false);
@@ -312,4 +318,36 @@ fn ddp_used_maps_and_fsdp2_without_resharding_match_real_torch_distributed() {
         ]
     );
     assert!(checked >= 100, "{checked}");
+}
+
+/// FSDP2's CPUOffloadPolicy on a GPU (modelled from PyTorch's source, not measured here:
+/// no GPU): the shards, their gradients and Adam's state leave the device; what remains
+/// is the gathered units, the activations and the per-unit transients.
+#[test]
+fn cpu_offload_leaves_only_gathered_units_and_activations_on_the_device() {
+    let g = resnet18();
+    let plan_with = |offload: bool| {
+        let mut d = Distributed::new(8, 1, Strategy::Fsdp);
+        d.cpu_offload = offload;
+        let mut cfg = PlanConfig::new(8);
+        cfg.profile = Profile::PytorchCuda;
+        cfg.optimizer = Optimizer::new(OptimizerKind::Adam);
+        cfg.distributed = Some(d);
+        plan(&g, &cfg).unwrap()
+    };
+    let (on, off) = (plan_with(true), plan_with(false));
+    let after = &on.steps[1].after_step;
+    assert_eq!(
+        (after.params, after.grads, after.optimizer_state),
+        (0, 0, 0)
+    );
+    let kept = &off.steps[1].after_step;
+    assert!(kept.params > 0 && kept.optimizer_state == 2 * kept.params);
+    // The device saves at least the shards and Adam's two moments.
+    assert!(
+        off.steps[1].peak_bytes - on.steps[1].peak_bytes >= kept.params + kept.optimizer_state,
+        "{} vs {}",
+        on.steps[1].peak_bytes,
+        off.steps[1].peak_bytes
+    );
 }
