@@ -34,7 +34,7 @@ static ZH: &[(&str, &str)] = &[
     ("short-lived tensors: gradients flowing back, outputs nobody keeps, optimizer scratch", "短暂存在的张量：回传的梯度、无人保留的输出、优化器的临时缓冲"),
     ("outside the tensors: the allocator's rounding up to 512 B blocks and the CUDA context", "张量之外的开销：分配器按 512 B 块向上取整，以及 CUDA 上下文"),
     ("one rank of {0} ({1} GPUs x {2} nodes), strategy {3}: batch {4} per rank, {5} in all", "{0} 个进程中的一个（{1} 块 GPU x {2} 个节点），策略 {3}：每个进程批大小 {4}，总计 {5}"),
-    ("many GPUs: DDP's gradient buckets, gathered parameters and reduce-scatter buffers of sharding", "多 GPU：DDP 的梯度桶、分片训练中聚合的参数与 reduce-scatter 缓冲"),
+    ("many GPUs: DDP's gradient buckets, DeepSpeed's IPG buffers, gathered parameters and reduce-scatter buffers of sharding", "多 GPU：DDP 的梯度桶、DeepSpeed 的 IPG 缓冲、分片训练中聚合的参数与 reduce-scatter 缓冲"),
     ("Peak of step {0}: {1} ({2} B) in {3}, at {4}.", "第 {0} 步峰值：{1}（{2} B），出现在{3}阶段，位置 {4}。"),
     ("Step 1 differs from step 2: optimizer state is created during the first step(), and step 1's gradients live until step 2's zero_grad().", "第 1 步与第 2 步不同：优化器状态在第一次 step() 中创建，而第 1 步的梯度一直存活到第 2 步的 zero_grad()。"),
     ("Overhead includes the CUDA context, estimated at {0} (set it with --cuda-context); torch.cuda.max_memory_allocated() would report about {1}.", "开销中包含 CUDA 上下文，估计为 {0}（可用 --cuda-context 设置）；torch.cuda.max_memory_allocated() 报告的值约为 {1}。"),

@@ -326,6 +326,14 @@ pub struct PlanArgs {
     /// memory, the optimizer step on the CPU (modelled from PyTorch's source).
     #[arg(long)]
     pub cpu_offload: bool,
+    /// DeepSpeed ZeRO's reduce_bucket_size, in elements (default 500000000): the IPG
+    /// buffer gradients are copied into (modelled from DeepSpeed's source).
+    #[arg(long, value_name = "ELEMENTS")]
+    pub reduce_bucket_size: Option<f64>,
+    /// DeepSpeed ZeRO's overlap_comm (true or false; default false for zero1 and zero2,
+    /// true for zero3): two IPG buffers instead of one in stages 1 and 2.
+    #[arg(long, value_name = "BOOL")]
+    pub overlap_comm: Option<String>,
     /// NCCL's buffers outside PyTorch's allocator (default 256MiB, an estimate).
     #[arg(long, value_name = "SIZE")]
     pub nccl_buffer: Option<String>,
@@ -497,6 +505,41 @@ impl PlanArgs {
                 )));
             }
             d.cpu_offload = true;
+        }
+        let zero = matches!(
+            strategy,
+            Strategy::Zero1 | Strategy::Zero2 | Strategy::Zero3
+        );
+        if let Some(r) = self.reduce_bucket_size {
+            if !zero {
+                return Err(UserError(format!(
+                    "--reduce-bucket-size is DeepSpeed ZeRO's (zero1, zero2, zero3; got --strategy {})",
+                    strategy.name()
+                )));
+            }
+            if !(r.is_finite() && (1.0..=1e12).contains(&r) && r.fract() == 0.0) {
+                return Err(UserError(format!(
+                    "--reduce-bucket-size must be a whole number of elements from 1 to 1e12, got {r}"
+                )));
+            }
+            d.reduce_bucket_elems = r as u128;
+        }
+        if let Some(v) = &self.overlap_comm {
+            if !zero {
+                return Err(UserError(format!(
+                    "--overlap-comm is DeepSpeed ZeRO's (zero1, zero2, zero3; got --strategy {})",
+                    strategy.name()
+                )));
+            }
+            d.overlap_comm = Some(match v.as_str() {
+                "true" | "True" => true,
+                "false" | "False" => false,
+                _ => {
+                    return Err(UserError(format!(
+                        "--overlap-comm: expected true or false, got `{v}`"
+                    )))
+                }
+            });
         }
         let dtype = |flag: &str, v: &str| -> Result<u128> {
             match v {

@@ -48,7 +48,7 @@ pub fn explain(c: Category, r: &MemoryReport, lang: Lang) -> String {
         Category::Activations => s(lang, "what forward keeps for backward: conv and linear inputs, ReLU outputs, max-pool indices, BatchNorm statistics"),
         Category::Temporaries => s(lang, "short-lived tensors: gradients flowing back, outputs nobody keeps, optimizer scratch"),
         Category::Overhead => s(lang, "outside the tensors: the allocator's rounding up to 512 B blocks and the CUDA context"),
-        Category::Communication => s(lang, "many GPUs: DDP's gradient buckets, gathered parameters and reduce-scatter buffers of sharding"),
+        Category::Communication => s(lang, "many GPUs: DDP's gradient buckets, DeepSpeed's IPG buffers, gathered parameters and reduce-scatter buffers of sharding"),
     }
 }
 

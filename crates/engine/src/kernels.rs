@@ -377,6 +377,88 @@ pub fn conv_direct(
             Tier::Scalar | Tier::Neon => unreachable!("no direct tile"),
         }
     }
+    #[cfg(target_arch = "aarch64")]
+    // SAFETY: as above; NEON is aarch64's baseline, and the only tier with a tile here.
+    unsafe {
+        let (xp, wb, out) = (xp.as_ptr(), wb.as_ptr(), out.as_mut_ptr());
+        match tier {
+            Tier::Neon => direct_neon(xp, cin, hp, wp, wb, cout, kh, kw, out, ho, wo),
+            Tier::Scalar | Tier::Avx2 | Tier::Avx512 => unreachable!("no direct tile"),
+        }
+    }
+}
+
+/// The NEON direct convolution: a tile of 16 columns (four 4-lane registers) by 6
+/// output channels, 24 accumulators; each weight is loaded once and used for the four.
+/// Rows are read 16 columns wide (inside the padded row, as on x86); a tile narrower
+/// than 16 columns is stored through a small buffer.
+#[cfg(target_arch = "aarch64")]
+#[allow(clippy::too_many_arguments)]
+unsafe fn direct_neon(
+    xp: *const f32,
+    cin: usize,
+    hp: usize,
+    wp: usize,
+    wb: *const f32,
+    cout: usize,
+    kh: usize,
+    kw: usize,
+    out: *mut f32,
+    ho: usize,
+    wo: usize,
+) {
+    use std::arch::aarch64::*;
+    const CB: usize = 6;
+    let kk = cin * kh * kw;
+    for blk in 0..cout.div_ceil(CB) {
+        let wblk = wb.add(blk * kk * CB);
+        let cb = CB.min(cout - blk * CB);
+        for oy in 0..ho {
+            let mut ox0 = 0;
+            while ox0 < wo {
+                let n = LANES.min(wo - ox0);
+                let mut acc = [[vdupq_n_f32(0.0); 4]; CB];
+                let mut wj = wblk;
+                for ci in 0..cin {
+                    for ky in 0..kh {
+                        let row = xp.add((ci * hp + oy + ky) * wp + ox0);
+                        for kx in 0..kw {
+                            let r = row.add(kx);
+                            let x = [
+                                vld1q_f32(r),
+                                vld1q_f32(r.add(4)),
+                                vld1q_f32(r.add(8)),
+                                vld1q_f32(r.add(12)),
+                            ];
+                            for (c, a) in acc.iter_mut().enumerate() {
+                                let wv = vdupq_n_f32(*wj.add(c));
+                                for q in 0..4 {
+                                    a[q] = vfmaq_f32(a[q], x[q], wv);
+                                }
+                            }
+                            wj = wj.add(CB);
+                        }
+                    }
+                }
+                let base = out.add((blk * CB) * ho * wo + oy * wo + ox0);
+                for (c, a) in acc.iter().enumerate().take(cb) {
+                    let dst = base.add(c * ho * wo);
+                    if n == LANES {
+                        for (q, v) in a.iter().enumerate() {
+                            vst1q_f32(dst.add(4 * q), *v);
+                        }
+                    } else {
+                        let mut tmp = [0f32; LANES];
+                        for (q, v) in a.iter().enumerate() {
+                            vst1q_f32(tmp.as_mut_ptr().add(4 * q), *v);
+                        }
+                        std::ptr::copy_nonoverlapping(tmp.as_ptr(), dst, n);
+                    }
+                }
+                ox0 += LANES;
+            }
+        }
+    }
 }
 
 #[cfg(target_arch = "x86_64")]
@@ -1357,6 +1439,8 @@ mod tests {
         if std::arch::is_x86_feature_detected!("avx512f") {
             assert!(covered.contains(&"avx512") && wgrad.contains(&"avx512"));
         }
+        #[cfg(target_arch = "aarch64")]
+        assert!(covered.contains(&"neon"));
         wgrad.dedup();
         eprintln!("direct weight gradient tiers covered: {}", wgrad.join(", "));
     }

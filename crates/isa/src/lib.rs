@@ -66,8 +66,9 @@ impl Tier {
     pub fn direct_tile(self) -> Option<(usize, usize)> {
         match self {
             Tier::Avx512 => Some((16, 8)),
-            Tier::Avx2 => Some((16, 6)),
-            Tier::Scalar | Tier::Neon => None,
+            // Four 4-lane registers of columns by 6 channels: 24 accumulators of NEON's 32.
+            Tier::Avx2 | Tier::Neon => Some((16, 6)),
+            Tier::Scalar => None,
         }
     }
 }

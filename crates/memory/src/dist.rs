@@ -34,6 +34,9 @@ use vramlab_graph::Shaped;
 /// NCCL_BUFFSIZE 4 MiB, plus its kernels' workspace): an estimate, 256 MiB.
 pub const DEFAULT_NCCL_BYTES: u128 = 256 << 20;
 
+/// DeepSpeed ZeRO's default `reduce_bucket_size` (elements).
+pub const DEFAULT_REDUCE_BUCKET_ELEMS: u128 = 500_000_000;
+
 /// DDP's first bucket cap (`dist._DEFAULT_FIRST_BUCKET_BYTES`).
 pub const FIRST_BUCKET_BYTES: u128 = 1 << 20;
 
@@ -154,6 +157,14 @@ pub struct Distributed {
     /// copied in for its all-gather and its reduced gradient shard until it is copied out.
     /// (On a CPU mesh nothing moves.)
     pub cpu_offload: bool,
+    /// DeepSpeed ZeRO's `reduce_bucket_size` (elements; default 5e8) and `overlap_comm`
+    /// (`None`: DeepSpeed's default, off for stages 1 and 2, on for stage 3): with
+    /// `contiguous_gradients` (on by default) gradients are copied into an IPG buffer
+    /// of `reduce_bucket_size` elements in the model's dtype, two with `overlap_comm`;
+    /// stages 1 and 2 allocate them at each backward and free them after, stage 3 keeps
+    /// one from initialisation (DeepSpeed 0.19.6, `stage_1_and_2.py` and `stage3.py`).
+    pub reduce_bucket_elems: u128,
+    pub overlap_comm: Option<bool>,
     /// NCCL's buffers outside PyTorch's allocator (pytorch-cuda); `None`:
     /// [`DEFAULT_NCCL_BYTES`].
     pub nccl_bytes: Option<u128>,
@@ -175,6 +186,8 @@ impl Distributed {
             param_dtype_bytes: None,
             reduce_dtype_bytes: None,
             cpu_offload: false,
+            reduce_bucket_elems: DEFAULT_REDUCE_BUCKET_ELEMS,
+            overlap_comm: None,
             nccl_bytes: None,
             wrap: Vec::new(),
         }
@@ -187,6 +200,18 @@ impl Distributed {
             && self
                 .reshard_after_forward
                 .unwrap_or(self.strategy.reshards_after_forward())
+    }
+
+    /// DeepSpeed's IPG buffers: how many (stages 1 to 3; none for the others).
+    pub fn ipg_buffers(&self) -> u128 {
+        let overlap = self
+            .overlap_comm
+            .unwrap_or(self.strategy == Strategy::Zero3);
+        match self.strategy {
+            Strategy::Zero1 | Strategy::Zero2 => 1 + u128::from(overlap),
+            Strategy::Zero3 => 1,
+            _ => 0,
+        }
     }
 
     /// FSDP2 with a lower `param_dtype` than the parameters' fp32.

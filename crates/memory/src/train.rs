@@ -276,6 +276,16 @@ pub(crate) fn run(g: &Shaped, cfg: &PlanConfig) -> Result<(MemoryReport, Vec<u12
     if let Some(d) = &mut dist {
         d.offload = offload;
         d.buckets(params, param_elem, &mut sim);
+        // ZeRO-3 allocates its IPG buffer when the optimizer is built, and keeps it.
+        if d.cfg.strategy == dist::Strategy::Zero3
+            && d.cfg.world_size() > 1
+            && cfg.mode == Mode::Train
+        {
+            sim.alloc(
+                d.cfg.reduce_bucket_elems * param_elem,
+                Some(Category::Communication),
+            );
+        }
     }
     let mut buffer_bytes = 0;
     for b in g.buffers() {
@@ -2612,6 +2622,21 @@ impl Runner<'_> {
     fn backward(&mut self, root: usize, slots: &mut [ParamSlot]) {
         self.sim.phase = Phase::Backward;
         self.sim.layer = self.loss_layer;
+        // DeepSpeed ZeRO-1/2 with contiguous_gradients: the IPG buffers, allocated as
+        // backward starts (the first gradient hook) and freed in its epilogue.
+        if let Some(d) = &mut self.dist {
+            if matches!(
+                d.cfg.strategy,
+                dist::Strategy::Zero1 | dist::Strategy::Zero2
+            ) && d.cfg.world_size() > 1
+            {
+                for _ in 0..d.cfg.ipg_buffers() {
+                    let b = d.cfg.reduce_bucket_elems * self.param_elem;
+                    d.ipg.push(self.sim.alloc(b, Some(Category::Communication)));
+                }
+                self.sim.boundary("aten.empty.memory_format");
+            }
+        }
         let n = self.nodes.len();
         // Dependencies: edges from nodes reachable from the root.
         let mut deps = vec![0u32; n];
@@ -2835,6 +2860,8 @@ struct DistState {
     reduce_elem: u128,
     /// CPUOffloadPolicy on a GPU.
     offload: bool,
+    /// DeepSpeed's IPG buffers of this backward (stages 1 and 2).
+    ipg: Vec<Sid>,
     /// FSDP2 in forward: the last all-gather output, kept after its copy-out until the
     /// next unit's copy-out or the end of the root's forward (`comm_ctx.all_gather_state`,
     /// to overlap a copy-out with the next all-gather).
@@ -2922,6 +2949,7 @@ impl DistState {
                 .unwrap_or(elem),
             retained: None,
             offload: false,
+            ipg: Vec::new(),
         })
     }
 
@@ -3178,6 +3206,9 @@ impl Runner<'_> {
             }
             if let Some(out) = d.retained.take() {
                 self.sim.decref(out);
+            }
+            for s in std::mem::take(&mut d.ipg) {
+                self.sim.decref(s);
             }
             d.arrived.iter_mut().for_each(|a| *a = 0);
             d.reduced.iter_mut().for_each(|r| *r = false);
