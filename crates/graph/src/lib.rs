@@ -24,6 +24,7 @@ pub mod model_file;
 pub mod op;
 pub mod rng;
 pub mod text;
+pub mod whole;
 pub mod zoo;
 
 pub use act::Activation;

@@ -17,7 +17,6 @@
 use std::collections::{HashMap, HashSet};
 
 use super::*;
-use vramlab_graph::op::WindowAttention;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Whole {
@@ -252,7 +251,6 @@ impl Cx<'_> {
                 .find(|(f, _)| f.ends_with(suffix))
                 .map(|(_, d)| d.clone())
         };
-        let size = |d: i64| usize::try_from(d).ok().filter(|&d| d > 0);
         let shape = self.shape_of(x);
         let first_reshape = reshapes.first().cloned().unwrap_or_default();
         let op = match kind {
@@ -288,109 +286,37 @@ impl Cx<'_> {
                 }
                 return Ok(());
             }
-            Whole::Partition => match first_reshape[..] {
-                // [B, C, H/P, P, W/P, P]
-                [_, _, _, Some(p), _, Some(q)] if p == q && p > 0 => Op::Partition {
-                    p: p as usize,
-                    grid: false,
-                },
-                ref s => {
-                    return Err(fail(
-                        self,
-                        format!("a first reshape to {s:?}, expected [B, C, H/P, P, W/P, P]"),
-                    ))
-                }
-            },
-            Whole::Departition => match first_reshape[..] {
-                // [B, H/P, W/P, P, P, C]
-                [_, Some(gh), Some(gw), Some(p), Some(q), _]
-                    if p == q && p > 0 && gh > 0 && gw > 0 =>
-                {
-                    Op::Departition {
-                        p: p as usize,
-                        grid: swapped,
-                        parts: (gh as usize, gw as usize),
-                    }
-                }
-                ref s => {
-                    return Err(fail(
-                        self,
-                        format!("a first reshape to {s:?}, expected [B, H/P, W/P, P, P, C]"),
-                    ))
-                }
-            },
-            Whole::RelPos => {
-                let w = dims_of("to_qkv.weight").unwrap_or_default();
-                let table = dims_of("relative_position_bias_table").unwrap_or_default();
-                let (dim, heads, rows) = match (&w[..], &table[..]) {
-                    ([_, d], [r, h]) => (size(*d), size(*h), size(*r)),
-                    _ => (None, None, None),
-                };
-                let (Some(dim), Some(heads), Some(rows)) = (dim, heads, rows) else {
-                    return Err(fail(
-                        self,
-                        format!(
-                            "to_qkv.weight {w:?} and relative_position_bias_table {table:?}{RENAMED}"
-                        ),
-                    ));
-                };
-                let side = (rows as f64).sqrt().round() as usize;
-                if side * side != rows || side.is_multiple_of(2) || !dim.is_multiple_of(heads) {
-                    return Err(fail(
-                        self,
-                        format!("a table of {rows} rows and {heads} heads over {dim} features"),
-                    ));
-                }
-                Op::RelPosAttention {
-                    dim,
-                    head_dim: dim / heads,
-                    size: side.div_ceil(2),
-                }
+            Whole::Partition => {
+                vramlab_graph::whole::partition(&first_reshape).map_err(|e| fail(self, e))?
             }
+            Whole::Departition => vramlab_graph::whole::departition(&first_reshape, swapped)
+                .map_err(|e| fail(self, e))?,
+            Whole::RelPos => vramlab_graph::whole::rel_pos_attention(
+                &dims_of("to_qkv.weight").unwrap_or_default(),
+                &dims_of("relative_position_bias_table").unwrap_or_default(),
+            )
+            .map_err(|e| fail(self, format!("{e}{RENAMED}")))?,
             Whole::WindowAttention { v2 } => {
-                let w = dims_of("qkv.weight").unwrap_or_default();
-                let dim = match w[..] {
-                    [three_c, c] if Some(three_c) == c.checked_mul(3) => size(c),
-                    _ => None,
-                }
-                .ok_or_else(|| fail(self, format!("qkv.weight has sizes {w:?}{RENAMED}")))?;
                 let heads = if v2 {
                     dims_of("logit_scale").and_then(|d| d.first().copied())
                 } else {
                     dims_of("relative_position_bias_table").and_then(|d| d.get(1).copied())
-                }
-                .and_then(size)
-                .ok_or_else(|| fail(self, "cannot tell the number of heads".into()))?;
-                // relative_position_index holds (window area)^2 entries.
-                let area2 = dims_of("relative_position_index")
-                    .map(|d| d.iter().product::<i64>())
-                    .and_then(size)
-                    .ok_or_else(|| fail(self, "no relative_position_index buffer".into()))?;
-                let area = (area2 as f64).sqrt().round() as usize;
-                let side = (area as f64).sqrt().round() as usize;
-                if area * area != area2 || side * side != area {
-                    return Err(fail(
-                        self,
-                        format!("a window of {area} positions: only square windows are planned"),
-                    ));
-                }
+                };
+                let index = dims_of("relative_position_index").map(|d| d.iter().product::<i64>());
                 // torchvision's blocks shift by half a window, and only roll when they do.
+                let side = index
+                    .map(|a| ((a as f64).sqrt().sqrt().round()) as usize)
+                    .unwrap_or(0);
                 let shift = if rolled { (side / 2, side / 2) } else { (0, 0) };
-                if shape.len() != 3 || shape[2] != dim {
-                    return Err(fail(
-                        self,
-                        format!(
-                            "input of per-sample shape {shape:?}, expected channels last [H, W, {dim}]"
-                        ),
-                    ));
-                }
-                Op::WindowAttention(WindowAttention {
-                    dim,
+                vramlab_graph::whole::window_attention(
+                    &dims_of("qkv.weight").unwrap_or_default(),
                     heads,
-                    window: (side, side),
+                    index,
                     shift,
                     v2,
-                })
+                    &shape,
+                )
+                .map_err(|e| fail(self, format!("{e}{RENAMED}")))?
             }
             Whole::PatchMerge => {
                 if !params.is_empty() {

@@ -1518,7 +1518,7 @@ impl Cx<'_> {
         let size = |d: i64| usize::try_from(d).ok().filter(|&d| d > 0);
         let shape = self.shapes.get(x).cloned().unwrap_or_default();
         // The sizes of the module's first reshape (MaxViT's partitions).
-        let first_reshape = || -> Vec<i64> {
+        let first_reshape = || -> Vec<Option<i64>> {
             members
                 .iter()
                 .find(|m| matches!(m.op, "reshape" | "view" | "_unsafe_view"))
@@ -1527,7 +1527,7 @@ impl Cx<'_> {
                     v.get("as_ints")?
                         .as_array()?
                         .iter()
-                        .map(Value::as_i64)
+                        .map(|d| d.as_i64().map(Some))
                         .collect()
                 })
                 .unwrap_or_default()
@@ -1564,56 +1564,15 @@ impl Cx<'_> {
                 }
                 return Ok(());
             }
-            Whole::Partition => match first_reshape()[..] {
-                // [B, C, H/P, P, W/P, P]
-                [_, _, _, p, _, q] if p == q && p > 0 => Op::Partition {
-                    p: p as usize,
-                    grid: false,
-                },
-                ref s => {
-                    return Err(fail(format!(
-                        "a first reshape to {s:?}, expected [B, C, H/P, P, W/P, P]"
-                    )))
-                }
-            },
-            Whole::Departition => match first_reshape()[..] {
-                // [B, H/P, W/P, P, P, C]
-                [_, gh, gw, p, q, _] if p == q && p > 0 && gh > 0 && gw > 0 => Op::Departition {
-                    p: p as usize,
-                    grid: swapped,
-                    parts: (gh as usize, gw as usize),
-                },
-                ref s => {
-                    return Err(fail(format!(
-                        "a first reshape to {s:?}, expected [B, H/P, W/P, P, P, C]"
-                    )))
-                }
-            },
-            Whole::RelPos => {
-                let w = dims_of("to_qkv.weight").unwrap_or_default();
-                let table = dims_of("relative_position_bias_table").unwrap_or_default();
-                let (dim, heads, rows) = match (&w[..], &table[..]) {
-                    ([_, d], [r, h]) => (size(*d), size(*h), size(*r)),
-                    _ => (None, None, None),
-                };
-                let (Some(dim), Some(heads), Some(rows)) = (dim, heads, rows) else {
-                    return Err(fail(format!(
-                        "to_qkv.weight {w:?} and relative_position_bias_table {table:?}"
-                    )));
-                };
-                // (2 size - 1)^2 rows.
-                let side = (rows as f64).sqrt().round() as usize;
-                if side * side != rows || side.is_multiple_of(2) || !dim.is_multiple_of(heads) {
-                    return Err(fail(format!(
-                        "a table of {rows} rows and {heads} heads over {dim} features"
-                    )));
-                }
-                Op::RelPosAttention {
-                    dim,
-                    head_dim: dim / heads,
-                    size: side.div_ceil(2),
-                }
+            Whole::Partition => vramlab_graph::whole::partition(&first_reshape()).map_err(fail)?,
+            Whole::Departition => {
+                vramlab_graph::whole::departition(&first_reshape(), swapped).map_err(fail)?
             }
+            Whole::RelPos => vramlab_graph::whole::rel_pos_attention(
+                &dims_of("to_qkv.weight").unwrap_or_default(),
+                &dims_of("relative_position_bias_table").unwrap_or_default(),
+            )
+            .map_err(fail)?,
             Whole::Mha => {
                 let sdpa = members
                     .iter()
@@ -1680,34 +1639,17 @@ impl Cx<'_> {
                 }
             }
             Whole::WindowAttention { v2 } => {
-                let w = dims_of("qkv.weight").unwrap_or_default();
-                let dim = match w[..] {
-                    [three_c, c] if Some(three_c) == c.checked_mul(3) => size(c),
-                    _ => None,
-                }
-                .ok_or_else(|| fail(format!("qkv.weight has sizes {w:?}")))?;
                 let heads = if v2 {
                     dims_of("logit_scale").and_then(|d| d.first().copied())
                 } else {
                     dims_of("relative_position_bias_table").and_then(|d| d.get(1).copied())
-                }
-                .and_then(size)
-                .ok_or_else(|| fail("cannot tell the number of heads".into()))?;
+                };
                 // relative_position_index holds (window area)^2 entries.
-                let area2 = buffers
+                let index = buffers
                     .iter()
                     .find(|b| b.ends_with("relative_position_index"))
                     .and_then(|b| self.dims(b))
-                    .and_then(|d| d.first().copied())
-                    .and_then(size)
-                    .ok_or_else(|| fail("no relative_position_index buffer".into()))?;
-                let area = (area2 as f64).sqrt().round() as usize;
-                let side = (area as f64).sqrt().round() as usize;
-                if area * area != area2 || side * side != area {
-                    return Err(fail(format!(
-                        "a window of {area} positions: only square windows are planned"
-                    )));
-                }
+                    .and_then(|d| d.first().copied());
                 // `torch.roll(x, shifts=(-sh, -sw))` when the block shifts.
                 let mut shift = (0, 0);
                 if let Some(r) = members.iter().find(|m| m.op == "roll") {
@@ -1715,18 +1657,15 @@ impl Cx<'_> {
                         shift = (a.unsigned_abs() as usize, b.unsigned_abs() as usize);
                     }
                 }
-                if shape.len() != 3 || shape[2] != dim {
-                    return Err(fail(format!(
-                        "input of per-sample shape {shape:?}, expected channels last [H, W, {dim}]"
-                    )));
-                }
-                Op::WindowAttention(vramlab_graph::op::WindowAttention {
-                    dim,
+                vramlab_graph::whole::window_attention(
+                    &dims_of("qkv.weight").unwrap_or_default(),
                     heads,
-                    window: (side, side),
+                    index,
                     shift,
                     v2,
-                })
+                    &shape,
+                )
+                .map_err(fail)?
             }
             Whole::PatchMerge => {
                 if !params.is_empty() {
