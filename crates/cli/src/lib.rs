@@ -322,8 +322,10 @@ pub struct PlanArgs {
     /// gradients are reduce-scattered in.
     #[arg(long, value_name = "DTYPE")]
     pub reduce_dtype: Option<String>,
-    /// FSDP2's CPUOffloadPolicy: sharded parameters, gradients and optimizer state in host
-    /// memory, the optimizer step on the CPU (modelled from PyTorch's source).
+    /// FSDP2's CPUOffloadPolicy (sharded parameters, gradients and optimizer state in host
+    /// memory) or, for zero1-3, DeepSpeed's offload_optimizer (gradient partitions and
+    /// optimizer state in host memory); the optimizer steps on the CPU. Modelled from the
+    /// sources.
     #[arg(long)]
     pub cpu_offload: bool,
     /// DeepSpeed ZeRO's reduce_bucket_size, in elements (default 500000000): the IPG
@@ -494,13 +496,10 @@ impl PlanArgs {
             d.reshard_after_forward = Some(on);
         }
         if self.cpu_offload {
-            if !matches!(
-                strategy,
-                Strategy::Fsdp | Strategy::Hybrid | Strategy::FsdpGradOp
-            ) {
+            if matches!(strategy, Strategy::Ddp | Strategy::Fsdp1) {
                 return Err(UserError(format!(
-                    "--cpu-offload is FSDP2's CPUOffloadPolicy (fsdp, fsdp-grad-op, hybrid; got \
-                     --strategy {})",
+                    "--cpu-offload is FSDP2's CPUOffloadPolicy or DeepSpeed's offload_optimizer \
+                     (fsdp, fsdp-grad-op, hybrid, zero1, zero2, zero3; got --strategy {})",
                     strategy.name()
                 )));
             }

@@ -155,7 +155,9 @@ pub struct Distributed {
     /// FSDP2's `CPUOffloadPolicy`: sharded parameters, gradients and optimizer state live
     /// in host memory and the optimizer steps on the CPU; the device holds a unit's shard
     /// copied in for its all-gather and its reduced gradient shard until it is copied out.
-    /// (On a CPU mesh nothing moves.)
+    /// For zero1-3, DeepSpeed's `offload_optimizer` (device cpu): the parameters stay, the
+    /// gradient partitions and optimizer state go to the host, and a buffer of the largest
+    /// parameter's size stays for the copies. (On a CPU mesh nothing moves.)
     pub cpu_offload: bool,
     /// DeepSpeed ZeRO's `reduce_bucket_size` (elements; default 5e8) and `overlap_comm`
     /// (`None`: DeepSpeed's default, off for stages 1 and 2, on for stage 3): with

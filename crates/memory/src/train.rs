@@ -248,7 +248,15 @@ pub(crate) fn run(g: &Shaped, cfg: &PlanConfig) -> Result<(MemoryReport, Vec<u12
     let offload = rules.cuda
         && dist
             .as_ref()
-            .is_some_and(|d| d.cfg.cpu_offload && d.sharding());
+            .is_some_and(|d| d.cfg.cpu_offload && d.cfg.world_size() > 1);
+    // DeepSpeed's offload_optimizer keeps the model's parameters on the device (ZeRO-3's
+    // partitions too); FSDP2's CPUOffloadPolicy moves the shards out.
+    let zero = dist.as_ref().is_some_and(|d| {
+        matches!(
+            d.cfg.strategy,
+            dist::Strategy::Zero1 | dist::Strategy::Zero2 | dist::Strategy::Zero3
+        )
+    });
     let mut slots: Vec<ParamSlot> = params
         .iter()
         .enumerate()
@@ -259,7 +267,7 @@ pub(crate) fn run(g: &Shaped, cfg: &PlanConfig) -> Result<(MemoryReport, Vec<u12
             // tensor of the optimizer's).
             let shard = dist.as_ref().map(|d| d.param_shard[i]);
             let kept = match (&dist, shard) {
-                _ if offload => 0,
+                _ if offload && !zero => 0,
                 (Some(d), Some(s)) if d.cfg.strategy.shards_params() => s,
                 _ => full,
             };
@@ -275,7 +283,14 @@ pub(crate) fn run(g: &Shaped, cfg: &PlanConfig) -> Result<(MemoryReport, Vec<u12
     let mut dist = dist;
     if let Some(d) = &mut dist {
         d.offload = offload;
+        d.offload_gathers = offload && !zero;
         d.buckets(params, param_elem, &mut sim);
+        // ZeRO-Offload: `temp_grad_buffer_for_gpu_offload`, the largest parameter's size,
+        // kept on the device.
+        if offload && zero {
+            let largest = params.iter().map(|p| p.numel()).max().unwrap_or(0);
+            sim.alloc(largest * param_elem, Some(Category::Communication));
+        }
         // ZeRO-3 allocates its IPG buffer when the optimizer is built, and keeps it.
         if d.cfg.strategy == dist::Strategy::Zero3
             && d.cfg.world_size() > 1
@@ -2858,8 +2873,11 @@ struct DistState {
     elem: u128,
     gather_elem: u128,
     reduce_elem: u128,
-    /// CPUOffloadPolicy on a GPU.
+    /// CPUOffloadPolicy (or DeepSpeed's offload_optimizer) on a GPU: reduced gradient
+    /// shards go to the host.
     offload: bool,
+    /// FSDP2's: the shards, in host memory, are copied in for each all-gather.
+    offload_gathers: bool,
     /// DeepSpeed's IPG buffers of this backward (stages 1 and 2).
     ipg: Vec<Sid>,
     /// FSDP2 in forward: the last all-gather output, kept after its copy-out until the
@@ -2949,6 +2967,7 @@ impl DistState {
                 .unwrap_or(elem),
             retained: None,
             offload: false,
+            offload_gathers: false,
             ipg: Vec::new(),
         })
     }
@@ -3000,7 +3019,7 @@ impl DistState {
         }
         if self.gathered[u].is_none() && self.staged[u].is_none() {
             // Offloaded: the unit's shard copied to the device for the all-gather.
-            let h2d = self.offload.then(|| {
+            let h2d = self.offload_gathers.then(|| {
                 let b = self.unit_bytes[u] / self.ranks;
                 let s = sim.alloc(b, Some(Category::Communication));
                 sim.boundary("aten._to_copy.default");

@@ -363,3 +363,27 @@ fn cpu_offload_leaves_only_gathered_units_and_activations_on_the_device() {
         off.steps[1].peak_bytes
     );
 }
+
+/// DeepSpeed's offload_optimizer (modelled from its source): the parameters stay on the
+/// device, the gradient partitions and Adam's state go to the host, and a buffer the
+/// size of the largest parameter stays for the copies.
+#[test]
+fn zero_offload_keeps_parameters_and_sends_state_and_gradient_partitions_to_the_host() {
+    let g = resnet18();
+    let run = |offload: bool| {
+        let mut d = Distributed::new(4, 1, Strategy::Zero2);
+        d.cpu_offload = offload;
+        let mut cfg = PlanConfig::new(8);
+        cfg.profile = Profile::PytorchCuda;
+        cfg.optimizer = Optimizer::new(OptimizerKind::Adam);
+        cfg.distributed = Some(d);
+        plan(&g, &cfg).unwrap()
+    };
+    let (on, off) = (run(true), run(false));
+    let (a, b) = (&on.steps[1].after_step, &off.steps[1].after_step);
+    assert_eq!((a.grads, a.optimizer_state), (0, 0));
+    assert!(b.grads > 0 && b.optimizer_state > 0);
+    assert_eq!(a.params, b.params);
+    let largest = g.params().iter().map(|p| p.numel()).max().unwrap() * 4;
+    assert_eq!(a.communication, b.communication + largest);
+}
