@@ -938,15 +938,7 @@ impl Cx<'_> {
 
     /// Shape arithmetic: Gather, Unsqueeze, Squeeze, Concat, Slice on integer vectors.
     fn int_arith(&self, n: &proto::Node) -> Val {
-        let get = |i: usize| -> Option<Vec<Option<i64>>> {
-            match n.inputs.get(i).and_then(|s| self.vals.get(s)) {
-                Some(Val::Ints(v)) => Some(v.clone()),
-                Some(Val::Const {
-                    values: Some(v), ..
-                }) => Some(ints_of(v).into_iter().map(Some).collect()),
-                _ => None,
-            }
-        };
+        let get = |i: usize| self.int_input(n, i);
         let out = match n.op_type.as_str() {
             "Gather" => get(0).zip(get(1)).and_then(|(data, idx)| {
                 idx.iter()
