@@ -155,6 +155,9 @@ STRATEGY_OPTIONS = {
     "fsdp1": {"api": "torch.distributed.fsdp.FullyShardedDataParallel", "sharding_strategy": "FULL_SHARD",
               "auto_wrap_policy": "ModuleWrapPolicy({BasicBlock, Bottleneck, EncoderBlock})",
               "use_orig_params": False, "device_id": "cpu"},
+    "fsdp1_sgo": {"api": "torch.distributed.fsdp.FullyShardedDataParallel", "sharding_strategy": "SHARD_GRAD_OP",
+                  "auto_wrap_policy": "ModuleWrapPolicy({BasicBlock, Bottleneck, EncoderBlock})",
+                  "use_orig_params": False, "device_id": "cpu"},
 }
 
 
@@ -409,10 +412,11 @@ def wrap_model(strategy, model, ws):
         units.append(("<root>", model))
         info["units"] = units
         return model, info
-    if strategy == "fsdp1":
+    if strategy in ("fsdp1", "fsdp1_sgo"):
         from torch.distributed.fsdp import FullyShardedDataParallel as FSDP, ShardingStrategy
         from torch.distributed.fsdp.wrap import ModuleWrapPolicy
-        w = FSDP(model, sharding_strategy=ShardingStrategy.FULL_SHARD,
+        ss = ShardingStrategy.FULL_SHARD if strategy == "fsdp1" else ShardingStrategy.SHARD_GRAD_OP
+        w = FSDP(model, sharding_strategy=ss,
                  auto_wrap_policy=ModuleWrapPolicy(set(block_types())), device_id=torch.device("cpu"))
         return w, info
     raise ValueError(strategy)
@@ -536,7 +540,7 @@ def run_rank(model_name, strategy, optim_name, bs, ws, rank, steps=int(os.enviro
     del params  # FSDP replaces the parameters: hold no reference to the originals
     is_ddp = strategy.startswith("ddp")
     # extension: full allocation counters for the new strategies and the two baselines they are compared to
-    extended = strategy not in ("ddp_gabv", "ddp_cap25", "fsdp1")
+    extended = strategy not in ("ddp_gabv", "ddp_cap25", "fsdp1", "fsdp1_sgo")
     tr = DistTracker(model, None, (x, y), resync=strategy.startswith("fsdp"))
     tr.register_existing()
     live0 = tr.cur
@@ -552,7 +556,7 @@ def run_rank(model_name, strategy, optim_name, bs, ws, rank, steps=int(os.enviro
         rec["fsdp_units"], tr.fsdp_params = fsdp2_units(info)
         if strategy != "fsdp2":
             rec["fully_shard_kwargs"] = info.get("fully_shard_kwargs")
-    if strategy == "fsdp1":
+    if strategy in ("fsdp1", "fsdp1_sgo"):
         from torch.distributed.fsdp import FullyShardedDataParallel as FSDP
         tr.extra_params = [m._handle.flat_param for m in wrapped.modules()
                            if isinstance(m, FSDP) and m._handle is not None]
@@ -654,7 +658,7 @@ def run_rank(model_name, strategy, optim_name, bs, ws, rank, steps=int(os.enviro
         del loss, grads, missed   # hold no gradient into the next step
     if extended and strategy.startswith("fsdp2"):
         rec["fsdp_units_dtypes"] = fsdp2_units_dtypes(info)
-    if strategy == "fsdp1":
+    if strategy in ("fsdp1", "fsdp1_sgo"):
         rec["fsdp1_units"] = [{"numel_unsharded": fp._unpadded_unsharded_size.numel(),
                                "padded_unsharded_bytes": fp._padded_unsharded_size.numel() * 4,
                                "sharded_bytes": fp._local_shard.untyped_storage().nbytes()}

@@ -310,7 +310,7 @@ pub struct PlanArgs {
     pub static_graph: bool,
     /// FSDP2's reshard_after_forward (true or false; default true, false for
     /// fsdp-grad-op): false keeps each unit's gathered parameters from its forward to its
-    /// backward.
+    /// backward. With fsdp1, false is FSDP1's SHARD_GRAD_OP.
     #[arg(long, value_name = "BOOL")]
     pub reshard_after_forward: Option<String>,
     /// FSDP2's MixedPrecisionPolicy param_dtype (bf16, fp16 or fp32): the dtype the
@@ -485,11 +485,11 @@ impl PlanArgs {
             };
             if !matches!(
                 strategy,
-                Strategy::Fsdp | Strategy::Hybrid | Strategy::FsdpGradOp
+                Strategy::Fsdp | Strategy::Hybrid | Strategy::FsdpGradOp | Strategy::Fsdp1
             ) {
                 return Err(UserError(format!(
-                    "--reshard-after-forward is FSDP2's (fsdp, fsdp-grad-op, hybrid; got \
-                     --strategy {})",
+                    "--reshard-after-forward is FSDP's (fsdp, fsdp-grad-op, hybrid; fsdp1 with \
+                     false is FSDP1's SHARD_GRAD_OP; got --strategy {})",
                     strategy.name()
                 )));
             }

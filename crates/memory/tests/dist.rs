@@ -201,6 +201,13 @@ mod measured {
                 d
             }
             "fsdp1" => Distributed::new(ws, 1, Strategy::Fsdp1),
+            // FSDP1's SHARD_GRAD_OP: flat parameters kept gathered from forward to
+            // backward.
+            "fsdp1_sgo" => {
+                let mut d = Distributed::new(ws, 1, Strategy::Fsdp1);
+                d.reshard_after_forward = Some(false);
+                d
+            }
             _ => return None,
         };
         d.bucket_cap_bytes = 25 << 20;
@@ -266,7 +273,8 @@ mod measured {
 }
 
 /// DDP's `find_unused_parameters`, `static_graph` (with and without
-/// gradient_as_bucket_view) and FSDP2's `reshard_after_forward=False` against real
+/// gradient_as_bucket_view), FSDP1's SHARD_GRAD_OP and FSDP2's
+/// `reshard_after_forward=False`, MixedPrecisionPolicy and CPUOffloadPolicy against real
 /// torch.distributed (fixtures/pytorch-cpu-distributed-options.json, made by
 /// tools/measure_distributed.py): every rank's step 1 and 2 peak and phase, DDP to the
 /// byte, FSDP2 within 16 bytes as above.
@@ -291,7 +299,7 @@ fn ddp_used_maps_and_fsdp2_without_resharding_match_real_torch_distributed() {
             let m = rec[*k]["tracker_peak"].as_u64().unwrap() as u128;
             let got = p.steps[i].peak_bytes;
             checked += 1;
-            if strategy.starts_with("ddp") {
+            if strategy.starts_with("ddp") || strategy == "fsdp1_sgo" {
                 let phase = rec[*k]["peak_phase"].as_str().unwrap();
                 assert_eq!(
                     (got, p.steps[i].peak_phase.to_string()),
@@ -323,6 +331,7 @@ fn ddp_used_maps_and_fsdp2_without_resharding_match_real_torch_distributed() {
             "ddp_static",
             "ddp_unused",
             "ddp_unused_gabv",
+            "fsdp1_sgo",
             "fsdp2_mp",
             "fsdp2_mp_bf16reduce",
             "fsdp2_noreshard",
