@@ -4,6 +4,15 @@
 
 use crate::op::{Op, WindowAttention};
 
+/// The sizes of the module's parameter (or buffer) whose name ends in `suffix`, among
+/// `(name, sizes)` pairs as an importer collected them.
+pub fn dims_of(params: &[(String, Vec<i64>)], suffix: &str) -> Option<Vec<i64>> {
+    params
+        .iter()
+        .find(|(f, _)| f.ends_with(suffix))
+        .map(|(_, d)| d.clone())
+}
+
 /// Sizes as the file says them, `?` where one is computed at run time.
 fn sizes(s: &[Option<i64>]) -> String {
     let v: Vec<String> = s

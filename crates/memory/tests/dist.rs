@@ -341,22 +341,27 @@ fn ddp_used_maps_and_fsdp2_without_resharding_match_real_torch_distributed() {
     assert!(checked >= 100, "{checked}");
 }
 
+/// One rank of 8 on the pytorch-cuda profile with Adam, batch 8, offloading or not.
+fn offloaded(g: &vramlab_graph::Shaped, strategy: Strategy, offload: bool) -> MemoryReport {
+    let mut d = Distributed::new(8, 1, strategy);
+    d.cpu_offload = offload;
+    let mut cfg = PlanConfig::new(8);
+    cfg.profile = Profile::PytorchCuda;
+    cfg.optimizer = Optimizer::new(OptimizerKind::Adam);
+    cfg.distributed = Some(d);
+    plan(g, &cfg).unwrap()
+}
+
 /// FSDP2's CPUOffloadPolicy on a GPU (modelled from PyTorch's source, not measured here:
 /// no GPU): the shards, their gradients and Adam's state leave the device; what remains
 /// is the gathered units, the activations and the per-unit transients.
 #[test]
 fn cpu_offload_leaves_only_gathered_units_and_activations_on_the_device() {
     let g = resnet18();
-    let plan_with = |offload: bool| {
-        let mut d = Distributed::new(8, 1, Strategy::Fsdp);
-        d.cpu_offload = offload;
-        let mut cfg = PlanConfig::new(8);
-        cfg.profile = Profile::PytorchCuda;
-        cfg.optimizer = Optimizer::new(OptimizerKind::Adam);
-        cfg.distributed = Some(d);
-        plan(&g, &cfg).unwrap()
-    };
-    let (on, off) = (plan_with(true), plan_with(false));
+    let (on, off) = (
+        offloaded(&g, Strategy::Fsdp, true),
+        offloaded(&g, Strategy::Fsdp, false),
+    );
     let after = &on.steps[1].after_step;
     assert_eq!(
         (after.params, after.grads, after.optimizer_state),
@@ -379,16 +384,10 @@ fn cpu_offload_leaves_only_gathered_units_and_activations_on_the_device() {
 #[test]
 fn zero_offload_keeps_parameters_and_sends_state_and_gradient_partitions_to_the_host() {
     let g = resnet18();
-    let run = |offload: bool| {
-        let mut d = Distributed::new(4, 1, Strategy::Zero2);
-        d.cpu_offload = offload;
-        let mut cfg = PlanConfig::new(8);
-        cfg.profile = Profile::PytorchCuda;
-        cfg.optimizer = Optimizer::new(OptimizerKind::Adam);
-        cfg.distributed = Some(d);
-        plan(&g, &cfg).unwrap()
-    };
-    let (on, off) = (run(true), run(false));
+    let (on, off) = (
+        offloaded(&g, Strategy::Zero2, true),
+        offloaded(&g, Strategy::Zero2, false),
+    );
     let (a, b) = (&on.steps[1].after_step, &off.steps[1].after_step);
     assert_eq!((a.grads, a.optimizer_state), (0, 0));
     assert!(b.grads > 0 && b.optimizer_state > 0);

@@ -245,12 +245,7 @@ impl Cx<'_> {
                 ),
             ));
         };
-        let dims_of = |suffix: &str| {
-            params
-                .iter()
-                .find(|(f, _)| f.ends_with(suffix))
-                .map(|(_, d)| d.clone())
-        };
+        let dims_of = |suffix: &str| vramlab_graph::whole::dims_of(&params, suffix);
         let shape = self.shape_of(x);
         let first_reshape = reshapes.first().cloned().unwrap_or_default();
         let op = match kind {

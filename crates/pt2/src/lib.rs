@@ -1509,12 +1509,7 @@ impl Cx<'_> {
                 inputs.len()
             )));
         };
-        let dims_of = |suffix: &str| {
-            params
-                .iter()
-                .find(|(f, _)| f.ends_with(suffix))
-                .map(|(_, d)| d.clone())
-        };
+        let dims_of = |suffix: &str| vramlab_graph::whole::dims_of(&params, suffix);
         let size = |d: i64| usize::try_from(d).ok().filter(|&d| d > 0);
         let shape = self.shapes.get(x).cloned().unwrap_or_default();
         // The sizes of the module's first reshape (MaxViT's partitions).
