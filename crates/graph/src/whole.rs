@@ -2,7 +2,48 @@
 //! the file keeps of them: their parameters' sizes and their first reshape. One place
 //! for both readers, so that they cannot disagree about a module.
 
-use crate::op::{Op, WindowAttention};
+use crate::op::{Init, Op, WindowAttention};
+use crate::{Graph, NodeId, Shape};
+
+/// A parameter used as a value (ViT's class token and position embedding, ConvNeXt's
+/// layer scale) of sizes `dims`, next to an operand of per-sample rank `rank`: a leading
+/// 1 beyond that rank is the batch dimension. `None` for a size that is not positive.
+pub fn param_value(dims: &[i64], rank: usize) -> Option<Op> {
+    let shape = dims
+        .iter()
+        .map(|&d| usize::try_from(d).ok().filter(|&d| d > 0))
+        .collect::<Option<Vec<_>>>()?;
+    let batch_dim = shape.len() == rank + 1 && shape.first() == Some(&1);
+    Some(Op::Param {
+        shape,
+        batch_dim,
+        init: Init::default(),
+    })
+}
+
+/// MaxViT's `SwapAxes(-2, -3)` right after a window partition makes it a grid
+/// partition: node `node` (the graph's last) becomes one, its shape in `shapes`
+/// recomputed. False when `node` is no window partition (the swap then belongs to the
+/// departition that follows).
+pub fn make_grid(graph: &mut Graph, shapes: &mut [Shape], node: NodeId) -> bool {
+    if node + 1 != graph.nodes.len() {
+        return false;
+    }
+    match &mut graph.nodes[node].op {
+        Op::Partition { grid, .. } if !*grid => *grid = true,
+        _ => return false,
+    }
+    let ins: Vec<&Shape> = graph.nodes[node]
+        .inputs
+        .iter()
+        .filter_map(|&i| shapes.get(i))
+        .collect();
+    let out = graph.nodes[node].op.output_shape(&ins).unwrap_or_default();
+    if let Some(s) = shapes.get_mut(node) {
+        *s = out;
+    }
+    true
+}
 
 /// The sizes of the module's parameter (or buffer) whose name ends in `suffix`, among
 /// `(name, sizes)` pairs as an importer collected them.

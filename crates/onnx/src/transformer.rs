@@ -19,7 +19,7 @@
 //! - `Dropout` with ratio 0 is nothing (PyTorch returns the input itself).
 
 use super::*;
-use vramlab_graph::op::{Init, LayerNorm};
+use vramlab_graph::op::LayerNorm;
 
 /// Inside an `nn.MultiheadAttention`: what has been read of it so far.
 #[derive(Debug, Clone, PartialEq)]
@@ -124,21 +124,9 @@ impl Cx<'_> {
         if let Some(&id) = self.param_nodes.get(name) {
             return Ok(id);
         }
-        let shape = dims
-            .iter()
-            .map(|&d| usize::try_from(d).ok().filter(|&d| d > 0))
-            .collect::<Option<Vec<_>>>()
+        let op = vramlab_graph::whole::param_value(dims, rank)
             .ok_or_else(|| self.fail(n, format!("`{name}` has dims {dims:?}")))?;
-        let batch_dim = shape.len() == rank + 1 && shape.first() == Some(&1);
-        let id = self.push(
-            name.to_string(),
-            Op::Param {
-                shape,
-                batch_dim,
-                init: Init::default(),
-            },
-            &[],
-        );
+        let id = self.push(name.to_string(), op, &[]);
         self.names.insert(name.to_string(), 1);
         self.param_nodes.insert(name.to_string(), id);
         Ok(id)

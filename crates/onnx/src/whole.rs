@@ -252,25 +252,8 @@ impl Cx<'_> {
             Whole::Swap => {
                 // After a window partition: a grid partition. Before a departition: the
                 // departition says it.
-                let last = self.graph.nodes.len() - 1;
-                let out = if x == last {
-                    match &mut self.graph.nodes[last].op {
-                        Op::Partition { grid, .. } if !*grid => {
-                            *grid = true;
-                            let ins: Vec<&Shape> = self.graph.nodes[last]
-                                .inputs
-                                .iter()
-                                .filter_map(|&i| self.shapes.get(i))
-                                .collect();
-                            let out = self.graph.nodes[last]
-                                .op
-                                .output_shape(&ins)
-                                .unwrap_or_default();
-                            self.shapes[last] = out;
-                            Val::Act(x)
-                        }
-                        _ => Val::Swapped(x),
-                    }
+                let out = if vramlab_graph::whole::make_grid(&mut self.graph, &mut self.shapes, x) {
+                    Val::Act(x)
                 } else {
                     Val::Swapped(x)
                 };

@@ -1531,28 +1531,11 @@ impl Cx<'_> {
             Whole::Swap => {
                 // After a window partition: a grid partition. Before a departition: said
                 // by the departition.
-                let last = self.graph.nodes.len() - 1;
-                if x == last {
-                    if let Op::Partition { grid, .. } = &mut self.graph.nodes[last].op {
-                        if !*grid {
-                            *grid = true;
-                            // The partition's shape as a grid's.
-                            let ins: Vec<&Shape> = self.graph.nodes[last]
-                                .inputs
-                                .iter()
-                                .filter_map(|&i| self.shapes.get(i))
-                                .collect();
-                            let out = self.graph.nodes[last]
-                                .op
-                                .output_shape(&ins)
-                                .unwrap_or_default();
-                            self.shapes[last] = out;
-                            for m in members {
-                                self.set_out(m, Val::Act(x));
-                            }
-                            return Ok(());
-                        }
+                if vramlab_graph::whole::make_grid(&mut self.graph, &mut self.shapes, x) {
+                    for m in members {
+                        self.set_out(m, Val::Act(x));
                     }
+                    return Ok(());
                 }
                 for m in members {
                     self.set_out(m, Val::Swapped(x));
@@ -1701,17 +1684,8 @@ impl Cx<'_> {
         if let Some(&id) = self.param_nodes.get(fqn) {
             return Ok(id);
         }
-        let shape = dims
-            .iter()
-            .map(|&d| usize::try_from(d).ok().filter(|&d| d > 0))
-            .collect::<Option<Vec<_>>>()
+        let op = vramlab_graph::whole::param_value(dims, rank)
             .ok_or_else(|| self.fail(n, format!("`{fqn}` has sizes {dims:?}")))?;
-        let batch_dim = shape.len() == rank + 1 && shape.first() == Some(&1);
-        let op = Op::Param {
-            shape,
-            batch_dim,
-            init: vramlab_graph::op::Init::default(),
-        };
         let name = self.layer_name_raw(fqn.to_string());
         let id = self.push(n, name, op, &[], &[fqn]);
         self.param_nodes.insert(fqn.to_string(), id);
