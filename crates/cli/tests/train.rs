@@ -994,3 +994,59 @@ fn a_model_file_with_a_layer_the_engine_does_not_run_is_named_with_the_file() {
     );
     assert_eq!(err.trim().lines().count(), 1, "{err}");
 }
+
+/// On every instruction-set tier this CPU runs (`VRAMLAB_ISA`), training measures what
+/// the native profile plans: the engine's convolution kernel, and so its scratch,
+/// depends on the tier (direct, batched columns, plane by plane), and both read the one
+/// declaration in the engine's layer file.
+#[test]
+fn on_every_tier_training_measures_the_native_plan() {
+    let root = tmp("tiers");
+    cifar(&root, 8);
+    let r = root.to_str().unwrap();
+    let models = format!("{}/../../models", env!("CARGO_MANIFEST_DIR"));
+    let tiers = vramlab_engine::isa::available();
+    assert!(
+        tiers.len() >= 2,
+        "{tiers:?}: the scalar tier and this CPU's"
+    );
+    for tier in tiers {
+        for model in [
+            "simple_cnn".to_string(),
+            format!("{models}/mbconv_tiny.toml"),
+            format!("{models}/vgg_bn_tiny.toml"),
+        ] {
+            let o = Command::new(env!("CARGO_BIN_EXE_vramlab"))
+                .env(vramlab_engine::isa::ENV, tier.name())
+                .args([
+                    "train",
+                    &model,
+                    "--data",
+                    "cifar10",
+                    "--root",
+                    r,
+                    "--max-steps",
+                    "2",
+                    "--batch-size",
+                    "5",
+                    "--threads",
+                    "2",
+                    "--json",
+                ])
+                .output()
+                .expect("runs");
+            let v = json(&o);
+            let (m, p) = (
+                &v["memory"]["measured"]["steps"],
+                &v["memory"]["planned"]["steps"],
+            );
+            let label = format!("{} {model}", tier.name());
+            assert!(m[1]["peak_bytes"].as_u64().unwrap() > 0, "{label}: {v}");
+            for s in 0..2 {
+                assert_eq!(m[s]["peak_bytes"], p[s]["peak_bytes"], "{label}");
+                assert_eq!(m[s]["at_peak"], p[s]["at_peak"], "{label}");
+                assert_eq!(m[s]["after_step"], p[s]["after_step"], "{label}");
+            }
+        }
+    }
+}

@@ -1,10 +1,13 @@
 //! Splits a convolution's time into im2col and gemm (simple_cnn conv1 and conv2 shapes).
 use std::time::Instant;
 use vramlab_engine::isa;
-use vramlab_engine::kernels::{
+use vramlab_engine::kernels::gemm;
+use vramlab_engine::ops::conv::direct::{
     conv_direct, conv_wgrad_direct, direct_row, direct_weight_len, direct_weights, direct_wgrad,
-    gemm, im2col, pad_planes, ConvGeom,
+    pad_planes,
 };
+use vramlab_engine::ops::conv::im2col::im2col;
+use vramlab_engine::ops::conv::ConvGeom;
 
 fn main() {
     let tier = isa::active();

@@ -20,13 +20,13 @@
 
 pub mod checkpoint;
 pub mod kernels;
-mod layers;
 mod model;
+pub mod ops;
 pub mod optim;
 pub mod tensor;
-mod transformer;
 
 pub use model::{Engine, EngineError, Param, StepMemory, StepResult};
+pub use ops::batch_norm::BnBuffers;
 pub use optim::OptimizerConfig;
 pub use vramlab_graph::rng;
 pub use vramlab_isa as isa;

@@ -2,7 +2,7 @@
 //! `inplace`, and its autograd record (the aten ops forward and backward, and what the
 //! backward keeps, from PyTorch's `derivatives.yaml`, measured on PyTorch 2.15). The
 //! pytorch profiles read the record; the engine's kernels live in
-//! `engine/src/layers/act.rs`.
+//! `engine/src/ops/activation.rs`.
 
 use serde::{Deserialize, Serialize};
 

@@ -1,42 +1,36 @@
 //! The `native` profile: vramlab's own CPU engine (`crates/engine`), step by step. The
 //! engine keeps for backward what PyTorch keeps; what differs is its schedule: backward
-//! in reverse graph order, scratch buffers for convolutions (im2col columns and
-//! per-thread weight-gradient partials, one set per batch chunk), gradients added in
+//! in reverse graph order, scratch buffers for convolutions and attention (as the
+//! engine's layer files declare them: `vramlab_engine::ops`, read here, never restated),
+//! gradients added in
 //! place when nobody else holds them, in-place optimizers with no temporaries, a loss
 //! that is a number rather than a tensor. The engine samples its peak at every
 //! allocation, so this simulation marks a boundary after every allocation too.
 
 use vramlab_graph::{Op, Shaped};
 
+use vramlab_engine::isa::Tier;
+use vramlab_engine::ops::conv::{self, ConvGeom};
+use vramlab_engine::ops::{attention, Scratch};
+
 use crate::sim::{Sid, Sim};
 use crate::{Category, MemoryReport, Mode, OptimizerKind, Phase, PlanConfig, PlanError, Precision};
 
 const F32: u128 = 4;
 
-/// A padded row of the direct convolution (`kernels::direct_row` in the engine) for a
-/// tile `lanes` columns wide.
-/// `kernels::BATCH_COLUMNS` in the engine.
-const BATCH_COLUMNS: u128 = 256;
-
-fn direct_row(lanes: usize, wo: usize, kw: usize) -> usize {
-    wo.div_ceil(lanes) * lanes + kw - 1
-}
-
 struct Native<'a> {
     g: &'a Shaped,
     sim: Sim,
     b: u128,
-    chunks: u128,
     requires: Vec<bool>,
     first_param: Vec<usize>,
     grads: Vec<Option<Sid>>,
-    /// The engine's direct convolution tile `(columns, output channels)` on the
-    /// instruction-set tier it runs (`vramlab_isa::active`, the same place the engine
-    /// asks), if that tier has one.
-    direct_tile: Option<(usize, usize)>,
-    /// The tier computes a direct convolution's weight gradient from the padded input
-    /// (`kernels::direct_wgrad`), with no column matrix.
-    direct_wgrad: bool,
+    /// The instruction-set tier the engine's kernels run (`vramlab_isa::active`, where
+    /// the engine asks): which convolution kernel runs, and so its scratch, depends on it.
+    tier: Tier,
+    /// The batch and the threads, as the engine's kernels see them.
+    batch: usize,
+    threads: usize,
 }
 
 /// What one node keeps for backward (storages), as the engine's tape.
@@ -64,87 +58,24 @@ impl Native<'_> {
         }
     }
 
-    /// Whether the engine runs this convolution directly (a tier with a direct tile,
-    /// stride 1, no dilation, one group, at most 64 channels in and out, not 1x1,
-    /// padding under the kernel): `Engine::direct` and `kernels::direct_shape` in the
-    /// engine.
-    fn direct(&self, i: usize) -> bool {
-        let Op::Conv2d(c) = &self.g.nodes()[i].op else {
-            return false;
-        };
-        self.direct_tile.is_some()
-            && c.stride == (1, 1)
-            && c.dilation == (1, 1)
-            && c.groups == 1
-            && c.out_channels <= 64
-            && c.in_channels <= 64
-            && c.kernel_size != (1, 1)
-            && c.padding.0 < c.kernel_size.0
-            && c.padding.1 < c.kernel_size.1
-    }
-
-    /// Columns of the direct convolution's tile.
-    fn lanes(&self) -> usize {
-        self.direct_tile.map_or(1, |t| t.0)
-    }
-
-    /// Bytes of the direct convolution's blocked weights (blocks of the tile's output
-    /// channels).
-    fn direct_weights(&self, out_ch: usize, in_ch: usize, kh: usize, kw: usize) -> u128 {
-        let cb = self.direct_tile.map_or(1, |t| t.1);
-        (out_ch.div_ceil(cb) * cb * in_ch * kh * kw) as u128 * F32
-    }
-
-    /// (k rows of im2col, output plane) of a convolution node, and whether it is 1x1.
-    fn conv_geom(&self, i: usize) -> (u128, u128, bool) {
-        let Op::Conv2d(c) = &self.g.nodes()[i].op else {
-            unreachable!("a conv")
-        };
-        let k = (c.in_channels / c.groups * c.kernel_size.0 * c.kernel_size.1) as u128;
-        let hw = (self.g.shapes[i][1] * self.g.shapes[i][2]) as u128;
-        let pointwise = c.kernel_size == (1, 1) && c.stride == (1, 1) && c.padding == (0, 0);
-        (k, hw, pointwise)
-    }
-
-    /// Samples per matrix product of a (non-direct) convolution: `kernels::conv_batch`
-    /// in the engine. Below `BATCH_COLUMNS` output positions per sample, one group, the
-    /// samples of a batch chunk go side by side in one column matrix.
-    fn conv_batch(&self, i: usize) -> u128 {
-        let Op::Conv2d(c) = &self.g.nodes()[i].op else {
-            return 1;
-        };
-        if c.groups != 1 {
-            return 1;
+    /// A kernel's scratch as the engine's layer file declares it: each phase's buffers
+    /// allocated in order, then freed.
+    fn scratch(&mut self, s: &Scratch) {
+        for phase in &s.phases {
+            let held: Vec<Sid> = phase
+                .iter()
+                .map(|b| self.alloc(b.floats * F32, None, b.label))
+                .collect();
+            for h in held {
+                self.sim.decref(h);
+            }
         }
-        let (_, hw, _) = self.conv_geom(i);
-        let per_chunk = self.b.div_ceil(self.chunks).max(1);
-        (BATCH_COLUMNS / hw.max(1)).clamp(1, per_chunk)
     }
 
-    /// A depthwise convolution (`kernels::is_depthwise` in the engine): one input and
-    /// one output channel per group, run plane by plane without im2col.
-    fn depthwise(&self, i: usize) -> bool {
-        let Op::Conv2d(c) = &self.g.nodes()[i].op else {
-            return false;
-        };
-        c.groups > 1 && c.groups == c.in_channels && c.groups == c.out_channels
-    }
-
-    /// Floats per chunk of a depthwise convolution's scratch
-    /// (`kernels::depthwise_scratch` in the engine): the padded input plane split into
-    /// `stride_w` column phases of `hp x ceil(wp / stride_w)`, twice in backward (its
-    /// gradient), and a flat output of `ho * stride_h * ceil(wp / stride_w)`.
-    fn depthwise_scratch(&self, i: usize, backward: bool) -> u128 {
-        let Op::Conv2d(c) = &self.g.nodes()[i].op else {
-            return 0;
-        };
+    /// The geometry of convolution node `i`.
+    fn geom(&self, i: usize, c: &vramlab_graph::Conv2d) -> ConvGeom {
         let x = self.g.nodes()[i].inputs[0];
-        let (h, w) = (self.g.shapes[x][1] as u128, self.g.shapes[x][2] as u128);
-        let (sh, sw) = (c.stride.0 as u128, c.stride.1 as u128);
-        let hp = h + 2 * c.padding.0 as u128;
-        let wq = (w + 2 * c.padding.1 as u128).div_ceil(sw);
-        let ho = self.g.shapes[i][1] as u128;
-        sw * hp * wq * if backward { 2 } else { 1 } + ho * sh * wq
+        ConvGeom::new(c, &self.g.shapes[x], &self.g.shapes[i])
     }
 
     fn forward(&mut self, image: Sid, train: bool) -> Result<(Sid, Vec<Option<Tape>>), PlanError> {
@@ -176,56 +107,9 @@ impl Native<'_> {
                 | Op::RelPosAttention { .. } => unreachable!("refused by Op::in_engine"),
                 Op::Conv2d(c) => {
                     let out = self.alloc(out_bytes, None, "conv2d");
-                    let (k, hw, pointwise) = self.conv_geom(i);
-                    if self.direct(i) {
-                        let (h, _) = (g.shapes[node.inputs[0]][1], g.shapes[node.inputs[0]][2]);
-                        let (hp, wp) = (
-                            h + 2 * c.padding.0,
-                            direct_row(self.lanes(), g.shapes[i][2], c.kernel_size.1),
-                        );
-                        let wb = self.direct_weights(
-                            c.out_channels,
-                            c.in_channels,
-                            c.kernel_size.0,
-                            c.kernel_size.1,
-                        );
-                        let wb = self.alloc(wb, None, "direct_weights");
-                        let xpad = self.alloc(
-                            self.chunks * (c.in_channels * hp * wp) as u128 * F32,
-                            None,
-                            "pad",
-                        );
-                        self.sim.decref(wb);
-                        self.sim.decref(xpad);
-                    } else if self.depthwise(i) {
-                        // Plane by plane: per chunk, one plane's phases and flat output.
-                        let s = self.alloc(
-                            self.chunks * self.depthwise_scratch(i, false) * F32,
-                            None,
-                            "depthwise",
-                        );
-                        self.sim.decref(s);
-                    } else if self.conv_batch(i) > 1 {
-                        // Column matrices of several samples side by side, and where a
-                        // sample has more than one position, the product before it is
-                        // copied to the samples' planes.
-                        let ld = self.conv_batch(i) * hw;
-                        let col = self.alloc(self.chunks * k * ld * F32, None, "im2col");
-                        let osc = (hw > 1).then(|| {
-                            self.alloc(
-                                self.chunks * c.out_channels as u128 * ld * F32,
-                                None,
-                                "product",
-                            )
-                        });
-                        self.sim.decref(col);
-                        if let Some(o) = osc {
-                            self.sim.decref(o);
-                        }
-                    } else if !pointwise {
-                        let col = self.alloc(self.chunks * k * hw * F32, None, "im2col");
-                        self.sim.decref(col);
-                    }
+                    let geom = self.geom(i, c);
+                    let s = conv::forward_scratch(&geom, self.tier, self.batch, self.threads);
+                    self.scratch(&s);
                     if train {
                         self.save(&mut tape, x);
                         recorded = true;
@@ -524,83 +408,15 @@ impl Native<'_> {
                                 ),
                             ));
                         }
-                        let (k, hw, pointwise) = self.conv_geom(i);
-                        let sb = self.conv_batch(i);
-                        let wgrad_direct = self.direct(i) && self.direct_wgrad;
-                        // A depthwise convolution keeps only the partials (no columns).
-                        let dw = self.depthwise(i);
-                        if wgrad_direct {
-                            // One padded input per chunk, as in the forward pass.
-                            let hp = g.shapes[x][1] + 2 * c.padding.0;
-                            let wp = direct_row(self.lanes(), g.shapes[i][2], c.kernel_size.1);
-                            let xpad = self.alloc(
-                                self.chunks * (c.in_channels * hp * wp) as u128 * F32,
-                                None,
-                                "pad",
-                            );
-                            let part = self.alloc(
-                                self.chunks * (w / F32 + c.out_channels as u128) * F32,
-                                None,
-                                "partials",
-                            );
-                            self.sim.decref(xpad);
-                            self.sim.decref(part);
-                        }
-                        let col = (!wgrad_direct && !dw && (!pointwise || sb > 1))
-                            .then(|| self.alloc(self.chunks * k * sb * hw * F32, None, "im2col"));
-                        let part = (!wgrad_direct).then(|| {
-                            self.alloc(
-                                self.chunks * (w / F32 + c.out_channels as u128) * F32,
-                                None,
-                                "partials",
-                            )
-                        });
-                        // The output gradients of a group of samples, gathered.
-                        let gsc = (!wgrad_direct && sb > 1 && hw > 1).then(|| {
-                            self.alloc(
-                                self.chunks * c.out_channels as u128 * sb * hw * F32,
-                                None,
-                                "gathered",
-                            )
-                        });
-                        if let Some(col) = col {
-                            self.sim.decref(col);
-                        }
-                        // A depthwise convolution's planes (input phases, their gradient,
-                        // the flat output gradient), after the partials.
-                        let dws = dw.then(|| {
-                            self.alloc(
-                                self.chunks * self.depthwise_scratch(i, true) * F32,
-                                None,
-                                "depthwise",
-                            )
-                        });
-                        if let Some(part) = part {
-                            self.sim.decref(part);
-                        }
-                        if let Some(d) = dws {
-                            self.sim.decref(d);
-                        }
-                        if let Some(gsc) = gsc {
-                            self.sim.decref(gsc);
-                        }
-                        if need_in && self.direct(i) {
-                            // The input gradient as a direct convolution: flipped blocked
-                            // weights, then one padded output gradient per chunk.
-                            let (kh, kw) = c.kernel_size;
-                            let (ho, w_in) = (g.shapes[i][1], g.shapes[x][2]);
-                            let hq = ho + 2 * (kh - 1 - c.padding.0);
-                            let wq = direct_row(self.lanes(), w_in, kw);
-                            let wf = self.direct_weights(c.in_channels, c.out_channels, kh, kw);
-                            let wf = self.alloc(wf, None, "direct_weights");
-                            let gpad = self.alloc(
-                                self.chunks * (c.out_channels * hq * wq) as u128 * F32,
-                                None,
-                                "pad",
-                            );
-                            self.sim.decref(wf);
-                            self.sim.decref(gpad);
-                        }
+                        let geom = self.geom(i, c);
+                        let s = conv::backward_scratch(
+                            &geom,
+                            self.tier,
+                            self.batch,
+                            self.threads,
+                            need_in,
+                        );
+                        self.scratch(&s);
                     }
                     Op::Linear(_)
                     | Op::BatchNorm2d(_)
@@ -616,18 +432,17 @@ impl Native<'_> {
                                 self.alloc(spec.numel() * F32, Some(Category::Grads), "backward"),
                             ));
                         }
-                        if let Op::MultiheadAttention { .. } = node.op {
-                            // Scratch: the heads' output gradient, the packed
-                            // projections' gradient, one TxT probability gradient per
-                            // chunk of the batch.
-                            let (t, e) = (g.shapes[i][0] as u128, g.shapes[i][1] as u128);
-                            let dheads = self.alloc(b * t * e * F32, None, "attention_backward");
-                            let dqkv = self.alloc(b * t * 3 * e * F32, None, "attention_backward");
-                            let dp =
-                                self.alloc(self.chunks * t * t * F32, None, "attention_backward");
-                            self.sim.decref(dp);
-                            self.sim.decref(dheads);
-                            self.sim.decref(dqkv);
+                        if let Op::MultiheadAttention { num_heads, .. } = node.op {
+                            let (t, e) = (g.shapes[i][0], g.shapes[i][1]);
+                            let s = attention::backward_scratch(
+                                self.batch,
+                                t,
+                                e,
+                                num_heads,
+                                self.threads,
+                                false,
+                            );
+                            self.scratch(&s);
                         }
                     }
                     Op::Act { .. }
@@ -735,7 +550,6 @@ pub(crate) fn run(g: &Shaped, cfg: &PlanConfig) -> Result<MemoryReport, PlanErro
         return Err(PlanError::Config(why));
     }
     let b = cfg.batch_size as u128;
-    let threads = cfg.threads.max(1) as u128;
     let mut requires = Vec::new();
     let mut first_param = Vec::new();
     let mut nparams = 0;
@@ -750,14 +564,12 @@ pub(crate) fn run(g: &Shaped, cfg: &PlanConfig) -> Result<MemoryReport, PlanErro
         g,
         sim: Sim::new(1, 0, cfg.record_timeline),
         b,
-        chunks: threads.min(b).max(1),
         requires,
         first_param,
         grads: Vec::new(),
-        direct_tile: vramlab_isa::active()
-            .direct_tile()
-            .filter(|_| vramlab_isa::active().supported()),
-        direct_wgrad: vramlab_isa::active().direct_wgrad() && vramlab_isa::active().supported(),
+        tier: vramlab_isa::active(),
+        batch: usize::try_from(cfg.batch_size).unwrap_or(usize::MAX),
+        threads: cfg.threads.max(1),
     };
     let mut param_bytes = Vec::new();
     let mut buffer_bytes = 0;

@@ -1,0 +1,425 @@
+//! The depthwise convolution, plane by plane.
+
+use super::ConvGeom;
+use crate::kernels::Tier;
+
+/// Whether a convolution is depthwise (one input and one output channel per group):
+/// the engine runs it plane by plane with the `depthwise_*` kernels, no im2col and no
+/// matrix product, and no scratch besides the weight-gradient partials.
+pub fn is_depthwise(g: &ConvGeom) -> bool {
+    g.groups > 1 && g.groups == g.cin && g.groups == g.cout
+}
+
+/// A depthwise convolution's per-plane layout: the zero-padded input split into `sw`
+/// column phases (phase `q` holds padded columns `q, q + sw, ...`), each `hp x wq`, and
+/// a flat output of rows `sh * wq` apart. Output `(oy, ox)` is flat index
+/// `oy * sh * wq + ox`, and its tap `(ky, kx)` reads phase `(kx * dw) % sw` at that index
+/// plus `ky * dh * wq + (kx * dw) / sw`: every tap is one long vector operation over the
+/// plane, whatever the stride, padding and dilation.
+#[derive(Clone, Copy)]
+struct DwLayout {
+    hp: usize,
+    wq: usize,
+    /// Flat outputs computed (the last row's columns past `wo` skipped).
+    len: usize,
+}
+
+impl DwLayout {
+    fn new(g: &ConvGeom) -> DwLayout {
+        let (hp, wp) = (g.h + 2 * g.ph, g.w + 2 * g.pw);
+        let wq = wp.div_ceil(g.sw);
+        DwLayout {
+            hp,
+            wq,
+            len: (g.ho - 1) * g.sh * wq + g.wo,
+        }
+    }
+    fn phases(&self, g: &ConvGeom) -> usize {
+        g.sw * self.hp * self.wq
+    }
+    fn flat(&self, g: &ConvGeom) -> usize {
+        g.ho * g.sh * self.wq
+    }
+    /// Phase plane start plus offset of tap (ky, kx).
+    fn tap(&self, g: &ConvGeom, ky: usize, kx: usize) -> usize {
+        let q = (kx * g.dw) % g.sw;
+        q * self.hp * self.wq + ky * g.dh * self.wq + (kx * g.dw) / g.sw
+    }
+}
+
+/// Floats of scratch per batch chunk a depthwise convolution uses: the phases and the
+/// flat output forward; in backward also the phases of the input gradient. The native
+/// profile computes the same (`depthwise_scratch` there).
+pub fn depthwise_scratch(g: &ConvGeom, backward: bool) -> usize {
+    let l = DwLayout::new(g);
+    l.phases(g) * if backward { 2 } else { 1 } + l.flat(g)
+}
+
+#[inline(always)]
+fn dw_fill_phases(x: &[f32], g: &ConvGeom, l: &DwLayout, ph: &mut [f32]) {
+    ph[..l.phases(g)].fill(0.0);
+    for iy in 0..g.h {
+        let row = &x[iy * g.w..(iy + 1) * g.w];
+        if g.sw == 1 {
+            let d0 = (iy + g.ph) * l.wq + g.pw;
+            ph[d0..d0 + g.w].copy_from_slice(row);
+        } else {
+            for (ix, &v) in row.iter().enumerate() {
+                let c = ix + g.pw;
+                ph[((c % g.sw) * l.hp + iy + g.ph) * l.wq + c / g.sw] = v;
+            }
+        }
+    }
+}
+
+#[inline(always)]
+fn axpy(y: &mut [f32], a: f32, x: &[f32]) {
+    for (u, v) in y.iter_mut().zip(x) {
+        *u += a * v;
+    }
+}
+
+/// A dot product with eight partial sums (so that it vectorises).
+#[inline(always)]
+fn dot8(a: &[f32], b: &[f32]) -> f32 {
+    let mut acc = [0f32; 8];
+    let (ca, cb) = (a.chunks_exact(8), b.chunks_exact(8));
+    let (ra, rb) = (ca.remainder(), cb.remainder());
+    for (x, y) in ca.zip(cb) {
+        for i in 0..8 {
+            acc[i] += x[i] * y[i];
+        }
+    }
+    let mut s: f32 = acc.iter().sum();
+    for (x, y) in ra.iter().zip(rb) {
+        s += x * y;
+    }
+    s
+}
+
+#[inline(always)]
+fn dw_forward_plane(x: &[f32], w: &[f32], g: &ConvGeom, scratch: &mut [f32], out: &mut [f32]) {
+    let l = DwLayout::new(g);
+    let (ph, y) = scratch.split_at_mut(l.phases(g));
+    dw_fill_phases(x, g, &l, ph);
+    let y = &mut y[..l.len];
+    y.fill(0.0);
+    for ky in 0..g.kh {
+        for kx in 0..g.kw {
+            let t = l.tap(g, ky, kx);
+            axpy(y, w[ky * g.kw + kx], &ph[t..t + l.len]);
+        }
+    }
+    for oy in 0..g.ho {
+        let at = oy * g.sh * l.wq;
+        out[oy * g.wo..(oy + 1) * g.wo].copy_from_slice(&y[at..at + g.wo]);
+    }
+}
+
+#[inline(always)]
+fn dw_backward_plane(
+    x: &[f32],
+    w: &[f32],
+    dy: &[f32],
+    g: &ConvGeom,
+    scratch: &mut [f32],
+    gw: &mut [f32],
+    dx: Option<&mut [f32]>,
+) {
+    let l = DwLayout::new(g);
+    let np = l.phases(g);
+    let (ph, rest) = scratch.split_at_mut(np);
+    let (dph, gf) = rest.split_at_mut(np);
+    dw_fill_phases(x, g, &l, ph);
+    // The output gradient in the flat layout, zero past `wo` in each row.
+    let gf = &mut gf[..l.len];
+    gf.fill(0.0);
+    for oy in 0..g.ho {
+        let at = oy * g.sh * l.wq;
+        gf[at..at + g.wo].copy_from_slice(&dy[oy * g.wo..(oy + 1) * g.wo]);
+    }
+    for ky in 0..g.kh {
+        for kx in 0..g.kw {
+            let t = l.tap(g, ky, kx);
+            gw[ky * g.kw + kx] += dot8(gf, &ph[t..t + l.len]);
+        }
+    }
+    let Some(dx) = dx else { return };
+    dph.fill(0.0);
+    for ky in 0..g.kh {
+        for kx in 0..g.kw {
+            let t = l.tap(g, ky, kx);
+            axpy(&mut dph[t..t + l.len], w[ky * g.kw + kx], gf);
+        }
+    }
+    for iy in 0..g.h {
+        let row = &mut dx[iy * g.w..(iy + 1) * g.w];
+        if g.sw == 1 {
+            let s0 = (iy + g.ph) * l.wq + g.pw;
+            for (d, v) in row.iter_mut().zip(&dph[s0..s0 + g.w]) {
+                *d += v;
+            }
+        } else {
+            for (ix, d) in row.iter_mut().enumerate() {
+                let c = ix + g.pw;
+                *d += dph[((c % g.sw) * l.hp + iy + g.ph) * l.wq + c / g.sw];
+            }
+        }
+    }
+}
+
+/// A depthwise convolution of one sample ([`is_depthwise`]): assigns `out`
+/// (`cout x ho x wo`) from `x` (`cin x h x w`) and the weights `[c][kh][kw]`, with
+/// `scratch` of [`depthwise_scratch`]`(g, false)` floats. The same code on every tier,
+/// compiled for AVX2+FMA where the tier has it.
+pub fn depthwise_forward(
+    tier: Tier,
+    x: &[f32],
+    w: &[f32],
+    g: &ConvGeom,
+    scratch: &mut [f32],
+    out: &mut [f32],
+) {
+    assert!(is_depthwise(g), "not a depthwise convolution");
+    let (ip, op, kk) = (g.h * g.w, g.ho * g.wo, g.kh * g.kw);
+    assert!(
+        x.len() >= g.cin * ip
+            && w.len() >= g.cin * kk
+            && out.len() >= g.cout * op
+            && scratch.len() >= depthwise_scratch(g, false),
+        "depthwise buffers"
+    );
+    #[cfg(target_arch = "x86_64")]
+    if matches!(tier, Tier::Avx2 | Tier::Avx512) && tier.supported() {
+        // SAFETY: the tier has AVX2 and FMA; the code is the safe slice code below.
+        unsafe { dw_forward_avx2(x, w, g, scratch, out) };
+        return;
+    }
+    let _ = tier;
+    dw_forward_all(x, w, g, scratch, out)
+}
+
+#[inline(always)]
+fn dw_forward_all(x: &[f32], w: &[f32], g: &ConvGeom, scratch: &mut [f32], out: &mut [f32]) {
+    let (ip, op, kk) = (g.h * g.w, g.ho * g.wo, g.kh * g.kw);
+    for c in 0..g.cin {
+        dw_forward_plane(&x[c * ip..], &w[c * kk..], g, scratch, &mut out[c * op..]);
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn dw_forward_avx2(
+    x: &[f32],
+    w: &[f32],
+    g: &ConvGeom,
+    scratch: &mut [f32],
+    out: &mut [f32],
+) {
+    dw_forward_all(x, w, g, scratch, out)
+}
+
+/// The gradients of a depthwise convolution for one sample: adds the weight gradient
+/// to `gw` (`[c][kh][kw]`) and, if given, the input gradient to `dx`; `scratch` holds
+/// [`depthwise_scratch`]`(g, true)` floats.
+#[allow(clippy::too_many_arguments)]
+pub fn depthwise_backward(
+    tier: Tier,
+    x: &[f32],
+    w: &[f32],
+    dy: &[f32],
+    g: &ConvGeom,
+    scratch: &mut [f32],
+    gw: &mut [f32],
+    dx: Option<&mut [f32]>,
+) {
+    assert!(is_depthwise(g), "not a depthwise convolution");
+    let (ip, op, kk) = (g.h * g.w, g.ho * g.wo, g.kh * g.kw);
+    // (`Option::is_none_or` is newer than the crate's minimum Rust.)
+    let dx_fits = match &dx {
+        Some(d) => d.len() >= g.cin * ip,
+        None => true,
+    };
+    assert!(
+        x.len() >= g.cin * ip
+            && w.len() >= g.cin * kk
+            && dy.len() >= g.cout * op
+            && gw.len() >= g.cin * kk
+            && scratch.len() >= depthwise_scratch(g, true)
+            && dx_fits,
+        "depthwise buffers"
+    );
+    #[cfg(target_arch = "x86_64")]
+    if matches!(tier, Tier::Avx2 | Tier::Avx512) && tier.supported() {
+        // SAFETY: the tier has AVX2 and FMA; the code is the safe slice code below.
+        unsafe { dw_backward_avx2(x, w, dy, g, scratch, gw, dx) };
+        return;
+    }
+    let _ = tier;
+    dw_backward_all(x, w, dy, g, scratch, gw, dx)
+}
+
+#[inline(always)]
+fn dw_backward_all(
+    x: &[f32],
+    w: &[f32],
+    dy: &[f32],
+    g: &ConvGeom,
+    scratch: &mut [f32],
+    gw: &mut [f32],
+    mut dx: Option<&mut [f32]>,
+) {
+    let (ip, op, kk) = (g.h * g.w, g.ho * g.wo, g.kh * g.kw);
+    for c in 0..g.cin {
+        dw_backward_plane(
+            &x[c * ip..],
+            &w[c * kk..],
+            &dy[c * op..],
+            g,
+            scratch,
+            &mut gw[c * kk..],
+            dx.as_deref_mut().map(|d| &mut d[c * ip..]),
+        );
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn dw_backward_avx2(
+    x: &[f32],
+    w: &[f32],
+    dy: &[f32],
+    g: &ConvGeom,
+    scratch: &mut [f32],
+    gw: &mut [f32],
+    dx: Option<&mut [f32]>,
+) {
+    dw_backward_all(x, w, dy, g, scratch, gw, dx)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::kernels::gemm;
+    use crate::ops::conv::im2col::{col2im_add, im2col};
+    use crate::ops::test_tiers as tiers;
+
+    #[test]
+    fn every_tiers_depthwise_convolution_equals_im2col_per_group() {
+        let mut covered = Vec::new();
+        for tier in tiers() {
+            for (c, h, w, k, s, p, d) in [
+                (4, 9, 11, 3, 1, 1, 1),
+                (3, 16, 16, 3, 2, 1, 1),
+                (5, 7, 13, 3, 2, 0, 1),
+                (2, 10, 10, 5, 1, 2, 2),
+                (6, 2, 2, 3, 1, 1, 1),
+                (3, 33, 20, 3, 1, 1, 1),
+                (2, 9, 12, 3, 3, 2, 1),
+                (2, 8, 11, 2, 2, 0, 3),
+            ] {
+                let ho = (h + 2 * p - d * (k - 1) - 1) / s + 1;
+                let wo = (w + 2 * p - d * (k - 1) - 1) / s + 1;
+                let g = ConvGeom {
+                    cin: c,
+                    h,
+                    w,
+                    cout: c,
+                    kh: k,
+                    kw: k,
+                    sh: s,
+                    sw: s,
+                    ph: p,
+                    pw: p,
+                    dh: d,
+                    dw: d,
+                    groups: c,
+                    ho,
+                    wo,
+                };
+                let x: Vec<f32> = (0..c * h * w)
+                    .map(|i| ((i * 37 % 101) as f32 - 50.0) / 25.0)
+                    .collect();
+                let wt: Vec<f32> = (0..c * k * k)
+                    .map(|i| ((i * 53 % 97) as f32 - 48.0) / 40.0)
+                    .collect();
+                let dy: Vec<f32> = (0..c * ho * wo)
+                    .map(|i| ((i * 29 % 89) as f32 - 44.0) / 30.0)
+                    .collect();
+                let (hw, kk) = (ho * wo, k * k);
+                let (mut out, mut gw_ref, mut dx_ref) =
+                    (vec![0.0; c * hw], vec![0.25; c * kk], vec![0.5; c * h * w]);
+                let mut col = vec![0.0; kk * hw];
+                for grp in 0..c {
+                    im2col(&x, &g, grp, &mut col);
+                    let wg = &wt[grp * kk..(grp + 1) * kk];
+                    gemm(
+                        1,
+                        kk,
+                        hw,
+                        wg,
+                        (kk as isize, 1),
+                        &col,
+                        (hw as isize, 1),
+                        &mut out[grp * hw..(grp + 1) * hw],
+                        (hw as isize, 1),
+                        0.0,
+                    );
+                    let dg = &dy[grp * hw..(grp + 1) * hw];
+                    gemm(
+                        1,
+                        hw,
+                        kk,
+                        dg,
+                        (hw as isize, 1),
+                        &col,
+                        (1, hw as isize),
+                        &mut gw_ref[grp * kk..(grp + 1) * kk],
+                        (kk as isize, 1),
+                        1.0,
+                    );
+                    gemm(
+                        kk,
+                        1,
+                        hw,
+                        wg,
+                        (1, kk as isize),
+                        dg,
+                        (hw as isize, 1),
+                        &mut col,
+                        (hw as isize, 1),
+                        0.0,
+                    );
+                    col2im_add(&col, &g, grp, &mut dx_ref);
+                }
+                let mut out2 = vec![f32::NAN; c * hw];
+                let mut scr = vec![f32::NAN; depthwise_scratch(&g, false)];
+                depthwise_forward(tier, &x, &wt, &g, &mut scr, &mut out2);
+                let (mut gw2, mut dx2) = (vec![0.25; c * kk], vec![0.5; c * h * w]);
+                let mut scr = vec![f32::NAN; depthwise_scratch(&g, true)];
+                depthwise_backward(tier, &x, &wt, &dy, &g, &mut scr, &mut gw2, Some(&mut dx2));
+                // Without the input gradient, the same weight gradient.
+                let mut gw3 = vec![0.25; c * kk];
+                depthwise_backward(tier, &x, &wt, &dy, &g, &mut scr, &mut gw3, None);
+                assert_eq!(gw3, gw2);
+                for (what, a, b) in [
+                    ("out", &out2, &out),
+                    ("dw", &gw2, &gw_ref),
+                    ("dx", &dx2, &dx_ref),
+                ] {
+                    for (u, v) in a.iter().zip(b.iter()) {
+                        assert!(
+                            (u - v).abs() < 1e-4 * (1.0 + v.abs()),
+                            "{tier} {what} c{c} {h}x{w} k{k} s{s} p{p} d{d}: {u} vs {v}"
+                        );
+                    }
+                }
+            }
+            covered.push(tier.name());
+        }
+        eprintln!(
+            "depthwise convolution tiers covered: {}",
+            covered.join(", ")
+        );
+    }
+}
