@@ -106,3 +106,34 @@ fn native_matches_the_engine_on_the_vit_model_file() {
     .unwrap();
     compare("models/vit_tiny.toml", &g, 2);
 }
+
+fn model_file(text: &str, name: &str) -> Shaped {
+    vramlab_graph::model_file::parse(text, name)
+        .unwrap()
+        .infer()
+        .unwrap()
+}
+
+#[test]
+fn native_matches_the_engine_on_a_small_swin() {
+    // Shifted and unshifted windows, patch merging (4x4 windows on 8x8 then 4x4 maps).
+    let g = model_file(
+        include_str!("../../../models/swin_tiny.toml"),
+        "swin_tiny.toml",
+    );
+    for batch in [1, 3] {
+        compare("models/swin_tiny.toml", &g, batch);
+    }
+}
+
+#[test]
+fn native_matches_the_engine_on_a_small_maxvit() {
+    // Window and grid partitions, relative-position attention, MBConv.
+    let g = model_file(
+        include_str!("../../../models/maxvit_tiny.toml"),
+        "maxvit_tiny.toml",
+    );
+    for batch in [2, 3] {
+        compare("models/maxvit_tiny.toml", &g, batch);
+    }
+}

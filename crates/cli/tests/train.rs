@@ -865,8 +865,9 @@ fn bench_train_refuses_what_cannot_fit_or_never_ends() {
 }
 
 /// The example model files of the modern families (SiLU, squeeze-and-excitation,
-/// stochastic depth; channel slices, concatenation, shuffles, Hardswish) train, learn,
-/// and measure what the native profile plans.
+/// stochastic depth; channel slices, concatenation, shuffles, Hardswish; Swin's shifted
+/// windows and patch merging; MaxViT's partitions and relative-position attention)
+/// train, learn, and measure what the native profile plans.
 #[test]
 fn the_modern_example_model_files_learn_and_measure_their_plan() {
     let root = tmp("modern-files");
@@ -876,6 +877,8 @@ fn the_modern_example_model_files_learn_and_measure_their_plan() {
         "mbconv_tiny.toml",
         "shuffle_tiny.toml",
         "convnext_block.toml",
+        "swin_tiny.toml",
+        "maxvit_tiny.toml",
     ] {
         let path = format!("{}/../../models/{file}", env!("CARGO_MANIFEST_DIR"));
         let v = json(&vramlab(&[
@@ -975,7 +978,14 @@ fn models_from_pt2_and_onnx_files_train_like_the_zoo_model() {
 fn a_model_file_with_a_layer_the_engine_does_not_run_is_named_with_the_file() {
     let root = tmp("swin");
     cifar(&root, 4);
-    let file = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../models/swin_tiny.toml");
+    // models/swin_tiny.toml with Swin V2's attention, which the engine does not run.
+    let v1 = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../models/swin_tiny.toml");
+    let text = std::fs::read_to_string(v1).unwrap().replace(
+        "type = \"ShiftedWindowAttention\"",
+        "type = \"ShiftedWindowAttentionV2\"",
+    );
+    let file = root.join("swin_v2_tiny.toml");
+    std::fs::write(&file, text).unwrap();
     let f = file.to_str().unwrap();
     let o = vramlab(&[
         "train",
@@ -989,7 +999,7 @@ fn a_model_file_with_a_layer_the_engine_does_not_run_is_named_with_the_file() {
     let err = String::from_utf8_lossy(&o.stderr);
     assert!(err.starts_with(&format!("error: {f}: layer `")), "{err}");
     assert!(
-        err.contains("does not run ShiftedWindowAttention yet"),
+        err.contains("does not run ShiftedWindowAttentionV2 yet"),
         "{err}"
     );
     assert_eq!(err.trim().lines().count(), 1, "{err}");
@@ -1049,4 +1059,65 @@ fn on_every_tier_training_measures_the_native_plan() {
             }
         }
     }
+}
+
+/// A Swin's checkpoint holds its relative position index under torchvision's name (as
+/// its state_dict does), eval reads it back, and a checkpoint whose index is not
+/// torchvision's is refused by name.
+#[test]
+fn a_swin_checkpoint_keeps_its_relative_position_index() {
+    let root = tmp("swin-ck");
+    cifar(&root, 8);
+    let r = root.to_str().unwrap();
+    let model = format!("{}/../../models/swin_tiny.toml", env!("CARGO_MANIFEST_DIR"));
+    let ck = root.join("swin.safetensors");
+    json(&vramlab(&[
+        "train",
+        &model,
+        "--data",
+        "cifar10",
+        "--root",
+        r,
+        "--max-steps",
+        "2",
+        "--batch-size",
+        "4",
+        "--checkpoint",
+        ck.to_str().unwrap(),
+        "--json",
+    ]));
+    let v = eval_json(&ck, r);
+    assert!(v["accuracy"].as_f64().is_some(), "{v}");
+    // The index of the first attention, as safetensors stores it: int64 [16 * 16].
+    let bytes = std::fs::read(&ck).unwrap();
+    let header_len = u64::from_le_bytes(bytes[..8].try_into().unwrap()) as usize;
+    let header: serde_json::Value = serde_json::from_slice(&bytes[8..8 + header_len]).unwrap();
+    let key = "features.1.0.attention.body.attn.relative_position_index";
+    let entry = &header[key];
+    assert_eq!(entry["dtype"], "I64", "{key} in the checkpoint");
+    assert_eq!(entry["shape"], serde_json::json!([256]));
+    // Index (0, 0) of a 4x4 window is (dy, dx) = (3, 3): 3 * 7 + 3 = 24.
+    let start = 8 + header_len + entry["data_offsets"][0].as_u64().unwrap() as usize;
+    let first = i64::from_le_bytes(bytes[start..start + 8].try_into().unwrap());
+    assert_eq!(first, 24);
+    // Another index is refused.
+    let mut bad = bytes.clone();
+    bad[start..start + 8].copy_from_slice(&25i64.to_le_bytes());
+    let bad_ck = root.join("bad.safetensors");
+    std::fs::write(&bad_ck, bad).unwrap();
+    let o = vramlab(&[
+        "eval",
+        "--checkpoint",
+        bad_ck.to_str().unwrap(),
+        "--data",
+        "cifar10",
+        "--root",
+        r,
+    ]);
+    assert_eq!(o.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        err.contains(key) && err.contains("not the relative position index"),
+        "{err}"
+    );
 }

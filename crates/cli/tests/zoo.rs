@@ -83,18 +83,27 @@ fn an_input_a_vit_does_not_take_is_pytorchs_error() {
 
 #[test]
 fn a_layer_the_engine_does_not_run_is_named_with_the_profiles_that_plan_it() {
-    let o = vramlab(&["memory", "swin_t", "--profile", "native"]);
+    let o = vramlab(&["memory", "swin_v2_t", "--profile", "native"]);
     let err = String::from_utf8_lossy(&o.stderr);
     assert_eq!(o.status.code(), Some(2), "{err}");
     assert!(
-        err.contains("vramlab's CPU engine does not run ShiftedWindowAttention yet"),
+        err.contains("vramlab's CPU engine does not run ShiftedWindowAttentionV2 yet"),
         "{err}"
     );
     assert!(err.contains("--profile pytorch-cpu"), "{err}");
     assert_eq!(err.trim().lines().count(), 1, "{err}");
     // The pytorch profiles plan it.
-    let o = vramlab(&["memory", "swin_t", "--profile", "pytorch-cpu", "-b", "2"]);
+    let o = vramlab(&["memory", "swin_v2_t", "--profile", "pytorch-cpu", "-b", "2"]);
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    // Swin V1 and MaxViT run in the engine, so the native profile plans them.
+    for model in ["swin_t", "maxvit_t"] {
+        let o = vramlab(&["memory", model, "--profile", "native", "-b", "2"]);
+        assert!(
+            o.status.success(),
+            "{model}: {}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+    }
 }
 
 /// A FIFO named like a model is refused at once, never waited on (it would block until

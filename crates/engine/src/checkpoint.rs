@@ -110,6 +110,16 @@ fn tensors(e: &Engine) -> Vec<(String, Vec<usize>, Source<'_>)> {
             ));
         }
     }
+    for (i, index) in e.position_index.iter().enumerate() {
+        if let Some(b) = index {
+            let node = &e.graph.nodes()[i];
+            out.push((
+                format!("{}.relative_position_index", node.name),
+                index_shape(node, b.len()),
+                Source::I64(b),
+            ));
+        }
+    }
     for p in &e.params {
         for (k, s) in p.state.iter().enumerate() {
             out.push((
@@ -120,6 +130,15 @@ fn tensors(e: &Engine) -> Vec<(String, Vec<usize>, Source<'_>)> {
         }
     }
     out
+}
+
+/// The shape torchvision registers a node's `relative_position_index` with (`len` values).
+fn index_shape(node: &vramlab_graph::Node, len: usize) -> Vec<usize> {
+    node.op
+        .buffers()
+        .into_iter()
+        .find(|s| s.name == "relative_position_index")
+        .map_or_else(|| vec![len], |s| s.shape)
 }
 
 fn write_error(path: &Path, e: impl std::fmt::Display) -> CheckpointError {
@@ -413,6 +432,19 @@ impl Checkpoint {
         Ok(v)
     }
 
+    /// An int64 tensor of this shape.
+    fn read_i64(&self, name: &str, shape: &[usize]) -> Result<Vec<i64>, CheckpointError> {
+        let mut v = Vec::new();
+        self.read_tensor(name, shape, Dtype::I64, |bytes| {
+            v.extend(
+                bytes
+                    .chunks_exact(8)
+                    .map(|c| i64::from_le_bytes(c.try_into().expect("8 bytes"))),
+            )
+        })?;
+        Ok(v)
+    }
+
     fn read_i64_scalar(&self, name: &str) -> Result<i64, CheckpointError> {
         let mut v = Vec::with_capacity(8);
         self.read_tensor(name, &[], Dtype::I64, |b| v.extend_from_slice(b))?;
@@ -470,6 +502,21 @@ impl Checkpoint {
                 let t = self.read_i64_scalar(&keys[2])?;
                 expected.extend(keys);
                 bn_staged.push((i, m, v, t));
+            }
+        }
+        // The relative position index is torchvision's constant: it must be that.
+        for (i, index) in e.position_index.iter().enumerate() {
+            if let Some(b) = index {
+                let node = &e.graph.nodes()[i];
+                let key = format!("{}.relative_position_index", node.name);
+                let v = self.read_i64(&key, &index_shape(node, b.len()))?;
+                if v != *b.borrow() {
+                    return Err(self.err(format!(
+                        "`{key}` is not the relative position index of {}'s window",
+                        node.op.type_name()
+                    )));
+                }
+                expected.insert(key);
             }
         }
         let moments = e.optimizer.moments();

@@ -133,6 +133,9 @@ pub struct Engine {
     pub tracker: Rc<Tracker>,
     pub params: Vec<Param>,
     pub bn: Vec<Option<BnBuffers>>,
+    /// The `relative_position_index` buffer of each attention with a relative position
+    /// bias (Swin's, MaxViT's), as torchvision registers it.
+    pub position_index: Vec<Option<Rc<Buf<i64>>>>,
     pub optimizer: OptimizerConfig,
     pub step: u64,
     pub rng: Rng,
@@ -306,6 +309,7 @@ impl Engine {
         let mut rng = Rng::new(seed);
         let mut params = Vec::new();
         let mut bn = Vec::new();
+        let mut position_index = Vec::new();
         let mut first_param = Vec::new();
         let mut requires_grad = Vec::new();
         for node in graph.nodes() {
@@ -338,14 +342,23 @@ impl Engine {
                     state: Vec::new(),
                 });
             }
-            // BatchNorm's running statistics (the one layer with buffers the engine runs).
-            let stats = match &node.op {
-                Op::BatchNorm2d(b) => b.track_running_stats.then_some(b.num_features),
-                op => {
-                    debug_assert!(op.buffers().is_empty() || !op.in_engine());
-                    None
-                }
+            // Buffers: BatchNorm's running statistics, attention's relative position index.
+            let stats = if let Op::BatchNorm2d(b) = &node.op {
+                b.track_running_stats.then_some(b.num_features)
+            } else {
+                None
             };
+            let window = node.op.relative_position_window();
+            position_index.push(window.map(|(wh, ww)| {
+                let index = ops::attention::relative_position_index(wh, ww);
+                let index = index.into_iter().map(|v| v as i64).collect();
+                Buf::from_vec(&tracker, index, Some(Category::Buffers))
+            }));
+            debug_assert!(
+                node.op.buffers().is_empty() || stats.is_some() || window.is_some(),
+                "{}: buffers the engine does not make",
+                node.name
+            );
             bn.push(stats.map(|c| BnBuffers {
                 running_mean: Tensor::from_vec(
                     &tracker,
@@ -367,6 +380,7 @@ impl Engine {
             tracker,
             params,
             bn,
+            position_index,
             optimizer,
             step: 0,
             rng,
@@ -392,6 +406,15 @@ impl Engine {
             threads: self.threads,
             tier: self.tier,
         }
+    }
+
+    /// The relative position index of attention node `i`.
+    fn position_index(&self, i: usize) -> Vec<usize> {
+        let index = self.position_index[i]
+            .as_ref()
+            .expect("made with the layer");
+        let v = index.borrow().iter().map(|&v| v as usize).collect();
+        v
     }
 
     /// The geometry of convolution node `i`.
@@ -518,11 +541,59 @@ impl Engine {
             let param = |k: usize| &self.params[p0 + k].value;
             let (out, t) = match &node.op {
                 Op::Input => unreachable!("node 0"),
-                Op::WindowAttention(_)
-                | Op::PatchMerge
-                | Op::Partition { .. }
-                | Op::Departition { .. }
-                | Op::RelPosAttention { .. } => unreachable!("refused by Op::in_engine"),
+                Op::WindowAttention(a) => {
+                    let w = ops::window_attention::Weights {
+                        table: param(0),
+                        attn: AttnWeights {
+                            w_in: param(1),
+                            b_in: param(2),
+                            w_out: param(3),
+                            b_out: param(4),
+                        },
+                    };
+                    let index = self.position_index(i);
+                    let (out, s) = ops::window_attention::forward(&ctx, &xin, a, &w, &index);
+                    let t = train.then(|| Tape::Attn {
+                        x: Saved::new(&s.windows),
+                        qkv: Saved::new(&s.attn.qkv),
+                        probs: Saved::new(&s.attn.probs),
+                        heads: Saved::new(&s.attn.heads),
+                    });
+                    (out, t)
+                }
+                Op::RelPosAttention { dim, head_dim, .. } => {
+                    let w = AttnWeights {
+                        w_in: param(1),
+                        b_in: param(2),
+                        w_out: param(3),
+                        b_out: param(4),
+                    };
+                    let index = self.position_index(i);
+                    let heads = dim / head_dim;
+                    let (out, xf, s) =
+                        ops::rel_pos_attention::forward(&ctx, &xin, param(0), &w, heads, &index);
+                    let t = train.then(|| Tape::Attn {
+                        x: Saved::new(&xf),
+                        qkv: Saved::new(&s.qkv),
+                        probs: Saved::new(&s.probs),
+                        heads: Saved::new(&s.heads),
+                    });
+                    (out, t)
+                }
+                Op::PatchMerge => {
+                    let out = ops::patch_merge::forward(&ctx, &xin, &self.out_shape(i, b));
+                    (out, rg.then_some(Tape::Nothing))
+                }
+                Op::Partition { p, grid } => {
+                    let shape = self.out_shape(i, b);
+                    let out = ops::partition::forward(&ctx, &xin, *p, *grid, &shape);
+                    (out, rg.then_some(Tape::Nothing))
+                }
+                Op::Departition { p, grid, .. } => {
+                    let shape = self.out_shape(i, b);
+                    let out = ops::departition::forward(&ctx, &xin, *p, *grid, &shape);
+                    (out, rg.then_some(Tape::Nothing))
+                }
                 Op::Conv2d(c) => {
                     let g = self.geom(i, c);
                     let bias = c.bias.then(|| param(1));
@@ -1065,12 +1136,97 @@ impl Engine {
                         }
                     }
                 }
-                Op::Input
-                | Op::WindowAttention(_)
-                | Op::PatchMerge
-                | Op::Partition { .. }
-                | Op::Departition { .. }
-                | Op::RelPosAttention { .. } => wrong(),
+                Op::WindowAttention(a) => {
+                    let Tape::Attn {
+                        x,
+                        qkv,
+                        probs,
+                        heads,
+                    } = tape
+                    else {
+                        wrong()
+                    };
+                    let w = ops::window_attention::Weights {
+                        table: param(0),
+                        attn: AttnWeights {
+                            w_in: param(1),
+                            b_in: param(2),
+                            w_out: param(3),
+                            b_out: param(4),
+                        },
+                    };
+                    let saved = ops::window_attention::Saved {
+                        windows: x.0.clone(),
+                        attn: AttnSaved {
+                            qkv: qkv.0.clone(),
+                            probs: probs.0.clone(),
+                            heads: heads.0.clone(),
+                        },
+                    };
+                    let index = self.position_index(i);
+                    let grads =
+                        ops::window_attention::backward(&ctx, &saved, &g, a, &w, &index, need_in);
+                    ins.extend(grads.input.map(|t| (node.inputs[0], t)));
+                    pgs.extend(grads.table.map(|t| (p0, t)));
+                    pgs.extend((p0 + 1..).zip(grads.params));
+                }
+                Op::RelPosAttention { dim, head_dim, .. } => {
+                    let Tape::Attn {
+                        x,
+                        qkv,
+                        probs,
+                        heads,
+                    } = tape
+                    else {
+                        wrong()
+                    };
+                    let w = AttnWeights {
+                        w_in: param(1),
+                        b_in: param(2),
+                        w_out: param(3),
+                        b_out: param(4),
+                    };
+                    let saved = AttnSaved {
+                        qkv: qkv.0.clone(),
+                        probs: probs.0.clone(),
+                        heads: heads.0.clone(),
+                    };
+                    let index = self.position_index(i);
+                    let grads = ops::rel_pos_attention::backward(
+                        &ctx,
+                        &x.0,
+                        &saved,
+                        &g,
+                        param(0),
+                        &w,
+                        dim / head_dim,
+                        &index,
+                        need_in,
+                    );
+                    ins.extend(grads.input.map(|t| (node.inputs[0], t)));
+                    pgs.extend(grads.table.map(|t| (p0, t)));
+                    pgs.extend((p0 + 1..).zip(grads.params));
+                }
+                Op::PatchMerge => {
+                    let Tape::Nothing = tape else { wrong() };
+                    let gi = ops::patch_merge::backward(&ctx, &g, &in_shape(node.inputs[0]));
+                    ins.push((node.inputs[0], gi));
+                }
+                Op::Partition { p, grid } => {
+                    let Tape::Nothing = tape else { wrong() };
+                    let xs = in_shape(node.inputs[0]);
+                    ins.push((
+                        node.inputs[0],
+                        ops::partition::backward(&ctx, &g, *p, *grid, &xs),
+                    ));
+                }
+                Op::Departition { p, grid, .. } => {
+                    let Tape::Nothing = tape else { wrong() };
+                    let xs = in_shape(node.inputs[0]);
+                    let gi = ops::departition::backward(&ctx, &g, *p, *grid, &xs);
+                    ins.push((node.inputs[0], gi));
+                }
+                Op::Input => wrong(),
             }
             drop(g);
             drop(t);

@@ -261,3 +261,77 @@ fn torchvision_initialisation_of_the_transformer_parameters() {
     assert_eq!(scale.value.shape, vec![4, 1, 1]);
     assert!(scale.value.data().iter().all(|&v| v == 1e-6));
 }
+
+/// A convolution, then the channels-last map a Swin block reads.
+fn channels_last(cin: usize, c: usize) -> Vec<Op> {
+    vec![
+        Op::Conv2d(Conv2d::new(cin, c, 1)),
+        Op::Permute {
+            dims: vec![1, 2, 0],
+        },
+    ]
+}
+
+#[test]
+fn shifted_window_attention_on_a_padded_map_with_its_mask_and_position_bias() {
+    // A 6x6 map in 4x4 windows: padded to 8x8, rolled by 2, masked across regions.
+    let mut ops = channels_last(2, 4);
+    ops.push(Op::WindowAttention(vramlab_graph::op::WindowAttention {
+        dim: 4,
+        heads: 2,
+        window: (4, 4),
+        shift: (2, 2),
+        v2: false,
+    }));
+    ops.extend([Op::Flatten, Op::Linear(Linear::new(6 * 6 * 4, 3))]);
+    let g = chain("swin_window", vec![2, 6, 6], ops);
+    // Every parameter: the bias table (49 x 2), qkv, proj.
+    assert!(check(g, 2, 24) > 100);
+    // Unshifted, the windows exactly cover the map.
+    let mut ops = channels_last(2, 4);
+    ops.push(Op::WindowAttention(vramlab_graph::op::WindowAttention {
+        dim: 4,
+        heads: 1,
+        window: (2, 2),
+        shift: (0, 0),
+        v2: false,
+    }));
+    ops.extend([Op::Flatten, Op::Linear(Linear::new(4 * 4 * 4, 3))]);
+    check(chain("swin_plain", vec![2, 4, 4], ops), 2, 16);
+}
+
+#[test]
+fn patch_merging_of_an_odd_map() {
+    let mut ops = channels_last(2, 3);
+    ops.extend([
+        Op::PatchMerge,
+        Op::Linear(Linear::new(12, 4)),
+        Op::Flatten,
+        Op::Linear(Linear::new(3 * 3 * 4, 3)),
+    ]);
+    check(chain("merge", vec![2, 5, 5], ops), 2, 16);
+}
+
+#[test]
+fn window_and_grid_partitions_with_relative_position_attention() {
+    for grid in [false, true] {
+        let ops = vec![
+            Op::Conv2d(Conv2d::new(2, 4, 1)),
+            Op::Partition { p: 2, grid },
+            Op::RelPosAttention {
+                dim: 4,
+                head_dim: 2,
+                size: 2,
+            },
+            Op::Departition {
+                p: 2,
+                grid,
+                parts: (2, 2),
+            },
+            Op::Flatten,
+            Op::Linear(Linear::new(4 * 4 * 4, 3)),
+        ];
+        let g = chain(if grid { "grid" } else { "window" }, vec![2, 4, 4], ops);
+        assert!(check(g, 2, 16) > 60);
+    }
+}

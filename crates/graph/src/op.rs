@@ -455,13 +455,48 @@ impl Op {
             | Op::Concat
             | Op::StochasticDepth { .. }
             | Op::Narrow { .. }
-            | Op::ChannelShuffle { .. } => true,
-            // Swin's and MaxViT's layers: planned by the pytorch profiles only.
-            Op::WindowAttention(_)
+            | Op::ChannelShuffle { .. }
             | Op::PatchMerge
             | Op::Partition { .. }
             | Op::Departition { .. }
-            | Op::RelPosAttention { .. } => false,
+            | Op::RelPosAttention { .. } => true,
+            // Swin V2's cosine attention and continuous position bias: planned by the
+            // pytorch profiles only.
+            Op::WindowAttention(w) => !w.v2,
+        }
+    }
+
+    /// The window `(height, width)` of an attention's relative position bias (the
+    /// `relative_position_index` buffer torchvision registers), if it has one.
+    pub fn relative_position_window(&self) -> Option<(usize, usize)> {
+        match self {
+            Op::WindowAttention(w) => Some(w.window),
+            Op::RelPosAttention { size, .. } => Some((*size, *size)),
+            Op::Param { .. }
+            | Op::LayerNorm(_)
+            | Op::MultiheadAttention { .. }
+            | Op::Select { .. }
+            | Op::Tokens
+            | Op::Permute { .. }
+            | Op::Input
+            | Op::Conv2d(_)
+            | Op::BatchNorm2d(_)
+            | Op::Act { .. }
+            | Op::MaxPool2d(_)
+            | Op::AvgPool2d(_)
+            | Op::AdaptiveAvgPool2d { .. }
+            | Op::Flatten
+            | Op::Linear(_)
+            | Op::Dropout { .. }
+            | Op::Add { .. }
+            | Op::Mul
+            | Op::Concat
+            | Op::StochasticDepth { .. }
+            | Op::Narrow { .. }
+            | Op::ChannelShuffle { .. }
+            | Op::PatchMerge
+            | Op::Partition { .. }
+            | Op::Departition { .. } => None,
         }
     }
 
@@ -547,10 +582,12 @@ impl Op {
                     v.push(TensorSpec::f32("cpb_mlp.2.weight", vec![h, 512]));
                     v
                 } else {
+                    // trunc_normal_(std=0.02), whose cut at +-2 is 100 std away.
                     let mut v = vec![TensorSpec::f32(
                         "relative_position_bias_table",
                         vec![w.table_len(), h],
-                    )];
+                    )
+                    .init(Init::Normal { std: 0.02 })];
                     v.extend(qkv_proj);
                     v
                 }
@@ -564,7 +601,8 @@ impl Op {
                 let inner = heads * head_dim;
                 let side = (2 * size).saturating_sub(1);
                 vec![
-                    TensorSpec::f32("relative_position_bias_table", vec![side * side, heads]),
+                    TensorSpec::f32("relative_position_bias_table", vec![side * side, heads])
+                        .init(Init::Normal { std: 0.02 }),
                     TensorSpec::f32("to_qkv.weight", vec![3 * inner, *dim]),
                     TensorSpec::f32("to_qkv.bias", vec![3 * inner]),
                     TensorSpec::f32("merge.weight", vec![*dim, inner]),

@@ -11,6 +11,7 @@ use vramlab_graph::{Op, Shaped};
 
 use vramlab_engine::isa::Tier;
 use vramlab_engine::ops::conv::{self, ConvGeom};
+use vramlab_engine::ops::window_attention::{self, Windows};
 use vramlab_engine::ops::{attention, Scratch};
 
 use crate::sim::{Sid, Sim};
@@ -72,6 +73,54 @@ impl Native<'_> {
         }
     }
 
+    /// Allocates the buffers of the first phase of a declaration and returns them, held.
+    fn hold(&mut self, s: &Scratch) -> Vec<Sid> {
+        let phase = s.phases.first().map_or(&[][..], |p| &p[..]);
+        phase
+            .iter()
+            .map(|b| self.alloc(b.floats * F32, None, b.label))
+            .collect()
+    }
+
+    /// The engine's attention (`ops::attention::forward`) over `seqs` sequences of `t`
+    /// tokens of `e` values in `heads` heads, with a relative position bias (`biased`):
+    /// the bias (held while it runs), the packed projections, the probabilities, the
+    /// heads' outputs and the output. Returns the output and the three tensors kept for
+    /// backward.
+    fn attention(
+        &mut self,
+        seqs: u128,
+        t: usize,
+        e: usize,
+        heads: usize,
+        biased: bool,
+    ) -> (Sid, [Sid; 3]) {
+        let bias = if biased {
+            self.hold(&attention::forward_scratch(heads, t))
+        } else {
+            Vec::new()
+        };
+        let (t, e, h) = (t as u128, e as u128, heads as u128);
+        let qkv = self.alloc(seqs * t * 3 * e * F32, None, "in_proj");
+        let probs = self.alloc(seqs * h * t * t * F32, None, "softmax");
+        let heads = self.alloc(seqs * t * e * F32, None, "attention");
+        let out = self.alloc(seqs * t * e * F32, None, "out_proj");
+        for s in bias {
+            self.sim.decref(s);
+        }
+        (out, [qkv, probs, heads])
+    }
+
+    /// Keeps `kept` on the tape in training; drops this step's own references.
+    fn keep(&mut self, tape: &mut Tape, kept: [Sid; 3], train: bool) {
+        for s in kept {
+            if train {
+                self.save(tape, s);
+            }
+            self.sim.decref(s);
+        }
+    }
+
     /// The geometry of convolution node `i`.
     fn geom(&self, i: usize, c: &vramlab_graph::Conv2d) -> ConvGeom {
         let x = self.g.nodes()[i].inputs[0];
@@ -100,11 +149,6 @@ impl Native<'_> {
             let mut recorded = false;
             let out = match &node.op {
                 Op::Input => unreachable!("node 0"),
-                Op::WindowAttention(_)
-                | Op::PatchMerge
-                | Op::Partition { .. }
-                | Op::Departition { .. }
-                | Op::RelPosAttention { .. } => unreachable!("refused by Op::in_engine"),
                 Op::Conv2d(c) => {
                     let out = self.alloc(out_bytes, None, "conv2d");
                     let geom = self.geom(i, c);
@@ -262,23 +306,48 @@ impl Native<'_> {
                     out
                 }
                 Op::MultiheadAttention { num_heads, .. } => {
-                    // The packed projections, the probabilities of every head, the
-                    // heads' outputs side by side, then the output.
-                    let (t, e) = (g.shapes[i][0] as u128, g.shapes[i][1] as u128);
-                    let qkv = self.alloc(b * t * 3 * e * F32, None, "in_proj");
-                    let probs = self.alloc(b * *num_heads as u128 * t * t * F32, None, "softmax");
-                    let heads = self.alloc(b * t * e * F32, None, "attention");
-                    let out = self.alloc(out_bytes, None, "out_proj");
+                    let (t, e) = (g.shapes[i][0], g.shapes[i][1]);
+                    let (out, kept) = self.attention(b, t, e, *num_heads, false);
                     if train {
                         self.save(&mut tape, x);
-                        self.save(&mut tape, qkv);
-                        self.save(&mut tape, probs);
-                        self.save(&mut tape, heads);
                         recorded = true;
                     }
-                    self.sim.decref(qkv);
-                    self.sim.decref(probs);
-                    self.sim.decref(heads);
+                    self.keep(&mut tape, kept, train);
+                    out
+                }
+                Op::RelPosAttention { dim, head_dim, .. } => {
+                    // Partitions [G, P, D] as G sequences of each sample.
+                    let s = &g.shapes[i];
+                    let (out, kept) =
+                        self.attention(b * s[0] as u128, s[1], s[2], dim / head_dim, true);
+                    if train {
+                        self.save(&mut tape, x);
+                        recorded = true;
+                    }
+                    self.keep(&mut tape, kept, train);
+                    out
+                }
+                Op::WindowAttention(a) => {
+                    // The window tokens (one copy), the mask of shifted windows, the
+                    // attention on them, then the map back.
+                    let s = &g.shapes[i];
+                    let win = Windows::new(a, s[0], s[1], s[2]);
+                    let (n, c) = (win.tokens(), s[2]);
+                    let groups = b * win.count() as u128;
+                    let windows = self.alloc(groups * (n * c) as u128 * F32, None, "windows");
+                    let mask = self.hold(&window_attention::forward_scratch(&win));
+                    let (y, kept) = self.attention(groups, n, c, a.heads, true);
+                    for m in mask {
+                        self.sim.decref(m);
+                    }
+                    let out = self.alloc(out_bytes, None, "window_reverse");
+                    self.sim.decref(y);
+                    if train {
+                        self.save(&mut tape, windows);
+                        recorded = true;
+                    }
+                    self.sim.decref(windows);
+                    self.keep(&mut tape, kept, train);
                     out
                 }
                 Op::Mul => {
@@ -297,7 +366,10 @@ impl Native<'_> {
                 | Op::ChannelShuffle { .. }
                 | Op::Select { .. }
                 | Op::Tokens
-                | Op::Permute { .. } => {
+                | Op::Permute { .. }
+                | Op::PatchMerge
+                | Op::Partition { .. }
+                | Op::Departition { .. } => {
                     recorded = train && self.requires[i];
                     self.alloc(out_bytes, None, "copy")
                 }
@@ -387,11 +459,32 @@ impl Native<'_> {
             let mut pgs: Vec<(usize, Sid)> = Vec::new();
             if tape.is_some() {
                 match &node.op {
-                    Op::WindowAttention(_)
-                    | Op::PatchMerge
-                    | Op::Partition { .. }
-                    | Op::Departition { .. }
-                    | Op::RelPosAttention { .. } => unreachable!("refused by Op::in_engine"),
+                    Op::WindowAttention(a) => {
+                        // The window tokens' output gradient, the attention's gradients
+                        // and scratch, then the input gradient from the windows'.
+                        let s = &g.shapes[i];
+                        let win = Windows::new(a, s[0], s[1], s[2]);
+                        let (n, c) = (win.tokens(), s[2]);
+                        let groups = b * win.count() as u128;
+                        let tokens = groups * (n * c) as u128 * F32;
+                        let gy = self.alloc(tokens, None, "windows");
+                        let gw = need_in.then(|| self.alloc(tokens, None, "backward"));
+                        for (k, spec) in node.op.params().iter().enumerate() {
+                            let bytes = spec.numel() * F32;
+                            pgs.push((
+                                p0 + k,
+                                self.alloc(bytes, Some(Category::Grads), "backward"),
+                            ));
+                        }
+                        let sc =
+                            attention::backward_scratch(groups, n, c, a.heads, self.threads, true);
+                        self.scratch(&sc);
+                        self.sim.decref(gy);
+                        if let Some(gw) = gw {
+                            ins.push((x, self.alloc(in_bytes, None, "window_reverse")));
+                            self.sim.decref(gw);
+                        }
+                    }
                     Op::Conv2d(c) => {
                         if need_in {
                             ins.push((x, self.alloc(in_bytes, None, "conv2d_backward")));
@@ -422,6 +515,7 @@ impl Native<'_> {
                     | Op::BatchNorm2d(_)
                     | Op::LayerNorm(_)
                     | Op::MultiheadAttention { .. }
+                    | Op::RelPosAttention { .. }
                     | Op::Param { .. } => {
                         if need_in {
                             ins.push((x, self.alloc(in_bytes, None, "backward")));
@@ -432,20 +526,32 @@ impl Native<'_> {
                                 self.alloc(spec.numel() * F32, Some(Category::Grads), "backward"),
                             ));
                         }
-                        if let Op::MultiheadAttention { num_heads, .. } = node.op {
-                            let (t, e) = (g.shapes[i][0], g.shapes[i][1]);
+                        // Attention's scratch: sequences of the batch (MultiheadAttention)
+                        // or of its partitions (G per sample, with a position bias).
+                        let s = &g.shapes[i];
+                        let attention = if let Op::MultiheadAttention { num_heads, .. } = node.op {
+                            Some((b, s[0], s[1], num_heads, false))
+                        } else if let Op::RelPosAttention { dim, head_dim, .. } = node.op {
+                            Some((b * s[0] as u128, s[1], s[2], dim / head_dim, true))
+                        } else {
+                            None
+                        };
+                        if let Some((seqs, t, e, heads, biased)) = attention {
                             let s = attention::backward_scratch(
-                                self.batch,
+                                seqs,
                                 t,
                                 e,
-                                num_heads,
+                                heads,
                                 self.threads,
-                                false,
+                                biased,
                             );
                             self.scratch(&s);
                         }
                     }
                     Op::Act { .. }
+                    | Op::PatchMerge
+                    | Op::Partition { .. }
+                    | Op::Departition { .. }
                     | Op::Select { .. }
                     | Op::Tokens
                     | Op::Permute { .. }

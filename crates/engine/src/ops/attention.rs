@@ -225,15 +225,15 @@ pub(crate) struct AttnGrads {
 /// one `T x T` probability gradient per chunk of the batch, and with a position bias
 /// (`biased`) one bias gradient `[heads, T, T]` per chunk.
 pub fn backward_scratch(
-    batch: usize,
+    batch: u128,
     tokens: usize,
     embed: usize,
     heads: usize,
     threads: usize,
     biased: bool,
 ) -> Scratch {
-    let (b, t, e, h) = (batch as u128, tokens as u128, embed as u128, heads as u128);
-    let c = super::chunks(threads, batch) as u128;
+    let (b, t, e, h) = (batch, tokens as u128, embed as u128, heads as u128);
+    let c = (threads as u128).min(batch).max(1);
     Scratch::one(&[
         buffer("heads_grad", b * t * e),
         buffer("qkv_grad", b * t * 3 * e),
@@ -269,7 +269,7 @@ pub(crate) fn backward(
     let gb_in = ctx.grad(&[e3]);
     let gw_out = ctx.grad(&[e, e]);
     let gb_out = ctx.grad(&[e]);
-    let s = backward_scratch(b, t, e, heads, ctx.threads, pos.is_some());
+    let s = backward_scratch(b as u128, t, e, heads, ctx.threads, pos.is_some());
     let mut held = ctx.phase(&s, 0);
     let dheads = held.need("heads_grad", b * t * e);
     let dqkv = held.need("qkv_grad", b * t * e3);

@@ -24,6 +24,7 @@ pub mod batch_norm;
 pub mod channel_shuffle;
 pub mod concat;
 pub mod conv;
+pub mod departition;
 pub mod dropout;
 pub mod layer_norm;
 pub mod linear;
@@ -31,10 +32,14 @@ pub mod max_pool;
 pub mod mul;
 pub mod narrow;
 pub mod param;
+pub mod partition;
+pub mod patch_merge;
 pub mod permute;
+pub mod rel_pos_attention;
 pub mod select;
 pub mod stochastic_depth;
 pub mod tokens;
+pub mod window_attention;
 
 /// One scratch buffer a kernel declares: what it holds and its size in f32 values.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
