@@ -17,7 +17,11 @@ from torchvision.models.maxvit import (
     WindowDepartition,
     WindowPartition,
 )
-from torchvision.models.swin_transformer import ShiftedWindowAttention, _patch_merging_pad
+from torchvision.models.swin_transformer import (
+    ShiftedWindowAttention,
+    ShiftedWindowAttentionV2,
+    _patch_merging_pad,
+)
 
 torch.manual_seed(0)
 
@@ -52,6 +56,26 @@ for name, hw, window, shift, heads in [
             "op": {"window": window, "shift": shift, "heads": heads, "dim": 4},
             "x": flat(x),
             "params": ps,
+            "y": flat(m(x)),
+        }
+    )
+
+# Swin V2: cosine attention, logit scale, the position bias MLP (qkv's k bias unused).
+for name, hw, window, shift, heads in [
+    ("swin_v2_shifted_padded", (6, 6), 4, 2, 2),
+    ("swin_v2_shift_one_side", (4, 8), 4, 2, 2),
+]:
+    m = ShiftedWindowAttentionV2(4, [window, window], [shift, shift], heads)
+    ps = params(m)
+    x = torch.randn(2, hw[0], hw[1], 4)
+    cases.append(
+        {
+            "name": name,
+            "input": list(x.shape[1:]),
+            "op": {"window": window, "shift": shift, "heads": heads, "dim": 4, "v2": True},
+            "x": flat(x),
+            "params": ps,
+            "coords": flat(m.relative_coords_table),
             "y": flat(m(x)),
         }
     )

@@ -639,10 +639,6 @@ fn model_source_for(src: &ModelSource, name: &str, ds: &Dataset) -> Result<Shape
         input_shape: Some(ds.shape.to_vec()),
     };
     let g = src.build(&opts, name)?;
-    // A layer the engine cannot run is refused here, naming the model file or name.
-    if let Some(why) = vramlab_memory::not_in_engine(&g) {
-        return Err(UserError(format!("{name}: {why}")));
-    }
     if g.num_classes() != ds.classes.len() {
         return Err(UserError(format!(
             "{name} predicts {} classes but {} has {}",

@@ -137,3 +137,32 @@ fn native_matches_the_engine_on_a_small_maxvit() {
         compare("models/maxvit_tiny.toml", &g, batch);
     }
 }
+
+#[test]
+fn native_matches_the_engine_on_a_small_swin_v2() {
+    // models/swin_tiny.toml with Swin V2's attention: cosine scores, logit scales, the
+    // position bias MLP.
+    let text = include_str!("../../../models/swin_tiny.toml").replace(
+        "type = \"ShiftedWindowAttention\"",
+        "type = \"ShiftedWindowAttentionV2\"",
+    );
+    let g = model_file(&text, "swin_v2_tiny.toml");
+    for batch in [1, 3] {
+        compare("swin_v2_tiny", &g, batch);
+    }
+}
+
+#[test]
+fn native_matches_the_engine_on_torchvisions_swin_and_maxvit() {
+    // The zoo's full-size builders (28 to 31 M parameters) at their 224 / 256 inputs,
+    // batch 1: one step each in the engine, planned to the byte.
+    for name in ["swin_t", "swin_v2_t", "maxvit_t"] {
+        let t = std::time::Instant::now();
+        let g = vramlab_graph::load(name, &Default::default())
+            .unwrap()
+            .infer()
+            .unwrap();
+        compare(name, &g, 1);
+        eprintln!("{name}: {:?}", t.elapsed());
+    }
+}

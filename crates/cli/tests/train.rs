@@ -975,10 +975,12 @@ fn models_from_pt2_and_onnx_files_train_like_the_zoo_model() {
 }
 
 #[test]
-fn a_model_file_with_a_layer_the_engine_does_not_run_is_named_with_the_file() {
+fn a_swin_v2_model_file_learns_measures_its_plan_and_checkpoints_its_tables() {
     let root = tmp("swin");
-    cifar(&root, 4);
-    // models/swin_tiny.toml with Swin V2's attention, which the engine does not run.
+    cifar(&root, 64);
+    let r = root.to_str().unwrap();
+    // models/swin_tiny.toml with Swin V2's attention (cosine scores, logit scales, the
+    // position bias MLP over the coordinates table).
     let v1 = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../models/swin_tiny.toml");
     let text = std::fs::read_to_string(v1).unwrap().replace(
         "type = \"ShiftedWindowAttention\"",
@@ -986,23 +988,53 @@ fn a_model_file_with_a_layer_the_engine_does_not_run_is_named_with_the_file() {
     );
     let file = root.join("swin_v2_tiny.toml");
     std::fs::write(&file, text).unwrap();
-    let f = file.to_str().unwrap();
-    let o = vramlab(&[
+    let ck = root.join("v2.safetensors");
+    let v = json(&vramlab(&[
         "train",
-        f,
+        file.to_str().unwrap(),
         "--data",
         "cifar10",
         "--root",
-        root.to_str().unwrap(),
-    ]);
-    assert_eq!(o.status.code(), Some(2));
-    let err = String::from_utf8_lossy(&o.stderr);
-    assert!(err.starts_with(&format!("error: {f}: layer `")), "{err}");
+        r,
+        "--epochs",
+        "2",
+        "--batch-size",
+        "16",
+        "--seed",
+        "3",
+        "--threads",
+        "2",
+        "--checkpoint",
+        ck.to_str().unwrap(),
+        "--json",
+    ]));
+    let epochs = v["epochs"].as_array().unwrap();
     assert!(
-        err.contains("does not run ShiftedWindowAttentionV2 yet"),
-        "{err}"
+        epochs[1]["test_accuracy"].as_f64().unwrap() > 0.6,
+        "{}",
+        v["epochs"]
     );
-    assert_eq!(err.trim().lines().count(), 1, "{err}");
+    let (m, p) = (
+        &v["memory"]["measured"]["steps"],
+        &v["memory"]["planned"]["steps"],
+    );
+    for s in 0..2 {
+        assert_eq!(m[s]["peak_bytes"], p[s]["peak_bytes"]);
+        assert_eq!(m[s]["at_peak"], p[s]["at_peak"]);
+    }
+    // The checkpoint holds torchvision's buffers by their names, and eval reads them.
+    let bytes = std::fs::read(&ck).unwrap();
+    let header_len = u64::from_le_bytes(bytes[..8].try_into().unwrap()) as usize;
+    let header: serde_json::Value = serde_json::from_slice(&bytes[8..8 + header_len]).unwrap();
+    let at = "features.1.1.attention.body.attn";
+    let coords = &header[format!("{at}.relative_coords_table")];
+    assert_eq!(coords["shape"], serde_json::json!([1, 7, 7, 2]), "{at}");
+    assert_eq!(
+        header[format!("{at}.logit_scale")]["shape"],
+        serde_json::json!([2, 1, 1])
+    );
+    let e = eval_json(&ck, r);
+    assert!(e["accuracy"].as_f64().unwrap() > 0.6, "{e}");
 }
 
 /// On every instruction-set tier this CPU runs (`VRAMLAB_ISA`), training measures what

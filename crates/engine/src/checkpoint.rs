@@ -120,6 +120,16 @@ fn tensors(e: &Engine) -> Vec<(String, Vec<usize>, Source<'_>)> {
             ));
         }
     }
+    for (i, coords) in e.position_coords.iter().enumerate() {
+        if let Some(t) = coords {
+            let node = &e.graph.nodes()[i];
+            out.push((
+                format!("{}.relative_coords_table", node.name),
+                t.shape.clone(),
+                Source::F32(t),
+            ));
+        }
+    }
     for p in &e.params {
         for (k, s) in p.state.iter().enumerate() {
             out.push((
@@ -513,6 +523,21 @@ impl Checkpoint {
                 if v != *b.borrow() {
                     return Err(self.err(format!(
                         "`{key}` is not the relative position index of {}'s window",
+                        node.op.type_name()
+                    )));
+                }
+                expected.insert(key);
+            }
+        }
+        // So is Swin V2's coordinates table.
+        for (i, coords) in e.position_coords.iter().enumerate() {
+            if let Some(t) = coords {
+                let node = &e.graph.nodes()[i];
+                let key = format!("{}.relative_coords_table", node.name);
+                let v = self.read_f32(&key, &t.shape)?;
+                if v != *t.data() {
+                    return Err(self.err(format!(
+                        "`{key}` is not the coordinates table of {}'s window",
                         node.op.type_name()
                     )));
                 }

@@ -136,6 +136,8 @@ pub struct Engine {
     /// The `relative_position_index` buffer of each attention with a relative position
     /// bias (Swin's, MaxViT's), as torchvision registers it.
     pub position_index: Vec<Option<Rc<Buf<i64>>>>,
+    /// Swin V2's `relative_coords_table` buffer, what its position bias MLP reads.
+    pub position_coords: Vec<Option<Tensor>>,
     pub optimizer: OptimizerConfig,
     pub step: u64,
     pub rng: Rng,
@@ -291,14 +293,6 @@ impl Engine {
                 graph.graph.name
             )));
         }
-        if let Some(n) = graph.nodes().iter().find(|n| !n.op.in_engine()) {
-            return Err(EngineError(format!(
-                "layer `{}`: the CPU engine does not run {} yet (`vramlab memory` plans it for \
-                 PyTorch; training it needs PyTorch for now)",
-                n.name,
-                n.op.type_name()
-            )));
-        }
         let max_per_sample = check_sizes(&graph)?;
         let threads = threads.max(1);
         let pool = rayon::ThreadPoolBuilder::new()
@@ -310,6 +304,7 @@ impl Engine {
         let mut params = Vec::new();
         let mut bn = Vec::new();
         let mut position_index = Vec::new();
+        let mut position_coords = Vec::new();
         let mut first_param = Vec::new();
         let mut requires_grad = Vec::new();
         for node in graph.nodes() {
@@ -323,6 +318,7 @@ impl Engine {
                 // The layer's one definition says how PyTorch starts it.
                 let data = match spec.init {
                     Init::FanInUniform => init_uniform(&mut rng, n, fan_in),
+                    Init::FanInOf(fan_in) => init_uniform(&mut rng, n, fan_in),
                     Init::Ones => vec![1.0; n],
                     Init::Zeros => vec![0.0; n],
                     Init::Xavier { fan_in, fan_out } => init_xavier(&mut rng, n, fan_in, fan_out),
@@ -354,6 +350,16 @@ impl Engine {
                 let index = index.into_iter().map(|v| v as i64).collect();
                 Buf::from_vec(&tracker, index, Some(Category::Buffers))
             }));
+            let v2_window = if let Op::WindowAttention(w) = &node.op {
+                w.v2.then_some(w.window)
+            } else {
+                None
+            };
+            position_coords.push(v2_window.map(|(wh, ww)| {
+                let table = ops::window_attention::relative_coords_table(wh, ww);
+                let shape = [1, 2 * wh - 1, 2 * ww - 1, 2];
+                Tensor::from_vec(&tracker, &shape, table, Some(Category::Buffers))
+            }));
             debug_assert!(
                 node.op.buffers().is_empty() || stats.is_some() || window.is_some(),
                 "{}: buffers the engine does not make",
@@ -381,6 +387,7 @@ impl Engine {
             params,
             bn,
             position_index,
+            position_coords,
             optimizer,
             step: 0,
             rng,
@@ -405,6 +412,38 @@ impl Engine {
             pool: &self.pool,
             threads: self.threads,
             tier: self.tier,
+        }
+    }
+
+    /// The weights of window attention node `i`, in its parameters' order (V1: the table,
+    /// `qkv`, `proj`; V2: `logit_scale`, `qkv`, `proj`, `cpb_mlp.0`, `cpb_mlp.2`).
+    fn window_weights(
+        &self,
+        i: usize,
+        a: &vramlab_graph::op::WindowAttention,
+    ) -> ops::window_attention::Weights<'_> {
+        let p = |k: usize| &self.params[self.first_param[i] + k].value;
+        let bias = if a.v2 {
+            ops::window_attention::Bias::Mlp {
+                coords: self.position_coords[i]
+                    .as_ref()
+                    .expect("made with the layer"),
+                w1: p(5),
+                b1: p(6),
+                w2: p(7),
+                logit_scale: p(0),
+            }
+        } else {
+            ops::window_attention::Bias::Table(p(0))
+        };
+        ops::window_attention::Weights {
+            bias,
+            attn: AttnWeights {
+                w_in: p(1),
+                b_in: p(2),
+                w_out: p(3),
+                b_out: p(4),
+            },
         }
     }
 
@@ -542,15 +581,7 @@ impl Engine {
             let (out, t) = match &node.op {
                 Op::Input => unreachable!("node 0"),
                 Op::WindowAttention(a) => {
-                    let w = ops::window_attention::Weights {
-                        table: param(0),
-                        attn: AttnWeights {
-                            w_in: param(1),
-                            b_in: param(2),
-                            w_out: param(3),
-                            b_out: param(4),
-                        },
-                    };
+                    let w = self.window_weights(i, a);
                     let index = self.position_index(i);
                     let (out, s) = ops::window_attention::forward(&ctx, &xin, a, &w, &index);
                     let t = train.then(|| Tape::Attn {
@@ -723,7 +754,9 @@ impl Engine {
                         b_out: param(3),
                     };
                     let scale = ops::attention::mha_scale(xin.shape[2], *num_heads);
-                    let (out, s) = ops::attention::forward(&ctx, &xin, &w, *num_heads, scale, None);
+                    let scores = ops::attention::Scores::Scaled(scale);
+                    let (out, s) =
+                        ops::attention::forward(&ctx, &xin, &w, *num_heads, scores, None);
                     let t = train.then(|| Tape::Attn {
                         x: Saved::new(&xin),
                         qkv: Saved::new(&s.qkv),
@@ -1041,7 +1074,15 @@ impl Engine {
                     };
                     let scale = ops::attention::mha_scale(x.0.shape[2], *num_heads);
                     let grads = ops::attention::backward(
-                        &ctx, &x.0, &saved, &g, &w, *num_heads, scale, None, need_in,
+                        &ctx,
+                        &x.0,
+                        &saved,
+                        &g,
+                        &w,
+                        *num_heads,
+                        ops::attention::Scores::Scaled(scale),
+                        None,
+                        need_in,
                     );
                     ins.extend(grads.input.map(|t| (node.inputs[0], t)));
                     pgs.extend((p0..).zip(grads.params));
@@ -1146,15 +1187,7 @@ impl Engine {
                     else {
                         wrong()
                     };
-                    let w = ops::window_attention::Weights {
-                        table: param(0),
-                        attn: AttnWeights {
-                            w_in: param(1),
-                            b_in: param(2),
-                            w_out: param(3),
-                            b_out: param(4),
-                        },
-                    };
+                    let w = self.window_weights(i, a);
                     let saved = ops::window_attention::Saved {
                         windows: x.0.clone(),
                         attn: AttnSaved {
@@ -1167,8 +1200,7 @@ impl Engine {
                     let grads =
                         ops::window_attention::backward(&ctx, &saved, &g, a, &w, &index, need_in);
                     ins.extend(grads.input.map(|t| (node.inputs[0], t)));
-                    pgs.extend(grads.table.map(|t| (p0, t)));
-                    pgs.extend((p0 + 1..).zip(grads.params));
+                    pgs.extend(grads.params.into_iter().map(|(k, t)| (p0 + k, t)));
                 }
                 Op::RelPosAttention { dim, head_dim, .. } => {
                     let Tape::Attn {

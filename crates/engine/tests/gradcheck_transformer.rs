@@ -301,6 +301,23 @@ fn shifted_window_attention_on_a_padded_map_with_its_mask_and_position_bias() {
 }
 
 #[test]
+fn swin_v2_cosine_attention_logit_scale_and_position_bias_mlp() {
+    // Padded and shifted as above; every parameter: the logit scales, qkv (its k bias
+    // unused: zero gradient both ways), proj, and the position bias MLP.
+    let mut ops = channels_last(2, 4);
+    ops.push(Op::WindowAttention(vramlab_graph::op::WindowAttention {
+        dim: 4,
+        heads: 2,
+        window: (4, 4),
+        shift: (2, 2),
+        v2: true,
+    }));
+    ops.extend([Op::Flatten, Op::Linear(Linear::new(6 * 6 * 4, 3))]);
+    let g = chain("swin_v2_window", vec![2, 6, 6], ops);
+    assert!(check(g, 2, 24) > 150);
+}
+
+#[test]
 fn patch_merging_of_an_odd_map() {
     let mut ops = channels_last(2, 3);
     ops.extend([

@@ -1,7 +1,8 @@
 //! Swin's and MaxViT's layers in the engine against torchvision's forward values
 //! (`tools/window_layers_forward.py`, PyTorch 2.15): shifted windows on a padded map
-//! (roll, mask, relative position bias), a shift along one side only, patch merging of
-//! an odd map, window and grid partitions with relative-position attention.
+//! (roll, mask, relative position bias), a shift along one side only, Swin V2's cosine
+//! attention and position bias MLP, patch merging of an odd map, window and grid
+//! partitions with relative-position attention.
 
 use serde_json::Value;
 use vramlab_engine::{Engine, OptimizerConfig};
@@ -35,7 +36,7 @@ fn ops(case: &Value) -> Vec<Op> {
             heads: n("heads"),
             window: (w, w),
             shift: (s, s),
-            v2: false,
+            v2: op["v2"].as_bool().unwrap_or(false),
         })];
     }
     if name == "patch_merge" {
@@ -63,7 +64,7 @@ fn the_engine_computes_torchvisions_values() {
     let text = include_str!("fixtures/window_layers.json");
     let fixture: Value = serde_json::from_str(text).unwrap();
     let cases = fixture["cases"].as_array().unwrap();
-    assert_eq!(cases.len(), 6);
+    assert_eq!(cases.len(), 8);
     for case in cases {
         let name = case["name"].as_str().unwrap();
         let mut b = GraphBuilder::new(name, usizes(&case["input"]));
@@ -81,6 +82,17 @@ fn the_engine_computes_torchvisions_values() {
             assert!(p.name.ends_with(pname), "{name}: {} vs {pname}", p.name);
             assert_eq!(p.value.shape, usizes(&want["shape"]), "{name}: {pname}");
             p.value.data_mut().copy_from_slice(&floats(&want["data"]));
+        }
+        if let Some(coords) = case.get("coords") {
+            // Swin V2's coordinates table, as torchvision computes it.
+            let mine = e.position_coords[1].as_ref().expect("a V2 layer");
+            let worst = mine
+                .data()
+                .iter()
+                .zip(floats(coords))
+                .map(|(a, b)| (a - b).abs())
+                .fold(0.0f32, f32::max);
+            assert!(worst < 1e-6, "{name}: coordinates off by {worst}");
         }
         let xs = floats(&case["x"]);
         let images = e.batch(xs, 2).unwrap();

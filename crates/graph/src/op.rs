@@ -28,6 +28,9 @@ pub enum Init {
     /// for a bias, both a uniform bound of `1/sqrt(fan_in)`: Conv2d's and Linear's.
     #[default]
     FanInUniform,
+    /// The same bound for a module inside the layer with its own fan-in (Swin V2's
+    /// `cpb_mlp` Linears).
+    FanInOf(usize),
     Ones,
     Zeros,
     /// `xavier_uniform_` (`nn.MultiheadAttention`'s `in_proj_weight`).
@@ -431,41 +434,6 @@ impl Op {
         }
     }
 
-    /// Whether vramlab's CPU engine runs this op (and so the native profile plans it).
-    pub fn in_engine(&self) -> bool {
-        match self {
-            Op::Param { .. }
-            | Op::LayerNorm(_)
-            | Op::MultiheadAttention { .. }
-            | Op::Select { .. }
-            | Op::Tokens
-            | Op::Permute { .. }
-            | Op::Input
-            | Op::Conv2d(_)
-            | Op::BatchNorm2d(_)
-            | Op::Act { .. }
-            | Op::MaxPool2d(_)
-            | Op::AvgPool2d(_)
-            | Op::AdaptiveAvgPool2d { .. }
-            | Op::Flatten
-            | Op::Linear(_)
-            | Op::Dropout { .. }
-            | Op::Add { .. }
-            | Op::Mul
-            | Op::Concat
-            | Op::StochasticDepth { .. }
-            | Op::Narrow { .. }
-            | Op::ChannelShuffle { .. }
-            | Op::PatchMerge
-            | Op::Partition { .. }
-            | Op::Departition { .. }
-            | Op::RelPosAttention { .. } => true,
-            // Swin V2's cosine attention and continuous position bias: planned by the
-            // pytorch profiles only.
-            Op::WindowAttention(w) => !w.v2,
-        }
-    }
-
     /// The window `(height, width)` of an attention's relative position bias (the
     /// `relative_position_index` buffer torchvision registers), if it has one.
     pub fn relative_position_window(&self) -> Option<(usize, usize)> {
@@ -575,11 +543,17 @@ impl Op {
                     TensorSpec::f32("proj.bias", vec![d]),
                 ];
                 if w.v2 {
-                    let mut v = vec![TensorSpec::f32("logit_scale", vec![h, 1, 1])];
+                    // log(10 * ones), and the MLP's Linears with their own fan-ins.
+                    let mut v = vec![TensorSpec::f32("logit_scale", vec![h, 1, 1])
+                        .init(Init::Constant(10f64.ln()))];
                     v.extend(qkv_proj);
-                    v.push(TensorSpec::f32("cpb_mlp.0.weight", vec![512, 2]));
-                    v.push(TensorSpec::f32("cpb_mlp.0.bias", vec![512]));
-                    v.push(TensorSpec::f32("cpb_mlp.2.weight", vec![h, 512]));
+                    v.push(
+                        TensorSpec::f32("cpb_mlp.0.weight", vec![512, 2]).init(Init::FanInOf(2)),
+                    );
+                    v.push(TensorSpec::f32("cpb_mlp.0.bias", vec![512]).init(Init::FanInOf(2)));
+                    v.push(
+                        TensorSpec::f32("cpb_mlp.2.weight", vec![h, 512]).init(Init::FanInOf(512)),
+                    );
                     v
                 } else {
                     // trunc_normal_(std=0.02), whose cut at +-2 is 100 std away.

@@ -27,7 +27,6 @@ pub mod device_fit;
 pub mod dist;
 pub mod fit;
 mod native;
-pub use native::not_in_engine;
 mod optim;
 pub mod sim;
 mod train;

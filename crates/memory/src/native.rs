@@ -19,6 +19,9 @@ use crate::{Category, MemoryReport, Mode, OptimizerKind, Phase, PlanConfig, Plan
 
 const F32: u128 = 4;
 
+/// Width of Swin V2's position bias MLP (`cpb_mlp.0`: `Linear(2, 512)`).
+const CPB_HIDDEN: u128 = 512;
+
 struct Native<'a> {
     g: &'a Shaped,
     sim: Sim,
@@ -94,12 +97,10 @@ impl Native<'_> {
         e: usize,
         heads: usize,
         biased: bool,
+        cosine: bool,
     ) -> (Sid, [Sid; 3]) {
-        let bias = if biased {
-            self.hold(&attention::forward_scratch(heads, t))
-        } else {
-            Vec::new()
-        };
+        let s = attention::forward_scratch(seqs, t, e, heads, self.threads, biased, cosine);
+        let bias = self.hold(&s);
         let (t, e, h) = (t as u128, e as u128, heads as u128);
         let qkv = self.alloc(seqs * t * 3 * e * F32, None, "in_proj");
         let probs = self.alloc(seqs * h * t * t * F32, None, "softmax");
@@ -109,6 +110,15 @@ impl Native<'_> {
             self.sim.decref(s);
         }
         (out, [qkv, probs, heads])
+    }
+
+    /// Swin V2's position bias MLP over its table of `win`: the hidden layer `[L, 512]`,
+    /// then the output `[L, heads]` (`window_attention::cpb_mlp` in the engine).
+    fn cpb_mlp(&mut self, win: &Windows, heads: usize) -> (Sid, Sid) {
+        let rows = win.table_rows() as u128;
+        let hidden = self.alloc(rows * CPB_HIDDEN * F32, None, "cpb_mlp");
+        let raw = self.alloc(rows * heads as u128 * F32, None, "cpb_mlp");
+        (hidden, raw)
     }
 
     /// Keeps `kept` on the tape in training; drops this step's own references.
@@ -307,7 +317,7 @@ impl Native<'_> {
                 }
                 Op::MultiheadAttention { num_heads, .. } => {
                     let (t, e) = (g.shapes[i][0], g.shapes[i][1]);
-                    let (out, kept) = self.attention(b, t, e, *num_heads, false);
+                    let (out, kept) = self.attention(b, t, e, *num_heads, false, false);
                     if train {
                         self.save(&mut tape, x);
                         recorded = true;
@@ -319,7 +329,7 @@ impl Native<'_> {
                     // Partitions [G, P, D] as G sequences of each sample.
                     let s = &g.shapes[i];
                     let (out, kept) =
-                        self.attention(b * s[0] as u128, s[1], s[2], dim / head_dim, true);
+                        self.attention(b * s[0] as u128, s[1], s[2], dim / head_dim, true, false);
                     if train {
                         self.save(&mut tape, x);
                         recorded = true;
@@ -336,7 +346,20 @@ impl Native<'_> {
                     let groups = b * win.count() as u128;
                     let windows = self.alloc(groups * (n * c) as u128 * F32, None, "windows");
                     let mask = self.hold(&window_attention::forward_scratch(&win));
-                    let (y, kept) = self.attention(groups, n, c, a.heads, true);
+                    // V2: its MLP's hidden layer and output, then the bias table made of
+                    // them (held through the attention).
+                    let table = a.v2.then(|| {
+                        let (hidden, raw) = self.cpb_mlp(&win, a.heads);
+                        let rows = win.table_rows() as u128;
+                        let table = self.alloc(rows * a.heads as u128 * F32, None, "cpb_mlp");
+                        self.sim.decref(hidden);
+                        self.sim.decref(raw);
+                        table
+                    });
+                    let (y, kept) = self.attention(groups, n, c, a.heads, true, a.v2);
+                    if let Some(t) = table {
+                        self.sim.decref(t);
+                    }
                     for m in mask {
                         self.sim.decref(m);
                     }
@@ -469,17 +492,46 @@ impl Native<'_> {
                         let tokens = groups * (n * c) as u128 * F32;
                         let gy = self.alloc(tokens, None, "windows");
                         let gw = need_in.then(|| self.alloc(tokens, None, "backward"));
-                        for (k, spec) in node.op.params().iter().enumerate() {
+                        let specs = node.op.params();
+                        let rows = win.table_rows() as u128;
+                        let table_grad = a.v2.then(|| {
+                            // V2's table is not a parameter: its gradient is a temporary.
+                            self.alloc(rows * a.heads as u128 * F32, None, "backward")
+                        });
+                        // The attention's own parameters: V1's table, qkv and proj; V2's
+                        // logit scale, qkv and proj.
+                        for (k, spec) in specs.iter().enumerate().take(5) {
                             let bytes = spec.numel() * F32;
                             pgs.push((
                                 p0 + k,
                                 self.alloc(bytes, Some(Category::Grads), "backward"),
                             ));
                         }
-                        let sc =
-                            attention::backward_scratch(groups, n, c, a.heads, self.threads, true);
+                        let sc = attention::backward_scratch(
+                            groups,
+                            n,
+                            c,
+                            a.heads,
+                            self.threads,
+                            true,
+                            a.v2,
+                        );
                         self.scratch(&sc);
                         self.sim.decref(gy);
+                        if let Some(dt) = table_grad {
+                            // Through V2's MLP: recomputed, cpb_mlp.2's gradient, the hidden
+                            // layer's, cpb_mlp.0's weight and bias gradients.
+                            let (hidden, raw) = self.cpb_mlp(&win, a.heads);
+                            let grad = |k: usize| specs[k].numel() * F32;
+                            let g2 = self.alloc(grad(7), Some(Category::Grads), "backward");
+                            let dh = self.alloc(rows * CPB_HIDDEN * F32, None, "backward");
+                            let g0w = self.alloc(grad(5), Some(Category::Grads), "backward");
+                            let g0b = self.alloc(grad(6), Some(Category::Grads), "backward");
+                            for t in [dh, hidden, raw, dt] {
+                                self.sim.decref(t);
+                            }
+                            pgs.extend([(p0 + 5, g0w), (p0 + 6, g0b), (p0 + 7, g2)]);
+                        }
                         if let Some(gw) = gw {
                             ins.push((x, self.alloc(in_bytes, None, "window_reverse")));
                             self.sim.decref(gw);
@@ -544,6 +596,7 @@ impl Native<'_> {
                                 heads,
                                 self.threads,
                                 biased,
+                                false,
                             );
                             self.scratch(&s);
                         }
@@ -610,20 +663,6 @@ impl Native<'_> {
     }
 }
 
-/// The native profile's report.
-/// The first layer vramlab's CPU engine does not run, said as one sentence: such a model
-/// can neither be trained nor planned by the native profile.
-pub fn not_in_engine(g: &Shaped) -> Option<String> {
-    let n = g.nodes().iter().find(|n| !n.op.in_engine())?;
-    Some(format!(
-        "layer `{}`: vramlab's CPU engine does not run {} yet, so it cannot train this \
-         model and the native profile cannot plan it (the pytorch-cpu and pytorch-cuda \
-         profiles do: `vramlab memory MODEL --profile pytorch-cpu`)",
-        n.name,
-        n.op.type_name()
-    ))
-}
-
 pub(crate) fn run(g: &Shaped, cfg: &PlanConfig) -> Result<MemoryReport, PlanError> {
     // The engine trains auxiliary classifiers' models without them (`without_aux`).
     if !g.graph.aux.is_empty() {
@@ -651,9 +690,6 @@ pub(crate) fn run(g: &Shaped, cfg: &PlanConfig) -> Result<MemoryReport, PlanErro
              pytorch-cpu profiles"
                 .into(),
         ));
-    }
-    if let Some(why) = not_in_engine(g) {
-        return Err(PlanError::Config(why));
     }
     let b = cfg.batch_size as u128;
     let mut requires = Vec::new();

@@ -2,7 +2,7 @@
 //! inside each partition with a relative position bias, torchvision's scale `D ** -0.5`
 //! (of the whole feature dimension). Runs [`super::attention`] on `[B * G, P, D]`.
 
-use super::attention::{self, AttnSaved, AttnWeights, PositionBias};
+use super::attention::{self, AttnSaved, AttnWeights, BiasGrad, PositionBias, Scores};
 use super::Ctx;
 use crate::tensor::Tensor;
 
@@ -43,7 +43,14 @@ pub(crate) fn forward(
         index,
         mask: None,
     };
-    let (out, saved) = attention::forward(ctx, &xf, w, heads, scale(x.shape[3]), Some(&pos));
+    let (out, saved) = attention::forward(
+        ctx,
+        &xf,
+        w,
+        heads,
+        Scores::Scaled(scale(x.shape[3])),
+        Some(&pos),
+    );
     (unflat(out, b), xf, saved)
 }
 
@@ -61,10 +68,10 @@ pub(crate) fn backward(
     need_in: bool,
 ) -> attention::AttnGrads {
     let b = g.shape[0];
-    let pos = PositionBias {
-        table,
+    let pos = BiasGrad {
         index,
-        mask: None,
+        rows: table.shape[0],
+        learned: true,
     };
     let dim = g.shape[3];
     let mut grads = attention::backward(
@@ -74,7 +81,7 @@ pub(crate) fn backward(
         &flat(g),
         w,
         heads,
-        scale(dim),
+        Scores::Scaled(scale(dim)),
         Some(&pos),
         need_in,
     );

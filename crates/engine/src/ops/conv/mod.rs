@@ -328,6 +328,7 @@ fn forward_columns(
 /// up to `sb` samples side by side, one matrix product per group of samples (the
 /// weights packed once per group, not once per sample), the product then copied to
 /// the samples' planes (straight into them where a sample has one position).
+#[allow(clippy::too_many_arguments)]
 fn forward_batched(
     ctx: &Ctx,
     g: &ConvGeom,
@@ -535,7 +536,6 @@ fn forward_depthwise(
     out
 }
 
-#[allow(clippy::type_complexity)]
 /// The gradients of convolution `g` (input with `need_in`, weight, bias), by the
 /// kernel [`backward_kernel`] picks, with the scratch [`backward_scratch`] declares.
 #[allow(clippy::type_complexity)]
@@ -870,7 +870,7 @@ fn backward_batched(
 /// gradient: each sample padded as in the forward pass, the weight gradient summed
 /// straight from it (no im2col, no matrix packing), then the input gradient (if
 /// needed) as a direct convolution.
-#[allow(clippy::type_complexity)]
+#[allow(clippy::type_complexity, clippy::too_many_arguments)]
 fn backward_direct(
     ctx: &Ctx,
     g: &ConvGeom,
@@ -945,7 +945,7 @@ fn backward_direct(
 
 /// The gradients of a depthwise convolution, plane by plane; the weight gradient
 /// summed per chunk of samples in the partials scratch.
-#[allow(clippy::type_complexity)]
+#[allow(clippy::type_complexity, clippy::too_many_arguments)]
 fn backward_depthwise(
     ctx: &Ctx,
     g: &ConvGeom,
