@@ -171,15 +171,16 @@ impl std::error::Error for EngineError {}
 /// PyTorch's default initialisation of Conv2d and Linear: kaiming_uniform_(a=sqrt(5)) for
 /// the weight, i.e. U(-1/sqrt(fan_in), 1/sqrt(fan_in)), and the same bound for the bias.
 fn init_uniform(rng: &mut Rng, n: usize, fan_in: usize) -> Vec<f32> {
-    let bound = 1.0 / (fan_in as f64).sqrt();
-    (0..n)
-        .map(|_| ((rng.unit_f64() * 2.0 - 1.0) * bound) as f32)
-        .collect()
+    init_bound(rng, n, 1.0 / (fan_in as f64).sqrt())
 }
 
 /// `xavier_uniform_`: U(-a, a) with a = sqrt(6 / (fan_in + fan_out)).
 fn init_xavier(rng: &mut Rng, n: usize, fan_in: usize, fan_out: usize) -> Vec<f32> {
-    let bound = (6.0 / (fan_in + fan_out) as f64).sqrt();
+    init_bound(rng, n, (6.0 / (fan_in + fan_out) as f64).sqrt())
+}
+
+/// U(-bound, bound).
+fn init_bound(rng: &mut Rng, n: usize, bound: f64) -> Vec<f32> {
     (0..n)
         .map(|_| ((rng.unit_f64() * 2.0 - 1.0) * bound) as f32)
         .collect()
@@ -316,21 +317,17 @@ impl Engine {
             for spec in specs {
                 let n = spec.numel() as usize;
                 // The layer's one definition says how PyTorch starts it.
-                let data = match spec.init {
+                let data = match graph.graph.init_of(node, &spec) {
                     Init::FanInUniform => init_uniform(&mut rng, n, fan_in),
                     Init::FanInOf(fan_in) => init_uniform(&mut rng, n, fan_in),
+                    Init::Uniform { bound } => init_bound(&mut rng, n, bound),
                     Init::Ones => vec![1.0; n],
                     Init::Zeros => vec![0.0; n],
                     Init::Xavier { fan_in, fan_out } => init_xavier(&mut rng, n, fan_in, fan_out),
                     Init::Normal { std } => init_normal(&mut rng, n, std),
                     Init::Constant(c) => vec![c as f32; n],
                 };
-                // A parameter used as a value is named by its node alone.
-                let name = if let Op::Param { .. } = node.op {
-                    node.name.clone()
-                } else {
-                    format!("{}.{}", node.name, spec.name)
-                };
+                let name = vramlab_graph::param_name(node, &spec);
                 params.push(Param {
                     name,
                     value: Tensor::from_vec(&tracker, &spec.shape, data, Some(Category::Params)),

@@ -35,6 +35,16 @@ pub use op::{
 
 use std::fmt;
 
+/// A parameter's `named_parameters()` name: `<node>.<name>`, or the node's own name for a
+/// parameter used as a value (a class token, a layer scale).
+pub fn param_name(node: &Node, spec: &op::TensorSpec) -> String {
+    if let Op::Param { .. } = node.op {
+        node.name.clone()
+    } else {
+        format!("{}.{}", node.name, spec.name)
+    }
+}
+
 /// Index of a node in its graph.
 pub type NodeId = usize;
 
@@ -67,6 +77,11 @@ pub struct Graph {
     /// registered last): every node once.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub param_order: Option<Vec<NodeId>>,
+    /// Initialisations the model sets over its layers' defaults, by parameter name
+    /// (torchvision's families re-initialise their convolutions and Linears after
+    /// building them: `zoo::init`).
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub init: std::collections::BTreeMap<String, op::Init>,
 }
 
 /// What can be wrong with a graph or a model description.
@@ -129,6 +144,7 @@ impl GraphBuilder {
                 }],
                 aux: Vec::new(),
                 param_order: None,
+                init: Default::default(),
             },
         }
     }
@@ -275,7 +291,17 @@ impl Graph {
             nodes,
             aux: Vec::new(),
             param_order,
+            init: self.init.clone(),
         }
+    }
+
+    /// How parameter `spec` of `node` starts: the model's own rule where it has one,
+    /// else the layer's default.
+    pub fn init_of(&self, node: &Node, spec: &op::TensorSpec) -> op::Init {
+        self.init
+            .get(&param_name(node, spec))
+            .copied()
+            .unwrap_or(spec.init)
     }
 
     /// Checks the structure and infers all shapes.

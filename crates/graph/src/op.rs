@@ -31,6 +31,11 @@ pub enum Init {
     /// The same bound for a module inside the layer with its own fan-in (Swin V2's
     /// `cpb_mlp` Linears).
     FanInOf(usize),
+    /// `U(-bound, bound)` (EfficientNet's and MNASNet's classifiers, SqueezeNet's
+    /// `kaiming_uniform_` convolutions).
+    Uniform {
+        bound: f64,
+    },
     Ones,
     Zeros,
     /// `xavier_uniform_` (`nn.MultiheadAttention`'s `in_proj_weight`).

@@ -8,6 +8,7 @@ use crate::{Graph, GraphBuilder, GraphError, ModelOptions, NodeId};
 pub mod convnext;
 mod dense;
 mod inception;
+mod init;
 pub mod maxvit;
 mod mobile;
 mod regnet;
@@ -270,7 +271,7 @@ pub fn build(name: &str, opts: &ModelOptions) -> Result<Graph, GraphError> {
     }
     let classes = opts.num_classes.unwrap_or(entry.classes);
     let family = |prefix: &str| name.strip_prefix(prefix);
-    Ok(match name {
+    let mut g = match name {
         "simple_cnn" => lenet_like(name, input, 0, classes),
         "lenet5" => lenet_like(name, input, 2, classes),
         "alexnet" => alexnet(input, classes),
@@ -319,7 +320,9 @@ pub fn build(name: &str, opts: &ModelOptions) -> Result<Graph, GraphError> {
         _ if family("swin_").is_some() => swin::swin(name, input, classes),
         "maxvit_t" => maxvit::maxvit_t(input, classes),
         _ => unreachable!("every entry has a builder"),
-    })
+    };
+    init::apply(&mut g, name);
+    Ok(g)
 }
 
 /// The lesson's SimpleCNN (conv padding 0, input 3x32x32) and LeNet-5 (padding 2,
