@@ -112,6 +112,37 @@ impl Tape {
     }
 }
 
+impl Tape {
+    /// An attention's tape: its input and what [`ops::attention::forward`] saved.
+    fn attention(x: &Tensor, s: &AttnSaved) -> Tape {
+        Tape::Attn {
+            x: Saved::new(x),
+            qkv: Saved::new(&s.qkv),
+            probs: Saved::new(&s.probs),
+            heads: Saved::new(&s.heads),
+        }
+    }
+}
+
+/// The input and saved tensors of an attention's tape.
+fn attention_tape(tape: &Tape) -> Option<(Tensor, AttnSaved)> {
+    let Tape::Attn {
+        x,
+        qkv,
+        probs,
+        heads,
+    } = tape
+    else {
+        return None;
+    };
+    let saved = AttnSaved {
+        qkv: qkv.0.clone(),
+        probs: probs.0.clone(),
+        heads: heads.0.clone(),
+    };
+    Some((x.0.clone(), saved))
+}
+
 /// Memory of one measured step.
 #[derive(Debug, Clone, PartialEq, serde::Serialize)]
 pub struct StepMemory {
@@ -435,12 +466,19 @@ impl Engine {
         };
         ops::window_attention::Weights {
             bias,
-            attn: AttnWeights {
-                w_in: p(1),
-                b_in: p(2),
-                w_out: p(3),
-                b_out: p(4),
-            },
+            attn: self.attn_weights(self.first_param[i] + 1),
+        }
+    }
+
+    /// An attention's projections, the four parameters from `first`: the packed
+    /// in-projection's weight and bias, the out-projection's.
+    fn attn_weights(&self, first: usize) -> AttnWeights<'_> {
+        let p = |k: usize| &self.params[first + k].value;
+        AttnWeights {
+            w_in: p(0),
+            b_in: p(1),
+            w_out: p(2),
+            b_out: p(3),
         }
     }
 
@@ -581,31 +619,16 @@ impl Engine {
                     let w = self.window_weights(i, a);
                     let index = self.position_index(i);
                     let (out, s) = ops::window_attention::forward(&ctx, &xin, a, &w, &index);
-                    let t = train.then(|| Tape::Attn {
-                        x: Saved::new(&s.windows),
-                        qkv: Saved::new(&s.attn.qkv),
-                        probs: Saved::new(&s.attn.probs),
-                        heads: Saved::new(&s.attn.heads),
-                    });
+                    let t = train.then(|| Tape::attention(&s.windows, &s.attn));
                     (out, t)
                 }
                 Op::RelPosAttention { dim, head_dim, .. } => {
-                    let w = AttnWeights {
-                        w_in: param(1),
-                        b_in: param(2),
-                        w_out: param(3),
-                        b_out: param(4),
-                    };
+                    let w = self.attn_weights(p0 + 1);
                     let index = self.position_index(i);
                     let heads = dim / head_dim;
                     let (out, xf, s) =
                         ops::rel_pos_attention::forward(&ctx, &xin, param(0), &w, heads, &index);
-                    let t = train.then(|| Tape::Attn {
-                        x: Saved::new(&xf),
-                        qkv: Saved::new(&s.qkv),
-                        probs: Saved::new(&s.probs),
-                        heads: Saved::new(&s.heads),
-                    });
+                    let t = train.then(|| Tape::attention(&xf, &s));
                     (out, t)
                 }
                 Op::PatchMerge => {
@@ -744,22 +767,12 @@ impl Engine {
                     (out, t)
                 }
                 Op::MultiheadAttention { num_heads, .. } => {
-                    let w = AttnWeights {
-                        w_in: param(0),
-                        b_in: param(1),
-                        w_out: param(2),
-                        b_out: param(3),
-                    };
+                    let w = self.attn_weights(p0);
                     let scale = ops::attention::mha_scale(xin.shape[2], *num_heads);
                     let scores = ops::attention::Scores::Scaled(scale);
                     let (out, s) =
                         ops::attention::forward(&ctx, &xin, &w, *num_heads, scores, None);
-                    let t = train.then(|| Tape::Attn {
-                        x: Saved::new(&xin),
-                        qkv: Saved::new(&s.qkv),
-                        probs: Saved::new(&s.probs),
-                        heads: Saved::new(&s.heads),
-                    });
+                    let t = train.then(|| Tape::attention(&xin, &s));
                     (out, t)
                 }
                 Op::Select { index } => {
@@ -1049,30 +1062,14 @@ impl Engine {
                     pgs.extend(gb.map(|t| (p0 + 1, t)));
                 }
                 Op::MultiheadAttention { num_heads, .. } => {
-                    let Tape::Attn {
-                        x,
-                        qkv,
-                        probs,
-                        heads,
-                    } = tape
-                    else {
+                    let Some((x, saved)) = attention_tape(tape) else {
                         wrong()
                     };
-                    let w = AttnWeights {
-                        w_in: param(0),
-                        b_in: param(1),
-                        w_out: param(2),
-                        b_out: param(3),
-                    };
-                    let saved = AttnSaved {
-                        qkv: qkv.0.clone(),
-                        probs: probs.0.clone(),
-                        heads: heads.0.clone(),
-                    };
-                    let scale = ops::attention::mha_scale(x.0.shape[2], *num_heads);
+                    let w = self.attn_weights(p0);
+                    let scale = ops::attention::mha_scale(x.shape[2], *num_heads);
                     let grads = ops::attention::backward(
                         &ctx,
-                        &x.0,
+                        &x,
                         &saved,
                         &g,
                         &w,
@@ -1175,23 +1172,13 @@ impl Engine {
                     }
                 }
                 Op::WindowAttention(a) => {
-                    let Tape::Attn {
-                        x,
-                        qkv,
-                        probs,
-                        heads,
-                    } = tape
-                    else {
+                    let Some((x, saved)) = attention_tape(tape) else {
                         wrong()
                     };
                     let w = self.window_weights(i, a);
                     let saved = ops::window_attention::Saved {
-                        windows: x.0.clone(),
-                        attn: AttnSaved {
-                            qkv: qkv.0.clone(),
-                            probs: probs.0.clone(),
-                            heads: heads.0.clone(),
-                        },
+                        windows: x,
+                        attn: saved,
                     };
                     let index = self.position_index(i);
                     let grads =
@@ -1200,30 +1187,14 @@ impl Engine {
                     pgs.extend(grads.params.into_iter().map(|(k, t)| (p0 + k, t)));
                 }
                 Op::RelPosAttention { dim, head_dim, .. } => {
-                    let Tape::Attn {
-                        x,
-                        qkv,
-                        probs,
-                        heads,
-                    } = tape
-                    else {
+                    let Some((x, saved)) = attention_tape(tape) else {
                         wrong()
                     };
-                    let w = AttnWeights {
-                        w_in: param(1),
-                        b_in: param(2),
-                        w_out: param(3),
-                        b_out: param(4),
-                    };
-                    let saved = AttnSaved {
-                        qkv: qkv.0.clone(),
-                        probs: probs.0.clone(),
-                        heads: heads.0.clone(),
-                    };
+                    let w = self.attn_weights(p0 + 1);
                     let index = self.position_index(i);
                     let grads = ops::rel_pos_attention::backward(
                         &ctx,
-                        &x.0,
+                        &x,
                         &saved,
                         &g,
                         param(0),
