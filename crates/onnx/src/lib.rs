@@ -192,6 +192,12 @@ pub fn from_model(
         names: HashMap::new(),
         param_nodes: HashMap::new(),
         wholes: whole::by_params(&m.graph.initializers),
+        declared: m
+            .graph
+            .value_info
+            .iter()
+            .filter_map(|v| Some((v.name.clone(), v.shape.clone()?)))
+            .collect(),
     };
     cx.run(&m.graph, name)?;
     let Cx { graph, notes, .. } = cx;
@@ -245,6 +251,14 @@ enum Val {
     },
     /// A parameter broadcast over the batch (`class_token.expand(B, -1, -1)`).
     Expanded { name: String, dims: Vec<i64> },
+    /// torch's decomposition of `adaptive_avg_pool2d` under way: the map `x` with its
+    /// planes transposed first, then (`gathered`) its windows gathered, then (`moved`)
+    /// the window dimensions moved last, for a mean.
+    Windows {
+        x: NodeId,
+        gathered: bool,
+        moved: bool,
+    },
     /// GELU's erf form, halfway ([`transformer::ErfStage`]).
     Erf {
         x: NodeId,
@@ -272,6 +286,7 @@ impl Val {
             | Val::Shuffle { .. }
             | Val::Erf { .. }
             | Val::Attn(_)
+            | Val::Windows { .. }
             | Val::Seq { .. } => true,
             Val::Const { .. }
             | Val::Ints(_)
@@ -429,6 +444,8 @@ struct Cx<'a> {
     param_nodes: HashMap<String, NodeId>,
     /// Modules planned whole, told by their parameters ([`whole::by_params`]).
     wholes: HashMap<String, whole::Whole>,
+    /// The shapes the file declares for intermediate tensors (`value_info`), by name.
+    declared: HashMap<String, Vec<proto::Dim>>,
 }
 
 /// A constant input: its name, dims and (when small) values.

@@ -192,6 +192,111 @@ impl Cx<'_> {
         Some(Val::Ints(out))
     }
 
+    /// torch's decomposition of `adaptive_avg_pool2d` whose windows do not divide the map
+    /// (GoogLeNet's aux heads, 14 -> 4, by the dynamo exporter): the map transposed to
+    /// `[H, W, B, C]`, every window gathered by computed indices (`GatherND`), the window
+    /// dimensions moved last (`[B, C, oh, ow, kh, kw]`), their mean. Read as
+    /// `AdaptiveAvgPool2d((oh, ow))` when the file declares those shapes and PyTorch's
+    /// windows for them are all `kh x kw` (uneven windows decompose with masks: refused).
+    fn adaptive_windows(
+        &mut self,
+        n: &proto::Node,
+        first: &Option<Val>,
+    ) -> Result<Option<bool>, OnnxError> {
+        let op = n.op_type.as_str();
+        let v = match (op, first) {
+            ("Transpose", Some(Val::Act(x)))
+                if perm_of(n) == [2, 3, 0, 1] && self.shape_of(*x).len() == 3 =>
+            {
+                Val::Windows {
+                    x: *x,
+                    gathered: false,
+                    moved: false,
+                }
+            }
+            (
+                "GatherND",
+                Some(Val::Windows {
+                    x, gathered: false, ..
+                }),
+            ) => Val::Windows {
+                x: *x,
+                gathered: true,
+                moved: false,
+            },
+            (
+                "Transpose",
+                Some(Val::Windows {
+                    x,
+                    gathered: true,
+                    moved: false,
+                }),
+            ) if perm_of(n) == [4, 5, 0, 1, 2, 3] => Val::Windows {
+                x: *x,
+                gathered: true,
+                moved: true,
+            },
+            ("ReduceMean", Some(Val::Windows { x, moved: true, .. })) => {
+                let x = *x;
+                let dims = |name: Option<&String>| -> Option<Vec<i64>> {
+                    let d = self.declared.get(name?)?;
+                    d.iter()
+                        .skip(1)
+                        .map(|d| match d {
+                            proto::Dim::Value(v) => Some(*v),
+                            proto::Dim::Param(_) | proto::Dim::Unknown => None,
+                        })
+                        .collect()
+                };
+                let (Some(win), Some(out)) = (dims(n.inputs.first()), dims(n.outputs.first()))
+                else {
+                    return Err(self.unsupported(
+                        n,
+                        "as the decomposition of adaptive_avg_pool2d needs the shapes of its \
+                         windows declared in the file (value_info)",
+                    ));
+                };
+                let shape = self.shape_of(x);
+                let fits = |i: usize, input: usize, output: usize, k: usize| {
+                    (0..output).all(|o| {
+                        let (s, e) = ((o * input) / output, ((o + 1) * input).div_ceil(output));
+                        e - s == k
+                    }) && i == input
+                };
+                let ok = match (&win[..], &out[..]) {
+                    ([c, oh, ow, kh, kw], [c2, oh2, ow2])
+                        if c == c2
+                            && oh == oh2
+                            && ow == ow2
+                            && [*oh, *ow, *kh, *kw].iter().all(|&v| v > 0) =>
+                    {
+                        let (oh, ow, kh, kw) =
+                            (*oh as usize, *ow as usize, *kh as usize, *kw as usize);
+                        (fits(shape[1], shape[1], oh, kh) && fits(shape[2], shape[2], ow, kw))
+                            .then_some((oh, ow))
+                    }
+                    _ => None,
+                };
+                let Some(output_size) = ok else {
+                    return Err(self.unsupported(
+                        n,
+                        &format!(
+                            "as the decomposition of adaptive_avg_pool2d: windows {win:?} of a \
+                             {} map are not PyTorch's even adaptive windows",
+                            vramlab_graph::fmt_shape(&shape)
+                        ),
+                    ));
+                };
+                let name = self.aux_name(n, "adaptive_avg_pool2d");
+                self.add_op(n, name, Op::AdaptiveAvgPool2d { output_size }, &[x]);
+                return Ok(Some(true));
+            }
+            _ => return Ok(None),
+        };
+        self.set_out(n, v);
+        Ok(Some(true))
+    }
+
     /// The patterns of this module. `Ok(true)`: `n` was mapped here.
     pub(crate) fn pattern(&mut self, n: &proto::Node, has_act: bool) -> Result<bool, OnnxError> {
         let op = n.op_type.as_str();
@@ -208,6 +313,9 @@ impl Cx<'_> {
         if !attn.is_empty() {
             self.attention(n, attn)?;
             return Ok(true);
+        }
+        if let Some(done) = self.adaptive_windows(n, &first)? {
+            return Ok(done);
         }
         if !has_act {
             let v = match op {

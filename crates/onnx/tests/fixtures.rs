@@ -350,3 +350,45 @@ fn modern_eval_exports_map_their_gates_to_pytorchs_layers() {
     assert_eq!(count(&m, &hsig), 9);
     assert_eq!(m.output_shape(), &vec![10]);
 }
+
+#[test]
+fn googlenet_with_its_auxiliary_heads_through_the_dynamo_exporter() {
+    // tools/export_onnx_zoo.py: torchvision's GoogLeNet in training mode, aux heads on
+    // (the TorchScript exporter refuses its 14 -> 4 adaptive pooling; dynamo decomposes
+    // it into a gather of every window and their mean, read back as the pooling).
+    let zoo = zoo::build("googlenet", &ModelOptions::default())
+        .unwrap()
+        .infer()
+        .unwrap();
+    let (s, notes) = shaped("googlenet_dynamo_train_noopt", &Options::default());
+    // torchvision's count with the aux heads (aux_logits=True), and the zoo's.
+    assert_eq!(s.num_params(), 13_004_888, "{notes:?}");
+    assert_eq!(zoo.num_params(), 13_004_888);
+    assert_eq!(s.graph.aux.len(), 2, "{notes:?}");
+    let pools: Vec<&Op> = s
+        .nodes()
+        .iter()
+        .map(|n| &n.op)
+        .filter(|op| {
+            matches!(
+                op,
+                Op::AdaptiveAvgPool2d {
+                    output_size: (4, 4)
+                }
+            )
+        })
+        .collect();
+    assert_eq!(pools.len(), 2, "{notes:?}");
+    for profile in [
+        vramlab_memory::Profile::PytorchCpu,
+        vramlab_memory::Profile::PytorchCuda,
+    ] {
+        let peaks = |g: &Shaped| {
+            let mut cfg = vramlab_memory::PlanConfig::new(2);
+            cfg.profile = profile;
+            let r = vramlab_memory::plan(g, &cfg).unwrap();
+            r.steps.iter().map(|s| s.peak_bytes).collect::<Vec<_>>()
+        };
+        assert_eq!(peaks(&s), peaks(&zoo), "{profile:?}");
+    }
+}
