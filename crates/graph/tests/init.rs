@@ -1,7 +1,7 @@
 //! Each parameter's initialisation comes from its layer's one definition (`Op::params`),
 //! as PyTorch's modules set it; the engine draws from it.
 
-use vramlab_graph::op::{Init, Op};
+use vramlab_graph::op::Init;
 use vramlab_graph::Graph;
 use vramlab_graph::{zoo, ModelOptions};
 
