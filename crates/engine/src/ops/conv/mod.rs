@@ -76,6 +76,25 @@ impl ConvGeom {
     }
 }
 
+/// Adds the chunks' partial sums `parts` (per chunk: `wsize` weight-gradient values,
+/// then `cout` bias-gradient values) into the weight gradient `gw` and the bias's `gb`.
+fn sum_partials(parts: &[f32], wsize: usize, cout: usize, gw: &Tensor, gb: Option<&Tensor>) {
+    let mut gwd = gw.data_mut();
+    for part in parts.chunks(wsize + cout) {
+        gwd.iter_mut()
+            .zip(&part[..wsize])
+            .for_each(|(a, b)| *a += b);
+    }
+    if let Some(gb) = gb {
+        let mut gbd = gb.data_mut();
+        for part in parts.chunks(wsize + cout) {
+            gbd.iter_mut()
+                .zip(&part[wsize..])
+                .for_each(|(a, b)| *a += b);
+        }
+    }
+}
+
 /// How the engine computes a convolution (or its weight gradient).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Kernel {
@@ -677,20 +696,7 @@ fn backward_columns(
                     }
                 });
         });
-        let mut gwd = gw.data_mut();
-        for part in pd.chunks(wsize + g.cout) {
-            gwd.iter_mut()
-                .zip(&part[..wsize])
-                .for_each(|(a, b)| *a += b);
-        }
-        if let Some(gb) = &gb {
-            let mut gbd = gb.data_mut();
-            for part in pd.chunks(wsize + g.cout) {
-                gbd.iter_mut()
-                    .zip(&part[wsize..])
-                    .for_each(|(a, b)| *a += b);
-            }
-        }
+        sum_partials(&pd, wsize, g.cout, &gw, gb.as_ref());
     }
     drop(col);
     drop(partial);
@@ -845,20 +851,7 @@ fn backward_batched(
                     }
                 });
         });
-        let mut gwd = gw.data_mut();
-        for part in pd.chunks(wsize + cout) {
-            gwd.iter_mut()
-                .zip(&part[..wsize])
-                .for_each(|(a, b)| *a += b);
-        }
-        if let Some(gb) = &gb {
-            let mut gbd = gb.data_mut();
-            for part in pd.chunks(wsize + cout) {
-                gbd.iter_mut()
-                    .zip(&part[wsize..])
-                    .for_each(|(a, b)| *a += b);
-            }
-        }
+        sum_partials(&pd, wsize, cout, &gw, gb.as_ref());
     }
     drop(col);
     drop(partial);
@@ -923,20 +916,7 @@ fn backward_direct(
                     }
                 });
         });
-        let mut gwd = gw.data_mut();
-        for part in pd.chunks(wsize + g.cout) {
-            gwd.iter_mut()
-                .zip(&part[..wsize])
-                .for_each(|(a, b)| *a += b);
-        }
-        if let Some(gb) = &gb {
-            let mut gbd = gb.data_mut();
-            for part in pd.chunks(wsize + g.cout) {
-                gbd.iter_mut()
-                    .zip(&part[wsize..])
-                    .for_each(|(a, b)| *a += b);
-            }
-        }
+        sum_partials(&pd, wsize, g.cout, &gw, gb.as_ref());
     }
     drop(xpad);
     drop(partial);
@@ -1001,20 +981,7 @@ fn backward_depthwise(
                     }
                 });
         });
-        let mut gwd = gw.data_mut();
-        for part in pd.chunks(wsize + g.cout) {
-            gwd.iter_mut()
-                .zip(&part[..wsize])
-                .for_each(|(a, b)| *a += b);
-        }
-        if let Some(gb) = &gb {
-            let mut gbd = gb.data_mut();
-            for part in pd.chunks(wsize + g.cout) {
-                gbd.iter_mut()
-                    .zip(&part[wsize..])
-                    .for_each(|(a, b)| *a += b);
-            }
-        }
+        sum_partials(&pd, wsize, g.cout, &gw, gb.as_ref());
     }
     drop(partial);
     drop(scr);
