@@ -832,6 +832,16 @@ impl Op {
                         w.dim, w.heads
                     ));
                 }
+                // torchvision divides V2's coordinates table by `window - 1`: a window of
+                // one makes its position bias NaN.
+                if w.v2 && w.window.0.min(w.window.1) < 2 {
+                    return Err(format!(
+                        "ShiftedWindowAttentionV2 needs a window of at least 2 on each side, got \
+                         {:?}: torchvision's relative_coords_table divides by window_size - 1 \
+                         and its position bias would be NaN",
+                        w.window
+                    ));
+                }
                 if w.shift.0 >= w.window.0 || w.shift.1 >= w.window.1 {
                     return Err(format!(
                         "shift_size {:?} must be smaller than window_size {:?}",

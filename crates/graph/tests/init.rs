@@ -1,7 +1,7 @@
 //! Each parameter's initialisation comes from its layer's one definition (`Op::params`),
 //! as PyTorch's modules set it; the engine draws from it.
 
-use vramlab_graph::op::Init;
+use vramlab_graph::op::{Init, Op};
 use vramlab_graph::Graph;
 use vramlab_graph::{zoo, ModelOptions};
 
@@ -165,4 +165,27 @@ fn every_family_starts_its_parameters_as_torchvision_does() {
         }
     }
     assert!(checked > 3000, "{checked}");
+}
+
+/// Window attentions torchvision would build broken are refused with its reason: a
+/// shift as large as the window, and Swin V2 with a one-wide window (its coordinates
+/// table divides by `window - 1`: a NaN position bias).
+#[test]
+fn window_attentions_torchvision_would_break_are_refused() {
+    let attn = |window: usize, shift: usize, v2: bool| {
+        Op::WindowAttention(vramlab_graph::op::WindowAttention {
+            dim: 8,
+            heads: 2,
+            window: (window, window),
+            shift: (shift, shift),
+            v2,
+        })
+        .validate()
+    };
+    assert!(attn(4, 2, true).is_ok());
+    assert!(attn(1, 0, false).is_ok());
+    let err = attn(1, 0, true).unwrap_err();
+    assert!(err.contains("at least 2") && err.contains("NaN"), "{err}");
+    let err = attn(2, 2, false).unwrap_err();
+    assert!(err.contains("must be smaller than window_size"), "{err}");
 }
