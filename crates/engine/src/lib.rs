@@ -2,9 +2,12 @@
 //! cross-entropy, backward, optimizer step) and measures its own memory by category,
 //! so the planner's `native` profile can be checked to the byte.
 //!
-//! It keeps for backward exactly what PyTorch's autograd keeps (conv and linear inputs,
-//! ReLU results, max-pool inputs and int64 indices, BatchNorm input and statistics, a
-//! float dropout mask), so its activation memory equals PyTorch's on the CPU.
+//! For the convolutional layers it keeps for backward what PyTorch's autograd keeps
+//! (conv and linear inputs, ReLU results, max-pool inputs and int64 indices, BatchNorm
+//! input and statistics, a float dropout mask); its attention layers keep their own set
+//! (the input, the packed projections, the probabilities, the heads' outputs), which the
+//! native profile plans. Each layer type is one file under [`ops`], its scratch declared
+//! there once for the kernels and the native profile.
 //!
 //! ```
 //! use vramlab_engine::{Engine, OptimizerConfig};
