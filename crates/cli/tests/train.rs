@@ -68,6 +68,27 @@ fn json(o: &Output) -> serde_json::Value {
     serde_json::from_slice(&o.stdout).unwrap()
 }
 
+/// The memory `train --json` measured at steps 1 and 2 equals the native plan to the
+/// byte: the peak, every category at the peak and after the step.
+fn measured_equals_plan(v: &serde_json::Value, label: &str) {
+    let (m, p) = (
+        &v["memory"]["measured"]["steps"],
+        &v["memory"]["planned"]["steps"],
+    );
+    assert!(m[1]["peak_bytes"].as_u64().unwrap_or(0) > 0, "{label}: {v}");
+    for s in 0..2 {
+        assert_eq!(m[s]["peak_bytes"], p[s]["peak_bytes"], "{label}");
+        assert_eq!(m[s]["at_peak"], p[s]["at_peak"], "{label}");
+        assert_eq!(m[s]["after_step"], p[s]["after_step"], "{label}");
+    }
+}
+
+/// A safetensors file's JSON header and where its data begins.
+fn safetensors_header(bytes: &[u8]) -> (serde_json::Value, usize) {
+    let len = u64::from_le_bytes(bytes[..8].try_into().unwrap()) as usize;
+    (serde_json::from_slice(&bytes[8..8 + len]).unwrap(), 8 + len)
+}
+
 #[test]
 fn training_learns_and_its_measured_memory_equals_the_plan() {
     let root = tmp("learn");
@@ -101,15 +122,7 @@ fn training_learns_and_its_measured_memory_equals_the_plan() {
         "{}",
         v["epochs"]
     );
-    let (m, p) = (
-        &v["memory"]["measured"]["steps"],
-        &v["memory"]["planned"]["steps"],
-    );
-    for s in 0..2 {
-        assert_eq!(m[s]["peak_bytes"], p[s]["peak_bytes"]);
-        assert_eq!(m[s]["at_peak"], p[s]["at_peak"]);
-        assert_eq!(m[s]["after_step"], p[s]["after_step"]);
-    }
+    measured_equals_plan(&v, "train");
     // The same seed gives the same result.
     let again = json(&vramlab(&args));
     assert_eq!(
@@ -904,15 +917,7 @@ fn the_modern_example_model_files_learn_and_measure_their_plan() {
             "{file}: {}",
             v["epochs"]
         );
-        let (m, p) = (
-            &v["memory"]["measured"]["steps"],
-            &v["memory"]["planned"]["steps"],
-        );
-        for s in 0..2 {
-            assert_eq!(m[s]["peak_bytes"], p[s]["peak_bytes"], "{file}");
-            assert_eq!(m[s]["at_peak"], p[s]["at_peak"], "{file}");
-            assert_eq!(m[s]["after_step"], p[s]["after_step"], "{file}");
-        }
+        measured_equals_plan(&v, file);
     }
 }
 
@@ -1014,18 +1019,10 @@ fn a_swin_v2_model_file_learns_measures_its_plan_and_checkpoints_its_tables() {
         "{}",
         v["epochs"]
     );
-    let (m, p) = (
-        &v["memory"]["measured"]["steps"],
-        &v["memory"]["planned"]["steps"],
-    );
-    for s in 0..2 {
-        assert_eq!(m[s]["peak_bytes"], p[s]["peak_bytes"]);
-        assert_eq!(m[s]["at_peak"], p[s]["at_peak"]);
-    }
+    measured_equals_plan(&v, "swin_v2_tiny");
     // The checkpoint holds torchvision's buffers by their names, and eval reads them.
     let bytes = std::fs::read(&ck).unwrap();
-    let header_len = u64::from_le_bytes(bytes[..8].try_into().unwrap()) as usize;
-    let header: serde_json::Value = serde_json::from_slice(&bytes[8..8 + header_len]).unwrap();
+    let (header, _) = safetensors_header(&bytes);
     let at = "features.1.1.attention.body.attn";
     let coords = &header[format!("{at}.relative_coords_table")];
     assert_eq!(coords["shape"], serde_json::json!([1, 7, 7, 2]), "{at}");
@@ -1078,17 +1075,7 @@ fn on_every_tier_training_measures_the_native_plan() {
                 .output()
                 .expect("runs");
             let v = json(&o);
-            let (m, p) = (
-                &v["memory"]["measured"]["steps"],
-                &v["memory"]["planned"]["steps"],
-            );
-            let label = format!("{} {model}", tier.name());
-            assert!(m[1]["peak_bytes"].as_u64().unwrap() > 0, "{label}: {v}");
-            for s in 0..2 {
-                assert_eq!(m[s]["peak_bytes"], p[s]["peak_bytes"], "{label}");
-                assert_eq!(m[s]["at_peak"], p[s]["at_peak"], "{label}");
-                assert_eq!(m[s]["after_step"], p[s]["after_step"], "{label}");
-            }
+            measured_equals_plan(&v, &format!("{} {model}", tier.name()));
         }
     }
 }
@@ -1122,14 +1109,13 @@ fn a_swin_checkpoint_keeps_its_relative_position_index() {
     assert!(v["accuracy"].as_f64().is_some(), "{v}");
     // The index of the first attention, as safetensors stores it: int64 [16 * 16].
     let bytes = std::fs::read(&ck).unwrap();
-    let header_len = u64::from_le_bytes(bytes[..8].try_into().unwrap()) as usize;
-    let header: serde_json::Value = serde_json::from_slice(&bytes[8..8 + header_len]).unwrap();
+    let (header, data) = safetensors_header(&bytes);
     let key = "features.1.0.attention.body.attn.relative_position_index";
     let entry = &header[key];
     assert_eq!(entry["dtype"], "I64", "{key} in the checkpoint");
     assert_eq!(entry["shape"], serde_json::json!([256]));
     // Index (0, 0) of a 4x4 window is (dy, dx) = (3, 3): 3 * 7 + 3 = 24.
-    let start = 8 + header_len + entry["data_offsets"][0].as_u64().unwrap() as usize;
+    let start = data + entry["data_offsets"][0].as_u64().unwrap() as usize;
     let first = i64::from_le_bytes(bytes[start..start + 8].try_into().unwrap());
     assert_eq!(first, 24);
     // Another index is refused.
