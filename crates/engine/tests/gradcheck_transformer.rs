@@ -272,49 +272,42 @@ fn channels_last(cin: usize, c: usize) -> Vec<Op> {
     ]
 }
 
+/// A 2-channel `side x side` image through a 1x1 convolution to 4 channels last, window
+/// attention `(window, shift, heads, v2)` on it, and a linear head.
+fn window_model(
+    name: &str,
+    side: usize,
+    window: usize,
+    shift: usize,
+    heads: usize,
+    v2: bool,
+) -> Shaped {
+    let mut ops = channels_last(2, 4);
+    ops.push(Op::WindowAttention(vramlab_graph::op::WindowAttention {
+        dim: 4,
+        heads,
+        window: (window, window),
+        shift: (shift, shift),
+        v2,
+    }));
+    ops.extend([Op::Flatten, Op::Linear(Linear::new(side * side * 4, 3))]);
+    chain(name, vec![2, side, side], ops)
+}
+
 #[test]
 fn shifted_window_attention_on_a_padded_map_with_its_mask_and_position_bias() {
     // A 6x6 map in 4x4 windows: padded to 8x8, rolled by 2, masked across regions.
-    let mut ops = channels_last(2, 4);
-    ops.push(Op::WindowAttention(vramlab_graph::op::WindowAttention {
-        dim: 4,
-        heads: 2,
-        window: (4, 4),
-        shift: (2, 2),
-        v2: false,
-    }));
-    ops.extend([Op::Flatten, Op::Linear(Linear::new(6 * 6 * 4, 3))]);
-    let g = chain("swin_window", vec![2, 6, 6], ops);
     // Every parameter: the bias table (49 x 2), qkv, proj.
-    assert!(check(g, 2, 24) > 100);
+    assert!(check(window_model("swin_window", 6, 4, 2, 2, false), 2, 24) > 100);
     // Unshifted, the windows exactly cover the map.
-    let mut ops = channels_last(2, 4);
-    ops.push(Op::WindowAttention(vramlab_graph::op::WindowAttention {
-        dim: 4,
-        heads: 1,
-        window: (2, 2),
-        shift: (0, 0),
-        v2: false,
-    }));
-    ops.extend([Op::Flatten, Op::Linear(Linear::new(4 * 4 * 4, 3))]);
-    check(chain("swin_plain", vec![2, 4, 4], ops), 2, 16);
+    check(window_model("swin_plain", 4, 2, 0, 1, false), 2, 16);
 }
 
 #[test]
 fn swin_v2_cosine_attention_logit_scale_and_position_bias_mlp() {
     // Padded and shifted as above; every parameter: the logit scales, qkv (its k bias
     // unused: zero gradient both ways), proj, and the position bias MLP.
-    let mut ops = channels_last(2, 4);
-    ops.push(Op::WindowAttention(vramlab_graph::op::WindowAttention {
-        dim: 4,
-        heads: 2,
-        window: (4, 4),
-        shift: (2, 2),
-        v2: true,
-    }));
-    ops.extend([Op::Flatten, Op::Linear(Linear::new(6 * 6 * 4, 3))]);
-    let g = chain("swin_v2_window", vec![2, 6, 6], ops);
-    assert!(check(g, 2, 24) > 150);
+    assert!(check(window_model("swin_v2_window", 6, 4, 2, 2, true), 2, 24) > 150);
 }
 
 #[test]
