@@ -82,8 +82,13 @@ struct BNode {
     edges: Vec<(Edge, Grad)>,
     /// The node's aten ops in order, each making the gradients of the listed edges.
     ops: Vec<(&'static str, Vec<usize>)>,
-    /// AMP: parameter gradients made in half precision, then cast to fp32 of this size.
+    /// AMP: parameter gradients made in half precision, then cast to fp32 of this size
+    /// (and an fp32 input's, first: its cast's ToCopyBackward0 was made last).
     casts: Vec<(usize, u128)>,
+    /// The engine's `validate_outputs` casts these edges' gradients to their input's
+    /// dtype (a new tensor of this size): a half value that met an fp32 one in an
+    /// add or a concatenation under autocast.
+    to_dtype: Vec<(usize, u128)>,
     /// A node that takes several gradients as separate inputs (SplitBackward0 of a
     /// `chunk`): later ones are held, not added, until it runs.
     gather: bool,
@@ -163,25 +168,6 @@ pub(crate) fn run(g: &Shaped, cfg: &PlanConfig) -> Result<(MemoryReport, Vec<u12
             "--precision {} is modelled for the pytorch-cuda profile only (pytorch-cpu: fp32 or amp-bf16)",
             cfg.precision.name()
         )));
-    }
-    if cfg.precision.is_amp() {
-        // Layers whose autocast behaviour is not modelled: refused, not guessed.
-        for n in g.nodes() {
-            let unmodelled = if matches!(n.op, Op::RelPosAttention { .. }) {
-                Some("MaxViT's relative-position attention")
-            } else if matches!(n.op, Op::MultiheadAttention { .. }) && !cfg.profile.is_cuda() {
-                Some("nn.MultiheadAttention on the CPU")
-            } else {
-                None
-            };
-            if let Some(what) = unmodelled {
-                return Err(PlanError::Config(format!(
-                    "layer `{}`: {what} is not modelled under autocast yet (--precision {}); plan it in fp32",
-                    n.name,
-                    cfg.precision.name()
-                )));
-            }
-        }
     }
     let rules = Rules {
         cuda: cfg.profile.is_cuda(),
@@ -719,6 +705,7 @@ impl Runner<'_> {
             edges,
             ops,
             casts: Vec::new(),
+            to_dtype: Vec::new(),
             gather: false,
             held: Vec::new(),
         });
@@ -1029,8 +1016,11 @@ impl Runner<'_> {
                     let mut edges = Vec::new();
                     let mut ops = Vec::new();
                     let fp32_grads: Vec<u128> = specs.iter().map(|s| s.numel() * 4).collect();
+                    // The input's gradient comes in the dtype the op ran in; under
+                    // autocast an fp32 input's is then cast back by its own node.
+                    let in_grad = b * in_numel * out_elem;
                     if is_conv {
-                        edges.extend(x.grad_fn.map(|f| (Edge::Node(f), Grad::Alloc(xbytes))));
+                        edges.extend(x.grad_fn.map(|f| (Edge::Node(f), Grad::Alloc(in_grad))));
                         // From a channels-last input the weight's gradient comes out
                         // channels-last too; unless that layout equals the contiguous one
                         // (one input channel per group, or a 1x1 kernel) AccumulateGrad
@@ -1064,7 +1054,7 @@ impl Runner<'_> {
                             ));
                         }
                         if let Some(f) = x.grad_fn {
-                            edges.push((Edge::Node(f), Grad::Alloc(b * in_numel * out_elem)));
+                            edges.push((Edge::Node(f), Grad::Alloc(in_grad)));
                             ops.push(("aten.mm.default", vec![edges.len() - 1]));
                         }
                         edges.push((Edge::Param(p0), Grad::Alloc(wbytes)));
@@ -1084,8 +1074,18 @@ impl Runner<'_> {
                     let k = self.record(i, saved.clone(), edges, ops);
                     if self.amp() && self.nodes[k].casts.is_empty() {
                         // Each parameter's half gradient goes through its cast's
-                        // ToCopyBackward0: the weight's first (its cast was made last).
+                        // ToCopyBackward0: the weight's first (its cast was made last),
+                        // and before them an fp32 input's (its cast was made after the
+                        // parameters').
                         let edges = self.nodes[k].edges.clone();
+                        if x.elem > out_elem {
+                            if let Some(e) = edges
+                                .iter()
+                                .position(|(edge, _)| matches!(edge, Edge::Node(_)))
+                            {
+                                self.nodes[k].casts.push((e, xbytes));
+                            }
+                        }
                         let mut casts: Vec<(usize, usize)> = edges
                             .iter()
                             .enumerate()
@@ -1267,7 +1267,7 @@ impl Runner<'_> {
                     if self.rules.cuda {
                         self.attention_cuda(i, x, e, h, train, amp_cache)
                     } else {
-                        self.attention(i, x, e, h, train)
+                        self.attention(i, x, e, h, train, amp_cache)
                     }
                 }
                 Op::WindowAttention(w) => {
@@ -1318,7 +1318,7 @@ impl Runner<'_> {
                     self.patch_merge(i, x, train)
                 }
                 Op::RelPosAttention { head_dim, .. } => {
-                    self.rel_pos_attention(i, x, *head_dim as u128, train)
+                    self.rel_pos_attention(i, x, *head_dim as u128, train, amp_cache)
                 }
                 Op::Partition { .. } | Op::Departition { .. } => {
                     // MaxViT's reshape-permute-reshape: a copy forward; backward reshapes
@@ -1394,22 +1394,19 @@ impl Runner<'_> {
                     // view) of the incoming one.
                     // A parameter (ViT's class token, expanded over the batch) gets the
                     // slice summed over the batch (ExpandBackward0).
-                    let edges: Vec<(Edge, Grad)> = ins
-                        .iter()
-                        .filter_map(|(v, j)| {
-                            let bytes = self.value_bytes(v, *j);
-                            edge(
-                                v,
-                                if v.leaf.is_some() {
-                                    Grad::SumTo(bytes)
-                                } else {
-                                    Grad::View(bytes)
-                                },
-                            )
-                        })
-                        .collect();
-                    let grad_fn =
-                        (train && !edges.is_empty()).then(|| self.record(i, vec![], edges, vec![]));
+                    // Over a batch of one the expand's sum_to has nothing to sum: the
+                    // parameter's `.grad` is the slice itself, and keeps the whole
+                    // incoming gradient alive.
+                    let edges = ins.iter().map(|(v, j)| {
+                        let bytes = self.value_bytes(v, *j);
+                        if v.leaf.is_some() && b > 1 {
+                            Grad::SumTo(bytes)
+                        } else {
+                            Grad::View(bytes)
+                        }
+                    });
+                    let edges: Vec<_> = ins.iter().zip(edges).collect();
+                    let grad_fn = self.record_mixed(i, train, elem, &edges);
                     // torchvision's VisionTransformer.forward keeps this concatenation in
                     // its local `x` until `self.encoder(x)` returns (after the encoder's
                     // final LayerNorm, the node the class token's select reads). Told by
@@ -1565,19 +1562,16 @@ impl Runner<'_> {
                     };
                     // A parameter added over the batch (ViT's position embedding) gets
                     // the gradient summed to its shape.
-                    let edges: Vec<(Edge, Grad)> = [(x, node.inputs[0]), (y, node.inputs[1])]
-                        .iter()
-                        .filter_map(|(v, j)| {
-                            let how = if v.leaf.is_some() {
-                                Grad::SumTo(self.value_bytes(v, *j))
-                            } else {
-                                Grad::Pass
-                            };
-                            edge(v, how)
-                        })
-                        .collect();
-                    let grad_fn =
-                        (train && !edges.is_empty()).then(|| self.record(i, vec![], edges, vec![]));
+                    let ins = [(x, node.inputs[0]), (y, node.inputs[1])];
+                    let edges = ins.iter().map(|(v, j)| {
+                        if v.leaf.is_some() {
+                            Grad::SumTo(self.value_bytes(v, *j))
+                        } else {
+                            Grad::Pass
+                        }
+                    });
+                    let edges: Vec<_> = ins.iter().zip(edges).collect();
+                    let grad_fn = self.record_mixed(i, train, elem, &edges);
                     Value {
                         leaf: None,
                         cl: x.cl || (!*inplace && y.cl),
@@ -1605,24 +1599,47 @@ impl Runner<'_> {
     ///   `select_backward` into zeros of the packed size for each (added up out of
     ///   place), a reshape copy of the packed gradient, the bias sum, the in-projection's
     ///   grads.
-    fn attention(&mut self, i: usize, x: Value, e: u128, heads: u128, train: bool) -> Value {
+    ///
+    /// Under CPU autocast (bfloat16, measured the same way): each projection's bias and
+    /// weight cast (cached for the forward), the input cast before its copy (freed with
+    /// the `mm` once the bias is added), everything after in bfloat16 (the log-sum-exp
+    /// stays fp32); in backward the fp32 gradient arriving at the output cast by the
+    /// engine, each parameter's gradient cast to fp32 by its own node, the input's
+    /// first.
+    fn attention(
+        &mut self,
+        i: usize,
+        x: Value,
+        e: u128,
+        heads: u128,
+        train: bool,
+        amp_cache: &mut Vec<Sid>,
+    ) -> Value {
         let g = self.g;
         let b = self.micro;
         let t = g.shapes[i][0] as u128;
-        let el = x.elem;
-        let pe = self.param_elem;
+        let amp = self.amp();
+        let el = if amp { 2 } else { x.elem };
+        // Parameter gradients come in the dtype the matmul ran in.
+        let pe = if amp { 2 } else { self.param_elem };
         let n = b * t * e * el;
         let p0 = self.node_of_param[i];
+        let in_weight = amp.then(|| self.autocast_weight(3 * e, e, amp_cache));
+        let cast_in = (x.elem != el).then(|| self.op(n, "aten._to_copy.default"));
         let copy = self.op(n, "aten.clone.default");
         let mm = self.op(3 * n, "aten.mm.default");
         let biased = self.op(3 * n, "aten.add.Tensor");
         self.sim.decref(mm);
+        if let Some(c) = cast_in {
+            self.sim.decref(c);
+        }
         let proj = self.op(3 * n, "aten.clone.default");
         self.sim.decref(biased);
         let out = self.sim.alloc(n, None);
         let lse = self.sim.alloc(b * heads * t * 4, None);
         self.sim
             .boundary("aten._scaled_dot_product_flash_attention_for_cpu.default");
+        let out_weight = amp.then(|| self.autocast_weight(e, e, amp_cache));
         let result = self.op(n, "aten.addmm.default");
         let mut grad_fn = None;
         if train {
@@ -1636,14 +1653,35 @@ impl Runner<'_> {
             if has_x {
                 ops.push(("aten.mm.default", vec![0]));
             }
-            let a = self.record(i, vec![copy], edges, ops);
+            // Under autocast the bias's gradient goes through its cast's
+            // ToCopyBackward0, made before the matmul's node: it runs after that
+            // node's input and weight casts.
+            let bias_to = if amp {
+                Edge::Node(self.record(
+                    i,
+                    vec![],
+                    vec![(Edge::Param(p0 + 1), Grad::Alloc(3 * e * 4))],
+                    vec![("aten._to_copy.default", vec![0])],
+                ))
+            } else {
+                Edge::Param(p0 + 1)
+            };
+            let mut saved = vec![copy];
+            saved.extend(in_weight);
+            let a = self.record(i, saved, edges, ops);
+            if amp {
+                if has_x && cast_in.is_some() {
+                    self.nodes[a].casts.push((0, b * t * e * x.elem));
+                }
+                self.nodes[a].casts.push((w, 3 * e * e * 4));
+            }
             // AddBackward0 of the in-projection's bias.
             let bias = self.record(
                 i,
                 vec![],
                 vec![
                     (Edge::Node(a), Grad::Pass),
-                    (Edge::Param(p0 + 1), Grad::SumTo(3 * e * pe)),
+                    (bias_to, Grad::SumTo(3 * e * pe)),
                 ],
                 vec![],
             );
@@ -1670,16 +1708,7 @@ impl Runner<'_> {
                 )],
             );
             // AddmmBackward0 of the out-projection: bias, input, weight.
-            let o = self.record(
-                i,
-                vec![out],
-                vec![
-                    (Edge::Param(p0 + 3), Grad::SumTo(e * pe)),
-                    (Edge::Node(sdpa), Grad::Alloc(n)),
-                    (Edge::Param(p0 + 2), Grad::Alloc(e * e * pe)),
-                ],
-                vec![("aten.mm.default", vec![1]), ("aten.mm.default", vec![2])],
-            );
+            let o = self.projection_backward(i, out, out_weight, sdpa, (p0 + 2, p0 + 3), n, (e, e));
             // The output's transpose reshaped for the out-projection's gradient: a copy.
             grad_fn = Some(self.grad_node(i, o, n, "aten.clone.default"));
         }
@@ -1903,6 +1932,36 @@ impl Runner<'_> {
         (0..3)
             .map(|_| self.grad_node(i, packed, packed_bytes, "aten.select_backward.default"))
             .collect()
+    }
+
+    /// The backward node of an add or a concatenation of node `i` (it keeps nothing),
+    /// each input `(value, node)` with how it gets its gradient; under autocast a half
+    /// input that met an fp32 one (the output's `elem`) gets the fp32 gradient cast to
+    /// its dtype by the engine's `validate_outputs`. `None` in inference or when no input
+    /// needs a gradient.
+    fn record_mixed(
+        &mut self,
+        i: usize,
+        train: bool,
+        elem: u128,
+        ins: &[(&(Value, usize), Grad)],
+    ) -> Option<usize> {
+        let mut edges = Vec::new();
+        let mut to_dtype = Vec::new();
+        for ((v, j), how) in ins {
+            if let Some(e) = edge(v, *how) {
+                if v.leaf.is_none() && v.elem < elem {
+                    to_dtype.push((edges.len(), self.value_bytes(v, *j)));
+                }
+                edges.push(e);
+            }
+        }
+        if !train || edges.is_empty() {
+            return None;
+        }
+        let k = self.record(i, vec![], edges, vec![]);
+        self.nodes[k].to_dtype = to_dtype;
+        Some(k)
     }
 
     /// A chain of copies in backward: `node` receives the gradient, passes a new
@@ -2400,19 +2459,35 @@ impl Runner<'_> {
     /// chunk and head views, `k * scale`, the einsums as `bmm` on contiguous copies,
     /// the gathered bias, softmax, the heads' reshape and `merge`. Modelled after the
     /// measured Swin attention, not measured itself.
-    fn rel_pos_attention(&mut self, i: usize, x: Value, head_dim: u128, train: bool) -> Value {
+    fn rel_pos_attention(
+        &mut self,
+        i: usize,
+        x: Value,
+        head_dim: u128,
+        train: bool,
+        amp_cache: &mut Vec<Sid>,
+    ) -> Value {
         let g = self.g;
         let b = self.micro;
-        let el = x.elem;
-        let pe = self.param_elem;
+        let amp = self.amp();
+        // Under autocast the projections and both matrix products run in half
+        // precision; the bias gathered from the fp32 table promotes the scores it is
+        // added to (and so the softmax) to fp32, and the second product casts the
+        // probabilities back (its ToCopyBackward0 casts their gradient up again).
+        let el = if amp { 2 } else { x.elem };
+        let pe = if amp { 2 } else { self.param_elem };
+        let te = self.param_elem;
         let p0 = self.node_of_param[i];
         let shape = &g.shapes[i];
         let (groups, p, d) = (shape[0] as u128, shape[1] as u128, shape[2] as u128);
         let heads = d / head_dim.max(1);
         let xb = b * groups * p * d * el;
         let att = b * groups * heads * p * p * el;
-        let tb = p * p * heads * el;
-        let table = self.g.node_params(i)[0].numel() * pe;
+        let att_biased = b * groups * heads * p * p * el.max(te);
+        let tb = p * p * heads * te;
+        let table = self.g.node_params(i)[0].numel() * te;
+        let qkv_weight = amp.then(|| self.autocast_weight(3 * d, d, amp_cache));
+        let cast_in = (x.elem != el).then(|| self.op(xb, "aten._to_copy.default"));
         let qkv = self.op(3 * xb, "aten.addmm.default");
         self.sim.cublas_workspace(self.cfg.cublas_workspace_bytes);
         let sel = train.then(|| {
@@ -2423,8 +2498,20 @@ impl Runner<'_> {
                 ops.push(("aten.mm.default", vec![1]));
             }
             edges.push((Edge::Param(p0 + 1), Grad::Alloc(3 * d * d * pe)));
-            ops.push(("aten.mm.default", vec![edges.len() - 1]));
-            let a = self.record(i, vec![x.sid], edges, ops);
+            let w = edges.len() - 1;
+            ops.push(("aten.mm.default", vec![w]));
+            let mut saved = vec![cast_in.unwrap_or(x.sid)];
+            saved.extend(qkv_weight);
+            let a = self.record(i, saved, edges, ops);
+            if amp {
+                // The input's cast (made last) first, then the weight's, the bias's.
+                if cast_in.is_some() && x.grad_fn.is_some() {
+                    self.nodes[a].casts.push((1, b * groups * p * d * x.elem));
+                }
+                self.nodes[a]
+                    .casts
+                    .extend([(w, 3 * d * d * 4), (0, 3 * d * 4)]);
+            }
             // chunk's backward (SplitBackward0) takes the three gradients and stacks
             // them (one cat); q's and k's come through their heads' reshape (a copy),
             // v's as the einsum leaves it.
@@ -2434,6 +2521,9 @@ impl Runner<'_> {
             let k = self.copy_node(i, split, xb, "aten.clone.default");
             vec![q, k, split]
         });
+        if let Some(c) = cast_in {
+            self.sim.decref(c);
+        }
         let ks = self.op(xb, "aten.mul.Tensor");
         let k_node = sel
             .as_ref()
@@ -2460,18 +2550,27 @@ impl Runner<'_> {
         let bias = self.op(tb, "aten.clone.default");
         self.sim.decref(idx);
         let bias_node = train.then(|| self.index_backward(i, Edge::Param(p0), table));
-        let biased = self.op(att, "aten.add.Tensor");
+        let biased = self.op(att_biased, "aten.add.Tensor");
         let add = bmm1.map(|k| {
             let mut edges = vec![(Edge::Node(k), Grad::Pass)];
             edges.extend(bias_node.map(|n| (Edge::Node(n), Grad::SumTo(tb))));
-            self.record(i, vec![], edges, vec![])
+            let add = self.record(i, vec![], edges, vec![]);
+            if att_biased != att {
+                self.nodes[add].to_dtype.push((0, att));
+            }
+            add
         });
-        let (probs, soft) = self.softmax(i, att, add);
+        let (probs, soft) = self.softmax(i, att_biased, add);
         self.sim.decref(biased);
         self.sim.decref(dots);
         let vc = self.op(xb, "aten.clone.default");
+        let probs_cast = (att_biased != att).then(|| self.op(att, "aten._to_copy.default"));
+        let to_soft = soft.map(|k| match probs_cast {
+            Some(_) => self.grad_node(i, k, att_biased, "aten._to_copy.default"),
+            None => k,
+        });
         let ctx = self.op(xb, "aten.bmm.default");
-        let bmm2 = soft.map(|k| {
+        let bmm2 = to_soft.map(|k| {
             let mut edges = Vec::new();
             if let Some(s) = &sel {
                 edges.push((Edge::Node(s[2]), Grad::Alloc(xb)));
@@ -2480,26 +2579,21 @@ impl Runner<'_> {
             let ops = (0..edges.len())
                 .map(|e| ("aten.bmm.default", vec![e]))
                 .collect();
-            self.record(i, vec![probs, vc], edges, ops)
+            self.record(i, vec![probs_cast.unwrap_or(probs), vc], edges, ops)
         });
         self.sim.decref(probs);
+        if let Some(c) = probs_cast {
+            self.sim.decref(c);
+        }
         self.sim.decref(vc);
         let merged_in = self.op(xb, "aten.clone.default");
         self.sim.decref(ctx);
         let reshaped = bmm2.map(|k| self.copy_node(i, k, xb, "aten.clone.default"));
+        let merge_weight = amp.then(|| self.autocast_weight(d, d, amp_cache));
         let out = self.op(xb, "aten.addmm.default");
         self.sim.cublas_workspace(self.cfg.cublas_workspace_bytes);
         let mut grad_fn = reshaped.map(|k| {
-            self.record(
-                i,
-                vec![merged_in],
-                vec![
-                    (Edge::Param(p0 + 4), Grad::SumTo(d * pe)),
-                    (Edge::Node(k), Grad::Alloc(xb)),
-                    (Edge::Param(p0 + 3), Grad::Alloc(d * d * pe)),
-                ],
-                vec![("aten.mm.default", vec![1]), ("aten.mm.default", vec![2])],
-            )
+            self.projection_backward(i, merged_in, merge_weight, k, (p0 + 3, p0 + 4), xb, (d, d))
         });
         self.sim.decref(merged_in);
         if self.grid_region {
@@ -2743,7 +2837,9 @@ impl Runner<'_> {
                 self.sim.decref(old);
             }
         }
-        // The engine's validate_outputs: sum_to for broadcast biases, dtype casts.
+        // The engine's validate_outputs, edge by edge: sum_to for broadcast biases,
+        // then the cast to the input's dtype.
+        let to_dtype = std::mem::take(&mut self.nodes[k].to_dtype);
         for (e, (_, how)) in edges.iter().enumerate() {
             if let Grad::SumTo(bytes) | Grad::AllocSumTo(_, bytes) = *how {
                 let new = self.sim.alloc(bytes, None);
@@ -2753,6 +2849,11 @@ impl Runner<'_> {
                     self.reduce_staging(outputs[e].expect("set above"), bytes);
                 }
                 self.sim.boundary("aten.sum.dim_IntList");
+                self.sim.decref(outputs[e].replace(new).expect("set above"));
+            }
+            if let Some(&(_, bytes)) = to_dtype.iter().find(|(c, _)| *c == e) {
+                let new = self.sim.alloc(bytes, None);
+                self.sim.boundary("aten._to_copy.default");
                 self.sim.decref(outputs[e].replace(new).expect("set above"));
             }
         }
@@ -2777,8 +2878,9 @@ impl Runner<'_> {
         let mut accumulate = Vec::new();
         for (e, (edge, how)) in edges.iter().enumerate() {
             let Some(sid) = outputs[e] else { continue };
+            let cast = to_dtype.iter().any(|(c, _)| *c == e);
             let size = match *how {
-                Grad::View(bytes) => bytes,
+                Grad::View(bytes) if !cast => bytes,
                 _ => self.sim.bytes(sid),
             };
             match *edge {

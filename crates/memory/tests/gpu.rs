@@ -72,7 +72,10 @@ const BOUNDS: &[(&str, &str, f64, f64)] = &[
     ("h200", "resnet50 3x224x224 64 adam fp32", 0.2, 5.9),
     ("h200", "resnet50 3x224x224 64 adam amp-fp16", 0.2, 1.1),
     ("h200", "vit_b_16 3x224x224 32 adam fp32", 0.2, 0.8),
-    ("h200", "vit_b_16 3x224x224 32 adam amp-fp16", 0.4, 0.5),
+    // Since the engine's cast of an fp32 gradient into a half value (the residual
+    // add's) is modelled, allocated moved from +0.27 % to +0.21 % and reserved from
+    // -0.07 % to -1.26 % (the simulated segments split differently).
+    ("h200", "vit_b_16 3x224x224 32 adam amp-fp16", 0.3, 1.3),
     (
         "h200",
         "efficientnet_b0 3x224x224 64 sgd_momentum fp32",
