@@ -152,6 +152,7 @@ impl Activation {
     }
 
     /// The value, for the engine and gradient checks. NaN stays NaN, as in PyTorch.
+    #[inline]
     pub fn apply(self, x: f32) -> f32 {
         match self {
             Activation::Relu => {
@@ -178,6 +179,7 @@ impl Activation {
     /// The gradient given the incoming gradient `g` and the saved tensor's value `v`
     /// (the input or the result, per [`Record::saves`]), as PyTorch's backward kernels
     /// compute it (their choices at the kinks included).
+    #[inline]
     pub fn grad(self, g: f32, v: f32) -> f32 {
         match self {
             // threshold_backward: zero where result <= 0 (a NaN result passes).

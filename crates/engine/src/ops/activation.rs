@@ -1,22 +1,113 @@
 //! Activations (ReLU, ReLU6, SiLU, GELU, ...): elementwise, in place or not; the
 //! gradient from the kept result or input ([`Activation::grad_from_result`]).
 
+use rayon::prelude::*;
 use vramlab_graph::Activation;
 
 use super::{alias, Ctx};
 use crate::tensor::Tensor;
 
+/// Elements per task when an activation is split across the threads (and the size
+/// below which it is not: one task's worth is not worth a wake-up).
+const CHUNK: usize = 1 << 14;
+
+/// Runs `body` with `$k` bound to `kind` as a constant, so that `apply` and `grad`
+/// inline into one loop per kind (no match per element: the loops vectorise).
+macro_rules! each_kind {
+    ($kind:expr, $k:ident => $body:expr) => {
+        match $kind {
+            Activation::Relu => {
+                const $k: Activation = Activation::Relu;
+                $body
+            }
+            Activation::Relu6 => {
+                const $k: Activation = Activation::Relu6;
+                $body
+            }
+            Activation::Silu => {
+                const $k: Activation = Activation::Silu;
+                $body
+            }
+            Activation::Sigmoid => {
+                const $k: Activation = Activation::Sigmoid;
+                $body
+            }
+            Activation::Hardswish => {
+                const $k: Activation = Activation::Hardswish;
+                $body
+            }
+            Activation::Hardsigmoid => {
+                const $k: Activation = Activation::Hardsigmoid;
+                $body
+            }
+            Activation::Gelu => {
+                const $k: Activation = Activation::Gelu;
+                $body
+            }
+            Activation::GeluTanh => {
+                const $k: Activation = Activation::GeluTanh;
+                $body
+            }
+            Activation::Tanh => {
+                const $k: Activation = Activation::Tanh;
+                $body
+            }
+        }
+    };
+}
+
+/// `out[i] = f(out[i], a[i], b[i])` over equal-length slices, on the pool's threads for
+/// large tensors.
+fn zip3<F>(ctx: &Ctx, out: &mut [f32], a: &[f32], b: &[f32], f: F)
+where
+    F: Fn(&mut f32, f32, f32) + Sync,
+{
+    let run = |o: &mut [f32], a: &[f32], b: &[f32]| {
+        for ((o, &a), &b) in o.iter_mut().zip(a).zip(b) {
+            f(o, a, b);
+        }
+    };
+    if ctx.threads < 2 || out.len() < 2 * CHUNK {
+        run(out, a, b);
+    } else {
+        ctx.pool.install(|| {
+            out.par_chunks_mut(CHUNK)
+                .zip(a.par_chunks(CHUNK))
+                .zip(b.par_chunks(CHUNK))
+                .for_each(|((o, a), b)| run(o, a, b));
+        });
+    }
+}
+
+/// `out[i] = f(out[i])`, on the pool's threads for large tensors.
+fn each<F>(ctx: &Ctx, out: &mut [f32], f: F)
+where
+    F: Fn(f32) -> f32 + Sync,
+{
+    let run = |o: &mut [f32]| o.iter_mut().for_each(|v| *v = f(*v));
+    if ctx.threads < 2 || out.len() < 2 * CHUNK {
+        run(out);
+    } else {
+        ctx.pool.install(|| out.par_chunks_mut(CHUNK).for_each(run));
+    }
+}
+
+/// `out[i] = f(x[i])`, on the pool's threads for large tensors.
+fn map<F>(ctx: &Ctx, out: &mut [f32], x: &[f32], f: F)
+where
+    F: Fn(f32) -> f32 + Sync,
+{
+    zip3(ctx, out, x, x, |o, v, _| *o = f(v));
+}
+
 /// Activation forward: in place into `x`'s storage, or a new tensor.
 pub(crate) fn forward(ctx: &Ctx, kind: Activation, x: &Tensor, inplace: bool) -> Tensor {
     if inplace {
-        x.data_mut().iter_mut().for_each(|v| *v = kind.apply(*v));
+        each_kind!(kind, K => each(ctx, &mut x.data_mut(), |v| K.apply(v)));
         alias(x)
     } else {
         let o = ctx.zeros(&x.shape);
-        o.data_mut()
-            .iter_mut()
-            .zip(x.data().iter())
-            .for_each(|(o, &v)| *o = kind.apply(v));
+        each_kind!(kind, K => map(ctx, &mut o.data_mut(), &x.data(), |v| K.apply(v)));
         o
     }
 }
@@ -32,10 +123,9 @@ pub(crate) fn copy(ctx: &Ctx, x: &Tensor) -> Tensor {
 /// [`Activation::grad_from_result`], else the input).
 pub(crate) fn backward(ctx: &Ctx, kind: Activation, g: &Tensor, v: &Tensor) -> Tensor {
     let gi = ctx.zeros(&g.shape);
-    gi.data_mut()
-        .iter_mut()
-        .zip(g.data().iter().zip(v.data().iter()))
-        .for_each(|(o, (&gv, &vv))| *o = kind.grad(gv, vv));
+    each_kind!(kind, K => zip3(ctx, &mut gi.data_mut(), &g.data(), &v.data(), |o, gv, vv| {
+        *o = K.grad(gv, vv)
+    }));
     gi
 }
 
