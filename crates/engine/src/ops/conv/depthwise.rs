@@ -55,27 +55,99 @@ pub fn depthwise_scratch(g: &ConvGeom, backward: bool) -> usize {
     l.phases(g) * if backward { 2 } else { 1 } + l.flat(g)
 }
 
+/// Copies one input plane into the phases' interior; the padding around it is zero
+/// from [`Plan::new`] and never written.
 #[inline(always)]
 fn dw_fill_phases(x: &[f32], g: &ConvGeom, l: &DwLayout, ph: &mut [f32]) {
-    ph[..l.phases(g)].fill(0.0);
     for iy in 0..g.h {
         let row = &x[iy * g.w..(iy + 1) * g.w];
         if g.sw == 1 {
             let d0 = (iy + g.ph) * l.wq + g.pw;
             ph[d0..d0 + g.w].copy_from_slice(row);
         } else {
-            for (ix, &v) in row.iter().enumerate() {
-                let c = ix + g.pw;
-                ph[((c % g.sw) * l.hp + iy + g.ph) * l.wq + c / g.sw] = v;
+            for q in 0..g.sw {
+                let (ix0, p0) = phase_start(g, q);
+                let d0 = (q * l.hp + iy + g.ph) * l.wq + p0;
+                for (d, &v) in ph[d0..].iter_mut().zip(row.iter().skip(ix0).step_by(g.sw)) {
+                    *d = v;
+                }
             }
         }
     }
+}
+
+/// Column phase `q` of a strided plane: the first input column it holds and that
+/// column's place in the phase's rows (padded column `c = ix + pw` is in phase
+/// `c % sw` at `c / sw`), so that the copies in and out step without a division.
+#[inline(always)]
+fn phase_start(g: &ConvGeom, q: usize) -> (usize, usize) {
+    let c0 = if g.pw <= q {
+        q
+    } else {
+        q + (g.pw - q).div_ceil(g.sw) * g.sw
+    };
+    (c0 - g.pw, c0 / g.sw)
 }
 
 #[inline(always)]
 fn axpy(y: &mut [f32], a: f32, x: &[f32]) {
     for (u, v) in y.iter_mut().zip(x) {
         *u += a * v;
+    }
+}
+
+/// `y[i] = sum over taps t, in order, of w[t] * ph[off[t] + i]`: every tap in one pass
+/// (eight outputs in a register across the taps), the same sums as one `axpy` per tap
+/// into zeros. `K` taps known at compile time unrolls them (3x3, 5x5, 7x7 kernels).
+#[inline(always)]
+fn taps_sum<const K: usize>(y: &mut [f32], w: &[f32], ph: &[f32], off: &[usize]) {
+    let (w, off) = (&w[..K], &off[..K]);
+    let n = y.len();
+    let mut i = 0;
+    while i + 8 <= n {
+        let mut acc = [0f32; 8];
+        for t in 0..K {
+            let src = &ph[off[t] + i..off[t] + i + 8];
+            for j in 0..8 {
+                acc[j] += w[t] * src[j];
+            }
+        }
+        y[i..i + 8].copy_from_slice(&acc);
+        i += 8;
+    }
+    for (k, v) in y.iter_mut().enumerate().skip(i) {
+        let mut s = 0.0;
+        for t in 0..K {
+            s += w[t] * ph[off[t] + k];
+        }
+        *v = s;
+    }
+}
+
+/// `gw[t] += dot(gf, ph[off[t]..])` for every tap in one pass over `gf` (eight partial
+/// sums per tap, as [`dot8`] sums them).
+#[inline(always)]
+fn taps_dot<const K: usize>(gw: &mut [f32], gf: &[f32], ph: &[f32], off: &[usize]) {
+    let off = &off[..K];
+    let n = gf.len();
+    let mut acc = [[0f32; 8]; K];
+    let mut i = 0;
+    while i + 8 <= n {
+        let g = &gf[i..i + 8];
+        for t in 0..K {
+            let src = &ph[off[t] + i..off[t] + i + 8];
+            for j in 0..8 {
+                acc[t][j] += g[j] * src[j];
+            }
+        }
+        i += 8;
+    }
+    for t in 0..K {
+        let mut s: f32 = acc[t].iter().sum();
+        for k in i..n {
+            s += gf[k] * ph[off[t] + k];
+        }
+        gw[t] += s;
     }
 }
 
@@ -97,58 +169,119 @@ fn dot8(a: &[f32], b: &[f32]) -> f32 {
     s
 }
 
-#[inline(always)]
-fn dw_forward_plane(x: &[f32], w: &[f32], g: &ConvGeom, scratch: &mut [f32], out: &mut [f32]) {
-    let l = DwLayout::new(g);
-    let (ph, y) = scratch.split_at_mut(l.phases(g));
-    dw_fill_phases(x, g, &l, ph);
-    let y = &mut y[..l.len];
-    y.fill(0.0);
-    for ky in 0..g.kh {
-        for kx in 0..g.kw {
-            let t = l.tap(g, ky, kx);
-            axpy(y, w[ky * g.kw + kx], &ph[t..t + l.len]);
+/// What every plane of one call shares: the layout, each tap's offset, and how the taps
+/// are summed (`K` known at compile time for 3x3, 5x5 and 7x7 kernels).
+struct Plan {
+    l: DwLayout,
+    off: [usize; 49],
+    kk: usize,
+}
+
+impl Plan {
+    /// The plan, with the phases (`ph`) and the flat buffer (`flat`) zeroed: the planes
+    /// then write only what they use, so padding and the columns past `wo` stay zero.
+    fn new(g: &ConvGeom, ph: &mut [f32], flat: &mut [f32]) -> Plan {
+        let l = DwLayout::new(g);
+        let kk = g.kh * g.kw;
+        let mut off = [0usize; 49];
+        if kk <= 49 {
+            for (t, o) in off[..kk].iter_mut().enumerate() {
+                *o = l.tap(g, t / g.kw, t % g.kw);
+            }
+        }
+        ph.fill(0.0);
+        flat.fill(0.0);
+        Plan { l, off, kk }
+    }
+
+    /// `y = sum over taps of w[t] * ph[tap t..]` (flat layout).
+    #[inline(always)]
+    fn sum(&self, g: &ConvGeom, y: &mut [f32], w: &[f32], ph: &[f32]) {
+        match self.kk {
+            9 => taps_sum::<9>(y, w, ph, &self.off),
+            25 => taps_sum::<25>(y, w, ph, &self.off),
+            49 => taps_sum::<49>(y, w, ph, &self.off),
+            _ => {
+                y.fill(0.0);
+                for ky in 0..g.kh {
+                    for kx in 0..g.kw {
+                        let t = self.l.tap(g, ky, kx);
+                        axpy(y, w[ky * g.kw + kx], &ph[t..t + self.l.len]);
+                    }
+                }
+            }
         }
     }
+
+    /// `gw[t] += dot(gf, ph[tap t..])`.
+    #[inline(always)]
+    fn dots(&self, g: &ConvGeom, gw: &mut [f32], gf: &[f32], ph: &[f32]) {
+        match self.kk {
+            9 => taps_dot::<9>(gw, gf, ph, &self.off),
+            25 => taps_dot::<25>(gw, gf, ph, &self.off),
+            49 => taps_dot::<49>(gw, gf, ph, &self.off),
+            _ => {
+                for ky in 0..g.kh {
+                    for kx in 0..g.kw {
+                        let t = self.l.tap(g, ky, kx);
+                        gw[ky * g.kw + kx] += dot8(gf, &ph[t..t + self.l.len]);
+                    }
+                }
+            }
+        }
+    }
+}
+
+#[inline(always)]
+fn dw_forward_plane(
+    p: &Plan,
+    x: &[f32],
+    w: &[f32],
+    g: &ConvGeom,
+    (ph, y): (&mut [f32], &mut [f32]),
+    out: &mut [f32],
+) {
+    let l = &p.l;
+    dw_fill_phases(x, g, l, ph);
+    let y = &mut y[..l.len];
+    p.sum(g, y, w, ph);
     for oy in 0..g.ho {
         let at = oy * g.sh * l.wq;
         out[oy * g.wo..(oy + 1) * g.wo].copy_from_slice(&y[at..at + g.wo]);
     }
 }
 
+#[allow(clippy::too_many_arguments)]
 #[inline(always)]
 fn dw_backward_plane(
+    p: &Plan,
     x: &[f32],
     w: &[f32],
     dy: &[f32],
     g: &ConvGeom,
-    scratch: &mut [f32],
+    (ph, dph, gf): (&mut [f32], &mut [f32], &mut [f32]),
     gw: &mut [f32],
     dx: Option<&mut [f32]>,
 ) {
-    let l = DwLayout::new(g);
-    let np = l.phases(g);
-    let (ph, rest) = scratch.split_at_mut(np);
-    let (dph, gf) = rest.split_at_mut(np);
-    dw_fill_phases(x, g, &l, ph);
-    // The output gradient in the flat layout, zero past `wo` in each row.
+    let l = &p.l;
+    dw_fill_phases(x, g, l, ph);
+    // The output gradient in the flat layout (zero past `wo` in each row since
+    // `Plan::new`).
     let gf = &mut gf[..l.len];
-    gf.fill(0.0);
     for oy in 0..g.ho {
         let at = oy * g.sh * l.wq;
         gf[at..at + g.wo].copy_from_slice(&dy[oy * g.wo..(oy + 1) * g.wo]);
     }
-    for ky in 0..g.kh {
-        for kx in 0..g.kw {
-            let t = l.tap(g, ky, kx);
-            gw[ky * g.kw + kx] += dot8(gf, &ph[t..t + l.len]);
-        }
-    }
+    p.dots(g, gw, gf, ph);
     let Some(dx) = dx else { return };
     dph.fill(0.0);
     for ky in 0..g.kh {
         for kx in 0..g.kw {
-            let t = l.tap(g, ky, kx);
+            let t = if p.kk <= 49 {
+                p.off[ky * g.kw + kx]
+            } else {
+                l.tap(g, ky, kx)
+            };
             axpy(&mut dph[t..t + l.len], w[ky * g.kw + kx], gf);
         }
     }
@@ -160,9 +293,12 @@ fn dw_backward_plane(
                 *d += v;
             }
         } else {
-            for (ix, d) in row.iter_mut().enumerate() {
-                let c = ix + g.pw;
-                *d += dph[((c % g.sw) * l.hp + iy + g.ph) * l.wq + c / g.sw];
+            for q in 0..g.sw {
+                let (ix0, p0) = phase_start(g, q);
+                let s0 = (q * l.hp + iy + g.ph) * l.wq + p0;
+                for (d, v) in row.iter_mut().skip(ix0).step_by(g.sw).zip(&dph[s0..]) {
+                    *d += v;
+                }
             }
         }
     }
@@ -202,8 +338,19 @@ pub fn depthwise_forward(
 #[inline(always)]
 fn dw_forward_all(x: &[f32], w: &[f32], g: &ConvGeom, scratch: &mut [f32], out: &mut [f32]) {
     let (ip, op, kk) = (g.h * g.w, g.ho * g.wo, g.kh * g.kw);
+    let l = DwLayout::new(g);
+    let (ph, y) = scratch.split_at_mut(l.phases(g));
+    let (ph, y) = (ph, &mut y[..l.flat(g)]);
+    let p = Plan::new(g, ph, y);
     for c in 0..g.cin {
-        dw_forward_plane(&x[c * ip..], &w[c * kk..], g, scratch, &mut out[c * op..]);
+        dw_forward_plane(
+            &p,
+            &x[c * ip..],
+            &w[c * kk..],
+            g,
+            (&mut *ph, &mut *y),
+            &mut out[c * op..],
+        );
     }
 }
 
@@ -270,13 +417,20 @@ fn dw_backward_all(
     mut dx: Option<&mut [f32]>,
 ) {
     let (ip, op, kk) = (g.h * g.w, g.ho * g.wo, g.kh * g.kw);
+    let l = DwLayout::new(g);
+    let np = l.phases(g);
+    let (ph, rest) = scratch.split_at_mut(np);
+    let (dph, gf) = rest.split_at_mut(np);
+    let gf = &mut gf[..l.flat(g)];
+    let p = Plan::new(g, ph, gf);
     for c in 0..g.cin {
         dw_backward_plane(
+            &p,
             &x[c * ip..],
             &w[c * kk..],
             &dy[c * op..],
             g,
-            scratch,
+            (&mut *ph, &mut *dph, &mut *gf),
             &mut gw[c * kk..],
             dx.as_deref_mut().map(|d| &mut d[c * ip..]),
         );
@@ -317,6 +471,8 @@ mod tests {
                 (3, 33, 20, 3, 1, 1, 1),
                 (2, 9, 12, 3, 3, 2, 1),
                 (2, 8, 11, 2, 2, 0, 3),
+                (3, 13, 9, 7, 1, 3, 1),
+                (2, 12, 12, 5, 2, 2, 1),
             ] {
                 let ho = (h + 2 * p - d * (k - 1) - 1) / s + 1;
                 let wo = (w + 2 * p - d * (k - 1) - 1) / s + 1;
