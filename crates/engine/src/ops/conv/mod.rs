@@ -100,7 +100,7 @@ fn sum_partials(parts: &[f32], wsize: usize, cout: usize, gw: &Tensor, gb: Optio
 pub enum Kernel {
     /// The direct convolution over zero-padded rows ([`direct`]).
     Direct,
-    /// Plane by plane ([`depthwise`]).
+    /// Channels-last, eight channels at a time ([`depthwise`]).
     Depthwise,
     /// The column matrices of this many samples side by side, one matrix product.
     Batched(usize),
@@ -511,7 +511,7 @@ fn forward_direct(
     out
 }
 
-/// A depthwise convolution: plane by plane, no im2col, no scratch.
+/// A depthwise convolution: each chunk of samples channels-last ([`depthwise`]).
 fn forward_depthwise(
     ctx: &Ctx,
     g: &ConvGeom,
@@ -540,9 +540,10 @@ fn forward_depthwise(
                 .zip(xd.par_chunks(per_chunk * in_per))
                 .zip(sd.par_chunks_mut(per_scr))
                 .for_each(|((o, xc), sc)| {
-                    for (os, xs) in o.chunks_mut(out_per).zip(xc.chunks(in_per)) {
-                        depthwise::depthwise_forward(tier, xs, w, &g, sc, os);
-                        if let Some(bv) = bvec {
+                    let n = xc.len() / in_per;
+                    depthwise::depthwise_forward(tier, n, xc, w, &g, sc, o);
+                    if let Some(bv) = bvec {
+                        for os in o.chunks_mut(out_per) {
                             for (co, plane) in os.chunks_mut(hw).enumerate() {
                                 plane.iter_mut().for_each(|v| *v += bv[co]);
                             }
@@ -923,8 +924,8 @@ fn backward_direct(
     (gi, gw, gb)
 }
 
-/// The gradients of a depthwise convolution, plane by plane; the weight gradient
-/// summed per chunk of samples in the partials scratch.
+/// The gradients of a depthwise convolution, each chunk of samples channels-last; the
+/// weight gradient summed per chunk in the partials scratch.
 #[allow(clippy::type_complexity, clippy::too_many_arguments)]
 fn backward_depthwise(
     ctx: &Ctx,
@@ -968,17 +969,15 @@ fn backward_depthwise(
                 .zip(xd.par_chunks(per_chunk * in_per))
                 .zip(gd.par_chunks(per_chunk * out_per))
                 .zip(gi_chunks.into_par_iter().zip(sd.par_chunks_mut(per_scr)))
-                .for_each(|(((part, xc), gc), (mut gic, sc))| {
+                .for_each(|(((part, xc), gc), (gic, sc))| {
                     let (pw, pb) = part.split_at_mut(wsize);
-                    for (s, (xs, gs)) in xc.chunks(in_per).zip(gc.chunks(out_per)).enumerate() {
+                    for gs in gc.chunks(out_per) {
                         for (co, plane) in gs.chunks(hw).enumerate() {
                             pb[co] += plane.iter().sum::<f32>();
                         }
-                        let dx = gic
-                            .as_deref_mut()
-                            .map(|d| &mut d[s * in_per..(s + 1) * in_per]);
-                        depthwise::depthwise_backward(tier, xs, w, gs, &g, sc, pw, dx);
                     }
+                    let n = xc.len() / in_per;
+                    depthwise::depthwise_backward(tier, n, xc, w, gc, &g, sc, pw, gic);
                 });
         });
         sum_partials(&pd, wsize, g.cout, &gw, gb.as_ref());
