@@ -76,10 +76,11 @@ impl Tier {
 impl Tier {
     /// Whether this tier computes a direct-shaped convolution's weight gradient
     /// directly, over the padded input (no im2col, no matrix packing): the AVX2+FMA
-    /// kernel, which AVX-512 CPUs run too. Where false, im2col and a matrix product;
+    /// kernel, which AVX-512 CPUs run too, and the NEON one. Where false, im2col and a
+    /// matrix product;
     /// the native profile counts the padded input or the column matrix accordingly.
     pub fn direct_wgrad(self) -> bool {
-        matches!(self, Tier::Avx2 | Tier::Avx512)
+        matches!(self, Tier::Avx2 | Tier::Avx512 | Tier::Neon)
     }
 }
 

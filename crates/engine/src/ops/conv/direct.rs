@@ -420,6 +420,100 @@ pub fn conv_wgrad_direct(
             wgrad_avx2::<3, 3>(xp, cin, hp, wp, dy, cout, ho, wo, kh, kw, pw)
         }
     }
+    #[cfg(target_arch = "aarch64")]
+    // SAFETY: NEON is part of aarch64. Reads of `xp` stay inside each padded row (at
+    // most column kw-1 + round4(wo) - 1 < direct_row(wo, kw) <= wp); `dy` is read only
+    // below `wo` (the last partial vector goes through a zeroed buffer); writes go to
+    // `pw[..cout*cin*kh*kw]` (asserted).
+    unsafe {
+        let (xp, dy, pw) = (xp.as_ptr(), dy.as_ptr(), pw.as_mut_ptr());
+        wgrad_neon::<3, 3>(xp, cin, hp, wp, dy, cout, ho, wo, kh, kw, pw)
+    }
+}
+
+/// The NEON weight gradient, the AVX2 one's loops with four columns per vector: `CO`
+/// output channels by `KX` kernel columns of accumulators, streamed over the whole
+/// output plane, then summed across lanes once.
+#[cfg(target_arch = "aarch64")]
+#[allow(clippy::too_many_arguments, clippy::needless_range_loop)]
+unsafe fn wgrad_neon<const CO: usize, const KX: usize>(
+    xp: *const f32,
+    cin: usize,
+    hp: usize,
+    wp: usize,
+    dy: *const f32,
+    cout: usize,
+    ho: usize,
+    wo: usize,
+    kh: usize,
+    kw: usize,
+    pw: *mut f32,
+) {
+    use std::arch::aarch64::*;
+    let full = wo / 4 * 4;
+    let rem = wo - full;
+    let kk = kh * kw;
+    let mut co0 = 0;
+    while co0 < cout {
+        let cb = CO.min(cout - co0);
+        // Channels past `cout` read the last one again; their sums are dropped.
+        let mut dyp = [dy; CO];
+        for (c, d) in dyp.iter_mut().enumerate() {
+            *d = dy.add((co0 + c.min(cb - 1)) * ho * wo);
+        }
+        for ci in 0..cin {
+            for ky in 0..kh {
+                let mut kx0 = 0;
+                while kx0 < kw {
+                    let kb = KX.min(kw - kx0);
+                    let mut acc = [[vdupq_n_f32(0.0); KX]; CO];
+                    for oy in 0..ho {
+                        let xrow = xp.add((ci * hp + oy + ky) * wp + kx0);
+                        let mut ox = 0;
+                        while ox < full {
+                            let mut d = [vdupq_n_f32(0.0); CO];
+                            for c in 0..CO {
+                                d[c] = vld1q_f32(dyp[c].add(oy * wo + ox));
+                            }
+                            for j in 0..KX {
+                                let xv = vld1q_f32(xrow.add(ox + j.min(kb - 1)));
+                                for c in 0..CO {
+                                    acc[c][j] = vfmaq_f32(acc[c][j], d[c], xv);
+                                }
+                            }
+                            ox += 4;
+                        }
+                        if rem > 0 {
+                            let mut d = [vdupq_n_f32(0.0); CO];
+                            for c in 0..CO {
+                                let mut tail = [0f32; 4];
+                                std::ptr::copy_nonoverlapping(
+                                    dyp[c].add(oy * wo + ox),
+                                    tail.as_mut_ptr(),
+                                    rem,
+                                );
+                                d[c] = vld1q_f32(tail.as_ptr());
+                            }
+                            for j in 0..KX {
+                                let xv = vld1q_f32(xrow.add(ox + j.min(kb - 1)));
+                                for c in 0..CO {
+                                    acc[c][j] = vfmaq_f32(acc[c][j], d[c], xv);
+                                }
+                            }
+                        }
+                    }
+                    for (c, row) in acc.iter().enumerate().take(cb) {
+                        let dst = pw.add((co0 + c) * cin * kk + ci * kk + ky * kw + kx0);
+                        for (j, a) in row.iter().enumerate().take(kb) {
+                            *dst.add(j) += vaddvq_f32(*a);
+                        }
+                    }
+                    kx0 += KX;
+                }
+            }
+        }
+        co0 += CO;
+    }
 }
 
 #[cfg(target_arch = "x86_64")]
@@ -546,7 +640,7 @@ mod tests {
             assert!(covered.contains(&"avx512") && wgrad.contains(&"avx512"));
         }
         #[cfg(target_arch = "aarch64")]
-        assert!(covered.contains(&"neon"));
+        assert!(covered.contains(&"neon") && wgrad.contains(&"neon"));
         wgrad.dedup();
         eprintln!("direct weight gradient tiers covered: {}", wgrad.join(", "));
     }
