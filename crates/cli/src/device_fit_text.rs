@@ -112,7 +112,7 @@ pub fn render(a: &DeviceAnswer, lang: Lang) -> String {
             ),
         );
     }
-    line(&mut out, &s(lang, "Estimates: the CUDA context depends on the driver, the card and the CUDA version (--cuda-context); the cuDNN workspace on the algorithm cuDNN picks (--cudnn-workspace)."));
+    line(&mut out, &s(lang, "Estimates: the CUDA context depends on the driver, the card and the CUDA version (--cuda-version, --cuda-context; docs/ARCHITECTURE.md has the table); the cuDNN workspace on the algorithm cuDNN picks (--cudnn-workspace)."));
     out
 }
 
@@ -157,6 +157,6 @@ pub fn render_cards(outs: &[FitJson], devices: &[Option<DeviceAnswer>], lang: La
         ]);
     }
     out.push_str(&tb.render());
-    line(&mut out, &s(lang, "Estimates: the CUDA context depends on the driver, the card and the CUDA version (--cuda-context); the cuDNN workspace on the algorithm cuDNN picks (--cudnn-workspace)."));
+    line(&mut out, &s(lang, "Estimates: the CUDA context depends on the driver, the card and the CUDA version (--cuda-version, --cuda-context; docs/ARCHITECTURE.md has the table); the cuDNN workspace on the algorithm cuDNN picks (--cudnn-workspace)."));
     out
 }

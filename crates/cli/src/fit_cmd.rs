@@ -335,7 +335,7 @@ pub fn fit(a: &FitArgs) -> Result<()> {
                 .gpu
                 .as_ref()
                 .and_then(|g| vramlab_memory::cards::card_memory(g.name))
-                .map(|c| c.cuda_context_bytes());
+                .map(|c| vramlab_memory::cuda_context(c.compute_major, cfg.module_loading).bytes);
         }
         let req = FitRequest {
             card_bytes: card,

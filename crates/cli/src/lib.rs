@@ -267,9 +267,16 @@ pub struct PlanArgs {
     /// train, or inference (model.eval() under torch.no_grad()).
     #[arg(long, default_value = "train")]
     pub mode: String,
-    /// Memory the CUDA context takes outside PyTorch's counters (default 512MiB).
+    /// Memory the CUDA context takes outside PyTorch's counters (default: the card's
+    /// generation from docs/ARCHITECTURE.md's table, 760MiB on Hopper and newer, measured;
+    /// 666MiB before it or for no card, an estimate).
     #[arg(long, value_name = "SIZE")]
     pub cuda_context: Option<String>,
+    /// The CUDA version PyTorch was built with (torch.version.cuda), for the context:
+    /// before 11.7 CUDA loads every kernel when a library loads, about 362MiB more
+    /// (as CUDA_MODULE_LOADING=EAGER does) [default: 12.8]
+    #[arg(long, value_name = "MAJOR.MINOR")]
+    pub cuda_version: Option<String>,
     /// The native profile: threads of vramlab's engine (its scratch buffers scale with them).
     #[arg(long, value_name = "N")]
     pub threads: Option<usize>,
@@ -388,6 +395,10 @@ impl PlanArgs {
             .as_deref()
             .map(fmt::parse_size)
             .transpose()?;
+        if let Some(v) = &self.cuda_version {
+            cfg.module_loading =
+                vramlab_memory::ModuleLoading::from_cuda_version(v).map_err(UserError)?;
+        }
         if let Some(c) = &self.alloc_conf {
             cfg.alloc_conf = vramlab_memory::cuda_alloc::AllocConf::parse(c).map_err(UserError)?;
         }
@@ -410,6 +421,7 @@ impl PlanArgs {
         if !cfg.profile.is_cuda() {
             for (given, flag) in [
                 (self.cuda_context.is_some(), "--cuda-context"),
+                (self.cuda_version.is_some(), "--cuda-version"),
                 (self.cublas_workspace.is_some(), "--cublas-workspace"),
                 (self.cudnn_workspace.is_some(), "--cudnn-workspace"),
                 (self.alloc_conf.is_some(), "--alloc-conf"),

@@ -274,7 +274,7 @@ pub fn render_device(d: &DeviceReport, reported_steps: usize, lang: Lang) -> Str
             "nvidia-smi total: estimated: the CUDA context ({0}) + reserved + a cuDNN workspace of up to {1}.",
             &[&bytes(d.cuda_context_bytes), &bytes(d.cudnn_workspace_bytes)],
         ),
-        s(lang, "Estimates: the CUDA context depends on the driver, the card and the CUDA version (--cuda-context); the cuDNN workspace on the algorithm cuDNN picks (--cudnn-workspace)."),
+        s(lang, "Estimates: the CUDA context depends on the driver, the card and the CUDA version (--cuda-version, --cuda-context; docs/ARCHITECTURE.md has the table); the cuDNN workspace on the algorithm cuDNN picks (--cudnn-workspace)."),
     ] {
         out.push_str(&line);
         out.push('\n');

@@ -243,7 +243,8 @@ impl CardMemory {
         cfg.cublas_workspace_bytes = self.cublas_workspace_bytes();
         (cfg.gpu_sms, cfg.gpu_max_threads_per_sm) = self.cores();
         if cfg.cuda_context_bytes.is_none() {
-            cfg.cuda_context_bytes = Some(self.cuda_context_bytes());
+            cfg.cuda_context_bytes =
+                Some(crate::cuda_context(self.compute_major, cfg.module_loading).bytes);
         }
     }
 
@@ -309,7 +310,16 @@ mod tests {
         let (b, basis) = card_memory("a40").unwrap().budget(48 << 30);
         assert_eq!(b, 48 << 30);
         assert!(basis.starts_with("nominal"), "{basis}");
-        assert_eq!(card_memory("t4").unwrap().cuda_context_bytes(), 512 << 20);
+        assert_eq!(card_memory("t4").unwrap().cuda_context_bytes(), 666 << 20);
+        // The table: a row per generation and loading, the Hopper lazy row measured.
+        use crate::{cuda_context, ModuleLoading::*};
+        assert!(cuda_context(9, Lazy).measured && !cuda_context(8, Lazy).measured);
+        assert_eq!(cuda_context(10, Eager).bytes, (760 + 362) << 20);
+        assert_eq!(cuda_context(7, Eager).bytes, (666 + 362) << 20);
+        assert_eq!(crate::ModuleLoading::from_cuda_version("11.6"), Ok(Eager));
+        assert_eq!(crate::ModuleLoading::from_cuda_version("11.7"), Ok(Lazy));
+        assert_eq!(crate::ModuleLoading::from_cuda_version("13.0"), Ok(Lazy));
+        assert!(crate::ModuleLoading::from_cuda_version("1.2.3").is_err());
     }
 
     #[test]

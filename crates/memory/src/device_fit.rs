@@ -11,10 +11,7 @@ use serde::Serialize;
 use vramlab_graph::Shaped;
 
 use crate::fit::MAX_BATCH;
-use crate::{
-    plan, DeviceOom, PlanConfig, PlanError, DEFAULT_CUDA_CONTEXT_BYTES,
-    DEFAULT_CUDNN_WORKSPACE_BYTES,
-};
+use crate::{plan, DeviceOom, PlanConfig, PlanError, DEFAULT_CUDNN_WORKSPACE_BYTES};
 
 /// The card as the allocator meets it.
 #[derive(Debug, Clone, PartialEq)]
@@ -57,7 +54,7 @@ pub struct DeviceFit {
 /// sees): the total less the CUDA context and, for a model with convolutions, the cuDNN
 /// workspace bound (both estimates where not measured).
 pub fn allocator_limit(g: &Shaped, cfg: &PlanConfig, card_total_bytes: u128) -> u128 {
-    let context = cfg.cuda_context_bytes.unwrap_or(DEFAULT_CUDA_CONTEXT_BYTES);
+    let context = cfg.context_bytes();
     let has_conv = g
         .nodes()
         .iter()
@@ -83,9 +80,7 @@ pub fn device_fit(
             budget.fraction
         )));
     }
-    let context = template
-        .cuda_context_bytes
-        .unwrap_or(DEFAULT_CUDA_CONTEXT_BYTES);
+    let context = template.context_bytes();
     let has_conv = g
         .nodes()
         .iter()

@@ -243,8 +243,12 @@ pub struct PlanConfig {
     pub checkpoint_segments: u32,
     /// Gradient accumulation: micro-batches of `batch_size / accumulation_steps`.
     pub accumulation_steps: u32,
-    /// Memory outside PyTorch's counters on CUDA (the context); default 512 MiB.
+    /// Memory outside PyTorch's counters on CUDA (the context); default: the
+    /// [`CUDA_CONTEXT_TABLE`] row of the card (of a pre-Hopper card where none is given)
+    /// for `module_loading`.
     pub cuda_context_bytes: Option<u128>,
+    /// How CUDA loads kernels (from `--cuda-version`): the context's size depends on it.
+    pub module_loading: ModuleLoading,
     /// Keep the whole timeline (for plots); off for batch-size searches.
     pub record_timeline: bool,
     /// Threads of vramlab's engine (the `native` profile's scratch buffers scale with them).
@@ -329,31 +333,123 @@ pub fn cublas_workspace_bytes(compute_major: u32) -> u128 {
 /// PyTorch).
 pub const DEFAULT_CUDNN_WORKSPACE_BYTES: u128 = 64 << 20;
 
-/// The CUDA context's default size: an estimate, as it depends on the driver, the GPU
-/// and lazy module loading; `--cuda-context` overrides it.
-pub const DEFAULT_CUDA_CONTEXT_BYTES: u128 = 512 * 1024 * 1024;
+/// How CUDA loads kernels into a process: as each is first used (`CUDA_MODULE_LOADING=LAZY`,
+/// CUDA 11.7 and later; PyTorch sets it by default since 1.13), or every kernel of a
+/// library when it loads (CUDA before 11.7, or `CUDA_MODULE_LOADING=EAGER`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize)]
+pub enum ModuleLoading {
+    #[default]
+    Lazy,
+    Eager,
+}
 
-/// What a training process holds outside PyTorch's counters on Hopper and newer,
-/// measured: nvidia-smi's used memory of the process less `memory_reserved()` after
-/// three training steps on an H200 (CUDA 13.0, driver 580.159, PyTorch 2.11), 758 to
-/// 762 MiB over 18 models; 520 MiB right after CUDA's initialisation, 676 MiB after the
-/// first cuBLAS call, 727 MiB after the first cuDNN convolution (lazily loaded
-/// kernels and the libraries' handles).
-pub const CUDA_CONTEXT_HOPPER_BYTES: u128 = 760 * 1024 * 1024;
-
-/// The CUDA context (and libraries) by the card's compute capability major: measured on
-/// Hopper ([`CUDA_CONTEXT_HOPPER_BYTES`]); an estimate before it
-/// ([`DEFAULT_CUDA_CONTEXT_BYTES`]; published reports put the context alone at 300 to
-/// 500 MiB with lazy loading, CUDA 11.7 and later).
-pub fn cuda_context_bytes(compute_major: u32) -> u128 {
-    if compute_major >= 9 {
-        CUDA_CONTEXT_HOPPER_BYTES
-    } else {
-        DEFAULT_CUDA_CONTEXT_BYTES
+impl ModuleLoading {
+    /// The loading a CUDA version implies (`torch.version.cuda`, e.g. `12.4`, `11.6`).
+    pub fn from_cuda_version(v: &str) -> Result<ModuleLoading, String> {
+        let bad =
+            || format!("--cuda-version: expected MAJOR.MINOR such as 12.4 or 11.6, got `{v}`");
+        let (major, minor) = v.trim().split_once('.').ok_or_else(bad)?;
+        let major: u32 = major.parse().map_err(|_| bad())?;
+        let minor: u32 = minor.parse().map_err(|_| bad())?;
+        if !(9..=99).contains(&major) {
+            return Err(bad());
+        }
+        Ok(if (major, minor) < (11, 7) {
+            ModuleLoading::Eager
+        } else {
+            ModuleLoading::Lazy
+        })
     }
 }
 
+/// One row of the CUDA context table: what a training process holds on the card outside
+/// PyTorch's counters (the context, the libraries' handles and loaded kernels), by
+/// generation and module loading, and what the figure rests on.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+pub struct CudaContext {
+    pub generation: &'static str,
+    /// The row holds for compute capability majors from this one (to the next row's).
+    pub from_major: u32,
+    pub loading: ModuleLoading,
+    pub bytes: u128,
+    /// Measured on such a card, or an estimate from published figures.
+    pub measured: bool,
+    pub basis: &'static str,
+}
+
+const MIB: u128 = 1 << 20;
+
+/// The CUDA context table, newest generation first. The Hopper row is measured; the
+/// rest combine it with published figures (each row says which).
+pub const CUDA_CONTEXT_TABLE: [CudaContext; 4] = [
+    CudaContext {
+        generation: "Hopper and newer (compute capability 9+)",
+        from_major: 9,
+        loading: ModuleLoading::Lazy,
+        bytes: 760 * MIB,
+        measured: true,
+        basis: "measured: nvidia-smi's used memory less memory_reserved() after three training \
+                steps on an H200 (CUDA 13.0, driver 580.159, PyTorch 2.11), 758 to 762 MiB over \
+                18 models: 520 MiB after CUDA's initialisation, 676 after the first cuBLAS call, \
+                727 after the first cuDNN convolution",
+    },
+    CudaContext {
+        generation: "Hopper and newer (compute capability 9+)",
+        from_major: 9,
+        loading: ModuleLoading::Eager,
+        bytes: (760 + 362) * MIB,
+        measured: false,
+        basis: "estimate: the measured lazy figure plus the 362 MiB eager loading adds to a \
+                PyTorch process (pytorch/pytorch#86509: 666,632,192 against 287,047,680 bytes)",
+    },
+    CudaContext {
+        generation: "before Hopper (Volta, Turing, Ampere, Ada)",
+        from_major: 0,
+        loading: ModuleLoading::Lazy,
+        bytes: (426 + 240) * MIB,
+        measured: false,
+        basis: "estimate: the context alone as published for an RTX 6000 Ada with CUDA 13.0 and \
+                PyTorch 2.10 (426 MiB, unslothai/unsloth-zoo#1053; 287 to 400 MiB in PyTorch's \
+                issues since CUDA 11.7) plus the 240 MiB the libraries added on the H200",
+    },
+    CudaContext {
+        generation: "before Hopper (Volta, Turing, Ampere, Ada)",
+        from_major: 0,
+        loading: ModuleLoading::Eager,
+        bytes: (426 + 240 + 362) * MIB,
+        measured: false,
+        basis: "estimate: the lazy estimate plus the 362 MiB eager loading adds \
+                (pytorch/pytorch#86509)",
+    },
+];
+
+/// The context row for a card's compute capability major and module loading.
+pub fn cuda_context(compute_major: u32, loading: ModuleLoading) -> &'static CudaContext {
+    CUDA_CONTEXT_TABLE
+        .iter()
+        .find(|r| compute_major >= r.from_major && r.loading == loading)
+        .expect("the table has a row from major 0 for each loading")
+}
+
+/// The context on a card of unknown generation: the pre-Hopper estimate.
+pub fn default_cuda_context(loading: ModuleLoading) -> &'static CudaContext {
+    cuda_context(0, loading)
+}
+
+/// The CUDA context (and libraries) by the card's compute capability major, with
+/// PyTorch's default lazy loading ([`CUDA_CONTEXT_TABLE`]).
+pub fn cuda_context_bytes(compute_major: u32) -> u128 {
+    cuda_context(compute_major, ModuleLoading::Lazy).bytes
+}
+
 impl PlanConfig {
+    /// The CUDA context this plan assumes: the given one, or the pre-Hopper row of
+    /// [`CUDA_CONTEXT_TABLE`] for the module loading.
+    pub fn context_bytes(&self) -> u128 {
+        self.cuda_context_bytes
+            .unwrap_or_else(|| default_cuda_context(self.module_loading).bytes)
+    }
+
     pub fn new(batch_size: u64) -> Self {
         PlanConfig {
             batch_size,
@@ -364,6 +460,7 @@ impl PlanConfig {
             checkpoint_segments: 0,
             accumulation_steps: 1,
             cuda_context_bytes: None,
+            module_loading: ModuleLoading::Lazy,
             record_timeline: false,
             threads: std::thread::available_parallelism().map_or(1, |n| n.get()),
             simulate_allocator: true,

@@ -15,8 +15,7 @@ use crate::optim::{self, ParamSlot};
 use crate::sim::{Sid, Sim};
 use crate::{
     Category, DeviceOom, DeviceReport, DeviceStep, MemoryReport, Mode, OptimizerImpl,
-    OptimizerKind, Phase, PlanConfig, PlanError, Precision, Profile, DEFAULT_CUDA_CONTEXT_BYTES,
-    DEFAULT_CUDNN_WORKSPACE_BYTES,
+    OptimizerKind, Phase, PlanConfig, PlanError, Precision, Profile, DEFAULT_CUDNN_WORKSPACE_BYTES,
 };
 
 /// What differs between the framework profiles.
@@ -203,7 +202,7 @@ pub(crate) fn run(g: &Shaped, cfg: &PlanConfig) -> Result<(MemoryReport, Vec<u12
         _ => 0,
     };
     let context = if rules.cuda {
-        cfg.cuda_context_bytes.unwrap_or(DEFAULT_CUDA_CONTEXT_BYTES) + nccl
+        cfg.context_bytes() + nccl
     } else {
         0
     };
