@@ -319,7 +319,13 @@ mod tests {
         assert_eq!(crate::ModuleLoading::from_cuda_version("11.6"), Ok(Eager));
         assert_eq!(crate::ModuleLoading::from_cuda_version("11.7"), Ok(Lazy));
         assert_eq!(crate::ModuleLoading::from_cuda_version("13.0"), Ok(Lazy));
-        assert!(crate::ModuleLoading::from_cuda_version("1.2.3").is_err());
+        assert_eq!(crate::ModuleLoading::from_cuda_version("11.6.2"), Ok(Eager));
+        for bad in ["1.2", "12", "12.x", "12.4.1.0", "", "-11.6"] {
+            assert!(
+                crate::ModuleLoading::from_cuda_version(bad).is_err(),
+                "{bad}"
+            );
+        }
     }
 
     #[test]

@@ -348,9 +348,18 @@ impl ModuleLoading {
     pub fn from_cuda_version(v: &str) -> Result<ModuleLoading, String> {
         let bad =
             || format!("--cuda-version: expected MAJOR.MINOR such as 12.4 or 11.6, got `{v}`");
-        let (major, minor) = v.trim().split_once('.').ok_or_else(bad)?;
-        let major: u32 = major.parse().map_err(|_| bad())?;
-        let minor: u32 = minor.parse().map_err(|_| bad())?;
+        // MAJOR.MINOR, or MAJOR.MINOR.PATCH as nvcc prints it.
+        let parts: Vec<u32> = v
+            .trim()
+            .split('.')
+            .map(|p| p.parse().map_err(|_| bad()))
+            .collect::<Result<_, _>>()?;
+        let [major, minor, ..] = parts[..] else {
+            return Err(bad());
+        };
+        if parts.len() > 3 {
+            return Err(bad());
+        }
         if !(9..=99).contains(&major) {
             return Err(bad());
         }
