@@ -166,9 +166,17 @@ pub fn device_fit(
     let mut lo: Option<(u64, crate::DeviceReport)> = None;
     let mut hi: Option<(u64, crate::DeviceReport)> = None;
     let d = run(b, true)?;
-    let mut step = 1u64;
+    let mut step: u64;
     if fits(&d) {
+        // The first step: as many images as the allocator's headroom at `b` holds at
+        // the planner's bytes per image (at least one), since reserved memory grows
+        // with the batch about as the planner's peak does; then one and doubling.
+        let headroom = cap.saturating_sub(d.reserved_peak_bytes);
+        step = headroom
+            .checked_div(slope)
+            .map_or(1, |k| k.clamp(1, MAX_BATCH as u128) as u64);
         lo = Some((b, d));
+        let mut jumped = false;
         loop {
             let (lb, _) = lo.as_ref().expect("set");
             let next = lb.saturating_add(step).min(MAX_BATCH);
@@ -178,13 +186,15 @@ pub fn device_fit(
             let d = run(next, true)?;
             if fits(&d) {
                 lo = Some((next, d));
-                step = step.saturating_mul(2);
+                step = if jumped { step.saturating_mul(2) } else { 1 };
+                jumped = true;
             } else {
                 hi = Some((next, d));
                 break;
             }
         }
     } else {
+        step = 1;
         hi = Some((b, d));
         let mut floor = smallest;
         loop {

@@ -141,6 +141,33 @@ pub fn peak_at(g: &Shaped, template: &PlanConfig, batch: u64) -> Result<u128, Pl
     Ok(plan(g, &c)?.peak_bytes)
 }
 
+/// The planner's peaks of one model and config, each batch size planned once: `fit`'s
+/// searches and its table ask for some batch sizes more than once.
+struct Peaks<'a> {
+    g: &'a Shaped,
+    template: &'a PlanConfig,
+    known: std::cell::RefCell<Vec<(u64, u128)>>,
+}
+
+impl<'a> Peaks<'a> {
+    fn new(g: &'a Shaped, template: &'a PlanConfig) -> Self {
+        Peaks {
+            g,
+            template,
+            known: Default::default(),
+        }
+    }
+
+    fn at(&self, batch: u64) -> Result<u128, PlanError> {
+        if let Some(&(_, p)) = self.known.borrow().iter().find(|(b, _)| *b == batch) {
+            return Ok(p);
+        }
+        let p = peak_at(self.g, self.template, batch)?;
+        self.known.borrow_mut().push((batch, p));
+        Ok(p)
+    }
+}
+
 /// One row of the lesson's procedure: start at 16, double.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct ProcedureRow {
@@ -295,15 +322,59 @@ pub fn max_batch(
     template: &PlanConfig,
     budget: u128,
 ) -> Result<Option<(u64, u128)>, PlanError> {
+    max_batch_in(&Peaks::new(g, template), budget)
+}
+
+/// The largest batch in `[lo, hi)` when `lo` fits and `hi` does not: first where the
+/// line through their peaks meets the budget, then that guess's neighbours, then
+/// bisection, so that `peak(b) <= budget < peak(b + 1)` as [`max_batch`] finds it.
+fn max_batch_within(
+    peaks: &Peaks,
+    budget: u128,
+    (mut lo, mut hi): (u64, u64),
+) -> Result<Option<(u64, u128)>, PlanError> {
+    let (p_lo, p_hi) = (peaks.at(lo)?, peaks.at(hi)?);
+    let mut lo_peak = p_lo;
+    let rise = p_hi.saturating_sub(p_lo).max(1);
+    let guess = lo as u128 + (budget - p_lo) * (hi - lo) as u128 / rise;
+    let guess = (guess as u64).clamp(lo, hi - 1);
+    // The guess, then the batch next to it on the side the answer lies.
+    let mut probe = guess.max(lo + 1);
+    for _ in 0..2 {
+        if probe <= lo || probe >= hi {
+            break;
+        }
+        let p = peaks.at(probe)?;
+        if p <= budget {
+            (lo, lo_peak) = (probe, p);
+            probe += 1;
+        } else {
+            hi = probe;
+            probe -= 1;
+        }
+    }
+    while hi - lo > 1 {
+        let mid = lo + (hi - lo) / 2;
+        let p = peaks.at(mid)?;
+        if p <= budget {
+            (lo, lo_peak) = (mid, p);
+        } else {
+            hi = mid;
+        }
+    }
+    Ok(Some((lo, lo_peak)))
+}
+
+fn max_batch_in(peaks: &Peaks, budget: u128) -> Result<Option<(u64, u128)>, PlanError> {
     let fits = |b: u64| -> Result<Option<u128>, PlanError> {
-        let p = peak_at(g, template, b)?;
+        let p = peaks.at(b)?;
         Ok((p <= budget).then_some(p))
     };
     // Batch 1 is impossible where BatchNorm would see one value per channel (as in
     // PyTorch); the smallest batch is then 2.
-    let (b_min, p_min) = match peak_at(g, template, 1) {
+    let (b_min, p_min) = match peaks.at(1) {
         Ok(p) => (1u64, p),
-        Err(PlanError::Framework { .. }) => (2u64, peak_at(g, template, 2)?),
+        Err(PlanError::Framework { .. }) => (2u64, peaks.at(2)?),
         Err(e) => return Err(e),
     };
     if p_min > budget {
@@ -313,7 +384,7 @@ pub fn max_batch(
     // An affine estimate from two large batches, where the peak is in backward and
     // grows with the batch; the bracket search below makes it exact.
     let (b_lo, b_hi) = (1u64 << 20, 1u64 << 21);
-    let (q_lo, q_hi) = (peak_at(g, template, b_lo)?, peak_at(g, template, b_hi)?);
+    let (q_lo, q_hi) = (peaks.at(b_lo)?, peaks.at(b_hi)?);
     let slope = (q_hi.saturating_sub(q_lo)) / (b_hi - b_lo) as u128;
     let guess = if slope == 0 {
         MAX_BATCH
@@ -430,18 +501,13 @@ pub fn fit_with(
         ));
     }
     let budget = (card_bytes as f64 * fraction).floor() as u128;
-    let best = max_batch(g, template, budget)?;
-    let max_batch_size = best.map(|(b, _)| b);
-    let max_power_of_two = max_batch_size.map(power_of_two_under);
-    let peak_bytes_at_max_plus_one = match max_batch_size {
-        Some(b) if b < MAX_BATCH => Some(peak_at(g, template, b + 1)?),
-        _ => None,
-    };
-    // Doubling from 16 up to MAX_BATCH: at most 57 rows.
+    let peaks = Peaks::new(g, template);
+    // Doubling from 16 up to MAX_BATCH: at most 57 rows. Made first: where its last row
+    // does not fit and the one before does, they bracket the largest batch.
     let mut procedure = Vec::new();
     let mut b = 16u64;
     loop {
-        let peak = peak_at(g, template, b).ok();
+        let peak = peaks.at(b).ok();
         let fits = peak.is_some_and(|p| p <= budget);
         procedure.push(ProcedureRow {
             batch_size: b,
@@ -454,6 +520,22 @@ pub fn fit_with(
             _ => break,
         }
     }
+    let bracket = match procedure.as_slice() {
+        [.., a, z] if a.fits && !z.fits && z.peak_bytes.is_some() => {
+            Some((a.batch_size, z.batch_size))
+        }
+        _ => None,
+    };
+    let best = match bracket {
+        Some(br) => max_batch_within(&peaks, budget, br)?,
+        None => max_batch_in(&peaks, budget)?,
+    };
+    let max_batch_size = best.map(|(b, _)| b);
+    let max_power_of_two = max_batch_size.map(power_of_two_under);
+    let peak_bytes_at_max_plus_one = match max_batch_size {
+        Some(b) if b < MAX_BATCH => Some(peaks.at(b + 1)?),
+        _ => None,
+    };
     let advice = if best.is_none() {
         Some(advise(g, template, budget)?)
     } else {
