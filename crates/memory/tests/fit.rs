@@ -56,6 +56,14 @@ fn the_returned_batch_fits_and_one_more_does_not() {
             "{name} on {gpu}: {} also fits",
             b + 1
         );
+        // `fit` finds it its own way (from the doubling table's last two rows): the
+        // same batch, its peak and the peak one above.
+        let r = fit(&g, &c, card, 0.8, None).unwrap();
+        assert_eq!(r.max_batch_size, Some(b), "{name} on {gpu}");
+        assert_eq!(
+            r.peak_bytes_at_max_plus_one,
+            Some(peak_at(&g, &c, b + 1).unwrap())
+        );
     }
 }
 
