@@ -14,17 +14,22 @@ use vramlab_memory::{plan, PlanConfig, Precision, Profile};
 
 mod common;
 
-#[test]
-fn cpu_autocast_bf16_is_exact_on_every_record() {
-    let records: Vec<Value> =
-        serde_json::from_str(include_str!("fixtures/pytorch-cpu-amp-bf16.json")).unwrap();
-    assert_eq!(records.len(), 7);
+/// Plans every record of a fixture under CPU autocast (bfloat16), the model and
+/// settings from `case`, and holds every figure of steps 1 and 2 to the measurement.
+fn exact_on_every_record(fixture: &str, count: usize, case: fn(&Value) -> (Shaped, PlanConfig)) {
+    let records: Vec<Value> = serde_json::from_str(fixture).unwrap();
+    assert_eq!(records.len(), count);
     let mut failures = Vec::new();
     let mut checked = 0;
     for rec in &records {
         assert_eq!(rec["amp"], "bf16");
         let name = format!("{} b{} {}", rec["model"], rec["batch"], rec["optimizer"]);
-        let (g, mut cfg) = common::zoo_cpu_case(rec);
+        let (g, mut cfg) = case(rec);
+        assert_eq!(
+            g.num_params() as u64,
+            rec["num_params"].as_u64().unwrap(),
+            "{name}"
+        );
         cfg.precision = Precision::AmpBf16;
         let report = plan(&g, &cfg).unwrap();
         for (label, measured, planned, mphase, pphase) in common::figures(rec, &report) {
@@ -36,29 +41,17 @@ fn cpu_autocast_bf16_is_exact_on_every_record() {
             }
         }
     }
-    assert!(checked >= 7 * 16, "checked only {checked} figures");
+    assert!(checked >= count * 16, "checked only {checked} figures");
     assert!(failures.is_empty(), "{}", failures.join("\n"));
 }
 
-/// `MaxVit(input_size, stem_channels=16, partition_size, block_channels=[16, 32],
-/// block_layers, head_dim=8, stochastic_depth_prob, num_classes=10)`.
-fn small_maxvit(side: usize, partition: usize, layers: Vec<usize>, sd: f64) -> Shaped {
-    zoo::maxvit::body(
-        "maxvit",
-        vec![3, side, side],
-        &zoo::maxvit::MaxVit {
-            input_size: (side, side),
-            stem_channels: 16,
-            partition_size: partition,
-            block_channels: vec![16, 32],
-            block_layers: layers,
-            head_dim: 8,
-            stochastic_depth: sd,
-            classes: 10,
-        },
-    )
-    .infer()
-    .unwrap()
+#[test]
+fn cpu_autocast_bf16_is_exact_on_every_record() {
+    exact_on_every_record(
+        include_str!("fixtures/pytorch-cpu-amp-bf16.json"),
+        7,
+        common::zoo_cpu_case,
+    );
 }
 
 /// The models of tools/cpu_amp_models.py, or a zoo model.
@@ -82,8 +75,8 @@ fn transformer_case(rec: &Value) -> (Shaped, PlanConfig) {
     let g = match rec["model"].as_str().unwrap() {
         "tools/cpu_amp_models.py:vit_1x2" => small(8, 1, 2, 64, 128),
         "tools/cpu_amp_models.py:vit_2x4" => small(4, 2, 4, 96, 192),
-        "tools/cpu_amp_models.py:maxvit_32" => small_maxvit(32, 2, vec![1, 1], 0.1),
-        "tools/cpu_amp_models.py:maxvit_64" => small_maxvit(64, 4, vec![2, 1], 0.2),
+        "tools/cpu_amp_models.py:maxvit_32" => common::small_maxvit(32, 2, vec![1, 1], 0.1),
+        "tools/cpu_amp_models.py:maxvit_64" => common::small_maxvit(64, 4, vec![2, 1], 0.2),
         _ => return common::zoo_cpu_case(rec),
     };
     let mut cfg = PlanConfig::new(rec["batch"].as_u64().unwrap());
@@ -104,35 +97,11 @@ fn cpu_autocast_bf16_transformers_are_exact() {
     // a slice keeping the whole concatenation's gradient alive.
     // (fixtures/pytorch-cpu-amp-bf16-transformers.json,
     // tools/measure_cpu_amp_transformers.sh).
-    let records: Vec<Value> = serde_json::from_str(include_str!(
-        "fixtures/pytorch-cpu-amp-bf16-transformers.json"
-    ))
-    .unwrap();
-    assert_eq!(records.len(), 11);
-    let mut failures = Vec::new();
-    let mut checked = 0;
-    for rec in &records {
-        assert_eq!(rec["amp"], "bf16");
-        let name = format!("{} b{} {}", rec["model"], rec["batch"], rec["optimizer"]);
-        let (g, mut cfg) = transformer_case(rec);
-        assert_eq!(
-            g.num_params() as u64,
-            rec["num_params"].as_u64().unwrap(),
-            "{name}"
-        );
-        cfg.precision = Precision::AmpBf16;
-        let report = plan(&g, &cfg).unwrap();
-        for (label, measured, planned, mphase, pphase) in common::figures(rec, &report) {
-            checked += 1;
-            if measured != planned || mphase != pphase {
-                failures.push(format!(
-                    "{name} {label}: measured {measured} ({mphase}), planned {planned} ({pphase})"
-                ));
-            }
-        }
-    }
-    assert!(checked >= 11 * 16, "checked only {checked} figures");
-    assert!(failures.is_empty(), "{}", failures.join("\n"));
+    exact_on_every_record(
+        include_str!("fixtures/pytorch-cpu-amp-bf16-transformers.json"),
+        11,
+        transformer_case,
+    );
 }
 
 #[test]

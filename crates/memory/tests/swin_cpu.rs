@@ -14,6 +14,8 @@
 use vramlab_graph::zoo::swin::{transformer, Swin};
 use vramlab_memory::{plan, Optimizer, OptimizerKind, PlanConfig, Profile};
 
+mod common;
+
 /// `SwinTransformer(patch_size=[4, 4], embed_dim=16, depths=[2, 2], num_heads=[2, 2],
 /// window_size=[4, 4], stochastic_depth_prob=0.1, num_classes=10)` (V2: with
 /// `block=SwinTransformerBlockV2, downsample_layer=PatchMergingV2`).
@@ -105,32 +107,6 @@ fn a_padded_swin_v2_step_matches_pytorch() {
     );
 }
 
-/// `MaxVit(input_size, stem_channels=16, partition_size, block_channels=[16, 32],
-/// block_layers, head_dim=8, stochastic_depth_prob, num_classes=10)`.
-fn small_maxvit(
-    side: usize,
-    partition: usize,
-    layers: Vec<usize>,
-    sd: f64,
-) -> vramlab_graph::Shaped {
-    vramlab_graph::zoo::maxvit::body(
-        "maxvit_test",
-        vec![3, side, side],
-        &vramlab_graph::zoo::maxvit::MaxVit {
-            input_size: (side, side),
-            stem_channels: 16,
-            partition_size: partition,
-            block_channels: vec![16, 32],
-            block_layers: layers,
-            head_dim: 8,
-            stochastic_depth: sd,
-            classes: 10,
-        },
-    )
-    .infer()
-    .unwrap()
-}
-
 #[test]
 fn a_small_maxvit_step_matches_pytorch() {
     // 3x32x32, partitions of 2 (windows of 2x2, grids of 4x4 then 2x2), one layer per
@@ -138,7 +114,7 @@ fn a_small_maxvit_step_matches_pytorch() {
     // (MBConv with squeeze-excitation, partition copies held with their input by the
     // layer's nn.Sequential, chunk's SplitBackward0 stacking q, k and v, the grid's
     // swapped gradients copied before each residual branch's last matrix product).
-    let g = small_maxvit(32, 2, vec![1, 1], 0.1);
+    let g = common::small_maxvit(32, 2, vec![1, 1], 0.1);
     assert_eq!(g.num_params(), 50_680);
     assert_eq!(
         step1(&g),
@@ -154,7 +130,7 @@ fn a_small_maxvit_step_matches_pytorch() {
 fn a_maxvit_with_two_layers_per_block_matches_pytorch() {
     // 3x64x64, partitions of 4, block_layers [2, 1] (the second layer's MBConv keeps
     // its input as the residual), stochastic depth 0.2: every op of step 1 matches.
-    let g = small_maxvit(64, 4, vec![2, 1], 0.2);
+    let g = common::small_maxvit(64, 4, vec![2, 1], 0.2);
     assert_eq!(g.num_params(), 61_424);
     assert_eq!(
         step1(&g),
@@ -182,7 +158,7 @@ fn other_batches_and_adam_match_pytorch_too() {
     );
     assert_eq!(
         step1_with(
-            &small_maxvit(64, 4, vec![2, 1], 0.2),
+            &common::small_maxvit(64, 4, vec![2, 1], 0.2),
             1,
             OptimizerKind::Adam
         ),
@@ -232,7 +208,7 @@ fn the_model_file_maxvit_plans_as_the_zoos_and_as_pytorch_measured() {
     // models/maxvit_tiny.toml: MBConv residuals with the average-pool projection as the
     // shortcut, WindowPartition / WindowDepartition (swapped for the grid) around
     // residual blocks of relative-position attention and the MLP.
-    let zoo = small_maxvit(32, 2, vec![1, 1], 0.1);
+    let zoo = common::small_maxvit(32, 2, vec![1, 1], 0.1);
     assert_eq!(zoo.num_params(), 50_680);
     file_plans_as("maxvit_tiny.toml", &zoo, 1_672_544);
 }

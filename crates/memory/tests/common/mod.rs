@@ -98,3 +98,29 @@ pub fn figures(rec: &Value, report: &MemoryReport) -> Vec<(String, u128, u128, S
     }
     rows
 }
+
+/// `MaxVit(input_size, stem_channels=16, partition_size, block_channels=[16, 32],
+/// block_layers, head_dim=8, stochastic_depth_prob, num_classes=10)`.
+pub fn small_maxvit(
+    side: usize,
+    partition: usize,
+    layers: Vec<usize>,
+    sd: f64,
+) -> vramlab_graph::Shaped {
+    vramlab_graph::zoo::maxvit::body(
+        "maxvit_test",
+        vec![3, side, side],
+        &vramlab_graph::zoo::maxvit::MaxVit {
+            input_size: (side, side),
+            stem_channels: 16,
+            partition_size: partition,
+            block_channels: vec![16, 32],
+            block_layers: layers,
+            head_dim: 8,
+            stochastic_depth: sd,
+            classes: 10,
+        },
+    )
+    .infer()
+    .unwrap()
+}
