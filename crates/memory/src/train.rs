@@ -1652,19 +1652,7 @@ impl Runner<'_> {
             if has_x {
                 ops.push(("aten.mm.default", vec![0]));
             }
-            // Under autocast the bias's gradient goes through its cast's
-            // ToCopyBackward0, made before the matmul's node: it runs after that
-            // node's input and weight casts.
-            let bias_to = if amp {
-                Edge::Node(self.record(
-                    i,
-                    vec![],
-                    vec![(Edge::Param(p0 + 1), Grad::Alloc(3 * e * 4))],
-                    vec![("aten._to_copy.default", vec![0])],
-                ))
-            } else {
-                Edge::Param(p0 + 1)
-            };
+            let bias_to = self.bias_grad_edge(i, p0 + 1, 3 * e * 4);
             let mut saved = vec![copy];
             saved.extend(in_weight);
             let a = self.record(i, saved, edges, ops);
@@ -1803,6 +1791,7 @@ impl Runner<'_> {
                 edges.push((Edge::Node(f), Grad::Alloc(bytes)));
                 ops.push(("aten.mm.default", vec![1]));
             }
+            let bias_to = self.bias_grad_edge(i, p0 + 1, 3 * e * 4);
             let mut saved = vec![copy];
             saved.extend(in_weight);
             let a = self.record(i, saved, edges, ops);
@@ -1815,13 +1804,10 @@ impl Runner<'_> {
                 vec![],
                 vec![
                     (Edge::Node(a), Grad::Pass),
-                    (Edge::Param(p0 + 1), Grad::SumTo(3 * e * ge)),
+                    (bias_to, Grad::SumTo(3 * e * ge)),
                 ],
                 vec![],
             );
-            if amp {
-                self.nodes[bias].casts.push((1, 3 * e * 4));
-            }
             let select = self.packed_qkv_grads(i, bias, 3 * n);
             let label = if amp {
                 "aten._scaled_dot_product_flash_attention_backward.default"
@@ -1874,6 +1860,22 @@ impl Runner<'_> {
             self.sim.decref(s);
             self.sim.decref(a);
         }
+    }
+
+    /// Where an in-projection's bias gradient goes: under autocast through its cast's
+    /// ToCopyBackward0, recorded before the matmul's node so that the engine runs it
+    /// after that node's own casts (measured on the CPU: the bias's fp32 gradient is
+    /// made last), else to the parameter itself.
+    fn bias_grad_edge(&mut self, i: usize, p: usize, fp32_bytes: u128) -> Edge {
+        if !self.amp() {
+            return Edge::Param(p);
+        }
+        Edge::Node(self.record(
+            i,
+            vec![],
+            vec![(Edge::Param(p), Grad::Alloc(fp32_bytes))],
+            vec![("aten._to_copy.default", vec![0])],
+        ))
     }
 
     /// Autocast's half copies of a projection's bias (`out_f`) and weight (`out_f` x
