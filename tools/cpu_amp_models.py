@@ -25,3 +25,19 @@ def maxvit_64():
     from torchvision.models.maxvit import MaxVit
     return MaxVit(input_size=(64, 64), stem_channels=16, partition_size=4, block_channels=[16, 32],
                   block_layers=[2, 1], head_dim=8, stochastic_depth_prob=0.2, num_classes=10)
+
+
+def _swin(v2):
+    from torchvision.models.swin_transformer import (
+        SwinTransformer, SwinTransformerBlockV2, PatchMergingV2)
+    kw = dict(block=SwinTransformerBlockV2, downsample_layer=PatchMergingV2) if v2 else {}
+    return SwinTransformer(patch_size=[4, 4], embed_dim=16, depths=[2, 2], num_heads=[2, 2],
+                           window_size=[4, 4], stochastic_depth_prob=0.1, num_classes=10, **kw)
+
+
+def swin_v1():
+    return _swin(False)
+
+
+def swin_v2():
+    return _swin(True)
