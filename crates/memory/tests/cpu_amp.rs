@@ -54,28 +54,6 @@ fn cpu_autocast_bf16_is_exact_on_every_record() {
     );
 }
 
-/// `SwinTransformer(patch_size=[4, 4], embed_dim=16, depths=[2, 2], num_heads=[2, 2],
-/// window_size=[4, 4], stochastic_depth_prob=0.1, num_classes=10)` (V2 with its block and
-/// patch merging).
-fn small_swin(v2: bool, side: usize) -> Shaped {
-    zoo::swin::transformer(
-        "swin",
-        vec![3, side, side],
-        &zoo::swin::Swin {
-            patch: 4,
-            embed_dim: 16,
-            depths: vec![2, 2],
-            heads: vec![2, 2],
-            window: 4,
-            stochastic_depth: 0.1,
-            v2,
-            classes: 10,
-        },
-    )
-    .infer()
-    .unwrap()
-}
-
 /// The models of tools/cpu_amp_models.py, or a zoo model.
 fn transformer_case(rec: &Value) -> (Shaped, PlanConfig) {
     let small = |patch, layers, heads, hidden, mlp| {
@@ -99,7 +77,7 @@ fn transformer_case(rec: &Value) -> (Shaped, PlanConfig) {
         "tools/cpu_amp_models.py:vit_2x4" => small(4, 2, 4, 96, 192),
         "tools/cpu_amp_models.py:maxvit_32" => common::small_maxvit(32, 2, vec![1, 1], 0.1),
         "tools/cpu_amp_models.py:maxvit_64" => common::small_maxvit(64, 4, vec![2, 1], 0.2),
-        "tools/cpu_amp_models.py:swin_v1" => small_swin(false, common::input_shape(rec)[1]),
+        "tools/cpu_amp_models.py:swin_v1" => common::small_swin(false, common::input_shape(rec)[1]),
         _ => return common::zoo_cpu_case(rec),
     };
     let mut cfg = PlanConfig::new(rec["batch"].as_u64().unwrap());
@@ -131,20 +109,22 @@ fn cpu_autocast_bf16_transformers_are_exact() {
 
 #[test]
 fn swin_v2_under_cpu_autocast_is_refused_by_name() {
-    // Measured on small_swin(true, 32) at batch 2, SGD: PyTorch 930,000 B, this plan
+    // Measured on common::small_swin(true, 32) at batch 2, SGD: PyTorch 930,000 B, this plan
     // 904,640 B (its bias MLP and cosine attention under autocast are not modelled).
     let mut cfg = PlanConfig::new(2);
     cfg.profile = Profile::PytorchCpu;
     cfg.precision = Precision::AmpBf16;
-    let e = plan(&small_swin(true, 32), &cfg).unwrap_err().to_string();
+    let e = plan(&common::small_swin(true, 32), &cfg)
+        .unwrap_err()
+        .to_string();
     assert!(
         e.contains("layer `features.1.0.attn`") && e.contains("Swin V2"),
         "{e}"
     );
     // V1 plans, and V2 in fp32.
-    assert!(plan(&small_swin(false, 32), &cfg).is_ok());
+    assert!(plan(&common::small_swin(false, 32), &cfg).is_ok());
     cfg.precision = Precision::Fp32;
-    assert!(plan(&small_swin(true, 32), &cfg).is_ok());
+    assert!(plan(&common::small_swin(true, 32), &cfg).is_ok());
 }
 
 #[test]

@@ -11,32 +11,9 @@
 //! scalar_tensor/lt) are not modelled: the live total there differs by at most 4,352
 //! bytes (3x32x32) and 17,408 bytes (3x40x40) for a few ops, far below the peak.
 
-use vramlab_graph::zoo::swin::{transformer, Swin};
 use vramlab_memory::{plan, Optimizer, OptimizerKind, PlanConfig, Profile};
 
 mod common;
-
-/// `SwinTransformer(patch_size=[4, 4], embed_dim=16, depths=[2, 2], num_heads=[2, 2],
-/// window_size=[4, 4], stochastic_depth_prob=0.1, num_classes=10)` (V2: with
-/// `block=SwinTransformerBlockV2, downsample_layer=PatchMergingV2`).
-fn small(v2: bool, input: usize) -> vramlab_graph::Shaped {
-    transformer(
-        "swin_test",
-        vec![3, input, input],
-        &Swin {
-            patch: 4,
-            embed_dim: 16,
-            depths: vec![2, 2],
-            heads: vec![2, 2],
-            window: 4,
-            stochastic_depth: 0.1,
-            v2,
-            classes: 10,
-        },
-    )
-    .infer()
-    .unwrap()
-}
 
 fn step1(g: &vramlab_graph::Shaped) -> (u128, String, String) {
     step1_with(g, 2, OptimizerKind::Sgd)
@@ -57,7 +34,7 @@ fn a_small_swin_v1_step_matches_pytorch() {
     // is one window, so unshifted and its partition a view. PyTorch's step 1 peaks in
     // the last MLP's bias sum.
     assert_eq!(
-        step1(&small(false, 32)),
+        step1(&common::small_swin(false, 32)),
         (
             683_712,
             "backward".to_string(),
@@ -71,7 +48,7 @@ fn a_padded_swin_v1_step_matches_pytorch() {
     // 3x40x40: 10x10 tokens padded to 12x12 windows (then cropped); patch merging
     // gives 5x5, padded to 8x8 and shifted. The peak is an out-of-place gradient add.
     assert_eq!(
-        step1(&small(false, 40)),
+        step1(&common::small_swin(false, 40)),
         (
             1_180_600,
             "backward".to_string(),
@@ -86,7 +63,7 @@ fn a_small_swin_v2_step_matches_pytorch() {
     // scale, res-post-norm. The peak is the cpb MLP's ReLU backward, with every
     // block's packed qkv still alive (F.normalize keeps q and k, views of it).
     assert_eq!(
-        step1(&small(true, 32)),
+        step1(&common::small_swin(true, 32)),
         (
             1_383_928,
             "backward".to_string(),
@@ -98,7 +75,7 @@ fn a_small_swin_v2_step_matches_pytorch() {
 #[test]
 fn a_padded_swin_v2_step_matches_pytorch() {
     assert_eq!(
-        step1(&small(true, 40)),
+        step1(&common::small_swin(true, 40)),
         (
             1_951_104,
             "backward".to_string(),
@@ -153,7 +130,7 @@ fn other_batches_and_adam_match_pytorch_too() {
         )
     };
     assert_eq!(
-        step1_with(&small(true, 40), 4, OptimizerKind::Adam),
+        step1_with(&common::small_swin(true, 40), 4, OptimizerKind::Adam),
         expected(3_282_312)
     );
     assert_eq!(
@@ -200,7 +177,7 @@ fn the_model_file_swin_plans_as_the_zoos_and_as_pytorch_measured() {
     // models/swin_tiny.toml writes the V1 network above layer by layer (residual blocks
     // of LayerNorm, ShiftedWindowAttention and StochasticDepth; PatchMergingPad, its
     // LayerNorm and reduction between the stages).
-    file_plans_as("swin_tiny.toml", &small(false, 32), 683_712);
+    file_plans_as("swin_tiny.toml", &common::small_swin(false, 32), 683_712);
 }
 
 #[test]

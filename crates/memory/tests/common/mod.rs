@@ -124,3 +124,25 @@ pub fn small_maxvit(
     .infer()
     .unwrap()
 }
+
+/// `SwinTransformer(patch_size=[4, 4], embed_dim=16, depths=[2, 2], num_heads=[2, 2],
+/// window_size=[4, 4], stochastic_depth_prob=0.1, num_classes=10)` (V2: with
+/// `block=SwinTransformerBlockV2, downsample_layer=PatchMergingV2`).
+pub fn small_swin(v2: bool, input: usize) -> vramlab_graph::Shaped {
+    vramlab_graph::zoo::swin::transformer(
+        "swin_test",
+        vec![3, input, input],
+        &vramlab_graph::zoo::swin::Swin {
+            patch: 4,
+            embed_dim: 16,
+            depths: vec![2, 2],
+            heads: vec![2, 2],
+            window: 4,
+            stochastic_depth: 0.1,
+            v2,
+            classes: 10,
+        },
+    )
+    .infer()
+    .unwrap()
+}
