@@ -498,6 +498,16 @@ pub struct CachingAllocator {
     stats: AllocStats,
 }
 
+/// One segment of [`CachingAllocator::segments`]: its blocks' sizes and whether each is
+/// allocated (`active_allocated`) or cached (`inactive`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SegmentView {
+    pub address: u128,
+    pub size: u128,
+    pub small: bool,
+    pub blocks: Vec<(u128, bool)>,
+}
+
 /// Handle of an allocated block.
 pub type BlockId = usize;
 
@@ -531,6 +541,44 @@ impl CachingAllocator {
 
     pub fn conf(&self) -> &AllocConf {
         &self.conf
+    }
+
+    /// The address the next segment starts at. A replay of a recorded trace
+    /// (`torch.cuda.memory._snapshot()`'s `segment_alloc` events) gives each segment the
+    /// address the driver gave it, so that equal-size free blocks are chosen in the same
+    /// order as PyTorch chose them (the pools order blocks by size, then address).
+    pub fn set_next_segment_address(&mut self, address: u128) {
+        self.next_address = address;
+    }
+
+    /// The segments from cudaMalloc now held, by address, with their blocks in address
+    /// order (`torch.cuda.memory._snapshot()`'s `segments`; expandable segments are not
+    /// listed).
+    pub fn segments(&self) -> Vec<SegmentView> {
+        let mut dead = vec![false; self.blocks.len()];
+        for &i in &self.unused_slots {
+            dead[i] = true;
+        }
+        let mut out: Vec<SegmentView> = (0..self.blocks.len())
+            .filter(|&i| !dead[i] && self.blocks[i].prev.is_none())
+            .filter(|&i| self.blocks[i].segment.is_none())
+            .map(|head| {
+                let mut blocks = Vec::new();
+                let mut at = Some(head);
+                while let Some(i) = at {
+                    blocks.push((self.blocks[i].size, self.blocks[i].allocated));
+                    at = self.blocks[i].next;
+                }
+                SegmentView {
+                    address: self.blocks[head].ptr,
+                    size: blocks.iter().map(|b| b.0).sum(),
+                    small: self.blocks[head].small,
+                    blocks,
+                }
+            })
+            .collect();
+        out.sort_by_key(|s| s.address);
+        out
     }
 
     /// `resetPeakStats`: every peak becomes the current value.
