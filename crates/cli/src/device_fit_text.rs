@@ -47,12 +47,11 @@ pub fn render(a: &DeviceAnswer, lang: Lang) -> String {
         &mut out,
         &t(
             lang,
-            "  {0} ({1}) - CUDA context {2} - cuDNN workspace {3} = {4} for the allocator",
+            "  {0} ({1}) - CUDA context {2} = {3} for the allocator",
             &[
                 &bytes(d.card_total_bytes),
                 &d.card_total_source,
                 &bytes(d.cuda_context_bytes),
-                &bytes(d.cudnn_workspace_bytes),
                 &bytes(d.allocator_limit_bytes),
             ],
         ),
@@ -112,7 +111,7 @@ pub fn render(a: &DeviceAnswer, lang: Lang) -> String {
             ),
         );
     }
-    line(&mut out, &s(lang, "Estimates: the CUDA context depends on the driver, the card and the CUDA version (--cuda-version, --cuda-context; docs/ARCHITECTURE.md has the table); the cuDNN workspace on the algorithm cuDNN picks (--cudnn-workspace)."));
+    line(&mut out, &s(lang, "Estimates: the CUDA context depends on the driver, the card and the CUDA version (--cuda-version, --cuda-context; docs/ARCHITECTURE.md has the table); cuDNN's workspaces on the plans cuDNN picks (estimated per convolution; --cudnn-workspace caps them)."));
     out
 }
 
@@ -157,6 +156,6 @@ pub fn render_cards(outs: &[FitJson], devices: &[Option<DeviceAnswer>], lang: La
         ]);
     }
     out.push_str(&tb.render());
-    line(&mut out, &s(lang, "Estimates: the CUDA context depends on the driver, the card and the CUDA version (--cuda-version, --cuda-context; docs/ARCHITECTURE.md has the table); the cuDNN workspace on the algorithm cuDNN picks (--cudnn-workspace)."));
+    line(&mut out, &s(lang, "Estimates: the CUDA context depends on the driver, the card and the CUDA version (--cuda-version, --cuda-context; docs/ARCHITECTURE.md has the table); cuDNN's workspaces on the plans cuDNN picks (estimated per convolution; --cudnn-workspace caps them)."));
     out
 }

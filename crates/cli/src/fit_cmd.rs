@@ -415,15 +415,15 @@ pub fn fit(a: &FitArgs) -> Result<()> {
     crate::out!("{}", render(&out, a.lang));
     if let Some(d) = &device {
         crate::out!("\n{}", crate::device_fit_text::render(d, a.lang));
-        // The planner's budget answer counts neither the allocator's segments nor the
-        // cuDNN bound: where it is above what runs, say which one to use.
+        // The planner's budget answer counts neither the allocator's segments nor
+        // cuDNN's workspaces: where it is above what runs, say which one to use.
         if let (Some(planned), Some(runs)) = (out.fit.max_batch_size, d.fit.max_batch_size) {
             if planned > runs {
                 crate::outln!(
                     "{}",
                     t(
                         a.lang,
-                        "Use {0}, not {1}: above {0} the caching allocator cannot serve the steps (its segments and the cuDNN bound are not in the budget's peak).",
+                        "Use {0}, not {1}: above {0} the caching allocator cannot serve the steps (its segments and cuDNN's workspaces are not in the budget's peak).",
                         &[&thousands(runs as u128), &thousands(planned as u128)],
                     )
                 );

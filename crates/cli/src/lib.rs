@@ -284,8 +284,8 @@ pub struct PlanArgs {
     /// expandable_segments:True or max_split_size_mb:128 (pytorch-cuda).
     #[arg(long, value_name = "CONF")]
     pub alloc_conf: Option<String>,
-    /// Bound on cuDNN's convolution workspace, added to the device total (default 64MiB,
-    /// an estimate).
+    /// Cap on each cuDNN convolution workspace, as cuDNN's CUDNN_CONV_WSCAP_DBG caps it
+    /// (default: none; each is estimated per convolution; 0: no workspaces).
     #[arg(long, value_name = "SIZE")]
     pub cudnn_workspace: Option<String>,
     /// cuBLAS workspace the first matmul takes from the caching allocator (default
@@ -402,8 +402,11 @@ impl PlanArgs {
         if let Some(c) = &self.alloc_conf {
             cfg.alloc_conf = vramlab_memory::cuda_alloc::AllocConf::parse(c).map_err(UserError)?;
         }
-        let workspace =
-            |w: &str| fmt::parse_size(w).map_err(|e| UserError(format!("--cudnn-workspace: {e}")));
+        // `0` (no workspaces) needs no unit.
+        let workspace = |w: &str| match w.trim() {
+            "0" => Ok(0),
+            w => fmt::parse_size(w).map_err(|e| UserError(format!("--cudnn-workspace: {e}"))),
+        };
         cfg.cudnn_workspace_bytes = self.cudnn_workspace.as_deref().map(workspace).transpose()?;
         if let Some(w) = &self.cublas_workspace {
             cfg.cublas_workspace_bytes =

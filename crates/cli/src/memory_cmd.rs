@@ -95,8 +95,7 @@ pub fn run(a: &MemoryArgs) -> Result<()> {
                 cfg.cublas_workspace_bytes = given;
             }
             let (total, _) = card.budget(gpu.memory_bytes);
-            cfg.device_limit_bytes =
-                Some(vramlab_memory::device_fit::allocator_limit(&g, &cfg, total));
+            cfg.device_limit_bytes = Some(vramlab_memory::device_fit::allocator_limit(&cfg, total));
         }
     }
     let r = plan(&g, &cfg)?;
@@ -262,6 +261,13 @@ pub fn render_device(d: &DeviceReport, reported_steps: usize, lang: Lang) -> Str
     }
     out.push_str(&tb.render());
     out.push('\n');
+    let cudnn = (d.cudnn_workspace_peak_bytes > 0).then(|| {
+        t(
+            lang,
+            "cuDNN workspaces: estimated per convolution (the largest {0}) from the plans cuDNN 9 picked on Hopper cards, and inside allocated and reserved; --cudnn-workspace caps them.",
+            &[&bytes(d.cudnn_workspace_peak_bytes)],
+        )
+    });
     for line in [
         t(
             lang,
@@ -271,11 +277,14 @@ pub fn render_device(d: &DeviceReport, reported_steps: usize, lang: Lang) -> Str
         s(lang, "reserved: modelled, as torch.cuda.max_memory_reserved() counts it: segments of 2 MiB, 20 MiB, or the request rounded up to 2 MiB."),
         t(
             lang,
-            "nvidia-smi total: estimated: the CUDA context ({0}) + reserved + a cuDNN workspace of up to {1}.",
-            &[&bytes(d.cuda_context_bytes), &bytes(d.cudnn_workspace_bytes)],
+            "nvidia-smi total: estimated: the CUDA context ({0}) + reserved.",
+            &[&bytes(d.cuda_context_bytes)],
         ),
-        s(lang, "Estimates: the CUDA context depends on the driver, the card and the CUDA version (--cuda-version, --cuda-context; docs/ARCHITECTURE.md has the table); the cuDNN workspace on the algorithm cuDNN picks (--cudnn-workspace)."),
-    ] {
+    ]
+    .into_iter()
+    .chain(cudnn)
+    .chain([s(lang, "Estimates: the CUDA context depends on the driver, the card and the CUDA version (--cuda-version, --cuda-context; docs/ARCHITECTURE.md has the table); cuDNN's workspaces on the plans cuDNN picks (estimated per convolution; --cudnn-workspace caps them).").to_string()])
+    {
         out.push_str(&line);
         out.push('\n');
     }

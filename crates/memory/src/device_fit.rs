@@ -1,6 +1,8 @@
 //! `fit` by what fails: the largest batch whose every malloc the simulated caching
-//! allocator serves within the card's usable memory, less the CUDA context and the
-//! cuDNN workspace bound (and under `set_per_process_memory_fraction` if asked).
+//! allocator serves within the card's usable memory, less the CUDA context (and under
+//! `set_per_process_memory_fraction` if asked). cuDNN's workspaces are requests like
+//! any other, estimated per convolution (`crate::cudnn`); one the allocator cannot
+//! serve makes PyTorch pick another plan, not fail.
 //!
 //! The planner's affine estimate (two plans at large batches) gives a first batch: under
 //! a limit the allocator frees its cache and retries before it fails, so the answer sits
@@ -11,7 +13,7 @@ use serde::Serialize;
 use vramlab_graph::Shaped;
 
 use crate::fit::MAX_BATCH;
-use crate::{plan, DeviceOom, PlanConfig, PlanError, DEFAULT_CUDNN_WORKSPACE_BYTES};
+use crate::{plan, DeviceOom, PlanConfig, PlanError};
 
 /// The card as the allocator meets it.
 #[derive(Debug, Clone, PartialEq)]
@@ -31,9 +33,7 @@ pub struct DeviceFit {
     pub card_total_source: String,
     /// Estimated, outside PyTorch's counters.
     pub cuda_context_bytes: u128,
-    /// Estimated bound, added on top of reserved.
-    pub cudnn_workspace_bytes: u128,
-    /// What the allocator may take from the device: total - context - cuDNN bound.
+    /// What the allocator may take from the device: total - context.
     pub allocator_limit_bytes: u128,
     /// `set_per_process_memory_fraction`'s maximum, when a fraction under 1 is asked.
     pub allowed_memory_bytes: Option<u128>,
@@ -51,21 +51,9 @@ pub struct DeviceFit {
 }
 
 /// What the caching allocator may take on a card of `card_total_bytes` (what PyTorch
-/// sees): the total less the CUDA context and, for a model with convolutions, the cuDNN
-/// workspace bound (both estimates where not measured).
-pub fn allocator_limit(g: &Shaped, cfg: &PlanConfig, card_total_bytes: u128) -> u128 {
-    let context = cfg.context_bytes();
-    let has_conv = g
-        .nodes()
-        .iter()
-        .any(|n| matches!(n.op, vramlab_graph::Op::Conv2d(_)));
-    let cudnn = if has_conv {
-        cfg.cudnn_workspace_bytes
-            .unwrap_or(DEFAULT_CUDNN_WORKSPACE_BYTES)
-    } else {
-        0
-    };
-    card_total_bytes.saturating_sub(context + cudnn)
+/// sees): the total less the CUDA context (an estimate where not measured).
+pub fn allocator_limit(cfg: &PlanConfig, card_total_bytes: u128) -> u128 {
+    card_total_bytes.saturating_sub(cfg.context_bytes())
 }
 
 /// The largest batch the simulated allocator serves on `budget`'s card.
@@ -81,18 +69,7 @@ pub fn device_fit(
         )));
     }
     let context = template.context_bytes();
-    let has_conv = g
-        .nodes()
-        .iter()
-        .any(|n| matches!(n.op, vramlab_graph::Op::Conv2d(_)));
-    let cudnn = if has_conv {
-        template
-            .cudnn_workspace_bytes
-            .unwrap_or(DEFAULT_CUDNN_WORKSPACE_BYTES)
-    } else {
-        0
-    };
-    let limit = budget.card_total_bytes.saturating_sub(context + cudnn);
+    let limit = allocator_limit(template, budget.card_total_bytes);
     // set_per_process_memory_fraction: fraction x the device's total.
     let allowed = (budget.fraction < 1.0)
         .then(|| (budget.card_total_bytes as f64 * budget.fraction).floor() as u128);
@@ -100,7 +77,6 @@ pub fn device_fit(
         card_total_bytes: budget.card_total_bytes,
         card_total_source: budget.card_total_source.clone(),
         cuda_context_bytes: context,
-        cudnn_workspace_bytes: cudnn,
         allocator_limit_bytes: limit,
         allowed_memory_bytes: allowed,
         alloc_conf: template.alloc_conf.describe(),
@@ -167,7 +143,8 @@ pub fn device_fit(
     let mut hi: Option<(u64, crate::DeviceReport)> = None;
     let d = run(b, true)?;
     let mut step: u64;
-    if fits(&d) {
+    let first_fits = fits(&d);
+    if first_fits {
         // The first step: as many images as the allocator's headroom at `b` holds at
         // the planner's bytes per image (at least one), since reserved memory grows
         // with the batch about as the planner's peak does; then one and doubling.
@@ -194,7 +171,15 @@ pub fn device_fit(
             }
         }
     } else {
-        step = 1;
+        // The first step down: the images the failing request was short of, at the
+        // planner's bytes per image (at least one).
+        let short = d.out_of_memory.as_ref().map_or(0, |o| {
+            (o.reserved_bytes + o.tried_to_allocate_bytes).saturating_sub(cap)
+        });
+        step = match slope {
+            0 => 1,
+            s => (short.div_ceil(s) + 1).min(MAX_BATCH as u128) as u64,
+        };
         hi = Some((b, d));
         let mut floor = smallest;
         loop {
@@ -221,11 +206,18 @@ pub fn device_fit(
             step = step.saturating_mul(2);
         }
     }
+    // Stepped down by the estimate of what was short, the batch that runs is most
+    // likely the answer: its neighbour first.
+    let mut neighbour_first = !first_fits;
     if lo.is_some() && hi.is_some() {
         let (mut lb, mut ld) = lo.take().expect("checked");
         let (mut hb, mut hd) = hi.take().expect("checked");
         while hb - lb > 1 {
-            let mid = lb + (hb - lb) / 2;
+            let mid = if std::mem::take(&mut neighbour_first) {
+                lb + 1
+            } else {
+                lb + (hb - lb) / 2
+            };
             let d = run(mid, true)?;
             if fits(&d) {
                 (lb, ld) = (mid, d);

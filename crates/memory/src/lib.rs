@@ -23,6 +23,7 @@
 
 pub mod cards;
 pub mod cuda_alloc;
+pub mod cudnn;
 pub mod device_fit;
 pub mod dist;
 pub mod fit;
@@ -266,7 +267,8 @@ pub struct PlanConfig {
     /// cuBLAS workspace (`CUBLAS_WORKSPACE_CONFIG`): 8.125 MiB by default, 32 MiB on
     /// Hopper and newer ([`cublas_workspace_bytes`]).
     pub cublas_workspace_bytes: u128,
-    /// Bound on cuDNN convolution workspace; `None`: [`DEFAULT_CUDNN_WORKSPACE_BYTES`].
+    /// Cap on each cuDNN convolution workspace (what `CUDNN_CONV_WSCAP_DBG` does);
+    /// `None`: each is the size [`cudnn`] estimates for its convolution.
     pub cudnn_workspace_bytes: Option<u128>,
     /// Many GPUs: the plan is one rank's (`--gpus`, `--strategy`); `None`: one device.
     pub distributed: Option<dist::Distributed>,
@@ -324,14 +326,6 @@ pub fn cublas_workspace_bytes(compute_major: u32) -> u128 {
         CUBLAS_WORKSPACE_DEFAULT_BYTES
     }
 }
-
-/// Bound on the cuDNN convolution workspace: an estimate. cuDNN's heuristics (with
-/// `torch.backends.cudnn.benchmark=False`) mostly pick implicit-GEMM algorithms whose
-/// workspace is a few MiB; PyTorch asks the caching allocator for it around each
-/// convolution and skips algorithms whose workspace cannot be allocated. 64 MiB covers
-/// the usual choices; `--cudnn-workspace` sets it (`CUDNN_CONV_WSCAP_DBG` caps it in
-/// PyTorch).
-pub const DEFAULT_CUDNN_WORKSPACE_BYTES: u128 = 64 << 20;
 
 /// How CUDA loads kernels into a process: as each is first used (`CUDA_MODULE_LOADING=LAZY`,
 /// CUDA 11.7 and later; PyTorch sets it by default since 1.13), or every kernel of a
@@ -569,10 +563,11 @@ pub struct DeviceReport {
     /// matmul of forward and of backward (one per thread) and the first Linear with a
     /// bias: modelled, and already inside allocated and reserved (0 without a matmul).
     pub cublas_workspace_bytes: u128,
-    /// Bound on the cuDNN convolution workspace, added on top: an estimate (0 when the
-    /// model has no convolution).
-    pub cudnn_workspace_bytes: u128,
-    /// What nvidia-smi shows at most: context + reserved peak + cuDNN bound.
+    /// The largest cuDNN convolution workspace asked of the allocator: estimated per
+    /// convolution ([`cudnn`]), and like every workspace already inside allocated and
+    /// reserved when served (0 without a convolution).
+    pub cudnn_workspace_peak_bytes: u128,
+    /// What nvidia-smi shows at most: context + reserved peak.
     pub device_total_bytes: u128,
     /// The limit the allocator ran under, if one was set.
     pub device_limit_bytes: Option<u128>,
@@ -599,7 +594,7 @@ pub struct DeviceStep {
     pub segments: u64,
     /// cudaMalloc retried after freeing every cached block, counted since the start.
     pub alloc_retries: u64,
-    /// Context + reserved peak + cuDNN bound.
+    /// Context + reserved peak.
     pub device_total_bytes: u128,
 }
 

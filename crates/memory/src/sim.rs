@@ -81,6 +81,8 @@ struct Device {
     cublaslt_workspace: bool,
     /// Bytes of all workspaces taken so far.
     workspace_bytes: u128,
+    /// The largest cuDNN workspace asked for.
+    cudnn_largest: u128,
     oom: Option<OomAt>,
     /// Every malloc and free in order, when asked (`memory --device-trace`).
     trace: Option<Vec<DeviceEvent>>,
@@ -96,6 +98,9 @@ pub struct DeviceEvent {
     pub action: &'static str,
     /// The requested bytes (the allocator rounds them up to its blocks).
     pub bytes: u128,
+    /// The allocator's block: a free names the block its allocation got (as the
+    /// address does in PyTorch's trace); `None` for a request that failed.
+    pub block: Option<BlockId>,
     pub phase: Phase,
     /// Index into the caller's layer names.
     #[serde(skip)]
@@ -147,6 +152,7 @@ impl Sim {
             cublas_workspace: [false; 2],
             cublaslt_workspace: false,
             workspace_bytes: 0,
+            cudnn_largest: 0,
             oom: None,
             trace: None,
         });
@@ -168,13 +174,14 @@ impl Sim {
         Some(t)
     }
 
-    fn trace_event(&mut self, action: &'static str, bytes: u128) {
+    fn trace_event(&mut self, action: &'static str, bytes: u128, block: Option<BlockId>) {
         let (phase, layer) = (self.phase, self.layer);
         let d = self.device.as_mut().filter(|d| d.oom.is_none());
         if let Some(t) = d.and_then(|d| d.trace.as_mut()) {
             t.push(DeviceEvent {
                 action,
                 bytes,
+                block,
                 phase,
                 layer,
                 layer_name: String::new(),
@@ -193,7 +200,11 @@ impl Sim {
         }
         let result = d.alloc.malloc(bytes);
         // PyTorch's history records a failed request as `oom`, and nothing after it.
-        self.trace_event(if result.is_ok() { "alloc" } else { "oom" }, bytes);
+        let (action, block) = match result {
+            Ok(b) => ("alloc", Some(b)),
+            Err(_) => ("oom", None),
+        };
+        self.trace_event(action, bytes, block);
         let d = self.device.as_mut()?;
         match result {
             Ok(b) => Some(b),
@@ -213,7 +224,7 @@ impl Sim {
         if let Some(d) = &mut self.device {
             if let Some(b) = d.block_of[sid].take() {
                 d.alloc.free(b);
-                self.trace_event("free", bytes);
+                self.trace_event("free", bytes, Some(b));
             }
         }
     }
@@ -251,6 +262,36 @@ impl Sim {
                 d.workspace_bytes += CUBLASLT_WORKSPACE_BYTES;
             }
         }
+    }
+
+    /// A cuDNN convolution's workspace ([`crate::cudnn`]): asked of the caching
+    /// allocator before the kernel and freed after it. A request the allocator cannot
+    /// serve is no error: PyTorch's `try_plans` (aten/src/ATen/native/cudnn/Conv_v8.cpp)
+    /// catches the `OutOfMemoryError` and runs the next plan, modelled as one that needs
+    /// no workspace. The failed request has the allocator's side effects all the same
+    /// (it frees its cached blocks and retries first). A served one is a point of the
+    /// timeline (`op`'s), where the allocator's counts include it.
+    pub fn cudnn_workspace(&mut self, bytes: u128, op: &'static str) {
+        let Some(d) = self.device.as_mut().filter(|d| d.oom.is_none()) else {
+            return;
+        };
+        if bytes == 0 {
+            return;
+        }
+        d.cudnn_largest = d.cudnn_largest.max(bytes);
+        if let Ok(block) = d.alloc.malloc(bytes) {
+            self.trace_event("alloc", bytes, Some(block));
+            self.boundary(op);
+            if let Some(d) = &mut self.device {
+                d.alloc.free(block);
+            }
+            self.trace_event("free", bytes, Some(block));
+        }
+    }
+
+    /// The largest cuDNN workspace asked for so far.
+    pub fn cudnn_largest(&self) -> u128 {
+        self.device.as_ref().map_or(0, |d| d.cudnn_largest)
     }
 
     /// Bytes of the cuBLAS and cuBLASLt workspaces taken so far.

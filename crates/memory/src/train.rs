@@ -6,8 +6,9 @@
 
 use std::collections::BinaryHeap;
 
+use crate::cudnn::{ConvPass, ConvTensors};
 use vramlab_graph::act::Saves;
-use vramlab_graph::{Op, Shaped};
+use vramlab_graph::{Conv2d, Op, Shaped};
 
 use crate::cuda_alloc::{AllocStats, CachingAllocator};
 use crate::dist::{self, Distributed};
@@ -15,7 +16,7 @@ use crate::optim::{self, ParamSlot};
 use crate::sim::{Sid, Sim};
 use crate::{
     Category, DeviceOom, DeviceReport, DeviceStep, MemoryReport, Mode, OptimizerImpl,
-    OptimizerKind, Phase, PlanConfig, PlanError, Precision, Profile, DEFAULT_CUDNN_WORKSPACE_BYTES,
+    OptimizerKind, Phase, PlanConfig, PlanError, Precision, Profile,
 };
 
 /// What differs between the framework profiles.
@@ -437,7 +438,7 @@ pub(crate) fn run(g: &Shaped, cfg: &PlanConfig) -> Result<(MemoryReport, Vec<u12
     let trace = run.sim.take_device_trace(&run.names);
     let device = simulate_allocator.then(|| DeviceReport {
         trace,
-        ..device_report(g, cfg, &run, &device_steps, oom_step)
+        ..device_report(cfg, &run, &device_steps, oom_step)
     });
     Ok((
         MemoryReport {
@@ -465,19 +466,11 @@ pub(crate) fn run(g: &Shaped, cfg: &PlanConfig) -> Result<(MemoryReport, Vec<u12
 
 /// The allocator's counters per step, with the workspaces and the context around them.
 fn device_report(
-    g: &Shaped,
     cfg: &PlanConfig,
     run: &Runner,
     stats: &[AllocStats],
     oom_step: Option<u32>,
 ) -> DeviceReport {
-    let has = |f: fn(&Op) -> bool| g.nodes().iter().any(|n| f(&n.op));
-    let cudnn = if has(|op| matches!(op, Op::Conv2d(_))) {
-        cfg.cudnn_workspace_bytes
-            .unwrap_or(DEFAULT_CUDNN_WORKSPACE_BYTES)
-    } else {
-        0
-    };
     let cublas = run.sim.workspace_bytes();
     let context = run.sim.context_bytes;
     let steps: Vec<DeviceStep> = stats
@@ -498,7 +491,7 @@ fn device_report(
                 },
                 segments: s.segments,
                 alloc_retries: s.num_alloc_retries,
-                device_total_bytes: context + s.reserved_bytes.peak + cudnn,
+                device_total_bytes: context + s.reserved_bytes.peak,
             }
         })
         .collect();
@@ -517,8 +510,8 @@ fn device_report(
         reserved_peak_bytes: reserved_peak,
         cuda_context_bytes: context,
         cublas_workspace_bytes: cublas,
-        cudnn_workspace_bytes: cudnn,
-        device_total_bytes: context + reserved_peak + cudnn,
+        cudnn_workspace_peak_bytes: run.sim.cudnn_largest(),
+        device_total_bytes: context + reserved_peak,
         device_limit_bytes: cfg.device_limit_bytes,
         out_of_memory: run.sim.device_oom().map(|o| DeviceOom {
             step: oom_step.unwrap_or(1),
@@ -1018,6 +1011,10 @@ impl Runner<'_> {
                         (false, false) => "aten.mm.default",
                     };
                     let out = self.op(b * numel * out_elem, label);
+                    if let Op::Conv2d(c) = &node.op {
+                        let t = self.conv_tensors(i, out_elem);
+                        self.conv_workspace(c, ConvPass::Forward, t);
+                    }
                     if !is_conv {
                         self.sim.cublas_workspace(self.cfg.cublas_workspace_bytes);
                         if has_bias {
@@ -1849,6 +1846,49 @@ impl Runner<'_> {
             self.sim.decref(s);
         }
         plain(result, grad_fn, el)
+    }
+
+    /// CUDA: cuDNN's workspace for one convolution kernel ([`crate::cudnn`]), capped
+    /// by `--cudnn-workspace`.
+    fn conv_workspace(&mut self, c: &Conv2d, pass: ConvPass, t: ConvTensors) {
+        if !self.rules.cuda {
+            return;
+        }
+        let bytes = crate::cudnn::conv_workspace_bytes(c, pass, t);
+        let cap = self.cfg.cudnn_workspace_bytes.unwrap_or(u128::MAX);
+        self.sim.cudnn_workspace(bytes.min(cap), pass.op());
+    }
+
+    /// The tensors of graph node `i`'s convolution at this batch, in `elem`-byte values.
+    fn conv_tensors(&self, i: usize, elem: u128) -> ConvTensors {
+        let (g, b) = (self.g, self.micro);
+        ConvTensors {
+            batch: b,
+            input: b * g.numel(g.nodes()[i].inputs[0]),
+            output: b * g.numel(i),
+            weight: g.node_params(i)[0].numel(),
+            elem,
+        }
+    }
+
+    /// The workspace of the backward kernel that has just allocated `edge`'s gradient
+    /// of `bytes` for backward node `k`'s convolution: the input's or the weight's (the
+    /// bias's is a sum, without one). The gradient's size gives the element size (half
+    /// under autocast).
+    fn conv_backward_workspace(&mut self, k: usize, edge: Edge, bytes: u128) {
+        let i = self.nodes[k].node;
+        let Some(Op::Conv2d(c)) = self.g.nodes().get(i).map(|n| &n.op) else {
+            return;
+        };
+        let t = self.conv_tensors(i, 1);
+        let (pass, elem) = match edge {
+            Edge::Node(_) => (ConvPass::BackwardData, bytes / t.input.max(1)),
+            Edge::Param(p) if p == self.node_of_param[i] => {
+                (ConvPass::BackwardFilter, bytes / t.weight.max(1))
+            }
+            Edge::Param(_) => return,
+        };
+        self.conv_workspace(c, pass, ConvTensors { elem, ..t });
     }
 
     /// CUDA: the reduce kernel's staging buffer and semaphores while it sums `grad` down
@@ -2850,6 +2890,11 @@ impl Runner<'_> {
                     continue;
                 };
                 replaced.extend(outputs[e].replace(self.sim.alloc(bytes, None)));
+                // cuDNN's backward: each gradient's kernel takes its workspace right
+                // after the gradient is allocated (the input's, then the weight's).
+                if *label == "aten.convolution_backward.default" {
+                    self.conv_backward_workspace(k, edges[e].0, bytes);
+                }
             }
             if uses_cublas(label) {
                 self.sim.cublas_workspace(self.cfg.cublas_workspace_bytes);
