@@ -309,26 +309,32 @@ fn device_trace_lists_every_malloc_and_free_in_order() {
     // The parameters first (conv1's weight: 6x3x5x5 floats), in registration order.
     assert_eq!(t[0]["action"], "alloc");
     assert_eq!(n(&t[0]["bytes"]), 6 * 3 * 5 * 5 * 4);
-    // Every free matches an earlier alloc of the same size; what is left at the end is
-    // what the run keeps (weights, batch, workspaces, the last loss).
-    let mut live: Vec<u128> = Vec::new();
-    for e in t {
-        let b = n(&e["bytes"]);
+    // Every free names the block of an earlier alloc of the same size (as the address
+    // does in PyTorch's trace); what is left at the end is what the run keeps (weights,
+    // batch, workspaces, the last loss).
+    let mut live: std::collections::HashMap<u128, u128> = Default::default();
+    let mut transient = 0;
+    for (i, e) in t.iter().enumerate() {
+        let (bytes, block) = (n(&e["bytes"]), n(&e["block"]));
         match e["action"].as_str().unwrap() {
-            "alloc" => live.push(b),
+            "alloc" => assert!(live.insert(block, bytes).is_none(), "block {block} twice"),
             "free" => {
-                let k = live
-                    .iter()
-                    .position(|&x| x == b)
-                    .expect("freed after its alloc");
-                live.swap_remove(k);
+                assert_eq!(live.remove(&block), Some(bytes), "event {i}");
+                // cuDNN's workspaces: freed right after their alloc.
+                if t[i - 1]["action"] == "alloc" && n(&t[i - 1]["block"]) == block {
+                    transient += 1;
+                }
             }
             a => panic!("unknown action {a}"),
         }
     }
     // Two cuBLAS workspaces (forward's thread and backward's) and the cuBLASLt one.
-    assert_eq!(live.iter().filter(|&&b| b == 8_519_680).count(), 2);
-    assert_eq!(live.iter().filter(|&&b| b == 1 << 20).count(), 1);
+    assert_eq!(live.values().filter(|&&b| b == 8_519_680).count(), 2);
+    assert_eq!(live.values().filter(|&&b| b == 1 << 20).count(), 1);
+    // Each step: conv1's forward and weight-gradient workspaces, conv2's forward,
+    // input-gradient and weight-gradient ones (conv1's input needs no gradient); three
+    // steps.
+    assert_eq!(transient, 3 * 5);
     // Without --json there is nowhere to put it: one line, exit 2.
     let o = vramlab(&["memory", "simple_cnn", "--device-trace"]);
     assert_eq!(o.status.code(), Some(2));
