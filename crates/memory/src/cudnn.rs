@@ -18,6 +18,10 @@
 //!   a few forward plans took 8 MiB more, some strided ones only input and weight: not
 //!   modelled); the weight gradient's adds split-K partial sums, 14 fp32 copies of a
 //!   small weight and at most about 8.25 MiB (in half precision none past 600 KB);
+//! - a forward whose reduction (input channels x kernel) is under 128 long takes none:
+//!   stems over RGB with 3x3 and 5x5 kernels (a small CNN, VGG, EfficientNet; ResNet's
+//!   7x7 stem and ViT's 16x16 patches take theirs), 1x1 convolutions over fewer than 128
+//!   channels (ResNet-18's first downsampling; squeeze-excitation's take a few KB);
 //! - a strided 1x1 convolution (ResNet's downsampling): input plus output;
 //! - a 1x1 convolution at stride 1: a few hundred bytes over large planes (none here),
 //!   input plus output over 7x7 and smaller ones; its weight gradient one fp32 partial
@@ -27,8 +31,8 @@
 //!   plane sizes); EfficientNet's fp16 ones (input plus output) and ConvNeXt's fp32 ones
 //!   (164 and 318 MB) are not modelled.
 //!
-//! Put in place of the real ones in the traces, the real workspaces give reserved within
-//! 3 % in 23 of 25 cases; these estimates give 17 (15 with none) and `max_memory_allocated`
+//! With the recorded workspaces in the planned traces' place, reserved is within 3 % in
+//! 23 of 25 cases; with these estimates in 17 (15 with none), and `max_memory_allocated`
 //! within 1 % in 22 (docs/PERFORMANCE.md, tests/gpu.rs). Other cards and cuDNN versions
 //! pick their own plans. `--cudnn-workspace` caps every workspace (what cuDNN's
 //! `CUDNN_CONV_WSCAP_DBG` does); `0` turns them off.
@@ -92,6 +96,9 @@ pub fn conv_workspace_bytes(conv: &Conv2d, pass: ConvPass, t: ConvTensors) -> u1
         };
     }
     match pass {
+        // A reduction under 128 long (an RGB stem with a 3x3 or 5x5 kernel, a 1x1 over
+        // fewer than 128 channels) runs its forward without one.
+        ConvPass::Forward if conv.in_channels * conv.kernel_size.0 * conv.kernel_size.1 < 128 => 0,
         ConvPass::Forward | ConvPass::BackwardData => match (pointwise, conv.stride) {
             // A 1x1 at stride 1 is a plain GEMM over the channels: none, but for small
             // planes (7x7 and less), where the plans transpose input and output.
@@ -165,6 +172,21 @@ mod tests {
         let d = Conv2d::new(128, 256, 1).stride(2);
         let ds = t(64, 64 * 128 * 28 * 28, 64 * 256 * 14 * 14, 128 * 256);
         assert_eq!(conv_workspace_bytes(&d, Forward, ds), 38_535_315 - 131);
+    }
+
+    /// An RGB stem with a 3x3 kernel runs its forward without one (VGG's, measured at
+    /// batch 32), ResNet's 7x7 stem with one; the weight gradient always takes one.
+    #[test]
+    fn short_reductions_run_forward_without_one() {
+        use ConvPass::*;
+        let vgg = Conv2d::new(3, 64, 3).padding(1);
+        let v = t(32, 32 * 3 * 224 * 224, 32 * 64 * 224 * 224, 64 * 27);
+        assert_eq!(conv_workspace_bytes(&vgg, Forward, v), 0);
+        assert!(conv_workspace_bytes(&vgg, BackwardFilter, v) > 0);
+        let resnet = Conv2d::new(3, 64, 7).stride(2).padding(3);
+        let r = t(32, 32 * 3 * 224 * 224, 32 * 64 * 112 * 112, 64 * 147);
+        // 122,065,680 B measured (densenet121's stem, the same shape).
+        assert_eq!(conv_workspace_bytes(&resnet, Forward, r), 122_065_680);
     }
 
     /// A 1x1 convolution at stride 1 needs none over large planes, input plus output

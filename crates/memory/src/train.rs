@@ -982,6 +982,19 @@ impl Runner<'_> {
                 Op::Conv2d(_) | Op::Linear(_) => {
                     let is_conv = matches!(node.op, Op::Conv2d(_));
                     let specs = g.node_params(i);
+                    // Autocast casts the op's arguments as C++ evaluates a call's
+                    // arguments, last first (GCC): the bias, the weight, then the input
+                    // (measured in the CUDA allocator's trace).
+                    let mut weight_cast = None;
+                    if self.amp() {
+                        for spec in specs.iter().rev() {
+                            let c = self.op(spec.numel() * 2, "aten._to_copy.default");
+                            if spec.name == "weight" {
+                                weight_cast = Some(c);
+                            }
+                            amp_cache.push(c);
+                        }
+                    }
                     let (xin, out_elem) = if self.amp() {
                         let xin = if x.elem == 4 {
                             self.op(b * in_numel * 2, "aten._to_copy.default")
@@ -994,16 +1007,7 @@ impl Runner<'_> {
                         self.sim.incref(x.sid);
                         (x.sid, x.elem)
                     };
-                    let mut saved = vec![xin];
-                    if self.amp() {
-                        for spec in specs {
-                            let c = self.op(spec.numel() * 2, "aten._to_copy.default");
-                            if spec.name == "weight" {
-                                saved.push(c);
-                            }
-                            amp_cache.push(c);
-                        }
-                    }
+                    let saved: Vec<Sid> = std::iter::once(xin).chain(weight_cast).collect();
                     let has_bias = specs.len() == 2;
                     let label = match (is_conv, has_bias) {
                         (true, _) => "aten.convolution.default",

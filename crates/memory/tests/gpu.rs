@@ -65,19 +65,20 @@ fn config(batch: u64, opt: &str, precision: &str, conf: Option<&str>) -> PlanCon
 /// (card, case, allocated bound %, reserved bound %): the planner's error today,
 /// rounded up. Since cuDNN's workspaces are estimated per convolution
 /// (`vramlab_memory::cudnn`), 22 cases of 25 are within 1 % allocated (18 before) and 17
-/// within 3 % reserved (15 before; resnet18 -21.8 % -> -12.5 %, vgg11 -15.4 % -> -6.2 %,
-/// max_split_size_mb -19.0 % -> -3.7 %, resnet50 -5.9 % -> -0.4 %). What is left is the
-/// workspaces' exact sizes: with the ones the traces recorded in their place, 23 of 25
-/// are within 3 % reserved (tests/alloc_replay.rs holds the simulator itself exact).
+/// within 3 % reserved (15 before; resnet18 -21.8 % -> -7.3 %, max_split_size_mb -19.0 %
+/// -> -3.6 %, resnet50 -5.9 % -> -0.3 %; the small CNN at batch 256 went from -12.4 % to
+/// +17.3 %, its convolutions' workspaces estimated above what cuDNN took). What is left
+/// is the workspaces' exact sizes: with the ones the traces recorded in their place, 23 of
+/// 25 are within 3 % reserved (tests/alloc_replay.rs holds the simulator itself exact).
 const BOUNDS: &[(&str, &str, f64, f64)] = &[
     ("h200", "simple_cnn 3x32x32 4 sgd fp32", 0.5, 2.3),
-    ("h200", "simple_cnn 3x32x32 256 adam fp32", 0.6, 4.2),
-    ("h200", "simple_cnn 3x32x32 256 sgd amp-fp16", 0.6, 11.4),
+    ("h200", "simple_cnn 3x32x32 256 adam fp32", 0.6, 17.3),
+    ("h200", "simple_cnn 3x32x32 256 sgd amp-fp16", 0.6, 12.5),
     ("h200", "resnet50 3x224x224 32 sgd fp32", 0.7, 0.4),
-    ("h200", "resnet50 3x224x224 64 adam fp32", 0.1, 0.4),
+    ("h200", "resnet50 3x224x224 64 adam fp32", 0.1, 0.3),
     ("h200", "resnet50 3x224x224 64 adam amp-fp16", 0.2, 3.6),
     ("h200", "vit_b_16 3x224x224 32 adam fp32", 0.1, 0.8),
-    ("h200", "vit_b_16 3x224x224 32 adam amp-fp16", 0.3, 1.3),
+    ("h200", "vit_b_16 3x224x224 32 adam amp-fp16", 0.3, 0.9),
     (
         "h200",
         "efficientnet_b0 3x224x224 64 sgd_momentum fp32",
@@ -94,10 +95,10 @@ const BOUNDS: &[(&str, &str, f64, f64)] = &[
     ),
     // ConvNeXt's fp32 7x7 depthwise weight gradients took 164 and 318 MB (not modelled).
     ("h200", "convnext_tiny 3x224x224 32 adam fp32", 0.1, 7.5),
-    ("h200", "convnext_tiny 3x224x224 32 sgd amp-bf16", 0.1, 0.6),
-    ("h200", "resnet18 3x224x224 64 sgd_momentum fp32", 0.1, 12.5),
-    ("h200", "mobilenet_v2 3x224x224 64 adam fp32", 0.1, 0.9),
-    ("h200", "vgg11 3x224x224 32 sgd fp32", 0.1, 6.2),
+    ("h200", "convnext_tiny 3x224x224 32 sgd amp-bf16", 0.2, 0.3),
+    ("h200", "resnet18 3x224x224 64 sgd_momentum fp32", 0.2, 7.3),
+    ("h200", "mobilenet_v2 3x224x224 64 adam fp32", 0.1, 0.8),
+    ("h200", "vgg11 3x224x224 32 sgd fp32", 0.1, 8.7),
     ("h200", "densenet121 3x224x224 32 adam fp32", 0.1, 3.3),
     (
         "h200",
@@ -111,7 +112,7 @@ const BOUNDS: &[(&str, &str, f64, f64)] = &[
         0.1,
         3.7,
     ),
-    ("h100", "simple_cnn 3x32x32 64 adam fp32", 1.4, 0.1),
+    ("h100", "simple_cnn 3x32x32 64 adam fp32", 1.3, 0.1),
     // The peak is conv1's weight-gradient workspace: 9.4 MB measured, 4.0 MB estimated.
     (
         "h100",
@@ -125,8 +126,8 @@ const BOUNDS: &[(&str, &str, f64, f64)] = &[
     ("h100", "vit_b_16 3x224x224 64 adam fp32", 0.1, 0.7),
     ("h100", "resnet50 3x224x224 32 sgd fp32", 0.7, 0.4),
     ("h100", "swin_t 3x224x224 32 adam fp32", 0.1, 0.3),
-    ("h100", "swin_t 3x224x224 32 adamw amp-bf16", 0.2, 2.0),
-    ("h100", "maxvit_t 3x224x224 16 adam fp32", 0.7, 1.0),
+    ("h100", "swin_t 3x224x224 32 adamw amp-bf16", 0.2, 2.1),
+    ("h100", "maxvit_t 3x224x224 16 adam fp32", 0.7, 1.3),
 ];
 
 fn pct(planned: u128, measured: u128) -> f64 {
@@ -213,13 +214,18 @@ fn the_largest_batch_under_a_memory_fraction_is_the_one_that_ran() {
             println!(
                 "{card} {model} {precision}: predicted {predicted}, ran {ran}, failed {failed}"
             );
-            // Within one batch of the real boundary, never over: predicted/ran 114/114
-            // (H200 resnet50), 125/126 (H200 vit_b_16; 127 to 129 untried), 62/63 (H100
-            // vit_b_16), 128/129 (H100 convnext_tiny; 130 before cuDNN's workspaces were
-            // estimated), 92/92 (H100 efficientnet_b0; 91 before).
-            assert!(predicted.abs_diff(ran) <= 1, "{card} {model}: {predicted}");
-            assert!(predicted < failed, "{card} {model}: {predicted}");
-            if [("h200", "resnet50"), ("h100", "efficientnet_b0")].contains(&(card, model)) {
+            // predicted/ran/failed: 114/114/115 (H200 resnet50), 128/126/130 (H200
+            // vit_b_16, 127 to 129 untried; 125 before autocast cast the input after the
+            // weight), 62/63/64 (H100 vit_b_16), 128/129/130 (H100 convnext_tiny; 130,
+            // one over, before cuDNN's workspaces were estimated), 91/92/93 (H100
+            // efficientnet_b0).
+            // The real boundary lies in [ran, failed - 1] (batches in between untried):
+            // the prediction at most one below it and never at a batch that failed.
+            assert!(
+                predicted + 1 >= ran && predicted < failed,
+                "{card} {model}: {predicted}"
+            );
+            if (card, model) == ("h200", "resnet50") {
                 // Exact: the largest that ran, and one more failed.
                 assert_eq!((predicted, failed), (ran, ran + 1), "{card} {model}");
             }
