@@ -17,6 +17,7 @@ neighbours, until the real boundary is found.
     cargo build --release
     python3 tools/gpu_check.py --out DIR               # writes DIR/gpu_check.json
     python3 tools/gpu_check.py --out DIR --quick       # two cases, to try the script
+    python3 tools/gpu_check.py --out DIR --third       # where cudnn.rs was not fitted
 
 Without a GPU nothing here runs; the committed fixture
 (crates/memory/tests/fixtures/gpu-<card>.json) is what `cargo test -p vramlab-memory`
@@ -68,6 +69,29 @@ BOUNDARIES2 = [
     ("vit_b_16", "3x224x224", "adam", "amp-fp16", 0.07),
     ("convnext_tiny", "3x224x224", "sgd", "amp-bf16", 0.1),
     ("efficientnet_b0", "3x224x224", "sgd_momentum", "fp32", 0.1),
+]
+# The third run (prepared in session 9, not run yet): cases the cuDNN workspace estimate
+# (crates/memory/src/cudnn.rs) was not read off, to test it where it was not fitted: other
+# batch sizes of the same families, and models it has not seen (resnet34, vgg16); and
+# three more boundaries.
+CASES3 = [
+    ("resnet50", "3x224x224", 16, "sgd", "fp32"),
+    ("resnet50", "3x224x224", 128, "sgd", "fp32"),
+    ("resnet50", "3x224x224", 128, "sgd", "amp-fp16"),
+    ("resnet18", "3x224x224", 32, "adam", "fp32"),
+    ("resnet18", "3x224x224", 128, "sgd", "fp32"),
+    ("resnet34", "3x224x224", 64, "sgd", "fp32"),
+    ("vgg11", "3x224x224", 64, "sgd", "fp32"),
+    ("vgg16", "3x224x224", 16, "sgd", "fp32"),
+    ("densenet121", "3x224x224", 64, "sgd", "fp32"),
+    ("convnext_tiny", "3x224x224", 64, "sgd", "amp-bf16"),
+    ("efficientnet_b0", "3x224x224", 128, "sgd", "fp32"),
+    ("mobilenet_v2", "3x224x224", 128, "sgd", "amp-fp16"),
+]
+BOUNDARIES3 = [
+    ("resnet18", "3x224x224", "sgd", "fp32", 0.05),
+    ("vgg11", "3x224x224", "sgd", "fp32", 0.05),
+    ("densenet121", "3x224x224", "adam", "amp-fp16", 0.05),
 ]
 # The OOM boundary: (model, input, optimizer, precision, fraction of the card).
 BOUNDARIES = [
@@ -319,6 +343,9 @@ def main():
     ap.add_argument("--quick", action="store_true", help="two cases and no boundary")
     ap.add_argument("--second", action="store_true",
                     help="the second run's cases and boundaries (CASES2, BOUNDARIES2)")
+    ap.add_argument("--third", action="store_true",
+                    help="the third run's cases and boundaries (CASES3, BOUNDARIES3): the "
+                         "cuDNN workspace estimate where it was not fitted")
     ap.add_argument("--deadline", type=float, default=400.0,
                     help="seconds after which no new case starts (default 400)")
     ap.add_argument("--one", help=argparse.SUPPRESS)
@@ -349,7 +376,8 @@ def main():
     result["probe"] = run_child({"probe": True})
     print("probe", json.dumps(result["probe"])[:600], flush=True)
     save()
-    cases, boundaries = (CASES2, BOUNDARIES2) if args.second else (CASES, BOUNDARIES)
+    cases, boundaries = ((CASES3, BOUNDARIES3) if args.third
+                         else (CASES2, BOUNDARIES2) if args.second else (CASES, BOUNDARIES))
     for case in (cases[:2] if args.quick else cases):
         if time.time() - t0 > args.deadline:
             print("deadline: stopped before", case, flush=True)
