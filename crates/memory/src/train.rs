@@ -342,6 +342,7 @@ pub(crate) fn run(g: &Shaped, cfg: &PlanConfig) -> Result<(MemoryReport, Vec<u12
         aux_vals: Vec::new(),
         held_outputs: Vec::new(),
         partition_inputs: Vec::new(),
+        autocast_cache: Vec::new(),
         forward_held: Vec::new(),
         held_until: Vec::new(),
         grid_region: false,
@@ -378,6 +379,7 @@ pub(crate) fn run(g: &Shaped, cfg: &PlanConfig) -> Result<(MemoryReport, Vec<u12
         let mut loss: Option<(Sid, Sid)> = None;
         if cfg.mode == Mode::Inference {
             let out = run.forward(image, image_elem, false)?;
+            run.release_autocast_cache();
             run.sim.decref(out.sid);
         } else {
             for slot in &mut slots {
@@ -399,6 +401,7 @@ pub(crate) fn run(g: &Shaped, cfg: &PlanConfig) -> Result<(MemoryReport, Vec<u12
                 }
                 let out = run.forward(image, image_elem, true)?;
                 let (root, loss_sid) = run.total_loss(out);
+                run.release_autocast_cache();
                 if step == 1 {
                     saved_by_node = run.saved_by_node();
                 }
@@ -596,6 +599,8 @@ struct Runner<'a> {
     /// MaxViT: the input of a partition, held by the calling `nn.Sequential` until the
     /// departition returns.
     partition_inputs: Vec<Sid>,
+    /// Autocast's cache after the model's forward, until the loss is computed.
+    autocast_cache: Vec<Sid>,
     /// Values the model's `forward` keeps in a local until it returns (MaxViT's last
     /// block output, read by the classifier).
     forward_held: Vec<Sid>,
@@ -872,9 +877,9 @@ impl Runner<'_> {
                 self.checkpoint = None;
             }
         }
-        for c in amp_cache {
-            self.sim.decref(c);
-        }
+        // Autocast's cache lives until the `with torch.autocast(...)` block exits: after
+        // the loss, which AMP training computes inside it (`release_autocast_cache`).
+        self.autocast_cache.extend(amp_cache);
         for s in std::mem::take(&mut self.forward_held) {
             self.sim.decref(s);
         }
@@ -2791,6 +2796,14 @@ impl Runner<'_> {
             loss = sum;
         }
         (root, loss)
+    }
+
+    /// Leaving `torch.autocast`: its cache of half copies is cleared (the copies the
+    /// backward pass saved live on).
+    fn release_autocast_cache(&mut self) {
+        for c in std::mem::take(&mut self.autocast_cache) {
+            self.sim.decref(c);
+        }
     }
 
     /// `loss.backward()`.
