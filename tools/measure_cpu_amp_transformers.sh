@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Made crates/memory/tests/fixtures/pytorch-cpu-amp-bf16-transformers.json: Vision
 # Transformers (nn.MultiheadAttention), MaxViTs (relative-position attention) and Swin V1s
-# (shifted windows) under PyTorch's CPU autocast (bfloat16), measured
+# and V2s (shifted windows) under PyTorch's CPU autocast (bfloat16), measured
 # with the oracle, one record per case. Needs the PyTorch venv of ../shared/oracle/README.md
 # (PY=/path/to/venv/bin/python).
 set -euo pipefail
@@ -14,7 +14,8 @@ for spec in "tools/cpu_amp_models.py:vit_1x2 3x32x32 2 sgd" "tools/cpu_amp_model
             "vit_b_16 3x224x224 1 sgd" \
             "tools/cpu_amp_models.py:maxvit_32 3x32x32 2 sgd" "tools/cpu_amp_models.py:maxvit_32 3x32x32 2 adam" \
             "tools/cpu_amp_models.py:maxvit_64 3x64x64 2 adamw" "maxvit_t 3x224x224 1 sgd" \
-            "tools/cpu_amp_models.py:swin_v1 3x32x32 2 sgd" "tools/cpu_amp_models.py:swin_v1 3x40x40 2 adam"; do
+            "tools/cpu_amp_models.py:swin_v1 3x32x32 2 sgd" "tools/cpu_amp_models.py:swin_v1 3x40x40 2 adam" \
+            "tools/cpu_amp_models.py:swin_v2 3x32x32 2 sgd" "tools/cpu_amp_models.py:swin_v2 3x40x40 2 adam"; do
   set -- $spec
   "$PY" "$M" --model "$1" --input "$2" --num-classes 10 --batch "$3" --optimizer "$4" \
     --amp bf16 > "$out/$(basename "${1/:/_}")_$3_$4.json"

@@ -169,20 +169,6 @@ pub(crate) fn run(g: &Shaped, cfg: &PlanConfig) -> Result<(MemoryReport, Vec<u12
             cfg.precision.name()
         )));
     }
-    // Measured and not matched: refused, not guessed.
-    if cfg.precision.is_amp() && !cfg.profile.is_cuda() {
-        if let Some(n) = g
-            .nodes()
-            .iter()
-            .find(|n| matches!(&n.op, Op::WindowAttention(w) if w.v2))
-        {
-            return Err(PlanError::Config(format!(
-                "layer `{}`: Swin V2's window attention under CPU autocast is not modelled yet \
-                 (measured 2.7 % above this plan on a small Swin V2); plan it in fp32",
-                n.name
-            )));
-        }
-    }
     let rules = Rules {
         cuda: cfg.profile.is_cuda(),
         out_of_place_accumulation: !cfg.profile.is_cuda(),
@@ -2097,17 +2083,19 @@ impl Runner<'_> {
         let nw = (hp / w0) * (wp / w1);
         let x0 = b * h * wd * c * el;
         let xb = b * hp * wp * c * el;
-        // V1's bias is gathered from the table, in the table's dtype, and the scores it
-        // is added to (then the softmax) take that dtype too under autocast.
-        let te = if w.v2 { el } else { pe };
-        let att = b * nw * heads * n * n * el.max(te);
-        let tb = n * n * heads * te;
-        let table_rows = w.table_len() as u128;
         // Under autocast the projections and matmuls run in half precision: their
         // outputs and gradients are half; adding the fp32 position bias promotes the
         // scores to fp32, softmax stays fp32, and its result is cast back for `@ v`.
         let amp = self.amp();
         let hel = if amp { 2 } else { el };
+        // V1's bias is gathered from the table, in the table's dtype, and the scores it
+        // is added to (then the softmax) take that dtype too under autocast. V2's comes
+        // out of its MLP in the matmuls' dtype, and the fp32 logit scale the scores are
+        // multiplied by promotes them instead.
+        let te = if w.v2 { hel } else { pe };
+        let att = b * nw * heads * n * n * if w.v2 && amp { pe } else { el.max(te) };
+        let tb = n * n * heads * te;
+        let table_rows = w.table_len() as u128;
         let ge = if amp { 2 } else { pe };
         let xh = b * hp * wp * c * hel;
         let att_h = b * nw * heads * n * n * hel;
@@ -2118,9 +2106,25 @@ impl Runner<'_> {
         let (bias, bias_grad) = if w.v2 {
             // cpb_mlp on the coordinates table: addmm, ReLU in place (keeps its
             // result, which the next mm keeps too), mm; index, copy, sigmoid, * 16.
-            let hidden = self.op(table_rows * 512 * el, "aten.addmm.default");
+            // Under autocast its Linears run in half precision: their bias and weight
+            // cast (cached), and the fp32 coordinates (kept by the addmm for the
+            // weight's gradient); measured on the CPU (/work/notes/amp8, session 9).
+            let mut coords = None;
+            let mut w2_cast = None;
+            if amp {
+                let b1 = self.op(512 * 2, "aten._to_copy.default");
+                let w1 = self.op(512 * 2 * 2, "aten._to_copy.default");
+                amp_cache.extend([b1, w1]);
+                coords = Some(self.op(table_rows * 2 * 2, "aten._to_copy.default"));
+            }
+            let hidden = self.op(table_rows * 512 * hel, "aten.addmm.default");
             self.sim.boundary("aten.relu_.default");
-            let mm = self.op(table_rows * heads * el, "aten.mm.default");
+            if amp {
+                let w2 = self.op(heads * 512 * 2, "aten._to_copy.default");
+                amp_cache.push(w2);
+                w2_cast = Some(w2);
+            }
+            let mm = self.op(table_rows * heads * hel, "aten.mm.default");
             let idx = self.op(tb, "aten.index.Tensor");
             let cl = self.op(tb, "aten.clone.default");
             self.sim.decref(idx);
@@ -2131,31 +2135,43 @@ impl Runner<'_> {
             let node = train.then(|| {
                 // AddmmBackward0 (bias, weight; its input needs no grad), ReLU's,
                 // MmBackward0 (the weight), IndexBackward0's scatter, sigmoid's, * 16.
+                // Under autocast each weight's and bias's half gradient is cast back
+                // by its own node, the weight's first (its cast was made last).
                 let lin = self.record(
                     i,
-                    vec![],
+                    coords.into_iter().collect(),
                     vec![
-                        (Edge::Param(p0 + 6), Grad::SumTo(512 * pe)),
-                        (Edge::Param(p0 + 5), Grad::Alloc(512 * 2 * pe)),
+                        (Edge::Param(p0 + 6), Grad::SumTo(512 * ge)),
+                        (Edge::Param(p0 + 5), Grad::Alloc(512 * 2 * ge)),
                     ],
                     vec![("aten.mm.default", vec![1])],
                 );
+                if amp {
+                    self.nodes[lin]
+                        .casts
+                        .extend([(1, 512 * 2 * 4), (0, 512 * 4)]);
+                }
                 let relu = self.record(
                     i,
                     vec![hidden],
-                    vec![(Edge::Node(lin), Grad::Alloc(table_rows * 512 * el))],
+                    vec![(Edge::Node(lin), Grad::Alloc(table_rows * 512 * hel))],
                     vec![("aten.threshold_backward.default", vec![0])],
                 );
+                let mut saved = vec![hidden];
+                saved.extend(w2_cast);
                 let mm_node = self.record(
                     i,
-                    vec![hidden],
+                    saved,
                     vec![
-                        (Edge::Node(relu), Grad::Alloc(table_rows * 512 * el)),
-                        (Edge::Param(p0 + 7), Grad::Alloc(heads * 512 * pe)),
+                        (Edge::Node(relu), Grad::Alloc(table_rows * 512 * hel)),
+                        (Edge::Param(p0 + 7), Grad::Alloc(heads * 512 * ge)),
                     ],
                     vec![("aten.mm.default", vec![1]), ("aten.mm.default", vec![0])],
                 );
-                let zeros = self.index_backward(i, Edge::Node(mm_node), table_rows * heads * el);
+                if amp {
+                    self.nodes[mm_node].casts.push((1, heads * 512 * 4));
+                }
+                let zeros = self.index_backward(i, Edge::Node(mm_node), table_rows * heads * hel);
                 let sig_node = self.record(
                     i,
                     vec![sig],
@@ -2166,6 +2182,9 @@ impl Runner<'_> {
             });
             self.sim.decref(hidden);
             self.sim.decref(sig);
+            if let Some(c) = coords {
+                self.sim.decref(c);
+            }
             (bias, node)
         } else {
             let idx = self.op(tb, "aten.index.Tensor");
@@ -2219,9 +2238,19 @@ impl Runner<'_> {
             });
         }
         let mut qkv_weight = None;
+        let mut qkv_bias_cast = None;
         let mut mm_in = xw;
-        if amp {
+        if amp && w.v2 {
+            // V2's bias is the zeroed copy, not a parameter: autocast does not cache its
+            // cast, which dies after the addmm (measured on the CPU).
+            qkv_bias_cast = Some(self.op(3 * c * 2, "aten._to_copy.default"));
+            let weight = self.op(3 * c * c * 2, "aten._to_copy.default");
+            amp_cache.push(weight);
+            qkv_weight = Some(weight);
+        } else if amp {
             qkv_weight = Some(self.autocast_weight(3 * c, c, amp_cache));
+        }
+        if amp {
             // An fp32 input (CUDA's autocast runs layer_norm in fp32) is cast; the CPU's
             // layer_norm already gives half precision.
             if el != hel {
@@ -2232,6 +2261,9 @@ impl Runner<'_> {
         }
         let qkv = self.op(3 * xh, "aten.addmm.default");
         self.sim.cublas_workspace(self.cfg.cublas_workspace_bytes);
+        if let Some(cast) = qkv_bias_cast {
+            self.sim.decref(cast);
+        }
         temps.push(qkv);
         let qkv_node = train.then(|| {
             let bias_edge = match bias_slices {
@@ -2345,7 +2377,9 @@ impl Runner<'_> {
             let clamp = self.op(heads * pe, "aten.clamp.default");
             let exp = self.op(heads * pe, "aten.exp.default");
             self.sim.decref(clamp);
-            let scaled = self.op(att_h, "aten.mul.Tensor");
+            // Under autocast the fp32 scale promotes the half scores: the product is
+            // fp32, and so is its gradient, which the engine casts down for the bmm.
+            let scaled = self.op(att, "aten.mul.Tensor");
             score_node = score_node.map(|k| {
                 let clamp_node = self.record(
                     i,
@@ -2359,15 +2393,19 @@ impl Runner<'_> {
                     vec![(Edge::Node(clamp_node), Grad::Alloc(heads * pe))],
                     vec![("aten.mul.Tensor", vec![0])],
                 );
-                self.record(
+                let m = self.record(
                     i,
                     vec![exp, scores],
                     vec![
-                        (Edge::Node(k), Grad::Alloc(att_h)),
-                        (Edge::Node(exp_node), Grad::AllocSumTo(att_h, heads * pe)),
+                        (Edge::Node(k), Grad::Alloc(att)),
+                        (Edge::Node(exp_node), Grad::AllocSumTo(att, heads * pe)),
                     ],
                     vec![("aten.mul.Tensor", vec![0]), ("aten.mul.Tensor", vec![1])],
-                )
+                );
+                if att != att_h {
+                    self.nodes[m].to_dtype.push((0, att_h));
+                }
+                m
             });
             self.sim.decref(exp);
             self.sim.decref(scores);
@@ -2376,17 +2414,25 @@ impl Runner<'_> {
         let biased = self.op(att, "aten.add.Tensor");
         self.sim.decref(scores);
         let add_node = score_node.map(|k| {
-            // Under autocast the half scores' gradient is the fp32 one cast down.
-            let (how, ops) = if amp {
+            // Under autocast the half scores' gradient is the fp32 one cast down (V1's;
+            // V2's scores are fp32 already, and its half bias takes the fp32 sum cast
+            // down by the engine).
+            let (how, ops) = if amp && !w.v2 {
                 (Grad::Alloc(att_h), vec![("aten._to_copy.default", vec![0])])
             } else {
                 (Grad::Pass, vec![])
             };
             let mut edges = vec![(Edge::Node(k), how)];
+            let half_bias = w.v2 && amp;
             if let Some(bg) = bias_grad {
-                edges.push((Edge::Node(bg), Grad::SumTo(tb)));
+                let sum = if half_bias { n * n * heads * pe } else { tb };
+                edges.push((Edge::Node(bg), Grad::SumTo(sum)));
             }
-            self.record(i, vec![], edges, ops)
+            let a = self.record(i, vec![], edges, ops);
+            if half_bias && bias_grad.is_some() {
+                self.nodes[a].to_dtype.push((1, tb));
+            }
+            a
         });
         let mut scores = biased;
         if shifted {

@@ -78,6 +78,7 @@ fn transformer_case(rec: &Value) -> (Shaped, PlanConfig) {
         "tools/cpu_amp_models.py:maxvit_32" => common::small_maxvit(32, 2, vec![1, 1], 0.1),
         "tools/cpu_amp_models.py:maxvit_64" => common::small_maxvit(64, 4, vec![2, 1], 0.2),
         "tools/cpu_amp_models.py:swin_v1" => common::small_swin(false, common::input_shape(rec)[1]),
+        "tools/cpu_amp_models.py:swin_v2" => common::small_swin(true, common::input_shape(rec)[1]),
         _ => return common::zoo_cpu_case(rec),
     };
     let mut cfg = PlanConfig::new(rec["batch"].as_u64().unwrap());
@@ -98,33 +99,16 @@ fn cpu_autocast_bf16_transformers_are_exact() {
     // a slice keeping the whole concatenation's gradient alive. Swin V1 (3x32x32 and the
     // padded 3x40x40): layer_norm in bfloat16 on the CPU, so the windows' input is not
     // cast; the bias gathered from the fp32 table promotes the scores and softmax.
-    // (fixtures/pytorch-cpu-amp-bf16-transformers.json,
+    // Swin V2 (the same two inputs): its bias MLP in bfloat16 (the bias, weights and
+    // the fp32 coordinates cast, the coordinates kept for the weight's gradient), the
+    // fp32 logit scale promoting the cosine scores and softmax, the bias's fp32
+    // gradient sum cast down. (fixtures/pytorch-cpu-amp-bf16-transformers.json,
     // tools/measure_cpu_amp_transformers.sh).
     exact_on_every_record(
         include_str!("fixtures/pytorch-cpu-amp-bf16-transformers.json"),
-        13,
+        15,
         transformer_case,
     );
-}
-
-#[test]
-fn swin_v2_under_cpu_autocast_is_refused_by_name() {
-    // Measured on common::small_swin(true, 32) at batch 2, SGD: PyTorch 930,000 B, this plan
-    // 904,640 B (its bias MLP and cosine attention under autocast are not modelled).
-    let mut cfg = PlanConfig::new(2);
-    cfg.profile = Profile::PytorchCpu;
-    cfg.precision = Precision::AmpBf16;
-    let e = plan(&common::small_swin(true, 32), &cfg)
-        .unwrap_err()
-        .to_string();
-    assert!(
-        e.contains("layer `features.1.0.attn`") && e.contains("Swin V2"),
-        "{e}"
-    );
-    // V1 plans, and V2 in fp32.
-    assert!(plan(&common::small_swin(false, 32), &cfg).is_ok());
-    cfg.precision = Precision::Fp32;
-    assert!(plan(&common::small_swin(true, 32), &cfg).is_ok());
 }
 
 #[test]
