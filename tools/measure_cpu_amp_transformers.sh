@@ -15,7 +15,8 @@ for spec in "tools/cpu_amp_models.py:vit_1x2 3x32x32 2 sgd" "tools/cpu_amp_model
             "tools/cpu_amp_models.py:maxvit_32 3x32x32 2 sgd" "tools/cpu_amp_models.py:maxvit_32 3x32x32 2 adam" \
             "tools/cpu_amp_models.py:maxvit_64 3x64x64 2 adamw" "maxvit_t 3x224x224 1 sgd" \
             "tools/cpu_amp_models.py:swin_v1 3x32x32 2 sgd" "tools/cpu_amp_models.py:swin_v1 3x40x40 2 adam" \
-            "tools/cpu_amp_models.py:swin_v2 3x32x32 2 sgd" "tools/cpu_amp_models.py:swin_v2 3x40x40 2 adam"; do
+            "tools/cpu_amp_models.py:swin_v2 3x32x32 2 sgd" "tools/cpu_amp_models.py:swin_v2 3x40x40 2 adam" \
+            "swin_v2_t 3x224x224 1 sgd"; do
   set -- $spec
   "$PY" "$M" --model "$1" --input "$2" --num-classes 10 --batch "$3" --optimizer "$4" \
     --amp bf16 > "$out/$(basename "${1/:/_}")_$3_$4.json"
