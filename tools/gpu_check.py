@@ -18,6 +18,8 @@ neighbours, until the real boundary is found.
     python3 tools/gpu_check.py --out DIR               # writes DIR/gpu_check.json
     python3 tools/gpu_check.py --out DIR --quick       # two cases, to try the script
     python3 tools/gpu_check.py --out DIR --third       # where cudnn.rs was not fitted
+    python3 tools/gpu_check.py --out DIR --ops         # op by op, OP_TRACES (one step)
+    python3 tools/gpu_check.py --ops-dry-run           # the same on the CPU, to try it
 
 Without a GPU nothing here runs; the committed fixture
 (crates/memory/tests/fixtures/gpu-<card>.json) is what `cargo test -p vramlab-memory`
@@ -25,6 +27,7 @@ holds the planner and the simulator to.
 """
 
 import argparse
+import contextlib
 import json
 import os
 import subprocess
@@ -274,12 +277,85 @@ def probe():
     return out
 
 
+# Op by op (`--ops`): what each aten op of one step allocated, to settle what the
+# allocator traces alone cannot say (which op made a request: the loss under CUDA
+# autocast allocates one half-size tensor more than the plan; a stem's weight-gradient
+# workspace). (model, input, batch, optimizer, precision).
+OP_TRACES = [
+    ("small_cnn", "3x32x32", 256, "sgd", "amp-fp16"),
+    ("resnet18", "3x224x224", 16, "sgd", "fp32"),
+    ("resnet50", "3x224x224", 8, "adam", "amp-fp16"),
+]
+
+
+def op_trace(model_name, inp, batch, opt_name, prec, device="cuda"):
+    """One training step (after a first one) under a dispatch mode: per aten op its
+    phase, name, the bytes allocated when it returned and the most while it ran (CUDA:
+    memory_allocated and max_memory_allocated; `device="cpu"` only tries the script,
+    counting the outputs' bytes) and its outputs' shapes and dtypes."""
+    import torch
+    import torch.nn.functional as F
+    from torch.utils._python_dispatch import TorchDispatchMode
+    from torch.utils._pytree import tree_flatten
+
+    dev = torch.device(device)
+    cuda = dev.type == "cuda"
+    torch.manual_seed(0)
+    ncls = NUM_CLASSES.get(model_name, 1000)
+    model = build(model_name, inp).to(dev).train()
+    opt = {"sgd": lambda p: torch.optim.SGD(p, lr=0.01),
+           "sgd_momentum": lambda p: torch.optim.SGD(p, lr=0.01, momentum=0.9),
+           "adam": lambda p: torch.optim.Adam(p, lr=1e-3),
+           "adamw": lambda p: torch.optim.AdamW(p, lr=1e-3)}[opt_name](model.parameters())
+    x = torch.randn([batch] + [int(d) for d in inp.split("x")], device=dev)
+    y = torch.randint(0, ncls, (batch,), device=dev)
+    dtype = {"amp-fp16": torch.float16, "amp-bf16": torch.bfloat16}.get(prec)
+    rows, phase, counted = [], ["forward"], [0]
+
+    class Ops(TorchDispatchMode):
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            if cuda:
+                torch.cuda.reset_peak_memory_stats()
+            out = func(*args, **(kwargs or {}))
+            outs = [o for o in tree_flatten(out)[0] if isinstance(o, torch.Tensor)]
+            if cuda:
+                # The peak inside the op shows its transient requests (cuDNN's
+                # workspaces, which it frees before returning).
+                now, peak = torch.cuda.memory_allocated(), torch.cuda.max_memory_allocated()
+            else:
+                counted[0] += sum(o.untyped_storage().nbytes() for o in outs)
+                now = peak = counted[0]
+            rows.append([phase[0], str(func), now, peak,
+                         [[list(o.shape), str(o.dtype)[6:]] for o in outs]])
+            return out
+
+    def step(record):
+        opt.zero_grad(set_to_none=True)
+        phase[0] = "forward"
+        with (Ops() if record else contextlib.nullcontext()):
+            with (torch.autocast(dev.type, dtype=dtype) if dtype else contextlib.nullcontext()):
+                out = model(x)
+                loss = F.cross_entropy(out, y)
+            phase[0] = "backward"
+            loss.backward()
+            phase[0] = "optimizer"
+            opt.step()
+        return loss.item()
+
+    step(False)
+    start = torch.cuda.memory_allocated() if cuda else 0
+    step(True)
+    return {"allocated_before": start, "ops": rows}
+
+
 def child(spec):
     import torch
 
     try:
         if spec.get("probe"):
             return {"ok": probe()}
+        if spec.get("ops"):
+            return {"ok": op_trace(*spec["ops"], device=spec.get("device", "cuda"))}
         return {"ok": measure(**spec)}
     except torch.cuda.OutOfMemoryError as e:
         return {"oom": str(e).splitlines()[0]}
@@ -343,6 +419,10 @@ def main():
     ap.add_argument("--quick", action="store_true", help="two cases and no boundary")
     ap.add_argument("--second", action="store_true",
                     help="the second run's cases and boundaries (CASES2, BOUNDARIES2)")
+    ap.add_argument("--ops", action="store_true",
+                    help="only the op-by-op traces of OP_TRACES (one step each)")
+    ap.add_argument("--ops-dry-run", action="store_true",
+                    help="run --ops on the CPU (counting outputs' bytes) to try the script")
     ap.add_argument("--third", action="store_true",
                     help="the third run's cases and boundaries (CASES3, BOUNDARIES3): the "
                          "cuDNN workspace estimate where it was not fitted")
@@ -354,6 +434,19 @@ def main():
         print(json.dumps(child(json.loads(args.one))))
         return
     t0 = time.time()
+    if args.ops or args.ops_dry_run:
+        device = "cpu" if args.ops_dry_run else "cuda"
+        traces = {}
+        for case in OP_TRACES:
+            r = run_child({"ops": list(case), "device": device})
+            traces[" ".join(map(str, case))] = r
+            print(" ".join(map(str, case)), "ops" if "ok" in r else r,
+                  len(r.get("ok", {}).get("ops", [])), flush=True)
+        if args.out:
+            os.makedirs(args.out, exist_ok=True)
+            with open(os.path.join(args.out, "gpu_op_traces.json"), "w") as f:
+                json.dump(traces, f, separators=(",", ":"))
+        return
     result = {"cases": [], "boundaries": []}
 
     traces = {}
