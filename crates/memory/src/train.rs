@@ -2996,62 +2996,81 @@ impl Runner<'_> {
         for s in std::mem::take(&mut self.nodes[k].saved) {
             self.sim.unsave(s);
         }
-        // Autocast's casts of the parameters are nodes of their own (ToCopyBackward0),
-        // next in line: each makes the fp32 gradient and drops the half one.
-        for (e, bytes) in std::mem::take(&mut self.nodes[k].casts) {
-            let new = self.sim.alloc(bytes, None);
-            self.sim.boundary("aten._to_copy.default");
-            self.sim
-                .decref(outputs[e].replace(new).expect("param grad made"));
-        }
+        // The engine hands each output to its next node (adding into a gradient already
+        // waiting there) before any next node runs; autocast's casts are nodes of their
+        // own (ToCopyBackward0), run next: each makes the fp32 gradient from the half one
+        // and hands it on (measured on the CPU: a residual's add comes before the
+        // weight's cast, efficientnet_v2_s).
+        let casts = std::mem::take(&mut self.nodes[k].casts);
         let mut leftovers = Vec::new();
-        let mut accumulate = Vec::new();
-        for (e, (edge, how)) in edges.iter().enumerate() {
-            let Some(sid) = outputs[e] else { continue };
-            let cast = to_dtype.iter().any(|(c, _)| *c == e);
-            let size = match *how {
-                Grad::View(bytes) if !cast => bytes,
-                _ => self.sim.bytes(sid),
-            };
-            match *edge {
-                Edge::Param(p) => accumulate.push((p, sid, matches!(how, Grad::AllocRelayout(_)))),
-                Edge::Node(m) => {
-                    match buffers[m] {
-                        None => buffers[m] = Some((sid, size)),
-                        Some(_) if self.nodes[m].gather => self.nodes[m].held.push(sid),
-                        Some((old, old_size)) => {
-                            let dense = |s: Sid, size: u128| self.sim.bytes(s) == size;
-                            if !self.rules.out_of_place_accumulation
-                                && self.sim.refs(old) == 1
-                                && dense(old, old_size)
-                            {
-                                leftovers.push(sid);
-                            } else if !self.rules.out_of_place_accumulation
-                                && self.sim.refs(sid) == 1
-                                && dense(sid, size)
-                            {
-                                self.sim.decref(old);
-                                buffers[m] = Some((sid, size));
-                            } else {
-                                let bytes = old_size.max(size);
-                                let new = self.sim.alloc(bytes, None);
-                                self.sim.boundary("aten.add.Tensor");
-                                self.sim.decref(old);
-                                buffers[m] = Some((new, bytes));
-                                leftovers.push(sid);
-                            }
+        let uncast = (0..edges.len()).filter(|e| casts.iter().all(|(c, _)| c != e));
+        let recast: Vec<usize> = casts.iter().map(|(c, _)| *c).collect();
+        for (pass, order) in [uncast.collect::<Vec<_>>(), recast].into_iter().enumerate() {
+            if pass == 1 {
+                for s in std::mem::take(&mut leftovers) {
+                    self.sim.decref(s);
+                }
+                for &(e, bytes) in &casts {
+                    let new = self.sim.alloc(bytes, None);
+                    self.sim.boundary("aten._to_copy.default");
+                    self.sim
+                        .decref(outputs[e].replace(new).expect("param grad made"));
+                }
+            }
+            for e in order {
+                let (edge, how) = edges[e];
+                let Some(sid) = outputs[e] else { continue };
+                let cast = to_dtype.iter().any(|(c, _)| *c == e);
+                let size = match how {
+                    Grad::View(bytes) if !cast => bytes,
+                    _ => self.sim.bytes(sid),
+                };
+                let Edge::Node(m) = edge else { continue };
+                match buffers[m] {
+                    None => buffers[m] = Some((sid, size)),
+                    Some(_) if self.nodes[m].gather => self.nodes[m].held.push(sid),
+                    Some((old, old_size)) => {
+                        let dense = |s: Sid, size: u128| self.sim.bytes(s) == size;
+                        if !self.rules.out_of_place_accumulation
+                            && self.sim.refs(old) == 1
+                            && dense(old, old_size)
+                        {
+                            leftovers.push(sid);
+                        } else if !self.rules.out_of_place_accumulation
+                            && self.sim.refs(sid) == 1
+                            && dense(sid, size)
+                        {
+                            self.sim.decref(old);
+                            buffers[m] = Some((sid, size));
+                        } else {
+                            let bytes = old_size.max(size);
+                            let new = self.sim.alloc(bytes, None);
+                            self.sim.boundary("aten.add.Tensor");
+                            self.sim.decref(old);
+                            buffers[m] = Some((new, bytes));
+                            leftovers.push(sid);
                         }
                     }
-                    deps[m] -= 1;
-                    if deps[m] == 0 {
-                        ready.push((self.nodes[m].seq, m));
-                    }
+                }
+                deps[m] -= 1;
+                if deps[m] == 0 {
+                    ready.push((self.nodes[m].seq, m));
                 }
             }
         }
         for s in leftovers {
             self.sim.decref(s);
         }
+        let accumulate: Vec<(usize, Sid, bool)> = edges
+            .iter()
+            .enumerate()
+            .filter_map(|(e, (edge, how))| match (edge, outputs[e]) {
+                (Edge::Param(p), Some(sid)) => {
+                    Some((*p, sid, matches!(how, Grad::AllocRelayout(_))))
+                }
+                _ => None,
+            })
+            .collect();
         // AccumulateGrad runs first of all ready nodes: it steals a fresh gradient, or
         // adds in place into an existing one (gradient accumulation).
         for (p, sid, relayout) in accumulate {
