@@ -2997,98 +2997,120 @@ impl Runner<'_> {
             self.sim.unsave(s);
         }
         // The engine hands each output to its next node (adding into a gradient already
-        // waiting there) before any next node runs; autocast's casts are nodes of their
-        // own (ToCopyBackward0), run next: each makes the fp32 gradient from the half one
-        // and hands it on (measured on the CPU: a residual's add comes before the
-        // weight's cast, efficientnet_v2_s).
+        // waiting there) before any next node runs; AccumulateGrad runs first of all
+        // ready nodes; autocast's casts are nodes of their own (ToCopyBackward0), run
+        // next, each handing its fp32 gradient on at once (a parameter's AccumulateGrad
+        // then runs before the next cast). Measured on the CPU: a residual's add comes
+        // before the weight's cast (efficientnet_v2_s), and a weight's AccumulateGrad
+        // before the bias's cast (ConvNeXt's downsampling convolutions).
         let casts = std::mem::take(&mut self.nodes[k].casts);
+        let is_cast = |e: usize| casts.iter().any(|(c, _)| *c == e);
         let mut leftovers = Vec::new();
-        let uncast = (0..edges.len()).filter(|e| casts.iter().all(|(c, _)| c != e));
-        let recast: Vec<usize> = casts.iter().map(|(c, _)| *c).collect();
-        for (pass, order) in [uncast.collect::<Vec<_>>(), recast].into_iter().enumerate() {
-            if pass == 1 {
-                for s in std::mem::take(&mut leftovers) {
-                    self.sim.decref(s);
-                }
-                for &(e, bytes) in &casts {
-                    let new = self.sim.alloc(bytes, None);
-                    self.sim.boundary("aten._to_copy.default");
-                    self.sim
-                        .decref(outputs[e].replace(new).expect("param grad made"));
-                }
-            }
-            for e in order {
-                let (edge, how) = edges[e];
-                let Some(sid) = outputs[e] else { continue };
+        for (e, &(edge, how)) in edges.iter().enumerate() {
+            if let (Edge::Node(m), false, Some(sid)) = (edge, is_cast(e), outputs[e]) {
                 let cast = to_dtype.iter().any(|(c, _)| *c == e);
-                let size = match how {
-                    Grad::View(bytes) if !cast => bytes,
-                    _ => self.sim.bytes(sid),
-                };
-                let Edge::Node(m) = edge else { continue };
-                match buffers[m] {
-                    None => buffers[m] = Some((sid, size)),
-                    Some(_) if self.nodes[m].gather => self.nodes[m].held.push(sid),
-                    Some((old, old_size)) => {
-                        let dense = |s: Sid, size: u128| self.sim.bytes(s) == size;
-                        if !self.rules.out_of_place_accumulation
-                            && self.sim.refs(old) == 1
-                            && dense(old, old_size)
-                        {
-                            leftovers.push(sid);
-                        } else if !self.rules.out_of_place_accumulation
-                            && self.sim.refs(sid) == 1
-                            && dense(sid, size)
-                        {
-                            self.sim.decref(old);
-                            buffers[m] = Some((sid, size));
-                        } else {
-                            let bytes = old_size.max(size);
-                            let new = self.sim.alloc(bytes, None);
-                            self.sim.boundary("aten.add.Tensor");
-                            self.sim.decref(old);
-                            buffers[m] = Some((new, bytes));
-                            leftovers.push(sid);
-                        }
-                    }
-                }
-                deps[m] -= 1;
-                if deps[m] == 0 {
-                    ready.push((self.nodes[m].seq, m));
-                }
+                self.route(m, sid, how, cast, buffers, deps, ready, &mut leftovers);
             }
         }
-        for s in leftovers {
+        for s in std::mem::take(&mut leftovers) {
             self.sim.decref(s);
         }
-        let accumulate: Vec<(usize, Sid, bool)> = edges
-            .iter()
-            .enumerate()
-            .filter_map(|(e, (edge, how))| match (edge, outputs[e]) {
-                (Edge::Param(p), Some(sid)) => {
-                    Some((*p, sid, matches!(how, Grad::AllocRelayout(_))))
-                }
-                _ => None,
-            })
-            .collect();
-        // AccumulateGrad runs first of all ready nodes: it steals a fresh gradient, or
-        // adds in place into an existing one (gradient accumulation).
-        for (p, sid, relayout) in accumulate {
-            match slots[p].grad {
-                None if relayout => {
-                    // A temporary until the copy is stored as `.grad`.
-                    let new = self.sim.alloc(self.sim.bytes(sid), None);
-                    self.sim.boundary("aten.new_empty_strided.default");
-                    self.sim.decref(sid);
-                    self.sim.recategorize(new, Category::Grads);
-                    self.dist_grad(p, new, slots);
-                }
-                None => {
-                    self.sim.recategorize(sid, Category::Grads);
-                    self.dist_grad(p, sid, slots);
-                }
-                Some(_) => self.sim.decref(sid),
+        for (e, &(edge, how)) in edges.iter().enumerate() {
+            if let (Edge::Param(p), false, Some(sid)) = (edge, is_cast(e), outputs[e]) {
+                self.accumulate_grad(p, sid, matches!(how, Grad::AllocRelayout(_)), slots);
             }
+        }
+        for &(e, bytes) in &casts {
+            let new = self.sim.alloc(bytes, None);
+            self.sim.boundary("aten._to_copy.default");
+            self.sim
+                .decref(outputs[e].replace(new).expect("param grad made"));
+            let (edge, how) = edges[e];
+            match edge {
+                Edge::Node(m) => {
+                    let cast = to_dtype.iter().any(|(c, _)| *c == e);
+                    self.route(m, new, how, cast, buffers, deps, ready, &mut leftovers);
+                    for s in std::mem::take(&mut leftovers) {
+                        self.sim.decref(s);
+                    }
+                }
+                Edge::Param(p) => {
+                    self.accumulate_grad(p, new, matches!(how, Grad::AllocRelayout(_)), slots)
+                }
+            }
+        }
+    }
+
+    /// The engine's input buffer of node `m` takes gradient `sid`: the first one is
+    /// kept; a later one is added in place where one of them is a dense gradient no one
+    /// else holds (PyTorch's `InputBuffer::add`; out of place on the CPU profiles), else
+    /// into a new tensor.
+    #[allow(clippy::too_many_arguments)]
+    fn route(
+        &mut self,
+        m: usize,
+        sid: Sid,
+        how: Grad,
+        cast: bool,
+        buffers: &mut [Option<(Sid, u128)>],
+        deps: &mut [u32],
+        ready: &mut BinaryHeap<(u64, usize)>,
+        leftovers: &mut Vec<Sid>,
+    ) {
+        let size = match how {
+            Grad::View(bytes) if !cast => bytes,
+            _ => self.sim.bytes(sid),
+        };
+        match buffers[m] {
+            None => buffers[m] = Some((sid, size)),
+            Some(_) if self.nodes[m].gather => self.nodes[m].held.push(sid),
+            Some((old, old_size)) => {
+                let dense = |s: Sid, size: u128| self.sim.bytes(s) == size;
+                if !self.rules.out_of_place_accumulation
+                    && self.sim.refs(old) == 1
+                    && dense(old, old_size)
+                {
+                    leftovers.push(sid);
+                } else if !self.rules.out_of_place_accumulation
+                    && self.sim.refs(sid) == 1
+                    && dense(sid, size)
+                {
+                    self.sim.decref(old);
+                    buffers[m] = Some((sid, size));
+                } else {
+                    let bytes = old_size.max(size);
+                    let new = self.sim.alloc(bytes, None);
+                    self.sim.boundary("aten.add.Tensor");
+                    self.sim.decref(old);
+                    buffers[m] = Some((new, bytes));
+                    leftovers.push(sid);
+                }
+            }
+        }
+        deps[m] -= 1;
+        if deps[m] == 0 {
+            ready.push((self.nodes[m].seq, m));
+        }
+    }
+
+    /// AccumulateGrad of parameter `p`: it steals a fresh gradient (copying one whose
+    /// layout differs from the parameter's, `relayout`), or adds in place into an
+    /// existing one (gradient accumulation).
+    fn accumulate_grad(&mut self, p: usize, sid: Sid, relayout: bool, slots: &mut [ParamSlot]) {
+        match slots[p].grad {
+            None if relayout => {
+                // A temporary until the copy is stored as `.grad`.
+                let new = self.sim.alloc(self.sim.bytes(sid), None);
+                self.sim.boundary("aten.new_empty_strided.default");
+                self.sim.decref(sid);
+                self.sim.recategorize(new, Category::Grads);
+                self.dist_grad(p, new, slots);
+            }
+            None => {
+                self.sim.recategorize(sid, Category::Grads);
+                self.dist_grad(p, sid, slots);
+            }
+            Some(_) => self.sim.decref(sid),
         }
     }
 }
