@@ -116,16 +116,15 @@ pub fn device_fit(
             .map_or(MAX_BATCH, |b| b.clamp(1, MAX_BATCH as u128) as u64)
     };
     let mut sims = 0u32;
-    let mut run = |b: u64, limited: bool| -> Result<crate::DeviceReport, PlanError> {
+    // Every run is under the limit (and the fraction's maximum).
+    let mut run = |b: u64| -> Result<crate::DeviceReport, PlanError> {
         sims += 1;
         let mut c = template.clone();
         c.batch_size = b;
         c.record_timeline = false;
         c.simulate_allocator = true;
-        if limited {
-            c.device_limit_bytes = Some(limit);
-            c.allowed_memory_bytes = allowed;
-        }
+        c.device_limit_bytes = Some(limit);
+        c.allowed_memory_bytes = allowed;
         Ok(plan(g, &c)?
             .device
             .expect("pytorch-cuda simulates the allocator"))
@@ -141,7 +140,7 @@ pub fn device_fit(
     let fits = |d: &crate::DeviceReport| d.out_of_memory.is_none();
     let mut lo: Option<(u64, crate::DeviceReport)> = None;
     let mut hi: Option<(u64, crate::DeviceReport)> = None;
-    let d = run(b, true)?;
+    let d = run(b)?;
     let mut step: u64;
     let first_fits = fits(&d);
     if first_fits {
@@ -160,7 +159,7 @@ pub fn device_fit(
             if next == *lb {
                 break;
             }
-            let d = run(next, true)?;
+            let d = run(next)?;
             if fits(&d) {
                 lo = Some((next, d));
                 step = if jumped { step.saturating_mul(2) } else { 1 };
@@ -197,7 +196,7 @@ pub fn device_fit(
             } else {
                 next
             };
-            let d = run(next, true)?;
+            let d = run(next)?;
             if fits(&d) {
                 lo = Some((next, d));
                 break;
@@ -218,7 +217,7 @@ pub fn device_fit(
             } else {
                 lb + (hb - lb) / 2
             };
-            let d = run(mid, true)?;
+            let d = run(mid)?;
             if fits(&d) {
                 (lb, ld) = (mid, d);
             } else {

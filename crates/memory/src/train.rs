@@ -1701,7 +1701,15 @@ impl Runner<'_> {
                 )],
             );
             // AddmmBackward0 of the out-projection: bias, input, weight.
-            let o = self.projection_backward(i, out, out_weight, sdpa, (p0 + 2, p0 + 3), n, (e, e));
+            let o = self.projection_backward(
+                i,
+                Some(out),
+                out_weight,
+                Some(sdpa),
+                (p0 + 2, p0 + 3),
+                n,
+                (e, e),
+            );
             // The output's transpose reshaped for the out-projection's gradient: a copy.
             grad_fn = Some(self.grad_node(i, o, n, "aten.clone.default"));
         }
@@ -1830,8 +1838,15 @@ impl Runner<'_> {
                 vec![(label, vec![0, 1, 2])],
             );
             // AddmmBackward0 of the out-projection: bias, input, weight.
-            let o =
-                self.projection_backward(i, proj_in, out_weight, sdpa, (p0 + 2, p0 + 3), n, (e, e));
+            let o = self.projection_backward(
+                i,
+                Some(proj_in),
+                out_weight,
+                Some(sdpa),
+                (p0 + 2, p0 + 3),
+                n,
+                (e, e),
+            );
             // The output's transpose reshaped for the out-projection's gradient: a copy.
             grad_fn = Some(self.grad_node(i, o, n, "aten.clone.default"));
         }
@@ -1931,44 +1946,62 @@ impl Runner<'_> {
     /// `in_f`), cached until autocast exits; the weight's copy is what the matmul's
     /// backward keeps.
     fn autocast_weight(&mut self, out_f: u128, in_f: u128, amp_cache: &mut Vec<Sid>) -> Sid {
-        let bias = self.op(out_f * 2, "aten._to_copy.default");
-        let weight = self.op(out_f * in_f * 2, "aten._to_copy.default");
-        amp_cache.extend([bias, weight]);
-        weight
+        self.autocast_copies(out_f, in_f, true, amp_cache).1
     }
 
-    /// AddmmBackward0 of an attention layer's output projection (`in_f` -> `out_f`,
-    /// parameters `p_w` and `p_b`) on an input of `in_bytes` that it keeps: the bias's
-    /// gradient summed, the input's and the weight's by `mm`; under autocast each
-    /// parameter's gradient is cast back to fp32 by its own node, the weight's first.
+    /// The same, where the bias is a parameter (`bias_leaf`): autocast caches the copy
+    /// of a leaf only, so a computed bias's copy (Swin V2's zeroed qkv bias) is returned
+    /// for the caller to drop after its matmul.
+    fn autocast_copies(
+        &mut self,
+        out_f: u128,
+        in_f: u128,
+        bias_leaf: bool,
+        amp_cache: &mut Vec<Sid>,
+    ) -> (Option<Sid>, Sid) {
+        let bias = self.op(out_f * 2, "aten._to_copy.default");
+        let weight = self.op(out_f * in_f * 2, "aten._to_copy.default");
+        if bias_leaf {
+            amp_cache.extend([bias, weight]);
+            (None, weight)
+        } else {
+            amp_cache.push(weight);
+            (Some(bias), weight)
+        }
+    }
+
+    /// AddmmBackward0 of a projection (`in_f` -> `out_f`, parameters `p_w` and `p_b`)
+    /// keeping `input` (for the weight's gradient) and the half weight (for the input's):
+    /// the bias's gradient summed, the input's of `in_bytes` (when it goes `to` a node)
+    /// and the weight's by `mm`; under autocast each parameter's gradient is cast back to
+    /// fp32 by its own node, the weight's first.
     #[allow(clippy::too_many_arguments)]
     fn projection_backward(
         &mut self,
         i: usize,
-        input: Sid,
+        input: Option<Sid>,
         half_weight: Option<Sid>,
-        to: usize,
+        to: Option<usize>,
         (p_w, p_b): (usize, usize),
         in_bytes: u128,
         (in_f, out_f): (u128, u128),
     ) -> usize {
         let ge = if self.amp() { 2 } else { self.param_elem };
-        let mut saved = vec![input];
-        saved.extend(half_weight);
-        let o = self.record(
-            i,
-            saved,
-            vec![
-                (Edge::Param(p_b), Grad::SumTo(out_f * ge)),
-                (Edge::Node(to), Grad::Alloc(in_bytes)),
-                (Edge::Param(p_w), Grad::Alloc(out_f * in_f * ge)),
-            ],
-            vec![("aten.mm.default", vec![1]), ("aten.mm.default", vec![2])],
-        );
+        let saved = input.into_iter().chain(half_weight).collect();
+        let mut edges = vec![(Edge::Param(p_b), Grad::SumTo(out_f * ge))];
+        let mut ops = Vec::new();
+        if let Some(to) = to {
+            edges.push((Edge::Node(to), Grad::Alloc(in_bytes)));
+            ops.push(("aten.mm.default", vec![1]));
+        }
+        edges.push((Edge::Param(p_w), Grad::Alloc(out_f * in_f * ge)));
+        let w = edges.len() - 1;
+        ops.push(("aten.mm.default", vec![w]));
+        let o = self.record(i, saved, edges, ops);
         if self.amp() {
             self.nodes[o]
                 .casts
-                .extend([(2, out_f * in_f * 4), (0, out_f * 4)]);
+                .extend([(w, out_f * in_f * 4), (0, out_f * 4)]);
         }
         o
     }
@@ -2108,13 +2141,12 @@ impl Runner<'_> {
             // result, which the next mm keeps too), mm; index, copy, sigmoid, * 16.
             // Under autocast its Linears run in half precision: their bias and weight
             // cast (cached), and the fp32 coordinates (kept by the addmm for the
-            // weight's gradient); measured on the CPU (/work/notes/amp8, session 9).
+            // weight's gradient); measured on the CPU (tests/cpu_amp.rs, Swin V2).
             let mut coords = None;
             let mut w2_cast = None;
             if amp {
-                let b1 = self.op(512 * 2, "aten._to_copy.default");
-                let w1 = self.op(512 * 2 * 2, "aten._to_copy.default");
-                amp_cache.extend([b1, w1]);
+                // The addmm keeps no weight: its input needs no gradient.
+                let _ = self.autocast_weight(512, 2, amp_cache);
                 coords = Some(self.op(table_rows * 2 * 2, "aten._to_copy.default"));
             }
             let hidden = self.op(table_rows * 512 * hel, "aten.addmm.default");
@@ -2137,20 +2169,8 @@ impl Runner<'_> {
                 // MmBackward0 (the weight), IndexBackward0's scatter, sigmoid's, * 16.
                 // Under autocast each weight's and bias's half gradient is cast back
                 // by its own node, the weight's first (its cast was made last).
-                let lin = self.record(
-                    i,
-                    coords.into_iter().collect(),
-                    vec![
-                        (Edge::Param(p0 + 6), Grad::SumTo(512 * ge)),
-                        (Edge::Param(p0 + 5), Grad::Alloc(512 * 2 * ge)),
-                    ],
-                    vec![("aten.mm.default", vec![1])],
-                );
-                if amp {
-                    self.nodes[lin]
-                        .casts
-                        .extend([(1, 512 * 2 * 4), (0, 512 * 4)]);
-                }
+                let lin =
+                    self.projection_backward(i, coords, None, None, (p0 + 5, p0 + 6), 0, (2, 512));
                 let relu = self.record(
                     i,
                     vec![hidden],
@@ -2240,17 +2260,12 @@ impl Runner<'_> {
         let mut qkv_weight = None;
         let mut qkv_bias_cast = None;
         let mut mm_in = xw;
-        if amp && w.v2 {
-            // V2's bias is the zeroed copy, not a parameter: autocast does not cache its
-            // cast, which dies after the addmm (measured on the CPU).
-            qkv_bias_cast = Some(self.op(3 * c * 2, "aten._to_copy.default"));
-            let weight = self.op(3 * c * c * 2, "aten._to_copy.default");
-            amp_cache.push(weight);
-            qkv_weight = Some(weight);
-        } else if amp {
-            qkv_weight = Some(self.autocast_weight(3 * c, c, amp_cache));
-        }
         if amp {
+            // V2's bias is the zeroed copy, not a parameter: its cast dies after the
+            // addmm (measured on the CPU).
+            let (bias_cast, weight) = self.autocast_copies(3 * c, c, !w.v2, amp_cache);
+            qkv_bias_cast = bias_cast;
+            qkv_weight = Some(weight);
             // An fp32 input (CUDA's autocast runs layer_norm in fp32) is cast; the CPU's
             // layer_norm already gives half precision.
             if el != hel {
@@ -2490,7 +2505,15 @@ impl Runner<'_> {
         self.sim.cublas_workspace(self.cfg.cublas_workspace_bytes);
         self.sim.cublaslt_workspace();
         let proj_node = reshaped.map(|k| {
-            self.projection_backward(i, heads_cat, proj_weight, k, (p0 + 3, p0 + 4), xh, (c, c))
+            self.projection_backward(
+                i,
+                Some(heads_cat),
+                proj_weight,
+                Some(k),
+                (p0 + 3, p0 + 4),
+                xh,
+                (c, c),
+            )
         });
         self.sim.decref(heads_cat);
         let (mut out, mut grad_fn) = if moves {
@@ -2710,7 +2733,15 @@ impl Runner<'_> {
         let out = self.op(xb, "aten.addmm.default");
         self.sim.cublas_workspace(self.cfg.cublas_workspace_bytes);
         let mut grad_fn = reshaped.map(|k| {
-            self.projection_backward(i, merged_in, merge_weight, k, (p0 + 3, p0 + 4), xb, (d, d))
+            self.projection_backward(
+                i,
+                Some(merged_in),
+                merge_weight,
+                Some(k),
+                (p0 + 3, p0 + 4),
+                xb,
+                (d, d),
+            )
         });
         self.sim.decref(merged_in);
         if self.grid_region {
