@@ -75,7 +75,7 @@ pub fn render(a: &DeviceAnswer, lang: Lang) -> String {
         (Some(b), Some(al), Some(re), Some(tot)) => {
             line(&mut out, &t(
                 lang,
-                "  Largest batch that runs: {0} (max_memory_allocated {1}, max_memory_reserved {2}: modelled; nvidia-smi {3}: estimated)",
+                "  Largest batch found to run: {0} (max_memory_allocated {1}, max_memory_reserved {2}: modelled; nvidia-smi {3}: estimated)",
                 &[&thousands(b as u128), &bytes(al), &bytes(re), &bytes(tot)],
             ));
         }
@@ -96,6 +96,9 @@ pub fn render(a: &DeviceAnswer, lang: Lang) -> String {
                 ],
             ),
         );
+    }
+    if d.max_batch_size.is_some() && d.out_of_memory_above.is_some() {
+        line(&mut out, &s(lang, "  (Near the limit the allocator's answer is not monotonic: a larger batch may still run where a smaller one failed, as fragmentation allows in PyTorch.)"));
     }
     if let Some(def) = &a.default_conf {
         line(

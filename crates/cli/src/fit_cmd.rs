@@ -113,7 +113,12 @@ pub fn gpus(a: &GpusArgs) -> Result<()> {
     crate::out!("{}", t.render());
     crate::outln!("\nnvidia-smi total: what nvidia-smi shows, from published output (sources: gpus --json); nominal where none is known.");
     crate::outln!("PyTorch total: torch.cuda.get_device_properties(0).total_memory, what the caching allocator can reach and --fraction takes its share of (nvidia-smi's less what the driver keeps); from published PyTorch output, measured on the H200. fit rests on it where known.");
-    crate::outln!("CUDA context: 760 MiB on Hopper and newer (measured on an H200, CUDA 13.0), 512 MiB before (an estimate); --cuda-context sets it.");
+    let lazy = vramlab_memory::ModuleLoading::Lazy;
+    crate::outln!(
+        "CUDA context: {} on Hopper and newer (measured on an H200, CUDA 13.0), {} before (an estimate); --cuda-context sets it.",
+        bytes(vramlab_memory::cuda_context(9, lazy).bytes),
+        bytes(vramlab_memory::cuda_context(0, lazy).bytes)
+    );
     crate::outln!("Any other card: --memory SIZE (e.g. --memory 24GiB).");
     Ok(())
 }
@@ -191,6 +196,20 @@ struct FitWithDevice<'a> {
 
 /// The allocator's answer on one card (pytorch-cuda only), with the default settings'
 /// answer beside it when `--alloc-conf` changes them.
+/// A `--cuda-context` at or above the card's total leaves nothing for PyTorch: refused
+/// (by `fit`, `memory` and `report` alike) rather than planned as a card where nothing
+/// runs.
+pub fn check_context(cfg: &vramlab_memory::PlanConfig, card_total: u128) -> Result<()> {
+    match cfg.cuda_context_bytes {
+        Some(ctx) if ctx >= card_total => Err(UserError(format!(
+            "--cuda-context {} is not less than the card's {}: nothing would be left for PyTorch",
+            bytes(ctx),
+            bytes(card_total)
+        ))),
+        _ => Ok(()),
+    }
+}
+
 fn device_answer(
     g: &vramlab_graph::Shaped,
     cfg: &vramlab_memory::PlanConfig,
@@ -206,13 +225,7 @@ fn device_answer(
     let card = gpu.and_then(|g| vramlab_memory::cards::card_memory(g.name));
     let mut template = cfg.clone();
     let total = card.map_or(card_bytes, |c| c.budget(card_bytes).0);
-    if let Some(ctx) = cfg.cuda_context_bytes.filter(|&c| c >= total) {
-        return Err(UserError(format!(
-            "--cuda-context {} is not less than the card's {}: nothing would be left for PyTorch",
-            bytes(ctx),
-            bytes(total)
-        )));
-    }
+    check_context(cfg, total)?;
     let budget = DeviceBudget {
         card_total_bytes: card.map_or(card_bytes, |c| c.budget(card_bytes).0),
         card_total_source: match card {
@@ -304,6 +317,7 @@ pub fn fit(a: &FitArgs) -> Result<()> {
     }
     let g = a.model.load()?;
     let cfg = a.plan.config(1)?;
+    a.plan.gpu_needs_cuda(a.gpu.as_deref(), cfg.profile)?;
     let cards = cards(a)?;
     let base_lr = a.base_lr.unwrap_or(match cfg.optimizer.kind {
         vramlab_memory::OptimizerKind::RmsProp | vramlab_memory::OptimizerKind::Adagrad => 1e-2,
@@ -366,10 +380,16 @@ pub fn fit(a: &FitArgs) -> Result<()> {
                 .unwrap_or_else(|p| std::panic::resume_unwind(p));
             (device, report)
         });
-        devices.push(device?);
-        let report = report?;
+        let device = device?;
+        let mut report = report?;
+        if let Some(d) = &device {
+            report.cap_to_allocator(d.fit.max_batch_size);
+        }
+        devices.push(device);
+        // Inference has no learning rate to scale.
         let lr = report
             .recommended_batch
+            .filter(|_| cfg.mode == vramlab_memory::Mode::Train)
             .map(|b| fit::lr_advice(a.base_batch, base_lr, b))
             .transpose()?;
         outs.push(FitJson {
@@ -417,17 +437,28 @@ pub fn fit(a: &FitArgs) -> Result<()> {
         crate::out!("\n{}", crate::device_fit_text::render(d, a.lang));
         // The planner's budget answer counts neither the allocator's segments nor
         // cuDNN's workspaces: where it is above what runs, say which one to use.
-        if let (Some(planned), Some(runs)) = (out.fit.max_batch_size, d.fit.max_batch_size) {
-            if planned > runs {
-                crate::outln!(
-                    "{}",
-                    t(
-                        a.lang,
-                        "Use {0}, not {1}: above {0} the caching allocator cannot serve the steps (its segments and cuDNN's workspaces are not in the budget's peak).",
-                        &[&thousands(runs as u128), &thousands(planned as u128)],
-                    )
-                );
-            }
+        match (out.fit.max_batch_size, d.fit.max_batch_size) {
+            (Some(planned), Some(runs)) if planned > runs => crate::outln!(
+                "{}",
+                t(
+                    a.lang,
+                    "Use {0}, not {1}: at {2} the caching allocator cannot serve the steps (its segments and cuDNN's workspaces are not in the budget's peak).",
+                    &[
+                        &thousands(runs as u128),
+                        &thousands(planned as u128),
+                        &thousands(runs as u128 + 1),
+                    ],
+                )
+            ),
+            (Some(planned), None) => crate::outln!(
+                "{}",
+                t(
+                    a.lang,
+                    "Nothing runs on the card, though {0} fits the budget: its peak counts neither the caching allocator's segments nor the cuBLAS and cuDNN workspaces.",
+                    &[&thousands(planned as u128)],
+                )
+            ),
+            _ => {}
         }
     }
     if let Some(path) = &a.plot {
@@ -809,7 +840,7 @@ pub fn render(o: &FitJson, lang: Lang) -> String {
                 ),
                 None => t(
                     lang,
-                    "Largest batch size that fits: {0} (peak {1})",
+                    "Largest batch size that fits: {0} (peak {1}; no larger batch is searched: its images would hold more values than one tensor may)",
                     &[&thousands(b as u128), &bytes(p)],
                 ),
             });
@@ -828,7 +859,7 @@ pub fn render(o: &FitJson, lang: Lang) -> String {
                     "That is more than the dataset's {0} images: the whole dataset fits in one batch (one step an epoch, as in full-batch training); no batch above {0} can be drawn from it.",
                     &[&thousands(n as u128)],
                 )));
-                if let Some(rb) = r.recommended_batch {
+                if let (Some(rb), false) = (r.recommended_batch, r.capped_by_allocator) {
                     out.push_str(&t(
                         lang,
                         "Largest power of two within the dataset: {0}",
@@ -836,6 +867,20 @@ pub fn render(o: &FitJson, lang: Lang) -> String {
                     ));
                     out.push('\n');
                 }
+            }
+            if r.capped_by_allocator {
+                out.push_str(&match r.recommended_batch {
+                    Some(rb) => t(
+                        lang,
+                        "Power of two to train with: {0} (capped by what the caching allocator serves, below)",
+                        &[&thousands(rb as u128)],
+                    ),
+                    None => s(
+                        lang,
+                        "No batch to train with: the caching allocator, below, serves not even the smallest.",
+                    ),
+                });
+                out.push('\n');
             }
         }
         _ => {

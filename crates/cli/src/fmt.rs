@@ -47,7 +47,8 @@ const SIZE_HELP: &str = "a number with a unit: B, KB, MB, GB, TB (powers of 1000
 
 /// Parses `24GiB`, `80GB`, `512MiB`, `1.5 GiB`. A unit is required (a bare `6` is not
 /// 6 bytes by accident): GB, MB, KB and TB are decimal (10^9), GiB, MiB, KiB and TiB
-/// binary (2^30). The result is whole bytes, at most 2^80.
+/// binary (2^30). The result is whole bytes, at most 1 PiB (2^50: no card, context or
+/// buffer comes near it, and every figure derived from it stays a JSON-safe integer).
 pub fn parse_size(s: &str) -> Result<u128, String> {
     let t = s.trim();
     let split = t
@@ -58,10 +59,13 @@ pub fn parse_size(s: &str) -> Result<u128, String> {
     // the bytes it casually means); memory is counted in bytes.
     let raw_unit = unit.trim();
     if raw_unit.ends_with('b') && raw_unit.chars().any(|c| c.is_ascii_uppercase()) {
+        // `Gb` and `Gib` alike: the prefix's letter, as bytes in both bases.
+        let p = raw_unit
+            .chars()
+            .next()
+            .map_or(String::new(), |c| c.to_ascii_uppercase().to_string());
         return Err(format!(
-            "`{s}` reads as bits ({raw_unit}); memory is counted in bytes: write {}B or {}iB",
-            &raw_unit[..raw_unit.len() - 1].to_ascii_uppercase(),
-            &raw_unit[..raw_unit.len() - 1].to_ascii_uppercase(),
+            "`{s}` reads as bits ({raw_unit}); memory is counted in bytes: write {p}B or {p}iB"
         ));
     }
     let unit = raw_unit.to_ascii_lowercase();
@@ -77,7 +81,7 @@ pub fn parse_size(s: &str) -> Result<u128, String> {
     if int.is_empty() && frac.is_empty() || !digits_ok(int) || !digits_ok(frac) {
         return Err(format!("`{s}` is not a size: expected {SIZE_HELP}"));
     }
-    let too_big = || format!("`{s}` is too large a size (at most 2^80 bytes)");
+    let too_big = || format!("`{s}` is too large a size (at most 1 PiB, 2^50 bytes)");
     if int.len() > 30 || frac.len() > 30 {
         return Err(too_big());
     }
@@ -98,7 +102,7 @@ pub fn parse_size(s: &str) -> Result<u128, String> {
         return Err(format!("`{s}` is not a whole number of bytes"));
     }
     let total = whole.checked_add(part / scale).ok_or_else(too_big)?;
-    if total > 1 << 80 {
+    if total > 1 << 50 {
         return Err(too_big());
     }
     Ok(total)
@@ -348,6 +352,10 @@ mod tests {
             "{e}"
         );
         assert!(parse_size("8Mb").is_err());
+        let e = parse_size("5Gib").unwrap_err();
+        assert!(e.contains("write GB or GiB"), "{e}");
+        assert!(parse_size("1025TiB").unwrap_err().contains("at most 1 PiB"));
+        assert_eq!(parse_size("1024TiB").unwrap(), 1 << 50);
         assert_eq!(parse_size("8GB").unwrap(), 8_000_000_000);
         assert_eq!(parse_size("8gib").unwrap(), 8 << 30);
         assert_eq!(parse_size("12gb").unwrap(), 12_000_000_000);

@@ -393,7 +393,7 @@ impl PlanArgs {
         cfg.cuda_context_bytes = self
             .cuda_context
             .as_deref()
-            .map(fmt::parse_size)
+            .map(|c| fmt::parse_size(c).map_err(|e| UserError(format!("--cuda-context: {e}"))))
             .transpose()?;
         if let Some(v) = &self.cuda_version {
             cfg.module_loading =
@@ -437,7 +437,31 @@ impl PlanArgs {
                 }
             }
         }
+        if self.threads.is_some() && cfg.profile != vramlab_memory::Profile::Native {
+            return Err(UserError(format!(
+                "--threads is for the native profile, whose engine's scratch scales with them \
+                 (got --profile {})",
+                cfg.profile.name()
+            )));
+        }
         Ok(cfg)
+    }
+
+    /// `--gpu` names a CUDA card: refused with a CPU profile rather than planned as
+    /// if the CPU's memory were the card's.
+    pub fn gpu_needs_cuda(
+        &self,
+        gpu: Option<&str>,
+        profile: vramlab_memory::Profile,
+    ) -> Result<()> {
+        if gpu.is_some() && !profile.is_cuda() {
+            return Err(UserError(format!(
+                "--gpu is for the pytorch-cuda profile (got --profile {}); give a memory size \
+                 with --memory instead",
+                profile.name()
+            )));
+        }
+        Ok(())
     }
 
     /// `--gpus`, `--nodes`, `--strategy` and their options; `None` for one device.

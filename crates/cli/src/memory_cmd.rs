@@ -54,18 +54,7 @@ pub fn explain(c: Category, r: &MemoryReport, lang: Lang) -> String {
 
 pub fn run(a: &MemoryArgs) -> Result<()> {
     let g = a.model.load()?;
-    // The image batch is one tensor: a batch whose images hold more values than a tensor
-    // may have is refused as a layer's oversized tensor is.
-    let per_image: u128 = g.shapes[0].iter().map(|&d| d as u128).product();
-    if per_image.saturating_mul(a.batch_size as u128) > vramlab_graph::MAX_TENSOR_ELEMENTS {
-        return Err(crate::UserError(format!(
-            "--batch-size {}: the batch of {}x{} images holds more than the {} values a tensor may have",
-            a.batch_size,
-            a.batch_size,
-            vramlab_graph::fmt_shape(&g.shapes[0]),
-            vramlab_graph::MAX_TENSOR_ELEMENTS
-        )));
-    }
+    vramlab_memory::fit::check_batch(&g, a.batch_size)?;
     let mut cfg = a.plan.config(a.batch_size)?;
     cfg.record_timeline = a.timeline;
     if a.device_trace && !cfg.profile.is_cuda() {
@@ -95,6 +84,7 @@ pub fn run(a: &MemoryArgs) -> Result<()> {
                 cfg.cublas_workspace_bytes = given;
             }
             let (total, _) = card.budget(gpu.memory_bytes);
+            crate::fit_cmd::check_context(&cfg, total)?;
             cfg.device_limit_bytes = Some(vramlab_memory::device_fit::allocator_limit(&cfg, total));
         }
     }
@@ -130,6 +120,17 @@ pub fn render(r: &MemoryReport, lang: Lang) -> String {
         ],
     ));
     out.push('\n');
+    if r.accumulation_steps > 1 {
+        out.push_str(&t(
+            lang,
+            "Gradient accumulation: {0} micro-batches of {1} per optimizer step; the figures below are one micro-batch's.",
+            &[
+                &r.accumulation_steps,
+                &thousands((r.batch_size / r.accumulation_steps as u64) as u128),
+            ],
+        ));
+        out.push('\n');
+    }
     if let Some(d) = &r.distributed {
         out.push_str(&t(
             lang,
@@ -246,7 +247,9 @@ pub fn render_device(d: &DeviceReport, reported_steps: usize, lang: Lang) -> Str
         // The extra step shows whether the cache has settled: no more reserved than the
         // step before it.
         let settled = i > 0 && st.reserved_peak_bytes <= d.steps[i - 1].reserved_peak_bytes;
+        let oom = d.out_of_memory.as_ref().is_some_and(|o| o.step == st.step);
         let name = match (st.step as usize > reported_steps, settled) {
+            _ if oom => t(lang, "{0} (out of memory)", &[&st.step]),
             (true, true) => t(lang, "{0} (steady state)", &[&st.step]),
             (true, false) => t(lang, "{0} (cache still growing)", &[&st.step]),
             _ => st.step.to_string(),

@@ -102,7 +102,9 @@ pub fn report(a: &ReportArgs) -> Result<()> {
     }
     let l = a.lang;
     let g = a.model.load()?;
+    vramlab_memory::fit::check_batch(&g, a.batch_size)?;
     let cfg = a.plan.config(a.batch_size)?;
+    a.plan.gpu_needs_cuda(a.gpu.as_deref(), cfg.profile)?;
     let mut body = String::new();
     body.push_str(&format!(
         "<h1>{} — {}</h1>",
@@ -306,10 +308,15 @@ pub fn report(a: &ReportArgs) -> Result<()> {
             let (total, basis) = crate::fit_cmd::card_budget_total(&gpu);
             Some((total, Some(gpu.label.to_string()), Some(basis)))
         }
-        (None, Some(m)) => Some((parse_size(m)?, None, None)),
+        (None, Some(m)) => Some((
+            parse_size(m).map_err(|e| crate::UserError(format!("--memory: {e}")))?,
+            None,
+            None,
+        )),
         _ => None,
     };
     if let Some((card_bytes, label, card_total_basis)) = card {
+        crate::fit_cmd::check_context(&cfg, card_bytes)?;
         let mut fcfg = cfg.clone();
         fcfg.record_timeline = false;
         // The curve is the batch per optimizer step without accumulation (any batch

@@ -216,7 +216,7 @@ fn fit_decides_by_what_the_allocator_serves_and_shows_what_expandable_segments_b
     ]);
     let out = stdout(&o);
     assert!(o.status.success(), "{}", stderr(&o));
-    assert!(out.contains("Largest batch that runs"), "{out}");
+    assert!(out.contains("Largest batch found to run"), "{out}");
     assert!(
         out.contains("expandable_segments:True gives batch"),
         "{out}"
@@ -246,6 +246,13 @@ fn bad_device_options_name_themselves() {
     let o = vramlab(&["memory", "simple_cnn", "--cudnn-workspace", "lots"]);
     assert_eq!(o.status.code(), Some(2));
     assert!(stderr(&o).contains("--cudnn-workspace"), "{}", stderr(&o));
+    let o = vramlab(&["fit", "simple_cnn", "--gpu", "t4", "--cuda-context", "1e3"]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(
+        stderr(&o).starts_with("error: --cuda-context: `1e3` is not a size"),
+        "{}",
+        stderr(&o)
+    );
     let o = vramlab(&["fit", "simple_cnn", "--gpu", "t4", "--fraction", "0"]);
     assert_eq!(o.status.code(), Some(2));
     assert!(

@@ -12,7 +12,7 @@
 use serde::Serialize;
 use vramlab_graph::Shaped;
 
-use crate::fit::MAX_BATCH;
+use crate::fit::batch_limit;
 use crate::{plan, DeviceOom, PlanConfig, PlanError};
 
 /// The card as the allocator meets it.
@@ -92,6 +92,7 @@ pub fn device_fit(
     let mut fast = template.clone();
     fast.simulate_allocator = false;
     let cap = allowed.map_or(limit, |a| a.min(limit));
+    let max_batch = batch_limit(g);
     let planner = |b: u64| crate::fit::peak_at(g, &fast, b);
     // Batch 1 is impossible where BatchNorm would see one value per channel; asked only
     // when the search comes down to 1.
@@ -113,7 +114,7 @@ pub fn device_fit(
         bytes
             .saturating_sub(base)
             .checked_div(slope)
-            .map_or(MAX_BATCH, |b| b.clamp(1, MAX_BATCH as u128) as u64)
+            .map_or(max_batch, |b| b.clamp(1, max_batch as u128) as u64)
     };
     let mut sims = 0u32;
     // Every run is under the limit (and the fraction's maximum).
@@ -150,12 +151,12 @@ pub fn device_fit(
         let headroom = cap.saturating_sub(d.reserved_peak_bytes);
         step = headroom
             .checked_div(slope)
-            .map_or(1, |k| k.clamp(1, MAX_BATCH as u128) as u64);
+            .map_or(1, |k| k.clamp(1, max_batch as u128) as u64);
         lo = Some((b, d));
         let mut jumped = false;
         loop {
             let (lb, _) = lo.as_ref().expect("set");
-            let next = lb.saturating_add(step).min(MAX_BATCH);
+            let next = lb.saturating_add(step).min(max_batch);
             if next == *lb {
                 break;
             }
@@ -177,7 +178,7 @@ pub fn device_fit(
         });
         step = match slope {
             0 => 1,
-            s => (short.div_ceil(s) + 1).min(MAX_BATCH as u128) as u64,
+            s => (short.div_ceil(s) + 1).min(max_batch as u128) as u64,
         };
         hi = Some((b, d));
         let mut floor = smallest;

@@ -147,6 +147,8 @@ struct Peaks<'a> {
     g: &'a Shaped,
     template: &'a PlanConfig,
     known: std::cell::RefCell<Vec<(u64, u128)>>,
+    /// The largest batch searched ([`batch_limit`]).
+    max_batch: u64,
 }
 
 impl<'a> Peaks<'a> {
@@ -155,6 +157,7 @@ impl<'a> Peaks<'a> {
             g,
             template,
             known: Default::default(),
+            max_batch: batch_limit(g),
         }
     }
 
@@ -281,8 +284,29 @@ pub struct FitReport {
     /// fits, and no larger one can be drawn from it.
     pub max_batch_exceeds_dataset: bool,
     /// The power of two to train with: the largest one under both the largest batch and
-    /// the dataset size.
+    /// the dataset size (and the caching allocator's answer, once
+    /// [`FitReport::cap_to_allocator`] has it).
     pub recommended_batch: Option<u64>,
+    /// The simulated caching allocator's largest batch capped `recommended_batch`: the
+    /// budget's peak counts neither its segments nor cuDNN's workspaces.
+    pub capped_by_allocator: bool,
+}
+
+impl FitReport {
+    /// Takes the caching allocator's answer (`device_fit`'s largest batch that runs;
+    /// `None`: not even the smallest runs) into the batch to train with, so that the
+    /// recommendation (and the learning rate scaled to it) never names a batch the
+    /// simulated allocator cannot serve.
+    pub fn cap_to_allocator(&mut self, runs: Option<u64>) {
+        let Some(planned) = self.recommended_batch else {
+            return;
+        };
+        let capped = runs.map(|r| power_of_two_under(r.min(planned)));
+        if capped != Some(planned) {
+            self.recommended_batch = capped;
+            self.capped_by_allocator = true;
+        }
+    }
 }
 
 /// What `fit` is asked: a card, the share of it to use, and optionally an effective
@@ -314,6 +338,29 @@ pub const MAX_TARGET_BATCH: u64 = 1 << 40;
 
 /// Batches beyond this are not searched (the answer is then "at least this").
 pub const MAX_BATCH: u64 = 1 << 60;
+
+/// The largest batch a search tries: [`MAX_BATCH`], or fewer where the batch of images
+/// would hold more values than one tensor may (`MAX_TENSOR_ELEMENTS`, the cap every
+/// tensor of a plan has), which [`check_batch`] refuses.
+pub fn batch_limit(g: &Shaped) -> u64 {
+    let per_image: u128 = g.shapes[0].iter().map(|&d| d as u128).product();
+    (vramlab_graph::MAX_TENSOR_ELEMENTS / per_image.max(1)).clamp(1, MAX_BATCH as u128) as u64
+}
+
+/// A batch of images is one tensor: refused where it would hold more values than a
+/// tensor may have, as a layer's oversized tensor is.
+pub fn check_batch(g: &Shaped, batch: u64) -> Result<(), PlanError> {
+    if batch > batch_limit(g) {
+        return Err(PlanError::Config(format!(
+            "--batch-size {batch}: the batch of {batch}x{} images holds more than the {} values a \
+             tensor may have (--input sets the image; at most {} such images)",
+            vramlab_graph::fmt_shape(&g.shapes[0]),
+            vramlab_graph::MAX_TENSOR_ELEMENTS,
+            batch_limit(g)
+        )));
+    }
+    Ok(())
+}
 
 /// The largest batch whose peak stays within `budget`: exact, found by bracketing an
 /// affine estimate and bisecting, so that `peak(b) <= budget < peak(b + 1)`.
@@ -386,11 +433,12 @@ fn max_batch_in(peaks: &Peaks, budget: u128) -> Result<Option<(u64, u128)>, Plan
     let (b_lo, b_hi) = (1u64 << 20, 1u64 << 21);
     let (q_lo, q_hi) = (peaks.at(b_lo)?, peaks.at(b_hi)?);
     let slope = (q_hi.saturating_sub(q_lo)) / (b_hi - b_lo) as u128;
+    let max_batch = peaks.max_batch.max(b_min);
     let guess = if slope == 0 {
-        MAX_BATCH
+        max_batch
     } else {
         let intercept = q_lo.saturating_sub(slope.saturating_mul(b_lo as u128));
-        (budget.saturating_sub(intercept) / slope).clamp(b_min as u128, MAX_BATCH as u128) as u64
+        (budget.saturating_sub(intercept) / slope).clamp(b_min as u128, max_batch as u128) as u64
     };
     // Bracket [lo fits, hi does not] around the guess, widening by doubling steps.
     let (mut lo, mut lo_peak, mut hi);
@@ -399,7 +447,7 @@ fn max_batch_in(peaks: &Peaks, budget: u128) -> Result<Option<(u64, u128)>, Plan
         lo_peak = p;
         let mut step = 1u64;
         loop {
-            let next = lo.saturating_add(step).min(MAX_BATCH);
+            let next = lo.saturating_add(step).min(max_batch);
             if next == lo {
                 return Ok(Some((lo, lo_peak)));
             }
@@ -489,6 +537,13 @@ pub fn fit_with(
         ));
     }
     if let Some(t) = req.target_batch {
+        if template.mode == Mode::Inference {
+            return Err(PlanError::Config(
+                "--target-batch is for training (gradient accumulation): inference has no \
+                 optimizer step to reach"
+                    .into(),
+            ));
+        }
         if !(1..=MAX_TARGET_BATCH).contains(&t) {
             return Err(PlanError::Config(format!(
                 "--target-batch must be between 1 and {MAX_TARGET_BATCH}, got {t}"
@@ -516,7 +571,7 @@ pub fn fit_with(
             fits,
         });
         match b.checked_mul(2) {
-            Some(next) if fits && next <= MAX_BATCH => b = next,
+            Some(next) if fits && next <= peaks.max_batch => b = next,
             _ => break,
         }
     }
@@ -533,7 +588,7 @@ pub fn fit_with(
     let max_batch_size = best.map(|(b, _)| b);
     let max_power_of_two = max_batch_size.map(power_of_two_under);
     let peak_bytes_at_max_plus_one = match max_batch_size {
-        Some(b) if b < MAX_BATCH => Some(peaks.at(b + 1)?),
+        Some(b) if b < peaks.max_batch => Some(peaks.at(b + 1)?),
         _ => None,
     };
     let advice = if best.is_none() {
@@ -566,6 +621,7 @@ pub fn fit_with(
         dataset_size: req.dataset_size,
         max_batch_exceeds_dataset,
         recommended_batch,
+        capped_by_allocator: false,
     })
 }
 

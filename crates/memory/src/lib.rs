@@ -524,6 +524,9 @@ pub struct MemoryReport {
     pub model: String,
     pub input_shape: Vec<usize>,
     pub batch_size: u64,
+    /// Gradient accumulation: the batch runs as this many micro-batches per optimizer
+    /// step (1: none); the figures are one micro-batch's step.
+    pub accumulation_steps: u32,
     pub profile: Profile,
     pub optimizer: String,
     pub precision: Precision,
@@ -613,6 +616,19 @@ pub struct DeviceOom {
 
 /// Plans the memory of training (or inference) for `graph` under `cfg`.
 pub fn plan(graph: &Shaped, cfg: &PlanConfig) -> Result<MemoryReport, PlanError> {
+    // What only training has: refused in inference rather than ignored.
+    if cfg.mode == Mode::Inference {
+        for (given, flag) in [
+            (cfg.accumulation_steps > 1, "--accumulation-steps"),
+            (cfg.checkpoint_segments > 0, "--checkpoint-segments"),
+        ] {
+            if given {
+                return Err(PlanError::Config(format!(
+                    "{flag} is for training (--mode train): inference keeps nothing for backward"
+                )));
+            }
+        }
+    }
     if cfg.profile == Profile::Native {
         return native::run(graph, cfg);
     }

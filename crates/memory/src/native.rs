@@ -801,6 +801,7 @@ pub(crate) fn run(g: &Shaped, cfg: &PlanConfig) -> Result<MemoryReport, PlanErro
         model: g.graph.name.clone(),
         input_shape: g.graph.input_shape.clone(),
         batch_size: cfg.batch_size,
+        accumulation_steps: cfg.accumulation_steps.max(1),
         profile: cfg.profile,
         optimizer: cfg.optimizer.describe(),
         precision: cfg.precision,

@@ -1,0 +1,376 @@
+//! Hostile inputs to the GPU-memory commands (session 10's hostile pass over `memory`,
+//! `fit`, `report` and `gpus`). Each test failed before its fix: a panic, a batch
+//! recommended that the simulated allocator cannot serve, an absurd size accepted, or an
+//! option silently ignored.
+
+use std::path::PathBuf;
+use std::process::{Command, Output};
+
+use serde_json::Value;
+
+fn vramlab(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_vramlab"))
+        .args(args)
+        .output()
+        .expect("run vramlab")
+}
+
+fn stdout(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+fn json(args: &[&str]) -> Value {
+    let o = vramlab(args);
+    assert!(o.status.success(), "{args:?}: {}", stderr(&o));
+    serde_json::from_slice(&o.stdout).unwrap()
+}
+
+/// Exit 2, nothing on stdout, one error line containing every needle.
+fn refused(args: &[&str], needles: &[&str]) {
+    let o = vramlab(args);
+    let e = stderr(&o);
+    assert_eq!(o.status.code(), Some(2), "{args:?}: {e}");
+    assert!(o.stdout.is_empty(), "{args:?}: {}", stdout(&o));
+    assert_eq!(e.lines().count(), 1, "{args:?}: {e}");
+    for n in needles {
+        assert!(
+            e.starts_with("error: ") && e.contains(n),
+            "`{n}` not in: {e}"
+        );
+    }
+}
+
+fn scratch(name: &str) -> PathBuf {
+    let d = std::env::temp_dir().join(format!("vramlab-hostile-gpu-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+/// A model whose eval forward is only views ran no op in inference: the step had no
+/// peak and the planner panicked ("every step has at least one op"). Its peak is now
+/// what is live, the batch.
+#[test]
+fn an_inference_of_views_only_plans_the_batch() {
+    let d = scratch("views");
+    for (name, layers) in [
+        ("flatten", "[[layers]]\ntype = \"Flatten\"\n"),
+        ("dropout", "[[layers]]\ntype = \"Dropout\"\np = 0.5\n"),
+    ] {
+        let path = d.join(format!("{name}.toml"));
+        std::fs::write(&path, format!("input = [3, 32, 32]\n{layers}")).unwrap();
+        let p = path.to_str().unwrap();
+        for profile in ["pytorch-cuda", "pytorch-cpu", "native"] {
+            let v = json(&[
+                "memory",
+                p,
+                "--mode",
+                "inference",
+                "-b",
+                "4",
+                "--profile",
+                profile,
+                "--json",
+            ]);
+            // fp32 images, 4 x 3 x 32 x 32: the batch is all there is.
+            assert_eq!(v["batch_bytes"], 4 * 3 * 32 * 32 * 4, "{profile}");
+            let peak = v["peak_bytes"].as_u64().unwrap();
+            assert!(peak >= 4 * 3 * 32 * 32 * 4, "{profile}: {v}");
+        }
+        let o = vramlab(&["fit", p, "--mode", "inference", "--gpu", "h100"]);
+        assert!(o.status.success(), "{}", stderr(&o));
+    }
+    let _ = std::fs::remove_dir_all(&d);
+}
+
+/// The batch to train with (and the learning rate scaled to it) never exceeds what the
+/// simulated caching allocator serves: the budget's peak counts neither its segments
+/// nor cuDNN's workspaces. alexnet on the H100 recommended 16,384 while only 14,167 ran.
+#[test]
+fn the_recommended_batch_is_one_the_allocator_serves() {
+    let v = json(&["fit", "alexnet", "--gpu", "h100", "--json"]);
+    let planned = v["max_batch_size"].as_u64().unwrap();
+    let runs = v["device"]["max_batch_size"].as_u64().unwrap();
+    let rec = v["recommended_batch"].as_u64().unwrap();
+    assert!(runs < planned, "{runs} {planned}");
+    assert!(
+        rec <= runs && rec.is_power_of_two() && 2 * rec > runs,
+        "{rec} {runs}"
+    );
+    assert_eq!(v["capped_by_allocator"], true);
+    assert_eq!(
+        v["max_power_of_two"], 16_384,
+        "the budget's own figure stays"
+    );
+    assert_eq!(v["lr_advice"]["batch"], rec, "{}", v["lr_advice"]);
+    let out = stdout(&vramlab(&["fit", "alexnet", "--gpu", "h100"]));
+    assert!(
+        out.contains(&format!("Power of two to train with: {}", thousands(rec))),
+        "{out}"
+    );
+    assert!(out.contains("Learning rate at batch 8,192"), "{out}");
+    // Nothing runs (the context leaves 14 MiB of a 680 MiB card): no batch to train
+    // with, said at the top and reconciled at the end.
+    let v = json(&[
+        "fit",
+        "simple_cnn",
+        "--memory",
+        "680MiB",
+        "--fraction",
+        "1",
+        "--json",
+    ]);
+    assert!(v["max_batch_size"].as_u64().unwrap() > 100);
+    assert_eq!(v["device"]["max_batch_size"], Value::Null);
+    assert_eq!(v["recommended_batch"], Value::Null);
+    assert_eq!(v["lr_advice"], Value::Null);
+    let out = stdout(&vramlab(&[
+        "fit",
+        "simple_cnn",
+        "--memory",
+        "680MiB",
+        "--fraction",
+        "1",
+    ]));
+    assert!(out.contains("No batch to train with"), "{out}");
+    assert!(out.contains("Nothing runs on the card, though"), "{out}");
+    // A card where the allocator serves what the budget allows: nothing capped.
+    let v = json(&["fit", "resnet18", "--gpu", "h100", "--json"]);
+    assert_eq!(v["capped_by_allocator"], false);
+    assert_eq!(v["recommended_batch"], v["max_power_of_two"]);
+}
+
+fn thousands(n: u64) -> String {
+    let s = n.to_string();
+    let mut out = String::new();
+    for (i, c) in s.chars().enumerate() {
+        if i > 0 && (s.len() - i).is_multiple_of(3) {
+            out.push(',');
+        }
+        out.push(c);
+    }
+    out
+}
+
+/// Sizes past 1 PiB are refused, and fit searches no batch that `memory` would refuse
+/// as holding more values than a tensor may (before: a 2^60 batch of 84 ZiB answered,
+/// JSON integers past u64).
+#[test]
+fn sizes_and_batches_stay_physical() {
+    refused(
+        &["fit", "simple_cnn", "--memory", "1025TiB"],
+        &["--memory", "at most 1 PiB"],
+    );
+    refused(
+        &["memory", "simple_cnn", "--cuda-context", "2000TiB"],
+        &["--cuda-context", "at most 1 PiB"],
+    );
+    let v = json(&["fit", "simple_cnn", "--memory", "1024TiB", "--json"]);
+    // 2^40 values / (3 x 32 x 32) per image.
+    let limit = (1u64 << 40) / 3072;
+    assert_eq!(v["max_batch_size"], limit);
+    assert_eq!(v["peak_bytes_at_max_plus_one"], Value::Null);
+    assert!(v["device"]["max_batch_size"].as_u64().unwrap() <= limit);
+    let o = vramlab(&["memory", "simple_cnn", "-b", &limit.to_string()]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    refused(
+        &["memory", "simple_cnn", "-b", &(limit + 1).to_string()],
+        &["values a tensor may have", "--input sets the image"],
+    );
+    // report refuses the batch memory refuses, and writes nothing.
+    let d = scratch("report");
+    let out = d.join("r.html");
+    refused(
+        &[
+            "report",
+            "resnet50",
+            "-b",
+            "18446744073709551615",
+            "--out",
+            out.to_str().unwrap(),
+        ],
+        &["--batch-size 18446744073709551615"],
+    );
+    assert!(!out.exists());
+    refused(
+        &[
+            "report",
+            "resnet50",
+            "--memory",
+            "abc",
+            "--out",
+            out.to_str().unwrap(),
+        ],
+        &["--memory: `abc` is not a size"],
+    );
+    assert!(!out.exists());
+    let _ = std::fs::remove_dir_all(&d);
+    // Bits are refused with the bytes to write in both bases.
+    refused(
+        &["fit", "resnet50", "--memory", "5Gib"],
+        &["write GB or GiB"],
+    );
+}
+
+/// A CUDA context at or above the card leaves nothing for PyTorch: `memory` refuses it
+/// as `fit` did (it showed a 100 GiB nvidia-smi total on an 80 GB card).
+#[test]
+fn a_context_larger_than_the_card_is_refused_everywhere() {
+    refused(
+        &[
+            "memory",
+            "resnet50",
+            "--gpu",
+            "h100",
+            "--cuda-context",
+            "100GiB",
+        ],
+        &["--cuda-context 100.00 GiB is not less than the card's 79.18 GiB"],
+    );
+    refused(
+        &[
+            "fit",
+            "resnet50",
+            "--gpu",
+            "h100",
+            "--cuda-context",
+            "100GiB",
+        ],
+        &["is not less than the card's"],
+    );
+}
+
+/// Options that cannot apply are refused rather than ignored.
+#[test]
+fn options_that_cannot_apply_are_refused() {
+    refused(
+        &[
+            "fit",
+            "resnet50",
+            "--gpu",
+            "h100",
+            "--profile",
+            "pytorch-cpu",
+        ],
+        &["--gpu is for the pytorch-cuda profile", "--memory"],
+    );
+    refused(
+        &[
+            "report",
+            "resnet50",
+            "--gpu",
+            "h100",
+            "--profile",
+            "native",
+            "--out",
+            "-",
+        ],
+        &["--gpu is for the pytorch-cuda profile"],
+    );
+    refused(
+        &["memory", "resnet50", "--threads", "4"],
+        &["--threads is for the native profile"],
+    );
+    refused(
+        &[
+            "memory",
+            "resnet50",
+            "--mode",
+            "inference",
+            "--accumulation-steps",
+            "4",
+        ],
+        &["--accumulation-steps is for training"],
+    );
+    refused(
+        &[
+            "memory",
+            "resnet50",
+            "--mode",
+            "inference",
+            "--checkpoint-segments",
+            "2",
+        ],
+        &["--checkpoint-segments is for training"],
+    );
+    refused(
+        &[
+            "fit",
+            "resnet50",
+            "--gpu",
+            "h100",
+            "--mode",
+            "inference",
+            "--target-batch",
+            "4096",
+        ],
+        &["--target-batch is for training"],
+    );
+    // Inference has no learning rate to scale.
+    let v = json(&[
+        "fit",
+        "resnet50",
+        "--gpu",
+        "h100",
+        "--mode",
+        "inference",
+        "--json",
+    ]);
+    assert_eq!(v["lr_advice"], Value::Null);
+    let out = stdout(&vramlab(&[
+        "fit",
+        "resnet50",
+        "--gpu",
+        "h100",
+        "--mode",
+        "inference",
+    ]));
+    assert!(!out.contains("Learning rate"), "{out}");
+}
+
+/// Gradient accumulation is said: the figures are one micro-batch's.
+#[test]
+fn accumulation_is_shown() {
+    let v = json(&["memory", "resnet50", "--accumulation-steps", "4", "--json"]);
+    assert_eq!(v["accumulation_steps"], 4);
+    assert_eq!(v["batch_size"], 64);
+    // The batch on the device is the micro-batch's: 16 x 3 x 224 x 224 fp32 and labels.
+    assert_eq!(v["batch_bytes"], 16 * 3 * 224 * 224 * 4 + 16 * 8);
+    let out = stdout(&vramlab(&[
+        "memory",
+        "resnet50",
+        "--accumulation-steps",
+        "4",
+    ]));
+    assert!(
+        out.contains("Gradient accumulation: 4 micro-batches of 16 per optimizer step"),
+        "{out}"
+    );
+    let v = json(&["memory", "resnet50", "--json"]);
+    assert_eq!(v["accumulation_steps"], 1);
+}
+
+/// A step that ran out of memory is labelled so, not "(steady state)"; the gpus list
+/// states the context the planner uses before Hopper (666 MiB, not 512).
+#[test]
+fn labels_say_what_happened() {
+    let v = json(&[
+        "memory", "resnet50", "--gpu", "h100", "-b", "2000", "--json",
+    ]);
+    let oom_step = v["device"]["out_of_memory"]["step"].as_u64().unwrap();
+    let out = stdout(&vramlab(&[
+        "memory", "resnet50", "--gpu", "h100", "-b", "2000",
+    ]));
+    assert!(
+        out.contains(&format!("{oom_step} (out of memory)")),
+        "{out}"
+    );
+    assert!(!out.contains("(steady state)"), "{out}");
+    let out = stdout(&vramlab(&["gpus"]));
+    assert!(out.contains("760.00 MiB on Hopper and newer"), "{out}");
+    assert!(out.contains("666.00 MiB before"), "{out}");
+}
