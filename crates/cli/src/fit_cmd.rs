@@ -828,16 +828,22 @@ pub fn render(o: &FitJson, lang: Lang) -> String {
     match (r.max_batch_size, r.peak_bytes_at_max) {
         (Some(b), Some(p)) => {
             out.push_str(&match r.peak_bytes_at_max_plus_one {
-                Some(next) => t(
-                    lang,
-                    "Largest batch size that fits: {0} (peak {1}; at {2}: {3})",
-                    &[
-                        &thousands(b as u128),
-                        &bytes(p),
-                        &thousands(b as u128 + 1),
-                        &bytes(next),
-                    ],
-                ),
+                Some(next) => {
+                    // Two peaks that read the same at two decimals are shown in bytes.
+                    let (p, next) = if bytes(p) == bytes(next) {
+                        (
+                            format!("{} B", thousands(p)),
+                            format!("{} B", thousands(next)),
+                        )
+                    } else {
+                        (bytes(p), bytes(next))
+                    };
+                    t(
+                        lang,
+                        "Largest batch size that fits: {0} (peak {1}; at {2}: {3})",
+                        &[&thousands(b as u128), &p, &thousands(b as u128 + 1), &next],
+                    )
+                }
                 None => t(
                     lang,
                     "Largest batch size that fits: {0} (peak {1}; no larger batch is searched: its images would hold more values than one tensor may)",

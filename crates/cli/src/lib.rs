@@ -499,11 +499,15 @@ impl PlanArgs {
         let mut d = Distributed::new(self.gpus, self.nodes, strategy);
         d.bucket_cap_bytes = (self.bucket_cap_mb * 1024.0 * 1024.0) as u128;
         d.gradient_as_bucket_view = self.gradient_as_bucket_view;
-        if (self.find_unused_parameters || self.static_graph) && strategy != Strategy::Ddp {
+        if (self.find_unused_parameters || self.static_graph || self.gradient_as_bucket_view)
+            && strategy != Strategy::Ddp
+        {
             let flag = if self.find_unused_parameters {
                 "--find-unused-parameters"
-            } else {
+            } else if self.static_graph {
                 "--static-graph"
+            } else {
+                "--gradient-as-bucket-view"
             };
             return Err(UserError(format!(
                 "{flag} is DDP's (got --strategy {})",
@@ -623,6 +627,13 @@ impl PlanArgs {
             .map(|v| fmt::parse_size(v).map_err(|e| UserError(format!("--nccl-buffer: {e}"))))
             .transpose()?;
         if let Some(w) = &self.wrap {
+            if strategy == Strategy::Ddp {
+                return Err(UserError(
+                    "--wrap names sharding units: it is for the sharding strategies (zero3, \
+                     fsdp, fsdp1, fsdp-grad-op, hybrid), not ddp"
+                        .into(),
+                ));
+            }
             d.wrap = w
                 .split(',')
                 .map(|p| p.trim().to_string())

@@ -63,6 +63,11 @@ pub fn run(a: &MemoryArgs) -> Result<()> {
             cfg.profile.name()
         )));
     }
+    if a.timeline && !a.json {
+        return Err(crate::UserError(
+            "--timeline is part of the JSON: add --json".into(),
+        ));
+    }
     if a.device_trace && !a.json {
         return Err(crate::UserError(
             "--device-trace is part of the JSON: add --json".into(),
@@ -134,7 +139,7 @@ pub fn render(r: &MemoryReport, lang: Lang) -> String {
     if let Some(d) = &r.distributed {
         out.push_str(&t(
             lang,
-            "one rank of {0} ({1} GPUs x {2} nodes), strategy {3}: batch {4} per rank, {5} in all",
+            "one rank of {0} (--gpus {1} x --nodes {2}), strategy {3}: batch {4} per rank, {5} in all",
             &[
                 &d.world_size(),
                 &d.gpus_per_node,
@@ -277,7 +282,11 @@ pub fn render_device(d: &DeviceReport, reported_steps: usize, lang: Lang) -> Str
             "allocated: modelled, as torch.cuda.max_memory_allocated() counts it; the cuBLAS and cuBLASLt workspaces ({0}: one cuBLAS workspace for forward's thread, one for backward's, 1 MiB for cuBLASLt) are included.",
             &[&bytes(d.cublas_workspace_bytes)],
         ),
-        s(lang, "reserved: modelled, as torch.cuda.max_memory_reserved() counts it: segments of 2 MiB, 20 MiB, or the request rounded up to 2 MiB."),
+        if d.expandable_segments {
+            s(lang, "reserved: modelled, as torch.cuda.max_memory_reserved() counts it: with expandable_segments, one segment per pool that maps pages as it grows (2 MiB for small requests, 20 MiB for large ones).")
+        } else {
+            s(lang, "reserved: modelled, as torch.cuda.max_memory_reserved() counts it: segments of 2 MiB, 20 MiB, or the request rounded up to 2 MiB.")
+        },
         t(
             lang,
             "nvidia-smi total: estimated: the CUDA context ({0}) + reserved.",
@@ -286,6 +295,12 @@ pub fn render_device(d: &DeviceReport, reported_steps: usize, lang: Lang) -> Str
     ]
     .into_iter()
     .chain(cudnn)
+    .chain((d.expandable_segments && d.max_split_size_bytes.is_some()).then(|| {
+        s(lang, "max_split_size_mb with expandable_segments: a free block of max_split_size_mb or more serves no smaller request (PyTorch's get_free_block), so those map new pages past it and reserved can grow well beyond either setting alone.")
+    }))
+    .chain(d.garbage_collection_inactive.then(|| {
+        s(lang, "garbage_collection_threshold acts only under a per-process memory fraction (fit --fraction), as in PyTorch: here it changes nothing.")
+    }))
     .chain([s(lang, "Estimates: the CUDA context depends on the driver, the card and the CUDA version (--cuda-version, --cuda-context; docs/ARCHITECTURE.md has the table); cuDNN's workspaces on the plans cuDNN picks (estimated per convolution; --cudnn-workspace caps them).").to_string()])
     {
         out.push_str(&line);

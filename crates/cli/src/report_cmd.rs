@@ -304,6 +304,12 @@ pub fn report(a: &ReportArgs) -> Result<()> {
     // Batch-size curve.
     let card = match (&a.gpu, &a.memory) {
         (Some(name), _) => {
+            if name.contains(',') {
+                return Err(crate::UserError(format!(
+                    "--gpu `{name}`: the report draws one card's curve; give one (fit compares \
+                     several)"
+                )));
+            }
             let gpu = vramlab_memory::fit::find_gpu(name)?;
             let (total, basis) = crate::fit_cmd::card_budget_total(&gpu);
             Some((total, Some(gpu.label.to_string()), Some(basis)))

@@ -374,3 +374,86 @@ fn labels_say_what_happened() {
     assert!(out.contains("760.00 MiB on Hopper and newer"), "{out}");
     assert!(out.contains("666.00 MiB before"), "{out}");
 }
+
+/// Options of one strategy given with another, and JSON-only options without --json,
+/// are refused.
+#[test]
+fn options_of_another_strategy_are_refused() {
+    refused(
+        &[
+            "memory",
+            "resnet50",
+            "--gpus",
+            "2",
+            "--strategy",
+            "fsdp",
+            "--gradient-as-bucket-view",
+        ],
+        &["--gradient-as-bucket-view is DDP's"],
+    );
+    refused(
+        &[
+            "memory",
+            "resnet50",
+            "--gpus",
+            "2",
+            "--strategy",
+            "ddp",
+            "--wrap",
+            "layer1",
+        ],
+        &["--wrap names sharding units", "not ddp"],
+    );
+    refused(
+        &["memory", "resnet50", "--timeline"],
+        &["--timeline is part of the JSON"],
+    );
+    refused(
+        &["report", "resnet50", "--gpu", "h100,t4", "--out", "-"],
+        &["the report draws one card's curve"],
+    );
+}
+
+/// What an allocator setting does that surprises is said: max_split_size_mb with
+/// expandable_segments roughly doubled reserved without a word; a garbage-collection
+/// threshold without a memory fraction does nothing; expandable segments are described
+/// as what they are.
+#[test]
+fn allocator_settings_explain_themselves() {
+    let run = |conf: &str| {
+        let o = vramlab(&["memory", "resnet50", "--gpu", "h100", "--alloc-conf", conf]);
+        assert!(o.status.success(), "{}", stderr(&o));
+        stdout(&o)
+    };
+    let out = run("expandable_segments:True,max_split_size_mb:128");
+    assert!(
+        out.contains("max_split_size_mb with expandable_segments"),
+        "{out}"
+    );
+    assert!(
+        out.contains("one segment per pool that maps pages"),
+        "{out}"
+    );
+    let out = run("expandable_segments:True");
+    assert!(
+        !out.contains("max_split_size_mb with expandable_segments"),
+        "{out}"
+    );
+    assert!(
+        out.contains("one segment per pool that maps pages"),
+        "{out}"
+    );
+    let out = run("garbage_collection_threshold:0.6");
+    assert!(
+        out.contains("acts only under a per-process memory fraction"),
+        "{out}"
+    );
+    assert!(out.contains("segments of 2 MiB, 20 MiB"), "{out}");
+    // Two peaks that read the same at two decimals are told apart in bytes.
+    let out = stdout(&vramlab(&["fit", "alexnet", "--gpu", "h100"]));
+    let line = out
+        .lines()
+        .find(|l| l.starts_with("Largest batch size that fits"))
+        .unwrap();
+    assert!(line.contains(" B; at ") && line.ends_with(" B)"), "{line}");
+}

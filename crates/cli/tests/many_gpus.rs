@@ -30,7 +30,7 @@ fn memory_plans_one_rank_and_says_so() {
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     assert!(
         text.contains(
-            "one rank of 8 (8 GPUs x 1 nodes), strategy fsdp: batch 32 per rank, 256 in all"
+            "one rank of 8 (--gpus 8 x --nodes 1), strategy fsdp: batch 32 per rank, 256 in all"
         ),
         "{text}"
     );

@@ -555,6 +555,13 @@ pub struct MemoryReport {
 pub struct DeviceReport {
     /// `PYTORCH_CUDA_ALLOC_CONF` as simulated: `default`, or the settings.
     pub alloc_conf: String,
+    /// `expandable_segments:True`: one segment per pool, growing by mapped pages.
+    pub expandable_segments: bool,
+    /// `max_split_size_mb`, in bytes, when set.
+    pub max_split_size_bytes: Option<u128>,
+    /// `garbage_collection_threshold` was given but acts only under a per-process memory
+    /// fraction (`fit --fraction`), as in PyTorch: here it changed nothing.
+    pub garbage_collection_inactive: bool,
     pub steps: Vec<DeviceStep>,
     /// Highest `max_memory_allocated()` over the steps (modelled).
     pub allocated_peak_bytes: u128,

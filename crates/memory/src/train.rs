@@ -492,6 +492,10 @@ fn device_report(
         .unwrap_or(0);
     DeviceReport {
         alloc_conf: cfg.alloc_conf.describe(),
+        expandable_segments: cfg.alloc_conf.expandable_segments,
+        max_split_size_bytes: cfg.alloc_conf.max_split_size,
+        garbage_collection_inactive: cfg.alloc_conf.garbage_collection_threshold.is_some()
+            && cfg.allowed_memory_bytes.is_none(),
         allocated_peak_bytes: steps
             .iter()
             .map(|s| s.allocated_peak_bytes)
