@@ -546,6 +546,13 @@ impl PlanArgs {
                     strategy.name()
                 )));
             }
+            if world == 1 {
+                return Err(UserError(
+                    "--cpu-offload with one rank is not modelled: one GPU is planned without \
+                     sharding, so nothing would move; give --gpus 2 or more"
+                        .into(),
+                ));
+            }
             d.cpu_offload = true;
         }
         let zero = matches!(

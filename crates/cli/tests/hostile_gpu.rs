@@ -404,6 +404,19 @@ fn options_of_another_strategy_are_refused() {
         ],
         &["--wrap names sharding units", "not ddp"],
     );
+    // One rank is planned without sharding: the offload would have moved nothing.
+    refused(
+        &[
+            "memory",
+            "resnet50",
+            "--gpus",
+            "1",
+            "--strategy",
+            "fsdp",
+            "--cpu-offload",
+        ],
+        &["--cpu-offload with one rank is not modelled"],
+    );
     refused(
         &["memory", "resnet50", "--timeline"],
         &["--timeline is part of the JSON"],
