@@ -129,7 +129,15 @@ pub fn summary(a: &SummaryArgs) -> Result<()> {
     };
     // Without -b, batch 1 is the natural unit; where PyTorch's BatchNorm refuses it (one
     // value per channel in training), batch 2 is what a user would run, and we say so.
-    let (cfg, saved, note) = match (a.batch_size, saved_for_backward(&g, &config(1))) {
+    let (cfg, saved, note) = if g.params().is_empty() {
+        // Nothing requires grad: autograd records nothing and forward keeps nothing.
+        (
+            config(a.batch_size.unwrap_or(1)),
+            vec![0; g.nodes().len()],
+            Some("the model has no parameters: nothing requires grad, so forward keeps nothing for backward".to_string()),
+        )
+    } else {
+        match (a.batch_size, saved_for_backward(&g, &config(1))) {
         (Some(b), _) => (config(b), saved_for_backward(&g, &config(b))?, None),
         (None, Ok(saved)) => (config(1), saved, None),
         (None, Err(vramlab_memory::PlanError::Framework { layer, .. })) => (
@@ -140,6 +148,7 @@ pub fn summary(a: &SummaryArgs) -> Result<()> {
             )),
         ),
         (None, Err(e)) => return Err(e.into()),
+        }
     };
     let mut layers = Vec::new();
     for (i, n) in g.nodes().iter().enumerate().skip(1) {

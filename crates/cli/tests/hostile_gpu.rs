@@ -83,6 +83,11 @@ fn an_inference_of_views_only_plans_the_batch() {
         }
         let o = vramlab(&["fit", p, "--mode", "inference", "--gpu", "h100"]);
         assert!(o.status.success(), "{}", stderr(&o));
+        // summary trains nothing: without parameters nothing is kept (it said "nothing
+        // to train" and exited 2).
+        let v = json(&["summary", p, "--json"]);
+        assert_eq!(v["num_params"], 0);
+        assert_eq!(v["saved_bytes"], 0);
     }
     let _ = std::fs::remove_dir_all(&d);
 }
