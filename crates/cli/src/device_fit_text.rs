@@ -43,11 +43,16 @@ pub fn render(a: &DeviceAnswer, lang: Lang) -> String {
         &[&d.alloc_conf],
     );
     line(&mut out, &head);
+    let sentence = if d.cuda_context_bytes >= d.card_total_bytes {
+        "  {0} ({1}): the CUDA context alone ({2}) takes all of it, {3} is left for the allocator"
+    } else {
+        "  {0} ({1}) - CUDA context {2} = {3} for the allocator"
+    };
     line(
         &mut out,
         &t(
             lang,
-            "  {0} ({1}) - CUDA context {2} = {3} for the allocator",
+            sentence,
             &[
                 &bytes(d.card_total_bytes),
                 &d.card_total_source,

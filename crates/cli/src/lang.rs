@@ -66,6 +66,7 @@ static ZH: &[(&str, &str)] = &[
     ("Fits: the allocator served every request of the {0} steps within a limit of {1}.", "放得下：分配器在 {1} 的上限内满足了 {0} 步中的每一次请求。"),
     ("Overhead includes the CUDA context, estimated at {0} (set it with --cuda-context).", "开销中包含 CUDA 上下文，估计为 {0}（可用 --cuda-context 设置）。"),
     ("On the card, by what fails (PyTorch's caching allocator simulated, PYTORCH_CUDA_ALLOC_CONF: {0}):", "按实际失败判断（模拟 PyTorch 缓存分配器，PYTORCH_CUDA_ALLOC_CONF：{0}）："),
+    ("  {0} ({1}): the CUDA context alone ({2}) takes all of it, {3} is left for the allocator", "  {0}（{1}）：仅 CUDA 上下文（{2}）就占满了，留给分配器的是 {3}"),
     ("  {0} ({1}) - CUDA context {2} = {3} for the allocator", "  {0}（{1}）- CUDA 上下文 {2} = 分配器可用 {3}"),
     ("  and at most {0} under torch.cuda.set_per_process_memory_fraction", "  且在 torch.cuda.set_per_process_memory_fraction 下至多 {0}"),
     ("  Largest batch found to run: {0} (max_memory_allocated {1}, max_memory_reserved {2}: modelled; nvidia-smi {3}: estimated)", "  找到的能运行的最大批大小：{0}（max_memory_allocated {1}、max_memory_reserved {2}：建模值；nvidia-smi {3}：估计值）"),
