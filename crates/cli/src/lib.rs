@@ -168,15 +168,20 @@ impl ModelArgs {
             }
             graph = graph.without_aux();
         }
-        // A shape error in a file the user wrote names that file.
+        // A shape error in a file the user wrote names that file; one that --input
+        // caused says so.
         graph.infer().map_err(|e| {
+            let e = match &self.input {
+                Some(i) => format!("{e} (with --input {i})"),
+                None => e.to_string(),
+            };
             if vramlab_graph::names_a_file(&self.model)
                 || self.model.ends_with(".onnx")
                 || self.model.ends_with(".pt2")
             {
                 UserError(format!("{}: {e}", self.model))
             } else {
-                e.into()
+                UserError(e)
             }
         })
     }

@@ -201,6 +201,11 @@ fn sizes_and_batches_stay_physical() {
     );
     assert!(!out.exists());
     let _ = std::fs::remove_dir_all(&d);
+    // A shape --input broke says so (it blamed fc1 alone).
+    refused(
+        &["memory", "simple_cnn", "--input", "3x64x64"],
+        &["layer `fc1`", "(with --input 3x64x64)"],
+    );
     // Bits are refused with the bytes to write in both bases.
     refused(
         &["fit", "resnet50", "--memory", "5Gib"],
