@@ -901,7 +901,16 @@ fn evaluate(
         }
         n += bs;
     }
-    Ok((correct as f64 / n.max(1) as f64, loss / n.max(1) as f64))
+    let loss = loss / n.max(1) as f64;
+    // Logits that overflow give a NaN loss and an argmax of NaNs: no accuracy to report.
+    if !loss.is_finite() {
+        return Err(UserError(format!(
+            "the loss on {} {split} is {loss}: the model's outputs overflow, so no accuracy is \
+             reported",
+            ds.name
+        )));
+    }
+    Ok((correct as f64 / n.max(1) as f64, loss))
 }
 
 /// Where a resumed run starts, and with what.
@@ -1112,6 +1121,7 @@ pub fn train(a: &TrainArgs) -> Result<()> {
         skip_batches: skip,
         max_steps: a.max_steps,
         checkpoint: a.checkpoint.clone(),
+        checkpoint_is_start: a.resume.is_some() && a.resume == a.checkpoint,
     };
     let mut progress = Progress {
         bar: None,
@@ -1128,9 +1138,18 @@ pub fn train(a: &TrainArgs) -> Result<()> {
         &|epoch, position, batches| metadata(&info, epoch, position, batches),
         &mut |e| {
             if ds.test.as_ref().is_some_and(|t| !t.is_empty()) {
+                // After the epoch's last update, before its checkpoint: weights that
+                // diverged on that update stop the run here (the training loss, taken
+                // before each update, cannot see it).
                 evaluate(e, &ds, "test", &mean, &std, eval_batch)
                     .map(|(acc, _)| Some(acc))
-                    .map_err(|err| vramlab_train::TrainError::Eval(err.0))
+                    .map_err(|err| {
+                        vramlab_train::TrainError::Eval(format!(
+                            "training diverged: {}; the epoch's checkpoint was not written (a \
+                             lower --lr?)",
+                            err.0
+                        ))
+                    })
             } else {
                 Ok(None)
             }
@@ -1435,16 +1454,8 @@ pub fn eval(a: &EvalArgs) -> Result<()> {
         )));
     }
     let t0 = Instant::now();
-    let (acc, loss) = evaluate(&mut e, &ds, &a.split, &mean, &std, a.batch_size.min(4096))?;
-    if !loss.is_finite() {
-        return Err(UserError(format!(
-            "{}: the loss on {} {} is {loss}: the model's outputs overflow, so no accuracy is \
-             reported",
-            a.checkpoint.display(),
-            ds.name,
-            a.split
-        )));
-    }
+    let (acc, loss) = evaluate(&mut e, &ds, &a.split, &mean, &std, a.batch_size.min(4096))
+        .map_err(|err| UserError(format!("{}: {}", a.checkpoint.display(), err.0)))?;
     #[derive(Serialize)]
     struct EvalJson {
         split: String,
@@ -2063,7 +2074,16 @@ pub fn sweep(a: &SweepArgs) -> Result<()> {
         let noise =
             (tail.iter().map(|p| (p.1 as f64 - m).powi(2)).sum::<f64>() / tail.len() as f64).sqrt();
         let test_accuracy = if ds.test.as_ref().is_some_and(|t| !t.is_empty()) {
-            Some(evaluate(&mut e, &ds, "test", &mean, &std, 512)?.0)
+            Some(
+                evaluate(&mut e, &ds, "test", &mean, &std, 512)
+                    .map_err(|err| {
+                        UserError(format!(
+                            "batch {bs}: training diverged (lr {lr:e}): {}; the sweep stopped",
+                            err.0
+                        ))
+                    })?
+                    .0,
+            )
         } else {
             None
         };

@@ -235,6 +235,58 @@ fn a_nan_loss_stops_training_and_keeps_the_last_good_checkpoint() {
     std::fs::remove_dir_all(&root).ok();
 }
 
+/// A run whose last update diverges (the training loss is taken before each update, so
+/// it cannot see it) stops at the test evaluation with exit 2 and writes no checkpoint
+/// (it reported the accuracy of NaN logits, exit 0, and saved weights of 1e27); a NaN
+/// loss before any checkpoint was written claims none was kept.
+#[test]
+fn a_divergence_on_the_last_update_is_reported_not_scored() {
+    let root = tmp("diverge");
+    cifar(&root, 16);
+    let ck = root.join("d.safetensors");
+    let (r, c) = (root.to_str().unwrap(), ck.to_str().unwrap());
+    let run = |steps: &str| {
+        vramlab(&[
+            "train",
+            "simple_cnn",
+            "--data",
+            "cifar10",
+            "--root",
+            r,
+            "--max-steps",
+            steps,
+            "--batch-size",
+            "8",
+            "--optimizer",
+            "sgd",
+            "--lr",
+            "1e30",
+            "--checkpoint",
+            c,
+            "--json",
+        ])
+    };
+    let o = run("1");
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(2), "{err}");
+    assert!(
+        err.contains("training diverged: the loss on cifar10 test is NaN")
+            && err.contains("the epoch's checkpoint was not written"),
+        "{err}"
+    );
+    assert!(!ck.exists());
+    let o = run("2");
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(2), "{err}");
+    assert!(
+        err.contains("the loss became NaN at epoch 1 step 2"),
+        "{err}"
+    );
+    assert!(!err.contains("kept"), "{err}");
+    assert!(!ck.exists());
+    std::fs::remove_dir_all(&root).ok();
+}
+
 #[test]
 fn ctrl_c_saves_and_exits_cleanly() {
     let root = tmp("sigint");

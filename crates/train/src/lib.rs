@@ -37,6 +37,9 @@ pub struct Schedule {
     pub skip_batches: usize,
     pub max_steps: Option<usize>,
     pub checkpoint: Option<PathBuf>,
+    /// The checkpoint already holds a good state when the run starts (it resumes from
+    /// that file): kept if the loss turns non-finite before this run writes it.
+    pub checkpoint_is_start: bool,
 }
 
 /// Why a run ended before its last epoch.
@@ -185,6 +188,9 @@ pub fn run(
         stopped: None,
     };
     let mut steps_done = 0usize;
+    // Whether this run wrote its checkpoint: only then is one "kept" when the loss turns
+    // non-finite (a file already at the path may be anything).
+    let mut saved = schedule.checkpoint_is_start;
     'epochs: for epoch in schedule.start_epoch..schedule.epochs {
         let t0 = Instant::now();
         let skip_now = std::mem::take(&mut skip);
@@ -202,7 +208,7 @@ pub fn run(
                     loss: r.loss,
                     epoch: epoch + 1,
                     step: bi + 1,
-                    kept: schedule.checkpoint.clone(),
+                    kept: schedule.checkpoint.clone().filter(|_| saved),
                 });
                 break 'epochs;
             }
@@ -254,6 +260,7 @@ pub fn run(
         out.epochs.push(row);
         if let Some(c) = &schedule.checkpoint {
             checkpoint::save(e, c, metadata(epoch, position, batches))?;
+            saved = true;
         }
         if out.stopped.is_some() {
             break;
