@@ -11,7 +11,7 @@ use image::imageops::FilterType;
 
 use crate::limits::{
     check_image_size, not_regular, read_regular, MAX_DECODE_ALLOC, MAX_IMAGE_FILE_BYTES,
-    MAX_IMAGE_SIDE, MAX_SPLIT_BYTES,
+    MAX_IMAGE_PIXELS, MAX_IMAGE_SIDE, MAX_SPLIT_BYTES,
 };
 use crate::{DataError, Dataset, Split};
 
@@ -167,11 +167,18 @@ pub fn decode_bytes(bytes: &[u8], path: &Path, opts: &FolderOptions) -> Result<D
     }
     let cannot =
         |e: &dyn std::fmt::Display| DataError::file(path, format!("cannot decode the image: {e}"));
-    let mut reader = image::ImageReader::new(std::io::Cursor::new(bytes))
-        .with_guessed_format()
-        .map_err(|e| cannot(&e))?;
-    reader.limits(decoder_limits());
-    let mut img = reader.decode().map_err(|e| cannot(&e))?;
+    let reader = || {
+        let mut r = image::ImageReader::new(std::io::Cursor::new(bytes))
+            .with_guessed_format()
+            .map_err(|e| cannot(&e))?;
+        r.limits(decoder_limits());
+        Ok::<_, DataError>(r)
+    };
+    // The header's size first: a small file that declares a huge image is refused
+    // before its pixels are decoded.
+    let (w, h) = reader()?.into_dimensions().map_err(|e| cannot(&e))?;
+    check_image_size(w as u64, h as u64, "the image is").map_err(|m| DataError::file(path, m))?;
+    let mut img = reader()?.decode().map_err(|e| cannot(&e))?;
     check_image_size(img.width() as u64, img.height() as u64, "the image is")
         .map_err(|m| DataError::file(path, m))?;
     if let Some(r) = &opts.resize {
@@ -232,7 +239,7 @@ fn too_large(root: &Path) -> DataError {
     DataError::file(
         root,
         format!(
-            "the images decode to more than {} GiB, the limit of a split held in memory; use --resize",
+            "the images decode to more than {} GiB, the limit of a split held in memory; use a (smaller) --resize",
             MAX_SPLIT_BYTES >> 30
         ),
     )
@@ -245,10 +252,27 @@ fn load_split(
     let (files, classes) = scan(root)?;
     // Each decoder may hold an image file and its decoding at their limits at once:
     // at most 8 of them bound that memory whatever the number of cores.
-    let threads = std::thread::available_parallelism()
+    let mut threads = std::thread::available_parallelism()
         .map(|n| n.get())
         .unwrap_or(1)
         .min(MAX_DECODE_THREADS);
+    // With --resize every image is at least N x N (HxW exactly): a split that cannot fit
+    // the cap is refused before any decoding, and resizing, which works in f32 (up to
+    // 16 bytes a pixel), runs on as many decoders as 2 GiB of that holds.
+    let resized_pixels = opts.resize.as_ref().map(|r| match r.as_slice() {
+        [s] => *s as u64 * *s as u64,
+        [h, w] => *h as u64 * *w as u64,
+        _ => 0,
+    });
+    // (Sizes past one image's limit are refused per image, with the image's size.)
+    if let Some(px) = resized_pixels.filter(|&p| p <= MAX_IMAGE_PIXELS) {
+        let channels = if opts.grayscale { 1 } else { 3 };
+        if (files.len() as u64).saturating_mul(px.saturating_mul(channels)) > MAX_SPLIT_BYTES {
+            return Err(too_large(root));
+        }
+        let per_image = px.saturating_mul(16).max(1);
+        threads = threads.min(((2u64 << 30) / per_image).max(1) as usize);
+    }
     let chunk = files.len().div_ceil(threads).max(1);
     // Every decoded byte is kept: stop all decoders once the split passes the cap.
     let used = AtomicU64::new(0);

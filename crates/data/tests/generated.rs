@@ -525,3 +525,83 @@ fn mutated_files_of_every_format_are_parsed_or_refused_never_a_panic() {
         }
     }
 }
+
+/// CRC-32 (IEEE), as PNG chunks carry it.
+fn crc32(bytes: &[u8]) -> u32 {
+    let mut c = 0xffff_ffffu32;
+    for &b in bytes {
+        c ^= b as u32;
+        for _ in 0..8 {
+            c = if c & 1 != 0 {
+                0xedb8_8320 ^ (c >> 1)
+            } else {
+                c >> 1
+            };
+        }
+    }
+    !c
+}
+
+/// A 70-byte PNG whose header declares 20000x20000 pixels is refused by its header,
+/// before its pixels are decoded (it decoded 400 MB first).
+#[test]
+fn an_image_is_refused_by_its_declared_size_before_decoding() {
+    let root = tmp("declared");
+    std::fs::create_dir_all(root.join("a")).unwrap();
+    let mut png = b"\x89PNG\r\n\x1a\n".to_vec();
+    let mut ihdr = b"IHDR".to_vec();
+    ihdr.extend(20000u32.to_be_bytes());
+    ihdr.extend(20000u32.to_be_bytes());
+    ihdr.extend([8, 0, 0, 0, 0]); // 8-bit grayscale
+    png.extend(13u32.to_be_bytes());
+    png.extend(&ihdr);
+    png.extend(crc32(&ihdr).to_be_bytes());
+    // The first bytes of a zlib stream: the header is all that is read.
+    let idat = b"IDAT\x78\x9c";
+    png.extend(2u32.to_be_bytes());
+    png.extend(idat);
+    png.extend(crc32(idat).to_be_bytes());
+    png.extend(0u32.to_be_bytes());
+    png.extend(b"IEND");
+    png.extend(crc32(b"IEND").to_be_bytes());
+    let file = root.join("a").join("bomb.png");
+    std::fs::write(&file, &png).unwrap();
+    let e = vramlab_data::folder::decode(&file, &FolderOptions::default())
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("the image is 20000x20000 pixels (height x width), larger than the limit"),
+        "{e}"
+    );
+    std::fs::remove_dir_all(&root).ok();
+}
+
+/// A --resize whose images cannot fit the split's cap is refused before any image is
+/// decoded (50 tiny images at --resize 11000 would be 18 GB: it started resizing them).
+#[test]
+fn a_resize_past_the_split_cap_is_refused_before_decoding() {
+    let root = tmp("resize-cap");
+    std::fs::create_dir_all(root.join("a")).unwrap();
+    let img = image::RgbImage::from_pixel(2, 2, image::Rgb([1, 2, 3]));
+    for i in 0..50 {
+        img.save(root.join("a").join(format!("{i}.png"))).unwrap();
+    }
+    let r = root.clone();
+    let e = within(20, move || {
+        let opts = OpenOptions {
+            folder: FolderOptions {
+                resize: Some(vec![11000]),
+                ..Default::default()
+            },
+            ..Default::default()
+        };
+        open(r.to_str().unwrap(), None, &opts)
+            .unwrap_err()
+            .to_string()
+    });
+    assert!(
+        e.contains("the images decode to more than 16 GiB") && e.contains("(smaller) --resize"),
+        "{e}"
+    );
+    std::fs::remove_dir_all(&root).ok();
+}
