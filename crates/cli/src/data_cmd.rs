@@ -408,9 +408,13 @@ pub fn fetch_cmd(a: &FetchArgs) -> Result<()> {
     })
     .map_err(|e| UserError(format!("cannot install the Ctrl-C handler: {e}")))?;
     let mut last = 0u64;
+    let mut printed = false;
+    // A progress line rewritten in place is for a terminal, not a log.
+    let progress = std::io::stderr().is_terminal();
     let out = fetch::fetch(&res, &a.root, &opts, |r, got, total| {
-        if got >= last + (4 << 20) || Some(got) == total {
+        if progress && (got >= last + (4 << 20) || Some(got) == total) {
             last = got;
+            printed = true;
             eprint!(
                 "\r{}: {}{}",
                 r.file,
@@ -420,8 +424,12 @@ pub fn fetch_cmd(a: &FetchArgs) -> Result<()> {
                     .unwrap_or_default()
             );
         }
-    })?;
-    eprintln!();
+    });
+    // The progress line ends before what follows, an error included.
+    if printed {
+        eprintln!();
+    }
+    let out = out?;
     if a.json {
         #[derive(Serialize)]
         struct Fetched {

@@ -456,9 +456,18 @@ fn fetch_gives_up_a_silent_server_after_the_timeout() {
     fetch_fails_cleanly(&url, &["--timeout", "1"], "nothing for 1 s", 15);
 }
 
+/// Ctrl-C, and a SIGTERM or SIGHUP (a job killed, a terminal closed; the partial file
+/// stayed behind before), remove the partial download.
 #[cfg(unix)]
 #[test]
 fn ctrl_c_during_fetch_removes_the_partial_file() {
+    for signal in ["-INT", "-TERM", "-HUP"] {
+        interrupted_fetch_leaves_nothing(signal);
+    }
+}
+
+#[cfg(unix)]
+fn interrupted_fetch_leaves_nothing(signal: &str) {
     use std::io::Write;
     let (tx, rx) = std::sync::mpsc::channel::<()>();
     let url = serve(move |mut s| {
@@ -468,7 +477,7 @@ fn ctrl_c_during_fetch_removes_the_partial_file() {
         let _ = s.flush();
         let _ = rx.recv_timeout(std::time::Duration::from_secs(60));
     });
-    let root = tmp("ctrlc");
+    let root = tmp(&format!("signal{signal}"));
     let mut child = Command::new(env!("CARGO_BIN_EXE_vramlab"))
         .args([
             "data",
@@ -489,14 +498,14 @@ fn ctrl_c_during_fetch_removes_the_partial_file() {
         std::thread::sleep(std::time::Duration::from_millis(20));
     }
     let killed = Command::new("kill")
-        .args(["-INT", &child.id().to_string()])
+        .args([signal, &child.id().to_string()])
         .status()
         .unwrap();
     assert!(killed.success());
-    let status = wait_for(&mut child, 20).expect("exits after Ctrl-C");
+    let status = wait_for(&mut child, 20).expect("exits after the signal");
     drop(tx);
-    assert_eq!(status.code(), Some(130));
-    assert!(listing(&root).is_empty(), "{:?}", listing(&root));
+    assert_eq!(status.code(), Some(130), "{signal}");
+    assert!(listing(&root).is_empty(), "{signal}: {:?}", listing(&root));
     std::fs::remove_dir_all(&root).ok();
 }
 
