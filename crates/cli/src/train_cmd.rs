@@ -1446,6 +1446,25 @@ pub fn eval(a: &EvalArgs) -> Result<()> {
             ds.classes.len()
         )));
     }
+    // Labels are indices: scored against other classes (another dataset, folders in
+    // another order) the accuracy would mean nothing.
+    if ds.classes != classes {
+        let few = |c: &[String]| {
+            let mut s = c.iter().take(4).cloned().collect::<Vec<_>>().join(", ");
+            if c.len() > 4 {
+                s.push_str(", ...");
+            }
+            s
+        };
+        return Err(UserError(format!(
+            "{}: trained on the classes {}, but {} has {}: its labels would be scored against \
+             other classes",
+            a.checkpoint.display(),
+            few(&classes),
+            ds.name,
+            few(&ds.classes)
+        )));
+    }
     let samples = ds.split(&a.split)?.len();
     if samples == 0 {
         return Err(UserError(format!(

@@ -1191,3 +1191,50 @@ fn a_swin_checkpoint_keeps_its_relative_position_index() {
         "{err}"
     );
 }
+
+/// A checkpoint scored on data whose classes are others (another dataset, folders named
+/// otherwise) is refused: its labels are indices (it printed an accuracy, exit 0).
+#[test]
+fn eval_refuses_data_of_other_classes() {
+    let root = tmp("classes");
+    let folder = |name: &str, classes: [&str; 2]| {
+        let d = root.join(name);
+        for (i, c) in classes.iter().enumerate() {
+            std::fs::create_dir_all(d.join(c)).unwrap();
+            for j in 0..4u8 {
+                image::RgbImage::from_pixel(32, 32, image::Rgb([40 * i as u8, 10 * j, 90]))
+                    .save(d.join(c).join(format!("{j}.png")))
+                    .unwrap();
+            }
+        }
+        d.to_str().unwrap().to_string()
+    };
+    let (a, b) = (folder("a", ["cat", "dog"]), folder("b", ["apple", "car"]));
+    let ck = root.join("a.safetensors");
+    let c = ck.to_str().unwrap();
+    json(&vramlab(&[
+        "train",
+        "simple_cnn",
+        "--data",
+        &a,
+        "--max-steps",
+        "1",
+        "--batch-size",
+        "4",
+        "--checkpoint",
+        c,
+        "--json",
+    ]));
+    let ok = vramlab(&["eval", "--checkpoint", c, "--data", &a, "--split", "train"]);
+    assert!(
+        ok.status.success(),
+        "{}",
+        String::from_utf8_lossy(&ok.stderr)
+    );
+    let err = refused(&["eval", "--checkpoint", c, "--data", &b, "--split", "train"]);
+    assert!(
+        err.contains("trained on the classes cat, dog, but b has apple, car"),
+        "{err}"
+    );
+    std::fs::remove_dir_all(&root).ok();
+}
