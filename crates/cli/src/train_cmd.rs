@@ -327,8 +327,8 @@ pub struct TrainArgs {
     /// Threads (default: every core; at most 4 per core).
     #[arg(long)]
     pub threads: Option<usize>,
-    /// Stop after this many steps in all (at least 1); the checkpoint records the step
-    /// within the epoch, and --resume continues from it.
+    /// Stop after this many steps of this run (at least 1; a resumed run counts its own);
+    /// the checkpoint records the step within the epoch, and --resume continues from it.
     #[arg(long)]
     pub max_steps: Option<usize>,
     /// Normalize with the training split's own mean and std (`auto`), none, or `MEAN,STD`.
@@ -359,6 +359,16 @@ pub struct DataArg {
     /// Folder the dataset's files are in (default: the dataset cache).
     #[arg(long, value_name = "DIR")]
     pub root: Option<PathBuf>,
+    /// Image folders: Resize (N: shorter side; HxW: exact), as `data info` takes it;
+    /// images of different sizes need it.
+    #[arg(long, value_name = "N|HxW")]
+    pub resize: Option<String>,
+    /// Image folders: CenterCrop (N or HxW), after --resize.
+    #[arg(long, value_name = "N|HxW")]
+    pub center_crop: Option<String>,
+    /// Image folders: Grayscale() (one channel).
+    #[arg(long)]
+    pub grayscale: bool,
 }
 
 impl DataArg {
@@ -366,9 +376,9 @@ impl DataArg {
         Source {
             dataset: self.dataset.clone(),
             root: self.root.clone(),
-            resize: None,
-            center_crop: None,
-            grayscale: false,
+            resize: self.resize.clone(),
+            center_crop: self.center_crop.clone(),
+            grayscale: self.grayscale,
             coarse: false,
         }
         .open()
@@ -1863,7 +1873,8 @@ impl SweepJson {
     }
 }
 
-/// Checks that the plots can be written in `dir` (creating it), before any training.
+/// Checks that the plots can be written in `dir` (creating it, in a folder that
+/// exists, as a checkpoint's folder must), before any training.
 fn check_plot_dir(dir: &std::path::Path) -> Result<()> {
     let fail = |e: &dyn std::fmt::Display| {
         UserError(format!(
@@ -1871,7 +1882,17 @@ fn check_plot_dir(dir: &std::path::Path) -> Result<()> {
             dir.display()
         ))
     };
-    std::fs::create_dir_all(dir).map_err(|e| fail(&e))?;
+    if !dir.is_dir() {
+        if let Some(parent) = dir.parent().filter(|p| !p.as_os_str().is_empty()) {
+            if !parent.is_dir() {
+                return Err(fail(&format_args!(
+                    "its folder {} does not exist",
+                    parent.display()
+                )));
+            }
+        }
+        std::fs::create_dir(dir).map_err(|e| fail(&e))?;
+    }
     // Every file the sweep will write: one that is a folder or a FIFO is found now,
     // not after the training.
     for name in SWEEP_PLOTS {

@@ -1238,3 +1238,61 @@ fn eval_refuses_data_of_other_classes() {
     );
     std::fs::remove_dir_all(&root).ok();
 }
+
+/// Images of different sizes train with --resize, which train takes as `data info` does
+/// (its error said "need --resize", an option train did not have); --plot-dir is made
+/// only in a folder that exists (it made every missing folder of the path).
+#[test]
+fn folders_of_mixed_sizes_train_with_resize_and_plot_dirs_need_their_parent() {
+    let root = tmp("mixed");
+    for (c, (w, h)) in [("a", (16, 16)), ("b", (40, 20))] {
+        std::fs::create_dir_all(root.join("data").join(c)).unwrap();
+        for j in 0..2u8 {
+            image::RgbImage::from_pixel(w, h, image::Rgb([60 * j, 30, 90]))
+                .save(root.join("data").join(c).join(format!("{j}.png")))
+                .unwrap();
+        }
+    }
+    let d = root.join("data");
+    let d = d.to_str().unwrap();
+    let base = [
+        "train",
+        "simple_cnn",
+        "--data",
+        d,
+        "--max-steps",
+        "1",
+        "--batch-size",
+        "2",
+    ];
+    let err = refused(&base);
+    assert!(
+        err.contains("images of different sizes need --resize"),
+        "{err}"
+    );
+    let mut args = base.to_vec();
+    args.extend(["--resize", "32x32", "--json"]);
+    let v = json(&vramlab(&args));
+    assert_eq!(v["stopped"], "stopped after --max-steps 1");
+    let cifar_root = root.join("cifar");
+    std::fs::create_dir_all(&cifar_root).unwrap();
+    cifar(&cifar_root, 16);
+    let missing = root.join("missing").join("plots");
+    let err = refused(&[
+        "sweep",
+        "simple_cnn",
+        "--data",
+        "cifar10",
+        "--root",
+        cifar_root.to_str().unwrap(),
+        "--batch-sizes",
+        "4",
+        "--samples",
+        "8",
+        "--plot-dir",
+        missing.to_str().unwrap(),
+    ]);
+    assert!(err.contains("does not exist"), "{err}");
+    assert!(!root.join("missing").exists());
+    std::fs::remove_dir_all(&root).ok();
+}
