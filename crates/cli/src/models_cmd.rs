@@ -122,6 +122,9 @@ pub fn summary(a: &SummaryArgs) -> Result<()> {
     if a.batch_size == Some(0) {
         return Err(UserError("--batch-size must be at least 1".into()));
     }
+    if let Some(b) = a.batch_size {
+        vramlab_memory::fit::check_batch(&g, b)?;
+    }
     let config = |b: u64| {
         let mut cfg = PlanConfig::new(b);
         cfg.profile = profile;

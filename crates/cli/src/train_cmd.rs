@@ -1018,7 +1018,7 @@ fn read_resume(
 
 pub fn train(a: &TrainArgs) -> Result<()> {
     if a.batch_size == 0 {
-        return Err(UserError("batch size must be at least 1, got 0".into()));
+        return Err(UserError("--batch-size must be at least 1, got 0".into()));
     }
     if a.epochs == 0 {
         return Err(UserError("--epochs must be at least 1, got 0".into()));
@@ -1435,7 +1435,7 @@ fn engine_from(path: &std::path::Path, threads: usize) -> Result<Restored> {
 
 pub fn eval(a: &EvalArgs) -> Result<()> {
     if a.batch_size == 0 {
-        return Err(UserError("batch size must be at least 1, got 0".into()));
+        return Err(UserError("--batch-size must be at least 1, got 0".into()));
     }
     let threads = threads_or_all(a.threads)?;
     let Restored {
@@ -1617,7 +1617,7 @@ pub struct BenchTrainArgs {
 
 pub fn bench_train(a: &BenchTrainArgs) -> Result<()> {
     if a.batch_size == 0 {
-        return Err(UserError("batch size must be at least 1, got 0".into()));
+        return Err(UserError("--batch-size must be at least 1, got 0".into()));
     }
     if !(a.seconds.is_finite() && a.seconds > 0.0 && a.seconds <= MAX_BENCH_SECONDS) {
         return Err(UserError(format!(

@@ -173,6 +173,11 @@ fn sizes_and_batches_stay_physical() {
         &["memory", "simple_cnn", "-b", &(limit + 1).to_string()],
         &["values a tensor may have", "--input sets the image"],
     );
+    // summary too (it printed 1,332,928 ZiB kept for backward).
+    refused(
+        &["summary", "resnet50", "--batch-size", "18446744073709551615"],
+        &["values a tensor may have"],
+    );
     // report refuses the batch memory refuses, and writes nothing.
     let d = scratch("report");
     let out = d.join("r.html");
