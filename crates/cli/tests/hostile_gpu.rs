@@ -175,7 +175,12 @@ fn sizes_and_batches_stay_physical() {
     );
     // summary too (it printed 1,332,928 ZiB kept for backward).
     refused(
-        &["summary", "resnet50", "--batch-size", "18446744073709551615"],
+        &[
+            "summary",
+            "resnet50",
+            "--batch-size",
+            "18446744073709551615",
+        ],
         &["values a tensor may have"],
     );
     // report refuses the batch memory refuses, and writes nothing.

@@ -579,6 +579,20 @@ impl Cx<'_> {
                     if matches!(self.vals.get(name), Some(Val::Const { .. })) {
                         *param_uses.entry(name.as_str()).or_default() += 1;
                     }
+                    // A weight is planned as float32: one stored as anything else (a
+                    // model exported after .half(), integers) is refused, not resized.
+                    if let Some(t) = g.initializers.iter().find(|t| &t.name == name) {
+                        if t.data_type != proto::FLOAT {
+                            return Err(self.fail(
+                                n,
+                                format!(
+                                    "weight `{name}` is stored as {}, not float32: export the \
+                                     float32 model (vramlab plans precision with --precision)",
+                                    proto::dtype_name(t.data_type)
+                                ),
+                            ));
+                        }
+                    }
                 }
             }
         }
@@ -604,6 +618,14 @@ impl Cx<'_> {
                 )))
             }
         };
+        if !matches!(input.elem_type, proto::FLOAT | 0) {
+            return Err(OnnxError(format!(
+                "{}: input `{}` is {}, expected float32 images",
+                self.file,
+                input.name,
+                proto::dtype_name(input.elem_type)
+            )));
+        }
         let dims = input.shape.clone().unwrap_or_default();
         let chw: Option<Shape> = match dims.as_slice() {
             [_, c, h, w] => [c, h, w]
@@ -994,6 +1016,20 @@ impl Cx<'_> {
             "Conv" => {
                 let x = self.act(n, 0)?;
                 let (wname, w) = self.weight_dims(n, 1, 4)?;
+                // kernel_shape, where given, is the weight's: one that says otherwise is
+                // a broken file, not a kernel to plan.
+                if let Some(k) = n.attr("kernel_shape").map(|a| a.ints.clone()) {
+                    if k.len() != 2 || k[0] != w[2] as i64 || k[1] != w[3] as i64 {
+                        return Err(self.fail(
+                            n,
+                            format!(
+                                "kernel_shape {k:?} does not match the weight `{wname}`'s \
+                                 {}x{}",
+                                w[2], w[3]
+                            ),
+                        ));
+                    }
+                }
                 let bias = self.param(n, 2);
                 let group = self.int_attr(n, "group", 1);
                 let group = usize::try_from(group)
@@ -1282,7 +1318,21 @@ impl Cx<'_> {
                     return Err(self.unsupported(n, "with transA is not supported"));
                 }
                 let (wname, w) = self.weight_dims(n, 1, 2)?;
-                let trans_b = self.int_attr(n, "transB", 0) != 0;
+                // Linear is Gemm with alpha = beta = 1 and transB 0 or 1 (the spec's
+                // only values).
+                for (attr, default) in [("alpha", 1.0f32), ("beta", 1.0)] {
+                    let v = n.attr(attr).and_then(|a| a.f).unwrap_or(default);
+                    if v != 1.0 {
+                        return Err(
+                            self.fail(n, format!("{attr} {v}: only 1 is read (a Linear layer's)"))
+                        );
+                    }
+                }
+                let trans_b = match self.int_attr(n, "transB", 0) {
+                    0 => false,
+                    1 => true,
+                    t => return Err(self.fail(n, format!("transB {t}: expected 0 or 1"))),
+                };
                 let (out_f, in_f) = if trans_b { (w[0], w[1]) } else { (w[1], w[0]) };
                 let bias = self.param(n, 2).is_some();
                 let name = self.layer_name(n, Some(&wname));
@@ -1671,6 +1721,60 @@ mod tests {
         let l = from_model(m, "t.onnx", "t", opts).unwrap();
         l.graph.infer().unwrap();
         l.graph.nodes.into_iter().skip(1).map(|n| n.op).collect()
+    }
+
+    /// What contradicts the graph or PyTorch's layers is refused, naming the node (a
+    /// kernel_shape the weight does not have, Gemm's alpha NaN or transB 5, a float16
+    /// or integer weight, integer images were all read as if fine).
+    #[test]
+    fn attributes_and_types_that_contradict_the_layer_are_refused() {
+        let err = |m: &Model| {
+            from_model(m, "t.onnx", "t", &Options::default())
+                .err()
+                .unwrap()
+                .0
+        };
+        let conv_model = |k: &[i64], w: Tensor| {
+            let mut conv = node("Conv", "/c/Conv", &["x", "c.weight"], &["y"]);
+            conv.attributes = vec![ints("kernel_shape", k)];
+            model(17, vec![conv], vec![w], "y")
+        };
+        let e = err(&conv_model(&[7, 7], weight("c.weight", &[4, 3, 3, 3])));
+        assert!(
+            e.contains("kernel_shape [7, 7] does not match the weight `c.weight`'s 3x3"),
+            "{e}"
+        );
+        let mut half = weight("c.weight", &[4, 3, 3, 3]);
+        half.data_type = proto::FLOAT16;
+        let e = err(&conv_model(&[3, 3], half));
+        assert!(
+            e.contains("weight `c.weight` is stored as float16, not float32"),
+            "{e}"
+        );
+        let gemm_model = |attrs: Vec<Attribute>| {
+            let mut g = node("Gemm", "/fc/Gemm", &["flat", "fc.weight"], &["y"]);
+            g.attributes = attrs;
+            let nodes = vec![node("Flatten", "flat", &["x"], &["flat"]), g];
+            model(17, nodes, vec![weight("fc.weight", &[192, 5])], "y")
+        };
+        let nan = Attribute {
+            name: "alpha".into(),
+            f: Some(f32::NAN),
+            ..Default::default()
+        };
+        let e = err(&gemm_model(vec![nan]));
+        assert!(e.contains("alpha NaN: only 1 is read"), "{e}");
+        let e = err(&gemm_model(vec![int("transB", 5)]));
+        assert!(e.contains("transB 5: expected 0 or 1"), "{e}");
+        let mut ints_in = gemm_model(vec![]);
+        ints_in.graph.inputs[0].elem_type = proto::INT64;
+        let e = err(&ints_in);
+        assert!(
+            e.contains("input `x` is int64, expected float32 images"),
+            "{e}"
+        );
+        // The same Gemm as PyTorch writes it reads.
+        assert!(from_model(&gemm_model(vec![]), "t.onnx", "t", &Options::default()).is_ok());
     }
 
     #[test]

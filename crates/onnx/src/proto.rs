@@ -25,6 +25,26 @@ pub const BFLOAT16: i32 = 16;
 pub const INT32: i32 = 6;
 pub const BOOL: i32 = 9;
 
+/// A `TensorProto.DataType` in words, for errors.
+pub fn dtype_name(t: i32) -> String {
+    match t {
+        FLOAT => "float32".into(),
+        2 => "uint8".into(),
+        3 => "int8".into(),
+        4 => "uint16".into(),
+        5 => "int16".into(),
+        INT32 => "int32".into(),
+        INT64 => "int64".into(),
+        8 => "string".into(),
+        BOOL => "bool".into(),
+        FLOAT16 => "float16".into(),
+        DOUBLE => "float64".into(),
+        BFLOAT16 => "bfloat16".into(),
+        0 => "no data type (0)".into(),
+        t => format!("data type {t}"),
+    }
+}
+
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Model {
     pub producer_name: String,
