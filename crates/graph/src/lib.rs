@@ -109,7 +109,7 @@ impl fmt::Display for GraphError {
                 } else {
                     write!(
                         f,
-                        ": expected one of {} or a path to a .toml model file",
+                        ": expected one of {} or a path to a .toml model file, a .onnx file or a .pt2 archive",
                         zoo::NAMES.join(", ")
                     )?;
                 }
