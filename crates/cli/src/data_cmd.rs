@@ -43,18 +43,27 @@ pub struct Source {
     /// Folder with the dataset's files (fashion-mnist defaults to /usr/share/datasets/fashion-mnist).
     #[arg(long, value_name = "DIR")]
     pub root: Option<PathBuf>,
-    /// Image folders: Resize (N: shorter side; HxW: exact).
+    #[command(flatten)]
+    pub folder: FolderArgs,
+    /// CIFAR-100: the 20 coarse classes instead of the 100 fine ones.
+    #[arg(long)]
+    pub coarse: bool,
+}
+
+/// How image folders are read: torchvision's Resize, CenterCrop and Grayscale, for every
+/// command that opens a dataset.
+#[derive(Args, Clone, Default)]
+pub struct FolderArgs {
+    /// Image folders: Resize (N: shorter side; HxW: exact); images of different sizes
+    /// need it.
     #[arg(long, value_name = "N|HxW")]
     pub resize: Option<String>,
-    /// Image folders: CenterCrop (N or HxW).
+    /// Image folders: CenterCrop (N or HxW), after --resize.
     #[arg(long, value_name = "N|HxW")]
     pub center_crop: Option<String>,
     /// Image folders: Grayscale() (one channel).
     #[arg(long)]
     pub grayscale: bool,
-    /// CIFAR-100: the 20 coarse classes instead of the 100 fine ones.
-    #[arg(long)]
-    pub coarse: bool,
 }
 
 fn sizes(s: &str, what: &str) -> Result<Vec<u32>> {
@@ -73,11 +82,13 @@ fn sizes(s: &str, what: &str) -> Result<Vec<u32>> {
 impl Source {
     pub fn open(&self) -> Result<Dataset> {
         let resize = self
+            .folder
             .resize
             .as_deref()
             .map(|s| sizes(s, "--resize"))
             .transpose()?;
         let center_crop = match self
+            .folder
             .center_crop
             .as_deref()
             .map(|s| sizes(s, "--center-crop"))
@@ -91,7 +102,7 @@ impl Source {
             folder: FolderOptions {
                 resize,
                 center_crop,
-                grayscale: self.grayscale,
+                grayscale: self.folder.grayscale,
             },
             coarse_labels: self.coarse,
         };
@@ -502,9 +513,7 @@ pub fn bench_loader(a: &LoaderBenchArgs) -> Result<()> {
     let source = Source {
         dataset: a.dataset.clone(),
         root: a.root.clone(),
-        resize: None,
-        center_crop: None,
-        grayscale: false,
+        folder: FolderArgs::default(),
         coarse: false,
     };
     let ds = Arc::new(source.open()?);

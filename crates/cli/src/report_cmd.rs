@@ -126,9 +126,7 @@ pub fn report(a: &ReportArgs) -> Result<()> {
         let src = crate::data_cmd::Source {
             dataset: d.clone(),
             root: a.root.clone(),
-            resize: None,
-            center_crop: None,
-            grayscale: false,
+            folder: Default::default(),
             coarse: false,
         };
         let ds = src.open()?;

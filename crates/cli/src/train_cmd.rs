@@ -359,16 +359,8 @@ pub struct DataArg {
     /// Folder the dataset's files are in (default: the dataset cache).
     #[arg(long, value_name = "DIR")]
     pub root: Option<PathBuf>,
-    /// Image folders: Resize (N: shorter side; HxW: exact), as `data info` takes it;
-    /// images of different sizes need it.
-    #[arg(long, value_name = "N|HxW")]
-    pub resize: Option<String>,
-    /// Image folders: CenterCrop (N or HxW), after --resize.
-    #[arg(long, value_name = "N|HxW")]
-    pub center_crop: Option<String>,
-    /// Image folders: Grayscale() (one channel).
-    #[arg(long)]
-    pub grayscale: bool,
+    #[command(flatten)]
+    pub folder: crate::data_cmd::FolderArgs,
 }
 
 impl DataArg {
@@ -376,9 +368,7 @@ impl DataArg {
         Source {
             dataset: self.dataset.clone(),
             root: self.root.clone(),
-            resize: self.resize.clone(),
-            center_crop: self.center_crop.clone(),
-            grayscale: self.grayscale,
+            folder: self.folder.clone(),
             coarse: false,
         }
         .open()
