@@ -280,10 +280,21 @@ pub fn from_json(json: &Value, file: &str, name: &str) -> Result<Loaded, Pt2Erro
         .map_err(|e| Pt2Error(format!("{file}: {e}")))?;
     let names: Vec<String> = shaped.params().iter().map(|p| p.name.clone()).collect();
     if names != param_fqns {
+        // The first difference, not both lists: a hostile file lists thousands.
+        let i = names
+            .iter()
+            .zip(&param_fqns)
+            .position(|(a, b)| a != b)
+            .unwrap_or(names.len().min(param_fqns.len()));
+        let at = |v: &[String]| v.get(i).map_or("nothing".to_string(), |n| format!("`{n}`"));
         return Err(Pt2Error(format!(
-            "{file}: the mapped layers name their parameters {} but the export lists {}",
-            names.join(", "),
-            param_fqns.join(", ")
+            "{file}: the mapped layers' parameter {} is {}, but the export lists {} there ({} \
+             parameters mapped, {} in the export)",
+            i + 1,
+            at(&names),
+            at(&param_fqns),
+            names.len(),
+            param_fqns.len()
         )));
     }
     let mut v = Vec::new();

@@ -311,3 +311,24 @@ fn frozen_half_and_detached_models_are_refused_not_misplanned() {
         "{msg}"
     );
 }
+
+/// Parameters that do not line up with the export's are named at the first difference,
+/// with both counts (the message listed every name of both sides: 300 KB for a file of
+/// duplicated nodes).
+#[test]
+fn a_parameter_mismatch_names_the_first_difference() {
+    let json = simple_cnn_json().replace(
+        r#""parameter_name": "conv1.weight""#,
+        r#""parameter_name": "conv9.weight""#,
+    );
+    let r = read(&stored_zip(&[("m/models/model.json", json.as_bytes())]));
+    one_line(&r);
+    let e = r.err().unwrap().to_string();
+    assert!(
+        e.contains(
+            "parameter 2 is `conv9.bias`, but the export lists `conv1.bias` there (10 parameters \
+             mapped, 10 in the export)"
+        ),
+        "{e}"
+    );
+}
