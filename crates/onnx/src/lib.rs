@@ -16,7 +16,7 @@ pub mod proto;
 mod transformer;
 mod whole;
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::fmt;
 use std::path::Path;
 
@@ -654,6 +654,32 @@ impl Cx<'_> {
         self.shapes = vec![chw.clone()];
         self.graph.input_shape = chw;
         self.vals.insert(input.name.clone(), Val::Act(0));
+
+        // ONNX lists nodes in topological order, each value written once: a node that
+        // reads what nothing before it wrote (a dangling name, a cycle) or writes a
+        // value again is a broken file, named here rather than as a missing output.
+        let mut written: HashSet<&str> = g.inputs.iter().map(|v| v.name.as_str()).collect();
+        written.extend(g.initializers.iter().map(|t| t.name.as_str()));
+        for n in &g.nodes {
+            if let Some(i) = n
+                .inputs
+                .iter()
+                .find(|i| !i.is_empty() && !written.contains(i.as_str()))
+            {
+                return Err(self.fail(
+                    n,
+                    format!(
+                        "reads `{i}`, which no node before it, initializer or graph input \
+                         writes (ONNX lists nodes in topological order)"
+                    ),
+                ));
+            }
+            for o in n.outputs.iter().filter(|o| !o.is_empty()) {
+                if !written.insert(o.as_str()) {
+                    return Err(self.fail(n, format!("writes `{o}`, which was written before")));
+                }
+            }
+        }
 
         // The nodes of a module planned as one layer are gathered until the graph
         // leaves it (constants written anywhere do not end the module).
@@ -1775,6 +1801,31 @@ mod tests {
         );
         // The same Gemm as PyTorch writes it reads.
         assert!(from_model(&gemm_model(vec![]), "t.onnx", "t", &Options::default()).is_ok());
+        // A name nothing wrote before (dangling, or a cycle), a value written twice:
+        // named, not "no graph output is computed".
+        let relus = |a: [&str; 2], b: [&str; 2]| {
+            model(
+                17,
+                vec![
+                    node("Relu", "r1", &[a[0]], &[a[1]]),
+                    node("Relu", "r2", &[b[0]], &[b[1]]),
+                ],
+                vec![],
+                "z",
+            )
+        };
+        let e = err(&relus(["nope", "y"], ["y", "z"]));
+        assert!(
+            e.contains("node `r1` (Relu opset 17): reads `nope`, which no node before it"),
+            "{e}"
+        );
+        let e = err(&relus(["z", "y"], ["y", "z"]));
+        assert!(e.contains("node `r1` (Relu opset 17): reads `z`"), "{e}");
+        let e = err(&relus(["x", "z"], ["x", "z"]));
+        assert!(
+            e.contains("node `r2` (Relu opset 17): writes `z`, which was written before"),
+            "{e}"
+        );
     }
 
     #[test]
