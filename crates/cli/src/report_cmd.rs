@@ -362,6 +362,15 @@ pub fn report(a: &ReportArgs) -> Result<()> {
         };
         let sw: SweepJson = serde_json::from_slice(&raw).map_err(|e| not_sweep(&e))?;
         sw.check().map_err(|e| not_sweep(&e))?;
+        // Another model's curves in this model's report would read as this one's.
+        if sw.model != g.graph.name {
+            return Err(UserError(format!(
+                "{}: the sweep trained {}, the report is of {}: give the sweep of the same model",
+                path.display(),
+                sw.model,
+                g.graph.name
+            )));
+        }
         body.push_str(&format!("<h2>{}</h2>", esc(&s(l, "Batch-size sweep"))));
         let head = [
             s(l, "batch"),

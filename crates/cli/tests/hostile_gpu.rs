@@ -317,6 +317,38 @@ fn options_that_cannot_apply_are_refused() {
         ],
         &["--target-batch is for training"],
     );
+    // Another model's sweep in this model's report (it embedded lenet5's curves in
+    // resnet18's report).
+    let d = scratch("sweep");
+    let sweep = d.join("sweep.json");
+    std::fs::write(
+        &sweep,
+        r#"{"model":"lenet5","dataset":"fashion-mnist","optimizer":"SGD()","scale_lr":"none","rows":[{"batch_size":16,"lr":0.01,"steps":1,"samples":16,"seconds":1.0,"images_per_s":16.0,"final_train_loss":1.0,"test_accuracy":0.5,"loss_noise":0.0,"measured_peak_bytes":1000,"planned_peak_bytes":1000,"loss_curve":[[16,1.0]]}]}"#,
+    )
+    .unwrap();
+    let out = d.join("r.html");
+    refused(
+        &[
+            "report",
+            "resnet18",
+            "--sweep",
+            sweep.to_str().unwrap(),
+            "--out",
+            out.to_str().unwrap(),
+        ],
+        &["the sweep trained lenet5, the report is of resnet18"],
+    );
+    assert!(!out.exists());
+    let o = vramlab(&[
+        "report",
+        "lenet5",
+        "--sweep",
+        sweep.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let _ = std::fs::remove_dir_all(&d);
     // Inference has no learning rate to scale.
     let v = json(&[
         "fit",
