@@ -217,12 +217,16 @@ fn device_answer(
     gpu: Option<&fit::Gpu>,
     fraction: Option<f64>,
     cublas_given: Option<&str>,
+    cuda_version: Option<&str>,
 ) -> Result<Option<crate::device_fit_text::DeviceAnswer>> {
     use vramlab_memory::device_fit::{device_fit, DeviceBudget};
     if !cfg.profile.is_cuda() {
         return Ok(None);
     }
     let card = gpu.and_then(|g| vramlab_memory::cards::card_memory(g.name));
+    if let (Some(v), Some(c), Some(g)) = (cuda_version, card, gpu) {
+        vramlab_memory::check_cuda_version(v, g.label, c.compute_major).map_err(UserError)?;
+    }
     let mut template = cfg.clone();
     let total = card.map_or(card_bytes, |c| c.budget(card_bytes).0);
     check_context(cfg, total)?;
@@ -372,6 +376,7 @@ pub fn fit(a: &FitArgs) -> Result<()> {
                     choice.gpu.as_ref(),
                     a.fraction,
                     a.plan.cublas_workspace.as_deref(),
+                    a.plan.cuda_version.as_deref(),
                 )
             });
             let report = fit::fit_with(&g, &planner_only, &req);

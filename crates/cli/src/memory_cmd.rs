@@ -83,6 +83,10 @@ pub fn run(a: &MemoryArgs) -> Result<()> {
         }
         let gpu = vramlab_memory::fit::find_gpu(name).map_err(crate::UserError)?;
         if let Some(card) = vramlab_memory::cards::card_memory(gpu.name) {
+            if let Some(v) = &a.plan.cuda_version {
+                vramlab_memory::check_cuda_version(v, gpu.label, card.compute_major)
+                    .map_err(crate::UserError)?;
+            }
             let given = cfg.cublas_workspace_bytes;
             card.configure(&mut cfg);
             if a.plan.cublas_workspace.is_some() {

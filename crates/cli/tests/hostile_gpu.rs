@@ -278,6 +278,24 @@ fn options_that_cannot_apply_are_refused() {
         ],
         &["--gpu is for the pytorch-cuda profile"],
     );
+    // A CUDA older than the card runs with (it added eager loading's 362 MiB to an H100).
+    refused(
+        &[
+            "memory",
+            "resnet50",
+            "--gpu",
+            "h100",
+            "--cuda-version",
+            "9.2",
+        ],
+        &["--cuda-version 9.2: the NVIDIA H100 80 GB (compute capability 9.x) needs CUDA 11.8"],
+    );
+    refused(
+        &["fit", "resnet50", "--gpu", "h100", "--cuda-version", "11.7"],
+        &["needs CUDA 11.8 or newer"],
+    );
+    let o = vramlab(&["fit", "resnet50", "--gpu", "t4", "--cuda-version", "11.6"]);
+    assert!(o.status.success(), "{}", stderr(&o));
     refused(
         &["memory", "resnet50", "--threads", "4"],
         &["--threads is for the native profile"],

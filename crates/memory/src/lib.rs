@@ -340,29 +340,54 @@ pub enum ModuleLoading {
 impl ModuleLoading {
     /// The loading a CUDA version implies (`torch.version.cuda`, e.g. `12.4`, `11.6`).
     pub fn from_cuda_version(v: &str) -> Result<ModuleLoading, String> {
-        let bad =
-            || format!("--cuda-version: expected MAJOR.MINOR such as 12.4 or 11.6, got `{v}`");
-        // MAJOR.MINOR, or MAJOR.MINOR.PATCH as nvcc prints it.
-        let parts: Vec<u32> = v
-            .trim()
-            .split('.')
-            .map(|p| p.parse().map_err(|_| bad()))
-            .collect::<Result<_, _>>()?;
-        let [major, minor, ..] = parts[..] else {
-            return Err(bad());
-        };
-        if parts.len() > 3 {
-            return Err(bad());
-        }
-        if !(9..=99).contains(&major) {
-            return Err(bad());
-        }
-        Ok(if (major, minor) < (11, 7) {
+        Ok(if parse_cuda_version(v)? < (11, 7) {
             ModuleLoading::Eager
         } else {
             ModuleLoading::Lazy
         })
     }
+}
+
+/// `--cuda-version`: MAJOR.MINOR, or MAJOR.MINOR.PATCH as nvcc prints it.
+pub fn parse_cuda_version(v: &str) -> Result<(u32, u32), String> {
+    let bad = || format!("--cuda-version: expected MAJOR.MINOR such as 12.4 or 11.6, got `{v}`");
+    let parts: Vec<u32> = v
+        .trim()
+        .split('.')
+        .map(|p| p.parse().map_err(|_| bad()))
+        .collect::<Result<_, _>>()?;
+    let [major, minor, ..] = parts[..] else {
+        return Err(bad());
+    };
+    if parts.len() > 3 || !(9..=99).contains(&major) {
+        return Err(bad());
+    }
+    Ok((major, minor))
+}
+
+/// The oldest CUDA that runs a card of this compute capability major (NVIDIA's CUDA
+/// release notes: Volta 9.0, Ampere 11.0, Hopper 11.8, Blackwell 12.8; the oldest of a
+/// generation's cards, so that none is refused that runs).
+pub fn min_cuda_version(compute_major: u32) -> (u32, u32) {
+    match compute_major {
+        0..=7 => (9, 0),
+        8 => (11, 0),
+        9 => (11, 8),
+        _ => (12, 8),
+    }
+}
+
+/// A `--cuda-version` older than the card runs with is refused, not planned.
+pub fn check_cuda_version(v: &str, card: &str, compute_major: u32) -> Result<(), String> {
+    let (major, minor) = parse_cuda_version(v)?;
+    let (m, n) = min_cuda_version(compute_major);
+    if (major, minor) < (m, n) {
+        return Err(format!(
+            "--cuda-version {v}: the {card} (compute capability {compute_major}.x) needs CUDA \
+             {m}.{n} or newer"
+        ));
+    }
+    Ok(())
 }
 
 /// One row of the CUDA context table: what a training process holds on the card outside
