@@ -152,6 +152,17 @@ pub struct ModelArgs {
 
 impl ModelArgs {
     pub fn load(&self) -> Result<Shaped> {
+        let file = vramlab_graph::names_a_file(&self.model)
+            || self.model.ends_with(".onnx")
+            || self.model.ends_with(".pt2");
+        // A file has its own head: the option would be ignored.
+        if let (true, Some(n)) = (file, self.num_classes) {
+            return Err(UserError(format!(
+                "--num-classes {n} sets a zoo model's classifier; {} has its own (change it \
+                 in the model)",
+                self.model
+            )));
+        }
         let input_shape = self.input.as_deref().map(parse_shape).transpose()?;
         let opts = ModelOptions {
             num_classes: self.num_classes,
@@ -175,10 +186,7 @@ impl ModelArgs {
                 Some(i) => format!("{e} (with --input {i})"),
                 None => e.to_string(),
             };
-            if vramlab_graph::names_a_file(&self.model)
-                || self.model.ends_with(".onnx")
-                || self.model.ends_with(".pt2")
-            {
+            if file {
                 UserError(format!("{}: {e}", self.model))
             } else {
                 UserError(e)

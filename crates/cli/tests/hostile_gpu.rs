@@ -296,6 +296,12 @@ fn options_that_cannot_apply_are_refused() {
     );
     let o = vramlab(&["fit", "resnet50", "--gpu", "t4", "--cuda-version", "11.6"]);
     assert!(o.status.success(), "{}", stderr(&o));
+    // A model file has its own head (--num-classes was ignored).
+    let toml = concat!(env!("CARGO_MANIFEST_DIR"), "/../../models/mbconv_tiny.toml");
+    refused(
+        &["memory", toml, "--num-classes", "5"],
+        &["--num-classes 5 sets a zoo model's classifier"],
+    );
     refused(
         &["memory", "resnet50", "--threads", "4"],
         &["--threads is for the native profile"],
