@@ -81,7 +81,7 @@ pub fn run(a: &MemoryArgs) -> Result<()> {
                 cfg.profile.name()
             )));
         }
-        let gpu = vramlab_memory::fit::find_gpu(name).map_err(crate::UserError)?;
+        let gpu = vramlab_memory::fit::find_gpu_or(name, "").map_err(crate::UserError)?;
         if let Some(card) = vramlab_memory::cards::card_memory(gpu.name) {
             if let Some(v) = &a.plan.cuda_version {
                 vramlab_memory::check_cuda_version(v, gpu.label, card.compute_major)

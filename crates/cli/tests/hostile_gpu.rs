@@ -296,6 +296,11 @@ fn options_that_cannot_apply_are_refused() {
     );
     let o = vramlab(&["fit", "resnet50", "--gpu", "t4", "--cuda-version", "11.6"]);
     assert!(o.status.success(), "{}", stderr(&o));
+    // memory has no --memory: its unknown-card message does not offer it.
+    let o = vramlab(&["memory", "resnet50", "--gpu", "xyz"]);
+    assert_eq!(stderr(&o), "error: unknown GPU `xyz`: see `vramlab gpus`\n");
+    let o = vramlab(&["fit", "resnet50", "--gpu", "xyz"]);
+    assert!(stderr(&o).contains("--memory SIZE"), "{}", stderr(&o));
     // A model file has its own head (--num-classes was ignored).
     let toml = concat!(env!("CARGO_MANIFEST_DIR"), "/../../models/mbconv_tiny.toml");
     refused(

@@ -91,13 +91,22 @@ fn normalize(s: &str) -> String {
 
 /// Finds a card by name or alias (`h100`, `RTX 4090`, `rtx-4090`, `4090`).
 pub fn find_gpu(name: &str) -> Result<Gpu, String> {
+    find_gpu_or(
+        name,
+        " (or give any card's memory with --memory SIZE, e.g. --memory 24GiB)",
+    )
+}
+
+/// [`find_gpu`], its errors ending in `otherwise` (what the command takes instead of a
+/// card: `fit`'s --memory; nothing for `memory`).
+pub fn find_gpu_or(name: &str, otherwise: &str) -> Result<Gpu, String> {
     // Names are letters, digits, spaces, '-' and '_' (`RTX 4090`, `rtx-4090`): anything
     // else is not a card's name, whatever normalising would leave of it.
     let allowed = |c: char| c.is_ascii_alphanumeric() || matches!(c, ' ' | '-' | '_');
     if name.trim().is_empty() || !name.chars().all(allowed) {
         return Err(format!(
-            "unknown GPU `{name}`: a card's name has letters, digits and '-' (see `vramlab gpus`), \
-             or give any card's memory with --memory SIZE (e.g. --memory 24GiB)"
+            "unknown GPU `{name}`: a card's name has letters, digits and '-' (see `vramlab \
+             gpus`){otherwise}"
         ));
     }
     let n = normalize(name);
@@ -118,14 +127,10 @@ pub fn find_gpu(name: &str) -> Result<Gpu, String> {
             similar[0]
         )
     } else if similar.is_empty() {
-        format!(
-            "unknown GPU `{name}`: see `vramlab gpus`, or give any card's memory with \
-             --memory SIZE (e.g. --memory 24GiB)"
-        )
+        format!("unknown GPU `{name}`: see `vramlab gpus`{otherwise}")
     } else {
         format!(
-            "`{name}` matches several GPUs: {}; name one, or give the card's memory with \
-             --memory SIZE",
+            "`{name}` matches several GPUs: {}; name one{otherwise}",
             similar.join(", ")
         )
     })
