@@ -273,7 +273,7 @@ fn gpu_names_are_forgiving_and_unknown_ones_are_errors() {
     assert!(find_gpu("voodoo2").unwrap_err().contains("unknown GPU"));
     assert!(find_gpu("voodoo2")
         .unwrap_err()
-        .contains("--memory SIZE (e.g. --memory 24GiB)"));
+        .contains("--memory SIZE, e.g. --memory 24GiB"));
     assert!(find_gpu("a100").unwrap_err().contains("--memory SIZE"));
     assert!(vramlab_memory::fit::GPUS.len() >= 25);
 }
