@@ -324,6 +324,17 @@ pub fn show_cmd(a: &ShowArgs) -> Result<()> {
     if a.grid.is_some_and(|k| k == 0 || k > 100) {
         return Err(UserError("--grid must be between 1 and 100".into()));
     }
+    // The picture is written as PNG: another extension would name the wrong format.
+    let png = a
+        .out
+        .extension()
+        .is_some_and(|e| e.eq_ignore_ascii_case("png"));
+    if !png {
+        return Err(UserError(format!(
+            "--out {}: the picture is written as PNG; name it .png",
+            a.out.display()
+        )));
+    }
     vramlab_graph::io::check_writable(&a.out)
         .map_err(|e| UserError(format!("--out {}: cannot write: {e}", a.out.display())))?;
     let ds = a.source.open()?;

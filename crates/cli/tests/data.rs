@@ -105,6 +105,20 @@ fn data_show_writes_the_png_and_names_the_class() {
     ]);
     assert_eq!(o.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&o.stderr).contains("--index 60000 is out of range"));
+    // PNG bytes are not written under another format's name (they were, to x.jpg).
+    let jpg = dir.join("x.jpg");
+    let o = vramlab(&[
+        "data",
+        "show",
+        "fashion-mnist",
+        "--index",
+        "0",
+        "--out",
+        jpg.to_str().unwrap(),
+    ]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("written as PNG; name it .png"));
+    assert!(!jpg.exists());
     std::fs::remove_dir_all(&dir).ok();
 }
 
