@@ -704,6 +704,14 @@ fn report_failed_output_as_an_error() {
 pub fn main() {
     restore_default_sigpipe();
     report_failed_output_as_an_error();
+    // A bad VRAMLAB_LANG is named as the variable, not as a --lang the user never gave
+    // (clap checks the variable even when --lang is given).
+    if let Ok(v) = std::env::var("VRAMLAB_LANG") {
+        if !matches!(v.as_str(), "en" | "zh") {
+            eprintln!("error: VRAMLAB_LANG `{v}`: expected en or zh (or unset it)");
+            std::process::exit(2);
+        }
+    }
     let cli = Cli::parse();
     if let Err(UserError(msg)) = dispatch(cli) {
         eprintln!("error: {msg}");

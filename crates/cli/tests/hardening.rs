@@ -197,6 +197,17 @@ fn every_command_takes_lang_and_an_untranslated_one_says_so() {
         .output()
         .expect("run");
     assert!(String::from_utf8_lossy(&o.stdout).contains("使用 Adam() 训练"));
+    // A bad variable is named as the variable (it was reported as `--lang`).
+    let o = vramlab()
+        .args(["models"])
+        .env("VRAMLAB_LANG", "xx")
+        .output()
+        .expect("run");
+    assert_eq!(o.status.code(), Some(2));
+    assert_eq!(
+        String::from_utf8_lossy(&o.stderr),
+        "error: VRAMLAB_LANG `xx`: expected en or zh (or unset it)\n"
+    );
     for args in [
         &["models", "--lang", "zh"][..],
         &["gpus", "--lang", "zh"][..],
