@@ -194,8 +194,6 @@ struct FitWithDevice<'a> {
     device: &'a Option<crate::device_fit_text::DeviceAnswer>,
 }
 
-/// The allocator's answer on one card (pytorch-cuda only), with the default settings'
-/// answer beside it when `--alloc-conf` changes them.
 /// A `--cuda-context` at or above the card's total leaves nothing for PyTorch: refused
 /// (by `fit`, `memory` and `report` alike) rather than planned as a card where nothing
 /// runs.
@@ -210,6 +208,8 @@ pub fn check_context(cfg: &vramlab_memory::PlanConfig, card_total: u128) -> Resu
     }
 }
 
+/// The allocator's answer on one card (pytorch-cuda only), with the default settings'
+/// answer beside it when `--alloc-conf` changes them.
 fn device_answer(
     g: &vramlab_graph::Shaped,
     cfg: &vramlab_memory::PlanConfig,
@@ -228,14 +228,14 @@ fn device_answer(
         vramlab_memory::check_cuda_version(v, g.label, c.compute_major).map_err(UserError)?;
     }
     let mut template = cfg.clone();
-    let total = card.map_or(card_bytes, |c| c.budget(card_bytes).0);
+    let (total, source) = match card {
+        Some(c) => c.budget(card_bytes),
+        None => (card_bytes, "--memory, as given".to_string()),
+    };
     check_context(cfg, total)?;
     let budget = DeviceBudget {
-        card_total_bytes: card.map_or(card_bytes, |c| c.budget(card_bytes).0),
-        card_total_source: match card {
-            Some(c) => c.budget(card_bytes).1,
-            None => "--memory, as given".to_string(),
-        },
+        card_total_bytes: total,
+        card_total_source: source,
         fraction: fraction.unwrap_or(1.0),
     };
     // The card decides cuBLAS's workspace (unless --cublas-workspace says) and the SMs.
@@ -321,7 +321,11 @@ pub fn fit(a: &FitArgs) -> Result<()> {
     }
     let g = a.model.load()?;
     let cfg = a.plan.config(1)?;
-    a.plan.gpu_needs_cuda(a.gpu.as_deref(), cfg.profile)?;
+    a.plan.gpu_needs_cuda(
+        a.gpu.as_deref(),
+        cfg.profile,
+        "; give a memory size with --memory instead",
+    )?;
     let cards = cards(a)?;
     let base_lr = a.base_lr.unwrap_or(match cfg.optimizer.kind {
         vramlab_memory::OptimizerKind::RmsProp | vramlab_memory::OptimizerKind::Adagrad => 1e-2,

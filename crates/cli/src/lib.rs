@@ -461,16 +461,17 @@ impl PlanArgs {
     }
 
     /// `--gpu` names a CUDA card: refused with a CPU profile rather than planned as
-    /// if the CPU's memory were the card's.
+    /// if the CPU's memory were the card's; `otherwise` says what the command takes
+    /// instead (fit's and report's --memory; nothing for memory).
     pub fn gpu_needs_cuda(
         &self,
         gpu: Option<&str>,
         profile: vramlab_memory::Profile,
+        otherwise: &str,
     ) -> Result<()> {
         if gpu.is_some() && !profile.is_cuda() {
             return Err(UserError(format!(
-                "--gpu is for the pytorch-cuda profile (got --profile {}); give a memory size \
-                 with --memory instead",
+                "--gpu is for the pytorch-cuda profile (got --profile {}){otherwise}",
                 profile.name()
             )));
         }

@@ -74,13 +74,8 @@ pub fn run(a: &MemoryArgs) -> Result<()> {
         ));
     }
     cfg.record_device_trace = a.device_trace;
+    a.plan.gpu_needs_cuda(a.gpu.as_deref(), cfg.profile, "")?;
     if let Some(name) = &a.gpu {
-        if !cfg.profile.is_cuda() {
-            return Err(crate::UserError(format!(
-                "--gpu is for the pytorch-cuda profile (got --profile {})",
-                cfg.profile.name()
-            )));
-        }
         let gpu = vramlab_memory::fit::find_gpu_or(name, "").map_err(crate::UserError)?;
         if let Some(card) = vramlab_memory::cards::card_memory(gpu.name) {
             if let Some(v) = &a.plan.cuda_version {

@@ -104,7 +104,11 @@ pub fn report(a: &ReportArgs) -> Result<()> {
     let g = a.model.load()?;
     vramlab_memory::fit::check_batch(&g, a.batch_size)?;
     let cfg = a.plan.config(a.batch_size)?;
-    a.plan.gpu_needs_cuda(a.gpu.as_deref(), cfg.profile)?;
+    a.plan.gpu_needs_cuda(
+        a.gpu.as_deref(),
+        cfg.profile,
+        "; give a memory size with --memory instead",
+    )?;
     let mut body = String::new();
     body.push_str(&format!(
         "<h1>{} — {}</h1>",

@@ -355,13 +355,13 @@ pub fn batch_limit(g: &Shaped) -> u64 {
 /// A batch of images is one tensor: refused where it would hold more values than a
 /// tensor may have, as a layer's oversized tensor is.
 pub fn check_batch(g: &Shaped, batch: u64) -> Result<(), PlanError> {
-    if batch > batch_limit(g) {
+    let limit = batch_limit(g);
+    if batch > limit {
         return Err(PlanError::Config(format!(
             "--batch-size {batch}: the batch of {batch}x{} images holds more than the {} values a \
-             tensor may have (--input sets the image; at most {} such images)",
+             tensor may have (--input sets the image; at most {limit} such images)",
             vramlab_graph::fmt_shape(&g.shapes[0]),
             vramlab_graph::MAX_TENSOR_ELEMENTS,
-            batch_limit(g)
         )));
     }
     Ok(())

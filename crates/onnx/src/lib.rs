@@ -566,6 +566,11 @@ impl Cx<'_> {
         }
         // Parameters shared between layers (merged initializers, or tied weights).
         let mut param_uses: HashMap<&str, usize> = HashMap::new();
+        let data_types: HashMap<&str, i32> = g
+            .initializers
+            .iter()
+            .map(|t| (t.name.as_str(), t.data_type))
+            .collect();
         for n in &g.nodes {
             let params = match n.op_type.as_str() {
                 "Conv" | "Gemm" => 1..3,
@@ -581,14 +586,14 @@ impl Cx<'_> {
                     }
                     // A weight is planned as float32: one stored as anything else (a
                     // model exported after .half(), integers) is refused, not resized.
-                    if let Some(t) = g.initializers.iter().find(|t| &t.name == name) {
-                        if t.data_type != proto::FLOAT {
+                    if let Some(&t) = data_types.get(name.as_str()) {
+                        if t != proto::FLOAT {
                             return Err(self.fail(
                                 n,
                                 format!(
                                     "weight `{name}` is stored as {}, not float32: export the \
                                      float32 model (vramlab plans precision with --precision)",
-                                    proto::dtype_name(t.data_type)
+                                    proto::dtype_name(t)
                                 ),
                             ));
                         }
