@@ -12,7 +12,7 @@ use vramlab_data::loader::{Loader, LoaderConfig};
 use vramlab_data::transform::Pipeline;
 use vramlab_data::{fetch, show, stats, Dataset, OpenOptions};
 
-use crate::fmt::{bytes, thousands, Table};
+use crate::fmt::{bytes, count, thousands, Table};
 use crate::{print_json, Result, UserError};
 
 #[derive(Subcommand)]
@@ -81,6 +81,23 @@ fn sizes(s: &str, what: &str) -> Result<Vec<u32>> {
 
 impl Source {
     pub fn open(&self) -> Result<Dataset> {
+        Ok(vramlab_data::open(
+            &self.dataset,
+            self.root.as_deref(),
+            &self.options()?,
+        )?)
+    }
+
+    /// What `data info` shows: an image folder's headers are read, not its pixels.
+    pub fn summarize(&self) -> Result<vramlab_data::Summary> {
+        Ok(vramlab_data::summarize(
+            &self.dataset,
+            self.root.as_deref(),
+            &self.options()?,
+        )?)
+    }
+
+    fn options(&self) -> Result<OpenOptions> {
         let resize = self
             .folder
             .resize
@@ -98,19 +115,14 @@ impl Source {
             Some(v) => Some([v[0], v[1]]),
             None => None,
         };
-        let opts = OpenOptions {
+        Ok(OpenOptions {
             folder: FolderOptions {
                 resize,
                 center_crop,
                 grayscale: self.folder.grayscale,
             },
             coarse_labels: self.coarse,
-        };
-        Ok(vramlab_data::open(
-            &self.dataset,
-            self.root.as_deref(),
-            &opts,
-        )?)
+        })
     }
 }
 
@@ -154,6 +166,8 @@ struct Info {
     shape: [usize; 3],
     classes: Vec<String>,
     splits: Splits,
+    /// False for an image folder: its images' headers were read, not their pixels.
+    decoded: bool,
     bytes_per_image_u8: u128,
     bytes_per_image_f32: u128,
     batch_size: u64,
@@ -165,17 +179,15 @@ pub fn info(a: &InfoArgs) -> Result<()> {
     if a.batch_size == 0 {
         return Err(UserError("--batch-size must be at least 1".into()));
     }
-    let ds = a.source.open()?;
-    let per = ds.image_bytes() as u128;
+    let ds = a.source.summarize()?;
+    let per = ds.shape.iter().map(|&d| d as u128).product::<u128>();
+    let split = |counts: &Vec<usize>| SplitInfo {
+        samples: counts.iter().sum(),
+        class_counts: counts.clone(),
+    };
     let splits = Splits {
-        train: SplitInfo {
-            samples: ds.train.len(),
-            class_counts: ds.class_counts(&ds.train),
-        },
-        test: ds.test.as_ref().map(|t| SplitInfo {
-            samples: t.len(),
-            class_counts: ds.class_counts(t),
-        }),
+        train: split(&ds.train),
+        test: ds.test.as_ref().map(split),
     };
     let b = a.batch_size as u128;
     let info = Info {
@@ -184,6 +196,7 @@ pub fn info(a: &InfoArgs) -> Result<()> {
         shape: ds.shape,
         classes: ds.classes.clone(),
         splits,
+        decoded: ds.decoded,
         bytes_per_image_u8: per,
         bytes_per_image_f32: per * 4,
         batch_size: a.batch_size,
@@ -194,13 +207,19 @@ pub fn info(a: &InfoArgs) -> Result<()> {
     }
     let [c, h, w] = info.shape;
     println!(
-        "{} ({}): {c}x{h}x{w} images, {} classes",
+        "{} ({}): {c}x{h}x{w} images, {}",
         info.name,
         info.source,
-        info.classes.len()
+        count(info.classes.len() as u128, "class", "classes")
     );
     for (name, s) in info.splits.all() {
-        println!("  {name}: {} images", thousands(s.samples as u128));
+        println!("  {name}: {}", count(s.samples as u128, "image", "images"));
+    }
+    if !info.decoded {
+        println!(
+            "  (sizes from each image's header, after the preprocessing asked for; the pixels \
+             are decoded when training)"
+        );
     }
     println!(
         "  one image: {} as uint8, {} as float32 ({}x{}x{} x 4 B)",
@@ -344,8 +363,9 @@ pub fn show_cmd(a: &ShowArgs) -> Result<()> {
         let img = show::grid(&ds, split, k, a.scale.min(4))?;
         show::save_png(&img, &a.out)?;
         println!(
-            "{k} samples of each of {} classes -> {}",
-            ds.classes.len(),
+            "{} of each of {} -> {}",
+            count(k as u128, "sample", "samples"),
+            count(ds.classes.len() as u128, "class", "classes"),
             a.out.display()
         );
         return Ok(());

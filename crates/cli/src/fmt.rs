@@ -49,6 +49,11 @@ const SIZE_HELP: &str = "a number with a unit: B, KB, MB, GB, TB (powers of 1000
 /// 6 bytes by accident): GB, MB, KB and TB are decimal (10^9), GiB, MiB, KiB and TiB
 /// binary (2^30). The result is whole bytes, at most 1 PiB (2^50: no card, context or
 /// buffer comes near it, and every figure derived from it stays a JSON-safe integer).
+/// `n` and its noun, singular for 1: "1 class", "3 classes", "1,200 images".
+pub fn count(n: u128, one: &str, many: &str) -> String {
+    format!("{} {}", thousands(n), if n == 1 { one } else { many })
+}
+
 pub fn parse_size(s: &str) -> Result<u128, String> {
     let t = s.trim();
     let split = t

@@ -31,7 +31,7 @@ pub struct OptimArgs {
     /// Learning rate (default: PyTorch's for the optimizer; with --resume, the
     /// checkpoint's).
     #[arg(long)]
-    pub lr: Option<f32>,
+    pub lr: Option<f64>,
     /// Momentum (SGD, RMSprop), 0 or more.
     #[arg(long)]
     pub momentum: Option<f32>,
@@ -141,14 +141,24 @@ impl OptimArgs {
         self.optimizer.as_deref().unwrap_or("adam")
     }
 
+    /// `--lr` as the engine's float32, refused rather than rounded to 0 or infinity.
+    fn lr(&self) -> Result<Option<f32>> {
+        let Some(lr) = self.lr else { return Ok(None) };
+        if lr <= 0.0 || !lr.is_finite() {
+            return Err(UserError(format!("--lr must be positive, got {lr}")));
+        }
+        if lr < f32::MIN_POSITIVE as f64 || lr > f32::MAX as f64 {
+            return Err(UserError(format!(
+                "--lr {lr:e} is outside float32's range (1.2e-38 to 3.4e38), the precision \
+                 the weights are updated in"
+            )));
+        }
+        Ok(Some(lr as f32))
+    }
+
     pub fn engine(&self) -> Result<OptimizerConfig> {
         self.planner()?;
-        if let Some(lr) = self.lr {
-            if lr <= 0.0 || !lr.is_finite() {
-                return Err(UserError(format!("--lr must be positive, got {lr}")));
-            }
-        }
-        let mut c = OptimizerConfig::named(self.name(), self.lr)?;
+        let mut c = OptimizerConfig::named(self.name(), self.lr()?)?;
         let m = self.momentum.unwrap_or(0.0);
         match &mut c {
             OptimizerConfig::Sgd {
@@ -238,10 +248,7 @@ impl OptimArgs {
             }
         }
         let mut c = stored.clone();
-        if let Some(lr) = self.lr {
-            if lr <= 0.0 || !lr.is_finite() {
-                return Err(UserError(format!("--lr must be positive, got {lr}")));
-            }
+        if let Some(lr) = self.lr()? {
             c.set_lr(lr);
         }
         if let Some(w) = self.weight_decay {
@@ -1655,10 +1662,21 @@ pub fn bench_train(a: &BenchTrainArgs) -> Result<()> {
     let mut rng = vramlab_data::rng::Rng::new(1);
     let images: Vec<f32> = (0..values).map(|_| rng.unit_f64() as f32 - 0.5).collect();
     let labels: Vec<i64> = (0..a.batch_size).map(|i| (i % k) as i64).collect();
-    let step = |e: &mut Engine| -> Result<()> {
+    // Weights that diverged make every later step non-finite arithmetic: timing that
+    // would describe no real run, so the benchmark stops at the first such loss.
+    let mut taken = 0usize;
+    let mut step = |e: &mut Engine| -> Result<()> {
         let x = e.batch(images.clone(), a.batch_size)?;
         let y = e.labels(labels.clone());
-        e.train_step(&x, &y)?;
+        let loss = e.train_step(&x, &y)?.loss;
+        taken += 1;
+        if !loss.is_finite() {
+            return Err(UserError(format!(
+                "{what}: the loss is {loss} at step {taken} (the weights diverged with lr {:e}); \
+                 timing non-finite arithmetic says nothing of a real run: a lower --lr?",
+                e.optimizer.lr()
+            )));
+        }
         Ok(())
     };
     for _ in 0..5 {

@@ -552,3 +552,52 @@ fn every_option_of_the_data_commands_is_described() {
         }
     }
 }
+
+/// `data info` on an image folder reads headers, not pixels, and says so; its shape is
+/// the one training reads (after --resize and --center-crop); counts take their noun's
+/// number.
+#[test]
+fn data_info_of_a_folder_reads_headers_and_says_so() {
+    let dir = tmp("headers");
+    std::fs::create_dir_all(dir.join("only")).unwrap();
+    image::RgbImage::new(9, 7)
+        .save(dir.join("only/a.png"))
+        .unwrap();
+    let d = dir.to_str().unwrap();
+    let o = vramlab(&["data", "info", d, "--resize", "5", "--center-crop", "4"]);
+    let text = String::from_utf8_lossy(&o.stdout);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert!(text.contains("3x4x4 images, 1 class\n"), "{text}");
+    assert!(text.contains("  train: 1 image\n"), "{text}");
+    assert!(
+        text.contains("(sizes from each image's header, after the preprocessing asked for"),
+        "{text}"
+    );
+    let v = json(&[
+        "data",
+        "info",
+        d,
+        "--resize",
+        "5",
+        "--center-crop",
+        "4",
+        "--json",
+    ]);
+    assert_eq!(v["shape"], serde_json::json!([3, 4, 4]));
+    assert_eq!(v["decoded"], false);
+    assert_eq!(v["bytes_per_image_u8"], 48);
+    // What training reads: the same shape, from the decoded pixels.
+    let v = json(&[
+        "data",
+        "stats",
+        d,
+        "--resize",
+        "5",
+        "--center-crop",
+        "4",
+        "--json",
+    ]);
+    assert_eq!(v["pixels_per_channel"], 16, "{v}");
+    assert_eq!(v["mean"].as_array().map(|m| m.len()), Some(3), "{v}");
+    std::fs::remove_dir_all(&dir).ok();
+}

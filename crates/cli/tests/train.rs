@@ -792,6 +792,11 @@ fn senseless_numbers_are_refused_before_training() {
         (&["--lr", "NaN"], "--lr must be positive, got NaN"),
         (&["--lr", "0"], "--lr must be positive, got 0"),
         (
+            &["--lr", "1e-320"],
+            "--lr 1e-320 is outside float32's range (1.2e-38 to 3.4e38)",
+        ),
+        (&["--lr", "1e39"], "--lr 1e39 is outside float32's range"),
+        (
             &["--max-steps", "0"],
             "--max-steps must be at least 1, got 0",
         ),
@@ -927,6 +932,22 @@ fn bench_train_refuses_what_cannot_fit_or_never_ends() {
     }
     let err = refused(&["bench", "train", "simple_cnn", "--threads", "100000"]);
     assert!(err.contains("--threads 100000: at most"), "{err}");
+    // Weights that diverge: timing NaN arithmetic was reported as a speed with exit 0.
+    let err = refused(&[
+        "bench",
+        "train",
+        "simple_cnn",
+        "--optimizer",
+        "sgd",
+        "--lr",
+        "1e30",
+        "--seconds",
+        "0.1",
+    ]);
+    assert!(
+        err.contains("the loss is NaN at step 2 (the weights diverged with lr 1e30)"),
+        "{err}"
+    );
 }
 
 /// The example model files of the modern families (SiLU, squeeze-and-excitation,

@@ -9,9 +9,11 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use image::imageops::FilterType;
 
+use std::io::Read;
+
 use crate::limits::{
-    check_image_size, not_regular, read_regular, MAX_DECODE_ALLOC, MAX_IMAGE_FILE_BYTES,
-    MAX_IMAGE_PIXELS, MAX_IMAGE_SIDE, MAX_SPLIT_BYTES,
+    check_image_size, not_regular, open_regular, read_regular, MAX_DECODE_ALLOC,
+    MAX_IMAGE_FILE_BYTES, MAX_IMAGE_PIXELS, MAX_IMAGE_SIDE, MAX_SPLIT_BYTES,
 };
 use crate::{DataError, Dataset, Split};
 
@@ -177,38 +179,14 @@ pub fn decode_bytes(bytes: &[u8], path: &Path, opts: &FolderOptions) -> Result<D
     // The header's size first: a small file that declares a huge image is refused
     // before its pixels are decoded.
     let (w, h) = reader()?.into_dimensions().map_err(|e| cannot(&e))?;
-    check_image_size(w as u64, h as u64, "the image is").map_err(|m| DataError::file(path, m))?;
+    preprocessed(w, h, opts, path)?;
     let mut img = reader()?.decode().map_err(|e| cannot(&e))?;
-    check_image_size(img.width() as u64, img.height() as u64, "the image is")
-        .map_err(|m| DataError::file(path, m))?;
-    if let Some(r) = &opts.resize {
-        let (w, h) = (img.width() as u64, img.height() as u64);
-        // torchvision's Resize(int): the shorter side becomes N, the longer
-        // int(N * long / short).
-        let (nw, nh) = match r.as_slice() {
-            [s] if w <= h => (*s as u64, *s as u64 * h / w),
-            [s] => (*s as u64 * w / h, *s as u64),
-            [hh, ww] => (*ww as u64, *hh as u64),
-            _ => return Err(DataError::Config("--resize takes N or HxW".into())),
-        };
-        let what = format!(
-            "--resize {} makes this {h}x{w} image",
-            r.iter()
-                .map(|v| v.to_string())
-                .collect::<Vec<_>>()
-                .join("x")
-        );
-        check_image_size(nw, nh, &what).map_err(|m| DataError::file(path, m))?;
-        img = img.resize_exact(nw as u32, nh as u32, FilterType::Triangle);
+    let (resize_to, _) = preprocessed(img.width(), img.height(), opts, path)?;
+    if let Some((nw, nh)) = resize_to {
+        img = img.resize_exact(nw, nh, FilterType::Triangle);
     }
     if let Some([ch, cw]) = opts.center_crop {
         let (w, h) = (img.width(), img.height());
-        if ch > h || cw > w {
-            return Err(DataError::file(
-                path,
-                format!("--center-crop {ch}x{cw} is larger than the image ({h}x{w}); resize first"),
-            ));
-        }
         // torchvision rounds the offsets: int(round((h - ch) / 2)).
         let top = ((h - ch) as f64 / 2.0).round() as u32;
         let left = ((w - cw) as f64 / 2.0).round() as u32;
@@ -233,6 +211,84 @@ pub fn decode_bytes(bytes: &[u8], path: &Path, opts: &FolderOptions) -> Result<D
         }
     }
     Ok(([3, h, w], out))
+}
+
+/// What the preprocessing makes of a `w` x `h` image: the size `Resize` gives it (width,
+/// height), if asked, and the `[C, H, W]` it ends as; images too large, or smaller than
+/// the crop, are refused naming `path`.
+fn preprocessed(
+    w: u32,
+    h: u32,
+    opts: &FolderOptions,
+    path: &Path,
+) -> Result<(Option<(u32, u32)>, [usize; 3]), DataError> {
+    check_image_size(w as u64, h as u64, "the image is").map_err(|m| DataError::file(path, m))?;
+    let resize_to = match &opts.resize {
+        Some(r) => {
+            let (w, h) = (w as u64, h as u64);
+            // torchvision's Resize(int): the shorter side becomes N, the longer
+            // int(N * long / short).
+            let (nw, nh) = match r.as_slice() {
+                [s] if w <= h => (*s as u64, *s as u64 * h / w),
+                [s] => (*s as u64 * w / h, *s as u64),
+                [hh, ww] => (*ww as u64, *hh as u64),
+                _ => return Err(DataError::Config("--resize takes N or HxW".into())),
+            };
+            let what = format!(
+                "--resize {} makes this {h}x{w} image",
+                r.iter()
+                    .map(|v| v.to_string())
+                    .collect::<Vec<_>>()
+                    .join("x")
+            );
+            check_image_size(nw, nh, &what).map_err(|m| DataError::file(path, m))?;
+            // Within MAX_IMAGE_SIDE, so within u32.
+            Some((nw as u32, nh as u32))
+        }
+        None => None,
+    };
+    let (w, h) = resize_to.unwrap_or((w, h));
+    let (h, w) = match opts.center_crop {
+        Some([ch, cw]) if ch > h || cw > w => {
+            return Err(DataError::file(
+                path,
+                format!("--center-crop {ch}x{cw} is larger than the image ({h}x{w}); resize first"),
+            ))
+        }
+        Some([ch, cw]) => (ch, cw),
+        None => (h, w),
+    };
+    let channels = if opts.grayscale { 1 } else { 3 };
+    Ok((resize_to, [channels, h as usize, w as usize]))
+}
+
+/// Checks that the image at `path`, of `shape`, has the split's first image's shape.
+fn same_shape(
+    first: &mut Option<([usize; 3], PathBuf)>,
+    shape: [usize; 3],
+    path: &Path,
+) -> Result<(), DataError> {
+    match first {
+        None => *first = Some((shape, path.to_path_buf())),
+        Some((f, first_path)) if *f != shape => {
+            return Err(DataError::file(
+                path,
+                format!(
+                    "is {}x{}x{} but {} is {}x{}x{}: images of different sizes need --resize \
+                     (and --center-crop)",
+                    shape[0],
+                    shape[1],
+                    shape[2],
+                    first_path.display(),
+                    f[0],
+                    f[1],
+                    f[2]
+                ),
+            ));
+        }
+        Some(_) => {}
+    }
+    Ok(())
 }
 
 fn too_large(root: &Path) -> DataError {
@@ -305,17 +361,7 @@ fn load_split(
     let mut idx = 0;
     for part in decoded {
         for (s, px) in part? {
-            let (path, _) = &files[idx];
-            match shape {
-                None => shape = Some((s, path.clone())),
-                Some((first, ref first_path)) if first != s => {
-                    return Err(DataError::file(path, format!(
-                        "is {}x{}x{} but {} is {}x{}x{}: images of different sizes need --resize (and --center-crop)",
-                        s[0], s[1], s[2], first_path.display(), first[0], first[1], first[2]
-                    )));
-                }
-                _ => {}
-            }
+            same_shape(&mut shape, s, &files[idx].0)?;
             images.extend_from_slice(&px);
             idx += 1;
         }
@@ -325,43 +371,115 @@ fn load_split(
     Ok((Split { images, labels }, shape, classes))
 }
 
-pub fn open(root: &Path, opts: &FolderOptions) -> Result<Dataset, DataError> {
-    check_options(opts)?;
+/// The header of the image at `path`: its width and height, read without decoding
+/// a pixel.
+fn header_size(path: &Path) -> Result<(u32, u32), DataError> {
+    let (f, len) = open_regular(path)?;
+    if len == 0 {
+        return Err(DataError::file(path, "zero-byte file: not an image"));
+    }
+    if len > MAX_IMAGE_FILE_BYTES {
+        return Err(DataError::file(
+            path,
+            format!("{len} bytes is larger than the {MAX_IMAGE_FILE_BYTES}-byte limit for an image file"),
+        ));
+    }
+    let cannot =
+        |e: &dyn std::fmt::Display| DataError::file(path, format!("cannot decode the image: {e}"));
+    let mut r = image::ImageReader::new(std::io::BufReader::new(f.take(MAX_IMAGE_FILE_BYTES)))
+        .with_guessed_format()
+        .map_err(|e| cannot(&e))?;
+    r.limits(decoder_limits());
+    r.into_dimensions().map_err(|e| cannot(&e))
+}
+
+/// One split from its images' headers: the shape after preprocessing, the classes, and
+/// the images per class.
+fn describe_split(
+    root: &Path,
+    opts: &FolderOptions,
+) -> Result<([usize; 3], Vec<String>, Vec<usize>), DataError> {
+    let (files, classes) = scan(root)?;
+    let mut counts = vec![0; classes.len()];
+    let mut shape = None;
+    for (path, class) in &files {
+        let (w, h) = header_size(path)?;
+        let (_, s) = preprocessed(w, h, opts, path)?;
+        same_shape(&mut shape, s, path)?;
+        counts[*class as usize] += 1;
+    }
+    let shape = shape.expect("scan found at least one image").0;
+    Ok((shape, classes, counts))
+}
+
+/// A folder's splits: `root/train` with `root/test` (or `root/val`), or `root` alone,
+/// each read by `read` as (shape, classes, the split), the two checked to agree.
+#[allow(clippy::type_complexity)]
+fn splits<S>(
+    root: &Path,
+    read: impl Fn(&Path) -> Result<([usize; 3], Vec<String>, S), DataError>,
+) -> Result<([usize; 3], Vec<String>, S, Option<S>), DataError> {
     let train_dir = root.join("train");
     let test_dir = ["test", "val"]
         .iter()
         .map(|d| root.join(d))
         .find(|d| d.is_dir());
-    let (train, shape, classes, test) =
-        if let (true, Some(test_dir)) = (train_dir.is_dir(), test_dir) {
-            let (train, shape, classes) = load_split(&train_dir, opts)?;
-            let (test, tshape, tclasses) = load_split(&test_dir, opts)?;
-            if tclasses != classes {
-                return Err(DataError::file(
-                    &test_dir,
-                    "its class folders differ from train/'s",
-                ));
-            }
-            if tshape != shape {
-                return Err(DataError::file(
-                    &test_dir,
-                    "its images differ in size from train/'s; use --resize",
-                ));
-            }
-            (train, shape, classes, Some(test))
-        } else {
-            let (train, shape, classes) = load_split(root, opts)?;
-            (train, shape, classes, None)
-        };
+    if let (true, Some(test_dir)) = (train_dir.is_dir(), test_dir) {
+        let (shape, classes, train) = read(&train_dir)?;
+        let (tshape, tclasses, test) = read(&test_dir)?;
+        if tclasses != classes {
+            return Err(DataError::file(
+                &test_dir,
+                "its class folders differ from train/'s",
+            ));
+        }
+        if tshape != shape {
+            return Err(DataError::file(
+                &test_dir,
+                "its images differ in size from train/'s; use --resize",
+            ));
+        }
+        Ok((shape, classes, train, Some(test)))
+    } else {
+        let (shape, classes, train) = read(root)?;
+        Ok((shape, classes, train, None))
+    }
+}
+
+fn name_of(root: &Path) -> String {
+    root.file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "images".into())
+}
+
+pub fn open(root: &Path, opts: &FolderOptions) -> Result<Dataset, DataError> {
+    check_options(opts)?;
+    let (shape, classes, train, test) = splits(root, |dir| {
+        let (split, shape, classes) = load_split(dir, opts)?;
+        Ok((shape, classes, split))
+    })?;
     Ok(Dataset {
-        name: root
-            .file_name()
-            .map(|n| n.to_string_lossy().into_owned())
-            .unwrap_or_else(|| "images".into()),
+        name: name_of(root),
         shape,
         classes,
         train,
         test,
         source: root.to_path_buf(),
+    })
+}
+
+/// The folder as [`open`] would read it, from its images' headers alone: an image whose
+/// pixels are corrupt past a valid header is found only when it is decoded.
+pub fn describe(root: &Path, opts: &FolderOptions) -> Result<crate::Summary, DataError> {
+    check_options(opts)?;
+    let (shape, classes, train, test) = splits(root, |dir| describe_split(dir, opts))?;
+    Ok(crate::Summary {
+        name: name_of(root),
+        source: root.to_path_buf(),
+        shape,
+        classes,
+        train,
+        test,
+        decoded: false,
     })
 }

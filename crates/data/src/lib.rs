@@ -185,6 +185,59 @@ pub struct OpenOptions {
 /// `cifar10`, `cifar100`) under `root`, or by path (a folder of IDX files, of CIFAR
 /// binaries, or of one subfolder per class).
 pub fn open(spec: &str, root: Option<&Path>, opts: &OpenOptions) -> Result<Dataset, DataError> {
+    resolve(spec, root, opts, folder::open, |d| d)
+}
+
+/// What `data info` shows of a dataset: its shape, classes and images per class.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Summary {
+    pub name: String,
+    pub source: PathBuf,
+    /// `[C, H, W]`, after an image folder's preprocessing.
+    pub shape: [usize; 3],
+    pub classes: Vec<String>,
+    /// Images per class.
+    pub train: Vec<usize>,
+    pub test: Option<Vec<usize>>,
+    /// Whether the images were decoded (IDX and CIFAR files), or only an image folder's
+    /// headers were read.
+    pub decoded: bool,
+}
+
+impl Summary {
+    fn of(d: Dataset) -> Summary {
+        Summary {
+            train: d.class_counts(&d.train),
+            test: d.test.as_ref().map(|t| d.class_counts(t)),
+            name: d.name,
+            source: d.source,
+            shape: d.shape,
+            classes: d.classes,
+            decoded: true,
+        }
+    }
+}
+
+/// Describes a dataset as [`open`] would read it, without decoding an image folder: its
+/// images' headers give their sizes (what preprocessing makes of them) and the folders
+/// their classes, so a folder of a million photos is described in seconds.
+pub fn summarize(
+    spec: &str,
+    root: Option<&Path>,
+    opts: &OpenOptions,
+) -> Result<Summary, DataError> {
+    resolve(spec, root, opts, folder::describe, Summary::of)
+}
+
+/// Finds what `spec` names and reads it: image folders with `folder`, the other kinds
+/// into a [`Dataset`] given to `other`.
+fn resolve<T>(
+    spec: &str,
+    root: Option<&Path>,
+    opts: &OpenOptions,
+    folder: impl FnOnce(&Path, &folder::FolderOptions) -> Result<T, DataError>,
+    other: impl FnOnce(Dataset) -> T,
+) -> Result<T, DataError> {
     let lower = spec.to_ascii_lowercase();
     let named_root = |default: Option<&str>| -> Result<PathBuf, DataError> {
         match (root, default) {
@@ -227,7 +280,7 @@ pub fn open(spec: &str, root: Option<&Path>, opts: &OpenOptions) -> Result<Datas
             not_cifar100(what)?;
         }
     }
-    match lower.as_str() {
+    let dataset = match lower.as_str() {
         "fashion-mnist" | "fashionmnist" => idx::open_named(
             idx::Family::FashionMnist,
             &named_root(Some(FASHION_MNIST_SYSTEM_ROOT))?,
@@ -255,20 +308,23 @@ pub fn open(spec: &str, root: Option<&Path>, opts: &OpenOptions) -> Result<Datas
                     NAMES.join(", ")
                 )));
             }
-            open_path(path, opts, &images_only, &not_cifar100)
+            return open_path(path, opts, &images_only, &not_cifar100, folder, other);
         }
-    }
+    }?;
+    Ok(other(dataset))
 }
 
 /// Recognises what a folder holds.
 /// `images_only` and `not_cifar100` refuse the options that do not apply to what the
 /// folder turns out to hold.
-fn open_path(
+fn open_path<T>(
     path: &Path,
     opts: &OpenOptions,
     images_only: &dyn Fn(&str) -> Result<(), DataError>,
     not_cifar100: &dyn Fn(&str) -> Result<(), DataError>,
-) -> Result<Dataset, DataError> {
+    folder: impl FnOnce(&Path, &folder::FolderOptions) -> Result<T, DataError>,
+    other: impl FnOnce(Dataset) -> T,
+) -> Result<T, DataError> {
     if !path.is_dir() {
         return Err(DataError::file(
             path,
@@ -278,19 +334,19 @@ fn open_path(
     if idx::find(path, "train", idx::Kind::Images, &idx::Family::Generic).is_some() {
         images_only("a folder of IDX files")?;
         not_cifar100("a folder of IDX files")?;
-        return idx::open_named(idx::Family::Generic, path);
+        return idx::open_named(idx::Family::Generic, path).map(other);
     }
     if cifar::looks_like(path, cifar::Kind::Cifar10) {
         images_only("a folder of CIFAR-10 files")?;
         not_cifar100("a folder of CIFAR-10 files")?;
-        return cifar::open(cifar::Kind::Cifar10, path, false);
+        return cifar::open(cifar::Kind::Cifar10, path, false).map(other);
     }
     if cifar::looks_like(path, cifar::Kind::Cifar100) {
         images_only("a folder of CIFAR-100 files")?;
-        return cifar::open(cifar::Kind::Cifar100, path, opts.coarse_labels);
+        return cifar::open(cifar::Kind::Cifar100, path, opts.coarse_labels).map(other);
     }
     not_cifar100("an image folder")?;
-    folder::open(path, &opts.folder)
+    folder(path, &opts.folder)
 }
 
 #[cfg(test)]

@@ -605,3 +605,89 @@ fn a_resize_past_the_split_cap_is_refused_before_decoding() {
     );
     std::fs::remove_dir_all(&root).ok();
 }
+
+/// `data info` describes an image folder from its images' headers: the same shape,
+/// classes and counts as reading it, for every preprocessing, and the same errors for
+/// sizes that disagree; only pixels broken past a valid header are left to decoding.
+#[test]
+fn summarize_describes_a_folder_as_open_reads_it_without_decoding() {
+    use vramlab_data::summarize;
+    let root = tmp("summary");
+    let sizes = [(8, 6), (10, 7), (6, 12), (9, 9)];
+    for (split, n) in [("train", 3), ("val", 2)] {
+        for (k, class) in ["ants", "bees", "wasps"].iter().enumerate() {
+            let dir = root.join(split).join(class);
+            std::fs::create_dir_all(&dir).unwrap();
+            for i in 0..n + k % 2 {
+                let (w, h) = sizes[(i + k) % sizes.len()];
+                let img = image::RgbImage::from_fn(w, h, |x, y| {
+                    image::Rgb([(x * 20) as u8, (y * 20) as u8, (i * 50) as u8])
+                });
+                let ext = ["png", "jpg", "bmp", "gif", "webp"][(i + k) % 5];
+                save(&img, &dir.join(format!("{i}.{ext}")));
+            }
+        }
+    }
+    let spec = root.to_str().unwrap();
+    let with =
+        |resize: Option<Vec<u32>>, center_crop: Option<[u32; 2]>, grayscale: bool| OpenOptions {
+            folder: FolderOptions {
+                resize,
+                center_crop,
+                grayscale,
+            },
+            ..Default::default()
+        };
+    let cases = [
+        with(Some(vec![5]), Some([5, 5]), false),
+        with(Some(vec![4, 6]), None, false),
+        with(Some(vec![7]), Some([6, 7]), true),
+        with(Some(vec![3, 3]), None, true),
+    ];
+    for opts in &cases {
+        let s = summarize(spec, None, opts).unwrap();
+        let d = open(spec, None, opts).unwrap();
+        assert!(!s.decoded);
+        assert_eq!(s.shape, d.shape, "{opts:?}");
+        assert_eq!(s.classes, d.classes);
+        assert_eq!(s.train, d.class_counts(&d.train));
+        assert_eq!(s.train, vec![3, 4, 3]);
+        assert_eq!(s.test, Some(d.class_counts(d.test.as_ref().unwrap())));
+        assert_eq!(s.test, Some(vec![2, 3, 2]));
+        assert_eq!(
+            (s.name.as_str(), s.source.as_path()),
+            (d.name.as_str(), d.source.as_path())
+        );
+    }
+    assert_eq!(summarize(spec, None, &cases[0]).unwrap().shape, [3, 5, 5]);
+    assert_eq!(summarize(spec, None, &cases[2]).unwrap().shape, [1, 6, 7]);
+    // Errors: sizes that differ, a crop larger than the resized image.
+    for opts in [
+        OpenOptions::default(),
+        with(Some(vec![4]), Some([5, 5]), false),
+        with(None, Some([7, 7]), false),
+    ] {
+        let s = summarize(spec, None, &opts).unwrap_err().to_string();
+        let d = open(spec, None, &opts).unwrap_err().to_string();
+        assert_eq!(s, d, "{opts:?}");
+    }
+    // A PNG cut short inside its pixel data: its header is whole, so it is described,
+    // and reading it fails naming it.
+    let noisy = image::RgbImage::from_fn(64, 64, |x, y| {
+        image::Rgb([(x * 7 ^ y * 13) as u8, (x * y) as u8, (x + 3 * y) as u8])
+    });
+    let cut = root.join("train/ants/cut.png");
+    save(&noisy, &cut);
+    let bytes = std::fs::read(&cut).unwrap();
+    std::fs::write(&cut, &bytes[..bytes.len() / 2]).unwrap();
+    let opts = &cases[0];
+    assert_eq!(summarize(spec, None, opts).unwrap().train, vec![4, 4, 3]);
+    let e = open(spec, None, opts).unwrap_err().to_string();
+    assert!(e.contains("cut.png: cannot decode the image"), "{e}");
+    // An empty file fails in both, with the same words.
+    std::fs::write(&cut, b"").unwrap();
+    let s = summarize(spec, None, opts).unwrap_err().to_string();
+    assert_eq!(s, open(spec, None, opts).unwrap_err().to_string());
+    assert!(s.contains("cut.png: zero-byte file: not an image"), "{s}");
+    std::fs::remove_dir_all(&root).ok();
+}
