@@ -257,3 +257,32 @@ fn absurd_batches_and_clusters_are_refused_by_name() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("more than the 1048576 planned"), "{err}");
 }
+
+/// Model files a hostile pass found accepted (session 11): a parameter used as a value
+/// named like another layer's parameter (training then panicked saving its checkpoint:
+/// a state_dict cannot hold two keys alike), and a partition size whose square wraps
+/// to the input's (4.6e18-pixel partitions planned as 8x8 ones).
+#[test]
+fn model_files_whose_names_collide_or_sizes_wrap_are_refused() {
+    let dir = format!("{}/tests/fixtures/hostile11", env!("CARGO_MANIFEST_DIR"));
+    for (file, want) in [
+        (
+            "duplicate_param_name.toml",
+            "invalid graph: two parameters are both named `c.bias` (layers `c` and `c.bias`)",
+        ),
+        (
+            "departition_wrap.toml",
+            "layer `1`: shape '[B, 4, 4, 4611686018427387912, 4611686018427387912, 3]' is \
+             invalid for input of size B*3072",
+        ),
+    ] {
+        let path = format!("{dir}/{file}");
+        for cmd in ["summary", "memory"] {
+            let o = vramlab().args([cmd, &path]).output().expect("run");
+            let stderr = String::from_utf8_lossy(&o.stderr);
+            assert_eq!(o.status.code(), Some(2), "{cmd} {file}: {stderr}");
+            assert!(stderr.contains(want), "{cmd} {file}: {stderr}");
+            assert_eq!(stderr.lines().count(), 1, "{stderr}");
+        }
+    }
+}

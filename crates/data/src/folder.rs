@@ -33,6 +33,11 @@ pub struct FolderOptions {
 type Scan = (Vec<(PathBuf, u16)>, Vec<String>);
 /// One decoded image: its `[C, H, W]` and planar bytes.
 type Decoded = ([usize; 3], Vec<u8>);
+/// The size `Resize` gives an image (width, height), if asked, and its final `[C, H, W]`.
+type Preprocessed = (Option<(u32, u32)>, [usize; 3]);
+/// One split as read: its images' `[C, H, W]`, the class names, and the split itself
+/// (its images, or its counts per class).
+type SplitRead<S> = ([usize; 3], Vec<String>, S);
 
 /// Most images decoded at once.
 const MAX_DECODE_THREADS: usize = 8;
@@ -221,7 +226,7 @@ fn preprocessed(
     h: u32,
     opts: &FolderOptions,
     path: &Path,
-) -> Result<(Option<(u32, u32)>, [usize; 3]), DataError> {
+) -> Result<Preprocessed, DataError> {
     check_image_size(w as u64, h as u64, "the image is").map_err(|m| DataError::file(path, m))?;
     let resize_to = match &opts.resize {
         Some(r) => {
@@ -395,10 +400,7 @@ fn header_size(path: &Path) -> Result<(u32, u32), DataError> {
 
 /// One split from its images' headers: the shape after preprocessing, the classes, and
 /// the images per class.
-fn describe_split(
-    root: &Path,
-    opts: &FolderOptions,
-) -> Result<([usize; 3], Vec<String>, Vec<usize>), DataError> {
+fn describe_split(root: &Path, opts: &FolderOptions) -> Result<SplitRead<Vec<usize>>, DataError> {
     let (files, classes) = scan(root)?;
     let mut counts = vec![0; classes.len()];
     let mut shape = None;
@@ -414,11 +416,10 @@ fn describe_split(
 
 /// A folder's splits: `root/train` with `root/test` (or `root/val`), or `root` alone,
 /// each read by `read` as (shape, classes, the split), the two checked to agree.
-#[allow(clippy::type_complexity)]
 fn splits<S>(
     root: &Path,
-    read: impl Fn(&Path) -> Result<([usize; 3], Vec<String>, S), DataError>,
-) -> Result<([usize; 3], Vec<String>, S, Option<S>), DataError> {
+    read: impl Fn(&Path) -> Result<SplitRead<S>, DataError>,
+) -> Result<(SplitRead<S>, Option<S>), DataError> {
     let train_dir = root.join("train");
     let test_dir = ["test", "val"]
         .iter()
@@ -439,10 +440,9 @@ fn splits<S>(
                 "its images differ in size from train/'s; use --resize",
             ));
         }
-        Ok((shape, classes, train, Some(test)))
+        Ok(((shape, classes, train), Some(test)))
     } else {
-        let (shape, classes, train) = read(root)?;
-        Ok((shape, classes, train, None))
+        Ok((read(root)?, None))
     }
 }
 
@@ -454,7 +454,7 @@ fn name_of(root: &Path) -> String {
 
 pub fn open(root: &Path, opts: &FolderOptions) -> Result<Dataset, DataError> {
     check_options(opts)?;
-    let (shape, classes, train, test) = splits(root, |dir| {
+    let ((shape, classes, train), test) = splits(root, |dir| {
         let (split, shape, classes) = load_split(dir, opts)?;
         Ok((shape, classes, split))
     })?;
@@ -472,7 +472,7 @@ pub fn open(root: &Path, opts: &FolderOptions) -> Result<Dataset, DataError> {
 /// pixels are corrupt past a valid header is found only when it is decoded.
 pub fn describe(root: &Path, opts: &FolderOptions) -> Result<crate::Summary, DataError> {
     check_options(opts)?;
-    let (shape, classes, train, test) = splits(root, |dir| describe_split(dir, opts))?;
+    let ((shape, classes, train), test) = splits(root, |dir| describe_split(dir, opts))?;
     Ok(crate::Summary {
         name: name_of(root),
         source: root.to_path_buf(),

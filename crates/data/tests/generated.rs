@@ -674,7 +674,7 @@ fn summarize_describes_a_folder_as_open_reads_it_without_decoding() {
     // A PNG cut short inside its pixel data: its header is whole, so it is described,
     // and reading it fails naming it.
     let noisy = image::RgbImage::from_fn(64, 64, |x, y| {
-        image::Rgb([(x * 7 ^ y * 13) as u8, (x * y) as u8, (x + 3 * y) as u8])
+        image::Rgb([((x * 7) ^ (y * 13)) as u8, (x * y) as u8, (x + 3 * y) as u8])
     });
     let cut = root.join("train/ants/cut.png");
     save(&noisy, &cut);

@@ -429,6 +429,21 @@ impl Graph {
                 )));
             }
         }
+        // And so must the state_dict's keys: a parameter used as a value is named by its
+        // layer (`c.bias`), which can be another layer's parameter's name.
+        let mut keys: std::collections::HashMap<String, &str> = Default::default();
+        for n in &self.nodes {
+            for spec in n.op.params().iter().chain(n.op.buffers().iter()) {
+                let key = param_name(n, spec);
+                if let Some(other) = keys.insert(key.clone(), n.name.as_str()) {
+                    return Err(GraphError::Structure(format!(
+                        "two parameters are both named `{key}` (layers `{other}` and `{}`), as \
+                         a state_dict cannot hold them",
+                        n.name
+                    )));
+                }
+            }
+        }
         Ok(Shaped {
             graph: self.clone(),
             shapes,

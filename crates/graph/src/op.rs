@@ -1116,8 +1116,13 @@ impl Op {
                 } else {
                     (x.first(), x.get(1))
                 };
-                let fits =
-                    x.len() == 3 && groups == Some(&(parts.0 * parts.1)) && size == Some(&(p * p));
+                // Checked: sizes from a file must not wrap into ones that match.
+                let fits = x.len() == 3
+                    && parts
+                        .0
+                        .checked_mul(parts.1)
+                        .is_some_and(|g| groups == Some(&g))
+                    && p.checked_mul(*p).is_some_and(|s| size == Some(&s));
                 if !fits {
                     return Err(format!(
                         "shape '[B, {}, {}, {p}, {p}, {}]' is invalid for input of size B*{}",

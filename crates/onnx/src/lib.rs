@@ -838,6 +838,31 @@ impl Cx<'_> {
         Ok((name, dims))
     }
 
+    /// Inputs `inputs` of `n`, where given as weights, are vectors of `len` (a bias, a
+    /// BatchNorm's shift and statistics): a file whose sizes say otherwise is broken,
+    /// or (a Gemm's broadcast scalar bias) no layer vramlab plans.
+    fn check_vectors(
+        &self,
+        n: &proto::Node,
+        inputs: std::ops::Range<usize>,
+        len: usize,
+    ) -> Result<(), OnnxError> {
+        for i in inputs {
+            if self.param(n, i).is_none() {
+                continue;
+            }
+            if let Some((name, dims, _)) = self.konst(n, i)? {
+                if dims.len() != 1 || dims[0] != len as i64 {
+                    return Err(self.fail(
+                        n,
+                        format!("`{name}` has dims {dims:?}, expected [{len}] (one per channel)"),
+                    ));
+                }
+            }
+        }
+        Ok(())
+    }
+
     /// A layer name, unique: the PyTorch module path where the file keeps it.
     fn layer_name(&mut self, n: &proto::Node, weight: Option<&str>) -> String {
         let from_weight = weight
@@ -1062,6 +1087,7 @@ impl Cx<'_> {
                     }
                 }
                 let bias = self.param(n, 2);
+                self.check_vectors(n, 2..3, w[0])?;
                 let group = self.int_attr(n, "group", 1);
                 let group = usize::try_from(group)
                     .ok()
@@ -1139,9 +1165,22 @@ impl Cx<'_> {
             "BatchNormalization" => {
                 let x = self.act(n, 0)?;
                 let (sname, s) = self.weight_dims(n, 1, 1)?;
-                let eps = n.attr("epsilon").and_then(|a| a.f).unwrap_or(1e-5) as f64;
-                let m = n.attr("momentum").and_then(|a| a.f).unwrap_or(0.9) as f64;
-                let momentum = ((1.0 - m) * 1e6).round() / 1e6;
+                self.check_vectors(n, 2..5, s[0])?;
+                // float32 attributes, read back to the decimal they were written as (7
+                // significant digits): 1e-5 is not 9.99999974738e-06, 1e-10 not 0.
+                let decimal = |v: f64| format!("{v:.6e}").parse::<f64>().unwrap_or(v);
+                let eps = decimal(n.attr("epsilon").and_then(|a| a.f).unwrap_or(1e-5) as f64);
+                let m = n.attr("momentum").and_then(|a| a.f).unwrap_or(0.9);
+                if !(0.0..=1.0).contains(&m) {
+                    return Err(self.fail(
+                        n,
+                        format!(
+                            "momentum {m}: expected a number between 0 and 1 (PyTorch's \
+                             momentum is 1 minus it)"
+                        ),
+                    ));
+                }
+                let momentum = decimal(1.0 - decimal(m as f64));
                 let training = self.int_attr(n, "training_mode", 0) != 0 || n.outputs.len() > 1;
                 if training {
                     self.notes.bn_training += 1;
@@ -1150,7 +1189,7 @@ impl Cx<'_> {
                 }
                 let bn = BatchNorm2d {
                     num_features: s[0],
-                    eps: (eps * 1e9).round() / 1e9,
+                    eps,
                     momentum,
                     affine: true,
                     track_running_stats: true,
@@ -1366,6 +1405,7 @@ impl Cx<'_> {
                 };
                 let (out_f, in_f) = if trans_b { (w[0], w[1]) } else { (w[1], w[0]) };
                 let bias = self.param(n, 2).is_some();
+                self.check_vectors(n, 2..3, out_f)?;
                 let name = self.layer_name(n, Some(&wname));
                 let id = self.add_op(
                     n,

@@ -715,6 +715,12 @@ impl<S: Source> Reader<'_, S> {
             }
         }
         if !skipped_values && t.external_location.is_none() {
+            let elem = match t.data_type {
+                DOUBLE | INT64 => 8,
+                FLOAT | INT32 => 4,
+                _ => 1,
+            };
+            let raw_len_rest = raw.as_ref().map_or(0, |b| b.len() % elem);
             t.values = match t.data_type {
                 FLOAT => match raw {
                     Some(b) => Some(Values::Floats(
@@ -751,6 +757,35 @@ impl<S: Source> Reader<'_, S> {
                 },
                 _ => None,
             };
+            // The values must be what the dims declare (onnx's checker refuses others):
+            // a cut raw_data would otherwise read as fewer values, or as none.
+            if let Some(v) = &t.values {
+                let count = match v {
+                    Values::Floats(f) => f.len(),
+                    Values::Ints(i) => i.len(),
+                } as u128;
+                let expected = t.dims.iter().try_fold(1u128, |acc, &d| {
+                    u128::try_from(d).ok().map(|d| acc.saturating_mul(d))
+                });
+                if expected != Some(count) || raw_len_rest != 0 {
+                    let name = if t.name.is_empty() {
+                        "a constant"
+                    } else {
+                        t.name.as_str()
+                    };
+                    return err(format!(
+                        "tensor `{name}`: holds {count} value{}{} but its dims {:?} declare {}",
+                        if count == 1 { "" } else { "s" },
+                        if raw_len_rest != 0 {
+                            format!(" and {raw_len_rest} stray bytes of raw_data")
+                        } else {
+                            String::new()
+                        },
+                        t.dims,
+                        expected.map_or("a negative size".to_string(), |e| e.to_string())
+                    ));
+                }
+            }
         }
         Ok(t)
     }
@@ -902,6 +937,56 @@ mod tests {
         let len = src.file_len();
         assert!(decode_model(&mut src, len).is_err());
         std::fs::remove_file(&path).ok();
+    }
+
+    /// A small tensor's values must be what its dims declare: a cut or overlong
+    /// raw_data (a Clip's bound, a Dropout's ratio) was read as fewer values, or none.
+    #[test]
+    fn small_tensors_hold_what_their_dims_declare() {
+        let model = |dims: &[u64], raw: &[u8]| {
+            let mut tensor = Vec::new();
+            field(8, b"cmax", &mut tensor);
+            for &d in dims {
+                varint(1 << 3, &mut tensor);
+                varint(d, &mut tensor);
+            }
+            varint(2 << 3, &mut tensor); // FLOAT
+            varint(1, &mut tensor);
+            field(9, raw, &mut tensor);
+            let mut graph = Vec::new();
+            field(5, &tensor, &mut graph);
+            let mut model = Vec::new();
+            field(7, &graph, &mut model);
+            decode_bytes(&model)
+        };
+        let six = 6f32.to_le_bytes();
+        let m = model(&[], &six).unwrap();
+        assert_eq!(
+            m.graph.initializers[0].values,
+            Some(Values::Floats(vec![6.0]))
+        );
+        assert!(model(&[2], &[six, six].concat()).is_ok());
+        for (dims, raw, want) in [
+            (
+                &[][..],
+                &six[..3],
+                "holds 0 values and 3 stray bytes of raw_data but its dims [] declare 1",
+            ),
+            (
+                &[],
+                &[six, six, six].concat()[..],
+                "holds 3 values but its dims [] declare 1",
+            ),
+            (&[], &[][..], "holds 0 values but its dims [] declare 1"),
+            (
+                &[1 << 40],
+                &six[..],
+                "holds 1 value but its dims [1099511627776] declare 1099511627776",
+            ),
+        ] {
+            let e = model(dims, raw).unwrap_err().0;
+            assert!(e.contains(&format!("tensor `cmax`: {want}")), "{e}");
+        }
     }
 
     #[test]

@@ -663,6 +663,23 @@ impl Cx<'_> {
         }
     }
 
+    /// A parameter that is one value per channel (a bias, a norm's weight) has `len`
+    /// of them: the export's sizes, not the layer's, are what the file holds.
+    fn per_channel(
+        &self,
+        n: &N,
+        p: &Option<(String, Vec<usize>)>,
+        len: usize,
+    ) -> Result<(), Pt2Error> {
+        match p {
+            Some((fqn, d)) if d[..] != [len] => Err(self.fail(
+                n,
+                format!("`{fqn}` has sizes {d:?}, expected [{len}] (one per channel)"),
+            )),
+            _ => Ok(()),
+        }
+    }
+
     fn ints(&self, n: &N, name: &str, pos: usize) -> Result<Option<Vec<i64>>, Pt2Error> {
         let Some(v) = n.arg(name, pos) else {
             return Ok(None);
@@ -902,6 +919,7 @@ impl Cx<'_> {
                     return Err(self.fail(n, format!("weight `{w}` has sizes {wd:?}, expected 4")));
                 };
                 let bias = self.param(n, "bias", 2)?;
+                self.per_channel(n, &bias, out_c)?;
                 if n.op == "convolution" && self.boolean(n, "transposed", 6, false)? {
                     return Err(self.fail(n, "transposed convolutions are not supported"));
                 }
@@ -962,6 +980,8 @@ impl Cx<'_> {
                     (None, Some(&c)) => c,
                     _ => return Err(self.fail(n, "cannot tell the number of features")),
                 };
+                self.per_channel(n, &w, num_features)?;
+                self.per_channel(n, &b, num_features)?;
                 let op = Op::BatchNorm2d(BatchNorm2d {
                     num_features,
                     eps: self.float(n, "eps", eps_pos, 1e-5)?,
@@ -1130,6 +1150,8 @@ impl Cx<'_> {
                 }
                 let w = self.param(n, "weight", 2)?;
                 let b = self.param(n, "bias", 3)?;
+                self.per_channel(n, &w, d as usize)?;
+                self.per_channel(n, &b, d as usize)?;
                 let op = Op::LayerNorm(vramlab_graph::LayerNorm {
                     normalized_shape: d as usize,
                     eps: self.float(n, "eps", 4, 1e-5)?,
@@ -1162,6 +1184,7 @@ impl Cx<'_> {
                     return Err(self.fail(n, format!("weight `{w}` has sizes {wd:?}, expected 2")));
                 };
                 let bias = self.param(n, "bias", 2)?;
+                self.per_channel(n, &bias, out_f)?;
                 let op = Op::Linear(Linear {
                     in_features: in_f,
                     out_features: out_f,
@@ -1193,6 +1216,7 @@ impl Cx<'_> {
                             "only `x @ weight.t()` with a parameter weight maps (a Linear layer)",
                         )),
                     };
+                self.per_channel(n, &bias, wd[0] as usize)?;
                 let op = Op::Linear(Linear {
                     in_features: wd[1] as usize,
                     out_features: wd[0] as usize,

@@ -332,3 +332,35 @@ fn a_parameter_mismatch_names_the_first_difference() {
         "{e}"
     );
 }
+
+/// A bias whose sizes contradict its layer (found by a hostile pass, session 11): read
+/// as the layer's and counted as such (62,006 parameters where the export held 62,007).
+#[test]
+fn a_bias_whose_sizes_contradict_its_layer_is_refused() {
+    for (param, sizes, want) in [
+        (
+            "p_conv1_bias",
+            serde_json::json!([{ "as_int": 7 }]),
+            "node `conv2d` (torch.ops.aten.conv2d.default): `conv1.bias` has sizes [7], \
+             expected [6] (one per channel)",
+        ),
+        (
+            "p_fc3_bias",
+            serde_json::json!([{ "as_int": 3 }, { "as_int": 5 }]),
+            "`fc3.bias` has sizes [3, 5], expected [10] (one per channel)",
+        ),
+        (
+            "p_fc3_bias",
+            serde_json::json!([]),
+            "`fc3.bias` has sizes [], expected [10] (one per channel)",
+        ),
+    ] {
+        let mut j: serde_json::Value = serde_json::from_str(&simple_cnn_json()).unwrap();
+        j["graph_module"]["graph"]["tensor_values"][param]["sizes"] = sizes;
+        let json = j.to_string();
+        let msg = read(&stored_zip(&[("m/models/model.json", json.as_bytes())]))
+            .unwrap_err()
+            .0;
+        assert!(msg.contains(want), "{msg}");
+    }
+}
