@@ -373,6 +373,9 @@ pub(crate) fn run(g: &Shaped, cfg: &PlanConfig) -> Result<(MemoryReport, Vec<u12
                     run.sim.decref(gsid);
                 }
             }
+            if let Some(d) = &mut run.dist {
+                d.has_shard.iter_mut().for_each(|h| *h = false);
+            }
             // From the second micro-batch on, each starts with the same tensors alive
             // (every gradient, the previous loss) and allocates the same, so a third
             // repeats the second byte for byte: simulating at most three gives the
@@ -3146,7 +3149,9 @@ impl Runner<'_> {
                 self.sim.recategorize(sid, Category::Grads);
                 self.dist_grad(p, sid, slots);
             }
-            Some(_) => self.sim.decref(sid),
+            // Added into `.grad` (a later micro-batch); sharded, it is reduce-scattered
+            // first, as in every micro-batch unless gradient sync is turned off.
+            Some(_) => self.dist_accumulate(p, sid, slots),
         }
     }
 }
@@ -3172,6 +3177,11 @@ struct DistState {
     staged: Vec<Option<Sid>>,
     /// Parameters of each unit whose gradient arrived in this backward pass.
     arrived: Vec<usize>,
+    /// A later micro-batch's unsharded gradients of each unit, waiting for the unit's
+    /// last to be reduce-scattered and added into the sharded `.grad`.
+    accumulating: Vec<Vec<Sid>>,
+    /// Units whose sharded `.grad` an earlier micro-batch of this step made.
+    has_shard: Vec<bool>,
     /// Units reduce-scattered in this backward pass.
     reduced: Vec<bool>,
     /// The last reduce-scatter's input, alive until the next one is issued (FSDP2's
@@ -3262,6 +3272,8 @@ impl DistState {
             gathered: vec![None; n_units],
             staged: vec![None; n_units],
             arrived: vec![0; n_units],
+            accumulating: vec![Vec::new(); n_units],
+            has_shard: vec![false; n_units],
             reduced: vec![false; n_units],
             pending_reduce: None,
             elem,
@@ -3439,6 +3451,20 @@ impl Runner<'_> {
     /// reduced to this rank's shards, and the unit's gathered parameters are freed.
     /// DDP with `gradient_as_bucket_view`: the gradient is copied into its bucket and
     /// `.grad` becomes a view of it. Sets `slots[p].grad`.
+    /// A gradient arriving where `.grad` holds one already (gradient accumulation):
+    /// added in place, after the unit's reduce-scatter where gradients are sharded.
+    fn dist_accumulate(&mut self, p: usize, sid: Sid, slots: &mut [ParamSlot]) {
+        let sharded = self
+            .dist
+            .as_ref()
+            .is_some_and(|d| d.cfg.strategy.shards_grads() && d.ranks >= 2);
+        if !sharded {
+            self.sim.decref(sid);
+            return;
+        }
+        self.dist_grad(p, sid, slots);
+    }
+
     fn dist_grad(&mut self, p: usize, sid: Sid, slots: &mut [ParamSlot]) {
         let Some(d) = &mut self.dist else {
             slots[p].grad = Some(sid);
@@ -3452,15 +3478,41 @@ impl Runner<'_> {
             slots[p].grad = Some(self.sim.alloc(0, Some(Category::Grads)));
             return;
         }
-        slots[p].grad = Some(sid);
         if !d.cfg.strategy.shards_grads() || d.ranks < 2 {
+            slots[p].grad = Some(sid);
             return;
         }
         let u = d.param_unit[p];
+        // A later micro-batch's gradient: the unit's `.grad` is a shard already (FSDP1's
+        // on its first parameter only).
+        if d.has_shard[u] {
+            d.accumulating[u].push(sid);
+        } else {
+            slots[p].grad = Some(sid);
+        }
         d.arrived[u] += 1;
         if d.arrived[u] < d.unit_params[u].len() {
             return;
         }
+        // The unit's unsharded gradients: in `.grad` (the first micro-batch) or held
+        // for accumulation (later ones, whose reduced shards are added into `.grad`).
+        let later = std::mem::take(&mut d.accumulating[u]);
+        let accumulate = d.has_shard[u];
+        d.has_shard[u] = true;
+        // The unit's unsharded gradients are freed once copied into the collective's
+        // input; the reduced shards become `.grad`, or are added into it.
+        let free_full = |slots: &mut [ParamSlot], sim: &mut Sim, d: &DistState| {
+            for &s in &later {
+                sim.decref(s);
+            }
+            if !accumulate {
+                for &q in &d.unit_params[u] {
+                    if let Some(full) = slots[q].grad.take() {
+                        sim.decref(full);
+                    }
+                }
+            }
+        };
         if d.cfg.strategy.flat_params() {
             // FSDP1: autograd concatenates the unit's gradients into the unsharded flat
             // gradient while the unit is still gathered; the post-backward hook then
@@ -3469,16 +3521,17 @@ impl Runner<'_> {
                 .sim
                 .alloc(d.unit_bytes[u], Some(Category::Communication));
             self.sim.boundary("aten.cat.default");
-            for &q in &d.unit_params[u] {
-                if let Some(full) = slots[q].grad.take() {
-                    self.sim.decref(full);
-                }
-            }
+            free_full(slots, &mut self.sim, d);
             d.release(u, &mut self.sim);
             d.reduced[u] = true;
             let first = d.unit_params[u][0];
-            slots[first].grad = Some(self.sim.alloc(d.param_shard[first], Some(Category::Grads)));
+            let shard = self.sim.alloc(d.param_shard[first], Some(Category::Grads));
             self.sim.boundary("reduce_scatter_tensor");
+            if accumulate {
+                self.sim.decref(shard);
+            } else {
+                slots[first].grad = Some(shard);
+            }
             self.sim.decref(flat);
             return;
         }
@@ -3500,18 +3553,33 @@ impl Runner<'_> {
             let b = d.reduce_bytes(u) / d.ranks;
             self.sim.alloc(b, Some(Category::Communication))
         });
+        for &s in &later {
+            self.sim.decref(s);
+        }
+        let mut added = Vec::new();
         for &q in &d.unit_params[u] {
-            if let Some(full) = slots[q].grad.take() {
-                self.sim.decref(full);
+            if !accumulate {
+                if let Some(full) = slots[q].grad.take() {
+                    self.sim.decref(full);
+                }
             }
-            slots[q].grad = Some(self.sim.alloc(d.param_shard[q], Some(Category::Grads)));
+            let shard = self.sim.alloc(d.param_shard[q], Some(Category::Grads));
+            if accumulate {
+                added.push(shard);
+            } else {
+                slots[q].grad = Some(shard);
+            }
         }
         if let Some(l) = low {
             self.sim.decref(l);
         }
         self.sim.boundary("reduce_scatter_tensor");
+        // Added into `.grad` (on the host, offloaded), then freed.
+        for shard in added {
+            self.sim.decref(shard);
+        }
         // Offloaded: the reduced shards are copied to the host and leave the device.
-        if d.offload {
+        if d.offload && !accumulate {
             for &q in &d.unit_params[u] {
                 if let Some(g) = slots[q].grad.take() {
                     self.sim.decref(g);

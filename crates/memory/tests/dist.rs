@@ -395,3 +395,52 @@ fn zero_offload_keeps_parameters_and_sends_state_and_gradient_partitions_to_the_
     let largest = g.params().iter().map(|p| p.numel()).max().unwrap() * 4;
     assert_eq!(a.communication, b.communication + largest);
 }
+
+/// Gradient accumulation under sharding (found by a hostile pass, session 11): every
+/// micro-batch reduce-scatters its gradients and reshards its units (FSDP2 and FSDP1
+/// without no_sync, DeepSpeed every micro-batch), adding the reduced shards into the
+/// sharded `.grad`; a later micro-batch therefore holds what the first did plus the
+/// sharded gradients. The second micro-batch's gradients were dropped instead, no unit
+/// was reduce-scattered or resharded, and the whole model stayed gathered (vit_h_14 on 8
+/// ranks: 4.57 GiB where one micro-batch peaks at 3.40).
+#[test]
+fn accumulation_reduce_scatters_and_reshards_every_micro_batch() {
+    let g = resnet18();
+    for strategy in [
+        Strategy::Fsdp,
+        Strategy::Fsdp1,
+        Strategy::Zero2,
+        Strategy::Zero3,
+        Strategy::FsdpGradOp,
+    ] {
+        let plan_with = |batch: u64, acc: u32| {
+            let mut cfg = PlanConfig::new(batch);
+            cfg.profile = Profile::PytorchCpu;
+            cfg.optimizer = Optimizer::new(OptimizerKind::Adam);
+            cfg.accumulation_steps = acc;
+            cfg.distributed = Some(Distributed::new(4, 1, strategy));
+            plan(&g, &cfg).unwrap()
+        };
+        let one = plan_with(8, 1);
+        let two = plan_with(16, 2);
+        // The sharded gradients a step ends with (before the optimizer's step).
+        let shards = one.steps[0].after_step.grads;
+        assert!(
+            shards > 0 && shards < g.num_params() as u128 * 4,
+            "{strategy:?}"
+        );
+        // Step 2 (Adam's state alive in both): the later micro-batch's peak is the
+        // single one's plus the earlier micro-batch's sharded gradients at most.
+        let (p1, p2) = (one.steps[1].peak_bytes, two.steps[1].peak_bytes);
+        assert!(
+            p2 > p1 && p2 <= p1 + shards,
+            "{strategy:?}: {p2} against {p1} + {shards}"
+        );
+        // What stays after the step: the sharded gradients, as without accumulation.
+        assert_eq!(two.steps[1].after_step.grads, shards, "{strategy:?}");
+        assert_eq!(
+            two.steps[1].after_step.communication, one.steps[1].after_step.communication,
+            "{strategy:?}"
+        );
+    }
+}
