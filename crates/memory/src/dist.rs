@@ -8,7 +8,13 @@
 //!   buckets instead of tensors of their own.
 //! - `zero1`, `zero2`, `zero3`: DeepSpeed's ZeRO stages: optimizer state, then also
 //!   gradients, then also parameters partitioned over the ranks (the ZeRO paper's model
-//!   states: 2Ψ + 2Ψ + KΨ/N, 2Ψ + (2 + K)Ψ/N, (2 + 2 + K)Ψ/N in mixed precision).
+//!   states: 2Ψ + 2Ψ + KΨ/N, 2Ψ + (2 + K)Ψ/N, (2 + 2 + K)Ψ/N in mixed precision, K = 12:
+//!   the fp32 master partition and Adam's two fp32 moments). As DeepSpeed 0.19 does
+//!   (docs/DEEPSPEED_ZERO.md): stages 1 and 2 flatten the parameter group and give each
+//!   rank one partition of ceil(Ψ / 2W) x 2 elements, whose fp32 master is a copy even in
+//!   fp32 training, and flatten the gradient partition into an fp32 tensor for the step;
+//!   stage 3 partitions each parameter by its element count (ceil(numel / W)), its fp32
+//!   partitions being the master in fp32 training.
 //! - `fsdp` (FSDP2 `fully_shard`), `fsdp-grad-op` (SHARD_GRAD_OP: parameters stay
 //!   gathered from forward to backward), `hybrid` (HYBRID_SHARD: sharded within a node,
 //!   replicated across nodes): parameters, gradients and optimizer state sharded per
@@ -248,8 +254,7 @@ impl Distributed {
 }
 
 /// Bytes of one rank's shard of a parameter: dim 0 split in `ranks` equal chunks, the
-/// last padded (FSDP2's per-parameter sharding; ZeRO's flat partitions differ by at
-/// most a few elements).
+/// last padded (FSDP2's per-parameter sharding; ZeRO partitions by element count).
 pub fn shard_bytes(shape: &[usize], elem: u128, ranks: u128) -> u128 {
     let numel: u128 = shape.iter().map(|&d| d as u128).product();
     match shape.first() {

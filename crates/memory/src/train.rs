@@ -260,12 +260,32 @@ pub(crate) fn run(g: &Shaped, cfg: &PlanConfig) -> Result<(MemoryReport, Vec<u12
             param_sids.push(sim.alloc(kept, Some(Category::Params)));
             let bytes = match (&dist, shard) {
                 _ if offload => 0,
+                // DeepSpeed steps fp32 master partitions: its optimizer state is fp32.
+                (Some(_), Some(s)) if zero => s / shard_elem * 4,
                 (Some(d), Some(s)) if d.cfg.strategy.shards_state() => s,
                 _ => full,
             };
             ParamSlot { bytes, grad: None }
         })
         .collect();
+    // DeepSpeed's fp32 master partition (`single_partition_of_fp32_groups`, stages 1
+    // and 2: a copy even in fp32 training; stage 3's `fp32_partitioned_groups_flat`,
+    // the partitions themselves in fp32 training), made with the optimizer; on the host
+    // under offload_optimizer.
+    let master: u128 = match &dist {
+        Some(d) if zero && !offload && cfg.mode == Mode::Train => {
+            let elems: u128 = d.param_shard.iter().map(|s| s / shard_elem).sum();
+            if d.cfg.strategy == dist::Strategy::Zero3 && shard_elem == 4 {
+                0
+            } else {
+                elems * 4
+            }
+        }
+        _ => 0,
+    };
+    if master > 0 {
+        sim.alloc(master, Some(Category::OptimizerState));
+    }
     let mut dist = dist;
     if let Some(d) = &mut dist {
         d.offload = offload;
@@ -399,7 +419,27 @@ pub(crate) fn run(g: &Shaped, cfg: &PlanConfig) -> Result<(MemoryReport, Vec<u12
             }
             run.sim.phase = Phase::Optimizer;
             run.sim.layer = run.optimizer_layer;
+            // ZeRO-1/2's step flattens this rank's gradient partition into an fp32
+            // tensor that lives through the optimizer's step (stage_1_and_2.py `step`).
+            let flat_grad = run.dist.as_ref().and_then(|d| {
+                let stage12 = matches!(
+                    d.cfg.strategy,
+                    dist::Strategy::Zero1 | dist::Strategy::Zero2
+                );
+                (stage12 && !d.offload && d.ranks > 1).then(|| {
+                    let elems: u128 = d.param_shard.iter().map(|s| s / d.elem).sum();
+                    elems * 4
+                })
+            });
+            let flat_grad = flat_grad.map(|b| {
+                let sid = run.sim.alloc(b, Some(Category::Temporaries));
+                run.sim.boundary("aten.cat.default");
+                sid
+            });
             opt.step(&mut run.sim, &slots);
+            if let Some(f) = flat_grad {
+                run.sim.decref(f);
+            }
         }
         let loss_sid = loss.map(|(logits, l)| {
             run.sim.decref(logits);
@@ -3242,6 +3282,40 @@ impl DistState {
             unit_params[param_unit[p]].push(p);
             unit_bytes[param_unit[p]] += shard * ranks;
             param_shard.push(shard);
+        }
+        match d.strategy {
+            // DeepSpeed ZeRO-3: each parameter partitioned by its element count,
+            // ceil(numel / W) per rank (partition_parameters.py `_partition_param`).
+            dist::Strategy::Zero3 => {
+                for (p, t) in params.iter().enumerate() {
+                    param_shard[p] = t.numel().div_ceil(ranks) * elem;
+                }
+            }
+            // ZeRO-1/2: the parameter group flattened and aligned to 2W elements, each
+            // rank's partition one flat tensor of aligned / W (stage_1_and_2.py,
+            // `flatten_dense_tensors_aligned`); held here by a parameter of the unit
+            // whose gradients are reduced first in backward (the last block; stage 2
+            // allocates its gradient partition at the first reduced gradient).
+            dist::Strategy::Zero1 | dist::Strategy::Zero2 => {
+                let numel: u128 = params.iter().map(|t| t.numel()).sum();
+                let partition = numel.div_ceil(2 * ranks) * 2;
+                let holder = (1..n_units)
+                    .rev()
+                    .chain([0])
+                    .find_map(|u| unit_params[u].first().copied());
+                for (p, shard) in param_shard.iter_mut().enumerate() {
+                    *shard = if Some(p) == holder {
+                        partition * elem
+                    } else {
+                        0
+                    };
+                }
+                // What a unit reduces: its gradients, unpadded.
+                for (u, ps) in unit_params.iter().enumerate() {
+                    unit_bytes[u] = ps.iter().map(|&p| params[p].numel() * elem).sum();
+                }
+            }
+            _ => {}
         }
         if d.strategy.flat_params() {
             // FSDP1: the unit's parameters flattened into one, padded to a multiple of the

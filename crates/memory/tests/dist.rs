@@ -44,20 +44,40 @@ fn ddp_adds_buckets_of_every_gradient_or_makes_the_gradients_views_of_them() {
 #[test]
 fn zero_stages_shard_state_then_gradients_then_parameters() {
     let g = resnet18();
-    let shards: u128 = g.params().iter().map(|p| shard_bytes(&p.shape, 4, 4)).sum();
     let one = rank(&g, None);
     let z1 = rank(&g, Some(Distributed::new(4, 1, Strategy::Zero1)));
     let z2 = rank(&g, Some(Distributed::new(4, 1, Strategy::Zero2)));
     let z3 = rank(&g, Some(Distributed::new(4, 1, Strategy::Zero3)));
-    // Adam: two moments per parameter, each a shard, and its 4-byte `step` per tensor.
-    let steps = 4 * g.params().len() as u128;
-    assert_eq!(z1.steps[1].after_step.optimizer_state, 2 * shards + steps);
+    // Stages 1 and 2: one flat partition of the parameter group aligned to 2W
+    // elements; the optimizer steps an fp32 master copy of it (a copy even in fp32
+    // training) with Adam's two fp32 moments, one tensor with its 4-byte `step`.
+    let psi = g.num_params();
+    let p = psi.div_ceil(2 * 4) * 2;
+    assert_eq!(z1.steps[1].after_step.optimizer_state, 4 * p + 8 * p + 4);
+    assert_eq!(z2.steps[1].after_step.optimizer_state, 4 * p + 8 * p + 4);
     assert_eq!(z1.steps[1].after_step.grads, one.steps[1].after_step.grads);
-    assert_eq!(z2.steps[1].after_step.grads, shards);
-    assert_eq!(z2.steps[1].after_step.params, one.param_bytes);
-    assert_eq!(z3.steps[1].after_step.params, shards);
-    assert_eq!(z3.steps[1].after_step.optimizer_state, 2 * shards + steps);
-    assert!(z3.peak_bytes < z2.peak_bytes && z2.peak_bytes <= z1.peak_bytes);
+    assert_eq!(z2.steps[1].after_step.grads, 4 * p);
+    assert_eq!(z2.steps[1].after_step.params, psi * 4);
+    // Stage 3: each parameter partitioned by its element count; in fp32 training the
+    // partitions are the master (no copy); a moment pair and a `step` per tensor.
+    let p3: u128 = g.params().iter().map(|t| t.numel().div_ceil(4)).sum();
+    let tensors = g.params().len() as u128;
+    assert_eq!(z3.steps[1].after_step.params, 4 * p3);
+    assert_eq!(z3.steps[1].after_step.grads, 4 * p3);
+    assert_eq!(z3.steps[1].after_step.optimizer_state, 8 * p3 + 4 * tensors);
+    // Not FSDP's dim-0 shards: over many ranks those round up to far more.
+    let dim0: u128 = g.params().iter().map(|t| shard_bytes(&t.shape, 4, 4)).sum();
+    assert!(dim0 > 4 * p3, "{dim0} {p3}");
+    // Stage 2 allocates its gradient partition at the first reduced gradient, early
+    // in backward where stage 1 holds few gradients yet: its peak can pass stage 1's
+    // by at most that partition.
+    assert!(
+        z3.peak_bytes < z2.peak_bytes && z2.peak_bytes <= z1.peak_bytes + 4 * p,
+        "{} {} {}",
+        z3.peak_bytes,
+        z2.peak_bytes,
+        z1.peak_bytes
+    );
     // DeepSpeed's IPG buffer: reduce_bucket_size (5e8 elements, 2 GB in fp32) however
     // small the model, so a small model takes more with ZeRO-1 than on one device;
     // with a bucket of 1e6 elements it takes less.
