@@ -43,24 +43,37 @@ pub fn render(a: &DeviceAnswer, lang: Lang) -> String {
         &[&d.alloc_conf],
     );
     line(&mut out, &head);
-    let sentence = if d.cuda_context_bytes >= d.card_total_bytes {
-        "  {0} ({1}): the CUDA context alone ({2}) takes all of it, {3} is left for the allocator"
-    } else {
-        "  {0} ({1}) - CUDA context {2} = {3} for the allocator"
-    };
-    line(
-        &mut out,
-        &t(
-            lang,
-            sentence,
-            &[
-                &bytes(d.card_total_bytes),
-                &d.card_total_source,
-                &bytes(d.cuda_context_bytes),
-                &bytes(d.allocator_limit_bytes),
-            ],
-        ),
+    let full = d.cuda_context_bytes + d.nccl_bytes >= d.card_total_bytes;
+    let (total, source, context, nccl, limit) = (
+        bytes(d.card_total_bytes),
+        d.card_total_source.as_str(),
+        bytes(d.cuda_context_bytes),
+        bytes(d.nccl_bytes),
+        bytes(d.allocator_limit_bytes),
     );
+    let sentence = match (full, d.nccl_bytes > 0) {
+        (true, false) => t(
+            lang,
+            "  {0} ({1}): the CUDA context alone ({2}) takes all of it, {3} is left for the allocator",
+            &[&total, &source, &context, &limit],
+        ),
+        (false, false) => t(
+            lang,
+            "  {0} ({1}) - CUDA context {2} = {3} for the allocator",
+            &[&total, &source, &context, &limit],
+        ),
+        (true, true) => t(
+            lang,
+            "  {0} ({1}): the CUDA context ({2}) and NCCL's buffers ({3}) take all of it, {4} is left for the allocator",
+            &[&total, &source, &context, &nccl, &limit],
+        ),
+        (false, true) => t(
+            lang,
+            "  {0} ({1}) - CUDA context {2} - NCCL buffers {3} = {4} for the allocator",
+            &[&total, &source, &context, &nccl, &limit],
+        ),
+    };
+    line(&mut out, &sentence);
     if let Some(allowed) = d.allowed_memory_bytes {
         line(
             &mut out,

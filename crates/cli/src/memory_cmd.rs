@@ -96,7 +96,7 @@ pub fn run(a: &MemoryArgs) -> Result<()> {
     if a.json {
         return print_json(&r);
     }
-    crate::out!("{}", render(&r, a.lang));
+    crate::out!("{}", render(&r, a.plan.cuda_context.is_some(), a.lang));
     Ok(())
 }
 
@@ -104,7 +104,8 @@ pub fn phase(p: vramlab_memory::Phase, lang: Lang) -> String {
     s(lang, &p.to_string())
 }
 
-pub fn render(r: &MemoryReport, lang: Lang) -> String {
+/// `context_given`: the CUDA context is the user's `--cuda-context`, not an estimate.
+pub fn render(r: &MemoryReport, context_given: bool, lang: Lang) -> String {
     let mut out = String::new();
     let what = if r.mode == Mode::Inference {
         s(lang, "inference")
@@ -207,19 +208,39 @@ pub fn render(r: &MemoryReport, lang: Lang) -> String {
         out.push_str(&s(lang, "Step 1 differs from step 2: optimizer state is created during the first step(), and step 1's gradients live until step 2's zero_grad()."));
         out.push('\n');
     }
-    if r.context_bytes > 0 && r.device.is_some() {
-        out.push_str(&t(
-            lang,
-            "Overhead includes the CUDA context, estimated at {0} (set it with --cuda-context).",
-            &[&bytes(r.context_bytes)],
-        ));
-        out.push('\n');
-    } else if r.context_bytes > 0 {
-        out.push_str(&t(
-            lang,
-            "Overhead includes the CUDA context, estimated at {0} (set it with --cuda-context); torch.cuda.max_memory_allocated() would report about {1}.",
-            &[&bytes(r.context_bytes), &bytes(r.peak_bytes - r.context_bytes)],
-        ));
+    if r.context_bytes > 0 {
+        let context = if context_given {
+            t(
+                lang,
+                "the CUDA context, {0} as given with --cuda-context",
+                &[&bytes(r.context_bytes)],
+            )
+        } else {
+            t(
+                lang,
+                "the CUDA context, estimated at {0} (set it with --cuda-context)",
+                &[&bytes(r.context_bytes)],
+            )
+        };
+        let nccl = if r.nccl_bytes > 0 {
+            t(
+                lang,
+                " and NCCL's buffers, estimated at {0} (set them with --nccl-buffer)",
+                &[&bytes(r.nccl_bytes)],
+            )
+        } else {
+            String::new()
+        };
+        let outside = r.context_bytes + r.nccl_bytes;
+        out.push_str(&if r.device.is_some() {
+            t(lang, "Overhead includes {0}{1}.", &[&context, &nccl])
+        } else {
+            t(
+                lang,
+                "Overhead includes {0}{1}; torch.cuda.max_memory_allocated() would report about {2}.",
+                &[&context, &nccl, &bytes(r.peak_bytes.saturating_sub(outside))],
+            )
+        });
         out.push('\n');
     }
     if let Some(d) = &r.device {
@@ -286,11 +307,19 @@ pub fn render_device(d: &DeviceReport, reported_steps: usize, lang: Lang) -> Str
         } else {
             s(lang, "reserved: modelled, as torch.cuda.max_memory_reserved() counts it: segments of 2 MiB, 20 MiB, or the request rounded up to 2 MiB.")
         },
-        t(
-            lang,
-            "nvidia-smi total: estimated: the CUDA context ({0}) + reserved.",
-            &[&bytes(d.cuda_context_bytes)],
-        ),
+        if d.nccl_bytes > 0 {
+            t(
+                lang,
+                "nvidia-smi total: estimated: the CUDA context ({0}) + NCCL's buffers ({1}) + reserved.",
+                &[&bytes(d.cuda_context_bytes), &bytes(d.nccl_bytes)],
+            )
+        } else {
+            t(
+                lang,
+                "nvidia-smi total: estimated: the CUDA context ({0}) + reserved.",
+                &[&bytes(d.cuda_context_bytes)],
+            )
+        },
     ]
     .into_iter()
     .chain(cudnn)

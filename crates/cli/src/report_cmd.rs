@@ -256,7 +256,7 @@ pub fn report(a: &ReportArgs) -> Result<()> {
         let gib = (1u64 << 30) as f64;
         let mib = (1u64 << 20) as f64;
         // The CUDA context is a constant: leave it out so the step's shape shows.
-        let base = r.context_bytes;
+        let base = r.context_bytes + r.nccl_bytes;
         let unit = if (r.peak_bytes - base) as f64 > gib {
             gib
         } else {

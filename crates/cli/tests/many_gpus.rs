@@ -56,10 +56,8 @@ fn memory_plans_one_rank_and_says_so() {
         "memory", "resnet50", "-b", "32", "--gpus", "2", "--json",
     ]));
     assert_eq!(ddp["distributed"]["strategy"], "ddp");
-    assert_eq!(
-        ddp["context_bytes"].as_u64().unwrap() - one["context_bytes"].as_u64().unwrap(),
-        256 << 20
-    );
+    assert_eq!(ddp["context_bytes"], one["context_bytes"]);
+    assert_eq!(ddp["nccl_bytes"], 256 << 20);
 }
 
 #[test]
@@ -174,4 +172,81 @@ fn fsdp1_plans_what_torch_distributed_measured() {
     };
     assert_eq!(peaks(&run("fsdp1")), [97_423_084, 119_786_368]);
     assert_eq!(peaks(&run("fsdp")), [88_502_004 - 8, 110_865_288 - 8]);
+}
+
+/// NCCL's buffers sit outside PyTorch's allocator like the CUDA context (found by a
+/// hostile pass, session 11): they were reported as part of "the CUDA context" (922 MiB,
+/// "estimated" even when the user gave it), and `fit` left them out of the allocator's
+/// limit, so a batch "ran" whose estimated nvidia-smi total passed the card.
+#[test]
+fn nccl_buffers_are_named_and_left_out_of_the_allocators_limit() {
+    let mib = 1u64 << 20;
+    let o = vramlab(&[
+        "memory",
+        "resnet50",
+        "-b",
+        "32",
+        "--gpus",
+        "8",
+        "--strategy",
+        "ddp",
+        "--cuda-context",
+        "900MiB",
+    ]);
+    let text = String::from_utf8_lossy(&o.stdout);
+    assert!(
+        text.contains(
+            "Overhead includes the CUDA context, 900.00 MiB as given with --cuda-context and \
+             NCCL's buffers, estimated at 256.00 MiB (set them with --nccl-buffer)."
+        ),
+        "{text}"
+    );
+    assert!(
+        text.contains(
+            "nvidia-smi total: estimated: the CUDA context (900.00 MiB) + NCCL's buffers \
+             (256.00 MiB) + reserved."
+        ),
+        "{text}"
+    );
+    let v = json(&vramlab(&[
+        "memory", "resnet50", "-b", "32", "--gpus", "8", "--json",
+    ]));
+    assert_eq!(v["context_bytes"], 666 * mib);
+    assert_eq!(v["nccl_bytes"], 256 * mib);
+    let one = json(&vramlab(&["memory", "resnet50", "-b", "32", "--json"]));
+    assert_eq!(one["nccl_bytes"], 0);
+    // fit on a T4 with 8 ranks: the allocator gets the card less both, and what it
+    // answers stays within the card.
+    let args = [
+        "fit",
+        "resnet50",
+        "--gpu",
+        "t4",
+        "--gpus",
+        "8",
+        "--strategy",
+        "ddp",
+    ];
+    let v = json(&vramlab(&[&args[..], &["--json"]].concat()));
+    let d = &v["device"];
+    let total = d["card_total_bytes"].as_u64().unwrap();
+    let (ctx, nccl) = (
+        d["cuda_context_bytes"].as_u64().unwrap(),
+        d["nccl_bytes"].as_u64().unwrap(),
+    );
+    assert_eq!(nccl, 256 * mib);
+    assert_eq!(
+        d["allocator_limit_bytes"].as_u64().unwrap(),
+        total - ctx - nccl
+    );
+    assert!(d["device_total_bytes"].as_u64().unwrap() <= total, "{d}");
+    // (The line is wrapped to the terminal's width.)
+    let text = String::from_utf8_lossy(&vramlab(&args).stdout)
+        .split_whitespace()
+        .collect::<Vec<_>>()
+        .join(" ");
+    assert!(
+        text.contains("- CUDA context 666.00 MiB - NCCL buffers 256.00 MiB ="),
+        "{text}"
+    );
 }

@@ -33,7 +33,9 @@ pub struct DeviceFit {
     pub card_total_source: String,
     /// Estimated, outside PyTorch's counters.
     pub cuda_context_bytes: u128,
-    /// What the allocator may take from the device: total - context.
+    /// NCCL's buffers with more than one rank: estimated, outside them too.
+    pub nccl_bytes: u128,
+    /// What the allocator may take from the device: total - context - NCCL.
     pub allocator_limit_bytes: u128,
     /// `set_per_process_memory_fraction`'s maximum, when a fraction under 1 is asked.
     pub allowed_memory_bytes: Option<u128>,
@@ -51,9 +53,10 @@ pub struct DeviceFit {
 }
 
 /// What the caching allocator may take on a card of `card_total_bytes` (what PyTorch
-/// sees): the total less the CUDA context (an estimate where not measured).
+/// sees): the total less the CUDA context (an estimate where not measured) and, with
+/// more than one rank, NCCL's buffers.
 pub fn allocator_limit(cfg: &PlanConfig, card_total_bytes: u128) -> u128 {
-    card_total_bytes.saturating_sub(cfg.context_bytes())
+    card_total_bytes.saturating_sub(cfg.outside_allocator_bytes())
 }
 
 /// The largest batch the simulated allocator serves on `budget`'s card.
@@ -68,7 +71,7 @@ pub fn device_fit(
             budget.fraction
         )));
     }
-    let context = template.context_bytes();
+    let context = template.outside_allocator_bytes();
     let limit = allocator_limit(template, budget.card_total_bytes);
     // set_per_process_memory_fraction: fraction x the device's total.
     let allowed = (budget.fraction < 1.0)
@@ -76,7 +79,8 @@ pub fn device_fit(
     let mut answer = DeviceFit {
         card_total_bytes: budget.card_total_bytes,
         card_total_source: budget.card_total_source.clone(),
-        cuda_context_bytes: context,
+        cuda_context_bytes: template.context_bytes(),
+        nccl_bytes: template.nccl_bytes(),
         allocator_limit_bytes: limit,
         allowed_memory_bytes: allowed,
         alloc_conf: template.alloc_conf.describe(),

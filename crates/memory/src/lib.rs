@@ -478,6 +478,23 @@ impl PlanConfig {
             .unwrap_or_else(|| default_cuda_context(self.module_loading).bytes)
     }
 
+    /// NCCL's buffers, outside PyTorch's allocator like the context (an estimate,
+    /// `--nccl-buffer`): with more than one rank on the pytorch-cuda profile.
+    pub fn nccl_bytes(&self) -> u128 {
+        match &self.distributed {
+            Some(d) if self.profile.is_cuda() && d.world_size() > 1 => {
+                d.nccl_bytes.unwrap_or(dist::DEFAULT_NCCL_BYTES)
+            }
+            _ => 0,
+        }
+    }
+
+    /// What the device holds outside the caching allocator: the CUDA context and
+    /// NCCL's buffers.
+    pub fn outside_allocator_bytes(&self) -> u128 {
+        self.context_bytes() + self.nccl_bytes()
+    }
+
     pub fn new(batch_size: u64) -> Self {
         PlanConfig {
             batch_size,
@@ -560,7 +577,10 @@ pub struct MemoryReport {
     pub param_bytes: u128,
     pub buffer_bytes: u128,
     pub batch_bytes: u128,
+    /// The CUDA context (pytorch-cuda), in the overhead.
     pub context_bytes: u128,
+    /// NCCL's buffers (pytorch-cuda, more than one rank), in the overhead too.
+    pub nccl_bytes: u128,
     /// The highest peak over the simulated steps, overhead included.
     pub peak_bytes: u128,
     pub steps: Vec<StepReport>,
@@ -594,6 +614,8 @@ pub struct DeviceReport {
     pub reserved_peak_bytes: u128,
     /// The CUDA context: an estimate (driver, card, CUDA version, lazy loading).
     pub cuda_context_bytes: u128,
+    /// NCCL's buffers with more than one rank: an estimate (`--nccl-buffer`).
+    pub nccl_bytes: u128,
     /// cuBLAS and cuBLASLt workspaces, taken from the caching allocator at the first
     /// matmul of forward and of backward (one per thread) and the first Linear with a
     /// bias: modelled, and already inside allocated and reserved (0 without a matmul).

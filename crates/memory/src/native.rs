@@ -811,6 +811,7 @@ pub(crate) fn run(g: &Shaped, cfg: &PlanConfig) -> Result<MemoryReport, PlanErro
         buffer_bytes,
         batch_bytes,
         context_bytes: 0,
+        nccl_bytes: 0,
         peak_bytes: steps.iter().map(|s| s.peak_bytes).max().unwrap_or(0),
         steps,
         device: None,

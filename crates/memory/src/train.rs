@@ -196,14 +196,8 @@ pub(crate) fn run(g: &Shaped, cfg: &PlanConfig) -> Result<(MemoryReport, Vec<u12
     };
     let shard_elem: u128 = if mixed.is_some() { 4 } else { param_elem };
     // NCCL's buffers sit outside PyTorch's allocator, like the context (an estimate).
-    let nccl = match &cfg.distributed {
-        Some(d) if rules.cuda && d.world_size() > 1 => {
-            d.nccl_bytes.unwrap_or(crate::dist::DEFAULT_NCCL_BYTES)
-        }
-        _ => 0,
-    };
     let context = if rules.cuda {
-        cfg.context_bytes() + nccl
+        cfg.outside_allocator_bytes()
     } else {
         0
     };
@@ -486,7 +480,8 @@ pub(crate) fn run(g: &Shaped, cfg: &PlanConfig) -> Result<(MemoryReport, Vec<u12
             param_bytes: slots.iter().map(|s| s.bytes).sum(),
             buffer_bytes,
             batch_bytes,
-            context_bytes: context,
+            context_bytes: if rules.cuda { cfg.context_bytes() } else { 0 },
+            nccl_bytes: if rules.cuda { cfg.nccl_bytes() } else { 0 },
             peak_bytes: steps.iter().map(|s| s.peak_bytes).max().unwrap_or(0),
             steps,
             device,
@@ -545,7 +540,8 @@ fn device_report(
             .max()
             .unwrap_or(0),
         reserved_peak_bytes: reserved_peak,
-        cuda_context_bytes: context,
+        cuda_context_bytes: cfg.context_bytes(),
+        nccl_bytes: cfg.nccl_bytes(),
         cublas_workspace_bytes: cublas,
         cudnn_workspace_peak_bytes: run.sim.cudnn_largest(),
         device_total_bytes: context + reserved_peak,
