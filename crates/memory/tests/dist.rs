@@ -446,7 +446,7 @@ fn accumulation_reduce_scatters_and_reshards_every_micro_batch() {
         // The sharded gradients a step ends with (before the optimizer's step).
         let shards = one.steps[0].after_step.grads;
         assert!(
-            shards > 0 && shards < g.num_params() as u128 * 4,
+            shards > 0 && shards < g.num_params() * 4,
             "{strategy:?}"
         );
         // Step 2 (Adam's state alive in both): the later micro-batch's peak is the
