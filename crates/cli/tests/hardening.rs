@@ -260,8 +260,10 @@ fn absurd_batches_and_clusters_are_refused_by_name() {
 
 /// Model files a hostile pass found accepted (session 11): a parameter used as a value
 /// named like another layer's parameter (training then panicked saving its checkpoint:
-/// a state_dict cannot hold two keys alike), and a partition size whose square wraps
-/// to the input's (4.6e18-pixel partitions planned as 8x8 ones).
+/// a state_dict cannot hold two keys alike), an in-place ReLU over a Tanh's output
+/// (which PyTorch refuses at backward; the engine trained it with a gradient no PyTorch
+/// run gives), and a partition size whose square wraps to the input's (4.6e18-pixel
+/// partitions planned as 8x8 ones).
 #[test]
 fn model_files_whose_names_collide_or_sizes_wrap_are_refused() {
     let dir = format!("{}/tests/fixtures/hostile11", env!("CARGO_MANIFEST_DIR"));
@@ -269,6 +271,12 @@ fn model_files_whose_names_collide_or_sizes_wrap_are_refused() {
         (
             "duplicate_param_name.toml",
             "invalid graph: two parameters are both named `c.bias` (layers `c` and `c.bias`)",
+        ),
+        (
+            "tanh_relu_inplace.toml",
+            "layer `2`: PyTorch fails here: ReLU(inplace=True) overwrites the output of layer \
+             `1` (Tanh), which its backward reads: RuntimeError: one of the variables needed \
+             for gradient computation has been modified by an inplace operation",
         ),
         (
             "departition_wrap.toml",

@@ -1207,6 +1207,27 @@ impl Runner<'_> {
                 }
                 Op::Act { kind, inplace } => {
                     let rec = kind.record();
+                    // In place over an output its producer's backward reads (ReLU's,
+                    // Sigmoid's, Tanh's `result`): autograd's version check fails.
+                    let producer = node.inputs.first().map(|&j| &g.nodes()[j]);
+                    if let (true, true, Some(p)) = (*inplace, train, producer) {
+                        if let Op::Act { kind: pk, .. } = &p.op {
+                            if pk.record().saves == Saves::Result && x.grad_fn.is_some() {
+                                return Err(PlanError::Framework {
+                                    layer: node.name.clone(),
+                                    message: format!(
+                                        "{}(inplace=True) overwrites the output of layer `{}` \
+                                         ({}), which its backward reads: RuntimeError: one of \
+                                         the variables needed for gradient computation has been \
+                                         modified by an inplace operation",
+                                        kind.class_name(),
+                                        p.name,
+                                        pk.class_name()
+                                    ),
+                                });
+                            }
+                        }
+                    }
                     let fwd = match (inplace, rec.forward_inplace) {
                         (true, Some(f)) => f,
                         _ => rec.forward,

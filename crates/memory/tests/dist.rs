@@ -445,10 +445,7 @@ fn accumulation_reduce_scatters_and_reshards_every_micro_batch() {
         let two = plan_with(16, 2);
         // The sharded gradients a step ends with (before the optimizer's step).
         let shards = one.steps[0].after_step.grads;
-        assert!(
-            shards > 0 && shards < g.num_params() * 4,
-            "{strategy:?}"
-        );
+        assert!(shards > 0 && shards < g.num_params() * 4, "{strategy:?}");
         // Step 2 (Adam's state alive in both): the later micro-batch's peak is the
         // single one's plus the earlier micro-batch's sharded gradients at most.
         let (p1, p2) = (one.steps[1].peak_bytes, two.steps[1].peak_bytes);

@@ -316,6 +316,9 @@ struct Notes {
     dropout_eval: usize,
     linear_no_bias: usize,
     linear_no_bias_features: u128,
+    /// Convolutions over 1x1 maps (squeeze-and-excitation) without a bias in the file.
+    pooled_conv_no_bias: usize,
+    pooled_conv_no_bias_params: u128,
     /// Initializers that more than one layer reads as a parameter.
     shared_params: usize,
     batch: Option<String>,
@@ -400,6 +403,16 @@ impl Notes {
                  all-zero biases, and torchvision initialises some to zero); export with \
                  optimize=False to keep them",
                 self.linear_no_bias, self.linear_no_bias_features
+            ));
+        }
+        if self.pooled_conv_no_bias > 0 {
+            v.push(format!(
+                "{} convolutions over 1x1 maps (squeeze-and-excitation) have no bias in the file \
+                 ({} parameters): planned without one and without a BatchNorm; if the model \
+                 has them, the exporter dropped them (torchvision zero-initialises those biases \
+                 and the dynamo exporter's optimiser removes all-zero ones); export with \
+                 optimize=False to keep them",
+                self.pooled_conv_no_bias, self.pooled_conv_no_bias_params
             ));
         }
         if self.shared_params > 0 {
@@ -916,6 +929,17 @@ impl Cx<'_> {
             if p != "NOTSET" && p != "VALID" {
                 return Err(self.fail(n, format!("auto_pad {p} is not supported")));
             }
+            // The spec: pads "cannot be used simultaneously with auto_pad".
+            if p == "VALID"
+                && n.attr("pads")
+                    .is_some_and(|a| a.ints.iter().any(|&v| v != 0))
+            {
+                return Err(self.fail(
+                    n,
+                    "auto_pad VALID (no padding) with explicit pads: the spec allows one or the \
+                     other",
+                ));
+            }
         }
         match n.attr("pads").map(|a| a.ints.as_slice()) {
             None => Ok((0, 0)),
@@ -944,10 +968,67 @@ impl Cx<'_> {
         id
     }
 
+    /// Whether an in-place activation may overwrite node `x`'s output: not where `x`'s
+    /// own backward reads it (ReLU, Sigmoid, Tanh keep their result), which PyTorch
+    /// refuses at backward, so the model behind the file ran it out of place.
+    fn overwritable(&self, x: NodeId) -> bool {
+        match &self.graph.nodes[x].op {
+            Op::Act { kind, .. } => kind.record().saves != vramlab_graph::act::Saves::Result,
+            _ => true,
+        }
+    }
+
+    /// The attributes this reader reads have the types the ONNX spec gives them
+    /// (onnx's checker refuses others): one of another type was read as absent, its
+    /// default planned (a FLOAT ceil_mode as floor mode).
+    fn check_attribute_types(&self, n: &proto::Node) -> Result<(), OnnxError> {
+        const INT: &[&str] = &[
+            "axis",
+            "ceil_mode",
+            "count_include_pad",
+            "group",
+            "keepdims",
+            "num_outputs",
+            "training_mode",
+            "transA",
+            "transB",
+            "noop_with_empty_axes",
+            "to",
+        ];
+        const FLOAT: &[&str] = &["alpha", "beta", "epsilon", "momentum", "ratio"];
+        const INTS: &[&str] = &["dilations", "kernel_shape", "pads", "perm", "strides"];
+        const STRING: &[&str] = &["approximate", "auto_pad"];
+        for a in &n.attributes {
+            let name = a.name.as_str();
+            let (ok, want) = if INT.contains(&name) {
+                (a.i.is_some(), "an INT")
+            } else if FLOAT.contains(&name) {
+                (a.f.is_some(), "a FLOAT")
+            } else if INTS.contains(&name) {
+                (
+                    a.floats.is_empty() && a.i.is_none() && a.f.is_none(),
+                    "INTS",
+                )
+            } else if STRING.contains(&name) {
+                (a.s.is_some(), "a STRING")
+            } else {
+                (true, "")
+            };
+            if !ok {
+                return Err(self.fail(
+                    n,
+                    format!("attribute `{name}` is not {want}, as the ONNX spec has it"),
+                ));
+            }
+        }
+        Ok(())
+    }
+
     fn node(&mut self, n: &proto::Node) -> Result<(), OnnxError> {
         if !(n.domain.is_empty() || n.domain == "ai.onnx") {
             return Err(self.unsupported(n, "is not in the default ONNX domain"));
         }
+        self.check_attribute_types(n)?;
         let has_act = n
             .inputs
             .iter()
@@ -1119,6 +1200,28 @@ impl Cx<'_> {
                     .first()
                     .and_then(|o| self.uses.get(o))
                     .is_some_and(|r| r.iter().all(|op| op == "Reshape" || op == "Transpose"));
+                // Squeeze-and-excitation's fc1 (over the global average pool) and fc2
+                // (over fc1's activation): torchvision puts no BatchNorm there, and
+                // zero-initialises those biases, which the dynamo exporter's optimiser
+                // drops.
+                let pooled = {
+                    let nodes = &self.graph.nodes;
+                    let is_pool = |j: NodeId| {
+                        matches!(
+                            nodes[j].op,
+                            Op::AdaptiveAvgPool2d {
+                                output_size: (1, 1)
+                            }
+                        )
+                    };
+                    let fc1_of = |j: NodeId| {
+                        matches!(nodes[j].op, Op::Conv2d(_))
+                            && nodes[j].inputs.first().is_some_and(|&k| is_pool(k))
+                    };
+                    is_pool(x)
+                        || (matches!(nodes[x].op, Op::Act { .. })
+                            && nodes[x].inputs.first().is_some_and(|&k| fc1_of(k)))
+                };
                 let folded = match &bias {
                     Some(bname) => match wname.strip_suffix(".weight") {
                         Some(p) => *bname != format!("{p}.bias"),
@@ -1128,8 +1231,12 @@ impl Cx<'_> {
                     // that no BatchNorm follows; in a training export none is folded.
                     // A patch embedding (ViT's conv_proj, reshaped into tokens) has
                     // none either: its zero bias was dropped.
-                    None => !feeds_bn && !self.training_export && !patchify,
+                    None => !feeds_bn && !self.training_export && !patchify && !pooled,
                 };
+                if bias.is_none() && pooled && !feeds_bn {
+                    self.notes.pooled_conv_no_bias += 1;
+                    self.notes.pooled_conv_no_bias_params += conv.out_channels as u128;
+                }
                 let weight_name = if wname.ends_with(".weight") {
                     Some(wname.as_str())
                 } else {
@@ -1222,7 +1329,8 @@ impl Cx<'_> {
                 let input_name = n.inputs[0].clone();
                 let inplace = self.opts.inplace == Inplace::Torchvision
                     && x != 0
-                    && self.readers(&input_name) == 1;
+                    && self.readers(&input_name) == 1
+                    && self.overwritable(x);
                 if inplace {
                     self.notes.relu_inplace += 1;
                 }
@@ -1242,11 +1350,23 @@ impl Cx<'_> {
                         self.unsupported(n, "with its indices output read is not supported")
                     );
                 }
+                let dilation = self.pair_attr(n, "dilations", 1)?;
+                // PyTorch's AvgPool2d has no dilation (ONNX's AveragePool has since
+                // opset 19): no layer of PyTorch's computes it.
+                if op == "AveragePool" && dilation != (1, 1) {
+                    return Err(self.unsupported(
+                        n,
+                        &format!(
+                            "with dilations {dilation:?} is not supported (PyTorch's AvgPool2d \
+                             has no dilation)"
+                        ),
+                    ));
+                }
                 let p = Pool2d {
                     kernel_size: k,
                     stride: self.pair_attr(n, "strides", 1)?,
                     padding: self.pads(n)?,
-                    dilation: self.pair_attr(n, "dilations", 1)?,
+                    dilation,
                     ceil_mode: self.int_attr(n, "ceil_mode", 0) != 0,
                     // MaxPool2d keeps PyTorch's default; AvgPool2d says it in the file.
                     count_include_pad: op == "MaxPool"
@@ -1384,6 +1504,17 @@ impl Cx<'_> {
             }
             "Gemm" => {
                 let x = self.act(n, 0)?;
+                // Gemm multiplies matrices: A is [batch, features] (MatMul is the one
+                // that takes any rank).
+                if self.shape_of(x).len() != 1 {
+                    return Err(self.fail(
+                        n,
+                        format!(
+                            "input A is [N, {}]: Gemm takes a matrix [batch, features]",
+                            vramlab_graph::fmt_shape(&self.shape_of(x))
+                        ),
+                    ));
+                }
                 if self.int_attr(n, "transA", 0) != 0 {
                     return Err(self.unsupported(n, "with transA is not supported"));
                 }
@@ -1539,14 +1670,19 @@ impl Cx<'_> {
                     "Tanh" => Activation::Tanh,
                     _ => match n.attr("approximate").and_then(|a| a.s.as_deref()) {
                         Some("tanh") => Activation::GeluTanh,
-                        _ => Activation::Gelu,
+                        None | Some("none") => Activation::Gelu,
+                        Some(other) => {
+                            return Err(self
+                                .fail(n, format!("approximate `{other}`: expected none or tanh")))
+                        }
                     },
                 };
                 // torchvision's Hardswish runs in place after a BatchNorm.
                 let inplace = kind.has_inplace()
                     && self.opts.inplace == Inplace::Torchvision
                     && x != 0
-                    && self.readers(&n.inputs[0]) == 1;
+                    && self.readers(&n.inputs[0]) == 1
+                    && self.overwritable(x);
                 if inplace {
                     self.notes.relu_inplace += 1;
                 }
@@ -1576,7 +1712,8 @@ impl Cx<'_> {
                     // the input's only readers.
                     let inplace = self.opts.inplace == Inplace::Torchvision
                         && x != 0
-                        && self.readers(&input) == 2;
+                        && self.readers(&input) == 2
+                        && self.overwritable(x);
                     if inplace {
                         self.notes.relu_inplace += 1;
                     }

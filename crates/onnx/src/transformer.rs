@@ -257,11 +257,16 @@ impl Cx<'_> {
                     ));
                 };
                 let shape = self.shape_of(x);
+                // An adaptive pool has at most one window per position: a declared size
+                // past the map's is refused before its windows are walked.
                 let fits = |i: usize, input: usize, output: usize, k: usize| {
-                    (0..output).all(|o| {
-                        let (s, e) = ((o * input) / output, ((o + 1) * input).div_ceil(output));
-                        e - s == k
-                    }) && i == input
+                    output <= input
+                        && k <= input
+                        && (0..output).all(|o| {
+                            let (s, e) = ((o * input) / output, ((o + 1) * input).div_ceil(output));
+                            e - s == k
+                        })
+                        && i == input
                 };
                 let ok = match (&win[..], &out[..]) {
                     ([c, oh, ow, kh, kw], [c2, oh2, ow2])
@@ -868,9 +873,21 @@ impl Cx<'_> {
                     .collect();
                 let v = v.ok_or_else(|| self.fail(n, "split sizes are not positive constants"))?;
                 if seq && v.len() == 1 {
-                    // A scalar: parts of that size, the last smaller.
+                    // A scalar: parts of that size, the last smaller (as many as a
+                    // node may have outputs at most: each part is one).
                     let k = v[0];
-                    (0..c.div_ceil(k)).map(|i| k.min(c - i * k)).collect()
+                    let count = c.div_ceil(k);
+                    if count > proto::MAX_IO {
+                        return Err(self.fail(
+                            n,
+                            format!(
+                                "splits {c} channels into {count} parts of {k}, more than the \
+                                 {} a model maps",
+                                proto::MAX_IO
+                            ),
+                        ));
+                    }
+                    (0..count).map(|i| k.min(c - i * k)).collect()
                 } else {
                     v
                 }
@@ -883,6 +900,26 @@ impl Cx<'_> {
                     .or_else(|| n.attr("split").map(|a| a.ints.len()))
                     .unwrap_or(n.outputs.len())
                     .max(1);
+                // One part per output: a count from the file is held to the node's
+                // outputs before any part is made.
+                if parts != n.outputs.len() && !seq {
+                    return Err(self.fail(
+                        n,
+                        format!(
+                            "num_outputs {parts} but the node has {} outputs",
+                            n.outputs.len()
+                        ),
+                    ));
+                }
+                if parts > proto::MAX_IO {
+                    return Err(self.fail(
+                        n,
+                        format!(
+                            "{parts} parts, more than the {} a model maps",
+                            proto::MAX_IO
+                        ),
+                    ));
+                }
                 match n.attr("split") {
                     Some(a) if !a.ints.is_empty() => {
                         a.ints.iter().map(|&d| d.max(0) as usize).collect()

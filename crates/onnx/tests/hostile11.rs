@@ -113,3 +113,119 @@ fn a_small_batchnorm_epsilon_is_read_as_written() {
     // float32's 1e-5 and 0.9, read back as the decimals they were written as.
     assert_eq!(bn, (1e-5, 0.1));
 }
+
+/// Attributes of the wrong type were read as absent (a FLOAT ceil_mode planned as floor
+/// mode); a dilated AveragePool (no PyTorch layer), auto_pad VALID with pads, a Gemm
+/// over a 4-D map and an unknown GELU approximation were planned as something else.
+#[test]
+fn nodes_pytorch_has_no_layer_for_are_refused_naming_them() {
+    assert!(read("pool_ceil_int.onnx").is_ok());
+    assert!(read("avgpool_plain.onnx").is_ok());
+    for (f, want) in [
+        (
+            "pool_ceil_float.onnx",
+            "node `/pool0/MaxPool` (MaxPool opset 17): attribute `ceil_mode` is not an INT",
+        ),
+        ("bn_eps_intattr.onnx", "attribute `epsilon` is not a FLOAT"),
+        ("conv_group_float.onnx", "attribute `group` is not an INT"),
+        (
+            "avgpool_dilated.onnx",
+            "with dilations (3, 3) is not supported (PyTorch's AvgPool2d has no dilation)",
+        ),
+        (
+            "conv_valid_pads.onnx",
+            "auto_pad VALID (no padding) with explicit pads",
+        ),
+        (
+            "gemm_4d.onnx",
+            "input A is [N, 4x8x8]: Gemm takes a matrix [batch, features]",
+        ),
+        (
+            "gelu_bogus.onnx",
+            "approximate `bogus`: expected none or tanh",
+        ),
+    ] {
+        let e = read(f).unwrap_err();
+        assert!(e.contains(want), "{f}: {e}");
+    }
+}
+
+/// Counts from the file drove allocations and loops before they were checked: a Split's
+/// num_outputs of 1e15 aborted on an 8 PB allocation (2^62 panicked), a SplitToSequence
+/// over 2^40 channels likewise, and a declared adaptive-pool size of 1e13 looped for
+/// hours. Each is refused at once.
+#[test]
+fn counts_from_the_file_are_checked_before_they_are_used() {
+    assert!(read("split_ok.onnx").is_ok());
+    assert!(read("adaptive_windows_ok.onnx").is_ok());
+    for (f, want) in [
+        (
+            "split_huge_numout.onnx",
+            "num_outputs 1000000000000000 but the node has 2 outputs",
+        ),
+        (
+            "split_2p62.onnx",
+            "num_outputs 4611686018427387904 but the node has 2 outputs",
+        ),
+        (
+            "splitseq_2p40.onnx",
+            "splits 1099511627776 channels into 1099511627776 parts of 1, more than the 1024",
+        ),
+        (
+            "adaptive_windows_hang.onnx",
+            "are not PyTorch's even adaptive windows",
+        ),
+    ] {
+        let start = std::time::Instant::now();
+        let e = read(f).unwrap_err();
+        assert!(e.contains(want), "{f}: {e}");
+        // Not a timing target: a guard that the loop is gone (it ran for hours).
+        assert!(start.elapsed().as_secs() < 30, "{f}");
+    }
+}
+
+/// An in-place ReLU after a Tanh (whose backward reads its output) cannot be what ran
+/// in PyTorch (autograd's version check fails): the reader's in-place guess leaves it
+/// out of place.
+#[test]
+fn the_inplace_guess_spares_outputs_their_backward_reads() {
+    let g = read("tanh_relu.onnx").unwrap();
+    let relu = g
+        .nodes
+        .iter()
+        .find_map(|n| match &n.op {
+            vramlab_graph::Op::Act { kind, inplace } if kind.class_name() == "ReLU" => {
+                Some(*inplace)
+            }
+            _ => None,
+        })
+        .expect("a ReLU");
+    assert!(!relu);
+}
+
+/// A dynamo eval export of mobilenet_v3_small (the repo's fixture): its
+/// squeeze-and-excitation convolutions, whose zero biases the exporter dropped, were
+/// planned with an invented BatchNorm each (1,854 parameters too many; batch 1 refused).
+#[test]
+fn squeeze_excitation_convolutions_get_no_invented_batchnorm() {
+    let path = format!(
+        "{}/tests/fixtures/mobilenet_v3_small_dynamo_eval.onnx",
+        env!("CARGO_MANIFEST_DIR")
+    );
+    let l = vramlab_onnx::load(std::path::Path::new(&path), &Options::default()).unwrap();
+    let s = l.graph.infer().unwrap();
+    // torchvision's model (10 classes, 1,528,106 parameters) less the biases the file
+    // lacks: 18 squeeze-and-excitation convolutions' (2,888) and 2 Linears' (1,034).
+    assert_eq!(s.num_params(), 1_528_106 - 2_888 - 1_034);
+    assert!(!s
+        .nodes()
+        .iter()
+        .any(|n| n.name.contains(".fc1.bn") || n.name.contains(".fc2.bn")));
+    assert!(
+        l.notes
+            .iter()
+            .any(|n| n.starts_with("18 convolutions over 1x1 maps (squeeze-and-excitation)")),
+        "{:?}",
+        l.notes
+    );
+}
