@@ -294,3 +294,47 @@ fn model_files_whose_names_collide_or_sizes_wrap_are_refused() {
         }
     }
 }
+
+/// A layer name of a megabyte, padded into each of 20,000 table rows, made `summary`
+/// of a 1.4 MB file allocate 20 GB; names are now at most 512 characters. A Concat
+/// branch's name follows the rules of a layer's.
+#[test]
+fn layer_names_are_bounded_and_branch_names_checked() {
+    let dir = std::env::temp_dir().join(format!("vramlab-names-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    let long = dir.join("long.toml");
+    let mut text = format!(
+        "input = [3, 8, 8]\n[[layers]]\ntype = \"Conv2d\"\nname = \"{}\"\nin_channels = 3\n\
+         out_channels = 4\nkernel_size = 3\n",
+        "a".repeat(513)
+    );
+    for _ in 0..2000 {
+        text.push_str("[[layers]]\ntype = \"ReLU\"\n");
+    }
+    std::fs::write(&long, text).expect("write");
+    let branch = dir.join("branch.toml");
+    std::fs::write(
+        &branch,
+        "input = [4, 8, 8]\n[[layers]]\ntype = \"Concat\"\nname = \"dense\"\n\
+         [[layers.branches]]\nname = \"a..b\"\n[[layers.branches.layers]]\ntype = \"ReLU\"\n",
+    )
+    .expect("write");
+    for (file, want) in [
+        (
+            &long,
+            "invalid graph: layer 1's name is 513 characters long, more than the 512 a name \
+             may have",
+        ),
+        (
+            &branch,
+            "layer `dense` (Concat): branch 0: `name` \"a..b\" has an empty part",
+        ),
+    ] {
+        let o = vramlab().arg("summary").arg(file).output().expect("run");
+        let stderr = String::from_utf8_lossy(&o.stderr);
+        assert_eq!(o.status.code(), Some(2), "{stderr}");
+        assert!(stderr.contains(want), "{stderr}");
+        assert!(o.stdout.len() < 1000, "nothing but the error");
+    }
+    std::fs::remove_dir_all(&dir).ok();
+}

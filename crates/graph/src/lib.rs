@@ -48,6 +48,9 @@ pub fn param_name(node: &Node, spec: &op::TensorSpec) -> String {
 /// Index of a node in its graph.
 pub type NodeId = usize;
 
+/// The longest layer name (characters): torchvision's module paths are under 100.
+pub const MAX_NAME_CHARS: usize = 512;
+
 /// One operation and the nodes it reads.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Node {
@@ -324,6 +327,15 @@ impl Graph {
         let mut shapes: Vec<Shape> = Vec::with_capacity(self.nodes.len());
         let mut consumers = vec![Vec::new(); self.nodes.len()];
         for (i, node) in self.nodes.iter().enumerate() {
+            // Names reach every table and checkpoint: a megabyte of one, padded into each
+            // row of a table, made gigabytes of output.
+            let len = node.name.chars().count();
+            if len > MAX_NAME_CHARS {
+                return Err(GraphError::Structure(format!(
+                    "layer {i}'s name is {len} characters long, more than the \
+                     {MAX_NAME_CHARS} a name may have"
+                )));
+            }
             if i == 0 {
                 if !node.inputs.is_empty() {
                     return Err(GraphError::Structure(format!(

@@ -600,6 +600,13 @@ fn sequence(
                                 &s,
                                 &format!("layer `{name}` branch {k}"),
                             )?;
+                            // A module name: one or more words joined by dots.
+                            if s.split('.').any(str::is_empty) {
+                                return Err(format!(
+                                    "layer `{name}` (Concat): branch {k}: `name` {s:?} has an \
+                                     empty part: a name is one or more words joined by dots"
+                                ));
+                            }
                             s
                         }
                         Some(_) => {
