@@ -1317,3 +1317,39 @@ fn folders_of_mixed_sizes_train_with_resize_and_plot_dirs_need_their_parent() {
     assert!(!root.join("missing").exists());
     std::fs::remove_dir_all(&root).ok();
 }
+
+/// BatchNorm2d(track_running_stats=False) normalises with the batch's statistics in
+/// eval mode too, as PyTorch does: the end-of-epoch evaluation failed, reported as
+/// "training diverged" (found by a hostile pass, session 11).
+#[test]
+fn batchnorm_without_running_statistics_evaluates_with_the_batchs() {
+    let root = tmp("bn-nostats");
+    cifar(&root, 16);
+    let r = root.to_str().unwrap();
+    let model = format!(
+        "{}/tests/fixtures/hostile11/bn_nostats.toml",
+        env!("CARGO_MANIFEST_DIR")
+    );
+    let ck = root.join("bn.safetensors");
+    let v = json(&vramlab(&[
+        "train",
+        &model,
+        "--data",
+        "cifar10",
+        "--root",
+        r,
+        "--batch-size",
+        "8",
+        "--threads",
+        "1",
+        "--max-steps",
+        "2",
+        "--checkpoint",
+        ck.to_str().unwrap(),
+        "--json",
+    ]));
+    let acc = v["epochs"][0]["test_accuracy"].as_f64().expect("evaluated");
+    assert!((0.0..=1.0).contains(&acc), "{v}");
+    assert!(ck.is_file());
+    std::fs::remove_dir_all(&root).ok();
+}

@@ -37,10 +37,9 @@ pub(crate) fn forward(
         Some((w, b)) => (w.data().clone(), b.data().clone()),
         None => (vec![1.0; c], vec![0.0; c]),
     };
-    if !train {
-        let bufs = running.ok_or_else(|| {
-            "BatchNorm without running statistics cannot run in eval mode here".to_string()
-        })?;
+    // Without running statistics (track_running_stats=False) PyTorch normalises with
+    // the batch's statistics in eval mode too (`bn_training` in F.batch_norm).
+    if let (false, Some(bufs)) = (train, running) {
         let (rm, rv) = (bufs.running_mean.data(), bufs.running_var.data());
         let xd = x.data();
         let mut od = out.data_mut();
