@@ -525,11 +525,24 @@ impl ModelSource {
         let path = std::path::Path::new(name);
         let lower = name.to_ascii_lowercase();
         if lower.ends_with(".onnx") || lower.ends_with(".pt2") {
-            let g = crate::load_graph(
+            let mut g = crate::load_graph(
                 name,
                 &ModelOptions::default(),
                 &vramlab_onnx::Options::default(),
             )?;
+            // The engine trains without auxiliary classifiers, as for the zoo's.
+            if !g.aux.is_empty() {
+                eprintln!(
+                    "note: {name} trains here without its {} auxiliary output(s) (the CPU \
+                     engine trains the logits alone); `vramlab memory {name}` plans them",
+                    g.aux.len()
+                );
+                g = g.without_aux();
+            }
+            eprintln!(
+                "note: {name}'s weights are not read: training starts from PyTorch's default \
+                 initialisation of its layers"
+            );
             let json = serde_json::to_string(&g)?;
             return Ok(ModelSource::Graph {
                 name: name.to_string(),

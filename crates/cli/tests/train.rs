@@ -1353,3 +1353,44 @@ fn batchnorm_without_running_statistics_evaluates_with_the_batchs() {
     assert!(ck.is_file());
     std::fs::remove_dir_all(&root).ok();
 }
+
+/// An ONNX file with an auxiliary output trains without it (as the zoo's GoogLeNet
+/// does; it failed with a message about a Rust function), and the note says the file's
+/// weights are not read (found by a hostile pass, session 11).
+#[test]
+fn an_onnx_file_with_an_auxiliary_output_trains_from_a_fresh_initialisation() {
+    let root = tmp("onnx-aux");
+    cifar(&root, 16);
+    let r = root.to_str().unwrap();
+    let model = format!(
+        "{}/tests/fixtures/hostile11/aux_head.onnx",
+        env!("CARGO_MANIFEST_DIR")
+    );
+    let o = vramlab(&[
+        "train",
+        &model,
+        "--data",
+        "cifar10",
+        "--root",
+        r,
+        "--batch-size",
+        "4",
+        "--threads",
+        "1",
+        "--max-steps",
+        "1",
+    ]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(o.status.success(), "{err}");
+    assert!(
+        err.contains("aux_head.onnx trains here without its 1 auxiliary output(s)"),
+        "{err}"
+    );
+    assert!(
+        err.contains(
+            "aux_head.onnx's weights are not read: training starts from PyTorch's default"
+        ),
+        "{err}"
+    );
+    std::fs::remove_dir_all(&root).ok();
+}
