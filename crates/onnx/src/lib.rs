@@ -774,6 +774,20 @@ impl Cx<'_> {
             .collect();
         aux.sort_unstable();
         aux.dedup();
+        // An auxiliary classifier gives logits like the model's: another output (a
+        // feature map) is no loss vramlab can plan.
+        let logits = self.shape_of(out);
+        if let Some(&odd) = aux.iter().find(|&&a| self.shape_of(a) != logits) {
+            return Err(OnnxError(format!(
+                "{}: the output of `{}` is {}, not logits like the model's {}: vramlab plans \
+                 extra outputs as auxiliary classifiers (GoogLeNet's), trained with 0.3 x \
+                 their loss",
+                self.file,
+                self.graph.nodes[odd].name,
+                vramlab_graph::fmt_shape(&self.shape_of(odd)),
+                vramlab_graph::fmt_shape(&logits)
+            )));
+        }
         self.notes.aux = aux.len();
         self.graph.aux = aux;
         self.graph.param_order = param_order(&self.graph, &g.initializers);

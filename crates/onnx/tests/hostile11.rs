@@ -229,3 +229,16 @@ fn squeeze_excitation_convolutions_get_no_invented_batchnorm() {
         l.notes
     );
 }
+
+/// A second output that is a feature map, not logits, was planned as an auxiliary
+/// classifier trained on cross-entropy; one that is logits still is.
+#[test]
+fn only_outputs_shaped_like_the_logits_are_auxiliary_classifiers() {
+    let g = read("aux_head.onnx").unwrap();
+    assert_eq!(g.aux.len(), 1);
+    let e = read("two_outputs_feature.onnx").unwrap_err();
+    assert!(
+        e.contains("the output of `relu` is 4x8x8, not logits like the model's 10"),
+        "{e}"
+    );
+}
