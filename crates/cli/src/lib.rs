@@ -498,6 +498,38 @@ impl PlanArgs {
                 self.gpus, self.nodes
             )));
         }
+        // Options of many GPUs are refused on one, not ignored.
+        let many_gpu_options = [
+            (self.bucket_cap_mb != 25.0, "--bucket-cap-mb"),
+            (self.gradient_as_bucket_view, "--gradient-as-bucket-view"),
+            (self.find_unused_parameters, "--find-unused-parameters"),
+            (self.static_graph, "--static-graph"),
+            (
+                self.reshard_after_forward.is_some(),
+                "--reshard-after-forward",
+            ),
+            (self.param_dtype.is_some(), "--param-dtype"),
+            (self.reduce_dtype.is_some(), "--reduce-dtype"),
+            (self.cpu_offload, "--cpu-offload"),
+            (self.reduce_bucket_size.is_some(), "--reduce-bucket-size"),
+            (self.overlap_comm.is_some(), "--overlap-comm"),
+            (self.nccl_buffer.is_some(), "--nccl-buffer"),
+            (self.wrap.is_some(), "--wrap"),
+        ];
+        if world == 1 {
+            if let Some(s) = strategy {
+                return Err(UserError(format!(
+                    "--strategy {} with one rank: nothing is sharded or reduced; give --gpus \
+                     2 or more (and --nodes), or leave --strategy out for one GPU",
+                    s.name()
+                )));
+            }
+            if let Some((_, flag)) = many_gpu_options.iter().find(|(given, _)| *given) {
+                return Err(UserError(format!(
+                    "{flag} is an option of many GPUs: give --gpus 2 or more (and --strategy)"
+                )));
+            }
+        }
         let Some(strategy) = strategy.or((world > 1).then_some(Strategy::Ddp)) else {
             return Ok(None);
         };
@@ -559,13 +591,6 @@ impl PlanArgs {
                      (fsdp, fsdp-grad-op, hybrid, zero1, zero2, zero3; got --strategy {})",
                     strategy.name()
                 )));
-            }
-            if world == 1 {
-                return Err(UserError(
-                    "--cpu-offload with one rank is not modelled: one GPU is planned without \
-                     sharding, so nothing would move; give --gpus 2 or more"
-                        .into(),
-                ));
             }
             d.cpu_offload = true;
         }

@@ -472,7 +472,8 @@ fn options_of_another_strategy_are_refused() {
         ],
         &["--wrap names sharding units", "not ddp"],
     );
-    // One rank is planned without sharding: the offload would have moved nothing.
+    // One rank is planned without sharding: the strategy (and its offload) would have
+    // changed nothing.
     refused(
         &[
             "memory",
@@ -483,7 +484,7 @@ fn options_of_another_strategy_are_refused() {
             "fsdp",
             "--cpu-offload",
         ],
-        &["--cpu-offload with one rank is not modelled"],
+        &["--strategy fsdp with one rank: nothing is sharded or reduced"],
     );
     refused(
         &["memory", "resnet50", "--timeline"],

@@ -250,3 +250,65 @@ fn nccl_buffers_are_named_and_left_out_of_the_allocators_limit() {
         "{text}"
     );
 }
+
+/// Options of many GPUs on one GPU were ignored, even invalid values; a strategy with
+/// one rank planned the same as none; FSDP2's reduce_dtype without a lower param_dtype
+/// was recorded and ignored (found by a hostile pass, session 11).
+#[test]
+fn options_of_many_gpus_are_refused_on_one_and_reduce_dtype_acts_alone() {
+    for (args, want) in [
+        (
+            &["--reshard-after-forward", "maybe"][..],
+            "--reshard-after-forward is an option of many GPUs: give --gpus 2 or more",
+        ),
+        (
+            &["--nccl-buffer", "lots"],
+            "--nccl-buffer is an option of many GPUs",
+        ),
+        (&["--wrap", "layer1"], "--wrap is an option of many GPUs"),
+        (
+            &["--bucket-cap-mb", "nan"],
+            "--bucket-cap-mb is an option of many GPUs",
+        ),
+        (
+            &["--gpus", "1", "--strategy", "fsdp"],
+            "--strategy fsdp with one rank: nothing is sharded or reduced",
+        ),
+    ] {
+        let o = vramlab(&[&["memory", "resnet50", "-b", "32"][..], args].concat());
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert_eq!(o.status.code(), Some(2), "{args:?}: {err}");
+        assert!(err.contains(want), "{args:?}: {err}");
+    }
+    // reduce_dtype bf16 with fp32 parameters: the reduce-scatter inputs in half the bytes.
+    let comm = |extra: &[&str]| {
+        let v = json(&vramlab(
+            &[
+                &[
+                    "memory",
+                    "resnet50",
+                    "-b",
+                    "32",
+                    "--gpus",
+                    "8",
+                    "--strategy",
+                    "fsdp",
+                    "--json",
+                    "--timeline",
+                ][..],
+                extra,
+            ]
+            .concat(),
+        ));
+        v["timeline"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|p| p["bytes"].as_u64().unwrap())
+            .collect::<Vec<_>>()
+    };
+    let (fp32, bf16) = (comm(&[]), comm(&["--reduce-dtype", "bf16"]));
+    assert_eq!(fp32.len(), bf16.len());
+    assert!(fp32.iter().zip(&bf16).all(|(a, b)| b <= a));
+    assert!(fp32.iter().zip(&bf16).any(|(a, b)| b < a));
+}

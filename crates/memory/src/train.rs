@@ -3372,10 +3372,11 @@ impl DistState {
                 .param_dtype_bytes
                 .filter(|_| d.mixed_precision())
                 .unwrap_or(elem),
+            // MixedPrecisionPolicy's reduce_dtype, also alone (fp32 parameters whose
+            // gradients are reduce-scattered in bf16), else the param_dtype.
             reduce_elem: d
                 .reduce_dtype_bytes
-                .or(d.param_dtype_bytes)
-                .filter(|_| d.mixed_precision())
+                .or(d.param_dtype_bytes.filter(|_| d.mixed_precision()))
                 .unwrap_or(elem),
             retained: None,
             offload: false,
