@@ -180,9 +180,19 @@ pub struct FitJson {
     pub profile: &'static str,
     pub optimizer: String,
     pub precision: &'static str,
+    /// Many GPUs: the plan and the batch sizes are one rank's.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub distributed: Option<vramlab_memory::dist::Distributed>,
     #[serde(flatten)]
     pub fit: FitReport,
     pub lr_advice: Option<LrAdvice>,
+}
+
+impl FitJson {
+    /// Ranks the batch is split over (1 on one GPU).
+    pub fn world(&self) -> u128 {
+        self.distributed.as_ref().map_or(1, |d| d.world_size())
+    }
 }
 
 /// `fit`'s JSON for one card: the planner's answer and the allocator's.
@@ -343,9 +353,23 @@ pub fn fit(a: &FitArgs) -> Result<()> {
     }
     if let (Some(d), None) = (&cfg.distributed, &a.plan.strategy) {
         if d.world_size() > 1 {
+            if a.plot.is_some() {
+                return Err(UserError(
+                    "--plot draws one strategy: give --strategy S, or leave --plot out to \
+                     compare strategies"
+                        .into(),
+                ));
+            }
             return compare_strategies(a, &g, &cfg, cards);
         }
     }
+    // Many GPUs: the batch searched is one rank's; an effective batch and the dataset
+    // are split over the ranks (DistributedSampler), the learning rate follows the
+    // global batch.
+    let world = cfg
+        .distributed
+        .as_ref()
+        .map_or(1, |d| d.world_size() as u64);
     let mut outs = Vec::new();
     let mut devices = Vec::new();
     for choice in cards {
@@ -362,8 +386,8 @@ pub fn fit(a: &FitArgs) -> Result<()> {
         let req = FitRequest {
             card_bytes: card,
             fraction: a.fraction.unwrap_or(0.8),
-            target_batch: a.target_batch,
-            dataset_size: a.dataset_size,
+            target_batch: a.target_batch.map(|t| t.div_ceil(world)),
+            dataset_size: a.dataset_size.map(|n| n.div_ceil(world)),
         };
         let planner_only = vramlab_memory::PlanConfig {
             simulate_allocator: false,
@@ -399,9 +423,10 @@ pub fn fit(a: &FitArgs) -> Result<()> {
         let lr = report
             .recommended_batch
             .filter(|_| cfg.mode == vramlab_memory::Mode::Train)
-            .map(|b| fit::lr_advice(a.base_batch, base_lr, b))
+            .map(|b| fit::lr_advice(a.base_batch, base_lr, b.saturating_mul(world)))
             .transpose()?;
         outs.push(FitJson {
+            distributed: cfg.distributed.clone(),
             model: g.graph.name.clone(),
             input_shape: g.graph.input_shape.clone(),
             gpu: choice.gpu.map(|g| g.label.to_string()),
@@ -531,7 +556,7 @@ fn compare_strategies(
                 card_bytes: choice.total_bytes,
                 fraction: a.fraction.unwrap_or(0.8),
                 target_batch: a.target_batch.map(|t| t.div_ceil(world as u64).max(1)),
-                dataset_size: a.dataset_size,
+                dataset_size: a.dataset_size.map(|n| n.div_ceil(world as u64)),
             };
             strategies.push(StrategyFit {
                 strategy: s.name(),
@@ -602,13 +627,36 @@ fn compare_strategies(
                     &[&name, &thousands(b as u128), &thousands(b as u128 * world)],
                 )
             ),
-            _ => crate::outln!(
-                "{}\n",
-                s(
-                    lang,
-                    "No strategy fits a batch of one per GPU on this card."
-                )
-            ),
+            // What fails is the batch asked for in one step: accumulation may reach it.
+            _ => {
+                let reachable = r
+                    .strategies
+                    .iter()
+                    .find_map(|st| st.fit.accumulation.as_ref().map(|acc| (st.strategy, acc)));
+                let line = match (a.target_batch, reachable) {
+                    (Some(target), Some((name, acc))) => t(
+                        lang,
+                        "No strategy fits {0} images per GPU ({1} in all) in one step. With gradient accumulation, the cheapest: {2}, micro-batches of {3} per GPU with --accumulation-steps {4} ({5} in all).",
+                        &[
+                            &thousands(needed as u128),
+                            &thousands(target as u128),
+                            &name,
+                            &thousands(acc.micro_batch as u128),
+                            &acc.accumulation_steps,
+                            &thousands(
+                                acc.micro_batch as u128 * acc.accumulation_steps as u128 * world,
+                            ),
+                        ],
+                    ),
+                    (Some(target), None) if r.strategies.iter().any(|st| st.fit.max_batch_size.is_some()) => t(
+                        lang,
+                        "No strategy fits {0} images per GPU ({1} in all) in one step.",
+                        &[&thousands(needed as u128), &thousands(target as u128)],
+                    ),
+                    _ => s(lang, "No strategy fits a batch of one per GPU on this card."),
+                };
+                crate::outln!("{}\n", line);
+            }
         }
     }
     crate::outln!(
@@ -802,6 +850,14 @@ pub fn render(o: &FitJson, lang: Lang) -> String {
     let r = &o.fit;
     let mut out = headline(o, lang);
     out.push('\n');
+    let world = o.world();
+    if let Some(d) = &o.distributed {
+        out.push_str(&paragraph(&t(
+            lang,
+            "one rank of {0} (--gpus {1} x --nodes {2}), strategy {3}: every batch size below is one rank's (each rank draws 1/{0} of the data)",
+            &[&world, &d.gpus_per_node, &d.nodes, &d.strategy.name()],
+        )));
+    }
     let card = o
         .gpu
         .as_deref()
@@ -869,11 +925,19 @@ pub fn render(o: &FitJson, lang: Lang) -> String {
                 out.push('\n');
             }
             if let (true, Some(n)) = (r.max_batch_exceeds_dataset, r.dataset_size) {
-                out.push_str(&paragraph(&t(
-                    lang,
-                    "That is more than the dataset's {0} images: the whole dataset fits in one batch (one step an epoch, as in full-batch training); no batch above {0} can be drawn from it.",
-                    &[&thousands(n as u128)],
-                )));
+                out.push_str(&paragraph(&if world > 1 {
+                    t(
+                        lang,
+                        "That is more than the {0} images each of the {1} ranks draws from the dataset: its whole share fits in one batch (one step an epoch); no batch above {0} per rank can be drawn.",
+                        &[&thousands(n as u128), &world],
+                    )
+                } else {
+                    t(
+                        lang,
+                        "That is more than the dataset's {0} images: the whole dataset fits in one batch (one step an epoch, as in full-batch training); no batch above {0} can be drawn from it.",
+                        &[&thousands(n as u128)],
+                    )
+                }));
                 if let (Some(rb), false) = (r.recommended_batch, r.capped_by_allocator) {
                     out.push_str(&t(
                         lang,
@@ -944,20 +1008,48 @@ pub fn render(o: &FitJson, lang: Lang) -> String {
     }
     if let Some(acc) = &r.accumulation {
         out.push('\n');
-        out.push_str(&t(
-            lang,
-            "To train with an effective batch of {0}: micro-batches of {1} with --accumulation-steps {2} (peak {3}).",
-            &[&thousands(acc.target_batch as u128), &thousands(acc.micro_batch as u128), &acc.accumulation_steps, &bytes(acc.peak_bytes)],
-        ));
+        out.push_str(&if world > 1 {
+            t(
+                lang,
+                "To train with an effective batch of {0} ({1} per rank x {2} ranks): micro-batches of {3} per rank with --accumulation-steps {4} (peak {5}).",
+                &[
+                    &thousands(acc.target_batch as u128 * world),
+                    &thousands(acc.target_batch as u128),
+                    &world,
+                    &thousands(acc.micro_batch as u128),
+                    &acc.accumulation_steps,
+                    &bytes(acc.peak_bytes),
+                ],
+            )
+        } else {
+            t(
+                lang,
+                "To train with an effective batch of {0}: micro-batches of {1} with --accumulation-steps {2} (peak {3}).",
+                &[&thousands(acc.target_batch as u128), &thousands(acc.micro_batch as u128), &acc.accumulation_steps, &bytes(acc.peak_bytes)],
+            )
+        });
         out.push('\n');
     }
     if let Some(lr) = &o.lr_advice {
         out.push('\n');
-        out.push_str(&t(
-            lang,
-            "Learning rate at batch {0} (tuned {1} at batch {2}):",
-            &[&thousands(lr.batch as u128), &lr.base_lr, &lr.base_batch],
-        ));
+        out.push_str(&if world > 1 {
+            t(
+                lang,
+                "Learning rate at the global batch {0} ({1} ranks; tuned {2} at batch {3}):",
+                &[
+                    &thousands(lr.batch as u128),
+                    &world,
+                    &lr.base_lr,
+                    &lr.base_batch,
+                ],
+            )
+        } else {
+            t(
+                lang,
+                "Learning rate at batch {0} (tuned {1} at batch {2}):",
+                &[&thousands(lr.batch as u128), &lr.base_lr, &lr.base_batch],
+            )
+        });
         out.push_str("\n  ");
         out.push_str(&t(
             lang,

@@ -337,6 +337,7 @@ pub fn report(a: &ReportArgs) -> Result<()> {
         };
         let fit = vramlab_memory::fit::fit_with(&g, &fcfg, &request)?;
         let fj = FitJson {
+            distributed: cfg.distributed.clone(),
             model: g.graph.name.clone(),
             input_shape: g.graph.input_shape.clone(),
             gpu: label,

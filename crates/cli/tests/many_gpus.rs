@@ -312,3 +312,70 @@ fn options_of_many_gpus_are_refused_on_one_and_reduce_dtype_acts_alone() {
     assert!(fp32.iter().zip(&bf16).all(|(a, b)| b <= a));
     assert!(fp32.iter().zip(&bf16).any(|(a, b)| b < a));
 }
+
+/// `fit --gpus N --strategy S` searches one rank's batch: an effective batch, the dataset
+/// and the learning rate are the global batch's (found by a hostile pass, session 11:
+/// 4,096 on 8 ranks was advised as 16 accumulation steps of 256 per rank, 32,768 in all).
+/// The strategy comparison says what accumulation reaches instead of "no strategy fits a
+/// batch of one" under a table where every one fits hundreds.
+#[test]
+fn fit_on_many_gpus_splits_the_effective_batch_and_the_data_over_the_ranks() {
+    let base = [
+        "fit",
+        "resnet50",
+        "--gpu",
+        "a100-40gb",
+        "--gpus",
+        "8",
+        "--strategy",
+        "zero2",
+        "--target-batch",
+        "4096",
+    ];
+    let v = json(&vramlab(&[&base[..], &["--json"]].concat()));
+    let acc = &v["accumulation"];
+    assert_eq!(acc["target_batch"], 512, "{acc}");
+    let (micro, steps) = (
+        acc["micro_batch"].as_u64().unwrap(),
+        acc["accumulation_steps"].as_u64().unwrap(),
+    );
+    assert!(micro * steps >= 512 && micro * (steps - 1) < 512, "{acc}");
+    assert_eq!(v["distributed"]["strategy"], "zero2");
+    // The learning rate follows the global batch: the per-rank one times 8.
+    let per_rank = v["recommended_batch"].as_u64().unwrap();
+    assert_eq!(v["lr_advice"]["batch"].as_u64().unwrap(), per_rank * 8);
+    let o = vramlab(&[&base[..], &["--dataset-size", "1000"]].concat());
+    let text = String::from_utf8_lossy(&o.stdout)
+        .split_whitespace()
+        .collect::<Vec<_>>()
+        .join(" ");
+    for want in [
+        "one rank of 8 (--gpus 8 x --nodes 1), strategy zero2: every batch size below is one rank's",
+        "more than the 125 images each of the 8 ranks draws from the dataset",
+        "To train with an effective batch of 4,096 (512 per rank x 8 ranks)",
+        "Learning rate at the global batch 512 (8 ranks;",
+    ] {
+        assert!(text.contains(want), "{want}: {text}");
+    }
+    let o = vramlab(&[
+        "fit",
+        "resnet50",
+        "--gpu",
+        "a100-40gb",
+        "--gpus",
+        "8",
+        "--target-batch",
+        "4096",
+    ]);
+    let text = String::from_utf8_lossy(&o.stdout);
+    assert!(!text.contains("a batch of one per GPU"), "{text}");
+    assert!(
+        text.contains("No strategy fits 512 images per GPU (4,096 in all) in one step. With gradient accumulation, the cheapest: ddp"),
+        "{text}"
+    );
+    let o = vramlab(&[
+        "fit", "resnet50", "--gpu", "t4", "--gpus", "8", "--plot", "x.svg",
+    ]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("--plot draws one strategy"));
+}
