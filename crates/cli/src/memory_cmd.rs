@@ -104,8 +104,10 @@ pub fn phase(p: vramlab_memory::Phase, lang: Lang) -> String {
     s(lang, &p.to_string())
 }
 
-/// `context_given`: the CUDA context is the user's `--cuda-context`, not an estimate.
-pub fn render(r: &MemoryReport, context_given: bool, lang: Lang) -> String {
+/// What a plan is of: the model, batch, optimizer, profile and precision, and the
+/// gradient accumulation and ranks where there are (`memory`'s first lines, the report's
+/// memory section).
+pub fn setup_lines(r: &MemoryReport, lang: Lang) -> String {
     let mut out = String::new();
     let what = if r.mode == Mode::Inference {
         s(lang, "inference")
@@ -151,6 +153,12 @@ pub fn render(r: &MemoryReport, context_given: bool, lang: Lang) -> String {
         ));
         out.push('\n');
     }
+    out
+}
+
+/// `context_given`: the CUDA context is the user's `--cuda-context`, not an estimate.
+pub fn render(r: &MemoryReport, context_given: bool, lang: Lang) -> String {
+    let mut out = setup_lines(r, lang);
     out.push('\n');
     let names = [s(lang, "step 1 peak"), s(lang, "step 2 peak")];
     let mut header = vec![s(lang, "category")];

@@ -202,6 +202,10 @@ pub fn report(a: &ReportArgs) -> Result<()> {
         "<h2>{}</h2>",
         esc(&t(l, "Memory at batch {0}", &[&a.batch_size]))
     ));
+    // What the figures are of: optimizer, precision, micro-batches, ranks.
+    for line in crate::memory_cmd::setup_lines(&r, l).lines() {
+        body.push_str(&format!("<p>{}</p>", esc(line)));
+    }
     let head = [
         s(l, "category"),
         s(l, "step 1 peak"),

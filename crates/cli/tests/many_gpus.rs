@@ -379,3 +379,35 @@ fn fit_on_many_gpus_splits_the_effective_batch_and_the_data_over_the_ranks() {
     assert_eq!(o.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&o.stderr).contains("--plot draws one strategy"));
 }
+
+/// The report, meant to be shared, says what its figures are of: the optimizer,
+/// precision, micro-batches and ranks (it showed an eighth of the optimizer state with
+/// no word of ranks or strategy).
+#[test]
+fn the_report_says_it_is_one_rank_of_many() {
+    let o = vramlab(&[
+        "report",
+        "resnet50",
+        "-b",
+        "32",
+        "--gpu",
+        "t4",
+        "--gpus",
+        "8",
+        "--strategy",
+        "zero2",
+        "--accumulation-steps",
+        "2",
+        "--out",
+        "-",
+    ]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let html = String::from_utf8_lossy(&o.stdout);
+    for want in [
+        "training with Adam(), profile pytorch-cuda, fp32",
+        "Gradient accumulation: 2 micro-batches of 16 per optimizer step",
+        "one rank of 8 (--gpus 8 x --nodes 1), strategy zero2: batch 32 per rank, 256 in all",
+    ] {
+        assert!(html.contains(want), "{want}");
+    }
+}
