@@ -129,7 +129,7 @@ pub struct FitArgs {
     model: ModelArgs,
     /// A card from `vramlab gpus`, or several separated by commas to compare them
     /// (t4,a100-40gb,h100).
-    #[arg(long, conflicts_with = "memory", required_unless_present = "memory")]
+    #[arg(long)]
     gpu: Option<String>,
     /// The card's memory with its unit: 24GiB (binary, as cards are measured) or 80GB
     /// (decimal, 10^9 B).
@@ -322,6 +322,22 @@ fn cards(a: &FitArgs) -> Result<Vec<CardChoice>> {
 }
 
 pub fn fit(a: &FitArgs) -> Result<()> {
+    // One line naming both ways (clap's "required: --gpu" hid --memory).
+    match (&a.gpu, &a.memory) {
+        (None, None) => {
+            return Err(UserError(
+                "give the card: --gpu NAME (`vramlab gpus` lists them) or its memory with \
+                 --memory SIZE"
+                    .into(),
+            ))
+        }
+        (Some(_), Some(_)) => {
+            return Err(UserError(
+                "--gpu and --memory both give the card: keep one".into(),
+            ))
+        }
+        _ => {}
+    }
     if a.plan.accumulation_steps > 1 {
         return Err(UserError(format!(
             "--accumulation-steps {}: fit searches the batch per optimizer step without it; \

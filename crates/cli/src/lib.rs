@@ -41,15 +41,10 @@ struct Cli {
     #[command(subcommand)]
     command: Command,
     /// Language of the output: en or zh (tour, memory, fit and report are translated;
-    /// the other commands print English and say so).
-    #[arg(
-        long,
-        value_enum,
-        global = true,
-        default_value = "en",
-        env = "VRAMLAB_LANG"
-    )]
-    lang: lang::Lang,
+    /// the other commands print English and say so). Default: the VRAMLAB_LANG
+    /// variable, or en.
+    #[arg(long, value_enum, global = true)]
+    lang: Option<lang::Lang>,
 }
 
 #[derive(Subcommand)]
@@ -100,10 +95,16 @@ enum Command {
     )]
     Report(report_cmd::ReportArgs),
     /// Image datasets: info, stats, show, fetch.
-    #[command(subcommand)]
+    #[command(
+        subcommand,
+        after_help = "Examples:\n  vramlab data info fashion-mnist\n  vramlab data show fashion-mnist --grid 8 --out grid.png"
+    )]
     Data(data_cmd::DataCommand),
     /// Benchmarks: the data loader and the training engine.
-    #[command(subcommand)]
+    #[command(
+        subcommand,
+        after_help = "Examples:\n  vramlab bench loader --data fashion-mnist --batch-size 64\n  vramlab bench train simple_cnn --batch-size 64 --json"
+    )]
     Bench(BenchCommand),
     /// List the GPU catalog (name and memory).
     #[command(after_help = "Example:\n  vramlab gpus --json")]
@@ -730,15 +731,19 @@ fn report_failed_output_as_an_error() {
 pub fn main() {
     restore_default_sigpipe();
     report_failed_output_as_an_error();
-    // A bad VRAMLAB_LANG is named as the variable, not as a --lang the user never gave
-    // (clap checks the variable even when --lang is given).
-    if let Ok(v) = std::env::var("VRAMLAB_LANG") {
-        if !matches!(v.as_str(), "en" | "zh") {
-            eprintln!("error: VRAMLAB_LANG `{v}`: expected en or zh (or unset it)");
-            std::process::exit(2);
-        }
+    let mut cli = Cli::parse();
+    // VRAMLAB_LANG where --lang is not given: a bad value is named as the variable, and
+    // read only then (--help and an explicit --lang do not depend on it).
+    if cli.lang.is_none() {
+        cli.lang = Some(match std::env::var("VRAMLAB_LANG").as_deref() {
+            Ok("zh") => lang::Lang::Zh,
+            Ok("en") | Err(_) => lang::Lang::En,
+            Ok(v) => {
+                eprintln!("error: VRAMLAB_LANG `{v}`: expected en or zh (or unset it)");
+                std::process::exit(2);
+            }
+        });
     }
-    let cli = Cli::parse();
     if let Err(UserError(msg)) = dispatch(cli) {
         eprintln!("error: {msg}");
         std::process::exit(2);
@@ -746,7 +751,7 @@ pub fn main() {
 }
 
 fn dispatch(cli: Cli) -> Result<()> {
-    let lang = cli.lang;
+    let lang = cli.lang.unwrap_or(lang::Lang::En);
     let translated = matches!(
         cli.command,
         Command::Tour(_) | Command::Memory(_) | Command::Fit(_) | Command::Report(_)

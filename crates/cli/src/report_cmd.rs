@@ -101,6 +101,13 @@ pub fn report(a: &ReportArgs) -> Result<()> {
         crate::plot::check_output(&a.out, "--out")?;
     }
     let l = a.lang;
+    // Checked whether or not a card is given (-5 and NaN were accepted without one).
+    if !(a.fraction > 0.0 && a.fraction <= 1.0) {
+        return Err(crate::UserError(format!(
+            "--fraction must be in (0, 1], got {}",
+            a.fraction
+        )));
+    }
     let g = a.model.load()?;
     vramlab_memory::fit::check_batch(&g, a.batch_size)?;
     let cfg = a.plan.config(a.batch_size)?;

@@ -208,6 +208,19 @@ fn every_command_takes_lang_and_an_untranslated_one_says_so() {
         String::from_utf8_lossy(&o.stderr),
         "error: VRAMLAB_LANG `xx`: expected en or zh (or unset it)\n"
     );
+    // ...and only read where --lang is not given: --help and an explicit --lang work.
+    for args in [&["--help"][..], &["models", "--lang", "en"][..]] {
+        let o = vramlab()
+            .args(args)
+            .env("VRAMLAB_LANG", "xx")
+            .output()
+            .expect("run");
+        assert!(
+            o.status.success(),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+    }
     for args in [
         &["models", "--lang", "zh"][..],
         &["gpus", "--lang", "zh"][..],

@@ -539,3 +539,24 @@ fn allocator_settings_explain_themselves() {
         .unwrap();
     assert!(line.contains(" B; at ") && line.ends_with(" B)"), "{line}");
 }
+
+/// Found by a hostile pass (session 11): `fit` with no card said `--gpu` was required
+/// (with a usage block) though `--memory` is the other way; `report --fraction -5` was
+/// accepted when no card was given.
+#[test]
+fn a_missing_card_or_fraction_is_one_line_naming_both_ways() {
+    refused(
+        &["fit", "simple_cnn"],
+        &["give the card: --gpu NAME (`vramlab gpus` lists them) or its memory with --memory SIZE"],
+    );
+    refused(
+        &["fit", "simple_cnn", "--gpu", "t4", "--memory", "8GiB"],
+        &["--gpu and --memory both give the card: keep one"],
+    );
+    for f in ["--fraction=-5", "--fraction=nan"] {
+        refused(
+            &["report", "simple_cnn", f, "--out", "-"],
+            &["--fraction must be in (0, 1], got"],
+        );
+    }
+}
