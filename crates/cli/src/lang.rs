@@ -70,6 +70,7 @@ static ZH: &[(&str, &str)] = &[
     ("garbage_collection_threshold acts only under a per-process memory fraction (fit --fraction), as in PyTorch: here it changes nothing.", "garbage_collection_threshold 只在设置了进程显存比例时生效（fit --fraction），与 PyTorch 相同：这里它不改变任何结果。"),
     ("Gradient accumulation: {0} micro-batches of {1} per optimizer step; the figures below are one micro-batch's.", "梯度累积：每个优化器步 {0} 个大小为 {1} 的微批；下面的数字是一个微批的。"),
     ("{0} (cache still growing)", "{0}（缓存仍在增长）"),
+    ("allocated: modelled, as torch.cuda.max_memory_allocated() counts it; the cuBLAS and cuBLASLt workspaces ({0}: one cuBLAS workspace for forward's thread, 1 MiB for cuBLASLt) are included.", "已分配：建模值，按 torch.cuda.max_memory_allocated() 的口径；包含 cuBLAS 与 cuBLASLt 工作区（{0}：前向线程一个 cuBLAS 工作区，cuBLASLt 1 MiB）。"),
     ("allocated: modelled, as torch.cuda.max_memory_allocated() counts it; the cuBLAS and cuBLASLt workspaces ({0}: one cuBLAS workspace for forward's thread, one for backward's, 1 MiB for cuBLASLt) are included.", "已分配：建模值，按 torch.cuda.max_memory_allocated() 的口径；包含 cuBLAS 与 cuBLASLt 工作区（{0}：前向线程与反向线程各一个 cuBLAS 工作区，cuBLASLt 1 MiB）。"),
     ("reserved: modelled, as torch.cuda.max_memory_reserved() counts it: segments of 2 MiB, 20 MiB, or the request rounded up to 2 MiB.", "保留：建模值，按 torch.cuda.max_memory_reserved() 的口径：段大小为 2 MiB、20 MiB，或按 2 MiB 向上取整的请求大小。"),
     ("nvidia-smi total: estimated: the CUDA context ({0}) + reserved.", "nvidia-smi 总量：估计值：CUDA 上下文（{0}）+ 保留。"),

@@ -393,6 +393,24 @@ impl PlanArgs {
                 )))
             }
         };
+        // Inference runs no optimizer: its options are refused, not ignored.
+        if cfg.mode == Mode::Inference {
+            for (given, flag) in [
+                (self.optimizer != "adam", "--optimizer"),
+                (self.momentum != 0.0, "--momentum"),
+                (self.nesterov, "--nesterov"),
+                (self.amsgrad, "--amsgrad"),
+                (self.centered, "--centered"),
+                (self.weight_decay.is_some(), "--weight-decay"),
+                (self.optimizer_impl.is_some(), "--optimizer-impl"),
+            ] {
+                if given {
+                    return Err(UserError(format!(
+                        "{flag} is for training (--mode train): inference runs no optimizer"
+                    )));
+                }
+            }
+        }
         cfg.checkpoint_segments = self.checkpoint_segments;
         if self.accumulation_steps == 0 {
             return Err(UserError("--accumulation-steps must be at least 1".into()));

@@ -253,14 +253,14 @@ pub fn render(r: &MemoryReport, context_given: bool, lang: Lang) -> String {
     }
     if let Some(d) = &r.device {
         out.push('\n');
-        out.push_str(&render_device(d, r.steps.len(), lang));
+        out.push_str(&render_device(d, r.steps.len(), r.mode, lang));
     }
     out
 }
 
 /// Allocated, reserved and the nvidia-smi total per step, each marked modelled or
 /// estimated.
-pub fn render_device(d: &DeviceReport, reported_steps: usize, lang: Lang) -> String {
+pub fn render_device(d: &DeviceReport, reported_steps: usize, mode: Mode, lang: Lang) -> String {
     let mut out = t(
         lang,
         "On the GPU, with the caching allocator simulated (PYTORCH_CUDA_ALLOC_CONF: {0}):",
@@ -305,11 +305,19 @@ pub fn render_device(d: &DeviceReport, reported_steps: usize, lang: Lang) -> Str
         )
     });
     for line in [
-        t(
-            lang,
-            "allocated: modelled, as torch.cuda.max_memory_allocated() counts it; the cuBLAS and cuBLASLt workspaces ({0}: one cuBLAS workspace for forward's thread, one for backward's, 1 MiB for cuBLASLt) are included.",
-            &[&bytes(d.cublas_workspace_bytes)],
-        ),
+        if mode == Mode::Inference {
+            t(
+                lang,
+                "allocated: modelled, as torch.cuda.max_memory_allocated() counts it; the cuBLAS and cuBLASLt workspaces ({0}: one cuBLAS workspace for forward's thread, 1 MiB for cuBLASLt) are included.",
+                &[&bytes(d.cublas_workspace_bytes)],
+            )
+        } else {
+            t(
+                lang,
+                "allocated: modelled, as torch.cuda.max_memory_allocated() counts it; the cuBLAS and cuBLASLt workspaces ({0}: one cuBLAS workspace for forward's thread, one for backward's, 1 MiB for cuBLASLt) are included.",
+                &[&bytes(d.cublas_workspace_bytes)],
+            )
+        },
         if d.expandable_segments {
             s(lang, "reserved: modelled, as torch.cuda.max_memory_reserved() counts it: with expandable_segments, one segment per pool that maps pages as it grows (2 MiB for small requests, 20 MiB for large ones).")
         } else {

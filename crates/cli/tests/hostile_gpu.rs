@@ -560,3 +560,31 @@ fn a_missing_card_or_fraction_is_one_line_naming_both_ways() {
         );
     }
 }
+
+/// Inference runs no optimizer: its options were accepted and ignored; the cuBLAS note
+/// described a backward thread's workspace that inference neither has nor counts.
+#[test]
+fn inference_refuses_optimizer_options_and_counts_one_cublas_workspace() {
+    for args in [
+        &["--optimizer", "sgd"][..],
+        &["--momentum", "0.9"],
+        &["--amsgrad"],
+        &["--weight-decay", "0.1"],
+    ] {
+        refused(
+            &[
+                &["memory", "resnet50", "-b", "8", "--mode", "inference"][..],
+                args,
+            ]
+            .concat(),
+            &["is for training (--mode train): inference runs no optimizer"],
+        );
+    }
+    let o = vramlab(&["memory", "resnet50", "-b", "8", "--mode", "inference"]);
+    let text = stdout(&o).split_whitespace().collect::<Vec<_>>().join(" ");
+    assert!(
+        text.contains("one cuBLAS workspace for forward's thread, 1 MiB for cuBLASLt"),
+        "{text}"
+    );
+    assert!(!text.contains("one for backward's"), "{text}");
+}
