@@ -368,6 +368,24 @@ pub struct PlanArgs {
 impl PlanArgs {
     pub fn config(&self, batch_size: u64) -> Result<PlanConfig> {
         let mut cfg = PlanConfig::new(batch_size);
+        // Inference runs no optimizer: its options are refused, not ignored.
+        if self.mode == "inference" {
+            for (given, flag) in [
+                (self.optimizer != "adam", "--optimizer"),
+                (self.momentum != 0.0, "--momentum"),
+                (self.nesterov, "--nesterov"),
+                (self.amsgrad, "--amsgrad"),
+                (self.centered, "--centered"),
+                (self.weight_decay.is_some(), "--weight-decay"),
+                (self.optimizer_impl.is_some(), "--optimizer-impl"),
+            ] {
+                if given {
+                    return Err(UserError(format!(
+                        "{flag} is for training (--mode train): inference runs no optimizer"
+                    )));
+                }
+            }
+        }
         cfg.profile = Profile::parse(&self.profile)?;
         // One validation for every command that takes optimizer options.
         cfg.optimizer = train_cmd::planner_optimizer(
@@ -393,24 +411,6 @@ impl PlanArgs {
                 )))
             }
         };
-        // Inference runs no optimizer: its options are refused, not ignored.
-        if cfg.mode == Mode::Inference {
-            for (given, flag) in [
-                (self.optimizer != "adam", "--optimizer"),
-                (self.momentum != 0.0, "--momentum"),
-                (self.nesterov, "--nesterov"),
-                (self.amsgrad, "--amsgrad"),
-                (self.centered, "--centered"),
-                (self.weight_decay.is_some(), "--weight-decay"),
-                (self.optimizer_impl.is_some(), "--optimizer-impl"),
-            ] {
-                if given {
-                    return Err(UserError(format!(
-                        "{flag} is for training (--mode train): inference runs no optimizer"
-                    )));
-                }
-            }
-        }
         cfg.checkpoint_segments = self.checkpoint_segments;
         if self.accumulation_steps == 0 {
             return Err(UserError("--accumulation-steps must be at least 1".into()));
