@@ -574,6 +574,8 @@ pub struct MemoryReport {
     pub precision: Precision,
     pub mode: Mode,
     pub num_params: u128,
+    /// The parameters this rank keeps on the device: all of them, their shard where
+    /// they are sharded, none under FSDP2's CPU offload.
     pub param_bytes: u128,
     pub buffer_bytes: u128,
     pub batch_bytes: u128,

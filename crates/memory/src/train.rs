@@ -237,6 +237,8 @@ pub(crate) fn run(g: &Shaped, cfg: &PlanConfig) -> Result<(MemoryReport, Vec<u12
             dist::Strategy::Zero1 | dist::Strategy::Zero2 | dist::Strategy::Zero3
         )
     });
+    // The parameters this rank holds on the device (a shard where they are sharded).
+    let mut kept_bytes = 0u128;
     let mut slots: Vec<ParamSlot> = params
         .iter()
         .enumerate()
@@ -251,6 +253,7 @@ pub(crate) fn run(g: &Shaped, cfg: &PlanConfig) -> Result<(MemoryReport, Vec<u12
                 (Some(d), Some(s)) if d.cfg.strategy.shards_params() => s,
                 _ => full,
             };
+            kept_bytes += kept;
             param_sids.push(sim.alloc(kept, Some(Category::Params)));
             let bytes = match (&dist, shard) {
                 _ if offload => 0,
@@ -477,7 +480,7 @@ pub(crate) fn run(g: &Shaped, cfg: &PlanConfig) -> Result<(MemoryReport, Vec<u12
             precision: cfg.precision,
             mode: cfg.mode,
             num_params: g.num_params(),
-            param_bytes: slots.iter().map(|s| s.bytes).sum(),
+            param_bytes: kept_bytes,
             buffer_bytes,
             batch_bytes,
             context_bytes: if rules.cuda { cfg.context_bytes() } else { 0 },
