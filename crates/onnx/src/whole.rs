@@ -306,6 +306,26 @@ impl Cx<'_> {
                 Op::PatchMerge
             }
         };
+        // Every weight the module's nodes read is one the planned op has: an extra one
+        // (a user's learned scale inside the attention) would vanish from the plan.
+        let own: Vec<String> = op
+            .params()
+            .iter()
+            .chain(op.buffers().iter())
+            .map(|t| t.name.to_string())
+            .collect();
+        if let Some((extra, _)) = params.iter().find(|(fqn, _)| {
+            !own.iter()
+                .any(|o| fqn == o || fqn.ends_with(&format!(".{o}")))
+        }) {
+            return Err(fail(
+                self,
+                format!(
+                    "reads `{extra}`, which torchvision's module does not have: vramlab plans \
+                     the module as torchvision builds it"
+                ),
+            ));
+        }
         let name = match kind {
             Whole::PatchMerge => self.unique(format!("{path}.merge")),
             Whole::WindowAttention { .. }

@@ -205,3 +205,38 @@ fn an_optimised_swin_export_is_refused_saying_how_to_export_it() {
         "{e}"
     );
 }
+
+/// A module planned whole (Swin's attention) whose nodes read a weight torchvision's
+/// module lacks (a user's learned scale): the weight vanished from the plan (found by a
+/// hostile pass, session 11). Made here by giving one of the attention's nodes an extra
+/// input, an initializer of 16 values.
+#[test]
+fn a_whole_module_reading_a_weight_torchvision_lacks_is_refused() {
+    let bytes = std::fs::read(onnx("tiny_swin_torchscript_train")).unwrap();
+    let mut m = vramlab_onnx::proto::decode_bytes(&bytes).unwrap();
+    let scope = "/features/features.1/features.1.0/attn/";
+    let node = m
+        .graph
+        .nodes
+        .iter_mut()
+        .find(|n| n.name.starts_with(scope) && n.op_type == "MatMul")
+        .expect("a MatMul in the first block's attention");
+    node.inputs.push("features.1.0.attn.extra.weight".into());
+    m.graph.initializers.push(vramlab_onnx::proto::Tensor {
+        name: "features.1.0.attn.extra.weight".into(),
+        dims: vec![16],
+        data_type: 1,
+        ..Default::default()
+    });
+    let e = vramlab_onnx::from_model(&m, "swin.onnx", "swin", &Options::default())
+        .err()
+        .expect("refused")
+        .to_string();
+    assert!(
+        e.contains(
+            "module `features.1.0.attn` (WindowAttention { v2: false }, opset 17): reads \
+             `features.1.0.attn.extra.weight`, which torchvision's module does not have"
+        ),
+        "{e}"
+    );
+}
