@@ -36,24 +36,26 @@ const SIZE_UNITS: &[(&str, u128)] = &[
     ("mb", 1_000_000),
     ("gb", 1_000_000_000),
     ("tb", 1_000_000_000_000),
+    ("pb", 1_000_000_000_000_000),
     ("kib", 1 << 10),
     ("mib", 1 << 20),
     ("gib", 1 << 30),
     ("tib", 1 << 40),
+    ("pib", 1 << 50),
 ];
 
-const SIZE_HELP: &str = "a number with a unit: B, KB, MB, GB, TB (powers of 1000) or KiB, MiB, \
-                         GiB, TiB (powers of 1024), e.g. 24GiB";
-
-/// Parses `24GiB`, `80GB`, `512MiB`, `1.5 GiB`. A unit is required (a bare `6` is not
-/// 6 bytes by accident): GB, MB, KB and TB are decimal (10^9), GiB, MiB, KiB and TiB
-/// binary (2^30). The result is whole bytes, at most 1 PiB (2^50: no card, context or
-/// buffer comes near it, and every figure derived from it stays a JSON-safe integer).
 /// `n` and its noun, singular for 1: "1 class", "3 classes", "1,200 images".
 pub fn count(n: u128, one: &str, many: &str) -> String {
     format!("{} {}", thousands(n), if n == 1 { one } else { many })
 }
 
+const SIZE_HELP: &str = "a number with a unit: B, KB, MB, GB, TB, PB (powers of 1000) or KiB, \
+                         MiB, GiB, TiB, PiB (powers of 1024), e.g. 24GiB";
+
+/// Parses `24GiB`, `80GB`, `512MiB`, `1.5 GiB`. A unit is required (a bare `6` is not
+/// 6 bytes by accident): GB, MB, KB and TB are decimal (10^9), GiB, MiB, KiB and TiB
+/// binary (2^30). The result is whole bytes, at most 1 PiB (2^50: no card, context or
+/// buffer comes near it, and every figure derived from it stays a JSON-safe integer).
 pub fn parse_size(s: &str) -> Result<u128, String> {
     let t = s.trim();
     let split = t
@@ -318,13 +320,17 @@ mod tests {
         let e = parse_size("6").unwrap_err();
         assert_eq!(
             e,
-            "`6` is not a size: it needs a unit, a number with a unit: B, KB, MB, GB, TB \
-             (powers of 1000) or KiB, MiB, GiB, TiB (powers of 1024), e.g. 24GiB"
+            "`6` is not a size: it needs a unit, a number with a unit: B, KB, MB, GB, TB, PB \
+             (powers of 1000) or KiB, MiB, GiB, TiB, PiB (powers of 1024), e.g. 24GiB"
         );
+        // The largest size printed is one that can be given (1 PiB).
+        assert_eq!(parse_size("1PiB").unwrap(), 1 << 50);
+        assert_eq!(parse_size("1PB").unwrap(), 1_000_000_000_000_000);
+        assert!(parse_size("2PiB").unwrap_err().contains("at most 1 PiB"));
         // Single letters are ambiguous between the two systems.
         assert!(parse_size("12G")
             .unwrap_err()
-            .contains("KiB, MiB, GiB, TiB"));
+            .contains("KiB, MiB, GiB, TiB, PiB"));
         assert!(parse_size("1.2.3GB").is_err());
         assert!(parse_size(".GB").is_err());
         assert!(parse_size("0.1B")

@@ -34,7 +34,7 @@ pub struct OptimArgs {
     pub lr: Option<f64>,
     /// Momentum (SGD, RMSprop), 0 or more.
     #[arg(long)]
-    pub momentum: Option<f32>,
+    pub momentum: Option<f64>,
     /// Nesterov momentum (SGD, needs --momentum).
     #[arg(long)]
     pub nesterov: bool,
@@ -46,7 +46,21 @@ pub struct OptimArgs {
     pub centered: bool,
     /// Weight decay, 0 or more (default: PyTorch's, 0 or 0.01 for AdamW).
     #[arg(long)]
-    pub weight_decay: Option<f32>,
+    pub weight_decay: Option<f64>,
+}
+
+/// A float32 option of the engine from its f64: values past float32's range (which
+/// read as inf, or a positive one as 0) are refused naming the option.
+fn as_f32(flag: &str, v: f64) -> Result<f32> {
+    let a = v.abs();
+    // NaN, infinity and 0 are the planner's to judge, in its words.
+    if !a.is_finite() || a == 0.0 || (f32::MIN_POSITIVE as f64..=f32::MAX as f64).contains(&a) {
+        return Ok(v as f32);
+    }
+    Err(UserError(format!(
+        "{flag} {v:e} is outside float32's range (1.2e-38 to 3.4e38), the precision the \
+         weights are updated in"
+    )))
 }
 
 /// The planner's optimizer from command-line options, checked as one: the `memory`,
@@ -156,10 +170,21 @@ impl OptimArgs {
         Ok(Some(lr as f32))
     }
 
+    fn momentum(&self) -> Result<f32> {
+        as_f32("--momentum", self.momentum.unwrap_or(0.0))
+    }
+
+    fn weight_decay(&self) -> Result<Option<f32>> {
+        self.weight_decay
+            .map(|w| as_f32("--weight-decay", w))
+            .transpose()
+    }
+
     pub fn engine(&self) -> Result<OptimizerConfig> {
         self.planner()?;
         let mut c = OptimizerConfig::named(self.name(), self.lr()?)?;
-        let m = self.momentum.unwrap_or(0.0);
+        let m = self.momentum()?;
+        let wd = self.weight_decay()?;
         match &mut c {
             OptimizerConfig::Sgd {
                 momentum,
@@ -169,7 +194,7 @@ impl OptimArgs {
             } => {
                 *momentum = m;
                 *nesterov = self.nesterov;
-                if let Some(w) = self.weight_decay {
+                if let Some(w) = wd {
                     *weight_decay = w;
                 }
             }
@@ -179,7 +204,7 @@ impl OptimArgs {
                 ..
             } => {
                 *amsgrad = self.amsgrad;
-                if let Some(w) = self.weight_decay {
+                if let Some(w) = wd {
                     *weight_decay = w;
                 }
             }
@@ -191,12 +216,12 @@ impl OptimArgs {
             } => {
                 *momentum = m;
                 *centered = self.centered;
-                if let Some(w) = self.weight_decay {
+                if let Some(w) = wd {
                     *weight_decay = w;
                 }
             }
             OptimizerConfig::Adagrad { weight_decay, .. } => {
-                if let Some(w) = self.weight_decay {
+                if let Some(w) = wd {
                     *weight_decay = w;
                 }
             }
@@ -209,11 +234,11 @@ impl OptimArgs {
     pub fn planner(&self) -> Result<Optimizer> {
         planner_optimizer(
             self.name(),
-            self.momentum.unwrap_or(0.0) as f64,
+            self.momentum.unwrap_or(0.0),
             self.nesterov,
             self.amsgrad,
             self.centered,
-            self.weight_decay.map(f64::from),
+            self.weight_decay,
         )
     }
 
@@ -230,7 +255,7 @@ impl OptimArgs {
             let mut wanted = self.engine()?;
             wanted.set_lr(stored.lr());
             let mut same = stored.clone();
-            if let Some(w) = self.weight_decay {
+            if let Some(w) = self.weight_decay()? {
                 set_weight_decay(&mut same, w);
             }
             let mut wanted_cmp = wanted.clone();
@@ -251,7 +276,7 @@ impl OptimArgs {
         if let Some(lr) = self.lr()? {
             c.set_lr(lr);
         }
-        if let Some(w) = self.weight_decay {
+        if let Some(w) = self.weight_decay()? {
             planner_optimizer(c.name(), 0.0, false, false, false, Some(w as f64))?;
             set_weight_decay(&mut c, w);
         }

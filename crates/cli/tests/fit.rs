@@ -136,7 +136,7 @@ fn a_size_needs_a_unit_and_says_what_it_was_read_as() {
         "--memory: `6` is not a size",
     );
     assert!(
-        e.contains("B, KB, MB, GB, TB") && e.contains("KiB, MiB, GiB, TiB"),
+        e.contains("B, KB, MB, GB, TB, PB") && e.contains("KiB, MiB, GiB, TiB, PiB"),
         "{e}"
     );
     user_error(&["fit", "simple_cnn", "--memory", "12G"], "is not a size");

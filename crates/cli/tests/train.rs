@@ -797,6 +797,14 @@ fn senseless_numbers_are_refused_before_training() {
         ),
         (&["--lr", "1e39"], "--lr 1e39 is outside float32's range"),
         (
+            &["--weight-decay", "1e39"],
+            "--weight-decay 1e39 is outside float32's range",
+        ),
+        (
+            &["--optimizer", "sgd", "--momentum", "1e-50"],
+            "--momentum 1e-50 is outside float32's range",
+        ),
+        (
             &["--max-steps", "0"],
             "--max-steps must be at least 1, got 0",
         ),

@@ -896,7 +896,7 @@ pub fn lr_advice(base_batch: u64, base_lr: f64, batch: u64) -> Result<LrAdvice, 
     }
     if !(base_lr.is_finite() && base_lr > 0.0) {
         return Err(PlanError::Config(format!(
-            "--base-lr must be a finite number more than 0, got {base_lr:e}"
+            "--base-lr must be a finite number more than 0, got {base_lr}"
         )));
     }
     if batch == 0 {
