@@ -178,6 +178,13 @@ pub fn from_model(
         .find(|(d, _)| d.is_empty() || d == "ai.onnx")
         .map(|&(_, v)| v)
         .ok_or_else(|| OnnxError(format!("{file}: imports no default ONNX opset")))?;
+    // Opsets count from 1 (ONNX's first release); a newer one than the reader knows is
+    // read by the latest rules it has.
+    if opset < 1 {
+        return Err(OnnxError(format!(
+            "{file}: imports opset {opset}: ONNX's opsets count from 1"
+        )));
+    }
     let mut cx = Cx {
         file,
         opset,
@@ -665,7 +672,14 @@ impl Cx<'_> {
         };
         match &dims[0] {
             Dim::Param(p) => self.notes.batch = Some(p.clone()),
-            Dim::Value(v) => self.notes.fixed_batch = Some(*v),
+            Dim::Value(v) if *v >= 1 => self.notes.fixed_batch = Some(*v),
+            Dim::Value(v) => {
+                return Err(OnnxError(format!(
+                    "{}: input `{}` has a batch dimension of {v}: a batch is at least 1 (or \
+                     symbolic)",
+                    self.file, input.name
+                )))
+            }
             Dim::Unknown => self.notes.batch = Some("?".into()),
         }
         let _ = name;

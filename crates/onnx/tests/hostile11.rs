@@ -242,3 +242,19 @@ fn only_outputs_shaped_like_the_logits_are_auxiliary_classifiers() {
         "{e}"
     );
 }
+
+/// A batch dimension of -5 or 0 and opset -3 or 0 were read with a note ("the file fixes
+/// the batch at -5").
+#[test]
+fn a_batch_below_one_and_an_opset_below_one_are_refused() {
+    let e = read("batchneg.onnx").unwrap_err();
+    assert!(
+        e.contains("input `x` has a batch dimension of -5: a batch is at least 1"),
+        "{e}"
+    );
+    let e = read("opset0.onnx").unwrap_err();
+    assert!(
+        e.contains("imports opset 0: ONNX's opsets count from 1"),
+        "{e}"
+    );
+}

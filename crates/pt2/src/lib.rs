@@ -441,6 +441,16 @@ impl Cx<'_> {
                 .collect(),
             _ => None,
         };
+        // A size recorded as a number that is no positive integer is no symbol: named.
+        if let Some((k, d)) = sizes.iter().enumerate().find_map(|(k, d)| {
+            d.get("as_int")
+                .filter(|v| !v.as_i64().is_some_and(|v| v > 0))
+                .map(|v| (k, v))
+        }) {
+            return Err(self.err(format!(
+                "input `{input}`: size {k} is {d}, not a positive integer below 2^63"
+            )));
+        }
         let Some(chw) = chw else {
             return Err(self.err(if sizes.len() == 4 {
                 format!(

@@ -364,3 +364,35 @@ fn a_bias_whose_sizes_contradict_its_layer_is_refused() {
         assert!(msg.contains(want), "{msg}");
     }
 }
+
+/// Sizes recorded as numbers that are no positive integers (2^70, 32.5, a batch of -7)
+/// were called symbolic, or noted as a fixed batch.
+#[test]
+fn input_sizes_that_are_not_positive_integers_are_named() {
+    for (k, size, want) in [
+        (
+            2,
+            serde_json::json!(32.5),
+            "input `x`: size 2 is 32.5, not a positive integer",
+        ),
+        (
+            0,
+            serde_json::json!(-7),
+            "input `x`: size 0 is -7, not a positive integer",
+        ),
+        (
+            3,
+            serde_json::json!(0),
+            "input `x`: size 3 is 0, not a positive integer",
+        ),
+    ] {
+        let mut j: serde_json::Value = serde_json::from_str(&simple_cnn_json()).unwrap();
+        j["graph_module"]["graph"]["tensor_values"]["x"]["sizes"][k] =
+            serde_json::json!({ "as_int": size });
+        let json = j.to_string();
+        let msg = read(&stored_zip(&[("m/models/model.json", json.as_bytes())]))
+            .unwrap_err()
+            .0;
+        assert!(msg.contains(want), "{msg}");
+    }
+}
