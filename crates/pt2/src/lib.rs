@@ -444,7 +444,7 @@ impl Cx<'_> {
         // A size recorded as a number that is no positive integer is no symbol: named.
         if let Some((k, d)) = sizes.iter().enumerate().find_map(|(k, d)| {
             d.get("as_int")
-                .filter(|v| !v.as_i64().is_some_and(|v| v > 0))
+                .filter(|v| v.as_i64().is_none_or(|v| v <= 0))
                 .map(|v| (k, v))
         }) {
             return Err(self.err(format!(
