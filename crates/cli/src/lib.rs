@@ -228,8 +228,14 @@ pub fn load_graph(
         let l = vramlab_onnx::load(std::path::Path::new(name), onnx)?;
         (l.graph, l.notes)
     } else {
-        return Ok(vramlab_graph::load(name, opts)?);
+        let mut g = vramlab_graph::load(name, opts)?;
+        // A model file (not a zoo name) is named in the errors about its layers.
+        if std::path::Path::new(name).is_file() {
+            g.source = Some(name.to_string());
+        }
+        return Ok(g);
     };
+    g.source = Some(name.to_string());
     for n in &notes {
         note(n);
     }

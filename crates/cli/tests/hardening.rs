@@ -303,6 +303,8 @@ fn model_files_whose_names_collide_or_sizes_wrap_are_refused() {
             let stderr = String::from_utf8_lossy(&o.stderr);
             assert_eq!(o.status.code(), Some(2), "{cmd} {file}: {stderr}");
             assert!(stderr.contains(want), "{cmd} {file}: {stderr}");
+            // Each names the file, PyTorch's own errors included.
+            assert!(stderr.starts_with(&format!("error: {path}: ")), "{stderr}");
             assert_eq!(stderr.lines().count(), 1, "{stderr}");
         }
     }

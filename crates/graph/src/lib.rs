@@ -85,6 +85,10 @@ pub struct Graph {
     /// building them: `zoo::init`).
     #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
     pub init: std::collections::BTreeMap<String, op::Init>,
+    /// The file the model was read from, for the errors that name a layer of it (not
+    /// saved with the graph).
+    #[serde(skip)]
+    pub source: Option<String>,
 }
 
 /// What can be wrong with a graph or a model description.
@@ -148,6 +152,7 @@ impl GraphBuilder {
                 aux: Vec::new(),
                 param_order: None,
                 init: Default::default(),
+                source: None,
             },
         }
     }
@@ -295,6 +300,7 @@ impl Graph {
             aux: Vec::new(),
             param_order,
             init: self.init.clone(),
+            source: self.source.clone(),
         }
     }
 

@@ -527,16 +527,27 @@ impl PlanConfig {
 pub enum PlanError {
     /// A setting is invalid (names it).
     Config(String),
-    /// PyTorch itself would fail (names the layer), as BatchNorm does on one value per
-    /// channel in training.
-    Framework { layer: String, message: String },
+    /// PyTorch itself would fail (names the layer, and the model file it is in), as
+    /// BatchNorm does on one value per channel in training.
+    Framework {
+        layer: String,
+        message: String,
+        file: Option<String>,
+    },
 }
 
 impl fmt::Display for PlanError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             PlanError::Config(m) => f.write_str(m),
-            PlanError::Framework { layer, message } => {
+            PlanError::Framework {
+                layer,
+                message,
+                file,
+            } => {
+                if let Some(file) = file {
+                    write!(f, "{file}: ")?;
+                }
                 write!(f, "layer `{layer}`: PyTorch fails here: {message}")
             }
         }

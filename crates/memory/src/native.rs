@@ -186,6 +186,7 @@ impl Native<'_> {
                             // Same check and message as the engine, which frees `out` first.
                             self.sim.decref(out);
                             return Err(PlanError::Framework {
+                                file: g.graph.source.clone(),
                                 layer: node.name.clone(),
                                 message: format!(
                                     "Expected more than 1 value per channel when training, got input size torch.Size([{}])",

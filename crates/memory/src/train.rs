@@ -176,9 +176,13 @@ pub(crate) fn run(g: &Shaped, cfg: &PlanConfig) -> Result<(MemoryReport, Vec<u12
     };
     let params = g.params();
     if params.is_empty() && cfg.mode == Mode::Train {
-        return Err(PlanError::Config(
-            "the model has no parameters, so there is nothing to train".into(),
-        ));
+        return Err(PlanError::Config(format!(
+            "{}the model has no parameters, so there is nothing to train",
+            g.graph
+                .source
+                .as_ref()
+                .map_or(String::new(), |f| format!("{f}: "))
+        )));
     }
     let micro = (cfg.batch_size / acc as u64) as u128;
     let half_model = cfg.precision == Precision::Bf16;
@@ -930,10 +934,14 @@ impl Runner<'_> {
         };
         let out = vals[n - 1].expect("computed");
         if train && out.grad_fn.is_none() {
-            return Err(PlanError::Config(
-                "the model's output does not depend on any parameter, so there is nothing to train"
-                    .into(),
-            ));
+            return Err(PlanError::Config(format!(
+                "{}the model's output does not depend on any parameter, so there is nothing to \
+                 train",
+                g.graph
+                    .source
+                    .as_ref()
+                    .map_or(String::new(), |f| format!("{f}: "))
+            )));
         }
         Ok(out)
     }
@@ -1165,6 +1173,7 @@ impl Runner<'_> {
                     let spatial: u128 = g.shapes[i][1..].iter().map(|&d| d as u128).product();
                     if train && b * spatial == 1 {
                         return Err(PlanError::Framework {
+                            file: g.graph.source.clone(),
                             layer: node.name.clone(),
                             message: format!(
                                 "ValueError: Expected more than 1 value per channel when training, got input size torch.Size([{}])",
@@ -1217,6 +1226,7 @@ impl Runner<'_> {
                         if let Op::Act { kind: pk, .. } = &p.op {
                             if pk.record().saves == Saves::Result && x.grad_fn.is_some() {
                                 return Err(PlanError::Framework {
+                                    file: g.graph.source.clone(),
                                     layer: node.name.clone(),
                                     message: format!(
                                         "{}(inplace=True) overwrites the output of layer `{}` \
