@@ -111,7 +111,7 @@ class Errors(unittest.TestCase):
     def test_messages_name_the_option(self):
         with self.assertRaisesRegex(vramlab.VramlabError, "--batch-size"):
             vramlab.memory("resnet18", batch_size=-1)
-        with self.assertRaisesRegex(vramlab.VramlabError, "not provided: --gpu"):
+        with self.assertRaisesRegex(vramlab.VramlabError, "give the card: --gpu NAME .* or its memory with --memory SIZE"):
             vramlab.fit("resnet18")
         with self.assertRaisesRegex(vramlab.VramlabError, "printed no result"):
             vramlab.memory("resnet18", help=True)

@@ -39,6 +39,7 @@ static ZH: &[(&str, &str)] = &[
     ("Learning rate at the global batch {0} ({1} ranks; tuned {2} at batch {3}):", "全局批大小 {0} 下的学习率（{1} 个进程；在批大小 {3} 时调得 {2}）："),
     ("No strategy fits {0} images per GPU ({1} in all) in one step. With gradient accumulation, the cheapest: {2}, micro-batches of {3} per GPU with --accumulation-steps {4} ({5} in all).", "没有策略能在一步内容纳每个 GPU {0} 张图像（总计 {1}）。使用梯度累积，最省的是：{2}，每个 GPU 微批 {3}，--accumulation-steps {4}（总计 {5}）。"),
     ("No strategy fits {0} images per GPU ({1} in all) in one step.", "没有策略能在一步内容纳每个 GPU {0} 张图像（总计 {1}）。"),
+    ("Activation checkpointing: the layers in {0} segments (checkpoint_sequential); forward runs again in backward.", "激活检查点：各层分为 {0} 段（checkpoint_sequential）；前向在反向中再运行一次。"),
     ("one rank of {0} (--gpus {1} x --nodes {2}), strategy {3}: batch {4} per rank, {5} in all", "{0} 个进程中的一个（--gpus {1} x --nodes {2}），策略 {3}：每个进程批大小 {4}，总计 {5}"),
     ("many GPUs: DDP's gradient buckets, DeepSpeed's IPG buffers, gathered parameters and reduce-scatter buffers of sharding", "多 GPU：DDP 的梯度桶、DeepSpeed 的 IPG 缓冲、分片训练中聚合的参数与 reduce-scatter 缓冲"),
     ("Peak of step {0}: {1} ({2} B) in {3}, at {4}.", "第 {0} 步峰值：{1}（{2} B），出现在{3}阶段，位置 {4}。"),

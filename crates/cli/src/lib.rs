@@ -761,7 +761,8 @@ pub fn main() {
     if cli.lang.is_none() {
         cli.lang = Some(match std::env::var("VRAMLAB_LANG").as_deref() {
             Ok("zh") => lang::Lang::Zh,
-            Ok("en") | Err(_) => lang::Lang::En,
+            // Set but empty reads as unset, as shells' `VAR= cmd` means.
+            Ok("en") | Ok("") | Err(_) => lang::Lang::En,
             Ok(v) => {
                 eprintln!("error: VRAMLAB_LANG `{v}`: expected en or zh (or unset it)");
                 std::process::exit(2);

@@ -138,6 +138,14 @@ pub fn setup_lines(r: &MemoryReport, lang: Lang) -> String {
         ));
         out.push('\n');
     }
+    if r.checkpoint_segments > 1 {
+        out.push_str(&t(
+            lang,
+            "Activation checkpointing: the layers in {0} segments (checkpoint_sequential); forward runs again in backward.",
+            &[&r.checkpoint_segments],
+        ));
+        out.push('\n');
+    }
     if let Some(d) = &r.distributed {
         out.push_str(&t(
             lang,

@@ -652,6 +652,10 @@ impl ModelSource {
         if let Some(s) = &opts.input_shape {
             g.input_shape = s.clone();
         }
+        // A model file is named in the planner's errors about its layers.
+        if !matches!(self, ModelSource::Zoo(_)) {
+            g.source = Some(origin.to_string());
+        }
         // The layer an error names is in this model: say which model, and from where.
         g.infer().map_err(|e| UserError(format!("{origin}: {e}")))
     }

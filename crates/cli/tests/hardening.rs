@@ -337,8 +337,8 @@ fn layer_names_are_bounded_and_branch_names_checked() {
     for (file, want) in [
         (
             &long,
-            "invalid graph: layer 1's name is 513 characters long, more than the 512 a name \
-             may have",
+            "invalid graph: a layer's name (`aaaaaaaaaaaaaaaaaaaaaaaa...`) is 513 characters \
+             long, more than the 512 a name may have",
         ),
         (
             &branch,

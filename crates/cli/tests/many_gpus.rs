@@ -398,6 +398,8 @@ fn the_report_says_it_is_one_rank_of_many() {
         "zero2",
         "--accumulation-steps",
         "2",
+        "--checkpoint-segments",
+        "4",
         "--out",
         "-",
     ]);
@@ -406,6 +408,7 @@ fn the_report_says_it_is_one_rank_of_many() {
     for want in [
         "training with Adam(), profile pytorch-cuda, fp32",
         "Gradient accumulation: 2 micro-batches of 16 per optimizer step",
+        "Activation checkpointing: the layers in 4 segments (checkpoint_sequential)",
         "one rank of 8 (--gpus 8 x --nodes 1), strategy zero2: batch 32 per rank, 256 in all",
     ] {
         assert!(html.contains(want), "{want}");

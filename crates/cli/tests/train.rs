@@ -1402,3 +1402,31 @@ fn an_onnx_file_with_an_auxiliary_output_trains_from_a_fresh_initialisation() {
     );
     std::fs::remove_dir_all(&root).ok();
 }
+
+/// `train` refuses an in-place ReLU over a Tanh's output as `memory` does: PyTorch fails
+/// at backward, and the engine trained it with a gradient no PyTorch run gives (found by
+/// a hostile pass, session 11).
+#[test]
+fn train_refuses_an_inplace_activation_over_an_output_backward_reads() {
+    let root = tmp("tanh-inplace");
+    cifar(&root, 16);
+    let model = format!(
+        "{}/tests/fixtures/hostile11/tanh_relu_inplace.toml",
+        env!("CARGO_MANIFEST_DIR")
+    );
+    let err = refused(&[
+        "train",
+        &model,
+        "--data",
+        "cifar10",
+        "--root",
+        root.to_str().unwrap(),
+        "--max-steps",
+        "1",
+    ]);
+    assert!(
+        err.contains("tanh_relu_inplace.toml: layer `2`: PyTorch fails here: ReLU(inplace=True)"),
+        "{err}"
+    );
+    std::fs::remove_dir_all(&root).ok();
+}

@@ -337,8 +337,9 @@ impl Graph {
             // row of a table, made gigabytes of output.
             let len = node.name.chars().count();
             if len > MAX_NAME_CHARS {
+                let start: String = node.name.chars().take(24).collect();
                 return Err(GraphError::Structure(format!(
-                    "layer {i}'s name is {len} characters long, more than the \
+                    "a layer's name (`{start}...`) is {len} characters long, more than the \
                      {MAX_NAME_CHARS} a name may have"
                 )));
             }

@@ -34,7 +34,7 @@ mod train;
 
 use serde::Serialize;
 use std::fmt;
-use vramlab_graph::Shaped;
+use vramlab_graph::{Op, Shaped};
 
 pub use vramlab_graph::categories::{Category, CategoryBytes, Phase};
 
@@ -580,6 +580,9 @@ pub struct MemoryReport {
     /// Gradient accumulation: the batch runs as this many micro-batches per optimizer
     /// step (1: none); the figures are one micro-batch's step.
     pub accumulation_steps: u32,
+    /// Activation checkpointing: the model's layers in this many segments
+    /// (`checkpoint_sequential`; 0 or 1: none).
+    pub checkpoint_segments: u32,
     pub profile: Profile,
     pub optimizer: String,
     pub precision: Precision,
@@ -681,6 +684,53 @@ pub struct DeviceOom {
     pub reserved_bytes: u128,
 }
 
+/// PyTorch's autograd refuses, at backward, an in-place activation over an output its
+/// producer's backward reads (ReLU's, Sigmoid's and Tanh's `result`, derivatives.yaml):
+/// "one of the variables needed for gradient computation has been modified by an
+/// inplace operation". Node `i`'s error, where it is one (in training, where the
+/// producer's output requires grad: it does not read the image directly).
+pub(crate) fn inplace_over_saved_result(graph: &Shaped, i: usize) -> Option<PlanError> {
+    let node = &graph.nodes()[i];
+    let Op::Act {
+        kind,
+        inplace: true,
+    } = &node.op
+    else {
+        return None;
+    };
+    let p = &graph.nodes()[*node.inputs.first()?];
+    let Op::Act { kind: pk, .. } = &p.op else {
+        return None;
+    };
+    let requires_grad = p.inputs.first().is_some_and(|&j| j != 0);
+    (pk.record().saves == vramlab_graph::act::Saves::Result && requires_grad).then(|| {
+        PlanError::Framework {
+            file: graph.graph.source.clone(),
+            layer: node.name.clone(),
+            message: format!(
+                "{}(inplace=True) overwrites the output of layer `{}` ({}), which its backward \
+                 reads: RuntimeError: one of the variables needed for gradient computation has \
+                 been modified by an inplace operation",
+                kind.class_name(),
+                p.name,
+                pk.class_name()
+            ),
+        }
+    })
+}
+
+/// Training a model autograd refuses (an in-place activation over a saved result) is
+/// refused by every planner, as PyTorch's backward would fail.
+fn refuse_what_autograd_refuses(graph: &Shaped, cfg: &PlanConfig) -> Result<(), PlanError> {
+    if cfg.mode != Mode::Train {
+        return Ok(());
+    }
+    match (1..graph.nodes().len()).find_map(|i| inplace_over_saved_result(graph, i)) {
+        Some(e) => Err(e),
+        None => Ok(()),
+    }
+}
+
 /// Plans the memory of training (or inference) for `graph` under `cfg`.
 pub fn plan(graph: &Shaped, cfg: &PlanConfig) -> Result<MemoryReport, PlanError> {
     // What only training has: refused in inference rather than ignored.
@@ -696,6 +746,7 @@ pub fn plan(graph: &Shaped, cfg: &PlanConfig) -> Result<MemoryReport, PlanError>
             }
         }
     }
+    refuse_what_autograd_refuses(graph, cfg)?;
     if cfg.profile == Profile::Native {
         return native::run(graph, cfg);
     }
@@ -706,5 +757,6 @@ pub fn plan(graph: &Shaped, cfg: &PlanConfig) -> Result<MemoryReport, PlanError>
 /// graph node. A tensor kept by two layers (a ReLU output that the next max-pool also
 /// keeps) counts for the first; the input batch and parameters are not counted.
 pub fn saved_for_backward(graph: &Shaped, cfg: &PlanConfig) -> Result<Vec<u128>, PlanError> {
+    refuse_what_autograd_refuses(graph, cfg)?;
     train::run(graph, cfg).map(|(_, saved)| saved)
 }

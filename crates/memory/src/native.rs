@@ -803,6 +803,7 @@ pub(crate) fn run(g: &Shaped, cfg: &PlanConfig) -> Result<MemoryReport, PlanErro
         input_shape: g.graph.input_shape.clone(),
         batch_size: cfg.batch_size,
         accumulation_steps: cfg.accumulation_steps.max(1),
+        checkpoint_segments: cfg.checkpoint_segments,
         profile: cfg.profile,
         optimizer: cfg.optimizer.describe(),
         precision: cfg.precision,

@@ -479,6 +479,7 @@ pub(crate) fn run(g: &Shaped, cfg: &PlanConfig) -> Result<(MemoryReport, Vec<u12
             input_shape: g.graph.input_shape.clone(),
             batch_size: cfg.batch_size,
             accumulation_steps: cfg.accumulation_steps.max(1),
+            checkpoint_segments: cfg.checkpoint_segments,
             profile: cfg.profile,
             optimizer: cfg.optimizer.describe(),
             precision: cfg.precision,
@@ -1219,28 +1220,6 @@ impl Runner<'_> {
                 }
                 Op::Act { kind, inplace } => {
                     let rec = kind.record();
-                    // In place over an output its producer's backward reads (ReLU's,
-                    // Sigmoid's, Tanh's `result`): autograd's version check fails.
-                    let producer = node.inputs.first().map(|&j| &g.nodes()[j]);
-                    if let (true, true, Some(p)) = (*inplace, train, producer) {
-                        if let Op::Act { kind: pk, .. } = &p.op {
-                            if pk.record().saves == Saves::Result && x.grad_fn.is_some() {
-                                return Err(PlanError::Framework {
-                                    file: g.graph.source.clone(),
-                                    layer: node.name.clone(),
-                                    message: format!(
-                                        "{}(inplace=True) overwrites the output of layer `{}` \
-                                         ({}), which its backward reads: RuntimeError: one of \
-                                         the variables needed for gradient computation has been \
-                                         modified by an inplace operation",
-                                        kind.class_name(),
-                                        p.name,
-                                        pk.class_name()
-                                    ),
-                                });
-                            }
-                        }
-                    }
                     let fwd = match (inplace, rec.forward_inplace) {
                         (true, Some(f)) => f,
                         _ => rec.forward,
@@ -3319,6 +3298,10 @@ impl DistState {
             dist::Strategy::Zero3 => {
                 for (p, t) in params.iter().enumerate() {
                     param_shard[p] = t.numel().div_ceil(ranks) * elem;
+                }
+                // What a unit gathers: its partitions from every rank.
+                for (u, ps) in unit_params.iter().enumerate() {
+                    unit_bytes[u] = ps.iter().map(|&p| param_shard[p] * ranks).sum();
                 }
             }
             // ZeRO-1/2: the parameter group flattened and aligned to 2W elements, each

@@ -896,7 +896,10 @@ impl Cx<'_> {
                 if dims.len() != 1 || dims[0] != len as i64 {
                     return Err(self.fail(
                         n,
-                        format!("`{name}` has dims {dims:?}, expected [{len}] (one per channel)"),
+                        format!(
+                            "`{name}` has dims {dims:?}, expected [{len}] (one per output channel \
+                             or feature)"
+                        ),
                     ));
                 }
             }

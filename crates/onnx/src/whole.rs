@@ -31,6 +31,21 @@ pub(crate) enum Whole {
     RelPos,
 }
 
+impl Whole {
+    /// torchvision's class of the module, as `summary` names it.
+    fn class_name(self) -> &'static str {
+        match self {
+            Whole::WindowAttention { v2: false } => "ShiftedWindowAttention",
+            Whole::WindowAttention { v2: true } => "ShiftedWindowAttentionV2",
+            Whole::PatchMerge => "PatchMerging",
+            Whole::Partition => "WindowPartition",
+            Whole::Swap => "SwapAxes",
+            Whole::Departition => "WindowDepartition",
+            Whole::RelPos => "RelativePositionalMultiHeadAttention",
+        }
+    }
+}
+
 /// A Python list literal of names (`['', 'features', 'features.1']`).
 fn list(s: &str) -> Vec<&str> {
     let s = s.trim().trim_start_matches('[').trim_end_matches(']');
@@ -156,8 +171,10 @@ impl Cx<'_> {
     ) -> Result<(), OnnxError> {
         let fail = |cx: &Self, msg: String| {
             OnnxError(format!(
-                "{}: module `{path}` ({kind:?}, opset {}): {msg}",
-                cx.file, cx.opset
+                "{}: module `{path}` ({}, opset {}): {msg}",
+                cx.file,
+                kind.class_name(),
+                cx.opset
             ))
         };
         const RENAMED: &str = " (the dynamo exporter's optimiser renames and merges weights: \

@@ -234,7 +234,7 @@ fn a_whole_module_reading_a_weight_torchvision_lacks_is_refused() {
     };
     assert!(
         e.contains(
-            "module `features.1.0.attn` (WindowAttention { v2: false }, opset 17): reads \
+            "module `features.1.0.attn` (ShiftedWindowAttention, opset 17): reads \
              `features.1.0.attn.extra.weight`, which torchvision's module does not have"
         ),
         "{e}"

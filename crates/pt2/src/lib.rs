@@ -684,7 +684,10 @@ impl Cx<'_> {
         match p {
             Some((fqn, d)) if d[..] != [len] => Err(self.fail(
                 n,
-                format!("`{fqn}` has sizes {d:?}, expected [{len}] (one per channel)"),
+                format!(
+                    "`{fqn}` has sizes {d:?}, expected [{len}] (one per output channel or \
+                     feature)"
+                ),
             )),
             _ => Ok(()),
         }

@@ -342,17 +342,17 @@ fn a_bias_whose_sizes_contradict_its_layer_is_refused() {
             "p_conv1_bias",
             serde_json::json!([{ "as_int": 7 }]),
             "node `conv2d` (torch.ops.aten.conv2d.default): `conv1.bias` has sizes [7], \
-             expected [6] (one per channel)",
+             expected [6] (one per output channel or feature)",
         ),
         (
             "p_fc3_bias",
             serde_json::json!([{ "as_int": 3 }, { "as_int": 5 }]),
-            "`fc3.bias` has sizes [3, 5], expected [10] (one per channel)",
+            "`fc3.bias` has sizes [3, 5], expected [10] (one per output channel or feature)",
         ),
         (
             "p_fc3_bias",
             serde_json::json!([]),
-            "`fc3.bias` has sizes [], expected [10] (one per channel)",
+            "`fc3.bias` has sizes [], expected [10] (one per output channel or feature)",
         ),
     ] {
         let mut j: serde_json::Value = serde_json::from_str(&simple_cnn_json()).unwrap();
