@@ -376,6 +376,13 @@ pub fn fit(a: &FitArgs) -> Result<()> {
                         .into(),
                 ));
             }
+            if a.base_lr.is_some() {
+                return Err(UserError(
+                    "--base-lr: the strategy comparison gives no learning rate; give \
+                     --strategy S for one strategy's advice"
+                        .into(),
+                ));
+            }
             return compare_strategies(a, &g, &cfg, cards);
         }
     }
@@ -679,7 +686,7 @@ fn compare_strategies(
         "{}",
         s(
             lang,
-            "Per rank, modelled; NCCL's buffers are an estimate (--nccl-buffer). --strategy S shows one strategy in full, with the allocator."
+            "Per rank, modelled; NCCL's buffers are an estimate (--nccl-buffer). --strategy S shows one strategy in full, with the allocator, and plans the two left out here (zero3, fsdp1)."
         )
     );
     Ok(())
@@ -1045,6 +1052,15 @@ pub fn render(o: &FitJson, lang: Lang) -> String {
             )
         });
         out.push('\n');
+        // An effective batch past the dataset: one step would be more than an epoch.
+        if let Some(n) = r.dataset_size.filter(|&n| acc.target_batch > n) {
+            out.push_str(&t(
+                lang,
+                "That effective batch is more than the {0} training images: one optimizer step would take more than an epoch.",
+                &[&thousands(n as u128 * world)],
+            ));
+            out.push('\n');
+        }
     }
     if let Some(lr) = &o.lr_advice {
         out.push('\n');

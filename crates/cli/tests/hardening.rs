@@ -292,6 +292,11 @@ fn model_files_whose_names_collide_or_sizes_wrap_are_refused() {
              for gradient computation has been modified by an inplace operation",
         ),
         (
+            "conv_pad_huge.toml",
+            "layer `0`: padding 9223372036854775807x9223372036854775807 makes a padded input \
+             of more than 2^128 elements per image",
+        ),
+        (
             "departition_wrap.toml",
             "layer `1`: shape '[B, 4, 4, 4611686018427387912, 4611686018427387912, 3]' is \
              invalid for input of size B*3072",

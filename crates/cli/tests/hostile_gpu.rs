@@ -615,3 +615,63 @@ fn an_empty_language_variable_is_unset() {
         .expect("runs");
     assert!(o.status.success(), "{}", stderr(&o));
 }
+
+/// From the verification pass (session 11): an effective batch past the dataset is
+/// pointed out; the strategy comparison refuses --base-lr (it gave no learning rate) and
+/// says which strategies it leaves out; the BatchNorm error says its batch of 1 is a
+/// micro-batch.
+#[test]
+fn what_the_verification_pass_found_left() {
+    let o = vramlab(&[
+        "fit",
+        "resnet50",
+        "--gpu",
+        "a100-40gb",
+        "--target-batch",
+        "4096",
+        "--dataset-size",
+        "1000",
+    ]);
+    assert!(
+        stdout(&o).contains(
+            "That effective batch is more than the 1,000 training images: one optimizer step \
+             would take more than an epoch."
+        ),
+        "{}",
+        stdout(&o)
+    );
+    refused(
+        &[
+            "fit",
+            "resnet50",
+            "--gpu",
+            "t4",
+            "--gpus",
+            "8",
+            "--base-lr",
+            "0.1",
+        ],
+        &["--base-lr: the strategy comparison gives no learning rate"],
+    );
+    let o = vramlab(&["fit", "resnet50", "--gpu", "t4", "--gpus", "8"]);
+    assert!(
+        stdout(&o).contains("plans the two left out here (zero3, fsdp1)"),
+        "{}",
+        stdout(&o)
+    );
+    // resnet18 at 32x32 reaches 1x1 maps in layer4: one value per channel in a
+    // micro-batch of 1.
+    refused(
+        &[
+            "memory",
+            "resnet18",
+            "--input",
+            "3x32x32",
+            "-b",
+            "2",
+            "--accumulation-steps",
+            "2",
+        ],
+        &["torch.Size([1, 512, 1, 1]) (a micro-batch of 1: batch 2 in 2 accumulation steps)"],
+    );
+}

@@ -904,13 +904,15 @@ impl Op {
                 let padded = |n: usize, p: usize| n as u128 + 2 * p as u128;
                 let padded_numel = (ch as u128)
                     .checked_mul(padded(h, c.padding.0))
-                    .and_then(|v| v.checked_mul(padded(w, c.padding.1)))
-                    .unwrap_or(u128::MAX);
-                if padded_numel > MAX_TENSOR_ELEMENTS {
+                    .and_then(|v| v.checked_mul(padded(w, c.padding.1)));
+                if padded_numel.is_none_or(|v| v > MAX_TENSOR_ELEMENTS) {
+                    // The count itself, or that it passes 2^128 (no saturated number).
+                    let count =
+                        padded_numel.map_or("more than 2^128".to_string(), |v| v.to_string());
                     return Err(format!(
-                        "padding {}x{} makes a padded input of {} elements per image, more than \
-                         the {} a tensor may have",
-                        c.padding.0, c.padding.1, padded_numel, MAX_TENSOR_ELEMENTS
+                        "padding {}x{} makes a padded input of {count} elements per image, more \
+                         than the {} a tensor may have",
+                        c.padding.0, c.padding.1, MAX_TENSOR_ELEMENTS
                     ));
                 }
                 let ho = window_out(

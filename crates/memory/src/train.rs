@@ -1177,11 +1177,20 @@ impl Runner<'_> {
                             file: g.graph.source.clone(),
                             layer: node.name.clone(),
                             message: format!(
-                                "ValueError: Expected more than 1 value per channel when training, got input size torch.Size([{}])",
+                                "ValueError: Expected more than 1 value per channel when training, got input size torch.Size([{}]){}",
                                 std::iter::once(b.to_string())
                                     .chain(g.shapes[i].iter().map(|d| d.to_string()))
                                     .collect::<Vec<_>>()
-                                    .join(", ")
+                                    .join(", "),
+                                // The batch the layer sees is the micro-batch.
+                                if self.cfg.accumulation_steps > 1 {
+                                    format!(
+                                        " (a micro-batch of {b}: batch {} in {} accumulation steps)",
+                                        self.cfg.batch_size, self.cfg.accumulation_steps
+                                    )
+                                } else {
+                                    String::new()
+                                }
                             ),
                         });
                     }
