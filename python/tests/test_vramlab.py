@@ -60,6 +60,12 @@ class Options(unittest.TestCase):
         self.assertEqual(r["batch_size"], 16)
         self.assertIsNone(r.device)  # no caching allocator on the CPU profile
 
+    def test_inference_passes_no_optimizer(self):
+        # The CLI refuses optimizer options in inference; the default passes none.
+        r = vramlab.memory("resnet18", batch_size=2, mode="inference")
+        self.assertEqual(r["mode"], "inference")
+        self.assertEqual(vramlab.memory("resnet18", batch_size=2)["optimizer"], "Adam()")
+
     def test_an_optimizer_instance_is_read_like_its_options(self):
         sgd = optimizer("SGD", {"momentum": 0.9, "nesterov": True, "weight_decay": 0, "foreach": None})
         by_instance = vramlab.memory("resnet18", batch_size=4, optimizer=sgd)

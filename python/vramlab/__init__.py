@@ -247,10 +247,11 @@ def _planned(cls, command, model, input_size, optimizer, options):
         return r
 
 
-def memory(model, input_size=None, batch_size=64, optimizer="adam", **options):
+def memory(model, input_size=None, batch_size=64, optimizer=None, **options):
     """Training memory by category, the peak and where it happens (``vramlab memory``).
 
-    ``optimizer`` is a name (sgd, adam, adamw, rmsprop, adagrad) or a torch.optim.Optimizer,
+    ``optimizer`` (default adam; none in ``mode="inference"``) is a name (sgd, adam, adamw,
+    rmsprop, adagrad) or a torch.optim.Optimizer,
     whose class and first param group's settings are read. Other options as the CLI's:
     ``precision="amp-bf16"``, ``profile="pytorch-cpu"``, ``gpu="h100"``, ``num_classes=10``,
     ``gpus=8, strategy="fsdp"``, ``weight_decay=0.01`` ...
@@ -259,7 +260,7 @@ def memory(model, input_size=None, batch_size=64, optimizer="adam", **options):
     return _planned(Memory, "memory", model, input_size, optimizer, options)
 
 
-def fit(model, input_size=None, gpu=None, optimizer="adam", **options):
+def fit(model, input_size=None, gpu=None, optimizer=None, **options):
     """The largest batch that fits a card, and what to change if none does (``vramlab fit``).
 
     ``gpu`` is a card from ``vramlab.gpus()``, or a list of them to compare (or pass

@@ -251,9 +251,10 @@ pub const MAX_WORLD_SIZE: u64 = 1 << 20;
 /// Training settings shared by `memory` and `fit`.
 #[derive(Args, Clone)]
 pub struct PlanArgs {
-    /// sgd, adam, adamw, rmsprop or adagrad (PyTorch's defaults).
-    #[arg(long, default_value = "adam")]
-    pub optimizer: String,
+    /// sgd, adam, adamw, rmsprop or adagrad, with PyTorch's defaults (default: adam;
+    /// training only).
+    #[arg(long)]
+    pub optimizer: Option<String>,
     /// Momentum (SGD, RMSprop).
     #[arg(long, default_value_t = 0.0)]
     pub momentum: f64,
@@ -377,7 +378,7 @@ impl PlanArgs {
         // Inference runs no optimizer: its options are refused, not ignored.
         if self.mode == "inference" {
             for (given, flag) in [
-                (self.optimizer != "adam", "--optimizer"),
+                (self.optimizer.is_some(), "--optimizer"),
                 (self.momentum != 0.0, "--momentum"),
                 (self.nesterov, "--nesterov"),
                 (self.amsgrad, "--amsgrad"),
@@ -395,7 +396,7 @@ impl PlanArgs {
         cfg.profile = Profile::parse(&self.profile)?;
         // One validation for every command that takes optimizer options.
         cfg.optimizer = train_cmd::planner_optimizer(
-            &self.optimizer,
+            self.optimizer.as_deref().unwrap_or("adam"),
             self.momentum,
             self.nesterov,
             self.amsgrad,

@@ -33,9 +33,10 @@ pub struct ReportArgs {
     /// Or the card's memory, e.g. 24GiB.
     #[arg(long, value_name = "SIZE")]
     memory: Option<String>,
-    /// Share of the card the batch-size curve may use (the lesson's 80 %).
-    #[arg(long, default_value_t = 0.8)]
-    fraction: f64,
+    /// Share of the card the batch-size curve may use (default: the lesson's 80 %;
+    /// with --gpu or --memory).
+    #[arg(long)]
+    fraction: Option<f64>,
     /// Batch size for the memory breakdown.
     #[arg(long, short = 'b', default_value_t = 64)]
     batch_size: u64,
@@ -102,11 +103,17 @@ pub fn report(a: &ReportArgs) -> Result<()> {
     }
     let l = a.lang;
     // Checked whether or not a card is given (-5 and NaN were accepted without one).
-    if !(a.fraction > 0.0 && a.fraction <= 1.0) {
+    let fraction = a.fraction.unwrap_or(0.8);
+    if !(fraction > 0.0 && fraction <= 1.0) {
         return Err(crate::UserError(format!(
-            "--fraction must be in (0, 1], got {}",
-            a.fraction
+            "--fraction must be in (0, 1], got {fraction}"
         )));
+    }
+    // The share of a card: with no card it would change nothing.
+    if a.fraction.is_some() && a.gpu.is_none() && a.memory.is_none() {
+        return Err(crate::UserError(
+            "--fraction is a share of the card: give --gpu NAME or --memory SIZE".into(),
+        ));
     }
     let g = a.model.load()?;
     vramlab_memory::fit::check_batch(&g, a.batch_size)?;
@@ -342,7 +349,7 @@ pub fn report(a: &ReportArgs) -> Result<()> {
         // size, not only multiples of --accumulation-steps).
         fcfg.accumulation_steps = 1;
         let request = vramlab_memory::fit::FitRequest {
-            fraction: a.fraction,
+            fraction,
             dataset_size,
             ..vramlab_memory::fit::FitRequest::new(card_bytes)
         };

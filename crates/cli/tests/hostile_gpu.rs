@@ -675,3 +675,28 @@ fn what_the_verification_pass_found_left() {
         &["torch.Size([1, 512, 1, 1]) (a micro-batch of 1: batch 2 in 2 accumulation steps)"],
     );
 }
+
+/// A valid `report --fraction` without a card changed nothing (the file was byte for
+/// byte the same), and `--optimizer adam` in inference was accepted where `sgd` was
+/// refused (the default could not be told from a given one).
+#[test]
+fn options_that_would_change_nothing_are_refused() {
+    refused(
+        &["report", "simple_cnn", "--fraction", "0.5", "--out", "-"],
+        &["--fraction is a share of the card: give --gpu NAME or --memory SIZE"],
+    );
+    refused(
+        &[
+            "memory",
+            "resnet18",
+            "--mode",
+            "inference",
+            "--optimizer",
+            "adam",
+        ],
+        &["--optimizer is for training (--mode train)"],
+    );
+    // The default still plans Adam in training.
+    let v = json(&["memory", "resnet18", "-b", "2", "--json"]);
+    assert_eq!(v["optimizer"], "Adam()");
+}
