@@ -232,6 +232,9 @@ struct Cx<'a> {
     param_nodes: HashMap<String, NodeId>,
     /// The modules that own parameters directly (`layer1.0.conv1`).
     param_modules: std::collections::HashSet<String>,
+    /// The first layer over activations whose shape rule failed: named when its node
+    /// is done, not as an odd shape at a later node.
+    shape_error: Option<Pt2Error>,
 }
 
 /// Maps the exported program's JSON (`models/model.json`) to a graph.
@@ -250,6 +253,7 @@ pub fn from_json(json: &Value, file: &str, name: &str) -> Result<Loaded, Pt2Erro
         notes: Notes::default(),
         param_nodes: HashMap::new(),
         param_modules: Default::default(),
+        shape_error: None,
     };
     let param_fqns = cx.signature()?;
     cx.param_modules = param_fqns
@@ -464,6 +468,13 @@ impl Cx<'_> {
                 )
             }));
         };
+        if vramlab_graph::op::numel(&chw) > vramlab_graph::MAX_TENSOR_ELEMENTS {
+            return Err(self.err(format!(
+                "input `{input}` is {} per image, more than the {} values a tensor may have",
+                vramlab_graph::fmt_shape(&chw),
+                vramlab_graph::MAX_TENSOR_ELEMENTS
+            )));
+        }
         self.notes.batch = Some(match dim(&sizes[0]) {
             Some(b) => format!("the export traced a fixed batch of {b}"),
             None => "the batch dimension is symbolic".into(),
@@ -516,6 +527,9 @@ impl Cx<'_> {
                 continue;
             }
             self.node(&node)?;
+            if let Some(e) = self.shape_error.take() {
+                return Err(e);
+            }
         }
         if let Some((path, class, kind, members)) = group {
             self.whole(path, class, kind, &members)?;
@@ -798,7 +812,15 @@ impl Cx<'_> {
 
     fn push(&mut self, n: &N, name: String, op: Op, inputs: &[NodeId], params: &[&str]) -> NodeId {
         let ins: Vec<&Shape> = inputs.iter().filter_map(|&i| self.shapes.get(i)).collect();
-        let out = op.output_shape(&ins).unwrap_or_default();
+        let out = match op.output_shape(&ins) {
+            Ok(s) => s,
+            Err(e) => {
+                if !inputs.is_empty() && self.shape_error.is_none() {
+                    self.shape_error = Some(self.fail(n, format!("layer `{name}`: {e}")));
+                }
+                Vec::new()
+            }
+        };
         self.shapes.push(out);
         self.graph.nodes.push(Node {
             name,

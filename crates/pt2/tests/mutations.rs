@@ -269,7 +269,13 @@ fn a_view_of_a_huge_input_is_an_error_not_an_overflow() {
     let r = read(&stored_zip(&[("m/models/model.json", text.as_bytes())]));
     one_line(&r);
     let msg = r.unwrap_err().0;
-    assert!(msg.contains("node `view`"), "{msg}");
+    // Refused at the input, before any node reads it (it was refused at the `view`, and
+    // with 2^40 sides a convolution's silent shape failure blamed the node after it).
+    assert!(
+        msg.contains("input `x` is 9223372036854775807x")
+            && msg.contains("values a tensor may have"),
+        "{msg}"
+    );
 }
 
 /// A frozen parameter, a parameter that is not float32, and `x.detach()` in forward are
@@ -395,4 +401,23 @@ fn input_sizes_that_are_not_positive_integers_are_named() {
             .0;
         assert!(msg.contains(want), "{msg}");
     }
+}
+
+/// A layer whose shape rule fails is named at its own node (it was stored with an empty
+/// shape, and the node after it failed instead, blaming itself).
+#[test]
+fn a_layer_whose_shape_fails_is_named_at_its_node() {
+    let mut j: serde_json::Value = serde_json::from_str(&simple_cnn_json()).unwrap();
+    // conv1's weight reads 5 input channels of an RGB image.
+    j["graph_module"]["graph"]["tensor_values"]["p_conv1_weight"]["sizes"] = serde_json::json!([
+        { "as_int": 6 }, { "as_int": 5 }, { "as_int": 5 }, { "as_int": 5 }
+    ]);
+    let json = j.to_string();
+    let msg = read(&stored_zip(&[("m/models/model.json", json.as_bytes())]))
+        .unwrap_err()
+        .0;
+    assert!(
+        msg.contains("node `conv2d` (torch.ops.aten.conv2d.default): layer `conv1`"),
+        "{msg}"
+    );
 }
