@@ -339,6 +339,20 @@ fn a_parameter_mismatch_names_the_first_difference() {
     );
 }
 
+/// The simple CNN's program with `change` made to its graph, re-zipped: the reader's
+/// error.
+fn refused_after(change: impl FnOnce(&mut serde_json::Value)) -> String {
+    let mut j: serde_json::Value = serde_json::from_str(&simple_cnn_json()).unwrap();
+    change(&mut j["graph_module"]["graph"]);
+    let json = j.to_string();
+    let r = read(&stored_zip(&[("m/models/model.json", json.as_bytes())]));
+    one_line(&r);
+    match r {
+        Ok(_) => panic!("the changed program is refused"),
+        Err(e) => e.0,
+    }
+}
+
 /// A bias whose sizes contradict its layer (found by a hostile pass, session 11): read
 /// as the layer's and counted as such (62,006 parameters where the export held 62,007).
 #[test]
@@ -361,12 +375,7 @@ fn a_bias_whose_sizes_contradict_its_layer_is_refused() {
             "`fc3.bias` has sizes [], expected [10] (one per output channel or feature)",
         ),
     ] {
-        let mut j: serde_json::Value = serde_json::from_str(&simple_cnn_json()).unwrap();
-        j["graph_module"]["graph"]["tensor_values"][param]["sizes"] = sizes;
-        let json = j.to_string();
-        let msg = read(&stored_zip(&[("m/models/model.json", json.as_bytes())]))
-            .unwrap_err()
-            .0;
+        let msg = refused_after(|g| g["tensor_values"][param]["sizes"] = sizes);
         assert!(msg.contains(want), "{msg}");
     }
 }
@@ -392,13 +401,9 @@ fn input_sizes_that_are_not_positive_integers_are_named() {
             "input `x`: size 3 is 0, not a positive integer",
         ),
     ] {
-        let mut j: serde_json::Value = serde_json::from_str(&simple_cnn_json()).unwrap();
-        j["graph_module"]["graph"]["tensor_values"]["x"]["sizes"][k] =
-            serde_json::json!({ "as_int": size });
-        let json = j.to_string();
-        let msg = read(&stored_zip(&[("m/models/model.json", json.as_bytes())]))
-            .unwrap_err()
-            .0;
+        let msg = refused_after(|g| {
+            g["tensor_values"]["x"]["sizes"][k] = serde_json::json!({ "as_int": size })
+        });
         assert!(msg.contains(want), "{msg}");
     }
 }
@@ -407,15 +412,12 @@ fn input_sizes_that_are_not_positive_integers_are_named() {
 /// shape, and the node after it failed instead, blaming itself).
 #[test]
 fn a_layer_whose_shape_fails_is_named_at_its_node() {
-    let mut j: serde_json::Value = serde_json::from_str(&simple_cnn_json()).unwrap();
     // conv1's weight reads 5 input channels of an RGB image.
-    j["graph_module"]["graph"]["tensor_values"]["p_conv1_weight"]["sizes"] = serde_json::json!([
-        { "as_int": 6 }, { "as_int": 5 }, { "as_int": 5 }, { "as_int": 5 }
-    ]);
-    let json = j.to_string();
-    let msg = read(&stored_zip(&[("m/models/model.json", json.as_bytes())]))
-        .unwrap_err()
-        .0;
+    let msg = refused_after(|g| {
+        g["tensor_values"]["p_conv1_weight"]["sizes"] = serde_json::json!([
+            { "as_int": 6 }, { "as_int": 5 }, { "as_int": 5 }, { "as_int": 5 }
+        ])
+    });
     assert!(
         msg.contains("node `conv2d` (torch.ops.aten.conv2d.default): layer `conv1`"),
         "{msg}"
