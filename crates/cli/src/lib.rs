@@ -324,7 +324,7 @@ pub struct PlanArgs {
     #[arg(long, value_name = "S")]
     pub strategy: Option<String>,
     /// DDP's bucket_cap_mb.
-    #[arg(long, default_value_t = 25.0, value_name = "MB")]
+    #[arg(long, default_value_t = vramlab_memory::dist::DEFAULT_BUCKET_CAP_MB as f64, value_name = "MB")]
     pub bucket_cap_mb: f64,
     /// DDP's gradient_as_bucket_view: .grad tensors are views into the buckets.
     #[arg(long)]
@@ -526,7 +526,10 @@ impl PlanArgs {
         }
         // Options of many GPUs are refused on one, not ignored.
         let many_gpu_options = [
-            (self.bucket_cap_mb != 25.0, "--bucket-cap-mb"),
+            (
+                self.bucket_cap_mb != vramlab_memory::dist::DEFAULT_BUCKET_CAP_MB as f64,
+                "--bucket-cap-mb",
+            ),
             (self.gradient_as_bucket_view, "--gradient-as-bucket-view"),
             (self.find_unused_parameters, "--find-unused-parameters"),
             (self.static_graph, "--static-graph"),

@@ -161,13 +161,7 @@ impl OptimArgs {
         if lr <= 0.0 || !lr.is_finite() {
             return Err(UserError(format!("--lr must be positive, got {lr}")));
         }
-        if lr < f32::MIN_POSITIVE as f64 || lr > f32::MAX as f64 {
-            return Err(UserError(format!(
-                "--lr {lr:e} is outside float32's range (1.2e-38 to 3.4e38), the precision \
-                 the weights are updated in"
-            )));
-        }
-        Ok(Some(lr as f32))
+        as_f32("--lr", lr).map(Some)
     }
 
     fn momentum(&self) -> Result<f32> {

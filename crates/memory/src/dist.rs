@@ -43,6 +43,9 @@ pub const DEFAULT_NCCL_BYTES: u128 = 256 << 20;
 /// DeepSpeed ZeRO's default `reduce_bucket_size` (elements).
 pub const DEFAULT_REDUCE_BUCKET_ELEMS: u128 = 500_000_000;
 
+/// DDP's `bucket_cap_mb` default, in MiB.
+pub const DEFAULT_BUCKET_CAP_MB: u32 = 25;
+
 /// DDP's first bucket cap (`dist._DEFAULT_FIRST_BUCKET_BYTES`).
 pub const FIRST_BUCKET_BYTES: u128 = 1 << 20;
 
@@ -186,7 +189,7 @@ impl Distributed {
             gpus_per_node,
             nodes,
             strategy,
-            bucket_cap_bytes: 25 << 20,
+            bucket_cap_bytes: (DEFAULT_BUCKET_CAP_MB as u128) << 20,
             gradient_as_bucket_view: false,
             find_unused_parameters: false,
             static_graph: false,

@@ -178,10 +178,7 @@ pub(crate) fn run(g: &Shaped, cfg: &PlanConfig) -> Result<(MemoryReport, Vec<u12
     if params.is_empty() && cfg.mode == Mode::Train {
         return Err(PlanError::Config(format!(
             "{}the model has no parameters, so there is nothing to train",
-            g.graph
-                .source
-                .as_ref()
-                .map_or(String::new(), |f| format!("{f}: "))
+            file_prefix(g)
         )));
     }
     let micro = (cfg.batch_size / acc as u64) as u128;
@@ -275,11 +272,10 @@ pub(crate) fn run(g: &Shaped, cfg: &PlanConfig) -> Result<(MemoryReport, Vec<u12
     // under offload_optimizer.
     let master: u128 = match &dist {
         Some(d) if zero && !offload && cfg.mode == Mode::Train => {
-            let elems: u128 = d.param_shard.iter().map(|s| s / shard_elem).sum();
             if d.cfg.strategy == dist::Strategy::Zero3 && shard_elem == 4 {
                 0
             } else {
-                elems * 4
+                d.partition_elems() * 4
             }
         }
         _ => 0,
@@ -427,10 +423,7 @@ pub(crate) fn run(g: &Shaped, cfg: &PlanConfig) -> Result<(MemoryReport, Vec<u12
                     d.cfg.strategy,
                     dist::Strategy::Zero1 | dist::Strategy::Zero2
                 );
-                (stage12 && !d.offload && d.ranks > 1).then(|| {
-                    let elems: u128 = d.param_shard.iter().map(|s| s / d.elem).sum();
-                    elems * 4
-                })
+                (stage12 && !d.offload && d.ranks > 1).then(|| d.partition_elems() * 4)
             });
             let flat_grad = flat_grad.map(|b| {
                 let sid = run.sim.alloc(b, Some(Category::Temporaries));
@@ -938,10 +931,7 @@ impl Runner<'_> {
             return Err(PlanError::Config(format!(
                 "{}the model's output does not depend on any parameter, so there is nothing to \
                  train",
-                g.graph
-                    .source
-                    .as_ref()
-                    .map_or(String::new(), |f| format!("{f}: "))
+                file_prefix(g)
             )));
         }
         Ok(out)
@@ -3214,6 +3204,14 @@ impl Runner<'_> {
     }
 }
 
+/// `file: ` for a model read from a file, to start the errors about it.
+fn file_prefix(g: &Shaped) -> String {
+    g.graph
+        .source
+        .as_ref()
+        .map_or(String::new(), |f| format!("{f}: "))
+}
+
 /// One rank's memory besides the single-device plan, under many GPUs
 /// ([`crate::dist`]): DDP's buckets, sharded parameters gathered per unit, gradients
 /// reduce-scattered per unit.
@@ -3419,6 +3417,11 @@ impl DistState {
     }
 
     /// Bytes of unit `u`'s reduce-scatter input (in reduce_dtype).
+    /// Elements of this rank's partition of every parameter.
+    fn partition_elems(&self) -> u128 {
+        self.param_shard.iter().map(|s| s / self.elem).sum()
+    }
+
     fn reduce_bytes(&self, u: usize) -> u128 {
         self.unit_bytes[u] / self.elem * self.reduce_elem
     }
@@ -3598,18 +3601,6 @@ impl Runner<'_> {
         d.has_shard[u] = true;
         // The unit's unsharded gradients are freed once copied into the collective's
         // input; the reduced shards become `.grad`, or are added into it.
-        let free_full = |slots: &mut [ParamSlot], sim: &mut Sim, d: &DistState| {
-            for &s in &later {
-                sim.decref(s);
-            }
-            if !accumulate {
-                for &q in &d.unit_params[u] {
-                    if let Some(full) = slots[q].grad.take() {
-                        sim.decref(full);
-                    }
-                }
-            }
-        };
         if d.cfg.strategy.flat_params() {
             // FSDP1: autograd concatenates the unit's gradients into the unsharded flat
             // gradient while the unit is still gathered; the post-backward hook then
@@ -3618,7 +3609,16 @@ impl Runner<'_> {
                 .sim
                 .alloc(d.unit_bytes[u], Some(Category::Communication));
             self.sim.boundary("aten.cat.default");
-            free_full(slots, &mut self.sim, d);
+            for &s in &later {
+                self.sim.decref(s);
+            }
+            if !accumulate {
+                for &q in &d.unit_params[u] {
+                    if let Some(full) = slots[q].grad.take() {
+                        self.sim.decref(full);
+                    }
+                }
+            }
             d.release(u, &mut self.sim);
             d.reduced[u] = true;
             let first = d.unit_params[u][0];
