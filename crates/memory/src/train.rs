@@ -3335,7 +3335,12 @@ impl DistState {
                     unit_bytes[u] = ps.iter().map(|&p| params[p].numel() * elem).sum();
                 }
             }
-            _ => {}
+            // Per-parameter dim-0 shards (FSDP2), flat ones (FSDP1, below), or none.
+            dist::Strategy::Ddp
+            | dist::Strategy::Fsdp
+            | dist::Strategy::Fsdp1
+            | dist::Strategy::FsdpGradOp
+            | dist::Strategy::Hybrid => {}
         }
         if d.strategy.flat_params() {
             // FSDP1: the unit's parameters flattened into one, padded to a multiple of the

@@ -1020,10 +1020,10 @@ impl Cx<'_> {
     /// own backward reads it (ReLU, Sigmoid, Tanh keep their result), which PyTorch
     /// refuses at backward, so the model behind the file ran it out of place.
     fn overwritable(&self, x: NodeId) -> bool {
-        match &self.graph.nodes[x].op {
-            Op::Act { kind, .. } => kind.record().saves != vramlab_graph::act::Saves::Result,
-            _ => true,
-        }
+        let Op::Act { kind, .. } = &self.graph.nodes[x].op else {
+            return true;
+        };
+        kind.record().saves != vramlab_graph::act::Saves::Result
     }
 
     /// The attributes this reader reads have the types the ONNX spec gives them
